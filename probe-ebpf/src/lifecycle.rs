@@ -1,0 +1,181 @@
+//! Signals and process lifecycle: `signal:signal_generate`, `sched:sched_process_fork`,
+//! `sched:sched_process_exec`, `sched:sched_process_exit`.
+//!
+//! Field offsets come from `CONFIG`, which userspace fills from the tracefs `format` files
+//! of the running kernel (see include/trace/events/signal.h and include/trace/events/sched.h).
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_comm, bpf_get_current_task, bpf_probe_read_kernel},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use aya_log_ebpf::debug;
+use probe_common::{
+    Counter, EventKind, ExecEvent, ExitEvent, ForkEvent, SignalEvent, TargetInfo, COMM_LEN,
+    ORIGIN_FORK,
+};
+
+use crate::shared::{bump, config, current_tgid_pid, emit, header, is_target, TARGETS};
+
+#[inline(always)]
+fn read_i32(ctx: &TracePointContext, offset: u32) -> Result<i32, u32> {
+    // SAFETY: the offset comes from the tracepoint's own format file and is inside the record.
+    unsafe { ctx.read_at::<i32>(offset as usize) }.map_err(|_| 0u32)
+}
+
+#[inline(always)]
+fn current_comm() -> [u8; COMM_LEN] {
+    bpf_get_current_comm().unwrap_or([0; COMM_LEN])
+}
+
+#[tracepoint]
+pub fn signal_generate(ctx: TracePointContext) -> u32 {
+    match try_signal_generate(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+#[inline(always)]
+fn try_signal_generate(ctx: &TracePointContext) -> Result<u32, u32> {
+    let cfg = config();
+    let target_pid = read_i32(ctx, cfg.signal_pid_off)? as u32;
+    if !is_target(target_pid) {
+        return Ok(0);
+    }
+    let sig = read_i32(ctx, cfg.signal_sig_off)?;
+    let code = read_i32(ctx, cfg.signal_code_off)?;
+    let group = read_i32(ctx, cfg.signal_group_off)? as u32;
+    let result = read_i32(ctx, cfg.signal_result_off)?;
+    let (sender_tgid, sender_pid) = current_tgid_pid();
+    debug!(ctx, "signal {} to {} from {}", sig, target_pid, sender_tgid);
+    emit(|| SignalEvent {
+        header: header::<SignalEvent>(EventKind::Signal),
+        target_pid,
+        sender_tgid,
+        sender_pid,
+        sig,
+        code,
+        result,
+        group,
+        _pad: 0,
+        sender_comm: current_comm(),
+    });
+    Ok(0)
+}
+
+#[tracepoint]
+pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
+    match try_sched_process_fork(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+#[inline(always)]
+fn try_sched_process_fork(ctx: &TracePointContext) -> Result<u32, u32> {
+    // The parent is the current task: filter on its tgid before reading anything else.
+    let (parent_tgid, parent_pid) = current_tgid_pid();
+    if !is_target(parent_tgid) {
+        return Ok(0);
+    }
+    let cfg = config();
+    if cfg.follow_forks == 0 {
+        return Ok(0);
+    }
+    let child_pid = read_i32(ctx, cfg.fork_child_pid_off)? as u32;
+    // Follow the child in the kernel, before it can run: userspace would be too late for a
+    // child that is killed at once. It may be a thread (clone with CLONE_THREAD); userspace
+    // tells them apart, and the exit program forgets threads as they go.
+    let info = TargetInfo {
+        tgid: 0,
+        origin: ORIGIN_FORK,
+    };
+    if TARGETS.insert(&child_pid, &info, 0).is_err() {
+        bump(Counter::TargetsFull);
+    }
+    emit(|| ForkEvent {
+        header: header::<ForkEvent>(EventKind::Fork),
+        parent_tgid,
+        parent_pid,
+        child_pid,
+        _pad: 0,
+        comm: current_comm(),
+    });
+    Ok(0)
+}
+
+#[tracepoint]
+pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
+    match try_sched_process_exec(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+#[inline(always)]
+fn try_sched_process_exec(_ctx: &TracePointContext) -> Result<u32, u32> {
+    // exec runs in the new image, after de_thread(): the current tgid is the process.
+    let (tgid, pid) = current_tgid_pid();
+    if !is_target(tgid) {
+        return Ok(0);
+    }
+    emit(|| ExecEvent {
+        header: header::<ExecEvent>(EventKind::Exec),
+        tgid,
+        pid,
+        comm: current_comm(),
+    });
+    Ok(0)
+}
+
+#[tracepoint]
+pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
+    match try_sched_process_exit(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+#[inline(always)]
+fn try_sched_process_exit(ctx: &TracePointContext) -> Result<u32, u32> {
+    // do_exit() fires this in the exiting task's own context (kernel/exit.c).
+    let (tgid, pid) = current_tgid_pid();
+    if !is_target(tgid) && !is_target(pid) {
+        return Ok(0);
+    }
+    let cfg = config();
+    // SAFETY: offset from the format file; group_dead is a one-byte bool.
+    let group_dead = unsafe { ctx.read_at::<u8>(cfg.exit_group_dead_off as usize) }
+        .map_err(|_| 0u32)?;
+    if pid != tgid {
+        // A followed thread (or a thread of a target) going away: forget its own entry.
+        let _ = TARGETS.remove(&pid);
+    }
+    if group_dead == 0 {
+        return Ok(0);
+    }
+    let _ = TARGETS.remove(&tgid);
+    let (exit_code, exit_code_known) = read_exit_code(cfg.task_exit_code_off);
+    emit(|| ExitEvent {
+        header: header::<ExitEvent>(EventKind::Exit),
+        tgid,
+        pid,
+        exit_code,
+        exit_code_known,
+        comm: current_comm(),
+    });
+    Ok(0)
+}
+
+/// `current->exit_code`, set by do_exit() before the tracepoint fires; the offset comes from
+/// kernel BTF (0 when userspace could not find it).
+#[inline(always)]
+fn read_exit_code(offset: u32) -> (u32, u32) {
+    if offset == 0 {
+        return (0, 0);
+    }
+    // SAFETY: bpf_get_current_task returns the current task_struct; the read goes through
+    // bpf_probe_read_kernel, which fails cleanly on a bad address.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    match unsafe { bpf_probe_read_kernel(task.wrapping_add(offset as usize) as *const i32) } {
+        Ok(code) => (code as u32, 1),
+        Err(_) => (0, 0),
+    }
+}

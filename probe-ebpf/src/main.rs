@@ -1,0 +1,24 @@
+//! drainwatch's kernel side.
+//!
+//! Every program filters by target first: a hash lookup of the current task (or the task the
+//! tracepoint is about) in `TARGETS`, and returns at once for everything else. Only then does
+//! it reserve a ring-buffer slot, write the whole event into it (reservations are not zeroed)
+//! and submit it.
+//!
+//! Naming follows the kernel: a **tgid** is a process id, a **pid** is a thread id.
+#![no_std]
+#![no_main]
+
+mod lifecycle;
+mod shared;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any path that could reach here; this is only for the compiler.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,75 @@
+//! Maps, load-time configuration and the helpers every program uses.
+
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid,
+    macros::map,
+    maps::{HashMap, PerCpuArray, RingBuf},
+};
+use probe_common::{
+    Counter, EventHeader, ProbeConfig, TargetInfo, COUNTER_SLOTS, DEFAULT_RING_BYTES, MAX_TARGETS,
+};
+
+/// Filled in by userspace before load (`EbpfLoader::set_global`); read with `read_volatile`
+/// so the compiler does not fold the all-zero initial value into the code.
+#[unsafe(no_mangle)]
+static CONFIG: ProbeConfig = ProbeConfig::zeroed();
+
+/// Events for userspace. Its size can be changed at load time (`set_max_entries`).
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+
+/// tgids named by userspace, plus pids of children followed on fork.
+#[map]
+pub static TARGETS: HashMap<u32, TargetInfo> = HashMap::with_max_entries(MAX_TARGETS, 0);
+
+/// Per-CPU counters (see [`Counter`]); userspace sums them to report lost events.
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+
+#[inline(always)]
+pub fn config() -> ProbeConfig {
+    // SAFETY: CONFIG is a plain static in .rodata; a volatile read stops constant folding.
+    unsafe { core::ptr::read_volatile(&CONFIG) }
+}
+
+/// `(tgid, pid)` of the current task.
+#[inline(always)]
+pub fn current_tgid_pid() -> (u32, u32) {
+    let both = bpf_get_current_pid_tgid();
+    ((both >> 32) as u32, both as u32)
+}
+
+#[inline(always)]
+pub fn is_target(id: u32) -> bool {
+    // SAFETY: the value is only tested for presence, never held across a map update.
+    id != 0 && unsafe { TARGETS.get(&id) }.is_some()
+}
+
+#[inline(always)]
+pub fn bump(counter: Counter) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot, so no other CPU writes it; preemption is off in BPF programs.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Reserves a slot for `T`, lets `fill` build the whole event, and submits it.
+/// A failed reservation is counted as a lost event, never ignored.
+#[inline(always)]
+pub fn emit<T: 'static>(fill: impl FnOnce() -> T) {
+    match EVENTS.reserve::<T>(0) {
+        Some(mut slot) => {
+            slot.write(fill());
+            slot.submit(0);
+            bump(Counter::Emitted);
+        }
+        None => bump(Counter::Lost),
+    }
+}
+
+#[inline(always)]
+pub fn header<T>(kind: probe_common::EventKind) -> EventHeader {
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    EventHeader::new(kind, core::mem::size_of::<T>(), now)
+}

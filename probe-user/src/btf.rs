@@ -1,0 +1,229 @@
+//! Just enough of a BTF reader to find a struct member's byte offset in the running kernel
+//! (for `task_struct.exit_code`, which no tracepoint carries). aya keeps its own BTF type
+//! accessors crate-private, and this is a few dozen lines.
+//! Format: Documentation/bpf/btf.rst in the kernel source.
+
+use std::{fs, path::Path};
+
+const BTF_MAGIC: u16 = 0xeb9f;
+const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
+const KIND_TYPEDEF: u32 = 8;
+const KIND_VOLATILE: u32 = 9;
+const KIND_CONST: u32 = 10;
+const KIND_RESTRICT: u32 = 11;
+const KIND_TYPE_TAG: u32 = 18;
+
+/// One parsed type: enough to walk struct members.
+#[derive(Clone, Debug)]
+struct Type {
+    kind: u32,
+    name_off: u32,
+    /// For modifiers and typedefs: the referenced type id.
+    referenced: u32,
+    /// For structs/unions: (name_off, type id, bit offset).
+    members: Vec<(u32, u32, u32)>,
+}
+
+pub struct Btf {
+    /// Index = type id; id 0 is `void`.
+    types: Vec<Type>,
+    strings: Vec<u8>,
+}
+
+fn u32_at(data: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(data.get(at..at + 4)?.try_into().ok()?))
+}
+
+impl Btf {
+    pub fn from_sys_fs() -> Option<Self> {
+        Self::from_file(Path::new("/sys/kernel/btf/vmlinux"))
+    }
+
+    pub fn from_file(path: &Path) -> Option<Self> {
+        Self::parse(&fs::read(path).ok()?)
+    }
+
+    /// Parses little-endian BTF (the only kind a little-endian kernel exposes).
+    pub fn parse(data: &[u8]) -> Option<Self> {
+        if u16::from_le_bytes(data.get(0..2)?.try_into().ok()?) != BTF_MAGIC {
+            return None;
+        }
+        let hdr_len = u32_at(data, 4)? as usize;
+        let type_off = u32_at(data, 8)? as usize;
+        let type_len = u32_at(data, 12)? as usize;
+        let str_off = u32_at(data, 16)? as usize;
+        let str_len = u32_at(data, 20)? as usize;
+        let type_data = data.get(hdr_len + type_off..hdr_len + type_off + type_len)?;
+        let strings = data
+            .get(hdr_len + str_off..hdr_len + str_off + str_len)?
+            .to_vec();
+        let mut types = vec![Type {
+            kind: 0,
+            name_off: 0,
+            referenced: 0,
+            members: Vec::new(),
+        }];
+        let mut at = 0;
+        while at < type_data.len() {
+            let name_off = u32_at(type_data, at)?;
+            let info = u32_at(type_data, at + 4)?;
+            let size_or_type = u32_at(type_data, at + 8)?;
+            at += 12;
+            let kind = (info >> 24) & 0x1f;
+            let vlen = (info & 0xffff) as usize;
+            let kind_flag = info >> 31 == 1;
+            let mut members = Vec::new();
+            let extra = match kind {
+                1 | 14 | 17 => 4,             // INT, VAR, DECL_TAG
+                3 => 12,                      // ARRAY
+                KIND_STRUCT | KIND_UNION => {
+                    for i in 0..vlen {
+                        let m = at + i * 12;
+                        let raw_offset = u32_at(type_data, m + 8)?;
+                        // With kind_flag, the low 24 bits are the bit offset.
+                        let bits = if kind_flag { raw_offset & 0xff_ffff } else { raw_offset };
+                        members.push((u32_at(type_data, m)?, u32_at(type_data, m + 4)?, bits));
+                    }
+                    vlen * 12
+                }
+                6 | 13 => vlen * 8,  // ENUM, FUNC_PROTO
+                15 | 19 => vlen * 12, // DATASEC, ENUM64
+                _ => 0,
+            };
+            at += extra;
+            types.push(Type {
+                kind,
+                name_off,
+                referenced: size_or_type,
+                members,
+            });
+        }
+        Some(Self { types, strings })
+    }
+
+    fn name(&self, offset: u32) -> &[u8] {
+        let rest = self.strings.get(offset as usize..).unwrap_or_default();
+        let end = rest.iter().position(|b| *b == 0).unwrap_or(rest.len());
+        &rest[..end]
+    }
+
+    /// Skips typedefs and qualifiers to the underlying type id.
+    fn resolve(&self, mut id: u32) -> u32 {
+        for _ in 0..32 {
+            match self.types.get(id as usize) {
+                Some(t)
+                    if matches!(
+                        t.kind,
+                        KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG
+                    ) =>
+                {
+                    id = t.referenced
+                }
+                _ => break,
+            }
+        }
+        id
+    }
+
+    /// Byte offset of `member` in `struct name`, looking inside anonymous struct/union
+    /// members (task_struct groups fields that way under layout randomisation).
+    pub fn member_offset(&self, name: &str, member: &str) -> Option<u32> {
+        let id = self
+            .types
+            .iter()
+            .position(|t| t.kind == KIND_STRUCT && self.name(t.name_off) == name.as_bytes())?;
+        self.find_member(id as u32, member.as_bytes(), 0)
+            .filter(|bits| bits % 8 == 0)
+            .map(|bits| bits / 8)
+    }
+
+    fn find_member(&self, id: u32, member: &[u8], base_bits: u32) -> Option<u32> {
+        let ty = self.types.get(id as usize)?;
+        for &(name_off, type_id, bits) in &ty.members {
+            let name = self.name(name_off);
+            if name == member {
+                return Some(base_bits + bits);
+            }
+            if name.is_empty() {
+                let inner = self.resolve(type_id);
+                let is_aggregate = self
+                    .types
+                    .get(inner as usize)
+                    .is_some_and(|t| matches!(t.kind, KIND_STRUCT | KIND_UNION));
+                if is_aggregate {
+                    if let Some(found) = self.find_member(inner, member, base_bits + bits) {
+                        return Some(found);
+                    }
+                }
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Builds a tiny BTF blob: `struct outer { int a; union { int b; }; int c; }`.
+    fn sample() -> Vec<u8> {
+        let strings = b"\0int\0outer\0a\0b\0c\0".to_vec();
+        let s = |name: &str| {
+            let needle = format!("\0{name}\0");
+            strings
+                .windows(needle.len())
+                .position(|w| w == needle.as_bytes())
+                .unwrap() as u32
+                + 1
+        };
+        let mut types = Vec::new();
+        let mut push = |words: &[u32]| words.iter().for_each(|w| types.extend(w.to_le_bytes()));
+        push(&[s("int"), 1 << 24, 4, 32]); // 1: int
+        push(&[0, (KIND_UNION << 24) | 1, 4, s("b"), 1, 0]); // 2: union { int b }
+        push(&[
+            s("outer"),
+            (KIND_STRUCT << 24) | 3,
+            12,
+            s("a"),
+            1,
+            0,
+            0,
+            2,
+            32,
+            s("c"),
+            1,
+            64,
+        ]); // 3: struct outer
+        let mut blob = Vec::new();
+        blob.extend(BTF_MAGIC.to_le_bytes());
+        blob.extend([1u8, 0]); // version, flags
+        blob.extend(24u32.to_le_bytes()); // hdr_len
+        blob.extend(0u32.to_le_bytes()); // type_off
+        blob.extend((types.len() as u32).to_le_bytes());
+        blob.extend((types.len() as u32).to_le_bytes()); // str_off
+        blob.extend((strings.len() as u32).to_le_bytes());
+        blob.extend(types);
+        blob.extend(strings);
+        blob
+    }
+
+    #[test]
+    fn finds_direct_and_anonymous_members() {
+        let btf = Btf::parse(&sample()).unwrap();
+        assert_eq!(btf.member_offset("outer", "a"), Some(0));
+        assert_eq!(btf.member_offset("outer", "b"), Some(4));
+        assert_eq!(btf.member_offset("outer", "c"), Some(8));
+        assert_eq!(btf.member_offset("outer", "d"), None);
+        assert_eq!(btf.member_offset("inner", "a"), None);
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        assert!(Btf::parse(b"").is_none());
+        assert!(Btf::parse(&[0u8; 64]).is_none());
+        let mut truncated = sample();
+        truncated.truncate(40);
+        assert!(Btf::parse(&truncated).is_none());
+    }
+}

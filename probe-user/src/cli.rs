@@ -1,0 +1,166 @@
+//! The command line, as DESIGN.md defines it. Values are kept as text here and validated in
+//! [`crate::settings`], so every bad value gets drainwatch's own one-line message.
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "drainwatch",
+    version,
+    about = "See what is still in flight inside a server before you stop it",
+    long_about = "drainwatch attaches an eBPF probe to a running server (by pid) and watches \
+                  its sockets, database conversations and the signals sent to it. It tells \
+                  when the server is drained, stops it gracefully, and audits restarts: \
+                  SIGKILLs, transactions cut in half, leaked database connections.\n\n\
+                  Exit codes: 0 clean/drained, 1 violations found (or an incomplete audit), \
+                  2 usage or environment error, 4 timeout."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Preflight, no waiting: can this process be stopped gracefully right now?
+    Check(CheckArgs),
+    /// Live view of connections, requests, queries and signals until Ctrl-C or exit.
+    Watch(WatchArgs),
+    /// Block until the target is drained or has exited; sends no signal.
+    Wait(WaitArgs),
+    /// Send a signal, follow the drain, wait for the exit.
+    Stop(StopArgs),
+    /// Audit targets until they exit (or --duration, or Ctrl-C) and report violations.
+    Audit(AuditArgs),
+    /// Prometheus exporter (metrics prefixed drainwatch_).
+    Serve(ServeArgs),
+}
+
+/// Flags every subcommand takes.
+#[derive(Debug, Args, Clone, Default)]
+pub struct SharedArgs {
+    /// Another TCP port that a database listens on (repeatable).
+    #[arg(long = "db-port", value_name = "PORT")]
+    pub db_port: Vec<String>,
+    /// A database address, IP:PORT (repeatable).
+    #[arg(long = "db", value_name = "ADDR:PORT")]
+    pub db: Vec<String>,
+    /// How long "nothing in flight" must hold to count as drained.
+    #[arg(long, value_name = "DURATION")]
+    pub quiet: Option<String>,
+    /// JSON output (one object per line) instead of the human view.
+    #[arg(long)]
+    pub json: bool,
+    /// More diagnostics on stderr (-v: probe log, -vv: every event).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Do not follow processes the targets fork after attach.
+    #[arg(long = "no-follow")]
+    pub no_follow: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[arg(long, value_name = "PID", required = true)]
+    pub pid: String,
+    #[command(flatten)]
+    pub shared: SharedArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    #[arg(long, value_name = "PID", required = true)]
+    pub pid: String,
+    #[command(flatten)]
+    pub shared: SharedArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    #[arg(long, value_name = "PID", required = true)]
+    pub pid: String,
+    /// Give up after this long (exit 4).
+    #[arg(long, value_name = "DURATION", default_value = "30s")]
+    pub timeout: String,
+    #[command(flatten)]
+    pub shared: SharedArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    #[arg(long, value_name = "PID", required = true)]
+    pub pid: String,
+    /// The signal to send, e.g. TERM, INT, QUIT.
+    #[arg(long, value_name = "SIGNAL", default_value = "TERM")]
+    pub signal: String,
+    /// Give up after this long (exit 4), or escalate with --kill-after.
+    #[arg(long, value_name = "DURATION", default_value = "30s")]
+    pub timeout: String,
+    /// Send SIGKILL at the timeout (reported as a violation).
+    #[arg(long = "kill-after")]
+    pub kill_after: bool,
+    /// Write the JSON report here.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub shared: SharedArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// A running process to audit (repeatable).
+    #[arg(long, value_name = "PID")]
+    pub pid: Vec<String>,
+    /// Processes by name, running now or started during the audit (repeatable).
+    #[arg(long, value_name = "NAME")]
+    pub comm: Vec<String>,
+    /// End the audit after this long (default: when every target has exited).
+    #[arg(long, value_name = "DURATION")]
+    pub duration: Option<String>,
+    /// Write the JSON report here.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<std::path::PathBuf>,
+    /// Write a JUnit XML file here.
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub shared: SharedArgs,
+    /// Launch this command and audit it until it exits.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[arg(long, value_name = "PID")]
+    pub pid: Vec<String>,
+    #[arg(long, value_name = "NAME")]
+    pub comm: Vec<String>,
+    /// Where to serve /metrics.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9464")]
+    pub listen: String,
+    #[command(flatten)]
+    pub shared: SharedArgs,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn audit_takes_a_command_after_double_dash() {
+        let cli = Cli::try_parse_from(["drainwatch", "audit", "--report", "r.json", "--", "sleep", "1"])
+            .unwrap();
+        let Command::Audit(args) = cli.command else {
+            panic!("not audit")
+        };
+        assert_eq!(args.command, ["sleep", "1"]);
+        assert_eq!(args.report.unwrap().to_str(), Some("r.json"));
+    }
+}

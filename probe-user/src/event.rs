@@ -1,0 +1,252 @@
+//! Domain events: what the state machine consumes. [`decode`] turns one ring-buffer record
+//! (a `probe_common` wire struct) into an [`Event`]; the runner then fills in what only
+//! userspace can know (a sender's command line, whether a fork child is a thread).
+//!
+//! Events serialize to JSON (one per line at `-vv`), so that real sequences can be recorded
+//! and replayed in unit tests of the state machine.
+
+use probe_common::{EventHeader, EventKind, ExecEvent, ExitEvent, ForkEvent, SignalEvent};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    Signal(Signal),
+    Fork(Fork),
+    Exec(Exec),
+    Exit(Exit),
+}
+
+impl Event {
+    pub fn ktime_ns(&self) -> u64 {
+        match self {
+            Event::Signal(e) => e.ktime_ns,
+            Event::Fork(e) => e.ktime_ns,
+            Event::Exec(e) => e.ktime_ns,
+            Event::Exit(e) => e.ktime_ns,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signal {
+    pub ktime_ns: u64,
+    /// The receiving task (a thread id; equal to the tgid for kill(2) on a process).
+    pub target_pid: u32,
+    pub sender_tgid: u32,
+    pub sender_pid: u32,
+    pub sender_comm: String,
+    /// From /proc when the event was read; `None` if the sender was already gone.
+    pub sender_cmdline: Option<String>,
+    pub sig: i32,
+    pub code: i32,
+    pub result: i32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fork {
+    pub ktime_ns: u64,
+    pub parent_tgid: u32,
+    pub child_pid: u32,
+    pub comm: String,
+    /// The child's tgid from /proc: equal to `child_pid` for a new process, the parent's
+    /// tgid for a new thread, `None` when the child was already gone.
+    pub child_tgid: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exec {
+    pub ktime_ns: u64,
+    pub tgid: u32,
+    pub comm: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exit {
+    pub ktime_ns: u64,
+    pub tgid: u32,
+    pub comm: String,
+    /// wait(2) status (`task_struct.exit_code`); `None` if the probe could not read it.
+    pub wait_status: Option<u32>,
+}
+
+/// A record the decoder did not understand: counted with the lost events, since whatever
+/// it said was not seen.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("record of {0} bytes is shorter than its header")]
+    Short(usize),
+    #[error("unknown event kind {0}")]
+    UnknownKind(u32),
+    #[error("event kind {kind:?} says {said} bytes, expected {expected}, record has {len}")]
+    BadSize {
+        kind: EventKind,
+        said: u32,
+        expected: usize,
+        len: usize,
+    },
+}
+
+fn comm_to_string(comm: &[u8]) -> String {
+    let end = comm.iter().position(|b| *b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
+/// Reads a `T` from the front of `bytes` after checking the header's size claim.
+fn read_wire<T: Copy>(bytes: &[u8], kind: EventKind, said: u32) -> Result<T, DecodeError> {
+    let expected = size_of::<T>();
+    if said as usize != expected || bytes.len() < expected {
+        return Err(DecodeError::BadSize {
+            kind,
+            said,
+            expected,
+            len: bytes.len(),
+        });
+    }
+    // SAFETY: length checked above; T is a #[repr(C)] plain-old-data wire struct for which
+    // every bit pattern is valid; read_unaligned copes with any alignment.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+/// Decodes one ring-buffer record.
+pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+    if bytes.len() < size_of::<EventHeader>() {
+        return Err(DecodeError::Short(bytes.len()));
+    }
+    let header: EventHeader =
+        // SAFETY: length checked; EventHeader is plain old data.
+        unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<EventHeader>()) };
+    let kind = EventKind::from_u32(header.kind).ok_or(DecodeError::UnknownKind(header.kind))?;
+    Ok(match kind {
+        EventKind::Signal => {
+            let e: SignalEvent = read_wire(bytes, kind, header.size)?;
+            Event::Signal(Signal {
+                ktime_ns: e.header.ktime_ns,
+                target_pid: e.target_pid,
+                sender_tgid: e.sender_tgid,
+                sender_pid: e.sender_pid,
+                sender_comm: comm_to_string(&e.sender_comm),
+                sender_cmdline: None,
+                sig: e.sig,
+                code: e.code,
+                result: e.result,
+            })
+        }
+        EventKind::Fork => {
+            let e: ForkEvent = read_wire(bytes, kind, header.size)?;
+            Event::Fork(Fork {
+                ktime_ns: e.header.ktime_ns,
+                parent_tgid: e.parent_tgid,
+                child_pid: e.child_pid,
+                comm: comm_to_string(&e.comm),
+                child_tgid: None,
+            })
+        }
+        EventKind::Exec => {
+            let e: ExecEvent = read_wire(bytes, kind, header.size)?;
+            Event::Exec(Exec {
+                ktime_ns: e.header.ktime_ns,
+                tgid: e.tgid,
+                comm: comm_to_string(&e.comm),
+            })
+        }
+        EventKind::Exit => {
+            let e: ExitEvent = read_wire(bytes, kind, header.size)?;
+            Event::Exit(Exit {
+                ktime_ns: e.header.ktime_ns,
+                tgid: e.tgid,
+                comm: comm_to_string(&e.comm),
+                wait_status: (e.exit_code_known != 0).then_some(e.exit_code),
+            })
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes_of<T>(value: &T) -> Vec<u8> {
+        // SAFETY: reading the bytes of a plain-old-data struct we own.
+        unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
+            .to_vec()
+    }
+
+    fn comm(name: &str) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        out[..name.len()].copy_from_slice(name.as_bytes());
+        out
+    }
+
+    #[test]
+    fn decodes_a_signal() {
+        let wire = SignalEvent {
+            header: EventHeader::new(EventKind::Signal, size_of::<SignalEvent>(), 42),
+            target_pid: 100,
+            sender_tgid: 7,
+            sender_pid: 8,
+            sig: 9,
+            code: 0,
+            result: 0,
+            group: 1,
+            _pad: 0,
+            sender_comm: comm("kill"),
+        };
+        let Event::Signal(signal) = decode(&bytes_of(&wire)).unwrap() else {
+            panic!("not a signal")
+        };
+        assert_eq!(signal.ktime_ns, 42);
+        assert_eq!(signal.sender_comm, "kill");
+        assert_eq!((signal.target_pid, signal.sender_tgid, signal.sig), (100, 7, 9));
+    }
+
+    #[test]
+    fn decodes_an_exit_with_and_without_status() {
+        let mut wire = ExitEvent {
+            header: EventHeader::new(EventKind::Exit, size_of::<ExitEvent>(), 1),
+            tgid: 5,
+            pid: 5,
+            exit_code: 3 << 8,
+            exit_code_known: 1,
+            comm: comm("a-sixteen-byte-c"),
+        };
+        let Event::Exit(exit) = decode(&bytes_of(&wire)).unwrap() else {
+            panic!()
+        };
+        assert_eq!(exit.wait_status, Some(3 << 8));
+        assert_eq!(exit.comm, "a-sixteen-byte-c");
+        wire.exit_code_known = 0;
+        let Event::Exit(exit) = decode(&bytes_of(&wire)).unwrap() else {
+            panic!()
+        };
+        assert_eq!(exit.wait_status, None);
+    }
+
+    #[test]
+    fn rejects_bad_records() {
+        assert_eq!(decode(&[1, 2, 3]), Err(DecodeError::Short(3)));
+        let header = EventHeader {
+            kind: 99,
+            size: 16,
+            ktime_ns: 0,
+        };
+        assert_eq!(decode(&bytes_of(&header)), Err(DecodeError::UnknownKind(99)));
+        let header = EventHeader::new(EventKind::Exit, 16, 0);
+        assert!(matches!(
+            decode(&bytes_of(&header)),
+            Err(DecodeError::BadSize { .. })
+        ));
+    }
+
+    #[test]
+    fn events_round_trip_through_json() {
+        let event = Event::Exit(Exit {
+            ktime_ns: 1,
+            tgid: 2,
+            comm: "x".into(),
+            wait_status: None,
+        });
+        let line = serde_json::to_string(&event).unwrap();
+        assert_eq!(serde_json::from_str::<Event>(&line).unwrap(), event);
+    }
+}

@@ -1,0 +1,22 @@
+//! drainwatch: see what is still in flight inside a server before you stop it.
+//!
+//! The library holds everything but the command-line edge: loading and attaching the eBPF
+//! probe ([`probe`]), turning its wire events into domain events ([`event`]), the pure state
+//! machine that turns events into violations and verdicts ([`state`]), the report types
+//! ([`report`]) and the runners of each subcommand ([`audit`]).
+
+pub mod audit;
+pub mod btf;
+pub mod cli;
+pub mod error;
+pub mod event;
+pub mod procfs;
+pub mod probe;
+pub mod report;
+pub mod settings;
+pub mod signals;
+pub mod state;
+pub mod summary;
+pub mod tracefs;
+
+pub use error::{Error, Result};

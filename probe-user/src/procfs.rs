@@ -1,0 +1,74 @@
+//! Small reads from /proc (see proc(5)). Every function returns `None` when the process is
+//! gone: processes come and go while drainwatch runs, and that is not an error.
+
+use std::{fs, time::Duration};
+
+pub fn process_exists(tgid: u32) -> bool {
+    fs::metadata(format!("/proc/{tgid}/stat")).is_ok() && tgid_of(tgid) == Some(tgid)
+}
+
+/// The task's `comm` (at most 15 bytes).
+pub fn comm(pid: u32) -> Option<String> {
+    let raw = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    Some(raw.trim_end_matches('\n').to_string())
+}
+
+/// The command line, arguments joined by spaces; `None` if gone or a kernel thread.
+pub fn cmdline(tgid: u32) -> Option<String> {
+    let raw = fs::read(format!("/proc/{tgid}/cmdline")).ok()?;
+    if raw.is_empty() {
+        return None;
+    }
+    let text = raw
+        .split(|b| *b == 0)
+        .filter(|part| !part.is_empty())
+        .map(|part| String::from_utf8_lossy(part).into_owned())
+        .collect::<Vec<_>>()
+        .join(" ");
+    Some(text)
+}
+
+/// The tgid (process) that a pid (thread) belongs to, from the `Tgid:` line of status.
+pub fn tgid_of(pid: u32) -> Option<u32> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Tgid:"))
+        .and_then(|value| value.trim().parse().ok())
+}
+
+/// The pids (threads) of a tgid, from /proc/TGID/task.
+pub fn threads(tgid: u32) -> Vec<u32> {
+    let Ok(dir) = fs::read_dir(format!("/proc/{tgid}/task")) else {
+        return Vec::new();
+    };
+    dir.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// CLOCK_MONOTONIC now, the clock of `bpf_ktime_get_ns()`.
+pub fn monotonic_now() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_this_process() {
+        let me = std::process::id();
+        assert!(process_exists(me));
+        assert_eq!(tgid_of(me), Some(me));
+        assert!(threads(me).contains(&me));
+        assert!(cmdline(me).is_some());
+        assert!(comm(me).is_some());
+        assert!(!process_exists(0));
+    }
+}

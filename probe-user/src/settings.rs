@@ -1,0 +1,270 @@
+//! Validated settings, built once from parsed flags. Everything a run needs is checked here,
+//! before anything is attached: a bad value costs one clear line and exit 2, never a
+//! half-done run.
+
+use std::{
+    fs::{File, OpenOptions},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use crate::{
+    cli::{AuditArgs, SharedArgs},
+    procfs,
+    Error, Result,
+};
+
+/// Default database ports (DESIGN.md): PostgreSQL, MySQL/MariaDB, Redis, MongoDB.
+pub const DEFAULT_DB_PORTS: [u16; 4] = [5432, 3306, 6379, 27017];
+
+/// Parses `250ms`, `30s`, `5m`, `1h` (also `us`, `ns`; fractions like `1.5s`).
+pub fn parse_duration(text: &str) -> Result<Duration> {
+    let invalid = || Error::InvalidValue {
+        what: "duration",
+        value: text.to_string(),
+        hint: "use a number and a unit, like 250ms, 30s or 5m",
+    };
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(invalid)?;
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().map_err(|_| invalid())?;
+    let seconds_per_unit = match unit {
+        "ns" => 1e-9,
+        "us" | "µs" => 1e-6,
+        "ms" => 1e-3,
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(invalid()),
+    };
+    let seconds = number * seconds_per_unit;
+    if !seconds.is_finite() || seconds > 366.0 * 24.0 * 3600.0 {
+        return Err(invalid());
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// Parses a TCP port, 1 to 65535.
+pub fn parse_port(text: &str) -> Result<u16> {
+    match text.parse::<u16>() {
+        Ok(port) if port != 0 => Ok(port),
+        _ => Err(Error::InvalidValue {
+            what: "port",
+            value: text.to_string(),
+            hint: "use a TCP port number from 1 to 65535",
+        }),
+    }
+}
+
+/// Parses `ADDR:PORT` (IPv6 as `[::1]:5432`).
+pub fn parse_db_addr(text: &str) -> Result<SocketAddr> {
+    match text.parse::<SocketAddr>() {
+        Ok(addr) if addr.port() != 0 => Ok(addr),
+        _ => Err(Error::InvalidValue {
+            what: "database address",
+            value: text.to_string(),
+            hint: "use IP:PORT, like 127.0.0.1:5432 or [::1]:5432",
+        }),
+    }
+}
+
+/// Parses a pid: a positive number.
+pub fn parse_pid(text: &str) -> Result<u32> {
+    match text.parse::<u32>() {
+        Ok(pid) if pid > 0 && pid <= i32::MAX as u32 => Ok(pid),
+        _ => Err(Error::InvalidValue {
+            what: "pid",
+            value: text.to_string(),
+            hint: "use a process id, a positive number (e.g. from `pgrep NAME`)",
+        }),
+    }
+}
+
+/// Flags every subcommand shares.
+#[derive(Clone, Debug)]
+pub struct Common {
+    pub db_ports: Vec<u16>,
+    pub db_addrs: Vec<SocketAddr>,
+    pub quiet: Duration,
+    pub json: bool,
+    pub verbose: u8,
+    pub follow_forks: bool,
+}
+
+impl Common {
+    pub fn from_args(args: &SharedArgs) -> Result<Self> {
+        let mut db_ports = DEFAULT_DB_PORTS.to_vec();
+        for port in &args.db_port {
+            let port = parse_port(port)?;
+            if !db_ports.contains(&port) {
+                db_ports.push(port);
+            }
+        }
+        let db_addrs = args
+            .db
+            .iter()
+            .map(|addr| parse_db_addr(addr))
+            .collect::<Result<_>>()?;
+        let quiet = args
+            .quiet
+            .as_deref()
+            .map(parse_duration)
+            .transpose()?
+            .unwrap_or(Duration::from_millis(100));
+        Ok(Self {
+            db_ports,
+            db_addrs,
+            quiet,
+            json: args.json,
+            verbose: args.verbose,
+            follow_forks: !args.no_follow,
+        })
+    }
+}
+
+/// What an audit watches.
+#[derive(Debug)]
+pub enum AuditTargets {
+    /// Running processes named by `--pid`.
+    Pids(Vec<u32>),
+    /// A command drainwatch launches and audits until it exits.
+    Launch(Vec<String>),
+}
+
+/// A report file, opened (and so proven writable) before the run starts.
+#[derive(Debug)]
+pub struct ReportFile {
+    pub path: PathBuf,
+    pub file: File,
+}
+
+impl ReportFile {
+    pub fn open(path: &Path) -> Result<Self> {
+        // Opened now, not at the end: an unwritable path must fail before the run, not
+        // after an hour of auditing. Truncated only when the report is written.
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|source| Error::ReportPath {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+}
+
+#[derive(Debug)]
+pub struct AuditSettings {
+    pub common: Common,
+    pub targets: AuditTargets,
+    pub duration: Option<Duration>,
+    pub report: Option<ReportFile>,
+}
+
+impl AuditSettings {
+    pub fn from_args(args: &AuditArgs) -> Result<Self> {
+        let common = Common::from_args(&args.shared)?;
+        let duration = args.duration.as_deref().map(parse_duration).transpose()?;
+        if duration == Some(Duration::ZERO) {
+            return Err(Error::InvalidValue {
+                what: "duration",
+                value: "0".into(),
+                hint: "give a positive duration, like 30s, or leave it out to run until exit",
+            });
+        }
+        let targets = if !args.command.is_empty() {
+            if !args.pid.is_empty() || !args.comm.is_empty() {
+                return Err(Error::InvalidValue {
+                    what: "targets",
+                    value: "--pid/--comm together with -- CMD".into(),
+                    hint: "audit either running processes (--pid) or a launched command (-- CMD)",
+                });
+            }
+            AuditTargets::Launch(args.command.clone())
+        } else if !args.comm.is_empty() {
+            return Err(Error::InvalidValue {
+                what: "targets",
+                value: "--comm".into(),
+                hint: "--comm is not built yet (CI audit mode); use --pid PID or -- CMD",
+            });
+        } else if args.pid.is_empty() {
+            return Err(Error::InvalidValue {
+                what: "targets",
+                value: "none".into(),
+                hint: "name what to audit: --pid PID, or -- CMD ARGS to launch a command",
+            });
+        } else {
+            AuditTargets::Pids(validate_pids(&args.pid)?)
+        };
+        let report = args.report.as_deref().map(ReportFile::open).transpose()?;
+        Ok(Self {
+            common,
+            targets,
+            duration,
+            report,
+        })
+    }
+}
+
+/// Parses each `--pid`, refusing drainwatch's own pid and pids that do not exist.
+pub fn validate_pids(texts: &[String]) -> Result<Vec<u32>> {
+    let own = std::process::id();
+    let mut pids = Vec::new();
+    for text in texts {
+        let pid = parse_pid(text)?;
+        if pid == own {
+            return Err(Error::SelfTarget(pid));
+        }
+        if !procfs::process_exists(pid) {
+            return Err(Error::NoSuchProcess(pid));
+        }
+        if !pids.contains(&pid) {
+            pids.push(pid);
+        }
+    }
+    Ok(pids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_people_write_them() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        for bad in ["", "30", "s", "30x", "-1s", "1..2s", "ms30", "99999999h"] {
+            let err = parse_duration(bad).unwrap_err().to_string();
+            assert!(err.contains("like 250ms, 30s or 5m"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn ports_and_addresses_are_checked() {
+        assert_eq!(parse_port("5432").unwrap(), 5432);
+        assert!(parse_port("0").is_err());
+        assert!(parse_port("65536").is_err());
+        assert!(parse_port("pg").is_err());
+        assert_eq!(parse_db_addr("[::1]:5432").unwrap().port(), 5432);
+        assert!(parse_db_addr("127.0.0.1").is_err());
+        assert!(parse_db_addr("db.example:5432").is_err());
+    }
+
+    #[test]
+    fn pids_are_positive_numbers() {
+        assert_eq!(parse_pid("42").unwrap(), 42);
+        for bad in ["0", "-3", "abc", "4294967295"] {
+            assert!(parse_pid(bad).is_err(), "{bad}");
+        }
+    }
+}

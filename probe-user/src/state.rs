@@ -1,0 +1,228 @@
+//! The audit state machine: targets, their exits, and the violations the events prove.
+//! Pure: no I/O, no clocks. Events go in through [`AuditState::apply`]; the report comes out
+//! of [`AuditState::report`]. Unit tests replay recorded event sequences through it.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::{
+    event::{Event, Exit, Fork, Signal},
+    report::{
+        EventCounts, ExitReport, Mode, Report, SigkillViolation, TargetReport, Verdict,
+        Violation, SCHEMA,
+    },
+    signals,
+};
+
+/// Why a process is a target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Named by `--pid`.
+    Named,
+    /// Launched by drainwatch (`audit -- CMD`).
+    Launched,
+    /// Forked by a target after attach.
+    Forked { parent: u32 },
+}
+
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub tgid: u32,
+    pub comm: String,
+    pub origin: Origin,
+    pub exit: Option<ExitReport>,
+}
+
+#[derive(Debug)]
+pub struct AuditState {
+    /// CLOCK_MONOTONIC at attach, in ns: `at_ms` values count from here.
+    attach_ns: u64,
+    /// drainwatch's own tgid, to tell its own signals apart.
+    self_tgid: u32,
+    targets: BTreeMap<u32, Target>,
+    /// Threads (pid -> tgid) of targets, for signals sent to one thread.
+    threads: HashMap<u32, u32>,
+    /// Fork children that were gone before userspace could tell thread from process; they
+    /// become targets if an event proves they were processes.
+    unresolved_children: HashMap<u32, (u32, String)>,
+    violations: Vec<Violation>,
+    received: u64,
+}
+
+impl AuditState {
+    pub fn new(attach_ns: u64, self_tgid: u32) -> Self {
+        Self {
+            attach_ns,
+            self_tgid,
+            targets: BTreeMap::new(),
+            threads: HashMap::new(),
+            unresolved_children: HashMap::new(),
+            violations: Vec::new(),
+            received: 0,
+        }
+    }
+
+    pub fn add_target(&mut self, tgid: u32, comm: String, origin: Origin) {
+        self.targets.entry(tgid).or_insert(Target {
+            tgid,
+            comm,
+            origin,
+            exit: None,
+        });
+    }
+
+    pub fn add_thread(&mut self, pid: u32, tgid: u32) {
+        if pid != tgid {
+            self.threads.insert(pid, tgid);
+        }
+    }
+
+    pub fn targets(&self) -> impl Iterator<Item = &Target> {
+        self.targets.values()
+    }
+
+    pub fn violations(&self) -> &[Violation] {
+        &self.violations
+    }
+
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// True once every target process has exited (and there is at least one).
+    pub fn all_exited(&self) -> bool {
+        !self.targets.is_empty() && self.targets.values().all(|t| t.exit.is_some())
+    }
+
+    fn at_ms(&self, ktime_ns: u64) -> u64 {
+        ktime_ns.saturating_sub(self.attach_ns) / 1_000_000
+    }
+
+    pub fn apply(&mut self, event: &Event) {
+        self.received += 1;
+        match event {
+            Event::Signal(signal) => self.on_signal(signal),
+            Event::Fork(fork) => self.on_fork(fork),
+            Event::Exec(exec) => {
+                if let Some(target) = self.targets.get_mut(&exec.tgid) {
+                    target.comm = exec.comm.clone();
+                }
+            }
+            Event::Exit(exit) => self.on_exit(exit),
+        }
+    }
+
+    /// The target tgid a task id belongs to, promoting an unresolved fork child.
+    fn target_of(&mut self, pid: u32) -> Option<u32> {
+        if self.targets.contains_key(&pid) {
+            return Some(pid);
+        }
+        if let Some(tgid) = self.threads.get(&pid) {
+            return Some(*tgid);
+        }
+        let (parent, comm) = self.unresolved_children.remove(&pid)?;
+        self.add_target(pid, comm, Origin::Forked { parent });
+        Some(pid)
+    }
+
+    fn on_signal(&mut self, signal: &Signal) {
+        let Some(tgid) = self.target_of(signal.target_pid) else {
+            return;
+        };
+        if signal.sig != libc::SIGKILL {
+            return;
+        }
+        let violation = SigkillViolation {
+            pid: tgid,
+            at_ms: self.at_ms(signal.ktime_ns),
+            sender_pid: signal.sender_pid,
+            sender_tgid: signal.sender_tgid,
+            sender_comm: signal.sender_comm.clone(),
+            sender_cmdline: signal.sender_cmdline.clone(),
+            by_kernel: signals::generated_by_kernel(signal.code),
+            by_drainwatch: signal.sender_tgid == self.self_tgid,
+        };
+        self.violations.push(Violation::Sigkill(violation));
+    }
+
+    fn on_fork(&mut self, fork: &Fork) {
+        let parent = self
+            .target_of(fork.parent_tgid)
+            .unwrap_or(fork.parent_tgid);
+        match fork.child_tgid {
+            Some(tgid) if tgid == fork.child_pid => {
+                self.add_target(tgid, fork.comm.clone(), Origin::Forked { parent })
+            }
+            Some(tgid) => self.add_thread(fork.child_pid, tgid),
+            None => {
+                self.unresolved_children
+                    .insert(fork.child_pid, (parent, fork.comm.clone()));
+            }
+        }
+    }
+
+    fn on_exit(&mut self, exit: &Exit) {
+        let at_ms = self.at_ms(exit.ktime_ns);
+        let Some(tgid) = self.target_of(exit.tgid) else {
+            return;
+        };
+        self.threads.retain(|_, owner| *owner != tgid);
+        let Some(target) = self.targets.get_mut(&tgid) else {
+            return;
+        };
+        let (code, signal) = match exit.wait_status {
+            // wait(2) status: low 7 bits are the terminating signal, else bits 8..16 the code.
+            Some(status) if status & 0x7f == 0 => (Some(((status >> 8) & 0xff) as i32), None),
+            Some(status) => (None, Some(signals::name((status & 0x7f) as i32))),
+            None => (None, None),
+        };
+        target.exit = Some(ExitReport {
+            at_ms,
+            code,
+            signal,
+        });
+    }
+
+    /// The report of this run. `lost` counts events the kernel could not deliver (and
+    /// records userspace could not decode); `probe_failures` names probes that did not attach.
+    pub fn report(&self, mode: Mode, lost: u64, probe_failures: Vec<String>) -> Report {
+        let verdict = if lost > 0 || !probe_failures.is_empty() {
+            Verdict::Incomplete
+        } else if !self.violations.is_empty() {
+            Verdict::Violations
+        } else {
+            Verdict::Clean
+        };
+        let targets = self
+            .targets
+            .values()
+            .map(|t| TargetReport {
+                pid: t.tgid,
+                comm: t.comm.clone(),
+                parent_pid: match t.origin {
+                    Origin::Forked { parent } => Some(parent),
+                    Origin::Named | Origin::Launched => None,
+                },
+                exit: t.exit.clone(),
+            })
+            .collect();
+        Report {
+            schema: SCHEMA,
+            mode,
+            verdict,
+            targets,
+            violations: self.violations.clone(),
+            drain: None,
+            connections: None,
+            requests: None,
+            db_queries: None,
+            events: EventCounts {
+                received: self.received,
+                lost,
+            },
+            probe_failures,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

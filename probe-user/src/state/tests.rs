@@ -1,0 +1,151 @@
+//! Replays event sequences (JSON lines, the `-vv` format) through the state machine.
+
+use super::*;
+use crate::report::Verdict;
+
+const ATTACH_NS: u64 = 1_000_000_000;
+const SELF_TGID: u32 = 5000;
+
+fn replay(recorded: &str, named: &[(u32, &str)]) -> AuditState {
+    let mut state = AuditState::new(ATTACH_NS, SELF_TGID);
+    for (tgid, comm) in named {
+        state.add_target(*tgid, comm.to_string(), Origin::Named);
+    }
+    for line in recorded.lines().filter(|l| !l.trim().is_empty()) {
+        let event: Event = serde_json::from_str(line).expect("recorded event parses");
+        state.apply(&event);
+    }
+    state
+}
+
+fn sigkills(state: &AuditState) -> Vec<&SigkillViolation> {
+    state
+        .violations()
+        .iter()
+        .map(|v| match v {
+            Violation::Sigkill(s) => s,
+        })
+        .collect()
+}
+
+#[test]
+fn kill_dash_nine_is_one_sigkill_violation_naming_the_sender() {
+    let state = replay(
+        include_str!("../../testdata/kill9_by_helper.jsonl"),
+        &[(4121, "dw-fixture")],
+    );
+    let kills = sigkills(&state);
+    assert_eq!(kills.len(), 1);
+    let kill = kills[0];
+    assert_eq!((kill.pid, kill.sender_tgid, kill.sender_pid), (4121, 3999, 3999));
+    assert_eq!(kill.sender_comm, "dw-fixture");
+    assert_eq!(kill.sender_cmdline.as_deref(), Some("dw-fixture signal 9 4121"));
+    assert_eq!(kill.at_ms, 250);
+    assert!(!kill.by_kernel && !kill.by_drainwatch);
+    assert!(state.all_exited());
+    let report = state.report(Mode::Audit, 0, vec![]);
+    assert_eq!(report.verdict, Verdict::Violations);
+    let exit = report.targets[0].exit.as_ref().unwrap();
+    assert_eq!((exit.code, exit.signal.as_deref()), (None, Some("SIGKILL")));
+    assert_eq!(report.events.received, 2);
+}
+
+#[test]
+fn sigterm_and_a_clean_exit_is_clean() {
+    let state = replay(
+        include_str!("../../testdata/sigterm_clean.jsonl"),
+        &[(4121, "dw-fixture")],
+    );
+    let report = state.report(Mode::Audit, 0, vec![]);
+    assert_eq!(report.verdict, Verdict::Clean);
+    assert!(report.violations.is_empty());
+    let exit = report.targets[0].exit.as_ref().unwrap();
+    assert_eq!((exit.at_ms, exit.code, exit.signal.clone()), (262, Some(0), None));
+}
+
+#[test]
+fn lost_events_or_failed_probes_make_it_incomplete_never_clean() {
+    let state = replay(
+        include_str!("../../testdata/sigterm_clean.jsonl"),
+        &[(4121, "dw-fixture")],
+    );
+    assert_eq!(state.report(Mode::Audit, 1, vec![]).verdict, Verdict::Incomplete);
+    let failed = vec!["signal:signal_generate".to_string()];
+    assert_eq!(state.report(Mode::Audit, 0, failed).verdict, Verdict::Incomplete);
+    let killed = replay(
+        include_str!("../../testdata/kill9_by_helper.jsonl"),
+        &[(4121, "dw-fixture")],
+    );
+    let report = killed.report(Mode::Audit, 3, vec![]);
+    assert_eq!(report.verdict, Verdict::Incomplete);
+    assert_eq!(report.violations.len(), 1, "violations are still listed");
+}
+
+#[test]
+fn a_forked_child_killed_with_sigkill_is_flagged_with_its_own_pid() {
+    let state = replay(
+        include_str!("../../testdata/forked_child_killed.jsonl"),
+        &[(4121, "dw-fixture")],
+    );
+    let kills = sigkills(&state);
+    assert_eq!(kills.len(), 1, "SIGCHLD and SIGTERM are not violations");
+    assert_eq!(kills[0].pid, 4130);
+    let report = state.report(Mode::Audit, 0, vec![]);
+    let pids: Vec<_> = report.targets.iter().map(|t| (t.pid, t.parent_pid)).collect();
+    assert_eq!(pids, [(4121, None), (4130, Some(4121))], "the thread 4122 is no target");
+    assert!(state.all_exited());
+}
+
+#[test]
+fn a_sigkill_to_one_thread_counts_for_its_process_and_the_kernel_is_named() {
+    let state = replay(
+        include_str!("../../testdata/oom_kill_of_thread.jsonl"),
+        &[(4121, "game")],
+    );
+    let kills = sigkills(&state);
+    assert_eq!(kills.len(), 1);
+    assert_eq!(kills[0].pid, 4121);
+    assert!(kills[0].by_kernel);
+    assert_eq!((kills[0].sender_tgid, kills[0].sender_pid), (777, 778));
+}
+
+#[test]
+fn children_gone_before_lookup_become_targets_only_when_they_prove_to_be_processes() {
+    let state = replay(
+        include_str!("../../testdata/fork_child_gone_before_lookup.jsonl"),
+        &[(4121, "dw-fixture")],
+    );
+    let report = state.report(Mode::Audit, 0, vec![]);
+    let pids: Vec<_> = report.targets.iter().map(|t| t.pid).collect();
+    assert_eq!(pids, [4121, 4200], "4201 never proved to be a process");
+    let child = &report.targets[1];
+    assert_eq!(child.exit.as_ref().unwrap().code, Some(3));
+    assert!(state.all_exited(), "an unresolved child does not hold the audit open");
+}
+
+#[test]
+fn drainwatchs_own_sigkill_is_marked() {
+    let mut state = AuditState::new(ATTACH_NS, SELF_TGID);
+    state.add_target(10, "srv".into(), Origin::Named);
+    state.apply(&Event::Signal(Signal {
+        ktime_ns: ATTACH_NS,
+        target_pid: 10,
+        sender_tgid: SELF_TGID,
+        sender_pid: SELF_TGID + 1,
+        sender_comm: "drainwatch".into(),
+        sender_cmdline: None,
+        sig: libc::SIGKILL,
+        code: 0,
+        result: 0,
+    }));
+    assert!(sigkills(&state)[0].by_drainwatch);
+    assert!(!state.all_exited());
+}
+
+#[test]
+fn events_for_strangers_change_nothing() {
+    let state = replay(include_str!("../../testdata/kill9_by_helper.jsonl"), &[(1, "init")]);
+    assert!(state.violations().is_empty());
+    assert!(!state.all_exited());
+    assert_eq!(state.received(), 2);
+}

@@ -1,0 +1,115 @@
+//! The human summary of an audit: one line per violation that an SRE understands without
+//! the JSON, then the targets and how each ended.
+
+use std::fmt::Write as _;
+
+use crate::{
+    audit::Outcome,
+    report::{ExitReport, Report, Verdict, Violation},
+};
+
+fn seconds(ms: u64) -> String {
+    format!("{:.3}s", ms as f64 / 1000.0)
+}
+
+fn comm_of(report: &Report, pid: u32) -> &str {
+    report
+        .targets
+        .iter()
+        .find(|t| t.pid == pid)
+        .map(|t| t.comm.as_str())
+        .unwrap_or("?")
+}
+
+pub fn violation_line(report: &Report, violation: &Violation) -> String {
+    match violation {
+        Violation::Sigkill(v) => {
+            let by = if v.by_kernel {
+                format!("the kernel (in {} ({}), e.g. the OOM killer)", v.sender_comm, v.sender_tgid)
+            } else if v.by_drainwatch {
+                "drainwatch (--kill-after)".to_string()
+            } else {
+                format!("{} ({})", v.sender_comm, v.sender_tgid)
+            };
+            let cmdline = v
+                .sender_cmdline
+                .as_deref()
+                .map(|c| format!(": `{c}`"))
+                .unwrap_or_default();
+            format!(
+                "SIGKILL sent to {} ({}) by {by} at {}{cmdline}",
+                comm_of(report, v.pid),
+                v.pid,
+                seconds(v.at_ms)
+            )
+        }
+    }
+}
+
+fn exit_line(exit: Option<&ExitReport>) -> String {
+    match exit {
+        None => "still running".to_string(),
+        Some(ExitReport {
+            at_ms,
+            signal: Some(signal),
+            ..
+        }) => format!("killed by {signal} at {}", seconds(*at_ms)),
+        Some(ExitReport {
+            at_ms,
+            code: Some(code),
+            ..
+        }) => format!("exited with code {code} at {}", seconds(*at_ms)),
+        Some(ExitReport { at_ms, .. }) => format!("exited at {} (status unknown)", seconds(*at_ms)),
+    }
+}
+
+pub fn render(outcome: &Outcome) -> String {
+    let report = &outcome.report;
+    let mut out = String::new();
+    let headline = match report.verdict {
+        Verdict::Clean => "CLEAN: no violations".to_string(),
+        Verdict::Violations => format!(
+            "VIOLATIONS: {} found",
+            report.violations.len()
+        ),
+        Verdict::Incomplete => format!(
+            "INCOMPLETE: {} events lost, {} probes failed; {} violations seen",
+            report.events.lost,
+            report.probe_failures.len(),
+            report.violations.len()
+        ),
+        Verdict::Timeout => "TIMEOUT".to_string(),
+    };
+    let _ = writeln!(
+        out,
+        "drainwatch audit: {headline} (ended: {}, after {:.3}s)",
+        outcome.ended_by.describe(),
+        outcome.elapsed.as_secs_f64()
+    );
+    for violation in &report.violations {
+        let _ = writeln!(out, "  x {}", violation_line(report, violation));
+    }
+    for failure in &report.probe_failures {
+        let _ = writeln!(out, "  ! probe failed: {failure}");
+    }
+    let _ = writeln!(out, "targets:");
+    for target in &report.targets {
+        let forked = target
+            .parent_pid
+            .map(|p| format!(" (forked by {p})"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "  {} {}{forked}: {}",
+            target.pid,
+            target.comm,
+            exit_line(target.exit.as_ref())
+        );
+    }
+    let _ = writeln!(
+        out,
+        "events: {} received, {} lost",
+        report.events.received, report.events.lost
+    );
+    out
+}

@@ -1,0 +1,166 @@
+//! tracefs: make sure it is mounted (aya finds tracepoint ids there), and read tracepoint
+//! field offsets from the `format` files of the running kernel, so the probe does not
+//! depend on one kernel's record layout.
+//! See Documentation/trace/events.rst ("Event formats") in the kernel source.
+
+use std::{ffi::CString, fs, path::PathBuf};
+
+use crate::{Error, Result};
+
+const ROOTS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
+
+/// Finds a mounted tracefs, mounting it at /sys/kernel/tracing when none is.
+/// Returns the root and whether drainwatch mounted it.
+pub fn ensure_mounted() -> Result<(PathBuf, bool)> {
+    if let Some(root) = mounted_root() {
+        return Ok((root, false));
+    }
+    let target = ROOTS[0];
+    let source = CString::new("tracefs").expect("no NUL");
+    let dir = CString::new(target).expect("no NUL");
+    // SAFETY: valid NUL-terminated strings; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            dir.as_ptr(),
+            source.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(Error::Tracefs(std::io::Error::last_os_error().to_string()));
+    }
+    mounted_root()
+        .map(|root| (root, true))
+        .ok_or_else(|| Error::Tracefs("mounted, but no events directory appeared".into()))
+}
+
+fn mounted_root() -> Option<PathBuf> {
+    ROOTS
+        .iter()
+        .map(PathBuf::from)
+        .find(|root| root.join("events").is_dir())
+}
+
+/// One field of a tracepoint record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Field {
+    pub name: String,
+    pub offset: u32,
+    pub size: u32,
+}
+
+/// The fields of one tracepoint, parsed from its `format` file.
+#[derive(Clone, Debug)]
+pub struct Format {
+    pub category: String,
+    pub name: String,
+    pub fields: Vec<Field>,
+}
+
+impl Format {
+    pub fn read(root: &std::path::Path, category: &str, name: &str) -> Result<Self> {
+        let path = root.join("events").join(category).join(name).join("format");
+        let text = fs::read_to_string(&path).map_err(|err| Error::TracepointFormat {
+            category: category.into(),
+            name: name.into(),
+            problem: format!("cannot read {}: {err}", path.display()),
+        })?;
+        Ok(Self::parse(category, name, &text))
+    }
+
+    /// Parses lines like
+    /// `field:pid_t pid;	offset:36;	size:4;	signed:1;`.
+    pub fn parse(category: &str, name: &str, text: &str) -> Self {
+        let fields = text.lines().filter_map(parse_field).collect();
+        Self {
+            category: category.into(),
+            name: name.into(),
+            fields,
+        }
+    }
+
+    /// The offset of `field`, checking that it has the size the probe reads.
+    pub fn offset(&self, field: &str, size: u32) -> Result<u32> {
+        let found = self
+            .fields
+            .iter()
+            .find(|f| f.name == field)
+            .ok_or_else(|| self.error(format!("no field `{field}`")))?;
+        if found.size != size {
+            return Err(self.error(format!(
+                "field `{field}` is {} bytes, the probe reads {size}",
+                found.size
+            )));
+        }
+        Ok(found.offset)
+    }
+
+    fn error(&self, problem: String) -> Error {
+        Error::TracepointFormat {
+            category: self.category.clone(),
+            name: self.name.clone(),
+            problem,
+        }
+    }
+}
+
+fn parse_field(line: &str) -> Option<Field> {
+    let mut decl = None;
+    let mut offset = None;
+    let mut size = None;
+    for part in line.trim().split(';') {
+        let part = part.trim();
+        if let Some(d) = part.strip_prefix("field:") {
+            decl = Some(d);
+        } else if let Some(o) = part.strip_prefix("offset:") {
+            offset = o.parse().ok();
+        } else if let Some(s) = part.strip_prefix("size:") {
+            size = s.parse().ok();
+        }
+    }
+    // The name is the last word of the declaration, without an array suffix:
+    // `char comm[16]` -> `comm`, `__data_loc char[] filename` -> `filename`.
+    let name = decl?.split_whitespace().last()?;
+    let name = name.split('[').next()?;
+    Some(Field {
+        name: name.to_string(),
+        offset: offset?,
+        size: size?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SIGNAL_GENERATE: &str = "name: signal_generate
+ID: 261
+format:
+	field:unsigned short common_type;	offset:0;	size:2;	signed:0;
+	field:int common_pid;	offset:4;	size:4;	signed:1;
+
+	field:int sig;	offset:8;	size:4;	signed:1;
+	field:int errno;	offset:12;	size:4;	signed:1;
+	field:int code;	offset:16;	size:4;	signed:1;
+	field:char comm[16];	offset:20;	size:16;	signed:0;
+	field:pid_t pid;	offset:36;	size:4;	signed:1;
+	field:__data_loc char[] parent_comm;	offset:44;	size:4;	signed:0;
+
+print fmt: \"sig=%d\", REC->sig
+";
+
+    #[test]
+    fn parses_a_format_file() {
+        let format = Format::parse("signal", "signal_generate", SIGNAL_GENERATE);
+        assert_eq!(format.offset("sig", 4).unwrap(), 8);
+        assert_eq!(format.offset("pid", 4).unwrap(), 36);
+        assert_eq!(format.offset("comm", 16).unwrap(), 20);
+        assert_eq!(format.offset("parent_comm", 4).unwrap(), 44);
+        let err = format.offset("pid", 8).unwrap_err().to_string();
+        assert!(err.contains("is 4 bytes"), "{err}");
+        let err = format.offset("nope", 4).unwrap_err().to_string();
+        assert!(err.contains("no field `nope`"), "{err}");
+    }
+}

@@ -1,0 +1,49 @@
+//! `cargo xtask build`: setup, then build every binary of the workspace.
+//!
+//! probe-user's build script compiles the eBPF object with aya-build (it needs the
+//! bpf-linker that setup guarantees), so one `cargo build` yields a working `drainwatch`.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+
+use crate::{exec, setup};
+
+/// Arguments selecting what to build/lint/test: every member except `probe-ebpf`.
+///
+/// `--workspace` ignores `default-members`, and `probe-ebpf` cannot be built for the host
+/// (it is `no_std` for bpfel-unknown-none; probe-user's build script builds it properly).
+pub const WORKSPACE: &[&str] = &["--workspace", "--exclude", "probe-ebpf"];
+
+/// Where the build of `profile` ("debug"/"release") leaves binary `name`.
+pub fn binary(profile: &str, name: &str) -> PathBuf {
+    exec::target_dir().join(profile).join(name)
+}
+
+/// `cargo xtask build [--release]`; returns the path of the `drainwatch` binary.
+pub fn run(release: bool) -> Result<PathBuf> {
+    setup::run()?;
+    build(release)
+}
+
+/// The build without setup, for subcommands that already ran it.
+pub fn build(release: bool) -> Result<PathBuf> {
+    let profile = if release { "release" } else { "debug" };
+    println!("build: cargo build ({profile})");
+    let mut cmd = exec::cargo();
+    cmd.arg("build");
+    if release {
+        cmd.arg("--release");
+    }
+    cmd.args(WORKSPACE).arg("--bins");
+    exec::run(&mut cmd).context("building the workspace")?;
+    let drainwatch = binary(profile, "drainwatch");
+    if !drainwatch.is_file() {
+        bail!(
+            "cargo build succeeded but {} does not exist",
+            drainwatch.display()
+        );
+    }
+    println!("build: drainwatch is at {}", drainwatch.display());
+    Ok(drainwatch)
+}

@@ -1,0 +1,91 @@
+//! `cargo xtask`: the one entry point that builds, tests and demonstrates drainwatch.
+//!
+//! A fresh machine (or a CI clone) has none of what a previous session installed by hand, so
+//! every subcommand starts with `setup`, which installs what is missing and is cheap when
+//! nothing is.
+
+mod compile;
+mod demo;
+mod exec;
+mod setup;
+mod test;
+
+use std::{env, ffi::OsString, path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+/// Project tasks for drainwatch (run as `cargo xtask <command>`).
+#[derive(Parser)]
+#[command(name = "cargo xtask", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install or check everything the build and the tests need (idempotent).
+    Setup,
+    /// Build drainwatch and its test fixture, eBPF probe included.
+    Build {
+        /// Build with the release profile.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Run fmt, clippy, build and the whole test suite (integration tests need root).
+    Test {
+        /// Passed on to `cargo test`, e.g. `cargo xtask test -- sigkill`.
+        #[arg(last = true, value_name = "CARGO_TEST_ARGS")]
+        args: Vec<OsString>,
+    },
+    /// Audit a graceful restart and a `kill -9` of the bundled sample server.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    put_cargo_bin_on_path();
+    let result = match cli.command {
+        Task::Setup => setup::run(),
+        Task::Build { release } => compile::run(release).map(|_| ()),
+        Task::Test { args } => test::run(&args),
+        Task::Demo => demo::run(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `$CARGO_HOME`, defaulting to `$HOME/.cargo` as cargo and rustup do.
+pub fn cargo_home() -> PathBuf {
+    if let Some(home) = env::var_os("CARGO_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(home);
+    }
+    let home = env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    PathBuf::from(home).join(".cargo")
+}
+
+/// Makes `$CARGO_HOME/bin` the first PATH entry of this process, so that every child we
+/// spawn (cargo, and through it probe-user's build script) finds the bpf-linker that setup
+/// installs there, even when the user's shell never sourced `$CARGO_HOME/env`.
+///
+/// PATH is left exactly as it is when that directory already comes first: probe-user's build
+/// script reruns whenever PATH changes, and a needless rewrite would make plain `cargo build`
+/// and `cargo xtask build` rebuild it in turn.
+fn put_cargo_bin_on_path() {
+    let bin = cargo_home().join("bin");
+    let current = env::var_os("PATH").unwrap_or_default();
+    let mut entries: Vec<PathBuf> = env::split_paths(&current).collect();
+    if entries.first() == Some(&bin) {
+        return;
+    }
+    entries.insert(0, bin);
+    if let Ok(joined) = env::join_paths(entries) {
+        // Single-threaded here: nothing else reads the environment concurrently.
+        env::set_var("PATH", joined);
+    }
+}
