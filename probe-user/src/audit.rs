@@ -1,17 +1,13 @@
 //! `drainwatch audit`: attach, follow the targets until they exit (or the duration ends, or
 //! Ctrl-C), then report. The I/O half of the audit; the decisions live in [`crate::state`].
 
-use std::{
-    io::Write,
-    os::{fd::AsRawFd, unix::process::CommandExt},
-    process::{Child, Command},
-    time::Duration,
-};
+use std::{io::Write, os::fd::AsRawFd, time::Duration};
 
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
 use crate::{
     event::{self, Event},
+    launch,
     probe::{Probe, ProbeOptions},
     procfs,
     report::{Mode, Report, Verdict},
@@ -54,51 +50,6 @@ impl Outcome {
             Verdict::Clean => 0,
             Verdict::Violations | Verdict::Incomplete | Verdict::Timeout => 1,
         }
-    }
-}
-
-/// A launched command, held at the start line until drainwatch has made it a target, so
-/// that nothing it does, from its first instruction, goes unseen.
-struct Launched {
-    child: Child,
-    go: std::os::unix::net::UnixStream,
-}
-
-fn launch(command: &[String]) -> Result<Launched> {
-    let (go, wait) = std::os::unix::net::UnixStream::pair().map_err(|source| Error::Launch {
-        cmd: command.join(" "),
-        source,
-    })?;
-    let wait_fd = wait.as_raw_fd();
-    let mut cmd = Command::new(&command[0]);
-    cmd.args(&command[1..]);
-    // SAFETY: only async-signal-safe calls (read, close) between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            let mut byte = [0u8; 1];
-            let n = libc::read(wait_fd, byte.as_mut_ptr().cast(), 1);
-            libc::close(wait_fd);
-            if n == 1 {
-                Ok(())
-            } else {
-                Err(std::io::Error::other("drainwatch went away before the start"))
-            }
-        });
-    }
-    let child = cmd.spawn().map_err(|source| Error::Launch {
-        cmd: command.join(" "),
-        source,
-    })?;
-    drop(wait);
-    Ok(Launched { child, go })
-}
-
-impl Launched {
-    fn release(&mut self) -> Result<()> {
-        self.go.write_all(&[1]).map_err(|source| Error::Launch {
-            cmd: format!("pid {}", self.child.id()),
-            source,
-        })
     }
 }
 
@@ -180,16 +131,10 @@ pub async fn run(settings: &AuditSettings) -> Result<Outcome> {
     match &settings.targets {
         AuditTargets::Pids(pids) => attach_pids(&mut probe, &mut state, pids)?,
         AuditTargets::Launch(command) => {
-            let mut child = launch(command)?;
-            let pid = child.child.id();
-            probe.add_target(pid, pid)?;
-            let comm = std::path::Path::new(&command[0])
-                .file_name()
-                .map(|name| name.to_string_lossy().chars().take(15).collect())
-                .unwrap_or_default();
-            state.add_target(pid, comm, Origin::Launched);
-            child.release()?;
-            launched = Some(child);
+            let held = launch::spawn_held(command)?;
+            probe.add_target(held.pid, held.pid)?;
+            state.add_target(held.pid, command.comm(), Origin::Launched);
+            launched = Some(held.release()?);
         }
     }
     let names: Vec<String> = state
@@ -251,10 +196,10 @@ pub async fn run(settings: &AuditSettings) -> Result<Outcome> {
     let lost = probe.lost() + reader.malformed;
     let report = state.report(Mode::Audit, lost, probe.failures().to_vec());
     drop(probe);
-    if let Some(mut launched) = launched {
+    if let Some(pid) = launched {
         if ended_by == EndedBy::AllExited {
             // Reap it; the probe already saw how it ended.
-            let _ = launched.child.wait();
+            launch::reap(pid);
         }
     }
     Ok(Outcome {
@@ -291,9 +236,9 @@ pub fn publish(outcome: &Outcome, json: bool, report_file: Option<&ReportFile>) 
 pub fn write_report(file: &ReportFile, report: &Report) -> Result<()> {
     let mut text = serde_json::to_string_pretty(report).expect("report serializes");
     text.push('\n');
-    let io = |source| Error::ReportPath {
+    let io = |cause| Error::ReportPath {
         path: file.path.clone(),
-        source,
+        cause,
     };
     let mut handle = &file.file;
     handle.set_len(0).map_err(io)?;

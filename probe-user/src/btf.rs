@@ -75,19 +75,23 @@ impl Btf {
             let kind_flag = info >> 31 == 1;
             let mut members = Vec::new();
             let extra = match kind {
-                1 | 14 | 17 => 4,             // INT, VAR, DECL_TAG
-                3 => 12,                      // ARRAY
+                1 | 14 | 17 => 4, // INT, VAR, DECL_TAG
+                3 => 12,          // ARRAY
                 KIND_STRUCT | KIND_UNION => {
                     for i in 0..vlen {
                         let m = at + i * 12;
                         let raw_offset = u32_at(type_data, m + 8)?;
                         // With kind_flag, the low 24 bits are the bit offset.
-                        let bits = if kind_flag { raw_offset & 0xff_ffff } else { raw_offset };
+                        let bits = if kind_flag {
+                            raw_offset & 0xff_ffff
+                        } else {
+                            raw_offset
+                        };
                         members.push((u32_at(type_data, m)?, u32_at(type_data, m + 4)?, bits));
                     }
                     vlen * 12
                 }
-                6 | 13 => vlen * 8,  // ENUM, FUNC_PROTO
+                6 | 13 => vlen * 8,   // ENUM, FUNC_PROTO
                 15 | 19 => vlen * 12, // DATASEC, ENUM64
                 _ => 0,
             };

@@ -155,8 +155,16 @@ mod tests {
 
     #[test]
     fn audit_takes_a_command_after_double_dash() {
-        let cli = Cli::try_parse_from(["drainwatch", "audit", "--report", "r.json", "--", "sleep", "1"])
-            .unwrap();
+        let cli = Cli::try_parse_from([
+            "drainwatch",
+            "audit",
+            "--report",
+            "r.json",
+            "--",
+            "sleep",
+            "1",
+        ])
+        .unwrap();
         let Command::Audit(args) = cli.command else {
             panic!("not audit")
         };

@@ -15,10 +15,10 @@ pub enum Error {
     NoSuchProcess(u32),
     #[error("pid {0} is drainwatch itself: name the server's pid instead")]
     SelfTarget(u32),
-    #[error("cannot write report file {path}: {source} (choose a writable path)")]
+    #[error("cannot write report file {path}: {cause} (choose a writable path)")]
     ReportPath {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error(
         "tracefs is not mounted and could not be mounted ({0}); as root run \
@@ -43,11 +43,8 @@ pub enum Error {
     NotPermitted,
     #[error("loading the eBPF probe failed: {0}")]
     Load(String),
-    #[error("could not launch `{cmd}`: {source}")]
-    Launch {
-        cmd: String,
-        source: std::io::Error,
-    },
+    #[error("could not launch `{cmd}`: {cause}")]
+    Launch { cmd: String, cause: std::io::Error },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -197,7 +197,10 @@ mod tests {
         };
         assert_eq!(signal.ktime_ns, 42);
         assert_eq!(signal.sender_comm, "kill");
-        assert_eq!((signal.target_pid, signal.sender_tgid, signal.sig), (100, 7, 9));
+        assert_eq!(
+            (signal.target_pid, signal.sender_tgid, signal.sig),
+            (100, 7, 9)
+        );
     }
 
     #[test]
@@ -230,7 +233,10 @@ mod tests {
             size: 16,
             ktime_ns: 0,
         };
-        assert_eq!(decode(&bytes_of(&header)), Err(DecodeError::UnknownKind(99)));
+        assert_eq!(
+            decode(&bytes_of(&header)),
+            Err(DecodeError::UnknownKind(99))
+        );
         let header = EventHeader::new(EventKind::Exit, 16, 0);
         assert!(matches!(
             decode(&bytes_of(&header)),

@@ -168,7 +168,8 @@ impl Probe {
             .ebpf
             .map_mut(map_names::TARGETS)
             .ok_or_else(|| Error::Load("no TARGETS map in the object".into()))?;
-        let mut targets: HashMap<_, u32, TargetInfo> = HashMap::try_from(map).map_err(load_error)?;
+        let mut targets: HashMap<_, u32, TargetInfo> =
+            HashMap::try_from(map).map_err(load_error)?;
         let info = TargetInfo {
             tgid,
             origin: probe_common::ORIGIN_USER,

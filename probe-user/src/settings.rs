@@ -11,8 +11,8 @@ use std::{
 
 use crate::{
     cli::{AuditArgs, SharedArgs},
-    procfs,
-    Error, Result,
+    launch::LaunchCommand,
+    procfs, Error, Result,
 };
 
 /// Default database ports (DESIGN.md): PostgreSQL, MySQL/MariaDB, Redis, MongoDB.
@@ -130,7 +130,7 @@ pub enum AuditTargets {
     /// Running processes named by `--pid`.
     Pids(Vec<u32>),
     /// A command drainwatch launches and audits until it exits.
-    Launch(Vec<String>),
+    Launch(LaunchCommand),
 }
 
 /// A report file, opened (and so proven writable) before the run starts.
@@ -149,9 +149,9 @@ impl ReportFile {
             .create(true)
             .truncate(false)
             .open(path)
-            .map_err(|source| Error::ReportPath {
+            .map_err(|cause| Error::ReportPath {
                 path: path.to_path_buf(),
-                source,
+                cause,
             })?;
         Ok(Self {
             path: path.to_path_buf(),
@@ -187,7 +187,7 @@ impl AuditSettings {
                     hint: "audit either running processes (--pid) or a launched command (-- CMD)",
                 });
             }
-            AuditTargets::Launch(args.command.clone())
+            AuditTargets::Launch(LaunchCommand::resolve(&args.command)?)
         } else if !args.comm.is_empty() {
             return Err(Error::InvalidValue {
                 what: "targets",

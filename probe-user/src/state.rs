@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, HashMap};
 use crate::{
     event::{Event, Exit, Fork, Signal},
     report::{
-        EventCounts, ExitReport, Mode, Report, SigkillViolation, TargetReport, Verdict,
-        Violation, SCHEMA,
+        EventCounts, ExitReport, Mode, Report, SigkillViolation, TargetReport, Verdict, Violation,
+        SCHEMA,
     },
     signals,
 };
@@ -145,9 +145,7 @@ impl AuditState {
     }
 
     fn on_fork(&mut self, fork: &Fork) {
-        let parent = self
-            .target_of(fork.parent_tgid)
-            .unwrap_or(fork.parent_tgid);
+        let parent = self.target_of(fork.parent_tgid).unwrap_or(fork.parent_tgid);
         match fork.child_tgid {
             Some(tgid) if tgid == fork.child_pid => {
                 self.add_target(tgid, fork.comm.clone(), Origin::Forked { parent })

@@ -25,7 +25,10 @@ pub fn violation_line(report: &Report, violation: &Violation) -> String {
     match violation {
         Violation::Sigkill(v) => {
             let by = if v.by_kernel {
-                format!("the kernel (in {} ({}), e.g. the OOM killer)", v.sender_comm, v.sender_tgid)
+                format!(
+                    "the kernel (in {} ({}), e.g. the OOM killer)",
+                    v.sender_comm, v.sender_tgid
+                )
             } else if v.by_drainwatch {
                 "drainwatch (--kill-after)".to_string()
             } else {
@@ -68,10 +71,7 @@ pub fn render(outcome: &Outcome) -> String {
     let mut out = String::new();
     let headline = match report.verdict {
         Verdict::Clean => "CLEAN: no violations".to_string(),
-        Verdict::Violations => format!(
-            "VIOLATIONS: {} found",
-            report.violations.len()
-        ),
+        Verdict::Violations => format!("VIOLATIONS: {} found", report.violations.len()),
         Verdict::Incomplete => format!(
             "INCOMPLETE: {} events lost, {} probes failed; {} violations seen",
             report.events.lost,

@@ -1,1 +1,303 @@
+//! Harness for the integration tests: finds the built binaries, runs fixture processes, and
+//! runs drainwatch against them. Tests here load real probes into the real kernel, so they
+//! need root; without it they fail with the reason rather than skip.
 
+use std::{
+    io::{BufRead, BufReader, Read},
+    path::PathBuf,
+    process::{Child, ChildStdout, Command, ExitStatus, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+pub use serde_json::Value;
+
+/// How long a test waits for drainwatch to attach or finish before failing.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// A binary from this workspace's target directory: `$ENV` if set (xtask sets it), else
+/// the one beside the test executable (target/<profile>/).
+pub fn binary(env: &str, name: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(env) {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test executable lives in target/<profile>/deps");
+    let path = profile_dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not found: build it first (`cargo xtask test` builds everything)",
+        path.display()
+    );
+    path
+}
+
+pub fn drainwatch_bin() -> PathBuf {
+    binary("DRAINWATCH_BIN", "drainwatch")
+}
+
+pub fn fixture_bin() -> PathBuf {
+    binary("DW_FIXTURE_BIN", "dw-fixture")
+}
+
+/// Fails the test with the reason when it cannot load BPF (never a silent skip).
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this test loads eBPF probes and needs root (euid is {euid}); run `cargo xtask test` as root"
+    );
+}
+
+/// A running `dw-fixture server`, killed when dropped.
+pub struct Server {
+    pub child: Child,
+    pub pid: u32,
+    pub port: u16,
+    /// The pid of the child it forked (`--fork-child`), or 0.
+    pub forked: u32,
+    _stdout: BufReader<ChildStdout>,
+}
+
+impl Server {
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(fixture_bin())
+            .arg("server")
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start dw-fixture server");
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("read ready line");
+        let field = |name: &str| -> u32 {
+            line.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no {name}= in fixture line {line:?}"))
+        };
+        let (pid, port, forked) = (field("pid"), field("port") as u16, field("child"));
+        Self {
+            child,
+            pid,
+            port,
+            forked,
+            _stdout: stdout,
+        }
+    }
+
+    /// Waits for the server to exit, within [`PATIENCE`].
+    pub fn wait(&mut self) -> ExitStatus {
+        wait_with_deadline(&mut self.child, PATIENCE).expect("fixture server did not exit")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.forked != 0 {
+            // SAFETY: kill(2) on a pid this test started.
+            unsafe { libc::kill(self.forked as i32, libc::SIGKILL) };
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends `sig` to `pid` from a separate helper process; returns the helper's pid.
+pub fn signal_from_helper(sig: i32, pid: u32) -> u32 {
+    let mut helper = Command::new(fixture_bin())
+        .args([
+            "signal",
+            &sig.to_string(),
+            &pid.to_string(),
+            "--linger-ms",
+            "500",
+        ])
+        .spawn()
+        .expect("start signal helper");
+    let helper_pid = helper.id();
+    let status = wait_with_deadline(&mut helper, PATIENCE).expect("signal helper hung");
+    assert!(status.success(), "signal helper failed: {status}");
+    helper_pid
+}
+
+pub fn wait_with_deadline(child: &mut Child, patience: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + patience;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A running drainwatch, attached.
+pub struct Drainwatch {
+    child: Child,
+    stderr_lines: mpsc::Receiver<String>,
+    stderr_seen: Vec<String>,
+}
+
+/// What a finished drainwatch left.
+#[derive(Debug)]
+pub struct Finished {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Drainwatch {
+    /// Starts `drainwatch ARGS...` and waits until it says it attached.
+    pub fn attach(args: &[&str]) -> Self {
+        let mut run = Self::spawn(args);
+        run.wait_for_stderr("attached");
+        run
+    }
+
+    pub fn spawn(args: &[&str]) -> Self {
+        let mut child = Command::new(drainwatch_bin())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start drainwatch");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            stderr_lines: rx,
+            stderr_seen: Vec::new(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for a stderr line containing `needle`; fails with everything seen so far.
+    pub fn wait_for_stderr(&mut self, needle: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        while Instant::now() < deadline {
+            match self.stderr_lines.recv_timeout(Duration::from_millis(50)) {
+                Ok(line) => {
+                    let found = line.contains(needle);
+                    self.stderr_seen.push(line);
+                    if found {
+                        return;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if let Ok(Some(status)) = self.child.try_wait() {
+                        self.drain_stderr();
+                        panic!(
+                            "drainwatch exited ({status}) before printing {needle:?}; stderr:\n{}",
+                            self.stderr_seen.join("\n")
+                        );
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        panic!(
+            "drainwatch did not print {needle:?} within {PATIENCE:?}; stderr:\n{}",
+            self.stderr_seen.join("\n")
+        );
+    }
+
+    fn drain_stderr(&mut self) {
+        while let Ok(line) = self.stderr_lines.recv_timeout(Duration::from_millis(200)) {
+            self.stderr_seen.push(line);
+        }
+    }
+
+    /// Waits for drainwatch to exit on its own.
+    pub fn finish(mut self) -> Finished {
+        let status = wait_with_deadline(&mut self.child, PATIENCE);
+        let Some(status) = status else {
+            let _ = self.child.kill();
+            self.drain_stderr();
+            panic!(
+                "drainwatch did not finish within {PATIENCE:?}; stderr:\n{}",
+                self.stderr_seen.join("\n")
+            );
+        };
+        let mut stdout = String::new();
+        if let Some(mut out) = self.child.stdout.take() {
+            let _ = out.read_to_string(&mut stdout);
+        }
+        self.drain_stderr();
+        Finished {
+            code: status.code().unwrap_or(-1),
+            stdout,
+            stderr: self.stderr_seen.join("\n"),
+        }
+    }
+}
+
+impl Drop for Drainwatch {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs drainwatch to completion (for commands that exit without attaching).
+pub fn run_drainwatch(args: &[&str]) -> Finished {
+    Drainwatch::spawn(args).finish()
+}
+
+/// A fresh temporary directory, removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> Self {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let base =
+            std::env::temp_dir().join(format!("drainwatch-test-{name}-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&base).expect("create temp dir");
+        Self(base)
+    }
+
+    pub fn path(&self, file: &str) -> String {
+        self.0.join(file).to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn read_report(path: &str) -> Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("report {path} is not JSON: {e}\n{text}"))
+}
+
+/// The violations of `kind` in a report.
+pub fn violations<'a>(report: &'a Value, kind: &str) -> Vec<&'a Value> {
+    report["violations"]
+        .as_array()
+        .expect("violations array")
+        .iter()
+        .filter(|v| v["kind"] == kind)
+        .collect()
+}

@@ -16,7 +16,7 @@ use clap::{Parser, Subcommand};
 
 /// Project tasks for drainwatch (run as `cargo xtask <command>`).
 #[derive(Parser)]
-#[command(name = "cargo xtask", version, about)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", version, about)]
 struct Cli {
     #[command(subcommand)]
     command: Task,

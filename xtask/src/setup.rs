@@ -132,6 +132,11 @@ fn ensure_bpf_linker(sysroot: &Path) -> Result<()> {
     let (libllvm, major) = find_nightly_libllvm(&sysroot.join("lib"))?;
     let prefix = cargo_home().join("drainwatch-llvm");
     link_llvm_prefix(&prefix, &libllvm)?;
+    // A bpf-linker built here earlier only needs its prefix back (same nightly): no rebuild.
+    if let Some(version) = bpf_linker_version() {
+        say("bpf-linker", format_args!("repaired ({version})"));
+        return Ok(());
+    }
     say(
         "bpf-linker",
         format_args!(

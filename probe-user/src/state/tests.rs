@@ -37,9 +37,15 @@ fn kill_dash_nine_is_one_sigkill_violation_naming_the_sender() {
     let kills = sigkills(&state);
     assert_eq!(kills.len(), 1);
     let kill = kills[0];
-    assert_eq!((kill.pid, kill.sender_tgid, kill.sender_pid), (4121, 3999, 3999));
+    assert_eq!(
+        (kill.pid, kill.sender_tgid, kill.sender_pid),
+        (4121, 3999, 3999)
+    );
     assert_eq!(kill.sender_comm, "dw-fixture");
-    assert_eq!(kill.sender_cmdline.as_deref(), Some("dw-fixture signal 9 4121"));
+    assert_eq!(
+        kill.sender_cmdline.as_deref(),
+        Some("dw-fixture signal 9 4121")
+    );
     assert_eq!(kill.at_ms, 250);
     assert!(!kill.by_kernel && !kill.by_drainwatch);
     assert!(state.all_exited());
@@ -60,7 +66,10 @@ fn sigterm_and_a_clean_exit_is_clean() {
     assert_eq!(report.verdict, Verdict::Clean);
     assert!(report.violations.is_empty());
     let exit = report.targets[0].exit.as_ref().unwrap();
-    assert_eq!((exit.at_ms, exit.code, exit.signal.clone()), (262, Some(0), None));
+    assert_eq!(
+        (exit.at_ms, exit.code, exit.signal.clone()),
+        (262, Some(0), None)
+    );
 }
 
 #[test]
@@ -69,9 +78,15 @@ fn lost_events_or_failed_probes_make_it_incomplete_never_clean() {
         include_str!("../../testdata/sigterm_clean.jsonl"),
         &[(4121, "dw-fixture")],
     );
-    assert_eq!(state.report(Mode::Audit, 1, vec![]).verdict, Verdict::Incomplete);
+    assert_eq!(
+        state.report(Mode::Audit, 1, vec![]).verdict,
+        Verdict::Incomplete
+    );
     let failed = vec!["signal:signal_generate".to_string()];
-    assert_eq!(state.report(Mode::Audit, 0, failed).verdict, Verdict::Incomplete);
+    assert_eq!(
+        state.report(Mode::Audit, 0, failed).verdict,
+        Verdict::Incomplete
+    );
     let killed = replay(
         include_str!("../../testdata/kill9_by_helper.jsonl"),
         &[(4121, "dw-fixture")],
@@ -91,8 +106,16 @@ fn a_forked_child_killed_with_sigkill_is_flagged_with_its_own_pid() {
     assert_eq!(kills.len(), 1, "SIGCHLD and SIGTERM are not violations");
     assert_eq!(kills[0].pid, 4130);
     let report = state.report(Mode::Audit, 0, vec![]);
-    let pids: Vec<_> = report.targets.iter().map(|t| (t.pid, t.parent_pid)).collect();
-    assert_eq!(pids, [(4121, None), (4130, Some(4121))], "the thread 4122 is no target");
+    let pids: Vec<_> = report
+        .targets
+        .iter()
+        .map(|t| (t.pid, t.parent_pid))
+        .collect();
+    assert_eq!(
+        pids,
+        [(4121, None), (4130, Some(4121))],
+        "the thread 4122 is no target"
+    );
     assert!(state.all_exited());
 }
 
@@ -120,7 +143,10 @@ fn children_gone_before_lookup_become_targets_only_when_they_prove_to_be_process
     assert_eq!(pids, [4121, 4200], "4201 never proved to be a process");
     let child = &report.targets[1];
     assert_eq!(child.exit.as_ref().unwrap().code, Some(3));
-    assert!(state.all_exited(), "an unresolved child does not hold the audit open");
+    assert!(
+        state.all_exited(),
+        "an unresolved child does not hold the audit open"
+    );
 }
 
 #[test]
@@ -144,7 +170,10 @@ fn drainwatchs_own_sigkill_is_marked() {
 
 #[test]
 fn events_for_strangers_change_nothing() {
-    let state = replay(include_str!("../../testdata/kill9_by_helper.jsonl"), &[(1, "init")]);
+    let state = replay(
+        include_str!("../../testdata/kill9_by_helper.jsonl"),
+        &[(1, "init")],
+    );
     assert!(state.violations().is_empty());
     assert!(!state.all_exited());
     assert_eq!(state.received(), 2);

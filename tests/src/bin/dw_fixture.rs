@@ -1,1 +1,147 @@
-fn main(){}
+//! `dw-fixture`: the small sample server and helpers that the demo and the integration tests
+//! run under drainwatch.
+//!
+//! - `dw-fixture server [--fork-child] [--no-term-handler]`: a TCP echo server on loopback.
+//!   Prints `ready pid=PID port=PORT child=CHILD` once it listens. SIGTERM makes it (and its
+//!   child) exit 0, unless `--no-term-handler`, where SIGTERM kills it as the default action.
+//! - `dw-fixture signal SIGNUM PID [--linger-ms N]`: sends a signal with kill(2), then stays
+//!   alive N ms (default 300) so that its command line can still be read.
+//! - `dw-fixture exit CODE [--after-ms N]`: exits with CODE.
+
+use std::{
+    io::{Read, Write},
+    net::TcpListener,
+    process::ExitCode,
+    sync::atomic::{AtomicBool, Ordering},
+    thread,
+    time::Duration,
+};
+
+static TERM: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_term(_: libc::c_int) {
+    TERM.store(true, Ordering::SeqCst);
+}
+
+fn install_term_handler() {
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_term as *const () as usize;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(libc::SIGTERM, &action, std::ptr::null_mut());
+    }
+}
+
+fn flag_value(args: &[String], flag: &str) -> Option<u64> {
+    let at = args.iter().position(|a| a == flag)?;
+    args.get(at + 1)?.parse().ok()
+}
+
+fn wait_for_term() {
+    while !TERM.load(Ordering::SeqCst) {
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn serve(args: &[String]) -> ExitCode {
+    let handle_term = !args.iter().any(|a| a == "--no-term-handler");
+    if handle_term {
+        install_term_handler();
+    }
+    let mut child = 0;
+    if args.iter().any(|a| a == "--fork-child") {
+        // Fork before any thread exists, so the child is a plain copy of this process.
+        // SAFETY: single-threaded here; the child only sleeps and polls an atomic.
+        match unsafe { libc::fork() } {
+            0 => {
+                wait_for_term();
+                // SAFETY: _exit skips the parent's atexit handlers and stdio buffers.
+                unsafe { libc::_exit(0) };
+            }
+            pid if pid > 0 => child = pid,
+            _ => {
+                eprintln!(
+                    "dw-fixture: fork failed: {}",
+                    std::io::Error::last_os_error()
+                );
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let listener = match TcpListener::bind("127.0.0.1:0") {
+        Ok(listener) => listener,
+        Err(err) => {
+            eprintln!("dw-fixture: cannot listen on loopback: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            thread::spawn(move || {
+                let mut stream = stream;
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    println!("ready pid={} port={port} child={child}", std::process::id());
+    let _ = std::io::stdout().flush();
+    wait_for_term();
+    if child > 0 {
+        // SAFETY: plain syscalls on our own child.
+        unsafe {
+            libc::kill(child, libc::SIGTERM);
+            libc::waitpid(child, std::ptr::null_mut(), 0);
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn send_signal(args: &[String]) -> ExitCode {
+    let (Some(sig), Some(pid)) = (
+        args.first().and_then(|s| s.parse::<i32>().ok()),
+        args.get(1).and_then(|s| s.parse::<i32>().ok()),
+    ) else {
+        eprintln!("usage: dw-fixture signal SIGNUM PID [--linger-ms N]");
+        return ExitCode::from(2);
+    };
+    // SAFETY: kill(2) with plain integers.
+    if unsafe { libc::kill(pid, sig) } != 0 {
+        eprintln!(
+            "dw-fixture: kill({pid}, {sig}): {}",
+            std::io::Error::last_os_error()
+        );
+        return ExitCode::FAILURE;
+    }
+    thread::sleep(Duration::from_millis(
+        flag_value(args, "--linger-ms").unwrap_or(300),
+    ));
+    ExitCode::SUCCESS
+}
+
+fn exit_with(args: &[String]) -> ExitCode {
+    let code = args.first().and_then(|s| s.parse::<u8>().ok()).unwrap_or(0);
+    if let Some(ms) = flag_value(args, "--after-ms") {
+        thread::sleep(Duration::from_millis(ms));
+    }
+    ExitCode::from(code)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("server") => serve(&args[1..]),
+        Some("signal") => send_signal(&args[1..]),
+        Some("exit") => exit_with(&args[1..]),
+        _ => {
+            eprintln!("usage: dw-fixture server|signal|exit ... (see the source's header)");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! Bad input: one clear line on stderr, exit 2, nothing attached.
+
+use drainwatch_tests::*;
+
+fn assert_usage_error(args: &[&str], expected: &str) {
+    let done = run_drainwatch(args);
+    assert_eq!(done.code, 2, "{args:?}: {done:?}");
+    assert_eq!(
+        done.stderr.lines().count(),
+        1,
+        "{args:?}: one line: {}",
+        done.stderr
+    );
+    assert!(done.stderr.starts_with("drainwatch: "), "{}", done.stderr);
+    assert!(done.stderr.contains(expected), "{args:?}: {}", done.stderr);
+    assert!(done.stdout.is_empty(), "{args:?}: {}", done.stdout);
+}
+
+#[test]
+fn bad_input_is_one_line_and_exit_2() {
+    assert_usage_error(&["audit", "--pid", "0"], "invalid pid");
+    assert_usage_error(&["audit", "--pid", "abc"], "invalid pid");
+    assert_usage_error(
+        &["audit", "--pid", "1", "--duration", "30"],
+        "like 250ms, 30s or 5m",
+    );
+    assert_usage_error(
+        &["audit", "--pid", "1", "--db-port", "70000"],
+        "from 1 to 65535",
+    );
+    assert_usage_error(&["audit", "--pid", "1", "--db", "localhost"], "IP:PORT");
+    assert_usage_error(&["audit"], "name what to audit");
+    assert_usage_error(&["audit", "--frobnicate"], "--frobnicate");
+    assert_usage_error(&["bogus"], "bogus");
+}
+
+#[test]
+fn a_pid_that_does_not_exist_is_refused_before_attaching() {
+    // pid_max is at most 2^22, so this pid cannot exist.
+    assert_usage_error(
+        &["audit", "--pid", "4194304"],
+        "no process with pid 4194304",
+    );
+}
+
+#[test]
+fn an_unwritable_report_path_is_found_before_the_run() {
+    assert_usage_error(
+        &[
+            "audit",
+            "--pid",
+            "1",
+            "--report",
+            "/nonexistent-dir/report.json",
+        ],
+        "cannot write report file /nonexistent-dir/report.json",
+    );
+}
+
+#[test]
+fn subcommands_not_built_yet_say_so() {
+    for sub in ["check", "watch", "wait", "stop"] {
+        assert_usage_error(&[sub, "--pid", "1"], "not built yet");
+    }
+    assert_usage_error(&["serve", "--pid", "1"], "not built yet");
+}
