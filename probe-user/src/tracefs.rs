@@ -71,7 +71,7 @@ impl Format {
     }
 
     /// Parses lines like
-    /// `field:pid_t pid;	offset:36;	size:4;	signed:1;`.
+    /// `field:pid_t pid; offset:36; size:4; signed:1;` (tab-separated).
     pub fn parse(category: &str, name: &str, text: &str) -> Self {
         let fields = text.lines().filter_map(parse_field).collect();
         Self {
