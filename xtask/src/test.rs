@@ -5,6 +5,8 @@
 
 use std::{
     ffi::OsString,
+    io::{BufRead, BufReader},
+    process::Stdio,
     time::{Duration, Instant},
 };
 
@@ -46,6 +48,7 @@ fn step(
 pub fn run(test_args: &[OsString]) -> Result<()> {
     let started = Instant::now();
     let mut outcomes = Vec::new();
+    let mut tally = Tally::default();
 
     step(&mut outcomes, "setup", setup::run);
     if outcomes[0].error.is_none() {
@@ -63,7 +66,9 @@ pub fn run(test_args: &[OsString]) -> Result<()> {
         });
         let built = step(&mut outcomes, "build", || compile::build(false).map(|_| ()));
         if built {
-            step(&mut outcomes, "cargo test", || cargo_test(test_args));
+            step(&mut outcomes, "cargo test", || {
+                cargo_test(test_args, &mut tally)
+            });
         }
     }
 
@@ -88,15 +93,52 @@ pub fn run(test_args: &[OsString]) -> Result<()> {
         .filter(|o| o.error.is_some())
         .map(|o| o.name)
         .collect();
+    // The last line: the test count over every test binary, as a plain closing line.
+    println!(
+        "tests: {} passed, {} failed, {} skipped",
+        tally.passed, tally.failed, tally.ignored
+    );
     if !failed.is_empty() {
         bail!("failed steps: {}", failed.join(", "));
     }
     Ok(())
 }
 
+/// Test counts summed over every `test result:` line cargo printed.
+#[derive(Default)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl Tally {
+    /// Reads `test result: ok. 5 passed; 0 failed; 1 ignored; 0 measured; ...`.
+    fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(what), Some(count)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(count) = count.parse::<u64>() else {
+                continue;
+            };
+            match what {
+                "passed" => self.passed += count,
+                "failed" => self.failed += count,
+                "ignored" => self.ignored += count,
+                _ => {}
+            }
+        }
+    }
+}
+
 /// `cargo test` with the paths of the debug binaries in the environment: the integration
 /// tests run the real `drainwatch` against the real fixture instead of building their own.
-fn cargo_test(test_args: &[OsString]) -> Result<()> {
+fn cargo_test(test_args: &[OsString], tally: &mut Tally) -> Result<()> {
     let drainwatch = compile::binary("debug", "drainwatch");
     let fixture = compile::binary("debug", "dw-fixture");
     if !fixture.is_file() {
@@ -107,6 +149,24 @@ fn cargo_test(test_args: &[OsString]) -> Result<()> {
         .env("DW_FIXTURE_BIN", &fixture)
         .arg("test")
         .args(WORKSPACE)
-        .args(test_args);
-    exec::run(&mut cmd)
+        .args(test_args)
+        .stdout(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("could not start `{}`", exec::describe(&cmd)))?;
+    // Passed through line by line as it comes, and counted.
+    let stdout = child.stdout.take().context("cargo test stdout")?;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading cargo test output")?;
+        println!("{line}");
+        tally.add_line(&line);
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    if !status.success() {
+        bail!("`{}` failed: {status}", exec::describe(&cmd));
+    }
+    if tally.passed == 0 {
+        bail!("cargo test ran no test");
+    }
+    Ok(())
 }
