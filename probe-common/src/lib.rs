@@ -9,6 +9,8 @@
 //! a **pid** is what userspace calls a thread id (`gettid()`).
 #![no_std]
 
+pub mod redact;
+
 /// Length of a task's `comm`, including the trailing NUL (`TASK_COMM_LEN`).
 pub const COMM_LEN: usize = 16;
 
@@ -23,6 +25,10 @@ pub mod map_names {
     pub const EVENTS: &str = "EVENTS";
     pub const TARGETS: &str = "TARGETS";
     pub const COUNTERS: &str = "COUNTERS";
+    pub const CONNS: &str = "CONNS";
+    pub const PENDING: &str = "PENDING";
+    pub const DB_PORTS: &str = "DB_PORTS";
+    pub const DB_ADDRS: &str = "DB_ADDRS";
 }
 
 /// Event kinds, the first field of every event.
@@ -33,6 +39,10 @@ pub enum EventKind {
     Fork = 2,
     Exec = 3,
     Exit = 4,
+    ConnOpen = 5,
+    ConnClose = 6,
+    Request = 7,
+    DbIo = 8,
 }
 
 impl EventKind {
@@ -42,6 +52,10 @@ impl EventKind {
             2 => Self::Fork,
             3 => Self::Exec,
             4 => Self::Exit,
+            5 => Self::ConnOpen,
+            6 => Self::ConnClose,
+            7 => Self::Request,
+            8 => Self::DbIo,
             _ => return None,
         })
     }
@@ -127,6 +141,180 @@ pub struct ExitEvent {
     pub comm: [u8; COMM_LEN],
 }
 
+/// Connection roles (DESIGN.md, "connection").
+pub const ROLE_NONE: u8 = 0;
+pub const ROLE_CLIENT: u8 = 1;
+pub const ROLE_DB: u8 = 2;
+pub const ROLE_UPSTREAM: u8 = 3;
+pub const ROLE_LISTENER: u8 = 4;
+
+/// Database protocols.
+pub const PROTO_UNKNOWN: u8 = 0;
+pub const PROTO_POSTGRES: u8 = 1;
+pub const PROTO_MYSQL: u8 = 2;
+pub const PROTO_REDIS: u8 = 3;
+pub const PROTO_MONGO: u8 = 4;
+
+/// `DB_PORTS` values: a database port, and which protocol it speaks by default.
+pub const DB_PORT_FLAG: u8 = 0x80;
+pub const DB_PORT_PROTO_MASK: u8 = 0x7f;
+
+/// Bytes copied from the start and from the end of each send/recv on a database connection:
+/// enough for message types, lengths and status bytes; never a query or a row.
+pub const HEAD_BYTES: usize = 32;
+pub const TAIL_BYTES: usize = 32;
+
+/// First sends/recvs on an `upstream` connection whose head bytes are checked for a
+/// database handshake (PostgreSQL StartupMessage/SSLRequest, MySQL greeting, RESP).
+pub const SNIFF_BUDGET: u8 = 2;
+
+/// Key of `CONNS`: a socket fd of a target process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnKey {
+    pub tgid: u32,
+    pub fd: u32,
+}
+
+/// Value of `CONNS`: what the kernel keeps per connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnState {
+    pub role: u8,
+    pub proto: u8,
+    /// Client connections: a request is in flight (bytes received since the server last sent).
+    pub request_in_flight: u8,
+    /// Sends/recvs left to look at for a database handshake (upstream connections).
+    pub sniff_left: u8,
+    pub _pad: u32,
+    /// When the request in flight started (`bpf_ktime_get_ns`).
+    pub request_since_ns: u64,
+}
+
+/// Syscall kinds remembered between sys_enter and sys_exit (`PENDING`).
+pub const IO_READ: u8 = 1;
+pub const IO_WRITE: u8 = 2;
+pub const IO_RECVFROM: u8 = 3;
+pub const IO_SENDTO: u8 = 4;
+pub const IO_RECVMSG: u8 = 5;
+pub const IO_SENDMSG: u8 = 6;
+pub const IO_READV: u8 = 7;
+pub const IO_WRITEV: u8 = 8;
+pub const IO_ACCEPT: u8 = 9;
+pub const IO_CONNECT: u8 = 10;
+
+/// Value of `PENDING`, keyed by the thread's `pid_tgid`: the arguments of a syscall in
+/// progress that its exit needs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pending {
+    pub kind: u8,
+    pub _pad: [u8; 3],
+    pub fd: u32,
+    /// The buffer, iovec array, msghdr or sockaddr pointer (user memory).
+    pub ptr: u64,
+    /// The iovec count for readv/writev.
+    pub count: u64,
+    /// connect: the peer, read at enter (user memory may change before exit).
+    pub addr: SockAddr,
+    pub _pad2: [u8; 4],
+}
+
+/// An IPv4 or IPv6 address and port, as the kernel saw it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockAddr {
+    /// `AF_INET` (2), `AF_INET6` (10) or 0 when unknown.
+    pub family: u16,
+    /// Host byte order.
+    pub port: u16,
+    /// IPv4 in the first 4 bytes; IPv6 in all 16.
+    pub addr: [u8; 16],
+}
+
+impl SockAddr {
+    pub const fn empty() -> Self {
+        Self {
+            family: 0,
+            port: 0,
+            addr: [0; 16],
+        }
+    }
+}
+
+/// A connection the kernel saw open after attach: accept/accept4 returned it, or connect
+/// succeeded (or is in progress) on it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnOpenEvent {
+    pub header: EventHeader,
+    pub tgid: u32,
+    pub fd: u32,
+    pub role: u8,
+    pub proto: u8,
+    pub _pad: [u8; 2],
+    /// The listening fd for accepted connections, else 0.
+    pub listener_fd: u32,
+    pub peer: SockAddr,
+    pub _pad2: [u8; 4],
+}
+
+/// close(2) of a tracked connection fd.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnCloseEvent {
+    pub header: EventHeader,
+    pub tgid: u32,
+    pub fd: u32,
+    pub role: u8,
+    pub proto: u8,
+    pub request_in_flight: u8,
+    pub _pad: [u8; 5],
+}
+
+pub const REQUEST_START: u32 = 1;
+pub const REQUEST_END: u32 = 2;
+
+/// A client request started (first bytes received after idle) or ended (server sent).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestEvent {
+    pub header: EventHeader,
+    pub tgid: u32,
+    pub fd: u32,
+    pub phase: u32,
+    pub _pad: u32,
+    /// For `REQUEST_END`: when the request started.
+    pub since_ns: u64,
+}
+
+pub const DIR_RECV: u8 = 0;
+pub const DIR_SEND: u8 = 1;
+
+/// A send or recv on a database connection: the byte count and the few bytes of its first
+/// and last bytes that the protocol rules need. The kernel copies at most 32 from each end,
+/// then keeps only message types, lengths and status bytes (see probe-ebpf/src/redact.rs)
+/// and zeroes the rest: query text, rows and values never leave the kernel.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DbIoEvent {
+    pub header: EventHeader,
+    pub tgid: u32,
+    pub fd: u32,
+    pub dir: u8,
+    pub proto: u8,
+    /// Kept bytes at the start: `head[..head_len]` (a prefix of the data).
+    pub head_len: u8,
+    /// Kept bytes at the end: `tail[tail_off..tail_off + tail_len]` (a suffix of the data).
+    pub tail_len: u8,
+    /// Bytes moved by the syscall.
+    pub len: u32,
+    pub tail_off: u8,
+    pub _pad: [u8; 7],
+    pub head: [u8; HEAD_BYTES],
+    pub tail: [u8; TAIL_BYTES],
+}
+
 /// Indices into the per-CPU `COUNTERS` array.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,9 +325,19 @@ pub enum Counter {
     Lost = 1,
     /// Fork children that could not be added to `TARGETS` (map full): they are not followed.
     TargetsFull = 2,
+    /// Connections that could not be added to `CONNS` (map full): not tracked.
+    ConnsFull = 3,
 }
 
 pub const COUNTER_SLOTS: u32 = 4;
+
+/// Most connections tracked at once, over all targets.
+pub const MAX_CONNS: u32 = 65536;
+/// Most syscalls in progress at once (one per thread at most).
+pub const MAX_PENDING: u32 = 16384;
+/// `DB_PORTS` has one slot per TCP port.
+pub const DB_PORT_SLOTS: u32 = 65536;
+pub const MAX_DB_ADDRS: u32 = 256;
 
 /// Load-time configuration, written into the object's `.rodata` by userspace before load
 /// (aya's `EbpfLoader::set_global`), so the verifier sees constants.
@@ -165,7 +363,9 @@ pub struct ProbeConfig {
     pub exit_group_dead_off: u32,
     /// Byte offset of `exit_code` in `struct task_struct`, from kernel BTF; 0 if unknown.
     pub task_exit_code_off: u32,
-    pub _pad: u32,
+    /// Ring-buffer size: above half full, events wake userspace instead of waiting for its
+    /// next timed drain.
+    pub ring_bytes: u32,
 }
 
 impl ProbeConfig {
@@ -185,7 +385,7 @@ impl ProbeConfig {
             exit_pid_off: 0,
             exit_group_dead_off: 0,
             task_exit_code_off: 0,
-            _pad: 0,
+            ring_bytes: 0,
         }
     }
 }
@@ -212,6 +412,14 @@ const _: () = assert!(core::mem::size_of::<ExecEvent>() == 16 + 8 + COMM_LEN);
 const _: () = assert!(core::mem::size_of::<ExitEvent>() == 16 + 16 + COMM_LEN);
 const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 56);
 const _: () = assert!(core::mem::size_of::<TargetInfo>() == 8);
+const _: () = assert!(core::mem::size_of::<ConnKey>() == 8);
+const _: () = assert!(core::mem::size_of::<ConnState>() == 16);
+const _: () = assert!(core::mem::size_of::<SockAddr>() == 20);
+const _: () = assert!(core::mem::size_of::<Pending>() == 48);
+const _: () = assert!(core::mem::size_of::<ConnOpenEvent>() == 16 + 16 + 20 + 4);
+const _: () = assert!(core::mem::size_of::<ConnCloseEvent>() == 16 + 16);
+const _: () = assert!(core::mem::size_of::<RequestEvent>() == 16 + 24);
+const _: () = assert!(core::mem::size_of::<DbIoEvent>() == 16 + 24 + HEAD_BYTES + TAIL_BYTES);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -219,4 +427,7 @@ mod pod {
     // so every bit pattern is valid and there are no implicit holes.
     unsafe impl aya::Pod for super::ProbeConfig {}
     unsafe impl aya::Pod for super::TargetInfo {}
+    unsafe impl aya::Pod for super::ConnKey {}
+    unsafe impl aya::Pod for super::ConnState {}
+    unsafe impl aya::Pod for super::SockAddr {}
 }

@@ -11,6 +11,7 @@
 
 mod lifecycle;
 mod shared;
+mod sockets;
 
 #[cfg(not(test))]
 #[panic_handler]

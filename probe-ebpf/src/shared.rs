@@ -53,18 +53,25 @@ pub fn bump(counter: Counter) {
     }
 }
 
-/// Reserves a slot for `T`, lets `fill` build the whole event, and submits it.
+/// Reserves a slot for `T`, lets `fill` build the whole event (reservations are not
+/// zeroed), and submits it with `flags` (0 wakes userspace, `BPF_RB_NO_WAKEUP` does not).
 /// A failed reservation is counted as a lost event, never ignored.
 #[inline(always)]
-pub fn emit<T: 'static>(fill: impl FnOnce() -> T) {
+pub fn emit_flags<T: 'static>(flags: u64, fill: impl FnOnce() -> T) {
     match EVENTS.reserve::<T>(0) {
         Some(mut slot) => {
             slot.write(fill());
-            slot.submit(0);
+            slot.submit(flags);
             bump(Counter::Emitted);
         }
         None => bump(Counter::Lost),
     }
+}
+
+/// [`emit_flags`] waking userspace: for rare events it should see at once.
+#[inline(always)]
+pub fn emit<T: 'static>(fill: impl FnOnce() -> T) {
+    emit_flags(0, fill)
 }
 
 #[inline(always)]

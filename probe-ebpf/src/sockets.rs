@@ -1,0 +1,564 @@
+//! Sockets: which fds of a target are connections, what role they play, when a client
+//! request is in flight, and the few bytes of each database send/recv that the protocol
+//! rules need.
+//!
+//! Syscall tracepoints only (kprobes are not available). Their records are fixed: the
+//! syscall number at offset 8, then each argument as 8 bytes from offset 16; `ret` at 16 on
+//! exit (include/trace/syscall.h, kernel/trace/trace_syscalls.c). Userspace checks this
+//! layout against the tracefs format files before loading.
+//!
+//! Hot path: a target check (one hash lookup) and a `CONNS` lookup before anything else; a
+//! client request costs two events (start, end), not one per byte; events are submitted
+//! without waking userspace, which drains the ring on a timer (unless it fills up).
+
+use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_NO_WAKEUP},
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
+    macros::{map, tracepoint},
+    maps::{Array, HashMap},
+    programs::TracePointContext,
+};
+use probe_common::*;
+
+use probe_common::redact::redact;
+use crate::shared::{bump, config, current_tgid_pid, emit_flags, header, is_target, EVENTS};
+
+#[map]
+pub static CONNS: HashMap<ConnKey, ConnState> = HashMap::with_max_entries(MAX_CONNS, 0);
+
+/// Syscalls in progress, by thread (`pid_tgid`), from sys_enter to sys_exit.
+#[map]
+pub static PENDING: HashMap<u64, Pending> = HashMap::with_max_entries(MAX_PENDING, 0);
+
+/// Per TCP port: `DB_PORT_FLAG | protocol` for database ports, else 0.
+#[map]
+pub static DB_PORTS: Array<u8> = Array::with_max_entries(DB_PORT_SLOTS, 0);
+
+/// Database addresses named with `--db ADDR:PORT` (value: protocol).
+#[map]
+pub static DB_ADDRS: HashMap<SockAddr, u8> = HashMap::with_max_entries(MAX_DB_ADDRS, 0);
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const EINPROGRESS: i64 = 115;
+/// Most iovecs walked to find where the bytes of a readv/writev/recvmsg/sendmsg ended.
+const MAX_IOVECS: u32 = 8;
+
+#[inline(always)]
+fn arg(ctx: &TracePointContext, n: usize) -> Result<u64, u32> {
+    // SAFETY: syscall tracepoint records hold six 8-byte args from offset 16.
+    unsafe { ctx.read_at::<u64>(16 + 8 * n) }.map_err(|_| 0u32)
+}
+
+#[inline(always)]
+fn ret(ctx: &TracePointContext) -> Result<i64, u32> {
+    // SAFETY: `long ret` at offset 16 of every sys_exit record.
+    unsafe { ctx.read_at::<i64>(16) }.map_err(|_| 0u32)
+}
+
+#[inline(always)]
+fn user<T>(addr: u64) -> Option<T> {
+    // SAFETY: bpf_probe_read_user fails cleanly on a bad user address.
+    unsafe { bpf_probe_read_user(addr as *const T) }.ok()
+}
+
+/// Copies up to 32 bytes of user memory; returns how many were copied.
+#[inline(always)]
+fn copy_user(dst: &mut [u8; 32], src: u64, len: u64) -> u8 {
+    let n = if len > 32 { 32 } else { len as u32 };
+    if n == 0 {
+        return 0;
+    }
+    // SAFETY: n is 1..=32, the size of dst; the helper checks the user address.
+    let rc = unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_user(dst.as_mut_ptr().cast(), n, src as *const _)
+    };
+    if rc == 0 {
+        n as u8
+    } else {
+        0
+    }
+}
+
+/// Reads a `struct sockaddr_in`/`sockaddr_in6` (include/uapi/linux/in.h, in6.h).
+#[inline(always)]
+fn read_sockaddr(ptr: u64) -> SockAddr {
+    let mut out = SockAddr::empty();
+    if ptr == 0 {
+        return out;
+    }
+    let Some(family) = user::<u16>(ptr) else {
+        return out;
+    };
+    let Some(port) = user::<u16>(ptr + 2) else {
+        return out;
+    };
+    match family {
+        AF_INET => {
+            if let Some(v4) = user::<[u8; 4]>(ptr + 4) {
+                out.addr[..4].copy_from_slice(&v4);
+            }
+        }
+        AF_INET6 => {
+            if let Some(v6) = user::<[u8; 16]>(ptr + 8) {
+                out.addr = v6;
+            }
+        }
+        _ => return out,
+    }
+    out.family = family;
+    out.port = u16::from_be(port);
+    out
+}
+
+/// Submits without waking userspace (it drains on a timer), unless the ring is half full.
+#[inline(always)]
+fn quiet_flags() -> u64 {
+    let half = (config().ring_bytes / 2) as u64;
+    if EVENTS.query(BPF_RB_AVAIL_DATA as u64) > half {
+        0
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
+}
+
+#[inline(always)]
+fn remember(kind: u8, fd: u32, ptr: u64, count: u64, addr: SockAddr) {
+    let pending = Pending {
+        kind,
+        _pad: [0; 3],
+        fd,
+        ptr,
+        count,
+        addr,
+        _pad2: [0; 4],
+    };
+    let _ = PENDING.insert(&bpf_get_current_pid_tgid(), &pending, 0);
+}
+
+/// The pending syscall of the current thread, removed from the map.
+#[inline(always)]
+fn take_pending() -> Option<Pending> {
+    let id = bpf_get_current_pid_tgid();
+    // SAFETY: copied out before the entry is removed.
+    let pending = unsafe { PENDING.get(&id) }.copied()?;
+    let _ = PENDING.remove(&id);
+    Some(pending)
+}
+
+// ---- accept / accept4 ------------------------------------------------------------------
+
+#[tracepoint]
+pub fn sys_enter_accept(ctx: TracePointContext) -> u32 {
+    match try_enter_accept(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+#[inline(always)]
+fn try_enter_accept(ctx: &TracePointContext) -> Result<u32, u32> {
+    let (tgid, _) = current_tgid_pid();
+    if !is_target(tgid) {
+        return Ok(0);
+    }
+    // accept(fd, upeer_sockaddr, upeer_addrlen[, flags])
+    remember(IO_ACCEPT, arg(ctx, 0)? as u32, arg(ctx, 1)?, 0, SockAddr::empty());
+    Ok(0)
+}
+
+#[tracepoint]
+pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
+    match try_exit_accept(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+#[inline(always)]
+fn try_exit_accept(ctx: &TracePointContext) -> Result<u32, u32> {
+    let Some(pending) = take_pending() else {
+        return Ok(0);
+    };
+    let fd = ret(ctx)?;
+    if fd < 0 {
+        return Ok(0);
+    }
+    let (tgid, _) = current_tgid_pid();
+    let listener = ConnKey {
+        tgid,
+        fd: pending.fd,
+    };
+    // SAFETY: presence check only.
+    if unsafe { CONNS.get(&listener) }.is_none() {
+        let state = conn_state(ROLE_LISTENER, PROTO_UNKNOWN, 0);
+        let _ = CONNS.insert(&listener, &state, 0);
+    }
+    // The kernel has filled the peer address in by now (if the caller asked for it).
+    let peer = read_sockaddr(pending.ptr);
+    open_conn(tgid, fd as u32, ROLE_CLIENT, PROTO_UNKNOWN, pending.fd, peer);
+    Ok(0)
+}
+
+#[inline(always)]
+fn conn_state(role: u8, proto: u8, sniff_left: u8) -> ConnState {
+    ConnState {
+        role,
+        proto,
+        request_in_flight: 0,
+        sniff_left,
+        _pad: 0,
+        request_since_ns: 0,
+    }
+}
+
+#[inline(always)]
+fn open_conn(tgid: u32, fd: u32, role: u8, proto: u8, listener_fd: u32, peer: SockAddr) {
+    let sniff = if role == ROLE_UPSTREAM { SNIFF_BUDGET } else { 0 };
+    let key = ConnKey { tgid, fd };
+    if CONNS.insert(&key, &conn_state(role, proto, sniff), 0).is_err() {
+        bump(Counter::ConnsFull);
+        return;
+    }
+    emit_flags(quiet_flags(), || ConnOpenEvent {
+        header: header::<ConnOpenEvent>(EventKind::ConnOpen),
+        tgid,
+        fd,
+        role,
+        proto,
+        _pad: [0; 2],
+        listener_fd,
+        peer,
+        _pad2: [0; 4],
+    });
+}
+
+// ---- connect ---------------------------------------------------------------------------
+
+#[tracepoint]
+pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
+    match try_enter_connect(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+#[inline(always)]
+fn try_enter_connect(ctx: &TracePointContext) -> Result<u32, u32> {
+    let (tgid, _) = current_tgid_pid();
+    if !is_target(tgid) {
+        return Ok(0);
+    }
+    let addr = read_sockaddr(arg(ctx, 1)?);
+    if addr.family == 0 {
+        return Ok(0); // not TCP/IP (e.g. a unix socket)
+    }
+    remember(IO_CONNECT, arg(ctx, 0)? as u32, 0, 0, addr);
+    Ok(0)
+}
+
+#[tracepoint]
+pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
+    match try_exit_connect(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+#[inline(always)]
+fn try_exit_connect(ctx: &TracePointContext) -> Result<u32, u32> {
+    let Some(pending) = take_pending() else {
+        return Ok(0);
+    };
+    let rc = ret(ctx)?;
+    if rc != 0 && rc != -EINPROGRESS {
+        return Ok(0);
+    }
+    let (tgid, _) = current_tgid_pid();
+    let (role, proto) = classify_peer(&pending.addr);
+    open_conn(tgid, pending.fd, role, proto, 0, pending.addr);
+    Ok(0)
+}
+
+/// `db` when the peer is a named database address or on a database port.
+#[inline(always)]
+fn classify_peer(peer: &SockAddr) -> (u8, u8) {
+    // SAFETY: the value is copied at once.
+    if let Some(proto) = unsafe { DB_ADDRS.get(peer) } {
+        return (ROLE_DB, *proto);
+    }
+    match DB_PORTS.get(peer.port as u32) {
+        Some(slot) if *slot & DB_PORT_FLAG != 0 => (ROLE_DB, *slot & DB_PORT_PROTO_MASK),
+        _ => (ROLE_UPSTREAM, PROTO_UNKNOWN),
+    }
+}
+
+// ---- close -----------------------------------------------------------------------------
+
+#[tracepoint]
+pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
+    match try_enter_close(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+#[inline(always)]
+fn try_enter_close(ctx: &TracePointContext) -> Result<u32, u32> {
+    let (tgid, _) = current_tgid_pid();
+    if !is_target(tgid) {
+        return Ok(0);
+    }
+    let key = ConnKey {
+        tgid,
+        fd: arg(ctx, 0)? as u32,
+    };
+    // SAFETY: copied before the entry is removed.
+    let Some(state) = (unsafe { CONNS.get(&key) }).copied() else {
+        return Ok(0);
+    };
+    let _ = CONNS.remove(&key);
+    emit_flags(quiet_flags(), || ConnCloseEvent {
+        header: header::<ConnCloseEvent>(EventKind::ConnClose),
+        tgid,
+        fd: key.fd,
+        role: state.role,
+        proto: state.proto,
+        request_in_flight: state.request_in_flight,
+        _pad: [0; 5],
+    });
+    Ok(0)
+}
+
+// ---- the data path ---------------------------------------------------------------------
+
+/// sys_enter of read/write/recvfrom/sendto/recvmsg/sendmsg/readv/writev: remember the
+/// buffer if the fd is a connection worth looking at.
+#[inline(always)]
+fn enter_io(ctx: &TracePointContext, kind: u8) -> Result<u32, u32> {
+    let (tgid, _) = current_tgid_pid();
+    if !is_target(tgid) {
+        return Ok(0);
+    }
+    let fd = arg(ctx, 0)? as u32;
+    // SAFETY: read-only look at the role.
+    let Some(state) = (unsafe { CONNS.get(&ConnKey { tgid, fd }) }) else {
+        return Ok(0);
+    };
+    let wanted = match state.role {
+        ROLE_CLIENT | ROLE_DB => true,
+        ROLE_UPSTREAM => state.sniff_left > 0,
+        _ => false,
+    };
+    if wanted {
+        let count = if kind == IO_READV || kind == IO_WRITEV {
+            arg(ctx, 2)?
+        } else {
+            0
+        };
+        remember(kind, fd, arg(ctx, 1)?, count, SockAddr::empty());
+    }
+    Ok(0)
+}
+
+#[inline(always)]
+fn is_send(kind: u8) -> bool {
+    matches!(kind, IO_WRITE | IO_SENDTO | IO_SENDMSG | IO_WRITEV)
+}
+
+/// sys_exit of the data syscalls.
+#[inline(always)]
+fn exit_io(ctx: &TracePointContext) -> Result<u32, u32> {
+    let Some(pending) = take_pending() else {
+        return Ok(0);
+    };
+    let moved = ret(ctx)?;
+    if moved <= 0 {
+        return Ok(0);
+    }
+    let (tgid, _) = current_tgid_pid();
+    let key = ConnKey {
+        tgid,
+        fd: pending.fd,
+    };
+    let Some(state) = CONNS.get_ptr_mut(&key) else {
+        return Ok(0);
+    };
+    // SAFETY: a map value pointer, valid for this program run; only this thread's syscall
+    // touches this fd's entry in the common case, and a lost race costs one request edge.
+    let state = unsafe { &mut *state };
+    let send = is_send(pending.kind);
+    match state.role {
+        ROLE_CLIENT => client_edge(tgid, pending.fd, state, send),
+        ROLE_DB => db_io(tgid, &pending, state.proto, send, moved as u64),
+        ROLE_UPSTREAM if state.sniff_left > 0 => {
+            state.sniff_left -= 1;
+            let mut head = [0u8; 32];
+            let (base, len) = head_span(&pending, moved as u64);
+            let n = copy_user(&mut head, base, len);
+            if let Some(proto) = recognize(&head, n, send) {
+                state.role = ROLE_DB;
+                state.proto = proto;
+                state.sniff_left = 0;
+                db_io(tgid, &pending, proto, send, moved as u64);
+            }
+        }
+        _ => {}
+    }
+    Ok(0)
+}
+
+/// A request starts with the first bytes received after idle and ends when the server
+/// next sends (DESIGN.md, "request in flight").
+#[inline(always)]
+fn client_edge(tgid: u32, fd: u32, state: &mut ConnState, send: bool) {
+    let in_flight = state.request_in_flight != 0;
+    if send == in_flight {
+        let since = state.request_since_ns;
+        let head = header::<RequestEvent>(EventKind::Request);
+        let phase = if send { REQUEST_END } else { REQUEST_START };
+        state.request_in_flight = (!send) as u8;
+        state.request_since_ns = head.ktime_ns;
+        emit_flags(quiet_flags(), || RequestEvent {
+            header: head,
+            tgid,
+            fd,
+            phase,
+            _pad: 0,
+            since_ns: if send { since } else { head.ktime_ns },
+        });
+    }
+}
+
+/// Where the first bytes of the syscall's data are: (address, bytes available there).
+#[inline(always)]
+fn head_span(pending: &Pending, moved: u64) -> (u64, u64) {
+    match iovecs(pending) {
+        None => (pending.ptr, moved),
+        Some((iov, _)) => match user::<[u64; 2]>(iov) {
+            Some([base, len]) => (base, if len < moved { len } else { moved }),
+            None => (0, 0),
+        },
+    }
+}
+
+/// The iovec array and count of a vectored syscall (struct user_msghdr in
+/// include/linux/socket.h: msg_iov at offset 16, msg_iovlen at 24).
+#[inline(always)]
+fn iovecs(pending: &Pending) -> Option<(u64, u64)> {
+    match pending.kind {
+        IO_READV | IO_WRITEV => Some((pending.ptr, pending.count)),
+        IO_RECVMSG | IO_SENDMSG => {
+            let iov = user::<u64>(pending.ptr + 16)?;
+            let count = user::<u64>(pending.ptr + 24)?;
+            Some((iov, count))
+        }
+        _ => None,
+    }
+}
+
+/// Where the last bytes of the syscall's data are: (address just past them, bytes there).
+#[inline(always)]
+fn tail_span(pending: &Pending, moved: u64) -> (u64, u64) {
+    let Some((iov, count)) = iovecs(pending) else {
+        return (pending.ptr + moved, moved);
+    };
+    let mut left = moved;
+    for i in 0..MAX_IOVECS {
+        if (i as u64) >= count {
+            break;
+        }
+        let Some([base, len]) = user::<[u64; 2]>(iov + 16 * i as u64) else {
+            break;
+        };
+        if len >= left {
+            return (base + left, left);
+        }
+        left -= len;
+    }
+    (0, 0)
+}
+
+#[inline(always)]
+fn db_io(tgid: u32, pending: &Pending, proto: u8, send: bool, moved: u64) {
+    let (head_base, head_len) = head_span(pending, moved);
+    let (tail_end, tail_avail) = tail_span(pending, moved);
+    let tail_len = if tail_avail > TAIL_BYTES as u64 {
+        TAIL_BYTES as u64
+    } else {
+        tail_avail
+    };
+    emit_flags(quiet_flags(), || {
+        let mut event = DbIoEvent {
+            header: header::<DbIoEvent>(EventKind::DbIo),
+            tgid,
+            fd: pending.fd,
+            dir: if send { DIR_SEND } else { DIR_RECV },
+            proto,
+            head_len: 0,
+            tail_len: 0,
+            len: moved as u32,
+            tail_off: 0,
+            _pad: [0; 7],
+            head: [0; HEAD_BYTES],
+            tail: [0; TAIL_BYTES],
+        };
+        let copied_head = copy_user(&mut event.head, head_base, head_len);
+        let copied_tail = if tail_end != 0 {
+            copy_user(&mut event.tail, tail_end - tail_len, tail_len)
+        } else {
+            0
+        };
+        redact(&mut event, copied_head, copied_tail);
+        event
+    });
+}
+
+/// A database handshake in the first bytes of a connection on a non-database port:
+/// PostgreSQL StartupMessage (protocol 3.0) / SSLRequest / GSSENCRequest
+/// (https://www.postgresql.org/docs/current/protocol-message-formats.html), a RESP array
+/// (Redis), or a MySQL/MariaDB server greeting (protocol 10).
+#[inline(always)]
+fn recognize(head: &[u8; 32], n: u8, send: bool) -> Option<u8> {
+    if send {
+        if n >= 8 {
+            let code = [head[4], head[5], head[6], head[7]];
+            let pg = code == [0, 3, 0, 0]
+                || (head[0..4] == [0, 0, 0, 8]
+                    && (code == [0x04, 0xd2, 0x16, 0x2f] || code == [0x04, 0xd2, 0x16, 0x30]));
+            if pg {
+                return Some(PROTO_POSTGRES);
+            }
+        }
+        if n >= 4 && head[0] == b'*' && head[1].is_ascii_digit() {
+            return Some(PROTO_REDIS);
+        }
+    } else if n >= 6 && head[3] == 0 && head[4] == 0x0a && head[5].is_ascii_digit() {
+        return Some(PROTO_MYSQL);
+    }
+    None
+}
+
+macro_rules! io_programs {
+    ($($enter:ident, $exit:ident, $kind:expr;)*) => {$(
+        #[tracepoint]
+        pub fn $enter(ctx: TracePointContext) -> u32 {
+            match enter_io(&ctx, $kind) {
+                Ok(r) | Err(r) => r,
+            }
+        }
+
+        #[tracepoint]
+        pub fn $exit(ctx: TracePointContext) -> u32 {
+            match exit_io(&ctx) {
+                Ok(r) | Err(r) => r,
+            }
+        }
+    )*};
+}
+
+io_programs! {
+    sys_enter_read, sys_exit_read, IO_READ;
+    sys_enter_write, sys_exit_write, IO_WRITE;
+    sys_enter_recvfrom, sys_exit_recvfrom, IO_RECVFROM;
+    sys_enter_sendto, sys_exit_sendto, IO_SENDTO;
+    sys_enter_recvmsg, sys_exit_recvmsg, IO_RECVMSG;
+    sys_enter_sendmsg, sys_exit_sendmsg, IO_SENDMSG;
+    sys_enter_readv, sys_exit_readv, IO_READV;
+    sys_enter_writev, sys_exit_writev, IO_WRITEV;
+}
