@@ -27,6 +27,9 @@ fn main() {
         fs::write(&object, []).expect("write placeholder eBPF object");
         return;
     }
+    // The probe is built from probe-common too (wire types, redaction): rebuild it when
+    // either changes (aya-build only watches the eBPF crate's own directory).
+    println!("cargo:rerun-if-changed=../probe-common");
     let root = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"))
         .join("../probe-ebpf")
         .canonicalize()

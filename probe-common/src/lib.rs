@@ -305,7 +305,8 @@ pub struct DbIoEvent {
     pub proto: u8,
     /// Kept bytes at the start: `head[..head_len]` (a prefix of the data).
     pub head_len: u8,
-    /// Kept bytes at the end: `tail[tail_off..tail_off + tail_len]` (a suffix of the data).
+    /// Kept bytes at the end: `tail[tail_off..tail_off + tail_len]` (a suffix of the data;
+    /// right-aligned, so `tail_off + tail_len == TAIL_BYTES`).
     pub tail_len: u8,
     /// Bytes moved by the syscall.
     pub len: u32,

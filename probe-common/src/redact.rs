@@ -1,9 +1,13 @@
 //! What of a database send/recv may leave the kernel: message types, lengths and status
 //! bytes, nothing else (DESIGN.md: "Query text and payloads never leave the kernel").
 //!
-//! The probe copies up to 32 bytes from each end of the data; these functions decide how
-//! many of them to keep (`head[..head_len]`, `tail[tail_off..tail_off + tail_len]`) and
-//! zero every other byte. Userspace's protocol parsers work from what is kept.
+//! The probe copies up to 32 bytes from each end of the data: the head left-aligned in
+//! `head`, the tail right-aligned in `tail` (its last byte is `tail[31]`). These functions
+//! decide how many to keep (`head[..head_len]`, `tail[32 - tail_len..]`) and zero every
+//! other byte. Userspace's protocol parsers work from what is kept.
+//!
+//! Every array index here is a constant once loops are unrolled: the verifier rejects
+//! variable-offset reads from the stack, where the event is built.
 //!
 //! It lives here, not in probe-ebpf, so that it is unit tested on the host; the kernel
 //! calls it inline.
@@ -25,17 +29,18 @@ pub fn redact(event: &mut DbIoEvent, copied_head: u8, copied_tail: u8) {
     let head_keep = min(head_keep, copied_head);
     let tail_keep = min(tail_keep, copied_tail);
     event.head_len = head_keep;
-    event.tail_off = copied_tail - tail_keep;
+    event.tail_off = TAIL_BYTES as u8 - tail_keep;
     event.tail_len = tail_keep;
+    // Masks instead of branches: 0xff keeps a byte, 0 clears it. The verifier would
+    // otherwise explore both sides of 64 comparisons.
     for i in 0..HEAD_BYTES {
-        if i >= head_keep as usize {
-            event.head[i] = 0;
-        }
+        let keep = ((i as i32 - head_keep as i32) >> 31) as u8;
+        event.head[i] &= keep;
     }
+    let off = event.tail_off as i32;
     for i in 0..TAIL_BYTES {
-        if i < event.tail_off as usize || i >= copied_tail as usize {
-            event.tail[i] = 0;
-        }
+        let from_off = !(((i as i32 - off) >> 31) as u8);
+        event.tail[i] &= from_off;
     }
 }
 
@@ -48,14 +53,14 @@ fn min(a: u8, b: u8) -> u8 {
     }
 }
 
-/// Byte `back` places before the end of the copied tail (1 = last byte), or None.
+/// Byte `back` places before the end of the data (1 = last byte), if it was copied.
 #[inline(always)]
-fn from_end(event: &DbIoEvent, copied: u8, back: u8) -> Option<u8> {
-    if back == 0 || back > copied {
+fn from_end(event: &DbIoEvent, copied: u8, back: usize) -> Option<u8> {
+    if back == 0 || back > copied as usize {
         return None;
     }
-    let at = (copied - back) as usize;
-    event.tail.get(at & (TAIL_BYTES - 1)).copied()
+    // `get`, not indexing: no panic path for the verifier to reject.
+    event.tail.get(TAIL_BYTES.wrapping_sub(back)).copied()
 }
 
 /// PostgreSQL (https://www.postgresql.org/docs/current/protocol-message-formats.html):
@@ -79,7 +84,16 @@ fn postgres(event: &DbIoEvent, head: u8, tail: u8, send: bool) -> (u8, u8) {
     (5, ready_for_query_suffix(event, tail))
 }
 
-const RFQ: [u8; 5] = [b'Z', 0, 0, 0, 5];
+/// Byte `i` (0..5) of ReadyForQuery before its status: `Z 0 0 0 5`. A function, not a
+/// table: the verifier cannot bound a computed index into .rodata.
+#[inline(always)]
+fn rfq(i: u8) -> u8 {
+    match i {
+        0 => b'Z',
+        4 => 5,
+        _ => 0,
+    }
+}
 
 #[inline(always)]
 fn is_status(byte: u8) -> bool {
@@ -98,25 +112,20 @@ fn ready_for_query_suffix(event: &DbIoEvent, tail: u8) -> u8 {
         }
     }
     // Ends inside one: the first k bytes of it, k = 5..1.
-    let mut k = 5u8;
-    while k >= 1 {
+    for k in [5usize, 4, 3, 2, 1] {
         if ends_with_rfq_prefix(event, tail, 0, k) {
-            return k;
+            return k as u8;
         }
-        k -= 1;
     }
-    // A short read that is the end of one: a suffix of `Z 0 0 0 5 status`.
-    if event.len < 6 && tail as u32 == event.len {
-        if let Some(status) = from_end(event, tail, 1) {
-            if is_status(status) {
+    // A short read (under 6 bytes) that is the end of one: `Z 0 0 0 5 status` from byte
+    // 6 - len on. One unrolled case per length keeps every index constant.
+    if event.len < 6 && tail as u32 == event.len && from_end(event, tail, 1).is_some_and(is_status) {
+        for len in 1..6usize {
+            if tail as usize == len {
                 let mut ok = true;
-                for j in 0..5u8 {
-                    // Byte j of the read must be RFQ[6 - tail + j] (at most RFQ[4]).
-                    if j + 1 < tail {
-                        let want = RFQ[(6 - tail + j) as usize % 5];
-                        if from_end(event, tail, tail - j) != Some(want) {
-                            ok = false;
-                        }
+                for j in 0..len - 1 {
+                    if from_end(event, tail, len - j) != Some(rfq((6 - len + j) as u8)) {
+                        ok = false;
                     }
                 }
                 if ok {
@@ -128,14 +137,14 @@ fn ready_for_query_suffix(event: &DbIoEvent, tail: u8) -> u8 {
     0
 }
 
-/// Whether the `len` bytes ending `skip` bytes before the tail's end are `RFQ[..len]`.
+/// Whether the `len` bytes ending `skip` bytes before the end are `Z 0 0 0 5`[..len].
 #[inline(always)]
-fn ends_with_rfq_prefix(event: &DbIoEvent, tail: u8, skip: u8, len: u8) -> bool {
-    if len as u16 + skip as u16 > tail as u16 {
+fn ends_with_rfq_prefix(event: &DbIoEvent, tail: u8, skip: usize, len: usize) -> bool {
+    if len + skip > tail as usize {
         return false;
     }
-    for i in 0..5u8 {
-        if i < len && from_end(event, tail, skip + len - i) != Some(RFQ[i as usize]) {
+    for i in 0..len {
+        if from_end(event, tail, skip + len - i) != Some(rfq(i as u8)) {
             return false;
         }
     }
@@ -155,31 +164,33 @@ fn mysql(event: &DbIoEvent, head: u8, tail: u8, send: bool) -> (u8, u8) {
     let mut head_keep = 5;
     if head >= 5 && event.head[4] == 0x00 {
         // OK: header(4) 0x00 affected_rows(lenenc) last_insert_id(lenenc) status(2) warnings(2)
-        let first = lenenc_size(event.head[5 & (HEAD_BYTES - 1)]);
-        let second_at = 5 + first;
-        let second = lenenc_size(event.head[second_at as usize & (HEAD_BYTES - 1)]);
+        let first = lenenc_size(event.head[5]);
+        // The second integer starts right after the first: one constant index per size.
+        let second = lenenc_size(match first {
+            1 => event.head[6],
+            3 => event.head[8],
+            4 => event.head[9],
+            _ => event.head[14],
+        });
         head_keep = 5 + first + second + 4;
     }
     (head_keep, mysql_last_packet(event, tail))
 }
 
-/// Size of a length-encoded integer from its first byte.
+/// Size of a length-encoded integer from its first byte: 1, or 3/4/9 after 0xfc/0xfd/0xfe.
+/// Arithmetic rather than a match: LLVM turns the match into a shifted lookup whose
+/// out-of-range branch the BPF backend leaves pointing past the end of the program.
 #[inline(always)]
 fn lenenc_size(first: u8) -> u8 {
-    match first {
-        0xfc => 3,
-        0xfd => 4,
-        0xfe => 9,
-        _ => 1,
-    }
+    1 + 2 * (first >= 0xfc) as u8 + (first >= 0xfd) as u8 + 5 * (first >= 0xfe) as u8
 }
 
 /// The length of a final small OK/EOF packet at the end of the tail, or 0.
 #[inline(always)]
 fn mysql_last_packet(event: &DbIoEvent, tail: u8) -> u8 {
     // A packet of total size k ends the data when its 3-byte length is k - 4.
-    for k in 9u8..28 {
-        if k > tail {
+    for k in 9usize..28 {
+        if k > tail as usize {
             break;
         }
         let (Some(b0), Some(b1), Some(b2), Some(kind)) = (
@@ -192,7 +203,7 @@ fn mysql_last_packet(event: &DbIoEvent, tail: u8) -> u8 {
         };
         let payload = b0 as u32 | (b1 as u32) << 8 | (b2 as u32) << 16;
         if payload == (k - 4) as u32 && (kind == 0x00 || kind == 0xfe) {
-            return k;
+            return k as u8;
         }
     }
     0
@@ -219,23 +230,23 @@ fn redis(event: &DbIoEvent, head: u8, tail: u8, send: bool) -> (u8, u8) {
     ] {
         // `$<n>\r\n<NAME>\r\n` at the very end.
         let whole = len + 4;
-        if tail_keep == 0 && tail >= whole && tail_matches(event, tail, name, len) {
-            if from_end(event, tail, whole) == Some(b'$') {
-                tail_keep = whole;
-            }
+        if tail_keep == 0
+            && tail >= whole
+            && tail_matches(event, tail, name, len as usize)
+            && from_end(event, tail, whole as usize) == Some(b'$')
+        {
+            tail_keep = whole;
         }
     }
     (head_keep, tail_keep)
 }
 
 #[inline(always)]
-fn tail_matches(event: &DbIoEvent, tail: u8, name: &[u8; 9], len: u8) -> bool {
-    for i in 0..9u8 {
-        if i < len {
-            let got = from_end(event, tail, len - i).unwrap_or(0);
-            if got.to_ascii_uppercase() != name[i as usize] {
-                return false;
-            }
+fn tail_matches(event: &DbIoEvent, tail: u8, name: &[u8; 9], len: usize) -> bool {
+    for i in 0..len {
+        let got = from_end(event, tail, len - i).unwrap_or(0);
+        if name.get(i) != Some(&got.to_ascii_uppercase()) {
+            return false;
         }
     }
     true

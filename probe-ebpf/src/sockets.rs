@@ -15,7 +15,7 @@ use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_NO_WAKEUP},
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
     macros::{map, tracepoint},
-    maps::{Array, HashMap},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
     programs::TracePointContext,
 };
 use probe_common::*;
@@ -26,9 +26,10 @@ use crate::shared::{bump, config, current_tgid_pid, emit_flags, header, is_targe
 #[map]
 pub static CONNS: HashMap<ConnKey, ConnState> = HashMap::with_max_entries(MAX_CONNS, 0);
 
-/// Syscalls in progress, by thread (`pid_tgid`), from sys_enter to sys_exit.
+/// Syscalls in progress, by thread (`pid_tgid`), from sys_enter to sys_exit. LRU: a thread
+/// that dies inside a syscall never reaches sys_exit, and its entry must not pin a slot.
 #[map]
-pub static PENDING: HashMap<u64, Pending> = HashMap::with_max_entries(MAX_PENDING, 0);
+pub static PENDING: LruHashMap<u64, Pending> = LruHashMap::with_max_entries(MAX_PENDING, 0);
 
 /// Per TCP port: `DB_PORT_FLAG | protocol` for database ports, else 0.
 #[map]
@@ -37,6 +38,33 @@ pub static DB_PORTS: Array<u8> = Array::with_max_entries(DB_PORT_SLOTS, 0);
 /// Database addresses named with `--db ADDR:PORT` (value: protocol).
 #[map]
 pub static DB_ADDRS: HashMap<SockAddr, u8> = HashMap::with_max_entries(MAX_DB_ADDRS, 0);
+
+/// The database path (copy, redact, emit) runs as its own program, reached by a tail call
+/// from the syscall exits: the verifier checks it once instead of inside each of the eight
+/// exit programs, where the combined branches exceed its budget.
+#[map]
+pub static JUMP: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// What the exit program hands to `db_io` across the tail call (one slot per CPU; the
+/// tail call runs on the same CPU without preemption).
+#[map]
+static DB_WORK: PerCpuArray<DbWork> = PerCpuArray::with_max_entries(1, 0);
+
+/// Where the tail is copied right-aligned (its last byte at index 31) before it goes into
+/// the event: a map value, because the verifier allows a variable-offset write there as
+/// long as offset + size stays inside (32 - n + n <= 64), and not on the stack.
+#[map]
+static TAIL_SCRATCH: PerCpuArray<[u8; 64]> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct DbWork {
+    pending: Pending,
+    moved: u64,
+    tgid: u32,
+    send: u8,
+    _pad: [u8; 3],
+}
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
@@ -385,22 +413,72 @@ fn exit_io(ctx: &TracePointContext) -> Result<u32, u32> {
     let send = is_send(pending.kind);
     match state.role {
         ROLE_CLIENT => client_edge(tgid, pending.fd, state, send),
-        ROLE_DB => db_io(tgid, &pending, state.proto, send, moved as u64),
+        ROLE_DB => jump_to_db_io(ctx, pending, moved as u64, tgid, send),
         ROLE_UPSTREAM if state.sniff_left > 0 => {
             state.sniff_left -= 1;
-            let mut head = [0u8; 32];
-            let (base, len) = head_span(&pending, moved as u64);
-            let n = copy_user(&mut head, base, len);
-            if let Some(proto) = recognize(&head, n, send) {
-                state.role = ROLE_DB;
-                state.proto = proto;
-                state.sniff_left = 0;
-                db_io(tgid, &pending, proto, send, moved as u64);
-            }
+            jump_to_db_io(ctx, pending, moved as u64, tgid, send)
         }
         _ => {}
     }
     Ok(0)
+}
+
+#[inline(always)]
+fn jump_to_db_io(ctx: &TracePointContext, pending: Pending, moved: u64, tgid: u32, send: bool) {
+    let Some(slot) = DB_WORK.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot; the tail call below runs on the same CPU.
+    unsafe {
+        *slot = DbWork {
+            pending,
+            moved,
+            tgid,
+            send: send as u8,
+            _pad: [0; 3],
+        };
+        // Does not return on success; on failure (not installed) the event is dropped,
+        // which userspace sees as a probe failure at load time.
+        JUMP.tail_call(ctx, 0);
+    }
+}
+
+/// The database path: for a db connection, copy and redact the head/tail bytes and emit
+/// them; for an upstream connection still being sniffed, look for a database handshake
+/// first. Entered only by tail call from the syscall exits.
+#[tracepoint]
+pub fn db_io(ctx: TracePointContext) -> u32 {
+    let _ = ctx;
+    let Some(work) = DB_WORK.get_ptr(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's slot, written just before the tail call.
+    let work = unsafe { *work };
+    let key = ConnKey {
+        tgid: work.tgid,
+        fd: work.pending.fd,
+    };
+    let Some(state) = CONNS.get_ptr_mut(&key) else {
+        return 0;
+    };
+    // SAFETY: a map value pointer, valid for this program run.
+    let state = unsafe { &mut *state };
+    let send = work.send != 0;
+    if state.role == ROLE_UPSTREAM {
+        let mut head = [0u8; 32];
+        let (base, len) = head_span(&work.pending, work.moved);
+        let n = copy_user(&mut head, base, len);
+        match recognize(&head, n, send) {
+            Some(proto) => {
+                state.role = ROLE_DB;
+                state.proto = proto;
+                state.sniff_left = 0;
+            }
+            None => return 0,
+        }
+    }
+    db_io_event(work.tgid, &work.pending, state.proto, send, work.moved);
+    0
 }
 
 /// A request starts with the first bytes received after idle and ends when the server
@@ -474,15 +552,36 @@ fn tail_span(pending: &Pending, moved: u64) -> (u64, u64) {
     (0, 0)
 }
 
+/// Copies the last `len` (at most 32) bytes before `end` so that they end at index 31 of
+/// the returned array; returns how many were copied.
 #[inline(always)]
-fn db_io(tgid: u32, pending: &Pending, proto: u8, send: bool, moved: u64) {
+fn copy_tail(end: u64, len: u64, out: &mut [u8; TAIL_BYTES]) -> u8 {
+    let Some(scratch) = TAIL_SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    let n = if len > TAIL_BYTES as u64 { TAIL_BYTES as u32 } else { len as u32 };
+    if n == 0 || end == 0 {
+        return 0;
+    }
+    // SAFETY: this CPU's scratch slot; the destination [32 - n, 32) lies inside its 64 bytes,
+    // and the helper checks the user address.
+    let rc = unsafe {
+        let dst = (scratch as *mut u8).add((TAIL_BYTES as u32 - n) as usize);
+        aya_ebpf::helpers::generated::bpf_probe_read_user(dst.cast(), n, (end - n as u64) as *const _)
+    };
+    if rc != 0 {
+        return 0;
+    }
+    // SAFETY: the first 32 bytes of the slot; bytes before 32 - n are stale and are cleared by
+    // the redaction, which never keeps more than the n copied bytes.
+    unsafe { core::ptr::copy_nonoverlapping(scratch as *const u8, out.as_mut_ptr(), TAIL_BYTES) };
+    n as u8
+}
+
+#[inline(always)]
+fn db_io_event(tgid: u32, pending: &Pending, proto: u8, send: bool, moved: u64) {
     let (head_base, head_len) = head_span(pending, moved);
     let (tail_end, tail_avail) = tail_span(pending, moved);
-    let tail_len = if tail_avail > TAIL_BYTES as u64 {
-        TAIL_BYTES as u64
-    } else {
-        tail_avail
-    };
     emit_flags(quiet_flags(), || {
         let mut event = DbIoEvent {
             header: header::<DbIoEvent>(EventKind::DbIo),
@@ -499,11 +598,7 @@ fn db_io(tgid: u32, pending: &Pending, proto: u8, send: bool, moved: u64) {
             tail: [0; TAIL_BYTES],
         };
         let copied_head = copy_user(&mut event.head, head_base, head_len);
-        let copied_tail = if tail_end != 0 {
-            copy_user(&mut event.tail, tail_end - tail_len, tail_len)
-        } else {
-            0
-        };
+        let copied_tail = copy_tail(tail_end, tail_avail, &mut event.tail);
         redact(&mut event, copied_head, copied_tail);
         event
     });

@@ -5,8 +5,15 @@
 //! Events serialize to JSON (one per line at `-vv`), so that real sequences can be recorded
 //! and replayed in unit tests of the state machine.
 
-use probe_common::{EventHeader, EventKind, ExecEvent, ExitEvent, ForkEvent, SignalEvent};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use probe_common::{
+    ConnCloseEvent, ConnOpenEvent, DbIoEvent, EventHeader, EventKind, ExecEvent, ExitEvent,
+    ForkEvent, RequestEvent, SignalEvent, SockAddr,
+};
 use serde::{Deserialize, Serialize};
+
+use crate::protocol::{Direction, Protocol};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -15,6 +22,10 @@ pub enum Event {
     Fork(Fork),
     Exec(Exec),
     Exit(Exit),
+    ConnOpen(ConnOpen),
+    ConnClose(ConnClose),
+    Request(Request),
+    DbIo(DbIo),
 }
 
 impl Event {
@@ -24,8 +35,122 @@ impl Event {
             Event::Fork(e) => e.ktime_ns,
             Event::Exec(e) => e.ktime_ns,
             Event::Exit(e) => e.ktime_ns,
+            Event::ConnOpen(e) => e.ktime_ns,
+            Event::ConnClose(e) => e.ktime_ns,
+            Event::Request(e) => e.ktime_ns,
+            Event::DbIo(e) => e.ktime_ns,
         }
     }
+}
+
+/// What a connection is to the target (DESIGN.md, "connection").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Client,
+    Db,
+    Upstream,
+    Listener,
+}
+
+impl Role {
+    pub fn from_wire(raw: u8) -> Option<Self> {
+        Some(match raw {
+            probe_common::ROLE_CLIENT => Role::Client,
+            probe_common::ROLE_DB => Role::Db,
+            probe_common::ROLE_UPSTREAM => Role::Upstream,
+            probe_common::ROLE_LISTENER => Role::Listener,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Client => "client",
+            Role::Db => "db",
+            Role::Upstream => "upstream",
+            Role::Listener => "listener",
+        }
+    }
+}
+
+pub fn protocol_from_wire(raw: u8) -> Protocol {
+    match raw {
+        probe_common::PROTO_POSTGRES => Protocol::Postgres,
+        probe_common::PROTO_MYSQL => Protocol::Mysql,
+        probe_common::PROTO_REDIS => Protocol::Redis,
+        _ => Protocol::Unknown,
+    }
+}
+
+/// A connection opened after attach (accept or connect).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnOpen {
+    pub ktime_ns: u64,
+    pub tgid: u32,
+    pub fd: u32,
+    pub role: Role,
+    pub protocol: Protocol,
+    pub peer: Option<SocketAddr>,
+    /// From /proc when the event was read (the kernel side does not see it).
+    pub local: Option<SocketAddr>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnClose {
+    pub ktime_ns: u64,
+    pub tgid: u32,
+    pub fd: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Start,
+    End,
+}
+
+/// A client request started or ended (DESIGN.md, "request in flight").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    pub ktime_ns: u64,
+    pub tgid: u32,
+    pub fd: u32,
+    pub phase: Phase,
+    /// When the request started (for `end`).
+    pub since_ns: u64,
+}
+
+/// A send or recv on a database connection: its length and the kept (redacted) bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DbIo {
+    pub ktime_ns: u64,
+    pub tgid: u32,
+    pub fd: u32,
+    pub dir: Direction,
+    pub protocol: Protocol,
+    pub len: u32,
+    pub head: Vec<u8>,
+    pub tail: Vec<u8>,
+}
+
+/// `probe_common::SockAddr` as a std address; `None` when the kernel did not see one.
+pub fn socket_addr(wire: &SockAddr) -> Option<SocketAddr> {
+    let ip = match wire.family as i32 {
+        libc::AF_INET => IpAddr::V4(Ipv4Addr::new(
+            wire.addr[0],
+            wire.addr[1],
+            wire.addr[2],
+            wire.addr[3],
+        )),
+        libc::AF_INET6 => {
+            let v6 = Ipv6Addr::from(wire.addr);
+            // Dual-stack sockets report IPv4 peers as ::ffff:a.b.c.d.
+            v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6))
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, wire.port))
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,6 +203,8 @@ pub enum DecodeError {
     Short(usize),
     #[error("unknown event kind {0}")]
     UnknownKind(u32),
+    #[error("field {0} has an unknown value {1}")]
+    BadField(&'static str, u8),
     #[error("event kind {kind:?} says {said} bytes, expected {expected}, record has {len}")]
     BadSize {
         kind: EventKind,
@@ -157,6 +284,60 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 tgid: e.tgid,
                 comm: comm_to_string(&e.comm),
                 wait_status: (e.exit_code_known != 0).then_some(e.exit_code),
+            })
+        }
+        EventKind::ConnOpen => {
+            let e: ConnOpenEvent = read_wire(bytes, kind, header.size)?;
+            Event::ConnOpen(ConnOpen {
+                ktime_ns: e.header.ktime_ns,
+                tgid: e.tgid,
+                fd: e.fd,
+                role: Role::from_wire(e.role).ok_or(DecodeError::BadField("role", e.role))?,
+                protocol: protocol_from_wire(e.proto),
+                peer: socket_addr(&e.peer),
+                local: None,
+            })
+        }
+        EventKind::ConnClose => {
+            let e: ConnCloseEvent = read_wire(bytes, kind, header.size)?;
+            Event::ConnClose(ConnClose {
+                ktime_ns: e.header.ktime_ns,
+                tgid: e.tgid,
+                fd: e.fd,
+            })
+        }
+        EventKind::Request => {
+            let e: RequestEvent = read_wire(bytes, kind, header.size)?;
+            Event::Request(Request {
+                ktime_ns: e.header.ktime_ns,
+                tgid: e.tgid,
+                fd: e.fd,
+                phase: match e.phase {
+                    probe_common::REQUEST_START => Phase::Start,
+                    probe_common::REQUEST_END => Phase::End,
+                    other => return Err(DecodeError::BadField("phase", other as u8)),
+                },
+                since_ns: e.since_ns,
+            })
+        }
+        EventKind::DbIo => {
+            let e: DbIoEvent = read_wire(bytes, kind, header.size)?;
+            let head_len = (e.head_len as usize).min(e.head.len());
+            let tail_off = (e.tail_off as usize).min(e.tail.len());
+            let tail_end = (tail_off + e.tail_len as usize).min(e.tail.len());
+            Event::DbIo(DbIo {
+                ktime_ns: e.header.ktime_ns,
+                tgid: e.tgid,
+                fd: e.fd,
+                dir: if e.dir == probe_common::DIR_SEND {
+                    Direction::Send
+                } else {
+                    Direction::Recv
+                },
+                protocol: protocol_from_wire(e.proto),
+                len: e.len,
+                head: e.head[..head_len].to_vec(),
+                tail: e.tail[tail_off..tail_end].to_vec(),
             })
         }
     })

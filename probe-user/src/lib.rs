@@ -8,16 +8,21 @@
 pub mod audit;
 pub mod btf;
 pub mod cli;
+pub mod conns;
 pub mod error;
 pub mod event;
 pub mod launch;
+pub mod netstat;
 pub mod probe;
 pub mod procfs;
+pub mod protocol;
 pub mod report;
+pub mod session;
 pub mod settings;
 pub mod signals;
 pub mod state;
 pub mod summary;
 pub mod tracefs;
+pub mod watch;
 
 pub use error::{Error, Result};

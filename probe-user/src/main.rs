@@ -8,7 +8,8 @@ use clap::Parser as _;
 use drainwatch::{
     audit,
     cli::{Cli, Command},
-    settings::AuditSettings,
+    settings::{AuditSettings, WatchSettings},
+    watch,
 };
 
 /// Exit code for usage and environment errors (DESIGN.md).
@@ -52,6 +53,13 @@ fn init_logging(verbose: u8) {
         .init();
 }
 
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the event loop")
+}
+
 fn not_built(command: &str, issue: &str) -> anyhow::Result<u8> {
     anyhow::bail!(
         "`drainwatch {command}` is not built yet ({issue}); `drainwatch audit` works today"
@@ -66,16 +74,16 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             if args.junit.is_some() {
                 anyhow::bail!("--junit is not built yet (CI audit mode); use --report FILE");
             }
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("starting the event loop")?;
-            let outcome = runtime.block_on(audit::run(&settings))?;
+            let outcome = runtime()?.block_on(audit::run(&settings))?;
             audit::publish(&outcome, settings.common.json, settings.report.as_ref())?;
             Ok(outcome.exit_code() as u8)
         }
         Command::Check(_) => not_built("check", "graceful stop: check, wait and stop"),
-        Command::Watch(_) => not_built("watch", "connections and the live view"),
+        Command::Watch(args) => {
+            init_logging(args.shared.verbose);
+            let settings = WatchSettings::from_args(&args)?;
+            runtime()?.block_on(watch::run(&settings)).map_err(Into::into)
+        }
         Command::Wait(_) => not_built("wait", "graceful stop: check, wait and stop"),
         Command::Stop(_) => not_built("stop", "graceful stop: check, wait and stop"),
         Command::Serve(_) => not_built("serve", "Prometheus exporter"),

@@ -4,32 +4,95 @@
 //! the program and link fds, so nothing stays attached after drainwatch exits. If drainwatch
 //! is killed, the kernel closes the fds and detaches the programs the same way.
 
-use std::path::Path;
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::Path,
+};
 
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, ProgramArray, RingBuf},
     programs::TracePoint,
     Ebpf, EbpfLoader,
 };
-use probe_common::{map_names, Counter, ProbeConfig, TargetInfo, DEFAULT_RING_BYTES};
+use probe_common::{
+    map_names, ConnKey, ConnState, Counter, ProbeConfig, SockAddr, TargetInfo, DB_PORT_FLAG,
+    DEFAULT_RING_BYTES, PROTO_MONGO, PROTO_MYSQL, PROTO_POSTGRES, PROTO_REDIS, PROTO_UNKNOWN,
+    ROLE_UPSTREAM, SNIFF_BUDGET,
+};
 
 use crate::{btf::Btf, tracefs::Format, Error, Result};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/drainwatch-probe"));
 
-/// (program name in the object, tracepoint category, tracepoint name)
-const TRACEPOINTS: [(&str, &str, &str); 4] = [
-    ("signal_generate", "signal", "signal_generate"),
-    ("sched_process_fork", "sched", "sched_process_fork"),
-    ("sched_process_exec", "sched", "sched_process_exec"),
-    ("sched_process_exit", "sched", "sched_process_exit"),
+/// (program name in the object, tracepoint category, tracepoints it attaches to)
+const LIFECYCLE: [(&str, &str, &[&str]); 4] = [
+    ("signal_generate", "signal", &["signal_generate"]),
+    ("sched_process_fork", "sched", &["sched_process_fork"]),
+    ("sched_process_exec", "sched", &["sched_process_exec"]),
+    ("sched_process_exit", "sched", &["sched_process_exit"]),
 ];
+
+/// Syscall tracepoint programs (`syscalls` category); accept and accept4 share programs.
+const SYSCALLS: [(&str, &[&str]); 21] = [
+    ("sys_enter_accept", &["sys_enter_accept", "sys_enter_accept4"]),
+    ("sys_exit_accept", &["sys_exit_accept", "sys_exit_accept4"]),
+    ("sys_enter_connect", &["sys_enter_connect"]),
+    ("sys_exit_connect", &["sys_exit_connect"]),
+    ("sys_enter_close", &["sys_enter_close"]),
+    ("sys_enter_read", &["sys_enter_read"]),
+    ("sys_exit_read", &["sys_exit_read"]),
+    ("sys_enter_write", &["sys_enter_write"]),
+    ("sys_exit_write", &["sys_exit_write"]),
+    ("sys_enter_recvfrom", &["sys_enter_recvfrom"]),
+    ("sys_exit_recvfrom", &["sys_exit_recvfrom"]),
+    ("sys_enter_sendto", &["sys_enter_sendto"]),
+    ("sys_exit_sendto", &["sys_exit_sendto"]),
+    ("sys_enter_recvmsg", &["sys_enter_recvmsg"]),
+    ("sys_exit_recvmsg", &["sys_exit_recvmsg"]),
+    ("sys_enter_sendmsg", &["sys_enter_sendmsg"]),
+    ("sys_exit_sendmsg", &["sys_exit_sendmsg"]),
+    ("sys_enter_readv", &["sys_enter_readv"]),
+    ("sys_exit_readv", &["sys_exit_readv"]),
+    ("sys_enter_writev", &["sys_enter_writev"]),
+    ("sys_exit_writev", &["sys_exit_writev"]),
+];
+
+/// The probe reads syscall records at fixed places (include/trace/syscall.h): every
+/// argument is 8 bytes from offset 16, and `ret` is at 16. Checked against tracefs.
+fn check_syscall_layout(tracefs_root: &Path, name: &str) -> Result<()> {
+    let format = Format::read(tracefs_root, "syscalls", name)?;
+    let first = if name.starts_with("sys_exit_") {
+        "ret"
+    } else {
+        format
+            .fields
+            .iter()
+            .find(|f| f.offset >= 16)
+            .map(|f| f.name.as_str())
+            .unwrap_or("fd")
+    };
+    let offset = format.offset(first, 8)?;
+    if offset != 16 {
+        return Err(Error::TracepointFormat {
+            category: "syscalls".into(),
+            name: name.into(),
+            problem: format!("`{first}` is at offset {offset}, the probe reads 16"),
+        });
+    }
+    Ok(())
+}
 
 #[derive(Clone, Debug)]
 pub struct ProbeOptions {
     pub follow_forks: bool,
     /// Ring-buffer size in bytes (a power of two, at least a page).
     pub ring_bytes: u32,
+    /// Watch sockets (connections, requests, database traffic), not only signals and exits.
+    pub sockets: bool,
+    /// Database ports and the protocol each speaks by default.
+    pub db_ports: Vec<(u16, u8)>,
+    /// Database addresses named with `--db`.
+    pub db_addrs: Vec<SocketAddr>,
 }
 
 impl Default for ProbeOptions {
@@ -37,7 +100,38 @@ impl Default for ProbeOptions {
         Self {
             follow_forks: true,
             ring_bytes: DEFAULT_RING_BYTES,
+            sockets: true,
+            db_ports: Vec::new(),
+            db_addrs: Vec::new(),
         }
+    }
+}
+
+/// The kernel's form of a socket address (`probe_common::SockAddr`).
+pub fn to_wire_addr(addr: &SocketAddr) -> SockAddr {
+    let mut out = SockAddr::empty();
+    out.port = addr.port();
+    match addr.ip() {
+        IpAddr::V4(v4) => {
+            out.family = libc::AF_INET as u16;
+            out.addr[..4].copy_from_slice(&v4.octets());
+        }
+        IpAddr::V6(v6) => {
+            out.family = libc::AF_INET6 as u16;
+            out.addr = v6.octets();
+        }
+    }
+    out
+}
+
+/// The protocol a database port speaks by default (DESIGN.md's default port set).
+pub fn default_protocol(port: u16) -> u8 {
+    match port {
+        5432 => PROTO_POSTGRES,
+        3306 => PROTO_MYSQL,
+        6379 => PROTO_REDIS,
+        27017 => PROTO_MONGO,
+        _ => PROTO_UNKNOWN,
     }
 }
 
@@ -62,6 +156,7 @@ pub fn probe_config(tracefs_root: &Path, follow_forks: bool) -> Result<ProbeConf
         log::warn!("kernel BTF has no task_struct.exit_code: exit codes will be reported as null");
     }
     Ok(ProbeConfig {
+        ring_bytes: 0,
         self_tgid: std::process::id(),
         follow_forks: follow_forks.into(),
         signal_sig_off: signal.offset("sig", 4)?,
@@ -75,7 +170,6 @@ pub fn probe_config(tracefs_root: &Path, follow_forks: bool) -> Result<ProbeConf
         exit_pid_off: exit.offset("pid", 4)?,
         exit_group_dead_off: exit.offset("group_dead", 1)?,
         task_exit_code_off,
-        _pad: 0,
     })
 }
 
@@ -118,7 +212,15 @@ impl Probe {
             return Err(Error::NoProbeObject);
         }
         check_privileges()?;
-        let config = probe_config(tracefs_root, options.follow_forks)?;
+        let mut config = probe_config(tracefs_root, options.follow_forks)?;
+        config.ring_bytes = options.ring_bytes;
+        if options.sockets {
+            for (_, names) in SYSCALLS {
+                for name in names {
+                    check_syscall_layout(tracefs_root, name)?;
+                }
+            }
+        }
         let mut ebpf = EbpfLoader::new()
             .override_global("CONFIG", &config, true)
             .map_max_entries(map_names::EVENTS, options.ring_bytes)
@@ -132,13 +234,25 @@ impl Probe {
             }
         };
         let mut failures = Vec::new();
-        for (program, category, name) in TRACEPOINTS {
-            if let Err(err) = attach(&mut ebpf, program, category, name) {
+        if options.sockets {
+            fill_db_maps(&mut ebpf, options)?;
+            if let Err(err) = install_db_io(&mut ebpf) {
+                failures.push(format!("db_io: {err}"));
+            }
+        }
+        let syscalls = SYSCALLS.iter().map(|(program, names)| (*program, "syscalls", *names));
+        let wanted: Vec<_> = LIFECYCLE
+            .iter()
+            .copied()
+            .chain(syscalls.filter(|_| options.sockets))
+            .collect();
+        for (program, category, names) in wanted {
+            if let Err(err) = attach(&mut ebpf, program, category, names) {
                 if matches!(err, Error::NotPermitted) {
                     return Err(err);
                 }
-                log::warn!("probe {category}:{name} failed: {err}");
-                failures.push(format!("{category}:{name}: {err}"));
+                log::warn!("probe {category}:{program} failed: {err}");
+                failures.push(format!("{category}:{program}: {err}"));
             }
         }
         let events = ebpf
@@ -177,6 +291,44 @@ impl Probe {
         targets.insert(id, info, 0).map_err(load_error)
     }
 
+    /// Tracks a connection that existed before attach.
+    pub fn add_conn(&mut self, key: ConnKey, role: u8, proto: u8) -> Result<()> {
+        let map = self
+            .ebpf
+            .map_mut(map_names::CONNS)
+            .ok_or_else(|| Error::Load("no CONNS map in the object".into()))?;
+        let mut conns: HashMap<_, ConnKey, ConnState> =
+            HashMap::try_from(map).map_err(load_error)?;
+        let state = ConnState {
+            role,
+            proto,
+            request_in_flight: 0,
+            sniff_left: if role == ROLE_UPSTREAM { SNIFF_BUDGET } else { 0 },
+            _pad: 0,
+            request_since_ns: 0,
+        };
+        conns.insert(key, state, 0).map_err(load_error)
+    }
+
+    /// Forgets connections the kernel closed on its own (the target exited).
+    pub fn remove_conns(&mut self, keys: &[ConnKey]) {
+        let Some(map) = self.ebpf.map_mut(map_names::CONNS) else {
+            return;
+        };
+        let Ok(mut conns) = HashMap::<_, ConnKey, ConnState>::try_from(map) else {
+            return;
+        };
+        for key in keys {
+            let _ = conns.remove(key);
+        }
+    }
+
+    /// What the probe could not see: events lost in the ring buffer, fork children and
+    /// connections that did not fit their maps.
+    pub fn unseen(&self) -> u64 {
+        self.lost() + self.counter(Counter::TargetsFull) + self.counter(Counter::ConnsFull)
+    }
+
     /// Events the kernel could not put into the ring buffer (summed over CPUs).
     pub fn lost(&self) -> u64 {
         self.counter(Counter::Lost)
@@ -203,13 +355,53 @@ impl Probe {
     }
 }
 
-fn attach(ebpf: &mut Ebpf, program: &str, category: &str, name: &str) -> Result<()> {
+fn attach(ebpf: &mut Ebpf, program: &str, category: &str, names: &[&str]) -> Result<()> {
     let program: &mut TracePoint = ebpf
         .program_mut(program)
         .ok_or_else(|| Error::Load(format!("no program {program} in the object")))?
         .try_into()
         .map_err(load_error)?;
     program.load().map_err(load_error)?;
-    program.attach(category, name).map_err(load_error)?;
+    for name in names {
+        program.attach(category, name).map_err(load_error)?;
+    }
+    Ok(())
+}
+
+/// Loads the database path program and puts it where the syscall exits tail-call it.
+fn install_db_io(ebpf: &mut Ebpf) -> Result<()> {
+    let program: &mut TracePoint = ebpf
+        .program_mut("db_io")
+        .ok_or_else(|| Error::Load("no program db_io in the object".into()))?
+        .try_into()
+        .map_err(load_error)?;
+    program.load().map_err(load_error)?;
+    let fd = program.fd().map_err(load_error)?.try_clone().map_err(load_error)?;
+    let map = ebpf
+        .map_mut("JUMP")
+        .ok_or_else(|| Error::Load("no JUMP map in the object".into()))?;
+    let mut jump = ProgramArray::try_from(map).map_err(load_error)?;
+    jump.set(0, &fd, 0).map_err(load_error)
+}
+
+fn fill_db_maps(ebpf: &mut Ebpf, options: &ProbeOptions) -> Result<()> {
+    let map = ebpf
+        .map_mut(map_names::DB_PORTS)
+        .ok_or_else(|| Error::Load("no DB_PORTS map in the object".into()))?;
+    let mut ports: Array<_, u8> = Array::try_from(map).map_err(load_error)?;
+    for (port, proto) in &options.db_ports {
+        ports
+            .set(*port as u32, DB_PORT_FLAG | proto, 0)
+            .map_err(load_error)?;
+    }
+    let map = ebpf
+        .map_mut(map_names::DB_ADDRS)
+        .ok_or_else(|| Error::Load("no DB_ADDRS map in the object".into()))?;
+    let mut addrs: HashMap<_, SockAddr, u8> = HashMap::try_from(map).map_err(load_error)?;
+    for addr in &options.db_addrs {
+        addrs
+            .insert(to_wire_addr(addr), default_protocol(addr.port()), 0)
+            .map_err(load_error)?;
+    }
     Ok(())
 }

@@ -3,6 +3,8 @@
 
 use serde::Serialize;
 
+use crate::protocol::Protocol;
+
 pub const SCHEMA: &str = "drainwatch.report/v1";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -57,14 +59,95 @@ pub struct ExitReport {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Violation {
     Sigkill(SigkillViolation),
+    LeakedDbConnection(LeakedDbConnection),
+    OpenTransaction(OpenTransaction),
+    InflightAtExit(InflightAtExit),
 }
 
 impl Violation {
     pub fn pid(&self) -> u32 {
         match self {
             Violation::Sigkill(v) => v.pid,
+            Violation::LeakedDbConnection(v) => v.pid,
+            Violation::OpenTransaction(v) => v.pid,
+            Violation::InflightAtExit(v) => v.pid,
         }
     }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Violation::Sigkill(_) => "sigkill",
+            Violation::LeakedDbConnection(_) => "leaked_db_connection",
+            Violation::OpenTransaction(_) => "open_transaction",
+            Violation::InflightAtExit(_) => "inflight_at_exit",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClosedBy {
+    /// The target exited with the connection open: the kernel closed it.
+    Exit,
+    /// The target closed it without the protocol's goodbye.
+    UncleanClose,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LeakedDbConnection {
+    pub pid: u32,
+    pub at_ms: u64,
+    pub fd: u32,
+    /// "ip:port", or null when it could not be read.
+    pub local: Option<String>,
+    pub peer: Option<String>,
+    pub protocol: Protocol,
+    /// Null when the connection existed before attach.
+    pub opened_at_ms: Option<u64>,
+    pub closed_by: ClosedBy,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct OpenTransaction {
+    pub pid: u32,
+    pub at_ms: u64,
+    pub fd: u32,
+    pub peer: Option<String>,
+    pub protocol: Protocol,
+    /// Since the transaction was first seen open (a lower bound when it opened before attach).
+    pub age_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct InflightAtExit {
+    pub pid: u32,
+    pub at_ms: u64,
+    pub requests: u64,
+    pub queries: u64,
+    /// Peers of the connections with something in flight.
+    pub connections: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ConnectionCounts {
+    pub client_opened: u64,
+    pub client_closed: u64,
+    pub db_opened: u64,
+    pub db_closed: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Percentiles {
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub max: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct LatencySummary {
+    pub count: u64,
+    pub latency_us: Percentiles,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -106,11 +189,11 @@ pub struct Report {
     pub targets: Vec<TargetReport>,
     pub violations: Vec<Violation>,
     pub drain: Option<DrainReport>,
-    /// `null` until the socket probe watches connections: a report never shows zero for
-    /// what it did not measure.
-    pub connections: Option<serde_json::Value>,
-    pub requests: Option<serde_json::Value>,
-    pub db_queries: Option<serde_json::Value>,
+    /// `null` when sockets were not watched: a report never shows zero for what it did not
+    /// measure.
+    pub connections: Option<ConnectionCounts>,
+    pub requests: Option<LatencySummary>,
+    pub db_queries: Option<LatencySummary>,
     pub events: EventCounts,
     /// Probes that failed to attach (the verdict is then `incomplete`).
     #[serde(skip_serializing_if = "Vec::is_empty")]

@@ -213,6 +213,21 @@ impl AuditSettings {
     }
 }
 
+/// `watch`: one running process.
+#[derive(Debug)]
+pub struct WatchSettings {
+    pub common: Common,
+    pub pid: u32,
+}
+
+impl WatchSettings {
+    pub fn from_args(args: &crate::cli::WatchArgs) -> Result<Self> {
+        let common = Common::from_args(&args.shared)?;
+        let pid = validate_pids(std::slice::from_ref(&args.pid))?[0];
+        Ok(Self { common, pid })
+    }
+}
+
 /// Parses each `--pid`, refusing drainwatch's own pid and pids that do not exist.
 pub fn validate_pids(texts: &[String]) -> Result<Vec<u32>> {
     let own = std::process::id();

@@ -2,10 +2,12 @@
 //! Pure: no I/O, no clocks. Events go in through [`AuditState::apply`]; the report comes out
 //! of [`AuditState::report`]. Unit tests replay recorded event sequences through it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use crate::{
-    event::{Event, Exit, Fork, Signal},
+    conns::ConnTracker,
+    event::{Event, Exit, Fork, Role, Signal},
+    protocol::Protocol,
     report::{
         EventCounts, ExitReport, Mode, Report, SigkillViolation, TargetReport, Verdict, Violation,
         SCHEMA,
@@ -46,7 +48,24 @@ pub struct AuditState {
     unresolved_children: HashMap<u32, (u32, String)>,
     violations: Vec<Violation>,
     received: u64,
+    /// `None` when sockets are not watched (the report then says `null`, not zero).
+    conns: Option<ConnTracker>,
+    /// The most recent signals sent to targets, oldest first (for the live view).
+    recent_signals: VecDeque<SignalSeen>,
 }
+
+/// A signal a target received, as the live view shows it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct SignalSeen {
+    pub at_ms: u64,
+    pub pid: u32,
+    pub signal: String,
+    pub sender_tgid: u32,
+    pub sender_comm: String,
+}
+
+/// How many recent signals the state keeps.
+const RECENT_SIGNALS: usize = 16;
 
 impl AuditState {
     pub fn new(attach_ns: u64, self_tgid: u32) -> Self {
@@ -58,6 +77,41 @@ impl AuditState {
             unresolved_children: HashMap::new(),
             violations: Vec::new(),
             received: 0,
+            conns: None,
+            recent_signals: VecDeque::new(),
+        }
+    }
+
+    pub fn recent_signals(&self) -> impl Iterator<Item = &SignalSeen> {
+        self.recent_signals.iter()
+    }
+
+    /// ms since attach for a kernel timestamp.
+    pub fn ms_since_attach(&self, ktime_ns: u64) -> u64 {
+        self.at_ms(ktime_ns)
+    }
+
+    /// Watches connections too (the socket probe is attached).
+    pub fn with_sockets(mut self) -> Self {
+        self.conns = Some(ConnTracker::default());
+        self
+    }
+
+    pub fn conns(&self) -> Option<&ConnTracker> {
+        self.conns.as_ref()
+    }
+
+    /// A connection found in /proc at attach.
+    pub fn add_existing_conn(
+        &mut self,
+        key: (u32, u32),
+        role: Role,
+        protocol: Protocol,
+        local: Option<std::net::SocketAddr>,
+        peer: Option<std::net::SocketAddr>,
+    ) {
+        if let Some(conns) = self.conns.as_mut() {
+            conns.add_existing(key, role, protocol, local, peer);
         }
     }
 
@@ -108,6 +162,31 @@ impl AuditState {
                 }
             }
             Event::Exit(exit) => self.on_exit(exit),
+            Event::ConnOpen(open) => {
+                if let Some(conns) = self.conns.as_mut() {
+                    conns.open(open);
+                }
+            }
+            Event::ConnClose(close) => {
+                let at_ms = self.at_ms(close.ktime_ns);
+                let attach_ns = self.attach_ns;
+                if let Some(conns) = self.conns.as_mut() {
+                    let ms = |ns: u64| ns.saturating_sub(attach_ns) / 1_000_000;
+                    if let Some(violation) = conns.close(close, at_ms, ms) {
+                        self.violations.push(violation);
+                    }
+                }
+            }
+            Event::Request(request) => {
+                if let Some(conns) = self.conns.as_mut() {
+                    conns.request(request);
+                }
+            }
+            Event::DbIo(io) => {
+                if let Some(conns) = self.conns.as_mut() {
+                    conns.db_io(io);
+                }
+            }
         }
     }
 
@@ -128,6 +207,16 @@ impl AuditState {
         let Some(tgid) = self.target_of(signal.target_pid) else {
             return;
         };
+        if self.recent_signals.len() == RECENT_SIGNALS {
+            self.recent_signals.pop_front();
+        }
+        self.recent_signals.push_back(SignalSeen {
+            at_ms: self.at_ms(signal.ktime_ns),
+            pid: tgid,
+            signal: signals::name(signal.sig),
+            sender_tgid: signal.sender_tgid,
+            sender_comm: signal.sender_comm.clone(),
+        });
         if signal.sig != libc::SIGKILL {
             return;
         }
@@ -164,6 +253,12 @@ impl AuditState {
             return;
         };
         self.threads.retain(|_, owner| *owner != tgid);
+        let attach_ns = self.attach_ns;
+        if let Some(conns) = self.conns.as_mut() {
+            let ms = |ns: u64| ns.saturating_sub(attach_ns) / 1_000_000;
+            let found = conns.exit(tgid, exit.ktime_ns, at_ms, ms);
+            self.violations.extend(found);
+        }
         let Some(target) = self.targets.get_mut(&tgid) else {
             return;
         };
@@ -210,9 +305,9 @@ impl AuditState {
             targets,
             violations: self.violations.clone(),
             drain: None,
-            connections: None,
-            requests: None,
-            db_queries: None,
+            connections: self.conns.as_ref().map(|c| c.counts().clone()),
+            requests: self.conns.as_ref().map(|c| c.requests()),
+            db_queries: self.conns.as_ref().map(|c| c.queries()),
             events: EventCounts {
                 received: self.received,
                 lost,

@@ -5,7 +5,8 @@ use std::fmt::Write as _;
 
 use crate::{
     audit::Outcome,
-    report::{ExitReport, Report, Verdict, Violation},
+    protocol::Protocol,
+    report::{ClosedBy, ExitReport, Report, Verdict, Violation},
 };
 
 fn seconds(ms: u64) -> String {
@@ -46,6 +47,59 @@ pub fn violation_line(report: &Report, violation: &Violation) -> String {
                 seconds(v.at_ms)
             )
         }
+        Violation::LeakedDbConnection(v) => {
+            let how = match v.closed_by {
+                ClosedBy::Exit => "still open when it exited (the kernel closed it)",
+                ClosedBy::UncleanClose => "closed without the protocol's goodbye",
+            };
+            format!(
+                "{} connection of {} ({}) to {} (fd {}) {how}, at {}",
+                protocol_name(v.protocol),
+                comm_of(report, v.pid),
+                v.pid,
+                v.peer.as_deref().unwrap_or("?"),
+                v.fd,
+                seconds(v.at_ms)
+            )
+        }
+        Violation::OpenTransaction(v) => format!(
+            "{} transaction open for {} on {} ({}) to {} (fd {}) when it exited, at {}: cut in half",
+            protocol_name(v.protocol),
+            seconds(v.age_ms),
+            comm_of(report, v.pid),
+            v.pid,
+            v.peer.as_deref().unwrap_or("?"),
+            v.fd,
+            seconds(v.at_ms)
+        ),
+        Violation::InflightAtExit(v) => format!(
+            "{} ({}) exited with {} and {} in flight, at {} ({})",
+            comm_of(report, v.pid),
+            v.pid,
+            plural(v.requests, "client request"),
+            plural(v.queries, "database query"),
+            seconds(v.at_ms),
+            v.connections.join(", ")
+        ),
+    }
+}
+
+fn plural(n: u64, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else if what.ends_with('y') {
+        format!("{n} {}ies", &what[..what.len() - 1])
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
+pub fn protocol_name(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Postgres => "PostgreSQL",
+        Protocol::Mysql => "MySQL",
+        Protocol::Redis => "Redis",
+        Protocol::Unknown => "database",
     }
 }
 
@@ -104,6 +158,18 @@ pub fn render(outcome: &Outcome) -> String {
             target.pid,
             target.comm,
             exit_line(target.exit.as_ref())
+        );
+    }
+    if let (Some(c), Some(r), Some(q)) = (&report.connections, &report.requests, &report.db_queries) {
+        let _ = writeln!(
+            out,
+            "connections: {} client opened / {} closed, {} db opened / {} closed",
+            c.client_opened, c.client_closed, c.db_opened, c.db_closed
+        );
+        let _ = writeln!(
+            out,
+            "requests: {} (p50 {}us, p99 {}us); db queries: {} (p50 {}us, p99 {}us)",
+            r.count, r.latency_us.p50, r.latency_us.p99, q.count, q.latency_us.p50, q.latency_us.p99
         );
     }
     let _ = writeln!(

@@ -59,7 +59,7 @@ fn an_unwritable_report_path_is_found_before_the_run() {
 
 #[test]
 fn subcommands_not_built_yet_say_so() {
-    for sub in ["check", "watch", "wait", "stop"] {
+    for sub in ["check", "wait", "stop"] {
         assert_usage_error(&[sub, "--pid", "1"], "not built yet");
     }
     assert_usage_error(&["serve", "--pid", "1"], "not built yet");

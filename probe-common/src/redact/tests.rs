@@ -25,7 +25,7 @@ fn through_kernel(proto: u8, dir: u8, data: &[u8]) -> DbIoEvent {
     let head = data.len().min(HEAD_BYTES);
     let tail = data.len().min(TAIL_BYTES);
     event.head[..head].copy_from_slice(&data[..head]);
-    event.tail[..tail].copy_from_slice(&data[data.len() - tail..]);
+    event.tail[TAIL_BYTES - tail..].copy_from_slice(&data[data.len() - tail..]);
     redact(&mut event, head as u8, tail as u8);
     event
 }

@@ -22,8 +22,9 @@ fn sigkills(state: &AuditState) -> Vec<&SigkillViolation> {
     state
         .violations()
         .iter()
-        .map(|v| match v {
-            Violation::Sigkill(s) => s,
+        .filter_map(|v| match v {
+            Violation::Sigkill(s) => Some(s),
+            _ => None,
         })
         .collect()
 }

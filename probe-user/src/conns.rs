@@ -1,0 +1,371 @@
+//! Connections of the targets and what is in flight on them: client requests, database
+//! queries, open transactions. Pure, like the rest of the state machine: events in,
+//! counts and violations out. Semantics: DESIGN.md, "Words".
+
+use std::{collections::BTreeMap, net::SocketAddr};
+
+use hdrhistogram::Histogram;
+
+use crate::{
+    event::{ConnClose, ConnOpen, DbIo, Phase, Request, Role},
+    protocol::{self, DbConn, Protocol, Txn},
+    report::{
+        ClosedBy, ConnectionCounts, InflightAtExit, LatencySummary, LeakedDbConnection,
+        OpenTransaction, Percentiles, Violation,
+    },
+};
+
+#[derive(Debug)]
+pub struct Conn {
+    pub tgid: u32,
+    pub fd: u32,
+    pub role: Role,
+    pub protocol: Protocol,
+    pub local: Option<SocketAddr>,
+    pub peer: Option<SocketAddr>,
+    /// `None` for connections that existed before attach.
+    pub opened_ns: Option<u64>,
+    /// A client request in flight since (ktime ns).
+    pub request_since: Option<u64>,
+    /// The database conversation (db connections only).
+    pub db: Option<DbConn>,
+    pub query_since: Option<u64>,
+    /// When the transaction was first seen open.
+    pub txn_since: Option<u64>,
+}
+
+impl Conn {
+    pub fn query_in_flight(&self) -> bool {
+        self.db.as_ref().is_some_and(DbConn::query_in_flight)
+    }
+
+    pub fn txn(&self) -> Txn {
+        self.db.as_ref().map(DbConn::txn).unwrap_or(Txn::Unknown)
+    }
+
+    pub fn txn_open(&self) -> bool {
+        matches!(self.txn(), Txn::Open | Txn::Failed)
+    }
+
+    pub fn peer_text(&self) -> Option<String> {
+        self.peer.map(|p| p.to_string())
+    }
+}
+
+/// Counts of what is in flight right now.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InFlight {
+    pub requests: u64,
+    pub queries: u64,
+    pub transactions: u64,
+}
+
+impl InFlight {
+    pub fn is_idle(&self) -> bool {
+        self.requests == 0 && self.queries == 0 && self.transactions == 0
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    // 1 µs to 1 hour, 3 significant digits.
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
+}
+
+fn summary(h: &Histogram<u64>) -> LatencySummary {
+    LatencySummary {
+        count: h.len(),
+        latency_us: Percentiles {
+            p50: h.value_at_quantile(0.50),
+            p90: h.value_at_quantile(0.90),
+            p99: h.value_at_quantile(0.99),
+            max: h.max(),
+        },
+    }
+}
+
+fn record(h: &mut Histogram<u64>, from_ns: u64, to_ns: u64) {
+    let us = (to_ns.saturating_sub(from_ns) / 1000).max(1);
+    h.saturating_record(us);
+}
+
+pub struct ConnTracker {
+    conns: BTreeMap<(u32, u32), Conn>,
+    counts: ConnectionCounts,
+    requests: Histogram<u64>,
+    queries: Histogram<u64>,
+}
+
+impl std::fmt::Debug for ConnTracker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnTracker")
+            .field("conns", &self.conns)
+            .field("counts", &self.counts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for ConnTracker {
+    fn default() -> Self {
+        Self {
+            conns: BTreeMap::new(),
+            counts: ConnectionCounts::default(),
+            requests: histogram(),
+            queries: histogram(),
+        }
+    }
+}
+
+impl ConnTracker {
+    pub fn conns(&self) -> impl Iterator<Item = &Conn> {
+        self.conns.values()
+    }
+
+    pub fn counts(&self) -> &ConnectionCounts {
+        &self.counts
+    }
+
+    pub fn requests(&self) -> LatencySummary {
+        summary(&self.requests)
+    }
+
+    pub fn queries(&self) -> LatencySummary {
+        summary(&self.queries)
+    }
+
+    fn count_open(&mut self, role: Role) {
+        match role {
+            Role::Client => self.counts.client_opened += 1,
+            Role::Db => self.counts.db_opened += 1,
+            Role::Upstream | Role::Listener => {}
+        }
+    }
+
+    fn count_close(&mut self, role: Role) {
+        match role {
+            Role::Client => self.counts.client_closed += 1,
+            Role::Db => self.counts.db_closed += 1,
+            Role::Upstream | Role::Listener => {}
+        }
+    }
+
+    fn insert(&mut self, conn: Conn) {
+        if let Some(old) = self.conns.remove(&(conn.tgid, conn.fd)) {
+            // The fd was reused without a close we saw (dup2 over it, say).
+            self.count_close(old.role);
+        }
+        self.count_open(conn.role);
+        self.conns.insert((conn.tgid, conn.fd), conn);
+    }
+
+    /// A connection found in /proc at attach: counted from the first moment, its
+    /// transaction state unknown until the first status message.
+    pub fn add_existing(
+        &mut self,
+        (tgid, fd): (u32, u32),
+        role: Role,
+        protocol: Protocol,
+        local: Option<SocketAddr>,
+        peer: Option<SocketAddr>,
+    ) {
+        self.insert(Conn {
+            tgid,
+            fd,
+            role,
+            protocol,
+            local,
+            peer,
+            opened_ns: None,
+            request_since: None,
+            db: (role == Role::Db).then(|| DbConn::new(protocol, false)),
+            query_since: None,
+            txn_since: None,
+        });
+    }
+
+    pub fn open(&mut self, event: &ConnOpen) {
+        self.insert(Conn {
+            tgid: event.tgid,
+            fd: event.fd,
+            role: event.role,
+            protocol: event.protocol,
+            local: event.local,
+            peer: event.peer,
+            opened_ns: Some(event.ktime_ns),
+            request_since: None,
+            db: (event.role == Role::Db).then(|| DbConn::new(event.protocol, true)),
+            query_since: None,
+            txn_since: None,
+        });
+    }
+
+    /// A close(2): an unclean close of a database connection is a violation.
+    pub fn close(&mut self, event: &ConnClose, at_ms: u64, ms: impl Fn(u64) -> u64) -> Option<Violation> {
+        let conn = self.conns.remove(&(event.tgid, event.fd))?;
+        self.count_close(conn.role);
+        let db = conn.db.as_ref()?;
+        if db.goodbye_sent() {
+            return None;
+        }
+        Some(leaked(&conn, at_ms, ClosedBy::UncleanClose, &ms))
+    }
+
+    pub fn request(&mut self, event: &Request) {
+        let conn = self.conns.entry((event.tgid, event.fd)).or_insert_with(|| Conn {
+            tgid: event.tgid,
+            fd: event.fd,
+            role: Role::Client,
+            protocol: Protocol::Unknown,
+            local: None,
+            peer: None,
+            opened_ns: None,
+            request_since: None,
+            db: None,
+            query_since: None,
+            txn_since: None,
+        });
+        match event.phase {
+            Phase::Start => conn.request_since = Some(event.since_ns),
+            Phase::End => {
+                if let Some(since) = conn.request_since.take() {
+                    record(&mut self.requests, since, event.ktime_ns);
+                }
+            }
+        }
+    }
+
+    pub fn db_io(&mut self, event: &DbIo) {
+        let key = (event.tgid, event.fd);
+        let upgrade = match self.conns.get(&key) {
+            None => true,
+            Some(conn) => conn.role != Role::Db,
+        };
+        if upgrade {
+            // An upstream connection the kernel recognised by its first bytes (or one that
+            // was never seen opening): from now on it is a database connection.
+            let (local, peer, opened_ns, seen) = match self.conns.remove(&key) {
+                Some(old) => (old.local, old.peer, old.opened_ns, old.opened_ns.is_some()),
+                None => (None, None, None, false),
+            };
+            self.count_open(Role::Db);
+            self.conns.insert(
+                key,
+                Conn {
+                    tgid: event.tgid,
+                    fd: event.fd,
+                    role: Role::Db,
+                    protocol: event.protocol,
+                    local,
+                    peer,
+                    opened_ns,
+                    request_since: None,
+                    db: Some(DbConn::new(event.protocol, seen)),
+                    query_since: None,
+                    txn_since: None,
+                },
+            );
+        }
+        let conn = self.conns.get_mut(&key).expect("inserted above");
+        let Some(db) = conn.db.as_mut() else {
+            return;
+        };
+        let before = db.query_in_flight();
+        db.on_io(&protocol::DbIo {
+            dir: event.dir,
+            len: event.len,
+            head: &event.head,
+            tail: &event.tail,
+        });
+        let after = db.query_in_flight();
+        match (before, after) {
+            (false, true) => conn.query_since = Some(event.ktime_ns),
+            (true, false) => {
+                if let Some(since) = conn.query_since.take() {
+                    record(&mut self.queries, since, event.ktime_ns);
+                }
+            }
+            _ => {}
+        }
+        if conn.txn_open() {
+            conn.txn_since.get_or_insert(event.ktime_ns);
+        } else {
+            conn.txn_since = None;
+        }
+    }
+
+    /// What is in flight, for one target or all of them.
+    pub fn in_flight(&self, tgid: Option<u32>) -> InFlight {
+        let mut out = InFlight::default();
+        for conn in self.conns.values() {
+            if tgid.is_some_and(|t| t != conn.tgid) {
+                continue;
+            }
+            out.requests += conn.request_since.is_some() as u64;
+            out.queries += conn.query_in_flight() as u64;
+            out.transactions += conn.txn_open() as u64;
+        }
+        out
+    }
+
+    /// A target exited: the kernel closes its connections. Returns the violations, in
+    /// order: open transactions, leaked database connections, what was in flight.
+    pub fn exit(
+        &mut self,
+        tgid: u32,
+        ktime_ns: u64,
+        at_ms: u64,
+        ms: impl Fn(u64) -> u64,
+    ) -> Vec<Violation> {
+        let keys: Vec<_> = self.conns.range((tgid, 0)..=(tgid, u32::MAX)).map(|(k, _)| *k).collect();
+        let gone: Vec<Conn> = keys.iter().filter_map(|k| self.conns.remove(k)).collect();
+        let mut violations = Vec::new();
+        for conn in gone.iter().filter(|c| c.txn_open()) {
+            violations.push(Violation::OpenTransaction(OpenTransaction {
+                pid: tgid,
+                at_ms,
+                fd: conn.fd,
+                peer: conn.peer_text(),
+                protocol: conn.protocol,
+                age_ms: conn
+                    .txn_since
+                    .map(|since| ktime_ns.saturating_sub(since) / 1_000_000)
+                    .unwrap_or(0),
+            }));
+        }
+        for conn in gone.iter().filter(|c| c.role == Role::Db) {
+            violations.push(leaked(conn, at_ms, ClosedBy::Exit, &ms));
+        }
+        let busy: Vec<&Conn> = gone
+            .iter()
+            .filter(|c| c.request_since.is_some() || c.query_in_flight())
+            .collect();
+        if !busy.is_empty() {
+            violations.push(Violation::InflightAtExit(InflightAtExit {
+                pid: tgid,
+                at_ms,
+                requests: busy.iter().filter(|c| c.request_since.is_some()).count() as u64,
+                queries: busy.iter().filter(|c| c.query_in_flight()).count() as u64,
+                connections: busy
+                    .iter()
+                    .map(|c| c.peer_text().unwrap_or_else(|| format!("fd {}", c.fd)))
+                    .collect(),
+            }));
+        }
+        for conn in &gone {
+            self.count_close(conn.role);
+        }
+        violations
+    }
+}
+
+fn leaked(conn: &Conn, at_ms: u64, closed_by: ClosedBy, ms: &impl Fn(u64) -> u64) -> Violation {
+    Violation::LeakedDbConnection(LeakedDbConnection {
+        pid: conn.tgid,
+        at_ms,
+        fd: conn.fd,
+        local: conn.local.map(|a| a.to_string()),
+        peer: conn.peer_text(),
+        protocol: conn.protocol,
+        opened_at_ms: conn.opened_ns.map(ms),
+        closed_by,
+    })
+}

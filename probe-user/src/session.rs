@@ -1,0 +1,333 @@
+//! A session: the probe attached to a set of targets, and the loop that feeds its events
+//! into the state machine. `audit`, `watch`, `wait` and `stop` are sessions with different
+//! ends and outputs.
+
+use std::{os::fd::AsRawFd, time::Duration};
+
+use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
+
+use crate::{
+    event::{self, Event, Role},
+    launch, netstat,
+    probe::{self, Probe, ProbeOptions},
+    procfs,
+    protocol::Protocol,
+    settings::{AuditTargets, Common},
+    state::{AuditState, Origin},
+    tracefs, Error, Result,
+};
+
+/// Role and protocol of a socket that existed before attach, from its addresses alone.
+pub fn classify_existing(
+    socket: &netstat::TcpSocket,
+    listener_ports: &[u16],
+    common: &Common,
+) -> (Role, Protocol) {
+    if socket.is_listener() {
+        return (Role::Listener, Protocol::Unknown);
+    }
+    let peer = socket.remote;
+    if common.db_addrs.contains(&peer) || common.db_ports.contains(&peer.port()) {
+        let wire = probe::default_protocol(peer.port());
+        return (Role::Db, event::protocol_from_wire(wire));
+    }
+    if listener_ports.contains(&socket.local.port()) {
+        return (Role::Client, Protocol::Unknown);
+    }
+    (Role::Upstream, Protocol::Unknown)
+}
+
+fn role_to_wire(role: Role) -> u8 {
+    match role {
+        Role::Client => probe_common::ROLE_CLIENT,
+        Role::Db => probe_common::ROLE_DB,
+        Role::Upstream => probe_common::ROLE_UPSTREAM,
+        Role::Listener => probe_common::ROLE_LISTENER,
+    }
+}
+
+/// Finds the TCP connections a target holds now and tracks them from the first moment.
+fn attach_existing_conns(
+    probe: &mut Probe,
+    state: &mut AuditState,
+    tgid: u32,
+    common: &Common,
+) -> Result<()> {
+    let sockets = netstat::tcp_sockets(tgid);
+    let held: Vec<(u32, &netstat::TcpSocket)> = netstat::socket_fds(tgid)
+        .into_iter()
+        .filter_map(|(fd, inode)| Some((fd, sockets.get(&inode)?)))
+        .filter(|(_, socket)| !socket.is_closed())
+        .collect();
+    let listener_ports: Vec<u16> = held
+        .iter()
+        .filter(|(_, s)| s.is_listener())
+        .map(|(_, s)| s.local.port())
+        .collect();
+    for (fd, socket) in held {
+        let (role, protocol) = classify_existing(socket, &listener_ports, common);
+        let wire_proto = match role {
+            Role::Db => probe::default_protocol(socket.remote.port()),
+            _ => probe_common::PROTO_UNKNOWN,
+        };
+        probe.add_conn(probe_common::ConnKey { tgid, fd }, role_to_wire(role), wire_proto)?;
+        let peer = (!socket.is_listener()).then_some(socket.remote);
+        state.add_existing_conn((tgid, fd), role, protocol, Some(socket.local), peer);
+    }
+    Ok(())
+}
+
+/// Adds the named pids (and their current threads) to the probe and the state.
+fn attach_pids(
+    probe: &mut Probe,
+    state: &mut AuditState,
+    pids: &[u32],
+    common: &Common,
+) -> Result<()> {
+    for &tgid in pids {
+        probe.add_target(tgid, tgid)?;
+        for pid in procfs::threads(tgid) {
+            probe.add_target(pid, tgid)?;
+            state.add_thread(pid, tgid);
+        }
+        // Checked after the insert: a process that exited in between would otherwise be
+        // audited forever, its exit never seen.
+        let comm = procfs::comm(tgid).filter(|_| procfs::process_exists(tgid));
+        let Some(comm) = comm else {
+            return Err(Error::NoSuchProcess(tgid));
+        };
+        state.add_target(tgid, comm, Origin::Named);
+        attach_existing_conns(probe, state, tgid, common)?;
+    }
+    Ok(())
+}
+
+/// Fills in what only userspace can know, right after the event is read.
+fn enrich(event: &mut Event) {
+    match event {
+        Event::Signal(signal) if signal.sig == libc::SIGKILL => {
+            signal.sender_cmdline = procfs::cmdline(signal.sender_tgid);
+        }
+        Event::Fork(fork) => fork.child_tgid = procfs::tgid_of(fork.child_pid),
+        Event::ConnOpen(open) if open.role == Role::Db || open.peer.is_none() => {
+            if let Some(socket) = netstat::socket_of(open.tgid, open.fd) {
+                open.local = Some(socket.local);
+                open.peer = open.peer.or(Some(socket.remote));
+            }
+        }
+        _ => {}
+    }
+}
+
+struct Reader {
+    malformed: u64,
+    verbose: u8,
+}
+
+impl Reader {
+    /// Reads every record waiting in the ring buffer into the state.
+    fn drain(&mut self, probe: &mut Probe, state: &mut AuditState) {
+        let verbose = self.verbose;
+        let mut closed_by_kernel = Vec::new();
+        let ring = probe.events();
+        while let Some(record) = ring.next() {
+            match event::decode(&record) {
+                Ok(mut event) => {
+                    enrich(&mut event);
+                    if verbose >= 2 {
+                        if let Ok(line) = serde_json::to_string(&event) {
+                            eprintln!("{line}");
+                        }
+                    }
+                    if let Event::Exit(exit) = &event {
+                        // The kernel closed its sockets without close(2): forget them.
+                        let keys = state
+                            .conns()
+                            .into_iter()
+                            .flat_map(|c| c.conns())
+                            .filter(|c| c.tgid == exit.tgid)
+                            .map(|c| probe_common::ConnKey {
+                                tgid: c.tgid,
+                                fd: c.fd,
+                            })
+                            .collect::<Vec<_>>();
+                        closed_by_kernel.extend(keys);
+                    }
+                    state.apply(&event);
+                }
+                Err(err) => {
+                    log::warn!("undecodable probe record: {err}");
+                    self.malformed += 1;
+                }
+            }
+        }
+        probe.remove_conns(&closed_by_kernel);
+    }
+}
+
+/// Probe options from the shared flags.
+pub fn probe_options(common: &Common) -> ProbeOptions {
+    ProbeOptions {
+        follow_forks: common.follow_forks,
+        db_ports: common
+            .db_ports
+            .iter()
+            .map(|port| (*port, probe::default_protocol(*port)))
+            .collect(),
+        db_addrs: common.db_addrs.clone(),
+        ..ProbeOptions::default()
+    }
+}
+
+pub struct Session {
+    pub probe: Probe,
+    pub state: AuditState,
+    reader: Reader,
+    /// The pid of a command launched with `-- CMD`.
+    pub launched: Option<u32>,
+}
+
+/// Why a session's loop ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndedBy {
+    AllExited,
+    Duration,
+    Interrupted,
+    /// The caller's condition held (e.g. drained).
+    Condition,
+}
+
+impl EndedBy {
+    pub fn describe(self) -> &'static str {
+        match self {
+            EndedBy::AllExited => "every target exited",
+            EndedBy::Duration => "the time limit was reached",
+            EndedBy::Interrupted => "interrupted (partial report)",
+            EndedBy::Condition => "the condition held",
+        }
+    }
+}
+
+impl Session {
+    /// Mounts tracefs if needed, loads the probe, and makes the targets targets. Programs are
+    /// attached before any target is added: from the moment a pid is in the map, every event
+    /// about it is seen.
+    pub fn attach(targets: &AuditTargets, common: &Common) -> Result<Self> {
+        let (tracefs_root, mounted) = tracefs::ensure_mounted()?;
+        if mounted {
+            eprintln!("drainwatch: mounted tracefs at {}", tracefs_root.display());
+        }
+        let mut probe = Probe::load(&tracefs_root, &probe_options(common))?;
+        let attach_time = procfs::monotonic_now();
+        let mut state =
+            AuditState::new(attach_time.as_nanos() as u64, std::process::id()).with_sockets();
+        let mut launched = None;
+        match targets {
+            AuditTargets::Pids(pids) => attach_pids(&mut probe, &mut state, pids, common)?,
+            AuditTargets::Launch(command) => {
+                let held = launch::spawn_held(command)?;
+                probe.add_target(held.pid, held.pid)?;
+                state.add_target(held.pid, command.comm(), Origin::Launched);
+                launched = Some(held.release()?);
+            }
+        }
+        for failure in probe.failures() {
+            eprintln!("drainwatch: warning: probe {failure}: the verdict will be incomplete");
+        }
+        Ok(Self {
+            probe,
+            state,
+            reader: Reader {
+                malformed: 0,
+                verbose: common.verbose,
+            },
+            launched,
+        })
+    }
+
+    /// "name (pid), ..." of the targets.
+    pub fn target_names(&self) -> String {
+        self.state
+            .targets()
+            .map(|t| format!("{} ({})", t.comm, t.tgid))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Reads every event waiting in the ring buffer into the state.
+    pub fn drain(&mut self) {
+        self.reader.drain(&mut self.probe, &mut self.state);
+        self.probe.flush_log();
+    }
+
+    /// Events lost in the kernel plus records that could not be decoded.
+    pub fn lost(&self) -> u64 {
+        self.probe.unseen() + self.reader.malformed
+    }
+
+    /// Feeds events into the state until every target exited, `deadline` passes, SIGINT or
+    /// SIGTERM arrives, or `done` holds. `on_tick` runs every `tick` (after draining).
+    pub async fn follow(
+        &mut self,
+        tick: Duration,
+        deadline: Option<tokio::time::Instant>,
+        mut done: impl FnMut(&AuditState) -> bool,
+        mut on_tick: impl FnMut(&Session),
+    ) -> Result<EndedBy> {
+        // SAFETY: the ring buffer's fd is owned by `self.probe`, which outlives `ring_fd`,
+        // dropped at the end of this function.
+        let ring_fd = unsafe { AsyncFd::register(self.probe.events().as_raw_fd()) }
+            .map_err(|e| Error::Load(format!("cannot poll the ring buffer: {e}")))?;
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut interrupt = tokio::signal::unix::signal(SignalKind::interrupt())
+            .map_err(|e| Error::Load(format!("cannot handle SIGINT: {e}")))?;
+        let mut terminate = tokio::signal::unix::signal(SignalKind::terminate())
+            .map_err(|e| Error::Load(format!("cannot handle SIGTERM: {e}")))?;
+        let ended = loop {
+            if self.state.all_exited() {
+                break EndedBy::AllExited;
+            }
+            if done(&self.state) {
+                break EndedBy::Condition;
+            }
+            tokio::select! {
+                guard = ring_fd.readable() => {
+                    if let Ok(mut guard) = guard {
+                        guard.clear_ready();
+                    }
+                    self.drain();
+                }
+                _ = ticker.tick() => {
+                    self.drain();
+                    on_tick(self);
+                }
+                _ = interrupt.recv() => break EndedBy::Interrupted,
+                _ = terminate.recv() => break EndedBy::Interrupted,
+                _ = sleep_until(deadline) => break EndedBy::Duration,
+            }
+        };
+        drop(ring_fd);
+        // Whatever is still queued happened inside the window: read it before reporting.
+        self.drain();
+        Ok(ended)
+    }
+
+    /// Detaches the probe and reaps a launched command that has exited.
+    pub fn finish(self) {
+        let launched = self.launched;
+        let exited = self.state.all_exited();
+        drop(self.probe);
+        if let (Some(pid), true) = (launched, exited) {
+            launch::reap(pid);
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
