@@ -164,9 +164,11 @@ pub const DB_PORT_PROTO_MASK: u8 = 0x7f;
 pub const HEAD_BYTES: usize = 32;
 pub const TAIL_BYTES: usize = 32;
 
-/// First sends/recvs on an `upstream` connection whose head bytes are checked for a
-/// database handshake (PostgreSQL StartupMessage/SSLRequest, MySQL greeting, RESP).
-pub const SNIFF_BUDGET: u8 = 2;
+/// First sends/recvs on an `upstream` connection (or a `db` one of unknown protocol) whose
+/// head bytes are checked for a database handshake (PostgreSQL StartupMessage/SSLRequest,
+/// MySQL greeting, RESP) or, for connections that existed before attach, a database
+/// message in mid-conversation.
+pub const SNIFF_BUDGET: u8 = 4;
 
 /// Key of `CONNS`: a socket fd of a target process.
 #[repr(C)]
@@ -176,7 +178,12 @@ pub struct ConnKey {
     pub fd: u32,
 }
 
-/// Value of `CONNS`: what the kernel keeps per connection.
+/// Value of `CONNS`: what the kernel keeps per connection fd.
+///
+/// A connection is known by its first fd (the *primary*). fds made from it with
+/// dup/dup2/dup3/fcntl(F_DUPFD) are *aliases* whose entries only point at the primary, so
+/// that a server reading from one fd and writing to its duplicate (Rust's `try_clone`,
+/// `fdopen` twice) is still one connection. Events always name the primary fd.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnState {
@@ -186,10 +193,44 @@ pub struct ConnState {
     pub request_in_flight: u8,
     /// Sends/recvs left to look at for a database handshake (upstream connections).
     pub sniff_left: u8,
-    pub _pad: u32,
+    /// Primary only: how many aliases are open.
+    pub aliases: u8,
+    /// Primary only: its own fd was closed while aliases kept the connection open.
+    pub primary_closed: u8,
+    /// `CONN_EXISTED`: found in /proc at attach (its conversation is seen mid-way).
+    pub flags: u8,
+    pub _pad: u8,
+    /// The primary fd (equal to the key's fd for the primary itself).
+    pub primary: u32,
+    pub _pad2: u32,
     /// When the request in flight started (`bpf_ktime_get_ns`).
     pub request_since_ns: u64,
 }
+
+impl ConnState {
+    pub const fn new(role: u8, proto: u8, fd: u32) -> Self {
+        Self {
+            role,
+            proto,
+            request_in_flight: 0,
+            sniff_left: if role == ROLE_UPSTREAM || (role == ROLE_DB && proto == PROTO_UNKNOWN) {
+                SNIFF_BUDGET
+            } else {
+                0
+            },
+            aliases: 0,
+            primary_closed: 0,
+            flags: 0,
+            _pad: 0,
+            primary: fd,
+            _pad2: 0,
+            request_since_ns: 0,
+        }
+    }
+}
+
+/// `ConnState::flags`: the connection existed before attach.
+pub const CONN_EXISTED: u8 = 1;
 
 /// Syscall kinds remembered between sys_enter and sys_exit (`PENDING`).
 pub const IO_READ: u8 = 1;
@@ -202,6 +243,7 @@ pub const IO_READV: u8 = 7;
 pub const IO_WRITEV: u8 = 8;
 pub const IO_ACCEPT: u8 = 9;
 pub const IO_CONNECT: u8 = 10;
+pub const IO_DUP: u8 = 11;
 
 /// Value of `PENDING`, keyed by the thread's `pid_tgid`: the arguments of a syscall in
 /// progress that its exit needs.
@@ -414,7 +456,7 @@ const _: () = assert!(core::mem::size_of::<ExitEvent>() == 16 + 16 + COMM_LEN);
 const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 56);
 const _: () = assert!(core::mem::size_of::<TargetInfo>() == 8);
 const _: () = assert!(core::mem::size_of::<ConnKey>() == 8);
-const _: () = assert!(core::mem::size_of::<ConnState>() == 16);
+const _: () = assert!(core::mem::size_of::<ConnState>() == 24);
 const _: () = assert!(core::mem::size_of::<SockAddr>() == 20);
 const _: () = assert!(core::mem::size_of::<Pending>() == 48);
 const _: () = assert!(core::mem::size_of::<ConnOpenEvent>() == 16 + 16 + 20 + 4);
@@ -431,4 +473,5 @@ mod pod {
     unsafe impl aya::Pod for super::ConnKey {}
     unsafe impl aya::Pod for super::ConnState {}
     unsafe impl aya::Pod for super::SockAddr {}
+    unsafe impl aya::Pod for super::Pending {}
 }

@@ -119,7 +119,8 @@ fn ready_for_query_suffix(event: &DbIoEvent, tail: u8) -> u8 {
     }
     // A short read (under 6 bytes) that is the end of one: `Z 0 0 0 5 status` from byte
     // 6 - len on. One unrolled case per length keeps every index constant.
-    if event.len < 6 && tail as u32 == event.len && from_end(event, tail, 1).is_some_and(is_status) {
+    if event.len < 6 && tail as u32 == event.len && from_end(event, tail, 1).is_some_and(is_status)
+    {
         for len in 1..6usize {
             if tail as usize == len {
                 let mut ok = true;
@@ -275,9 +276,9 @@ fn redis_head(event: &DbIoEvent, head: u8) -> u8 {
         return 4;
     }
     let mut word = [0u8; 7];
-    for i in 0..7usize {
+    for (i, letter) in word.iter_mut().enumerate() {
         if i < name_len as usize {
-            word[i] = event.head[(8 + i) & (HEAD_BYTES - 1)].to_ascii_uppercase();
+            *letter = event.head[(8 + i) & (HEAD_BYTES - 1)].to_ascii_uppercase();
         }
     }
     let known = matches!(

@@ -20,8 +20,8 @@ use aya_ebpf::{
 };
 use probe_common::*;
 
-use probe_common::redact::redact;
 use crate::shared::{bump, config, current_tgid_pid, emit_flags, header, is_target, EVENTS};
+use probe_common::redact::redact;
 
 #[map]
 pub static CONNS: HashMap<ConnKey, ConnState> = HashMap::with_max_entries(MAX_CONNS, 0);
@@ -99,7 +99,11 @@ fn copy_user(dst: &mut [u8; 32], src: u64, len: u64) -> u8 {
     }
     // SAFETY: n is 1..=32, the size of dst; the helper checks the user address.
     let rc = unsafe {
-        aya_ebpf::helpers::generated::bpf_probe_read_user(dst.as_mut_ptr().cast(), n, src as *const _)
+        aya_ebpf::helpers::generated::bpf_probe_read_user(
+            dst.as_mut_ptr().cast(),
+            n,
+            src as *const _,
+        )
     };
     if rc == 0 {
         n as u8
@@ -190,7 +194,13 @@ fn try_enter_accept(ctx: &TracePointContext) -> Result<u32, u32> {
         return Ok(0);
     }
     // accept(fd, upeer_sockaddr, upeer_addrlen[, flags])
-    remember(IO_ACCEPT, arg(ctx, 0)? as u32, arg(ctx, 1)?, 0, SockAddr::empty());
+    remember(
+        IO_ACCEPT,
+        arg(ctx, 0)? as u32,
+        arg(ctx, 1)?,
+        0,
+        SockAddr::empty(),
+    );
     Ok(0)
 }
 
@@ -217,32 +227,29 @@ fn try_exit_accept(ctx: &TracePointContext) -> Result<u32, u32> {
     };
     // SAFETY: presence check only.
     if unsafe { CONNS.get(&listener) }.is_none() {
-        let state = conn_state(ROLE_LISTENER, PROTO_UNKNOWN, 0);
+        let state = ConnState::new(ROLE_LISTENER, PROTO_UNKNOWN, pending.fd);
         let _ = CONNS.insert(&listener, &state, 0);
     }
     // The kernel has filled the peer address in by now (if the caller asked for it).
     let peer = read_sockaddr(pending.ptr);
-    open_conn(tgid, fd as u32, ROLE_CLIENT, PROTO_UNKNOWN, pending.fd, peer);
+    open_conn(
+        tgid,
+        fd as u32,
+        ROLE_CLIENT,
+        PROTO_UNKNOWN,
+        pending.fd,
+        peer,
+    );
     Ok(0)
 }
 
 #[inline(always)]
-fn conn_state(role: u8, proto: u8, sniff_left: u8) -> ConnState {
-    ConnState {
-        role,
-        proto,
-        request_in_flight: 0,
-        sniff_left,
-        _pad: 0,
-        request_since_ns: 0,
-    }
-}
-
-#[inline(always)]
 fn open_conn(tgid: u32, fd: u32, role: u8, proto: u8, listener_fd: u32, peer: SockAddr) {
-    let sniff = if role == ROLE_UPSTREAM { SNIFF_BUDGET } else { 0 };
     let key = ConnKey { tgid, fd };
-    if CONNS.insert(&key, &conn_state(role, proto, sniff), 0).is_err() {
+    if CONNS
+        .insert(&key, &ConnState::new(role, proto, fd), 0)
+        .is_err()
+    {
         bump(Counter::ConnsFull);
         return;
     }
@@ -332,24 +339,148 @@ fn try_enter_close(ctx: &TracePointContext) -> Result<u32, u32> {
     if !is_target(tgid) {
         return Ok(0);
     }
-    let key = ConnKey {
-        tgid,
-        fd: arg(ctx, 0)? as u32,
-    };
+    forget_fd(tgid, arg(ctx, 0)? as u32);
+    Ok(0)
+}
+
+/// An fd of a connection goes away (close, or dup2 over it). An alias only unlinks itself;
+/// the connection closes with its last fd.
+#[inline(always)]
+fn forget_fd(tgid: u32, fd: u32) {
+    let key = ConnKey { tgid, fd };
     // SAFETY: copied before the entry is removed.
     let Some(state) = (unsafe { CONNS.get(&key) }).copied() else {
-        return Ok(0);
+        return;
     };
     let _ = CONNS.remove(&key);
+    let primary_key = ConnKey {
+        tgid,
+        fd: state.primary,
+    };
+    if state.primary != fd {
+        let Some(primary) = CONNS.get_ptr_mut(&primary_key) else {
+            return;
+        };
+        // SAFETY: a map value pointer, valid for this program run.
+        let primary = unsafe { &mut *primary };
+        primary.aliases = primary.aliases.saturating_sub(1);
+        if primary.aliases == 0 && primary.primary_closed != 0 {
+            let primary = *primary;
+            let _ = CONNS.remove(&primary_key);
+            emit_close(tgid, state.primary, &primary);
+        }
+        return;
+    }
+    if state.aliases > 0 {
+        // Still open through a duplicate: keep the entry, marked.
+        let mut kept = state;
+        kept.primary_closed = 1;
+        let _ = CONNS.insert(&key, &kept, 0);
+        return;
+    }
+    emit_close(tgid, fd, &state);
+}
+
+#[inline(always)]
+fn emit_close(tgid: u32, fd: u32, state: &ConnState) {
     emit_flags(quiet_flags(), || ConnCloseEvent {
         header: header::<ConnCloseEvent>(EventKind::ConnClose),
         tgid,
-        fd: key.fd,
+        fd,
         role: state.role,
         proto: state.proto,
         request_in_flight: state.request_in_flight,
         _pad: [0; 5],
     });
+}
+
+/// The primary fd and state of the connection behind `fd` (itself, or what it duplicates).
+#[inline(always)]
+fn resolve(tgid: u32, fd: u32) -> Option<(u32, *mut ConnState)> {
+    let entry = CONNS.get_ptr_mut(&ConnKey { tgid, fd })?;
+    // SAFETY: a map value pointer, valid for this program run.
+    let primary = unsafe { (*entry).primary };
+    if primary == fd {
+        return Some((fd, entry));
+    }
+    let state = CONNS.get_ptr_mut(&ConnKey { tgid, fd: primary })?;
+    Some((primary, state))
+}
+
+// ---- dup, dup2, dup3, fcntl(F_DUPFD) ------------------------------------------------------
+
+const F_DUPFD: u64 = 0;
+const F_DUPFD_CLOEXEC: u64 = 1030;
+
+#[tracepoint]
+pub fn sys_enter_dup(ctx: TracePointContext) -> u32 {
+    match try_enter_dup(&ctx, false) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+#[tracepoint]
+pub fn sys_enter_fcntl(ctx: TracePointContext) -> u32 {
+    match try_enter_dup(&ctx, true) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+/// dup(old), dup2(old, new), dup3(old, new, flags), fcntl(old, F_DUPFD[_CLOEXEC], min).
+#[inline(always)]
+fn try_enter_dup(ctx: &TracePointContext, fcntl: bool) -> Result<u32, u32> {
+    let (tgid, _) = current_tgid_pid();
+    if !is_target(tgid) {
+        return Ok(0);
+    }
+    if fcntl {
+        let cmd = arg(ctx, 1)?;
+        if cmd != F_DUPFD && cmd != F_DUPFD_CLOEXEC {
+            return Ok(0);
+        }
+    }
+    let old = arg(ctx, 0)? as u32;
+    // SAFETY: presence check only.
+    if unsafe { CONNS.get(&ConnKey { tgid, fd: old }) }.is_some() {
+        remember(IO_DUP, old, 0, 0, SockAddr::empty());
+    }
+    Ok(0)
+}
+
+#[tracepoint]
+pub fn sys_exit_dup(ctx: TracePointContext) -> u32 {
+    match try_exit_dup(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+#[inline(always)]
+fn try_exit_dup(ctx: &TracePointContext) -> Result<u32, u32> {
+    let Some(pending) = take_pending() else {
+        return Ok(0);
+    };
+    let new = ret(ctx)?;
+    if pending.kind != IO_DUP || new < 0 || new as u32 == pending.fd {
+        return Ok(0);
+    }
+    let (tgid, _) = current_tgid_pid();
+    let new = new as u32;
+    // dup2/dup3 onto an fd that was a connection closes that fd first.
+    forget_fd(tgid, new);
+    let Some((primary_fd, primary)) = resolve(tgid, pending.fd) else {
+        return Ok(0);
+    };
+    // SAFETY: a map value pointer, valid for this program run.
+    let primary = unsafe { &mut *primary };
+    let mut alias = *primary;
+    alias.primary = primary_fd;
+    alias.aliases = 0;
+    alias.primary_closed = 0;
+    if CONNS.insert(&ConnKey { tgid, fd: new }, &alias, 0).is_ok() {
+        primary.aliases = primary.aliases.saturating_add(1);
+    } else {
+        bump(Counter::ConnsFull);
+    }
     Ok(0)
 }
 
@@ -363,11 +494,11 @@ fn enter_io(ctx: &TracePointContext, kind: u8) -> Result<u32, u32> {
     if !is_target(tgid) {
         return Ok(0);
     }
-    let fd = arg(ctx, 0)? as u32;
-    // SAFETY: read-only look at the role.
-    let Some(state) = (unsafe { CONNS.get(&ConnKey { tgid, fd }) }) else {
+    let Some((fd, state)) = resolve(tgid, arg(ctx, 0)? as u32) else {
         return Ok(0);
     };
+    // SAFETY: a map value pointer, valid for this program run; read only.
+    let state = unsafe { &*state };
     let wanted = match state.role {
         ROLE_CLIENT | ROLE_DB => true,
         ROLE_UPSTREAM => state.sniff_left > 0,
@@ -464,18 +595,26 @@ pub fn db_io(ctx: TracePointContext) -> u32 {
     // SAFETY: a map value pointer, valid for this program run.
     let state = unsafe { &mut *state };
     let send = work.send != 0;
-    if state.role == ROLE_UPSTREAM {
+    let sniffing =
+        state.role == ROLE_UPSTREAM || (state.role == ROLE_DB && state.proto == PROTO_UNKNOWN);
+    if sniffing && state.sniff_left > 0 {
+        if state.role == ROLE_DB {
+            state.sniff_left -= 1;
+        }
         let mut head = [0u8; 32];
         let (base, len) = head_span(&work.pending, work.moved);
         let n = copy_user(&mut head, base, len);
-        match recognize(&head, n, send) {
-            Some(proto) => {
-                state.role = ROLE_DB;
-                state.proto = proto;
-                state.sniff_left = 0;
-            }
-            None => return 0,
+        // Mid-conversation messages count only where the handshake could not have been
+        // seen, or where the user said this is a database.
+        let midstream = state.flags & CONN_EXISTED != 0 || state.role == ROLE_DB;
+        if let Some(proto) = recognize(&head, n, send, midstream, work.moved) {
+            state.role = ROLE_DB;
+            state.proto = proto;
+            state.sniff_left = 0;
         }
+    }
+    if state.role != ROLE_DB {
+        return 0;
     }
     db_io_event(work.tgid, &work.pending, state.proto, send, work.moved);
     0
@@ -559,7 +698,11 @@ fn copy_tail(end: u64, len: u64, out: &mut [u8; TAIL_BYTES]) -> u8 {
     let Some(scratch) = TAIL_SCRATCH.get_ptr_mut(0) else {
         return 0;
     };
-    let n = if len > TAIL_BYTES as u64 { TAIL_BYTES as u32 } else { len as u32 };
+    let n = if len > TAIL_BYTES as u64 {
+        TAIL_BYTES as u32
+    } else {
+        len as u32
+    };
     if n == 0 || end == 0 {
         return 0;
     }
@@ -567,7 +710,11 @@ fn copy_tail(end: u64, len: u64, out: &mut [u8; TAIL_BYTES]) -> u8 {
     // and the helper checks the user address.
     let rc = unsafe {
         let dst = (scratch as *mut u8).add((TAIL_BYTES as u32 - n) as usize);
-        aya_ebpf::helpers::generated::bpf_probe_read_user(dst.cast(), n, (end - n as u64) as *const _)
+        aya_ebpf::helpers::generated::bpf_probe_read_user(
+            dst.cast(),
+            n,
+            (end - n as u64) as *const _,
+        )
     };
     if rc != 0 {
         return 0;
@@ -607,9 +754,11 @@ fn db_io_event(tgid: u32, pending: &Pending, proto: u8, send: bool, moved: u64) 
 /// A database handshake in the first bytes of a connection on a non-database port:
 /// PostgreSQL StartupMessage (protocol 3.0) / SSLRequest / GSSENCRequest
 /// (https://www.postgresql.org/docs/current/protocol-message-formats.html), a RESP array
-/// (Redis), or a MySQL/MariaDB server greeting (protocol 10).
+/// (Redis), or a MySQL/MariaDB server greeting (protocol 10). With `midstream`, also a
+/// client message in the middle of a conversation: a PostgreSQL typed message whose length
+/// fits the send, or a MySQL command packet (sequence 0) that is exactly the send.
 #[inline(always)]
-fn recognize(head: &[u8; 32], n: u8, send: bool) -> Option<u8> {
+fn recognize(head: &[u8; 32], n: u8, send: bool, midstream: bool, moved: u64) -> Option<u8> {
     if send {
         if n >= 8 {
             let code = [head[4], head[5], head[6], head[7]];
@@ -622,6 +771,20 @@ fn recognize(head: &[u8; 32], n: u8, send: bool) -> Option<u8> {
         }
         if n >= 4 && head[0] == b'*' && head[1].is_ascii_digit() {
             return Some(PROTO_REDIS);
+        }
+        if midstream && n >= 5 {
+            let pg_len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as u64;
+            let pg_type = matches!(
+                head[0],
+                b'Q' | b'P' | b'B' | b'E' | b'S' | b'D' | b'C' | b'H' | b'X'
+            );
+            if pg_type && pg_len >= 4 && pg_len < (1 << 24) && pg_len < moved {
+                return Some(PROTO_POSTGRES);
+            }
+            let my_len = head[0] as u64 | (head[1] as u64) << 8 | (head[2] as u64) << 16;
+            if head[3] == 0 && my_len + 4 == moved && (0x01..=0x1f).contains(&head[4]) {
+                return Some(PROTO_MYSQL);
+            }
         }
     } else if n >= 6 && head[3] == 0 && head[4] == 0x0a && head[5].is_ascii_digit() {
         return Some(PROTO_MYSQL);

@@ -43,9 +43,11 @@ pub async fn run(settings: &AuditSettings) -> Result<Outcome> {
     let deadline = settings.duration.map(|d| tokio::time::Instant::now() + d);
     let ended_by = session.follow(TICK, deadline, |_| false, |_| {}).await?;
     let elapsed = started.elapsed();
-    let report = session
-        .state
-        .report(Mode::Audit, session.lost(), session.probe.failures().to_vec());
+    let report = session.state.report(
+        Mode::Audit,
+        session.lost(),
+        session.probe.failures().to_vec(),
+    );
     session.finish();
     Ok(Outcome {
         report,

@@ -71,6 +71,9 @@ pub struct CheckArgs {
 pub struct WatchArgs {
     #[arg(long, value_name = "PID", required = true)]
     pub pid: String,
+    /// How often the view is redrawn (default 250ms on a terminal, 1s for JSON lines).
+    #[arg(long, value_name = "DURATION")]
+    pub interval: Option<String>,
     #[command(flatten)]
     pub shared: SharedArgs,
 }

@@ -199,7 +199,12 @@ impl ConnTracker {
     }
 
     /// A close(2): an unclean close of a database connection is a violation.
-    pub fn close(&mut self, event: &ConnClose, at_ms: u64, ms: impl Fn(u64) -> u64) -> Option<Violation> {
+    pub fn close(
+        &mut self,
+        event: &ConnClose,
+        at_ms: u64,
+        ms: impl Fn(u64) -> u64,
+    ) -> Option<Violation> {
         let conn = self.conns.remove(&(event.tgid, event.fd))?;
         self.count_close(conn.role);
         let db = conn.db.as_ref()?;
@@ -210,19 +215,22 @@ impl ConnTracker {
     }
 
     pub fn request(&mut self, event: &Request) {
-        let conn = self.conns.entry((event.tgid, event.fd)).or_insert_with(|| Conn {
-            tgid: event.tgid,
-            fd: event.fd,
-            role: Role::Client,
-            protocol: Protocol::Unknown,
-            local: None,
-            peer: None,
-            opened_ns: None,
-            request_since: None,
-            db: None,
-            query_since: None,
-            txn_since: None,
-        });
+        let conn = self
+            .conns
+            .entry((event.tgid, event.fd))
+            .or_insert_with(|| Conn {
+                tgid: event.tgid,
+                fd: event.fd,
+                role: Role::Client,
+                protocol: Protocol::Unknown,
+                local: None,
+                peer: None,
+                opened_ns: None,
+                request_since: None,
+                db: None,
+                query_since: None,
+                txn_since: None,
+            });
         match event.phase {
             Phase::Start => conn.request_since = Some(event.since_ns),
             Phase::End => {
@@ -237,16 +245,28 @@ impl ConnTracker {
         let key = (event.tgid, event.fd);
         let upgrade = match self.conns.get(&key) {
             None => true,
-            Some(conn) => conn.role != Role::Db,
+            Some(conn) => {
+                conn.role != Role::Db
+                    || (conn.protocol == Protocol::Unknown && event.protocol != Protocol::Unknown)
+            }
         };
         if upgrade {
             // An upstream connection the kernel recognised by its first bytes (or one that
             // was never seen opening): from now on it is a database connection.
             let (local, peer, opened_ns, seen) = match self.conns.remove(&key) {
-                Some(old) => (old.local, old.peer, old.opened_ns, old.opened_ns.is_some()),
-                None => (None, None, None, false),
+                Some(old) => {
+                    if old.role != Role::Db {
+                        self.count_open(Role::Db);
+                    }
+                    // A parser that starts mid-conversation must resynchronise.
+                    let from_start = old.opened_ns.is_some() && old.role != Role::Db;
+                    (old.local, old.peer, old.opened_ns, from_start)
+                }
+                None => {
+                    self.count_open(Role::Db);
+                    (None, None, None, false)
+                }
             };
-            self.count_open(Role::Db);
             self.conns.insert(
                 key,
                 Conn {
@@ -315,7 +335,11 @@ impl ConnTracker {
         at_ms: u64,
         ms: impl Fn(u64) -> u64,
     ) -> Vec<Violation> {
-        let keys: Vec<_> = self.conns.range((tgid, 0)..=(tgid, u32::MAX)).map(|(k, _)| *k).collect();
+        let keys: Vec<_> = self
+            .conns
+            .range((tgid, 0)..=(tgid, u32::MAX))
+            .map(|(k, _)| *k)
+            .collect();
         let gone: Vec<Conn> = keys.iter().filter_map(|k| self.conns.remove(k)).collect();
         let mut violations = Vec::new();
         for conn in gone.iter().filter(|c| c.txn_open()) {

@@ -146,7 +146,9 @@ pub fn socket_addr(wire: &SockAddr) -> Option<SocketAddr> {
         libc::AF_INET6 => {
             let v6 = Ipv6Addr::from(wire.addr);
             // Dual-stack sockets report IPv4 peers as ::ffff:a.b.c.d.
-            v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6))
+            v6.to_ipv4_mapped()
+                .map(IpAddr::V4)
+                .unwrap_or(IpAddr::V6(v6))
         }
         _ => return None,
     };

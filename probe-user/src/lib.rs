@@ -11,6 +11,7 @@ pub mod cli;
 pub mod conns;
 pub mod error;
 pub mod event;
+pub mod existing;
 pub mod launch;
 pub mod netstat;
 pub mod probe;

@@ -82,7 +82,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Watch(args) => {
             init_logging(args.shared.verbose);
             let settings = WatchSettings::from_args(&args)?;
-            runtime()?.block_on(watch::run(&settings)).map_err(Into::into)
+            runtime()?
+                .block_on(watch::run(&settings))
+                .map_err(Into::into)
         }
         Command::Wait(_) => not_built("wait", "graceful stop: check, wait and stop"),
         Command::Stop(_) => not_built("stop", "graceful stop: check, wait and stop"),

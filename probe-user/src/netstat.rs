@@ -113,7 +113,9 @@ fn parse_addr(text: &str) -> Option<SocketAddr> {
                 bytes[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
             }
             let v6 = Ipv6Addr::from(bytes);
-            v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6))
+            v6.to_ipv4_mapped()
+                .map(IpAddr::V4)
+                .unwrap_or(IpAddr::V6(v6))
         }
         _ => return None,
     };

@@ -15,9 +15,9 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use probe_common::{
-    map_names, ConnKey, ConnState, Counter, ProbeConfig, SockAddr, TargetInfo, DB_PORT_FLAG,
-    DEFAULT_RING_BYTES, PROTO_MONGO, PROTO_MYSQL, PROTO_POSTGRES, PROTO_REDIS, PROTO_UNKNOWN,
-    ROLE_UPSTREAM, SNIFF_BUDGET,
+    map_names, ConnKey, ConnState, Counter, Pending, ProbeConfig, SockAddr, TargetInfo,
+    CONN_EXISTED, DB_PORT_FLAG, DEFAULT_RING_BYTES, PROTO_MONGO, PROTO_MYSQL, PROTO_POSTGRES,
+    PROTO_REDIS, PROTO_UNKNOWN,
 };
 
 use crate::{btf::Btf, tracefs::Format, Error, Result};
@@ -33,12 +33,29 @@ const LIFECYCLE: [(&str, &str, &[&str]); 4] = [
 ];
 
 /// Syscall tracepoint programs (`syscalls` category); accept and accept4 share programs.
-const SYSCALLS: [(&str, &[&str]); 21] = [
-    ("sys_enter_accept", &["sys_enter_accept", "sys_enter_accept4"]),
+const SYSCALLS: [(&str, &[&str]); 24] = [
+    (
+        "sys_enter_accept",
+        &["sys_enter_accept", "sys_enter_accept4"],
+    ),
     ("sys_exit_accept", &["sys_exit_accept", "sys_exit_accept4"]),
     ("sys_enter_connect", &["sys_enter_connect"]),
     ("sys_exit_connect", &["sys_exit_connect"]),
     ("sys_enter_close", &["sys_enter_close"]),
+    (
+        "sys_enter_dup",
+        &["sys_enter_dup", "sys_enter_dup2", "sys_enter_dup3"],
+    ),
+    ("sys_enter_fcntl", &["sys_enter_fcntl"]),
+    (
+        "sys_exit_dup",
+        &[
+            "sys_exit_dup",
+            "sys_exit_dup2",
+            "sys_exit_dup3",
+            "sys_exit_fcntl",
+        ],
+    ),
     ("sys_enter_read", &["sys_enter_read"]),
     ("sys_exit_read", &["sys_exit_read"]),
     ("sys_enter_write", &["sys_enter_write"]),
@@ -240,7 +257,9 @@ impl Probe {
                 failures.push(format!("db_io: {err}"));
             }
         }
-        let syscalls = SYSCALLS.iter().map(|(program, names)| (*program, "syscalls", *names));
+        let syscalls = SYSCALLS
+            .iter()
+            .map(|(program, names)| (*program, "syscalls", *names));
         let wanted: Vec<_> = LIFECYCLE
             .iter()
             .copied()
@@ -291,23 +310,47 @@ impl Probe {
         targets.insert(id, info, 0).map_err(load_error)
     }
 
-    /// Tracks a connection that existed before attach.
-    pub fn add_conn(&mut self, key: ConnKey, role: u8, proto: u8) -> Result<()> {
+    /// Tracks a connection that existed before attach: its primary fd, and the fds that
+    /// duplicate it (same socket inode).
+    pub fn add_conn(&mut self, key: ConnKey, aliases: &[u32], role: u8, proto: u8) -> Result<()> {
         let map = self
             .ebpf
             .map_mut(map_names::CONNS)
             .ok_or_else(|| Error::Load("no CONNS map in the object".into()))?;
         let mut conns: HashMap<_, ConnKey, ConnState> =
             HashMap::try_from(map).map_err(load_error)?;
-        let state = ConnState {
-            role,
-            proto,
-            request_in_flight: 0,
-            sniff_left: if role == ROLE_UPSTREAM { SNIFF_BUDGET } else { 0 },
-            _pad: 0,
-            request_since_ns: 0,
-        };
-        conns.insert(key, state, 0).map_err(load_error)
+        let mut state = ConnState::new(role, proto, key.fd);
+        state.flags = CONN_EXISTED;
+        state.aliases = aliases.len().min(u8::MAX as usize) as u8;
+        conns.insert(key, state, 0).map_err(load_error)?;
+        for &fd in aliases {
+            let mut alias = state;
+            alias.aliases = 0;
+            conns
+                .insert(ConnKey { tgid: key.tgid, fd }, alias, 0)
+                .map_err(load_error)?;
+        }
+        Ok(())
+    }
+
+    /// Records a syscall that a thread was already blocked in at attach (from
+    /// /proc/TGID/task/PID/syscall), so that its exit is understood.
+    pub fn add_pending(&mut self, pid_tgid: u64, pending: Pending) -> Result<()> {
+        let map = self
+            .ebpf
+            .map_mut(map_names::PENDING)
+            .ok_or_else(|| Error::Load("no PENDING map in the object".into()))?;
+        let mut map: HashMap<_, u64, Pending> = HashMap::try_from(map).map_err(load_error)?;
+        map.insert(pid_tgid, pending, 0).map_err(load_error)
+    }
+
+    /// Forgets a pending syscall recorded by [`Probe::add_pending`] (it ended meanwhile).
+    pub fn remove_pending(&mut self, pid_tgid: u64) {
+        if let Some(map) = self.ebpf.map_mut(map_names::PENDING) {
+            if let Ok(mut map) = HashMap::<_, u64, Pending>::try_from(map) {
+                let _ = map.remove(&pid_tgid);
+            }
+        }
     }
 
     /// Forgets connections the kernel closed on its own (the target exited).
@@ -376,7 +419,11 @@ fn install_db_io(ebpf: &mut Ebpf) -> Result<()> {
         .try_into()
         .map_err(load_error)?;
     program.load().map_err(load_error)?;
-    let fd = program.fd().map_err(load_error)?.try_clone().map_err(load_error)?;
+    let fd = program
+        .fd()
+        .map_err(load_error)?
+        .try_clone()
+        .map_err(load_error)?;
     let map = ebpf
         .map_mut("JUMP")
         .ok_or_else(|| Error::Load("no JUMP map in the object".into()))?;

@@ -8,74 +8,13 @@ use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
 use crate::{
     event::{self, Event, Role},
-    launch, netstat,
+    existing, launch, netstat,
     probe::{self, Probe, ProbeOptions},
     procfs,
-    protocol::Protocol,
     settings::{AuditTargets, Common},
     state::{AuditState, Origin},
     tracefs, Error, Result,
 };
-
-/// Role and protocol of a socket that existed before attach, from its addresses alone.
-pub fn classify_existing(
-    socket: &netstat::TcpSocket,
-    listener_ports: &[u16],
-    common: &Common,
-) -> (Role, Protocol) {
-    if socket.is_listener() {
-        return (Role::Listener, Protocol::Unknown);
-    }
-    let peer = socket.remote;
-    if common.db_addrs.contains(&peer) || common.db_ports.contains(&peer.port()) {
-        let wire = probe::default_protocol(peer.port());
-        return (Role::Db, event::protocol_from_wire(wire));
-    }
-    if listener_ports.contains(&socket.local.port()) {
-        return (Role::Client, Protocol::Unknown);
-    }
-    (Role::Upstream, Protocol::Unknown)
-}
-
-fn role_to_wire(role: Role) -> u8 {
-    match role {
-        Role::Client => probe_common::ROLE_CLIENT,
-        Role::Db => probe_common::ROLE_DB,
-        Role::Upstream => probe_common::ROLE_UPSTREAM,
-        Role::Listener => probe_common::ROLE_LISTENER,
-    }
-}
-
-/// Finds the TCP connections a target holds now and tracks them from the first moment.
-fn attach_existing_conns(
-    probe: &mut Probe,
-    state: &mut AuditState,
-    tgid: u32,
-    common: &Common,
-) -> Result<()> {
-    let sockets = netstat::tcp_sockets(tgid);
-    let held: Vec<(u32, &netstat::TcpSocket)> = netstat::socket_fds(tgid)
-        .into_iter()
-        .filter_map(|(fd, inode)| Some((fd, sockets.get(&inode)?)))
-        .filter(|(_, socket)| !socket.is_closed())
-        .collect();
-    let listener_ports: Vec<u16> = held
-        .iter()
-        .filter(|(_, s)| s.is_listener())
-        .map(|(_, s)| s.local.port())
-        .collect();
-    for (fd, socket) in held {
-        let (role, protocol) = classify_existing(socket, &listener_ports, common);
-        let wire_proto = match role {
-            Role::Db => probe::default_protocol(socket.remote.port()),
-            _ => probe_common::PROTO_UNKNOWN,
-        };
-        probe.add_conn(probe_common::ConnKey { tgid, fd }, role_to_wire(role), wire_proto)?;
-        let peer = (!socket.is_listener()).then_some(socket.remote);
-        state.add_existing_conn((tgid, fd), role, protocol, Some(socket.local), peer);
-    }
-    Ok(())
-}
 
 /// Adds the named pids (and their current threads) to the probe and the state.
 fn attach_pids(
@@ -97,7 +36,7 @@ fn attach_pids(
             return Err(Error::NoSuchProcess(tgid));
         };
         state.add_target(tgid, comm, Origin::Named);
-        attach_existing_conns(probe, state, tgid, common)?;
+        existing::attach(probe, state, tgid, common)?;
     }
     Ok(())
 }
@@ -330,4 +269,3 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
         None => std::future::pending().await,
     }
 }
-

@@ -218,13 +218,26 @@ impl AuditSettings {
 pub struct WatchSettings {
     pub common: Common,
     pub pid: u32,
+    pub interval: Option<Duration>,
 }
 
 impl WatchSettings {
     pub fn from_args(args: &crate::cli::WatchArgs) -> Result<Self> {
         let common = Common::from_args(&args.shared)?;
         let pid = validate_pids(std::slice::from_ref(&args.pid))?[0];
-        Ok(Self { common, pid })
+        let interval = args.interval.as_deref().map(parse_duration).transpose()?;
+        if interval.is_some_and(|i| i < Duration::from_millis(10)) {
+            return Err(Error::InvalidValue {
+                what: "interval",
+                value: args.interval.clone().unwrap_or_default(),
+                hint: "use 10ms or more, like 250ms or 1s",
+            });
+        }
+        Ok(Self {
+            common,
+            pid,
+            interval,
+        })
     }
 }
 

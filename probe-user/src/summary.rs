@@ -85,12 +85,10 @@ pub fn violation_line(report: &Report, violation: &Violation) -> String {
 }
 
 fn plural(n: u64, what: &str) -> String {
-    if n == 1 {
-        format!("1 {what}")
-    } else if what.ends_with('y') {
-        format!("{n} {}ies", &what[..what.len() - 1])
-    } else {
-        format!("{n} {what}s")
+    match what.strip_suffix('y') {
+        _ if n == 1 => format!("1 {what}"),
+        Some(stem) => format!("{n} {stem}ies"),
+        None => format!("{n} {what}s"),
     }
 }
 
@@ -160,7 +158,8 @@ pub fn render(outcome: &Outcome) -> String {
             exit_line(target.exit.as_ref())
         );
     }
-    if let (Some(c), Some(r), Some(q)) = (&report.connections, &report.requests, &report.db_queries) {
+    if let (Some(c), Some(r), Some(q)) = (&report.connections, &report.requests, &report.db_queries)
+    {
         let _ = writeln!(
             out,
             "connections: {} client opened / {} closed, {} db opened / {} closed",
@@ -169,7 +168,12 @@ pub fn render(outcome: &Outcome) -> String {
         let _ = writeln!(
             out,
             "requests: {} (p50 {}us, p99 {}us); db queries: {} (p50 {}us, p99 {}us)",
-            r.count, r.latency_us.p50, r.latency_us.p99, q.count, q.latency_us.p50, q.latency_us.p99
+            r.count,
+            r.latency_us.p50,
+            r.latency_us.p99,
+            q.count,
+            q.latency_us.p50,
+            q.latency_us.p99
         );
     }
     let _ = writeln!(

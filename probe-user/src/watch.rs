@@ -176,12 +176,18 @@ pub async fn run(settings: &WatchSettings) -> Result<u8> {
         "drainwatch: attached to {}; watching until it exits or Ctrl-C",
         session.target_names()
     );
-    let interval = if json { JSON_INTERVAL } else { TTY_INTERVAL };
+    let interval = settings
+        .interval
+        .unwrap_or(if json { JSON_INTERVAL } else { TTY_INTERVAL });
     let show = |session: &Session| {
         let frame = frame(session);
         let mut out = std::io::stdout().lock();
         let _ = if json {
-            writeln!(out, "{}", serde_json::to_string(&frame).expect("frame serializes"))
+            writeln!(
+                out,
+                "{}",
+                serde_json::to_string(&frame).expect("frame serializes")
+            )
         } else {
             // Home, clear to the end of the screen, redraw.
             write!(out, "\x1b[H\x1b[J{}", render(&frame))
@@ -189,6 +195,7 @@ pub async fn run(settings: &WatchSettings) -> Result<u8> {
         let _ = out.flush();
     };
     session.follow(interval, None, |_| false, show).await?;
+    // The last picture: how it ended.
     show(&session);
     session.finish();
     Ok(0)

@@ -13,6 +13,9 @@ use std::{
 
 pub use serde_json::Value;
 
+pub mod db;
+pub mod game;
+
 /// How long a test waits for drainwatch to attach or finish before failing.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -187,6 +190,26 @@ impl Drainwatch {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Streams stdout line by line (for `watch --json`); `finish` then reports no stdout.
+    pub fn stdout_lines(&mut self) -> mpsc::Receiver<String> {
+        let stdout = self.child.stdout.take().expect("stdout not taken yet");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        rx
+    }
+
+    /// Sends a signal to drainwatch itself (e.g. SIGINT, as Ctrl-C would).
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on a process this test started.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
     }
 
     /// Waits for a stderr line containing `needle`; fails with everything seen so far.

@@ -25,8 +25,12 @@ use crate::{
 const NIGHTLY: &str = "nightly";
 
 /// Debian packages the tests and the demo use: `bpftool` shows what is loaded/attached
-/// (to prove nothing is left behind). Databases join this list with their test suites.
-pub const DEBIAN_PACKAGES: &[&str] = &["bpftool"];
+/// (to prove nothing is left behind). The database servers are started privately by the
+/// tests (tests/src/db.rs), never as system services: `postgresql` brings initdb and
+/// postgres (/usr/lib/postgresql/<major>/bin), `mariadb-server` mariadb-install-db and
+/// mariadbd (and, through mariadb-client, the my_print_defaults the installer runs),
+/// `redis-server` redis-server.
+pub const DEBIAN_PACKAGES: &[&str] = &["bpftool", "postgresql", "mariadb-server", "redis-server"];
 
 /// Where aya looks for tracepoint ids; either one is enough.
 const TRACEFS_EVENTS: &[&str] = &[

@@ -1,0 +1,225 @@
+//! What a target already had going when drainwatch attached: its TCP connections (from
+//! /proc, counted from the first moment) and the socket syscalls its threads were blocked
+//! in (from /proc/TGID/task/PID/syscall, see proc(5)), whose sys_enter the probe never saw.
+//! Without the latter, a thread-per-connection server whose threads wait in read() would
+//! have the first request on every idle connection go unseen.
+
+use std::collections::BTreeMap;
+
+use probe_common::{ConnKey, Pending, SockAddr};
+
+use crate::{
+    event::{self, Role},
+    netstat::{self, TcpSocket},
+    probe::{self, Probe},
+    protocol::Protocol,
+    settings::Common,
+    state::AuditState,
+    Result,
+};
+
+/// The database a local server process speaks, by its name (what `ps` shows).
+fn protocol_of_server(comm: &str) -> Option<u8> {
+    Some(match comm {
+        "postgres" | "postmaster" | "pgbouncer" => probe_common::PROTO_POSTGRES,
+        "mysqld" | "mariadbd" => probe_common::PROTO_MYSQL,
+        "redis-server" | "valkey-server" | "keydb-server" => probe_common::PROTO_REDIS,
+        "mongod" | "mongos" => probe_common::PROTO_MONGO,
+        _ => return None,
+    })
+}
+
+/// The name of the process listening at `peer`, when it runs on this host (in the target's
+/// network namespace): its connection from before attach is then known for what it is
+/// without waiting for traffic. One scan of /proc per attach, cached per peer.
+fn local_server(
+    peer: std::net::SocketAddr,
+    sockets: &std::collections::HashMap<u64, TcpSocket>,
+    owners: &mut Option<BTreeMap<u64, u32>>,
+) -> Option<String> {
+    let inode = sockets.iter().find_map(|(inode, s)| {
+        let same_ip = s.local.ip() == peer.ip() || s.local.ip().is_unspecified();
+        (s.is_listener() && s.local.port() == peer.port() && same_ip).then_some(*inode)
+    })?;
+    let owners = owners.get_or_insert_with(socket_owners);
+    crate::procfs::comm(*owners.get(&inode)?)
+}
+
+/// Socket inode -> owning process, over all processes.
+fn socket_owners() -> BTreeMap<u64, u32> {
+    let mut out = BTreeMap::new();
+    let Ok(proc_dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in proc_dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        for (_, inode) in netstat::socket_fds(pid) {
+            out.entry(inode).or_insert(pid);
+        }
+    }
+    out
+}
+
+/// Role and protocol of a socket that existed before attach, from its addresses alone.
+pub fn classify(socket: &TcpSocket, listener_ports: &[u16], common: &Common) -> (Role, Protocol) {
+    if socket.is_listener() {
+        return (Role::Listener, Protocol::Unknown);
+    }
+    let peer = socket.remote;
+    if common.db_addrs.contains(&peer) || common.db_ports.contains(&peer.port()) {
+        let wire = probe::default_protocol(peer.port());
+        return (Role::Db, event::protocol_from_wire(wire));
+    }
+    if listener_ports.contains(&socket.local.port()) {
+        return (Role::Client, Protocol::Unknown);
+    }
+    (Role::Upstream, Protocol::Unknown)
+}
+
+pub fn role_to_wire(role: Role) -> u8 {
+    match role {
+        Role::Client => probe_common::ROLE_CLIENT,
+        Role::Db => probe_common::ROLE_DB,
+        Role::Upstream => probe_common::ROLE_UPSTREAM,
+        Role::Listener => probe_common::ROLE_LISTENER,
+    }
+}
+
+/// Tracks the target's current TCP connections and its blocked socket syscalls.
+pub fn attach(probe: &mut Probe, state: &mut AuditState, tgid: u32, common: &Common) -> Result<()> {
+    let primaries = attach_conns(probe, state, tgid, common)?;
+    attach_blocked_syscalls(probe, tgid, &primaries)
+}
+
+/// Returns fd -> primary fd for every tracked fd.
+fn attach_conns(
+    probe: &mut Probe,
+    state: &mut AuditState,
+    tgid: u32,
+    common: &Common,
+) -> Result<BTreeMap<u32, u32>> {
+    let sockets = netstat::tcp_sockets(tgid);
+    // fds sharing a socket inode are one connection: the lowest fd is its primary.
+    let mut by_inode: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
+    for (fd, inode) in netstat::socket_fds(tgid) {
+        if sockets.get(&inode).is_some_and(|s| !s.is_closed()) {
+            by_inode.entry(inode).or_default().push(fd);
+        }
+    }
+    let listener_ports: Vec<u16> = by_inode
+        .keys()
+        .filter_map(|inode| sockets.get(inode))
+        .filter(|s| s.is_listener())
+        .map(|s| s.local.port())
+        .collect();
+    let mut primaries = BTreeMap::new();
+    let mut owners = None;
+    for (inode, mut fds) in by_inode {
+        fds.sort_unstable();
+        let socket = &sockets[&inode];
+        let (mut role, mut protocol) = classify(socket, &listener_ports, common);
+        let mut wire_proto = match role {
+            Role::Db => probe::default_protocol(socket.remote.port()),
+            _ => probe_common::PROTO_UNKNOWN,
+        };
+        if matches!(role, Role::Upstream | Role::Db) && wire_proto == probe_common::PROTO_UNKNOWN {
+            let server = local_server(socket.remote, &sockets, &mut owners);
+            if let Some(proto) = server.as_deref().and_then(protocol_of_server) {
+                role = Role::Db;
+                wire_proto = proto;
+                protocol = event::protocol_from_wire(proto);
+            }
+        }
+        let fd = fds[0];
+        probe.add_conn(
+            ConnKey { tgid, fd },
+            &fds[1..],
+            role_to_wire(role),
+            wire_proto,
+        )?;
+        let peer = (!socket.is_listener()).then_some(socket.remote);
+        state.add_existing_conn((tgid, fd), role, protocol, Some(socket.local), peer);
+        for alias in fds {
+            primaries.insert(alias, fd);
+        }
+    }
+    Ok(primaries)
+}
+
+/// x86_64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl) of the socket syscalls
+/// the probe follows, and what the probe calls them.
+fn io_kind(nr: u64) -> Option<u8> {
+    Some(match nr {
+        0 => probe_common::IO_READ,
+        1 => probe_common::IO_WRITE,
+        19 => probe_common::IO_READV,
+        20 => probe_common::IO_WRITEV,
+        43 | 288 => probe_common::IO_ACCEPT,
+        44 => probe_common::IO_SENDTO,
+        45 => probe_common::IO_RECVFROM,
+        46 => probe_common::IO_SENDMSG,
+        47 => probe_common::IO_RECVMSG,
+        _ => return None,
+    })
+}
+
+/// `nr arg1 .. arg6 sp pc` in hex, or `running`/`-1 ...` when not blocked in a syscall.
+fn blocked_syscall(tgid: u32, pid: u32) -> Option<(u64, [u64; 3])> {
+    let text = std::fs::read_to_string(format!("/proc/{tgid}/task/{pid}/syscall")).ok()?;
+    let mut words = text.split_whitespace();
+    let nr: u64 = words.next()?.parse().ok()?;
+    let mut args = [0u64; 3];
+    for arg in &mut args {
+        *arg = u64::from_str_radix(words.next()?.trim_start_matches("0x"), 16).ok()?;
+    }
+    Some((nr, args))
+}
+
+fn attach_blocked_syscalls(
+    probe: &mut Probe,
+    tgid: u32,
+    primaries: &BTreeMap<u32, u32>,
+) -> Result<()> {
+    if !cfg!(target_arch = "x86_64") {
+        return Ok(());
+    }
+    for pid in crate::procfs::threads(tgid) {
+        let Some((nr, args)) = blocked_syscall(tgid, pid) else {
+            continue;
+        };
+        let (Some(kind), Some(&primary)) = (io_kind(nr), primaries.get(&(args[0] as u32))) else {
+            continue;
+        };
+        let pid_tgid = (tgid as u64) << 32 | pid as u64;
+        let vectored = kind == probe_common::IO_READV || kind == probe_common::IO_WRITEV;
+        probe.add_pending(
+            pid_tgid,
+            Pending {
+                kind,
+                _pad: [0; 3],
+                // An accept names the listener itself, which the exit expects as is.
+                fd: if kind == probe_common::IO_ACCEPT {
+                    args[0] as u32
+                } else {
+                    primary
+                },
+                ptr: args[1],
+                count: if vectored { args[2] } else { 0 },
+                addr: SockAddr::empty(),
+                _pad2: [0; 4],
+            },
+        )?;
+        // If the thread left that syscall while we looked, the entry would be read by the
+        // exit of an unrelated one: take it back.
+        if blocked_syscall(tgid, pid) != Some((nr, args)) {
+            probe.remove_pending(pid_tgid);
+        }
+    }
+    Ok(())
+}

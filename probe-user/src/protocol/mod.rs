@@ -1,0 +1,218 @@
+//! Database conversations read through keyholes: is a query in flight, is a transaction open,
+//! did the client say goodbye?
+//!
+//! For each send or recv on a database connection the kernel reports how many bytes moved and
+//! copies at most [`HEAD_BYTES`] from their start and [`TAIL_BYTES`] from their end
+//! ([`DbIo`]); query text and payloads in between never leave the kernel. One [`DbConn`] per
+//! connection turns that sequence into the three answers of DESIGN.md ("query in flight",
+//! "transaction open", "clean close"). Pure code: no I/O, no clocks, no panics on any input.
+//!
+//! # How the bytes are followed
+//!
+//! - A syscall of at most 64 bytes is known whole; a longer one is head, gap, tail.
+//! - PostgreSQL and MySQL frame every message with a length. A walker follows the frames of
+//!   each direction: a frame body may fall into a gap (its length says how far to skip), a
+//!   header may not. When a header falls into a gap the walker is lost until a point that is
+//!   provably a boundary: the end of a ReadyForQuery / final packet found in the last bytes of
+//!   the stream, or (MySQL, Redis) a new command from the client, which the server only reads
+//!   after finishing its previous reply.
+//! - Redis replies are followed the same way with a RESP reader (bulk strings carry lengths).
+//! - A window of the last 64 known bytes of the receive stream spans syscalls, so a final
+//!   message split across recvs (down to 1-byte reads) is still seen whole.
+//!
+//! # What 32+32 bytes per syscall cannot tell
+//!
+//! - Messages wholly inside a gap are unseen: commands in the middle of a large pipelined send
+//!   (a Redis `MULTI` there, a PostgreSQL Sync there) and the number of replies owed for them.
+//!   When that count is not exact, a reply is taken as complete when the receive stream ends
+//!   at the protocol's end-of-reply marker (PostgreSQL: ReadyForQuery; Redis: the end of a
+//!   top-level reply, with at least as many replies as commands seen). A pipelined batch
+//!   whose first replies arrive in a recv of their own may then end the in-flight early.
+//!   MySQL replies are not counted but shaped: the final packet is told by its kind, its
+//!   place in the response and its sequence id.
+//! - Bytes of payload that happen to look like an end-of-reply marker exactly at the end of a
+//!   recv while the walker is lost (a PostgreSQL DataRow ending in `Z 00 00 00 05 I`, a MySQL
+//!   row ending like an EOF packet, a Redis bulk string holding RESP-looking lines and split
+//!   right after one) end the in-flight early. The walker is lost only after a frame header
+//!   fell into a gap, so this takes a large reply and an unlucky recv boundary. Conversely a
+//!   final packet whose header fell into a gap and that is longer than the known last bytes
+//!   (a MySQL OK with a long session-state block after a large result set) is not seen: the
+//!   in-flight then lasts until the next command resynchronises the walker.
+//! - Encrypted conversations (PostgreSQL SSL/GSS, MySQL CLIENT_SSL or compression, TLS seen on
+//!   a connection opened before attach) are opaque: a query is taken to be in flight from a
+//!   send until the next recv, and the transaction state stays [`Txn::Unknown`].
+//!
+//! Per-protocol rules and limits are documented in the modules `postgres`, `mysql` and
+//! `redis`.
+
+mod chunk;
+mod frame;
+mod mysql;
+mod mysql_reply;
+mod opaque;
+mod postgres;
+mod redis;
+mod resp;
+
+#[cfg(test)]
+mod tests;
+
+use chunk::Chunk;
+
+/// Bytes the kernel copies from the start of each send/recv on a database connection.
+pub const HEAD_BYTES: usize = 32;
+/// Bytes the kernel copies from the end of each send/recv on a database connection.
+pub const TAIL_BYTES: usize = 32;
+
+/// Which way the bytes moved, seen from the traced server (which is a database client).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// The traced server sent to the database.
+    Send,
+    /// The traced server received from the database.
+    Recv,
+}
+
+/// One send or recv syscall on a database connection.
+#[derive(Clone, Copy, Debug)]
+pub struct DbIo<'a> {
+    pub dir: Direction,
+    /// How many bytes moved.
+    pub len: u32,
+    /// The first `min(len, 32)` bytes.
+    pub head: &'a [u8],
+    /// The last `min(len, 32)` bytes (equal to `head` when `len <= 32`).
+    pub tail: &'a [u8],
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    Postgres,
+    Mysql,
+    Redis,
+    Unknown,
+}
+
+/// Transaction state, as the database's own replies tell it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Txn {
+    /// Not (yet) told by the database: a connection opened before attach, or encrypted.
+    Unknown,
+    Idle,
+    Open,
+    /// PostgreSQL: in a failed transaction block (ReadyForQuery 'E').
+    Failed,
+}
+
+/// What a protocol parser asks of its connection after one syscall.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Step {
+    Go,
+    /// The rest of the conversation is encrypted or compressed: read it as opaque.
+    Opaque {
+        in_flight: bool,
+    },
+}
+
+#[derive(Clone, Debug)]
+enum Parser {
+    Postgres(postgres::Postgres),
+    Mysql(mysql::Mysql),
+    Redis(redis::Redis),
+    Opaque(opaque::Opaque),
+}
+
+/// The protocol state of one database connection.
+#[derive(Clone, Debug)]
+pub struct DbConn {
+    protocol: Protocol,
+    parser: Parser,
+}
+
+impl DbConn {
+    /// `seen_from_start` is false for a connection that existed before drainwatch attached:
+    /// its transaction state is [`Txn::Unknown`] until the database reports one, and the
+    /// parsers resynchronise on the first point they can prove is a message boundary.
+    pub fn new(protocol: Protocol, seen_from_start: bool) -> Self {
+        let parser = match protocol {
+            Protocol::Postgres => Parser::Postgres(postgres::Postgres::new(seen_from_start)),
+            Protocol::Mysql => Parser::Mysql(mysql::Mysql::new(seen_from_start)),
+            Protocol::Redis => Parser::Redis(redis::Redis::new(seen_from_start)),
+            Protocol::Unknown => Parser::Opaque(opaque::Opaque { in_flight: false }),
+        };
+        DbConn { protocol, parser }
+    }
+
+    /// Feed one send or recv. Syscalls that moved no bytes change nothing.
+    pub fn on_io(&mut self, io: &DbIo) {
+        if io.len == 0 {
+            return;
+        }
+        let chunk = Chunk::from_io(io);
+        let step = match &mut self.parser {
+            Parser::Postgres(p) => p.on_io(io.dir, &chunk),
+            Parser::Mysql(p) => p.on_io(io.dir, &chunk),
+            Parser::Redis(p) => p.on_io(io.dir, &chunk),
+            Parser::Opaque(p) => {
+                p.on_io(io.dir);
+                Step::Go
+            }
+        };
+        if let Step::Opaque { in_flight } = step {
+            self.parser = Parser::Opaque(opaque::Opaque { in_flight });
+        }
+    }
+
+    /// A query is in flight: sent, and its reply not yet complete.
+    pub fn query_in_flight(&self) -> bool {
+        match &self.parser {
+            Parser::Postgres(p) => p.in_flight(),
+            Parser::Mysql(p) => p.in_flight(),
+            Parser::Redis(p) => p.in_flight(),
+            Parser::Opaque(p) => p.in_flight,
+        }
+    }
+
+    pub fn txn(&self) -> Txn {
+        match &self.parser {
+            Parser::Postgres(p) => p.txn(),
+            Parser::Mysql(p) => p.txn(),
+            Parser::Redis(p) => p.txn(),
+            Parser::Opaque(p) => p.txn(),
+        }
+    }
+
+    /// The client sent the protocol's goodbye (PostgreSQL Terminate, MySQL COM_QUIT, Redis
+    /// QUIT): a close after it is clean.
+    pub fn goodbye_sent(&self) -> bool {
+        match &self.parser {
+            Parser::Postgres(p) => p.goodbye(),
+            Parser::Mysql(p) => p.goodbye(),
+            Parser::Redis(p) => p.goodbye(),
+            Parser::Opaque(_) => false,
+        }
+    }
+
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+}
+
+/// The protocol of a connection on a non-default port, from the first bytes it carried:
+/// the client's first send (PostgreSQL StartupMessage, SSLRequest, GSSENCRequest or
+/// CancelRequest; a RESP array `*<digits>\r\n$` for Redis) or the server's first recv (a MySQL
+/// greeting: 3-byte length, sequence 0, protocol version 10, NUL-terminated version string).
+/// See <https://www.postgresql.org/docs/current/protocol-message-formats.html>,
+/// <https://dev.mysql.com/doc/dev/mysql-server/latest/page_protocol_connection_phase_packets_protocol_handshake_v10.html>,
+/// <https://redis.io/docs/latest/develop/reference/protocol-spec/>.
+pub fn recognize(dir: Direction, head: &[u8]) -> Option<Protocol> {
+    match dir {
+        Direction::Send if postgres::is_untyped_opening(head) => Some(Protocol::Postgres),
+        Direction::Send if redis::is_resp_request(head) => Some(Protocol::Redis),
+        Direction::Recv if mysql::is_greeting(head) => Some(Protocol::Mysql),
+        _ => None,
+    }
+}

@@ -1,0 +1,418 @@
+//! `dw-game`: a "legacy game server" for drainwatch to watch. Each client request runs a
+//! two-write transaction against a real database through the usual client crate, so the
+//! probes see real PostgreSQL, MySQL and Redis conversations, and the server writes its own
+//! ground truth (what is in flight right now) for the tests to compare with drainwatch.
+//!
+//! ```text
+//! dw-game --db postgres|mysql|redis --db-url URL [--port N] [--pause-ms N] [--pool N]
+//!         [--on-term graceful|ignore|default] [--truth FILE]
+//! ```
+//!
+//! - `--db-url`: `postgresql://postgres@127.0.0.1:5432/postgres`,
+//!   `mysql://root@127.0.0.1:3306/drainwatch`, `redis://127.0.0.1:6379/` (always TCP: the
+//!   mysql crate's switch to a local unix socket is turned off).
+//! - `--port`: listening port on 127.0.0.1 (default 0: any free port).
+//! - `--pause-ms`: pause between the two writes when a request names none (default 0).
+//! - `--pool`: database connections opened at start and reused (default 2); a request
+//!   waits for a free one.
+//! - `--on-term`: `graceful` (default): on SIGTERM stop accepting, finish the requests in
+//!   flight, close every database connection with the protocol's goodbye (PostgreSQL
+//!   Terminate, MySQL COM_QUIT, Redis QUIT), exit 0 (1 if a goodbye failed). `ignore`:
+//!   SIGTERM is ignored. `default`: SIGTERM kills at once (the kernel closes the sockets).
+//! - `--truth FILE`: after every change, FILE is replaced (write + rename, so readers never
+//!   see half a file) by one JSON object:
+//!   `{"pid":P,"requests_in_flight":N,"transactions_open":N,"db_connections_open":N,
+//!   "completed":N,"last_completion_mono_ns":NS}`. A request is in flight from reading its
+//!   line until its reply is written; a transaction is open from sending BEGIN/START
+//!   TRANSACTION/MULTI until COMMIT/EXEC is answered; `last_completion_mono_ns` is
+//!   CLOCK_MONOTONIC after the last reply was written (0 before the first), the clock of the
+//!   kernel's bpf_ktime_get_ns.
+//!
+//! Protocol, one line each way: `op NAME [PAUSE_MS]` -> `done NAME` (or `error NAME WHY`);
+//! `ping` -> `pong` (no database work). The transaction, with NAME as a parameter:
+//! - PostgreSQL: `BEGIN; INSERT INTO ledger(op, step) VALUES (NAME, 'A'); <pause>;
+//!   INSERT ... 'B'; COMMIT` (the table is created at start).
+//! - MySQL: the same with `START TRANSACTION` (InnoDB table, created at start).
+//! - Redis: `MULTI; RPUSH ledger:NAME A; <pause>; RPUSH ledger:NAME B; EXEC`, each its own
+//!   round trip so the MULTI is open during the pause (a pipeline would send it all at once;
+//!   https://redis.io/docs/latest/develop/interact/transactions/).
+//!
+//! Prints `ready pid=PID port=PORT` once the pool is connected and it listens.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::{TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    path::PathBuf,
+    process::ExitCode,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Condvar, Mutex,
+    },
+    thread,
+    time::Duration,
+};
+
+// A crate root looks for modules beside itself (src/bin/), not in a folder of its name.
+#[path = "game_server/conn.rs"]
+mod conn;
+
+use conn::{why, Conn, Kind};
+
+const USAGE: &str = "usage: dw-game --db postgres|mysql|redis --db-url URL [--port N] \
+                     [--pause-ms N] [--pool N] [--on-term graceful|ignore|default] [--truth FILE]";
+
+/// Set by the SIGTERM handler (graceful mode only).
+static TERM: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_term(_: libc::c_int) {
+    TERM.store(true, Ordering::SeqCst);
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum OnTerm {
+    Graceful,
+    Ignore,
+    Default,
+}
+
+struct Args {
+    kind: Kind,
+    url: String,
+    port: u16,
+    pause: Duration,
+    pool: usize,
+    on_term: OnTerm,
+    truth: Option<PathBuf>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = std::env::args().skip(1);
+    let (mut kind, mut url) = (None, None);
+    let mut parsed = Args {
+        kind: Kind::Postgres,
+        url: String::new(),
+        port: 0,
+        pause: Duration::ZERO,
+        pool: 2,
+        on_term: OnTerm::Graceful,
+        truth: None,
+    };
+    while let Some(flag) = args.next() {
+        let value = args.next().ok_or(format!("{flag} needs a value"))?;
+        let number = || {
+            value
+                .parse::<u64>()
+                .map_err(|_| format!("{flag}: not a number: {value}"))
+        };
+        match flag.as_str() {
+            "--db" => {
+                kind = Some(match value.as_str() {
+                    "postgres" => Kind::Postgres,
+                    "mysql" => Kind::Mysql,
+                    "redis" => Kind::Redis,
+                    _ => return Err(format!("--db: unknown database {value}")),
+                })
+            }
+            "--db-url" => url = Some(value),
+            "--port" => parsed.port = number()?.try_into().map_err(|_| "--port: too big")?,
+            "--pause-ms" => parsed.pause = Duration::from_millis(number()?),
+            "--pool" => parsed.pool = number()?.max(1) as usize,
+            "--on-term" => {
+                parsed.on_term = match value.as_str() {
+                    "graceful" => OnTerm::Graceful,
+                    "ignore" => OnTerm::Ignore,
+                    "default" => OnTerm::Default,
+                    _ => return Err(format!("--on-term: unknown mode {value}")),
+                }
+            }
+            "--truth" => parsed.truth = Some(PathBuf::from(value)),
+            _ => return Err(format!("unknown flag {flag}")),
+        }
+    }
+    parsed.kind = kind.ok_or("--db is required")?;
+    parsed.url = url.ok_or("--db-url is required")?;
+    Ok(parsed)
+}
+
+/// CLOCK_MONOTONIC in nanoseconds.
+fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[derive(Default)]
+struct Counters {
+    requests_in_flight: u64,
+    transactions_open: u64,
+    db_connections_open: u64,
+    completed: u64,
+    last_completion_mono_ns: u64,
+}
+
+/// The ground truth; the file is rewritten under the lock, so it follows every change in order.
+struct Truth {
+    counters: Mutex<Counters>,
+    file: Option<PathBuf>,
+}
+
+impl Truth {
+    fn update(&self, change: impl FnOnce(&mut Counters)) {
+        let mut c = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+        change(&mut c);
+        let Some(path) = &self.file else { return };
+        let json = serde_json::json!({
+            "pid": std::process::id(),
+            "requests_in_flight": c.requests_in_flight,
+            "transactions_open": c.transactions_open,
+            "db_connections_open": c.db_connections_open,
+            "completed": c.completed,
+            "last_completion_mono_ns": c.last_completion_mono_ns,
+        });
+        let tmp = PathBuf::from(format!("{}.tmp", path.display()));
+        if let Err(e) =
+            std::fs::write(&tmp, format!("{json}\n")).and_then(|_| std::fs::rename(&tmp, path))
+        {
+            eprintln!("dw-game: cannot write {}: {e}", path.display());
+        }
+    }
+}
+
+/// The fixed set of connections; `take` blocks until one is free.
+struct Pool {
+    idle: Mutex<Vec<Conn>>,
+    freed: Condvar,
+}
+
+impl Pool {
+    fn take(&self) -> Conn {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(conn) = idle.pop() {
+                return conn;
+            }
+            idle = self.freed.wait(idle).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn put(&self, conn: Conn) {
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(conn);
+        self.freed.notify_one();
+    }
+}
+
+struct Shared {
+    pool: Pool,
+    truth: Truth,
+    default_pause: Duration,
+    /// Set once SIGTERM arrived (graceful): connections take no new request.
+    draining: AtomicBool,
+}
+
+fn handle(line: &str, shared: &Shared) -> String {
+    let mut words = line.split_whitespace();
+    match (words.next(), words.next(), words.next()) {
+        (Some("ping"), None, None) => "pong\n".to_string(),
+        (Some("op"), Some(name), pause) if name.len() <= 64 => {
+            let pause = match pause.map(str::parse::<u64>) {
+                None => shared.default_pause,
+                Some(Ok(ms)) => Duration::from_millis(ms),
+                Some(Err(_)) => return format!("error {name} bad pause\n"),
+            };
+            let mut conn = shared.pool.take();
+            shared.truth.update(|t| t.transactions_open += 1);
+            let result = conn.two_writes(name, pause);
+            shared.truth.update(|t| t.transactions_open -= 1);
+            shared.pool.put(conn);
+            match result {
+                Ok(()) => format!("done {name}\n"),
+                Err(e) => format!("error {name} {}\n", e.replace('\n', " ")),
+            }
+        }
+        _ => "error unknown request\n".to_string(),
+    }
+}
+
+/// Waits for the next request's bytes, giving up when draining (checked every 50 ms).
+fn next_request_ready(stream: &TcpStream, shared: &Shared) -> bool {
+    loop {
+        if shared.draining.load(Ordering::SeqCst) {
+            return false;
+        }
+        let mut pfd = libc::pollfd {
+            fd: stream.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll on one pollfd that we own.
+        if unsafe { libc::poll(&mut pfd, 1, 50) } > 0 {
+            return true;
+        }
+    }
+}
+
+fn serve_client(stream: TcpStream, shared: &Shared) {
+    let Ok(read_half) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(read_half);
+    let mut writer = stream;
+    loop {
+        if reader.buffer().is_empty() && !next_request_ready(&writer, shared) {
+            break;
+        }
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        shared.truth.update(|t| t.requests_in_flight += 1);
+        let reply = handle(line.trim(), shared);
+        let sent = writer.write_all(reply.as_bytes()).is_ok();
+        let at = mono_ns();
+        shared.truth.update(|t| {
+            t.requests_in_flight -= 1;
+            if sent {
+                t.completed += 1;
+                t.last_completion_mono_ns = at;
+            }
+        });
+        if !sent {
+            break;
+        }
+    }
+}
+
+/// SIGTERM goes to the main thread only, so no worker's syscall is interrupted by it.
+fn block_term_in_this_thread() {
+    // SAFETY: sigset manipulation on a local set, then pthread_sigmask for this thread.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+fn set_term_disposition(mode: OnTerm) {
+    // SAFETY: sigaction with a handler that only stores to an atomic (async-signal-safe).
+    // No SA_RESTART: the main thread's poll() returns at once with EINTR.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = match mode {
+            OnTerm::Graceful => on_term as *const () as usize,
+            OnTerm::Ignore => libc::SIG_IGN,
+            OnTerm::Default => libc::SIG_DFL,
+        };
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(libc::SIGTERM, &action, std::ptr::null_mut());
+    }
+}
+
+fn run(args: Args) -> Result<ExitCode, String> {
+    set_term_disposition(args.on_term);
+    let truth = Truth {
+        counters: Mutex::default(),
+        file: args.truth.clone(),
+    };
+    truth.update(|_| {});
+    let mut conns = Vec::new();
+    for _ in 0..args.pool {
+        let conn = Conn::open(args.kind, &args.url)
+            .map_err(|e| format!("connect to {}: {e}", args.url))?;
+        conns.push(conn);
+        truth.update(|t| t.db_connections_open += 1);
+    }
+    conns[0]
+        .create_schema()
+        .map_err(|e| format!("create the ledger: {e}"))?;
+    let shared = Arc::new(Shared {
+        pool: Pool {
+            idle: Mutex::new(conns),
+            freed: Condvar::new(),
+        },
+        truth,
+        default_pause: args.pause,
+        draining: AtomicBool::new(false),
+    });
+
+    let listener =
+        TcpListener::bind(("127.0.0.1", args.port)).map_err(|e| format!("listen: {e}"))?;
+    listener.set_nonblocking(true).map_err(why)?;
+    let port = listener.local_addr().map_err(why)?.port();
+    println!("ready pid={} port={port}", std::process::id());
+    let _ = std::io::stdout().flush();
+
+    let mut workers: Vec<thread::JoinHandle<()>> = Vec::new();
+    while !TERM.load(Ordering::SeqCst) {
+        let mut pfd = libc::pollfd {
+            fd: listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll on one pollfd that we own. EINTR (SIGTERM) just loops to the check.
+        let ready = unsafe { libc::poll(&mut pfd, 1, 100) } > 0;
+        workers.retain(|w| !w.is_finished());
+        if !ready {
+            continue;
+        }
+        match listener.accept() {
+            Ok((stream, _)) => {
+                let _ = stream.set_nonblocking(false);
+                let shared = Arc::clone(&shared);
+                workers.push(thread::spawn(move || {
+                    block_term_in_this_thread();
+                    serve_client(stream, &shared);
+                }));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => eprintln!("dw-game: accept: {e}"),
+        }
+    }
+
+    // Graceful stop: refuse new connections, let requests in flight finish, say goodbye.
+    drop(listener);
+    shared.draining.store(true, Ordering::SeqCst);
+    for worker in workers {
+        let _ = worker.join();
+    }
+    let conns = std::mem::take(&mut *shared.pool.idle.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut failed = false;
+    for conn in conns {
+        if let Err(e) = conn.close() {
+            eprintln!("dw-game: closing a database connection: {e}");
+            failed = true;
+        }
+        shared.truth.update(|t| t.db_connections_open -= 1);
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("dw-game: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("dw-game: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! dw-game's database side: one connection per pool slot, through the client crate a real
+//! server would use, and the transaction each request runs (see game_server.rs's header).
+//! Goodbyes on close, as drainwatch's "clean close" expects:
+//! - PostgreSQL Terminate:
+//!   https://www.postgresql.org/docs/current/protocol-flow.html#PROTOCOL-FLOW-TERMINATION
+//! - MySQL COM_QUIT: https://mariadb.com/kb/en/com_quit/
+//! - Redis QUIT: https://redis.io/docs/latest/commands/quit/
+
+use std::{thread, time::Duration};
+
+use mysql::prelude::Queryable;
+
+#[derive(Clone, Copy, PartialEq)]
+pub enum Kind {
+    Postgres,
+    Mysql,
+    Redis,
+}
+
+/// One database connection, through the crate a real server would use.
+pub enum Conn {
+    Pg(postgres::Client),
+    My(mysql::Conn),
+    Redis(redis::Connection),
+}
+
+/// An error with its causes ("error connecting to server: Connection refused ..."): the
+/// client crates' Display alone often omits the reason.
+pub fn why(e: impl std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(inner) = cause {
+        let inner_text = inner.to_string();
+        if !text.contains(&inner_text) {
+            text = format!("{text}: {inner_text}");
+        }
+        cause = inner.source();
+    }
+    text
+}
+
+impl Conn {
+    pub fn open(kind: Kind, url: &str) -> Result<Conn, String> {
+        Ok(match kind {
+            Kind::Postgres => {
+                Conn::Pg(postgres::Client::connect(url, postgres::NoTls).map_err(why)?)
+            }
+            Kind::Mysql => {
+                let opts = mysql::Opts::from_url(url).map_err(why)?;
+                // Otherwise the crate reconnects through the server's unix socket when the
+                // server is local, and the conversation would leave TCP.
+                let opts = mysql::OptsBuilder::from_opts(opts).prefer_socket(false);
+                Conn::My(mysql::Conn::new(opts).map_err(why)?)
+            }
+            Kind::Redis => Conn::Redis(
+                redis::Client::open(url)
+                    .and_then(|c| c.get_connection())
+                    .map_err(why)?,
+            ),
+        })
+    }
+
+    pub fn create_schema(&mut self) -> Result<(), String> {
+        match self {
+            // The advisory lock: concurrent CREATE TABLE IF NOT EXISTS can still collide in
+            // PostgreSQL's catalog when two servers start on one database.
+            Conn::Pg(client) => client
+                .batch_execute(
+                    "SELECT pg_advisory_lock(7245); \
+                     CREATE TABLE IF NOT EXISTS ledger \
+                       (id bigserial PRIMARY KEY, op text NOT NULL, step text NOT NULL); \
+                     SELECT pg_advisory_unlock(7245);",
+                )
+                .map_err(why),
+            Conn::My(conn) => conn
+                .query_drop(
+                    "CREATE TABLE IF NOT EXISTS ledger (id BIGINT AUTO_INCREMENT PRIMARY KEY, \
+                     op VARCHAR(64) NOT NULL, step VARCHAR(8) NOT NULL) ENGINE=InnoDB",
+                )
+                .map_err(why),
+            // Lists are created by their first RPUSH.
+            Conn::Redis(_) => Ok(()),
+        }
+    }
+
+    /// The two writes with `pause` between them, inside one transaction.
+    pub fn two_writes(&mut self, op: &str, pause: Duration) -> Result<(), String> {
+        match self {
+            Conn::Pg(client) => {
+                let mut tx = client.transaction().map_err(why)?;
+                tx.execute("INSERT INTO ledger(op, step) VALUES ($1, 'A')", &[&op])
+                    .map_err(why)?;
+                thread::sleep(pause);
+                tx.execute("INSERT INTO ledger(op, step) VALUES ($1, 'B')", &[&op])
+                    .map_err(why)?;
+                tx.commit().map_err(why)
+            }
+            Conn::My(conn) => {
+                let mut tx = conn
+                    .start_transaction(mysql::TxOpts::default())
+                    .map_err(why)?;
+                tx.exec_drop("INSERT INTO ledger(op, step) VALUES (?, 'A')", (op,))
+                    .map_err(why)?;
+                thread::sleep(pause);
+                tx.exec_drop("INSERT INTO ledger(op, step) VALUES (?, 'B')", (op,))
+                    .map_err(why)?;
+                tx.commit().map_err(why)
+            }
+            Conn::Redis(conn) => {
+                let key = format!("ledger:{op}");
+                redis::cmd("MULTI").query::<()>(conn).map_err(why)?;
+                let queued = (|| {
+                    redis::cmd("RPUSH").arg(&key).arg("A").query::<()>(conn)?;
+                    thread::sleep(pause);
+                    redis::cmd("RPUSH").arg(&key).arg("B").query::<()>(conn)
+                })();
+                if let Err(e) = queued {
+                    let _ = redis::cmd("DISCARD").query::<()>(conn);
+                    return Err(why(e));
+                }
+                redis::cmd("EXEC").query::<()>(conn).map_err(why)
+            }
+        }
+    }
+
+    /// Closes with the protocol's goodbye.
+    pub fn close(self) -> Result<(), String> {
+        match self {
+            // close() sends Terminate ('X') and waits for the server to hang up.
+            Conn::Pg(client) => client.close().map_err(why),
+            // The crate's `Drop for Conn` writes COM_QUIT.
+            Conn::My(conn) => {
+                drop(conn);
+                Ok(())
+            }
+            // redis-rs just closes the socket on drop, so QUIT is sent by hand.
+            Conn::Redis(mut conn) => redis::cmd("QUIT")
+                .query::<String>(&mut conn)
+                .map(drop)
+                .map_err(why),
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! A private MariaDB for tests (db/mod.rs says why each server is private).
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use mysql::prelude::Queryable;
+
+use super::{
+    euid_is_root, on_free_port, require_binary, run_setup, tail, wait_until_alone, Daemon,
+    Database, DbKind, NotReady,
+};
+use crate::TempDir;
+
+/// A private MariaDB (`mariadbd`), user `root` without password on 127.0.0.1, database
+/// `drainwatch`.
+pub struct MariaDbServer {
+    port: u16,
+    log: PathBuf,
+    _daemon: Daemon,
+    _dir: TempDir,
+}
+
+const MARIADBD: &str = "/usr/sbin/mariadbd";
+const MARIADB_INSTALL_DB: &str = "/usr/bin/mariadb-install-db";
+
+/// Options for both the bootstrap and the server: a small, fast, throwaway InnoDB. The log
+/// file size must be the same at bootstrap and at start.
+const MARIADB_SMALL: &[&str] = &[
+    "--innodb-buffer-pool-size=16M",
+    "--innodb-log-file-size=4M",
+    "--innodb-flush-log-at-trx-commit=0",
+    "--innodb-doublewrite=0",
+    "--skip-log-bin",
+];
+
+impl MariaDbServer {
+    pub fn start() -> Self {
+        require_binary(Path::new(MARIADBD), "mariadb-server");
+        require_binary(Path::new(MARIADB_INSTALL_DB), "mariadb-server");
+        let dir = TempDir::new("mariadb");
+        let data = dir.0.join("data");
+        // As root, mariadbd insists on --user; root keeps the files ours to delete.
+        let user: &[&str] = if euid_is_root() {
+            &["--user=root"]
+        } else {
+            &[]
+        };
+        let mut install = Command::new(MARIADB_INSTALL_DB);
+        install
+            // --no-defaults: never read /etc/mysql (the system service's config).
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", data.display()))
+            // "normal": root@localhost/127.0.0.1 log in without a password (the default,
+            // unix_socket auth, would refuse TCP clients).
+            .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
+            .args(user)
+            .args(MARIADB_SMALL)
+            .current_dir(&dir.0);
+        run_setup(
+            "mariadb-install-db",
+            &mut install,
+            &dir.0.join("install.log"),
+        );
+
+        let log = dir.0.join("mariadbd.log");
+        let (port, daemon) = on_free_port("mariadbd", |port| {
+            let mut cmd = Command::new(MARIADBD);
+            cmd.arg("--no-defaults")
+                .arg(format!("--datadir={}", data.display()))
+                .arg(format!("--socket={}", dir.0.join("sock").display()))
+                .arg(format!("--pid-file={}", dir.0.join("pid").display()))
+                .arg(format!("--log-error={}", log.display()))
+                .arg(format!("--port={port}"))
+                .args(["--bind-address=127.0.0.1", "--skip-name-resolve"])
+                .args(user)
+                .args(MARIADB_SMALL)
+                // Nothing to keep between runs: skip the buffer pool dump/load.
+                .args([
+                    "--innodb-buffer-pool-dump-at-shutdown=OFF",
+                    "--innodb-buffer-pool-load-at-startup=OFF",
+                    "--innodb-fast-shutdown=2",
+                ])
+                .current_dir(&dir.0);
+            let mut daemon = Daemon::spawn("mariadbd", &mut cmd, &log, libc::SIGTERM);
+            let mut conn =
+                daemon.wait_ready(|| my_connect(port, None).map_err(|e| e.to_string()))?;
+            Queryable::query_drop(&mut conn, "CREATE DATABASE IF NOT EXISTS drainwatch")
+                .map_err(|e| NotReady::Failed(format!("create database drainwatch: {e}")))?;
+            Ok((port, daemon))
+        });
+        Self {
+            port,
+            log,
+            _daemon: daemon,
+            _dir: dir,
+        }
+    }
+
+    /// A new connection as `root` to database `drainwatch`, over TCP.
+    pub fn conn(&self) -> mysql::Conn {
+        my_connect(self.port, Some("drainwatch"))
+            .unwrap_or_else(|e| panic!("connect to mariadb: {e}"))
+    }
+
+    /// Runs SQL statements (text protocol), e.g. to create a table.
+    pub fn execute(&self, sql: &str) {
+        self.conn()
+            .query_drop(sql)
+            .unwrap_or_else(|e| panic!("mariadb: {sql}: {e}"));
+    }
+}
+
+fn my_connect(port: u16, db: Option<&str>) -> Result<mysql::Conn, mysql::Error> {
+    let opts = mysql::OptsBuilder::new()
+        .ip_or_hostname(Some("127.0.0.1"))
+        .tcp_port(port)
+        .user(Some("root"))
+        .db_name(db)
+        // The crate would otherwise switch to the server's unix socket when it is local.
+        .prefer_socket(false)
+        .tcp_connect_timeout(Some(Duration::from_secs(2)));
+    mysql::Conn::new(opts)
+}
+
+impl Database for MariaDbServer {
+    fn kind(&self) -> DbKind {
+        DbKind::Mysql
+    }
+
+    fn port(&self) -> u16 {
+        self.port
+    }
+
+    fn url(&self) -> String {
+        format!("mysql://root@127.0.0.1:{}/drainwatch", self.port)
+    }
+
+    fn ledger_steps(&self, op: &str) -> Vec<String> {
+        self.conn()
+            .exec("SELECT step FROM ledger WHERE op = ? ORDER BY id", (op,))
+            .unwrap_or_else(|e| panic!("mariadb: read ledger: {e}"))
+    }
+
+    fn unclean_closes(&self) -> Option<u64> {
+        let mut conn = self.conn();
+        wait_until_alone("mariadb", || {
+            conn.query_first::<u64, _>(
+                "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
+                 WHERE ID <> CONNECTION_ID() AND COMMAND <> 'Daemon'",
+            )
+            .expect("mariadb: count sessions")
+            .unwrap_or(0)
+        });
+        // Aborted_clients: "connections aborted because the client died without closing the
+        // connection properly", i.e. without COM_QUIT
+        // (https://mariadb.com/kb/en/server-status-variables/#aborted_clients).
+        let row: Option<(String, u64)> = conn
+            .query_first("SHOW GLOBAL STATUS LIKE 'Aborted_clients'")
+            .expect("mariadb: read Aborted_clients");
+        Some(row.map(|(_, n)| n).unwrap_or(0))
+    }
+
+    fn log_tail(&self) -> String {
+        tail(&self.log, 40)
+    }
+}

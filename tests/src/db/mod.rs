@@ -1,0 +1,257 @@
+//! Private, throwaway database servers for the tests: PostgreSQL, MariaDB and Redis from
+//! Debian's packages, each started by the test in its own temp dir on a free loopback port
+//! and stopped (and deleted) when dropped.
+//!
+//! System services are never used: the packages' postinst may not have started them, CI
+//! starts nothing, and a private instance lets tests run in parallel without sharing state.
+//! A missing binary fails the test with the package to install (`cargo xtask setup` installs
+//! them all); nothing is ever skipped.
+//!
+//! Readiness is "a real client library connected and ran a query", not "the log says ready".
+
+use std::{
+    fs,
+    io::{Read, Seek, SeekFrom},
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use crate::wait_with_deadline;
+
+mod mariadb;
+mod pg;
+mod redis_server;
+
+pub use mariadb::MariaDbServer;
+pub use pg::PgServer;
+pub use redis_server::RedisServer;
+
+/// How long a database may take to start (initdb and mariadb-install-db are the slow parts:
+/// about a second each on this machine, several on a loaded CI host).
+pub const START_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Which protocol a server speaks; `flag()` is dw-game's `--db` value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DbKind {
+    Postgres,
+    Mysql,
+    Redis,
+}
+
+impl DbKind {
+    pub fn flag(self) -> &'static str {
+        match self {
+            DbKind::Postgres => "postgres",
+            DbKind::Mysql => "mysql",
+            DbKind::Redis => "redis",
+        }
+    }
+}
+
+/// What the tests need from any of the three servers.
+pub trait Database {
+    fn kind(&self) -> DbKind;
+    fn port(&self) -> u16;
+    /// A URL that dw-game's `--db-url` and the client crates accept.
+    fn url(&self) -> String;
+    /// The steps that dw-game recorded for `op`, in order (its schema: `ledger(op, step)`
+    /// rows in SQL, list `ledger:<op>` in Redis; see src/bin/game_server.rs).
+    fn ledger_steps(&self, op: &str) -> Vec<String>;
+    /// Connections the server saw end without the protocol's goodbye, once every other
+    /// client has gone; `None` where the server does not tell (Redis).
+    fn unclean_closes(&self) -> Option<u64>;
+    /// The end of the server's log, for failure messages.
+    fn log_tail(&self) -> String;
+}
+
+/// A loopback port that was free a moment ago. Another process may take it before the
+/// server binds it; the `start()` functions retry on "address in use".
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local addr").port()
+}
+
+fn require_binary(path: &Path, package: &str) {
+    if !path.is_file() {
+        missing(&path.display().to_string(), package);
+    }
+}
+
+fn missing(what: &str, package: &str) -> ! {
+    panic!(
+        "{what} not found: the Debian package {package} is missing; `cargo xtask setup` \
+         installs it (or: apt-get install -y --no-install-recommends {package})"
+    );
+}
+
+/// An error with its causes: postgres::Error's Display alone says "error connecting to
+/// server" or "db error" without the reason.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(inner) = cause {
+        let inner_text = inner.to_string();
+        if !text.contains(&inner_text) {
+            text = format!("{text}: {inner_text}");
+        }
+        cause = inner.source();
+    }
+    text
+}
+
+fn euid_is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The last `lines` lines of a log file.
+fn tail(path: &Path, lines: usize) -> String {
+    let mut text = String::new();
+    if let Ok(mut file) = fs::File::open(path) {
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let _ = file.seek(SeekFrom::Start(len.saturating_sub(16 * 1024)));
+        let mut bytes = Vec::new();
+        let _ = file.read_to_end(&mut bytes);
+        text = String::from_utf8_lossy(&bytes).into_owned();
+    }
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// A server process, stopped with `stop_signal` (then SIGKILL after 10 s) when dropped.
+struct Daemon {
+    child: Child,
+    name: &'static str,
+    stop_signal: i32,
+    log: PathBuf,
+}
+
+/// Why a start attempt did not give a ready server.
+enum NotReady {
+    /// Someone else took the port between `free_port()` and the bind: try another.
+    PortTaken,
+    Failed(String),
+}
+
+impl Daemon {
+    fn spawn(name: &'static str, cmd: &mut Command, log: &Path, stop_signal: i32) -> Self {
+        let out = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
+        let err = out.try_clone().expect("dup log fd");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {name} ({cmd:?}): {e}"));
+        Self {
+            child,
+            name,
+            stop_signal,
+            log: log.to_path_buf(),
+        }
+    }
+
+    /// Polls `connect` until it succeeds, the server exits, or [`START_PATIENCE`] passes.
+    fn wait_ready<T>(
+        &mut self,
+        mut connect: impl FnMut() -> Result<T, String>,
+    ) -> Result<T, NotReady> {
+        let deadline = Instant::now() + START_PATIENCE;
+        loop {
+            let last_error = match connect() {
+                Ok(ready) => return Ok(ready),
+                Err(error) => error,
+            };
+            if let Ok(Some(status)) = self.child.try_wait() {
+                let log = tail(&self.log, 30);
+                let lower = log.to_lowercase();
+                if lower.contains("already in use") || lower.contains("bind on tcp/ip port") {
+                    return Err(NotReady::PortTaken);
+                }
+                return Err(NotReady::Failed(format!(
+                    "{} exited ({status}) before accepting connections; {}:\n{log}",
+                    self.name,
+                    self.log.display()
+                )));
+            }
+            if Instant::now() > deadline {
+                return Err(NotReady::Failed(format!(
+                    "{} did not accept a connection within {START_PATIENCE:?} (last error: \
+                     {last_error}); {}:\n{}",
+                    self.name,
+                    self.log.display(),
+                    tail(&self.log, 30)
+                )));
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        // SAFETY: kill(2) on a child this harness started and has not reaped.
+        unsafe { libc::kill(self.child.id() as i32, self.stop_signal) };
+        if wait_with_deadline(&mut self.child, Duration::from_secs(10)).is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs `start(port)` on fresh ports until one is not taken by someone else.
+fn on_free_port<T>(what: &str, mut start: impl FnMut(u16) -> Result<T, NotReady>) -> T {
+    for _ in 0..5 {
+        match start(free_port()) {
+            Ok(server) => return server,
+            Err(NotReady::PortTaken) => continue,
+            Err(NotReady::Failed(why)) => panic!("{what}: {why}"),
+        }
+    }
+    panic!("{what}: five free ports in a row were taken before the server bound them");
+}
+
+/// Runs a setup command to completion, failing with its output.
+fn run_setup(what: &str, cmd: &mut Command, log: &Path) {
+    let out = fs::File::create(log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
+    let err = out.try_clone().expect("dup log fd");
+    let status = cmd
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .status()
+        .unwrap_or_else(|e| panic!("run {what} ({cmd:?}): {e}"));
+    assert!(
+        status.success(),
+        "{what} failed ({status}); {}:\n{}",
+        log.display(),
+        tail(log, 30)
+    );
+}
+
+/// Waits until `others()` (sessions besides the caller's) is 0: a session's goodbye (or its
+/// absence) is only recorded by the server when that session ends.
+fn wait_until_alone(what: &str, mut others: impl FnMut() -> u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = others();
+        if n == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {n} other sessions still open after 10s"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}

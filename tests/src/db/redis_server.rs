@@ -1,0 +1,92 @@
+//! A private Redis for tests (db/mod.rs says why each server is private).
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use super::{on_free_port, require_binary, tail, Daemon, Database, DbKind};
+use crate::TempDir;
+
+/// A private Redis without persistence.
+pub struct RedisServer {
+    port: u16,
+    log: PathBuf,
+    _daemon: Daemon,
+    _dir: TempDir,
+}
+
+const REDIS_SERVER: &str = "/usr/bin/redis-server";
+
+impl RedisServer {
+    pub fn start() -> Self {
+        require_binary(Path::new(REDIS_SERVER), "redis-server");
+        let dir = TempDir::new("redis");
+        let log = dir.0.join("redis.log");
+        let (port, daemon) = on_free_port("redis-server", |port| {
+            let mut cmd = Command::new(REDIS_SERVER);
+            // Options as command-line "--name value" pairs and no config file, so nothing of
+            // the system service's /etc/redis applies; see "Passing arguments via the command
+            // line" in https://redis.io/docs/latest/operate/oss_and_stack/management/config/
+            cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+                .args(["--logfile", ""])
+                .arg("--dir")
+                .arg(&dir.0)
+                .current_dir(&dir.0);
+            let mut daemon = Daemon::spawn("redis-server", &mut cmd, &log, libc::SIGTERM);
+            daemon.wait_ready(|| redis_connect(port).map_err(|e| e.to_string()))?;
+            Ok((port, daemon))
+        });
+        Self {
+            port,
+            log,
+            _daemon: daemon,
+            _dir: dir,
+        }
+    }
+
+    /// A new connection (answered a PING).
+    pub fn conn(&self) -> redis::Connection {
+        redis_connect(self.port).unwrap_or_else(|e| panic!("connect to redis: {e}"))
+    }
+}
+
+fn redis_connect(port: u16) -> redis::RedisResult<redis::Connection> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
+    let mut conn = client.get_connection_with_timeout(Duration::from_secs(2))?;
+    redis::cmd("PING").query::<String>(&mut conn)?;
+    Ok(conn)
+}
+
+impl Database for RedisServer {
+    fn kind(&self) -> DbKind {
+        DbKind::Redis
+    }
+
+    fn port(&self) -> u16 {
+        self.port
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn ledger_steps(&self, op: &str) -> Vec<String> {
+        redis::cmd("LRANGE")
+            .arg(format!("ledger:{op}"))
+            .arg(0)
+            .arg(-1)
+            .query(&mut self.conn())
+            .unwrap_or_else(|e| panic!("redis: read ledger: {e}"))
+    }
+
+    fn unclean_closes(&self) -> Option<u64> {
+        None
+    }
+
+    fn log_tail(&self) -> String {
+        tail(&self.log, 40)
+    }
+}

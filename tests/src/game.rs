@@ -1,0 +1,212 @@
+//! Drives `dw-game` (src/bin/game_server.rs) from tests: start it against a private database,
+//! hold requests in flight, read its ground truth, stop it.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::TcpStream,
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use crate::{binary, db::Database, wait_with_deadline, TempDir, PATIENCE};
+
+pub fn game_bin() -> PathBuf {
+    binary("DW_GAME_BIN", "dw-game")
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of the truth file's `last_completion_mono_ns` and of
+/// the kernel's bpf_ktime_get_ns, so the three can be compared.
+pub fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// dw-game's `--truth` file: what the server itself says is going on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Truth {
+    pub pid: u32,
+    pub requests_in_flight: u64,
+    pub transactions_open: u64,
+    pub db_connections_open: u64,
+    pub completed: u64,
+    /// CLOCK_MONOTONIC (ns) just after the last reply was written; 0 before the first.
+    pub last_completion_mono_ns: u64,
+}
+
+/// A running `dw-game`, killed when dropped.
+pub struct GameServer {
+    pub child: Child,
+    pub pid: u32,
+    pub port: u16,
+    truth_path: PathBuf,
+    log_path: PathBuf,
+    _dir: TempDir,
+}
+
+impl GameServer {
+    /// Starts dw-game against `db` with extra flags (`--pool`, `--on-term`, ...) and waits
+    /// for its ready line.
+    pub fn start(db: &dyn Database, args: &[&str]) -> Self {
+        let dir = TempDir::new("game");
+        let truth_path = dir.0.join("truth.json");
+        let log_path = dir.0.join("game.log");
+        let log = std::fs::File::create(&log_path).expect("create game.log");
+        let mut child = Command::new(game_bin())
+            .args(["--db", db.kind().flag(), "--db-url", &db.url()])
+            .arg("--truth")
+            .arg(&truth_path)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("start dw-game");
+        // The ready line is read on a thread so that a hung start fails after PATIENCE.
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(PATIENCE).unwrap_or_default();
+        let field = |name: &str| -> Option<u32> {
+            line.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+                .and_then(|v| v.parse().ok())
+        };
+        let (Some(pid), Some(port)) = (field("pid"), field("port")) else {
+            let _ = child.kill();
+            let status = child.wait();
+            panic!(
+                "dw-game did not get ready ({status:?}, stdout {line:?}); its stderr:\n{}\n\
+                 database log:\n{}",
+                std::fs::read_to_string(&log_path).unwrap_or_default(),
+                db.log_tail()
+            );
+        };
+        Self {
+            child,
+            pid,
+            port: port as u16,
+            truth_path,
+            log_path,
+            _dir: dir,
+        }
+    }
+
+    /// The current ground truth.
+    pub fn truth(&self) -> Truth {
+        let text = std::fs::read_to_string(&self.truth_path)
+            .unwrap_or_else(|e| panic!("read {}: {e}", self.truth_path.display()));
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("truth file is not JSON ({e}): {text}"));
+        let n = |key: &str| {
+            json[key]
+                .as_u64()
+                .unwrap_or_else(|| panic!("truth has no number {key:?}: {text}"))
+        };
+        Truth {
+            pid: n("pid") as u32,
+            requests_in_flight: n("requests_in_flight"),
+            transactions_open: n("transactions_open"),
+            db_connections_open: n("db_connections_open"),
+            completed: n("completed"),
+            last_completion_mono_ns: n("last_completion_mono_ns"),
+        }
+    }
+
+    /// Polls the truth until `wanted` holds (within PATIENCE); fails with the last truth.
+    pub fn wait_truth(&self, what: &str, wanted: impl Fn(&Truth) -> bool) -> Truth {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let truth = self.truth();
+            if wanted(&truth) {
+                return truth;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "dw-game never reached {what}; last truth {truth:?}; stderr:\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Sends `op NAME PAUSE_MS` on a new connection; the reply is read later.
+    pub fn send_request(&self, op: &str, pause_ms: u64) -> Pending {
+        self.send_line(&format!("op {op} {pause_ms}\n"))
+    }
+
+    /// `ping`, answered without database work.
+    pub fn ping(&self) -> String {
+        self.send_line("ping\n").reply()
+    }
+
+    fn send_line(&self, line: &str) -> Pending {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port))
+            .unwrap_or_else(|e| panic!("connect to dw-game on port {}: {e}", self.port));
+        stream.write_all(line.as_bytes()).expect("send request");
+        stream
+            .set_read_timeout(Some(PATIENCE))
+            .expect("read timeout");
+        Pending {
+            reader: BufReader::new(stream),
+        }
+    }
+
+    /// Sends `sig` to dw-game.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on a child this test started and has not reaped.
+        let rc = unsafe { libc::kill(self.pid as i32, sig) };
+        assert_eq!(rc, 0, "kill({}, {sig})", self.pid);
+    }
+
+    /// Waits for dw-game to exit, within PATIENCE.
+    pub fn wait(&mut self) -> ExitStatus {
+        wait_with_deadline(&mut self.child, PATIENCE).unwrap_or_else(|| {
+            panic!(
+                "dw-game did not exit within {PATIENCE:?}; stderr:\n{}",
+                self.log()
+            )
+        })
+    }
+
+    /// What dw-game wrote on stderr.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for GameServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A request sent and (maybe) not answered yet; its connection stays open until dropped.
+pub struct Pending {
+    reader: BufReader<TcpStream>,
+}
+
+impl Pending {
+    /// The reply line without its newline (waits up to PATIENCE; "" if the server hung up).
+    pub fn reply(mut self) -> String {
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(_) => line.trim_end().to_string(),
+            // A server that dies with unread bytes resets the connection instead of closing it.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => String::new(),
+            Err(e) => panic!("read dw-game reply: {e}"),
+        }
+    }
+}
