@@ -29,6 +29,8 @@ impl Outcome {
     }
 }
 
+/// Runs the audit and publishes its outcome (summary or JSON, report file) before the probe
+/// is taken down.
 pub async fn run(settings: &AuditSettings) -> Result<Outcome> {
     let mut session = Session::attach(&settings.targets, &settings.common)?;
     let until = match settings.duration {
@@ -48,12 +50,14 @@ pub async fn run(settings: &AuditSettings) -> Result<Outcome> {
         session.lost(),
         session.probe.failures().to_vec(),
     );
-    session.finish();
-    Ok(Outcome {
+    let outcome = Outcome {
         report,
         ended_by,
         elapsed,
-    })
+    };
+    publish(&outcome, settings.common.json, settings.report.as_ref())?;
+    session.finish();
+    Ok(outcome)
 }
 
 /// Prints the outcome (human summary, or the report as one JSON line with `--json`) and

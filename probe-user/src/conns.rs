@@ -89,6 +89,9 @@ fn record(h: &mut Histogram<u64>, from_ns: u64, to_ns: u64) {
 }
 
 pub struct ConnTracker {
+    /// ktime of the last request, database or close event: the drain's quiet window counts
+    /// from here once nothing is in flight.
+    last_activity_ns: u64,
     conns: BTreeMap<(u32, u32), Conn>,
     counts: ConnectionCounts,
     requests: Histogram<u64>,
@@ -107,6 +110,7 @@ impl std::fmt::Debug for ConnTracker {
 impl Default for ConnTracker {
     fn default() -> Self {
         Self {
+            last_activity_ns: 0,
             conns: BTreeMap::new(),
             counts: ConnectionCounts::default(),
             requests: histogram(),
@@ -118,6 +122,14 @@ impl Default for ConnTracker {
 impl ConnTracker {
     pub fn conns(&self) -> impl Iterator<Item = &Conn> {
         self.conns.values()
+    }
+
+    pub fn last_activity_ns(&self) -> u64 {
+        self.last_activity_ns
+    }
+
+    fn touch(&mut self, ktime_ns: u64) {
+        self.last_activity_ns = self.last_activity_ns.max(ktime_ns);
     }
 
     pub fn counts(&self) -> &ConnectionCounts {
@@ -158,7 +170,8 @@ impl ConnTracker {
     }
 
     /// A connection found in /proc at attach: counted from the first moment, its
-    /// transaction state unknown until the first status message.
+    /// transaction state unknown until the first status message. `busy`: a client
+    /// connection whose request may be in flight (start unknown) until the server sends.
     pub fn add_existing(
         &mut self,
         (tgid, fd): (u32, u32),
@@ -166,6 +179,7 @@ impl ConnTracker {
         protocol: Protocol,
         local: Option<SocketAddr>,
         peer: Option<SocketAddr>,
+        busy: bool,
     ) {
         self.insert(Conn {
             tgid,
@@ -175,7 +189,7 @@ impl ConnTracker {
             local,
             peer,
             opened_ns: None,
-            request_since: None,
+            request_since: busy.then_some(0),
             db: (role == Role::Db).then(|| DbConn::new(protocol, false)),
             query_since: None,
             txn_since: None,
@@ -205,6 +219,7 @@ impl ConnTracker {
         at_ms: u64,
         ms: impl Fn(u64) -> u64,
     ) -> Option<Violation> {
+        self.touch(event.ktime_ns);
         let conn = self.conns.remove(&(event.tgid, event.fd))?;
         self.count_close(conn.role);
         let db = conn.db.as_ref()?;
@@ -215,6 +230,7 @@ impl ConnTracker {
     }
 
     pub fn request(&mut self, event: &Request) {
+        self.touch(event.ktime_ns);
         let conn = self
             .conns
             .entry((event.tgid, event.fd))
@@ -234,7 +250,9 @@ impl ConnTracker {
         match event.phase {
             Phase::Start => conn.request_since = Some(event.since_ns),
             Phase::End => {
-                if let Some(since) = conn.request_since.take() {
+                // A start of 0 is a request that was already in flight at attach: it ends
+                // here, but its latency is unknown.
+                if let Some(since) = conn.request_since.take().filter(|s| *s != 0) {
                     record(&mut self.requests, since, event.ktime_ns);
                 }
             }
@@ -242,6 +260,7 @@ impl ConnTracker {
     }
 
     pub fn db_io(&mut self, event: &DbIo) {
+        self.touch(event.ktime_ns);
         let key = (event.tgid, event.fd);
         let upgrade = match self.conns.get(&key) {
             None => true,

@@ -97,13 +97,25 @@ pub fn attach(probe: &mut Probe, state: &mut AuditState, tgid: u32, common: &Com
     attach_blocked_syscalls(probe, tgid, &primaries)
 }
 
-/// Returns fd -> primary fd for every tracked fd.
-fn attach_conns(
-    probe: &mut Probe,
-    state: &mut AuditState,
-    tgid: u32,
-    common: &Common,
-) -> Result<BTreeMap<u32, u32>> {
+/// A TCP connection a process holds now: its fds (the lowest first, the primary), the
+/// socket and what it is to the process.
+#[derive(Clone, Debug)]
+pub struct Held {
+    pub fds: Vec<u32>,
+    pub socket: TcpSocket,
+    pub role: Role,
+    /// The protocol in the kernel's numbering (`probe_common::PROTO_*`).
+    pub wire_proto: u8,
+}
+
+impl Held {
+    pub fn protocol(&self) -> Protocol {
+        event::protocol_from_wire(self.wire_proto)
+    }
+}
+
+/// The TCP connections of a process now, from /proc, classified.
+pub fn survey(tgid: u32, common: &Common) -> Vec<Held> {
     let sockets = netstat::tcp_sockets(tgid);
     // fds sharing a socket inode are one connection: the lowest fd is its primary.
     let mut by_inode: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
@@ -118,12 +130,12 @@ fn attach_conns(
         .filter(|s| s.is_listener())
         .map(|s| s.local.port())
         .collect();
-    let mut primaries = BTreeMap::new();
     let mut owners = None;
+    let mut out = Vec::new();
     for (inode, mut fds) in by_inode {
         fds.sort_unstable();
-        let socket = &sockets[&inode];
-        let (mut role, mut protocol) = classify(socket, &listener_ports, common);
+        let socket = sockets[&inode].clone();
+        let (mut role, _) = classify(&socket, &listener_ports, common);
         let mut wire_proto = match role {
             Role::Db => probe::default_protocol(socket.remote.port()),
             _ => probe_common::PROTO_UNKNOWN,
@@ -133,23 +145,110 @@ fn attach_conns(
             if let Some(proto) = server.as_deref().and_then(protocol_of_server) {
                 role = Role::Db;
                 wire_proto = proto;
-                protocol = event::protocol_from_wire(proto);
             }
         }
-        let fd = fds[0];
+        out.push(Held {
+            fds,
+            socket,
+            role,
+            wire_proto,
+        });
+    }
+    out
+}
+
+/// Syscalls in which a thread waits for input: while every thread of a process waits in
+/// one of these (or reads a client connection), it is processing no request.
+fn waits_for_input(nr: u64) -> bool {
+    // x86_64: poll 7, select 23, accept 43, epoll_wait 232, pselect6 270, ppoll 271,
+    // epoll_pwait 281, accept4 288, epoll_pwait2 441.
+    matches!(nr, 7 | 23 | 43 | 232 | 270 | 271 | 281 | 288 | 441)
+}
+
+fn is_recv(nr: u64) -> bool {
+    matches!(
+        io_kind(nr),
+        Some(
+            probe_common::IO_READ
+                | probe_common::IO_READV
+                | probe_common::IO_RECVFROM
+                | probe_common::IO_RECVMSG
+        )
+    )
+}
+
+/// Client connections idle at attach: a thread is blocked reading it (thread-per-connection
+/// servers), or the whole process waits for input (event loops). Any other client
+/// connection may have a request in flight whose first bytes came before attach; it counts
+/// as in flight until the server next sends on it or closes it, so that a drain verdict is
+/// never early.
+fn idle_clients(tgid: u32, held: &[Held]) -> Vec<u32> {
+    let blocked: Vec<Option<(u64, [u64; 3])>> = crate::procfs::threads(tgid)
+        .into_iter()
+        .map(|pid| blocked_syscall(tgid, pid))
+        .collect();
+    let client_fds: Vec<u32> = held
+        .iter()
+        .filter(|h| matches!(h.role, Role::Client | Role::Listener))
+        .flat_map(|h| h.fds.iter().copied())
+        .collect();
+    let reading: Vec<u32> = blocked
+        .iter()
+        .flatten()
+        .filter(|(nr, args)| is_recv(*nr) && client_fds.contains(&(args[0] as u32)))
+        .map(|(_, args)| args[0] as u32)
+        .collect();
+    let process_waits = blocked.iter().all(|b| {
+        b.is_some_and(|(nr, args)| {
+            waits_for_input(nr) || (is_recv(nr) && client_fds.contains(&(args[0] as u32)))
+        })
+    });
+    held.iter()
+        .filter(|h| h.role == Role::Client)
+        .filter(|h| process_waits || h.fds.iter().any(|fd| reading.contains(fd)))
+        .map(|h| h.fds[0])
+        .collect()
+}
+
+/// Returns fd -> primary fd for every tracked fd.
+fn attach_conns(
+    probe: &mut Probe,
+    state: &mut AuditState,
+    tgid: u32,
+    common: &Common,
+) -> Result<BTreeMap<u32, u32>> {
+    let mut primaries = BTreeMap::new();
+    let held = survey(tgid, common);
+    let idle = idle_clients(tgid, &held);
+    for held in held {
+        let fd = held.fds[0];
+        let busy = held.role == Role::Client && !idle.contains(&fd);
+        let role = role_to_wire(held.role);
         probe.add_conn(
             ConnKey { tgid, fd },
-            &fds[1..],
-            role_to_wire(role),
-            wire_proto,
+            &held.fds[1..],
+            role,
+            held.wire_proto,
+            busy,
         )?;
-        let peer = (!socket.is_listener()).then_some(socket.remote);
-        state.add_existing_conn((tgid, fd), role, protocol, Some(socket.local), peer);
-        for alias in fds {
+        let peer = (!held.socket.is_listener()).then_some(held.socket.remote);
+        let local = Some(held.socket.local);
+        state.add_existing_conn((tgid, fd), held.role, held.protocol(), local, peer, busy);
+        for alias in held.fds {
             primaries.insert(alias, fd);
         }
     }
     Ok(primaries)
+}
+
+/// Threads blocked in a recv on one of these fds now: for a database connection, a thread
+/// waiting for the database's answer, i.e. a query in flight.
+pub fn threads_blocked_reading(tgid: u32, fds: &[u32]) -> usize {
+    crate::procfs::threads(tgid)
+        .into_iter()
+        .filter_map(|pid| blocked_syscall(tgid, pid))
+        .filter(|(nr, args)| is_recv(*nr) && fds.contains(&(args[0] as u32)))
+        .count()
 }
 
 /// x86_64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl) of the socket syscalls

@@ -7,8 +7,10 @@
 
 pub mod audit;
 pub mod btf;
+pub mod check;
 pub mod cli;
 pub mod conns;
+pub mod drain;
 pub mod error;
 pub mod event;
 pub mod existing;

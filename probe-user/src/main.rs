@@ -6,9 +6,10 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Parser as _;
 use drainwatch::{
-    audit,
+    audit, check,
     cli::{Cli, Command},
-    settings::{AuditSettings, WatchSettings},
+    drain,
+    settings::{AuditSettings, CheckSettings, StopSettings, WaitSettings, WatchSettings},
     watch,
 };
 
@@ -75,10 +76,12 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 anyhow::bail!("--junit is not built yet (CI audit mode); use --report FILE");
             }
             let outcome = runtime()?.block_on(audit::run(&settings))?;
-            audit::publish(&outcome, settings.common.json, settings.report.as_ref())?;
             Ok(outcome.exit_code() as u8)
         }
-        Command::Check(_) => not_built("check", "graceful stop: check, wait and stop"),
+        Command::Check(args) => {
+            init_logging(args.shared.verbose);
+            Ok(check::run(&CheckSettings::from_args(&args)?)?)
+        }
         Command::Watch(args) => {
             init_logging(args.shared.verbose);
             let settings = WatchSettings::from_args(&args)?;
@@ -86,8 +89,16 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 .block_on(watch::run(&settings))
                 .map_err(Into::into)
         }
-        Command::Wait(_) => not_built("wait", "graceful stop: check, wait and stop"),
-        Command::Stop(_) => not_built("stop", "graceful stop: check, wait and stop"),
+        Command::Wait(args) => {
+            init_logging(args.shared.verbose);
+            let settings = WaitSettings::from_args(&args)?;
+            Ok(runtime()?.block_on(drain::wait(&settings))?)
+        }
+        Command::Stop(args) => {
+            init_logging(args.shared.verbose);
+            let settings = StopSettings::from_args(&args)?;
+            Ok(runtime()?.block_on(drain::stop(&settings))?)
+        }
         Command::Serve(_) => not_built("serve", "Prometheus exporter"),
     }
 }

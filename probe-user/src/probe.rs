@@ -11,7 +11,7 @@ use std::{
 
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, ProgramArray, RingBuf},
-    programs::TracePoint,
+    programs::{trace_point::TracePointLinkId, TracePoint},
     Ebpf, EbpfLoader,
 };
 use probe_common::{
@@ -158,6 +158,8 @@ pub struct Probe {
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     ebpf: Ebpf,
     failures: Vec<String>,
+    /// Every attachment, so that [`Probe::close`] can take them down together.
+    links: Vec<(&'static str, TracePointLinkId)>,
 }
 
 /// Fills the load-time config from tracefs format files and kernel BTF.
@@ -228,6 +230,7 @@ impl Probe {
         if OBJECT.is_empty() {
             return Err(Error::NoProbeObject);
         }
+        let started = std::time::Instant::now();
         check_privileges()?;
         let mut config = probe_config(tracefs_root, options.follow_forks)?;
         config.ring_bytes = options.ring_bytes;
@@ -251,6 +254,7 @@ impl Probe {
             }
         };
         let mut failures = Vec::new();
+        let mut links = Vec::new();
         if options.sockets {
             fill_db_maps(&mut ebpf, options)?;
             if let Err(err) = install_db_io(&mut ebpf) {
@@ -266,7 +270,7 @@ impl Probe {
             .chain(syscalls.filter(|_| options.sockets))
             .collect();
         for (program, category, names) in wanted {
-            if let Err(err) = attach(&mut ebpf, program, category, names) {
+            if let Err(err) = attach(&mut ebpf, program, category, names, &mut links) {
                 if matches!(err, Error::NotPermitted) {
                     return Err(err);
                 }
@@ -274,6 +278,7 @@ impl Probe {
                 failures.push(format!("{category}:{program}: {err}"));
             }
         }
+        log::debug!("probe loaded and attached in {:?}", started.elapsed());
         let events = ebpf
             .take_map(map_names::EVENTS)
             .ok_or_else(|| Error::Load("no EVENTS map in the object".into()))?;
@@ -283,6 +288,7 @@ impl Probe {
             logger,
             ebpf,
             failures,
+            links,
         })
     }
 
@@ -312,7 +318,16 @@ impl Probe {
 
     /// Tracks a connection that existed before attach: its primary fd, and the fds that
     /// duplicate it (same socket inode).
-    pub fn add_conn(&mut self, key: ConnKey, aliases: &[u32], role: u8, proto: u8) -> Result<()> {
+    /// `busy`: a client connection whose request may be in flight: the kernel ends it at
+    /// the server's next send, with an unknown start (0).
+    pub fn add_conn(
+        &mut self,
+        key: ConnKey,
+        aliases: &[u32],
+        role: u8,
+        proto: u8,
+        busy: bool,
+    ) -> Result<()> {
         let map = self
             .ebpf
             .map_mut(map_names::CONNS)
@@ -321,6 +336,7 @@ impl Probe {
             HashMap::try_from(map).map_err(load_error)?;
         let mut state = ConnState::new(role, proto, key.fd);
         state.flags = CONN_EXISTED;
+        state.request_in_flight = busy as u8;
         state.aliases = aliases.len().min(u8::MAX as usize) as u8;
         conns.insert(key, state, 0).map_err(load_error)?;
         for &fd in aliases {
@@ -390,6 +406,30 @@ impl Probe {
             .unwrap_or(0)
     }
 
+    /// Detaches everything and unloads. Each tracepoint detach waits for an RCU grace period
+    /// in the kernel (tens of ms); taken one after another, 30 of them held `wait` and
+    /// `stop` for seconds after their verdict. Dropped together on threads, the waits
+    /// overlap.
+    pub fn close(mut self) {
+        let started = std::time::Instant::now();
+        let mut owned = Vec::new();
+        for (name, id) in std::mem::take(&mut self.links) {
+            let program: Option<&mut TracePoint> =
+                self.ebpf.program_mut(name).and_then(|p| p.try_into().ok());
+            if let Some(link) = program.and_then(|p| p.take_link(id).ok()) {
+                owned.push(link);
+            }
+        }
+        let count = owned.len();
+        std::thread::scope(|scope| {
+            for link in owned {
+                scope.spawn(move || drop(link));
+            }
+        });
+        drop(self);
+        log::debug!("detached {count} tracepoints in {:?}", started.elapsed());
+    }
+
     /// Moves kernel-side log records (aya-log) to the `log` crate; shown at `-v`.
     pub fn flush_log(&mut self) {
         if let Some(logger) = &mut self.logger {
@@ -398,7 +438,14 @@ impl Probe {
     }
 }
 
-fn attach(ebpf: &mut Ebpf, program: &str, category: &str, names: &[&str]) -> Result<()> {
+fn attach(
+    ebpf: &mut Ebpf,
+    program: &'static str,
+    category: &str,
+    names: &[&str],
+    links: &mut Vec<(&'static str, TracePointLinkId)>,
+) -> Result<()> {
+    let program_name = program;
     let program: &mut TracePoint = ebpf
         .program_mut(program)
         .ok_or_else(|| Error::Load(format!("no program {program} in the object")))?
@@ -406,7 +453,8 @@ fn attach(ebpf: &mut Ebpf, program: &str, category: &str, names: &[&str]) -> Res
         .map_err(load_error)?;
     program.load().map_err(load_error)?;
     for name in names {
-        program.attach(category, name).map_err(load_error)?;
+        let link = program.attach(category, name).map_err(load_error)?;
+        links.push((program_name, link));
     }
     Ok(())
 }

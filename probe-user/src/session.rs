@@ -256,7 +256,7 @@ impl Session {
     pub fn finish(self) {
         let launched = self.launched;
         let exited = self.state.all_exited();
-        drop(self.probe);
+        self.probe.close();
         if let (Some(pid), true) = (launched, exited) {
             launch::reap(pid);
         }

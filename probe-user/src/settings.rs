@@ -213,6 +213,97 @@ impl AuditSettings {
     }
 }
 
+/// `check`: one running process, no waiting.
+#[derive(Debug)]
+pub struct CheckSettings {
+    pub common: Common,
+    pub pid: u32,
+}
+
+impl CheckSettings {
+    pub fn from_args(args: &crate::cli::CheckArgs) -> Result<Self> {
+        Ok(Self {
+            common: Common::from_args(&args.shared)?,
+            pid: validate_pids(std::slice::from_ref(&args.pid))?[0],
+        })
+    }
+}
+
+fn parse_timeout(text: &str) -> Result<Duration> {
+    let timeout = parse_duration(text)?;
+    if timeout.is_zero() {
+        return Err(Error::InvalidValue {
+            what: "timeout",
+            value: text.to_string(),
+            hint: "give a positive duration, like 30s",
+        });
+    }
+    Ok(timeout)
+}
+
+/// `wait`: block until drained or exited.
+#[derive(Debug)]
+pub struct WaitSettings {
+    pub common: Common,
+    pub pid: u32,
+    pub timeout: Duration,
+}
+
+impl WaitSettings {
+    pub fn from_args(args: &crate::cli::WaitArgs) -> Result<Self> {
+        Ok(Self {
+            common: Common::from_args(&args.shared)?,
+            pid: validate_pids(std::slice::from_ref(&args.pid))?[0],
+            timeout: parse_timeout(&args.timeout)?,
+        })
+    }
+}
+
+/// `stop`: signal, follow the drain, wait for the exit.
+#[derive(Debug)]
+pub struct StopSettings {
+    pub common: Common,
+    pub pid: u32,
+    pub signal: i32,
+    pub timeout: Duration,
+    pub kill_after: bool,
+    pub report: Option<ReportFile>,
+}
+
+impl StopSettings {
+    pub fn from_args(args: &crate::cli::StopArgs) -> Result<Self> {
+        let common = Common::from_args(&args.shared)?;
+        let pid = validate_pids(std::slice::from_ref(&args.pid))?[0];
+        if pid == 1 {
+            return Err(Error::InvalidValue {
+                what: "pid",
+                value: "1".into(),
+                hint: "drainwatch never stops init (pid 1); name the server's pid",
+            });
+        }
+        let signal = crate::signals::parse(&args.signal).ok_or_else(|| Error::InvalidValue {
+            what: "signal",
+            value: args.signal.clone(),
+            hint: "use a signal name or number, like TERM, INT, QUIT or 15",
+        })?;
+        if signal == libc::SIGKILL {
+            return Err(Error::InvalidValue {
+                what: "signal",
+                value: args.signal.clone(),
+                hint: "SIGKILL is not a graceful stop; use --kill-after to escalate at the timeout",
+            });
+        }
+        Ok(Self {
+            common,
+            pid,
+            signal,
+            timeout: parse_timeout(&args.timeout)?,
+            kill_after: args.kill_after,
+            report: args.report.as_deref().map(ReportFile::open).transpose()?,
+        })
+    }
+}
+
 /// `watch`: one running process.
 #[derive(Debug)]
 pub struct WatchSettings {

@@ -86,6 +86,32 @@ impl AuditState {
         self.recent_signals.iter()
     }
 
+    /// Since when (ktime ns) nothing has been in flight in any target: no client request, no
+    /// database query, no open transaction; `None` while something is.
+    pub fn idle_since(&self) -> Option<u64> {
+        let conns = self.conns.as_ref()?;
+        conns
+            .in_flight(None)
+            .is_idle()
+            .then(|| conns.last_activity_ns().max(self.attach_ns))
+    }
+
+    pub fn attach_ns(&self) -> u64 {
+        self.attach_ns
+    }
+
+    /// When the last target exited (ktime ns), once all have.
+    pub fn exited_at_ms(&self) -> Option<u64> {
+        if !self.all_exited() {
+            return None;
+        }
+        self.targets
+            .values()
+            .filter_map(|t| t.exit.as_ref())
+            .map(|e| e.at_ms)
+            .max()
+    }
+
     /// ms since attach for a kernel timestamp.
     pub fn ms_since_attach(&self, ktime_ns: u64) -> u64 {
         self.at_ms(ktime_ns)
@@ -109,9 +135,10 @@ impl AuditState {
         protocol: Protocol,
         local: Option<std::net::SocketAddr>,
         peer: Option<std::net::SocketAddr>,
+        busy: bool,
     ) {
         if let Some(conns) = self.conns.as_mut() {
-            conns.add_existing(key, role, protocol, local, peer);
+            conns.add_existing(key, role, protocol, local, peer, busy);
         }
     }
 

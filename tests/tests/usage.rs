@@ -35,6 +35,28 @@ fn bad_input_is_one_line_and_exit_2() {
 }
 
 #[test]
+fn stop_refuses_init_and_sigkill_and_bad_signals() {
+    assert_usage_error(&["stop", "--pid", "1"], "never stops init");
+    let me = std::process::id().to_string();
+    assert_usage_error(
+        &["stop", "--pid", &me, "--signal", "KILL"],
+        "not a graceful stop",
+    );
+    assert_usage_error(
+        &["stop", "--pid", &me, "--signal", "TERMINATE"],
+        "invalid signal",
+    );
+    assert_usage_error(
+        &["stop", "--pid", &me, "--timeout", "0s"],
+        "positive duration",
+    );
+    assert_usage_error(
+        &["wait", "--pid", &me, "--timeout", "soon"],
+        "like 250ms, 30s or 5m",
+    );
+}
+
+#[test]
 fn a_pid_that_does_not_exist_is_refused_before_attaching() {
     // pid_max is at most 2^22, so this pid cannot exist.
     assert_usage_error(
@@ -59,8 +81,5 @@ fn an_unwritable_report_path_is_found_before_the_run() {
 
 #[test]
 fn subcommands_not_built_yet_say_so() {
-    for sub in ["check", "wait", "stop"] {
-        assert_usage_error(&[sub, "--pid", "1"], "not built yet");
-    }
     assert_usage_error(&["serve", "--pid", "1"], "not built yet");
 }

@@ -1,0 +1,335 @@
+//! `wait` and `stop`: the exact moment a server is safe to let go, instead of a fixed timer.
+//!
+//! Drained (DESIGN.md): no client request in flight, no database query in flight, no
+//! transaction open, held for the quiet window. The window counts from the kernel timestamp
+//! of the last activity, so the verdict does not depend on when userspace happened to look;
+//! the ring buffer is drained every few milliseconds while waiting.
+
+use std::{
+    io::Write,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    time::Duration,
+};
+
+use serde::Serialize;
+
+use crate::{
+    audit::write_report,
+    procfs,
+    report::{DrainReport, Mode, Report, Verdict},
+    session::{EndedBy, Session},
+    settings::{AuditTargets, Common, StopSettings, WaitSettings},
+    signals,
+    state::AuditState,
+    summary, Error, Result,
+};
+
+/// How often the ring buffer is read while a drain is followed: the verdict is at most this
+/// late (on top of the quiet window).
+const DRAIN_TICK: Duration = Duration::from_millis(2);
+/// How often progress is shown.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+/// How long to wait for the exit after `--kill-after` sent SIGKILL.
+const KILL_GRACE: Duration = Duration::from_secs(5);
+
+pub const EXIT_TIMEOUT: u8 = 4;
+
+/// Drained for the whole quiet window, as of now?
+fn drained(state: &AuditState, quiet: Duration) -> bool {
+    let now = procfs::monotonic_now().as_nanos() as u64;
+    state
+        .idle_since()
+        .is_some_and(|since| now.saturating_sub(since) >= quiet.as_nanos() as u64)
+}
+
+/// What is in flight, for messages and progress lines.
+#[derive(Debug, Default, Serialize)]
+pub struct Progress {
+    pub at_ms: u64,
+    pub phase: &'static str,
+    pub requests: u64,
+    pub queries: u64,
+    pub transactions: u64,
+}
+
+fn progress(state: &AuditState, phase: &'static str) -> Progress {
+    let in_flight = state.conns().map(|c| c.in_flight(None)).unwrap_or_default();
+    Progress {
+        at_ms: state.ms_since_attach(procfs::monotonic_now().as_nanos() as u64),
+        phase,
+        requests: in_flight.requests,
+        queries: in_flight.queries,
+        transactions: in_flight.transactions,
+    }
+}
+
+pub fn describe_in_flight(p: &Progress) -> String {
+    format!(
+        "{} requests, {} db queries, {} transactions in flight",
+        p.requests, p.queries, p.transactions
+    )
+}
+
+fn stdout_is_tty() -> bool {
+    // SAFETY: isatty on a standard fd.
+    unsafe { libc::isatty(libc::STDOUT_FILENO) == 1 }
+}
+
+/// Progress output: a line redrawn in place on a terminal, JSON lines otherwise.
+struct Shower {
+    json: bool,
+    timeout: Duration,
+    last: Option<std::time::Instant>,
+}
+
+impl Shower {
+    fn new(common: &Common, timeout: Duration) -> Self {
+        Self {
+            json: common.json || !stdout_is_tty(),
+            timeout,
+            last: None,
+        }
+    }
+
+    fn show(&mut self, state: &AuditState, phase: &'static str) {
+        if self.last.is_some_and(|t| t.elapsed() < PROGRESS_EVERY) {
+            return;
+        }
+        self.last = Some(std::time::Instant::now());
+        let p = progress(state, phase);
+        let mut out = std::io::stdout().lock();
+        let _ = if self.json {
+            writeln!(
+                out,
+                "{}",
+                serde_json::to_string(&p).expect("progress serializes")
+            )
+        } else {
+            write!(
+                out,
+                "\r\x1b[K{phase}: {}   {:.1}s / {:.0}s",
+                describe_in_flight(&p),
+                p.at_ms as f64 / 1000.0,
+                self.timeout.as_secs_f64()
+            )
+        };
+        let _ = out.flush();
+    }
+
+    fn finish(&self, report: &Report, headline: &str) {
+        if self.json {
+            println!(
+                "{}",
+                serde_json::to_string(report).expect("report serializes")
+            );
+        } else {
+            println!("\r\x1b[K{headline}");
+            for violation in &report.violations {
+                println!("  x {}", summary::violation_line(report, violation));
+            }
+        }
+    }
+}
+
+/// The report with its drain section and the verdict `incomplete` > `timeout` > the rest.
+fn drain_report(session: &Session, mode: Mode, drain: DrainReport, timed_out: bool) -> Report {
+    let mut report = session
+        .state
+        .report(mode, session.lost(), session.probe.failures().to_vec());
+    if timed_out && report.verdict != Verdict::Incomplete {
+        report.verdict = Verdict::Timeout;
+    }
+    report.drain = Some(drain);
+    report
+}
+
+fn exit_code(report: &Report) -> u8 {
+    match report.verdict {
+        Verdict::Clean => 0,
+        Verdict::Timeout => EXIT_TIMEOUT,
+        Verdict::Violations | Verdict::Incomplete => 1,
+    }
+}
+
+/// `drainwatch wait`: blocks until drained or exited; sends nothing.
+pub async fn wait(settings: &WaitSettings) -> Result<u8> {
+    let quiet = settings.common.quiet;
+    let mut session = Session::attach(&AuditTargets::Pids(vec![settings.pid]), &settings.common)?;
+    eprintln!(
+        "drainwatch: attached to {}; waiting until drained (quiet {}ms) or exited, at most {:.0}s",
+        session.target_names(),
+        quiet.as_millis(),
+        settings.timeout.as_secs_f64()
+    );
+    let mut shower = Shower::new(&settings.common, settings.timeout);
+    let deadline = tokio::time::Instant::now() + settings.timeout;
+    let ended = session
+        .follow(
+            DRAIN_TICK,
+            Some(deadline),
+            |state| drained(state, quiet),
+            |s| shower.show(&s.state, "waiting"),
+        )
+        .await?;
+    let state = &session.state;
+    let drained_at_ms = (ended == EndedBy::Condition)
+        .then(|| state.ms_since_attach(state.idle_since().unwrap_or(0) + quiet.as_nanos() as u64));
+    let exited_at_ms = state.exited_at_ms();
+    let drain = DrainReport {
+        signal: None,
+        signal_at_ms: None,
+        drained_at_ms,
+        exited_at_ms,
+        drain_ms: drained_at_ms.or(exited_at_ms),
+    };
+    let timed_out = matches!(ended, EndedBy::Duration);
+    let report = drain_report(&session, Mode::Wait, drain, timed_out);
+    let p = progress(&session.state, "timeout");
+    let headline = match ended {
+        EndedBy::Condition => format!(
+            "drained: nothing in flight for {}ms (at {:.3}s)",
+            quiet.as_millis(),
+            drained_at_ms.unwrap_or(0) as f64 / 1000.0
+        ),
+        EndedBy::AllExited => "exited".to_string(),
+        EndedBy::Duration => format!(
+            "timeout after {:.0}s: {}",
+            settings.timeout.as_secs_f64(),
+            describe_in_flight(&p)
+        ),
+        EndedBy::Interrupted => "interrupted".to_string(),
+    };
+    // The verdict goes out before the probe is taken down (which takes the kernel about a
+    // second): whoever reads the output does not wait for that.
+    shower.finish(&report, &headline);
+    session.finish();
+    if ended == EndedBy::Interrupted {
+        return Ok(EXIT_TIMEOUT);
+    }
+    Ok(exit_code(&report))
+}
+
+/// A pidfd: signals sent through it cannot reach another process that reused the pid.
+struct PidFd(OwnedFd);
+
+impl PidFd {
+    fn open(pid: u32) -> Result<Self> {
+        // SAFETY: pidfd_open(2) with a plain pid and no flags.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        if fd < 0 {
+            return Err(Error::NoSuchProcess(pid));
+        }
+        // SAFETY: a fresh fd we own.
+        Ok(Self(unsafe { OwnedFd::from_raw_fd(fd as i32) }))
+    }
+
+    /// Sends `sig`; `false` when the process is already gone.
+    fn signal(&self, sig: i32) -> bool {
+        // SAFETY: pidfd_send_signal(2) on our pidfd, no siginfo.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.0.as_raw_fd(),
+                sig,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        rc == 0
+    }
+}
+
+/// `drainwatch stop`: signal, follow the drain, wait for the exit.
+pub async fn stop(settings: &StopSettings) -> Result<u8> {
+    let quiet = settings.common.quiet;
+    // The pidfd first: from here on the signal can only reach this very process.
+    let pidfd = PidFd::open(settings.pid)?;
+    let mut session = Session::attach(&AuditTargets::Pids(vec![settings.pid]), &settings.common)?;
+    let signal_name = signals::name(settings.signal);
+    eprintln!(
+        "drainwatch: attached to {}; sending {signal_name}, then following the drain for at most {:.0}s",
+        session.target_names(),
+        settings.timeout.as_secs_f64()
+    );
+    let signal_ns = procfs::monotonic_now().as_nanos() as u64;
+    pidfd.signal(settings.signal);
+    let signal_at_ms = session.state.ms_since_attach(signal_ns);
+    let mut shower = Shower::new(&settings.common, settings.timeout);
+    let mut drained_at_ns: Option<u64> = None;
+    let mut note_drain = |state: &AuditState| {
+        if drained_at_ns.is_none() && drained(state, quiet) {
+            let since = state.idle_since().unwrap_or(signal_ns).max(signal_ns);
+            drained_at_ns = Some(since + quiet.as_nanos() as u64);
+        }
+    };
+    let deadline = tokio::time::Instant::now() + settings.timeout;
+    let mut ended = session
+        .follow(
+            DRAIN_TICK,
+            Some(deadline),
+            |_| false,
+            |s| {
+                note_drain(&s.state);
+                shower.show(&s.state, "draining");
+            },
+        )
+        .await?;
+    note_drain(&session.state);
+    let mut timed_out = false;
+    if ended == EndedBy::Duration {
+        let p = progress(&session.state, "timeout");
+        if settings.kill_after {
+            eprintln!(
+                "drainwatch: timeout with {}: sending SIGKILL (--kill-after)",
+                describe_in_flight(&p)
+            );
+            pidfd.signal(libc::SIGKILL);
+            let grace = tokio::time::Instant::now() + KILL_GRACE;
+            ended = session
+                .follow(DRAIN_TICK, Some(grace), |_| false, |_| {})
+                .await?;
+        } else {
+            timed_out = true;
+        }
+    }
+    let to_ms = |ns: u64| session.state.ms_since_attach(ns);
+    let drained_at_ms = drained_at_ns.map(to_ms);
+    let exited_at_ms = session.state.exited_at_ms();
+    let drain = DrainReport {
+        signal: Some(signal_name.clone()),
+        signal_at_ms: Some(signal_at_ms),
+        drained_at_ms,
+        exited_at_ms,
+        drain_ms: drained_at_ms
+            .or(exited_at_ms)
+            .map(|at| at.saturating_sub(signal_at_ms)),
+    };
+    let report = drain_report(&session, Mode::Stop, drain, timed_out);
+    let p = progress(&session.state, "end");
+    if let Some(file) = &settings.report {
+        write_report(file, &report)?;
+    }
+    let headline = match (ended, report.verdict) {
+        (_, Verdict::Timeout) => format!(
+            "timeout after {:.0}s, not stopped (no SIGKILL without --kill-after): {}",
+            settings.timeout.as_secs_f64(),
+            describe_in_flight(&p)
+        ),
+        (EndedBy::AllExited, Verdict::Clean) => format!(
+            "stopped cleanly: {signal_name} at {:.3}s, drained at {}, exited at {:.3}s",
+            signal_at_ms as f64 / 1000.0,
+            drained_at_ms
+                .map(|ms| format!("{:.3}s", ms as f64 / 1000.0))
+                .unwrap_or_else(|| "exit".into()),
+            exited_at_ms.unwrap_or(0) as f64 / 1000.0
+        ),
+        (EndedBy::Interrupted, _) => "interrupted before the target exited".to_string(),
+        (_, verdict) => format!("stopped with verdict {}", verdict.as_str()),
+    };
+    shower.finish(&report, &headline);
+    session.finish();
+    if ended == EndedBy::Interrupted && report.verdict == Verdict::Clean {
+        return Ok(EXIT_TIMEOUT);
+    }
+    Ok(exit_code(&report))
+}

@@ -1,0 +1,175 @@
+//! check, wait and stop against the fixture game server on real PostgreSQL, compared with
+//! the fixture's own timestamps (CLOCK_MONOTONIC, the clock of the kernel's events).
+
+use drainwatch_tests::{
+    db::PgServer,
+    game::{mono_ns, GameServer},
+    *,
+};
+
+const QUIET_MS: u64 = 100;
+
+fn ms(ns: u64) -> f64 {
+    ns as f64 / 1e6
+}
+
+#[test]
+fn stop_with_a_handler_waits_for_the_request_and_is_clean() {
+    require_root();
+    let db = PgServer::start();
+    let dir = TempDir::new("stop-clean");
+    let report_path = dir.path("report.json");
+    let mut game = GameServer::start(&db, &["--pool", "2", "--on-term", "graceful"]);
+    let pending = game.send_request("checkout", 1_000);
+    game.wait_truth("in flight", |t| t.requests_in_flight == 1);
+    let pid = game.pid.to_string();
+    let mut stop = Drainwatch::spawn(&["stop", "--pid", &pid, "--report", &report_path, "--json"]);
+    stop.wait_for_stderr("sending SIGTERM");
+    let signalled = mono_ns();
+    assert!(pending.reply().starts_with("done"), "the request completes");
+    assert!(game.wait().success());
+    let done = stop.finish();
+    assert_eq!(done.code, 0, "{done:?}");
+    let report = read_report(&report_path);
+    assert_eq!(report["verdict"], "clean", "{report:#}");
+    let truth = game.truth();
+    let remaining = ms(truth.last_completion_mono_ns.saturating_sub(signalled));
+    let drain = &report["drain"];
+    assert_eq!(drain["signal"], "SIGTERM");
+    let drain_ms = drain["drain_ms"].as_f64().unwrap();
+    // The signal went out just before the line was read: allow a few ms of reading lag.
+    assert!(
+        drain_ms + 5.0 >= remaining,
+        "drained before the request ended: {drain_ms} < {remaining}: {drain}"
+    );
+    assert!(
+        drain_ms <= remaining + QUIET_MS as f64 + 50.0,
+        "drain verdict late: {drain_ms} > {remaining} + quiet + 50: {drain}"
+    );
+    assert!(drain["exited_at_ms"].as_u64().is_some());
+}
+
+#[test]
+fn without_a_handler_check_says_no_and_stop_reports_what_was_cut() {
+    require_root();
+    let db = PgServer::start();
+    let dir = TempDir::new("stop-cut");
+    let report_path = dir.path("report.json");
+    let mut game = GameServer::start(&db, &["--pool", "1", "--on-term", "default"]);
+    let pid = game.pid.to_string();
+    let check = run_drainwatch(&["check", "--pid", &pid]);
+    assert_eq!(check.code, 1, "{check:?}");
+    assert!(
+        check.stdout.contains("no SIGTERM handler"),
+        "{}",
+        check.stdout
+    );
+    assert!(check.stdout.contains("1 database"), "{}", check.stdout);
+    let pending = game.send_request("cut", 5_000);
+    game.wait_truth("inside the transaction", |t| t.transactions_open == 1);
+    let done = run_drainwatch(&["stop", "--pid", &pid, "--report", &report_path]);
+    drop(pending);
+    game.wait();
+    assert_eq!(done.code, 1, "{done:?}");
+    let report = read_report(&report_path);
+    assert_eq!(report["verdict"], "violations", "{report:#}");
+    // The transaction began before drainwatch attached: its state was never reported by the
+    // database while watched, so it is not claimed (never guessed). What is known: the
+    // request was in flight and the kernel had to close the database connection.
+    let cut = violations(&report, "inflight_at_exit");
+    assert_eq!(cut.len(), 1, "{report:#}");
+    assert_eq!(cut[0]["requests"], 1);
+    let leak = violations(&report, "leaked_db_connection");
+    assert_eq!(leak.len(), 1, "{report:#}");
+    assert_eq!(leak[0]["closed_by"], "exit");
+    assert!(
+        violations(&report, "sigkill").is_empty(),
+        "SIGTERM is not SIGKILL"
+    );
+    assert_eq!(report["targets"][0]["exit"]["signal"], "SIGTERM");
+}
+
+#[test]
+fn a_server_that_never_exits_times_out_without_sigkill_unless_asked() {
+    require_root();
+    let db = PgServer::start();
+    let mut game = GameServer::start(&db, &["--pool", "1", "--on-term", "ignore"]);
+    let pid = game.pid.to_string();
+    let check = run_drainwatch(&["check", "--pid", &pid]);
+    assert_eq!(check.code, 1, "{check:?}");
+    assert!(check.stdout.contains("ignores SIGTERM"), "{}", check.stdout);
+
+    let done = run_drainwatch(&["stop", "--pid", &pid, "--timeout", "1s", "--json"]);
+    assert_eq!(done.code, 4, "{done:?}");
+    let report: Value = serde_json::from_str(done.stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(report["verdict"], "timeout", "{report:#}");
+    assert!(violations(&report, "sigkill").is_empty());
+    assert!(
+        game.child.try_wait().unwrap().is_none(),
+        "no SIGKILL without --kill-after"
+    );
+    assert_eq!(game.ping(), "pong", "still serving");
+
+    let dir = TempDir::new("kill-after");
+    let report_path = dir.path("report.json");
+    let done = run_drainwatch(&[
+        "stop",
+        "--pid",
+        &pid,
+        "--timeout",
+        "500ms",
+        "--kill-after",
+        "--report",
+        &report_path,
+    ]);
+    assert_eq!(done.code, 1, "{done:?}");
+    game.wait();
+    let report = read_report(&report_path);
+    let kills = violations(&report, "sigkill");
+    assert_eq!(kills.len(), 1, "{report:#}");
+    assert_eq!(kills[0]["by_drainwatch"], true);
+    assert_eq!(report["targets"][0]["exit"]["signal"], "SIGKILL");
+}
+
+#[test]
+fn wait_returns_after_the_last_request_completes_never_before() {
+    require_root();
+    let db = PgServer::start();
+    let game = GameServer::start(&db, &["--pool", "2"]);
+    let pid = game.pid.to_string();
+    // Each request is in flight when `wait` attaches (loading the probe takes a second or
+    // two): its start was never seen, and wait must still not return before its end.
+    for round in 0..2 {
+        let pending = game.send_request(&format!("w{round}"), 3_000 + 500 * round);
+        game.wait_truth("in flight", |t| t.requests_in_flight == 1);
+        // "Returned" is when the verdict line is out: the process then takes the probe down
+        // (about a second of kernel RCU waits) before it exits.
+        let mut wait = Drainwatch::spawn(&["wait", "--pid", &pid, "--json"]);
+        let lines = wait.stdout_lines();
+        let verdict_line = lines
+            .iter()
+            .find(|l| l.contains("drainwatch.report/v1"))
+            .expect("wait prints its report");
+        let returned = mono_ns();
+        let done = wait.finish();
+        assert_eq!(done.code, 0, "{done:?}");
+        assert!(pending.reply().starts_with("done"));
+        let completed = game.truth().last_completion_mono_ns;
+        assert!(
+            returned >= completed,
+            "wait returned {:.1}ms before the request completed",
+            ms(completed - returned)
+        );
+        let late = ms(returned - completed);
+        assert!(
+            late <= (QUIET_MS + 150) as f64,
+            "wait returned {late:.1}ms after completion"
+        );
+        let report: Value = serde_json::from_str(&verdict_line).unwrap();
+        assert_eq!(report["mode"], "wait");
+        assert!(
+            report["drain"]["drained_at_ms"].as_u64().is_some(),
+            "{report:#}"
+        );
+    }
+}
