@@ -20,6 +20,16 @@ fn main() {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let object = out_dir.join("drainwatch-probe");
     if !bpf_linker_available() {
+        // Check again on the next build once `cargo xtask setup` has installed it (a path
+        // that does not exist yet keeps this script re-running until it does).
+        if let Some(home) = env::var_os("CARGO_HOME").or_else(|| {
+            env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo").into_os_string())
+        }) {
+            println!(
+                "cargo:rerun-if-changed={}",
+                PathBuf::from(home).join("bin/bpf-linker").display()
+            );
+        }
         println!(
             "cargo:warning=bpf-linker not found: building drainwatch without its eBPF probe; \
              run `cargo xtask build` for a working binary"

@@ -29,7 +29,11 @@ pub mod map_names {
     pub const PENDING: &str = "PENDING";
     pub const DB_PORTS: &str = "DB_PORTS";
     pub const DB_ADDRS: &str = "DB_ADDRS";
+    pub const COMMS: &str = "COMMS";
 }
+
+/// Most process names `--comm` can watch for.
+pub const MAX_COMMS: u32 = 64;
 
 /// Event kinds, the first field of every event.
 #[repr(u32)]
@@ -446,6 +450,8 @@ pub struct TargetInfo {
 
 pub const ORIGIN_USER: u32 = 1;
 pub const ORIGIN_FORK: u32 = 2;
+/// A process that exec'd into a name given with `--comm`.
+pub const ORIGIN_COMM: u32 = 3;
 
 // Layouts are part of the wire contract: both sides fail to compile if they drift.
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 16);

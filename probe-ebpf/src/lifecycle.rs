@@ -12,10 +12,10 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use probe_common::{
     Counter, EventKind, ExecEvent, ExitEvent, ForkEvent, SignalEvent, TargetInfo, COMM_LEN,
-    ORIGIN_FORK,
+    ORIGIN_COMM, ORIGIN_FORK,
 };
 
-use crate::shared::{bump, config, current_tgid_pid, emit, header, is_target, TARGETS};
+use crate::shared::{bump, config, current_tgid_pid, emit, header, is_target, COMMS, TARGETS};
 
 #[inline(always)]
 fn read_i32(ctx: &TracePointContext, offset: u32) -> Result<i32, u32> {
@@ -112,16 +112,30 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn try_sched_process_exec(_ctx: &TracePointContext) -> Result<u32, u32> {
-    // exec runs in the new image, after de_thread(): the current tgid is the process.
+    // exec runs in the new image, after de_thread() and after begin_new_exec() set the new
+    // comm: the current tgid is the process and its comm is the program's name.
     let (tgid, pid) = current_tgid_pid();
+    let comm = current_comm();
     if !is_target(tgid) {
-        return Ok(0);
+        // SAFETY: presence check only.
+        if unsafe { COMMS.get(&comm) }.is_none() {
+            return Ok(0);
+        }
+        // A process started under a watched name (--comm): a target from now on.
+        let info = TargetInfo {
+            tgid,
+            origin: ORIGIN_COMM,
+        };
+        if TARGETS.insert(&tgid, &info, 0).is_err() {
+            bump(Counter::TargetsFull);
+            return Ok(0);
+        }
     }
     emit(|| ExecEvent {
         header: header::<ExecEvent>(EventKind::Exec),
         tgid,
         pid,
-        comm: current_comm(),
+        comm,
     });
     Ok(0)
 }

@@ -6,7 +6,8 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray, RingBuf},
 };
 use probe_common::{
-    Counter, EventHeader, ProbeConfig, TargetInfo, COUNTER_SLOTS, DEFAULT_RING_BYTES, MAX_TARGETS,
+    Counter, EventHeader, ProbeConfig, TargetInfo, COMM_LEN, COUNTER_SLOTS, DEFAULT_RING_BYTES,
+    MAX_COMMS, MAX_TARGETS,
 };
 
 /// Filled in by userspace before load (`EbpfLoader::set_global`); read with `read_volatile`
@@ -21,6 +22,10 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 /// tgids named by userspace, plus pids of children followed on fork.
 #[map]
 pub static TARGETS: HashMap<u32, TargetInfo> = HashMap::with_max_entries(MAX_TARGETS, 0);
+
+/// Process names watched with `--comm` (NUL-padded comm, as the kernel keeps it).
+#[map]
+pub static COMMS: HashMap<[u8; COMM_LEN], u8> = HashMap::with_max_entries(MAX_COMMS, 0);
 
 /// Per-CPU counters (see [`Counter`]); userspace sums them to report lost events.
 #[map]

@@ -5,7 +5,7 @@ use std::{io::Write, time::Duration};
 
 use crate::{
     report::{Mode, Report, Verdict},
-    session::{EndedBy, Session},
+    session::{EndWhen, EndedBy, Session},
     settings::{AuditSettings, ReportFile},
     summary, Error, Result,
 };
@@ -33,9 +33,11 @@ impl Outcome {
 /// is taken down.
 pub async fn run(settings: &AuditSettings) -> Result<Outcome> {
     let mut session = Session::attach(&settings.targets, &settings.common)?;
-    let until = match settings.duration {
-        Some(d) => format!("until they exit or {:.1}s pass", d.as_secs_f64()),
-        None => "until they exit".to_string(),
+    let until = match (settings.duration, session.end_when()) {
+        (Some(d), _) => format!("for {:.1}s or until they exit", d.as_secs_f64()),
+        (None, EndWhen::Exited(_)) => "until the launched command exits".to_string(),
+        (None, EndWhen::Never) => "until Ctrl-C (new processes with these names join)".to_string(),
+        (None, EndWhen::AllExited) => "until they exit".to_string(),
     };
     eprintln!(
         "drainwatch: attached to {}; auditing {until}; Ctrl-C stops with a partial report",
@@ -45,17 +47,22 @@ pub async fn run(settings: &AuditSettings) -> Result<Outcome> {
     let deadline = settings.duration.map(|d| tokio::time::Instant::now() + d);
     let ended_by = session.follow(TICK, deadline, |_| false, |_| {}).await?;
     let elapsed = started.elapsed();
-    let report = session.state.report(
+    let mut report = session.state.report(
         Mode::Audit,
         session.lost(),
         session.probe.failures().to_vec(),
     );
+    settings.policy.apply(&mut report);
     let outcome = Outcome {
         report,
         ended_by,
         elapsed,
     };
     publish(&outcome, settings.common.json, settings.report.as_ref())?;
+    if let Some(file) = &settings.junit {
+        let xml = crate::junit::render(&outcome.report, outcome.elapsed.as_secs_f64());
+        write_text(file, &xml)?;
+    }
     session.finish();
     Ok(outcome)
 }
@@ -80,6 +87,11 @@ pub fn publish(outcome: &Outcome, json: bool, report_file: Option<&ReportFile>) 
 pub fn write_report(file: &ReportFile, report: &Report) -> Result<()> {
     let mut text = serde_json::to_string_pretty(report).expect("report serializes");
     text.push('\n');
+    write_text(file, &text)
+}
+
+/// Replaces the file's contents (it was opened, and so proven writable, before the run).
+pub fn write_text(file: &ReportFile, text: &str) -> Result<()> {
     let io = |cause| Error::ReportPath {
         path: file.path.clone(),
         cause,

@@ -34,6 +34,10 @@ pub enum Command {
     Audit(AuditArgs),
     /// Prometheus exporter (metrics prefixed drainwatch_).
     Serve(ServeArgs),
+    /// Print a shell completion script (bash, zsh, fish) to stdout.
+    Completions(CompletionsArgs),
+    /// Print the man page (roff) to stdout: drainwatch(1), or drainwatch-COMMAND(1).
+    Man(ManArgs),
 }
 
 /// Flags every subcommand takes.
@@ -123,9 +127,12 @@ pub struct AuditArgs {
     /// Write the JSON report here.
     #[arg(long, value_name = "FILE")]
     pub report: Option<std::path::PathBuf>,
-    /// Write a JUnit XML file here.
+    /// Write a JUnit XML file here (one test case per target, a failure per violation).
     #[arg(long, value_name = "FILE")]
     pub junit: Option<std::path::PathBuf>,
+    /// TOML file saying which violations fail the run and which only warn.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub shared: SharedArgs,
     /// Launch this command and audit it until it exits.
@@ -135,15 +142,32 @@ pub struct AuditArgs {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    /// A running process to export metrics about (repeatable).
     #[arg(long, value_name = "PID")]
     pub pid: Vec<String>,
+    /// Processes by name, running now or started later (repeatable); serve then runs until
+    /// Ctrl-C or SIGTERM.
     #[arg(long, value_name = "NAME")]
     pub comm: Vec<String>,
-    /// Where to serve /metrics.
+    /// Where to serve /metrics (IP:PORT). Not loopback: anyone who reaches it reads the metrics.
     #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9464")]
     pub listen: String,
     #[command(flatten)]
     pub shared: SharedArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell, e.g. `drainwatch completions bash > /etc/bash_completion.d/drainwatch`.
+    #[arg(value_enum, value_name = "SHELL")]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// The subcommand whose page to print (drainwatch-stop(1), ...); none: drainwatch(1).
+    #[arg(value_name = "COMMAND")]
+    pub command: Option<String>,
 }
 
 #[cfg(test)]

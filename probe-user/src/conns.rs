@@ -144,6 +144,16 @@ impl ConnTracker {
         summary(&self.queries)
     }
 
+    /// Every client request latency recorded so far, in µs (for the metrics exporter).
+    pub fn request_histogram(&self) -> &Histogram<u64> {
+        &self.requests
+    }
+
+    /// Every database query latency recorded so far, in µs (for the metrics exporter).
+    pub fn query_histogram(&self) -> &Histogram<u64> {
+        &self.queries
+    }
+
     fn count_open(&mut self, role: Role) {
         match role {
             Role::Client => self.counts.client_opened += 1,

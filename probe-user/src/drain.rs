@@ -191,7 +191,7 @@ pub async fn wait(settings: &WaitSettings) -> Result<u8> {
             quiet.as_millis(),
             drained_at_ms.unwrap_or(0) as f64 / 1000.0
         ),
-        EndedBy::AllExited => "exited".to_string(),
+        EndedBy::AllExited | EndedBy::CommandExited => "exited".to_string(),
         EndedBy::Duration => format!(
             "timeout after {:.0}s: {}",
             settings.timeout.as_secs_f64(),

@@ -41,6 +41,8 @@ pub enum Error {
          CAP_PERFMON and CAP_SYS_RESOURCE)"
     )]
     NotPermitted,
+    #[error("policy {path}: {problem}")]
+    Policy { path: String, problem: String },
     #[error("loading the eBPF probe failed: {0}")]
     Load(String),
     #[error("could not launch `{cmd}`: {cause}")]

@@ -61,20 +61,11 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the event loop")
 }
 
-fn not_built(command: &str, issue: &str) -> anyhow::Result<u8> {
-    anyhow::bail!(
-        "`drainwatch {command}` is not built yet ({issue}); `drainwatch audit` works today"
-    )
-}
-
 fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Audit(args) => {
             init_logging(args.shared.verbose);
             let settings = AuditSettings::from_args(&args)?;
-            if args.junit.is_some() {
-                anyhow::bail!("--junit is not built yet (CI audit mode); use --report FILE");
-            }
             let outcome = runtime()?.block_on(audit::run(&settings))?;
             Ok(outcome.exit_code() as u8)
         }
@@ -99,6 +90,38 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let settings = StopSettings::from_args(&args)?;
             Ok(runtime()?.block_on(drain::stop(&settings))?)
         }
-        Command::Serve(_) => not_built("serve", "Prometheus exporter"),
+        Command::Serve(args) => {
+            init_logging(args.shared.verbose);
+            let settings = drainwatch::serve::ServeSettings::from_args(&args)?;
+            runtime()?.block_on(drainwatch::serve::run(&settings))
+        }
+        Command::Completions(args) => {
+            let mut script = Vec::new();
+            let mut cli = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(args.shell, &mut cli, "drainwatch", &mut script);
+            std::io::Write::write_all(&mut std::io::stdout(), &script)
+                .context("writing the completion script")?;
+            Ok(0)
+        }
+        Command::Man(args) => {
+            // Built as clap_mangen::generate_to would: subcommand pages are
+            // drainwatch-COMMAND(1), and the main page lists them by those names.
+            let mut cli = <Cli as clap::CommandFactory>::command().disable_help_subcommand(true);
+            cli.build();
+            let page = match args.command.as_deref() {
+                None => cli,
+                Some(name) => cli.find_subcommand(name).cloned().with_context(|| {
+                    let names: Vec<_> = cli.get_subcommands().map(|c| c.get_name()).collect();
+                    format!("no subcommand `{name}`: use one of {}", names.join(", "))
+                })?,
+            };
+            let mut roff = Vec::new();
+            clap_mangen::Man::new(page)
+                .render(&mut roff)
+                .context("rendering the man page")?;
+            std::io::Write::write_all(&mut std::io::stdout(), &roff)
+                .context("writing the man page")?;
+            Ok(0)
+        }
     }
 }

@@ -15,7 +15,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use probe_common::{
-    map_names, ConnKey, ConnState, Counter, Pending, ProbeConfig, SockAddr, TargetInfo,
+    map_names, ConnKey, ConnState, Counter, Pending, ProbeConfig, SockAddr, TargetInfo, COMM_LEN,
     CONN_EXISTED, DB_PORT_FLAG, DEFAULT_RING_BYTES, PROTO_MONGO, PROTO_MYSQL, PROTO_POSTGRES,
     PROTO_REDIS, PROTO_UNKNOWN,
 };
@@ -386,6 +386,21 @@ impl Probe {
     /// connections that did not fit their maps.
     pub fn unseen(&self) -> u64 {
         self.lost() + self.counter(Counter::TargetsFull) + self.counter(Counter::ConnsFull)
+    }
+
+    /// Watches for processes that exec under `name` (`--comm`).
+    pub fn add_comm(&mut self, name: &str) -> Result<()> {
+        let map = self
+            .ebpf
+            .map_mut(map_names::COMMS)
+            .ok_or_else(|| Error::Load("no COMMS map in the object".into()))?;
+        let mut comms: HashMap<_, [u8; COMM_LEN], u8> =
+            HashMap::try_from(map).map_err(load_error)?;
+        let mut key = [0u8; COMM_LEN];
+        let bytes = name.as_bytes();
+        let n = bytes.len().min(COMM_LEN - 1);
+        key[..n].copy_from_slice(&bytes[..n]);
+        comms.insert(key, 1, 0).map_err(load_error)
     }
 
     /// Events the kernel could not put into the ring buffer (summed over CPUs).

@@ -46,6 +46,19 @@ pub fn threads(tgid: u32) -> Vec<u32> {
         .collect()
 }
 
+/// Processes (tgids) whose comm is one of `names`.
+pub fn pids_with_comm(names: &[String]) -> Vec<u32> {
+    if names.is_empty() {
+        return Vec::new();
+    }
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| comm(*pid).is_some_and(|c| names.contains(&c)))
+        .collect()
+}
+
 /// CLOCK_MONOTONIC now, the clock of `bpf_ktime_get_ns()`.
 pub fn monotonic_now() -> Duration {
     let mut ts = libc::timespec {

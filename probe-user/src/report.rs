@@ -188,6 +188,9 @@ pub struct Report {
     pub verdict: Verdict,
     pub targets: Vec<TargetReport>,
     pub violations: Vec<Violation>,
+    /// Violations a `--policy` lets through as warnings (absent without one).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<Violation>,
     pub drain: Option<DrainReport>,
     /// `null` when sockets were not watched: a report never shows zero for what it did not
     /// measure.

@@ -124,12 +124,24 @@ pub struct Session {
     reader: Reader,
     /// The pid of a command launched with `-- CMD`.
     pub launched: Option<u32>,
+    end: EndWhen,
+}
+
+/// When [`Session::follow`] ends by itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndWhen {
+    AllExited,
+    /// When this target (a launched command) has exited.
+    Exited(u32),
+    Never,
 }
 
 /// Why a session's loop ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EndedBy {
     AllExited,
+    /// The command launched with `-- CMD` exited.
+    CommandExited,
     Duration,
     Interrupted,
     /// The caller's condition held (e.g. drained).
@@ -140,6 +152,7 @@ impl EndedBy {
     pub fn describe(self) -> &'static str {
         match self {
             EndedBy::AllExited => "every target exited",
+            EndedBy::CommandExited => "the launched command exited",
             EndedBy::Duration => "the time limit was reached",
             EndedBy::Interrupted => "interrupted (partial report)",
             EndedBy::Condition => "the condition held",
@@ -160,16 +173,34 @@ impl Session {
         let attach_time = procfs::monotonic_now();
         let mut state =
             AuditState::new(attach_time.as_nanos() as u64, std::process::id()).with_sockets();
-        let mut launched = None;
-        match targets {
-            AuditTargets::Pids(pids) => attach_pids(&mut probe, &mut state, pids, common)?,
-            AuditTargets::Launch(command) => {
-                let held = launch::spawn_held(command)?;
-                probe.add_target(held.pid, held.pid)?;
-                state.add_target(held.pid, command.comm(), Origin::Launched);
-                launched = Some(held.release()?);
+        let set = targets.to_set();
+        // Names first: a process that execs under one from now on is caught in the kernel;
+        // then the ones running now, from /proc.
+        for comm in &set.comms {
+            probe.add_comm(comm)?;
+        }
+        let mut pids = set.pids.clone();
+        for tgid in procfs::pids_with_comm(&set.comms) {
+            if !pids.contains(&tgid) && tgid != std::process::id() {
+                pids.push(tgid);
             }
         }
+        attach_pids(&mut probe, &mut state, &pids, common)?;
+        let mut launched = None;
+        if let Some(command) = &set.launch {
+            let held = launch::spawn_held(command)?;
+            probe.add_target(held.pid, held.pid)?;
+            state.add_target(held.pid, command.comm(), Origin::Launched);
+            launched = Some(held.release()?);
+        }
+        // When the audit window closes by itself: with a launched command, when it exits
+        // (e.g. a restart script); with names, never (new processes may still come: only
+        // --duration or Ctrl-C end it); else when every target has exited.
+        let end = match (launched, set.comms.is_empty()) {
+            (Some(pid), _) => EndWhen::Exited(pid),
+            (None, false) => EndWhen::Never,
+            (None, true) => EndWhen::AllExited,
+        };
         for failure in probe.failures() {
             eprintln!("drainwatch: warning: probe {failure}: the verdict will be incomplete");
         }
@@ -181,7 +212,21 @@ impl Session {
                 verbose: common.verbose,
             },
             launched,
+            end,
         })
+    }
+
+    /// Whether the targets this session waits for have exited.
+    pub fn targets_done(&self) -> bool {
+        match self.end {
+            EndWhen::AllExited => self.state.all_exited(),
+            EndWhen::Exited(pid) => self.state.has_exited(pid),
+            EndWhen::Never => false,
+        }
+    }
+
+    pub fn end_when(&self) -> EndWhen {
+        self.end
     }
 
     /// "name (pid), ..." of the targets.
@@ -224,8 +269,11 @@ impl Session {
         let mut terminate = tokio::signal::unix::signal(SignalKind::terminate())
             .map_err(|e| Error::Load(format!("cannot handle SIGTERM: {e}")))?;
         let ended = loop {
-            if self.state.all_exited() {
-                break EndedBy::AllExited;
+            if self.targets_done() {
+                break match self.end {
+                    EndWhen::Exited(_) => EndedBy::CommandExited,
+                    EndWhen::AllExited | EndWhen::Never => EndedBy::AllExited,
+                };
             }
             if done(&self.state) {
                 break EndedBy::Condition;
@@ -255,7 +303,7 @@ impl Session {
     /// Detaches the probe and reaps a launched command that has exited.
     pub fn finish(self) {
         let launched = self.launched;
-        let exited = self.state.all_exited();
+        let exited = launched.is_some_and(|pid| self.state.has_exited(pid));
         self.probe.close();
         if let (Some(pid), true) = (launched, exited) {
             launch::reap(pid);

@@ -131,6 +131,50 @@ pub enum AuditTargets {
     Pids(Vec<u32>),
     /// A command drainwatch launches and audits until it exits.
     Launch(LaunchCommand),
+    /// Any mix of the above and process names (`--comm`).
+    Set(TargetSet),
+}
+
+/// Everything an audit can watch at once.
+#[derive(Debug, Default)]
+pub struct TargetSet {
+    pub pids: Vec<u32>,
+    /// Process names: running now, or started (exec) during the audit.
+    pub comms: Vec<String>,
+    pub launch: Option<LaunchCommand>,
+}
+
+impl AuditTargets {
+    /// The same targets as a [`TargetSet`].
+    pub fn to_set(&self) -> TargetSet {
+        match self {
+            AuditTargets::Pids(pids) => TargetSet {
+                pids: pids.clone(),
+                ..TargetSet::default()
+            },
+            AuditTargets::Launch(command) => TargetSet {
+                launch: Some(command.clone()),
+                ..TargetSet::default()
+            },
+            AuditTargets::Set(set) => TargetSet {
+                pids: set.pids.clone(),
+                comms: set.comms.clone(),
+                launch: set.launch.clone(),
+            },
+        }
+    }
+}
+
+/// A `--comm` name as the kernel keeps it: at most 15 bytes (TASK_COMM_LEN - 1).
+pub fn parse_comm(text: &str) -> Result<String> {
+    if text.is_empty() || text.len() > 15 || text.contains('/') {
+        return Err(Error::InvalidValue {
+            what: "process name",
+            value: text.to_string(),
+            hint: "use the name `ps -o comm` shows: 1 to 15 bytes, no `/` (longer names are cut to 15)",
+        });
+    }
+    Ok(text.to_string())
 }
 
 /// A report file, opened (and so proven writable) before the run starts.
@@ -166,6 +210,8 @@ pub struct AuditSettings {
     pub targets: AuditTargets,
     pub duration: Option<Duration>,
     pub report: Option<ReportFile>,
+    pub junit: Option<ReportFile>,
+    pub policy: crate::policy::Policy,
 }
 
 impl AuditSettings {
@@ -179,36 +225,43 @@ impl AuditSettings {
                 hint: "give a positive duration, like 30s, or leave it out to run until exit",
             });
         }
-        let targets = if !args.command.is_empty() {
-            if !args.pid.is_empty() || !args.comm.is_empty() {
-                return Err(Error::InvalidValue {
-                    what: "targets",
-                    value: "--pid/--comm together with -- CMD".into(),
-                    hint: "audit either running processes (--pid) or a launched command (-- CMD)",
-                });
-            }
-            AuditTargets::Launch(LaunchCommand::resolve(&args.command)?)
-        } else if !args.comm.is_empty() {
-            return Err(Error::InvalidValue {
-                what: "targets",
-                value: "--comm".into(),
-                hint: "--comm is not built yet (CI audit mode); use --pid PID or -- CMD",
-            });
-        } else if args.pid.is_empty() {
+        if args.pid.is_empty() && args.comm.is_empty() && args.command.is_empty() {
             return Err(Error::InvalidValue {
                 what: "targets",
                 value: "none".into(),
-                hint: "name what to audit: --pid PID, or -- CMD ARGS to launch a command",
+                hint: "name what to audit: --pid PID, --comm NAME, or -- CMD ARGS to launch one",
             });
-        } else {
-            AuditTargets::Pids(validate_pids(&args.pid)?)
-        };
+        }
+        let comms = args
+            .comm
+            .iter()
+            .map(|c| parse_comm(c))
+            .collect::<Result<Vec<_>>>()?;
+        let launch = (!args.command.is_empty())
+            .then(|| LaunchCommand::resolve(&args.command))
+            .transpose()?;
+        let targets = AuditTargets::Set(TargetSet {
+            pids: if args.pid.is_empty() {
+                Vec::new()
+            } else {
+                validate_pids(&args.pid)?
+            },
+            comms,
+            launch,
+        });
         let report = args.report.as_deref().map(ReportFile::open).transpose()?;
+        let junit = args.junit.as_deref().map(ReportFile::open).transpose()?;
+        let policy = match &args.policy {
+            Some(path) => crate::policy::Policy::load(path)?,
+            None => crate::policy::Policy::default(),
+        };
         Ok(Self {
             common,
             targets,
             duration,
             report,
+            junit,
+            policy,
         })
     }
 }

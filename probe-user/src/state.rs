@@ -24,6 +24,8 @@ pub enum Origin {
     Launched,
     /// Forked by a target after attach.
     Forked { parent: u32 },
+    /// Started under a name given with `--comm` during the audit.
+    Matched,
 }
 
 #[derive(Clone, Debug)]
@@ -169,6 +171,10 @@ impl AuditState {
         self.received
     }
 
+    pub fn has_exited(&self, tgid: u32) -> bool {
+        self.targets.get(&tgid).is_some_and(|t| t.exit.is_some())
+    }
+
     /// True once every target process has exited (and there is at least one).
     pub fn all_exited(&self) -> bool {
         !self.targets.is_empty() && self.targets.values().all(|t| t.exit.is_some())
@@ -183,11 +189,11 @@ impl AuditState {
         match event {
             Event::Signal(signal) => self.on_signal(signal),
             Event::Fork(fork) => self.on_fork(fork),
-            Event::Exec(exec) => {
-                if let Some(target) = self.targets.get_mut(&exec.tgid) {
-                    target.comm = exec.comm.clone();
-                }
-            }
+            Event::Exec(exec) => match self.targets.get_mut(&exec.tgid) {
+                Some(target) => target.comm = exec.comm.clone(),
+                // The kernel reports the exec of a non-target only when it matched --comm.
+                None => self.add_target(exec.tgid, exec.comm.clone(), Origin::Matched),
+            },
             Event::Exit(exit) => self.on_exit(exit),
             Event::ConnOpen(open) => {
                 if let Some(conns) = self.conns.as_mut() {
@@ -320,7 +326,7 @@ impl AuditState {
                 comm: t.comm.clone(),
                 parent_pid: match t.origin {
                     Origin::Forked { parent } => Some(parent),
-                    Origin::Named | Origin::Launched => None,
+                    Origin::Named | Origin::Launched | Origin::Matched => None,
                 },
                 exit: t.exit.clone(),
             })
@@ -331,6 +337,7 @@ impl AuditState {
             verdict,
             targets,
             violations: self.violations.clone(),
+            warnings: Vec::new(),
             drain: None,
             connections: self.conns.as_ref().map(|c| c.counts().clone()),
             requests: self.conns.as_ref().map(|c| c.requests()),

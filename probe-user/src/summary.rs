@@ -41,10 +41,11 @@ pub fn violation_line(report: &Report, violation: &Violation) -> String {
                 .map(|c| format!(": `{c}`"))
                 .unwrap_or_default();
             format!(
-                "SIGKILL sent to {} ({}) by {by} at {}{cmdline}",
+                "SIGKILL sent to {} ({}) by {by} at {}{}{cmdline}",
                 comm_of(report, v.pid),
                 v.pid,
-                seconds(v.at_ms)
+                seconds(v.at_ms),
+                cut_by_exit(report, v.pid)
             )
         }
         Violation::LeakedDbConnection(v) => {
@@ -81,6 +82,40 @@ pub fn violation_line(report: &Report, violation: &Violation) -> String {
             seconds(v.at_ms),
             v.connections.join(", ")
         ),
+    }
+}
+
+/// ": 2 requests and 1 PostgreSQL transaction were cut", from what the target's exit left
+/// (its `inflight_at_exit` and `open_transaction` violations); empty when nothing was.
+fn cut_by_exit(report: &Report, pid: u32) -> String {
+    let mut parts = Vec::new();
+    let mut transactions: std::collections::BTreeMap<&str, u64> = Default::default();
+    let mut total = 0;
+    for v in report.violations.iter().chain(&report.warnings) {
+        match v {
+            Violation::InflightAtExit(v) if v.pid == pid => {
+                if v.requests > 0 {
+                    parts.push(plural(v.requests, "request"));
+                }
+                if v.queries > 0 {
+                    parts.push(plural(v.queries, "database query"));
+                }
+                total += v.requests + v.queries;
+            }
+            Violation::OpenTransaction(v) if v.pid == pid => {
+                *transactions.entry(protocol_name(v.protocol)).or_default() += 1;
+                total += 1;
+            }
+            _ => {}
+        }
+    }
+    for (protocol, n) in transactions {
+        parts.push(plural(n, &format!("{protocol} transaction")));
+    }
+    match total {
+        0 => String::new(),
+        1 => format!(": {} was cut", parts.join(" and ")),
+        _ => format!(": {} were cut", parts.join(" and ")),
     }
 }
 
@@ -140,6 +175,13 @@ pub fn render(outcome: &Outcome) -> String {
     );
     for violation in &report.violations {
         let _ = writeln!(out, "  x {}", violation_line(report, violation));
+    }
+    for warning in &report.warnings {
+        let _ = writeln!(
+            out,
+            "  ! warning (policy): {}",
+            violation_line(report, warning)
+        );
     }
     for failure in &report.probe_failures {
         let _ = writeln!(out, "  ! probe failed: {failure}");

@@ -40,6 +40,27 @@ enum Task {
     },
     /// Audit a graceful restart and a `kill -9` of the bundled sample server.
     Demo,
+    /// Benchmarks (numbers, not a test): writes target/bench/results.json.
+    Bench {
+        /// Runs of the drain-verdict latency benchmark.
+        #[arg(long, default_value_t = 50)]
+        runs: u32,
+    },
+}
+
+/// `cargo xtask bench`: setup, a release build, then `dw-bench` with the release binaries.
+fn bench(runs: u32) -> anyhow::Result<()> {
+    setup::run()?;
+    compile::build(true)?;
+    let out = exec::target_dir().join("bench").join("results.json");
+    let mut cmd = std::process::Command::new(compile::binary("release", "dw-bench"));
+    cmd.args(["--runs", &runs.to_string(), "--out"])
+        .arg(&out)
+        .env("DRAINWATCH_BIN", compile::binary("release", "drainwatch"))
+        .env("DW_FIXTURE_BIN", compile::binary("release", "dw-fixture"))
+        .env("DW_GAME_BIN", compile::binary("release", "dw-game"))
+        .current_dir(exec::workspace_root());
+    exec::run(&mut cmd)
 }
 
 fn main() -> ExitCode {
@@ -50,6 +71,7 @@ fn main() -> ExitCode {
         Task::Build { release } => compile::run(release).map(|_| ()),
         Task::Test { args } => test::run(&args),
         Task::Demo => demo::run(),
+        Task::Bench { runs } => bench(runs),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -179,3 +179,51 @@ fn events_for_strangers_change_nothing() {
     assert!(!state.all_exited());
     assert_eq!(state.received(), 2);
 }
+
+/// Recorded with `drainwatch audit -vv -- dw-game --db postgres --pool 1` on real
+/// PostgreSQL: one payment (BEGIN; INSERT A; pause; ...) cut by kill -9 after write A.
+#[test]
+fn a_recorded_postgres_payment_cut_by_kill_nine() {
+    let recorded = include_str!("../../testdata/pg_kill9_mid_transaction.jsonl");
+    let mut state = AuditState::new(ATTACH_NS, SELF_TGID).with_sockets();
+    let first: Event = serde_json::from_str(recorded.lines().next().unwrap()).unwrap();
+    let Event::Exec(exec) = first else {
+        panic!("the recording starts with the launched command's exec")
+    };
+    state.add_target(exec.tgid, "dw-game".into(), Origin::Launched);
+    for line in recorded.lines() {
+        state.apply(&serde_json::from_str::<Event>(line).unwrap());
+    }
+    let report = state.report(Mode::Audit, 0, vec![]);
+    let kinds: Vec<&str> = report.violations.iter().map(|v| v.kind()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "sigkill",
+            "open_transaction",
+            "leaked_db_connection",
+            "inflight_at_exit"
+        ]
+    );
+    let Violation::OpenTransaction(txn) = &report.violations[1] else {
+        panic!()
+    };
+    assert_eq!(txn.protocol, Protocol::Postgres);
+    assert!(txn.age_ms >= 300, "open since BEGIN: {}", txn.age_ms);
+    let Violation::InflightAtExit(cut) = &report.violations[3] else {
+        panic!()
+    };
+    assert_eq!((cut.requests, cut.queries), (1, 0));
+    let counts = report.connections.unwrap();
+    assert_eq!((counts.client_opened, counts.db_opened), (1, 1));
+    assert_eq!(
+        (counts.client_closed, counts.db_closed),
+        (1, 1),
+        "the kernel closed them"
+    );
+    assert!(
+        report.db_queries.unwrap().count >= 3,
+        "startup, BEGIN, INSERT A"
+    );
+    assert!(state.all_exited());
+}

@@ -1,0 +1,513 @@
+//! Prometheus metrics of a session, in the text exposition format 0.0.4 (`drainwatch serve`).
+//!
+//! Gauges are read from the state when a scrape asks; counters are the state's own cumulative
+//! counts (they only grow while drainwatch runs). The two latency histograms keep their own
+//! Prometheus buckets, fed at each scrape with the latencies the connection tracker recorded
+//! since the previous one (it records them in hdrhistogram histograms, in µs, to 3
+//! significant digits: a latency lands in a bucket as that rounding leaves it).
+//!
+//! Every name is prefixed `drainwatch_`; docs/observability.md lists them for dashboards.
+
+use std::{collections::HashMap, fmt::Display, fmt::Write as _};
+
+use hdrhistogram::Histogram;
+
+use crate::{conns::ConnTracker, event::Role, session::Session, state::Origin};
+
+/// The `Content-Type` of a scrape.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Upper bounds of the latency buckets in µs (exported in seconds): 100µs to 30s, dense
+/// enough for loopback database queries and for slow requests alike.
+pub const BUCKETS_US: [u64; 17] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 5_000_000, 10_000_000, 30_000_000,
+];
+
+/// Violation kinds, as the report names them (DESIGN.md): every one is exported, zero or not,
+/// so that `rate()` and `increase()` work from the first scrape.
+pub const VIOLATION_KINDS: [&str; 4] = [
+    "sigkill",
+    "leaked_db_connection",
+    "open_transaction",
+    "inflight_at_exit",
+];
+
+/// A Prometheus histogram of latencies: per-bucket counts, their sum and count.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LatencyBuckets {
+    /// Counts per bucket (not cumulative); the last one is above every bound (+Inf).
+    counts: [u64; BUCKETS_US.len() + 1],
+    sum_us: u128,
+    count: u64,
+}
+
+impl LatencyBuckets {
+    /// Records `n` latencies of `us` microseconds.
+    pub fn observe(&mut self, us: u64, n: u64) {
+        self.observe_rounded(us, us, n);
+    }
+
+    /// Records `n` latencies placed in a bucket by `bucket_us` and summed as `sum_us`.
+    fn observe_rounded(&mut self, bucket_us: u64, sum_us: u64, n: u64) {
+        let index = BUCKETS_US
+            .iter()
+            .position(|bound| bucket_us <= *bound)
+            .unwrap_or(BUCKETS_US.len());
+        self.counts[index] += n;
+        self.sum_us += u128::from(sum_us) * u128::from(n);
+        self.count += n;
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    pub fn sum_seconds(&self) -> f64 {
+        self.sum_us as f64 / 1e6
+    }
+
+    /// `(le, cumulative count)` for every bucket, ending with `("+Inf", count)`.
+    pub fn cumulative(&self) -> Vec<(String, u64)> {
+        let mut total = 0;
+        let mut out = Vec::with_capacity(self.counts.len());
+        for (i, n) in self.counts.iter().enumerate() {
+            total += n;
+            let le = match BUCKETS_US.get(i) {
+                Some(us) => seconds(*us),
+                None => "+Inf".to_string(),
+            };
+            out.push((le, total));
+        }
+        out
+    }
+}
+
+/// Microseconds as seconds, the way Prometheus writes `le` (`0.0001`, `2.5`, `30`).
+fn seconds(us: u64) -> String {
+    format!("{}", us as f64 / 1e6)
+}
+
+/// Feeds [`LatencyBuckets`] with what a cumulative hdrhistogram recorded since the last feed.
+#[derive(Debug, Default)]
+pub struct HdrFeed {
+    /// Count already fed, by the lowest value of each hdrhistogram bucket.
+    seen: HashMap<u64, u64>,
+    total: u64,
+}
+
+impl HdrFeed {
+    pub fn feed(&mut self, hdr: &Histogram<u64>, into: &mut LatencyBuckets) {
+        if hdr.len() == self.total {
+            return;
+        }
+        if hdr.len() < self.total {
+            // Not the histogram fed before: take it as new (the buckets still only grow).
+            self.seen.clear();
+        }
+        for value in hdr.iter_recorded() {
+            let at = value.value_iterated_to();
+            let lowest = hdr.lowest_equivalent(at);
+            let seen = self.seen.entry(lowest).or_insert(0);
+            let now = value.count_at_value();
+            if now > *seen {
+                into.observe_rounded(lowest, hdr.median_equivalent(at), now - *seen);
+                *seen = now;
+            }
+        }
+        self.total = hdr.len();
+    }
+}
+
+/// A target as `drainwatch_target_up` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetUp {
+    pub pid: u32,
+    pub comm: String,
+    pub up: bool,
+}
+
+/// What one scrape shows, apart from the histograms.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    /// Open connections: client, db, upstream, listener.
+    pub connections: [u64; 4],
+    /// Opened and closed since attach: client, db.
+    pub opened: [u64; 2],
+    pub closed: [u64; 2],
+    pub requests_in_flight: u64,
+    pub queries_in_flight: u64,
+    pub transactions_open: u64,
+    /// Age of the oldest open transaction, 0 when none is open.
+    pub oldest_transaction_seconds: f64,
+    /// Violations so far, in the order of [`VIOLATION_KINDS`].
+    pub violations: [u64; 4],
+    pub events_received: u64,
+    pub events_lost: u64,
+    pub probe_failures: u64,
+    pub targets: Vec<TargetUp>,
+}
+
+const ROLES: [&str; 4] = ["client", "db", "upstream", "listener"];
+
+fn role_index(role: Role) -> usize {
+    match role {
+        Role::Client => 0,
+        Role::Db => 1,
+        Role::Upstream => 2,
+        Role::Listener => 3,
+    }
+}
+
+impl Snapshot {
+    /// Reads the session's state now.
+    pub fn of(session: &Session) -> Self {
+        let state = &session.state;
+        let mut snapshot = Snapshot {
+            events_received: state.received(),
+            events_lost: session.lost(),
+            probe_failures: session.probe.failures().len() as u64,
+            ..Snapshot::default()
+        };
+        for violation in state.violations() {
+            if let Some(i) = VIOLATION_KINDS.iter().position(|k| *k == violation.kind()) {
+                snapshot.violations[i] += 1;
+            }
+        }
+        // Named targets stay listed after they exit (at 0); processes they forked and
+        // processes matched by name are listed while they live, so that a server that forks
+        // per connection does not grow a series per child forever.
+        snapshot.targets = state
+            .targets()
+            .filter(|t| t.exit.is_none() || matches!(t.origin, Origin::Named | Origin::Launched))
+            .map(|t| TargetUp {
+                pid: t.tgid,
+                comm: t.comm.clone(),
+                up: t.exit.is_none(),
+            })
+            .collect();
+        if let Some(conns) = state.conns() {
+            let now_ns = crate::procfs::monotonic_now().as_nanos() as u64;
+            snapshot.add_conns(conns, now_ns);
+        }
+        snapshot
+    }
+
+    fn add_conns(&mut self, conns: &ConnTracker, now_ns: u64) {
+        let in_flight = conns.in_flight(None);
+        self.requests_in_flight = in_flight.requests;
+        self.queries_in_flight = in_flight.queries;
+        self.transactions_open = in_flight.transactions;
+        let mut oldest_ns = None::<u64>;
+        for conn in conns.conns() {
+            self.connections[role_index(conn.role)] += 1;
+            if conn.txn_open() {
+                if let Some(since) = conn.txn_since {
+                    oldest_ns = Some(oldest_ns.map_or(since, |o| o.min(since)));
+                }
+            }
+        }
+        self.oldest_transaction_seconds = oldest_ns
+            .map(|since| now_ns.saturating_sub(since) as f64 / 1e9)
+            .unwrap_or(0.0);
+        let counts = conns.counts();
+        self.opened = [counts.client_opened, counts.db_opened];
+        self.closed = [counts.client_closed, counts.db_closed];
+    }
+}
+
+/// The exporter's memory between scrapes: the latency histograms.
+#[derive(Debug, Default)]
+pub struct Exporter {
+    requests: LatencyBuckets,
+    queries: LatencyBuckets,
+    request_feed: HdrFeed,
+    query_feed: HdrFeed,
+}
+
+impl Exporter {
+    /// Everything a scrape returns, read from the session now.
+    pub fn scrape(&mut self, session: &Session) -> String {
+        if let Some(conns) = session.state.conns() {
+            self.update(conns);
+        }
+        self.render(&Snapshot::of(session))
+    }
+
+    /// Feeds the latencies recorded since the last update into the histograms.
+    pub fn update(&mut self, conns: &ConnTracker) {
+        self.request_feed
+            .feed(conns.request_histogram(), &mut self.requests);
+        self.query_feed
+            .feed(conns.query_histogram(), &mut self.queries);
+    }
+
+    pub fn requests(&self) -> &LatencyBuckets {
+        &self.requests
+    }
+
+    pub fn queries(&self) -> &LatencyBuckets {
+        &self.queries
+    }
+
+    /// The exposition text of a snapshot and the histograms.
+    pub fn render(&self, s: &Snapshot) -> String {
+        let mut out = Text::default();
+        out.family(
+            "build_info",
+            "gauge",
+            "Always 1; the label says which drainwatch version is exporting.",
+        );
+        out.sample("build_info", &[("version", env!("CARGO_PKG_VERSION"))], 1);
+        out.family(
+            "target_up",
+            "gauge",
+            "1 while the target process runs, 0 once a named target has exited.",
+        );
+        for t in &s.targets {
+            let pid = t.pid.to_string();
+            out.sample(
+                "target_up",
+                &[("pid", &pid), ("comm", &t.comm)],
+                u8::from(t.up),
+            );
+        }
+        out.family(
+            "connections",
+            "gauge",
+            "Open TCP connections of the targets, by role (client, db, upstream, listener).",
+        );
+        for (role, n) in ROLES.iter().zip(s.connections) {
+            out.sample("connections", &[("role", role)], n);
+        }
+        out.family(
+            "connections_opened_total",
+            "counter",
+            "Client and database connections opened since drainwatch attached.",
+        );
+        for (role, n) in ROLES.iter().zip(s.opened) {
+            out.sample("connections_opened_total", &[("role", role)], n);
+        }
+        out.family(
+            "connections_closed_total",
+            "counter",
+            "Client and database connections closed since drainwatch attached.",
+        );
+        for (role, n) in ROLES.iter().zip(s.closed) {
+            out.sample("connections_closed_total", &[("role", role)], n);
+        }
+        out.gauge(
+            "requests_in_flight",
+            "Client requests received and not yet answered.",
+            s.requests_in_flight,
+        );
+        out.gauge(
+            "db_queries_in_flight",
+            "Database queries sent and not yet fully answered.",
+            s.queries_in_flight,
+        );
+        out.gauge(
+            "transactions_open",
+            "Database transactions open, as the database's own replies say.",
+            s.transactions_open,
+        );
+        out.gauge(
+            "oldest_transaction_seconds",
+            "How long the oldest open transaction has been open (0 when none is).",
+            s.oldest_transaction_seconds,
+        );
+        out.counter(
+            "sigkills_total",
+            "SIGKILLs generated for a target (by anyone, the kernel included).",
+            s.violations[0],
+        );
+        out.family(
+            "violations_total",
+            "counter",
+            "Violations seen, by kind (sigkill, leaked_db_connection, open_transaction, \
+             inflight_at_exit).",
+        );
+        for (kind, n) in VIOLATION_KINDS.iter().zip(s.violations) {
+            out.sample("violations_total", &[("kind", kind)], n);
+        }
+        out.counter(
+            "events_received_total",
+            "Events read from the kernel probe.",
+            s.events_received,
+        );
+        out.counter(
+            "events_lost_total",
+            "Events the probe could not deliver or decode: above 0, the picture is incomplete.",
+            s.events_lost,
+        );
+        out.gauge(
+            "probe_failures",
+            "Probes that failed to attach: above 0, the picture is incomplete.",
+            s.probe_failures,
+        );
+        out.histogram(
+            "request_duration_seconds",
+            "Client request latency: first byte received to the server's next send.",
+            &self.requests,
+        );
+        out.histogram(
+            "db_query_duration_seconds",
+            "Database query latency: send to the end of the database's reply.",
+            &self.queries,
+        );
+        out.0
+    }
+}
+
+/// Exposition text being written.
+#[derive(Default)]
+struct Text(String);
+
+impl Text {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP drainwatch_{name} {help}");
+        let _ = writeln!(self.0, "# TYPE drainwatch_{name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl Display) {
+        let _ = write!(self.0, "drainwatch_{name}");
+        if !labels.is_empty() {
+            self.0.push('{');
+            for (i, (label, text)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.0.push(',');
+                }
+                let _ = write!(self.0, "{label}=\"{}\"", escape_label(text));
+            }
+            self.0.push('}');
+        }
+        let _ = writeln!(self.0, " {value}");
+    }
+
+    fn gauge(&mut self, name: &str, help: &str, value: impl Display) {
+        self.family(name, "gauge", help);
+        self.sample(name, &[], value);
+    }
+
+    fn counter(&mut self, name: &str, help: &str, value: u64) {
+        self.family(name, "counter", help);
+        self.sample(name, &[], value);
+    }
+
+    fn histogram(&mut self, name: &str, help: &str, h: &LatencyBuckets) {
+        self.family(name, "histogram", help);
+        let bucket = format!("{name}_bucket");
+        for (le, n) in h.cumulative() {
+            self.sample(&bucket, &[("le", &le)], n);
+        }
+        self.sample(&format!("{name}_sum"), &[], h.sum_seconds());
+        self.sample(&format!("{name}_count"), &[], h.count());
+    }
+}
+
+/// A label value as the text format wants it: `\`, `"` and newlines escaped.
+fn escape_label(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hdr() -> Histogram<u64> {
+        Histogram::new_with_bounds(1, 3_600_000_000, 3).unwrap()
+    }
+
+    #[test]
+    fn buckets_are_cumulative_and_end_with_inf() {
+        let mut h = LatencyBuckets::default();
+        h.observe(100, 1); // on the first bound: inside it
+        h.observe(101, 2);
+        h.observe(40_000_000, 1); // above every bound
+        let cumulative = h.cumulative();
+        assert_eq!(cumulative[0], ("0.0001".to_string(), 1));
+        assert_eq!(cumulative[1], ("0.00025".to_string(), 3));
+        assert_eq!(cumulative[12], ("1".to_string(), 3));
+        assert_eq!(cumulative[16], ("30".to_string(), 3));
+        assert_eq!(cumulative.last().unwrap(), &("+Inf".to_string(), 4));
+        assert_eq!(h.count(), 4);
+        assert!((h.sum_seconds() - (100.0 + 202.0 + 40e6) / 1e6).abs() < 1e-9);
+    }
+
+    #[test]
+    fn hdr_feed_adds_only_what_is_new() {
+        let mut source = hdr();
+        let mut feed = HdrFeed::default();
+        let mut buckets = LatencyBuckets::default();
+        source.record(150).unwrap();
+        source.record(150).unwrap();
+        feed.feed(&source, &mut buckets);
+        feed.feed(&source, &mut buckets);
+        assert_eq!(buckets.count(), 2);
+        source.record(150).unwrap();
+        source.record(3_000).unwrap();
+        feed.feed(&source, &mut buckets);
+        assert_eq!(buckets.count(), 4);
+        let cumulative = buckets.cumulative();
+        assert_eq!(cumulative[1].1, 3, "three of 150µs, within 250µs");
+        assert_eq!(cumulative[5].1, 4, "3ms within 5ms");
+        assert!((buckets.sum_seconds() - 3_450e-6).abs() < 1e-5);
+        // A histogram that starts over (fewer values than fed) is new data, never a decrease.
+        let mut fresh = hdr();
+        fresh.record(150).unwrap();
+        feed.feed(&fresh, &mut buckets);
+        assert_eq!(buckets.count(), 5);
+    }
+
+    #[test]
+    fn text_has_help_type_and_escaped_labels() {
+        let exporter = Exporter::default();
+        let snapshot = Snapshot {
+            connections: [2, 1, 0, 1],
+            requests_in_flight: 1,
+            violations: [1, 0, 0, 0],
+            targets: vec![TargetUp {
+                pid: 42,
+                comm: "we\"ird\\name".into(),
+                up: true,
+            }],
+            ..Snapshot::default()
+        };
+        let text = exporter.render(&snapshot);
+        assert!(text.contains("# TYPE drainwatch_connections gauge\n"));
+        assert!(text.contains("drainwatch_connections{role=\"client\"} 2\n"));
+        assert!(text.contains("drainwatch_requests_in_flight 1\n"));
+        assert!(text.contains("drainwatch_sigkills_total 1\n"));
+        assert!(text.contains("drainwatch_violations_total{kind=\"sigkill\"} 1\n"));
+        assert!(text.contains("drainwatch_target_up{pid=\"42\",comm=\"we\\\"ird\\\\name\"} 1\n"));
+        assert!(text.contains("drainwatch_request_duration_seconds_bucket{le=\"+Inf\"} 0\n"));
+        assert!(text.contains("drainwatch_db_query_duration_seconds_count 0\n"));
+        // Every sample belongs to a family announced just before it, with HELP and TYPE.
+        let mut family = String::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                family = rest.split(' ').next().unwrap().to_string();
+                continue;
+            }
+            if line.starts_with('#') {
+                continue;
+            }
+            let name = line.split(['{', ' ']).next().unwrap();
+            assert!(name.starts_with(&family), "{name} outside its family {family}");
+            assert!(name.starts_with("drainwatch_"), "{name}");
+        }
+        assert_eq!(
+            text.matches("# HELP ").count(),
+            text.matches("# TYPE ").count()
+        );
+    }
+}

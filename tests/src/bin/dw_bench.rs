@@ -1,0 +1,93 @@
+//! `dw-bench`: the benchmarks behind `cargo xtask bench` (not a test: numbers, not
+//! pass/fail). Today: the drain verdict's latency and its early verdicts, measured against
+//! the fixture game server's own completion timestamps on a private PostgreSQL.
+//!
+//! Each run: a request with a pause is in flight; `drainwatch wait` attaches (so it never
+//! saw the request start) and must print `drained` after the request's last byte went out.
+//! latency = verdict line read - completion - quiet window. early = verdict before completion.
+
+use std::{io::Write, path::PathBuf, time::Duration};
+
+use drainwatch_tests::{
+    db::PgServer,
+    game::{mono_ns, GameServer},
+    Drainwatch,
+};
+
+const QUIET_MS: u64 = 100;
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let at = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[at.min(sorted.len() - 1)]
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1).cloned())
+    };
+    let runs: usize = flag("--runs").and_then(|r| r.parse().ok()).unwrap_or(50);
+    let out = PathBuf::from(flag("--out").unwrap_or_else(|| "target/bench/results.json".into()));
+
+    eprintln!("dw-bench: starting a private PostgreSQL and the fixture game server");
+    let db = PgServer::start();
+    let game = GameServer::start(&db, &["--pool", "2"]);
+    let pid = game.pid.to_string();
+    let quiet = format!("{QUIET_MS}ms");
+    let mut latencies = Vec::new();
+    let mut early = 0usize;
+    for run in 0..runs {
+        let pending = game.send_request(&format!("b{run}"), 1_200);
+        game.wait_truth("in flight", |t| t.requests_in_flight == 1);
+        let mut wait = Drainwatch::spawn(&["wait", "--pid", &pid, "--json", "--quiet", &quiet]);
+        let lines = wait.stdout_lines();
+        let verdict = lines.iter().find(|l| l.contains("drainwatch.report/v1"));
+        let seen = mono_ns();
+        assert!(verdict.is_some(), "wait printed no report");
+        assert!(pending.reply().starts_with("done"));
+        let completed = game.truth().last_completion_mono_ns;
+        if seen < completed {
+            early += 1;
+        }
+        let latency = (seen as f64 - completed as f64) / 1e6 - QUIET_MS as f64;
+        latencies.push(latency);
+        eprint!(
+            "\rdw-bench: verdict latency run {}/{runs}: {latency:+.2} ms   ",
+            run + 1
+        );
+        // Let the previous probe come down while the next run starts: its exit is not
+        // what is measured.
+        std::thread::spawn(move || drop(wait.finish()));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!();
+    latencies.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    let (p50, p99, max) = (
+        percentile(&latencies, 0.50),
+        percentile(&latencies, 0.99),
+        latencies.last().copied().unwrap_or(f64::NAN),
+    );
+    println!("| metric | value | goal |");
+    println!("|---|---|---|");
+    println!("| verdict_latency_ms p50 (after completion + quiet {QUIET_MS}ms) | {p50:.2} | |");
+    println!("| verdict_latency_ms p99 | {p99:.2} | <= 5 |");
+    println!("| verdict_latency_ms max | {max:.2} | |");
+    println!("| early_verdicts ({runs} runs) | {early} | 0 |");
+    let json = serde_json::json!({
+        "quiet_ms": QUIET_MS,
+        "runs": runs,
+        "verdict_latency_ms": {"p50": p50, "p99": p99, "max": max},
+        "early_verdicts": early,
+    });
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir).expect("create the results directory");
+    }
+    let mut file = std::fs::File::create(&out).expect("create results.json");
+    writeln!(file, "{}", serde_json::to_string_pretty(&json).unwrap()).unwrap();
+    eprintln!("dw-bench: wrote {}", out.display());
+}

@@ -1,0 +1,155 @@
+//! CI audit mode: targets by name across a restart, policies, JUnit, Ctrl-C.
+
+use std::process::Command;
+
+use drainwatch_tests::*;
+
+/// A restart that kills the old server with -9 and starts a new one, audited by name: the
+/// SIGKILL is on the old process only, and the new one (not a child of anything audited:
+/// `--no-follow`) is audited too. Then the same restart under a policy that lets the
+/// script's SIGKILL through as a warning.
+#[test]
+fn a_restart_audited_by_name_flags_the_old_process_only() {
+    require_root();
+    let fixture = fixture_bin();
+    let fixture = fixture.to_str().unwrap();
+    for with_policy in [false, true] {
+        let dir = TempDir::new("restart");
+        let (report_path, junit_path) = (dir.path("report.json"), dir.path("junit.xml"));
+        let policy_path = dir.path("policy.toml");
+        std::fs::write(&policy_path, "sigkill_allowed_senders = [\"sh\"]\n").unwrap();
+        let old = Server::start(&[]);
+        let script = format!(
+            "kill -9 {old}; {fixture} server > {dir}/new.txt & new=$!; \
+             while ! grep -q ready {dir}/new.txt; do sleep 0.05; done; \
+             kill -TERM $new; wait $new",
+            old = old.pid,
+            dir = dir.0.display()
+        );
+        let mut args = vec![
+            "audit",
+            "--comm",
+            "dw-fixture",
+            "--no-follow",
+            "--report",
+            &report_path,
+            "--junit",
+            &junit_path,
+        ];
+        if with_policy {
+            args.extend(["--policy", &policy_path]);
+        }
+        args.extend(["--", "sh", "-c", &script]);
+        let done = run_drainwatch(&args);
+        let report = read_report(&report_path);
+        let new_line = std::fs::read_to_string(dir.0.join("new.txt")).unwrap();
+        let new_pid: u64 = new_line
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("pid="))
+            .and_then(|p| p.parse().ok())
+            .expect("new server's pid");
+        let targets = report["targets"].as_array().unwrap();
+        let target = |pid: u64| targets.iter().find(|t| t["pid"] == pid);
+        let old_t = target(old.pid as u64).expect("the old server is audited");
+        assert_eq!(old_t["exit"]["signal"], "SIGKILL");
+        let new_t =
+            target(new_pid).unwrap_or_else(|| panic!("the new server is audited: {report:#}"));
+        assert_eq!(new_t["comm"], "dw-fixture");
+        assert_eq!(new_t["exit"]["code"], 0, "{report:#}");
+        let all: Vec<&Value> = report["violations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .chain(report["warnings"].as_array().into_iter().flatten())
+            .collect();
+        assert_eq!(all.len(), 1, "{report:#}");
+        assert_eq!(all[0]["kind"], "sigkill");
+        assert_eq!(all[0]["pid"], old.pid, "on the old process only");
+        assert_eq!(all[0]["sender_comm"], "sh");
+        if with_policy {
+            assert_eq!(report["verdict"], "clean", "{report:#}");
+            assert_eq!(done.code, 0, "{done:?}");
+            assert!(
+                done.stdout
+                    .contains("warning (policy): SIGKILL sent to dw-fixture"),
+                "{}",
+                done.stdout
+            );
+        } else {
+            assert_eq!(report["verdict"], "violations");
+            assert_eq!(done.code, 1, "{done:?}");
+        }
+
+        // What CI systems read: one test case per process, the failure on the old one.
+        let junit = junit_parser::from_reader(std::io::BufReader::new(
+            std::fs::File::open(&junit_path).unwrap(),
+        ))
+        .expect("valid JUnit XML");
+        let suite = &junit.suites[0];
+        assert_eq!(suite.cases.len(), targets.len());
+        let failed: Vec<&str> = suite
+            .cases
+            .iter()
+            .filter(|c| c.status.is_failure())
+            .map(|c| c.name.as_str())
+            .collect();
+        if with_policy {
+            assert!(failed.is_empty(), "{failed:?}");
+        } else {
+            // junit-parser names a case "classname::name".
+            assert_eq!(
+                failed,
+                [format!("drainwatch.audit::dw-fixture ({})", old.pid)]
+            );
+            let case = suite.cases.iter().find(|c| c.status.is_failure()).unwrap();
+            let failure = case.status.failure_as_ref();
+            assert_eq!(failure.failure_type, "sigkill");
+            assert!(
+                failure.message.contains("SIGKILL sent to dw-fixture"),
+                "{}",
+                failure.message
+            );
+        }
+    }
+}
+
+/// Ctrl-C ends the audit with a partial report; the exit code reflects what was seen.
+#[test]
+fn ctrl_c_writes_a_partial_report() {
+    require_root();
+    let dir = TempDir::new("sigint");
+    let report_path = dir.path("report.json");
+    let mut sleeper = Command::new("sleep").arg("60").spawn().unwrap();
+    let pid = sleeper.id().to_string();
+    let audit = Drainwatch::attach(&["audit", "--pid", &pid, "--report", &report_path]);
+    audit.signal(libc::SIGINT);
+    let done = audit.finish();
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    assert_eq!(done.code, 0, "nothing wrong was seen: {done:?}");
+    assert!(
+        done.stdout.contains("interrupted (partial report)"),
+        "{}",
+        done.stdout
+    );
+    let report = read_report(&report_path);
+    assert_eq!(report["verdict"], "clean");
+    assert_eq!(report["targets"][0]["exit"], Value::Null, "still running");
+}
+
+#[test]
+fn bad_policies_and_names_are_usage_errors() {
+    let dir = TempDir::new("policy");
+    let policy = dir.path("p.toml");
+    std::fs::write(&policy, "warn = [\"sigkil\"]\n").unwrap();
+    let done = run_drainwatch(&["audit", "--comm", "x", "--policy", &policy]);
+    assert_eq!(done.code, 2, "{done:?}");
+    assert!(
+        done.stderr.contains("unknown violation kind `sigkil`"),
+        "{}",
+        done.stderr
+    );
+    let done = run_drainwatch(&["audit", "--comm", "a-name-longer-than-15"]);
+    assert_eq!(done.code, 2, "{done:?}");
+    assert!(done.stderr.contains("1 to 15 bytes"), "{}", done.stderr);
+}
