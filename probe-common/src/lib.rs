@@ -374,9 +374,13 @@ pub enum Counter {
     TargetsFull = 2,
     /// Connections that could not be added to `CONNS` (map full): not tracked.
     ConnsFull = 3,
+    /// Database sends/recvs handed to the `db_io` program.
+    DbIoRuns = 4,
+    /// Tail calls to `db_io` that did not happen: those sends/recvs went unseen.
+    DbIoMissed = 5,
 }
 
-pub const COUNTER_SLOTS: u32 = 4;
+pub const COUNTER_SLOTS: u32 = 8;
 
 /// Most connections tracked at once, over all targets.
 pub const MAX_CONNS: u32 = 65536;

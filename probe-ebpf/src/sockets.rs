@@ -64,6 +64,9 @@ struct DbWork {
     tgid: u32,
     send: u8,
     _pad: [u8; 3],
+    /// The JUMP slot, read back from the map so that the verifier sees an unknown index.
+    slot: u32,
+    _pad2: u32,
 }
 
 const AF_INET: u16 = 2;
@@ -567,11 +570,19 @@ fn jump_to_db_io(ctx: &TracePointContext, pending: Pending, moved: u64, tgid: u3
             tgid,
             send: send as u8,
             _pad: [0; 3],
+            slot: 0,
+            _pad2: 0,
         };
+        // An index the verifier cannot know makes this an indirect tail call through the
+        // map. With a constant index the JIT patches a direct jump instead, and on this
+        // kernel that jump was seen to stay unpatched for a few hundred milliseconds after
+        // attach: database traffic right after attach went unseen.
+        let index = core::ptr::read_volatile(&(*slot).slot);
         // Does not return on success; on failure (not installed) the event is dropped,
         // which userspace sees as a probe failure at load time.
-        JUMP.tail_call(ctx, 0);
+        JUMP.tail_call(ctx, index);
     }
+    bump(Counter::DbIoMissed);
 }
 
 /// The database path: for a db connection, copy and redact the head/tail bytes and emit
@@ -580,6 +591,7 @@ fn jump_to_db_io(ctx: &TracePointContext, pending: Pending, moved: u64, tgid: u3
 #[tracepoint]
 pub fn db_io(ctx: TracePointContext) -> u32 {
     let _ = ctx;
+    bump(Counter::DbIoRuns);
     let Some(work) = DB_WORK.get_ptr(0) else {
         return 0;
     };

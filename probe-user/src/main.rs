@@ -117,6 +117,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             };
             let mut roff = Vec::new();
             clap_mangen::Man::new(page)
+                .source(concat!("drainwatch ", env!("CARGO_PKG_VERSION")))
                 .render(&mut roff)
                 .context("rendering the man page")?;
             std::io::Write::write_all(&mut std::io::stdout(), &roff)

@@ -502,7 +502,10 @@ mod tests {
                 continue;
             }
             let name = line.split(['{', ' ']).next().unwrap();
-            assert!(name.starts_with(&family), "{name} outside its family {family}");
+            assert!(
+                name.starts_with(&family),
+                "{name} outside its family {family}"
+            );
             assert!(name.starts_with("drainwatch_"), "{name}");
         }
         assert_eq!(

@@ -193,7 +193,7 @@ pub fn probe_config(tracefs_root: &Path, follow_forks: bool) -> Result<ProbeConf
 }
 
 /// Checks privileges up front, so the user gets the fix rather than a bare EPERM.
-fn check_privileges() -> Result<()> {
+pub fn check_privileges() -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         return Ok(());
@@ -385,7 +385,10 @@ impl Probe {
     /// What the probe could not see: events lost in the ring buffer, fork children and
     /// connections that did not fit their maps.
     pub fn unseen(&self) -> u64 {
-        self.lost() + self.counter(Counter::TargetsFull) + self.counter(Counter::ConnsFull)
+        self.lost()
+            + self.counter(Counter::TargetsFull)
+            + self.counter(Counter::ConnsFull)
+            + self.counter(Counter::DbIoMissed)
     }
 
     /// Watches for processes that exec under `name` (`--comm`).

@@ -137,7 +137,9 @@ pub async fn run(settings: &ServeSettings) -> anyhow::Result<u8> {
             settings.listen
         )
     })?;
-    let local = listener.local_addr().context("reading the listen address")?;
+    let local = listener
+        .local_addr()
+        .context("reading the listen address")?;
     if !local.ip().is_loopback() {
         eprintln!(
             "drainwatch: warning: serving metrics on {local}, which is not loopback: anyone who \
@@ -167,7 +169,9 @@ pub async fn run(settings: &ServeSettings) -> anyhow::Result<u8> {
             |_| false,
             |session| {
                 if shared.wanted.swap(false, Ordering::SeqCst) {
-                    shared.latest.send_replace(Arc::from(exporter.scrape(session)));
+                    shared
+                        .latest
+                        .send_replace(Arc::from(exporter.scrape(session)));
                 }
             },
         )
@@ -249,7 +253,13 @@ async fn answer(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
                 }
             };
             let body = text.as_bytes();
-            response(status, "text/plain; charset=utf-8", extra, Some(body), body.len())
+            response(
+                status,
+                "text/plain; charset=utf-8",
+                extra,
+                Some(body),
+                body.len(),
+            )
         }
     };
     stream.write_all(&response).await?;
@@ -260,7 +270,9 @@ async fn answer(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
 #[derive(Debug, PartialEq, Eq)]
 enum Route {
     /// `GET /metrics` (body) or `HEAD /metrics` (headers only).
-    Metrics { body: bool },
+    Metrics {
+        body: bool,
+    },
     NotFound,
     MethodNotAllowed,
     BadRequest,
@@ -337,21 +349,27 @@ mod tests {
             r("GET /metrics?name[]=x HTTP/1.0"),
             Route::Metrics { body: true }
         );
-        assert_eq!(
-            r("HEAD /metrics HTTP/1.1"),
-            Route::Metrics { body: false }
-        );
+        assert_eq!(r("HEAD /metrics HTTP/1.1"), Route::Metrics { body: false });
         assert_eq!(r("GET / HTTP/1.1"), Route::NotFound);
         assert_eq!(r("GET /metricsx HTTP/1.1"), Route::NotFound);
         assert_eq!(r("POST /metrics HTTP/1.1"), Route::MethodNotAllowed);
-        for bad in ["", "GET", "GET /metrics", "GET metrics HTTP/1.1", "GET /metrics SPDY/3"] {
+        for bad in [
+            "",
+            "GET",
+            "GET /metrics",
+            "GET metrics HTTP/1.1",
+            "GET /metrics SPDY/3",
+        ] {
             assert_eq!(r(bad), Route::BadRequest, "{bad:?}");
         }
     }
 
     #[test]
     fn the_head_ends_at_the_blank_line() {
-        assert_eq!(find_end_of_head(b"GET / HTTP/1.1\r\nA: b\r\n\r\nrest"), Some(22));
+        assert_eq!(
+            find_end_of_head(b"GET / HTTP/1.1\r\nA: b\r\n\r\nrest"),
+            Some(20)
+        );
         assert_eq!(find_end_of_head(b"GET / HTTP/1.1\n\n"), Some(14));
         assert_eq!(find_end_of_head(b"GET / HTTP/1.1\r\nA: b\r\n"), None);
     }
@@ -378,7 +396,14 @@ mod tests {
             parse_listen("localhost:9464").unwrap(),
             "127.0.0.1:9464".parse().unwrap()
         );
-        for bad in ["", "9464", ":9464", "127.0.0.1", "example.org:9464", "1.2.3.4:99999"] {
+        for bad in [
+            "",
+            "9464",
+            ":9464",
+            "127.0.0.1",
+            "example.org:9464",
+            "1.2.3.4:99999",
+        ] {
             let err = parse_listen(bad).unwrap_err().to_string();
             assert!(err.contains("use IP:PORT"), "{bad}: {err}");
         }

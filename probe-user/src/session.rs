@@ -165,6 +165,9 @@ impl Session {
     /// attached before any target is added: from the moment a pid is in the map, every event
     /// about it is seen.
     pub fn attach(targets: &AuditTargets, common: &Common) -> Result<Self> {
+        // Privileges first: without them tracefs cannot be read or mounted either, and the
+        // fix to tell is "run as root".
+        probe::check_privileges()?;
         let (tracefs_root, mounted) = tracefs::ensure_mounted()?;
         if mounted {
             eprintln!("drainwatch: mounted tracefs at {}", tracefs_root.display());

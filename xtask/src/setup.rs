@@ -29,8 +29,15 @@ const NIGHTLY: &str = "nightly";
 /// tests (tests/src/db.rs), never as system services: `postgresql` brings initdb and
 /// postgres (/usr/lib/postgresql/<major>/bin), `mariadb-server` mariadb-install-db and
 /// mariadbd (and, through mariadb-client, the my_print_defaults the installer runs),
-/// `redis-server` redis-server.
-pub const DEBIAN_PACKAGES: &[&str] = &["bpftool", "postgresql", "mariadb-server", "redis-server"];
+/// `redis-server` redis-server. `prometheus` brings promtool, which checks what
+/// `drainwatch serve` exports.
+pub const DEBIAN_PACKAGES: &[&str] = &[
+    "bpftool",
+    "postgresql",
+    "mariadb-server",
+    "redis-server",
+    "prometheus",
+];
 
 /// Where aya looks for tracepoint ids; either one is enough.
 const TRACEFS_EVENTS: &[&str] = &[

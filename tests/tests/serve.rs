@@ -1,0 +1,360 @@
+//! `drainwatch serve`: the Prometheus exporter scraped over plain HTTP while a real probe
+//! watches real fixture servers; every scrape is validated by `promtool check metrics`.
+//! Also: the shell completions and the man page generated from the command line definition.
+
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use drainwatch_tests::*;
+
+/// A loopback address with a port free right now.
+fn free_addr() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    let addr = listener.local_addr().expect("local addr");
+    addr.to_string()
+}
+
+/// One HTTP/1.1 request with a plain TcpStream: (status line, headers, body).
+fn http(addr: &str, request_line: &str) -> (String, String, String) {
+    let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    stream
+        .set_read_timeout(Some(PATIENCE))
+        .expect("read timeout");
+    write!(
+        stream,
+        "{request_line}\r\nHost: {addr}\r\nUser-Agent: drainwatch-tests\r\nAccept: */*\r\n\r\n"
+    )
+    .expect("send request");
+    let mut response = Vec::new();
+    stream
+        .read_to_end(&mut response)
+        .expect("read the response until the server closes");
+    let response = String::from_utf8(response).expect("UTF-8 response");
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no end of headers in {response:?}"));
+    let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
+    (status.to_string(), headers.to_string(), body.to_string())
+}
+
+/// `GET /metrics`, checked for status, type and length.
+fn scrape(addr: &str) -> String {
+    let (status, headers, body) = http(addr, "GET /metrics HTTP/1.1");
+    assert_eq!(status, "HTTP/1.1 200 OK", "{headers}\n{body}");
+    assert!(
+        headers.contains("Content-Type: text/plain; version=0.0.4"),
+        "{headers}"
+    );
+    assert!(
+        headers.contains(&format!("Content-Length: {}", body.len())),
+        "{headers}"
+    );
+    body
+}
+
+/// The value of one sample, by its name with labels exactly as exported.
+fn value(text: &str, sample: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' '))
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{sample} has value {v:?}"))
+        })
+}
+
+/// Scrapes until `sample` has `wanted`, then returns that scrape; fails with the last one.
+fn scrape_until(addr: &str, sample: &str, wanted: f64) -> String {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let text = scrape(addr);
+        if value(&text, sample) == Some(wanted) {
+            return text;
+        }
+        if Instant::now() > deadline {
+            panic!("{sample} never became {wanted} within {PATIENCE:?}; last scrape:\n{text}");
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `promtool check metrics` (Debian package `prometheus`) must accept the scrape without a
+/// single lint remark. A missing promtool fails the test: it is part of the contract.
+fn promtool_check(text: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run promtool ({e}): install the Debian package `prometheus` \
+                 (`cargo xtask setup` does)"
+            )
+        });
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(text.as_bytes())
+        .expect("feed promtool");
+    let out = child.wait_with_output().expect("promtool ran");
+    let remarks = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && remarks.trim().is_empty(),
+        "promtool check metrics: {} {remarks}\nscrape:\n{text}",
+        out.status
+    );
+}
+
+/// One echo round trip: a request the probe sees start and end.
+fn echo(stream: &mut TcpStream) {
+    stream.write_all(b"ping").expect("send to the fixture");
+    let mut buf = [0u8; 4];
+    stream.read_exact(&mut buf).expect("echo from the fixture");
+    assert_eq!(&buf, b"ping");
+}
+
+#[test]
+fn metrics_follow_a_real_server_and_pass_promtool() {
+    require_root();
+    let server = Server::start(&[]);
+    let addr = free_addr();
+    let pid = server.pid.to_string();
+    let serve = Drainwatch::attach(&["serve", "--pid", &pid, "--listen", &addr]);
+
+    let idle = scrape(&addr);
+    promtool_check(&idle);
+    assert_eq!(
+        value(&idle, "drainwatch_connections{role=\"client\"}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(&idle, "drainwatch_connections{role=\"listener\"}"),
+        Some(1.0)
+    );
+    let up = format!("drainwatch_target_up{{pid=\"{pid}\",comm=\"dw-fixture\"}}");
+    assert_eq!(value(&idle, &up), Some(1.0), "{idle}");
+
+    let mut clients: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(("127.0.0.1", server.port)).expect("connect to fixture"))
+        .collect();
+    for client in &mut clients {
+        client.set_read_timeout(Some(PATIENCE)).unwrap();
+        echo(client);
+        echo(client);
+    }
+    let busy = scrape_until(&addr, "drainwatch_connections{role=\"client\"}", 2.0);
+    promtool_check(&busy);
+    for (sample, wanted) in [
+        ("drainwatch_connections{role=\"listener\"}", 1.0),
+        ("drainwatch_connections{role=\"db\"}", 0.0),
+        ("drainwatch_connections_opened_total{role=\"client\"}", 2.0),
+        ("drainwatch_requests_in_flight", 0.0),
+        ("drainwatch_db_queries_in_flight", 0.0),
+        ("drainwatch_transactions_open", 0.0),
+        ("drainwatch_sigkills_total", 0.0),
+        ("drainwatch_events_lost_total", 0.0),
+        ("drainwatch_probe_failures", 0.0),
+        ("drainwatch_request_duration_seconds_count", 4.0),
+        (
+            "drainwatch_request_duration_seconds_bucket{le=\"+Inf\"}",
+            4.0,
+        ),
+        ("drainwatch_db_query_duration_seconds_count", 0.0),
+    ] {
+        assert_eq!(value(&busy, sample), Some(wanted), "{sample}:\n{busy}");
+    }
+    let received = value(&busy, "drainwatch_events_received_total").unwrap();
+    assert!(received > 0.0, "{busy}");
+    let sum = value(&busy, "drainwatch_request_duration_seconds_sum").unwrap();
+    assert!(sum > 0.0 && sum < 4.0 * PATIENCE.as_secs_f64(), "{busy}");
+    // Buckets are cumulative: never decreasing, ending at the count.
+    let buckets: Vec<f64> = busy
+        .lines()
+        .filter(|l| l.starts_with("drainwatch_request_duration_seconds_bucket{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert!(buckets.len() > 5, "{busy}");
+    assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{buckets:?}");
+
+    drop(clients);
+    let closed = scrape_until(&addr, "drainwatch_connections{role=\"client\"}", 0.0);
+    assert_eq!(
+        value(
+            &closed,
+            "drainwatch_connections_closed_total{role=\"client\"}"
+        ),
+        Some(2.0),
+        "{closed}"
+    );
+    promtool_check(&closed);
+
+    // Anything but GET/HEAD /metrics.
+    let (status, _, _) = http(&addr, "GET / HTTP/1.1");
+    assert_eq!(status, "HTTP/1.1 404 Not Found");
+    let (status, headers, _) = http(&addr, "POST /metrics HTTP/1.1");
+    assert_eq!(status, "HTTP/1.1 405 Method Not Allowed");
+    assert!(headers.contains("Allow: GET, HEAD"), "{headers}");
+    let (status, _, body) = http(&addr, "HEAD /metrics HTTP/1.1");
+    assert_eq!((status.as_str(), body.as_str()), ("HTTP/1.1 200 OK", ""));
+
+    // SIGTERM (as a service manager stops it): a clean exit.
+    serve.signal(libc::SIGTERM);
+    let done = serve.finish();
+    assert_eq!(done.code, 0, "{done:?}");
+}
+
+#[test]
+fn several_pids_sigkill_is_counted_and_serve_ends_with_its_targets() {
+    require_root();
+    let killed = Server::start(&[]);
+    let mut survivor = Server::start(&[]);
+    let addr = free_addr();
+    let (a, b) = (killed.pid.to_string(), survivor.pid.to_string());
+    let serve = Drainwatch::attach(&["serve", "--pid", &a, "--pid", &b, "--listen", &addr]);
+    let up = |pid: &str| format!("drainwatch_target_up{{pid=\"{pid}\",comm=\"dw-fixture\"}}");
+    let both = scrape(&addr);
+    assert_eq!(value(&both, &up(&a)), Some(1.0), "{both}");
+    assert_eq!(value(&both, &up(&b)), Some(1.0), "{both}");
+    assert_eq!(
+        value(&both, "drainwatch_connections{role=\"listener\"}"),
+        Some(2.0)
+    );
+
+    signal_from_helper(libc::SIGKILL, killed.pid);
+    let after = scrape_until(&addr, "drainwatch_sigkills_total", 1.0);
+    promtool_check(&after);
+    assert_eq!(
+        value(&after, "drainwatch_violations_total{kind=\"sigkill\"}"),
+        Some(1.0)
+    );
+    let after = scrape_until(&addr, &up(&a), 0.0);
+    assert_eq!(value(&after, &up(&b)), Some(1.0), "{after}");
+    assert_eq!(
+        value(&after, "drainwatch_connections{role=\"listener\"}"),
+        Some(1.0),
+        "{after}"
+    );
+
+    // The last target exits: serve stops by itself.
+    // SAFETY: kill(2) on a process this test started.
+    unsafe { libc::kill(survivor.pid as i32, libc::SIGTERM) };
+    survivor.wait();
+    let done = serve.finish();
+    assert_eq!(done.code, 0, "{done:?}");
+    assert!(
+        done.stderr.contains("every target exited"),
+        "{}",
+        done.stderr
+    );
+}
+
+#[test]
+fn listen_address_problems_cost_one_line() {
+    let own = std::process::id().to_string();
+    let bad = run_drainwatch(&["serve", "--pid", &own, "--listen", "localhost"]);
+    assert_eq!(bad.code, 2, "{bad:?}");
+    assert_eq!(bad.stderr.lines().count(), 1, "{}", bad.stderr);
+    assert!(
+        bad.stderr.contains("invalid listen address"),
+        "{}",
+        bad.stderr
+    );
+
+    // A port already taken fails before anything is attached.
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let busy = run_drainwatch(&["serve", "--pid", &own, "--listen", &addr]);
+    assert_eq!(busy.code, 2, "{busy:?}");
+    assert_eq!(busy.stderr.lines().count(), 1, "{}", busy.stderr);
+    assert!(busy.stderr.contains("cannot listen on"), "{}", busy.stderr);
+
+    let none = run_drainwatch(&["serve"]);
+    assert_eq!(none.code, 2, "{none:?}");
+    assert!(
+        none.stderr.contains("--pid PID or --comm NAME"),
+        "{}",
+        none.stderr
+    );
+}
+
+#[test]
+fn a_listen_address_beyond_loopback_is_served_with_a_warning() {
+    require_root();
+    let server = Server::start(&[]);
+    let port = free_addr().rsplit(':').next().unwrap().to_string();
+    let pid = server.pid.to_string();
+    let listen = format!("0.0.0.0:{port}");
+    let mut serve = Drainwatch::spawn(&["serve", "--pid", &pid, "--listen", &listen]);
+    serve.wait_for_stderr("not loopback");
+    serve.wait_for_stderr("attached");
+    let text = scrape(&format!("127.0.0.1:{port}"));
+    assert!(text.contains("drainwatch_target_up{"), "{text}");
+    serve.signal(libc::SIGINT);
+    let done = serve.finish();
+    assert_eq!(done.code, 0, "{done:?}");
+}
+
+#[test]
+fn completions_and_man_page_are_generated_from_the_command_line() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = run_drainwatch(&["completions", shell]);
+        assert_eq!(out.code, 0, "{shell}: {out:?}");
+        assert!(
+            out.stdout.contains("audit") && out.stdout.contains("stop"),
+            "{shell} completions lack subcommands:\n{}",
+            out.stdout
+        );
+        assert!(
+            out.stdout.contains("--kill-after"),
+            "{shell}: no stop flags"
+        );
+    }
+    // The bash script is valid bash.
+    let bash = run_drainwatch(&["completions", "bash"]).stdout;
+    let mut check = Command::new("bash")
+        .args(["-n", "/dev/stdin"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("bash");
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(bash.as_bytes())
+        .unwrap();
+    assert!(
+        check.wait().unwrap().success(),
+        "bash -n rejects the script"
+    );
+
+    let man = run_drainwatch(&["man"]);
+    assert_eq!(man.code, 0, "{man:?}");
+    assert!(man.stdout.starts_with(".ie") || man.stdout.contains(".TH drainwatch 1"));
+    // roff escapes the dashes.
+    for name in ["audit", "stop", "serve", "completions"] {
+        let name = format!("drainwatch\\-{name}(1)");
+        assert!(man.stdout.contains(&name), "man page lacks {name}");
+    }
+    let stop = run_drainwatch(&["man", "stop"]);
+    assert_eq!(stop.code, 0, "{stop:?}");
+    assert!(
+        stop.stdout.contains(".TH drainwatch-stop 1"),
+        "{}",
+        stop.stdout
+    );
+    assert!(stop.stdout.contains("kill\\-after"), "{}", stop.stdout);
+    let bad = run_drainwatch(&["man", "restart"]);
+    assert_eq!(bad.code, 2, "{bad:?}");
+    assert!(bad.stderr.contains("use one of"), "{}", bad.stderr);
+}
