@@ -513,4 +513,30 @@ mod tests {
             text.matches("# TYPE ").count()
         );
     }
+
+    /// docs/observability.md's table lists exactly what is exported, with the same types.
+    #[test]
+    fn every_family_is_documented_with_its_type() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/observability.md");
+        let doc = std::fs::read_to_string(path).unwrap();
+        let text = Exporter::default().render(&Snapshot::default());
+        let exported: std::collections::BTreeSet<(String, String)> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .map(|l| {
+                let (name, kind) = l.split_once(' ').unwrap();
+                (name.to_string(), kind.to_string())
+            })
+            .collect();
+        let documented: std::collections::BTreeSet<(String, String)> = doc
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `drainwatch_"))
+            .map(|l| {
+                let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+                let name = cells[0].trim_end_matches('`');
+                (format!("drainwatch_{name}"), cells[1].to_string())
+            })
+            .collect();
+        assert_eq!(exported, documented);
+    }
 }

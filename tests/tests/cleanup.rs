@@ -15,7 +15,11 @@ fn drainwatch_programs() -> usize {
         .args(["prog", "show", "--json"])
         .output()
         .expect("bpftool runs (`cargo xtask setup` installs it)");
-    assert!(out.status.success(), "bpftool failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "bpftool failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let progs: Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
     progs
         .as_array()
@@ -24,7 +28,13 @@ fn drainwatch_programs() -> usize {
         .filter(|p| {
             // bpftool shows the full name from the program's BTF.
             let name = p["name"].as_str().unwrap_or("");
-            ["signal_generate", "sched_process_exec", "sys_exit_accept", "db_io"].contains(&name)
+            [
+                "signal_generate",
+                "sched_process_exec",
+                "sys_exit_accept",
+                "db_io",
+            ]
+            .contains(&name)
         })
         .count()
 }
@@ -32,7 +42,10 @@ fn drainwatch_programs() -> usize {
 fn wait_for_no_programs(what: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while drainwatch_programs() > 0 {
-        assert!(Instant::now() < deadline, "{what}: drainwatch's programs are still loaded");
+        assert!(
+            Instant::now() < deadline,
+            "{what}: drainwatch's programs are still loaded"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -45,7 +58,10 @@ fn nothing_stays_loaded_after_exit_or_kill_nine() {
     let pid = sleeper.id().to_string();
 
     let audit = Drainwatch::attach(&["audit", "--pid", &pid, "--duration", "300ms"]);
-    assert!(drainwatch_programs() >= 4, "the probe is loaded while it runs");
+    assert!(
+        drainwatch_programs() >= 4,
+        "the probe is loaded while it runs"
+    );
     let done = audit.finish();
     assert_eq!(done.code, 0, "{done:?}");
     wait_for_no_programs("after a normal exit");
@@ -67,7 +83,12 @@ fn without_privileges_it_says_so_in_one_line() {
     require_root();
     let me = std::process::id().to_string();
     let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
         .arg(drainwatch_bin())
         .args(["audit", "--pid", &me])
         .output()

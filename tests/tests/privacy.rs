@@ -22,7 +22,10 @@ fn a_secret_in_payloads_and_query_parameters_appears_in_no_output() {
     std::thread::sleep(std::time::Duration::from_millis(500));
     // The op name is the client payload and the INSERT's parameter.
     let done_op = game.send_request(SECRET, 0);
-    assert!(done_op.reply().contains(SECRET), "the fixture echoes it, drainwatch must not");
+    assert!(
+        done_op.reply().contains(SECRET),
+        "the fixture echoes it, drainwatch must not"
+    );
     let pending = game.send_request(&format!("{SECRET}-2"), 3_000);
     game.wait_truth("inside the transaction", |t| t.transactions_open == 1);
     signal_from_helper(libc::SIGKILL, game.pid);
@@ -36,15 +39,29 @@ fn a_secret_in_payloads_and_query_parameters_appears_in_no_output() {
         ("report", std::fs::read_to_string(&report).unwrap()),
         ("junit", std::fs::read_to_string(&junit).unwrap()),
     ];
-    assert!(outputs[1].1.contains("\"event\":\"db_io\""), "-vv shows the events it saw: {}", outputs[1].1);
+    assert!(
+        outputs[1].1.contains("\"event\":\"db_io\""),
+        "-vv shows the events it saw: {}",
+        outputs[1].1
+    );
     for (name, text) in outputs {
         // Any 6-byte piece of the secret would be a leak.
         for piece in SECRET.as_bytes().windows(6) {
             let piece = std::str::from_utf8(piece).unwrap();
-            assert!(!text.contains(piece), "{name} contains {piece:?} of the secret");
+            assert!(
+                !text.contains(piece),
+                "{name} contains {piece:?} of the secret"
+            );
         }
         // -vv prints kept bytes as numbers: look for the secret's bytes in that form too.
-        let as_numbers = SECRET.bytes().map(|b| b.to_string()).collect::<Vec<_>>().join(",");
-        assert!(!text.contains(&as_numbers[..12]), "{name} has the secret as byte values");
+        let as_numbers = SECRET
+            .bytes()
+            .map(|b| b.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        assert!(
+            !text.contains(&as_numbers[..12]),
+            "{name} has the secret as byte values"
+        );
     }
 }

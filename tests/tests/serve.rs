@@ -67,16 +67,16 @@ fn value(text: &str, sample: &str) -> Option<f64> {
         })
 }
 
-/// Scrapes until `sample` has `wanted`, then returns that scrape; fails with the last one.
-fn scrape_until(addr: &str, sample: &str, wanted: f64) -> String {
+/// Scrapes until every `(sample, value)` holds, then returns that scrape; fails with the last.
+fn scrape_until(addr: &str, wanted: &[(&str, f64)]) -> String {
     let deadline = Instant::now() + PATIENCE;
     loop {
         let text = scrape(addr);
-        if value(&text, sample) == Some(wanted) {
+        if wanted.iter().all(|(s, v)| value(&text, s) == Some(*v)) {
             return text;
         }
         if Instant::now() > deadline {
-            panic!("{sample} never became {wanted} within {PATIENCE:?}; last scrape:\n{text}");
+            panic!("{wanted:?} did not all hold within {PATIENCE:?}; last scrape:\n{text}");
         }
         thread::sleep(Duration::from_millis(50));
     }
@@ -153,7 +153,13 @@ fn metrics_follow_a_real_server_and_pass_promtool() {
         echo(client);
         echo(client);
     }
-    let busy = scrape_until(&addr, "drainwatch_connections{role=\"client\"}", 2.0);
+    let busy = scrape_until(
+        &addr,
+        &[
+            ("drainwatch_connections{role=\"client\"}", 2.0),
+            ("drainwatch_request_duration_seconds_count", 4.0),
+        ],
+    );
     promtool_check(&busy);
     for (sample, wanted) in [
         ("drainwatch_connections{role=\"listener\"}", 1.0),
@@ -188,14 +194,12 @@ fn metrics_follow_a_real_server_and_pass_promtool() {
     assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{buckets:?}");
 
     drop(clients);
-    let closed = scrape_until(&addr, "drainwatch_connections{role=\"client\"}", 0.0);
-    assert_eq!(
-        value(
-            &closed,
-            "drainwatch_connections_closed_total{role=\"client\"}"
-        ),
-        Some(2.0),
-        "{closed}"
+    let closed = scrape_until(
+        &addr,
+        &[
+            ("drainwatch_connections{role=\"client\"}", 0.0),
+            ("drainwatch_connections_closed_total{role=\"client\"}", 2.0),
+        ],
     );
     promtool_check(&closed);
 
@@ -232,13 +236,15 @@ fn several_pids_sigkill_is_counted_and_serve_ends_with_its_targets() {
     );
 
     signal_from_helper(libc::SIGKILL, killed.pid);
-    let after = scrape_until(&addr, "drainwatch_sigkills_total", 1.0);
+    let after = scrape_until(
+        &addr,
+        &[("drainwatch_sigkills_total", 1.0), (up(&a).as_str(), 0.0)],
+    );
     promtool_check(&after);
     assert_eq!(
         value(&after, "drainwatch_violations_total{kind=\"sigkill\"}"),
         Some(1.0)
     );
-    let after = scrape_until(&addr, &up(&a), 0.0);
     assert_eq!(value(&after, &up(&b)), Some(1.0), "{after}");
     assert_eq!(
         value(&after, "drainwatch_connections{role=\"listener\"}"),
@@ -357,4 +363,124 @@ fn completions_and_man_page_are_generated_from_the_command_line() {
     let bad = run_drainwatch(&["man", "restart"]);
     assert_eq!(bad.code, 2, "{bad:?}");
     assert!(bad.stderr.contains("use one of"), "{}", bad.stderr);
+}
+
+/// The documentation of serve and of the fleet, relative to the workspace.
+const DOCS: [&str; 4] = [
+    "docs/observability.md",
+    "docs/fleet/README.md",
+    "docs/fleet/rolling-restart.yml",
+    "README.md",
+];
+
+fn workspace_file(path: &str) -> String {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    std::fs::read_to_string(root.join(path)).unwrap_or_else(|e| panic!("read {path}: {e}"))
+}
+
+/// The `--flags` that `drainwatch SUBCOMMAND --help` lists.
+fn flags_of(subcommand: &str) -> Vec<String> {
+    let help = run_drainwatch(&[subcommand, "--help"]);
+    assert_eq!(help.code, 0, "{help:?}");
+    help.stdout
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+        .filter(|w| w.starts_with("--") && w.len() > 2)
+        .map(str::to_string)
+        .collect()
+}
+
+/// Every `drainwatch SUBCOMMAND ... --flag` written in the docs (`{{ drainwatch }}` in the
+/// playbook) uses a subcommand and flags that exist; a typo in an example fails here.
+#[test]
+fn docs_use_only_subcommands_and_flags_the_cli_has() {
+    let subcommands = [
+        "check",
+        "watch",
+        "wait",
+        "stop",
+        "audit",
+        "serve",
+        "completions",
+        "man",
+    ];
+    let mut checked = 0;
+    let mut problems = Vec::new();
+    for path in DOCS {
+        let text = workspace_file(path);
+        for line in text.lines() {
+            let line = line.replace("{{ drainwatch }}", "drainwatch");
+            let mut rest = line.as_str();
+            while let Some(at) = rest.find("drainwatch ") {
+                rest = &rest[at + "drainwatch ".len()..];
+                let words: Vec<&str> = rest
+                    .split(|c: char| c.is_whitespace() || c == '`')
+                    .take_while(|w| !w.is_empty() && *w != "|" && *w != ">")
+                    .collect();
+                let Some(sub) = words.first().copied() else {
+                    continue;
+                };
+                if !subcommands.contains(&sub) {
+                    continue;
+                }
+                let known = flags_of(sub);
+                for flag in words.iter().filter(|w| w.starts_with("--")) {
+                    let flag = flag.split('=').next().unwrap();
+                    checked += 1;
+                    if !known.iter().any(|k| k == flag) {
+                        problems.push(format!("{path}: `drainwatch {sub}` has no {flag}: {line}"));
+                    }
+                }
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    assert!(checked > 10, "only {checked} flags found in the docs");
+
+    // The DaemonSet passes serve's arguments as a YAML list.
+    let observability = workspace_file("docs/observability.md");
+    let args: Vec<&str> = observability
+        .lines()
+        .skip_while(|l| l.trim() != "args:")
+        .skip(1)
+        .map_while(|l| l.trim().strip_prefix("- "))
+        .map(|a| a.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(args.first(), Some(&"serve"), "{args:?}");
+    let serve_flags = flags_of("serve");
+    for flag in args.iter().filter(|a| a.starts_with("--")) {
+        assert!(
+            serve_flags.iter().any(|k| k == flag),
+            "DaemonSet: serve has no {flag}"
+        );
+    }
+}
+
+/// The alerting and recording rules in docs/observability.md pass `promtool check rules`.
+#[test]
+fn documented_alerting_rules_pass_promtool() {
+    let text = workspace_file("docs/observability.md");
+    let rules = text
+        .split("```yaml\n")
+        .skip(1)
+        .map(|block| block.split("```").next().unwrap())
+        .find(|block| block.starts_with("# drainwatch-rules.yml"))
+        .expect("a ```yaml block starting with `# drainwatch-rules.yml`");
+    let dir = TempDir::new("rules");
+    let path = dir.path("drainwatch-rules.yml");
+    std::fs::write(&path, rules).unwrap();
+    let out = Command::new("promtool")
+        .args(["check", "rules", &path])
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run promtool ({e}): install the Debian package `prometheus` \
+                 (`cargo xtask setup` does)"
+            )
+        });
+    assert!(
+        out.status.success(),
+        "promtool check rules: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
