@@ -278,7 +278,15 @@ impl Probe {
                 failures.push(format!("{category}:{program}: {err}"));
             }
         }
-        log::debug!("probe loaded and attached in {:?}", started.elapsed());
+        // Not "attached": tools and tests wait for the "drainwatch: attached to ..." line,
+        // which comes after the targets and their existing connections are tracked (see
+        // `Session::attach`). A debug line saying "attached" here, before any of that, let
+        // them send traffic too early: a pre-existing db connection's queries went unseen.
+        log::debug!(
+            "probe loaded, {} tracepoint links up in {:?}; targets not yet tracked",
+            links.len(),
+            started.elapsed()
+        );
         let events = ebpf
             .take_map(map_names::EVENTS)
             .ok_or_else(|| Error::Load("no EVENTS map in the object".into()))?;

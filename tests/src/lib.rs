@@ -161,7 +161,8 @@ impl Drainwatch {
     /// Starts `drainwatch ARGS...` and waits until it says it attached.
     pub fn attach(args: &[&str]) -> Self {
         let mut run = Self::spawn(args);
-        run.wait_for_stderr("attached");
+        // The readiness line itself: a debug line (-v) may mention attaching earlier.
+        run.wait_for_stderr("drainwatch: attached to");
         run
     }
 

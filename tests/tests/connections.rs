@@ -50,10 +50,22 @@ impl Frames {
     }
 }
 
-/// One quiescent comparison: drainwatch's counts equal the fixture's.
+/// One quiescent comparison: drainwatch's counts equal the fixture's. The fixture counts a
+/// transaction open just before it sends BEGIN, so the first frame may still show that BEGIN
+/// (or the first write) in flight: frames are read until the queries rest, for a while.
 fn compare(frames: &Frames, game: &GameServer, mismatches: &mut Vec<String>, label: &str) {
     let truth = game.truth();
-    let frame = frames.fresh();
+    let mut frame = frames.fresh();
+    for _ in 0..50 {
+        if frame["queries_in_flight"] == 0 {
+            break;
+        }
+        frame = frames.fresh();
+    }
+    assert_eq!(
+        frame["queries_in_flight"], 0,
+        "{label}: queries rest during the pause: {frame}"
+    );
     let seen = (
         frame["requests_in_flight"].as_u64().unwrap(),
         frame["transactions_open"].as_array().unwrap().len() as u64,
@@ -70,10 +82,6 @@ fn compare(frames: &Frames, game: &GameServer, mismatches: &mut Vec<String>, lab
             "{label}: drainwatch {seen:?} fixture {wanted:?}: {frame}"
         ));
     }
-    assert_eq!(
-        frame["queries_in_flight"], 0,
-        "{label}: queries rest during the pause: {frame}"
-    );
 }
 
 /// Attach to a server whose pool is already connected: the connections are counted from the
@@ -192,10 +200,10 @@ fn kill_nine_mid_transaction(db: &dyn Database) {
         "{leak}"
     );
     let cut = violations(&report, "inflight_at_exit")[0];
-    assert_eq!(
-        (cut["requests"].as_u64(), cut["queries"].as_u64()),
-        (Some(1), Some(0))
-    );
+    assert_eq!(cut["requests"], 1, "{report:#}");
+    // The fixture counts the transaction open just before it sends BEGIN, so the kill can
+    // land while BEGIN or the first write is still waiting for its answer (then 1 query).
+    assert!(cut["queries"].as_u64().unwrap() <= 1, "{report:#}");
     assert!(done.stdout.contains("cut in half"), "{}", done.stdout);
 }
 
@@ -254,4 +262,34 @@ fn mariadb_graceful_stop_is_clean() {
 #[test]
 fn redis_graceful_stop_is_clean() {
     graceful_stop_is_clean(&RedisServer::start());
+}
+
+/// A request sent the moment drainwatch says it attached, on a database connection from
+/// before attach, is seen (regression). At `-v`, the probe loader's debug line used to say
+/// "probe loaded and attached" before the targets and their existing connections were
+/// tracked; anything waiting for "attached" (this harness, scripts) then sent traffic in
+/// that gap, and the pre-existing db connection's queries and transaction went unseen.
+#[test]
+fn postgres_request_right_after_attach_on_a_connection_from_before() {
+    require_root();
+    let db = PgServer::start();
+    let game = GameServer::start(&db, &["--pool", "1"]);
+    // `-v` is the point: the debug output is where the early "attached" came from.
+    let frames = Frames::watch(game.pid, &["-v"]);
+    // No delay: the request follows "attached" at once.
+    let pending = game.send_request("right-after-attach", PAUSE_MS);
+    game.wait_truth("the request inside its transaction", |t| {
+        t.requests_in_flight == 1 && t.transactions_open == 1
+    });
+    let mut mismatches = Vec::new();
+    compare(
+        &frames,
+        &game,
+        &mut mismatches,
+        "in flight right after attach",
+    );
+    assert!(pending.reply().starts_with("done"));
+    game.wait_truth("idle", |t| t.requests_in_flight == 0);
+    compare(&frames, &game, &mut mismatches, "idle after it");
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
 }

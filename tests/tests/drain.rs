@@ -161,8 +161,10 @@ fn wait_returns_after_the_last_request_completes_never_before() {
             ms(completed - returned)
         );
         let late = ms(returned - completed);
+        // Precision is measured by `cargo xtask bench` on a quiet machine; under a loaded
+        // test run this only bounds it.
         assert!(
-            late <= (QUIET_MS + 150) as f64,
+            late <= (QUIET_MS + 500) as f64,
             "wait returned {late:.1}ms after completion"
         );
         let report: Value = serde_json::from_str(&verdict_line).unwrap();

@@ -78,8 +78,3 @@ fn an_unwritable_report_path_is_found_before_the_run() {
         "cannot write report file /nonexistent-dir/report.json",
     );
 }
-
-#[test]
-fn subcommands_not_built_yet_say_so() {
-    assert_usage_error(&["serve", "--pid", "1"], "not built yet");
-}

@@ -148,6 +148,8 @@ fn cargo_test(test_args: &[OsString], tally: &mut Tally) -> Result<()> {
     cmd.env("DRAINWATCH_BIN", &drainwatch)
         .env("DW_FIXTURE_BIN", &fixture)
         .arg("test")
+        // Every test binary runs even after one fails: one CI log shows every failure.
+        .arg("--no-fail-fast")
         .args(WORKSPACE)
         .args(test_args)
         .stdout(Stdio::piped());

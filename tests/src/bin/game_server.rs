@@ -23,8 +23,9 @@
 //!   see half a file) by one JSON object:
 //!   `{"pid":P,"requests_in_flight":N,"transactions_open":N,"db_connections_open":N,
 //!   "completed":N,"last_completion_mono_ns":NS}`. A request is in flight from reading its
-//!   line until its reply is written; a transaction is open from sending BEGIN/START
-//!   TRANSACTION/MULTI until COMMIT/EXEC is answered; `last_completion_mono_ns` is
+//!   line until its reply is written; a transaction counts as open from the moment write A
+//!   was answered (inside BEGIN/START TRANSACTION/MULTI, just before the pause) until
+//!   COMMIT/EXEC is answered, so that a test that sees it is inside the pause; `last_completion_mono_ns` is
 //!   CLOCK_MONOTONIC after the last reply was written (0 before the first), the clock of the
 //!   kernel's bpf_ktime_get_ns.
 //!
@@ -228,9 +229,14 @@ fn handle(line: &str, shared: &Shared) -> String {
                 Some(Err(_)) => return format!("error {name} bad pause\n"),
             };
             let mut conn = shared.pool.take();
-            shared.truth.update(|t| t.transactions_open += 1);
-            let result = conn.two_writes(name, pause);
-            shared.truth.update(|t| t.transactions_open -= 1);
+            let mut opened = false;
+            let result = conn.two_writes(name, pause, || {
+                opened = true;
+                shared.truth.update(|t| t.transactions_open += 1);
+            });
+            if opened {
+                shared.truth.update(|t| t.transactions_open -= 1);
+            }
             shared.pool.put(conn);
             match result {
                 Ok(()) => format!("done {name}\n"),

@@ -83,13 +83,22 @@ impl Conn {
         }
     }
 
-    /// The two writes with `pause` between them, inside one transaction.
-    pub fn two_writes(&mut self, op: &str, pause: Duration) -> Result<(), String> {
+    /// The two writes with `pause` between them, inside one transaction. `in_pause` runs once
+    /// the transaction is open and write A is done (the database said so), right before the
+    /// pause: the ground truth's "transaction open" counts from there, so that a test that
+    /// sees it can rely on being inside the pause.
+    pub fn two_writes(
+        &mut self,
+        op: &str,
+        pause: Duration,
+        in_pause: impl FnOnce(),
+    ) -> Result<(), String> {
         match self {
             Conn::Pg(client) => {
                 let mut tx = client.transaction().map_err(why)?;
                 tx.execute("INSERT INTO ledger(op, step) VALUES ($1, 'A')", &[&op])
                     .map_err(why)?;
+                in_pause();
                 thread::sleep(pause);
                 tx.execute("INSERT INTO ledger(op, step) VALUES ($1, 'B')", &[&op])
                     .map_err(why)?;
@@ -101,6 +110,7 @@ impl Conn {
                     .map_err(why)?;
                 tx.exec_drop("INSERT INTO ledger(op, step) VALUES (?, 'A')", (op,))
                     .map_err(why)?;
+                in_pause();
                 thread::sleep(pause);
                 tx.exec_drop("INSERT INTO ledger(op, step) VALUES (?, 'B')", (op,))
                     .map_err(why)?;
@@ -111,6 +121,7 @@ impl Conn {
                 redis::cmd("MULTI").query::<()>(conn).map_err(why)?;
                 let queued = (|| {
                     redis::cmd("RPUSH").arg(&key).arg("A").query::<()>(conn)?;
+                    in_pause();
                     thread::sleep(pause);
                     redis::cmd("RPUSH").arg(&key).arg("B").query::<()>(conn)
                 })();
