@@ -40,7 +40,7 @@ enum Task {
     },
     /// Audit a graceful restart and a `kill -9` of the bundled sample server.
     Demo,
-    /// Benchmarks (numbers, not a test): writes target/bench/results.json.
+    /// Benchmarks (numbers, not a test): writes target/bench/results.json (see docs/bench.md).
     Bench {
         /// Runs of the drain-verdict latency benchmark.
         #[arg(long, default_value_t = 50)]
@@ -59,6 +59,7 @@ fn bench(runs: u32) -> anyhow::Result<()> {
         .env("DRAINWATCH_BIN", compile::binary("release", "drainwatch"))
         .env("DW_FIXTURE_BIN", compile::binary("release", "dw-fixture"))
         .env("DW_GAME_BIN", compile::binary("release", "dw-game"))
+        .env("DW_LOAD_BIN", compile::binary("release", "dw-load"))
         .current_dir(exec::workspace_root());
     exec::run(&mut cmd)
 }

@@ -37,6 +37,9 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "mariadb-server",
     "redis-server",
     "prometheus",
+    // `cargo xtask bench` compares drainwatch with the tools SREs use today.
+    "bpftrace",
+    "strace",
 ];
 
 /// Where aya looks for tracepoint ids; either one is enough.

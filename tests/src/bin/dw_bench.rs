@@ -1,27 +1,72 @@
 //! `dw-bench`: the benchmarks behind `cargo xtask bench` (not a test: numbers, not
-//! pass/fail). Today: the drain verdict's latency and its early verdicts, measured against
-//! the fixture game server's own completion timestamps on a private PostgreSQL.
+//! pass/fail). Needs root (it loads probes and reads kernel BPF stats).
 //!
-//! Each run: a request with a pause is in flight; `drainwatch wait` attaches (so it never
-//! saw the request start) and must print `drained` after the request's last byte went out.
-//! latency = verdict line read - completion - quiet window. early = verdict before completion.
+//! `dw-bench [all|verdict|throughput|rss] [--runs 50] [--rounds 4] [--trial-secs 5]
+//!  [--rss-conns 10000] [--out target/bench/results.json]`
+//!
+//! - verdict: the drain verdict's latency and early verdicts (see `dw_bench/verdict.rs`);
+//! - throughput: overhead, bpftrace/strace comparison, bystander, BPF stats per program,
+//!   lost events (see `dw_bench/throughput.rs`);
+//! - rss: drainwatch's peak RSS with many tracked connections (see `dw_bench/rss.rs`).
+//!
+//! Prints a Markdown table (also written beside the JSON as `results.md`).
 
-use std::{io::Write, path::PathBuf};
+#[path = "dw_bench/rss.rs"]
+mod rss;
+#[path = "dw_bench/throughput.rs"]
+mod throughput;
+#[path = "dw_bench/tracer.rs"]
+mod tracer;
+#[path = "dw_bench/verdict.rs"]
+mod verdict;
 
-use drainwatch_tests::{
-    db::PgServer,
-    game::{mono_ns, GameServer},
-    Drainwatch,
-};
+use std::{fmt::Display, io::Write, path::PathBuf, time::Instant};
 
-const QUIET_MS: u64 = 100;
-
-fn percentile(sorted: &[f64], q: f64) -> f64 {
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
     let at = ((sorted.len() as f64 - 1.0) * q).round() as usize;
     sorted[at.min(sorted.len() - 1)]
+}
+
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+/// The results table, printed as Markdown.
+#[derive(Default)]
+pub struct Table {
+    rows: Vec<[String; 3]>,
+}
+
+impl Table {
+    pub fn row(&mut self, metric: &str, value: impl Display, goal: &str) {
+        self.rows
+            .push([metric.to_string(), value.to_string(), goal.to_string()]);
+    }
+
+    fn markdown(&self) -> String {
+        let mut out = String::from("| metric | value | goal |\n|---|---|---|\n");
+        for [metric, value, goal] in &self.rows {
+            out.push_str(&format!("| {metric} | {value} | {goal} |\n"));
+        }
+        out
+    }
+}
+
+fn command_line(cmd: &str, args: &[&str]) -> String {
+    std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
 }
 
 fn main() {
@@ -31,69 +76,61 @@ fn main() {
             .position(|a| a == name)
             .and_then(|i| args.get(i + 1).cloned())
     };
-    let runs: usize = flag("--runs").and_then(|r| r.parse().ok()).unwrap_or(50);
+    let num = |name: &str, default: u64| -> u64 {
+        flag(name).and_then(|r| r.parse().ok()).unwrap_or(default)
+    };
+    let section = args
+        .first()
+        .filter(|a| !a.starts_with("--"))
+        .cloned()
+        .unwrap_or_else(|| "all".into());
+    let runs = num("--runs", 50) as usize;
+    let rounds = num("--rounds", 4).max(1) as usize;
+    let secs = num("--trial-secs", 5).clamp(1, 60);
+    let rss_conns = num("--rss-conns", 10_000) as usize;
     let out = PathBuf::from(flag("--out").unwrap_or_else(|| "target/bench/results.json".into()));
+    let all = section == "all";
 
-    eprintln!("dw-bench: starting a private PostgreSQL and the fixture game server");
-    let db = PgServer::start();
-    let game = GameServer::start(&db, &["--pool", "2"]);
-    let pid = game.pid.to_string();
-    let quiet = format!("{QUIET_MS}ms");
-    let mut latencies = Vec::new();
-    let mut early = 0usize;
-    let mut not_in_flight_at_attach = 0usize;
-    for run in 0..runs {
-        let pending = game.send_request(&format!("b{run}"), 1_500);
-        game.wait_truth("in flight", |t| t.requests_in_flight == 1);
-        let mut wait = Drainwatch::attach(&["wait", "--pid", &pid, "--json", "--quiet", &quiet]);
-        if game.truth().requests_in_flight == 0 {
-            // Attaching took longer than the request: nothing to measure in this run.
-            not_in_flight_at_attach += 1;
+    let started = Instant::now();
+    let mut table = Table::default();
+    let mut json = serde_json::Map::new();
+    let mut merge = |value: serde_json::Value| {
+        if let serde_json::Value::Object(map) = value {
+            json.extend(map);
         }
-        let lines = wait.stdout_lines();
-        let verdict = lines.iter().find(|l| l.contains("drainwatch.report/v1"));
-        let seen = mono_ns();
-        assert!(verdict.is_some(), "wait printed no report");
-        assert!(pending.reply().starts_with("done"));
-        let completed = game.truth().last_completion_mono_ns;
-        if seen < completed {
-            early += 1;
-        }
-        let latency = (seen as f64 - completed as f64) / 1e6 - QUIET_MS as f64;
-        latencies.push(latency);
-        eprint!(
-            "\rdw-bench: verdict latency run {}/{runs}: {latency:+.2} ms   ",
-            run + 1
-        );
-        // The probe comes down before the next run: a teardown holds the kernel's trace
-        // event lock for about a second and would slow the next attach.
-        drop(wait.finish());
+    };
+    if all || section == "throughput" {
+        merge(throughput::run(rounds, secs, &mut table));
     }
-    eprintln!();
-    latencies.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
-    let (p50, p99, max) = (
-        percentile(&latencies, 0.50),
-        percentile(&latencies, 0.99),
-        latencies.last().copied().unwrap_or(f64::NAN),
+    if all || section == "rss" {
+        merge(rss::run(rss_conns, &mut table));
+    }
+    if all || section == "verdict" {
+        merge(verdict::run(runs, &mut table));
+    }
+    let machine = format!(
+        "{} ({} CPUs, kernel {})",
+        command_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        command_line("nproc", &[]),
+        command_line("uname", &["-r"]),
     );
-    println!("| metric | value | goal |");
-    println!("|---|---|---|");
-    println!("| verdict_latency_ms p50 (after completion + quiet {QUIET_MS}ms) | {p50:.2} | |");
-    println!("| verdict_latency_ms p99 | {p99:.2} | <= 5 |");
-    println!("| verdict_latency_ms max | {max:.2} | |");
-    println!("| early_verdicts ({runs} runs) | {early} | 0 |");
-    println!("| runs where the request ended before attach | {not_in_flight_at_attach} | 0 |");
-    let json = serde_json::json!({
-        "quiet_ms": QUIET_MS,
-        "runs": runs,
-        "verdict_latency_ms": {"p50": p50, "p99": p99, "max": max},
-        "early_verdicts": early,
-        "runs_not_in_flight_at_attach": not_in_flight_at_attach,
-    });
+    json.insert("machine".into(), machine.clone().into());
+    json.insert(
+        "bench_secs".into(),
+        (started.elapsed().as_secs_f64().round()).into(),
+    );
+    let text = format!(
+        "dw-bench {machine}, {:.0} s\n\n{}",
+        started.elapsed().as_secs_f64(),
+        table.markdown()
+    );
+    println!("{text}");
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir).expect("create the results directory");
     }
     let mut file = std::fs::File::create(&out).expect("create results.json");
+    let json = serde_json::Value::Object(json);
     writeln!(file, "{}", serde_json::to_string_pretty(&json).unwrap()).unwrap();
+    std::fs::write(out.with_extension("md"), text).expect("write results.md");
     eprintln!("dw-bench: wrote {}", out.display());
 }

@@ -1,0 +1,367 @@
+//! Throughput of a saturated loopback echo server (`dw-fixture server`, 64-byte ping-pong
+//! from `dw-load`), untraced and traced, A/B interleaved over rounds; kernel BPF stats per
+//! program; lost events at a higher connection count.
+
+use std::{collections::BTreeMap, path::Path, thread, time::Duration};
+
+use drainwatch_tests::Server;
+use serde_json::{json, Value};
+
+use crate::{
+    median,
+    tracer::{pingpong, Tracer},
+    Table,
+};
+
+/// Connections of the overhead trials.
+const CONNS: usize = 8;
+/// Connections of the lost-events trial.
+const HIGH_CONNS: usize = 64;
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Config {
+    /// Server A, nothing attached.
+    Untraced,
+    /// Server A under `drainwatch watch --pid A`.
+    Drainwatch,
+    Bpftrace,
+    Strace,
+    /// Server B, nothing attached.
+    BystanderAlone,
+    /// Server B while drainwatch watches server A.
+    BystanderBeside,
+}
+
+impl Config {
+    const ALL: [Config; 6] = [
+        Config::Untraced,
+        Config::Drainwatch,
+        Config::Bpftrace,
+        Config::Strace,
+        Config::BystanderAlone,
+        Config::BystanderBeside,
+    ];
+
+    fn key(self) -> &'static str {
+        match self {
+            Config::Untraced => "untraced",
+            Config::Drainwatch => "drainwatch",
+            Config::Bpftrace => "bpftrace",
+            Config::Strace => "strace",
+            Config::BystanderAlone => "bystander_alone",
+            Config::BystanderBeside => "bystander_beside_drainwatch",
+        }
+    }
+}
+
+fn trial(config: Config, a: &Server, b: &Server, secs: u64) -> f64 {
+    let tracer = match config {
+        Config::Untraced | Config::BystanderAlone => None,
+        Config::Drainwatch | Config::BystanderBeside => Some(Tracer::drainwatch(a.pid, false)),
+        Config::Bpftrace => Some(Tracer::bpftrace(a.pid)),
+        Config::Strace => Some(Tracer::strace(a.pid)),
+    };
+    let port = match config {
+        Config::BystanderAlone | Config::BystanderBeside => b.port,
+        _ => a.port,
+    };
+    // Let the attach settle (drainwatch's first /proc scan, bpftrace's map setup).
+    thread::sleep(Duration::from_millis(300));
+    let rps = pingpong(port, CONNS, secs);
+    if let Some(tracer) = tracer {
+        tracer.stop();
+    }
+    // A probe teardown keeps the kernel busy for a moment; keep it out of the next trial.
+    thread::sleep(Duration::from_millis(500));
+    rps
+}
+
+/// Programs whose fds `pid` holds (from /proc/PID/fdinfo: `prog_id:`).
+fn prog_ids(pid: u32) -> Vec<u64> {
+    let mut ids = Vec::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return ids;
+    };
+    for entry in dir.flatten() {
+        if let Ok(text) = std::fs::read_to_string(entry.path()) {
+            for line in text.lines() {
+                if let Some(id) = line.strip_prefix("prog_id:") {
+                    if let Ok(id) = id.trim().parse() {
+                        ids.push(id);
+                    }
+                }
+            }
+        }
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// (name, run_time_ns, run_cnt) of each program in `ids`, from `bpftool prog show --json`.
+fn prog_stats(ids: &[u64]) -> BTreeMap<u64, (String, u64, u64)> {
+    let out = std::process::Command::new("bpftool")
+        .args(["prog", "show", "--json"])
+        .output()
+        .expect("run bpftool");
+    let all: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    let mut stats = BTreeMap::new();
+    for prog in all.as_array().into_iter().flatten() {
+        let id = prog["id"].as_u64().unwrap_or(0);
+        if ids.contains(&id) {
+            stats.insert(
+                id,
+                (
+                    prog["name"].as_str().unwrap_or("?").to_string(),
+                    prog["run_time_ns"].as_u64().unwrap_or(0),
+                    prog["run_cnt"].as_u64().unwrap_or(0),
+                ),
+            );
+        }
+    }
+    stats
+}
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+/// Per-program ns per hit while `tracer` traces a loaded server, and hits per second.
+fn per_hit(tracer: &Tracer, port: u16, secs: u64) -> (f64, BTreeMap<String, Value>, u64) {
+    let ids = prog_ids(tracer.pid());
+    let before = prog_stats(&ids);
+    let rps = pingpong(port, CONNS, secs);
+    let after = prog_stats(&ids);
+    let mut per_hit = BTreeMap::new();
+    let mut hits = 0;
+    for (id, (name, ns, cnt)) in &after {
+        let (_, ns0, cnt0) = before.get(id).cloned().unwrap_or_default();
+        let (ns, cnt) = (ns - ns0, cnt - cnt0);
+        if cnt == 0 {
+            continue;
+        }
+        hits += cnt;
+        let key = if per_hit.contains_key(name) {
+            format!("{name}#{id}")
+        } else {
+            name.clone()
+        };
+        per_hit.insert(key, json!((ns as f64 / cnt as f64 * 10.0).round() / 10.0));
+    }
+    (rps, per_hit, hits / secs.max(1))
+}
+
+/// The last `watch --json` frame's `events` object.
+fn last_events(lines: &[String]) -> Value {
+    lines
+        .iter()
+        .rev()
+        .find_map(|l| {
+            serde_json::from_str::<Value>(l)
+                .ok()
+                .filter(|v| v["events"].is_object())
+        })
+        .map(|v| {
+            let mut events = v["events"].clone();
+            events["at_ms"] = v["at_ms"].clone();
+            events
+        })
+        .unwrap_or(Value::Null)
+}
+
+/// Events per second (received + lost) from a final frame.
+fn event_rate(events: &Value) -> f64 {
+    let total = events["received"].as_u64().unwrap_or(0) + events["lost"].as_u64().unwrap_or(0);
+    total as f64 / (events["at_ms"].as_f64().unwrap_or(1.0) / 1000.0).max(0.001)
+}
+
+fn loss(base: f64, traced: f64) -> f64 {
+    (base - traced) / base
+}
+
+pub fn run(rounds: usize, secs: u64, table: &mut Table) -> Value {
+    let bpftrace = Path::new("/usr/bin/bpftrace").exists()
+        || std::process::Command::new("bpftrace")
+            .arg("--version")
+            .output()
+            .is_ok();
+    let strace = std::process::Command::new("strace")
+        .arg("-V")
+        .output()
+        .is_ok();
+    let a = Server::start(&[]);
+    let b = Server::start(&[]);
+    let mut samples: BTreeMap<Config, Vec<f64>> = BTreeMap::new();
+    for round in 0..rounds {
+        // Rotate the order each round, so no configuration always runs first or last.
+        for i in 0..Config::ALL.len() {
+            let config = Config::ALL[(i + round) % Config::ALL.len()];
+            if (config == Config::Bpftrace && !bpftrace) || (config == Config::Strace && !strace) {
+                continue;
+            }
+            let rps = trial(config, &a, &b, secs);
+            eprintln!(
+                "dw-bench: round {}/{rounds} {:<28} {rps:>10.0} req/s",
+                round + 1,
+                config.key()
+            );
+            samples.entry(config).or_default().push(rps);
+        }
+    }
+    let med = |c: Config| samples.get(&c).map(|v| median(v)).unwrap_or(f64::NAN);
+    let base = med(Config::Untraced);
+    let overhead_ratio = med(Config::Drainwatch) / base;
+    let dw_loss = loss(base, med(Config::Drainwatch));
+    let bpftrace_loss = loss(base, med(Config::Bpftrace));
+    let strace_loss = loss(base, med(Config::Strace));
+    let bystander_ratio = med(Config::BystanderBeside) / med(Config::BystanderAlone);
+    // Per round too: each traced trial against the same round's untraced one.
+    let per_round = |c: Config, against: Config| -> Vec<f64> {
+        let (x, y) = (&samples[&c], &samples[&against]);
+        x.iter().zip(y).map(|(x, y)| x / y).collect()
+    };
+
+    // Kernel BPF stats, in a trial of their own: enabling them costs every program a
+    // little, which the overhead trials above must not pay.
+    eprintln!("dw-bench: BPF stats trial (kernel.bpf_stats_enabled=1)");
+    let stats_before = std::fs::read_to_string(BPF_STATS).unwrap_or_else(|_| "0".into());
+    std::fs::write(BPF_STATS, "1").expect("enable kernel.bpf_stats_enabled");
+    let mut dw = Tracer::drainwatch(a.pid, true);
+    thread::sleep(Duration::from_millis(300));
+    let (stats_rps, per_hit_ns, hits_per_s) = per_hit(&dw, a.port, secs);
+    dw.poll();
+    let overhead_events = last_events(&dw.stop());
+    let mut bpftrace_per_hit = BTreeMap::new();
+    if bpftrace {
+        thread::sleep(Duration::from_millis(500));
+        let bt = Tracer::bpftrace(a.pid);
+        thread::sleep(Duration::from_millis(300));
+        bpftrace_per_hit = per_hit(&bt, a.port, secs).1;
+        bt.stop();
+    }
+    std::fs::write(BPF_STATS, stats_before.trim()).expect("restore kernel.bpf_stats_enabled");
+    thread::sleep(Duration::from_millis(500));
+
+    // Lost events with as many loaded connections as the bench runs.
+    eprintln!("dw-bench: lost-events trial ({HIGH_CONNS} connections)");
+    let dw = Tracer::drainwatch(a.pid, true);
+    thread::sleep(Duration::from_millis(300));
+    let high_rps = pingpong(a.port, HIGH_CONNS, secs);
+    // One more frame after the load, so the last one counts everything.
+    thread::sleep(Duration::from_millis(1_100));
+    let high_events = last_events(&dw.stop());
+    let events_lost = high_events["lost"].as_u64().unwrap_or(u64::MAX);
+    let rate_ratio = event_rate(&high_events) / event_rate(&overhead_events);
+
+    let fmt_list = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.3}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    table.row(
+        &format!("untraced req/s (median of {rounds}, {CONNS} conns, {secs}s)"),
+        format!("{base:.0}"),
+        "",
+    );
+    table.row(
+        "overhead_ratio (drainwatch ÷ untraced)",
+        format!(
+            "{overhead_ratio:.3} (rounds: {})",
+            fmt_list(&per_round(Config::Drainwatch, Config::Untraced))
+        ),
+        ">= 0.97",
+    );
+    table.row(
+        "throughput loss: drainwatch / bpftrace / strace",
+        format!(
+            "{:.1}% / {:.1}% / {:.1}%",
+            dw_loss * 100.0,
+            bpftrace_loss * 100.0,
+            strace_loss * 100.0
+        ),
+        "",
+    );
+    table.row(
+        "vs_bpftrace (loss ÷ bpftrace's loss)",
+        format!("{:.2}", dw_loss / bpftrace_loss),
+        "<= 0.5",
+    );
+    table.row(
+        "vs_strace (loss ÷ strace's loss)",
+        format!("{:.3}", dw_loss / strace_loss),
+        "",
+    );
+    table.row(
+        "bystander_ratio",
+        format!(
+            "{bystander_ratio:.3} (rounds: {})",
+            fmt_list(&per_round(Config::BystanderBeside, Config::BystanderAlone))
+        ),
+        ">= 0.995",
+    );
+    let per_hit_text = |m: &BTreeMap<String, Value>| {
+        m.iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    table.row(
+        &format!("per_hit_ns (stats trial: {stats_rps:.0} req/s, {hits_per_s} hits/s)"),
+        per_hit_text(&per_hit_ns),
+        "low",
+    );
+    if bpftrace {
+        table.row(
+            "bpftrace per_hit_ns (same load)",
+            per_hit_text(&bpftrace_per_hit),
+            "",
+        );
+    }
+    table.row(
+        &format!("events lost at {CONNS} conns (received)"),
+        format!(
+            "{} ({})",
+            overhead_events["lost"], overhead_events["received"]
+        ),
+        "",
+    );
+    table.row(
+        &format!(
+            "events_lost at {HIGH_CONNS} conns ({high_rps:.0} req/s, {rate_ratio:.2}x the event rate)"
+        ),
+        format!("{} (received {})", high_events["lost"], high_events["received"]),
+        "0 at 10x",
+    );
+    let samples_json: BTreeMap<&str, &Vec<f64>> =
+        samples.iter().map(|(c, v)| (c.key(), v)).collect();
+    json!({
+        "overhead_ratio": overhead_ratio,
+        "vs_bpftrace": dw_loss / bpftrace_loss,
+        "vs_strace": dw_loss / strace_loss,
+        "bystander_ratio": bystander_ratio,
+        "per_hit_ns": per_hit_ns,
+        "events_lost": events_lost,
+        "throughput": {
+            "rounds": rounds,
+            "trial_secs": secs,
+            "conns": CONNS,
+            "payload_bytes": 64,
+            "median_rps": samples.keys().map(|c| (c.key(), med(*c))).collect::<BTreeMap<_, _>>(),
+            "samples_rps": samples_json,
+            "loss": {"drainwatch": dw_loss, "bpftrace": bpftrace_loss, "strace": strace_loss},
+            "overhead_ratio_per_round": per_round(Config::Drainwatch, Config::Untraced),
+            "bystander_ratio_per_round": per_round(Config::BystanderBeside, Config::BystanderAlone),
+        },
+        "bpf_stats": {
+            "rps_with_stats": stats_rps,
+            "probe_hits_per_s": hits_per_s,
+            "bpftrace_per_hit_ns": bpftrace_per_hit,
+        },
+        "events": {
+            "overhead_load": overhead_events,
+            "high_load": high_events,
+            "high_load_conns": HIGH_CONNS,
+            "high_load_rps": high_rps,
+            "high_load_event_rate_ratio": rate_ratio,
+        },
+    })
+}
