@@ -125,6 +125,8 @@ pub struct Session {
     /// The pid of a command launched with `-- CMD`.
     pub launched: Option<u32>,
     end: EndWhen,
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
 }
 
 /// When [`Session::follow`] ends by itself.
@@ -165,6 +167,13 @@ impl Session {
     /// attached before any target is added: from the moment a pid is in the map, every event
     /// about it is seen.
     pub fn attach(targets: &AuditTargets, common: &Common) -> Result<Self> {
+        // Ctrl-C and SIGTERM are caught from here on, before anything is attached or
+        // announced: one that arrives while attaching ends the run with a partial report
+        // at the first turn of the loop, instead of killing drainwatch mid-way.
+        let interrupt = tokio::signal::unix::signal(SignalKind::interrupt())
+            .map_err(|e| Error::Load(format!("cannot handle SIGINT: {e}")))?;
+        let terminate = tokio::signal::unix::signal(SignalKind::terminate())
+            .map_err(|e| Error::Load(format!("cannot handle SIGTERM: {e}")))?;
         // Privileges first: without them tracefs cannot be read or mounted either, and the
         // fix to tell is "run as root".
         probe::check_privileges()?;
@@ -216,6 +225,8 @@ impl Session {
             },
             launched,
             end,
+            interrupt,
+            terminate,
         })
     }
 
@@ -267,10 +278,6 @@ impl Session {
             .map_err(|e| Error::Load(format!("cannot poll the ring buffer: {e}")))?;
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut interrupt = tokio::signal::unix::signal(SignalKind::interrupt())
-            .map_err(|e| Error::Load(format!("cannot handle SIGINT: {e}")))?;
-        let mut terminate = tokio::signal::unix::signal(SignalKind::terminate())
-            .map_err(|e| Error::Load(format!("cannot handle SIGTERM: {e}")))?;
         let ended = loop {
             if self.targets_done() {
                 break match self.end {
@@ -292,8 +299,8 @@ impl Session {
                     self.drain();
                     on_tick(self);
                 }
-                _ = interrupt.recv() => break EndedBy::Interrupted,
-                _ = terminate.recv() => break EndedBy::Interrupted,
+                _ = self.interrupt.recv() => break EndedBy::Interrupted,
+                _ = self.terminate.recv() => break EndedBy::Interrupted,
                 _ = sleep_until(deadline) => break EndedBy::Duration,
             }
         };
