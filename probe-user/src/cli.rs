@@ -61,6 +61,10 @@ pub struct SharedArgs {
     /// Do not follow processes the targets fork after attach.
     #[arg(long = "no-follow")]
     pub no_follow: bool,
+    /// Size of the kernel's event ring buffer in bytes (a power of two; default 1048576).
+    /// Raise it when `events.lost` is not 0 under a high request rate.
+    #[arg(long = "ring-size", value_name = "BYTES")]
+    pub ring_size: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -13,6 +13,18 @@ pub fn comm(pid: u32) -> Option<String> {
     Some(raw.trim_end_matches('\n').to_string())
 }
 
+/// Whether a process has ended: its /proc entry is gone, or it is a zombie (dead, not yet
+/// reaped). proc(5): the state is the field after the parenthesised comm in /proc/PID/stat.
+pub fn has_ended(tgid: u32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{tgid}/stat")) else {
+        return true;
+    };
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    matches!(state, Some("Z" | "X" | "x"))
+}
+
 /// The command line, arguments joined by spaces; `None` if gone or a kernel thread.
 pub fn cmdline(tgid: u32) -> Option<String> {
     let raw = fs::read(format!("/proc/{tgid}/cmdline")).ok()?;
@@ -83,5 +95,7 @@ mod tests {
         assert!(cmdline(me).is_some());
         assert!(comm(me).is_some());
         assert!(!process_exists(0));
+        assert!(!has_ended(me));
+        assert!(has_ended(4_194_304), "above pid_max: no such process");
     }
 }

@@ -114,6 +114,7 @@ pub fn probe_options(common: &Common) -> ProbeOptions {
             .map(|port| (*port, probe::default_protocol(*port)))
             .collect(),
         db_addrs: common.db_addrs.clone(),
+        ring_bytes: common.ring_bytes,
         ..ProbeOptions::default()
     }
 }
@@ -230,6 +231,21 @@ impl Session {
         })
     }
 
+    /// When events were lost, an exit may have been among them: a target whose process has
+    /// ended (checked after the ring was drained, so a delivered exit event always wins) is
+    /// recorded as exited with an unknown status.
+    fn notice_unseen_exits(&mut self) {
+        if self.lost() == 0 {
+            return;
+        }
+        let now = procfs::monotonic_now().as_nanos() as u64;
+        for tgid in self.state.running_targets() {
+            if procfs::has_ended(tgid) {
+                self.state.exit_unseen(tgid, now);
+            }
+        }
+    }
+
     /// Whether the targets this session waits for have exited.
     pub fn targets_done(&self) -> bool {
         match self.end {
@@ -297,6 +313,7 @@ impl Session {
                 }
                 _ = ticker.tick() => {
                     self.drain();
+                    self.notice_unseen_exits();
                     on_tick(self);
                 }
                 _ = self.interrupt.recv() => break EndedBy::Interrupted,

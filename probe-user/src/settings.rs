@@ -46,6 +46,18 @@ pub fn parse_duration(text: &str) -> Result<Duration> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
+/// Parses a ring-buffer size: a power of two from 4096 (a page) to 1 GiB.
+pub fn parse_ring_size(text: &str) -> Result<u32> {
+    match text.parse::<u32>() {
+        Ok(n) if n.is_power_of_two() && (4096..=1 << 30).contains(&n) => Ok(n),
+        _ => Err(Error::InvalidValue {
+            what: "ring size",
+            value: text.to_string(),
+            hint: "use a power of two from 4096 to 1073741824 bytes, like 4194304",
+        }),
+    }
+}
+
 /// Parses a TCP port, 1 to 65535.
 pub fn parse_port(text: &str) -> Result<u16> {
     match text.parse::<u16>() {
@@ -91,6 +103,7 @@ pub struct Common {
     pub json: bool,
     pub verbose: u8,
     pub follow_forks: bool,
+    pub ring_bytes: u32,
 }
 
 impl Common {
@@ -120,6 +133,12 @@ impl Common {
             json: args.json,
             verbose: args.verbose,
             follow_forks: !args.no_follow,
+            ring_bytes: args
+                .ring_size
+                .as_deref()
+                .map(parse_ring_size)
+                .transpose()?
+                .unwrap_or(probe_common::DEFAULT_RING_BYTES),
         })
     }
 }
@@ -418,6 +437,15 @@ mod tests {
         for bad in ["", "30", "s", "30x", "-1s", "1..2s", "ms30", "99999999h"] {
             let err = parse_duration(bad).unwrap_err().to_string();
             assert!(err.contains("like 250ms, 30s or 5m"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn ring_sizes_are_powers_of_two_of_at_least_a_page() {
+        assert_eq!(parse_ring_size("4096").unwrap(), 4096);
+        assert_eq!(parse_ring_size("4194304").unwrap(), 4 << 20);
+        for bad in ["0", "1000", "2048", "4097", "4M", "2147483648"] {
+            assert!(parse_ring_size(bad).is_err(), "{bad}");
         }
     }
 

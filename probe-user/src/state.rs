@@ -171,6 +171,31 @@ impl AuditState {
         self.received
     }
 
+    /// Targets still running as far as the events say.
+    pub fn running_targets(&self) -> Vec<u32> {
+        self.targets
+            .values()
+            .filter(|t| t.exit.is_none())
+            .map(|t| t.tgid)
+            .collect()
+    }
+
+    /// A target that ended without its exit event (it was lost): recorded as exited at
+    /// `ktime_ns` with an unknown status, so the run can end. The loss itself already makes
+    /// the verdict `incomplete`.
+    pub fn exit_unseen(&mut self, tgid: u32, ktime_ns: u64) {
+        self.on_exit(&Exit {
+            ktime_ns,
+            tgid,
+            comm: self
+                .targets
+                .get(&tgid)
+                .map(|t| t.comm.clone())
+                .unwrap_or_default(),
+            wait_status: None,
+        });
+    }
+
     pub fn has_exited(&self, tgid: u32) -> bool {
         self.targets.get(&tgid).is_some_and(|t| t.exit.is_some())
     }
