@@ -49,9 +49,6 @@ const TRUTH_TIMEOUT: Duration = Duration::from_secs(30);
 const CUT_PAUSE_MS: u64 = 3000;
 /// The pause of the payment that SIGTERM lets finish.
 const GRACEFUL_PAUSE_MS: u64 = 300;
-/// The game server says "transaction open" just before it sends BEGIN; this margin lets
-/// BEGIN and write A land before the kill (write B is CUT_PAUSE_MS away).
-const WRITE_A_MARGIN: Duration = Duration::from_millis(500);
 
 /// One way of stopping the sample server.
 struct Scenario {
@@ -380,12 +377,10 @@ fn run_pg_scenario(
         state["requests_in_flight"], state["transactions_open"], state["db_connections_open"]
     );
     if scenario.signal == 9 {
-        thread::sleep(WRITE_A_MARGIN);
+        // dw-game counts a transaction open once write A was answered (its truth file).
         println!(
             "demo: write A is in, write B is due in about {:.1}s",
-            Duration::from_millis(scenario.pause_ms)
-                .saturating_sub(WRITE_A_MARGIN)
-                .as_secs_f64()
+            Duration::from_millis(scenario.pause_ms).as_secs_f64()
         );
     }
 
