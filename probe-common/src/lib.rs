@@ -9,6 +9,7 @@
 //! a **pid** is what userspace calls a thread id (`gettid()`).
 #![no_std]
 
+pub mod latency;
 pub mod redact;
 
 /// Length of a task's `comm`, including the trailing NUL (`TASK_COMM_LEN`).
@@ -30,6 +31,7 @@ pub mod map_names {
     pub const DB_PORTS: &str = "DB_PORTS";
     pub const DB_ADDRS: &str = "DB_ADDRS";
     pub const COMMS: &str = "COMMS";
+    pub const REQUEST_LATENCY: &str = "REQUEST_LATENCY";
 }
 
 /// Most process names `--comm` can watch for.
@@ -45,7 +47,7 @@ pub enum EventKind {
     Exit = 4,
     ConnOpen = 5,
     ConnClose = 6,
-    Request = 7,
+    // 7 was a per-request event; requests are now counted in the kernel (TargetInfo).
     DbIo = 8,
 }
 
@@ -58,7 +60,6 @@ impl EventKind {
             4 => Self::Exit,
             5 => Self::ConnOpen,
             6 => Self::ConnClose,
-            7 => Self::Request,
             8 => Self::DbIo,
             _ => return None,
         })
@@ -318,22 +319,6 @@ pub struct ConnCloseEvent {
     pub _pad: [u8; 5],
 }
 
-pub const REQUEST_START: u32 = 1;
-pub const REQUEST_END: u32 = 2;
-
-/// A client request started (first bytes received after idle) or ended (server sent).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RequestEvent {
-    pub header: EventHeader,
-    pub tgid: u32,
-    pub fd: u32,
-    pub phase: u32,
-    pub _pad: u32,
-    /// For `REQUEST_END`: when the request started.
-    pub since_ns: u64,
-}
-
 pub const DIR_RECV: u8 = 0;
 pub const DIR_SEND: u8 = 1;
 
@@ -450,6 +435,49 @@ pub struct TargetInfo {
     pub tgid: u32,
     /// 1 when userspace named it, 2 when the kernel followed a fork.
     pub origin: u32,
+    /// Client requests of this process (kept in the entry keyed by the tgid only).
+    pub requests: RequestCounters,
+}
+
+impl TargetInfo {
+    pub const fn new(tgid: u32, origin: u32) -> Self {
+        Self {
+            tgid,
+            origin,
+            requests: RequestCounters::zeroed(),
+        }
+    }
+}
+
+/// Client requests counted in the kernel, per target process (DESIGN.md, "request in
+/// flight"): in flight = `started - ended`, plus the requests userspace found in flight at
+/// attach minus `existing_ended`. Each counter only grows (atomic adds from any CPU).
+///
+/// `ended` comes first: a reader copying the struct front to back sees `ended` no later than
+/// `started`, so a torn read can only over-count what is in flight, never under-count it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RequestCounters {
+    /// Requests that started while watched and have ended (the server sent, or the
+    /// connection closed).
+    pub ended: u64,
+    /// Requests that started while watched (first bytes received after idle).
+    pub started: u64,
+    /// Requests in flight at attach (start unknown) that have ended since.
+    pub existing_ended: u64,
+    /// ktime (ns) of the latest start or end.
+    pub last_edge_ns: u64,
+}
+
+impl RequestCounters {
+    pub const fn zeroed() -> Self {
+        Self {
+            ended: 0,
+            started: 0,
+            existing_ended: 0,
+            last_edge_ns: 0,
+        }
+    }
 }
 
 pub const ORIGIN_USER: u32 = 1;
@@ -464,14 +492,16 @@ const _: () = assert!(core::mem::size_of::<ForkEvent>() == 16 + 16 + COMM_LEN);
 const _: () = assert!(core::mem::size_of::<ExecEvent>() == 16 + 8 + COMM_LEN);
 const _: () = assert!(core::mem::size_of::<ExitEvent>() == 16 + 16 + COMM_LEN);
 const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 56);
-const _: () = assert!(core::mem::size_of::<TargetInfo>() == 8);
+const _: () = assert!(core::mem::size_of::<TargetInfo>() == 8 + 32);
 const _: () = assert!(core::mem::size_of::<ConnKey>() == 8);
 const _: () = assert!(core::mem::size_of::<ConnState>() == 24);
 const _: () = assert!(core::mem::size_of::<SockAddr>() == 20);
 const _: () = assert!(core::mem::size_of::<Pending>() == 48);
 const _: () = assert!(core::mem::size_of::<ConnOpenEvent>() == 16 + 16 + 20 + 4);
 const _: () = assert!(core::mem::size_of::<ConnCloseEvent>() == 16 + 16);
-const _: () = assert!(core::mem::size_of::<RequestEvent>() == 16 + 24);
+const _: () = assert!(core::mem::size_of::<RequestCounters>() == 32);
+const _: () =
+    assert!(core::mem::size_of::<latency::LatencyHistogram>() == 8 * latency::LATENCY_SLOTS);
 const _: () = assert!(core::mem::size_of::<DbIoEvent>() == 16 + 24 + HEAD_BYTES + TAIL_BYTES);
 
 #[cfg(feature = "user")]
@@ -480,6 +510,7 @@ mod pod {
     // so every bit pattern is valid and there are no implicit holes.
     unsafe impl aya::Pod for super::ProbeConfig {}
     unsafe impl aya::Pod for super::TargetInfo {}
+    unsafe impl aya::Pod for super::latency::LatencyHistogram {}
     unsafe impl aya::Pod for super::ConnKey {}
     unsafe impl aya::Pod for super::ConnState {}
     unsafe impl aya::Pod for super::SockAddr {}

@@ -85,10 +85,7 @@ fn try_sched_process_fork(ctx: &TracePointContext) -> Result<u32, u32> {
     // Follow the child in the kernel, before it can run: userspace would be too late for a
     // child that is killed at once. It may be a thread (clone with CLONE_THREAD); userspace
     // tells them apart, and the exit program forgets threads as they go.
-    let info = TargetInfo {
-        tgid: 0,
-        origin: ORIGIN_FORK,
-    };
+    let info = TargetInfo::new(0, ORIGIN_FORK);
     if TARGETS.insert(&child_pid, &info, 0).is_err() {
         bump(Counter::TargetsFull);
     }
@@ -122,10 +119,7 @@ fn try_sched_process_exec(_ctx: &TracePointContext) -> Result<u32, u32> {
             return Ok(0);
         }
         // A process started under a watched name (--comm): a target from now on.
-        let info = TargetInfo {
-            tgid,
-            origin: ORIGIN_COMM,
-        };
+        let info = TargetInfo::new(tgid, ORIGIN_COMM);
         if TARGETS.insert(&tgid, &info, 0).is_err() {
             bump(Counter::TargetsFull);
             return Ok(0);

@@ -8,6 +8,10 @@
 //! Naming follows the kernel: a **tgid** is a process id, a **pid** is a thread id.
 #![no_std]
 #![no_main]
+// The bpf target has no compare-and-swap, so `AtomicU64::fetch_add` is not offered; the
+// intrinsic lowers to the BPF atomic add instruction (`BPF_ATOMIC | BPF_ADD`).
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 mod lifecycle;
 mod shared;

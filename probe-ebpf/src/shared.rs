@@ -46,8 +46,17 @@ pub fn current_tgid_pid() -> (u32, u32) {
 
 #[inline(always)]
 pub fn is_target(id: u32) -> bool {
-    // SAFETY: the value is only tested for presence, never held across a map update.
-    id != 0 && unsafe { TARGETS.get(&id) }.is_some()
+    target(id).is_some()
+}
+
+/// The `TARGETS` entry of a target (a pointer into the map value, valid for this program
+/// run; its counters are only changed with atomic adds).
+#[inline(always)]
+pub fn target(id: u32) -> Option<*mut TargetInfo> {
+    if id == 0 {
+        return None;
+    }
+    TARGETS.get_ptr_mut(&id)
 }
 
 #[inline(always)]

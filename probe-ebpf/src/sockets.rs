@@ -7,20 +7,29 @@
 //! exit (include/trace/syscall.h, kernel/trace/trace_syscalls.c). Userspace checks this
 //! layout against the tracefs format files before loading.
 //!
-//! Hot path: a target check (one hash lookup) and a `CONNS` lookup before anything else; a
-//! client request costs two events (start, end), not one per byte; events are submitted
-//! without waking userspace, which drains the ring on a timer (unless it fills up).
+//! Hot path: a target check (one hash lookup) and a `CONNS` lookup before anything else.
+//! Client requests send no events at all: they are counted in the target's `TARGETS` entry
+//! (started, ended, last edge) and their latencies in a per-CPU histogram, which userspace
+//! reads on its drain tick. Only connection opens/closes, database I/O and lifecycle events
+//! use the ring buffer, submitted without waking userspace (unless it is half full).
+
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
     macros::{map, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
     programs::TracePointContext,
 };
-use probe_common::*;
+use probe_common::{
+    latency::{self, LatencyHistogram, LATENCY_MAX_SLOT},
+    *,
+};
 
-use crate::shared::{bump, config, current_tgid_pid, emit_flags, header, is_target, EVENTS};
+use crate::shared::{
+    bump, config, current_tgid_pid, emit_flags, header, is_target, target, EVENTS,
+};
 use probe_common::redact::redact;
 
 #[map]
@@ -49,6 +58,11 @@ pub static JUMP: ProgramArray = ProgramArray::with_max_entries(1, 0);
 /// tail call runs on the same CPU without preemption).
 #[map]
 static DB_WORK: PerCpuArray<DbWork> = PerCpuArray::with_max_entries(1, 0);
+
+/// Latencies of answered client requests, by bucket (one histogram per CPU, summed by
+/// userspace).
+#[map]
+static REQUEST_LATENCY: PerCpuArray<LatencyHistogram> = PerCpuArray::with_max_entries(1, 0);
 
 /// Where the tail is copied right-aligned (its last byte at index 31) before it goes into
 /// the event: a map value, because the verifier allows a variable-offset write there as
@@ -375,7 +389,8 @@ fn forget_fd(tgid: u32, fd: u32) {
         return;
     }
     if state.aliases > 0 {
-        // Still open through a duplicate: keep the entry, marked.
+        // Still open through a duplicate: keep the entry, marked (a request in flight on it
+        // stays in flight).
         let mut kept = state;
         kept.primary_closed = 1;
         let _ = CONNS.insert(&key, &kept, 0);
@@ -386,6 +401,13 @@ fn forget_fd(tgid: u32, fd: u32) {
 
 #[inline(always)]
 fn emit_close(tgid: u32, fd: u32, state: &ConnState) {
+    if state.request_in_flight != 0 {
+        // The connection closed with a request in flight: it is over, unanswered.
+        if let Some(target) = target(tgid) {
+            let mut closed = *state;
+            end_request(target, &mut closed, false);
+        }
+    }
     emit_flags(quiet_flags(), || ConnCloseEvent {
         header: header::<ConnCloseEvent>(EventKind::ConnClose),
         tgid,
@@ -500,10 +522,23 @@ fn enter_io(ctx: &TracePointContext, kind: u8) -> Result<u32, u32> {
     let Some((fd, state)) = resolve(tgid, arg(ctx, 0)? as u32) else {
         return Ok(0);
     };
-    // SAFETY: a map value pointer, valid for this program run; read only.
-    let state = unsafe { &*state };
+    // SAFETY: a map value pointer, valid for this program run.
+    let state = unsafe { &mut *state };
     let wanted = match state.role {
-        ROLE_CLIENT | ROLE_DB => true,
+        // A client request ends when the server starts to send (here, at sys_enter: what
+        // happens to the bytes after that is the kernel's business); it starts at the first
+        // bytes received after idle, which only the sys_exit can tell. So only a receive on
+        // an idle client connection is remembered.
+        ROLE_CLIENT if is_send(kind) => {
+            if state.request_in_flight != 0 {
+                if let Some(target) = target(tgid) {
+                    end_request(target, state, true);
+                }
+            }
+            false
+        }
+        ROLE_CLIENT => state.request_in_flight == 0,
+        ROLE_DB => true,
         ROLE_UPSTREAM => state.sniff_left > 0,
         _ => false,
     };
@@ -546,7 +581,11 @@ fn exit_io(ctx: &TracePointContext) -> Result<u32, u32> {
     let state = unsafe { &mut *state };
     let send = is_send(pending.kind);
     match state.role {
-        ROLE_CLIENT => client_edge(tgid, pending.fd, state, send),
+        ROLE_CLIENT if !send && state.request_in_flight == 0 => {
+            if let Some(target) = target(tgid) {
+                start_request(target, state);
+            }
+        }
         ROLE_DB => jump_to_db_io(ctx, pending, moved as u64, tgid, send),
         ROLE_UPSTREAM if state.sniff_left > 0 => {
             state.sniff_left -= 1;
@@ -632,25 +671,66 @@ pub fn db_io(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// A request starts with the first bytes received after idle and ends when the server
-/// next sends (DESIGN.md, "request in flight").
+/// Adds one to a counter that threads on other CPUs may be adding to as well (an atomic
+/// add, `BPF_ATOMIC | BPF_ADD`).
 #[inline(always)]
-fn client_edge(tgid: u32, fd: u32, state: &mut ConnState, send: bool) {
-    let in_flight = state.request_in_flight != 0;
-    if send == in_flight {
-        let since = state.request_since_ns;
-        let head = header::<RequestEvent>(EventKind::Request);
-        let phase = if send { REQUEST_END } else { REQUEST_START };
-        state.request_in_flight = (!send) as u8;
-        state.request_since_ns = head.ktime_ns;
-        emit_flags(quiet_flags(), || RequestEvent {
-            header: head,
-            tgid,
-            fd,
-            phase,
-            _pad: 0,
-            since_ns: if send { since } else { head.ktime_ns },
-        });
+fn count(counter: *mut u64) {
+    // SAFETY: a u64 inside a map value, 8-byte aligned, valid for this program run.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, 1) };
+}
+
+/// First bytes received on an idle client connection (DESIGN.md, "request in flight").
+#[inline(always)]
+fn start_request(target: *mut TargetInfo, state: &mut ConnState) {
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    state.request_in_flight = 1;
+    state.request_since_ns = now;
+    // SAFETY: a map value pointer, valid for this program run.
+    unsafe {
+        count(&raw mut (*target).requests.started);
+        (*target).requests.last_edge_ns = now;
+    }
+}
+
+/// The server sent (`answered`) or the connection closed. A start of 0 is a request that
+/// was already in flight at attach: it counts apart, and its latency is unknown.
+#[inline(always)]
+fn end_request(target: *mut TargetInfo, state: &mut ConnState, answered: bool) {
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let since = state.request_since_ns;
+    state.request_in_flight = 0;
+    // SAFETY: a map value pointer, valid for this program run.
+    unsafe {
+        if since == 0 {
+            count(&raw mut (*target).requests.existing_ended);
+        } else {
+            count(&raw mut (*target).requests.ended);
+        }
+        (*target).requests.last_edge_ns = now;
+    }
+    if answered && since != 0 {
+        record_latency(now.saturating_sub(since) / 1000);
+    }
+}
+
+#[inline(always)]
+fn record_latency(us: u64) {
+    let Some(histogram) = REQUEST_LATENCY.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's histogram; bucket() < LATENCY_MAX_SLOT, and the mask keeps the
+    // verifier's view of the index inside the array. Syscall tracepoints may be preempted
+    // (they are faultable since Linux 6.14), so another task's run on this CPU can
+    // interleave: the add is atomic; the max is a plain store (at worst a max is missed).
+    unsafe {
+        let counts = &mut (*histogram).counts;
+        let index = latency::bucket(us) & (latency::LATENCY_SLOTS - 1);
+        count(&raw mut counts[index]);
+        if us > counts[LATENCY_MAX_SLOT] {
+            counts[LATENCY_MAX_SLOT] = us;
+        }
     }
 }
 

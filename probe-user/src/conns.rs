@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, net::SocketAddr};
 use hdrhistogram::Histogram;
 
 use crate::{
-    event::{ConnClose, ConnOpen, DbIo, Phase, Request, Role},
+    event::{ConnClose, ConnOpen, DbIo, RequestSample, Role, TargetRequests},
     protocol::{self, DbConn, Protocol, Txn},
     report::{
         ClosedBy, ConnectionCounts, InflightAtExit, LatencySummary, LeakedDbConnection,
@@ -25,8 +25,6 @@ pub struct Conn {
     pub peer: Option<SocketAddr>,
     /// `None` for connections that existed before attach.
     pub opened_ns: Option<u64>,
-    /// A client request in flight since (ktime ns).
-    pub request_since: Option<u64>,
     /// The database conversation (db connections only).
     pub db: Option<DbConn>,
     pub query_since: Option<u64>,
@@ -93,6 +91,10 @@ pub struct ConnTracker {
     /// from here once nothing is in flight.
     last_activity_ns: u64,
     conns: BTreeMap<(u32, u32), Conn>,
+    /// The kernel's request counters of each running target, as last read.
+    requests_by_target: BTreeMap<u32, TargetRequests>,
+    /// Client connections found busy at attach, by target (their ends are counted apart).
+    busy_at_attach: BTreeMap<u32, u64>,
     counts: ConnectionCounts,
     requests: Histogram<u64>,
     queries: Histogram<u64>,
@@ -112,6 +114,8 @@ impl Default for ConnTracker {
         Self {
             last_activity_ns: 0,
             conns: BTreeMap::new(),
+            requests_by_target: BTreeMap::new(),
+            busy_at_attach: BTreeMap::new(),
             counts: ConnectionCounts::default(),
             requests: histogram(),
             queries: histogram(),
@@ -191,6 +195,9 @@ impl ConnTracker {
         peer: Option<SocketAddr>,
         busy: bool,
     ) {
+        if busy && role == Role::Client {
+            *self.busy_at_attach.entry(tgid).or_default() += 1;
+        }
         self.insert(Conn {
             tgid,
             fd,
@@ -199,7 +206,6 @@ impl ConnTracker {
             local,
             peer,
             opened_ns: None,
-            request_since: busy.then_some(0),
             db: (role == Role::Db).then(|| DbConn::new(protocol, false)),
             query_since: None,
             txn_since: None,
@@ -215,7 +221,6 @@ impl ConnTracker {
             local: event.local,
             peer: event.peer,
             opened_ns: Some(event.ktime_ns),
-            request_since: None,
             db: (event.role == Role::Db).then(|| DbConn::new(event.protocol, true)),
             query_since: None,
             txn_since: None,
@@ -239,34 +244,30 @@ impl ConnTracker {
         Some(leaked(&conn, at_ms, ClosedBy::UncleanClose, &ms))
     }
 
-    pub fn request(&mut self, event: &Request) {
-        self.touch(event.ktime_ns);
-        let conn = self
-            .conns
-            .entry((event.tgid, event.fd))
-            .or_insert_with(|| Conn {
-                tgid: event.tgid,
-                fd: event.fd,
-                role: Role::Client,
-                protocol: Protocol::Unknown,
-                local: None,
-                peer: None,
-                opened_ns: None,
-                request_since: None,
-                db: None,
-                query_since: None,
-                txn_since: None,
-            });
-        match event.phase {
-            Phase::Start => conn.request_since = Some(event.since_ns),
-            Phase::End => {
-                // A start of 0 is a request that was already in flight at attach: it ends
-                // here, but its latency is unknown.
-                if let Some(since) = conn.request_since.take().filter(|s| *s != 0) {
-                    record(&mut self.requests, since, event.ktime_ns);
-                }
-            }
+    /// The kernel's request counters: the latest values of each target, and the latencies
+    /// of the requests answered since the previous sample.
+    pub fn requests_sample(&mut self, sample: &RequestSample) {
+        for target in &sample.targets {
+            // Only a running target is sampled: one that exited was removed by `exit`.
+            self.touch(target.last_edge_ns);
+            self.requests_by_target.insert(target.tgid, *target);
         }
+        for &(us, count) in &sample.latency_us {
+            let us = us.clamp(1, self.requests.high());
+            let _ = self.requests.record_n(us, count);
+        }
+    }
+
+    /// Client requests in flight in one target: those that started while watched and have
+    /// not ended, plus those busy at attach whose end the kernel has not counted yet.
+    fn requests_in_flight(&self, tgid: u32) -> u64 {
+        let counted = self
+            .requests_by_target
+            .get(&tgid)
+            .copied()
+            .unwrap_or_default();
+        let busy = self.busy_at_attach.get(&tgid).copied().unwrap_or(0);
+        counted.started.saturating_sub(counted.ended) + busy.saturating_sub(counted.existing_ended)
     }
 
     pub fn db_io(&mut self, event: &DbIo) {
@@ -306,7 +307,6 @@ impl ConnTracker {
                     local,
                     peer,
                     opened_ns,
-                    request_since: None,
                     db: Some(DbConn::new(event.protocol, seen)),
                     query_since: None,
                     txn_since: None,
@@ -344,22 +344,33 @@ impl ConnTracker {
     /// What is in flight, for one target or all of them.
     pub fn in_flight(&self, tgid: Option<u32>) -> InFlight {
         let mut out = InFlight::default();
+        let mut tgids: Vec<u32> = self.requests_by_target.keys().copied().collect();
+        tgids.extend(self.busy_at_attach.keys());
+        tgids.sort_unstable();
+        tgids.dedup();
+        out.requests = tgids
+            .into_iter()
+            .filter(|t| tgid.is_none_or(|wanted| wanted == *t))
+            .map(|t| self.requests_in_flight(t))
+            .sum();
         for conn in self.conns.values() {
             if tgid.is_some_and(|t| t != conn.tgid) {
                 continue;
             }
-            out.requests += conn.request_since.is_some() as u64;
             out.queries += conn.query_in_flight() as u64;
             out.transactions += conn.txn_open() as u64;
         }
         out
     }
 
-    /// A target exited: the kernel closes its connections. Returns the violations, in
-    /// order: open transactions, leaked database connections, what was in flight.
+    /// A target exited: the kernel closes its connections. `busy_fds`: its client
+    /// connections with a request in flight, as the kernel's map said. Returns the
+    /// violations, in order: open transactions, leaked database connections, what was in
+    /// flight.
     pub fn exit(
         &mut self,
         tgid: u32,
+        busy_fds: &[u32],
         ktime_ns: u64,
         at_ms: u64,
         ms: impl Fn(u64) -> u64,
@@ -370,6 +381,9 @@ impl ConnTracker {
             .map(|(k, _)| *k)
             .collect();
         let gone: Vec<Conn> = keys.iter().filter_map(|k| self.conns.remove(k)).collect();
+        self.requests_by_target.remove(&tgid);
+        self.busy_at_attach.remove(&tgid);
+        let request_busy = |c: &Conn| c.role == Role::Client && busy_fds.contains(&c.fd);
         let mut violations = Vec::new();
         for conn in gone.iter().filter(|c| c.txn_open()) {
             violations.push(Violation::OpenTransaction(OpenTransaction {
@@ -389,13 +403,13 @@ impl ConnTracker {
         }
         let busy: Vec<&Conn> = gone
             .iter()
-            .filter(|c| c.request_since.is_some() || c.query_in_flight())
+            .filter(|c| request_busy(c) || c.query_in_flight())
             .collect();
         if !busy.is_empty() {
             violations.push(Violation::InflightAtExit(InflightAtExit {
                 pid: tgid,
                 at_ms,
-                requests: busy.iter().filter(|c| c.request_since.is_some()).count() as u64,
+                requests: busy.iter().filter(|c| request_busy(c)).count() as u64,
                 queries: busy.iter().filter(|c| c.query_in_flight()).count() as u64,
                 connections: busy
                     .iter()

@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use probe_common::{
     ConnCloseEvent, ConnOpenEvent, DbIoEvent, EventHeader, EventKind, ExecEvent, ExitEvent,
-    ForkEvent, RequestEvent, SignalEvent, SockAddr,
+    ForkEvent, SignalEvent, SockAddr,
 };
 use serde::{Deserialize, Serialize};
 
@@ -24,8 +24,10 @@ pub enum Event {
     Exit(Exit),
     ConnOpen(ConnOpen),
     ConnClose(ConnClose),
-    Request(Request),
     DbIo(DbIo),
+    /// Not a ring-buffer record: the request counters, read from the kernel's maps on
+    /// each drain tick.
+    Requests(RequestSample),
 }
 
 impl Event {
@@ -37,7 +39,7 @@ impl Event {
             Event::Exit(e) => e.ktime_ns,
             Event::ConnOpen(e) => e.ktime_ns,
             Event::ConnClose(e) => e.ktime_ns,
-            Event::Request(e) => e.ktime_ns,
+            Event::Requests(e) => e.ktime_ns,
             Event::DbIo(e) => e.ktime_ns,
         }
     }
@@ -103,22 +105,32 @@ pub struct ConnClose {
     pub fd: u32,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    Start,
-    End,
+/// Client requests as counted in the kernel (`probe_common::RequestCounters`), read with
+/// the time of the read. Requests are counted there instead of being sent one event each:
+/// at saturated request rates the events outran the reader.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestSample {
+    /// When the maps were read (ktime ns).
+    pub ktime_ns: u64,
+    /// One entry per running target.
+    pub targets: Vec<TargetRequests>,
+    /// Latencies of requests answered since the previous sample: (µs, how many). Empty
+    /// when the histogram was not read this time.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub latency_us: Vec<(u64, u64)>,
 }
 
-/// A client request started or ended (DESIGN.md, "request in flight").
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Request {
-    pub ktime_ns: u64,
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetRequests {
     pub tgid: u32,
-    pub fd: u32,
-    pub phase: Phase,
-    /// When the request started (for `end`).
-    pub since_ns: u64,
+    /// Requests that started while watched.
+    pub started: u64,
+    /// Of those, how many ended (answered or closed).
+    pub ended: u64,
+    /// Requests in flight at attach that have ended since.
+    pub existing_ended: u64,
+    /// ktime (ns) of the latest start or end; 0 if none yet.
+    pub last_edge_ns: u64,
 }
 
 /// A send or recv on a database connection: its length and the kept (redacted) bytes.
@@ -195,6 +207,10 @@ pub struct Exit {
     pub comm: String,
     /// wait(2) status (`task_struct.exit_code`); `None` if the probe could not read it.
     pub wait_status: Option<u32>,
+    /// Client connections with a request in flight when the process exited (from the
+    /// kernel's connection map, read when the event was read).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub busy_fds: Vec<u32>,
 }
 
 /// A record the decoder did not understand: counted with the lost events, since whatever
@@ -286,6 +302,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 tgid: e.tgid,
                 comm: comm_to_string(&e.comm),
                 wait_status: (e.exit_code_known != 0).then_some(e.exit_code),
+                busy_fds: Vec::new(),
             })
         }
         EventKind::ConnOpen => {
@@ -306,20 +323,6 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 ktime_ns: e.header.ktime_ns,
                 tgid: e.tgid,
                 fd: e.fd,
-            })
-        }
-        EventKind::Request => {
-            let e: RequestEvent = read_wire(bytes, kind, header.size)?;
-            Event::Request(Request {
-                ktime_ns: e.header.ktime_ns,
-                tgid: e.tgid,
-                fd: e.fd,
-                phase: match e.phase {
-                    probe_common::REQUEST_START => Phase::Start,
-                    probe_common::REQUEST_END => Phase::End,
-                    other => return Err(DecodeError::BadField("phase", other as u8)),
-                },
-                since_ns: e.since_ns,
             })
         }
         EventKind::DbIo => {
@@ -434,8 +437,22 @@ mod tests {
             tgid: 2,
             comm: "x".into(),
             wait_status: None,
+            busy_fds: vec![7],
         });
         let line = serde_json::to_string(&event).unwrap();
         assert_eq!(serde_json::from_str::<Event>(&line).unwrap(), event);
+        let sample = Event::Requests(RequestSample {
+            ktime_ns: 5,
+            targets: vec![TargetRequests {
+                tgid: 2,
+                started: 3,
+                ended: 2,
+                existing_ended: 1,
+                last_edge_ns: 4,
+            }],
+            latency_us: vec![(120, 2)],
+        });
+        let line = serde_json::to_string(&sample).unwrap();
+        assert_eq!(serde_json::from_str::<Event>(&line).unwrap(), sample);
     }
 }

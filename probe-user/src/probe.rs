@@ -15,12 +15,16 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use probe_common::{
-    map_names, ConnKey, ConnState, Counter, Pending, ProbeConfig, SockAddr, TargetInfo, COMM_LEN,
-    CONN_EXISTED, DB_PORT_FLAG, DEFAULT_RING_BYTES, PROTO_MONGO, PROTO_MYSQL, PROTO_POSTGRES,
-    PROTO_REDIS, PROTO_UNKNOWN,
+    latency::{LatencyHistogram, LATENCY_SLOTS},
+    map_names, ConnKey, ConnState, Counter, Pending, ProbeConfig, RequestCounters, SockAddr,
+    TargetInfo, COMM_LEN, CONN_EXISTED, DB_PORT_FLAG, DEFAULT_RING_BYTES, PROTO_MONGO, PROTO_MYSQL,
+    PROTO_POSTGRES, PROTO_REDIS, PROTO_UNKNOWN,
 };
 
 use crate::{btf::Btf, tracefs::Format, Error, Result};
+
+/// `BPF_NOEXIST` (include/uapi/linux/bpf.h): insert only if the key is absent.
+const BPF_NOEXIST: u64 = 1;
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/drainwatch-probe"));
 
@@ -317,11 +321,55 @@ impl Probe {
             .ok_or_else(|| Error::Load("no TARGETS map in the object".into()))?;
         let mut targets: HashMap<_, u32, TargetInfo> =
             HashMap::try_from(map).map_err(load_error)?;
-        let info = TargetInfo {
-            tgid,
-            origin: probe_common::ORIGIN_USER,
+        let info = TargetInfo::new(tgid, probe_common::ORIGIN_USER);
+        // BPF_NOEXIST: an entry the kernel made already (a followed fork, or the tgid's own
+        // entry when its main thread is added) holds counters that must not be reset.
+        match targets.insert(id, info, BPF_NOEXIST) {
+            Ok(()) => Ok(()),
+            Err(_) if targets.get(&id, 0).is_ok() => Ok(()),
+            Err(err) => Err(load_error(err)),
+        }
+    }
+
+    /// The kernel's request counters of a target process; `None` once it has exited.
+    pub fn request_counters(&self, tgid: u32) -> Option<RequestCounters> {
+        let map = self.ebpf.map(map_names::TARGETS)?;
+        let targets = HashMap::<_, u32, TargetInfo>::try_from(map).ok()?;
+        targets.get(&tgid, 0).ok().map(|info| info.requests)
+    }
+
+    /// Answered requests by latency bucket, summed over CPUs; the last slot is the largest
+    /// latency seen (µs). See `probe_common::latency`.
+    pub fn request_latency(&self) -> Option<Vec<u64>> {
+        let map = self.ebpf.map(map_names::REQUEST_LATENCY)?;
+        let histogram = PerCpuArray::<_, LatencyHistogram>::try_from(map).ok()?;
+        let per_cpu = histogram.get(&0, 0).ok()?;
+        let mut sum = vec![0u64; LATENCY_SLOTS];
+        for cpu in per_cpu.iter() {
+            for (slot, count) in sum.iter_mut().zip(cpu.counts.iter()) {
+                *slot += count;
+            }
+        }
+        let max = per_cpu
+            .iter()
+            .map(|cpu| cpu.counts[LATENCY_SLOTS - 1])
+            .max()
+            .unwrap_or(0);
+        sum[LATENCY_SLOTS - 1] = max;
+        Some(sum)
+    }
+
+    /// Whether the kernel's connection map says a request is in flight on a connection.
+    pub fn request_in_flight(&self, key: ConnKey) -> bool {
+        let Some(map) = self.ebpf.map(map_names::CONNS) else {
+            return false;
         };
-        targets.insert(id, info, 0).map_err(load_error)
+        let Ok(conns) = HashMap::<_, ConnKey, ConnState>::try_from(map) else {
+            return false;
+        };
+        conns
+            .get(&key, 0)
+            .is_ok_and(|state| state.request_in_flight != 0)
     }
 
     /// Tracks a connection that existed before attach: its primary fd, and the fds that

@@ -4,10 +4,11 @@
 
 use std::{os::fd::AsRawFd, time::Duration};
 
+use probe_common::latency;
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
 use crate::{
-    event::{self, Event, Role},
+    event::{self, Event, RequestSample, Role, TargetRequests},
     existing, launch, netstat,
     probe::{self, Probe, ProbeOptions},
     procfs,
@@ -58,49 +59,158 @@ fn enrich(event: &mut Event) {
     }
 }
 
+/// The connections of a target that the state knows, as keys of the kernel's map.
+fn known_conns(state: &AuditState, tgid: u32) -> Vec<probe_common::ConnKey> {
+    state
+        .conns()
+        .into_iter()
+        .flat_map(|c| c.conns())
+        .filter(|c| c.tgid == tgid)
+        .map(|c| probe_common::ConnKey {
+            tgid: c.tgid,
+            fd: c.fd,
+        })
+        .collect()
+}
+
+/// Which of these connections have a request in flight, by the kernel's map.
+fn busy_fds(probe: &Probe, keys: &[probe_common::ConnKey]) -> Vec<u32> {
+    keys.iter()
+        .filter(|key| probe.request_in_flight(**key))
+        .map(|key| key.fd)
+        .collect()
+}
+
+/// How often the request latency histogram is read (the counters are read on every drain).
+const LATENCY_READ_EVERY: Duration = Duration::from_millis(250);
+
 struct Reader {
     malformed: u64,
     verbose: u8,
+    /// The latency histogram's totals at the previous read, to hand on only what is new.
+    latency_seen: Vec<u64>,
+    latency_read_at: Option<std::time::Instant>,
+    /// The counters last printed at -vv.
+    printed_targets: Vec<TargetRequests>,
+}
+
+/// One event as a JSON line on stderr (-vv): the format the state machine's tests replay.
+fn print_event(event: &Event) {
+    if let Ok(line) = serde_json::to_string(event) {
+        eprintln!("{line}");
+    }
 }
 
 impl Reader {
-    /// Reads every record waiting in the ring buffer into the state.
+    /// Reads every record waiting in the ring buffer into the state, in batches (the ring
+    /// holds a borrow of the probe, whose maps an exit needs to look at).
     fn drain(&mut self, probe: &mut Probe, state: &mut AuditState) {
-        let verbose = self.verbose;
-        let mut closed_by_kernel = Vec::new();
-        let ring = probe.events();
-        while let Some(record) = ring.next() {
-            match event::decode(&record) {
-                Ok(mut event) => {
-                    enrich(&mut event);
-                    if verbose >= 2 {
-                        if let Ok(line) = serde_json::to_string(&event) {
-                            eprintln!("{line}");
-                        }
+        const BATCH: usize = 4096;
+        let mut batch = Vec::with_capacity(64);
+        loop {
+            let ring = probe.events();
+            while batch.len() < BATCH {
+                let Some(record) = ring.next() else { break };
+                match event::decode(&record) {
+                    Ok(event) => batch.push(event),
+                    Err(err) => {
+                        log::warn!("undecodable probe record: {err}");
+                        self.malformed += 1;
                     }
-                    if let Event::Exit(exit) = &event {
-                        // The kernel closed its sockets without close(2): forget them.
-                        let keys = state
-                            .conns()
-                            .into_iter()
-                            .flat_map(|c| c.conns())
-                            .filter(|c| c.tgid == exit.tgid)
-                            .map(|c| probe_common::ConnKey {
-                                tgid: c.tgid,
-                                fd: c.fd,
-                            })
-                            .collect::<Vec<_>>();
-                        closed_by_kernel.extend(keys);
-                    }
-                    state.apply(&event);
                 }
-                Err(err) => {
-                    log::warn!("undecodable probe record: {err}");
-                    self.malformed += 1;
+            }
+            if batch.is_empty() {
+                return;
+            }
+            for event in batch.drain(..) {
+                self.apply(probe, state, event);
+            }
+        }
+    }
+
+    fn apply(&mut self, probe: &mut Probe, state: &mut AuditState, mut event: Event) {
+        enrich(&mut event);
+        let mut closed_by_kernel = Vec::new();
+        if let Event::Exit(exit) = &mut event {
+            // The kernel closed its sockets without close(2): forget them, after noting
+            // which ones had a request in flight.
+            closed_by_kernel = known_conns(state, exit.tgid);
+            exit.busy_fds = busy_fds(probe, &closed_by_kernel);
+        }
+        if self.verbose >= 2 {
+            print_event(&event);
+        }
+        state.apply(&event);
+        probe.remove_conns(&closed_by_kernel);
+    }
+
+    /// Reads the kernel's request counters of every running target (and, every
+    /// [`LATENCY_READ_EVERY`] or when `final_read`, the latency histogram) into the state.
+    /// Called after the ring was drained, so an exit is applied before its target's counters
+    /// disappear from the map.
+    fn sample_requests(&mut self, probe: &Probe, state: &mut AuditState, final_read: bool) {
+        if state.conns().is_none() {
+            return;
+        }
+        let ktime_ns = procfs::monotonic_now().as_nanos() as u64;
+        let targets = state
+            .running_targets()
+            .into_iter()
+            .filter_map(|tgid| {
+                let c = probe.request_counters(tgid)?;
+                Some(TargetRequests {
+                    tgid,
+                    started: c.started,
+                    ended: c.ended,
+                    existing_ended: c.existing_ended,
+                    last_edge_ns: c.last_edge_ns,
+                })
+            })
+            .collect();
+        let due = self
+            .latency_read_at
+            .is_none_or(|at| at.elapsed() >= LATENCY_READ_EVERY);
+        let latency_us = if final_read || due {
+            self.latency_read_at = Some(std::time::Instant::now());
+            self.new_latencies(probe)
+        } else {
+            Vec::new()
+        };
+        let sample = Event::Requests(RequestSample {
+            ktime_ns,
+            targets,
+            latency_us,
+        });
+        // At -vv, a sample is printed when it says something new (it is read every tick).
+        if self.verbose >= 2 {
+            if let Event::Requests(s) = &sample {
+                if !s.latency_us.is_empty() || s.targets != self.printed_targets {
+                    self.printed_targets = s.targets.clone();
+                    print_event(&sample);
                 }
             }
         }
-        probe.remove_conns(&closed_by_kernel);
+        state.apply(&sample);
+    }
+
+    /// Latencies recorded in the kernel since the last read: (µs, count), by bucket.
+    fn new_latencies(&mut self, probe: &Probe) -> Vec<(u64, u64)> {
+        let Some(totals) = probe.request_latency() else {
+            return Vec::new();
+        };
+        if self.latency_seen.len() != totals.len() {
+            self.latency_seen = vec![0; totals.len()];
+        }
+        let buckets = totals.len().saturating_sub(1); // the last slot is the max
+        let mut out = Vec::new();
+        for index in 0..buckets {
+            let new = totals[index].saturating_sub(self.latency_seen[index]);
+            if new > 0 {
+                out.push((latency::bucket_value(index), new));
+            }
+        }
+        self.latency_seen = totals;
+        out
     }
 }
 
@@ -223,6 +333,9 @@ impl Session {
             reader: Reader {
                 malformed: 0,
                 verbose: common.verbose,
+                latency_seen: Vec::new(),
+                latency_read_at: None,
+                printed_targets: Vec::new(),
             },
             launched,
             end,
@@ -241,7 +354,10 @@ impl Session {
         let now = procfs::monotonic_now().as_nanos() as u64;
         for tgid in self.state.running_targets() {
             if procfs::has_ended(tgid) {
-                self.state.exit_unseen(tgid, now);
+                let keys = known_conns(&self.state, tgid);
+                let busy = busy_fds(&self.probe, &keys);
+                self.state.exit_unseen(tgid, now, busy);
+                self.probe.remove_conns(&keys);
             }
         }
     }
@@ -271,6 +387,8 @@ impl Session {
     /// Reads every event waiting in the ring buffer into the state.
     pub fn drain(&mut self) {
         self.reader.drain(&mut self.probe, &mut self.state);
+        self.reader
+            .sample_requests(&self.probe, &mut self.state, false);
         self.probe.flush_log();
     }
 
@@ -324,6 +442,8 @@ impl Session {
         drop(ring_fd);
         // Whatever is still queued happened inside the window: read it before reporting.
         self.drain();
+        self.reader
+            .sample_requests(&self.probe, &mut self.state, true);
         Ok(ended)
     }
 

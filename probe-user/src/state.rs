@@ -183,7 +183,7 @@ impl AuditState {
     /// A target that ended without its exit event (it was lost): recorded as exited at
     /// `ktime_ns` with an unknown status, so the run can end. The loss itself already makes
     /// the verdict `incomplete`.
-    pub fn exit_unseen(&mut self, tgid: u32, ktime_ns: u64) {
+    pub fn exit_unseen(&mut self, tgid: u32, ktime_ns: u64, busy_fds: Vec<u32>) {
         self.on_exit(&Exit {
             ktime_ns,
             tgid,
@@ -193,6 +193,7 @@ impl AuditState {
                 .map(|t| t.comm.clone())
                 .unwrap_or_default(),
             wait_status: None,
+            busy_fds,
         });
     }
 
@@ -210,7 +211,9 @@ impl AuditState {
     }
 
     pub fn apply(&mut self, event: &Event) {
-        self.received += 1;
+        if !matches!(event, Event::Requests(_)) {
+            self.received += 1;
+        }
         match event {
             Event::Signal(signal) => self.on_signal(signal),
             Event::Fork(fork) => self.on_fork(fork),
@@ -235,9 +238,9 @@ impl AuditState {
                     }
                 }
             }
-            Event::Request(request) => {
+            Event::Requests(sample) => {
                 if let Some(conns) = self.conns.as_mut() {
-                    conns.request(request);
+                    conns.requests_sample(sample);
                 }
             }
             Event::DbIo(io) => {
@@ -314,7 +317,7 @@ impl AuditState {
         let attach_ns = self.attach_ns;
         if let Some(conns) = self.conns.as_mut() {
             let ms = |ns: u64| ns.saturating_sub(attach_ns) / 1_000_000;
-            let found = conns.exit(tgid, exit.ktime_ns, at_ms, ms);
+            let found = conns.exit(tgid, &exit.busy_fds, exit.ktime_ns, at_ms, ms);
             self.violations.extend(found);
         }
         let Some(target) = self.targets.get_mut(&tgid) else {
