@@ -202,13 +202,13 @@ impl Reader {
             self.latency_seen = vec![0; totals.len()];
         }
         let buckets = totals.len().saturating_sub(1); // the last slot is the max
-        let mut out = Vec::new();
-        for index in 0..buckets {
-            let new = totals[index].saturating_sub(self.latency_seen[index]);
-            if new > 0 {
-                out.push((latency::bucket_value(index), new));
-            }
-        }
+        let out = totals[..buckets]
+            .iter()
+            .zip(&self.latency_seen)
+            .enumerate()
+            .filter(|(_, (now, before))| now > before)
+            .map(|(index, (now, before))| (latency::bucket_value(index), now - before))
+            .collect();
         self.latency_seen = totals;
         out
     }

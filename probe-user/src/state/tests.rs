@@ -227,3 +227,110 @@ fn a_recorded_postgres_payment_cut_by_kill_nine() {
     );
     assert!(state.all_exited());
 }
+
+fn sample(
+    ktime_ns: u64,
+    counters: &[(u32, u64, u64, u64, u64)],
+    latency_us: &[(u64, u64)],
+) -> Event {
+    Event::Requests(crate::event::RequestSample {
+        ktime_ns,
+        targets: counters
+            .iter()
+            .map(|&(tgid, started, ended, existing_ended, last_edge_ns)| {
+                crate::event::TargetRequests {
+                    tgid,
+                    started,
+                    ended,
+                    existing_ended,
+                    last_edge_ns,
+                }
+            })
+            .collect(),
+        latency_us: latency_us.to_vec(),
+    })
+}
+
+/// The kernel counts requests; the state turns successive samples of the counters into
+/// "in flight" and "idle since", and the latency buckets into the report's percentiles.
+#[test]
+fn request_counters_from_the_kernel_drive_in_flight_and_idle_since() {
+    let mut state = AuditState::new(ATTACH_NS, SELF_TGID).with_sockets();
+    state.add_target(10, "server".into(), Origin::Named);
+    state.add_target(11, "other".into(), Origin::Named);
+    assert_eq!(state.idle_since(), Some(ATTACH_NS), "nothing seen yet");
+    let t = ATTACH_NS + 5_000_000;
+    state.apply(&sample(t, &[(10, 3, 1, 0, t), (11, 0, 0, 0, 0)], &[]));
+    assert_eq!(state.conns().unwrap().in_flight(None).requests, 2);
+    assert_eq!(state.conns().unwrap().in_flight(Some(11)).requests, 0);
+    assert_eq!(state.idle_since(), None);
+    let later = t + 40_000_000;
+    state.apply(&sample(
+        later,
+        &[(10, 4, 4, 0, later - 1_000), (11, 0, 0, 0, 0)],
+        &[(250, 3), (1200, 1)],
+    ));
+    assert_eq!(
+        state.idle_since(),
+        Some(later - 1_000),
+        "idle from the last end"
+    );
+    let report = state.report(Mode::Audit, 0, vec![]);
+    let requests = report.requests.unwrap();
+    assert_eq!(requests.count, 4);
+    assert!(
+        (249..=251).contains(&requests.latency_us.p50),
+        "{requests:?}"
+    );
+    assert!(
+        (1195..=1205).contains(&requests.latency_us.max),
+        "{requests:?}"
+    );
+    assert_eq!(state.received(), 0, "samples are not probe records");
+}
+
+/// A client connection found busy at attach is in flight until the kernel counts its end
+/// (the server sent, or it closed), which it counts apart from requests seen starting.
+#[test]
+fn a_connection_busy_at_attach_is_in_flight_until_the_kernel_counts_its_end() {
+    let mut state = AuditState::new(ATTACH_NS, SELF_TGID).with_sockets();
+    state.add_target(10, "server".into(), Origin::Named);
+    state.add_existing_conn((10, 7), Role::Client, Protocol::Unknown, None, None, true);
+    state.add_existing_conn((10, 8), Role::Client, Protocol::Unknown, None, None, false);
+    assert_eq!(state.conns().unwrap().in_flight(Some(10)).requests, 1);
+    assert_eq!(state.idle_since(), None);
+    let t = ATTACH_NS + 1_000_000;
+    state.apply(&sample(t, &[(10, 0, 0, 1, t)], &[]));
+    assert_eq!(state.conns().unwrap().in_flight(Some(10)).requests, 0);
+    assert_eq!(state.idle_since(), Some(t));
+}
+
+/// An exit names the connections whose request was cut; the target's counters go with it.
+#[test]
+fn an_exit_with_busy_connections_is_inflight_at_exit_and_clears_the_counters() {
+    let mut state = AuditState::new(ATTACH_NS, SELF_TGID).with_sockets();
+    state.add_target(10, "server".into(), Origin::Named);
+    state.add_existing_conn((10, 7), Role::Client, Protocol::Unknown, None, None, false);
+    state.add_existing_conn((10, 9), Role::Client, Protocol::Unknown, None, None, false);
+    let t = ATTACH_NS + 1_000_000;
+    state.apply(&sample(t, &[(10, 2, 0, 0, t)], &[]));
+    state.apply(&Event::Exit(crate::event::Exit {
+        ktime_ns: t + 1,
+        tgid: 10,
+        comm: "server".into(),
+        wait_status: Some(9),
+        busy_fds: vec![7, 9],
+    }));
+    assert_eq!(state.conns().unwrap().in_flight(None).requests, 0);
+    let cut: Vec<_> = state
+        .violations()
+        .iter()
+        .filter_map(|v| match v {
+            Violation::InflightAtExit(c) => Some(c),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(cut.len(), 1);
+    assert_eq!(cut[0].requests, 2);
+    assert_eq!(cut[0].connections, ["fd 7", "fd 9"]);
+}
