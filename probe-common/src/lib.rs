@@ -32,10 +32,27 @@ pub mod map_names {
     pub const DB_ADDRS: &str = "DB_ADDRS";
     pub const COMMS: &str = "COMMS";
     pub const REQUEST_LATENCY: &str = "REQUEST_LATENCY";
+    pub const USER_TARGET_BITS: &str = "USER_TARGET_BITS";
 }
 
 /// Most process names `--comm` can watch for.
 pub const MAX_COMMS: u32 = 64;
+
+/// Words of the target bitmaps: one bit per pid up to the kernel's PID_MAX_LIMIT (4M on
+/// 64-bit, include/linux/threads.h). A clear bit means "not a target" without a hash
+/// lookup, which is what every other process on the machine pays on each hooked syscall.
+pub const TARGET_BITMAP_WORDS: u32 = 1 << 16;
+
+/// (word, mask) of a pid in the target bitmaps; `None` beyond them (then only the hash
+/// lookup decides).
+#[inline(always)]
+pub const fn target_bit(pid: u32) -> Option<(u32, u64)> {
+    let word = pid >> 6;
+    if word >= TARGET_BITMAP_WORDS {
+        return None;
+    }
+    Some((word, 1u64 << (pid & 63)))
+}
 
 /// Event kinds, the first field of every event.
 #[repr(u32)]

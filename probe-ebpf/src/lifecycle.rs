@@ -15,7 +15,9 @@ use probe_common::{
     ORIGIN_COMM, ORIGIN_FORK,
 };
 
-use crate::shared::{bump, config, current_tgid_pid, emit, header, is_target, COMMS, TARGETS};
+use crate::shared::{
+    add_target, bump, config, current_tgid_pid, emit, header, is_target, COMMS, TARGETS,
+};
 
 #[inline(always)]
 fn read_i32(ctx: &TracePointContext, offset: u32) -> Result<i32, u32> {
@@ -86,7 +88,7 @@ fn try_sched_process_fork(ctx: &TracePointContext) -> Result<u32, u32> {
     // child that is killed at once. It may be a thread (clone with CLONE_THREAD); userspace
     // tells them apart, and the exit program forgets threads as they go.
     let info = TargetInfo::new(0, ORIGIN_FORK);
-    if TARGETS.insert(&child_pid, &info, 0).is_err() {
+    if add_target(child_pid, &info).is_err() {
         bump(Counter::TargetsFull);
     }
     emit(|| ForkEvent {
@@ -120,7 +122,7 @@ fn try_sched_process_exec(_ctx: &TracePointContext) -> Result<u32, u32> {
         }
         // A process started under a watched name (--comm): a target from now on.
         let info = TargetInfo::new(tgid, ORIGIN_COMM);
-        if TARGETS.insert(&tgid, &info, 0).is_err() {
+        if add_target(tgid, &info).is_err() {
             bump(Counter::TargetsFull);
             return Ok(0);
         }

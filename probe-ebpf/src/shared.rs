@@ -3,11 +3,13 @@
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
+use core::intrinsics::{atomic_or, AtomicOrdering};
+
 use probe_common::{
-    Counter, EventHeader, ProbeConfig, TargetInfo, COMM_LEN, COUNTER_SLOTS, DEFAULT_RING_BYTES,
-    MAX_COMMS, MAX_TARGETS,
+    target_bit, Counter, EventHeader, ProbeConfig, TargetInfo, COMM_LEN, COUNTER_SLOTS,
+    DEFAULT_RING_BYTES, MAX_COMMS, MAX_TARGETS, TARGET_BITMAP_WORDS,
 };
 
 /// Filled in by userspace before load (`EbpfLoader::set_global`); read with `read_volatile`
@@ -22,6 +24,17 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 /// tgids named by userspace, plus pids of children followed on fork.
 #[map]
 pub static TARGETS: HashMap<u32, TargetInfo> = HashMap::with_max_entries(MAX_TARGETS, 0);
+
+/// One bit per pid that may be a target: set by userspace for the pids it names (it is the
+/// only writer of this map). Bits are never cleared: a set bit only means "look in
+/// `TARGETS`", which has the last word.
+#[map]
+pub static USER_TARGET_BITS: Array<u64> = Array::with_max_entries(TARGET_BITMAP_WORDS, 0);
+
+/// The same for pids the kernel side adds (followed forks, `--comm` matches), set with an
+/// atomic OR. Two maps, so that userspace's read-modify-write never races the kernel's.
+#[map]
+pub static KERNEL_TARGET_BITS: Array<u64> = Array::with_max_entries(TARGET_BITMAP_WORDS, 0);
 
 /// Process names watched with `--comm` (NUL-padded comm, as the kernel keeps it).
 #[map]
@@ -49,11 +62,36 @@ pub fn is_target(id: u32) -> bool {
     target(id).is_some()
 }
 
+/// False when `id` is certainly not a target: two array reads (which the kernel inlines),
+/// no hashing. Every other process on the machine stops here.
+#[inline(always)]
+pub fn maybe_target(id: u32) -> bool {
+    let Some((word, mask)) = target_bit(id) else {
+        return true;
+    };
+    let user = USER_TARGET_BITS.get(word).copied().unwrap_or(0);
+    let kernel = KERNEL_TARGET_BITS.get(word).copied().unwrap_or(0);
+    (user | kernel) & mask != 0
+}
+
+/// Adds a pid to `TARGETS` from the kernel side (and to its bitmap, before the entry, so a
+/// reader that finds the entry also passes the bitmap).
+#[inline(always)]
+pub fn add_target(id: u32, info: &TargetInfo) -> Result<(), ()> {
+    if let Some((word, mask)) = target_bit(id) {
+        if let Some(slot) = KERNEL_TARGET_BITS.get_ptr_mut(word) {
+            // SAFETY: a u64 inside an array map value, valid for this program run.
+            unsafe { atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>(slot, mask) };
+        }
+    }
+    TARGETS.insert(&id, info, 0).map_err(|_| ())
+}
+
 /// The `TARGETS` entry of a target (a pointer into the map value, valid for this program
 /// run; its counters are only changed with atomic adds).
 #[inline(always)]
 pub fn target(id: u32) -> Option<*mut TargetInfo> {
-    if id == 0 {
+    if id == 0 || !maybe_target(id) {
         return None;
     }
     TARGETS.get_ptr_mut(&id)

@@ -28,7 +28,7 @@ use probe_common::{
 };
 
 use crate::shared::{
-    bump, config, current_tgid_pid, emit_flags, header, is_target, target, EVENTS,
+    bump, config, current_tgid_pid, emit_flags, header, is_target, maybe_target, target, EVENTS,
 };
 use probe_common::redact::redact;
 
@@ -185,10 +185,14 @@ fn remember(kind: u8, fd: u32, ptr: u64, count: u64, addr: SockAddr) {
     let _ = PENDING.insert(&bpf_get_current_pid_tgid(), &pending, 0);
 }
 
-/// The pending syscall of the current thread, removed from the map.
+/// The pending syscall of the current thread, removed from the map. Other processes stop
+/// at the bitmap, before any hash lookup.
 #[inline(always)]
 fn take_pending() -> Option<Pending> {
     let id = bpf_get_current_pid_tgid();
+    if !maybe_target((id >> 32) as u32) {
+        return None;
+    }
     // SAFETY: copied out before the entry is removed.
     let pending = unsafe { PENDING.get(&id) }.copied()?;
     let _ = PENDING.remove(&id);
@@ -516,9 +520,9 @@ fn try_exit_dup(ctx: &TracePointContext) -> Result<u32, u32> {
 #[inline(always)]
 fn enter_io(ctx: &TracePointContext, kind: u8) -> Result<u32, u32> {
     let (tgid, _) = current_tgid_pid();
-    if !is_target(tgid) {
+    let Some(target) = target(tgid) else {
         return Ok(0);
-    }
+    };
     let Some((fd, state)) = resolve(tgid, arg(ctx, 0)? as u32) else {
         return Ok(0);
     };
@@ -531,9 +535,7 @@ fn enter_io(ctx: &TracePointContext, kind: u8) -> Result<u32, u32> {
         // an idle client connection is remembered.
         ROLE_CLIENT if is_send(kind) => {
             if state.request_in_flight != 0 {
-                if let Some(target) = target(tgid) {
-                    end_request(target, state, true);
-                }
+                end_request(target, state, true);
             }
             false
         }

@@ -315,6 +315,18 @@ impl Probe {
 
     /// Makes a tgid (or one of its threads) a target.
     pub fn add_target(&mut self, id: u32, tgid: u32) -> Result<()> {
+        // The bitmap first: the kernel looks in TARGETS only for pids whose bit is set.
+        if let Some((word, mask)) = probe_common::target_bit(id) {
+            let map = self
+                .ebpf
+                .map_mut(map_names::USER_TARGET_BITS)
+                .ok_or_else(|| Error::Load("no USER_TARGET_BITS map in the object".into()))?;
+            let mut bits: Array<_, u64> = Array::try_from(map).map_err(load_error)?;
+            // Userspace is this map's only writer (the kernel has its own), so a plain
+            // read-modify-write is safe.
+            let old = bits.get(&word, 0).map_err(load_error)?;
+            bits.set(word, old | mask, 0).map_err(load_error)?;
+        }
         let map = self
             .ebpf
             .map_mut(map_names::TARGETS)
