@@ -388,6 +388,8 @@ pub const COUNTER_SLOTS: u32 = 8;
 pub const MAX_CONNS: u32 = 65536;
 /// Most syscalls in progress at once (one per thread at most).
 pub const MAX_PENDING: u32 = 16384;
+/// Per-thread pending-syscall slots, indexed by `pid % THREAD_SLOTS`.
+pub const THREAD_SLOTS: u32 = 16384;
 /// `DB_PORTS` has one slot per TCP port.
 pub const DB_PORT_SLOTS: u32 = 65536;
 pub const MAX_DB_ADDRS: u32 = 256;

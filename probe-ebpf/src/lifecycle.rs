@@ -154,6 +154,7 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<u32, u32> {
     // SAFETY: offset from the format file; group_dead is a one-byte bool.
     let group_dead =
         unsafe { ctx.read_at::<u8>(cfg.exit_group_dead_off as usize) }.map_err(|_| 0u32)?;
+    crate::sockets::release_thread_slot(pid);
     if pid != tgid {
         // A followed thread (or a thread of a target) going away: forget its own entry.
         let _ = TARGETS.remove(&pid);
