@@ -14,38 +14,43 @@ const KIND_CONST: u32 = 10;
 const KIND_RESTRICT: u32 = 11;
 const KIND_TYPE_TAG: u32 = 18;
 
-/// One parsed type: enough to walk struct members.
-#[derive(Clone, Debug)]
+/// One type, as an index into the raw data: the kernel's BTF has ~100k types, and keeping
+/// them compact (no per-type allocation) matters for drainwatch's peak memory.
+#[derive(Clone, Copy, Debug)]
 struct Type {
-    kind: u32,
+    kind: u8,
+    /// Member offsets are bitfield-encoded (kind_flag).
+    kind_flag: bool,
+    /// For structs/unions: how many members.
+    vlen: u16,
     name_off: u32,
     /// For modifiers and typedefs: the referenced type id.
     referenced: u32,
-    /// For structs/unions: (name_off, type id, bit offset).
-    members: Vec<(u32, u32, u32)>,
+    /// Where the member records start in the type section.
+    at: u32,
 }
 
-pub struct Btf {
+/// BTF borrowed from the bytes it was parsed from.
+pub struct Btf<'a> {
     /// Index = type id; id 0 is `void`.
     types: Vec<Type>,
-    strings: Vec<u8>,
+    type_data: &'a [u8],
+    strings: &'a [u8],
+}
+
+/// Byte offset of `member` in `struct name` in the running kernel's BTF.
+pub fn kernel_member_offset(name: &str, member: &str) -> Option<u32> {
+    let data = fs::read(Path::new("/sys/kernel/btf/vmlinux")).ok()?;
+    Btf::parse(&data)?.member_offset(name, member)
 }
 
 fn u32_at(data: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes(data.get(at..at + 4)?.try_into().ok()?))
 }
 
-impl Btf {
-    pub fn from_sys_fs() -> Option<Self> {
-        Self::from_file(Path::new("/sys/kernel/btf/vmlinux"))
-    }
-
-    pub fn from_file(path: &Path) -> Option<Self> {
-        Self::parse(&fs::read(path).ok()?)
-    }
-
+impl<'a> Btf<'a> {
     /// Parses little-endian BTF (the only kind a little-endian kernel exposes).
-    pub fn parse(data: &[u8]) -> Option<Self> {
+    pub fn parse(data: &'a [u8]) -> Option<Self> {
         if u16::from_le_bytes(data.get(0..2)?.try_into().ok()?) != BTF_MAGIC {
             return None;
         }
@@ -55,15 +60,16 @@ impl Btf {
         let str_off = u32_at(data, 16)? as usize;
         let str_len = u32_at(data, 20)? as usize;
         let type_data = data.get(hdr_len + type_off..hdr_len + type_off + type_len)?;
-        let strings = data
-            .get(hdr_len + str_off..hdr_len + str_off + str_len)?
-            .to_vec();
-        let mut types = vec![Type {
+        let strings = data.get(hdr_len + str_off..hdr_len + str_off + str_len)?;
+        let void = Type {
             kind: 0,
+            kind_flag: false,
+            vlen: 0,
             name_off: 0,
             referenced: 0,
-            members: Vec::new(),
-        }];
+            at: 0,
+        };
+        let mut types = vec![void];
         let mut at = 0;
         while at < type_data.len() {
             let name_off = u32_at(type_data, at)?;
@@ -73,37 +79,53 @@ impl Btf {
             let kind = (info >> 24) & 0x1f;
             let vlen = (info & 0xffff) as usize;
             let kind_flag = info >> 31 == 1;
-            let mut members = Vec::new();
             let extra = match kind {
-                1 | 14 | 17 => 4, // INT, VAR, DECL_TAG
-                3 => 12,          // ARRAY
-                KIND_STRUCT | KIND_UNION => {
-                    for i in 0..vlen {
-                        let m = at + i * 12;
-                        let raw_offset = u32_at(type_data, m + 8)?;
-                        // With kind_flag, the low 24 bits are the bit offset.
-                        let bits = if kind_flag {
-                            raw_offset & 0xff_ffff
-                        } else {
-                            raw_offset
-                        };
-                        members.push((u32_at(type_data, m)?, u32_at(type_data, m + 4)?, bits));
-                    }
-                    vlen * 12
-                }
-                6 | 13 => vlen * 8,   // ENUM, FUNC_PROTO
-                15 | 19 => vlen * 12, // DATASEC, ENUM64
+                1 | 14 | 17 => 4,                      // INT, VAR, DECL_TAG
+                3 => 12,                               // ARRAY
+                KIND_STRUCT | KIND_UNION => vlen * 12, // members
+                6 | 13 => vlen * 8,                    // ENUM, FUNC_PROTO
+                15 | 19 => vlen * 12,                  // DATASEC, ENUM64
                 _ => 0,
             };
-            at += extra;
+            if at + extra > type_data.len() {
+                return None;
+            }
             types.push(Type {
-                kind,
+                kind: kind as u8,
+                kind_flag,
+                vlen: vlen as u16,
                 name_off,
                 referenced: size_or_type,
-                members,
+                at: at as u32,
             });
+            at += extra;
         }
-        Some(Self { types, strings })
+        Some(Self {
+            types,
+            type_data,
+            strings,
+        })
+    }
+
+    /// (name_off, type id, bit offset) of each member of a struct/union.
+    fn members(&self, ty: Type) -> impl Iterator<Item = (u32, u32, u32)> + '_ {
+        let is_aggregate = matches!(ty.kind as u32, KIND_STRUCT | KIND_UNION);
+        let count = if is_aggregate { ty.vlen as usize } else { 0 };
+        (0..count).filter_map(move |i| {
+            let m = ty.at as usize + i * 12;
+            let raw_offset = u32_at(self.type_data, m + 8)?;
+            // With kind_flag, the low 24 bits are the bit offset.
+            let bits = if ty.kind_flag {
+                raw_offset & 0xff_ffff
+            } else {
+                raw_offset
+            };
+            Some((
+                u32_at(self.type_data, m)?,
+                u32_at(self.type_data, m + 4)?,
+                bits,
+            ))
+        })
     }
 
     fn name(&self, offset: u32) -> &[u8] {
@@ -118,7 +140,7 @@ impl Btf {
             match self.types.get(id as usize) {
                 Some(t)
                     if matches!(
-                        t.kind,
+                        t.kind as u32,
                         KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG
                     ) =>
                 {
@@ -133,18 +155,17 @@ impl Btf {
     /// Byte offset of `member` in `struct name`, looking inside anonymous struct/union
     /// members (task_struct groups fields that way under layout randomisation).
     pub fn member_offset(&self, name: &str, member: &str) -> Option<u32> {
-        let id = self
-            .types
-            .iter()
-            .position(|t| t.kind == KIND_STRUCT && self.name(t.name_off) == name.as_bytes())?;
+        let id = self.types.iter().position(|t| {
+            t.kind as u32 == KIND_STRUCT && self.name(t.name_off) == name.as_bytes()
+        })?;
         self.find_member(id as u32, member.as_bytes(), 0)
             .filter(|bits| bits % 8 == 0)
             .map(|bits| bits / 8)
     }
 
     fn find_member(&self, id: u32, member: &[u8], base_bits: u32) -> Option<u32> {
-        let ty = self.types.get(id as usize)?;
-        for &(name_off, type_id, bits) in &ty.members {
+        let ty = *self.types.get(id as usize)?;
+        for (name_off, type_id, bits) in self.members(ty) {
             let name = self.name(name_off);
             if name == member {
                 return Some(base_bits + bits);
@@ -154,7 +175,7 @@ impl Btf {
                 let is_aggregate = self
                     .types
                     .get(inner as usize)
-                    .is_some_and(|t| matches!(t.kind, KIND_STRUCT | KIND_UNION));
+                    .is_some_and(|t| matches!(t.kind as u32, KIND_STRUCT | KIND_UNION));
                 if is_aggregate {
                     if let Some(found) = self.find_member(inner, member, base_bits + bits) {
                         return Some(found);

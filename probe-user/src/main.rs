@@ -17,6 +17,14 @@ use drainwatch::{
 const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
+    // Loading reads the kernel's BTF twice (aya's loader always parses it; we look up one
+    // struct member): megabytes that are freed at once. glibc would raise its mmap threshold
+    // after the first such free and keep the next ones on the heap for good; a fixed
+    // threshold gives big buffers back to the kernel when they are freed.
+    // SAFETY: mallopt only changes allocator tuning; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) if !err.use_stderr() => {

@@ -21,7 +21,7 @@ use probe_common::{
     PROTO_POSTGRES, PROTO_REDIS, PROTO_UNKNOWN,
 };
 
-use crate::{btf::Btf, tracefs::Format, Error, Result};
+use crate::{btf, tracefs::Format, Error, Result};
 
 /// `BPF_NOEXIST` (include/uapi/linux/bpf.h): insert only if the key is absent.
 const BPF_NOEXIST: u64 = 1;
@@ -172,9 +172,7 @@ pub fn probe_config(tracefs_root: &Path, follow_forks: bool) -> Result<ProbeConf
     let fork = Format::read(tracefs_root, "sched", "sched_process_fork")?;
     let exec = Format::read(tracefs_root, "sched", "sched_process_exec")?;
     let exit = Format::read(tracefs_root, "sched", "sched_process_exit")?;
-    let task_exit_code_off = Btf::from_sys_fs()
-        .and_then(|btf| btf.member_offset("task_struct", "exit_code"))
-        .unwrap_or(0);
+    let task_exit_code_off = btf::kernel_member_offset("task_struct", "exit_code").unwrap_or(0);
     if task_exit_code_off == 0 {
         log::warn!("kernel BTF has no task_struct.exit_code: exit codes will be reported as null");
     }
@@ -245,7 +243,11 @@ impl Probe {
                 }
             }
         }
+        // No kernel BTF for aya: the object has no CO-RE relocations (tracepoint offsets come
+        // from tracefs, the one struct field from our own reader), and parsing vmlinux BTF
+        // a second time was the largest part of drainwatch's peak memory.
         let mut ebpf = EbpfLoader::new()
+            .btf(None)
             .override_global("CONFIG", &config, true)
             .map_max_entries(map_names::EVENTS, options.ring_bytes)
             .load(OBJECT)

@@ -2,7 +2,18 @@
 //! from `dw-load`), untraced and traced, A/B interleaved over rounds; kernel BPF stats per
 //! program; lost events at a higher connection count.
 
-use std::{collections::BTreeMap, path::Path, thread, time::Duration};
+use std::{
+    collections::BTreeMap,
+    io::{Read, Write},
+    net::TcpStream,
+    path::Path,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
 
 use drainwatch_tests::Server;
 use serde_json::{json, Value};
@@ -15,8 +26,10 @@ use crate::{
 
 /// Connections of the overhead trials.
 const CONNS: usize = 8;
-/// Connections of the lost-events trial.
+/// Connections of the high-request-rate trial.
 const HIGH_CONNS: usize = 64;
+/// Threads of the connection-churn trial (each: connect, one round trip, close, again).
+const CHURN_THREADS: usize = 16;
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 enum Config {
@@ -173,6 +186,36 @@ fn event_rate(events: &Value) -> f64 {
     total as f64 / (events["at_ms"].as_f64().unwrap_or(1.0) / 1000.0).max(0.001)
 }
 
+/// Connections per second: `threads` threads each connecting, doing one 64-byte round trip
+/// and closing, for `secs`. Every connection is two ring-buffer events in drainwatch (the
+/// server's accept and close): the densest event load a server can make, since requests
+/// themselves are counted in the kernel and make none.
+fn churn(port: u16, threads: usize, secs: u64) -> f64 {
+    let done = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let started = Instant::now();
+    let workers: Vec<_> = (0..threads)
+        .map(|_| {
+            let done = done.clone();
+            thread::spawn(move || {
+                let mut back = [0u8; 64];
+                while Instant::now() < deadline {
+                    let Ok(mut conn) = TcpStream::connect(("127.0.0.1", port)) else {
+                        continue;
+                    };
+                    if conn.write_all(&[b'x'; 64]).is_ok() && conn.read_exact(&mut back).is_ok() {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        let _ = worker.join();
+    }
+    done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+}
+
 fn loss(base: f64, traced: f64) -> f64 {
     (base - traced) / base
 }
@@ -240,16 +283,30 @@ pub fn run(rounds: usize, secs: u64, table: &mut Table) -> Value {
     std::fs::write(BPF_STATS, stats_before.trim()).expect("restore kernel.bpf_stats_enabled");
     thread::sleep(Duration::from_millis(500));
 
-    // Lost events with as many loaded connections as the bench runs.
-    eprintln!("dw-bench: lost-events trial ({HIGH_CONNS} connections)");
+    // Lost events under the heaviest event loads: many connections at full request rate
+    // (requests make no events), then connection churn (two events per connection).
+    eprintln!("dw-bench: lost-events trials ({HIGH_CONNS} connections; churn)");
     let dw = Tracer::drainwatch(a.pid, true);
     thread::sleep(Duration::from_millis(300));
     let high_rps = pingpong(a.port, HIGH_CONNS, secs);
     // One more frame after the load, so the last one counts everything.
     thread::sleep(Duration::from_millis(1_100));
     let high_events = last_events(&dw.stop());
-    let events_lost = high_events["lost"].as_u64().unwrap_or(u64::MAX);
-    let rate_ratio = event_rate(&high_events) / event_rate(&overhead_events);
+    thread::sleep(Duration::from_millis(500));
+    let dw = Tracer::drainwatch(a.pid, true);
+    thread::sleep(Duration::from_millis(300));
+    let churn_cps = churn(a.port, CHURN_THREADS, secs);
+    thread::sleep(Duration::from_millis(1_100));
+    let churn_events = last_events(&dw.stop());
+    let events_lost = high_events["lost"]
+        .as_u64()
+        .unwrap_or(u64::MAX)
+        .saturating_add(churn_events["lost"].as_u64().unwrap_or(u64::MAX));
+    // The overhead trial's own event rate (received + lost per second of the run).
+    let overhead_rate = event_rate(&overhead_events);
+    let churn_rate = event_rate(&churn_events);
+    // What the previous design sent for the overhead trial: two events per request.
+    let old_design_rate = 2.0 * stats_rps;
 
     let fmt_list = |v: &[f64]| {
         v.iter()
@@ -325,10 +382,20 @@ pub fn run(rounds: usize, secs: u64, table: &mut Table) -> Value {
         "",
     );
     table.row(
-        &format!(
-            "events_lost at {HIGH_CONNS} conns ({high_rps:.0} req/s, {rate_ratio:.2}x the event rate)"
+        &format!("events lost at {HIGH_CONNS} conns ({high_rps:.0} req/s)"),
+        format!(
+            "{} (received {})",
+            high_events["lost"], high_events["received"]
         ),
-        format!("{} (received {})", high_events["lost"], high_events["received"]),
+        "0",
+    );
+    table.row(
+        &format!(
+            "events_lost in churn ({churn_cps:.0} conn/s, {churn_rate:.0} events/s = {:.0}x the overhead trial's {overhead_rate:.0}/s, {:.2}x the {old_design_rate:.0}/s of one event per request edge)",
+            churn_rate / overhead_rate.max(1.0),
+            churn_rate / old_design_rate.max(1.0)
+        ),
+        format!("{} (received {})", churn_events["lost"], churn_events["received"]),
         "0 at 10x",
     );
     let samples_json: BTreeMap<&str, &Vec<f64>> =
@@ -358,10 +425,16 @@ pub fn run(rounds: usize, secs: u64, table: &mut Table) -> Value {
         },
         "events": {
             "overhead_load": overhead_events,
+            "overhead_events_per_s": overhead_rate,
             "high_load": high_events,
             "high_load_conns": HIGH_CONNS,
             "high_load_rps": high_rps,
-            "high_load_event_rate_ratio": rate_ratio,
+            "churn": churn_events,
+            "churn_threads": CHURN_THREADS,
+            "churn_conns_per_s": churn_cps,
+            "churn_events_per_s": churn_rate,
+            "churn_vs_overhead_event_rate": churn_rate / overhead_rate.max(1.0),
+            "per_request_event_design_rate": old_design_rate,
         },
     })
 }
