@@ -235,7 +235,8 @@ mod tests {
 
     #[test]
     fn finds_direct_and_anonymous_members() {
-        let btf = Btf::parse(&sample()).unwrap();
+        let data = sample();
+        let btf = Btf::parse(&data).unwrap();
         assert_eq!(btf.member_offset("outer", "a"), Some(0));
         assert_eq!(btf.member_offset("outer", "b"), Some(4));
         assert_eq!(btf.member_offset("outer", "c"), Some(8));
