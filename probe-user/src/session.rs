@@ -81,6 +81,9 @@ fn busy_fds(probe: &Probe, keys: &[probe_common::ConnKey]) -> Vec<u32> {
         .collect()
 }
 
+/// The longest the ring buffer waits to be read.
+const DRAIN_EVERY: Duration = Duration::from_millis(50);
+
 /// How often the request latency histogram is read (the counters are read on every drain).
 const LATENCY_READ_EVERY: Duration = Duration::from_millis(250);
 
@@ -410,8 +413,11 @@ impl Session {
         // dropped at the end of this function.
         let ring_fd = unsafe { AsyncFd::register(self.probe.events().as_raw_fd()) }
             .map_err(|e| Error::Load(format!("cannot poll the ring buffer: {e}")))?;
-        let mut ticker = tokio::time::interval(tick);
+        // The ring is drained at least every DRAIN_EVERY whatever the view's interval: the
+        // kernel only wakes us once it is half full, and a slow reader loses events.
+        let mut ticker = tokio::time::interval(tick.min(DRAIN_EVERY));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_tick: Option<std::time::Instant> = None;
         let ended = loop {
             if self.targets_done() {
                 break match self.end {
@@ -432,7 +438,10 @@ impl Session {
                 _ = ticker.tick() => {
                     self.drain();
                     self.notice_unseen_exits();
-                    on_tick(self);
+                    if last_tick.is_none_or(|at| at.elapsed() >= tick) {
+                        last_tick = Some(std::time::Instant::now());
+                        on_tick(self);
+                    }
                 }
                 _ = self.interrupt.recv() => break EndedBy::Interrupted,
                 _ = self.terminate.recv() => break EndedBy::Interrupted,
