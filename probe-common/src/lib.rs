@@ -393,6 +393,8 @@ pub const THREAD_SLOTS: u32 = 16384;
 /// `DB_PORTS` has one slot per TCP port.
 pub const DB_PORT_SLOTS: u32 = 65536;
 pub const MAX_DB_ADDRS: u32 = 256;
+/// Slots of the syscall dispatch table (x86_64 syscall numbers are below 512).
+pub const SYSCALL_SLOTS: u32 = 512;
 
 /// Load-time configuration, written into the object's `.rodata` by userspace before load
 /// (aya's `EbpfLoader::set_global`), so the verifier sees constants.

@@ -17,10 +17,12 @@ use core::intrinsics::{atomic_cxchg, atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
-    macros::{map, tracepoint},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
+    },
+    macros::{map, raw_tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
-    programs::TracePointContext,
+    programs::RawTracePointContext,
 };
 use probe_common::{
     latency::{self, LatencyHistogram, LATENCY_MAX_SLOT},
@@ -72,6 +74,11 @@ pub static DB_ADDRS: HashMap<SockAddr, u8> = HashMap::with_max_entries(MAX_DB_AD
 #[map]
 pub static JUMP: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
+/// The program for each syscall a target makes that matters here, by x86_64 syscall number
+/// (filled in by userspace).
+#[map]
+pub static ENTER_JUMP: ProgramArray = ProgramArray::with_max_entries(SYSCALL_SLOTS, 0);
+
 /// What the exit program hands to `db_io` across the tail call (one slot per CPU; the
 /// tail call runs on the same CPU without preemption).
 #[map]
@@ -107,16 +114,31 @@ const EINPROGRESS: i64 = 115;
 /// Most iovecs walked to find where the bytes of a readv/writev/recvmsg/sendmsg ended.
 const MAX_IOVECS: u32 = 8;
 
+/// Where the syscall arguments are in `struct pt_regs` on x86_64: di, si, dx, r10, r8, r9
+/// (arch/x86/include/asm/ptrace.h; the syscall ABI in arch/x86/entry/entry_64.S).
+const ARG_OFFSETS: [u64; 6] = [112, 104, 96, 56, 72, 64];
+
+/// Syscall argument `n` (a constant at every call site), read from the `pt_regs` that
+/// raw_syscalls:sys_enter passes as its first argument.
 #[inline(always)]
-fn arg(ctx: &TracePointContext, n: usize) -> Result<u64, u32> {
-    // SAFETY: syscall tracepoint records hold six 8-byte args from offset 16.
-    unsafe { ctx.read_at::<u64>(16 + 8 * n) }.map_err(|_| 0u32)
+fn arg(ctx: &RawTracePointContext, n: usize) -> Result<u64, u32> {
+    let regs: u64 = ctx.arg(0);
+    let offset = match n {
+        0 => ARG_OFFSETS[0],
+        1 => ARG_OFFSETS[1],
+        2 => ARG_OFFSETS[2],
+        3 => ARG_OFFSETS[3],
+        4 => ARG_OFFSETS[4],
+        _ => ARG_OFFSETS[5],
+    };
+    // SAFETY: the helper checks the kernel address.
+    unsafe { bpf_probe_read_kernel((regs + offset) as *const u64) }.map_err(|_| 0u32)
 }
 
+/// The return value: raw_syscalls:sys_exit's second argument.
 #[inline(always)]
-fn ret(ctx: &TracePointContext) -> Result<i64, u32> {
-    // SAFETY: `long ret` at offset 16 of every sys_exit record.
-    unsafe { ctx.read_at::<i64>(16) }.map_err(|_| 0u32)
+fn ret(ctx: &RawTracePointContext) -> Result<i64, u32> {
+    Ok(ctx.arg::<i64>(1))
 }
 
 #[inline(always)]
@@ -270,15 +292,15 @@ fn take_pending() -> Option<Pending> {
 
 // ---- accept / accept4 ------------------------------------------------------------------
 
-#[tracepoint]
-pub fn sys_enter_accept(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint]
+pub fn sys_enter_accept(ctx: RawTracePointContext) -> u32 {
     match try_enter_accept(&ctx) {
         Ok(r) | Err(r) => r,
     }
 }
 
 #[inline(always)]
-fn try_enter_accept(ctx: &TracePointContext) -> Result<u32, u32> {
+fn try_enter_accept(ctx: &RawTracePointContext) -> Result<u32, u32> {
     let (tgid, _) = current_tgid_pid();
     if !is_target(tgid) {
         return Ok(0);
@@ -294,18 +316,8 @@ fn try_enter_accept(ctx: &TracePointContext) -> Result<u32, u32> {
     Ok(0)
 }
 
-#[tracepoint]
-pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
-    match try_exit_accept(&ctx) {
-        Ok(r) | Err(r) => r,
-    }
-}
-
 #[inline(always)]
-fn try_exit_accept(ctx: &TracePointContext) -> Result<u32, u32> {
-    let Some(pending) = take_pending() else {
-        return Ok(0);
-    };
+fn try_exit_accept(ctx: &RawTracePointContext, pending: Pending) -> Result<u32, u32> {
     let fd = ret(ctx)?;
     if fd < 0 {
         return Ok(0);
@@ -358,15 +370,15 @@ fn open_conn(tgid: u32, fd: u32, role: u8, proto: u8, listener_fd: u32, peer: So
 
 // ---- connect ---------------------------------------------------------------------------
 
-#[tracepoint]
-pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint]
+pub fn sys_enter_connect(ctx: RawTracePointContext) -> u32 {
     match try_enter_connect(&ctx) {
         Ok(r) | Err(r) => r,
     }
 }
 
 #[inline(always)]
-fn try_enter_connect(ctx: &TracePointContext) -> Result<u32, u32> {
+fn try_enter_connect(ctx: &RawTracePointContext) -> Result<u32, u32> {
     let (tgid, _) = current_tgid_pid();
     if !is_target(tgid) {
         return Ok(0);
@@ -379,18 +391,8 @@ fn try_enter_connect(ctx: &TracePointContext) -> Result<u32, u32> {
     Ok(0)
 }
 
-#[tracepoint]
-pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
-    match try_exit_connect(&ctx) {
-        Ok(r) | Err(r) => r,
-    }
-}
-
 #[inline(always)]
-fn try_exit_connect(ctx: &TracePointContext) -> Result<u32, u32> {
-    let Some(pending) = take_pending() else {
-        return Ok(0);
-    };
+fn try_exit_connect(ctx: &RawTracePointContext, pending: Pending) -> Result<u32, u32> {
     let rc = ret(ctx)?;
     if rc != 0 && rc != -EINPROGRESS {
         return Ok(0);
@@ -416,15 +418,15 @@ fn classify_peer(peer: &SockAddr) -> (u8, u8) {
 
 // ---- close -----------------------------------------------------------------------------
 
-#[tracepoint]
-pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint]
+pub fn sys_enter_close(ctx: RawTracePointContext) -> u32 {
     match try_enter_close(&ctx) {
         Ok(r) | Err(r) => r,
     }
 }
 
 #[inline(always)]
-fn try_enter_close(ctx: &TracePointContext) -> Result<u32, u32> {
+fn try_enter_close(ctx: &RawTracePointContext) -> Result<u32, u32> {
     let (tgid, _) = current_tgid_pid();
     if !is_target(tgid) {
         return Ok(0);
@@ -510,15 +512,15 @@ fn resolve(tgid: u32, fd: u32) -> Option<(u32, *mut ConnState)> {
 const F_DUPFD: u64 = 0;
 const F_DUPFD_CLOEXEC: u64 = 1030;
 
-#[tracepoint]
-pub fn sys_enter_dup(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint]
+pub fn sys_enter_dup(ctx: RawTracePointContext) -> u32 {
     match try_enter_dup(&ctx, false) {
         Ok(r) | Err(r) => r,
     }
 }
 
-#[tracepoint]
-pub fn sys_enter_fcntl(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint]
+pub fn sys_enter_fcntl(ctx: RawTracePointContext) -> u32 {
     match try_enter_dup(&ctx, true) {
         Ok(r) | Err(r) => r,
     }
@@ -526,7 +528,7 @@ pub fn sys_enter_fcntl(ctx: TracePointContext) -> u32 {
 
 /// dup(old), dup2(old, new), dup3(old, new, flags), fcntl(old, F_DUPFD[_CLOEXEC], min).
 #[inline(always)]
-fn try_enter_dup(ctx: &TracePointContext, fcntl: bool) -> Result<u32, u32> {
+fn try_enter_dup(ctx: &RawTracePointContext, fcntl: bool) -> Result<u32, u32> {
     let (tgid, _) = current_tgid_pid();
     if !is_target(tgid) {
         return Ok(0);
@@ -545,18 +547,8 @@ fn try_enter_dup(ctx: &TracePointContext, fcntl: bool) -> Result<u32, u32> {
     Ok(0)
 }
 
-#[tracepoint]
-pub fn sys_exit_dup(ctx: TracePointContext) -> u32 {
-    match try_exit_dup(&ctx) {
-        Ok(r) | Err(r) => r,
-    }
-}
-
 #[inline(always)]
-fn try_exit_dup(ctx: &TracePointContext) -> Result<u32, u32> {
-    let Some(pending) = take_pending() else {
-        return Ok(0);
-    };
+fn try_exit_dup(ctx: &RawTracePointContext, pending: Pending) -> Result<u32, u32> {
     let new = ret(ctx)?;
     if pending.kind != IO_DUP || new < 0 || new as u32 == pending.fd {
         return Ok(0);
@@ -587,7 +579,7 @@ fn try_exit_dup(ctx: &TracePointContext) -> Result<u32, u32> {
 /// sys_enter of read/write/recvfrom/sendto/recvmsg/sendmsg/readv/writev: remember the
 /// buffer if the fd is a connection worth looking at.
 #[inline(always)]
-fn enter_io(ctx: &TracePointContext, kind: u8) -> Result<u32, u32> {
+fn enter_io(ctx: &RawTracePointContext, kind: u8) -> Result<u32, u32> {
     let (tgid, _) = current_tgid_pid();
     let Some(target) = target(tgid) else {
         return Ok(0);
@@ -631,10 +623,7 @@ fn is_send(kind: u8) -> bool {
 
 /// sys_exit of the data syscalls.
 #[inline(always)]
-fn exit_io(ctx: &TracePointContext) -> Result<u32, u32> {
-    let Some(pending) = take_pending() else {
-        return Ok(0);
-    };
+fn exit_io(ctx: &RawTracePointContext, pending: Pending) -> Result<u32, u32> {
     let moved = ret(ctx)?;
     if moved <= 0 {
         return Ok(0);
@@ -668,7 +657,7 @@ fn exit_io(ctx: &TracePointContext) -> Result<u32, u32> {
 }
 
 #[inline(always)]
-fn jump_to_db_io(ctx: &TracePointContext, pending: Pending, moved: u64, tgid: u32, send: bool) {
+fn jump_to_db_io(ctx: &RawTracePointContext, pending: Pending, moved: u64, tgid: u32, send: bool) {
     let Some(slot) = DB_WORK.get_ptr_mut(0) else {
         return;
     };
@@ -698,8 +687,8 @@ fn jump_to_db_io(ctx: &TracePointContext, pending: Pending, moved: u64, tgid: u3
 /// The database path: for a db connection, copy and redact the head/tail bytes and emit
 /// them; for an upstream connection still being sniffed, look for a database handshake
 /// first. Entered only by tail call from the syscall exits.
-#[tracepoint]
-pub fn db_io(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint]
+pub fn db_io(ctx: RawTracePointContext) -> u32 {
     let _ = ctx;
     bump(Counter::DbIoRuns);
     let Some(work) = DB_WORK.get_ptr(0) else {
@@ -956,17 +945,10 @@ fn recognize(head: &[u8; 32], n: u8, send: bool, midstream: bool, moved: u64) ->
 }
 
 macro_rules! io_programs {
-    ($($enter:ident, $exit:ident, $kind:expr;)*) => {$(
-        #[tracepoint]
-        pub fn $enter(ctx: TracePointContext) -> u32 {
+    ($($enter:ident, $kind:expr;)*) => {$(
+        #[raw_tracepoint]
+        pub fn $enter(ctx: RawTracePointContext) -> u32 {
             match enter_io(&ctx, $kind) {
-                Ok(r) | Err(r) => r,
-            }
-        }
-
-        #[tracepoint]
-        pub fn $exit(ctx: TracePointContext) -> u32 {
-            match exit_io(&ctx) {
                 Ok(r) | Err(r) => r,
             }
         }
@@ -974,12 +956,57 @@ macro_rules! io_programs {
 }
 
 io_programs! {
-    sys_enter_read, sys_exit_read, IO_READ;
-    sys_enter_write, sys_exit_write, IO_WRITE;
-    sys_enter_recvfrom, sys_exit_recvfrom, IO_RECVFROM;
-    sys_enter_sendto, sys_exit_sendto, IO_SENDTO;
-    sys_enter_recvmsg, sys_exit_recvmsg, IO_RECVMSG;
-    sys_enter_sendmsg, sys_exit_sendmsg, IO_SENDMSG;
-    sys_enter_readv, sys_exit_readv, IO_READV;
-    sys_enter_writev, sys_exit_writev, IO_WRITEV;
+    sys_enter_read, IO_READ;
+    sys_enter_write, IO_WRITE;
+    sys_enter_recvfrom, IO_RECVFROM;
+    sys_enter_sendto, IO_SENDTO;
+    sys_enter_recvmsg, IO_RECVMSG;
+    sys_enter_sendmsg, IO_SENDMSG;
+    sys_enter_readv, IO_READV;
+    sys_enter_writev, IO_WRITEV;
+}
+
+// ---- the two attached programs --------------------------------------------------------
+
+/// Every syscall entry of every process comes here (raw_syscalls:sys_enter, whose
+/// arguments are `struct pt_regs *` and the syscall number: include/trace/events/syscalls.h).
+/// Other processes stop at the target bitmap; a target's syscall is handed to its program
+/// in `ENTER_JUMP` (indexed by x86_64 syscall number; a syscall without one ends here).
+/// One raw tracepoint instead of a syscall tracepoint per syscall: no perf record is built
+/// for each hit, and the programs are attached with two links instead of two dozen.
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn raw_sys_enter(ctx: RawTracePointContext) -> u32 {
+    let (tgid, _) = current_tgid_pid();
+    if !maybe_target(tgid) {
+        return 0;
+    }
+    let nr: u64 = ctx.arg(1);
+    if nr >= SYSCALL_SLOTS as u64 {
+        return 0;
+    }
+    // SAFETY: a tail call does not return on success; on failure (no program for this
+    // syscall) we simply end.
+    unsafe {
+        let _ = ENTER_JUMP.tail_call(&ctx, nr as u32);
+    }
+    0
+}
+
+/// Every syscall exit (raw_syscalls:sys_exit: `struct pt_regs *` and the return value).
+/// Syscalls do not nest in a thread, so the pending record of this thread, if any, belongs
+/// to the syscall now returning; its kind says what to do.
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn raw_sys_exit(ctx: RawTracePointContext) -> u32 {
+    let Some(pending) = take_pending() else {
+        return 0;
+    };
+    let done = match pending.kind {
+        IO_ACCEPT => try_exit_accept(&ctx, pending),
+        IO_CONNECT => try_exit_connect(&ctx, pending),
+        IO_DUP => try_exit_dup(&ctx, pending),
+        _ => exit_io(&ctx, pending),
+    };
+    match done {
+        Ok(r) | Err(r) => r,
+    }
 }

@@ -11,7 +11,10 @@ use std::{
 
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, ProgramArray, RingBuf},
-    programs::{trace_point::TracePointLinkId, TracePoint},
+    programs::{
+        raw_trace_point::RawTracePointLinkId, trace_point::TracePointLinkId, ProgramFd,
+        RawTracePoint, TracePoint,
+    },
     Ebpf, EbpfLoader,
 };
 use probe_common::{
@@ -36,72 +39,28 @@ const LIFECYCLE: [(&str, &str, &[&str]); 4] = [
     ("sched_process_exit", "sched", &["sched_process_exit"]),
 ];
 
-/// Syscall tracepoint programs (`syscalls` category); accept and accept4 share programs.
-const SYSCALLS: [(&str, &[&str]); 24] = [
-    (
-        "sys_enter_accept",
-        &["sys_enter_accept", "sys_enter_accept4"],
-    ),
-    ("sys_exit_accept", &["sys_exit_accept", "sys_exit_accept4"]),
-    ("sys_enter_connect", &["sys_enter_connect"]),
-    ("sys_exit_connect", &["sys_exit_connect"]),
-    ("sys_enter_close", &["sys_enter_close"]),
-    (
-        "sys_enter_dup",
-        &["sys_enter_dup", "sys_enter_dup2", "sys_enter_dup3"],
-    ),
-    ("sys_enter_fcntl", &["sys_enter_fcntl"]),
-    (
-        "sys_exit_dup",
-        &[
-            "sys_exit_dup",
-            "sys_exit_dup2",
-            "sys_exit_dup3",
-            "sys_exit_fcntl",
-        ],
-    ),
-    ("sys_enter_read", &["sys_enter_read"]),
-    ("sys_exit_read", &["sys_exit_read"]),
-    ("sys_enter_write", &["sys_enter_write"]),
-    ("sys_exit_write", &["sys_exit_write"]),
-    ("sys_enter_recvfrom", &["sys_enter_recvfrom"]),
-    ("sys_exit_recvfrom", &["sys_exit_recvfrom"]),
-    ("sys_enter_sendto", &["sys_enter_sendto"]),
-    ("sys_exit_sendto", &["sys_exit_sendto"]),
-    ("sys_enter_recvmsg", &["sys_enter_recvmsg"]),
-    ("sys_exit_recvmsg", &["sys_exit_recvmsg"]),
-    ("sys_enter_sendmsg", &["sys_enter_sendmsg"]),
-    ("sys_exit_sendmsg", &["sys_exit_sendmsg"]),
-    ("sys_enter_readv", &["sys_enter_readv"]),
-    ("sys_exit_readv", &["sys_exit_readv"]),
-    ("sys_enter_writev", &["sys_enter_writev"]),
-    ("sys_exit_writev", &["sys_exit_writev"]),
+/// The program each watched syscall of a target is handed to by `raw_sys_enter`, with the
+/// x86_64 syscall numbers it serves (arch/x86/entry/syscalls/syscall_64.tbl). Their exits
+/// all go through `raw_sys_exit`.
+const ENTER_PROGRAMS: [(&str, &[u32]); 13] = [
+    ("sys_enter_read", &[0]),
+    ("sys_enter_write", &[1]),
+    ("sys_enter_close", &[3]),
+    ("sys_enter_readv", &[19]),
+    ("sys_enter_writev", &[20]),
+    ("sys_enter_dup", &[32, 33, 292]), // dup, dup2, dup3
+    ("sys_enter_connect", &[42]),
+    ("sys_enter_accept", &[43, 288]), // accept, accept4
+    ("sys_enter_sendto", &[44]),
+    ("sys_enter_recvfrom", &[45]),
+    ("sys_enter_sendmsg", &[46]),
+    ("sys_enter_recvmsg", &[47]),
+    ("sys_enter_fcntl", &[72]),
 ];
 
-/// The probe reads syscall records at fixed places (include/trace/syscall.h): every
-/// argument is 8 bytes from offset 16, and `ret` is at 16. Checked against tracefs.
-fn check_syscall_layout(tracefs_root: &Path, name: &str) -> Result<()> {
-    let format = Format::read(tracefs_root, "syscalls", name)?;
-    let first = if name.starts_with("sys_exit_") {
-        "ret"
-    } else {
-        format
-            .fields
-            .iter()
-            .find(|f| f.offset >= 16)
-            .map(|f| f.name.as_str())
-            .unwrap_or("fd")
-    };
-    let offset = format.offset(first, 8)?;
-    if offset != 16 {
-        return Err(Error::TracepointFormat {
-            category: "syscalls".into(),
-            name: name.into(),
-            problem: format!("`{first}` is at offset {offset}, the probe reads 16"),
-        });
-    }
-    Ok(())
-}
+/// The two programs attached to raw_syscalls (include/trace/events/syscalls.h).
+const RAW_SYSCALLS: [(&str, &str); 2] =
+    [("raw_sys_enter", "sys_enter"), ("raw_sys_exit", "sys_exit")];
 
 #[derive(Clone, Debug)]
 pub struct ProbeOptions {
@@ -163,7 +122,7 @@ pub struct Probe {
     ebpf: Ebpf,
     failures: Vec<String>,
     /// Every attachment, so that [`Probe::close`] can take them down together.
-    links: Vec<(&'static str, TracePointLinkId)>,
+    links: Vec<Link>,
 }
 
 /// Fills the load-time config from tracefs format files and kernel BTF.
@@ -236,12 +195,10 @@ impl Probe {
         check_privileges()?;
         let mut config = probe_config(tracefs_root, options.follow_forks)?;
         config.ring_bytes = options.ring_bytes;
-        if options.sockets {
-            for (_, names) in SYSCALLS {
-                for name in names {
-                    check_syscall_layout(tracefs_root, name)?;
-                }
-            }
+        if options.sockets && !cfg!(target_arch = "x86_64") {
+            return Err(Error::Load(
+                "connection tracking reads x86_64 syscall registers; use --no-sockets here".into(),
+            ));
         }
         // No kernel BTF for aya: the object has no CO-RE relocations (tracepoint offsets come
         // from tracefs, the one struct field from our own reader), and parsing vmlinux BTF
@@ -267,21 +224,32 @@ impl Probe {
                 failures.push(format!("db_io: {err}"));
             }
         }
-        let syscalls = SYSCALLS
-            .iter()
-            .map(|(program, names)| (*program, "syscalls", *names));
-        let wanted: Vec<_> = LIFECYCLE
-            .iter()
-            .copied()
-            .chain(syscalls.filter(|_| options.sockets))
-            .collect();
-        for (program, category, names) in wanted {
+        for (program, category, names) in LIFECYCLE {
             if let Err(err) = attach(&mut ebpf, program, category, names, &mut links) {
                 if matches!(err, Error::NotPermitted) {
                     return Err(err);
                 }
                 log::warn!("probe {category}:{program} failed: {err}");
                 failures.push(format!("{category}:{program}: {err}"));
+            }
+        }
+        if options.sockets {
+            // The dispatch table first: a raw_sys_enter attached before it would miss the
+            // first syscalls.
+            for (program, numbers) in ENTER_PROGRAMS {
+                if let Err(err) = install_enter_program(&mut ebpf, program, numbers) {
+                    log::warn!("probe {program} failed: {err}");
+                    failures.push(format!("raw_syscalls:{program}: {err}"));
+                }
+            }
+            for (program, tracepoint) in RAW_SYSCALLS {
+                if let Err(err) = attach_raw(&mut ebpf, program, tracepoint, &mut links) {
+                    if matches!(err, Error::NotPermitted) {
+                        return Err(err);
+                    }
+                    log::warn!("probe raw_syscalls:{tracepoint} failed: {err}");
+                    failures.push(format!("raw_syscalls:{tracepoint}: {err}"));
+                }
             }
         }
         // Not "attached": tools and tests wait for the "drainwatch: attached to ..." line,
@@ -501,12 +469,22 @@ impl Probe {
     pub fn close(mut self) {
         let started = std::time::Instant::now();
         let mut owned = Vec::new();
-        for (name, id) in std::mem::take(&mut self.links) {
-            let program: Option<&mut TracePoint> =
-                self.ebpf.program_mut(name).and_then(|p| p.try_into().ok());
-            if let Some(link) = program.and_then(|p| p.take_link(id).ok()) {
-                owned.push(link);
-            }
+        for link in std::mem::take(&mut self.links) {
+            let owned_link: Option<Box<dyn Send>> = match link {
+                Link::Tracepoint(name, id) => self
+                    .ebpf
+                    .program_mut(name)
+                    .and_then(|p| <&mut TracePoint>::try_from(p).ok())
+                    .and_then(|p| p.take_link(id).ok())
+                    .map(|l| Box::new(l) as Box<dyn Send>),
+                Link::Raw(name, id) => self
+                    .ebpf
+                    .program_mut(name)
+                    .and_then(|p| <&mut RawTracePoint>::try_from(p).ok())
+                    .and_then(|p| p.take_link(id).ok())
+                    .map(|l| Box::new(l) as Box<dyn Send>),
+            };
+            owned.extend(owned_link);
         }
         let count = owned.len();
         std::thread::scope(|scope| {
@@ -526,12 +504,18 @@ impl Probe {
     }
 }
 
+/// A link the probe holds, by kind (their ids are different types).
+enum Link {
+    Tracepoint(&'static str, TracePointLinkId),
+    Raw(&'static str, RawTracePointLinkId),
+}
+
 fn attach(
     ebpf: &mut Ebpf,
     program: &'static str,
     category: &str,
     names: &[&str],
-    links: &mut Vec<(&'static str, TracePointLinkId)>,
+    links: &mut Vec<Link>,
 ) -> Result<()> {
     let program_name = program;
     let program: &mut TracePoint = ebpf
@@ -542,24 +526,59 @@ fn attach(
     program.load().map_err(load_error)?;
     for name in names {
         let link = program.attach(category, name).map_err(load_error)?;
-        links.push((program_name, link));
+        links.push(Link::Tracepoint(program_name, link));
+    }
+    Ok(())
+}
+
+fn attach_raw(
+    ebpf: &mut Ebpf,
+    program: &'static str,
+    tracepoint: &str,
+    links: &mut Vec<Link>,
+) -> Result<()> {
+    let raw: &mut RawTracePoint = ebpf
+        .program_mut(program)
+        .ok_or_else(|| Error::Load(format!("no program {program} in the object")))?
+        .try_into()
+        .map_err(load_error)?;
+    raw.load().map_err(load_error)?;
+    let link = raw.attach(tracepoint).map_err(load_error)?;
+    links.push(Link::Raw(program, link));
+    Ok(())
+}
+
+/// Loads a tail-called program and returns its fd.
+fn load_tail(ebpf: &mut Ebpf, name: &str) -> Result<ProgramFd> {
+    let program: &mut RawTracePoint = ebpf
+        .program_mut(name)
+        .ok_or_else(|| Error::Load(format!("no program {name} in the object")))?
+        .try_into()
+        .map_err(load_error)?;
+    program.load().map_err(load_error)?;
+    program
+        .fd()
+        .map_err(load_error)?
+        .try_clone()
+        .map_err(load_error)
+}
+
+/// Loads a syscall's program and puts it in the dispatch table under its numbers.
+fn install_enter_program(ebpf: &mut Ebpf, name: &str, numbers: &[u32]) -> Result<()> {
+    let fd = load_tail(ebpf, name)?;
+    let map = ebpf
+        .map_mut("ENTER_JUMP")
+        .ok_or_else(|| Error::Load("no ENTER_JUMP map in the object".into()))?;
+    let mut table = ProgramArray::try_from(map).map_err(load_error)?;
+    for &nr in numbers {
+        table.set(nr, &fd, 0).map_err(load_error)?;
     }
     Ok(())
 }
 
 /// Loads the database path program and puts it where the syscall exits tail-call it.
 fn install_db_io(ebpf: &mut Ebpf) -> Result<()> {
-    let program: &mut TracePoint = ebpf
-        .program_mut("db_io")
-        .ok_or_else(|| Error::Load("no program db_io in the object".into()))?
-        .try_into()
-        .map_err(load_error)?;
-    program.load().map_err(load_error)?;
-    let fd = program
-        .fd()
-        .map_err(load_error)?
-        .try_clone()
-        .map_err(load_error)?;
+    let fd = load_tail(ebpf, "db_io")?;
     let map = ebpf
         .map_mut("JUMP")
         .ok_or_else(|| Error::Load("no JUMP map in the object".into()))?;

@@ -31,7 +31,7 @@ fn drainwatch_programs() -> usize {
             [
                 "signal_generate",
                 "sched_process_exec",
-                "sys_exit_accept",
+                "raw_sys_exit",
                 "db_io",
             ]
             .contains(&name)
