@@ -15,6 +15,11 @@ pub enum Error {
     NoSuchProcess(u32),
     #[error("pid {0} is drainwatch itself: name the server's pid instead")]
     SelfTarget(u32),
+    #[error(
+        "pid {0} is a 32-bit (ia32) program: drainwatch reads x86_64 system calls only; \
+         watch a 64-bit build of the server"
+    )]
+    Compat32(u32),
     #[error("cannot write report file {path}: {cause} (choose a writable path)")]
     ReportPath {
         path: PathBuf,

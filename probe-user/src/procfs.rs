@@ -1,7 +1,7 @@
 //! Small reads from /proc (see proc(5)). Every function returns `None` when the process is
 //! gone: processes come and go while drainwatch runs, and that is not an error.
 
-use std::{fs, time::Duration};
+use std::{fs, path::Path, time::Duration};
 
 pub fn process_exists(tgid: u32) -> bool {
     fs::metadata(format!("/proc/{tgid}/stat")).is_ok() && tgid_of(tgid) == Some(tgid)
@@ -11,6 +11,21 @@ pub fn process_exists(tgid: u32) -> bool {
 pub fn comm(pid: u32) -> Option<String> {
     let raw = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
     Some(raw.trim_end_matches('\n').to_string())
+}
+
+/// Whether a process runs a 32-bit ELF program (`/proc/PID/exe`'s ELF class, elf(5)): its
+/// system calls go through the ia32 table, whose numbers the probe does not read.
+pub fn is_32bit(pid: u32) -> bool {
+    elf_is_32bit(Path::new(&format!("/proc/{pid}/exe")))
+}
+
+/// ELF class 1 (ELFCLASS32) in the file's identification bytes.
+fn elf_is_32bit(path: &Path) -> bool {
+    use std::io::Read;
+    let mut ident = [0u8; 5];
+    fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut ident))
+        .is_ok_and(|()| ident[..4] == *b"\x7fELF" && ident[4] == 1)
 }
 
 /// Whether a process has ended: its /proc entry is gone, or it is a zombie (dead, not yet
@@ -97,5 +112,29 @@ mod tests {
         assert!(!process_exists(0));
         assert!(!has_ended(me));
         assert!(has_ended(4_194_304), "above pid_max: no such process");
+    }
+}
+
+#[cfg(test)]
+mod elf_tests {
+    use super::*;
+
+    #[test]
+    fn tells_32_bit_programs_from_64_bit_ones() {
+        let dir = std::env::temp_dir().join(format!("dw-elf-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let (elf32, elf64, text) = (dir.join("a32"), dir.join("a64"), dir.join("txt"));
+        fs::write(&elf32, b"\x7fELF\x01\x01\x01\0").unwrap();
+        fs::write(&elf64, b"\x7fELF\x02\x01\x01\0").unwrap();
+        fs::write(&text, b"#!/bin/sh\n").unwrap();
+        assert!(elf_is_32bit(&elf32));
+        assert!(!elf_is_32bit(&elf64));
+        assert!(!elf_is_32bit(&text));
+        assert!(!elf_is_32bit(&dir.join("missing")));
+        assert!(
+            !is_32bit(std::process::id()),
+            "this test runs as a 64-bit program"
+        );
+        fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -36,6 +36,9 @@ fn attach_pids(
         let Some(comm) = comm else {
             return Err(Error::NoSuchProcess(tgid));
         };
+        if procfs::is_32bit(tgid) {
+            return Err(Error::Compat32(tgid));
+        }
         state.add_target(tgid, comm, Origin::Named);
         existing::attach(probe, state, tgid, common)?;
     }
