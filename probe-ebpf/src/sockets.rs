@@ -605,14 +605,20 @@ fn enter_io(ctx: &RawTracePointContext, kind: u8) -> Result<u32, u32> {
         ROLE_UPSTREAM => state.sniff_left > 0,
         _ => false,
     };
-    if wanted {
-        let count = if kind == IO_READV || kind == IO_WRITEV {
-            arg(ctx, 2)?
-        } else {
-            0
-        };
-        remember(kind, fd, arg(ctx, 1)?, count, SockAddr::empty());
+    if !wanted {
+        return Ok(0);
     }
+    if state.role == ROLE_CLIENT {
+        // A request start needs only the fd: no buffer, no register reads.
+        remember(kind, fd, 0, 0, SockAddr::empty());
+        return Ok(0);
+    }
+    let count = if kind == IO_READV || kind == IO_WRITEV {
+        arg(ctx, 2)?
+    } else {
+        0
+    };
+    remember(kind, fd, arg(ctx, 1)?, count, SockAddr::empty());
     Ok(0)
 }
 
