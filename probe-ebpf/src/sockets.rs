@@ -580,10 +580,9 @@ fn try_exit_dup(ctx: &RawTracePointContext, pending: Pending) -> Result<u32, u32
 /// buffer if the fd is a connection worth looking at.
 #[inline(always)]
 fn enter_io(ctx: &RawTracePointContext, kind: u8) -> Result<u32, u32> {
+    // The dispatcher passed the target bitmap; the connection map only holds targets'
+    // connections, so finding the fd there is the target check (one hash lookup, not two).
     let (tgid, _) = current_tgid_pid();
-    let Some(target) = target(tgid) else {
-        return Ok(0);
-    };
     let Some((fd, state)) = resolve(tgid, arg(ctx, 0)? as u32) else {
         return Ok(0);
     };
@@ -596,7 +595,9 @@ fn enter_io(ctx: &RawTracePointContext, kind: u8) -> Result<u32, u32> {
         // an idle client connection is remembered.
         ROLE_CLIENT if is_send(kind) => {
             if state.request_in_flight != 0 {
-                end_request(target, state, true);
+                if let Some(target) = target(tgid) {
+                    end_request(target, state, true);
+                }
             }
             false
         }
