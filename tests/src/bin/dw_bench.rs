@@ -1,7 +1,7 @@
 //! `dw-bench`: the benchmarks behind `cargo xtask bench` (not a test: numbers, not
 //! pass/fail). Needs root (it loads probes and reads kernel BPF stats).
 //!
-//! `dw-bench [all|verdict|throughput|rss] [--runs 50] [--rounds 4] [--trial-secs 5]
+//! `dw-bench [all|verdict|throughput|rss] [--runs 50] [--rounds 6] [--trial-secs 5]
 //!  [--rss-conns 10000] [--out target/bench/results.json]`
 //!
 //! - verdict: the drain verdict's latency and early verdicts (see `dw_bench/verdict.rs`);
@@ -77,7 +77,7 @@ fn main() {
         .cloned()
         .unwrap_or_else(|| "all".into());
     let runs = num("--runs", 50) as usize;
-    let rounds = num("--rounds", 4).max(1) as usize;
+    let rounds = num("--rounds", 6).max(1) as usize;
     let secs = num("--trial-secs", 5).clamp(1, 60);
     let rss_conns = num("--rss-conns", 10_000) as usize;
     let out = PathBuf::from(flag("--out").unwrap_or_else(|| "target/bench/results.json".into()));
