@@ -224,13 +224,15 @@ fn attach_conns(
         let fd = held.fds[0];
         let busy = held.role == Role::Client && !idle.contains(&fd);
         let role = role_to_wire(held.role);
-        probe.add_conn(
+        let added = probe.add_conn(
             ConnKey { tgid, fd },
             &held.fds[1..],
             role,
             held.wire_proto,
             busy,
         )?;
+        // Accepted after the probe attached: the kernel tracks it already, requests and all.
+        let busy = busy && added;
         let peer = (!held.socket.is_listener()).then_some(held.socket.remote);
         let local = Some(held.socket.local);
         state.add_existing_conn((tgid, fd), held.role, held.protocol(), local, peer, busy);

@@ -357,7 +357,9 @@ impl Probe {
     /// Tracks a connection that existed before attach: its primary fd, and the fds that
     /// duplicate it (same socket inode).
     /// `busy`: a client connection whose request may be in flight: the kernel ends it at
-    /// the server's next send, with an unknown start (0).
+    /// the server's next send, with an unknown start (0). Returns false when the kernel
+    /// already tracks the fd (it was accepted or connected after the probe attached): its
+    /// entry, with any request it counted, is kept.
     pub fn add_conn(
         &mut self,
         key: ConnKey,
@@ -365,7 +367,7 @@ impl Probe {
         role: u8,
         proto: u8,
         busy: bool,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let map = self
             .ebpf
             .map_mut(map_names::CONNS)
@@ -376,7 +378,15 @@ impl Probe {
         state.flags = CONN_EXISTED;
         state.request_in_flight = busy as u8;
         state.aliases = aliases.len().min(u8::MAX as usize) as u8;
-        conns.insert(key, state, 0).map_err(load_error)?;
+        if conns.insert(key, state, BPF_NOEXIST).is_err() {
+            if conns.get(&key, 0).is_ok() {
+                return Ok(false);
+            }
+            return Err(Error::Load(format!(
+                "cannot track fd {} of {}: the connection map is full",
+                key.fd, key.tgid
+            )));
+        }
         for &fd in aliases {
             let mut alias = state;
             alias.aliases = 0;
@@ -384,7 +394,7 @@ impl Probe {
                 .insert(ConnKey { tgid: key.tgid, fd }, alias, 0)
                 .map_err(load_error)?;
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Records a syscall that a thread was already blocked in at attach (from
