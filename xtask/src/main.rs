@@ -46,6 +46,32 @@ enum Task {
         #[arg(long, default_value_t = 50)]
         runs: u32,
     },
+    /// Randomized verdict-truth soak against the fixture and PostgreSQL (see docs/soak.md).
+    Soak {
+        /// How many randomized runs.
+        #[arg(long, default_value_t = 100)]
+        runs: u32,
+        /// Seed of the run's random choices (printed by every soak, to rerun it).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+}
+
+/// `cargo xtask soak`: setup, a release build, then `dw-soak`.
+fn soak(runs: u32, seed: Option<u64>) -> anyhow::Result<()> {
+    setup::run()?;
+    compile::build(true)?;
+    let out = exec::target_dir().join("soak").join("results.json");
+    let mut cmd = std::process::Command::new(compile::binary("release", "dw-soak"));
+    cmd.args(["--runs", &runs.to_string(), "--out"]).arg(&out);
+    if let Some(seed) = seed {
+        cmd.args(["--seed", &seed.to_string()]);
+    }
+    cmd.env("DRAINWATCH_BIN", compile::binary("release", "drainwatch"))
+        .env("DW_FIXTURE_BIN", compile::binary("release", "dw-fixture"))
+        .env("DW_GAME_BIN", compile::binary("release", "dw-game"))
+        .current_dir(exec::workspace_root());
+    exec::run(&mut cmd)
 }
 
 /// `cargo xtask bench`: setup, a release build, then `dw-bench` with the release binaries.
@@ -73,6 +99,7 @@ fn main() -> ExitCode {
         Task::Test { args } => test::run(&args),
         Task::Demo => demo::run(),
         Task::Bench { runs } => bench(runs),
+        Task::Soak { runs, seed } => soak(runs, seed),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
