@@ -325,3 +325,29 @@ pub fn violations<'a>(report: &'a Value, kind: &str) -> Vec<&'a Value> {
         .filter(|v| v["kind"] == kind)
         .collect()
 }
+
+/// A loopback address with a port free right now.
+pub fn free_loopback_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local addr").to_string()
+}
+
+/// The body of `GET {path}` from an HTTP/1.1 server that closes the connection after its
+/// response (as `drainwatch serve` does).
+pub fn http_get_body(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream =
+        std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    stream
+        .set_read_timeout(Some(PATIENCE))
+        .expect("read timeout");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").expect("send request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("read the response until the server closes");
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_else(|| panic!("no end of headers in {response:?}"))
+}

@@ -16,6 +16,9 @@ fn a_secret_in_payloads_and_query_parameters_appears_in_no_output() {
     let audit = Drainwatch::attach(&[
         "audit", "--pid", &pid, "--report", &report, "--junit", &junit, "-vv",
     ]);
+    // The Prometheus exporter watches the same server, at -vv too.
+    let listen = free_loopback_addr();
+    let serve = Drainwatch::attach(&["serve", "--pid", &pid, "--listen", &listen, "-vv"]);
     // The op name is the client payload and the INSERT's parameter.
     let done_op = game.send_request(SECRET, 0);
     assert!(
@@ -24,16 +27,26 @@ fn a_secret_in_payloads_and_query_parameters_appears_in_no_output() {
     );
     let pending = game.send_request(&format!("{SECRET}-2"), 3_000);
     game.wait_truth("inside the transaction", |t| t.transactions_open == 1);
+    let metrics = http_get_body(&listen, "/metrics");
+    assert!(
+        metrics.contains("drainwatch_transactions_open"),
+        "the exporter is serving: {metrics}"
+    );
     signal_from_helper(libc::SIGKILL, game.pid);
     game.wait();
     drop(pending);
     let done = audit.finish();
+    // serve ends by itself once its target is gone.
+    let served = serve.finish();
     assert_eq!(done.code, 1, "the kill is seen: {done:?}");
     let outputs = [
         ("stdout", done.stdout.clone()),
         ("stderr at -vv", done.stderr.clone()),
         ("report", std::fs::read_to_string(&report).unwrap()),
         ("junit", std::fs::read_to_string(&junit).unwrap()),
+        ("metrics", metrics),
+        ("serve stdout", served.stdout),
+        ("serve stderr at -vv", served.stderr),
     ];
     assert!(
         outputs[1].1.contains("\"event\":\"db_io\""),

@@ -12,11 +12,8 @@ use std::{
 
 use drainwatch_tests::*;
 
-/// A loopback address with a port free right now.
 fn free_addr() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    let addr = listener.local_addr().expect("local addr");
-    addr.to_string()
+    free_loopback_addr()
 }
 
 /// One HTTP/1.1 request with a plain TcpStream: (status line, headers, body).
