@@ -31,8 +31,10 @@ fn attach_pids(
             state.add_thread(pid, tgid);
         }
         // Checked after the insert: a process that exited in between would otherwise be
-        // audited forever, its exit never seen.
-        let comm = procfs::comm(tgid).filter(|_| procfs::process_exists(tgid));
+        // audited forever, its exit never seen. A zombie has exited too (its parent has not
+        // reaped it yet): its exit tracepoint fired before the insert.
+        let comm =
+            procfs::comm(tgid).filter(|_| procfs::process_exists(tgid) && !procfs::has_ended(tgid));
         let Some(comm) = comm else {
             return Err(Error::NoSuchProcess(tgid));
         };

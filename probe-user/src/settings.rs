@@ -413,7 +413,7 @@ pub fn validate_pids(texts: &[String]) -> Result<Vec<u32>> {
         if pid == own {
             return Err(Error::SelfTarget(pid));
         }
-        if !procfs::process_exists(pid) {
+        if !procfs::process_exists(pid) || procfs::has_ended(pid) {
             return Err(Error::NoSuchProcess(pid));
         }
         if !pids.contains(&pid) {

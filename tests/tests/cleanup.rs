@@ -4,8 +4,12 @@
 
 use std::{
     process::Command,
+    sync::Mutex,
     time::{Duration, Instant},
 };
+
+/// The tests here count loaded programs: one at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 use drainwatch_tests::*;
 
@@ -53,6 +57,7 @@ fn wait_for_no_programs(what: &str) {
 #[test]
 fn nothing_stays_loaded_after_exit_or_kill_nine() {
     require_root();
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     wait_for_no_programs("before the test");
     let mut sleeper = Command::new("sleep").arg("60").spawn().unwrap();
     let pid = sleeper.id().to_string();
@@ -97,4 +102,53 @@ fn without_privileges_it_says_so_in_one_line() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("run drainwatch as root"), "{stderr}");
+}
+
+/// A target that exits while drainwatch loads and attaches its probe: one line naming the
+/// pid, exit 2, and nothing left loaded. Each attempt gives the target a little longer to
+/// live, until one exits after the probe was loaded (drainwatch logs "probe loaded" at -v
+/// before it tracks the targets).
+#[test]
+fn a_target_that_exits_during_attach_is_a_usage_error_and_nothing_stays_loaded() {
+    require_root();
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    wait_for_no_programs("before the test");
+    let mut during_attach = 0;
+    for attempt in 0..40u64 {
+        let lifetime = format!("{:.3}", 0.05 + 0.025 * attempt as f64);
+        let mut target = Command::new("sleep").arg(&lifetime).spawn().unwrap();
+        let pid = target.id().to_string();
+        let done = run_drainwatch(&["audit", "--pid", &pid, "-v"]);
+        let _ = target.wait();
+        let errors: Vec<&str> = done
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("drainwatch: ") && !l.starts_with("drainwatch: attached"))
+            .collect();
+        match done.code {
+            // It outlived the attach: audited until it exited, clean.
+            0 => {
+                assert!(done.stderr.contains("attached to"), "{done:?}");
+                break;
+            }
+            2 => {
+                assert_eq!(errors.len(), 1, "one line: {}", done.stderr);
+                assert!(
+                    errors[0].contains(&format!("no process with pid {pid}")),
+                    "{}",
+                    errors[0]
+                );
+                during_attach += done.stderr.contains("probe loaded") as u32;
+            }
+            _ => panic!("attempt {attempt} (lives {lifetime}s): {done:?}"),
+        }
+        wait_for_no_programs(&format!("after attempt {attempt}"));
+        if during_attach >= 2 {
+            break;
+        }
+    }
+    assert!(
+        during_attach > 0,
+        "no target exited between the probe's load and its attach"
+    );
 }

@@ -78,3 +78,52 @@ fn an_unwritable_report_path_is_found_before_the_run() {
         "cannot write report file /nonexistent-dir/report.json",
     );
 }
+
+/// tracefs not mounted and not mountable (here: in a private mount namespace where
+/// /sys/kernel is an empty read-only tmpfs, so there is nowhere to mount it): one line that
+/// says how to fix it, exit 2.
+#[test]
+fn tracefs_that_cannot_be_mounted_is_one_clear_line() {
+    require_root();
+    let me = std::process::id();
+    let script = format!(
+        "mount --make-rprivate / && mount -t tmpfs -o ro,size=64k tmpfs /sys/kernel && \
+         exec {} audit --pid {me} --duration 1s",
+        drainwatch_bin().display()
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["--mount", "sh", "-c", &script])
+        .output()
+        .expect("unshare (util-linux) runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("tracefs"), "{stderr}");
+    assert!(
+        stderr.contains("mount -t tracefs tracefs /sys/kernel/tracing"),
+        "says how to fix it: {stderr}"
+    );
+}
+
+/// A zombie (exited, not yet reaped by its parent) is not a process to watch: its exit has
+/// already happened, and an audit of it would wait for an exit it can never see.
+#[test]
+fn a_zombie_pid_is_a_usage_error() {
+    require_root();
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    let deadline = std::time::Instant::now() + PATIENCE;
+    // Not reaped until the end of the test: it stays a zombie.
+    while !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap_or_default()
+        .contains(") Z ")
+    {
+        assert!(std::time::Instant::now() < deadline, "never a zombie");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_usage_error(
+        &["audit", "--pid", &pid.to_string()],
+        &format!("no process with pid {pid}"),
+    );
+    let _ = child.wait();
+}

@@ -149,7 +149,8 @@ fn stop(db: &PgServer, rng: &mut Rng, graceful: bool) -> Outcome {
     // Cut: the server died with the payment unfinished (no reply, or no completion counted).
     let cut = !reply.starts_with("done") || truth.completed == 0;
     let (early, late_ms) = match report["drain"]["drain_ms"].as_f64() {
-        Some(drain_ms) if !cut => {
+        // Only a payment still in flight at the signal says how late the verdict was.
+        Some(drain_ms) if !cut && before.requests_in_flight > 0 => {
             let remaining = ms(truth.last_completion_mono_ns as i128 - signalled as i128);
             // The signal went out just before its line was read: 5 ms of reading lag.
             (
