@@ -351,3 +351,35 @@ pub fn http_get_body(addr: &str, path: &str) -> String {
         .map(|(_, body)| body.to_string())
         .unwrap_or_else(|| panic!("no end of headers in {response:?}"))
 }
+
+/// Connection churn: `threads` threads each connecting to 127.0.0.1:`port`, doing one
+/// 64-byte round trip with an echo server, and closing, until `duration` has passed.
+/// Returns how many connections completed their round trip.
+pub fn churn(port: u16, threads: usize, duration: Duration) -> u64 {
+    use std::{
+        io::{Read, Write},
+        sync::atomic::{AtomicU64, Ordering},
+    };
+    let done = std::sync::Arc::new(AtomicU64::new(0));
+    let deadline = std::time::Instant::now() + duration;
+    let workers: Vec<_> = (0..threads)
+        .map(|_| {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let mut back = [0u8; 64];
+                while std::time::Instant::now() < deadline {
+                    let Ok(mut conn) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+                        continue;
+                    };
+                    if conn.write_all(&[b'x'; 64]).is_ok() && conn.read_exact(&mut back).is_ok() {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        let _ = worker.join();
+    }
+    done.load(Ordering::Relaxed)
+}

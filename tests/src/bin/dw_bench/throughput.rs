@@ -4,13 +4,7 @@
 
 use std::{
     collections::BTreeMap,
-    io::{Read, Write},
-    net::TcpStream,
     path::Path,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
     thread,
     time::{Duration, Instant},
 };
@@ -186,34 +180,13 @@ fn event_rate(events: &Value) -> f64 {
     total as f64 / (events["at_ms"].as_f64().unwrap_or(1.0) / 1000.0).max(0.001)
 }
 
-/// Connections per second: `threads` threads each connecting, doing one 64-byte round trip
-/// and closing, for `secs`. Every connection is two ring-buffer events in drainwatch (the
-/// server's accept and close): the densest event load a server can make, since requests
-/// themselves are counted in the kernel and make none.
+/// Connections per second of [`drainwatch_tests::churn`]. Every connection is two
+/// ring-buffer events in drainwatch (the server's accept and close): the densest event load
+/// a server can make, since requests themselves are counted in the kernel and make none.
 fn churn(port: u16, threads: usize, secs: u64) -> f64 {
-    let done = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + Duration::from_secs(secs);
     let started = Instant::now();
-    let workers: Vec<_> = (0..threads)
-        .map(|_| {
-            let done = done.clone();
-            thread::spawn(move || {
-                let mut back = [0u8; 64];
-                while Instant::now() < deadline {
-                    let Ok(mut conn) = TcpStream::connect(("127.0.0.1", port)) else {
-                        continue;
-                    };
-                    if conn.write_all(&[b'x'; 64]).is_ok() && conn.read_exact(&mut back).is_ok() {
-                        done.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            })
-        })
-        .collect();
-    for worker in workers {
-        let _ = worker.join();
-    }
-    done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+    let done = drainwatch_tests::churn(port, threads, Duration::from_secs(secs));
+    done as f64 / started.elapsed().as_secs_f64()
 }
 
 fn loss(base: f64, traced: f64) -> f64 {
