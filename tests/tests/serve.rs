@@ -481,3 +481,28 @@ fn documented_alerting_rules_pass_promtool() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Without --listen, /metrics is served on loopback only (127.0.0.1:9464), never on every
+/// interface.
+#[test]
+fn the_default_listen_address_is_loopback_only() {
+    require_root();
+    let server = Server::start(&[]);
+    let pid = server.pid.to_string();
+    let serve = Drainwatch::attach(&["serve", "--pid", &pid]);
+    let body = http_get_body("127.0.0.1:9464", "/metrics");
+    assert!(body.contains("drainwatch_target_up"), "{body}");
+    let listening = std::process::Command::new("ss")
+        .args(["-Hltn", "sport = :9464"])
+        .output()
+        .expect("ss (iproute2) runs");
+    let listening = String::from_utf8_lossy(&listening.stdout).to_string();
+    let addrs: Vec<&str> = listening
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(3))
+        .collect();
+    assert_eq!(addrs, ["127.0.0.1:9464"], "{listening}");
+    serve.signal(libc::SIGTERM);
+    let done = serve.finish();
+    assert_eq!(done.code, 0, "{done:?}");
+}

@@ -37,9 +37,12 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "mariadb-server",
     "redis-server",
     "prometheus",
-    // `cargo xtask bench` compares drainwatch with the tools SREs use today.
+    // `cargo xtask bench` compares drainwatch with the tools SREs use today; the fault
+    // tests trace drainwatch's own signal syscalls with strace.
     "bpftrace",
     "strace",
+    // `ss`: the exporter's default listen address is checked to be loopback only.
+    "iproute2",
 ];
 
 /// Where aya looks for tracepoint ids; either one is enough.
