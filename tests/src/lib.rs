@@ -383,3 +383,27 @@ pub fn churn(port: u16, threads: usize, duration: Duration) -> u64 {
     }
     done.load(Ordering::Relaxed)
 }
+
+/// `dw-load hold`: opens up to `conns` client connections to 127.0.0.1:`port` (one round
+/// trip each) and holds them until its stdin is closed or `secs` pass. Returns the running
+/// child and how many connections it opened.
+pub fn hold_connections(port: u16, conns: usize, secs: u64) -> (Child, u64) {
+    use std::io::{BufRead, BufReader};
+    let mut hold = Command::new(binary("DW_LOAD_BIN", "dw-load"))
+        .args(["hold", "--port", &port.to_string()])
+        .args(["--conns", &conns.to_string(), "--secs", &secs.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start dw-load hold");
+    let mut line = String::new();
+    BufReader::new(hold.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read dw-load hold");
+    let opened = line
+        .trim()
+        .strip_prefix("open ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("dw-load hold said {line:?}"));
+    (hold, opened)
+}

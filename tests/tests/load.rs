@@ -3,11 +3,7 @@
 //! drainwatch's memory must stay bounded, and no event may be lost at the default ring
 //! size. Its own test binary, so that nothing else runs beside it.
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::time::Duration;
 
 use drainwatch_tests::*;
 
@@ -33,22 +29,7 @@ fn ten_thousand_connections_and_a_minute_of_churn_are_counted_exactly() {
     let mut server = Server::start(&[]);
     let pid = server.pid.to_string();
     let audit = Drainwatch::attach(&["audit", "--pid", &pid, "--report", &report_path]);
-    let mut hold = Command::new(binary("DW_LOAD_BIN", "dw-load"))
-        .args(["hold", "--port", &server.port.to_string()])
-        .args(["--conns", &HELD.to_string(), "--secs", "300"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start dw-load hold");
-    let mut line = String::new();
-    BufReader::new(hold.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("read dw-load hold");
-    let held: u64 = line
-        .trim()
-        .strip_prefix("open ")
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("dw-load hold said {line:?}"));
+    let (mut hold, held) = hold_connections(server.port, HELD, 300);
     assert_eq!(held, HELD as u64, "dw-load could not open them all");
     let churned = churn(server.port, 8, Duration::from_secs(60));
     assert!(churned > 1_000, "churn made only {churned} connections");

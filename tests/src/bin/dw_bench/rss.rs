@@ -1,16 +1,11 @@
 //! drainwatch's peak RSS (VmHWM) while the watched server holds many client connections.
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Command, Stdio},
-    thread,
-    time::Duration,
-};
+use std::{thread, time::Duration};
 
 use drainwatch_tests::{wait_with_deadline, Server};
 use serde_json::{json, Value};
 
-use crate::{tracer::load_bin, tracer::Tracer, Table};
+use crate::{tracer::Tracer, Table};
 
 fn status_kb(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -33,22 +28,8 @@ pub fn run(conns: usize, table: &mut Table) -> Value {
     let mut dw = Tracer::drainwatch(server.pid, true);
     thread::sleep(Duration::from_millis(500));
     let idle_kb = status_kb(dw.pid(), "VmHWM:");
-    let mut load = Command::new(load_bin())
-        .args(["hold", "--port", &server.port.to_string()])
-        .args(["--conns", &conns.to_string(), "--secs", "120"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start dw-load hold");
-    let mut line = String::new();
-    BufReader::new(load.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("read dw-load hold");
-    let opened: usize = line
-        .trim()
-        .strip_prefix("open ")
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
+    let (mut load, opened) = drainwatch_tests::hold_connections(server.port, conns, 120);
+    let opened = opened as usize;
     // Wait (bounded) until the view counts them all, or its count stops growing.
     let last_frame = |dw: &Tracer| {
         dw.stdout
