@@ -1,9 +1,9 @@
 //! drainwatch's kernel side.
 //!
-//! Every program filters by target first: a hash lookup of the current task (or the task the
-//! tracepoint is about) in `TARGETS`, and returns at once for everything else. Only then does
-//! it reserve a ring-buffer slot, write the whole event into it (reservations are not zeroed)
-//! and submit it.
+//! Every program filters by target first: a test of the current task (or the task the
+//! tracepoint is about) in the target bitmaps, then a hash lookup in `TARGETS`, and returns at
+//! once for everything else. Only then does it reserve a ring-buffer slot, write the whole
+//! event into it (reservations are not zeroed) and submit it.
 //!
 //! Naming follows the kernel: a **tgid** is a process id, a **pid** is a thread id.
 #![no_std]

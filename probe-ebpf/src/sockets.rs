@@ -2,16 +2,18 @@
 //! request is in flight, and the few bytes of each database send/recv that the protocol
 //! rules need.
 //!
-//! Syscall tracepoints only (kprobes are not available). Their records are fixed: the
-//! syscall number at offset 8, then each argument as 8 bytes from offset 16; `ret` at 16 on
-//! exit (include/trace/syscall.h, kernel/trace/trace_syscalls.c). Userspace checks this
-//! layout against the tracefs format files before loading.
+//! Two raw tracepoints (kprobes are not available): `raw_syscalls:sys_enter` and
+//! `sys_exit`, whose arguments are `struct pt_regs *` and the syscall number or return
+//! value (include/trace/events/syscalls.h). Other processes stop at the target bitmap; a
+//! target's syscall entry is handed to its own program by syscall number (`ENTER_JUMP`),
+//! which reads the arguments from the registers (x86_64 calling convention) and leaves what
+//! the exit needs in the thread's pending slot.
 //!
-//! Hot path: a target check (one hash lookup) and a `CONNS` lookup before anything else.
-//! Client requests send no events at all: they are counted in the target's `TARGETS` entry
-//! (started, ended, last edge) and their latencies in a per-CPU histogram, which userspace
-//! reads on its drain tick. Only connection opens/closes, database I/O and lifecycle events
-//! use the ring buffer, submitted without waking userspace (unless it is half full).
+//! Hot path: the bitmap, then a `CONNS` lookup before anything else. Client requests send
+//! no events at all: they are counted in the target's `TARGETS` entry (started, ended, last
+//! edge) and their latencies in a per-CPU histogram, which userspace reads on its drain
+//! tick. Only connection opens/closes, database I/O and lifecycle events use the ring
+//! buffer, submitted without waking userspace (unless it is half full).
 
 use core::intrinsics::{atomic_cxchg, atomic_xadd, AtomicOrdering};
 
