@@ -102,6 +102,8 @@ pub fn attach(probe: &mut Probe, state: &mut AuditState, tgid: u32, common: &Com
 #[derive(Clone, Debug)]
 pub struct Held {
     pub fds: Vec<u32>,
+    /// The socket's inode (what sock_diag knows it by).
+    pub inode: u64,
     pub socket: TcpSocket,
     pub role: Role,
     /// The protocol in the kernel's numbering (`probe_common::PROTO_*`).
@@ -149,20 +151,13 @@ pub fn survey(tgid: u32, common: &Common) -> Vec<Held> {
         }
         out.push(Held {
             fds,
+            inode,
             socket,
             role,
             wire_proto,
         });
     }
     out
-}
-
-/// Syscalls in which a thread waits for input: while every thread of a process waits in
-/// one of these (or reads a client connection), it is processing no request.
-fn waits_for_input(nr: u64) -> bool {
-    // x86_64: poll 7, select 23, accept 43, epoll_wait 232, pselect6 270, ppoll 271,
-    // epoll_pwait 281, accept4 288, epoll_pwait2 441.
-    matches!(nr, 7 | 23 | 43 | 232 | 270 | 271 | 281 | 288 | 441)
 }
 
 fn is_recv(nr: u64) -> bool {
@@ -178,34 +173,32 @@ fn is_recv(nr: u64) -> bool {
 }
 
 /// Client connections idle at attach: a thread is blocked reading it (thread-per-connection
-/// servers), or the whole process waits for input (event loops). Any other client
-/// connection may have a request in flight whose first bytes came before attach; it counts
-/// as in flight until the server next sends on it or closes it, so that a drain verdict is
-/// never early.
+/// servers), or the kernel's TCP timestamps say the server sent after it last received on
+/// it (its last request was answered; `tcpinfo`). Any other client connection may have a
+/// request in flight whose first bytes came before attach — an event loop waiting for a
+/// timer or a database reply looks exactly like an idle one from its threads — so it counts
+/// as in flight until the server next sends on it or closes it: a drain verdict is never
+/// early. (A tie within the timestamps' few-ms resolution, or a socket sock_diag does not
+/// show, counts as in flight too.)
 fn idle_clients(tgid: u32, held: &[Held]) -> Vec<u32> {
-    let blocked: Vec<Option<(u64, [u64; 3])>> = crate::procfs::threads(tgid)
-        .into_iter()
-        .map(|pid| blocked_syscall(tgid, pid))
-        .collect();
     let client_fds: Vec<u32> = held
         .iter()
-        .filter(|h| matches!(h.role, Role::Client | Role::Listener))
+        .filter(|h| h.role == Role::Client)
         .flat_map(|h| h.fds.iter().copied())
         .collect();
-    let reading: Vec<u32> = blocked
-        .iter()
-        .flatten()
+    let reading: Vec<u32> = crate::procfs::threads(tgid)
+        .into_iter()
+        .filter_map(|pid| blocked_syscall(tgid, pid))
         .filter(|(nr, args)| is_recv(*nr) && client_fds.contains(&(args[0] as u32)))
         .map(|(_, args)| args[0] as u32)
         .collect();
-    let process_waits = blocked.iter().all(|b| {
-        b.is_some_and(|(nr, args)| {
-            waits_for_input(nr) || (is_recv(nr) && client_fds.contains(&(args[0] as u32)))
-        })
-    });
+    let last_data = crate::tcpinfo::last_data();
     held.iter()
         .filter(|h| h.role == Role::Client)
-        .filter(|h| process_waits || h.fds.iter().any(|fd| reading.contains(fd)))
+        .filter(|h| {
+            h.fds.iter().any(|fd| reading.contains(fd))
+                || last_data.get(&h.inode).is_some_and(|d| d.answered())
+        })
         .map(|h| h.fds[0])
         .collect()
 }

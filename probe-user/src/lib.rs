@@ -29,6 +29,7 @@ pub mod settings;
 pub mod signals;
 pub mod state;
 pub mod summary;
+pub mod tcpinfo;
 pub mod tracefs;
 pub mod watch;
 

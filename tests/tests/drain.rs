@@ -175,3 +175,66 @@ fn wait_returns_after_the_last_request_completes_never_before() {
         );
     }
 }
+
+/// An event loop (Python asyncio) with a request in flight when `wait` attaches: its only
+/// thread waits in epoll_wait, exactly as when it is idle. wait must not call it drained
+/// before the reply; an idle event loop whose last request was answered drains at once.
+#[test]
+fn an_event_loop_server_with_a_request_in_flight_is_not_drained_early() {
+    use std::io::{BufRead, BufReader, Write};
+    require_root();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/event_loop_server.py");
+    /// Killed however the test ends.
+    struct Python(std::process::Child);
+    impl Drop for Python {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut server = Python(
+        std::process::Command::new("python3")
+            .arg(script)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 runs (it is on every machine of this project's kind)"),
+    );
+    let mut port = String::new();
+    BufReader::new(server.0.stdout.take().unwrap())
+        .read_line(&mut port)
+        .expect("the server prints its port");
+    let port: u16 = port.trim().parse().expect("a port");
+    let pid = server.0.id().to_string();
+    let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut replies = BufReader::new(client.try_clone().unwrap());
+    // An answered request, long enough ago that the answer is in a later kernel tick.
+    client.write_all(b"op warm 20\n").unwrap();
+    let mut line = String::new();
+    replies.read_line(&mut line).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let idle = run_drainwatch(&["wait", "--pid", &pid, "--json", "--timeout", "10s"]);
+    assert_eq!(idle.code, 0, "an answered event loop is drained: {idle:?}");
+
+    client.write_all(b"op slow 1500\n").unwrap();
+    // The reply's arrival, stamped by a thread of its own.
+    let reply = std::thread::spawn(move || {
+        let mut line = String::new();
+        replies.read_line(&mut line).unwrap();
+        (line, mono_ns())
+    });
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let mut wait = Drainwatch::spawn(&["wait", "--pid", &pid, "--json"]);
+    let lines = wait.stdout_lines();
+    let verdict = lines.iter().find(|l| l.contains("drainwatch.report/v1"));
+    let verdict_at = mono_ns();
+    assert!(verdict.is_some(), "wait printed its report");
+    let (line, replied_at) = reply.join().unwrap();
+    assert_eq!(line.trim(), "done");
+    let done = wait.finish();
+    assert_eq!(done.code, 0, "{done:?}");
+    assert!(
+        verdict_at >= replied_at,
+        "drained {:.1} ms before the reply",
+        ms(replied_at - verdict_at)
+    );
+}
