@@ -70,7 +70,9 @@ fn wait_refused(port: u16) {
 fn graceful_term(db: &dyn Database) {
     let unclean_before = db.unclean_closes();
     let mut game = GameServer::start(db, &["--on-term", "graceful"]);
-    let request = game.send_request("graceful", 500);
+    // Long enough that the listener is seen closed while the request is still in its pause,
+    // even on a loaded machine (500 ms was once not enough under the load test's aftermath).
+    let request = game.send_request("graceful", 2_000);
     game.wait_truth("the request's transaction open", |t| {
         t.transactions_open == 1
     });
