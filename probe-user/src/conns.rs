@@ -381,6 +381,12 @@ impl ConnTracker {
             .map(|(k, _)| *k)
             .collect();
         let gone: Vec<Conn> = keys.iter().filter_map(|k| self.conns.remove(k)).collect();
+        if !gone.is_empty() || self.requests_in_flight(tgid) > 0 {
+            // The kernel closing them is activity, as a close(2) is: else the quiet window
+            // would count from before the exit, and a request cut by it would leave the
+            // target "drained" since long before, in hindsight.
+            self.touch(ktime_ns);
+        }
         self.requests_by_target.remove(&tgid);
         self.busy_at_attach.remove(&tgid);
         let request_busy = |c: &Conn| c.role == Role::Client && busy_fds.contains(&c.fd);

@@ -334,3 +334,21 @@ fn an_exit_with_busy_connections_is_inflight_at_exit_and_clears_the_counters() {
     assert_eq!(cut[0].requests, 2);
     assert_eq!(cut[0].connections, ["fd 7", "fd 9"]);
 }
+
+/// A request cut by an exit ends at the exit: the quiet window counts from there, never
+/// from the last activity before it ("drained" in hindsight).
+#[test]
+fn an_exit_that_cuts_a_request_is_activity_not_a_drain_in_hindsight() {
+    let mut state = AuditState::new(ATTACH_NS, SELF_TGID).with_sockets();
+    state.add_target(10, "server".into(), Origin::Named);
+    state.add_existing_conn((10, 7), Role::Client, Protocol::Unknown, None, None, true);
+    let exit_at = ATTACH_NS + 800_000_000;
+    state.apply(&Event::Exit(crate::event::Exit {
+        ktime_ns: exit_at,
+        tgid: 10,
+        comm: "server".into(),
+        wait_status: Some(9),
+        busy_fds: vec![7],
+    }));
+    assert_eq!(state.idle_since(), Some(exit_at));
+}
