@@ -396,6 +396,9 @@ pub const MAX_DB_ADDRS: u32 = 256;
 /// Slots of the syscall dispatch table (x86_64 syscall numbers are below 512).
 pub const SYSCALL_SLOTS: u32 = 512;
 
+/// A [`ProbeConfig`] offset that this kernel does not have.
+pub const NO_OFFSET: u32 = u32::MAX;
+
 /// Load-time configuration, written into the object's `.rodata` by userspace before load
 /// (aya's `EbpfLoader::set_global`), so the verifier sees constants.
 ///
@@ -417,9 +420,18 @@ pub struct ProbeConfig {
     pub fork_child_pid_off: u32,
     pub exec_pid_off: u32,
     pub exit_pid_off: u32,
+    /// `group_dead` of `sched:sched_process_exit` (kernels after 6.12); [`NO_OFFSET`] on kernels
+    /// whose tracepoint lacks it, where `signal_struct.live` tells the same (below).
     pub exit_group_dead_off: u32,
     /// Byte offset of `exit_code` in `struct task_struct`, from kernel BTF; 0 if unknown.
     pub task_exit_code_off: u32,
+    /// Byte offsets of `task_struct.signal` and `signal_struct.live`, from kernel BTF;
+    /// [`NO_OFFSET`] if unknown. do_exit() decrements `live` before it fires
+    /// sched_process_exit, so `live == 0` there means the last thread of the process is
+    /// exiting: the `group_dead` that older kernels' tracepoint does not carry
+    /// (kernel/exit.c, do_exit()).
+    pub task_signal_off: u32,
+    pub signal_live_off: u32,
     /// Ring-buffer size: above half full, events wake userspace instead of waiting for its
     /// next timed drain.
     pub ring_bytes: u32,
@@ -442,6 +454,8 @@ impl ProbeConfig {
             exit_pid_off: 0,
             exit_group_dead_off: 0,
             task_exit_code_off: 0,
+            task_signal_off: NO_OFFSET,
+            signal_live_off: NO_OFFSET,
             ring_bytes: 0,
         }
     }
@@ -512,7 +526,7 @@ const _: () = assert!(core::mem::size_of::<SignalEvent>() == 16 + 32 + COMM_LEN)
 const _: () = assert!(core::mem::size_of::<ForkEvent>() == 16 + 16 + COMM_LEN);
 const _: () = assert!(core::mem::size_of::<ExecEvent>() == 16 + 8 + COMM_LEN);
 const _: () = assert!(core::mem::size_of::<ExitEvent>() == 16 + 16 + COMM_LEN);
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 56);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 64);
 const _: () = assert!(core::mem::size_of::<TargetInfo>() == 8 + 32);
 const _: () = assert!(core::mem::size_of::<ConnKey>() == 8);
 const _: () = assert!(core::mem::size_of::<ConnState>() == 24);

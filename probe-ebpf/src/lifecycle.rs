@@ -11,8 +11,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use probe_common::{
-    Counter, EventKind, ExecEvent, ExitEvent, ForkEvent, SignalEvent, TargetInfo, COMM_LEN,
-    ORIGIN_COMM, ORIGIN_FORK,
+    Counter, EventKind, ExecEvent, ExitEvent, ForkEvent, ProbeConfig, SignalEvent, TargetInfo,
+    COMM_LEN, NO_OFFSET, ORIGIN_COMM, ORIGIN_FORK,
 };
 
 use crate::shared::{
@@ -151,18 +151,21 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<u32, u32> {
         return Ok(0);
     }
     let cfg = config();
-    // SAFETY: offset from the format file; group_dead is a one-byte bool.
-    let group_dead =
-        unsafe { ctx.read_at::<u8>(cfg.exit_group_dead_off as usize) }.map_err(|_| 0u32)?;
+    let group_dead = group_dead(ctx, &cfg, tgid, pid)?;
     crate::sockets::release_thread_slot(pid);
     if pid != tgid {
         // A followed thread (or a thread of a target) going away: forget its own entry.
         let _ = TARGETS.remove(&pid);
     }
-    if group_dead == 0 {
+    if !group_dead {
         return Ok(0);
     }
-    let _ = TARGETS.remove(&tgid);
+    // Removing the tgid's entry is also the once-only gate: where `live` stands in for
+    // group_dead, two threads exiting together can both read 0, and only the one whose
+    // delete succeeds reports the exit.
+    if TARGETS.remove(&tgid).is_err() && cfg.exit_group_dead_off == NO_OFFSET {
+        return Ok(0);
+    }
     let (exit_code, exit_code_known) = read_exit_code(cfg.task_exit_code_off);
     emit(|| ExitEvent {
         header: header::<ExitEvent>(EventKind::Exit),
@@ -173,6 +176,41 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<u32, u32> {
         comm: current_comm(),
     });
     Ok(0)
+}
+
+/// Whether the exiting thread is the last of its process. The tracepoint says so itself on
+/// kernels after 6.12 (`group_dead`); before, do_exit() has already decremented
+/// `current->signal->live` when the tracepoint fires, so 0 there means the same
+/// (kernel/exit.c: `group_dead = atomic_dec_and_test(&tsk->signal->live)`). Without kernel
+/// BTF for those offsets, the main thread's exit stands for the process's.
+#[inline(always)]
+fn group_dead(
+    ctx: &TracePointContext,
+    cfg: &ProbeConfig,
+    tgid: u32,
+    pid: u32,
+) -> Result<bool, u32> {
+    if cfg.exit_group_dead_off != NO_OFFSET {
+        // SAFETY: offset from the format file; group_dead is a one-byte bool.
+        let dead =
+            unsafe { ctx.read_at::<u8>(cfg.exit_group_dead_off as usize) }.map_err(|_| 0u32)?;
+        return Ok(dead != 0);
+    }
+    if cfg.task_signal_off == NO_OFFSET || cfg.signal_live_off == NO_OFFSET {
+        return Ok(pid == tgid);
+    }
+    // SAFETY: the current task_struct, read through bpf_probe_read_kernel, which fails
+    // cleanly on a bad address; the offsets come from kernel BTF.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let signal = unsafe {
+        bpf_probe_read_kernel(task.wrapping_add(cfg.task_signal_off as usize) as *const u64)
+    }
+    .map_err(|_| 0u32)? as *const u8;
+    let live = unsafe {
+        bpf_probe_read_kernel(signal.wrapping_add(cfg.signal_live_off as usize) as *const i32)
+    }
+    .map_err(|_| 0u32)?;
+    Ok(live == 0)
 }
 
 /// `current->exit_code`, set by do_exit() before the tracepoint fires; the offset comes from

@@ -1,6 +1,7 @@
 //! Just enough of a BTF reader to find a struct member's byte offset in the running kernel
-//! (for `task_struct.exit_code`, which no tracepoint carries). aya keeps its own BTF type
-//! accessors crate-private, and this is a few dozen lines.
+//! (`task_struct.exit_code` and `signal_struct.live`, which no tracepoint carries on every
+//! kernel) and a kernel function's type id (what `doctor`'s fentry check attaches to). aya
+//! keeps its own BTF type accessors crate-private, and this is a few dozen lines.
 //! Format: Documentation/bpf/btf.rst in the kernel source.
 
 use std::{fs, path::Path};
@@ -12,6 +13,7 @@ const KIND_TYPEDEF: u32 = 8;
 const KIND_VOLATILE: u32 = 9;
 const KIND_CONST: u32 = 10;
 const KIND_RESTRICT: u32 = 11;
+const KIND_FUNC: u32 = 12;
 const KIND_TYPE_TAG: u32 = 18;
 
 /// One type, as an index into the raw data: the kernel's BTF has ~100k types, and keeping
@@ -38,10 +40,21 @@ pub struct Btf<'a> {
     strings: &'a [u8],
 }
 
-/// Byte offset of `member` in `struct name` in the running kernel's BTF.
-pub fn kernel_member_offset(name: &str, member: &str) -> Option<u32> {
-    let data = fs::read(Path::new("/sys/kernel/btf/vmlinux")).ok()?;
-    Btf::parse(&data)?.member_offset(name, member)
+/// The running kernel's BTF.
+pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// The BTF type id of kernel function `name`, if the kernel has BTF and that function.
+pub fn kernel_func_id(name: &str) -> Option<u32> {
+    let data = fs::read(Path::new(KERNEL_BTF)).ok()?;
+    Btf::parse(&data)?.func_id(name)
+}
+
+/// Byte offsets of `(struct, member)` pairs in the running kernel's BTF, read and parsed
+/// once; `None` for each one that is not there (or when the kernel has no BTF).
+pub fn kernel_member_offsets<const N: usize>(wanted: [(&str, &str); N]) -> [Option<u32>; N] {
+    let data = fs::read(Path::new(KERNEL_BTF)).ok();
+    let btf = data.as_deref().and_then(Btf::parse);
+    wanted.map(|(name, member)| btf.as_ref()?.member_offset(name, member))
 }
 
 fn u32_at(data: &[u8], at: usize) -> Option<u32> {
@@ -150,6 +163,15 @@ impl<'a> Btf<'a> {
             }
         }
         id
+    }
+
+    /// The type id of the kernel function `name` (a BTF FUNC), which fentry programs name
+    /// as their attach point.
+    pub fn func_id(&self, name: &str) -> Option<u32> {
+        self.types
+            .iter()
+            .position(|t| t.kind as u32 == KIND_FUNC && self.name(t.name_off) == name.as_bytes())
+            .map(|id| id as u32)
     }
 
     /// Byte offset of `member` in `struct name`, looking inside anonymous struct/union

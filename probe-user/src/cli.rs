@@ -34,6 +34,9 @@ pub enum Command {
     Audit(AuditArgs),
     /// Prometheus exporter (metrics prefixed drainwatch_).
     Serve(ServeArgs),
+    /// What this kernel offers (BTF, tracefs, tracepoints, uprobes, kprobes, fentry,
+    /// cgroup v2, lockdown) and which hooks drainwatch will use; exit 2 if it cannot attach.
+    Doctor(DoctorArgs),
     /// Print a shell completion script (bash, zsh, fish) to stdout.
     Completions(CompletionsArgs),
     /// Print the man page (roff) to stdout: drainwatch(1), or drainwatch-COMMAND(1).
@@ -158,6 +161,13 @@ pub struct ServeArgs {
     pub listen: String,
     #[command(flatten)]
     pub shared: SharedArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// One JSON object instead of one line per finding.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -46,6 +46,16 @@ pub enum Error {
          CAP_PERFMON and CAP_SYS_RESOURCE)"
     )]
     NotPermitted,
+    #[error(
+        "this kernel ({release}) lacks {feature} ({detail}): drainwatch needs Linux {since} or \
+         newer with it; run `drainwatch doctor` for the whole picture"
+    )]
+    KernelFeature {
+        release: String,
+        feature: String,
+        detail: String,
+        since: String,
+    },
     #[error("policy {path}: {problem}")]
     Policy { path: String, problem: String },
     #[error("loading the eBPF probe failed: {0}")]

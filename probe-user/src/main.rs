@@ -103,6 +103,10 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let settings = drainwatch::serve::ServeSettings::from_args(&args)?;
             runtime()?.block_on(drainwatch::serve::run(&settings))
         }
+        Command::Doctor(args) => {
+            init_logging(0);
+            Ok(drainwatch::doctor::run(args.json))
+        }
         Command::Completions(args) => {
             let mut script = Vec::new();
             let mut cli = <Cli as clap::CommandFactory>::command();

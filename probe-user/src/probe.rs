@@ -20,8 +20,8 @@ use aya::{
 use probe_common::{
     latency::{LatencyHistogram, LATENCY_SLOTS},
     map_names, ConnKey, ConnState, Counter, Pending, ProbeConfig, RequestCounters, SockAddr,
-    TargetInfo, COMM_LEN, CONN_EXISTED, DB_PORT_FLAG, DEFAULT_RING_BYTES, PROTO_MONGO, PROTO_MYSQL,
-    PROTO_POSTGRES, PROTO_REDIS, PROTO_UNKNOWN,
+    TargetInfo, COMM_LEN, CONN_EXISTED, DB_PORT_FLAG, DEFAULT_RING_BYTES, NO_OFFSET, PROTO_MONGO,
+    PROTO_MYSQL, PROTO_POSTGRES, PROTO_REDIS, PROTO_UNKNOWN,
 };
 
 use crate::{btf, tracefs::Format, Error, Result};
@@ -131,9 +131,31 @@ pub fn probe_config(tracefs_root: &Path, follow_forks: bool) -> Result<ProbeConf
     let fork = Format::read(tracefs_root, "sched", "sched_process_fork")?;
     let exec = Format::read(tracefs_root, "sched", "sched_process_exec")?;
     let exit = Format::read(tracefs_root, "sched", "sched_process_exit")?;
-    let task_exit_code_off = btf::kernel_member_offset("task_struct", "exit_code").unwrap_or(0);
+    let [exit_code, task_signal, signal_live] = btf::kernel_member_offsets([
+        ("task_struct", "exit_code"),
+        ("task_struct", "signal"),
+        ("signal_struct", "live"),
+    ]);
+    let task_exit_code_off = exit_code.unwrap_or(0);
     if task_exit_code_off == 0 {
         log::warn!("kernel BTF has no task_struct.exit_code: exit codes will be reported as null");
+    }
+    // `group_dead` is in the tracepoint only on kernels after 6.12; before, the probe reads
+    // `current->signal->live` (see probe_common::ProbeConfig).
+    let exit_group_dead_off = if exit.has("group_dead") {
+        exit.offset("group_dead", 1)?
+    } else {
+        NO_OFFSET
+    };
+    let (task_signal_off, signal_live_off) = match (task_signal, signal_live) {
+        (Some(signal), Some(live)) => (signal, live),
+        _ => (NO_OFFSET, NO_OFFSET),
+    };
+    if exit_group_dead_off == NO_OFFSET && task_signal_off == NO_OFFSET {
+        log::warn!(
+            "neither sched_process_exit.group_dead nor kernel BTF (signal_struct.live): a \
+             multi-threaded target whose main thread exits first is taken to have exited then"
+        );
     }
     Ok(ProbeConfig {
         ring_bytes: 0,
@@ -148,8 +170,10 @@ pub fn probe_config(tracefs_root: &Path, follow_forks: bool) -> Result<ProbeConf
         fork_child_pid_off: fork.offset("child_pid", 4)?,
         exec_pid_off: exec.offset("pid", 4)?,
         exit_pid_off: exit.offset("pid", 4)?,
-        exit_group_dead_off: exit.offset("group_dead", 1)?,
+        exit_group_dead_off,
         task_exit_code_off,
+        task_signal_off,
+        signal_live_off,
     })
 }
 

@@ -8,8 +8,11 @@ use probe_common::latency;
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
 use crate::{
+    doctor,
     event::{self, Event, RequestSample, Role, TargetRequests},
-    existing, launch, netstat,
+    existing,
+    features::Features,
+    launch, netstat,
     probe::{self, Probe, ProbeOptions},
     procfs,
     settings::{AuditTargets, Common},
@@ -300,7 +303,13 @@ impl Session {
         if mounted {
             eprintln!("drainwatch: mounted tracefs at {}", tracefs_root.display());
         }
-        let mut probe = Probe::load(&tracefs_root, &probe_options(common))?;
+        // What this kernel offers, logged at -v like `drainwatch doctor` prints it; a missing
+        // essential ends here with one line, before anything is loaded.
+        let options = probe_options(common);
+        let features = Features::detect();
+        doctor::log(&features);
+        features.require_essentials(options.sockets)?;
+        let mut probe = Probe::load(&tracefs_root, &options)?;
         let attach_time = procfs::monotonic_now();
         let mut state =
             AuditState::new(attach_time.as_nanos() as u64, std::process::id()).with_sockets();

@@ -36,6 +36,11 @@ pub fn ensure_mounted() -> Result<(PathBuf, bool)> {
         .ok_or_else(|| Error::Tracefs("mounted, but no events directory appeared".into()))
 }
 
+/// The mounted tracefs root, if any (nothing is mounted here).
+pub fn find_root() -> Option<PathBuf> {
+    mounted_root()
+}
+
 fn mounted_root() -> Option<PathBuf> {
     ROOTS
         .iter()
@@ -79,6 +84,11 @@ impl Format {
             name: name.into(),
             fields,
         }
+    }
+
+    /// Whether the tracepoint has `field` (optional fields differ between kernels).
+    pub fn has(&self, field: &str) -> bool {
+        self.fields.iter().any(|f| f.name == field)
     }
 
     /// The offset of `field`, checking that it has the size the probe reads.

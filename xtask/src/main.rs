@@ -7,6 +7,8 @@
 mod compile;
 mod demo;
 mod exec;
+mod guest;
+mod matrix;
 mod setup;
 mod test;
 
@@ -37,6 +39,16 @@ enum Task {
         /// Passed on to `cargo test`, e.g. `cargo xtask test -- sigkill`.
         #[arg(last = true, value_name = "CARGO_TEST_ARGS")]
         args: Vec<OsString>,
+    },
+    /// Run integration tests inside Debian's 6.1 and 6.12 kernels booted in QEMU.
+    Matrix {
+        /// A kernel of the matrix (6.1, 6.12); repeatable; default: every one.
+        #[arg(long = "kernel", value_name = "NAME")]
+        kernels: Vec<String>,
+        /// A test as BINARY::NAME (e.g. drain::wait_returns_after_the_last_request_completes_never_before);
+        /// repeatable; default: the subset `cargo xtask test` runs.
+        #[arg(long = "test", value_name = "BINARY::NAME")]
+        tests: Vec<String>,
     },
     /// Audit a graceful restart and a `kill -9` of the bundled sample server.
     Demo,
@@ -97,6 +109,7 @@ fn main() -> ExitCode {
         Task::Setup => setup::run(),
         Task::Build { release } => compile::run(release).map(|_| ()),
         Task::Test { args } => test::run(&args),
+        Task::Matrix { kernels, tests } => matrix::task(&kernels, &tests),
         Task::Demo => demo::run(),
         Task::Bench { runs } => bench(runs),
         Task::Soak { runs, seed } => soak(runs, seed),

@@ -43,6 +43,12 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "strace",
     // `ss`: the exporter's default listen address is checked to be loopback only.
     "iproute2",
+    // The kernel matrix (xtask/src/guest.rs): Debian's kernels booted under QEMU with a
+    // busybox initramfs packed by cpio; 6.12's modules are xz-compressed.
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
+    "xz-utils",
 ];
 
 /// Where aya looks for tracepoint ids; either one is enough.

@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use crate::{
     compile::{self, WORKSPACE},
     exec::{self, elapsed},
-    setup,
+    matrix, setup,
 };
 
 /// One finished step, for the summary at the end.
@@ -69,6 +69,17 @@ pub fn run(test_args: &[OsString]) -> Result<()> {
             step(&mut outcomes, "cargo test", || {
                 cargo_test(test_args, &mut tally)
             });
+            // Other kernels, only for the whole suite: with a filter the user is after one
+            // test on this kernel (`cargo xtask matrix` runs any test in any guest).
+            if test_args.is_empty() {
+                step(&mut outcomes, "matrix", || {
+                    let mut counts = matrix::Counts::default();
+                    let result = matrix::run(&[], &[], &mut counts);
+                    tally.passed += counts.passed;
+                    tally.failed += counts.failed;
+                    result
+                });
+            }
         }
     }
 

@@ -1,0 +1,444 @@
+//! What the running kernel offers drainwatch, found by asking it rather than by reading
+//! version numbers (distribution kernels backport features, RHEL's most of all): a BPF ring
+//! buffer is created, a program with an atomic compare-and-exchange is loaded, an empty
+//! fentry program is attached, tracepoints are looked up in tracefs. Each probe is a
+//! syscall or two and leaves nothing behind.
+//!
+//! Used by `drainwatch doctor` (every line) and before every attach (the essentials: a
+//! kernel without them gets one line naming the feature and the first Linux release that has
+//! it, exit 2, before anything is loaded).
+
+use std::{
+    ffi::CString,
+    os::fd::{FromRawFd, OwnedFd},
+    path::{Path, PathBuf},
+};
+
+use crate::{btf, tracefs, Error, Result};
+
+/// The oldest kernel release with everything the probe needs: the BPF atomic instructions
+/// beyond add (`BPF_CMPXCHG`, `BPF_OR`; Linux 5.12, commit 5ffa25502b5a) that the per-thread
+/// slots and target bitmaps use. The ring buffer (5.8), `bpf_probe_read_kernel`/`_user`
+/// (5.5) and raw tracepoints (4.17) are older.
+pub const MINIMUM_KERNEL: &str = "5.12";
+
+/// The tracepoints the probe attaches to; any one missing is fatal.
+pub const REQUIRED_TRACEPOINTS: [(&str, &str); 6] = [
+    ("signal", "signal_generate"),
+    ("sched", "sched_process_fork"),
+    ("sched", "sched_process_exec"),
+    ("sched", "sched_process_exit"),
+    ("raw_syscalls", "sys_enter"),
+    ("raw_syscalls", "sys_exit"),
+];
+
+/// Socket-level tracepoints: cheaper hooks that a later backend uses where they exist.
+pub const SOCKET_TRACEPOINTS: [(&str, &str); 4] = [
+    ("sock", "sock_send_length"),
+    ("sock", "sock_recv_length"),
+    ("sock", "inet_sock_set_state"),
+    ("tcp", "tcp_destroy_sock"),
+];
+
+/// A yes/no finding with the detail that explains it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Found {
+    pub ok: bool,
+    pub detail: String,
+}
+
+impl Found {
+    fn yes(detail: impl Into<String>) -> Self {
+        Self {
+            ok: true,
+            detail: detail.into(),
+        }
+    }
+
+    fn no(detail: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Everything `doctor` reports.
+#[derive(Clone, Debug)]
+pub struct Features {
+    pub release: String,
+    pub privileged: Found,
+    pub ring_buffer: Found,
+    pub atomics: Found,
+    pub raw_tracepoints: Found,
+    pub tracefs: Option<PathBuf>,
+    /// (category, name, present)
+    pub tracepoints: Vec<(&'static str, &'static str, bool)>,
+    pub exit_group_dead_field: bool,
+    pub btf: Found,
+    pub uprobes: bool,
+    pub kprobes: bool,
+    pub fentry: Found,
+    pub cgroup2: Option<PathBuf>,
+    /// `none`, `integrity` or `confidentiality`; `None` when securityfs is not readable.
+    pub lockdown: Option<String>,
+}
+
+/// The running kernel's release (`uname -r`).
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+impl Features {
+    /// Asks the kernel. Needs the same privileges as attaching; without them the BPF
+    /// probes report "permission denied" rather than "missing".
+    pub fn detect() -> Self {
+        let tracefs = tracefs::find_root();
+        let tracepoints = REQUIRED_TRACEPOINTS
+            .iter()
+            .chain(SOCKET_TRACEPOINTS.iter())
+            .map(|&(category, name)| {
+                let present = tracefs
+                    .as_deref()
+                    .is_some_and(|root| tracepoint_exists(root, category, name));
+                (category, name, present)
+            })
+            .collect();
+        let exit_group_dead_field = tracefs.as_deref().is_some_and(|root| {
+            tracefs::Format::read(root, "sched", "sched_process_exit")
+                .is_ok_and(|f| f.has("group_dead"))
+        });
+        Self {
+            release: kernel_release(),
+            privileged: privileges(),
+            ring_buffer: ring_buffer(),
+            atomics: load_check(
+                "atomic compare-and-exchange",
+                PROG_TYPE_RAW_TRACEPOINT,
+                &ATOMICS,
+            ),
+            raw_tracepoints: load_check("raw tracepoint program", PROG_TYPE_RAW_TRACEPOINT, &EMPTY),
+            tracefs,
+            tracepoints,
+            exit_group_dead_field,
+            btf: kernel_btf(),
+            uprobes: Path::new("/sys/bus/event_source/devices/uprobe/type").exists(),
+            kprobes: Path::new("/sys/bus/event_source/devices/kprobe/type").exists(),
+            fentry: fentry(),
+            cgroup2: cgroup2_mount(),
+            lockdown: lockdown(),
+        }
+    }
+
+    /// The first missing essential, as the error every attaching command exits 2 with.
+    pub fn require_essentials(&self, sockets: bool) -> Result<()> {
+        let missing = |feature: &str, since: &str, detail: &str| {
+            Err(Error::KernelFeature {
+                release: self.release.clone(),
+                feature: feature.to_string(),
+                detail: detail.to_string(),
+                since: since.to_string(),
+            })
+        };
+        if !self.privileged.ok {
+            return Err(Error::NotPermitted);
+        }
+        if self.lockdown.as_deref() == Some("confidentiality") {
+            return missing(
+                "kernel memory reads by BPF (lockdown=confidentiality forbids them)",
+                MINIMUM_KERNEL,
+                "boot with lockdown=integrity or none",
+            );
+        }
+        if !self.ring_buffer.ok {
+            return missing("the BPF ring buffer", "5.8", &self.ring_buffer.detail);
+        }
+        if !self.raw_tracepoints.ok {
+            return missing(
+                "raw tracepoint programs",
+                "4.17",
+                &self.raw_tracepoints.detail,
+            );
+        }
+        if !self.atomics.ok {
+            return missing("BPF atomic instructions", "5.12", &self.atomics.detail);
+        }
+        for &(category, name, present) in &self.tracepoints {
+            let required = REQUIRED_TRACEPOINTS.contains(&(category, name));
+            let needed = required && (sockets || category != "raw_syscalls");
+            if needed && !present && self.tracefs.is_some() {
+                return missing(
+                    &format!("the tracepoint {category}:{name}"),
+                    MINIMUM_KERNEL,
+                    "CONFIG_TRACEPOINTS / CONFIG_FTRACE_SYSCALLS",
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// What drainwatch will hook on this kernel, in the report's `coverage.hooks` words.
+    pub fn hooks(&self) -> &'static str {
+        "syscalls"
+    }
+}
+
+fn tracepoint_exists(root: &Path, category: &str, name: &str) -> bool {
+    root.join("events").join(category).join(name).is_dir()
+}
+
+fn privileges() -> Found {
+    match crate::probe::check_privileges() {
+        Ok(()) => Found::yes("root or CAP_BPF + CAP_PERFMON"),
+        Err(_) => Found::no("not root and no CAP_BPF + CAP_PERFMON"),
+    }
+}
+
+fn kernel_btf() -> Found {
+    let [exit_code, live] =
+        btf::kernel_member_offsets([("task_struct", "exit_code"), ("signal_struct", "live")]);
+    if !Path::new(btf::KERNEL_BTF).exists() {
+        return Found::no(format!(
+            "{} missing (CONFIG_DEBUG_INFO_BTF)",
+            btf::KERNEL_BTF
+        ));
+    }
+    match (exit_code, live) {
+        (Some(_), Some(_)) => Found::yes(btf::KERNEL_BTF),
+        _ => Found::no(format!(
+            "{} lacks task_struct.exit_code or signal_struct.live",
+            btf::KERNEL_BTF
+        )),
+    }
+}
+
+fn cgroup2_mount() -> Option<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let (_, dir, fstype) = (fields.next()?, fields.next()?, fields.next()?);
+        (fstype == "cgroup2").then(|| PathBuf::from(dir))
+    })
+}
+
+fn lockdown() -> Option<String> {
+    parse_lockdown(&std::fs::read_to_string("/sys/kernel/security/lockdown").ok()?)
+}
+
+/// The bracketed word of /sys/kernel/security/lockdown (`none [integrity] confidentiality`).
+fn parse_lockdown(text: &str) -> Option<String> {
+    let start = text.find('[')? + 1;
+    let end = start + text[start..].find(']')?;
+    Some(text[start..end].to_string())
+}
+
+// ---- the bpf(2) probes (include/uapi/linux/bpf.h) ----
+
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_RAW_TRACEPOINT_OPEN: libc::c_long = 17;
+const MAP_TYPE_RINGBUF: u32 = 27;
+const PROG_TYPE_RAW_TRACEPOINT: u32 = 17;
+const PROG_TYPE_TRACING: u32 = 26;
+const TRACE_FENTRY: u32 = 24;
+
+/// `struct bpf_insn`: opcode, dst (low nibble) and src (high nibble) registers, offset, imm.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Insn {
+    code: u8,
+    regs: u8,
+    off: i16,
+    imm: i32,
+}
+
+const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
+    Insn {
+        code,
+        regs: dst | (src << 4),
+        off,
+        imm,
+    }
+}
+
+/// `r0 = 0; exit`.
+const EMPTY: [Insn; 2] = [insn(0xb7, 0, 0, 0, 0), insn(0x95, 0, 0, 0, 0)];
+
+/// `*(u64 *)(r10 - 8) = 0; r1 = 1; r0 = 0; r0 = cmpxchg((u64 *)(r10 - 8), r0, r1);
+/// r0 = 0; exit` — BPF_STX | BPF_ATOMIC | BPF_DW with imm BPF_CMPXCHG (0xf0 | BPF_FETCH),
+/// which kernels before 5.12 reject as an unknown opcode.
+const ATOMICS: [Insn; 6] = [
+    insn(0x7a, 10, 0, -8, 0),
+    insn(0xb7, 1, 0, 0, 1),
+    insn(0xb7, 0, 0, 0, 0),
+    insn(0xdb, 10, 1, -8, 0xf1),
+    insn(0xb7, 0, 0, 0, 0),
+    insn(0x95, 0, 0, 0, 0),
+];
+
+/// The leading fields of `union bpf_attr` for BPF_PROG_LOAD; the kernel accepts a shorter
+/// attr than its own and treats the rest as zero.
+#[repr(C)]
+#[derive(Default)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+    prog_btf_fd: u32,
+    func_info_rec_size: u32,
+    func_info: u64,
+    func_info_cnt: u32,
+    line_info_rec_size: u32,
+    line_info: u64,
+    line_info_cnt: u32,
+    attach_btf_id: u32,
+    attach_prog_fd: u32,
+    _pad: u32,
+}
+
+fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<OwnedFd> {
+    // SAFETY: attr is a live, initialised bpf_attr prefix of the size passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut T as *mut libc::c_void,
+            std::mem::size_of::<T>() as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a successful bpf() command returns a new fd that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+fn describe(err: &std::io::Error) -> String {
+    match err.raw_os_error() {
+        Some(libc::EPERM) | Some(libc::EACCES) => "permission denied".into(),
+        Some(libc::ENOSYS) => "no bpf() system call (CONFIG_BPF_SYSCALL)".into(),
+        Some(libc::EINVAL) => "not supported by this kernel".into(),
+        _ => err.to_string(),
+    }
+}
+
+fn ring_buffer() -> Found {
+    #[repr(C)]
+    struct MapCreateAttr {
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+        map_flags: u32,
+    }
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u32;
+    let mut attr = MapCreateAttr {
+        map_type: MAP_TYPE_RINGBUF,
+        key_size: 0,
+        value_size: 0,
+        max_entries: page,
+        map_flags: 0,
+    };
+    match bpf(BPF_MAP_CREATE, &mut attr) {
+        Ok(_fd) => Found::yes("BPF_MAP_TYPE_RINGBUF"),
+        Err(err) => Found::no(describe(&err)),
+    }
+}
+
+fn load(prog_type: u32, insns: &[Insn], attach_type: u32, btf_id: u32) -> std::io::Result<OwnedFd> {
+    let license = CString::new("GPL").expect("no NUL");
+    let mut attr = ProgLoadAttr {
+        prog_type,
+        insn_cnt: insns.len() as u32,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        expected_attach_type: attach_type,
+        attach_btf_id: btf_id,
+        ..Default::default()
+    };
+    bpf(BPF_PROG_LOAD, &mut attr)
+}
+
+fn load_check(what: &str, prog_type: u32, insns: &[Insn]) -> Found {
+    match load(prog_type, insns, 0, 0) {
+        Ok(_fd) => Found::yes(what),
+        Err(err) => Found::no(format!("{what}: {}", describe(&err))),
+    }
+}
+
+/// Loads an empty fentry program on `tcp_sendmsg` and attaches it for an instant: fentry
+/// needs BTF, the BPF trampoline (x86_64 with DYNAMIC_FTRACE_WITH_DIRECT_CALLS) and a
+/// kernel that lets tracing programs attach, and only trying tells all three.
+fn fentry() -> Found {
+    const FUNCTION: &str = "tcp_sendmsg";
+    let Some(id) = btf::kernel_func_id(FUNCTION) else {
+        return Found::no(format!("no kernel BTF for {FUNCTION}"));
+    };
+    let prog = match load(PROG_TYPE_TRACING, &EMPTY, TRACE_FENTRY, id) {
+        Ok(fd) => fd,
+        Err(err) => return Found::no(format!("load: {}", describe(&err))),
+    };
+    #[repr(C)]
+    struct RawTpOpenAttr {
+        name: u64,
+        prog_fd: u32,
+        _pad: u32,
+    }
+    let mut attr = RawTpOpenAttr {
+        name: 0,
+        prog_fd: std::os::fd::AsRawFd::as_raw_fd(&prog) as u32,
+        _pad: 0,
+    };
+    match bpf(BPF_RAW_TRACEPOINT_OPEN, &mut attr) {
+        Ok(_link) => Found::yes(format!("attached to {FUNCTION}")),
+        Err(err) => Found::no(format!("attach: {}", describe(&err))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instructions_have_the_kernels_layout() {
+        assert_eq!(std::mem::size_of::<Insn>(), 8);
+        // `*(u64 *)(r10 - 8) = 0`: dst r10 in the low nibble, offset -8.
+        let raw: [u8; 8] = unsafe { std::mem::transmute(ATOMICS[0]) };
+        assert_eq!(raw, [0x7a, 0x0a, 0xf8, 0xff, 0, 0, 0, 0]);
+        // cmpxchg: src r1 in the high nibble, imm BPF_CMPXCHG.
+        let raw: [u8; 8] = unsafe { std::mem::transmute(ATOMICS[3]) };
+        assert_eq!(raw, [0xdb, 0x1a, 0xf8, 0xff, 0xf1, 0, 0, 0]);
+    }
+
+    #[test]
+    fn prog_load_attr_fields_sit_where_the_kernel_reads_them() {
+        // Offsets from include/uapi/linux/bpf.h (the BPF_PROG_LOAD struct of union bpf_attr).
+        let attr = ProgLoadAttr::default();
+        let base = &attr as *const _ as usize;
+        assert_eq!(&attr.expected_attach_type as *const _ as usize - base, 68);
+        assert_eq!(&attr.attach_btf_id as *const _ as usize - base, 108);
+    }
+
+    #[test]
+    fn lockdown_word_is_the_bracketed_one() {
+        let text = "none [integrity] confidentiality\n";
+        assert_eq!(parse_lockdown(text).as_deref(), Some("integrity"));
+        assert_eq!(
+            parse_lockdown("[none] integrity confidentiality").as_deref(),
+            Some("none")
+        );
+        assert_eq!(parse_lockdown("garbage"), None);
+    }
+}

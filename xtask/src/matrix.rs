@@ -1,0 +1,259 @@
+//! The kernel matrix: integration tests run inside Debian's 6.1 and 6.12 kernels booted in
+//! QEMU (see [`crate::guest`]), against the binaries built on this machine. `cargo xtask
+//! test` runs [`SUBSET`] in every guest after the whole suite has run on the host kernel;
+//! `cargo xtask matrix --kernel 6.1 --test drain::NAME` runs any test in any guest.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    fs,
+    path::PathBuf,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{
+    compile,
+    exec::{self, elapsed},
+    guest::{self, Kernel, KERNELS},
+};
+
+/// What every guest runs: one test per behaviour the issue names (a SIGKILL named with its
+/// sender, a forked child killed with -9, PostgreSQL cut mid-transaction, a graceful stop,
+/// a wait that drains after the request), plus the exit of a multi-threaded target whose
+/// main thread leaves first (the kernels differ in how a whole process's exit is seen).
+pub const SUBSET: [&str; 6] = [
+    "audit::kill_dash_nine_from_a_helper_is_exactly_one_sigkill_naming_the_sender",
+    "audit::a_forked_child_killed_with_sigkill_is_flagged_with_the_childs_pid",
+    "audit::a_multithreaded_target_exits_when_its_last_thread_does",
+    "connections::postgres_kill_nine_mid_transaction",
+    "drain::stop_with_a_handler_waits_for_the_request_and_is_clean",
+    "drain::wait_returns_after_the_last_request_completes_never_before",
+];
+
+/// How long one guest may take (boot, every test, power-off) before it is killed. Under TCG
+/// on two busy cores a guest is 10-30x slower than the host.
+const GUEST_TIMEOUT: Duration = Duration::from_secs(20 * 60);
+
+/// Test results counted from the guests' consoles.
+#[derive(Default, Debug)]
+pub struct Counts {
+    pub passed: u64,
+    pub failed: u64,
+}
+
+/// `test_binary::test_name` -> (binary, name).
+fn split(test: &str) -> Result<(&str, &str)> {
+    test.split_once("::")
+        .filter(|(bin, name)| !bin.is_empty() && !name.is_empty())
+        .with_context(|| format!("`{test}`: name a test as BINARY::TEST, e.g. {}", SUBSET[0]))
+}
+
+/// The integration test executables by target name (audit, drain, ...), built if needed.
+fn test_executables() -> Result<BTreeMap<String, PathBuf>> {
+    let out = exec::stdout_of(
+        exec::cargo()
+            .args([
+                "test",
+                "--no-run",
+                "--message-format=json",
+                "-p",
+                "drainwatch-tests",
+            ])
+            .stderr(Stdio::inherit()),
+    )
+    .context("building the integration tests")?;
+    let mut found = BTreeMap::new();
+    for line in out.lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let (Some(exe), Some(name)) = (msg["executable"].as_str(), msg["target"]["name"].as_str())
+        else {
+            continue;
+        };
+        let is_test = msg["target"]["kind"]
+            .as_array()
+            .is_some_and(|k| k.iter().any(|k| k == "test"));
+        if is_test {
+            found.insert(name.to_string(), PathBuf::from(exe));
+        }
+    }
+    Ok(found)
+}
+
+/// The shell script a guest runs: `drainwatch doctor`, then each test alone.
+fn script(tests: &[String], executables: &BTreeMap<String, PathBuf>) -> Result<String> {
+    let drainwatch = compile::binary("debug", "drainwatch");
+    let fixture = compile::binary("debug", "dw-fixture");
+    let mut s = String::from("#!/bin/sh\n");
+    writeln!(
+        s,
+        "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    )?;
+    writeln!(s, "export HOME=/root RUST_BACKTRACE=1 CI=true")?;
+    writeln!(s, "export DRAINWATCH_BIN='{}'", drainwatch.display())?;
+    writeln!(s, "export DW_FIXTURE_BIN='{}'", fixture.display())?;
+    writeln!(s, "export DW_IN_GUEST=1")?;
+    // cargo runs test binaries from their package's directory.
+    writeln!(s, "cd '{}'", exec::workspace_root().join("tests").display())?;
+    writeln!(s, "failed=0")?;
+    writeln!(s, "echo '=== guest: drainwatch doctor'")?;
+    writeln!(s, "\"$DRAINWATCH_BIN\" doctor || failed=1")?;
+    for test in tests {
+        let (binary, name) = split(test)?;
+        let exe = executables.get(binary).with_context(|| {
+            format!("no integration test binary `{binary}` (tests/tests/{binary}.rs)")
+        })?;
+        writeln!(s, "echo '=== guest test: {test}'")?;
+        writeln!(
+            s,
+            "'{}' --exact '{name}' --test-threads=1 || failed=1",
+            exe.display()
+        )?;
+    }
+    writeln!(s, "exit $failed")?;
+    Ok(s)
+}
+
+/// Reads `test result: ok. 1 passed; 0 failed; ...` lines.
+fn count(console: &str, counts: &mut Counts) {
+    for line in console.lines() {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            continue;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            if let (Some(what), Some(n)) = (words.next(), words.next()) {
+                let n: u64 = n.parse().unwrap_or(0);
+                match what {
+                    "passed" => counts.passed += n,
+                    "failed" => counts.failed += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+fn kernels_named(names: &[String]) -> Result<Vec<Kernel>> {
+    if names.is_empty() {
+        return Ok(KERNELS.to_vec());
+    }
+    names
+        .iter()
+        .map(|n| {
+            KERNELS
+                .iter()
+                .find(|k| k.name == n)
+                .copied()
+                .with_context(|| {
+                    let known: Vec<_> = KERNELS.iter().map(|k| k.name).collect();
+                    format!(
+                        "no kernel `{n}` in the matrix: use one of {}",
+                        known.join(", ")
+                    )
+                })
+        })
+        .collect()
+}
+
+/// Runs `tests` (default: [`SUBSET`]) in each named kernel (default: all). Every guest runs
+/// even if one fails; the error lists the failures, each with its console log above it.
+pub fn run(kernel_names: &[String], tests: &[String], counts: &mut Counts) -> Result<()> {
+    let kernels = kernels_named(kernel_names)?;
+    let tests: Vec<String> = if tests.is_empty() {
+        SUBSET.iter().map(|s| s.to_string()).collect()
+    } else {
+        tests.to_vec()
+    };
+    for kernel in &kernels {
+        guest::prepare(kernel).with_context(|| format!("preparing the {} guest", kernel.name))?;
+    }
+    // Built before any guest starts: a guest sees this machine's files read-only.
+    compile::build(false)?;
+    let executables = test_executables()?;
+    let dir = exec::target_dir().join("matrix");
+    fs::create_dir_all(&dir)?;
+    let started = Instant::now();
+    let mut failures = Vec::new();
+    for kernel in &kernels {
+        let path = dir.join(format!("guest-{}.sh", kernel.name));
+        fs::write(&path, script(&tests, &executables)?)?;
+        println!("matrix: Linux {}: {} test(s)", kernel.name, tests.len());
+        let prefix = format!("[{}] ", kernel.name);
+        let run = guest::run(kernel, &path, GUEST_TIMEOUT, &prefix)?;
+        let mut here = Counts::default();
+        count(&run.console, &mut here);
+        counts.passed += here.passed;
+        counts.failed += here.failed;
+        let log = dir.join(format!("console-{}.log", kernel.name));
+        fs::write(&log, &run.console)?;
+        match run.status {
+            Some(0) if here.passed as usize >= tests.len() => println!(
+                "matrix: Linux {}: ok, {} passed in {}",
+                kernel.name,
+                here.passed,
+                elapsed(run.took)
+            ),
+            Some(code) => failures.push(format!(
+                "Linux {}: exit {code}, {} passed, {} failed ({}; console in {})",
+                kernel.name,
+                here.passed,
+                here.failed,
+                elapsed(run.took),
+                log.display()
+            )),
+            None => failures.push(format!(
+                "Linux {}: the guest never finished ({}; console in {})",
+                kernel.name,
+                elapsed(run.took),
+                log.display()
+            )),
+        }
+    }
+    println!(
+        "matrix: {} kernel(s) in {}",
+        kernels.len(),
+        elapsed(started.elapsed())
+    );
+    if !failures.is_empty() {
+        bail!("kernel matrix failed: {}", failures.join("; "));
+    }
+    Ok(())
+}
+
+/// `cargo xtask matrix`: setup, then [`run`].
+pub fn task(kernel_names: &[String], tests: &[String]) -> Result<()> {
+    crate::setup::run()?;
+    let mut counts = Counts::default();
+    let result = run(kernel_names, tests, &mut counts);
+    println!("matrix: {} passed, {} failed", counts.passed, counts.failed);
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subset_names_are_binary_and_test() {
+        for test in SUBSET {
+            split(test).unwrap();
+        }
+        assert!(split("no-separator").is_err());
+    }
+
+    #[test]
+    fn counts_come_from_test_result_lines() {
+        let mut counts = Counts::default();
+        count(
+            "running 1 test\ntest result: ok. 1 passed; 0 failed; 0 ignored\n\
+             test result: FAILED. 0 passed; 1 failed; 0 ignored\n",
+            &mut counts,
+        );
+        assert_eq!((counts.passed, counts.failed), (1, 1));
+    }
+}
