@@ -114,12 +114,14 @@ pub fn lines(f: &Features) -> Vec<Line> {
             (false, true) => "available (socket-level hook, not used yet)",
             (false, false) => "not on this kernel",
         };
-        let fix = if f.tracefs.is_none() {
-            "mount tracefs to look"
+        let found = line(format!("tracepoint {category}:{name}"), status, detail);
+        out.push(if f.tracefs.is_none() {
+            found.fix("mount tracefs to look")
+        } else if required {
+            found.fix("a kernel built with CONFIG_TRACEPOINTS and CONFIG_FTRACE_SYSCALLS")
         } else {
-            "a kernel built with CONFIG_TRACEPOINTS and CONFIG_FTRACE_SYSCALLS"
-        };
-        out.push(line(format!("tracepoint {category}:{name}"), status, detail).fix(fix));
+            found
+        });
     }
     out.push(line(
         "process exit",

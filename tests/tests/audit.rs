@@ -169,6 +169,41 @@ fn a_launched_command_that_exits_0_is_clean_and_its_code_is_reported() {
     assert_eq!(report["targets"][0]["exit"]["code"], 3, "{report:#}");
 }
 
+/// The kernels differ in how a whole process's exit is seen (6.1 and 6.12 have no
+/// `group_dead` in sched_process_exit): the main thread leaving first must not count as
+/// the exit, and the code is the one the last thread exits with.
+#[test]
+fn a_multithreaded_target_exits_when_its_last_thread_does() {
+    require_root();
+    let fixture = fixture_bin();
+    let done = run_drainwatch(&[
+        "audit",
+        "--json",
+        "--",
+        fixture.to_str().unwrap(),
+        "exit",
+        "5",
+        "--after-ms",
+        "400",
+        "--main-thread-first",
+    ]);
+    assert_eq!(done.code, 0, "{done:?}");
+    let report: Value = serde_json::from_str(done.stdout.trim()).expect("--json prints the report");
+    let targets = report["targets"].as_array().expect("targets");
+    assert_eq!(
+        targets.len(),
+        1,
+        "threads are not targets of their own: {report:#}"
+    );
+    let exit = &targets[0]["exit"];
+    assert_eq!(exit["code"], 5, "the last thread's exit code: {report:#}");
+    let at = exit["at_ms"].as_u64().expect("exit time");
+    assert!(
+        at >= 350,
+        "exit seen when the main thread left, not the last: {report:#}"
+    );
+}
+
 #[test]
 fn a_launched_command_that_cannot_start_is_a_usage_error() {
     require_root();

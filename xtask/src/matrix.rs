@@ -110,7 +110,7 @@ fn script(tests: &[String], executables: &BTreeMap<String, PathBuf>) -> Result<S
         writeln!(s, "echo '=== guest test: {test}'")?;
         writeln!(
             s,
-            "'{}' --exact '{name}' --test-threads=1 || failed=1",
+            "'{}' --exact '{name}' --test-threads=1 --color never || failed=1",
             exe.display()
         )?;
     }

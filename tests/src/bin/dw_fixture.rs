@@ -127,9 +127,20 @@ fn send_signal(args: &[String]) -> ExitCode {
 
 fn exit_with(args: &[String]) -> ExitCode {
     let code = args.first().and_then(|s| s.parse::<u8>().ok()).unwrap_or(0);
-    if let Some(ms) = flag_value(args, "--after-ms") {
-        thread::sleep(Duration::from_millis(ms));
+    let delay = Duration::from_millis(flag_value(args, "--after-ms").unwrap_or(0));
+    if args.iter().any(|a| a == "--main-thread-first") {
+        // The main thread leaves at once (pthread_exit: the process lives on) and another
+        // thread exits the process later: a whole process's exit is its last thread's.
+        thread::spawn(move || {
+            thread::sleep(delay);
+            std::process::exit(code.into());
+        });
+        // The raw exit(2) system call ends only the calling thread (exit_group(2) ends the
+        // process); pthread_exit would unwind through Rust's main and abort.
+        // SAFETY: nothing of this thread is used after it; the spawned one keeps running.
+        unsafe { libc::syscall(libc::SYS_exit, 0) };
     }
+    thread::sleep(delay);
     ExitCode::from(code)
 }
 
