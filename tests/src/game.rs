@@ -146,6 +146,11 @@ impl GameServer {
         self.send_line(&format!("op {op} {pause_ms}\n"))
     }
 
+    /// Sends `op NAME @GATE`: the request holds its transaction open until `gate` is opened.
+    pub fn send_gated_request(&self, op: &str, gate: &Gate) -> Pending {
+        self.send_line(&format!("op {op} @{}\n", gate.path.display()))
+    }
+
     /// `ping`, answered without database work.
     pub fn ping(&self) -> String {
         self.send_line("ping\n").reply()
@@ -208,5 +213,25 @@ impl Pending {
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => String::new(),
             Err(e) => panic!("read dw-game reply: {e}"),
         }
+    }
+}
+
+/// A file whose creation releases gated requests ([`GameServer::send_gated_request`]): the
+/// test decides when a request completes, whatever the machine's speed.
+pub struct Gate {
+    path: std::path::PathBuf,
+}
+
+impl Gate {
+    pub fn new(dir: &TempDir, name: &str) -> Self {
+        Self {
+            path: dir.0.join(format!("gate-{name}")),
+        }
+    }
+
+    /// Releases the requests waiting on it; returns when (CLOCK_MONOTONIC ns) it did.
+    pub fn open(&self) -> u64 {
+        std::fs::write(&self.path, b"").expect("create the gate file");
+        mono_ns()
     }
 }

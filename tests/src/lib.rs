@@ -16,8 +16,27 @@ pub use serde_json::Value;
 pub mod db;
 pub mod game;
 
-/// How long a test waits for drainwatch to attach or finish before failing.
-pub const PATIENCE: Duration = Duration::from_secs(30);
+/// How long a test waits for drainwatch to attach or finish before failing. Generous: it
+/// only bounds a failure, and inside the kernel-matrix guests (TCG emulation, see
+/// xtask/src/guest.rs) loading the probe alone takes several seconds.
+pub const PATIENCE: Duration = Duration::from_secs(90);
+
+/// How many times slower than the build machine this test runs: 1 natively, more inside the
+/// kernel-matrix guests (`DW_TIME_SCALE`, set by xtask). Request durations and timing slack
+/// are multiplied by it, so that a request is still in flight after a slow attach; what
+/// drainwatch itself is asked for (the quiet window) is not.
+pub fn time_scale() -> u64 {
+    std::env::var("DW_TIME_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1u64)
+        .max(1)
+}
+
+/// `ms` at this machine's [`time_scale`].
+pub fn scaled_ms(ms: u64) -> u64 {
+    ms * time_scale()
+}
 
 /// A binary from this workspace's target directory: `$ENV` if set (xtask sets it), else
 /// the one beside the test executable (target/<profile>/).

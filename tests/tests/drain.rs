@@ -3,7 +3,7 @@
 
 use drainwatch_tests::{
     db::PgServer,
-    game::{mono_ns, GameServer},
+    game::{mono_ns, GameServer, Gate},
     *,
 };
 
@@ -20,12 +20,17 @@ fn stop_with_a_handler_waits_for_the_request_and_is_clean() {
     let dir = TempDir::new("stop-clean");
     let report_path = dir.path("report.json");
     let mut game = GameServer::start(&db, &["--pool", "2", "--on-term", "graceful"]);
-    let pending = game.send_request("checkout", 1_000);
+    let gate = Gate::new(&dir, "checkout");
+    let pending = game.send_gated_request("checkout", &gate);
     game.wait_truth("in flight", |t| t.requests_in_flight == 1);
     let pid = game.pid.to_string();
     let mut stop = Drainwatch::spawn(&["stop", "--pid", &pid, "--report", &report_path, "--json"]);
     stop.wait_for_stderr("sending SIGTERM");
     let signalled = mono_ns();
+    // The request goes on for a while after the signal (the scenario, not a wait for a
+    // condition): the drain must last until it ends, however long attaching took.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    gate.open();
     assert!(pending.reply().starts_with("done"), "the request completes");
     assert!(game.wait().success());
     let done = stop.finish();
@@ -42,9 +47,14 @@ fn stop_with_a_handler_waits_for_the_request_and_is_clean() {
         drain_ms + 5.0 >= remaining,
         "drained before the request ended: {drain_ms} < {remaining}: {drain}"
     );
+    let slack = scaled_ms(50) as f64;
     assert!(
-        drain_ms <= remaining + QUIET_MS as f64 + 50.0,
-        "drain verdict late: {drain_ms} > {remaining} + quiet + 50: {drain}"
+        drain_ms <= remaining + QUIET_MS as f64 + slack,
+        "drain verdict late: {drain_ms} > {remaining} + quiet + {slack}: {drain}"
+    );
+    assert!(
+        remaining > 0.0,
+        "the request was still in flight at the signal: {drain}"
     );
     assert!(drain["exited_at_ms"].as_u64().is_some());
 }
@@ -137,15 +147,21 @@ fn wait_returns_after_the_last_request_completes_never_before() {
     let db = PgServer::start();
     let game = GameServer::start(&db, &["--pool", "2"]);
     let pid = game.pid.to_string();
-    // Each request is in flight when `wait` attaches (loading the probe takes a second or
-    // two): its start was never seen, and wait must still not return before its end.
+    let dir = TempDir::new("wait-after");
+    // Each request is in flight when `wait` attaches and ends a while after: its start was
+    // never seen, and wait must still not return before its end.
     for round in 0..2 {
-        let pending = game.send_request(&format!("w{round}"), 3_000 + 500 * round);
+        let gate = Gate::new(&dir, &format!("w{round}"));
+        let pending = game.send_gated_request(&format!("w{round}"), &gate);
         game.wait_truth("in flight", |t| t.requests_in_flight == 1);
         // "Returned" is when the verdict line is out: the process then takes the probe down
         // (about a second of kernel RCU waits) before it exits.
-        let mut wait = Drainwatch::spawn(&["wait", "--pid", &pid, "--json"]);
+        let timeout = format!("{}ms", scaled_ms(30_000));
+        let mut wait = Drainwatch::spawn(&["wait", "--pid", &pid, "--json", "--timeout", &timeout]);
         let lines = wait.stdout_lines();
+        wait.wait_for_stderr("attached to");
+        std::thread::sleep(std::time::Duration::from_millis(300 + 200 * round));
+        gate.open();
         let verdict_line = lines
             .iter()
             .find(|l| l.contains("drainwatch.report/v1"))
@@ -164,7 +180,7 @@ fn wait_returns_after_the_last_request_completes_never_before() {
         // Precision is measured by `cargo xtask bench` on a quiet machine; under a loaded
         // test run this only bounds it.
         assert!(
-            late <= (QUIET_MS + 500) as f64,
+            late <= (QUIET_MS + scaled_ms(500)) as f64,
             "wait returned {late:.1}ms after completion"
         );
         let report: Value = serde_json::from_str(&verdict_line).unwrap();

@@ -47,7 +47,19 @@ pub const KERNELS: [Kernel; 2] = [
 ];
 
 /// Modules the guest needs that Debian builds as modules; their dependencies come along.
-const WANTED_MODULES: [&str; 4] = ["virtio_pci", "9pnet_virtio", "9p", "overlay"];
+/// Besides the host's root over virtio-9p under an overlay: sock_diag for TCP and unix
+/// sockets, which drainwatch asks about connections that existed before attach (a Debian
+/// system loads these on demand through modprobe; the guest, running this machine's
+/// userland, has no modules of its kernel to load on demand).
+const WANTED_MODULES: [&str; 7] = [
+    "virtio_pci",
+    "9pnet_virtio",
+    "9p",
+    "overlay",
+    "inet_diag",
+    "tcp_diag",
+    "unix_diag",
+];
 
 /// Printed by the guest's init as its last line: the script's exit status.
 const EXIT_MARKER: &str = "DW-GUEST-EXIT=";
@@ -116,18 +128,25 @@ pub fn prepare(kernel: &Kernel) -> Result<Unpacked> {
     let dir = cache_dir(kernel);
     let root = dir.join("root");
     let initramfs = dir.join("initramfs.cpio.gz");
-    let vmlinuz = find_vmlinuz(&root);
-    if let (Some(vmlinuz), true) = (vmlinuz, initramfs.is_file()) {
+    // The initramfs is rebuilt when what goes into it changes (the init script, the module
+    // list), not only when it is missing.
+    let stamp = dir.join("initramfs.stamp");
+    let recipe = format!("{INIT}\n{WANTED_MODULES:?}");
+    let fresh = fs::read_to_string(&stamp).is_ok_and(|s| s == recipe) && initramfs.is_file();
+    if let (Some(vmlinuz), true) = (find_vmlinuz(&root), fresh) {
         return Ok(Unpacked { vmlinuz, initramfs });
     }
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let deb = download(kernel, &dir)?;
-    let _ = fs::remove_dir_all(&root);
-    exec::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))
-        .with_context(|| format!("unpacking {}", deb.display()))?;
+    if find_vmlinuz(&root).is_none() {
+        let deb = download(kernel, &dir)?;
+        let _ = fs::remove_dir_all(&root);
+        exec::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))
+            .with_context(|| format!("unpacking {}", deb.display()))?;
+    }
     let vmlinuz =
         find_vmlinuz(&root).with_context(|| format!("{} has no boot/vmlinuz-*", kernel.package))?;
     build_initramfs(&root, &dir, &initramfs)?;
+    fs::write(&stamp, recipe)?;
     Ok(Unpacked { vmlinuz, initramfs })
 }
 

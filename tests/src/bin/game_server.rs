@@ -29,7 +29,8 @@
 //!   CLOCK_MONOTONIC after the last reply was written (0 before the first), the clock of the
 //!   kernel's bpf_ktime_get_ns.
 //!
-//! Protocol, one line each way: `op NAME [PAUSE_MS]` -> `done NAME` (or `error NAME WHY`);
+//! Protocol, one line each way: `op NAME [PAUSE_MS | @GATE_FILE]` -> `done NAME` (or
+//! `error NAME WHY`); `@GATE_FILE` pauses until that file exists;
 //! `ping` -> `pong` (no database work). The transaction, with NAME as a parameter:
 //! - PostgreSQL: `BEGIN; INSERT INTO ledger(op, step) VALUES (NAME, 'A'); <pause>;
 //!   INSERT ... 'B'; COMMIT` (the table is created at start).
@@ -58,7 +59,7 @@ use std::{
 #[path = "game_server/conn.rs"]
 mod conn;
 
-use conn::{why, Conn, Kind};
+use conn::{why, Conn, Kind, Pause};
 
 const USAGE: &str = "usage: dw-game --db postgres|mysql|redis --db-url URL [--port N] \
                      [--pause-ms N] [--pool N] [--on-term graceful|ignore|default] [--truth FILE]";
@@ -223,14 +224,17 @@ fn handle(line: &str, shared: &Shared) -> String {
     match (words.next(), words.next(), words.next()) {
         (Some("ping"), None, None) => "pong\n".to_string(),
         (Some("op"), Some(name), pause) if name.len() <= 64 => {
-            let pause = match pause.map(str::parse::<u64>) {
-                None => shared.default_pause,
-                Some(Ok(ms)) => Duration::from_millis(ms),
-                Some(Err(_)) => return format!("error {name} bad pause\n"),
+            let pause = match pause {
+                None => Pause::For(shared.default_pause),
+                Some(gate) if gate.starts_with('@') => Pause::UntilFile(gate[1..].into()),
+                Some(ms) => match ms.parse::<u64>() {
+                    Ok(ms) => Pause::For(Duration::from_millis(ms)),
+                    Err(_) => return format!("error {name} bad pause\n"),
+                },
             };
             let mut conn = shared.pool.take();
             let mut opened = false;
-            let result = conn.two_writes(name, pause, || {
+            let result = conn.two_writes(name, &pause, || {
                 opened = true;
                 shared.truth.update(|t| t.transactions_open += 1);
             });

@@ -6,7 +6,11 @@
 //! - MySQL COM_QUIT: https://mariadb.com/kb/en/com_quit/
 //! - Redis QUIT: https://redis.io/docs/latest/commands/quit/
 
-use std::{thread, time::Duration};
+use std::{
+    path::PathBuf,
+    thread,
+    time::{Duration, Instant},
+};
 
 use mysql::prelude::Queryable;
 
@@ -26,6 +30,29 @@ pub enum Conn {
 
 /// An error with its causes ("error connecting to server: Connection refused ..."): the
 /// client crates' Display alone often omits the reason.
+/// How long a request holds its transaction open between the two writes.
+#[derive(Clone, Debug)]
+pub enum Pause {
+    For(Duration),
+    /// Until the test creates this file (a gate it opens when it has seen what it waits
+    /// for), at most ten minutes: timing that holds at any machine speed.
+    UntilFile(PathBuf),
+}
+
+impl Pause {
+    fn wait(&self) {
+        match self {
+            Pause::For(d) => thread::sleep(*d),
+            Pause::UntilFile(path) => {
+                let deadline = Instant::now() + Duration::from_secs(600);
+                while !path.exists() && Instant::now() < deadline {
+                    thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+}
+
 pub fn why(e: impl std::error::Error) -> String {
     let mut text = e.to_string();
     let mut cause = e.source();
@@ -90,7 +117,7 @@ impl Conn {
     pub fn two_writes(
         &mut self,
         op: &str,
-        pause: Duration,
+        pause: &Pause,
         in_pause: impl FnOnce(),
     ) -> Result<(), String> {
         match self {
@@ -99,7 +126,7 @@ impl Conn {
                 tx.execute("INSERT INTO ledger(op, step) VALUES ($1, 'A')", &[&op])
                     .map_err(why)?;
                 in_pause();
-                thread::sleep(pause);
+                pause.wait();
                 tx.execute("INSERT INTO ledger(op, step) VALUES ($1, 'B')", &[&op])
                     .map_err(why)?;
                 tx.commit().map_err(why)
@@ -111,7 +138,7 @@ impl Conn {
                 tx.exec_drop("INSERT INTO ledger(op, step) VALUES (?, 'A')", (op,))
                     .map_err(why)?;
                 in_pause();
-                thread::sleep(pause);
+                pause.wait();
                 tx.exec_drop("INSERT INTO ledger(op, step) VALUES (?, 'B')", (op,))
                     .map_err(why)?;
                 tx.commit().map_err(why)
@@ -122,7 +149,7 @@ impl Conn {
                 let queued = (|| {
                     redis::cmd("RPUSH").arg(&key).arg("A").query::<()>(conn)?;
                     in_pause();
-                    thread::sleep(pause);
+                    pause.wait();
                     redis::cmd("RPUSH").arg(&key).arg("B").query::<()>(conn)
                 })();
                 if let Err(e) = queued {
