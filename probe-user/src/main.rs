@@ -6,11 +6,12 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Parser as _;
 use drainwatch::{
-    audit, check,
     cli::{Cli, Command},
-    drain,
+    commands::audit,
+    commands::check,
+    commands::drain,
+    commands::watch,
     settings::{AuditSettings, CheckSettings, StopSettings, WaitSettings, WatchSettings},
-    watch,
 };
 
 /// Exit code for usage and environment errors (DESIGN.md).
@@ -100,12 +101,12 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Serve(args) => {
             init_logging(args.shared.verbose);
-            let settings = drainwatch::serve::ServeSettings::from_args(&args)?;
-            runtime()?.block_on(drainwatch::serve::run(&settings))
+            let settings = drainwatch::commands::serve::ServeSettings::from_args(&args)?;
+            runtime()?.block_on(drainwatch::commands::serve::run(&settings))
         }
         Command::Doctor(args) => {
             init_logging(0);
-            Ok(drainwatch::doctor::run(args.json))
+            Ok(drainwatch::commands::doctor::run(args.json))
         }
         Command::Completions(args) => {
             let mut script = Vec::new();

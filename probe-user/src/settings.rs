@@ -11,8 +11,9 @@ use std::{
 
 use crate::{
     cli::{AuditArgs, SharedArgs},
-    launch::LaunchCommand,
-    procfs, Error, Result,
+    host::launch::LaunchCommand,
+    host::procfs,
+    Error, Result,
 };
 
 /// Default database ports (DESIGN.md): PostgreSQL, MySQL/MariaDB, Redis, MongoDB.
@@ -230,7 +231,7 @@ pub struct AuditSettings {
     pub duration: Option<Duration>,
     pub report: Option<ReportFile>,
     pub junit: Option<ReportFile>,
-    pub policy: crate::policy::Policy,
+    pub policy: crate::verdict::policy::Policy,
 }
 
 impl AuditSettings {
@@ -271,8 +272,8 @@ impl AuditSettings {
         let report = args.report.as_deref().map(ReportFile::open).transpose()?;
         let junit = args.junit.as_deref().map(ReportFile::open).transpose()?;
         let policy = match &args.policy {
-            Some(path) => crate::policy::Policy::load(path)?,
-            None => crate::policy::Policy::default(),
+            Some(path) => crate::verdict::policy::Policy::load(path)?,
+            None => crate::verdict::policy::Policy::default(),
         };
         Ok(Self {
             common,
@@ -353,11 +354,12 @@ impl StopSettings {
                 hint: "drainwatch never stops init (pid 1); name the server's pid",
             });
         }
-        let signal = crate::signals::parse(&args.signal).ok_or_else(|| Error::InvalidValue {
-            what: "signal",
-            value: args.signal.clone(),
-            hint: "use a signal name or number, like TERM, INT, QUIT or 15",
-        })?;
+        let signal =
+            crate::events::signals::parse(&args.signal).ok_or_else(|| Error::InvalidValue {
+                what: "signal",
+                value: args.signal.clone(),
+                hint: "use a signal name or number, like TERM, INT, QUIT or 15",
+            })?;
         if signal == libc::SIGKILL {
             return Err(Error::InvalidValue {
                 what: "signal",

@@ -14,7 +14,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::{btf, tracefs, Error, Result};
+use crate::{kernel::btf, kernel::tracefs, Error, Result};
 
 /// The oldest kernel release with everything the probe needs: the BPF atomic instructions
 /// beyond add (`BPF_CMPXCHG`, `BPF_OR`; Linux 5.12, commit 5ffa25502b5a) that the per-thread
@@ -190,7 +190,7 @@ fn tracepoint_exists(root: &Path, category: &str, name: &str) -> bool {
 }
 
 fn privileges() -> Found {
-    match crate::probe::check_privileges() {
+    match crate::kernel::probe::check_privileges() {
         Ok(()) => Found::yes("root or CAP_BPF + CAP_PERFMON"),
         Err(_) => Found::no("not root and no CAP_BPF + CAP_PERFMON"),
     }

@@ -4,9 +4,9 @@
 use std::fmt::Write as _;
 
 use crate::{
-    audit::Outcome,
-    protocol::Protocol,
-    report::{ClosedBy, ExitReport, Report, Verdict, Violation},
+    commands::audit::Outcome,
+    model::protocol::Protocol,
+    model::report::{ClosedBy, ExitReport, Report, Verdict, Violation},
 };
 
 fn seconds(ms: u64) -> String {

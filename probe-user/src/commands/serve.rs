@@ -1,6 +1,6 @@
 //! `drainwatch serve`: a Prometheus exporter. The probe follows the targets as `watch` does;
 //! a small HTTP/1.1 server answers `GET /metrics` with the text exposition format 0.0.4
-//! ([`crate::metrics`]). Each scrape gets a picture read after it arrived: the handler asks the
+//! ([`crate::output::metrics`]). Each scrape gets a picture read after it arrived: the handler asks the
 //! session loop for one and waits for the next tick to draw it.
 //!
 //! Runs until Ctrl-C or SIGTERM, or until every target has exited (with `--comm`, only the
@@ -24,7 +24,7 @@ use tokio::{
 
 use crate::{
     cli::ServeArgs,
-    metrics::{self, Exporter},
+    output::metrics::{self, Exporter},
     session::{EndedBy, Session},
     settings::{parse_comm, validate_pids, AuditTargets, Common, TargetSet},
     Error, Result,

@@ -24,7 +24,7 @@ use probe_common::{
     PROTO_MYSQL, PROTO_POSTGRES, PROTO_REDIS, PROTO_UNKNOWN,
 };
 
-use crate::{btf, tracefs::Format, Error, Result};
+use crate::{kernel::btf, kernel::tracefs::Format, Error, Result};
 
 /// `BPF_NOEXIST` (include/uapi/linux/bpf.h): insert only if the key is absent.
 const BPF_NOEXIST: u64 = 1;

@@ -5,11 +5,11 @@
 use serde::Serialize;
 
 use crate::{
-    event::Role,
-    existing::{self, Held},
-    procfs,
+    events::Role,
+    host::procfs,
+    output::summary::protocol_name,
+    session::existing::{self, Held},
     settings::CheckSettings,
-    summary::protocol_name,
     Error, Result,
 };
 

@@ -2,22 +2,25 @@
 //! into the state machine. `audit`, `watch`, `wait` and `stop` are sessions with different
 //! ends and outputs.
 
+pub mod existing;
+
 use std::{os::fd::AsRawFd, time::Duration};
 
 use probe_common::latency;
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
 use crate::{
-    doctor,
-    event::{self, Event, RequestSample, Role, TargetRequests},
-    existing,
-    features::Features,
-    launch, netstat,
-    probe::{self, Probe, ProbeOptions},
-    procfs,
+    commands::doctor,
+    events::{self, Event, RequestSample, Role, TargetRequests},
+    host::launch,
+    host::netstat,
+    host::procfs,
+    kernel::features::Features,
+    kernel::probe::{self, Probe, ProbeOptions},
+    kernel::tracefs,
+    model::state::{AuditState, Origin},
     settings::{AuditTargets, Common},
-    state::{AuditState, Origin},
-    tracefs, Error, Result,
+    Error, Result,
 };
 
 /// Adds the named pids (and their current threads) to the probe and the state.
@@ -122,7 +125,7 @@ impl Reader {
             let ring = probe.events();
             while batch.len() < BATCH {
                 let Some(record) = ring.next() else { break };
-                match event::decode(&record) {
+                match events::decode(&record) {
                     Ok(event) => batch.push(event),
                     Err(err) => {
                         log::warn!("undecodable probe record: {err}");

@@ -9,12 +9,12 @@ use std::collections::BTreeMap;
 use probe_common::{ConnKey, Pending, SockAddr};
 
 use crate::{
-    event::{self, Role},
-    netstat::{self, TcpSocket},
-    probe::{self, Probe},
-    protocol::Protocol,
+    events::{self, Role},
+    host::netstat::{self, TcpSocket},
+    kernel::probe::{self, Probe},
+    model::protocol::Protocol,
+    model::state::AuditState,
     settings::Common,
-    state::AuditState,
     Result,
 };
 
@@ -42,7 +42,7 @@ fn local_server(
         (s.is_listener() && s.local.port() == peer.port() && same_ip).then_some(*inode)
     })?;
     let owners = owners.get_or_insert_with(socket_owners);
-    crate::procfs::comm(*owners.get(&inode)?)
+    crate::host::procfs::comm(*owners.get(&inode)?)
 }
 
 /// Socket inode -> owning process, over all processes.
@@ -74,7 +74,7 @@ pub fn classify(socket: &TcpSocket, listener_ports: &[u16], common: &Common) -> 
     let peer = socket.remote;
     if common.db_addrs.contains(&peer) || common.db_ports.contains(&peer.port()) {
         let wire = probe::default_protocol(peer.port());
-        return (Role::Db, event::protocol_from_wire(wire));
+        return (Role::Db, events::protocol_from_wire(wire));
     }
     if listener_ports.contains(&socket.local.port()) {
         return (Role::Client, Protocol::Unknown);
@@ -112,7 +112,7 @@ pub struct Held {
 
 impl Held {
     pub fn protocol(&self) -> Protocol {
-        event::protocol_from_wire(self.wire_proto)
+        events::protocol_from_wire(self.wire_proto)
     }
 }
 
@@ -186,13 +186,13 @@ fn idle_clients(tgid: u32, held: &[Held]) -> Vec<u32> {
         .filter(|h| h.role == Role::Client)
         .flat_map(|h| h.fds.iter().copied())
         .collect();
-    let reading: Vec<u32> = crate::procfs::threads(tgid)
+    let reading: Vec<u32> = crate::host::procfs::threads(tgid)
         .into_iter()
         .filter_map(|pid| blocked_syscall(tgid, pid))
         .filter(|(nr, args)| is_recv(*nr) && client_fds.contains(&(args[0] as u32)))
         .map(|(_, args)| args[0] as u32)
         .collect();
-    let last_data = crate::tcpinfo::last_data();
+    let last_data = crate::host::tcpinfo::last_data();
     held.iter()
         .filter(|h| h.role == Role::Client)
         .filter(|h| {
@@ -239,7 +239,7 @@ fn attach_conns(
 /// Threads blocked in a recv on one of these fds now: for a database connection, a thread
 /// waiting for the database's answer, i.e. a query in flight.
 pub fn threads_blocked_reading(tgid: u32, fds: &[u32]) -> usize {
-    crate::procfs::threads(tgid)
+    crate::host::procfs::threads(tgid)
         .into_iter()
         .filter_map(|pid| blocked_syscall(tgid, pid))
         .filter(|(nr, args)| is_recv(*nr) && fds.contains(&(args[0] as u32)))
@@ -283,7 +283,7 @@ fn attach_blocked_syscalls(
     if !cfg!(target_arch = "x86_64") {
         return Ok(());
     }
-    for pid in crate::procfs::threads(tgid) {
+    for pid in crate::host::procfs::threads(tgid) {
         let Some((nr, args)) = blocked_syscall(tgid, pid) else {
             continue;
         };

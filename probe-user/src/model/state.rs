@@ -5,14 +5,14 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use crate::{
-    conns::ConnTracker,
-    event::{Event, Exit, Fork, Role, Signal},
-    protocol::Protocol,
-    report::{
+    events::signals,
+    events::{Event, Exit, Fork, Role, Signal},
+    model::conns::ConnTracker,
+    model::protocol::Protocol,
+    model::report::{
         EventCounts, ExitReport, Mode, Report, SigkillViolation, TargetReport, Verdict, Violation,
         SCHEMA,
     },
-    signals,
 };
 
 /// Why a process is a target.

@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 
-use crate::{report::Report, summary};
+use crate::{model::report::Report, output::summary};
 
 fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -61,7 +61,7 @@ pub fn render(report: &Report, elapsed_s: f64) -> String {
         let _ = writeln!(cases, "    </testcase>");
     }
     let tests = report.targets.len();
-    let incomplete = if report.verdict == crate::report::Verdict::Incomplete {
+    let incomplete = if report.verdict == crate::model::report::Verdict::Incomplete {
         format!(
             "    <system-err>incomplete: {} events lost, probes failed: {}</system-err>\n",
             report.events.lost,

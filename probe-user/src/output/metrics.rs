@@ -12,7 +12,7 @@ use std::{collections::HashMap, fmt::Display, fmt::Write as _};
 
 use hdrhistogram::Histogram;
 
-use crate::{conns::ConnTracker, event::Role, session::Session, state::Origin};
+use crate::{events::Role, model::conns::ConnTracker, model::state::Origin, session::Session};
 
 /// The `Content-Type` of a scrape.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -187,7 +187,7 @@ impl Snapshot {
             })
             .collect();
         if let Some(conns) = state.conns() {
-            let now_ns = crate::procfs::monotonic_now().as_nanos() as u64;
+            let now_ns = crate::host::procfs::monotonic_now().as_nanos() as u64;
             snapshot.add_conns(conns, now_ns);
         }
         snapshot

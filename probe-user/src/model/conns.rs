@@ -7,9 +7,9 @@ use std::{collections::BTreeMap, net::SocketAddr};
 use hdrhistogram::Histogram;
 
 use crate::{
-    event::{ConnClose, ConnOpen, DbIo, RequestSample, Role, TargetRequests},
-    protocol::{self, DbConn, Protocol, Txn},
-    report::{
+    events::{ConnClose, ConnOpen, DbIo, RequestSample, Role, TargetRequests},
+    model::protocol::{self, DbConn, Protocol, Txn},
+    model::report::{
         ClosedBy, ConnectionCounts, InflightAtExit, LatencySummary, LeakedDbConnection,
         OpenTransaction, Percentiles, Violation,
     },

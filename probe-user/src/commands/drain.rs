@@ -14,14 +14,15 @@ use std::{
 use serde::Serialize;
 
 use crate::{
-    audit::write_report,
-    procfs,
-    report::{DrainReport, Mode, Report, Verdict},
+    commands::audit::write_report,
+    events::signals,
+    host::procfs,
+    model::report::{DrainReport, Mode, Report, Verdict},
+    model::state::AuditState,
+    output::summary,
     session::{EndedBy, Session},
     settings::{AuditTargets, Common, StopSettings, WaitSettings},
-    signals,
-    state::AuditState,
-    summary, Error, Result,
+    Error, Result,
 };
 
 /// How often the ring buffer is read while a drain is followed: the verdict is at most this

@@ -7,13 +7,13 @@ use std::{io::Write, time::Duration};
 use serde::Serialize;
 
 use crate::{
-    conns::InFlight,
-    event::Role,
-    protocol::Protocol,
+    events::Role,
+    model::conns::InFlight,
+    model::protocol::Protocol,
+    model::state::SignalSeen,
+    output::summary::protocol_name,
     session::Session,
     settings::{AuditTargets, WatchSettings},
-    state::SignalSeen,
-    summary::protocol_name,
     Result,
 };
 
@@ -55,12 +55,12 @@ pub struct Frame {
     pub queries_in_flight: u64,
     pub transactions_open: Vec<OpenTxn>,
     pub signals: Vec<SignalSeen>,
-    pub events: crate::report::EventCounts,
+    pub events: crate::model::report::EventCounts,
 }
 
 pub fn frame(session: &Session) -> Frame {
     let state = &session.state;
-    let now_ns = crate::procfs::monotonic_now().as_nanos() as u64;
+    let now_ns = crate::host::procfs::monotonic_now().as_nanos() as u64;
     let mut connections = RoleCounts::default();
     let mut transactions_open = Vec::new();
     let mut in_flight = InFlight::default();
@@ -102,7 +102,7 @@ pub fn frame(session: &Session) -> Frame {
         queries_in_flight: in_flight.queries,
         transactions_open,
         signals: state.recent_signals().cloned().collect(),
-        events: crate::report::EventCounts {
+        events: crate::model::report::EventCounts {
             received: state.received(),
             lost: session.lost(),
         },

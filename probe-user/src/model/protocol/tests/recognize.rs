@@ -4,7 +4,7 @@ use super::mysql::greeting;
 use super::postgres::startup;
 use super::redis::cmd;
 use super::*;
-use crate::protocol::recognize;
+use crate::model::protocol::recognize;
 
 fn head(bytes: &[u8]) -> &[u8] {
     &bytes[..bytes.len().min(HEAD_BYTES)]

@@ -15,7 +15,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::{
-    report::{Report, Verdict, Violation},
+    model::report::{Report, Verdict, Violation},
     Error, Result,
 };
 
@@ -101,7 +101,7 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::SigkillViolation;
+    use crate::model::report::SigkillViolation;
 
     fn sigkill(sender: &str, by_kernel: bool) -> Violation {
         Violation::Sigkill(SigkillViolation {

@@ -1,13 +1,14 @@
 //! `drainwatch audit`: attach, follow the targets until they exit (or the duration ends, or
-//! Ctrl-C), then report. The decisions live in [`crate::state`].
+//! Ctrl-C), then report. The decisions live in [`crate::model::state`].
 
 use std::{io::Write, time::Duration};
 
 use crate::{
-    report::{Mode, Report, Verdict},
+    model::report::{Mode, Report, Verdict},
+    output::summary,
     session::{EndWhen, EndedBy, Session},
     settings::{AuditSettings, ReportFile},
-    summary, Error, Result,
+    Error, Result,
 };
 
 /// How often the ring buffer is drained: most socket events do not wake userspace.
@@ -60,7 +61,7 @@ pub async fn run(settings: &AuditSettings) -> Result<Outcome> {
     };
     publish(&outcome, settings.common.json, settings.report.as_ref())?;
     if let Some(file) = &settings.junit {
-        let xml = crate::junit::render(&outcome.report, outcome.elapsed.as_secs_f64());
+        let xml = crate::output::junit::render(&outcome.report, outcome.elapsed.as_secs_f64());
         write_text(file, &xml)?;
     }
     session.finish();

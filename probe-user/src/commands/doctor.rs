@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use crate::features::{Features, MINIMUM_KERNEL, REQUIRED_TRACEPOINTS};
+use crate::kernel::features::{Features, MINIMUM_KERNEL, REQUIRED_TRACEPOINTS};
 
 /// How a finding bears on drainwatch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

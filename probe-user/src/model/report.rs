@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::protocol::Protocol;
+use crate::model::protocol::Protocol;
 
 pub const SCHEMA: &str = "drainwatch.report/v1";
 

@@ -5,6 +5,8 @@
 //! Events serialize to JSON (one per line at `-vv`), so that real sequences can be recorded
 //! and replayed in unit tests of the state machine.
 
+pub mod signals;
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use probe_common::{
@@ -13,7 +15,7 @@ use probe_common::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::{Direction, Protocol};
+use crate::model::protocol::{Direction, Protocol};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]

@@ -1,7 +1,7 @@
 //! Replays event sequences (JSON lines, the `-vv` format) through the state machine.
 
 use super::*;
-use crate::report::Verdict;
+use crate::model::report::Verdict;
 
 const ATTACH_NS: u64 = 1_000_000_000;
 const SELF_TGID: u32 = 5000;
@@ -32,7 +32,7 @@ fn sigkills(state: &AuditState) -> Vec<&SigkillViolation> {
 #[test]
 fn kill_dash_nine_is_one_sigkill_violation_naming_the_sender() {
     let state = replay(
-        include_str!("../../testdata/kill9_by_helper.jsonl"),
+        include_str!("../../../testdata/kill9_by_helper.jsonl"),
         &[(4121, "dw-fixture")],
     );
     let kills = sigkills(&state);
@@ -60,7 +60,7 @@ fn kill_dash_nine_is_one_sigkill_violation_naming_the_sender() {
 #[test]
 fn sigterm_and_a_clean_exit_is_clean() {
     let state = replay(
-        include_str!("../../testdata/sigterm_clean.jsonl"),
+        include_str!("../../../testdata/sigterm_clean.jsonl"),
         &[(4121, "dw-fixture")],
     );
     let report = state.report(Mode::Audit, 0, vec![]);
@@ -76,7 +76,7 @@ fn sigterm_and_a_clean_exit_is_clean() {
 #[test]
 fn lost_events_or_failed_probes_make_it_incomplete_never_clean() {
     let state = replay(
-        include_str!("../../testdata/sigterm_clean.jsonl"),
+        include_str!("../../../testdata/sigterm_clean.jsonl"),
         &[(4121, "dw-fixture")],
     );
     assert_eq!(
@@ -89,7 +89,7 @@ fn lost_events_or_failed_probes_make_it_incomplete_never_clean() {
         Verdict::Incomplete
     );
     let killed = replay(
-        include_str!("../../testdata/kill9_by_helper.jsonl"),
+        include_str!("../../../testdata/kill9_by_helper.jsonl"),
         &[(4121, "dw-fixture")],
     );
     let report = killed.report(Mode::Audit, 3, vec![]);
@@ -100,7 +100,7 @@ fn lost_events_or_failed_probes_make_it_incomplete_never_clean() {
 #[test]
 fn a_forked_child_killed_with_sigkill_is_flagged_with_its_own_pid() {
     let state = replay(
-        include_str!("../../testdata/forked_child_killed.jsonl"),
+        include_str!("../../../testdata/forked_child_killed.jsonl"),
         &[(4121, "dw-fixture")],
     );
     let kills = sigkills(&state);
@@ -123,7 +123,7 @@ fn a_forked_child_killed_with_sigkill_is_flagged_with_its_own_pid() {
 #[test]
 fn a_sigkill_to_one_thread_counts_for_its_process_and_the_kernel_is_named() {
     let state = replay(
-        include_str!("../../testdata/oom_kill_of_thread.jsonl"),
+        include_str!("../../../testdata/oom_kill_of_thread.jsonl"),
         &[(4121, "game")],
     );
     let kills = sigkills(&state);
@@ -136,7 +136,7 @@ fn a_sigkill_to_one_thread_counts_for_its_process_and_the_kernel_is_named() {
 #[test]
 fn children_gone_before_lookup_become_targets_only_when_they_prove_to_be_processes() {
     let state = replay(
-        include_str!("../../testdata/fork_child_gone_before_lookup.jsonl"),
+        include_str!("../../../testdata/fork_child_gone_before_lookup.jsonl"),
         &[(4121, "dw-fixture")],
     );
     let report = state.report(Mode::Audit, 0, vec![]);
@@ -172,7 +172,7 @@ fn drainwatchs_own_sigkill_is_marked() {
 #[test]
 fn events_for_strangers_change_nothing() {
     let state = replay(
-        include_str!("../../testdata/kill9_by_helper.jsonl"),
+        include_str!("../../../testdata/kill9_by_helper.jsonl"),
         &[(1, "init")],
     );
     assert!(state.violations().is_empty());
@@ -184,7 +184,7 @@ fn events_for_strangers_change_nothing() {
 /// PostgreSQL: one payment (BEGIN; INSERT A; pause; ...) cut by kill -9 after write A.
 #[test]
 fn a_recorded_postgres_payment_cut_by_kill_nine() {
-    let recorded = include_str!("../../testdata/pg_kill9_mid_transaction.jsonl");
+    let recorded = include_str!("../../../testdata/pg_kill9_mid_transaction.jsonl");
     let mut state = AuditState::new(ATTACH_NS, SELF_TGID).with_sockets();
     let first: Event = serde_json::from_str(recorded.lines().next().unwrap()).unwrap();
     let Event::Exec(exec) = first else {
@@ -233,12 +233,12 @@ fn sample(
     counters: &[(u32, u64, u64, u64, u64)],
     latency_us: &[(u64, u64)],
 ) -> Event {
-    Event::Requests(crate::event::RequestSample {
+    Event::Requests(crate::events::RequestSample {
         ktime_ns,
         targets: counters
             .iter()
             .map(|&(tgid, started, ended, existing_ended, last_edge_ns)| {
-                crate::event::TargetRequests {
+                crate::events::TargetRequests {
                     tgid,
                     started,
                     ended,
@@ -314,7 +314,7 @@ fn an_exit_with_busy_connections_is_inflight_at_exit_and_clears_the_counters() {
     state.add_existing_conn((10, 9), Role::Client, Protocol::Unknown, None, None, false);
     let t = ATTACH_NS + 1_000_000;
     state.apply(&sample(t, &[(10, 2, 0, 0, t)], &[]));
-    state.apply(&Event::Exit(crate::event::Exit {
+    state.apply(&Event::Exit(crate::events::Exit {
         ktime_ns: t + 1,
         tgid: 10,
         comm: "server".into(),
@@ -343,7 +343,7 @@ fn an_exit_that_cuts_a_request_is_activity_not_a_drain_in_hindsight() {
     state.add_target(10, "server".into(), Origin::Named);
     state.add_existing_conn((10, 7), Role::Client, Protocol::Unknown, None, None, true);
     let exit_at = ATTACH_NS + 800_000_000;
-    state.apply(&Event::Exit(crate::event::Exit {
+    state.apply(&Event::Exit(crate::events::Exit {
         ktime_ns: exit_at,
         tgid: 10,
         comm: "server".into(),

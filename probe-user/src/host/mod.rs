@@ -1,0 +1,4 @@
+pub mod launch;
+pub mod netstat;
+pub mod procfs;
+pub mod tcpinfo;

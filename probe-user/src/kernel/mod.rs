@@ -1,0 +1,4 @@
+pub mod btf;
+pub mod features;
+pub mod probe;
+pub mod tracefs;

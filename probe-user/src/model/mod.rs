@@ -1,0 +1,4 @@
+pub mod conns;
+pub mod protocol;
+pub mod report;
+pub mod state;

@@ -1,0 +1,3 @@
+pub mod junit;
+pub mod metrics;
+pub mod summary;
