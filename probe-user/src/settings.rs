@@ -2,17 +2,13 @@
 //! before anything is attached: a bad value costs one clear line and exit 2, never a
 //! half-done run.
 
-use std::{
-    fs::{File, OpenOptions},
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{net::SocketAddr, time::Duration};
 
 use crate::{
     cli::{AuditArgs, SharedArgs},
     host::launch::LaunchCommand,
     host::procfs,
+    output::publish::ReportFile,
     Error, Result,
 };
 
@@ -195,33 +191,6 @@ pub fn parse_comm(text: &str) -> Result<String> {
         });
     }
     Ok(text.to_string())
-}
-
-/// A report file, opened (and so proven writable) before the run starts.
-#[derive(Debug)]
-pub struct ReportFile {
-    pub path: PathBuf,
-    pub file: File,
-}
-
-impl ReportFile {
-    pub fn open(path: &Path) -> Result<Self> {
-        // Opened now, not at the end: an unwritable path must fail before the run, not
-        // after an hour of auditing. Truncated only when the report is written.
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(|cause| Error::ReportPath {
-                path: path.to_path_buf(),
-                cause,
-            })?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            file,
-        })
-    }
 }
 
 #[derive(Debug)]

@@ -14,14 +14,18 @@ use std::{
 use serde::Serialize;
 
 use crate::{
-    commands::audit::write_report,
     events::signals,
     host::procfs,
     model::report::{DrainReport, Mode, Report, Verdict},
     model::state::AuditState,
+    output::publish::write_report,
     output::summary,
-    session::{EndedBy, Session},
+    session::Session,
     settings::{AuditTargets, Common, StopSettings, WaitSettings},
+    verdict::{
+        self,
+        outcome::{drain_exit_code, EndedBy, EXIT_TIMEOUT},
+    },
     Error, Result,
 };
 
@@ -33,14 +37,9 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 /// How long to wait for the exit after `--kill-after` sent SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(5);
 
-pub const EXIT_TIMEOUT: u8 = 4;
-
 /// Drained for the whole quiet window, as of now?
 fn drained(state: &AuditState, quiet: Duration) -> bool {
-    let now = procfs::monotonic_now().as_nanos() as u64;
-    state
-        .idle_since()
-        .is_some_and(|since| now.saturating_sub(since) >= quiet.as_nanos() as u64)
+    verdict::drain::drained(state, quiet, procfs::monotonic_now().as_nanos() as u64)
 }
 
 /// What is in flight, for messages and progress lines.
@@ -137,19 +136,8 @@ fn drain_report(session: &Session, mode: Mode, drain: DrainReport, timed_out: bo
     let mut report = session
         .state
         .report(mode, session.lost(), session.probe.failures().to_vec());
-    if timed_out && report.verdict != Verdict::Incomplete {
-        report.verdict = Verdict::Timeout;
-    }
-    report.drain = Some(drain);
+    verdict::drain::add_drain(&mut report, drain, timed_out);
     report
-}
-
-fn exit_code(report: &Report) -> u8 {
-    match report.verdict {
-        Verdict::Clean => 0,
-        Verdict::Timeout => EXIT_TIMEOUT,
-        Verdict::Violations | Verdict::Incomplete => 1,
-    }
 }
 
 /// `drainwatch wait`: blocks until drained or exited; sends nothing.
@@ -207,7 +195,7 @@ pub async fn wait(settings: &WaitSettings) -> Result<u8> {
     if ended == EndedBy::Interrupted {
         return Ok(EXIT_TIMEOUT);
     }
-    Ok(exit_code(&report))
+    Ok(drain_exit_code(&report))
 }
 
 /// A pidfd: signals sent through it cannot reach another process that reused the pid.
@@ -332,5 +320,5 @@ pub async fn stop(settings: &StopSettings) -> Result<u8> {
     if ended == EndedBy::Interrupted && report.verdict == Verdict::Clean {
         return Ok(EXIT_TIMEOUT);
     }
-    Ok(exit_code(&report))
+    Ok(drain_exit_code(&report))
 }

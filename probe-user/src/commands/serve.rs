@@ -25,8 +25,9 @@ use tokio::{
 use crate::{
     cli::ServeArgs,
     output::metrics::{self, Exporter},
-    session::{EndedBy, Session},
+    session::Session,
     settings::{parse_comm, validate_pids, AuditTargets, Common, TargetSet},
+    verdict::outcome::EndedBy,
     Error, Result,
 };
 
@@ -128,6 +129,15 @@ impl Shared {
     }
 }
 
+/// One scrape's text, read from the session now.
+fn scrape(exporter: &mut Exporter, session: &Session) -> String {
+    exporter.scrape(
+        &session.state,
+        session.lost(),
+        session.probe.failures().len() as u64,
+    )
+}
+
 /// Binds, attaches, and serves until the end. Exit code 0.
 pub async fn run(settings: &ServeSettings) -> anyhow::Result<u8> {
     // Bound before the probe is loaded: a busy port costs one line, not an attach.
@@ -149,7 +159,7 @@ pub async fn run(settings: &ServeSettings) -> anyhow::Result<u8> {
     }
     let mut session = Session::attach(&settings.targets, &settings.common)?;
     let mut exporter = Exporter::default();
-    let shared = Arc::new(Shared::new(exporter.scrape(&session)));
+    let shared = Arc::new(Shared::new(scrape(&mut exporter, &session)));
     let accepting = tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
     let names = session.target_names();
     let targets = match (names.is_empty(), settings.comms.is_empty()) {
@@ -171,7 +181,7 @@ pub async fn run(settings: &ServeSettings) -> anyhow::Result<u8> {
                 if shared.wanted.swap(false, Ordering::SeqCst) {
                     shared
                         .latest
-                        .send_replace(Arc::from(exporter.scrape(session)));
+                        .send_replace(Arc::from(scrape(&mut exporter, session)));
                 }
             },
         )

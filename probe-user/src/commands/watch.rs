@@ -7,9 +7,9 @@ use std::{io::Write, time::Duration};
 use serde::Serialize;
 
 use crate::{
+    events::Protocol,
     events::Role,
     model::conns::InFlight,
-    model::protocol::Protocol,
     model::state::SignalSeen,
     output::summary::protocol_name,
     session::Session,

@@ -15,7 +15,25 @@ use probe_common::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::model::protocol::{Direction, Protocol};
+/// The database protocol a connection speaks (as the probe or the handshake told it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    Postgres,
+    Mysql,
+    Redis,
+    Unknown,
+}
+
+/// Which way the bytes moved, seen from the traced server (which is a database client).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// The traced server sent to the database.
+    Send,
+    /// The traced server received from the database.
+    Recv,
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]

@@ -7,8 +7,9 @@ use std::{collections::BTreeMap, net::SocketAddr};
 use hdrhistogram::Histogram;
 
 use crate::{
+    events::Protocol,
     events::{ConnClose, ConnOpen, DbIo, RequestSample, Role, TargetRequests},
-    model::protocol::{self, DbConn, Protocol, Txn},
+    model::protocol::{self, DbConn, Txn},
     model::report::{
         ClosedBy, ConnectionCounts, InflightAtExit, LatencySummary, LeakedDbConnection,
         OpenTransaction, Percentiles, Violation,

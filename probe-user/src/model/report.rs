@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::model::protocol::Protocol;
+use crate::events::Protocol;
 
 pub const SCHEMA: &str = "drainwatch.report/v1";
 

@@ -6,9 +6,8 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use crate::{
     events::signals,
-    events::{Event, Exit, Fork, Role, Signal},
+    events::{Event, Exit, Fork, Protocol, Role, Signal},
     model::conns::ConnTracker,
-    model::protocol::Protocol,
     model::report::{
         EventCounts, ExitReport, Mode, Report, SigkillViolation, TargetReport, Verdict, Violation,
         SCHEMA,

@@ -12,7 +12,11 @@ use std::{collections::HashMap, fmt::Display, fmt::Write as _};
 
 use hdrhistogram::Histogram;
 
-use crate::{events::Role, model::conns::ConnTracker, model::state::Origin, session::Session};
+use crate::{
+    events::Role,
+    model::conns::ConnTracker,
+    model::state::{AuditState, Origin},
+};
 
 /// The `Content-Type` of a scrape.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -160,13 +164,12 @@ fn role_index(role: Role) -> usize {
 }
 
 impl Snapshot {
-    /// Reads the session's state now.
-    pub fn of(session: &Session) -> Self {
-        let state = &session.state;
+    /// Reads a session's state now (with the events it lost and its probe's failures).
+    pub fn of(state: &AuditState, events_lost: u64, probe_failures: u64) -> Self {
         let mut snapshot = Snapshot {
             events_received: state.received(),
-            events_lost: session.lost(),
-            probe_failures: session.probe.failures().len() as u64,
+            events_lost,
+            probe_failures,
             ..Snapshot::default()
         };
         for violation in state.violations() {
@@ -226,12 +229,12 @@ pub struct Exporter {
 }
 
 impl Exporter {
-    /// Everything a scrape returns, read from the session now.
-    pub fn scrape(&mut self, session: &Session) -> String {
-        if let Some(conns) = session.state.conns() {
+    /// Everything a scrape returns, read from a session's state now (see [`Snapshot::of`]).
+    pub fn scrape(&mut self, state: &AuditState, events_lost: u64, probe_failures: u64) -> String {
+        if let Some(conns) = state.conns() {
             self.update(conns);
         }
-        self.render(&Snapshot::of(session))
+        self.render(&Snapshot::of(state, events_lost, probe_failures))
     }
 
     /// Feeds the latencies recorded since the last update into the histograms.

@@ -1,3 +1,4 @@
 pub mod junit;
 pub mod metrics;
+pub mod publish;
 pub mod summary;

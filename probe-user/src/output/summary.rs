@@ -4,9 +4,9 @@
 use std::fmt::Write as _;
 
 use crate::{
-    commands::audit::Outcome,
-    model::protocol::Protocol,
+    events::Protocol,
     model::report::{ClosedBy, ExitReport, Report, Verdict, Violation},
+    verdict::outcome::Outcome,
 };
 
 fn seconds(ms: u64) -> String {

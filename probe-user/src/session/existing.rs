@@ -9,10 +9,10 @@ use std::collections::BTreeMap;
 use probe_common::{ConnKey, Pending, SockAddr};
 
 use crate::{
+    events::Protocol,
     events::{self, Role},
     host::netstat::{self, TcpSocket},
     kernel::probe::{self, Probe},
-    model::protocol::Protocol,
     model::state::AuditState,
     settings::Common,
     Result,

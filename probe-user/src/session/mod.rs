@@ -20,6 +20,7 @@ use crate::{
     kernel::tracefs,
     model::state::{AuditState, Origin},
     settings::{AuditTargets, Common},
+    verdict::outcome::EndedBy,
     Error, Result,
 };
 
@@ -261,30 +262,6 @@ pub enum EndWhen {
     /// When this target (a launched command) has exited.
     Exited(u32),
     Never,
-}
-
-/// Why a session's loop ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EndedBy {
-    AllExited,
-    /// The command launched with `-- CMD` exited.
-    CommandExited,
-    Duration,
-    Interrupted,
-    /// The caller's condition held (e.g. drained).
-    Condition,
-}
-
-impl EndedBy {
-    pub fn describe(self) -> &'static str {
-        match self {
-            EndedBy::AllExited => "every target exited",
-            EndedBy::CommandExited => "the launched command exited",
-            EndedBy::Duration => "the time limit was reached",
-            EndedBy::Interrupted => "interrupted (partial report)",
-            EndedBy::Condition => "the condition held",
-        }
-    }
 }
 
 impl Session {

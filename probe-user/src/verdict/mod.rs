@@ -1,1 +1,3 @@
+pub mod drain;
+pub mod outcome;
 pub mod policy;

@@ -59,20 +59,12 @@ mod tests;
 
 use chunk::Chunk;
 
+use crate::events::{Direction, Protocol};
+
 /// Bytes the kernel copies from the start of each send/recv on a database connection.
 pub const HEAD_BYTES: usize = 32;
 /// Bytes the kernel copies from the end of each send/recv on a database connection.
 pub const TAIL_BYTES: usize = 32;
-
-/// Which way the bytes moved, seen from the traced server (which is a database client).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Direction {
-    /// The traced server sent to the database.
-    Send,
-    /// The traced server received from the database.
-    Recv,
-}
 
 /// One send or recv syscall on a database connection.
 #[derive(Clone, Copy, Debug)]
@@ -84,15 +76,6 @@ pub struct DbIo<'a> {
     pub head: &'a [u8],
     /// The last `min(len, 32)` bytes (equal to `head` when `len <= 32`).
     pub tail: &'a [u8],
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Protocol {
-    Postgres,
-    Mysql,
-    Redis,
-    Unknown,
 }
 
 /// Transaction state, as the database's own replies tell it.
