@@ -1,6 +1,7 @@
 //! Maps, load-time configuration and the helpers every program uses.
 
 use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_NO_WAKEUP},
     helpers::bpf_get_current_pid_tgid,
     macros::map,
     maps::{Array, HashMap, PerCpuArray, RingBuf},
@@ -131,4 +132,15 @@ pub fn header<T>(kind: probe_common::EventKind) -> EventHeader {
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
     EventHeader::new(kind, core::mem::size_of::<T>(), now)
+}
+
+/// Submits without waking userspace (it drains on a timer), unless the ring is half full.
+#[inline(always)]
+pub fn quiet_flags() -> u64 {
+    let half = (config().ring_bytes / 2) as u64;
+    if EVENTS.query(BPF_RB_AVAIL_DATA as u64) > half {
+        0
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
 }

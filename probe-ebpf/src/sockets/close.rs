@@ -1,0 +1,84 @@
+//! close: an fd of a connection goes away; the connection closes with its last fd (an
+//! unanswered request on it ends there).
+
+use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
+use probe_common::{ConnCloseEvent, ConnKey, ConnState, EventKind};
+
+use super::{conns::CONNS, requests::end_request, syscall::arg};
+use crate::shared::{current_tgid_pid, emit_flags, header, is_target, quiet_flags, target};
+
+#[raw_tracepoint]
+pub fn sys_enter_close(ctx: RawTracePointContext) -> u32 {
+    match try_enter_close(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+#[inline(always)]
+fn try_enter_close(ctx: &RawTracePointContext) -> Result<u32, u32> {
+    let (tgid, _) = current_tgid_pid();
+    if !is_target(tgid) {
+        return Ok(0);
+    }
+    forget_fd(tgid, arg(ctx, 0)? as u32);
+    Ok(0)
+}
+
+/// An fd of a connection goes away (close, or dup2 over it). An alias only unlinks itself;
+/// the connection closes with its last fd.
+#[inline(always)]
+pub(super) fn forget_fd(tgid: u32, fd: u32) {
+    let key = ConnKey { tgid, fd };
+    // SAFETY: copied before the entry is removed.
+    let Some(state) = (unsafe { CONNS.get(&key) }).copied() else {
+        return;
+    };
+    let _ = CONNS.remove(&key);
+    let primary_key = ConnKey {
+        tgid,
+        fd: state.primary,
+    };
+    if state.primary != fd {
+        let Some(primary) = CONNS.get_ptr_mut(&primary_key) else {
+            return;
+        };
+        // SAFETY: a map value pointer, valid for this program run.
+        let primary = unsafe { &mut *primary };
+        primary.aliases = primary.aliases.saturating_sub(1);
+        if primary.aliases == 0 && primary.primary_closed != 0 {
+            let primary = *primary;
+            let _ = CONNS.remove(&primary_key);
+            emit_close(tgid, state.primary, &primary);
+        }
+        return;
+    }
+    if state.aliases > 0 {
+        // Still open through a duplicate: keep the entry, marked (a request in flight on it
+        // stays in flight).
+        let mut kept = state;
+        kept.primary_closed = 1;
+        let _ = CONNS.insert(&key, &kept, 0);
+        return;
+    }
+    emit_close(tgid, fd, &state);
+}
+
+#[inline(always)]
+fn emit_close(tgid: u32, fd: u32, state: &ConnState) {
+    if state.request_in_flight != 0 {
+        // The connection closed with a request in flight: it is over, unanswered.
+        if let Some(target) = target(tgid) {
+            let mut closed = *state;
+            end_request(target, &mut closed, false);
+        }
+    }
+    emit_flags(quiet_flags(), || ConnCloseEvent {
+        header: header::<ConnCloseEvent>(EventKind::ConnClose),
+        tgid,
+        fd,
+        role: state.role,
+        proto: state.proto,
+        request_in_flight: state.request_in_flight,
+        _pad: [0; 5],
+    });
+}

@@ -1,0 +1,244 @@
+//! The database path: a program of its own (`db_io`), tail-called from the syscall exits,
+//! that copies the first and last bytes of a database send/recv, redacts them and emits them.
+//! Query text and payloads never leave the kernel (probe-common's `redact`).
+
+use aya_ebpf::{
+    macros::{map, raw_tracepoint},
+    maps::{PerCpuArray, ProgramArray},
+    programs::RawTracePointContext,
+};
+use probe_common::{
+    redact::redact, ConnKey, Counter, DbIoEvent, EventKind, Pending, CONN_EXISTED, DIR_RECV,
+    DIR_SEND, HEAD_BYTES, IO_READV, IO_RECVMSG, IO_SENDMSG, IO_WRITEV, PROTO_UNKNOWN, ROLE_DB,
+    ROLE_UPSTREAM, TAIL_BYTES,
+};
+
+use super::{
+    conns::CONNS,
+    recognize::recognize,
+    syscall::{copy_user, user},
+};
+use crate::shared::{bump, emit_flags, header, quiet_flags};
+
+/// The database path (copy, redact, emit) runs as its own program, reached by a tail call
+/// from the syscall exits: the verifier checks it once instead of inside each of the eight
+/// exit programs, where the combined branches exceed its budget.
+#[map]
+pub static JUMP: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// What the exit program hands to `db_io` across the tail call (one slot per CPU; the
+/// tail call runs on the same CPU without preemption).
+#[map]
+static DB_WORK: PerCpuArray<DbWork> = PerCpuArray::with_max_entries(1, 0);
+
+/// Where the tail is copied right-aligned (its last byte at index 31) before it goes into
+/// the event: a map value, because the verifier allows a variable-offset write there as
+/// long as offset + size stays inside (32 - n + n <= 64), and not on the stack.
+#[map]
+static TAIL_SCRATCH: PerCpuArray<[u8; 64]> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct DbWork {
+    pending: Pending,
+    moved: u64,
+    tgid: u32,
+    send: u8,
+    _pad: [u8; 3],
+    /// The JUMP slot, read back from the map so that the verifier sees an unknown index.
+    slot: u32,
+    _pad2: u32,
+}
+
+/// Most iovecs walked to find where the bytes of a readv/writev/recvmsg/sendmsg ended.
+const MAX_IOVECS: u32 = 8;
+
+#[inline(always)]
+pub(super) fn jump_to_db_io(
+    ctx: &RawTracePointContext,
+    pending: Pending,
+    moved: u64,
+    tgid: u32,
+    send: bool,
+) {
+    let Some(slot) = DB_WORK.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot; the tail call below runs on the same CPU.
+    unsafe {
+        *slot = DbWork {
+            pending,
+            moved,
+            tgid,
+            send: send as u8,
+            _pad: [0; 3],
+            slot: 0,
+            _pad2: 0,
+        };
+        // An index the verifier cannot know makes this an indirect tail call through the
+        // map. With a constant index the JIT patches a direct jump instead, and on this
+        // kernel that jump was seen to stay unpatched for a few hundred milliseconds after
+        // attach: database traffic right after attach went unseen.
+        let index = core::ptr::read_volatile(&(*slot).slot);
+        // Does not return on success; on failure (not installed) the event is dropped,
+        // which userspace sees as a probe failure at load time.
+        JUMP.tail_call(ctx, index);
+    }
+    bump(Counter::DbIoMissed);
+}
+
+/// The database path: for a db connection, copy and redact the head/tail bytes and emit
+/// them; for an upstream connection still being sniffed, look for a database handshake
+/// first. Entered only by tail call from the syscall exits.
+#[raw_tracepoint]
+pub fn db_io(ctx: RawTracePointContext) -> u32 {
+    let _ = ctx;
+    bump(Counter::DbIoRuns);
+    let Some(work) = DB_WORK.get_ptr(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's slot, written just before the tail call.
+    let work = unsafe { *work };
+    let key = ConnKey {
+        tgid: work.tgid,
+        fd: work.pending.fd,
+    };
+    let Some(state) = CONNS.get_ptr_mut(&key) else {
+        return 0;
+    };
+    // SAFETY: a map value pointer, valid for this program run.
+    let state = unsafe { &mut *state };
+    let send = work.send != 0;
+    let sniffing =
+        state.role == ROLE_UPSTREAM || (state.role == ROLE_DB && state.proto == PROTO_UNKNOWN);
+    if sniffing && state.sniff_left > 0 {
+        if state.role == ROLE_DB {
+            state.sniff_left -= 1;
+        }
+        let mut head = [0u8; 32];
+        let (base, len) = head_span(&work.pending, work.moved);
+        let n = copy_user(&mut head, base, len);
+        // Mid-conversation messages count only where the handshake could not have been
+        // seen, or where the user said this is a database.
+        let midstream = state.flags & CONN_EXISTED != 0 || state.role == ROLE_DB;
+        if let Some(proto) = recognize(&head, n, send, midstream, work.moved) {
+            state.role = ROLE_DB;
+            state.proto = proto;
+            state.sniff_left = 0;
+        }
+    }
+    if state.role != ROLE_DB {
+        return 0;
+    }
+    db_io_event(work.tgid, &work.pending, state.proto, send, work.moved);
+    0
+}
+
+/// Where the first bytes of the syscall's data are: (address, bytes available there).
+#[inline(always)]
+fn head_span(pending: &Pending, moved: u64) -> (u64, u64) {
+    match iovecs(pending) {
+        None => (pending.ptr, moved),
+        Some((iov, _)) => match user::<[u64; 2]>(iov) {
+            Some([base, len]) => (base, if len < moved { len } else { moved }),
+            None => (0, 0),
+        },
+    }
+}
+
+/// The iovec array and count of a vectored syscall (struct user_msghdr in
+/// include/linux/socket.h: msg_iov at offset 16, msg_iovlen at 24).
+#[inline(always)]
+fn iovecs(pending: &Pending) -> Option<(u64, u64)> {
+    match pending.kind {
+        IO_READV | IO_WRITEV => Some((pending.ptr, pending.count)),
+        IO_RECVMSG | IO_SENDMSG => {
+            let iov = user::<u64>(pending.ptr + 16)?;
+            let count = user::<u64>(pending.ptr + 24)?;
+            Some((iov, count))
+        }
+        _ => None,
+    }
+}
+
+/// Where the last bytes of the syscall's data are: (address just past them, bytes there).
+#[inline(always)]
+fn tail_span(pending: &Pending, moved: u64) -> (u64, u64) {
+    let Some((iov, count)) = iovecs(pending) else {
+        return (pending.ptr + moved, moved);
+    };
+    let mut left = moved;
+    for i in 0..MAX_IOVECS {
+        if (i as u64) >= count {
+            break;
+        }
+        let Some([base, len]) = user::<[u64; 2]>(iov + 16 * i as u64) else {
+            break;
+        };
+        if len >= left {
+            return (base + left, left);
+        }
+        left -= len;
+    }
+    (0, 0)
+}
+
+/// Copies the last `len` (at most 32) bytes before `end` so that they end at index 31 of
+/// the returned array; returns how many were copied.
+#[inline(always)]
+fn copy_tail(end: u64, len: u64, out: &mut [u8; TAIL_BYTES]) -> u8 {
+    let Some(scratch) = TAIL_SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    let n = if len > TAIL_BYTES as u64 {
+        TAIL_BYTES as u32
+    } else {
+        len as u32
+    };
+    if n == 0 || end == 0 {
+        return 0;
+    }
+    // SAFETY: this CPU's scratch slot; the destination [32 - n, 32) lies inside its 64 bytes,
+    // and the helper checks the user address.
+    let rc = unsafe {
+        let dst = (scratch as *mut u8).add((TAIL_BYTES as u32 - n) as usize);
+        aya_ebpf::helpers::generated::bpf_probe_read_user(
+            dst.cast(),
+            n,
+            (end - n as u64) as *const _,
+        )
+    };
+    if rc != 0 {
+        return 0;
+    }
+    // SAFETY: the first 32 bytes of the slot; bytes before 32 - n are stale and are cleared by
+    // the redaction, which never keeps more than the n copied bytes.
+    unsafe { core::ptr::copy_nonoverlapping(scratch as *const u8, out.as_mut_ptr(), TAIL_BYTES) };
+    n as u8
+}
+
+#[inline(always)]
+fn db_io_event(tgid: u32, pending: &Pending, proto: u8, send: bool, moved: u64) {
+    let (head_base, head_len) = head_span(pending, moved);
+    let (tail_end, tail_avail) = tail_span(pending, moved);
+    emit_flags(quiet_flags(), || {
+        let mut event = DbIoEvent {
+            header: header::<DbIoEvent>(EventKind::DbIo),
+            tgid,
+            fd: pending.fd,
+            dir: if send { DIR_SEND } else { DIR_RECV },
+            proto,
+            head_len: 0,
+            tail_len: 0,
+            len: moved as u32,
+            tail_off: 0,
+            _pad: [0; 7],
+            head: [0; HEAD_BYTES],
+            tail: [0; TAIL_BYTES],
+        };
+        let copied_head = copy_user(&mut event.head, head_base, head_len);
+        let copied_tail = copy_tail(tail_end, tail_avail, &mut event.tail);
+        redact(&mut event, copied_head, copied_tail);
+        event
+    });
+}
