@@ -6,6 +6,10 @@
 //! event into it (reservations are not zeroed) and submit it.
 //!
 //! Naming follows the kernel: a **tgid** is a process id, a **pid** is a thread id.
+//!
+//! Modules: [`shared`] (the maps and helpers every program uses: target filter, ring buffer,
+//! counters), [`lifecycle`] (signals, fork, exec, exit), [`sockets`] (the syscall hooks, one
+//! module per hook).
 #![no_std]
 #![no_main]
 // The bpf target has no compare-and-swap, so `AtomicU64::fetch_add` is not offered; the

@@ -1,9 +1,20 @@
 //! drainwatch: see what is still in flight inside a server before you stop it.
 //!
-//! The library holds everything but the command-line edge: loading and attaching the eBPF
-//! probe ([`probe`]), turning its wire events into domain events ([`event`]), the pure state
-//! machine that turns events into violations and verdicts ([`state`]), the report types
-//! ([`report`]) and the runners of each subcommand ([`audit`]).
+//! The library holds everything but the command-line edge, in layers that data flows
+//! through; each may use only the layers before it:
+//!
+//! - [`kernel`]: loading and attaching the eBPF probe, the userspace ends of its maps,
+//!   tracefs and BTF; [`host`]: /proc, sock_diag, launching a held command.
+//! - [`events`]: the probe's wire records decoded into domain events.
+//! - [`model`]: the pure state machine (targets, connections, database protocols) and the
+//!   report it fills.
+//! - [`verdict`]: the rules that judge it (policy, drained, exit codes).
+//! - [`output`]: the summary, JUnit, metrics, and where reports are written.
+//! - [`session`]: the probe attached to targets and the loop feeding events into the model.
+//! - [`commands`]: one runner per subcommand, on top.
+//!
+//! [`cli`] and [`settings`] parse and validate the flags before anything is attached;
+//! [`error`] holds the library's one-line errors.
 
 pub mod cli;
 pub mod commands;

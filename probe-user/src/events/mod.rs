@@ -4,6 +4,10 @@
 //!
 //! Events serialize to JSON (one per line at `-vv`), so that real sequences can be recorded
 //! and replayed in unit tests of the state machine.
+//!
+//! The events layer also names what events carry: [`Protocol`], [`Direction`], and the
+//! signal vocabulary ([`signals`]). May use: probe-common's wire types only; the model and
+//! everything above read it.
 
 pub mod signals;
 

@@ -1,3 +1,10 @@
+//! What the host tells, outside the probe: /proc ([`procfs`]: small reads; [`netstat`]: a
+//! process's TCP sockets), the kernel's sock_diag ([`tcpinfo`]: when each socket last sent and
+//! received), and starting a command held until it is a target ([`launch`]).
+//!
+//! Owns reads of /proc and netlink, and fork/exec. May use: the crate's errors only. A process
+//! that is gone is an answer (`None`), not an error.
+
 pub mod launch;
 pub mod netstat;
 pub mod procfs;

@@ -5,7 +5,7 @@
 //! "request in flight"), sent after the last receive means it was answered.
 //!
 //! Layouts: include/uapi/linux/netlink.h, sock_diag.h, inet_diag.h, tcp.h
-//! (https://man7.org/linux/man-pages/man7/sock_diag.7.html).
+//! (<https://man7.org/linux/man-pages/man7/sock_diag.7.html>).
 
 use std::collections::HashMap;
 

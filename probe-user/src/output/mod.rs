@@ -1,3 +1,10 @@
+//! Output: what a run shows and writes. [`summary`] (the human summary of a report),
+//! [`junit`] (`--junit`), [`metrics`] (the Prometheus text that `serve` answers with),
+//! [`publish`] (stdout, and the report files opened before the run).
+//!
+//! May use: [`crate::model`], [`crate::verdict`], [`crate::events`], and the clock in
+//! [`crate::host`]; never the session or the commands (they hand it what to draw).
+
 pub mod junit;
 pub mod metrics;
 pub mod publish;

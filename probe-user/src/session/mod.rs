@@ -1,6 +1,11 @@
 //! A session: the probe attached to a set of targets, and the loop that feeds its events
 //! into the state machine. `audit`, `watch`, `wait` and `stop` are sessions with different
 //! ends and outputs.
+//!
+//! [`existing`] seeds what the targets already had going at attach (connections, blocked
+//! syscalls). The session joins the layers below it: it may use [`crate::kernel`],
+//! [`crate::host`], [`crate::events`], [`crate::model`], [`crate::verdict`] (why a run ended)
+//! and the settings; only the commands use it.
 
 pub mod existing;
 

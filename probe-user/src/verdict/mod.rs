@@ -1,3 +1,9 @@
+//! Verdicts: the rules that judge what the model saw. [`policy`] (which violations fail and
+//! which only warn, `--policy`), [`drain`] (when a target is drained, and a drain's verdict),
+//! [`outcome`] (how a run ended and the exit code it earns).
+//!
+//! Pure. May use: [`crate::model`] and [`crate::events`].
+
 pub mod drain;
 pub mod outcome;
 pub mod policy;
