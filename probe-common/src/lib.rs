@@ -341,8 +341,9 @@ pub const DIR_SEND: u8 = 1;
 
 /// A send or recv on a database connection: the byte count and the few bytes of its first
 /// and last bytes that the protocol rules need. The kernel copies at most 32 from each end,
-/// then keeps only message types, lengths and status bytes (see probe-ebpf/src/redact.rs)
-/// and zeroes the rest: query text, rows and values never leave the kernel.
+/// then keeps only message types, lengths and status bytes ([`redact`], called from
+/// probe-ebpf/src/sockets/db.rs) and zeroes the rest: query text, rows and values never
+/// leave the kernel.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DbIoEvent {

@@ -10,7 +10,7 @@
 //! variable-offset reads from the stack, where the event is built.
 //!
 //! It lives here, not in probe-ebpf, so that it is unit tested on the host; the kernel
-//! calls it inline.
+//! calls it inline (probe-ebpf/src/sockets/db.rs).
 
 use crate::{
     DbIoEvent, DIR_SEND, HEAD_BYTES, PROTO_MYSQL, PROTO_POSTGRES, PROTO_REDIS, TAIL_BYTES,

@@ -1,4 +1,4 @@
-//! The database harness (src/db.rs) and the dw-game fixture, proven against real PostgreSQL,
+//! The database harness (src/db/) and the dw-game fixture, proven against real PostgreSQL,
 //! MariaDB and Redis before drainwatch's tests rely on them as ground truth. No probe is
 //! loaded here. Needs the Debian packages (`cargo xtask setup`); a missing one fails the
 //! test with the fix, it never skips.

@@ -26,7 +26,7 @@ const NIGHTLY: &str = "nightly";
 
 /// Debian packages the tests and the demo use: `bpftool` shows what is loaded/attached
 /// (to prove nothing is left behind). The database servers are started privately by the
-/// tests (tests/src/db.rs), never as system services: `postgresql` brings initdb and
+/// tests (tests/src/db/), never as system services: `postgresql` brings initdb and
 /// postgres (/usr/lib/postgresql/<major>/bin), `mariadb-server` mariadb-install-db and
 /// mariadbd (and, through mariadb-client, the my_print_defaults the installer runs),
 /// `redis-server` redis-server. `prometheus` brings promtool, which checks what
