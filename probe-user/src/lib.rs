@@ -4,12 +4,12 @@
 //! through; each may use only the layers before it:
 //!
 //! - [`kernel`]: loading and attaching the eBPF probe, the userspace ends of its maps,
-//!   tracefs and BTF; [`host`]: /proc, sock_diag, launching a held command.
+//!   tracefs, BTF and feature probes; [`host`]: /proc, sock_diag, launching a held command.
 //! - [`events`]: the probe's wire records decoded into domain events.
 //! - [`model`]: the pure state machine (targets, connections, database protocols) and the
 //!   report it fills.
 //! - [`verdict`]: the rules that judge it (policy, drained, exit codes).
-//! - [`output`]: the summary, JUnit, metrics, and where reports are written.
+//! - [`output`]: the summary, JUnit, metrics, the doctor's lines, where reports are written.
 //! - [`session`]: the probe attached to targets and the loop feeding events into the model.
 //! - [`commands`]: one runner per subcommand, on top.
 //!

@@ -1,6 +1,7 @@
 //! The subcommands, one module each: [`audit`], [`check`], [`watch`], [`drain`] (`wait` and
-//! `stop`), [`serve`]. Each runs a [`crate::session`] (`check` only reads the host), then
-//! judges with [`crate::verdict`] and shows with [`crate::output`].
+//! `stop`), [`serve`], [`doctor`]. Each runs a [`crate::session`] (`check` only reads the
+//! host, `doctor` only asks the kernel), then judges with [`crate::verdict`] and shows with
+//! [`crate::output`].
 //!
 //! The top layer: may use everything; nothing in the library uses it (main.rs calls it).
 

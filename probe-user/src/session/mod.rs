@@ -15,7 +15,6 @@ use probe_common::latency;
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
 use crate::{
-    commands::doctor,
     events::{self, Event, RequestSample, Role, TargetRequests},
     host::launch,
     host::netstat,
@@ -24,6 +23,7 @@ use crate::{
     kernel::probe::{self, Probe, ProbeOptions},
     kernel::tracefs,
     model::state::{AuditState, Origin},
+    output::doctor,
     settings::{AuditTargets, Common},
     verdict::outcome::EndedBy,
     Error, Result,

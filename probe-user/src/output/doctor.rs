@@ -1,0 +1,215 @@
+//! The doctor's findings: what this kernel offers and what drainwatch will use, one line
+//! each, with the fix where something is missing. `drainwatch doctor` prints them
+//! (commands::doctor); every command that attaches logs them at `-v` (see `session`).
+
+use serde::Serialize;
+
+use crate::kernel::features::{Features, MINIMUM_KERNEL, REQUIRED_TRACEPOINTS};
+
+/// How a finding bears on drainwatch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Present.
+    Ok,
+    /// Absent, and drainwatch cannot attach without it.
+    Missing,
+    /// Absent; drainwatch works without it (with the stated loss, if any).
+    Absent,
+}
+
+/// One line of the doctor's report.
+#[derive(Clone, Debug, Serialize)]
+pub struct Line {
+    pub what: String,
+    pub status: Status,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+fn line(what: impl Into<String>, status: Status, detail: impl Into<String>) -> Line {
+    Line {
+        what: what.into(),
+        status,
+        detail: detail.into(),
+        fix: None,
+    }
+}
+
+impl Line {
+    fn fix(mut self, fix: impl Into<String>) -> Self {
+        if self.status != Status::Ok {
+            self.fix = Some(fix.into());
+        }
+        self
+    }
+}
+
+fn essential(ok: bool) -> Status {
+    if ok {
+        Status::Ok
+    } else {
+        Status::Missing
+    }
+}
+
+fn optional(ok: bool) -> Status {
+    if ok {
+        Status::Ok
+    } else {
+        Status::Absent
+    }
+}
+
+/// Every finding, in the order `doctor` prints them.
+pub fn lines(f: &Features) -> Vec<Line> {
+    let mut out = vec![
+        line(
+            "privileges",
+            essential(f.privileged.ok),
+            &f.privileged.detail,
+        )
+        .fix("run as root, or grant CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE"),
+        line(
+            "lockdown",
+            essential(f.lockdown.as_deref() != Some("confidentiality")),
+            f.lockdown.as_deref().unwrap_or("unknown (securityfs not mounted)"),
+        )
+        .fix("confidentiality mode forbids BPF kernel reads: boot with lockdown=integrity"),
+        line(
+            "bpf ring buffer",
+            essential(f.ring_buffer.ok),
+            &f.ring_buffer.detail,
+        )
+        .fix("Linux 5.8 or newer"),
+        line(
+            "raw tracepoints",
+            essential(f.raw_tracepoints.ok),
+            &f.raw_tracepoints.detail,
+        )
+        .fix("Linux 4.17 or newer"),
+        line("bpf atomics", essential(f.atomics.ok), &f.atomics.detail)
+            .fix(format!("Linux {MINIMUM_KERNEL} or newer")),
+        line(
+            "tracefs",
+            optional(f.tracefs.is_some()),
+            f.tracefs
+                .as_ref()
+                .map_or("not mounted".into(), |p| p.display().to_string()),
+        )
+        .fix("drainwatch mounts it itself when run as root; or `mount -t tracefs tracefs /sys/kernel/tracing`"),
+    ];
+    for &(category, name, present) in &f.tracepoints {
+        let required = REQUIRED_TRACEPOINTS.contains(&(category, name));
+        let status = if present {
+            Status::Ok
+        } else if required && f.tracefs.is_some() {
+            Status::Missing
+        } else {
+            Status::Absent
+        };
+        let detail = match (required, present) {
+            (true, _) => "used",
+            (false, true) => "available (socket-level hook, not used yet)",
+            (false, false) => "not on this kernel",
+        };
+        let found = line(format!("tracepoint {category}:{name}"), status, detail);
+        out.push(if f.tracefs.is_none() {
+            found.fix("mount tracefs to look")
+        } else if required {
+            found.fix("a kernel built with CONFIG_TRACEPOINTS and CONFIG_FTRACE_SYSCALLS")
+        } else {
+            found
+        });
+    }
+    out.push(line(
+        "process exit",
+        Status::Ok,
+        if f.exit_group_dead_field {
+            "sched_process_exit.group_dead"
+        } else if f.btf.ok {
+            "sched_process_exit + signal_struct.live from kernel BTF (no group_dead field here)"
+        } else {
+            "sched_process_exit of the main thread (no group_dead, no BTF: a multi-threaded \
+             target whose main thread exits first is seen exited then)"
+        },
+    ));
+    out.push(
+        line("kernel BTF", optional(f.btf.ok), &f.btf.detail)
+            .fix("exit codes are reported as null; use a kernel with CONFIG_DEBUG_INFO_BTF"),
+    );
+    out.push(
+        line(
+            "uprobes",
+            optional(f.uprobes),
+            if f.uprobes {
+                "available"
+            } else {
+                "no uprobe PMU"
+            },
+        )
+        .fix("CONFIG_UPROBE_EVENTS (needed later for TLS plaintext)"),
+    );
+    out.push(
+        line(
+            "kprobes",
+            optional(f.kprobes),
+            if f.kprobes {
+                "available"
+            } else {
+                "no kprobe PMU (CONFIG_KPROBES)"
+            },
+        )
+        .fix("not needed on this kernel's hooks"),
+    );
+    out.push(line("fentry", optional(f.fentry.ok), &f.fentry.detail).fix("not needed"));
+    out.push(
+        line(
+            "cgroup v2",
+            optional(f.cgroup2.is_some()),
+            f.cgroup2
+                .as_ref()
+                .map_or("not mounted".into(), |p| p.display().to_string()),
+        )
+        .fix("`--unit`/`--cgroup` need it: mount -t cgroup2 none /sys/fs/cgroup"),
+    );
+    out.push(line(
+        "hooks",
+        Status::Ok,
+        format!(
+            "{}: signal and sched tracepoints for signals and process lifecycle; \
+             raw_syscalls sys_enter/sys_exit for sockets (the last-resort hook: every \
+             process's system calls take the tracepoint slow path while drainwatch runs)",
+            f.hooks()
+        ),
+    ));
+    out
+}
+
+/// Whether drainwatch can attach here.
+pub fn usable(lines: &[Line]) -> bool {
+    lines.iter().all(|l| l.status != Status::Missing)
+}
+
+/// `  ok       what                 detail (fix: ...)`
+pub fn render(l: &Line) -> String {
+    let status = match l.status {
+        Status::Ok => "ok",
+        Status::Missing => "MISSING",
+        Status::Absent => "absent",
+    };
+    let mut text = format!("  {status:<8} {:<36} {}", l.what, l.detail);
+    if let Some(fix) = &l.fix {
+        text.push_str(&format!(" (fix: {fix})"));
+    }
+    text
+}
+
+/// Logs every line at debug level (`-v`), before an attach.
+pub fn log(features: &Features) {
+    log::debug!("kernel: Linux {}", features.release);
+    for l in lines(features) {
+        log::debug!("doctor:{}", render(&l));
+    }
+}
