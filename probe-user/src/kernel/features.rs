@@ -411,6 +411,97 @@ fn fentry() -> Found {
 mod tests {
     use super::*;
 
+    /// A kernel that has everything, as a starting point for the cases below.
+    fn complete() -> Features {
+        Features {
+            release: "6.1.0-57-amd64".into(),
+            privileged: Found::yes("root"),
+            ring_buffer: Found::yes("ringbuf"),
+            atomics: Found::yes("atomics"),
+            raw_tracepoints: Found::yes("raw tp"),
+            tracefs: Some(PathBuf::from("/sys/kernel/tracing")),
+            tracepoints: REQUIRED_TRACEPOINTS
+                .iter()
+                .chain(SOCKET_TRACEPOINTS.iter())
+                .map(|&(c, n)| (c, n, true))
+                .collect(),
+            exit_group_dead_field: false,
+            btf: Found::yes("btf"),
+            uprobes: true,
+            kprobes: true,
+            fentry: Found::yes("fentry"),
+            cgroup2: Some(PathBuf::from("/sys/fs/cgroup")),
+            lockdown: Some("none".into()),
+        }
+    }
+
+    #[test]
+    fn a_complete_kernel_passes_and_optional_absences_do_not_matter() {
+        let mut f = complete();
+        f.btf = Found::no("no BTF");
+        f.kprobes = false;
+        f.fentry = Found::no("attach: permission denied");
+        f.tracepoints.retain(|&(c, _, _)| c != "sock" && c != "tcp");
+        f.require_essentials(true).unwrap();
+    }
+
+    #[test]
+    fn a_kernel_older_than_5_12_is_refused_naming_the_feature_and_the_release() {
+        let mut f = complete();
+        f.release = "5.10.0-28-amd64".into();
+        f.atomics = Found::no("atomic compare-and-exchange: not supported by this kernel");
+        let text = f.require_essentials(true).unwrap_err().to_string();
+        assert!(text.contains("5.10.0-28-amd64"), "{text}");
+        assert!(text.contains("BPF atomic instructions"), "{text}");
+        assert!(text.contains("Linux 5.12 or newer"), "{text}");
+        assert!(!text.contains('\n'), "one line: {text}");
+
+        let mut f = complete();
+        f.ring_buffer = Found::no("not supported by this kernel");
+        let text = f.require_essentials(true).unwrap_err().to_string();
+        assert!(
+            text.contains("ring buffer") && text.contains("Linux 5.8"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_missing_lifecycle_tracepoint_is_fatal_and_raw_syscalls_only_with_sockets() {
+        let mut f = complete();
+        for tp in f.tracepoints.iter_mut() {
+            if tp.1 == "sys_enter" {
+                tp.2 = false;
+            }
+        }
+        assert!(
+            f.require_essentials(false).is_ok(),
+            "--no-sockets needs no syscall hooks"
+        );
+        let text = f.require_essentials(true).unwrap_err().to_string();
+        assert!(text.contains("raw_syscalls:sys_enter"), "{text}");
+        for tp in f.tracepoints.iter_mut() {
+            if tp.1 == "sched_process_exit" {
+                tp.2 = false;
+            }
+        }
+        let text = f.require_essentials(false).unwrap_err().to_string();
+        assert!(text.contains("sched:sched_process_exit"), "{text}");
+    }
+
+    #[test]
+    fn lockdown_confidentiality_and_missing_privileges_are_refused() {
+        let mut f = complete();
+        f.lockdown = Some("confidentiality".into());
+        let text = f.require_essentials(true).unwrap_err().to_string();
+        assert!(text.contains("lockdown"), "{text}");
+        let mut f = complete();
+        f.privileged = Found::no("not root");
+        assert!(matches!(
+            f.require_essentials(true),
+            Err(Error::NotPermitted)
+        ));
+    }
+
     #[test]
     fn instructions_have_the_kernels_layout() {
         assert_eq!(std::mem::size_of::<Insn>(), 8);
