@@ -8,7 +8,8 @@ use clap::{Args, Parser, Subcommand};
     name = "drainwatch",
     version,
     about = "See what is still in flight inside a server before you stop it",
-    long_about = "drainwatch attaches an eBPF probe to a running server (by pid) and watches \
+    long_about = "drainwatch attaches an eBPF probe to a running server (by pid, name, \
+                  systemd unit or cgroup; with the workers it already forked) and watches \
                   its sockets, database conversations and the signals sent to it. It tells \
                   when the server is drained, stops it gracefully, and audits restarts: \
                   SIGKILLs, transactions cut in half, leaked database connections.\n\n\
@@ -22,13 +23,13 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Preflight, no waiting: can this process be stopped gracefully right now?
+    /// Preflight, no waiting: can this process tree be stopped gracefully right now?
     Check(CheckArgs),
     /// Live view of connections, requests, queries and signals until Ctrl-C or exit.
     Watch(WatchArgs),
     /// Block until the target is drained or has exited; sends no signal.
     Wait(WaitArgs),
-    /// Send a signal, follow the drain, wait for the exit.
+    /// Send a signal (to the top of each named tree), follow the drain, wait for every exit.
     Stop(StopArgs),
     /// Audit targets until they exit (or --duration, or Ctrl-C) and report violations.
     Audit(AuditArgs),
@@ -70,18 +71,50 @@ pub struct SharedArgs {
     pub ring_size: Option<String>,
 }
 
+/// What to watch: any mix, any number. A process brings its descendants that exist at
+/// attach (an nginx master brings its workers) and, unless --no-follow, what they fork later.
+#[derive(Debug, Args, Clone, Default)]
+pub struct TargetArgs {
+    /// A running process (repeatable), with its descendants.
+    #[arg(long, value_name = "PID")]
+    pub pid: Vec<String>,
+    /// Processes by name, as `ps -o comm` shows it (repeatable); audit and serve also take
+    /// in processes started under the name later.
+    #[arg(long, value_name = "NAME")]
+    pub comm: Vec<String>,
+    /// The processes of a systemd unit (its cgroup v2 cgroup), e.g. nginx.service (repeatable).
+    #[arg(long, value_name = "NAME.service")]
+    pub unit: Vec<String>,
+    /// The processes of a cgroup v2 directory and the cgroups below it, e.g. a container's
+    /// (repeatable).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Vec<String>,
+}
+
+impl TargetArgs {
+    pub fn is_empty(&self) -> bool {
+        self.pid.is_empty()
+            && self.comm.is_empty()
+            && self.unit.is_empty()
+            && self.cgroup.is_empty()
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct CheckArgs {
-    #[arg(long, value_name = "PID", required = true)]
-    pub pid: String,
+    #[command(flatten)]
+    pub targets: TargetArgs,
+    /// The signal a stop would send, e.g. QUIT for nginx's graceful shutdown.
+    #[arg(long, value_name = "SIGNAL", default_value = "TERM")]
+    pub signal: String,
     #[command(flatten)]
     pub shared: SharedArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct WatchArgs {
-    #[arg(long, value_name = "PID", required = true)]
-    pub pid: String,
+    #[command(flatten)]
+    pub targets: TargetArgs,
     /// How often the view is redrawn (default 250ms on a terminal, 1s for JSON lines).
     #[arg(long, value_name = "DURATION")]
     pub interval: Option<String>,
@@ -91,8 +124,8 @@ pub struct WatchArgs {
 
 #[derive(Debug, Args)]
 pub struct WaitArgs {
-    #[arg(long, value_name = "PID", required = true)]
-    pub pid: String,
+    #[command(flatten)]
+    pub targets: TargetArgs,
     /// Give up after this long (exit 4).
     #[arg(long, value_name = "DURATION", default_value = "30s")]
     pub timeout: String,
@@ -102,8 +135,8 @@ pub struct WaitArgs {
 
 #[derive(Debug, Args)]
 pub struct StopArgs {
-    #[arg(long, value_name = "PID", required = true)]
-    pub pid: String,
+    #[command(flatten)]
+    pub targets: TargetArgs,
     /// The signal to send, e.g. TERM, INT, QUIT.
     #[arg(long, value_name = "SIGNAL", default_value = "TERM")]
     pub signal: String,
@@ -122,12 +155,8 @@ pub struct StopArgs {
 
 #[derive(Debug, Args)]
 pub struct AuditArgs {
-    /// A running process to audit (repeatable).
-    #[arg(long, value_name = "PID")]
-    pub pid: Vec<String>,
-    /// Processes by name, running now or started during the audit (repeatable).
-    #[arg(long, value_name = "NAME")]
-    pub comm: Vec<String>,
+    #[command(flatten)]
+    pub targets: TargetArgs,
     /// End the audit after this long (default: when every target has exited).
     #[arg(long, value_name = "DURATION")]
     pub duration: Option<String>,
@@ -149,13 +178,9 @@ pub struct AuditArgs {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// A running process to export metrics about (repeatable).
-    #[arg(long, value_name = "PID")]
-    pub pid: Vec<String>,
-    /// Processes by name, running now or started later (repeatable); serve then runs until
-    /// Ctrl-C or SIGTERM.
-    #[arg(long, value_name = "NAME")]
-    pub comm: Vec<String>,
+    // With --comm, serve runs until Ctrl-C or SIGTERM: processes may come later.
+    #[command(flatten)]
+    pub targets: TargetArgs,
     /// Where to serve /metrics (IP:PORT). Not loopback: anyone who reaches it reads the metrics.
     #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9464")]
     pub listen: String,

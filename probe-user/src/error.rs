@@ -15,6 +15,43 @@ pub enum Error {
     NoSuchProcess(u32),
     #[error("pid {0} is drainwatch itself: name the server's pid instead")]
     SelfTarget(u32),
+    #[error("pid 1 is init: drainwatch never stops init nor watches it; name the server's pid")]
+    Init,
+    #[error("pid {pid} ({comm}) is a kernel thread, not a server: name the server's pid (e.g. `pgrep -a NAME`)")]
+    KernelThread { pid: u32, comm: String },
+    #[error("{selector} takes in a process drainwatch refuses: {cause}")]
+    SelectorRefused { selector: String, cause: String },
+    #[error(
+        "{} matched no process: check the name (`pgrep -a NAME`, `systemctl status UNIT`) or \
+         start the server first", .0.join(", ")
+    )]
+    NothingMatched(Vec<String>),
+    #[error(
+        "no systemd unit {unit}: no cgroup of that name under {root}; check the name with \
+         `systemctl status {unit}`, or name the processes with --pid or --cgroup"
+    )]
+    NoSuchUnit { unit: String, root: String },
+    #[error("unit {unit} is ambiguous ({first} and {second}): name one with --cgroup PATH")]
+    AmbiguousUnit {
+        unit: String,
+        first: String,
+        second: String,
+    },
+    #[error(
+        "no cgroup v2 hierarchy is mounted (/proc/self/mountinfo lists no cgroup2): --unit \
+         needs one; name the processes with --pid or --comm"
+    )]
+    NoCgroup2,
+    #[error(
+        "no cgroup `{path}`: give a cgroup directory (with a cgroup.procs file){}",
+        .root.as_ref().map(|r| format!(", absolute or under {r}")).unwrap_or_default()
+    )]
+    NoCgroup { path: String, root: Option<String> },
+    #[error(
+        "cannot read the open files of {comm} ({pid}) (/proc/{pid}/fd: permission denied): \
+         run drainwatch as root or as the server's user"
+    )]
+    CannotSee { pid: u32, comm: String },
     #[error(
         "pid {0} is a 32-bit (ia32) program: drainwatch reads x86_64 system calls only; \
          watch a 64-bit build of the server"

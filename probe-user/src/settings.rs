@@ -5,9 +5,10 @@
 use std::{net::SocketAddr, time::Duration};
 
 use crate::{
-    cli::{AuditArgs, SharedArgs},
+    cli::{AuditArgs, SharedArgs, TargetArgs},
     host::launch::LaunchCommand,
     host::procfs,
+    host::targets::{self, CgroupSelector},
     output::publish::ReportFile,
     Error, Result,
 };
@@ -140,46 +141,57 @@ impl Common {
     }
 }
 
-/// What an audit watches.
-#[derive(Debug)]
-pub enum AuditTargets {
-    /// Running processes named by `--pid`.
-    Pids(Vec<u32>),
-    /// A command drainwatch launches and audits until it exits.
-    Launch(LaunchCommand),
-    /// Any mix of the above and process names (`--comm`).
-    Set(TargetSet),
-}
-
-/// Everything an audit can watch at once.
+/// What a session watches: any mix of selectors (DESIGN.md, "target").
 #[derive(Debug, Default)]
 pub struct TargetSet {
+    /// `--pid`: running now (checked when the flags are read).
     pub pids: Vec<u32>,
-    /// Process names: running now, or started (exec) during the audit.
+    /// Process names: running now, or started (exec) during an audit.
     pub comms: Vec<String>,
+    /// `--unit` and `--cgroup`, resolved to their cgroup directories.
+    pub cgroups: Vec<CgroupSelector>,
+    /// A command drainwatch launches (`audit -- CMD`).
     pub launch: Option<LaunchCommand>,
+    /// `audit` and `serve`: a process that starts under a `--comm` name during the run
+    /// joins it, so a name may match nothing yet and the run does not end when the running
+    /// ones have exited. `wait`, `stop` and `watch` are about what runs now.
+    pub await_comms: bool,
 }
 
-impl AuditTargets {
-    /// The same targets as a [`TargetSet`].
-    pub fn to_set(&self) -> TargetSet {
-        match self {
-            AuditTargets::Pids(pids) => TargetSet {
-                pids: pids.clone(),
-                ..TargetSet::default()
-            },
-            AuditTargets::Launch(command) => TargetSet {
-                launch: Some(command.clone()),
-                ..TargetSet::default()
-            },
-            AuditTargets::Set(set) => TargetSet {
-                pids: set.pids.clone(),
-                comms: set.comms.clone(),
-                launch: set.launch.clone(),
-            },
+impl TargetSet {
+    /// Reads and checks the selectors; `none` is the hint when there are none.
+    pub fn from_args(args: &TargetArgs, none: &'static str) -> Result<Self> {
+        if args.is_empty() {
+            return Err(Error::InvalidValue {
+                what: "targets",
+                value: "none".into(),
+                hint: none,
+            });
         }
+        let mut cgroups = Vec::new();
+        for unit in &args.unit {
+            cgroups.push(targets::unit_selector(unit)?);
+        }
+        for path in &args.cgroup {
+            cgroups.push(targets::cgroup_selector(path)?);
+        }
+        Ok(Self {
+            pids: validate_pids(&args.pid)?,
+            comms: args
+                .comm
+                .iter()
+                .map(|c| parse_comm(c))
+                .collect::<Result<Vec<_>>>()?,
+            cgroups,
+            launch: None,
+            await_comms: false,
+        })
     }
 }
+
+/// The hint when `wait`, `stop`, `watch` or `check` name no process.
+const NAME_A_PROCESS: &str =
+    "name the server: --pid PID, --comm NAME, --unit NAME.service or --cgroup PATH";
 
 /// A `--comm` name as the kernel keeps it: at most 15 bytes (TASK_COMM_LEN - 1).
 pub fn parse_comm(text: &str) -> Result<String> {
@@ -196,7 +208,7 @@ pub fn parse_comm(text: &str) -> Result<String> {
 #[derive(Debug)]
 pub struct AuditSettings {
     pub common: Common,
-    pub targets: AuditTargets,
+    pub targets: TargetSet,
     pub duration: Option<Duration>,
     pub report: Option<ReportFile>,
     pub junit: Option<ReportFile>,
@@ -214,30 +226,20 @@ impl AuditSettings {
                 hint: "give a positive duration, like 30s, or leave it out to run until exit",
             });
         }
-        if args.pid.is_empty() && args.comm.is_empty() && args.command.is_empty() {
-            return Err(Error::InvalidValue {
-                what: "targets",
-                value: "none".into(),
-                hint: "name what to audit: --pid PID, --comm NAME, or -- CMD ARGS to launch one",
-            });
-        }
-        let comms = args
-            .comm
-            .iter()
-            .map(|c| parse_comm(c))
-            .collect::<Result<Vec<_>>>()?;
         let launch = (!args.command.is_empty())
             .then(|| LaunchCommand::resolve(&args.command))
             .transpose()?;
-        let targets = AuditTargets::Set(TargetSet {
-            pids: if args.pid.is_empty() {
-                Vec::new()
-            } else {
-                validate_pids(&args.pid)?
-            },
-            comms,
-            launch,
-        });
+        let mut targets = if args.targets.is_empty() && launch.is_some() {
+            TargetSet::default()
+        } else {
+            TargetSet::from_args(
+                &args.targets,
+                "name what to audit: --pid PID, --comm NAME, --unit NAME.service, --cgroup PATH, \
+                 or -- CMD ARGS to launch one",
+            )?
+        };
+        targets.launch = launch;
+        targets.await_comms = true;
         let report = args.report.as_deref().map(ReportFile::open).transpose()?;
         let junit = args.junit.as_deref().map(ReportFile::open).transpose()?;
         let policy = match &args.policy {
@@ -259,16 +261,28 @@ impl AuditSettings {
 #[derive(Debug)]
 pub struct CheckSettings {
     pub common: Common,
-    pub pid: u32,
+    pub targets: TargetSet,
+    /// The signal a stop would send.
+    pub signal: i32,
 }
 
 impl CheckSettings {
     pub fn from_args(args: &crate::cli::CheckArgs) -> Result<Self> {
         Ok(Self {
             common: Common::from_args(&args.shared)?,
-            pid: validate_pids(std::slice::from_ref(&args.pid))?[0],
+            targets: TargetSet::from_args(&args.targets, NAME_A_PROCESS)?,
+            signal: parse_signal(&args.signal)?,
         })
     }
+}
+
+/// A signal by name or number (`TERM`, `SIGQUIT`, `15`).
+pub fn parse_signal(text: &str) -> Result<i32> {
+    crate::events::signals::parse(text).ok_or_else(|| Error::InvalidValue {
+        what: "signal",
+        value: text.to_string(),
+        hint: "use a signal name or number, like TERM, INT, QUIT or 15",
+    })
 }
 
 fn parse_timeout(text: &str) -> Result<Duration> {
@@ -287,7 +301,7 @@ fn parse_timeout(text: &str) -> Result<Duration> {
 #[derive(Debug)]
 pub struct WaitSettings {
     pub common: Common,
-    pub pid: u32,
+    pub targets: TargetSet,
     pub timeout: Duration,
 }
 
@@ -295,7 +309,7 @@ impl WaitSettings {
     pub fn from_args(args: &crate::cli::WaitArgs) -> Result<Self> {
         Ok(Self {
             common: Common::from_args(&args.shared)?,
-            pid: validate_pids(std::slice::from_ref(&args.pid))?[0],
+            targets: TargetSet::from_args(&args.targets, NAME_A_PROCESS)?,
             timeout: parse_timeout(&args.timeout)?,
         })
     }
@@ -305,7 +319,7 @@ impl WaitSettings {
 #[derive(Debug)]
 pub struct StopSettings {
     pub common: Common,
-    pub pid: u32,
+    pub targets: TargetSet,
     pub signal: i32,
     pub timeout: Duration,
     pub kill_after: bool,
@@ -315,20 +329,8 @@ pub struct StopSettings {
 impl StopSettings {
     pub fn from_args(args: &crate::cli::StopArgs) -> Result<Self> {
         let common = Common::from_args(&args.shared)?;
-        let pid = validate_pids(std::slice::from_ref(&args.pid))?[0];
-        if pid == 1 {
-            return Err(Error::InvalidValue {
-                what: "pid",
-                value: "1".into(),
-                hint: "drainwatch never stops init (pid 1); name the server's pid",
-            });
-        }
-        let signal =
-            crate::events::signals::parse(&args.signal).ok_or_else(|| Error::InvalidValue {
-                what: "signal",
-                value: args.signal.clone(),
-                hint: "use a signal name or number, like TERM, INT, QUIT or 15",
-            })?;
+        let targets = TargetSet::from_args(&args.targets, NAME_A_PROCESS)?;
+        let signal = parse_signal(&args.signal)?;
         if signal == libc::SIGKILL {
             return Err(Error::InvalidValue {
                 what: "signal",
@@ -338,7 +340,7 @@ impl StopSettings {
         }
         Ok(Self {
             common,
-            pid,
+            targets,
             signal,
             timeout: parse_timeout(&args.timeout)?,
             kill_after: args.kill_after,
@@ -351,14 +353,14 @@ impl StopSettings {
 #[derive(Debug)]
 pub struct WatchSettings {
     pub common: Common,
-    pub pid: u32,
+    pub targets: TargetSet,
     pub interval: Option<Duration>,
 }
 
 impl WatchSettings {
     pub fn from_args(args: &crate::cli::WatchArgs) -> Result<Self> {
         let common = Common::from_args(&args.shared)?;
-        let pid = validate_pids(std::slice::from_ref(&args.pid))?[0];
+        let targets = TargetSet::from_args(&args.targets, NAME_A_PROCESS)?;
         let interval = args.interval.as_deref().map(parse_duration).transpose()?;
         if interval.is_some_and(|i| i < Duration::from_millis(10)) {
             return Err(Error::InvalidValue {
@@ -369,23 +371,26 @@ impl WatchSettings {
         }
         Ok(Self {
             common,
-            pid,
+            targets,
             interval,
         })
     }
 }
 
-/// Parses each `--pid`, refusing drainwatch's own pid and pids that do not exist.
+/// Parses each `--pid`, refusing pids that do not exist, pid 1, kernel threads and
+/// drainwatch's own pid.
 pub fn validate_pids(texts: &[String]) -> Result<Vec<u32>> {
-    let own = std::process::id();
     let mut pids = Vec::new();
     for text in texts {
         let pid = parse_pid(text)?;
-        if pid == own {
+        if pid == std::process::id() {
             return Err(Error::SelfTarget(pid));
         }
         if !procfs::process_exists(pid) || procfs::has_ended(pid) {
             return Err(Error::NoSuchProcess(pid));
+        }
+        if let Some(refused) = targets::refusal(pid) {
+            return Err(refused);
         }
         if !pids.contains(&pid) {
             pids.push(pid);

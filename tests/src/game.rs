@@ -229,6 +229,11 @@ impl Gate {
         }
     }
 
+    /// The file (for fixtures' `--gate FILE`).
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
     /// Releases the requests waiting on it; returns when (CLOCK_MONOTONIC ns) it did.
     pub fn open(&self) -> u64 {
         std::fs::write(&self.path, b"").expect("create the gate file");

@@ -15,6 +15,7 @@ pub use serde_json::Value;
 
 pub mod db;
 pub mod game;
+pub mod nginx;
 
 /// How long a test waits for drainwatch to attach or finish before failing. Generous: it
 /// only bounds a failure, and inside the kernel-matrix guests (TCG emulation, see
@@ -83,7 +84,9 @@ pub struct Server {
     pub port: u16,
     /// The pid of the child it forked (`--fork-child`), or 0.
     pub forked: u32,
-    _stdout: BufReader<ChildStdout>,
+    /// The pre-forked workers (`--workers N`).
+    pub workers: Vec<u32>,
+    pub stdout: BufReader<ChildStdout>,
 }
 
 impl Server {
@@ -104,12 +107,18 @@ impl Server {
                 .unwrap_or_else(|| panic!("no {name}= in fixture line {line:?}"))
         };
         let (pid, port, forked) = (field("pid"), field("port") as u16, field("child"));
+        let workers = line
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("workers="))
+            .map(|list| list.split(',').filter_map(|p| p.parse().ok()).collect())
+            .unwrap_or_default();
         Self {
             child,
             pid,
             port,
             forked,
-            _stdout: stdout,
+            workers,
+            stdout,
         }
     }
 
@@ -121,9 +130,13 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        if self.forked != 0 {
+        for &pid in self
+            .workers
+            .iter()
+            .chain(Some(&self.forked).filter(|p| **p != 0))
+        {
             // SAFETY: kill(2) on a pid this test started.
-            unsafe { libc::kill(self.forked as i32, libc::SIGKILL) };
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -210,6 +223,11 @@ impl Drainwatch {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Whether drainwatch is still running (has not returned a verdict).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Streams stdout line by line (for `watch --json`); `finish` then reports no stdout.

@@ -285,7 +285,8 @@ fn listen_address_problems_cost_one_line() {
     let none = run_drainwatch(&["serve"]);
     assert_eq!(none.code, 2, "{none:?}");
     assert!(
-        none.stderr.contains("--pid PID or --comm NAME"),
+        none.stderr
+            .contains("--pid PID, --comm NAME, --unit NAME.service or --cgroup PATH"),
         "{}",
         none.stderr
     );

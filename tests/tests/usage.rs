@@ -56,6 +56,93 @@ fn stop_refuses_init_and_sigkill_and_bad_signals() {
     );
 }
 
+/// Every command that takes a target refuses pid 1, kernel threads (kthreadd is pid 2 on every
+/// Linux; a kworker is its child) and drainwatch itself, before anything is attached.
+#[test]
+fn init_kernel_threads_and_drainwatch_itself_are_refused_by_every_command() {
+    let kworker = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                stat.rsplit_once(')')
+                    .is_some_and(|(_, r)| r.starts_with(" I 2 ") || r.starts_with(" S 2 "))
+            })
+        })
+        .expect("a child of kthreadd");
+    let kworker = kworker.to_string();
+    for command in ["check", "watch", "wait", "stop", "audit", "serve"] {
+        assert_usage_error(&[command, "--pid", "1"], "pid 1 is init");
+        assert_usage_error(
+            &[command, "--pid", "2"],
+            "pid 2 (kthreadd) is a kernel thread",
+        );
+        assert_usage_error(&[command, "--pid", &kworker], "is a kernel thread");
+        // `exec` makes drainwatch the shell: $$ is then drainwatch's own pid.
+        let script = format!("exec {} {command} --pid $$", drainwatch_bin().display());
+        let out = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .output()
+            .expect("sh runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{command}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{command}: {stderr}");
+        assert!(
+            stderr.contains("is drainwatch itself"),
+            "{command}: {stderr}"
+        );
+        // Kernel threads by name too: a --comm that takes one in is refused.
+        let mut args = vec![command, "--comm", "kthreadd"];
+        if command == "serve" {
+            args.extend(["--listen", "127.0.0.1:0"]);
+        }
+        assert_usage_error(&args, "kernel thread");
+    }
+}
+
+/// A selector that matches nothing is an error, not a clean run: for wait, stop, watch and
+/// check at once; for audit (where a process may still start under the name) at the end.
+#[test]
+fn selectors_that_match_nothing_are_refused() {
+    for command in ["check", "watch", "wait", "stop"] {
+        assert_usage_error(
+            &[command, "--comm", "dw-no-such-srv"],
+            "--comm dw-no-such-srv matched no process",
+        );
+        assert_usage_error(
+            &[command, "--unit", "dw-no-such-unit.service"],
+            "no systemd unit dw-no-such-unit.service",
+        );
+        assert_usage_error(
+            &[command, "--cgroup", "/dw-no-such-cgroup"],
+            "no cgroup `/dw-no-such-cgroup`",
+        );
+    }
+    // A unit name without a suffix is a service, as with systemctl.
+    assert_usage_error(
+        &["stop", "--unit", "dw-no-such-unit"],
+        "no systemd unit dw-no-such-unit.service",
+    );
+}
+
+#[test]
+fn an_audit_whose_name_never_matched_is_an_error() {
+    require_root();
+    let done = run_drainwatch(&["audit", "--comm", "dw-no-such-srv", "--duration", "300ms"]);
+    assert_eq!(done.code, 2, "{done:?}");
+    // It attached first (the name might have matched during the window): the last line
+    // says why the run is an error.
+    let last = done.stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("drainwatch: --comm dw-no-such-srv matched no process"),
+        "{done:?}"
+    );
+    assert!(
+        done.stdout.is_empty(),
+        "no report for a window that saw nothing: {done:?}"
+    );
+}
+
 #[test]
 fn a_pid_that_does_not_exist_is_refused_before_attaching() {
     // pid_max is at most 2^22, so this pid cannot exist.
@@ -67,11 +154,12 @@ fn a_pid_that_does_not_exist_is_refused_before_attaching() {
 
 #[test]
 fn an_unwritable_report_path_is_found_before_the_run() {
+    let me = std::process::id().to_string();
     assert_usage_error(
         &[
             "audit",
             "--pid",
-            "1",
+            &me,
             "--report",
             "/nonexistent-dir/report.json",
         ],
@@ -126,4 +214,29 @@ fn a_zombie_pid_is_a_usage_error() {
         &format!("no process with pid {pid}"),
     );
     let _ = child.wait();
+}
+
+/// `check` run by a user who cannot read the server's open files sees no connection: it
+/// says so (exit 2) instead of "0 connections, a graceful stop is possible".
+#[test]
+fn check_without_the_privileges_to_see_says_so() {
+    require_root();
+    let server = Server::start(&[]);
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(drainwatch_bin())
+        .args(["check", "--pid", &server.pid.to_string()])
+        .output()
+        .expect("setpriv (util-linux) runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "cannot read the open files of dw-fixture ({})",
+            server.pid
+        )),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "no verdict about what it cannot see");
 }

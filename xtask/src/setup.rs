@@ -49,6 +49,9 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "busybox-static",
     "cpio",
     "xz-utils",
+    // A real pre-fork server (master + workers) for the process-tree tests: nginx-light is
+    // the smallest Debian nginx with proxy_pass. The tests run it privately on loopback.
+    "nginx-light",
 ];
 
 /// Where aya looks for tracepoint ids; either one is enough.

@@ -9,7 +9,7 @@ use crate::{
     session::{EndWhen, Session},
     settings::AuditSettings,
     verdict::outcome::Outcome,
-    Result,
+    Error, Result,
 };
 
 /// How often the ring buffer is drained: most socket events do not wake userspace.
@@ -22,7 +22,9 @@ pub async fn run(settings: &AuditSettings) -> Result<Outcome> {
     let until = match (settings.duration, session.end_when()) {
         (Some(d), _) => format!("for {:.1}s or until they exit", d.as_secs_f64()),
         (None, EndWhen::Exited(_)) => "until the launched command exits".to_string(),
-        (None, EndWhen::Never) => "until Ctrl-C (new processes with these names join)".to_string(),
+        (None, EndWhen::Never) => {
+            "until Ctrl-C (new processes with these names or in these cgroups join)".to_string()
+        }
         (None, EndWhen::AllExited) => "until they exit".to_string(),
     };
     eprintln!(
@@ -33,6 +35,11 @@ pub async fn run(settings: &AuditSettings) -> Result<Outcome> {
     let deadline = settings.duration.map(|d| tokio::time::Instant::now() + d);
     let ended_by = session.follow(TICK, deadline, |_| false, |_| {}).await?;
     let elapsed = started.elapsed();
+    let unmatched = session.unmatched_comms();
+    if !unmatched.is_empty() {
+        session.finish();
+        return Err(Error::NothingMatched(unmatched));
+    }
     let mut report = session.state.report(
         Mode::Audit,
         session.lost(),

@@ -1,40 +1,49 @@
-//! `drainwatch check --pid PID`: preflight, no waiting. Can this process be stopped
-//! gracefully right now? Reads SIGTERM's disposition from /proc/PID/status (SigCgt, SigIgn,
-//! SigBlk; proc(5)) and the connections it holds from /proc.
+//! `drainwatch check --pid PID`: preflight, no waiting. Can this process tree be stopped
+//! gracefully right now? Lists the tree a stop would watch and what it would leave out,
+//! reads the stop signal's disposition in the processes it goes to from /proc/PID/status
+//! (SigCgt, SigIgn, SigBlk; proc(5)), knows the servers whose handled SIGTERM is a fast
+//! shutdown (`verdict/shutdown.rs`), and counts the connections the tree holds from /proc.
 
 use serde::Serialize;
 
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+};
+
 use crate::{
-    events::Role,
-    host::procfs,
+    events::{signals, Role},
+    host::targets::{self, Selection},
+    host::{netstat, procfs},
     output::summary::protocol_name,
     session::existing::{self, Held},
     settings::CheckSettings,
+    verdict::shutdown,
     Error, Result,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Disposition {
-    /// A handler is installed: SIGTERM starts the program's own shutdown.
+    /// A handler is installed: the signal starts the program's own shutdown.
     Handled,
-    /// Ignored: SIGTERM does nothing.
+    /// Ignored: the signal does nothing.
     Ignored,
-    /// Blocked: SIGTERM waits until the program unblocks it.
+    /// Blocked: the signal waits until the program unblocks it.
     Blocked,
-    /// Default action: the kernel terminates it at once, like kill -9.
+    /// Default action: for TERM, INT, QUIT the kernel terminates it at once, like kill -9.
     Default,
 }
 
-/// SIGTERM's disposition from the hex signal masks of /proc/PID/status.
-pub fn sigterm_disposition(status: &str) -> Option<Disposition> {
+/// A signal's disposition from the hex signal masks of /proc/PID/status.
+pub fn signal_disposition(status: &str, signal: i32) -> Option<Disposition> {
     let mask = |name: &str| {
         status
             .lines()
             .find_map(|l| l.strip_prefix(name))
             .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
     };
-    let bit = 1u64 << (libc::SIGTERM - 1);
+    let bit = 1u64 << (signal - 1);
     let (caught, ignored, blocked) = (mask("SigCgt:")?, mask("SigIgn:")?, mask("SigBlk:")?);
     Some(if ignored & bit != 0 {
         Disposition::Ignored
@@ -49,6 +58,7 @@ pub fn sigterm_disposition(status: &str) -> Option<Disposition> {
 
 #[derive(Debug, Serialize)]
 pub struct ConnLine {
+    pub pid: u32,
     pub fd: u32,
     pub role: Role,
     pub protocol: Option<String>,
@@ -56,13 +66,41 @@ pub struct ConnLine {
     pub peer: Option<String>,
 }
 
+/// A process of the tree a stop would watch.
 #[derive(Debug, Serialize)]
-pub struct CheckReport {
+pub struct ProcessLine {
     pub pid: u32,
     pub comm: String,
-    pub sigterm: Disposition,
+    /// Its parent, when that is in the tree too.
+    pub parent_pid: Option<u32>,
+    /// Whether `stop` sends it the signal (the others hear of it from their parent).
+    pub signalled: bool,
+    /// The signal's disposition, for the signalled ones.
+    pub disposition: Option<Disposition>,
+}
+
+/// A process outside the tree that a stop would leave unwatched although it serves with it.
+#[derive(Debug, Serialize)]
+pub struct Unwatched {
+    pub pid: u32,
+    pub comm: String,
+    pub why: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CheckReport {
+    /// The first process the signal goes to.
+    pub pid: u32,
+    pub comm: String,
+    pub signal: String,
+    /// What the first signalled process does with the signal.
+    pub disposition: Disposition,
+    /// A server whose stop signals are known (see `verdict/shutdown.rs`), with the source.
+    pub known_server: Option<String>,
     pub graceful_stop_possible: bool,
     pub reasons: Vec<String>,
+    pub processes: Vec<ProcessLine>,
+    pub unwatched: Vec<Unwatched>,
     pub listeners: usize,
     pub client_connections: usize,
     pub db_connections: usize,
@@ -72,20 +110,143 @@ pub struct CheckReport {
     pub connections: Vec<ConnLine>,
 }
 
-pub fn run(settings: &CheckSettings) -> Result<u8> {
-    let pid = settings.pid;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .map_err(|_| Error::NoSuchProcess(pid))?;
-    let sigterm = sigterm_disposition(&status).ok_or(Error::NoSuchProcess(pid))?;
-    let comm = procfs::comm(pid).unwrap_or_default();
-    let held = existing::survey(pid, &settings.common);
-    let count = |role: Role| held.iter().filter(|h| h.role == role).count();
-    let db_fds: Vec<u32> = held
+/// The signals whose default action is to do nothing (signal(7)): sent to a program without
+/// a handler, they are dropped and a stop would time out.
+const DEFAULT_IGNORED: [i32; 4] = [libc::SIGCHLD, libc::SIGCONT, libc::SIGURG, libc::SIGWINCH];
+
+/// Whether drainwatch may read the process's open files: without that it sees no connection,
+/// and "0 connections" would be a lie.
+fn can_see(pid: u32) -> Result<()> {
+    match std::fs::read_dir(format!("/proc/{pid}/fd")) {
+        Err(err) if err.kind() == std::io::ErrorKind::PermissionDenied => Err(Error::CannotSee {
+            pid,
+            comm: procfs::comm(pid).unwrap_or_default(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Why a stop with `signal` is not graceful for one signalled process, if it is not.
+fn judge(
+    pid: u32,
+    comm: &str,
+    signal: i32,
+    disposition: Disposition,
+    work: &str,
+) -> Option<String> {
+    let name = signals::name(signal);
+    match disposition {
+        Disposition::Handled => None,
+        Disposition::Default if DEFAULT_IGNORED.contains(&signal) => Some(format!(
+            "{comm} ({pid}) has no {name} handler and {name} does nothing by default: \
+             `drainwatch stop` would time out; use --signal with the signal it handles"
+        )),
+        Disposition::Default => Some(format!(
+            "{comm} ({pid}) has no {name} handler: {name} will kill it at once, like kill -9, with {work}"
+        )),
+        Disposition::Ignored => Some(format!(
+            "{comm} ({pid}) ignores {name}: `drainwatch stop` would time out; use --signal with the signal it handles"
+        )),
+        Disposition::Blocked => Some(format!(
+            "{comm} ({pid}) blocks {name}: it stays pending until the program unblocks it"
+        )),
+    }
+}
+
+/// Processes outside the tree that hold a socket of the tree (a listener shared with a
+/// process that was reparented, a sibling under SO_REUSEPORT would not share it), and the
+/// other processes of the systemd unit a named process runs in.
+fn unwatched(tree: &BTreeSet<u32>) -> Vec<Unwatched> {
+    let mut out: Vec<Unwatched> = Vec::new();
+    let mut add = |pid: u32, why: String| {
+        if !tree.contains(&pid)
+            && !out.iter().any(|u| u.pid == pid)
+            && targets::refusal(pid).is_none()
+        {
+            out.push(Unwatched {
+                pid,
+                comm: procfs::comm(pid).unwrap_or_default(),
+                why,
+            });
+        }
+    };
+    let inodes: BTreeSet<u64> = tree
         .iter()
-        .filter(|h| h.role == Role::Db)
-        .flat_map(|h| h.fds.iter().copied())
+        .flat_map(|pid| netstat::socket_fds(*pid))
+        .map(|(_, inode)| inode)
         .collect();
-    let waiting = existing::threads_blocked_reading(pid, &db_fds);
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for pid in dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
+            if tree.contains(&pid) {
+                continue;
+            }
+            if netstat::socket_fds(pid)
+                .iter()
+                .any(|(_, inode)| inodes.contains(inode))
+            {
+                add(pid, "holds a socket of the tree".into());
+            }
+        }
+    }
+    let units: BTreeSet<PathBuf> = tree.iter().filter_map(|pid| unit_cgroup_of(*pid)).collect();
+    for unit in units {
+        let name = unit
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        for pid in targets::cgroup_procs(&unit) {
+            add(pid, format!("runs in {name} too (add --unit {name})"));
+        }
+    }
+    out
+}
+
+/// The cgroup of the systemd unit (`*.service`, `*.scope`) a process runs in, from the
+/// `0::PATH` line of /proc/PID/cgroup (cgroup v2).
+fn unit_cgroup_of(pid: u32) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let unit = Path::new(path).ancestors().find(|p| {
+        p.extension()
+            .is_some_and(|e| e == "service" || e == "scope")
+    })?;
+    let dir = targets::cgroup2_root()?.join(unit.strip_prefix("/").ok()?);
+    dir.is_dir().then_some(dir)
+}
+
+pub fn run(settings: &CheckSettings) -> Result<u8> {
+    let set = &settings.targets;
+    let selection = Selection::resolve(&set.pids, &set.comms, &set.cgroups)?;
+    let unmatched = selection.unmatched(&set.comms, &set.cgroups);
+    if !unmatched.is_empty() {
+        return Err(Error::NothingMatched(unmatched));
+    }
+    let tree = selection.tree();
+    for pid in &tree {
+        can_see(*pid)?;
+    }
+    let signalled = selection.to_signal(&tree);
+    let mut held = Vec::new();
+    let mut waiting = 0;
+    for &pid in &tree {
+        let found = existing::survey(pid, &settings.common);
+        let db_fds: Vec<u32> = found
+            .iter()
+            .filter(|h| h.role == Role::Db)
+            .flat_map(|h| h.fds.iter().copied())
+            .collect();
+        waiting += existing::threads_blocked_reading(pid, &db_fds);
+        held.extend(found.into_iter().map(|h| (pid, h)));
+    }
+    // A socket held by several processes of the tree (a listener inherited by every
+    // worker) is one socket.
+    let count = |role: Role| {
+        held.iter()
+            .filter(|(_, h)| h.role == role)
+            .map(|(_, h)| h.inode)
+            .collect::<BTreeSet<u64>>()
+            .len()
+    };
     let work = format!(
         "{} client connections, {} database connections ({} queries waiting for an answer)",
         count(Role::Client),
@@ -93,30 +254,62 @@ pub fn run(settings: &CheckSettings) -> Result<u8> {
         waiting
     );
     let mut reasons = Vec::new();
-    match sigterm {
-        Disposition::Handled => {}
-        Disposition::Default => reasons.push(format!(
-            "{comm} ({pid}) has no SIGTERM handler: SIGTERM will kill it at once, like kill -9, with {work}"
-        )),
-        Disposition::Ignored => reasons.push(format!(
-            "{comm} ({pid}) ignores SIGTERM: `drainwatch stop` would time out; use --signal with the signal it handles"
-        )),
-        Disposition::Blocked => reasons.push(format!(
-            "{comm} ({pid}) blocks SIGTERM: it stays pending until the program unblocks it"
-        )),
+    let mut processes = Vec::new();
+    let mut known_server = None;
+    for &pid in &tree {
+        let comm = procfs::comm(pid).unwrap_or_default();
+        let is_signalled = signalled.contains(&pid);
+        let disposition = if is_signalled {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .map_err(|_| Error::NoSuchProcess(pid))?;
+            let disposition =
+                signal_disposition(&status, settings.signal).ok_or(Error::NoSuchProcess(pid))?;
+            reasons.extend(judge(pid, &comm, settings.signal, disposition, &work));
+            if let Some(row) = shutdown::known(procfs::exe_name(pid).as_deref(), &comm) {
+                if disposition == Disposition::Handled && row.fast.contains(&settings.signal) {
+                    reasons.push(format!(
+                        "{comm} ({pid}): for {}, {} is a fast shutdown that cuts what is in \
+                         flight; its graceful stop is --signal {} ({})",
+                        row.name,
+                        signals::name(settings.signal),
+                        signals::name(row.graceful).trim_start_matches("SIG"),
+                        row.source
+                    ));
+                }
+                known_server.get_or_insert_with(|| format!("{} ({})", row.name, row.source));
+            }
+            Some(disposition)
+        } else {
+            None
+        };
+        processes.push(ProcessLine {
+            pid,
+            comm,
+            parent_pid: targets::parent_of(pid).filter(|p| tree.contains(p)),
+            signalled: is_signalled,
+            disposition,
+        });
     }
+    let first = processes
+        .iter()
+        .find(|p| p.signalled)
+        .ok_or_else(|| Error::NothingMatched(selection.labels(&set.comms, &set.cgroups)))?;
     let report = CheckReport {
-        pid,
-        comm,
-        sigterm,
+        pid: first.pid,
+        comm: first.comm.clone(),
+        signal: signals::name(settings.signal),
+        disposition: first.disposition.unwrap_or(Disposition::Default),
+        known_server,
         graceful_stop_possible: reasons.is_empty(),
         reasons,
+        unwatched: unwatched(&tree),
+        processes,
         listeners: count(Role::Listener),
         client_connections: count(Role::Client),
         db_connections: count(Role::Db),
         upstream_connections: count(Role::Upstream),
         db_queries_waiting: waiting,
-        connections: held.iter().map(conn_line).collect(),
+        connections: held.iter().map(|(pid, h)| conn_line(*pid, h)).collect(),
     };
     if settings.common.json {
         println!(
@@ -129,8 +322,9 @@ pub fn run(settings: &CheckSettings) -> Result<u8> {
     Ok(if report.graceful_stop_possible { 0 } else { 1 })
 }
 
-fn conn_line(held: &Held) -> ConnLine {
+fn conn_line(pid: u32, held: &Held) -> ConnLine {
     ConnLine {
+        pid,
         fd: held.fds[0],
         role: held.role,
         protocol: (held.role == Role::Db).then(|| protocol_name(held.protocol()).to_string()),
@@ -139,15 +333,52 @@ fn conn_line(held: &Held) -> ConnLine {
     }
 }
 
+fn disposition_word(d: Disposition) -> &'static str {
+    match d {
+        Disposition::Handled => "handled",
+        Disposition::Ignored => "ignored",
+        Disposition::Blocked => "blocked",
+        Disposition::Default => "not handled (default action)",
+    }
+}
+
 fn render(r: &CheckReport) -> String {
     let verdict = if r.graceful_stop_possible {
-        "a graceful stop is possible: SIGTERM is handled"
+        format!("a graceful stop is possible: {} is handled", r.signal)
     } else {
-        "a graceful stop is NOT possible"
+        "a graceful stop is NOT possible".to_string()
     };
     let mut out = format!("drainwatch check: {} ({}): {verdict}\n", r.comm, r.pid);
     for reason in &r.reasons {
         out.push_str(&format!("  x {reason}\n"));
+    }
+    out.push_str(&format!(
+        "tree: {} process{}; stop sends {} to the ones marked *\n",
+        r.processes.len(),
+        if r.processes.len() == 1 { "" } else { "es" },
+        r.signal
+    ));
+    for p in &r.processes {
+        out.push_str(&format!(
+            "  {} {} ({}){}{}\n",
+            if p.signalled { "*" } else { " " },
+            p.comm,
+            p.pid,
+            p.parent_pid
+                .map(|parent| format!(", child of {parent}"))
+                .unwrap_or_default(),
+            p.disposition
+                .map(|d| format!(": {} {}", r.signal, disposition_word(d)))
+                .unwrap_or_default()
+        ));
+    }
+    if r.unwatched.is_empty() {
+        out.push_str("a stop would leave nothing of it unwatched\n");
+    } else {
+        out.push_str("a stop would leave these unwatched:\n");
+        for u in &r.unwatched {
+            out.push_str(&format!("  ! {} ({}): {}\n", u.comm, u.pid, u.why));
+        }
     }
     out.push_str(&format!(
         "now: {} listening, {} client, {} database ({} queries waiting), {} upstream connections\n",
@@ -159,7 +390,8 @@ fn render(r: &CheckReport) -> String {
     ));
     for c in &r.connections {
         out.push_str(&format!(
-            "  fd {:<4} {:<9} {} -> {}{}\n",
+            "  pid {:<7} fd {:<4} {:<9} {} -> {}{}\n",
+            c.pid,
             c.fd,
             c.role.as_str(),
             c.local,
@@ -189,14 +421,34 @@ mod tests {
     #[test]
     fn reads_the_sigterm_bit() {
         // SIGTERM is signal 15: bit 14, 0x4000.
+        let term = libc::SIGTERM;
         let handled = status("0000000000004000", "0", "0");
-        assert_eq!(sigterm_disposition(&handled), Some(Disposition::Handled));
+        assert_eq!(
+            signal_disposition(&handled, term),
+            Some(Disposition::Handled)
+        );
         let default = status("0000000000000002", "0", "0");
-        assert_eq!(sigterm_disposition(&default), Some(Disposition::Default));
+        assert_eq!(
+            signal_disposition(&default, term),
+            Some(Disposition::Default)
+        );
         let ignored = status("0", "0000000000004000", "0");
-        assert_eq!(sigterm_disposition(&ignored), Some(Disposition::Ignored));
+        assert_eq!(
+            signal_disposition(&ignored, term),
+            Some(Disposition::Ignored)
+        );
         let blocked = status("0000000000004000", "0", "0000000000004000");
-        assert_eq!(sigterm_disposition(&blocked), Some(Disposition::Blocked));
-        assert_eq!(sigterm_disposition("Name:\tx\n"), None);
+        assert_eq!(
+            signal_disposition(&blocked, term),
+            Some(Disposition::Blocked)
+        );
+        assert_eq!(signal_disposition("Name:\tx\n", term), None);
+        // nginx 1.22's master (Debian nginx-light), read from /proc: it catches QUIT
+        // (signal 3, bit 2: 0x4) and TERM (0x4000), and ignores SIGPIPE.
+        let nginx = status("0000000018016a07", "0000000040001000", "0");
+        assert_eq!(
+            signal_disposition(&nginx, libc::SIGQUIT),
+            Some(Disposition::Handled)
+        );
     }
 }

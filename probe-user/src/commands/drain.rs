@@ -16,12 +16,13 @@ use serde::Serialize;
 use crate::{
     events::signals,
     host::procfs,
+    host::targets::Selection,
     model::report::{DrainReport, Mode, Report, Verdict},
     model::state::AuditState,
     output::publish::write_report,
     output::summary,
     session::Session,
-    settings::{AuditTargets, Common, StopSettings, WaitSettings},
+    settings::{Common, StopSettings, WaitSettings},
     verdict::{
         self,
         outcome::{drain_exit_code, EndedBy, EXIT_TIMEOUT},
@@ -143,7 +144,7 @@ fn drain_report(session: &Session, mode: Mode, drain: DrainReport, timed_out: bo
 /// `drainwatch wait`: blocks until drained or exited; sends nothing.
 pub async fn wait(settings: &WaitSettings) -> Result<u8> {
     let quiet = settings.common.quiet;
-    let mut session = Session::attach(&AuditTargets::Pids(vec![settings.pid]), &settings.common)?;
+    let mut session = Session::attach(&settings.targets, &settings.common)?;
     eprintln!(
         "drainwatch: attached to {}; waiting until drained (quiet {}ms) or exited, at most {:.0}s",
         session.target_names(),
@@ -231,17 +232,32 @@ impl PidFd {
 /// `drainwatch stop`: signal, follow the drain, wait for the exit.
 pub async fn stop(settings: &StopSettings) -> Result<u8> {
     let quiet = settings.common.quiet;
-    // The pidfd first: from here on the signal can only reach this very process.
-    let pidfd = PidFd::open(settings.pid)?;
-    let mut session = Session::attach(&AuditTargets::Pids(vec![settings.pid]), &settings.common)?;
+    // The pidfds first: from here on the signal can only reach these very processes.
+    let set = &settings.targets;
+    let selection = Selection::resolve(&set.pids, &set.comms, &set.cgroups)?;
+    let pidfds = selection
+        .to_signal(&selection.tree())
+        .into_iter()
+        .filter_map(|pid| match PidFd::open(pid) {
+            Ok(fd) => Some(Ok((pid, fd))),
+            // A matched process that exited meanwhile is not signalled; a named one is an error.
+            Err(_) if !set.pids.contains(&pid) => None,
+            Err(err) => Some(Err(err)),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut session = Session::attach(set, &settings.common)?;
     let signal_name = signals::name(settings.signal);
+    let signalled: Vec<String> = pidfds.iter().map(|(pid, _)| pid.to_string()).collect();
     eprintln!(
-        "drainwatch: attached to {}; sending {signal_name}, then following the drain for at most {:.0}s",
+        "drainwatch: attached to {}; sending {signal_name} to {}, then following the drain for at most {:.0}s",
         session.target_names(),
+        signalled.join(", "),
         settings.timeout.as_secs_f64()
     );
     let signal_ns = procfs::monotonic_now().as_nanos() as u64;
-    pidfd.signal(settings.signal);
+    for (_, pidfd) in &pidfds {
+        pidfd.signal(settings.signal);
+    }
     let signal_at_ms = session.state.ms_since_attach(signal_ns);
     let mut shower = Shower::new(&settings.common, settings.timeout);
     let mut drained_at_ns: Option<u64> = None;
@@ -272,7 +288,13 @@ pub async fn stop(settings: &StopSettings) -> Result<u8> {
                 "drainwatch: timeout with {}: sending SIGKILL (--kill-after)",
                 describe_in_flight(&p)
             );
-            pidfd.signal(libc::SIGKILL);
+            // Every target, not only the signalled ones: a worker left behind would keep
+            // the port and the requests.
+            for tgid in session.state.running_targets() {
+                if let Ok(pidfd) = PidFd::open(tgid) {
+                    pidfd.signal(libc::SIGKILL);
+                }
+            }
             let grace = tokio::time::Instant::now() + KILL_GRACE;
             ended = session
                 .follow(DRAIN_TICK, Some(grace), |_| false, |_| {})

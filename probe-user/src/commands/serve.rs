@@ -26,7 +26,7 @@ use crate::{
     cli::ServeArgs,
     output::metrics::{self, Exporter},
     session::Session,
-    settings::{parse_comm, validate_pids, AuditTargets, Common, TargetSet},
+    settings::{Common, TargetSet},
     verdict::outcome::EndedBy,
     Error, Result,
 };
@@ -46,7 +46,7 @@ const MAX_CONNECTIONS: usize = 32;
 #[derive(Debug)]
 pub struct ServeSettings {
     pub common: Common,
-    pub targets: AuditTargets,
+    pub targets: TargetSet,
     /// Process names given with `--comm` (serve then ends only on a signal).
     pub comms: Vec<String>,
     pub listen: SocketAddr,
@@ -56,32 +56,13 @@ impl ServeSettings {
     pub fn from_args(args: &ServeArgs) -> Result<Self> {
         let common = Common::from_args(&args.shared)?;
         let listen = parse_listen(&args.listen)?;
-        if args.pid.is_empty() && args.comm.is_empty() {
-            return Err(Error::InvalidValue {
-                what: "targets",
-                value: "none".into(),
-                hint: "name what to export metrics about: --pid PID or --comm NAME",
-            });
-        }
-        let comms = args
-            .comm
-            .iter()
-            .map(|c| parse_comm(c))
-            .collect::<Result<Vec<_>>>()?;
-        let pids = if args.pid.is_empty() {
-            Vec::new()
-        } else {
-            validate_pids(&args.pid)?
-        };
-        let targets = if comms.is_empty() {
-            AuditTargets::Pids(pids)
-        } else {
-            AuditTargets::Set(TargetSet {
-                pids,
-                comms: comms.clone(),
-                launch: None,
-            })
-        };
+        let mut targets = TargetSet::from_args(
+            &args.targets,
+            "name what to export metrics about: --pid PID, --comm NAME, --unit NAME.service or \
+             --cgroup PATH",
+        )?;
+        targets.await_comms = true;
+        let comms = targets.comms.clone();
         Ok(Self {
             common,
             targets,

@@ -7,14 +7,8 @@ use std::{io::Write, time::Duration};
 use serde::Serialize;
 
 use crate::{
-    events::Protocol,
-    events::Role,
-    model::conns::InFlight,
-    model::state::SignalSeen,
-    output::summary::protocol_name,
-    session::Session,
-    settings::{AuditTargets, WatchSettings},
-    Result,
+    events::Protocol, events::Role, model::conns::InFlight, model::state::SignalSeen,
+    output::summary::protocol_name, session::Session, settings::WatchSettings, Result,
 };
 
 /// How often the view is redrawn on a terminal, and how often a JSON line is printed.
@@ -169,8 +163,7 @@ fn stdout_is_tty() -> bool {
 
 /// Runs until Ctrl-C or the target exits. Exit code 0.
 pub async fn run(settings: &WatchSettings) -> Result<u8> {
-    let targets = AuditTargets::Pids(vec![settings.pid]);
-    let mut session = Session::attach(&targets, &settings.common)?;
+    let mut session = Session::attach(&settings.targets, &settings.common)?;
     let json = settings.common.json || !stdout_is_tty();
     eprintln!(
         "drainwatch: attached to {}; watching until it exits or Ctrl-C",

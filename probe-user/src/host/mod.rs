@@ -1,6 +1,7 @@
 //! What the host tells, outside the probe: /proc ([`procfs`]: small reads; [`netstat`]: a
 //! process's TCP sockets), the kernel's sock_diag ([`tcpinfo`]: when each socket last sent and
-//! received), and starting a command held until it is a target ([`launch`]).
+//! received), starting a command held until it is a target ([`launch`]), and which processes
+//! the `--pid`/`--comm`/`--unit`/`--cgroup` selectors and their trees are ([`targets`]).
 //!
 //! Owns reads of /proc and netlink, and fork/exec. May use: the crate's errors only. A process
 //! that is gone is an answer (`None`), not an error.
@@ -8,4 +9,5 @@
 pub mod launch;
 pub mod netstat;
 pub mod procfs;
+pub mod targets;
 pub mod tcpinfo;

@@ -86,6 +86,12 @@ pub fn pids_with_comm(names: &[String]) -> Vec<u32> {
         .collect()
 }
 
+/// The executable's file name, from the /proc/PID/exe link.
+pub fn exe_name(pid: u32) -> Option<String> {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    Some(exe.file_name()?.to_str()?.to_string())
+}
+
 /// CLOCK_MONOTONIC now, the clock of `bpf_ktime_get_ns()`.
 pub fn monotonic_now() -> Duration {
     let mut ts = libc::timespec {

@@ -23,7 +23,10 @@ pub enum Origin {
     Launched,
     /// Forked by a target after attach.
     Forked { parent: u32 },
-    /// Started under a name given with `--comm` during the audit.
+    /// A descendant of a selected process that already existed at attach (a pre-fork worker).
+    Tree { parent: u32 },
+    /// Started under a name given with `--comm` during the audit, or joined a `--unit` or
+    /// `--cgroup` of an audit or serve.
     Matched,
 }
 
@@ -352,7 +355,7 @@ impl AuditState {
                 pid: t.tgid,
                 comm: t.comm.clone(),
                 parent_pid: match t.origin {
-                    Origin::Forked { parent } => Some(parent),
+                    Origin::Forked { parent } | Origin::Tree { parent } => Some(parent),
                     Origin::Named | Origin::Launched | Origin::Matched => None,
                 },
                 exit: t.exit.clone(),

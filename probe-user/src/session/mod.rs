@@ -19,42 +19,90 @@ use crate::{
     host::launch,
     host::netstat,
     host::procfs,
+    host::targets::{self, Selected, Selection},
     kernel::features::Features,
     kernel::probe::{self, Probe, ProbeOptions},
     kernel::tracefs,
     model::state::{AuditState, Origin},
     output::doctor,
-    settings::{AuditTargets, Common},
+    settings::{Common, TargetSet},
     verdict::outcome::EndedBy,
     Error, Result,
 };
 
-/// Adds the named pids (and their current threads) to the probe and the state.
-fn attach_pids(
+/// Adds a process (and its current threads) to the probe and the state, with the connections
+/// it holds now. `Ok(false)` when it has already ended.
+fn attach_process(
     probe: &mut Probe,
     state: &mut AuditState,
-    pids: &[u32],
+    tgid: u32,
+    origin: Origin,
+    common: &Common,
+) -> Result<bool> {
+    probe.add_target(tgid, tgid)?;
+    for pid in procfs::threads(tgid) {
+        probe.add_target(pid, tgid)?;
+        state.add_thread(pid, tgid);
+    }
+    // Checked after the insert: a process that exited in between would otherwise be
+    // audited forever, its exit never seen. A zombie has exited too (its parent has not
+    // reaped it yet): its exit tracepoint fired before the insert.
+    let comm =
+        procfs::comm(tgid).filter(|_| procfs::process_exists(tgid) && !procfs::has_ended(tgid));
+    let Some(comm) = comm else {
+        return Ok(false);
+    };
+    if procfs::is_32bit(tgid) {
+        return Err(Error::Compat32(tgid));
+    }
+    state.add_target(tgid, comm, origin);
+    existing::attach(probe, state, tgid, common)?;
+    Ok(true)
+}
+
+/// Resolves the selectors now; refuses one that matched nothing. A cgroup is read once, at
+/// attach; a name may still match an exec during an audit or serve.
+fn check_selection(set: &TargetSet) -> Result<Selection> {
+    let selection = Selection::resolve(&set.pids, &set.comms, &set.cgroups)?;
+    let unmatched: Vec<String> = selection
+        .unmatched(&set.comms, &set.cgroups)
+        .into_iter()
+        .filter(|s| !(set.await_comms && s.starts_with("--comm ")))
+        .collect();
+    if !unmatched.is_empty() {
+        return Err(Error::NothingMatched(unmatched));
+    }
+    Ok(selection)
+}
+
+/// Makes the selected processes targets, then their descendants that exist now. The tree
+/// is read again until it holds still: a child forked by a descendant before that one was in
+/// the kernel's map is seen by the next pass; forks after it are followed in the kernel.
+fn attach_tree(
+    probe: &mut Probe,
+    state: &mut AuditState,
+    selection: &Selection,
     common: &Common,
 ) -> Result<()> {
-    for &tgid in pids {
-        probe.add_target(tgid, tgid)?;
-        for pid in procfs::threads(tgid) {
-            probe.add_target(pid, tgid)?;
-            state.add_thread(pid, tgid);
+    for (tgid, why) in &selection.members {
+        let attached = attach_process(probe, state, *tgid, Origin::Named, common)?;
+        if !attached && *why == Selected::Pid {
+            return Err(Error::NoSuchProcess(*tgid));
         }
-        // Checked after the insert: a process that exited in between would otherwise be
-        // audited forever, its exit never seen. A zombie has exited too (its parent has not
-        // reaped it yet): its exit tracepoint fired before the insert.
-        let comm =
-            procfs::comm(tgid).filter(|_| procfs::process_exists(tgid) && !procfs::has_ended(tgid));
-        let Some(comm) = comm else {
-            return Err(Error::NoSuchProcess(tgid));
-        };
-        if procfs::is_32bit(tgid) {
-            return Err(Error::Compat32(tgid));
+    }
+    const PASSES: usize = 8;
+    for _ in 0..PASSES {
+        let running = state.running_targets();
+        let new: Vec<(u32, u32)> = targets::descendants(&running)
+            .into_iter()
+            .filter(|(child, _)| !running.contains(child))
+            .collect();
+        if new.is_empty() {
+            break;
         }
-        state.add_target(tgid, comm, Origin::Named);
-        existing::attach(probe, state, tgid, common)?;
+        for (child, parent) in new {
+            attach_process(probe, state, child, Origin::Tree { parent }, common)?;
+        }
     }
     Ok(())
 }
@@ -255,9 +303,26 @@ pub struct Session {
     reader: Reader,
     /// The pid of a command launched with `-- CMD`.
     pub launched: Option<u32>,
+    /// The `--comm` names, to tell at the end which matched nothing.
+    comms: Vec<String>,
+    /// audit and serve: the `--unit`/`--cgroup` cgroups, read again while the run lasts.
+    cgroup_watch: Option<CgroupWatch>,
     end: EndWhen,
     interrupt: tokio::signal::unix::Signal,
     terminate: tokio::signal::unix::Signal,
+}
+
+/// How often an audit or serve reads its cgroups again.
+const CGROUP_READ_EVERY: Duration = Duration::from_millis(250);
+
+/// The cgroups of an audit or serve. A process that systemd starts into a unit after attach
+/// (a restart's new main process, an `ExecReload=` helper) is no child of a target: the
+/// kernel's fork following cannot see it join, so cgroup.procs is read again every
+/// [`CGROUP_READ_EVERY`]. A process that joins and leaves between two reads is missed.
+struct CgroupWatch {
+    cgroups: Vec<targets::CgroupSelector>,
+    common: Common,
+    read_at: std::time::Instant,
 }
 
 /// When [`Session::follow`] ends by itself.
@@ -273,7 +338,7 @@ impl Session {
     /// Mounts tracefs if needed, loads the probe, and makes the targets targets. Programs are
     /// attached before any target is added: from the moment a pid is in the map, every event
     /// about it is seen.
-    pub fn attach(targets: &AuditTargets, common: &Common) -> Result<Self> {
+    pub fn attach(set: &TargetSet, common: &Common) -> Result<Self> {
         // Ctrl-C and SIGTERM are caught from here on, before anything is attached or
         // announced: one that arrives while attaching ends the run with a partial report
         // at the first turn of the loop, instead of killing drainwatch mid-way.
@@ -281,6 +346,9 @@ impl Session {
             .map_err(|e| Error::Load(format!("cannot handle SIGINT: {e}")))?;
         let terminate = tokio::signal::unix::signal(SignalKind::terminate())
             .map_err(|e| Error::Load(format!("cannot handle SIGTERM: {e}")))?;
+        // A selector that refuses or matches nothing costs one line before anything is
+        // loaded; it is resolved again once the probe runs, which is the one that counts.
+        check_selection(set)?;
         // Privileges first: without them tracefs cannot be read or mounted either, and the
         // fix to tell is "run as root".
         probe::check_privileges()?;
@@ -298,19 +366,19 @@ impl Session {
         let attach_time = procfs::monotonic_now();
         let mut state =
             AuditState::new(attach_time.as_nanos() as u64, std::process::id()).with_sockets();
-        let set = targets.to_set();
         // Names first: a process that execs under one from now on is caught in the kernel;
-        // then the ones running now, from /proc.
+        // then the ones running now, from /proc and cgroupfs.
         for comm in &set.comms {
             probe.add_comm(comm)?;
         }
-        let mut pids = set.pids.clone();
-        for tgid in procfs::pids_with_comm(&set.comms) {
-            if !pids.contains(&tgid) && tgid != std::process::id() {
-                pids.push(tgid);
-            }
+        let selection = check_selection(set)?;
+        attach_tree(&mut probe, &mut state, &selection, common)?;
+        if state.targets().next().is_none() && set.launch.is_none() && !set.await_comms {
+            // What matched has exited since: there is nothing to wait for or stop.
+            return Err(Error::NothingMatched(
+                selection.labels(&set.comms, &set.cgroups),
+            ));
         }
-        attach_pids(&mut probe, &mut state, &pids, common)?;
         let mut launched = None;
         if let Some(command) = &set.launch {
             let held = launch::spawn_held(command)?;
@@ -321,10 +389,13 @@ impl Session {
         // When the audit window closes by itself: with a launched command, when it exits
         // (e.g. a restart script); with names, never (new processes may still come: only
         // --duration or Ctrl-C end it); else when every target has exited.
-        let end = match (launched, set.comms.is_empty()) {
+        // A name or a cgroup of an audit or serve may take in new processes: such a run
+        // ends at --duration or Ctrl-C, not when the current ones have exited.
+        let awaits = set.await_comms && !(set.comms.is_empty() && set.cgroups.is_empty());
+        let end = match (launched, awaits) {
             (Some(pid), _) => EndWhen::Exited(pid),
-            (None, false) => EndWhen::Never,
-            (None, true) => EndWhen::AllExited,
+            (None, true) => EndWhen::Never,
+            (None, false) => EndWhen::AllExited,
         };
         for failure in probe.failures() {
             eprintln!("drainwatch: warning: probe {failure}: the verdict will be incomplete");
@@ -340,6 +411,12 @@ impl Session {
                 printed_targets: Vec::new(),
             },
             launched,
+            comms: set.comms.clone(),
+            cgroup_watch: (set.await_comms && !set.cgroups.is_empty()).then(|| CgroupWatch {
+                cgroups: set.cgroups.clone(),
+                common: common.clone(),
+                read_at: std::time::Instant::now(),
+            }),
             end,
             interrupt,
             terminate,
@@ -364,6 +441,36 @@ impl Session {
         }
     }
 
+    /// Makes targets of the processes that joined a watched cgroup since the last read.
+    fn join_cgroups(&mut self) {
+        let Session {
+            probe,
+            state,
+            cgroup_watch: Some(watch),
+            ..
+        } = self
+        else {
+            return;
+        };
+        if watch.read_at.elapsed() < CGROUP_READ_EVERY {
+            return;
+        }
+        watch.read_at = std::time::Instant::now();
+        let known: std::collections::BTreeSet<u32> = state.targets().map(|t| t.tgid).collect();
+        let own = std::process::id();
+        for cgroup in &watch.cgroups {
+            for tgid in targets::cgroup_procs(&cgroup.dir) {
+                if known.contains(&tgid) || tgid == own || targets::refusal(tgid).is_some() {
+                    continue;
+                }
+                if let Err(err) = attach_process(probe, state, tgid, Origin::Matched, &watch.common)
+                {
+                    log::warn!("{tgid} joined {}: not watched: {err}", cgroup.label);
+                }
+            }
+        }
+    }
+
     /// Whether the targets this session waits for have exited.
     pub fn targets_done(&self) -> bool {
         match self.end {
@@ -371,6 +478,16 @@ impl Session {
             EndWhen::Exited(pid) => self.state.has_exited(pid),
             EndWhen::Never => false,
         }
+    }
+
+    /// The `--comm` names that no target ever had (DESIGN.md: a selector that matched no
+    /// process during the whole window is an error, not a clean run).
+    pub fn unmatched_comms(&self) -> Vec<String> {
+        self.comms
+            .iter()
+            .filter(|name| !self.state.targets().any(|t| &t.comm == *name))
+            .map(|name| format!("--comm {name}"))
+            .collect()
     }
 
     pub fn end_when(&self) -> EndWhen {
@@ -437,6 +554,7 @@ impl Session {
                 _ = ticker.tick() => {
                     self.drain();
                     self.notice_unseen_exits();
+                    self.join_cgroups();
                     if last_tick.is_none_or(|at| at.elapsed() >= tick) {
                         last_tick = Some(std::time::Instant::now());
                         on_tick(self);

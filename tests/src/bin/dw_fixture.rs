@@ -4,6 +4,17 @@
 //! - `dw-fixture server [--fork-child] [--no-term-handler]`: a TCP echo server on loopback.
 //!   Prints `ready pid=PID port=PORT child=CHILD` once it listens. SIGTERM makes it (and its
 //!   child) exit 0, unless `--no-term-handler`, where SIGTERM kills it as the default action.
+//! - `dw-fixture server --workers N [--reply-after-ms MS] [--gate FILE]`: a pre-fork echo
+//!   server, the shape of nginx or gunicorn: the master listens, forks N workers that accept
+//!   on its socket (one connection at a time each) and echo every read once FILE exists and
+//!   MS ms have passed, then waits. Prints
+//!   `ready pid=MASTER port=PORT child=0 workers=W1,W2`. SIGTERM to the master is passed on to
+//!   the workers, which finish the echo in hand, close and exit 0; the master exits 0 after
+//!   them. Workers die with the master (PR_SET_PDEATHSIG).
+//! - `dw-fixture slow-http --delay-ms MS [--gate FILE]`: an HTTP/1.x upstream on loopback that
+//!   answers every request `200 slow` once FILE exists and MS ms have passed, and closes
+//!   (Connection: close). The gate lets a test decide when requests end, at any machine speed. Prints `ready pid=PID
+//!   port=PORT child=0` once it listens, then `request` once it has read each request.
 //! - `dw-fixture signal SIGNUM PID [--linger-ms N]`: sends a signal with kill(2), then stays
 //!   alive N ms (default 300) so that its command line can still be read.
 //! - `dw-fixture exit CODE [--after-ms N]`: exits with CODE.
@@ -38,13 +49,154 @@ fn flag_value(args: &[String], flag: &str) -> Option<u64> {
     args.get(at + 1)?.parse().ok()
 }
 
+/// `--gate FILE`: the file whose creation releases held replies.
+fn gate_of(args: &[String]) -> Option<std::path::PathBuf> {
+    let at = args.iter().position(|a| a == "--gate")?;
+    args.get(at + 1).map(Into::into)
+}
+
+fn wait_for_gate(gate: Option<&std::path::Path>) {
+    while gate.is_some_and(|g| !g.exists()) {
+        thread::sleep(Duration::from_millis(2));
+    }
+}
+
 fn wait_for_term() {
     while !TERM.load(Ordering::SeqCst) {
         thread::sleep(Duration::from_millis(5));
     }
 }
 
+/// A pre-fork worker: accepts on the inherited listener and echoes, one connection at a time;
+/// on SIGTERM it finishes the echo in hand and exits.
+fn prefork_worker(
+    listener: &TcpListener,
+    reply_after: Duration,
+    gate: Option<std::path::PathBuf>,
+) -> ! {
+    // SAFETY: prctl(2) with plain integers: die with the master, never outlive a test.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    // Non-blocking accept, polled: std retries accept(2) on EINTR, so a blocking one would
+    // not notice SIGTERM.
+    let _ = listener.set_nonblocking(true);
+    while !TERM.load(Ordering::SeqCst) {
+        let mut stream = match listener.accept() {
+            Ok((stream, _)) => stream,
+            Err(_) => {
+                thread::sleep(Duration::from_millis(5));
+                continue;
+            }
+        };
+        let _ = stream.set_nonblocking(false);
+        let _ = stream.set_read_timeout(Some(Duration::from_millis(20)));
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    wait_for_gate(gate.as_deref());
+                    thread::sleep(reply_after);
+                    if stream.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                Err(_) if TERM.load(Ordering::SeqCst) => break,
+                Err(_) => continue,
+            }
+        }
+    }
+    // SAFETY: _exit skips the master's atexit handlers and stdio buffers.
+    unsafe { libc::_exit(0) }
+}
+
+fn prefork(args: &[String], workers: u64) -> ExitCode {
+    install_term_handler();
+    let reply_after = Duration::from_millis(flag_value(args, "--reply-after-ms").unwrap_or(0));
+    let listener = match TcpListener::bind("127.0.0.1:0") {
+        Ok(listener) => listener,
+        Err(err) => {
+            eprintln!("dw-fixture: cannot listen on loopback: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    let mut pids = Vec::new();
+    for _ in 0..workers {
+        // SAFETY: no thread exists yet; the child only runs prefork_worker.
+        match unsafe { libc::fork() } {
+            0 => prefork_worker(&listener, reply_after, gate_of(args)),
+            pid if pid > 0 => pids.push(pid),
+            _ => {
+                eprintln!(
+                    "dw-fixture: fork failed: {}",
+                    std::io::Error::last_os_error()
+                );
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let list: Vec<String> = pids.iter().map(|p| p.to_string()).collect();
+    println!(
+        "ready pid={} port={port} child=0 workers={}",
+        std::process::id(),
+        list.join(",")
+    );
+    let _ = std::io::stdout().flush();
+    wait_for_term();
+    for &pid in &pids {
+        // SAFETY: plain syscalls on our own children.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+    for &pid in &pids {
+        // SAFETY: as above.
+        unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+    }
+    ExitCode::SUCCESS
+}
+
+/// The slow HTTP upstream: reads a request head, waits, answers and closes.
+fn slow_http(args: &[String]) -> ExitCode {
+    let delay = Duration::from_millis(flag_value(args, "--delay-ms").unwrap_or(1000));
+    let gate = gate_of(args);
+    let listener = match TcpListener::bind("127.0.0.1:0") {
+        Ok(listener) => listener,
+        Err(err) => {
+            eprintln!("dw-fixture: cannot listen on loopback: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    println!("ready pid={} port={port} child=0", std::process::id());
+    let _ = std::io::stdout().flush();
+    for stream in listener.incoming().flatten() {
+        let gate = gate.clone();
+        thread::spawn(move || {
+            let mut stream = stream;
+            let mut head = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            println!("request");
+            let _ = std::io::stdout().flush();
+            wait_for_gate(gate.as_deref());
+            thread::sleep(delay);
+            let _ = stream.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\
+                  Connection: close\r\n\r\nslow\n",
+            );
+        });
+    }
+    ExitCode::SUCCESS
+}
+
 fn serve(args: &[String]) -> ExitCode {
+    if let Some(workers) = flag_value(args, "--workers") {
+        return prefork(args, workers);
+    }
     let handle_term = !args.iter().any(|a| a == "--no-term-handler");
     if handle_term {
         install_term_handler();
@@ -150,8 +302,11 @@ fn main() -> ExitCode {
         Some("server") => serve(&args[1..]),
         Some("signal") => send_signal(&args[1..]),
         Some("exit") => exit_with(&args[1..]),
+        Some("slow-http") => slow_http(&args[1..]),
         _ => {
-            eprintln!("usage: dw-fixture server|signal|exit ... (see the source's header)");
+            eprintln!(
+                "usage: dw-fixture server|signal|exit|slow-http ... (see the source's header)"
+            );
             ExitCode::from(2)
         }
     }
