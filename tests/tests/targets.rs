@@ -490,3 +490,35 @@ fn an_audit_of_a_unit_takes_in_a_process_that_joins_it_later() {
         .unwrap_or_else(|| panic!("{second_pid} joined the unit and is a target: {report:#}"));
     assert_eq!(joined["exit"]["code"], 3, "{report:#}");
 }
+
+/// `watch` on the master shows the whole tree and the requests in flight in its workers.
+#[test]
+fn watch_on_the_nginx_master_shows_its_workers_and_their_requests() {
+    require_root();
+    let dir = TempDir::new("nginx-watch");
+    let gate = Gate::new(&dir, "answers");
+    let upstream = SlowUpstream::start(0, Some(&gate));
+    let nginx = Nginx::start(upstream.port, 2);
+    let pending = three_in_flight(&nginx, &upstream);
+    let master = nginx.master.to_string();
+    let mut watch = Drainwatch::attach(&["watch", "--pid", &master, "--json"]);
+    let frames = watch.stdout_lines();
+    let frame: Value = serde_json::from_str(&frames.recv_timeout(PATIENCE).expect("a frame"))
+        .expect("a JSON frame");
+    gate.open();
+    for p in pending {
+        p.reply();
+    }
+    watch.signal(libc::SIGINT);
+    let _ = watch.finish();
+    let mut pids: Vec<u64> = frame["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["pid"].as_u64())
+        .collect();
+    pids.sort_unstable();
+    assert_eq!(pids, tree_of(&nginx), "{frame:#}");
+    assert_eq!(frame["requests_in_flight"], 3, "{frame:#}");
+    assert_eq!(frame["connections"]["client"], 3, "{frame:#}");
+}
