@@ -313,7 +313,13 @@ pub fn run(kernel: &Kernel, script: &Path, timeout: Duration, prefix: &str) -> R
     let unpacked = prepare(kernel)?;
     let started = Instant::now();
     let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-accel", "tcg,thread=multi", "-cpu", "max", "-m", "3072"])
+    // One host thread for both vCPUs (thread=single): with multi-threaded TCG a 6.12 guest
+    // once died of an int3 Oops right after drainwatch attached. Attaching flips static
+    // keys, which the kernel patches with text_poke_bp (an int3 first, other CPUs synced
+    // by IPI); multi-threaded TCG can run a stale translated block holding that int3 on the
+    // other vCPU after the handler is gone. Single-threaded TCG has no such window; two
+    // vCPUs keep the guest's concurrency real.
+    cmd.args(["-accel", "tcg,thread=single", "-cpu", "max", "-m", "3072"])
         .args(["-smp", "2", "-M", "q35", "-nographic", "-no-reboot"])
         .args(["-serial", "stdio", "-monitor", "none", "-net", "none"])
         .arg("-kernel")
