@@ -334,6 +334,8 @@ pub struct ConnCloseEvent {
     pub proto: u8,
     pub request_in_flight: u8,
     pub _pad: [u8; 5],
+    /// When the request in flight started (`bpf_ktime_get_ns`), 0 if none or unknown.
+    pub request_since_ns: u64,
 }
 
 pub const DIR_RECV: u8 = 0;
@@ -534,7 +536,7 @@ const _: () = assert!(core::mem::size_of::<ConnState>() == 24);
 const _: () = assert!(core::mem::size_of::<SockAddr>() == 20);
 const _: () = assert!(core::mem::size_of::<Pending>() == 48);
 const _: () = assert!(core::mem::size_of::<ConnOpenEvent>() == 16 + 16 + 20 + 4);
-const _: () = assert!(core::mem::size_of::<ConnCloseEvent>() == 16 + 16);
+const _: () = assert!(core::mem::size_of::<ConnCloseEvent>() == 16 + 24);
 const _: () = assert!(core::mem::size_of::<RequestCounters>() == 32);
 const _: () =
     assert!(core::mem::size_of::<latency::LatencyHistogram>() == 8 * latency::LATENCY_SLOTS);

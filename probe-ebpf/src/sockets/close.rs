@@ -80,5 +80,6 @@ fn emit_close(tgid: u32, fd: u32, state: &ConnState) {
         proto: state.proto,
         request_in_flight: state.request_in_flight,
         _pad: [0; 5],
+        request_since_ns: state.request_since_ns,
     });
 }

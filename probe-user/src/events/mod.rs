@@ -127,6 +127,10 @@ pub struct ConnClose {
     pub ktime_ns: u64,
     pub tgid: u32,
     pub fd: u32,
+    /// A client connection closed by the target with a request in flight: when that request
+    /// started (ktime ns; 0 when it was already in flight at attach). `None`: nothing was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_since_ns: Option<u64>,
 }
 
 /// Client requests as counted in the kernel (`probe_common::RequestCounters`), read with
@@ -347,6 +351,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 ktime_ns: e.header.ktime_ns,
                 tgid: e.tgid,
                 fd: e.fd,
+                request_since_ns: (e.request_in_flight != 0).then_some(e.request_since_ns),
             })
         }
         EventKind::DbIo => {

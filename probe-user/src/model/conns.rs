@@ -12,7 +12,8 @@ use crate::{
     model::protocol::{self, DbConn, Txn},
     model::report::{
         ClosedBy, ConnectionCounts, InflightAtExit, LatencySummary, LeakedDbConnection,
-        OpenTransaction, Percentiles, Violation,
+        OpenTransaction, Percentiles, RequestDropped, RollbackHow, TransactionRolledBack,
+        Unverified, Violation,
     },
 };
 
@@ -42,8 +43,47 @@ impl Conn {
         self.db.as_ref().map(DbConn::txn).unwrap_or(Txn::Unknown)
     }
 
+    /// A transaction is open. After the goodbye it is not: the database rolls it back as it
+    /// ends the session (reported then, as `transaction_rolled_back`).
     pub fn txn_open(&self) -> bool {
-        matches!(self.txn(), Txn::Open | Txn::Failed)
+        !self.goodbye_sent() && matches!(self.txn(), Txn::Open | Txn::Failed)
+    }
+
+    pub fn goodbye_sent(&self) -> bool {
+        self.db.as_ref().is_some_and(DbConn::goodbye_sent)
+    }
+
+    /// The conversation is encrypted and drainwatch cannot read it (DESIGN.md, "encrypted
+    /// conversation").
+    pub fn encrypted(&self) -> bool {
+        self.db.as_ref().is_some_and(DbConn::encrypted)
+    }
+
+    fn unverified(&self) -> Unverified {
+        Unverified {
+            pid: self.tgid,
+            fd: self.fd,
+            peer: self.peer_text(),
+            why: "tls-not-decrypted",
+        }
+    }
+
+    fn rolled_back(&self, at_ms: u64, ktime_ns: u64, how: RollbackHow) -> Violation {
+        Violation::TransactionRolledBack(TransactionRolledBack {
+            pid: self.tgid,
+            at_ms,
+            fd: self.fd,
+            peer: self.peer_text(),
+            protocol: self.protocol,
+            age_ms: self.txn_age_ms(ktime_ns),
+            how,
+        })
+    }
+
+    fn txn_age_ms(&self, ktime_ns: u64) -> u64 {
+        self.txn_since
+            .map(|since| ktime_ns.saturating_sub(since) / 1_000_000)
+            .unwrap_or(0)
     }
 
     pub fn peer_text(&self) -> Option<String> {
@@ -99,6 +139,8 @@ pub struct ConnTracker {
     counts: ConnectionCounts,
     requests: Histogram<u64>,
     queries: Histogram<u64>,
+    /// Encrypted database connections that ended: what happened in them is unknown.
+    unverified: Vec<Unverified>,
 }
 
 impl std::fmt::Debug for ConnTracker {
@@ -120,6 +162,7 @@ impl Default for ConnTracker {
             counts: ConnectionCounts::default(),
             requests: histogram(),
             queries: histogram(),
+            unverified: Vec::new(),
         }
     }
 }
@@ -135,6 +178,11 @@ impl ConnTracker {
 
     fn touch(&mut self, ktime_ns: u64) {
         self.last_activity_ns = self.last_activity_ns.max(ktime_ns);
+    }
+
+    /// Encrypted database connections that closed or were closed by an exit unread.
+    pub fn unverified(&self) -> &[Unverified] {
+        &self.unverified
     }
 
     pub fn counts(&self) -> &ConnectionCounts {
@@ -228,21 +276,47 @@ impl ConnTracker {
         });
     }
 
-    /// A close(2): an unclean close of a database connection is a violation.
+    /// A close(2) by the target. Violations, in order: a client request it will never answer
+    /// (`request_dropped`); a database transaction abandoned by the close
+    /// (`transaction_rolled_back`); a database connection closed without the protocol's
+    /// goodbye (`leaked_db_connection`). An encrypted conversation's goodbye cannot be seen:
+    /// its close is `unverified`, not a leak.
     pub fn close(
         &mut self,
         event: &ConnClose,
         at_ms: u64,
         ms: impl Fn(u64) -> u64,
-    ) -> Option<Violation> {
+    ) -> Vec<Violation> {
         self.touch(event.ktime_ns);
-        let conn = self.conns.remove(&(event.tgid, event.fd))?;
+        let Some(conn) = self.conns.remove(&(event.tgid, event.fd)) else {
+            return Vec::new();
+        };
         self.count_close(conn.role);
-        let db = conn.db.as_ref()?;
-        if db.goodbye_sent() {
-            return None;
+        let mut violations = Vec::new();
+        if let (Role::Client, Some(since)) = (conn.role, event.request_since_ns) {
+            violations.push(Violation::RequestDropped(RequestDropped {
+                pid: conn.tgid,
+                at_ms,
+                fd: conn.fd,
+                peer: conn.peer_text(),
+                age_ms: match since {
+                    0 => 0,
+                    since => event.ktime_ns.saturating_sub(since) / 1_000_000,
+                },
+            }));
         }
-        Some(leaked(&conn, at_ms, ClosedBy::UncleanClose, &ms))
+        if conn.role != Role::Db || conn.goodbye_sent() {
+            return violations;
+        }
+        if conn.encrypted() {
+            self.unverified.push(conn.unverified());
+            return violations;
+        }
+        if conn.txn_open() {
+            violations.push(conn.rolled_back(at_ms, event.ktime_ns, RollbackHow::Close));
+        }
+        violations.push(leaked(&conn, at_ms, ClosedBy::UncleanClose, &ms));
+        violations
     }
 
     /// The kernel's request counters: the latest values of each target, and the latencies
@@ -271,7 +345,9 @@ impl ConnTracker {
         counted.started.saturating_sub(counted.ended) + busy.saturating_sub(counted.existing_ended)
     }
 
-    pub fn db_io(&mut self, event: &DbIo) {
+    /// A send or recv on a database connection. A goodbye sent inside an open transaction is
+    /// `transaction_rolled_back` (the database rolls it back as the session ends).
+    pub fn db_io(&mut self, event: &DbIo, at_ms: u64) -> Option<Violation> {
         self.touch(event.ktime_ns);
         let key = (event.tgid, event.fd);
         let upgrade = match self.conns.get(&key) {
@@ -315,8 +391,9 @@ impl ConnTracker {
             );
         }
         let conn = self.conns.get_mut(&key).expect("inserted above");
+        let txn_was_open = conn.txn_open();
         let Some(db) = conn.db.as_mut() else {
-            return;
+            return None;
         };
         let before = db.query_in_flight();
         db.on_io(&protocol::DbIo {
@@ -335,11 +412,15 @@ impl ConnTracker {
             }
             _ => {}
         }
+        let goodbye_in_txn = txn_was_open && conn.goodbye_sent();
+        let violation =
+            goodbye_in_txn.then(|| conn.rolled_back(at_ms, event.ktime_ns, RollbackHow::Goodbye));
         if conn.txn_open() {
             conn.txn_since.get_or_insert(event.ktime_ns);
         } else {
             conn.txn_since = None;
         }
+        violation
     }
 
     /// What is in flight, for one target or all of them.
@@ -391,6 +472,9 @@ impl ConnTracker {
         self.requests_by_target.remove(&tgid);
         self.busy_at_attach.remove(&tgid);
         let request_busy = |c: &Conn| c.role == Role::Client && busy_fds.contains(&c.fd);
+        // An encrypted conversation's rhythm is no proof of a query in flight (a TLS
+        // close_notify or an encrypted Terminate is a send too): unverified instead.
+        let query_busy = |c: &Conn| c.query_in_flight() && !c.encrypted();
         let mut violations = Vec::new();
         for conn in gone.iter().filter(|c| c.txn_open()) {
             violations.push(Violation::OpenTransaction(OpenTransaction {
@@ -399,25 +483,28 @@ impl ConnTracker {
                 fd: conn.fd,
                 peer: conn.peer_text(),
                 protocol: conn.protocol,
-                age_ms: conn
-                    .txn_since
-                    .map(|since| ktime_ns.saturating_sub(since) / 1_000_000)
-                    .unwrap_or(0),
+                age_ms: conn.txn_age_ms(ktime_ns),
             }));
         }
         for conn in gone.iter().filter(|c| c.role == Role::Db) {
-            violations.push(leaked(conn, at_ms, ClosedBy::Exit, &ms));
+            if conn.encrypted() && !conn.goodbye_sent() {
+                self.unverified.push(conn.unverified());
+            } else if !conn.goodbye_sent() {
+                // A goodbye followed by the exit is a clean close: the kernel only closes
+                // what the protocol already ended (node-pg's pool.end() then process.exit()).
+                violations.push(leaked(conn, at_ms, ClosedBy::Exit, &ms));
+            }
         }
         let busy: Vec<&Conn> = gone
             .iter()
-            .filter(|c| request_busy(c) || c.query_in_flight())
+            .filter(|c| request_busy(c) || query_busy(c))
             .collect();
         if !busy.is_empty() {
             violations.push(Violation::InflightAtExit(InflightAtExit {
                 pid: tgid,
                 at_ms,
                 requests: busy.iter().filter(|c| request_busy(c)).count() as u64,
-                queries: busy.iter().filter(|c| c.query_in_flight()).count() as u64,
+                queries: busy.iter().filter(|c| query_busy(c)).count() as u64,
                 connections: busy
                     .iter()
                     .map(|c| c.peer_text().unwrap_or_else(|| format!("fd {}", c.fd)))

@@ -62,6 +62,8 @@ pub enum Violation {
     LeakedDbConnection(LeakedDbConnection),
     OpenTransaction(OpenTransaction),
     InflightAtExit(InflightAtExit),
+    RequestDropped(RequestDropped),
+    TransactionRolledBack(TransactionRolledBack),
 }
 
 impl Violation {
@@ -71,6 +73,8 @@ impl Violation {
             Violation::LeakedDbConnection(v) => v.pid,
             Violation::OpenTransaction(v) => v.pid,
             Violation::InflightAtExit(v) => v.pid,
+            Violation::RequestDropped(v) => v.pid,
+            Violation::TransactionRolledBack(v) => v.pid,
         }
     }
 
@@ -80,6 +84,8 @@ impl Violation {
             Violation::LeakedDbConnection(_) => "leaked_db_connection",
             Violation::OpenTransaction(_) => "open_transaction",
             Violation::InflightAtExit(_) => "inflight_at_exit",
+            Violation::RequestDropped(_) => "request_dropped",
+            Violation::TransactionRolledBack(_) => "transaction_rolled_back",
         }
     }
 }
@@ -126,6 +132,59 @@ pub struct InflightAtExit {
     pub queries: u64,
     /// Peers of the connections with something in flight.
     pub connections: Vec<String>,
+}
+
+/// The target closed a client connection with a request in flight: its client never gets
+/// the answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RequestDropped {
+    pub pid: u32,
+    pub at_ms: u64,
+    pub fd: u32,
+    pub peer: Option<String>,
+    /// Since the request started (0 when it was already in flight at attach: a lower bound).
+    pub age_ms: u64,
+}
+
+/// How a transaction was abandoned: the database rolls it back either way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RollbackHow {
+    /// The client said goodbye (PostgreSQL Terminate, MySQL COM_QUIT, Redis QUIT) inside it.
+    Goodbye,
+    /// The client closed the connection inside it.
+    Close,
+}
+
+/// A database connection said goodbye or closed while a transaction was open: the database
+/// rolls the business operation back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TransactionRolledBack {
+    pub pid: u32,
+    pub at_ms: u64,
+    pub fd: u32,
+    pub peer: Option<String>,
+    pub protocol: Protocol,
+    /// Since the transaction was first seen open.
+    pub age_ms: u64,
+    pub how: RollbackHow,
+}
+
+/// What the report could not see (DESIGN.md, "coverage").
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Coverage {
+    /// Database conversations drainwatch could not read (TLS it cannot decrypt): whatever
+    /// happened in them is unknown, so a verdict that depends on them is `incomplete`.
+    pub unverified: Vec<Unverified>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Unverified {
+    pub pid: u32,
+    pub fd: u32,
+    pub peer: Option<String>,
+    /// `tls-not-decrypted`.
+    pub why: &'static str,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -198,6 +257,9 @@ pub struct Report {
     pub requests: Option<LatencySummary>,
     pub db_queries: Option<LatencySummary>,
     pub events: EventCounts,
+    /// What could not be seen (absent when sockets were not watched).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub coverage: Option<Coverage>,
     /// Probes that failed to attach (the verdict is then `incomplete`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub probe_failures: Vec<String>,

@@ -9,8 +9,8 @@ use crate::{
     events::{Event, Exit, Fork, Protocol, Role, Signal},
     model::conns::ConnTracker,
     model::report::{
-        EventCounts, ExitReport, Mode, Report, SigkillViolation, TargetReport, Verdict, Violation,
-        SCHEMA,
+        Coverage, EventCounts, ExitReport, Mode, Report, SigkillViolation, TargetReport, Verdict,
+        Violation, SCHEMA,
     },
 };
 
@@ -235,9 +235,8 @@ impl AuditState {
                 let attach_ns = self.attach_ns;
                 if let Some(conns) = self.conns.as_mut() {
                     let ms = |ns: u64| ns.saturating_sub(attach_ns) / 1_000_000;
-                    if let Some(violation) = conns.close(close, at_ms, ms) {
-                        self.violations.push(violation);
-                    }
+                    let found = conns.close(close, at_ms, ms);
+                    self.violations.extend(found);
                 }
             }
             Event::Requests(sample) => {
@@ -246,8 +245,11 @@ impl AuditState {
                 }
             }
             Event::DbIo(io) => {
+                let at_ms = self.at_ms(io.ktime_ns);
                 if let Some(conns) = self.conns.as_mut() {
-                    conns.db_io(io);
+                    if let Some(violation) = conns.db_io(io, at_ms) {
+                        self.violations.push(violation);
+                    }
                 }
             }
         }
@@ -341,7 +343,10 @@ impl AuditState {
     /// The report of this run. `lost` counts events the kernel could not deliver (and
     /// records userspace could not decode); `probe_failures` names probes that did not attach.
     pub fn report(&self, mode: Mode, lost: u64, probe_failures: Vec<String>) -> Report {
-        let verdict = if lost > 0 || !probe_failures.is_empty() {
+        let unverified = self.conns.as_ref().map(|c| c.unverified()).unwrap_or(&[]);
+        // An unread conversation that ended could have hidden a rollback, an open
+        // transaction or a leak: never `clean` about it (DESIGN.md, "encrypted conversation").
+        let verdict = if lost > 0 || !probe_failures.is_empty() || !unverified.is_empty() {
             Verdict::Incomplete
         } else if !self.violations.is_empty() {
             Verdict::Violations
@@ -376,6 +381,9 @@ impl AuditState {
                 received: self.received,
                 lost,
             },
+            coverage: self.conns.as_ref().map(|c| Coverage {
+                unverified: c.unverified().to_vec(),
+            }),
             probe_failures,
         }
     }

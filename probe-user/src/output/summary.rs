@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use crate::{
     events::Protocol,
-    model::report::{ClosedBy, ExitReport, Report, Verdict, Violation},
+    model::report::{ClosedBy, ExitReport, Report, RollbackHow, Verdict, Violation},
     verdict::outcome::Outcome,
 };
 
@@ -82,6 +82,31 @@ pub fn violation_line(report: &Report, violation: &Violation) -> String {
             seconds(v.at_ms),
             v.connections.join(", ")
         ),
+        Violation::RequestDropped(v) => format!(
+            "{} ({}) closed the client connection from {} (fd {}) with a request in flight for {}, at {}: the client never got its answer",
+            comm_of(report, v.pid),
+            v.pid,
+            v.peer.as_deref().unwrap_or("?"),
+            v.fd,
+            seconds(v.age_ms),
+            seconds(v.at_ms)
+        ),
+        Violation::TransactionRolledBack(v) => {
+            let how = match v.how {
+                RollbackHow::Goodbye => "said goodbye",
+                RollbackHow::Close => "closed the connection",
+            };
+            format!(
+                "{} ({}) {how} on its {} connection to {} (fd {}) inside a transaction open for {}, at {}: the database rolled it back",
+                comm_of(report, v.pid),
+                v.pid,
+                protocol_name(v.protocol),
+                v.peer.as_deref().unwrap_or("?"),
+                v.fd,
+                seconds(v.age_ms),
+                seconds(v.at_ms)
+            )
+        }
     }
 }
 
@@ -156,13 +181,19 @@ fn exit_line(exit: Option<&ExitReport>) -> String {
 pub fn render(outcome: &Outcome) -> String {
     let report = &outcome.report;
     let mut out = String::new();
+    let unverified = report
+        .coverage
+        .as_ref()
+        .map(|c| c.unverified.as_slice())
+        .unwrap_or(&[]);
     let headline = match report.verdict {
         Verdict::Clean => "CLEAN: no violations".to_string(),
         Verdict::Violations => format!("VIOLATIONS: {} found", report.violations.len()),
         Verdict::Incomplete => format!(
-            "INCOMPLETE: {} events lost, {} probes failed; {} violations seen",
+            "INCOMPLETE: {} events lost, {} probes failed, {} encrypted database connections unread; {} violations seen",
             report.events.lost,
             report.probe_failures.len(),
+            unverified.len(),
             report.violations.len()
         ),
         Verdict::Timeout => "TIMEOUT".to_string(),
@@ -185,6 +216,16 @@ pub fn render(outcome: &Outcome) -> String {
     }
     for failure in &report.probe_failures {
         let _ = writeln!(out, "  ! probe failed: {failure}");
+    }
+    for u in unverified {
+        let _ = writeln!(
+            out,
+            "  ? unverified: {} fd {} to {}: encrypted and not decrypted ({}): its transactions and goodbye were not seen",
+            u.pid,
+            u.fd,
+            u.peer.as_deref().unwrap_or("?"),
+            u.why
+        );
     }
     let _ = writeln!(out, "targets:");
     for target in &report.targets {

@@ -124,7 +124,10 @@ impl DbConn {
             Protocol::Postgres => Parser::Postgres(postgres::Postgres::new(seen_from_start)),
             Protocol::Mysql => Parser::Mysql(mysql::Mysql::new(seen_from_start)),
             Protocol::Redis => Parser::Redis(redis::Redis::new(seen_from_start)),
-            Protocol::Unknown => Parser::Opaque(opaque::Opaque { in_flight: false }),
+            Protocol::Unknown => Parser::Opaque(opaque::Opaque {
+                in_flight: false,
+                encrypted: false,
+            }),
         };
         DbConn { protocol, parser }
     }
@@ -145,7 +148,10 @@ impl DbConn {
             }
         };
         if let Step::Opaque { in_flight } = step {
-            self.parser = Parser::Opaque(opaque::Opaque { in_flight });
+            self.parser = Parser::Opaque(opaque::Opaque {
+                in_flight,
+                encrypted: true,
+            });
         }
     }
 
@@ -181,6 +187,12 @@ impl DbConn {
 
     pub fn protocol(&self) -> Protocol {
         self.protocol
+    }
+
+    /// The conversation went encrypted (PostgreSQL SSLRequest answered 'S', a TLS record,
+    /// MySQL CLIENT_SSL): nothing of it can be read from here on, not even a goodbye.
+    pub fn encrypted(&self) -> bool {
+        matches!(&self.parser, Parser::Opaque(p) if p.encrypted)
     }
 }
 

@@ -12,6 +12,9 @@ use super::{Direction, Txn};
 #[derive(Clone, Debug)]
 pub(crate) struct Opaque {
     pub(crate) in_flight: bool,
+    /// A database conversation that turned encrypted (or compressed) after its opening, as
+    /// opposed to a conversation of an unknown protocol: there was something to read.
+    pub(crate) encrypted: bool,
 }
 
 impl Opaque {
