@@ -8,6 +8,7 @@
 
 pub mod launch;
 pub mod netstat;
+pub mod pg_title;
 pub mod procfs;
 pub mod targets;
 pub mod tcpinfo;

@@ -261,6 +261,21 @@ impl ConnTracker {
         });
     }
 
+    /// The database's own view of a connection found at attach: its transaction state
+    /// (DESIGN.md, "what cannot be known at attach ... is resolved from the best outside
+    /// evidence"). `at_ns`: when that view was read (the transaction's age counts from it).
+    pub fn db_state_at_attach(&mut self, key: (u32, u32), txn: Txn, at_ns: u64) {
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
+        if let Some(db) = conn.db.as_mut() {
+            db.assume_txn(txn);
+        }
+        if conn.txn_open() {
+            conn.txn_since.get_or_insert(at_ns);
+        }
+    }
+
     pub fn open(&mut self, event: &ConnOpen) {
         self.insert(Conn {
             tgid: event.tgid,

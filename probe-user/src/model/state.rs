@@ -146,6 +146,15 @@ impl AuditState {
         }
     }
 
+    /// The database's own view of a connection found at attach (see
+    /// [`ConnTracker::db_state_at_attach`]).
+    pub fn db_state_at_attach(&mut self, key: (u32, u32), txn: crate::model::protocol::Txn) {
+        let at_ns = self.attach_ns;
+        if let Some(conns) = self.conns.as_mut() {
+            conns.db_state_at_attach(key, txn, at_ns);
+        }
+    }
+
     pub fn add_target(&mut self, tgid: u32, comm: String, origin: Origin) {
         self.targets.entry(tgid).or_insert(Target {
             tgid,

@@ -12,8 +12,9 @@ use crate::{
     events::Protocol,
     events::{self, Role},
     host::netstat::{self, TcpSocket},
+    host::pg_title,
     kernel::probe::{self, Probe},
-    model::state::AuditState,
+    model::{protocol::Txn, state::AuditState},
     settings::Common,
     Result,
 };
@@ -229,6 +230,9 @@ fn attach_conns(
         let peer = (!held.socket.is_listener()).then_some(held.socket.remote);
         let local = Some(held.socket.local);
         state.add_existing_conn((tgid, fd), held.role, held.protocol(), local, peer, busy);
+        if held.role == Role::Db && held.protocol() == Protocol::Postgres {
+            pg_state_at_attach(state, (tgid, fd), held.socket.local, held.socket.remote);
+        }
         for alias in held.fds {
             primaries.insert(alias, fd);
         }
@@ -316,4 +320,31 @@ fn attach_blocked_syscalls(
         }
     }
     Ok(())
+}
+
+/// A PostgreSQL connection found at attach: when its backend runs on this host, the
+/// backend's process title says whether a transaction is open (host/pg_title.rs).
+fn pg_state_at_attach(
+    state: &mut AuditState,
+    key: (u32, u32),
+    local: std::net::SocketAddr,
+    peer: std::net::SocketAddr,
+) {
+    if !peer.ip().is_loopback() {
+        return;
+    }
+    let Some(backend) = pg_title::backend_state(local) else {
+        return;
+    };
+    let txn = match backend {
+        pg_title::BackendState::Idle => Txn::Idle,
+        pg_title::BackendState::InTransaction => Txn::Open,
+        pg_title::BackendState::Aborted => Txn::Failed,
+    };
+    log::debug!(
+        "fd {} of {}: its PostgreSQL backend says {backend:?}",
+        key.1,
+        key.0
+    );
+    state.db_state_at_attach(key, txn);
 }

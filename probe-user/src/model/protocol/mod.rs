@@ -155,6 +155,14 @@ impl DbConn {
         }
     }
 
+    /// The transaction state the database itself reported outside the conversation (a
+    /// PostgreSQL backend's process title), for a connection whose state is still unknown.
+    pub fn assume_txn(&mut self, txn: Txn) {
+        if let Parser::Postgres(p) = &mut self.parser {
+            p.assume_txn(txn);
+        }
+    }
+
     /// A query is in flight: sent, and its reply not yet complete.
     pub fn query_in_flight(&self) -> bool {
         match &self.parser {

@@ -134,6 +134,15 @@ impl Postgres {
         self.txn
     }
 
+    /// The transaction state from outside evidence (the backend's own view), for a
+    /// connection found at attach whose state the bytes have not told yet. The next
+    /// ReadyForQuery overrides it.
+    pub(crate) fn assume_txn(&mut self, txn: Txn) {
+        if self.txn == Txn::Unknown {
+            self.txn = txn;
+        }
+    }
+
     pub(crate) fn goodbye(&self) -> bool {
         self.goodbye
     }
