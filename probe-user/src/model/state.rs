@@ -400,3 +400,6 @@ impl AuditState {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod db_tests;
