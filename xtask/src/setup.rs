@@ -52,7 +52,16 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     // A real pre-fork server (master + workers) for the process-tree tests: nginx-light is
     // the smallest Debian nginx with proxy_pass. The tests run it privately on loopback.
     "nginx-light",
+    // tests/fixtures/pg_shop.py runs on real Python client libraries from PyPI, in a venv
+    // (ensure_python_clients).
+    "python3-venv",
+    // A self-signed certificate for the TLS PostgreSQL of the tests (tests/src/db/pg.rs).
+    "openssl",
 ];
+
+/// Python database clients of the test fixtures, pinned, installed from PyPI into
+/// target/pyenv (Debian has no asyncpg; its psycopg is older).
+const PYTHON_CLIENTS: &[&str] = &["asyncpg==0.32.0", "psycopg[binary]==3.3.9"];
 
 /// Where aya looks for tracepoint ids; either one is enough.
 const TRACEFS_EVENTS: &[&str] = &[
@@ -69,6 +78,7 @@ pub fn run() -> Result<()> {
     ensure_bpf_linker(&sysroot)?;
     ensure_debian_packages(DEBIAN_PACKAGES)?;
     ensure_tracefs()?;
+    ensure_python_clients()?;
     println!("setup: done in {}", elapsed(started.elapsed()));
     Ok(())
 }
@@ -321,5 +331,42 @@ fn ensure_tracefs() -> Result<()> {
         bail!("mounted tracefs but {} does not exist", TRACEFS_EVENTS[0]);
     }
     say("tracefs", "mounted at /sys/kernel/tracing");
+    Ok(())
+}
+
+/// The venv the Python fixtures run in (tests find it as `DW_PYTHON`, see test.rs).
+pub fn python_env() -> PathBuf {
+    exec::target_dir().join("pyenv")
+}
+
+fn ensure_python_clients() -> Result<()> {
+    let env = python_env();
+    let python = env.join("bin/python");
+    let check = "import asyncpg, psycopg; print(asyncpg.__version__, psycopg.__version__)";
+    if let Some(versions) = exec::probe(Command::new(&python).args(["-c", check])) {
+        say(
+            "python clients",
+            format_args!("present ({})", versions.trim()),
+        );
+        return Ok(());
+    }
+    say(
+        "python clients",
+        format_args!("installing into {}", env.display()),
+    );
+    exec::run(
+        Command::new("/usr/bin/python3")
+            .arg("-m")
+            .arg("venv")
+            .arg(&env),
+    )
+    .context("creating the fixtures' Python venv (Debian package python3-venv)")?;
+    exec::run(
+        Command::new(env.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .args(PYTHON_CLIENTS)
+            .stdin(Stdio::null()),
+    )
+    .context("installing the fixtures' Python database clients from PyPI")?;
     Ok(())
 }

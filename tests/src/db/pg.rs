@@ -73,6 +73,16 @@ fn os_user(name: &str) -> (u32, u32) {
 
 impl PgServer {
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// With `ssl=on` and a self-signed certificate made for it (as Debian's package sets
+    /// up): libpq's default sslmode=prefer then speaks TLS.
+    pub fn start_tls() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Self {
         let bin = pg_bin_dir();
         let dir = TempDir::new("postgres");
         // As root, hand everything to `postgres`; std applies setgroups/setgid/setuid in the
@@ -108,6 +118,9 @@ impl PgServer {
         as_user(&mut initdb);
         run_setup("initdb", &mut initdb, &dir.0.join("initdb.log"));
 
+        if tls {
+            make_certificate(&data, owner);
+        }
         let log = dir.0.join("postgres.log");
         let (port, daemon) = on_free_port("postgres", |port| {
             let mut cmd = Command::new(bin.join("postgres"));
@@ -123,7 +136,8 @@ impl PgServer {
                 .args(["-c", "max_connections=40", "-c", "shared_buffers=16MB"])
                 // A backend logs "unexpected EOF on client connection" (a close without
                 // Terminate) only at DEBUG1: unclean_closes() counts those lines.
-                .args(["-c", "log_min_messages=debug1"]);
+                .args(["-c", "log_min_messages=debug1"])
+                .args(["-c", if tls { "ssl=on" } else { "ssl=off" }]);
             as_user(&mut cmd);
             // SIGINT is PostgreSQL's "fast" shutdown; SIGTERM ("smart") waits for clients
             // (https://www.postgresql.org/docs/15/server-shutdown.html).
@@ -153,6 +167,30 @@ impl PgServer {
             .unwrap_or_else(|e| panic!("postgres: {sql}: {}", chain(&e)));
         client.close().expect("close postgres client");
     }
+}
+
+/// A self-signed certificate for localhost in the data directory (server.crt/server.key,
+/// PostgreSQL's defaults), owned by the server's user; the key readable by it alone, as
+/// PostgreSQL insists.
+fn make_certificate(data: &std::path::Path, owner: Option<(u32, u32)>) {
+    let (crt, key) = (data.join("server.crt"), data.join("server.key"));
+    require_binary(std::path::Path::new("/usr/bin/openssl"), "openssl");
+    let mut cmd = Command::new("/usr/bin/openssl");
+    cmd.args([
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+    ])
+    .args(["-subj", "/CN=localhost", "-keyout"])
+    .arg(&key)
+    .arg("-out")
+    .arg(&crt);
+    run_setup("openssl req", &mut cmd, &data.join("openssl.log"));
+    for file in [&crt, &key] {
+        if let Some((uid, gid)) = owner {
+            chown(file, Some(uid), Some(gid)).expect("chown the certificate to postgres");
+        }
+    }
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).expect("chmod server.key");
 }
 
 fn pg_connect(port: u16) -> Result<postgres::Client, postgres::Error> {

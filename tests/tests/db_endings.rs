@@ -1,0 +1,262 @@
+//! How database work ends, on real Python client libraries (tests/fixtures/pg_shop.py:
+//! psycopg 3 and asyncpg from target/pyenv, installed by `cargo xtask setup`) against a
+//! private PostgreSQL, plaintext and TLS, each checked against the server's own ground truth
+//! (the ledger, the client's answer).
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::TcpStream,
+    path::PathBuf,
+    process::{Child, ChildStdout, Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use drainwatch_tests::{
+    db::{Database, PgServer},
+    read_report, require_root, violations, Drainwatch, TempDir,
+};
+use serde_json::Value;
+
+const PATIENCE: Duration = Duration::from_secs(60);
+
+fn python() -> PathBuf {
+    let path = std::env::var_os("DW_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../target/pyenv/bin/python"
+            ))
+        });
+    assert!(
+        path.is_file(),
+        "no Python venv with asyncpg and psycopg at {}: run `cargo xtask setup`",
+        path.display()
+    );
+    path
+}
+
+/// pg_shop.py running in its own temp dir (where its gate file goes).
+struct Shop {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    pid: u32,
+    port: u16,
+    dir: TempDir,
+}
+
+impl Shop {
+    fn start(mode: &str, db: &PgServer) -> Shop {
+        let dir = TempDir::new("pg-shop");
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/pg_shop.py");
+        let mut child = Command::new(python())
+            .args([script, mode, &db.url()])
+            .current_dir(&dir.0)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start pg_shop.py");
+        let lines = reader(child.stdout.take().unwrap());
+        let ready = lines.recv_timeout(PATIENCE).expect("pg_shop.py says ready");
+        let field = |name: &str| -> u32 {
+            ready
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(name)?.parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in {ready:?}"))
+        };
+        let (pid, port) = (field("pid="), field("port=") as u16);
+        Shop {
+            child,
+            lines,
+            pid,
+            port,
+            dir,
+        }
+    }
+
+    /// Sends `op NAME` and waits until its transaction is open on the server.
+    fn request_in_transaction(&self, name: &str) -> mpsc::Receiver<String> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        stream.write_all(format!("op {name}\n").as_bytes()).unwrap();
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            // One line (the server keeps the connection open after answering), or "" when
+            // it is closed unanswered.
+            let mut answer = String::new();
+            let _ = BufReader::new(stream).read_line(&mut answer);
+            let _ = tx.send(answer);
+        });
+        let line = self.lines.recv_timeout(PATIENCE).expect("txn line");
+        assert_eq!(line, format!("txn {name}"));
+        rx
+    }
+
+    fn open_gate(&self) {
+        std::fs::write(self.dir.path("gate"), b"").unwrap();
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on a process this test started.
+        assert_eq!(unsafe { libc::kill(self.pid as i32, sig) }, 0);
+    }
+
+    fn wait(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "pg_shop.py did not exit");
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Shop {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn reader(stdout: ChildStdout) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn audit(shop: &Shop, dir: &TempDir) -> (Drainwatch, String) {
+    let report = dir.path("report.json");
+    let pid = shop.pid.to_string();
+    let dw = Drainwatch::attach(&["audit", "--pid", &pid, "--report", &report]);
+    (dw, report)
+}
+
+fn kinds(report: &Value) -> Vec<String> {
+    report["violations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["kind"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The "tidy-but-lossy" SIGTERM handler: client closed unanswered, Terminate inside the open
+/// transaction, exit 0. Ground truth: the client got nothing, the ledger has no row (the
+/// database rolled the transaction back).
+#[test]
+fn tidy_but_lossy_sigterm_is_request_dropped_and_transaction_rolled_back() {
+    require_root();
+    let db = PgServer::start();
+    let mut shop = Shop::start("lossy", &db);
+    let dir = TempDir::new("lossy");
+    let (dw, report_path) = audit(&shop, &dir);
+    let answer = shop.request_in_transaction("lossy");
+    shop.signal(libc::SIGTERM);
+    assert_eq!(shop.wait().code(), Some(0));
+    let finished = dw.finish();
+    assert_eq!(
+        answer.recv_timeout(PATIENCE).unwrap(),
+        "",
+        "no answer was sent"
+    );
+    assert!(db.ledger_steps("lossy").is_empty(), "rolled back");
+    let report = read_report(&report_path);
+    assert_eq!(report["verdict"], "violations", "{}", finished.stdout);
+    assert_eq!(
+        kinds(&report),
+        ["request_dropped", "transaction_rolled_back"]
+    );
+    assert_eq!(
+        violations(&report, "transaction_rolled_back")[0]["how"],
+        "goodbye"
+    );
+    assert_eq!(finished.code, 1);
+}
+
+/// Terminate written, then exit without close(2) (as node-pg's pool.end() then
+/// process.exit(0)): clean. Ground truth: the server saw no unclean close.
+#[test]
+fn a_goodbye_then_exit_is_clean() {
+    require_root();
+    let db = PgServer::start();
+    let unclean_before = db.unclean_closes();
+    let mut shop = Shop::start("goodbye-exit", &db);
+    let dir = TempDir::new("goodbye");
+    let (dw, report_path) = audit(&shop, &dir);
+    let answer = shop.request_in_transaction("bye");
+    shop.open_gate();
+    assert_eq!(answer.recv_timeout(PATIENCE).unwrap(), "done bye\n");
+    shop.signal(libc::SIGTERM);
+    assert_eq!(shop.wait().code(), Some(0));
+    let finished = dw.finish();
+    assert_eq!(db.ledger_steps("bye"), ["A", "B"]);
+    assert_eq!(db.unclean_closes(), unclean_before, "{}", db.log_tail());
+    let report = read_report(&report_path);
+    assert_eq!(kinds(&report), Vec::<String>::new(), "{}", finished.stdout);
+    assert_eq!(report["verdict"], "clean");
+}
+
+/// asyncpg pool, drainwatch attached while a request's transaction is already open, then a
+/// handler that exits at once: the open transaction is known from the backend's process
+/// title. Ground truth: the ledger has no row.
+#[test]
+fn asyncpg_attached_mid_transaction_then_exit_is_open_transaction() {
+    require_root();
+    let db = PgServer::start();
+    let mut shop = Shop::start("asyncpg-exit", &db);
+    let _answer = shop.request_in_transaction("apg");
+    let dir = TempDir::new("asyncpg");
+    let (dw, report_path) = audit(&shop, &dir);
+    shop.signal(libc::SIGTERM);
+    shop.wait();
+    let finished = dw.finish();
+    assert!(db.ledger_steps("apg").is_empty(), "rolled back");
+    let report = read_report(&report_path);
+    let kinds = kinds(&report);
+    assert!(
+        kinds.contains(&"open_transaction".to_string()),
+        "{kinds:?}\n{}",
+        finished.stdout
+    );
+    assert_eq!(violations(&report, "open_transaction").len(), 1);
+    assert!(kinds.contains(&"inflight_at_exit".to_string()), "{kinds:?}");
+}
+
+/// TLS (psycopg/libpq default sslmode=prefer, server ssl=on), graceful stop: not a leak for
+/// want of a visible goodbye, but `incomplete` with the connection listed as unverified.
+#[test]
+fn tls_graceful_stop_is_unverified_not_a_leak() {
+    require_root();
+    let db = PgServer::start_tls();
+    let unclean_before = db.unclean_closes();
+    let mut shop = Shop::start("graceful", &db);
+    let dir = TempDir::new("tls");
+    let (dw, report_path) = audit(&shop, &dir);
+    let answer = shop.request_in_transaction("tls");
+    shop.signal(libc::SIGTERM);
+    shop.open_gate();
+    assert_eq!(answer.recv_timeout(PATIENCE).unwrap(), "done tls\n");
+    assert_eq!(shop.wait().code(), Some(0));
+    let finished = dw.finish();
+    assert_eq!(db.ledger_steps("tls"), ["A", "B"]);
+    assert_eq!(db.unclean_closes(), unclean_before, "{}", db.log_tail());
+    let report = read_report(&report_path);
+    assert_eq!(kinds(&report), Vec::<String>::new(), "{}", finished.stdout);
+    assert_eq!(report["verdict"], "incomplete");
+    let unverified = report["coverage"]["unverified"].as_array().unwrap();
+    assert_eq!(unverified.len(), 1, "{report}");
+    assert_eq!(unverified[0]["why"], "tls-not-decrypted");
+    assert!(
+        finished.stdout.contains("unverified"),
+        "{}",
+        finished.stdout
+    );
+}
