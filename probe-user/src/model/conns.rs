@@ -407,9 +407,7 @@ impl ConnTracker {
         }
         let conn = self.conns.get_mut(&key).expect("inserted above");
         let txn_was_open = conn.txn_open();
-        let Some(db) = conn.db.as_mut() else {
-            return None;
-        };
+        let db = conn.db.as_mut()?;
         let before = db.query_in_flight();
         db.on_io(&protocol::DbIo {
             dir: event.dir,
