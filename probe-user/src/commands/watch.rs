@@ -33,6 +33,14 @@ pub struct OpenTxn {
 }
 
 #[derive(Debug, Serialize)]
+pub struct EncryptedConn {
+    pub pid: u32,
+    pub fd: u32,
+    pub peer: Option<String>,
+    pub protocol: Protocol,
+}
+
+#[derive(Debug, Serialize)]
 pub struct TargetLine {
     pub pid: u32,
     pub comm: String,
@@ -48,6 +56,9 @@ pub struct Frame {
     pub requests_in_flight: u64,
     pub queries_in_flight: u64,
     pub transactions_open: Vec<OpenTxn>,
+    /// Database connections whose conversation is encrypted and not read: their
+    /// transactions and queries are unknown (DESIGN.md, "encrypted conversation").
+    pub encrypted: Vec<EncryptedConn>,
     pub signals: Vec<SignalSeen>,
     pub events: crate::model::report::EventCounts,
 }
@@ -57,6 +68,7 @@ pub fn frame(session: &Session) -> Frame {
     let now_ns = crate::host::procfs::monotonic_now().as_nanos() as u64;
     let mut connections = RoleCounts::default();
     let mut transactions_open = Vec::new();
+    let mut encrypted = Vec::new();
     let mut in_flight = InFlight::default();
     if let Some(conns) = state.conns() {
         in_flight = conns.in_flight(None);
@@ -66,6 +78,14 @@ pub fn frame(session: &Session) -> Frame {
                 Role::Db => connections.db += 1,
                 Role::Upstream => connections.upstream += 1,
                 Role::Listener => connections.listener += 1,
+            }
+            if conn.encrypted() {
+                encrypted.push(EncryptedConn {
+                    pid: conn.tgid,
+                    fd: conn.fd,
+                    peer: conn.peer_text(),
+                    protocol: conn.protocol,
+                });
             }
             if conn.txn_open() {
                 transactions_open.push(OpenTxn {
@@ -95,6 +115,7 @@ pub fn frame(session: &Session) -> Frame {
         requests_in_flight: in_flight.requests,
         queries_in_flight: in_flight.queries,
         transactions_open,
+        encrypted,
         signals: state.recent_signals().cloned().collect(),
         events: crate::model::report::EventCounts {
             received: state.received(),
@@ -138,6 +159,15 @@ pub fn render(frame: &Frame) -> String {
             txn.pid,
             txn.fd,
             txn.peer.as_deref().unwrap_or("?")
+        ));
+    }
+    for conn in &frame.encrypted {
+        out.push_str(&format!(
+            "  {} encrypted (not read; transactions unknown): pid {} fd {} to {}\n",
+            protocol_name(conn.protocol),
+            conn.pid,
+            conn.fd,
+            conn.peer.as_deref().unwrap_or("?")
         ));
     }
     if !frame.signals.is_empty() {

@@ -30,11 +30,13 @@ pub const BUCKETS_US: [u64; 17] = [
 
 /// Violation kinds, as the report names them (DESIGN.md): every one is exported, zero or not,
 /// so that `rate()` and `increase()` work from the first scrape.
-pub const VIOLATION_KINDS: [&str; 4] = [
+pub const VIOLATION_KINDS: [&str; 6] = [
     "sigkill",
     "leaked_db_connection",
     "open_transaction",
     "inflight_at_exit",
+    "request_dropped",
+    "transaction_rolled_back",
 ];
 
 /// A Prometheus histogram of latencies: per-bucket counts, their sum and count.
@@ -145,7 +147,7 @@ pub struct Snapshot {
     /// Age of the oldest open transaction, 0 when none is open.
     pub oldest_transaction_seconds: f64,
     /// Violations so far, in the order of [`VIOLATION_KINDS`].
-    pub violations: [u64; 4],
+    pub violations: [u64; VIOLATION_KINDS.len()],
     pub events_received: u64,
     pub events_lost: u64,
     pub probe_failures: u64,
@@ -328,7 +330,7 @@ impl Exporter {
             "violations_total",
             "counter",
             "Violations seen, by kind (sigkill, leaked_db_connection, open_transaction, \
-             inflight_at_exit).",
+             inflight_at_exit, request_dropped, transaction_rolled_back).",
         );
         for (kind, n) in VIOLATION_KINDS.iter().zip(s.violations) {
             out.sample("violations_total", &[("kind", kind)], n);
@@ -477,7 +479,7 @@ mod tests {
         let snapshot = Snapshot {
             connections: [2, 1, 0, 1],
             requests_in_flight: 1,
-            violations: [1, 0, 0, 0],
+            violations: [1, 0, 0, 0, 0, 0],
             targets: vec![TargetUp {
                 pid: 42,
                 comm: "we\"ird\\name".into(),
