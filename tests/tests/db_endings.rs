@@ -15,7 +15,7 @@ use std::{
 
 use drainwatch_tests::{
     db::{Database, PgServer},
-    read_report, require_root, violations, Drainwatch, TempDir,
+    drainwatch_bin, read_report, require_root, violations, Drainwatch, TempDir,
 };
 use serde_json::Value;
 
@@ -47,12 +47,28 @@ struct Shop {
     dir: TempDir,
 }
 
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/pg_shop.py");
+
 impl Shop {
     fn start(mode: &str, db: &PgServer) -> Shop {
+        let mut cmd = Command::new(python());
+        cmd.args([SCRIPT, mode, &db.url()]);
+        Self::spawn(cmd)
+    }
+
+    /// Launched by `drainwatch audit --report REPORT -- python pg_shop.py MODE URL`, so that
+    /// every connection is seen from its start; `child` is then drainwatch.
+    fn under_audit(mode: &str, url: &str, report: &str) -> Shop {
+        let mut cmd = Command::new(drainwatch_bin());
+        cmd.args(["audit", "--report", report, "--"])
+            .arg(python())
+            .args([SCRIPT, mode, url]);
+        Self::spawn(cmd)
+    }
+
+    fn spawn(mut cmd: Command) -> Shop {
         let dir = TempDir::new("pg-shop");
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/pg_shop.py");
-        let mut child = Command::new(python())
-            .args([script, mode, &db.url()])
+        let mut child = cmd
             .current_dir(&dir.0)
             .stdout(Stdio::piped())
             .spawn()
@@ -259,4 +275,44 @@ fn tls_graceful_stop_is_unverified_not_a_leak() {
         "{}",
         finished.stdout
     );
+}
+
+/// PostgreSQL through its unix socket (the socket directory in the server's temp dir),
+/// kill -9 mid-transaction: the connection is a database connection by its first bytes,
+/// and the cut transaction is seen. Ground truth: the ledger has no row, the server saw one
+/// more close without goodbye.
+#[test]
+fn unix_socket_postgres_kill9_mid_transaction_is_open_transaction_and_leak() {
+    require_root();
+    let db = PgServer::start();
+    let unclean_before = db.unclean_closes().unwrap();
+    let dir = TempDir::new("unix");
+    let report_path = dir.path("report.json");
+    let mut shop = Shop::under_audit("lossy", &db.unix_url(), &report_path);
+    let _answer = shop.request_in_transaction("unix");
+    shop.signal(libc::SIGKILL);
+    assert_eq!(shop.wait().code(), Some(1), "audit exits 1 on violations");
+    assert!(db.ledger_steps("unix").is_empty(), "rolled back");
+    assert_eq!(
+        db.unclean_closes(),
+        Some(unclean_before + 1),
+        "{}",
+        db.log_tail()
+    );
+    let report = read_report(&report_path);
+    assert_eq!(
+        kinds(&report),
+        [
+            "sigkill",
+            "open_transaction",
+            "leaked_db_connection",
+            "inflight_at_exit"
+        ],
+        "{report}"
+    );
+    assert_eq!(
+        violations(&report, "open_transaction")[0]["protocol"],
+        "postgres"
+    );
+    assert_eq!(report["connections"]["db_opened"], 1, "{report}");
 }

@@ -15,7 +15,7 @@ use probe_common::{
 use super::{
     conns::CONNS,
     pending::remember,
-    syscall::{arg, read_sockaddr, ret},
+    syscall::{arg, is_unix_sockaddr, read_sockaddr, ret, AF_UNIX},
 };
 use crate::shared::{bump, current_tgid_pid, emit_flags, header, is_target, quiet_flags};
 
@@ -118,9 +118,23 @@ fn try_enter_connect(ctx: &RawTracePointContext) -> Result<u32, u32> {
     if !is_target(tgid) {
         return Ok(0);
     }
-    let addr = read_sockaddr(arg(ctx, 1)?);
+    let ptr = arg(ctx, 1)?;
+    if is_unix_sockaddr(ptr) {
+        // A unix-domain peer has no port: it is tracked as an upstream and becomes a
+        // database connection by its first bytes (sniffing, recognize.rs), like TCP on an
+        // unknown port. (A connected datagram socket, e.g. syslog's /dev/log, is tracked
+        // too and stays an upstream.)
+        let unix = SockAddr {
+            family: AF_UNIX,
+            port: 0,
+            addr: [0; 16],
+        };
+        remember(IO_CONNECT, arg(ctx, 0)? as u32, 0, 0, unix);
+        return Ok(0);
+    }
+    let addr = read_sockaddr(ptr);
     if addr.family == 0 {
-        return Ok(0); // not TCP/IP (e.g. a unix socket)
+        return Ok(0); // neither TCP/IP nor unix-domain
     }
     remember(IO_CONNECT, arg(ctx, 0)? as u32, 0, 0, addr);
     Ok(0)

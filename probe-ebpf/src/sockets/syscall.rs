@@ -7,6 +7,7 @@ use aya_ebpf::{
 };
 use probe_common::SockAddr;
 
+pub(super) const AF_UNIX: u16 = 1;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 
@@ -63,6 +64,14 @@ pub(super) fn copy_user(dst: &mut [u8; 32], src: u64, len: u64) -> u8 {
     } else {
         0
     }
+}
+
+/// The sockaddr at `ptr` is a unix-domain one (`AF_UNIX`, include/uapi/linux/un.h): the
+/// peer of a local database reached through its socket file (PostgreSQL's `.s.PGSQL.5432`,
+/// `mysqld.sock`).
+#[inline(always)]
+pub(super) fn is_unix_sockaddr(ptr: u64) -> bool {
+    ptr != 0 && user::<u16>(ptr) == Some(AF_UNIX)
 }
 
 /// Reads a `struct sockaddr_in`/`sockaddr_in6` (include/uapi/linux/in.h, in6.h).

@@ -154,6 +154,16 @@ impl PgServer {
         }
     }
 
+    /// A libpq URL through the server's unix socket (its directory is the temp dir, `-k`):
+    /// the same-host setup of many legacy servers.
+    pub fn unix_url(&self) -> String {
+        format!(
+            "postgresql://postgres@/postgres?host={}&port={}",
+            self._dir.0.display(),
+            self.port
+        )
+    }
+
     /// A new connection as `postgres` to database `postgres`.
     pub fn client(&self) -> postgres::Client {
         pg_connect(self.port).unwrap_or_else(|e| panic!("connect to postgres: {}", chain(&e)))
