@@ -14,7 +14,7 @@ use std::{
 };
 
 use drainwatch_tests::{
-    db::{Database, PgServer},
+    db::{Database, MariaDbServer, PgServer},
     drainwatch_bin, read_report, require_root, violations, Drainwatch, TempDir,
 };
 use serde_json::Value;
@@ -315,4 +315,42 @@ fn unix_socket_postgres_kill9_mid_transaction_is_open_transaction_and_leak() {
         "postgres"
     );
     assert_eq!(report["connections"]["db_opened"], 1, "{report}");
+}
+
+/// MariaDB through its unix socket (PyMySQL), kill -9 mid-transaction. Ground truth: the
+/// ledger has no row, the server counted one more aborted connection.
+#[test]
+fn unix_socket_mariadb_kill9_mid_transaction_is_open_transaction_and_leak() {
+    require_root();
+    let db = MariaDbServer::start();
+    let unclean_before = db.unclean_closes().unwrap();
+    let dir = TempDir::new("unix-my");
+    let report_path = dir.path("report.json");
+    let dsn = format!("mysql-unix:{}", db.socket_path().display());
+    let mut shop = Shop::under_audit("lossy", &dsn, &report_path);
+    let _answer = shop.request_in_transaction("unixmy");
+    shop.signal(libc::SIGKILL);
+    assert_eq!(shop.wait().code(), Some(1), "audit exits 1 on violations");
+    assert!(db.ledger_steps("unixmy").is_empty(), "rolled back");
+    assert_eq!(
+        db.unclean_closes(),
+        Some(unclean_before + 1),
+        "{}",
+        db.log_tail()
+    );
+    let report = read_report(&report_path);
+    assert_eq!(
+        kinds(&report),
+        [
+            "sigkill",
+            "open_transaction",
+            "leaked_db_connection",
+            "inflight_at_exit"
+        ],
+        "{report}"
+    );
+    assert_eq!(
+        violations(&report, "open_transaction")[0]["protocol"],
+        "mysql"
+    );
 }

@@ -61,7 +61,11 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
 
 /// Python database clients of the test fixtures, pinned, installed from PyPI into
 /// target/pyenv (Debian has no asyncpg; its psycopg is older).
-const PYTHON_CLIENTS: &[&str] = &["asyncpg==0.32.0", "psycopg[binary]==3.3.9"];
+const PYTHON_CLIENTS: &[&str] = &[
+    "asyncpg==0.32.0",
+    "psycopg[binary]==3.3.9",
+    "PyMySQL==1.1.1",
+];
 
 /// Where aya looks for tracepoint ids; either one is enough.
 const TRACEFS_EVENTS: &[&str] = &[
@@ -342,7 +346,7 @@ pub fn python_env() -> PathBuf {
 fn ensure_python_clients() -> Result<()> {
     let env = python_env();
     let python = env.join("bin/python");
-    let check = "import asyncpg, psycopg; print(asyncpg.__version__, psycopg.__version__)";
+    let check = "import asyncpg, psycopg, pymysql; print(asyncpg.__version__, psycopg.__version__)";
     if let Some(versions) = exec::probe(Command::new(&python).args(["-c", check])) {
         say(
             "python clients",

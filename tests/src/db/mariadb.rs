@@ -106,6 +106,12 @@ impl MariaDbServer {
         }
     }
 
+    /// The server's unix socket (in its temp dir): the same-host setup of many legacy
+    /// servers.
+    pub fn socket_path(&self) -> PathBuf {
+        self._dir.0.join("sock")
+    }
+
     /// A new connection as `root` to database `drainwatch`, over TCP.
     pub fn conn(&self) -> mysql::Conn {
         my_connect(self.port, Some("drainwatch"))
