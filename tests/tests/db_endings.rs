@@ -51,8 +51,12 @@ const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/pg_shop.py")
 
 impl Shop {
     fn start(mode: &str, db: &PgServer) -> Shop {
+        Self::start_on(mode, &db.url())
+    }
+
+    fn start_on(mode: &str, url: &str) -> Shop {
         let mut cmd = Command::new(python());
-        cmd.args([SCRIPT, mode, &db.url()]);
+        cmd.args([SCRIPT, mode, url]);
         Self::spawn(cmd)
     }
 
@@ -352,5 +356,34 @@ fn unix_socket_mariadb_kill9_mid_transaction_is_open_transaction_and_leak() {
     assert_eq!(
         violations(&report, "open_transaction")[0]["protocol"],
         "mysql"
+    );
+}
+
+/// A unix-socket PostgreSQL connection from before attach, in a transaction from before
+/// attach, then kill -9: found through unix sock_diag (its peer is bound to `.s.PGSQL.N`),
+/// the transaction from the backend's title (`[local] idle in transaction`).
+#[test]
+fn unix_socket_postgres_from_before_attach_mid_transaction_kill9() {
+    require_root();
+    let db = PgServer::start();
+    let mut shop = Shop::start_on("lossy", &db.unix_url());
+    let _answer = shop.request_in_transaction("unixold");
+    let dir = TempDir::new("unix-old");
+    let (dw, report_path) = audit(&shop, &dir);
+    shop.signal(libc::SIGKILL);
+    shop.wait();
+    let finished = dw.finish();
+    assert!(db.ledger_steps("unixold").is_empty(), "rolled back");
+    let report = read_report(&report_path);
+    assert_eq!(
+        kinds(&report),
+        [
+            "sigkill",
+            "open_transaction",
+            "leaked_db_connection",
+            "inflight_at_exit"
+        ],
+        "{report}\n{}",
+        finished.stderr
     );
 }

@@ -12,3 +12,4 @@ pub mod pg_title;
 pub mod procfs;
 pub mod targets;
 pub mod tcpinfo;
+pub mod unixdiag;

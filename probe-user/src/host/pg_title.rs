@@ -34,6 +34,13 @@ pub fn backend_state(local: SocketAddr) -> Option<BackendState> {
         .find_map(|cmdline| parse_title(&String::from_utf8_lossy(&cmdline), &needle))
 }
 
+/// The state of backend `pid` serving a unix-socket client (its title says `[local]` for
+/// the client's end), found as the owner of the connection's other end.
+pub fn unix_backend_state(pid: u32) -> Option<BackendState> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    parse_title(&String::from_utf8_lossy(&cmdline), "[local]")
+}
+
 /// The state in one title, if the title is a backend's serving `needle` ("IP(PORT)").
 fn parse_title(title: &str, needle: &str) -> Option<BackendState> {
     let title = title.trim_end_matches(['\0', ' ']);
@@ -78,5 +85,12 @@ mod tests {
             None
         );
         assert_eq!(t("python pg_shop.py 127.0.0.1(43428) idle"), None);
+        assert_eq!(
+            parse_title(
+                "postgres: postgres postgres [local] idle in transaction",
+                "[local]"
+            ),
+            Some(BackendState::InTransaction)
+        );
     }
 }

@@ -20,7 +20,7 @@ use crate::{
 };
 
 /// The database a local server process speaks, by its name (what `ps` shows).
-fn protocol_of_server(comm: &str) -> Option<u8> {
+pub(super) fn protocol_of_server(comm: &str) -> Option<u8> {
     Some(match comm {
         "postgres" | "postmaster" | "pgbouncer" => probe_common::PROTO_POSTGRES,
         "mysqld" | "mariadbd" => probe_common::PROTO_MYSQL,
@@ -95,6 +95,7 @@ pub fn role_to_wire(role: Role) -> u8 {
 /// Tracks the target's current TCP connections and its blocked socket syscalls.
 pub fn attach(probe: &mut Probe, state: &mut AuditState, tgid: u32, common: &Common) -> Result<()> {
     let primaries = attach_conns(probe, state, tgid, common)?;
+    super::unix_existing::attach(probe, state, tgid)?;
     attach_blocked_syscalls(probe, tgid, &primaries)
 }
 

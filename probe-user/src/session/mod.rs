@@ -8,6 +8,7 @@
 //! and the settings; only the commands use it.
 
 pub mod existing;
+pub mod unix_existing;
 
 use std::{os::fd::AsRawFd, time::Duration};
 
