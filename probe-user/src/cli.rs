@@ -53,6 +53,12 @@ pub struct SharedArgs {
     /// A database address, IP:PORT (repeatable).
     #[arg(long = "db", value_name = "ADDR:PORT")]
     pub db: Vec<String>,
+    /// Where to read a PostgreSQL URL (`env:VAR` or `file:PATH`, never the URL itself, so it
+    /// shows in no process list or shell history; it is never printed): drainwatch asks that
+    /// database's pg_stat_activity whether the target's connections from before attach are
+    /// in a transaction.
+    #[arg(long = "db-url", value_name = "env:VAR|file:PATH")]
+    pub db_url: Option<String>,
     /// How long "nothing in flight" must hold to count as drained.
     #[arg(long, value_name = "DURATION")]
     pub quiet: Option<String>,

@@ -97,6 +97,8 @@ pub fn parse_pid(text: &str) -> Result<u32> {
 pub struct Common {
     pub db_ports: Vec<u16>,
     pub db_addrs: Vec<SocketAddr>,
+    /// `--db-url`, read from where it pointed.
+    pub db_url: Option<DbUrl>,
     pub quiet: Duration,
     pub json: bool,
     pub verbose: u8,
@@ -124,9 +126,11 @@ impl Common {
             .map(parse_duration)
             .transpose()?
             .unwrap_or(Duration::from_millis(100));
+        let db_url = args.db_url.as_deref().map(DbUrl::read).transpose()?;
         Ok(Self {
             db_ports,
             db_addrs,
+            db_url,
             quiet,
             json: args.json,
             verbose: args.verbose,
@@ -442,5 +446,48 @@ mod tests {
         for bad in ["0", "-3", "abc", "4294967295"] {
             assert!(parse_pid(bad).is_err(), "{bad}");
         }
+    }
+}
+
+/// A database URL (it may hold a password): its Debug and Display never show it.
+#[derive(Clone)]
+pub struct DbUrl(String);
+
+impl std::fmt::Debug for DbUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DbUrl(<not shown>)")
+    }
+}
+
+impl DbUrl {
+    /// `env:VAR` or `file:PATH` (first line of the file).
+    pub fn read(source: &str) -> Result<Self> {
+        let bad = |hint| Error::InvalidValue {
+            what: "--db-url",
+            value: source.to_string(),
+            hint,
+        };
+        let url = if let Some(var) = source.strip_prefix("env:") {
+            std::env::var(var).map_err(|_| bad("that environment variable is not set"))?
+        } else if let Some(path) = source.strip_prefix("file:") {
+            let text = std::fs::read_to_string(path)
+                .map_err(|_| bad("cannot read that file; give a readable file"))?;
+            text.lines().next().unwrap_or_default().trim().to_string()
+        } else {
+            return Err(bad(
+                "give env:VAR or file:PATH holding the URL (never the URL itself: it would show in ps)",
+            ));
+        };
+        if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
+            return Err(bad(
+                "it does not hold a postgres:// or postgresql:// URL (only PostgreSQL is asked)",
+            ));
+        }
+        Ok(Self(url))
+    }
+
+    /// The URL itself, for the client that connects with it.
+    pub fn expose(&self) -> &str {
+        &self.0
     }
 }

@@ -153,9 +153,15 @@ fn reader(stdout: ChildStdout) -> mpsc::Receiver<String> {
 }
 
 fn audit(shop: &Shop, dir: &TempDir) -> (Drainwatch, String) {
+    audit_with(shop, dir, &[])
+}
+
+fn audit_with(shop: &Shop, dir: &TempDir, extra: &[&str]) -> (Drainwatch, String) {
     let report = dir.path("report.json");
     let pid = shop.pid.to_string();
-    let dw = Drainwatch::attach(&["audit", "--pid", &pid, "--report", &report]);
+    let mut args = vec!["audit", "--pid", &pid, "--report", &report];
+    args.extend_from_slice(extra);
+    let dw = Drainwatch::attach(&args);
     (dw, report)
 }
 
@@ -386,4 +392,40 @@ fn unix_socket_postgres_from_before_attach_mid_transaction_kill9() {
         "{report}\n{}",
         finished.stderr
     );
+}
+
+/// With process titles off (`update_process_title = off`), the backend's title says
+/// nothing: the transaction open before attach is then known only from `--db-url`'s
+/// pg_stat_activity (the URL read from a file, never printed). Without it, the run is the
+/// issue's asyncpg miss (no open_transaction).
+#[test]
+fn db_url_pg_stat_activity_tells_a_transaction_open_before_attach() {
+    require_root();
+    let db = PgServer::start();
+    db.execute("ALTER SYSTEM SET update_process_title = off");
+    db.execute("SELECT pg_reload_conf()");
+    let dir = TempDir::new("db-url");
+    let url_file = dir.path("db-url");
+    std::fs::write(&url_file, format!("{}\n", db.url())).unwrap();
+    for with_url in [false, true] {
+        let mut shop = Shop::start("asyncpg-exit", &db);
+        let name = format!("dburl{with_url}");
+        let _answer = shop.request_in_transaction(&name);
+        let source = format!("file:{url_file}");
+        let extra: &[&str] = if with_url {
+            &["--db-url", &source]
+        } else {
+            &[]
+        };
+        let (dw, report_path) = audit_with(&shop, &dir, extra);
+        shop.signal(libc::SIGTERM);
+        shop.wait();
+        let finished = dw.finish();
+        assert!(db.ledger_steps(&name).is_empty(), "rolled back");
+        let report = read_report(&report_path);
+        let open = violations(&report, "open_transaction").len();
+        assert_eq!(open, with_url as usize, "{report}\n{}", finished.stderr);
+        let all = format!("{}{}{report}", finished.stdout, finished.stderr);
+        assert!(!all.contains(&db.url()), "the URL was printed");
+    }
 }

@@ -9,6 +9,7 @@
 pub mod launch;
 pub mod netstat;
 pub mod pg_title;
+pub mod pg_view;
 pub mod procfs;
 pub mod targets;
 pub mod tcpinfo;

@@ -214,6 +214,7 @@ fn attach_conns(
 ) -> Result<BTreeMap<u32, u32>> {
     let mut primaries = BTreeMap::new();
     let held = survey(tgid, common);
+    let mut pg_view = PgView::new(common);
     let idle = idle_clients(tgid, &held);
     for held in held {
         let fd = held.fds[0];
@@ -232,7 +233,13 @@ fn attach_conns(
         let local = Some(held.socket.local);
         state.add_existing_conn((tgid, fd), held.role, held.protocol(), local, peer, busy);
         if held.role == Role::Db && held.protocol() == Protocol::Postgres {
-            pg_state_at_attach(state, (tgid, fd), held.socket.local, held.socket.remote);
+            pg_state_at_attach(
+                state,
+                (tgid, fd),
+                held.socket.local,
+                held.socket.remote,
+                &mut pg_view,
+            );
         }
         for alias in held.fds {
             primaries.insert(alias, fd);
@@ -323,18 +330,48 @@ fn attach_blocked_syscalls(
     Ok(())
 }
 
-/// A PostgreSQL connection found at attach: when its backend runs on this host, the
-/// backend's process title says whether a transaction is open (host/pg_title.rs).
+/// `--db-url`'s pg_stat_activity, asked once per attach and only when needed.
+struct PgView<'a> {
+    url: Option<&'a str>,
+    sessions: Option<std::collections::HashMap<std::net::SocketAddr, pg_title::BackendState>>,
+}
+
+impl<'a> PgView<'a> {
+    fn new(common: &'a Common) -> Self {
+        Self {
+            url: common.db_url.as_ref().map(|u| u.expose()),
+            sessions: None,
+        }
+    }
+
+    fn state(&mut self, client: std::net::SocketAddr) -> Option<pg_title::BackendState> {
+        let url = self.url?;
+        let sessions = self.sessions.get_or_insert_with(|| {
+            crate::host::pg_view::sessions(url).unwrap_or_else(|why| {
+                log::warn!("{why}: transactions open before attach stay unknown");
+                Default::default()
+            })
+        });
+        sessions.get(&client).copied()
+    }
+}
+
+/// A PostgreSQL connection found at attach: the database's own view says whether a
+/// transaction is open: a local backend's process title (host/pg_title.rs), else
+/// `--db-url`'s pg_stat_activity (host/pg_view.rs), matched by the target's end.
 fn pg_state_at_attach(
     state: &mut AuditState,
     key: (u32, u32),
     local: std::net::SocketAddr,
     peer: std::net::SocketAddr,
+    view: &mut PgView,
 ) {
-    if !peer.ip().is_loopback() {
-        return;
-    }
-    let Some(backend) = pg_title::backend_state(local) else {
+    let title = peer
+        .ip()
+        .is_loopback()
+        .then(|| pg_title::backend_state(local))
+        .flatten();
+    let Some(backend) = title.or_else(|| view.state(local)) else {
         return;
     };
     let txn = match backend {
@@ -342,10 +379,6 @@ fn pg_state_at_attach(
         pg_title::BackendState::InTransaction => Txn::Open,
         pg_title::BackendState::Aborted => Txn::Failed,
     };
-    log::debug!(
-        "fd {} of {}: its PostgreSQL backend says {backend:?}",
-        key.1,
-        key.0
-    );
+    log::debug!("fd {} of {}: PostgreSQL says {backend:?}", key.1, key.0);
     state.db_state_at_attach(key, txn);
 }
