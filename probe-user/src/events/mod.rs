@@ -52,6 +52,28 @@ pub enum Event {
     /// Not a ring-buffer record: the request counters, read from the kernel's maps on
     /// each drain tick.
     Requests(RequestSample),
+    /// Not a ring-buffer record: a client connection whose state at attach was unknown is
+    /// known now (`attach_rule`).
+    Resolved(Resolved),
+}
+
+/// How a client connection that was `unknown` at attach became known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResolvedBy {
+    /// It had traffic since attach: the kernel follows its requests from there.
+    Traffic,
+    /// Its process was seen waiting for input with nothing in flight and no traffic on it
+    /// since attach: what it had was answered.
+    Quiescent,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resolved {
+    pub ktime_ns: u64,
+    pub tgid: u32,
+    pub fd: u32,
+    pub by: ResolvedBy,
 }
 
 impl Event {
@@ -65,6 +87,7 @@ impl Event {
             Event::ConnClose(e) => e.ktime_ns,
             Event::Requests(e) => e.ktime_ns,
             Event::DbIo(e) => e.ktime_ns,
+            Event::Resolved(e) => e.ktime_ns,
         }
     }
 }

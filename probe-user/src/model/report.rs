@@ -198,7 +198,33 @@ pub struct Report {
     pub requests: Option<LatencySummary>,
     pub db_queries: Option<LatencySummary>,
     pub events: EventCounts,
+    /// What could not be known (absent when sockets were not watched).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub coverage: Option<Coverage>,
     /// Probes that failed to attach (the verdict is then `incomplete`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub probe_failures: Vec<String>,
+}
+
+/// What the report could not know.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Coverage {
+    /// Client connections whose state at attach the evidence could not settle (DESIGN.md,
+    /// "unknown"): never counted idle silently, never a violation.
+    pub unknown_at_attach: Vec<UnknownAtAttach>,
+}
+
+/// A connection whose state at attach was unknown, and how (if) it became known.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct UnknownAtAttach {
+    pub pid: u32,
+    pub fd: u32,
+    pub peer: Option<String>,
+    /// What was unknown: `request` (whether one was in flight).
+    pub what: &'static str,
+    /// When it became known (ms since attach); `null` if it never did.
+    pub resolved_at_ms: Option<u64>,
+    /// `traffic`, `quiescent` (its process was seen waiting for input, nothing in flight),
+    /// `closed`; `null` if never: then it ended (exit, end of the run) still unknown.
+    pub resolved_by: Option<&'static str>,
 }

@@ -7,10 +7,10 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use crate::{
     events::signals,
     events::{Event, Exit, Fork, Protocol, Role, Signal},
-    model::conns::ConnTracker,
+    model::conns::{AtAttach, ConnTracker},
     model::report::{
-        EventCounts, ExitReport, Mode, Report, SigkillViolation, TargetReport, Verdict, Violation,
-        SCHEMA,
+        Coverage, EventCounts, ExitReport, Mode, Report, SigkillViolation, TargetReport, Verdict,
+        Violation, SCHEMA,
     },
 };
 
@@ -56,6 +56,9 @@ pub struct AuditState {
     conns: Option<ConnTracker>,
     /// The most recent signals sent to targets, oldest first (for the live view).
     recent_signals: VecDeque<SignalSeen>,
+    /// Targets sent a signal that asks them to end (`signals::asks_to_end`) while watched:
+    /// `audit -- CMD` follows them to their exit.
+    told_to_end: std::collections::BTreeSet<u32>,
 }
 
 /// A signal a target received, as the live view shows it.
@@ -83,7 +86,31 @@ impl AuditState {
             received: 0,
             conns: None,
             recent_signals: VecDeque::new(),
+            told_to_end: std::collections::BTreeSet::new(),
         }
+    }
+
+    /// Targets sent SIGKILL that have not exited yet: their exit is on its way.
+    pub fn killed_running(&self) -> Vec<u32> {
+        let mut out: Vec<u32> = self
+            .violations
+            .iter()
+            .filter_map(|v| match v {
+                Violation::Sigkill(kill) if !self.has_exited(kill.pid) => Some(kill.pid),
+                _ => None,
+            })
+            .collect();
+        out.dedup();
+        out
+    }
+
+    /// Targets that were sent a signal asking them to end and have not exited yet.
+    pub fn ending_targets(&self) -> Vec<u32> {
+        self.told_to_end
+            .iter()
+            .copied()
+            .filter(|tgid| !self.has_exited(*tgid))
+            .collect()
     }
 
     pub fn recent_signals(&self) -> impl Iterator<Item = &SignalSeen> {
@@ -139,10 +166,10 @@ impl AuditState {
         protocol: Protocol,
         local: Option<std::net::SocketAddr>,
         peer: Option<std::net::SocketAddr>,
-        busy: bool,
+        at_attach: AtAttach,
     ) {
         if let Some(conns) = self.conns.as_mut() {
-            conns.add_existing(key, role, protocol, local, peer, busy);
+            conns.add_existing(key, role, protocol, local, peer, at_attach);
         }
     }
 
@@ -213,7 +240,7 @@ impl AuditState {
     }
 
     pub fn apply(&mut self, event: &Event) {
-        if !matches!(event, Event::Requests(_)) {
+        if !matches!(event, Event::Requests(_) | Event::Resolved(_)) {
             self.received += 1;
         }
         match event {
@@ -250,6 +277,12 @@ impl AuditState {
                     conns.db_io(io);
                 }
             }
+            Event::Resolved(resolved) => {
+                let at_ms = self.at_ms(resolved.ktime_ns);
+                if let Some(conns) = self.conns.as_mut() {
+                    conns.resolve(resolved, at_ms);
+                }
+            }
         }
     }
 
@@ -280,6 +313,9 @@ impl AuditState {
             sender_tgid: signal.sender_tgid,
             sender_comm: signal.sender_comm.clone(),
         });
+        if signals::asks_to_end(signal.sig) {
+            self.told_to_end.insert(tgid);
+        }
         if signal.sig != libc::SIGKILL {
             return;
         }
@@ -341,7 +377,11 @@ impl AuditState {
     /// The report of this run. `lost` counts events the kernel could not deliver (and
     /// records userspace could not decode); `probe_failures` names probes that did not attach.
     pub fn report(&self, mode: Mode, lost: u64, probe_failures: Vec<String>) -> Report {
-        let verdict = if lost > 0 || !probe_failures.is_empty() {
+        // A connection still unknown when its process exited could have been a request the
+        // exit cut: the report cannot be `clean` about it (nor call it a violation).
+        let exited_unknown = self.conns.as_ref().map_or(0, |c| c.exited_unknown());
+        let unseen = lost > 0 || !probe_failures.is_empty();
+        let verdict = if unseen || (self.violations.is_empty() && exited_unknown > 0) {
             Verdict::Incomplete
         } else if !self.violations.is_empty() {
             Verdict::Violations
@@ -376,6 +416,9 @@ impl AuditState {
                 received: self.received,
                 lost,
             },
+            coverage: self.conns.as_ref().map(|c| Coverage {
+                unknown_at_attach: c.unknown_at_attach(),
+            }),
             probe_failures,
         }
     }

@@ -3,10 +3,12 @@
 //! ends and outputs.
 //!
 //! [`existing`] seeds what the targets already had going at attach (connections, blocked
-//! syscalls). The session joins the layers below it: it may use [`crate::kernel`],
+//! syscalls), judged by [`attach_rule`] (pure: whether a connection had a request in
+//! flight). The session joins the layers below it: it may use [`crate::kernel`],
 //! [`crate::host`], [`crate::events`], [`crate::model`], [`crate::verdict`] (why a run ended)
 //! and the settings; only the commands use it.
 
+pub mod attach_rule;
 pub mod existing;
 
 use std::{os::fd::AsRawFd, time::Duration};
@@ -15,7 +17,7 @@ use probe_common::latency;
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
 use crate::{
-    events::{self, Event, RequestSample, Role, TargetRequests},
+    events::{self, Event, RequestSample, Resolved, ResolvedBy, Role, TargetRequests},
     host::launch,
     host::netstat,
     host::procfs,
@@ -23,6 +25,7 @@ use crate::{
     kernel::features::Features,
     kernel::probe::{self, Probe, ProbeOptions},
     kernel::tracefs,
+    model::conns::AtAttach,
     model::state::{AuditState, Origin},
     output::doctor,
     settings::{Common, TargetSet},
@@ -39,6 +42,8 @@ fn attach_process(
     origin: Origin,
     common: &Common,
 ) -> Result<bool> {
+    // Asked before the probe watches the target: the question is not one of its requests.
+    let view = existing::server_view(tgid);
     probe.add_target(tgid, tgid)?;
     for pid in procfs::threads(tgid) {
         probe.add_target(pid, tgid)?;
@@ -56,7 +61,7 @@ fn attach_process(
         return Err(Error::Compat32(tgid));
     }
     state.add_target(tgid, comm, origin);
-    existing::attach(probe, state, tgid, common)?;
+    existing::attach(probe, state, tgid, common, view.as_ref())?;
     Ok(true)
 }
 
@@ -310,6 +315,9 @@ pub struct Session {
     end: EndWhen,
     interrupt: tokio::signal::unix::Signal,
     terminate: tokio::signal::unix::Signal,
+    common: Common,
+    /// When connections unknown at attach were last looked at.
+    unknown_checked_at: Option<std::time::Instant>,
 }
 
 /// How often an audit or serve reads its cgroups again.
@@ -324,6 +332,9 @@ struct CgroupWatch {
     common: Common,
     read_at: std::time::Instant,
 }
+
+/// How often connections still unknown since attach are looked at again.
+const RECHECK_UNKNOWN_EVERY: Duration = Duration::from_millis(25);
 
 /// When [`Session::follow`] ends by itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -420,7 +431,65 @@ impl Session {
             end,
             interrupt,
             terminate,
+            common: common.clone(),
+            unknown_checked_at: None,
         })
+    }
+
+    /// Settles client connections whose state at attach was unknown (`attach_rule`): one
+    /// that had traffic since (the kernel cleared its flag: it follows its requests from
+    /// there), or, with no traffic on it, whose process now waits for input with nothing in
+    /// flight, no outbound connection awaiting a reply and no bytes unread.
+    fn recheck_unknown(&mut self) {
+        let Some(conns) = self.state.conns() else {
+            return;
+        };
+        let unresolved: Vec<(u32, u32)> = conns.unresolved().collect();
+        if unresolved.is_empty()
+            || self
+                .unknown_checked_at
+                .is_some_and(|at| at.elapsed() < RECHECK_UNKNOWN_EVERY)
+        {
+            return;
+        }
+        self.unknown_checked_at = Some(std::time::Instant::now());
+        let ktime_ns = procfs::monotonic_now().as_nanos() as u64;
+        let mut settled = Vec::new();
+        let mut quiet: Vec<(u32, u32)> = Vec::new();
+        for (tgid, fd) in unresolved {
+            if self.probe.had_traffic(probe_common::ConnKey { tgid, fd }) {
+                settled.push((tgid, fd, ResolvedBy::Traffic));
+            } else {
+                quiet.push((tgid, fd));
+            }
+        }
+        let mut tgids: Vec<u32> = quiet.iter().map(|(tgid, _)| *tgid).collect();
+        tgids.dedup();
+        for tgid in tgids {
+            // The same rule as at attach, on what the kernel and /proc say now.
+            let held = existing::survey(tgid, &self.common);
+            let in_flight = conns.in_flight(Some(tgid));
+            let extra = (in_flight.requests + in_flight.queries) as usize;
+            let judged = existing::judge_clients(tgid, &held, None, extra);
+            for (fd, at_attach, why) in judged {
+                if at_attach == AtAttach::Idle && quiet.contains(&(tgid, fd)) {
+                    log::debug!("client fd {fd} of {tgid}, unknown at attach, now idle: {why}");
+                    settled.push((tgid, fd, ResolvedBy::Quiescent));
+                }
+            }
+        }
+        for (tgid, fd, by) in settled {
+            let event = Event::Resolved(Resolved {
+                ktime_ns,
+                tgid,
+                fd,
+                by,
+            });
+            if self.reader.verbose >= 2 {
+                print_event(&event);
+            }
+            self.state.apply(&event);
+        }
     }
 
     /// When events were lost, an exit may have been among them: a target whose process has
@@ -475,7 +544,11 @@ impl Session {
     pub fn targets_done(&self) -> bool {
         match self.end {
             EndWhen::AllExited => self.state.all_exited(),
-            EndWhen::Exited(pid) => self.state.has_exited(pid),
+            // The command's consequences too: a target it told to end (`kill -TERM`,
+            // `systemctl restart`) is followed to its exit, so the whole shutdown is audited.
+            EndWhen::Exited(pid) => {
+                self.state.has_exited(pid) && self.state.ending_targets().is_empty()
+            }
             EndWhen::Never => false,
         }
     }
@@ -555,6 +628,7 @@ impl Session {
                     self.drain();
                     self.notice_unseen_exits();
                     self.join_cgroups();
+                    self.recheck_unknown();
                     if last_tick.is_none_or(|at| at.elapsed() >= tick) {
                         last_tick = Some(std::time::Instant::now());
                         on_tick(self);
@@ -568,9 +642,36 @@ impl Session {
         drop(ring_fd);
         // Whatever is still queued happened inside the window: read it before reporting.
         self.drain();
+        if ended != EndedBy::Interrupted {
+            self.await_dying().await;
+        }
         self.reader
             .sample_requests(&self.probe, &mut self.state, true);
         Ok(ended)
+    }
+
+    /// A target seen dying (sent SIGKILL, or gone from /proc) whose exit event has not been
+    /// read yet: waits a moment for it, so that its exit record is never missing from a
+    /// report that saw it die. A SIGKILL takes effect in microseconds to milliseconds; a
+    /// task stuck in uninterruptible sleep can take longer, and is then reported running.
+    async fn await_dying(&mut self) {
+        const PATIENCE: Duration = Duration::from_secs(2);
+        let started = std::time::Instant::now();
+        loop {
+            let mut dying = self.state.killed_running();
+            dying.extend(
+                self.state
+                    .running_targets()
+                    .into_iter()
+                    .filter(|tgid| procfs::has_ended(*tgid)),
+            );
+            if dying.is_empty() || started.elapsed() > PATIENCE {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            self.drain();
+            self.notice_unseen_exits();
+        }
     }
 
     /// Detaches the probe and reaps a launched command that has exited.
