@@ -63,9 +63,11 @@ pub enum Event {
 pub enum ResolvedBy {
     /// It had traffic since attach: the kernel follows its requests from there.
     Traffic,
-    /// Its process was seen waiting for input with nothing in flight and no traffic on it
-    /// since attach: what it had was answered.
-    Quiescent,
+    /// The same rules as at attach, applied again to what the kernel and /proc say now,
+    /// call it idle (no traffic on it seen by the probe): its process now waits for input
+    /// with nothing in flight, or it was answered between the look at attach and the probe
+    /// watching it.
+    Evidence,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -297,7 +297,7 @@ impl ConnTracker {
     pub fn resolve(&mut self, event: &Resolved, at_ms: u64) {
         let by = match event.by {
             ResolvedBy::Traffic => "traffic",
-            ResolvedBy::Quiescent => "quiescent",
+            ResolvedBy::Evidence => "evidence",
         };
         if self.settle(event.tgid, event.fd, at_ms, by) {
             self.touch(event.ktime_ns);

@@ -224,7 +224,9 @@ pub struct UnknownAtAttach {
     pub what: &'static str,
     /// When it became known (ms since attach); `null` if it never did.
     pub resolved_at_ms: Option<u64>,
-    /// `traffic`, `quiescent` (its process was seen waiting for input, nothing in flight),
+    /// `traffic`, `evidence` (the attach rules applied again call it idle: its process
+    /// waits for input with nothing in flight, or it was answered just before the probe
+    /// watched it),
     /// `closed`; `null` if never: then it ended (exit, end of the run) still unknown.
     pub resolved_by: Option<&'static str>,
 }

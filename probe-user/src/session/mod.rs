@@ -474,7 +474,7 @@ impl Session {
             for (fd, at_attach, why) in judged {
                 if at_attach == AtAttach::Idle && quiet.contains(&(tgid, fd)) {
                     log::debug!("client fd {fd} of {tgid}, unknown at attach, now idle: {why}");
-                    settled.push((tgid, fd, ResolvedBy::Quiescent));
+                    settled.push((tgid, fd, ResolvedBy::Evidence));
                 }
             }
         }

@@ -452,7 +452,7 @@ fn unknown_connections_hold_the_drain_until_resolved_and_are_never_violations() 
     assert_eq!(
         how,
         vec![
-            (7, Some(30), Some("quiescent")),
+            (7, Some(30), Some("evidence")),
             (8, Some(40), Some("closed")),
             (9, None, None)
         ]
