@@ -38,12 +38,13 @@ fn audit_of_kill_term_follows_the_shutdown_it_caused_and_flags_the_cut_request()
     require_root();
     // On SIGTERM it exits a second later, answering nothing.
     let server = EventLoopServer::start(&["--term-exit-after-ms", "1000"]);
-    let _in_flight = server.request("slow", 10_000);
+    let _in_flight = server.request("slow", scaled_ms(10_000));
     until_read(&server);
     let pid = server.pid.to_string();
     let started = Instant::now();
+    // -v: the evidence each connection was judged on, in a failure message.
     let done = run_drainwatch(&[
-        "audit", "--pid", &pid, "--json", "--", "kill", "-TERM", &pid,
+        "audit", "--pid", &pid, "--json", "-v", "--", "kill", "-TERM", &pid,
     ]);
     let took = started.elapsed();
     assert_eq!(done.code, 1, "{done:?}");
@@ -92,7 +93,7 @@ fn audit_of_kill_dash_nine_records_the_exit_it_caused() {
 fn ctrl_c_on_wait_is_incomplete_never_clean() {
     require_root();
     let server = EventLoopServer::start(&[]);
-    let _in_flight = server.request("slow", 10_000);
+    let _in_flight = server.request("slow", scaled_ms(10_000));
     until_read(&server);
     let pid = server.pid.to_string();
     let wait = Drainwatch::attach(&["wait", "--pid", &pid, "--json", "--timeout", "30s"]);
@@ -109,7 +110,7 @@ fn ctrl_c_on_wait_is_incomplete_never_clean() {
 fn ctrl_c_on_stop_is_incomplete_never_clean() {
     require_root();
     // A shutdown that would take long: drainwatch is interrupted before it ends.
-    let server = EventLoopServer::start(&["--term-exit-after-ms", "20000"]);
+    let server = EventLoopServer::start(&["--term-exit-after-ms", &scaled_ms(20_000).to_string()]);
     let pid = server.pid.to_string();
     let stop = Drainwatch::attach(&["stop", "--pid", &pid, "--json", "--timeout", "30s"]);
     std::thread::sleep(Duration::from_millis(300));

@@ -96,8 +96,13 @@ fn a_slow_redis_command_in_flight_at_attach_holds_wait() {
     let mut slow = pinged(redis.port());
     // In a later kernel tick than its PONG.
     std::thread::sleep(Duration::from_millis(30));
-    slow.write_all(b"*3\r\n$5\r\nDEBUG\r\n$5\r\nSLEEP\r\n$3\r\n1.5\r\n")
-        .unwrap();
+    // Longer than attaching takes (seconds in the kernel-matrix guests: time_scale).
+    let secs = format!("{:.1}", scaled_ms(1500) as f64 / 1000.0);
+    let debug_sleep = format!(
+        "*3\r\n$5\r\nDEBUG\r\n$5\r\nSLEEP\r\n${}\r\n{secs}\r\n",
+        secs.len()
+    );
+    slow.write_all(debug_sleep.as_bytes()).unwrap();
     let reply = std::thread::spawn(move || {
         let mut got = [0u8; 5];
         slow.read_exact(&mut got).unwrap();
@@ -105,7 +110,8 @@ fn a_slow_redis_command_in_flight_at_attach_holds_wait() {
     });
     std::thread::sleep(Duration::from_millis(100));
     let pid = redis.pid().to_string();
-    let mut wait = Drainwatch::spawn(&["wait", "--pid", &pid, "--json", "--timeout", "10s"]);
+    let timeout = format!("{}ms", scaled_ms(10_000));
+    let mut wait = Drainwatch::spawn(&["wait", "--pid", &pid, "--json", "--timeout", &timeout]);
     let lines = wait.stdout_lines();
     let verdict = lines
         .iter()
@@ -163,7 +169,7 @@ fn a_client_blocked_in_blpop_before_attach_does_not_hold_wait_or_stop() {
 /// A connection whose state at attach cannot be told (a slow request sent the moment the
 /// previous answer arrived: the kernel's stamps tie, and the socket has acknowledged data
 /// it did not answer) is `unknown` in `wait`'s progress lines and report, and in `watch`;
-/// it holds the drain; its traffic resolves it. Whether the two land in one kernel tick is
+/// it holds the drain; traffic on it resolves it. Whether the two land in one kernel tick is
 /// chance, so a round that did not tie (then the request is plainly busy) is tried again,
 /// on a fresh server (the earlier round's request is still being worked on).
 #[test]
@@ -185,10 +191,11 @@ fn an_ambiguous_connection_is_unknown_in_wait_watch_and_the_report() {
     let mut seen_in_wait = false;
     for _ in 0..6 {
         // Longer than attaching can take on a loaded machine, plus the timeout.
-        let (server, conn, _) = tie(15_000);
+        let (server, conn, _) = tie(scaled_ms(15_000));
         let ours = conn.local_addr().unwrap().to_string();
         let pid = server.pid.to_string();
-        let done = run_drainwatch(&["wait", "--pid", &pid, "--json", "--timeout", "700ms"]);
+        // -v: the evidence each connection was judged on, in the failure message.
+        let done = run_drainwatch(&["wait", "--pid", &pid, "--json", "--timeout", "700ms", "-v"]);
         let report = report_of(&done.stdout);
         assert_eq!(done.code, 4, "held until the timeout: {done:?}");
         assert_eq!(report["verdict"], "timeout", "{report:#}");
@@ -209,7 +216,7 @@ fn an_ambiguous_connection_is_unknown_in_wait_watch_and_the_report() {
 
     let mut seen_in_watch = false;
     for _ in 0..6 {
-        let (server, _conn, mut replies) = tie(4_000);
+        let (server, mut conn, _) = tie(scaled_ms(15_000));
         let pid = server.pid.to_string();
         let mut watch =
             Drainwatch::attach(&["watch", "--pid", &pid, "--json", "--interval", "100ms"]);
@@ -220,9 +227,8 @@ fn an_ambiguous_connection_is_unknown_in_wait_watch_and_the_report() {
             watch.finish();
             continue;
         }
-        let mut line = String::new();
-        replies.read_line(&mut line).unwrap();
-        // The answer is traffic: the connection is known from then on.
+        // The client speaks again: traffic, the connection is known from then on.
+        conn.write_all(b"op more 0\n").unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
             let frame: Value = serde_json::from_str(&frames.recv().unwrap()).unwrap();

@@ -318,6 +318,8 @@ pub struct Session {
     common: Common,
     /// When connections unknown at attach were last looked at.
     unknown_checked_at: Option<std::time::Instant>,
+    /// How many times they were looked at: the look backs off (`recheck_every`).
+    unknown_checks: u32,
 }
 
 /// How often an audit or serve reads its cgroups again.
@@ -334,7 +336,13 @@ struct CgroupWatch {
 }
 
 /// How often connections still unknown since attach are looked at again.
-const RECHECK_UNKNOWN_EVERY: Duration = Duration::from_millis(25);
+/// How often connections still unknown since attach are looked at again: every 25 ms at
+/// first (a thread caught running at attach is the usual cause, and the drain waits for the
+/// answer), backing off to every 200 ms (each look reads the targets' fd tables, their
+/// /proc/net/tcp and a sock_diag dump: on a busy server with many connections that costs).
+fn recheck_every(checks: u32) -> Duration {
+    Duration::from_millis(25 << checks.min(3))
+}
 
 /// When [`Session::follow`] ends by itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -433,6 +441,7 @@ impl Session {
             terminate,
             common: common.clone(),
             unknown_checked_at: None,
+            unknown_checks: 0,
         })
     }
 
@@ -448,11 +457,12 @@ impl Session {
         if unresolved.is_empty()
             || self
                 .unknown_checked_at
-                .is_some_and(|at| at.elapsed() < RECHECK_UNKNOWN_EVERY)
+                .is_some_and(|at| at.elapsed() < recheck_every(self.unknown_checks))
         {
             return;
         }
         self.unknown_checked_at = Some(std::time::Instant::now());
+        self.unknown_checks += 1;
         let ktime_ns = procfs::monotonic_now().as_nanos() as u64;
         let mut settled = Vec::new();
         let mut quiet: Vec<(u32, u32)> = Vec::new();
