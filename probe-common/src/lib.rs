@@ -253,6 +253,9 @@ impl ConnState {
 
 /// `ConnState::flags`: the connection existed before attach.
 pub const CONN_EXISTED: u8 = 1;
+/// `ConnState::flags`: a client connection whose state at attach was unknown and that has
+/// had no send or receive since (the kernel clears it at the first one).
+pub const CONN_UNKNOWN: u8 = 2;
 
 /// Syscall kinds remembered between sys_enter and sys_exit (`PENDING`).
 pub const IO_READ: u8 = 1;

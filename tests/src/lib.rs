@@ -444,3 +444,45 @@ pub fn hold_connections(port: u16, conns: usize, secs: u64) -> (Child, u64) {
         .unwrap_or_else(|| panic!("dw-load hold said {line:?}"));
     (hold, opened)
 }
+
+/// The event-loop fixture server (Python asyncio, tests/fixtures/event_loop_server.py),
+/// killed when dropped.
+pub struct EventLoopServer {
+    pub child: Child,
+    pub pid: u32,
+    pub port: u16,
+}
+
+impl EventLoopServer {
+    /// Starts it with `args` (e.g. `--term-exit-after-ms 1000`) and reads its port.
+    pub fn start(args: &[&str]) -> Self {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/event_loop_server.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 runs (it is on every machine of this project's kind)");
+        let mut port = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut port)
+            .expect("the server prints its port");
+        let port = port.trim().parse().expect("a port");
+        let pid = child.id();
+        Self { child, pid, port }
+    }
+
+    /// A connection that sent `op NAME PAUSE_MS`; the reply is read with a reader of it.
+    pub fn request(&self, name: &str, pause_ms: u64) -> std::net::TcpStream {
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        std::io::Write::write_all(&mut conn, format!("op {name} {pause_ms}\n").as_bytes()).unwrap();
+        conn
+    }
+}
+
+impl Drop for EventLoopServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

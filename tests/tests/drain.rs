@@ -199,28 +199,8 @@ fn wait_returns_after_the_last_request_completes_never_before() {
 fn an_event_loop_server_with_a_request_in_flight_is_not_drained_early() {
     use std::io::{BufRead, BufReader, Write};
     require_root();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/event_loop_server.py");
-    /// Killed however the test ends.
-    struct Python(std::process::Child);
-    impl Drop for Python {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut server = Python(
-        std::process::Command::new("python3")
-            .arg(script)
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("python3 runs (it is on every machine of this project's kind)"),
-    );
-    let mut port = String::new();
-    BufReader::new(server.0.stdout.take().unwrap())
-        .read_line(&mut port)
-        .expect("the server prints its port");
-    let port: u16 = port.trim().parse().expect("a port");
-    let pid = server.0.id().to_string();
+    let server = EventLoopServer::start(&[]);
+    let (port, pid) = (server.port, server.pid.to_string());
     let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     let mut replies = BufReader::new(client.try_clone().unwrap());
     // An answered request, long enough ago that the answer is in a later kernel tick.

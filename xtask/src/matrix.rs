@@ -23,14 +23,18 @@ use crate::{
 /// What every guest runs: one test per behaviour the issue names (a SIGKILL named with its
 /// sender, a forked child killed with -9, PostgreSQL cut mid-transaction, a graceful stop,
 /// a wait that drains after the request), plus the exit of a multi-threaded target whose
-/// main thread leaves first (the kernels differ in how a whole process's exit is seen).
-pub const SUBSET: [&str; 6] = [
+/// main thread leaves first (the kernels differ in how a whole process's exit is seen), and
+/// the rule for connections from before attach, which reads the kernel's TCP bookkeeping
+/// (an idle Redis drains; an ambiguous connection stays unknown).
+pub const SUBSET: [&str; 8] = [
     "audit::kill_dash_nine_from_a_helper_is_exactly_one_sigkill_naming_the_sender",
     "audit::a_forked_child_killed_with_sigkill_is_flagged_with_the_childs_pid",
     "audit::a_multithreaded_target_exits_when_its_last_thread_does",
     "connections::postgres_kill_nine_mid_transaction",
     "drain::stop_with_a_handler_waits_for_the_request_and_is_clean",
     "drain::wait_returns_after_the_last_request_completes_never_before",
+    "idle::redis_with_idle_clients_is_drained_within_the_quiet_window",
+    "idle::an_ambiguous_connection_is_unknown_in_wait_watch_and_the_report",
 ];
 
 /// How long one guest may take (boot, every test, power-off) before it is killed. Under TCG

@@ -3,8 +3,8 @@
 
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 use probe_common::{
-    ConnKey, Pending, SockAddr, IO_READ, IO_READV, IO_RECVFROM, IO_RECVMSG, IO_SENDMSG, IO_SENDTO,
-    IO_WRITE, IO_WRITEV, ROLE_CLIENT, ROLE_DB, ROLE_UPSTREAM,
+    ConnKey, Pending, SockAddr, CONN_UNKNOWN, IO_READ, IO_READV, IO_RECVFROM, IO_RECVMSG,
+    IO_SENDMSG, IO_SENDTO, IO_WRITE, IO_WRITEV, ROLE_CLIENT, ROLE_DB, ROLE_UPSTREAM,
 };
 
 use super::{
@@ -34,6 +34,10 @@ fn enter_io(ctx: &RawTracePointContext, kind: u8) -> Result<u32, u32> {
         // bytes received after idle, which only the sys_exit can tell. So only a receive on
         // an idle client connection is remembered.
         ROLE_CLIENT if is_send(kind) => {
+            // Traffic settles a connection unknown at attach (userspace reads the flag).
+            if state.flags & CONN_UNKNOWN != 0 {
+                state.flags &= !CONN_UNKNOWN;
+            }
             if state.request_in_flight != 0 {
                 if let Some(target) = target(tgid) {
                     end_request(target, state, true);
@@ -89,6 +93,9 @@ pub(super) fn exit_io(ctx: &RawTracePointContext, pending: Pending) -> Result<u3
     let send = is_send(pending.kind);
     match state.role {
         ROLE_CLIENT if !send && state.request_in_flight == 0 => {
+            if state.flags & CONN_UNKNOWN != 0 {
+                state.flags &= !CONN_UNKNOWN;
+            }
             if let Some(target) = target(tgid) {
                 start_request(target, state);
             }

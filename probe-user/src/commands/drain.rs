@@ -25,7 +25,7 @@ use crate::{
     settings::{Common, StopSettings, WaitSettings},
     verdict::{
         self,
-        outcome::{drain_exit_code, EndedBy, EXIT_TIMEOUT},
+        outcome::{drain_exit_code, EndedBy},
     },
     Error, Result,
 };
@@ -51,6 +51,8 @@ pub struct Progress {
     pub requests: u64,
     pub queries: u64,
     pub transactions: u64,
+    /// Client connections whose state at attach is still unknown (they hold the drain).
+    pub unknown: u64,
 }
 
 fn progress(state: &AuditState, phase: &'static str) -> Progress {
@@ -61,12 +63,18 @@ fn progress(state: &AuditState, phase: &'static str) -> Progress {
         requests: in_flight.requests,
         queries: in_flight.queries,
         transactions: in_flight.transactions,
+        unknown: in_flight.unknown,
     }
 }
 
 pub fn describe_in_flight(p: &Progress) -> String {
+    let unknown = if p.unknown > 0 {
+        format!(", {} connections unknown since attach", p.unknown)
+    } else {
+        String::new()
+    };
     format!(
-        "{} requests, {} db queries, {} transactions in flight",
+        "{} requests, {} db queries, {} transactions in flight{unknown}",
         p.requests, p.queries, p.transactions
     )
 }
@@ -133,11 +141,19 @@ impl Shower {
 }
 
 /// The report with its drain section and the verdict `incomplete` > `timeout` > the rest.
-fn drain_report(session: &Session, mode: Mode, drain: DrainReport, timed_out: bool) -> Report {
+/// Interrupted (Ctrl-C, SIGTERM to drainwatch) before it could tell: `incomplete`, never
+/// `clean` (violations seen before the interruption stay `violations`).
+fn drain_report(
+    session: &Session,
+    mode: Mode,
+    drain: DrainReport,
+    timed_out: bool,
+    interrupted: bool,
+) -> Report {
     let mut report = session
         .state
         .report(mode, session.lost(), session.probe.failures().to_vec());
-    verdict::drain::add_drain(&mut report, drain, timed_out);
+    verdict::drain::add_drain(&mut report, drain, timed_out, interrupted);
     report
 }
 
@@ -173,7 +189,8 @@ pub async fn wait(settings: &WaitSettings) -> Result<u8> {
         drain_ms: drained_at_ms.or(exited_at_ms),
     };
     let timed_out = matches!(ended, EndedBy::Duration);
-    let report = drain_report(&session, Mode::Wait, drain, timed_out);
+    let interrupted = ended == EndedBy::Interrupted;
+    let report = drain_report(&session, Mode::Wait, drain, timed_out, interrupted);
     let p = progress(&session.state, "timeout");
     let headline = match ended {
         EndedBy::Condition => format!(
@@ -187,15 +204,15 @@ pub async fn wait(settings: &WaitSettings) -> Result<u8> {
             settings.timeout.as_secs_f64(),
             describe_in_flight(&p)
         ),
-        EndedBy::Interrupted => "interrupted".to_string(),
+        EndedBy::Interrupted => format!(
+            "interrupted before drained (verdict incomplete): {}",
+            describe_in_flight(&p)
+        ),
     };
     // The verdict goes out before the probe is taken down (which takes the kernel about a
     // second): whoever reads the output does not wait for that.
     shower.finish(&report, &headline);
     session.finish();
-    if ended == EndedBy::Interrupted {
-        return Ok(EXIT_TIMEOUT);
-    }
     Ok(drain_exit_code(&report))
 }
 
@@ -315,7 +332,8 @@ pub async fn stop(settings: &StopSettings) -> Result<u8> {
             .or(exited_at_ms)
             .map(|at| at.saturating_sub(signal_at_ms)),
     };
-    let report = drain_report(&session, Mode::Stop, drain, timed_out);
+    let interrupted = ended == EndedBy::Interrupted;
+    let report = drain_report(&session, Mode::Stop, drain, timed_out, interrupted);
     let p = progress(&session.state, "end");
     if let Some(file) = &settings.report {
         write_report(file, &report)?;
@@ -334,13 +352,14 @@ pub async fn stop(settings: &StopSettings) -> Result<u8> {
                 .unwrap_or_else(|| "exit".into()),
             exited_at_ms.unwrap_or(0) as f64 / 1000.0
         ),
-        (EndedBy::Interrupted, _) => "interrupted before the target exited".to_string(),
+        (EndedBy::Interrupted, verdict) => format!(
+            "interrupted before the target exited (verdict {}): {}",
+            verdict.as_str(),
+            describe_in_flight(&p)
+        ),
         (_, verdict) => format!("stopped with verdict {}", verdict.as_str()),
     };
     shower.finish(&report, &headline);
     session.finish();
-    if ended == EndedBy::Interrupted && report.verdict == Verdict::Clean {
-        return Ok(EXIT_TIMEOUT);
-    }
     Ok(drain_exit_code(&report))
 }

@@ -55,6 +55,8 @@ pub struct Frame {
     pub connections: RoleCounts,
     pub requests_in_flight: u64,
     pub queries_in_flight: u64,
+    /// Client connections whose state at attach is still unknown (may hold a request).
+    pub unknown_since_attach: u64,
     pub transactions_open: Vec<OpenTxn>,
     /// Database connections whose conversation is encrypted and not read: their
     /// transactions and queries are unknown (DESIGN.md, "encrypted conversation").
@@ -114,6 +116,7 @@ pub fn frame(session: &Session) -> Frame {
         connections,
         requests_in_flight: in_flight.requests,
         queries_in_flight: in_flight.queries,
+        unknown_since_attach: in_flight.unknown,
         transactions_open,
         encrypted,
         signals: state.recent_signals().cloned().collect(),
@@ -138,7 +141,7 @@ pub fn render(frame: &Frame) -> String {
     let mut out = format!(
         "drainwatch watch: {}   {:.1}s   events {} received, {} lost\n\
          connections: {} client, {} db, {} upstream, {} listening\n\
-         in flight:   {} requests, {} db queries, {} transactions open\n",
+         in flight:   {} requests, {} db queries, {} transactions open{}\n",
         targets.join(", "),
         frame.at_ms as f64 / 1000.0,
         frame.events.received,
@@ -149,7 +152,15 @@ pub fn render(frame: &Frame) -> String {
         c.listener,
         frame.requests_in_flight,
         frame.queries_in_flight,
-        frame.transactions_open.len()
+        frame.transactions_open.len(),
+        if frame.unknown_since_attach > 0 {
+            format!(
+                "; {} connections unknown since attach",
+                frame.unknown_since_attach
+            )
+        } else {
+            String::new()
+        }
     );
     for txn in &frame.transactions_open {
         out.push_str(&format!(

@@ -52,6 +52,30 @@ pub enum Event {
     /// Not a ring-buffer record: the request counters, read from the kernel's maps on
     /// each drain tick.
     Requests(RequestSample),
+    /// Not a ring-buffer record: a client connection whose state at attach was unknown is
+    /// known now (`attach_rule`).
+    Resolved(Resolved),
+}
+
+/// How a client connection that was `unknown` at attach became known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResolvedBy {
+    /// It had traffic since attach: the kernel follows its requests from there.
+    Traffic,
+    /// The same rules as at attach, applied again to what the kernel and /proc say now,
+    /// call it idle (no traffic on it seen by the probe): its process now waits for input
+    /// with nothing in flight, or it was answered between the look at attach and the probe
+    /// watching it.
+    Evidence,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resolved {
+    pub ktime_ns: u64,
+    pub tgid: u32,
+    pub fd: u32,
+    pub by: ResolvedBy,
 }
 
 impl Event {
@@ -65,6 +89,7 @@ impl Event {
             Event::ConnClose(e) => e.ktime_ns,
             Event::Requests(e) => e.ktime_ns,
             Event::DbIo(e) => e.ktime_ns,
+            Event::Resolved(e) => e.ktime_ns,
         }
     }
 }

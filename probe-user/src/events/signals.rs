@@ -38,6 +38,17 @@ const NAMES: [(i32, &str); 31] = [
     (libc::SIGSYS, "SIGSYS"),
 ];
 
+/// Signals that ask a process to end (signal(7), and what servers use them for: SIGQUIT is
+/// nginx's graceful shutdown, SIGINT Ctrl-C). `audit -- CMD` follows a target sent one of
+/// these to its exit. Not SIGHUP, SIGUSR1/2, SIGWINCH: servers catch them to reload, reopen
+/// logs or retire workers, and go on running.
+pub fn asks_to_end(signal: i32) -> bool {
+    matches!(
+        signal,
+        libc::SIGTERM | libc::SIGINT | libc::SIGQUIT | libc::SIGKILL | libc::SIGABRT
+    )
+}
+
 /// `SIGTERM` for 15; `SIG42` for numbers without a name (real-time signals).
 pub fn name(signal: i32) -> String {
     NAMES

@@ -1,7 +1,9 @@
 //! What the host tells, outside the probe: /proc ([`procfs`]: small reads; [`netstat`]: a
 //! process's TCP sockets), the kernel's sock_diag ([`tcpinfo`]: when each socket last sent and
-//! received), starting a command held until it is a target ([`launch`]), and which processes
-//! the `--pid`/`--comm`/`--unit`/`--cgroup` selectors and their trees are ([`targets`]).
+//! received), a local server's own view of its clients ([`server_view`]: Redis's
+//! `CLIENT LIST`, asked on loopback at attach), starting a command held until it is a target
+//! ([`launch`]), and which processes the `--pid`/`--comm`/`--unit`/`--cgroup` selectors and
+//! their trees are ([`targets`]).
 //!
 //! Owns reads of /proc and netlink, and fork/exec. May use: the crate's errors only. A process
 //! that is gone is an answer (`None`), not an error.
@@ -11,6 +13,7 @@ pub mod netstat;
 pub mod pg_title;
 pub mod pg_view;
 pub mod procfs;
+pub mod server_view;
 pub mod targets;
 pub mod tcpinfo;
 pub mod unixdiag;

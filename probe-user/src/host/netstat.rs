@@ -19,6 +19,11 @@ pub struct TcpSocket {
     pub local: SocketAddr,
     pub remote: SocketAddr,
     pub state: u8,
+    /// The kernel's delayed-ACK "interactive" (pingpong) mode, from the `quick/pingpong`
+    /// column (net/ipv4/tcp_ipv4.c, get_tcp4_sock: `(quick << 1) | in_pingpong_mode`):
+    /// set when the socket sent data soon after it received some, cleared when it had to
+    /// acknowledge received data on its own (a delayed ACK timed out). `None` if absent.
+    pub interactive: Option<bool>,
 }
 
 impl TcpSocket {
@@ -85,12 +90,17 @@ pub fn parse_table(text: &str) -> HashMap<u64, TcpSocket> {
             let remote = parse_addr(fields.get(2)?)?;
             let state = u8::from_str_radix(fields.get(3)?, 16).ok()?;
             let inode = fields.get(9)?.parse().ok()?;
+            let interactive = fields
+                .get(14)
+                .and_then(|f| f.parse::<u32>().ok())
+                .map(|quick_pingpong| quick_pingpong & 1 == 1);
             Some((
                 inode,
                 TcpSocket {
                     local,
                     remote,
                     state,
+                    interactive,
                 },
             ))
         })
@@ -144,6 +154,7 @@ mod tests {
         let conn = &table[&12346];
         assert_eq!(conn.remote, "127.0.0.1:5432".parse().unwrap());
         assert!(!conn.is_listener() && !conn.is_closed());
+        assert_eq!(conn.interactive, Some(false), "quick 15, not pingpong");
     }
 
     #[test]
@@ -164,5 +175,34 @@ mod tests {
             .filter_map(|(_, inode)| sockets.get(&inode))
             .any(|s| s.is_listener() && s.local.port() == port);
         assert!(found, "own listener found through /proc");
+    }
+
+    /// The kernel behaviour the rule for ties relies on (`attach_rule`): a socket that
+    /// answered at once is in interactive (pingpong) mode; once it has received data it
+    /// does not answer, it leaves it (at the latest when its delayed ACK times out,
+    /// TCP_DELACK_MAX = 200 ms).
+    #[test]
+    fn answering_at_once_is_interactive_and_leaving_a_request_unanswered_is_not() {
+        use std::io::{Read, Write};
+        use std::os::unix::fs::MetadataExt;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&server);
+        let inode = fs::metadata(format!("/proc/self/fd/{fd}")).unwrap().ino();
+        let me = std::process::id();
+        let interactive = || tcp_sockets(me)[&inode].interactive;
+        client.write_all(b"ping\n").unwrap();
+        server.read_exact(&mut [0u8; 5]).unwrap();
+        server.write_all(b"pong\n").unwrap();
+        client.read_exact(&mut [0u8; 5]).unwrap();
+        assert_eq!(interactive(), Some(true), "answered at once");
+        client.write_all(b"slow\n").unwrap();
+        server.read_exact(&mut [0u8; 5]).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        while interactive() != Some(false) {
+            assert!(std::time::Instant::now() < deadline, "still interactive");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 }

@@ -20,8 +20,8 @@ use aya::{
 use probe_common::{
     latency::{LatencyHistogram, LATENCY_SLOTS},
     map_names, ConnKey, ConnState, Counter, Pending, ProbeConfig, RequestCounters, SockAddr,
-    TargetInfo, COMM_LEN, CONN_EXISTED, DB_PORT_FLAG, DEFAULT_RING_BYTES, NO_OFFSET, PROTO_MONGO,
-    PROTO_MYSQL, PROTO_POSTGRES, PROTO_REDIS, PROTO_UNKNOWN,
+    TargetInfo, COMM_LEN, CONN_EXISTED, CONN_UNKNOWN, DB_PORT_FLAG, DEFAULT_RING_BYTES, NO_OFFSET,
+    PROTO_MONGO, PROTO_MYSQL, PROTO_POSTGRES, PROTO_REDIS, PROTO_UNKNOWN,
 };
 
 use crate::{kernel::btf, kernel::tracefs::Format, Error, Result};
@@ -366,6 +366,20 @@ impl Probe {
     }
 
     /// Whether the kernel's connection map says a request is in flight on a connection.
+    /// A connection added `unknown` has had traffic since (the kernel clears the flag at
+    /// its first send or receive), or is gone.
+    pub fn had_traffic(&self, key: ConnKey) -> bool {
+        let Some(map) = self.ebpf.map(map_names::CONNS) else {
+            return false;
+        };
+        let Ok(conns) = HashMap::<_, ConnKey, ConnState>::try_from(map) else {
+            return false;
+        };
+        conns
+            .get(&key, 0)
+            .map_or(true, |state| state.flags & CONN_UNKNOWN == 0)
+    }
+
     pub fn request_in_flight(&self, key: ConnKey) -> bool {
         let Some(map) = self.ebpf.map(map_names::CONNS) else {
             return false;
@@ -391,6 +405,7 @@ impl Probe {
         role: u8,
         proto: u8,
         busy: bool,
+        unknown: bool,
     ) -> Result<bool> {
         let map = self
             .ebpf
@@ -399,7 +414,7 @@ impl Probe {
         let mut conns: HashMap<_, ConnKey, ConnState> =
             HashMap::try_from(map).map_err(load_error)?;
         let mut state = ConnState::new(role, proto, key.fd);
-        state.flags = CONN_EXISTED;
+        state.flags = CONN_EXISTED | if unknown { CONN_UNKNOWN } else { 0 };
         state.request_in_flight = busy as u8;
         state.aliases = aliases.len().min(u8::MAX as usize) as u8;
         if conns.insert(key, state, BPF_NOEXIST).is_err() {

@@ -8,14 +8,37 @@ use hdrhistogram::Histogram;
 
 use crate::{
     events::Protocol,
-    events::{ConnClose, ConnOpen, DbIo, RequestSample, Role, TargetRequests},
+    events::{
+        ConnClose, ConnOpen, DbIo, RequestSample, Resolved, ResolvedBy, Role, TargetRequests,
+    },
     model::protocol::{self, DbConn, Txn},
     model::report::{
         ClosedBy, ConnectionCounts, InflightAtExit, LatencySummary, LeakedDbConnection,
         OpenTransaction, Percentiles, RequestDropped, RollbackHow, TransactionRolledBack,
-        Unverified, Violation,
+        UnknownAtAttach, Unverified, Violation,
     },
 };
+
+/// A connection unknown at attach; `live` until it is resolved or its process exits.
+#[derive(Debug)]
+struct Unknown {
+    live: bool,
+    report: UnknownAtAttach,
+}
+
+/// What a client connection that existed before attach had going, as far as the evidence
+/// at attach says (`attach_rule`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AtAttach {
+    /// Nothing in flight (or not a client connection).
+    Idle,
+    /// A request in flight, its start unknown: it holds a drain until the server sends on
+    /// the connection or closes it, and an exit that cuts it is a violation.
+    Busy,
+    /// No evidence either way: it holds a drain until resolved (traffic, its process seen
+    /// waiting for input, a close), is never a violation, and is listed in the report.
+    Unknown,
+}
 
 #[derive(Debug)]
 pub struct Conn {
@@ -97,11 +120,13 @@ pub struct InFlight {
     pub requests: u64,
     pub queries: u64,
     pub transactions: u64,
+    /// Client connections whose state at attach is still unknown: they may hold a request.
+    pub unknown: u64,
 }
 
 impl InFlight {
     pub fn is_idle(&self) -> bool {
-        self.requests == 0 && self.queries == 0 && self.transactions == 0
+        self.requests == 0 && self.queries == 0 && self.transactions == 0 && self.unknown == 0
     }
 }
 
@@ -136,6 +161,11 @@ pub struct ConnTracker {
     requests_by_target: BTreeMap<u32, TargetRequests>,
     /// Client connections found busy at attach, by target (their ends are counted apart).
     busy_at_attach: BTreeMap<u32, u64>,
+    /// Client connections whose state at attach was unknown, resolved or not, in order.
+    unknown: Vec<Unknown>,
+    /// Of those, how many were still unknown when their process exited: each could have
+    /// been a request the exit cut.
+    exited_unknown: u64,
     counts: ConnectionCounts,
     requests: Histogram<u64>,
     queries: Histogram<u64>,
@@ -159,6 +189,8 @@ impl Default for ConnTracker {
             conns: BTreeMap::new(),
             requests_by_target: BTreeMap::new(),
             busy_at_attach: BTreeMap::new(),
+            unknown: Vec::new(),
+            exited_unknown: 0,
             counts: ConnectionCounts::default(),
             requests: histogram(),
             queries: histogram(),
@@ -233,8 +265,8 @@ impl ConnTracker {
     }
 
     /// A connection found in /proc at attach: counted from the first moment, its
-    /// transaction state unknown until the first status message. `busy`: a client
-    /// connection whose request may be in flight (start unknown) until the server sends.
+    /// transaction state unknown until the first status message. `at_attach`: for a client
+    /// connection, whether a request (start unknown) is in flight, until the server sends.
     pub fn add_existing(
         &mut self,
         (tgid, fd): (u32, u32),
@@ -242,10 +274,24 @@ impl ConnTracker {
         protocol: Protocol,
         local: Option<SocketAddr>,
         peer: Option<SocketAddr>,
-        busy: bool,
+        at_attach: AtAttach,
     ) {
-        if busy && role == Role::Client {
-            *self.busy_at_attach.entry(tgid).or_default() += 1;
+        match at_attach {
+            AtAttach::Busy if role == Role::Client => {
+                *self.busy_at_attach.entry(tgid).or_default() += 1;
+            }
+            AtAttach::Unknown if role == Role::Client => self.unknown.push(Unknown {
+                live: true,
+                report: UnknownAtAttach {
+                    pid: tgid,
+                    fd,
+                    peer: peer.map(|p| p.to_string()),
+                    what: "request",
+                    resolved_at_ms: None,
+                    resolved_by: None,
+                },
+            }),
+            _ => {}
         }
         self.insert(Conn {
             tgid,
@@ -291,6 +337,51 @@ impl ConnTracker {
         });
     }
 
+    /// Client connections unknown at attach, resolved or not.
+    pub fn unknown_at_attach(&self) -> Vec<UnknownAtAttach> {
+        self.unknown.iter().map(|u| u.report.clone()).collect()
+    }
+
+    /// How many unknown connections were still unknown when their process exited.
+    pub fn exited_unknown(&self) -> u64 {
+        self.exited_unknown
+    }
+
+    /// The unknown connections not resolved yet: (tgid, fd).
+    pub fn unresolved(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
+        self.unknown
+            .iter()
+            .filter(|u| u.live)
+            .map(|u| (u.report.pid, u.report.fd))
+    }
+
+    /// An unknown connection is known now. Counts as activity: whatever it had going may
+    /// have ended just now, so the quiet window starts again.
+    pub fn resolve(&mut self, event: &Resolved, at_ms: u64) {
+        let by = match event.by {
+            ResolvedBy::Traffic => "traffic",
+            ResolvedBy::Evidence => "evidence",
+        };
+        if self.settle(event.tgid, event.fd, at_ms, by) {
+            self.touch(event.ktime_ns);
+        }
+    }
+
+    /// Marks an unresolved unknown connection resolved; whether there was one.
+    fn settle(&mut self, tgid: u32, fd: u32, at_ms: u64, by: &'static str) -> bool {
+        let Some(unknown) = self
+            .unknown
+            .iter_mut()
+            .find(|u| u.live && (u.report.pid, u.report.fd) == (tgid, fd))
+        else {
+            return false;
+        };
+        unknown.live = false;
+        unknown.report.resolved_at_ms = Some(at_ms);
+        unknown.report.resolved_by = Some(by);
+        true
+    }
+
     /// A close(2) by the target. Violations, in order: a client request it will never answer
     /// (`request_dropped`); a database transaction abandoned by the close
     /// (`transaction_rolled_back`); a database connection closed without the protocol's
@@ -303,6 +394,9 @@ impl ConnTracker {
         ms: impl Fn(u64) -> u64,
     ) -> Vec<Violation> {
         self.touch(event.ktime_ns);
+        // Whatever an unknown connection had going is over; it was not seen, so it is not
+        // a violation either.
+        self.settle(event.tgid, event.fd, at_ms, "closed");
         let Some(conn) = self.conns.remove(&(event.tgid, event.fd)) else {
             return Vec::new();
         };
@@ -455,6 +549,10 @@ impl ConnTracker {
             out.queries += conn.query_in_flight() as u64;
             out.transactions += conn.txn_open() as u64;
         }
+        out.unknown = self
+            .unresolved()
+            .filter(|(t, _)| tgid.is_none_or(|wanted| wanted == *t))
+            .count() as u64;
         out
     }
 
@@ -484,6 +582,16 @@ impl ConnTracker {
         }
         self.requests_by_target.remove(&tgid);
         self.busy_at_attach.remove(&tgid);
+        // Unknown connections cut by the exit stay unresolved: listed, never a violation;
+        // the verdict cannot be `clean` about them (`exited_unknown`).
+        for unknown in self
+            .unknown
+            .iter_mut()
+            .filter(|u| u.live && u.report.pid == tgid)
+        {
+            unknown.live = false;
+            self.exited_unknown += 1;
+        }
         let request_busy = |c: &Conn| c.role == Role::Client && busy_fds.contains(&c.fd);
         // An encrypted conversation's rhythm is no proof of a query in flight (a TLS
         // close_notify or an encrypted Terminate is a send too): unverified instead.

@@ -170,12 +170,15 @@ pub struct TransactionRolledBack {
     pub how: RollbackHow,
 }
 
-/// What the report could not see (DESIGN.md, "coverage").
+/// What the report could not see or know (DESIGN.md, "coverage").
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Coverage {
     /// Database conversations drainwatch could not read (TLS it cannot decrypt): whatever
     /// happened in them is unknown, so a verdict that depends on them is `incomplete`.
     pub unverified: Vec<Unverified>,
+    /// Client connections whose state at attach the evidence could not settle (DESIGN.md,
+    /// "unknown"): never counted idle silently, never a violation.
+    pub unknown_at_attach: Vec<UnknownAtAttach>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -257,10 +260,27 @@ pub struct Report {
     pub requests: Option<LatencySummary>,
     pub db_queries: Option<LatencySummary>,
     pub events: EventCounts,
-    /// What could not be seen (absent when sockets were not watched).
+    /// What could not be seen or known (absent when sockets were not watched).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub coverage: Option<Coverage>,
     /// Probes that failed to attach (the verdict is then `incomplete`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub probe_failures: Vec<String>,
+}
+
+/// A connection whose state at attach was unknown, and how (if) it became known.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct UnknownAtAttach {
+    pub pid: u32,
+    pub fd: u32,
+    pub peer: Option<String>,
+    /// What was unknown: `request` (whether one was in flight).
+    pub what: &'static str,
+    /// When it became known (ms since attach); `null` if it never did.
+    pub resolved_at_ms: Option<u64>,
+    /// `traffic`, `evidence` (the attach rules applied again call it idle: its process
+    /// waits for input with nothing in flight, or it was answered just before the probe
+    /// watched it),
+    /// `closed`; `null` if never: then it ended (exit, end of the run) still unknown.
+    pub resolved_by: Option<&'static str>,
 }

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use crate::{
     events::signals,
     events::{Event, Exit, Fork, Protocol, Role, Signal},
-    model::conns::ConnTracker,
+    model::conns::{AtAttach, ConnTracker},
     model::report::{
         Coverage, EventCounts, ExitReport, Mode, Report, SigkillViolation, TargetReport, Verdict,
         Violation, SCHEMA,
@@ -56,6 +56,9 @@ pub struct AuditState {
     conns: Option<ConnTracker>,
     /// The most recent signals sent to targets, oldest first (for the live view).
     recent_signals: VecDeque<SignalSeen>,
+    /// Targets sent a signal that asks them to end (`signals::asks_to_end`) while watched:
+    /// `audit -- CMD` follows them to their exit.
+    told_to_end: std::collections::BTreeSet<u32>,
 }
 
 /// A signal a target received, as the live view shows it.
@@ -83,7 +86,31 @@ impl AuditState {
             received: 0,
             conns: None,
             recent_signals: VecDeque::new(),
+            told_to_end: std::collections::BTreeSet::new(),
         }
+    }
+
+    /// Targets sent SIGKILL that have not exited yet: their exit is on its way.
+    pub fn killed_running(&self) -> Vec<u32> {
+        let mut out: Vec<u32> = self
+            .violations
+            .iter()
+            .filter_map(|v| match v {
+                Violation::Sigkill(kill) if !self.has_exited(kill.pid) => Some(kill.pid),
+                _ => None,
+            })
+            .collect();
+        out.dedup();
+        out
+    }
+
+    /// Targets that were sent a signal asking them to end and have not exited yet.
+    pub fn ending_targets(&self) -> Vec<u32> {
+        self.told_to_end
+            .iter()
+            .copied()
+            .filter(|tgid| !self.has_exited(*tgid))
+            .collect()
     }
 
     pub fn recent_signals(&self) -> impl Iterator<Item = &SignalSeen> {
@@ -139,10 +166,10 @@ impl AuditState {
         protocol: Protocol,
         local: Option<std::net::SocketAddr>,
         peer: Option<std::net::SocketAddr>,
-        busy: bool,
+        at_attach: AtAttach,
     ) {
         if let Some(conns) = self.conns.as_mut() {
-            conns.add_existing(key, role, protocol, local, peer, busy);
+            conns.add_existing(key, role, protocol, local, peer, at_attach);
         }
     }
 
@@ -222,7 +249,7 @@ impl AuditState {
     }
 
     pub fn apply(&mut self, event: &Event) {
-        if !matches!(event, Event::Requests(_)) {
+        if !matches!(event, Event::Requests(_) | Event::Resolved(_)) {
             self.received += 1;
         }
         match event {
@@ -261,6 +288,12 @@ impl AuditState {
                     }
                 }
             }
+            Event::Resolved(resolved) => {
+                let at_ms = self.at_ms(resolved.ktime_ns);
+                if let Some(conns) = self.conns.as_mut() {
+                    conns.resolve(resolved, at_ms);
+                }
+            }
         }
     }
 
@@ -291,6 +324,9 @@ impl AuditState {
             sender_tgid: signal.sender_tgid,
             sender_comm: signal.sender_comm.clone(),
         });
+        if signals::asks_to_end(signal.sig) {
+            self.told_to_end.insert(tgid);
+        }
         if signal.sig != libc::SIGKILL {
             return;
         }
@@ -353,9 +389,13 @@ impl AuditState {
     /// records userspace could not decode); `probe_failures` names probes that did not attach.
     pub fn report(&self, mode: Mode, lost: u64, probe_failures: Vec<String>) -> Report {
         let unverified = self.conns.as_ref().map(|c| c.unverified()).unwrap_or(&[]);
+        // A connection still unknown when its process exited could have been a request the
+        // exit cut: the report cannot be `clean` about it (nor call it a violation).
+        let exited_unknown = self.conns.as_ref().map_or(0, |c| c.exited_unknown());
         // An unread conversation that ended could have hidden a rollback, an open
         // transaction or a leak: never `clean` about it (DESIGN.md, "encrypted conversation").
-        let verdict = if lost > 0 || !probe_failures.is_empty() || !unverified.is_empty() {
+        let unseen = lost > 0 || !probe_failures.is_empty() || !unverified.is_empty();
+        let verdict = if unseen || (self.violations.is_empty() && exited_unknown > 0) {
             Verdict::Incomplete
         } else if !self.violations.is_empty() {
             Verdict::Violations
@@ -392,6 +432,7 @@ impl AuditState {
             },
             coverage: self.conns.as_ref().map(|c| Coverage {
                 unverified: c.unverified().to_vec(),
+                unknown_at_attach: c.unknown_at_attach(),
             }),
             probe_failures,
         }

@@ -4,7 +4,7 @@
 //! Without the latter, a thread-per-connection server whose threads wait in read() would
 //! have the first request on every idle connection go unseen.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use probe_common::{ConnKey, Pending, SockAddr};
 
@@ -13,8 +13,12 @@ use crate::{
     events::{self, Role},
     host::netstat::{self, TcpSocket},
     host::pg_title,
+    host::server_view::{self, ServerView},
+    host::tcpinfo::SockInfo,
     kernel::probe::{self, Probe},
+    model::conns::AtAttach,
     model::{protocol::Txn, state::AuditState},
+    session::attach_rule::{self, ProcessNow},
     settings::Common,
     Result,
 };
@@ -92,9 +96,17 @@ pub fn role_to_wire(role: Role) -> u8 {
     }
 }
 
-/// Tracks the target's current TCP connections and its blocked socket syscalls.
-pub fn attach(probe: &mut Probe, state: &mut AuditState, tgid: u32, common: &Common) -> Result<()> {
-    let primaries = attach_conns(probe, state, tgid, common)?;
+/// Tracks the target's current TCP connections (and its unix-domain database connections)
+/// and its blocked socket syscalls. `view`: what the server itself said of its clients just
+/// before (`server_view`).
+pub fn attach(
+    probe: &mut Probe,
+    state: &mut AuditState,
+    tgid: u32,
+    common: &Common,
+    view: Option<&ServerView>,
+) -> Result<()> {
+    let primaries = attach_conns(probe, state, tgid, common, view)?;
     super::unix_existing::attach(probe, state, tgid)?;
     attach_blocked_syscalls(probe, tgid, &primaries)
 }
@@ -174,15 +186,53 @@ fn is_recv(nr: u64) -> bool {
     )
 }
 
-/// Client connections idle at attach: a thread is blocked reading it (thread-per-connection
-/// servers), or the kernel's TCP timestamps say the server sent after it last received on
-/// it (its last request was answered; `tcpinfo`). Any other client connection may have a
-/// request in flight whose first bytes came before attach — an event loop waiting for a
-/// timer or a database reply looks exactly like an idle one from its threads — so it counts
-/// as in flight until the server next sends on it or closes it: a drain verdict is never
-/// early. (A tie within the timestamps' few-ms resolution, or a socket sock_diag does not
-/// show, counts as in flight too.)
-fn idle_clients(tgid: u32, held: &[Held]) -> Vec<u32> {
+/// What the threads and outbound connections of a process say now (`attach_rule`).
+/// `busy_clients`: client connections with evidence of a request in flight.
+pub fn process_now(
+    tgid: u32,
+    held: &[Held],
+    infos: &HashMap<u64, SockInfo>,
+    busy_clients: usize,
+) -> ProcessNow {
+    let outbound: Vec<&Held> = held
+        .iter()
+        .filter(|h| matches!(h.role, Role::Db | Role::Upstream))
+        .collect();
+    let outbound_fds: Vec<u32> = outbound
+        .iter()
+        .flat_map(|h| h.fds.iter().copied())
+        .collect();
+    let threads_working = crate::host::procfs::threads(tgid)
+        .into_iter()
+        .filter(|&pid| match blocked_syscall(tgid, pid) {
+            // Running, or blocked outside a syscall (a page fault, stopped).
+            None => true,
+            Some((nr, args)) => {
+                let reads_outbound = is_recv(nr) && outbound_fds.contains(&(args[0] as u32));
+                !attach_rule::waits_for_input(nr, reads_outbound)
+            }
+        })
+        .count();
+    let outbound_awaiting = outbound
+        .iter()
+        .filter(|h| infos.get(&h.inode).is_some_and(attach_rule::awaits_reply))
+        .count();
+    ProcessNow {
+        threads_working,
+        outbound_awaiting,
+        clients_busy: busy_clients,
+    }
+}
+
+/// The judgement on each client connection of a process at attach: its primary fd, what
+/// it had going, and why (`attach_rule`).
+/// `extra_busy`: requests known in flight otherwise (counted by the kernel since attach).
+pub fn judge_clients(
+    tgid: u32,
+    held: &[Held],
+    view: Option<&ServerView>,
+    extra_busy: usize,
+) -> Vec<(u32, AtAttach, &'static str)> {
     let client_fds: Vec<u32> = held
         .iter()
         .filter(|h| h.role == Role::Client)
@@ -194,15 +244,83 @@ fn idle_clients(tgid: u32, held: &[Held]) -> Vec<u32> {
         .filter(|(nr, args)| is_recv(*nr) && client_fds.contains(&(args[0] as u32)))
         .map(|(_, args)| args[0] as u32)
         .collect();
-    let last_data = crate::host::tcpinfo::last_data();
-    held.iter()
+    let infos = crate::host::tcpinfo::sockets();
+    let dumped_at = std::time::Instant::now();
+    let clients: Vec<(&Held, bool)> = held
+        .iter()
         .filter(|h| h.role == Role::Client)
-        .filter(|h| {
-            h.fds.iter().any(|fd| reading.contains(fd))
-                || last_data.get(&h.inode).is_some_and(|d| d.answered())
+        .map(|h| (h, h.fds.iter().any(|fd| reading.contains(fd))))
+        .collect();
+    let busy = clients
+        .iter()
+        .filter(|(h, reader)| {
+            matches!(
+                attach_rule::from_socket(infos.get(&h.inode), *reader, h.socket.interactive),
+                Some((AtAttach::Busy, _))
+            )
         })
-        .map(|h| h.fds[0])
+        .count();
+    // Only looked at when there is a tie to settle.
+    let mut process = None;
+    clients
+        .into_iter()
+        .map(|(h, reader)| {
+            let info = infos.get(&h.inode);
+            let interactive = h.socket.interactive;
+            let (mut at_attach, mut why) = match attach_rule::from_socket(info, reader, interactive)
+            {
+                Some(judged) => judged,
+                None => {
+                    let now = *process
+                        .get_or_insert_with(|| process_now(tgid, held, &infos, busy + extra_busy));
+                    attach_rule::judge(info, reader, interactive, now)
+                }
+            };
+            // The server's own word, when it gave one and nothing arrived since.
+            let said = view.zip(info).and_then(|(view, info)| {
+                h.fds
+                    .iter()
+                    .find_map(|fd| view.of(*fd, info.recv_ago_ms, dumped_at))
+            });
+            if let (Some(said), false) = (said, at_attach == AtAttach::Idle) {
+                if said.blocked {
+                    (at_attach, why) =
+                        (AtAttach::Idle, "blocked waiting for data (the server says)");
+                } else if said.buffered == 0 {
+                    (at_attach, why) =
+                        (AtAttach::Idle, "no command running on it (the server says)");
+                }
+            }
+            (h.fds[0], at_attach, why)
+        })
         .collect()
+}
+
+/// The target's own view of its clients, when it is a server that can give one
+/// (`server_view`): asked before the probe watches it (so the question is not one of its
+/// requests), only while its main thread waits in epoll, and only when it has clients.
+pub fn server_view(tgid: u32) -> Option<ServerView> {
+    if !server_view::speaks_redis(&crate::host::procfs::comm(tgid)?) {
+        return None;
+    }
+    let (nr, _) = blocked_syscall(tgid, tgid)?;
+    // epoll_wait, epoll_pwait, epoll_pwait2 (x86_64).
+    if !matches!(nr, 232 | 281 | 441) {
+        return None;
+    }
+    let sockets = netstat::tcp_sockets(tgid);
+    let own: Vec<&TcpSocket> = netstat::socket_fds(tgid)
+        .into_iter()
+        .filter_map(|(_, inode)| sockets.get(&inode))
+        .collect();
+    let listen = own.iter().find(|s| s.is_listener())?.local;
+    let has_clients = own
+        .iter()
+        .any(|s| !s.is_listener() && !s.is_closed() && s.local.port() == listen.port());
+    if !has_clients {
+        return None;
+    }
+    server_view::ask_redis(listen, std::time::Duration::from_millis(100))
 }
 
 /// Returns fd -> primary fd for every tracked fd.
@@ -211,14 +329,34 @@ fn attach_conns(
     state: &mut AuditState,
     tgid: u32,
     common: &Common,
+    view: Option<&ServerView>,
 ) -> Result<BTreeMap<u32, u32>> {
     let mut primaries = BTreeMap::new();
     let held = survey(tgid, common);
     let mut pg_view = PgView::new(common);
-    let idle = idle_clients(tgid, &held);
+    let judged = judge_clients(tgid, &held, view, 0);
+    let infos = log::log_enabled!(log::Level::Debug).then(crate::host::tcpinfo::sockets);
+    for (fd, at_attach, why) in &judged {
+        // The evidence as read just after the judgement (for the record, and for
+        // tests/measure/attach_rule.py).
+        let Some(h) = held.iter().find(|h| h.fds[0] == *fd) else {
+            continue;
+        };
+        let info = infos.as_ref().and_then(|i| i.get(&h.inode));
+        log::debug!(
+            "client fd {fd} of {tgid} from {} at attach: {at_attach:?} ({why}; {info:?}, \
+             interactive {:?})",
+            h.socket.remote,
+            h.socket.interactive
+        );
+    }
     for held in held {
         let fd = held.fds[0];
-        let busy = held.role == Role::Client && !idle.contains(&fd);
+        let at_attach = judged
+            .iter()
+            .find(|(primary, _, _)| *primary == fd)
+            .map_or(AtAttach::Idle, |(_, at_attach, _)| *at_attach);
+        let busy = at_attach == AtAttach::Busy;
         let role = role_to_wire(held.role);
         let added = probe.add_conn(
             ConnKey { tgid, fd },
@@ -226,12 +364,20 @@ fn attach_conns(
             role,
             held.wire_proto,
             busy,
+            at_attach == AtAttach::Unknown,
         )?;
         // Accepted after the probe attached: the kernel tracks it already, requests and all.
-        let busy = busy && added;
+        let at_attach = if added { at_attach } else { AtAttach::Idle };
         let peer = (!held.socket.is_listener()).then_some(held.socket.remote);
         let local = Some(held.socket.local);
-        state.add_existing_conn((tgid, fd), held.role, held.protocol(), local, peer, busy);
+        state.add_existing_conn(
+            (tgid, fd),
+            held.role,
+            held.protocol(),
+            local,
+            peer,
+            at_attach,
+        );
         if held.role == Role::Db && held.protocol() == Protocol::Postgres {
             pg_state_at_attach(
                 state,

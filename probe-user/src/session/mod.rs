@@ -3,10 +3,12 @@
 //! ends and outputs.
 //!
 //! [`existing`] seeds what the targets already had going at attach (connections, blocked
-//! syscalls). The session joins the layers below it: it may use [`crate::kernel`],
+//! syscalls), judged by [`attach_rule`] (pure: whether a connection had a request in
+//! flight). The session joins the layers below it: it may use [`crate::kernel`],
 //! [`crate::host`], [`crate::events`], [`crate::model`], [`crate::verdict`] (why a run ended)
 //! and the settings; only the commands use it.
 
+pub mod attach_rule;
 pub mod existing;
 pub mod unix_existing;
 
@@ -16,7 +18,7 @@ use probe_common::latency;
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
 use crate::{
-    events::{self, Event, RequestSample, Role, TargetRequests},
+    events::{self, Event, RequestSample, Resolved, ResolvedBy, Role, TargetRequests},
     host::launch,
     host::netstat,
     host::procfs,
@@ -24,6 +26,7 @@ use crate::{
     kernel::features::Features,
     kernel::probe::{self, Probe, ProbeOptions},
     kernel::tracefs,
+    model::conns::AtAttach,
     model::state::{AuditState, Origin},
     output::doctor,
     settings::{Common, TargetSet},
@@ -40,6 +43,8 @@ fn attach_process(
     origin: Origin,
     common: &Common,
 ) -> Result<bool> {
+    // Asked before the probe watches the target: the question is not one of its requests.
+    let view = existing::server_view(tgid);
     probe.add_target(tgid, tgid)?;
     for pid in procfs::threads(tgid) {
         probe.add_target(pid, tgid)?;
@@ -57,7 +62,7 @@ fn attach_process(
         return Err(Error::Compat32(tgid));
     }
     state.add_target(tgid, comm, origin);
-    existing::attach(probe, state, tgid, common)?;
+    existing::attach(probe, state, tgid, common, view.as_ref())?;
     Ok(true)
 }
 
@@ -311,6 +316,11 @@ pub struct Session {
     end: EndWhen,
     interrupt: tokio::signal::unix::Signal,
     terminate: tokio::signal::unix::Signal,
+    common: Common,
+    /// When connections unknown at attach were last looked at.
+    unknown_checked_at: Option<std::time::Instant>,
+    /// How many times they were looked at: the look backs off (`recheck_every`).
+    unknown_checks: u32,
 }
 
 /// How often an audit or serve reads its cgroups again.
@@ -324,6 +334,15 @@ struct CgroupWatch {
     cgroups: Vec<targets::CgroupSelector>,
     common: Common,
     read_at: std::time::Instant,
+}
+
+/// How often connections still unknown since attach are looked at again.
+/// How often connections still unknown since attach are looked at again: every 25 ms at
+/// first (a thread caught running at attach is the usual cause, and the drain waits for the
+/// answer), backing off to every 200 ms (each look reads the targets' fd tables, their
+/// /proc/net/tcp and a sock_diag dump: on a busy server with many connections that costs).
+fn recheck_every(checks: u32) -> Duration {
+    Duration::from_millis(25 << checks.min(3))
 }
 
 /// When [`Session::follow`] ends by itself.
@@ -421,7 +440,67 @@ impl Session {
             end,
             interrupt,
             terminate,
+            common: common.clone(),
+            unknown_checked_at: None,
+            unknown_checks: 0,
         })
+    }
+
+    /// Settles client connections whose state at attach was unknown (`attach_rule`): one
+    /// that had traffic since (the kernel cleared its flag: it follows its requests from
+    /// there), or, with no traffic on it, whose process now waits for input with nothing in
+    /// flight, no outbound connection awaiting a reply and no bytes unread.
+    fn recheck_unknown(&mut self) {
+        let Some(conns) = self.state.conns() else {
+            return;
+        };
+        let unresolved: Vec<(u32, u32)> = conns.unresolved().collect();
+        if unresolved.is_empty()
+            || self
+                .unknown_checked_at
+                .is_some_and(|at| at.elapsed() < recheck_every(self.unknown_checks))
+        {
+            return;
+        }
+        self.unknown_checked_at = Some(std::time::Instant::now());
+        self.unknown_checks += 1;
+        let ktime_ns = procfs::monotonic_now().as_nanos() as u64;
+        let mut settled = Vec::new();
+        let mut quiet: Vec<(u32, u32)> = Vec::new();
+        for (tgid, fd) in unresolved {
+            if self.probe.had_traffic(probe_common::ConnKey { tgid, fd }) {
+                settled.push((tgid, fd, ResolvedBy::Traffic));
+            } else {
+                quiet.push((tgid, fd));
+            }
+        }
+        let mut tgids: Vec<u32> = quiet.iter().map(|(tgid, _)| *tgid).collect();
+        tgids.dedup();
+        for tgid in tgids {
+            // The same rule as at attach, on what the kernel and /proc say now.
+            let held = existing::survey(tgid, &self.common);
+            let in_flight = conns.in_flight(Some(tgid));
+            let extra = (in_flight.requests + in_flight.queries) as usize;
+            let judged = existing::judge_clients(tgid, &held, None, extra);
+            for (fd, at_attach, why) in judged {
+                if at_attach == AtAttach::Idle && quiet.contains(&(tgid, fd)) {
+                    log::debug!("client fd {fd} of {tgid}, unknown at attach, now idle: {why}");
+                    settled.push((tgid, fd, ResolvedBy::Evidence));
+                }
+            }
+        }
+        for (tgid, fd, by) in settled {
+            let event = Event::Resolved(Resolved {
+                ktime_ns,
+                tgid,
+                fd,
+                by,
+            });
+            if self.reader.verbose >= 2 {
+                print_event(&event);
+            }
+            self.state.apply(&event);
+        }
     }
 
     /// When events were lost, an exit may have been among them: a target whose process has
@@ -476,7 +555,11 @@ impl Session {
     pub fn targets_done(&self) -> bool {
         match self.end {
             EndWhen::AllExited => self.state.all_exited(),
-            EndWhen::Exited(pid) => self.state.has_exited(pid),
+            // The command's consequences too: a target it told to end (`kill -TERM`,
+            // `systemctl restart`) is followed to its exit, so the whole shutdown is audited.
+            EndWhen::Exited(pid) => {
+                self.state.has_exited(pid) && self.state.ending_targets().is_empty()
+            }
             EndWhen::Never => false,
         }
     }
@@ -556,6 +639,7 @@ impl Session {
                     self.drain();
                     self.notice_unseen_exits();
                     self.join_cgroups();
+                    self.recheck_unknown();
                     if last_tick.is_none_or(|at| at.elapsed() >= tick) {
                         last_tick = Some(std::time::Instant::now());
                         on_tick(self);
@@ -569,9 +653,36 @@ impl Session {
         drop(ring_fd);
         // Whatever is still queued happened inside the window: read it before reporting.
         self.drain();
+        if ended != EndedBy::Interrupted {
+            self.await_dying().await;
+        }
         self.reader
             .sample_requests(&self.probe, &mut self.state, true);
         Ok(ended)
+    }
+
+    /// A target seen dying (sent SIGKILL, or gone from /proc) whose exit event has not been
+    /// read yet: waits a moment for it, so that its exit record is never missing from a
+    /// report that saw it die. A SIGKILL takes effect in microseconds to milliseconds; a
+    /// task stuck in uninterruptible sleep can take longer, and is then reported running.
+    async fn await_dying(&mut self) {
+        const PATIENCE: Duration = Duration::from_secs(2);
+        let started = std::time::Instant::now();
+        loop {
+            let mut dying = self.state.killed_running();
+            dying.extend(
+                self.state
+                    .running_targets()
+                    .into_iter()
+                    .filter(|tgid| procfs::has_ended(*tgid)),
+            );
+            if dying.is_empty() || started.elapsed() > PATIENCE {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            self.drain();
+            self.notice_unseen_exits();
+        }
     }
 
     /// Detaches the probe and reaps a launched command that has exited.

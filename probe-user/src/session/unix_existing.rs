@@ -13,7 +13,7 @@ use crate::{
     events::{self, Protocol, Role},
     host::{netstat, pg_title, procfs, unixdiag},
     kernel::probe::Probe,
-    model::{protocol::Txn, state::AuditState},
+    model::{conns::AtAttach, protocol::Txn, state::AuditState},
     Result,
 };
 
@@ -65,11 +65,18 @@ pub fn attach(probe: &mut Probe, state: &mut AuditState, tgid: u32) -> Result<()
             continue;
         };
         let key = ConnKey { tgid, fd: fds[0] };
-        if !probe.add_conn(key, &fds[1..], probe_common::ROLE_DB, wire, false)? {
+        if !probe.add_conn(key, &fds[1..], probe_common::ROLE_DB, wire, false, false)? {
             continue; // opened after the probe attached: the kernel saw it already
         }
         let protocol = events::protocol_from_wire(wire);
-        state.add_existing_conn((tgid, key.fd), Role::Db, protocol, None, None, false);
+        state.add_existing_conn(
+            (tgid, key.fd),
+            Role::Db,
+            protocol,
+            None,
+            None,
+            AtAttach::Idle,
+        );
         log::debug!(
             "fd {} of {tgid}: unix-domain {protocol:?} connection",
             key.fd

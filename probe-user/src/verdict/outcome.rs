@@ -24,7 +24,9 @@ impl EndedBy {
     pub fn describe(self) -> &'static str {
         match self {
             EndedBy::AllExited => "every target exited",
-            EndedBy::CommandExited => "the launched command exited",
+            EndedBy::CommandExited => {
+                "the launched command exited, and every target it told to end"
+            }
             EndedBy::Duration => "the time limit was reached",
             EndedBy::Interrupted => "interrupted (partial report)",
             EndedBy::Condition => "the condition held",

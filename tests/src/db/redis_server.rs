@@ -32,6 +32,8 @@ impl RedisServer {
             cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
                 .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
                 .args(["--logfile", ""])
+                // DEBUG SLEEP: a command that is slow for sure (tests of requests in flight).
+                .args(["--enable-debug-command", "yes"])
                 .arg("--dir")
                 .arg(&dir.0)
                 .current_dir(&dir.0);
@@ -45,6 +47,11 @@ impl RedisServer {
             _daemon: daemon,
             _dir: dir,
         }
+    }
+
+    /// The server's pid.
+    pub fn pid(&self) -> u32 {
+        self._daemon.child.id()
     }
 
     /// A new connection (answered a PING).

@@ -3,8 +3,8 @@
 //! before attach.
 
 use super::*;
-use crate::model::protocol::Txn;
 use crate::model::report::{RollbackHow, Verdict};
+use crate::model::{conns::AtAttach, protocol::Txn};
 
 const ATTACH_NS: u64 = 1_000_000_000;
 const SELF_TGID: u32 = 5000;
@@ -107,7 +107,14 @@ fn an_unread_tls_conversation_is_unverified_and_incomplete_never_a_leak() {
     let mut state = named(29770);
     // Found at attach (the pool connected before): /proc gave its peer.
     let db = "127.0.0.1:55499".parse().ok();
-    state.add_existing_conn((29770, 3), Role::Db, Protocol::Postgres, None, db, false);
+    state.add_existing_conn(
+        (29770, 3),
+        Role::Db,
+        Protocol::Postgres,
+        None,
+        db,
+        AtAttach::Idle,
+    );
     replay(
         &mut state,
         include_str!("../../../testdata/pg_tls_graceful_sigterm.jsonl"),
@@ -143,7 +150,7 @@ fn a_transaction_open_before_attach_is_known_from_the_backend_and_cut_by_the_exi
                 Protocol::Postgres,
                 None,
                 Some(db),
-                false,
+                AtAttach::Idle,
             );
         }
         let client = "127.0.0.1:45432".parse().ok();
@@ -153,7 +160,7 @@ fn a_transaction_open_before_attach_is_known_from_the_backend_and_cut_by_the_exi
             Protocol::Unknown,
             None,
             client,
-            true,
+            AtAttach::Busy,
         );
     };
     // Without the backend's view: the miss the issue reported.

@@ -295,8 +295,22 @@ fn request_counters_from_the_kernel_drive_in_flight_and_idle_since() {
 fn a_connection_busy_at_attach_is_in_flight_until_the_kernel_counts_its_end() {
     let mut state = AuditState::new(ATTACH_NS, SELF_TGID).with_sockets();
     state.add_target(10, "server".into(), Origin::Named);
-    state.add_existing_conn((10, 7), Role::Client, Protocol::Unknown, None, None, true);
-    state.add_existing_conn((10, 8), Role::Client, Protocol::Unknown, None, None, false);
+    state.add_existing_conn(
+        (10, 7),
+        Role::Client,
+        Protocol::Unknown,
+        None,
+        None,
+        AtAttach::Busy,
+    );
+    state.add_existing_conn(
+        (10, 8),
+        Role::Client,
+        Protocol::Unknown,
+        None,
+        None,
+        AtAttach::Idle,
+    );
     assert_eq!(state.conns().unwrap().in_flight(Some(10)).requests, 1);
     assert_eq!(state.idle_since(), None);
     let t = ATTACH_NS + 1_000_000;
@@ -310,8 +324,22 @@ fn a_connection_busy_at_attach_is_in_flight_until_the_kernel_counts_its_end() {
 fn an_exit_with_busy_connections_is_inflight_at_exit_and_clears_the_counters() {
     let mut state = AuditState::new(ATTACH_NS, SELF_TGID).with_sockets();
     state.add_target(10, "server".into(), Origin::Named);
-    state.add_existing_conn((10, 7), Role::Client, Protocol::Unknown, None, None, false);
-    state.add_existing_conn((10, 9), Role::Client, Protocol::Unknown, None, None, false);
+    state.add_existing_conn(
+        (10, 7),
+        Role::Client,
+        Protocol::Unknown,
+        None,
+        None,
+        AtAttach::Idle,
+    );
+    state.add_existing_conn(
+        (10, 9),
+        Role::Client,
+        Protocol::Unknown,
+        None,
+        None,
+        AtAttach::Idle,
+    );
     let t = ATTACH_NS + 1_000_000;
     state.apply(&sample(t, &[(10, 2, 0, 0, t)], &[]));
     state.apply(&Event::Exit(crate::events::Exit {
@@ -341,7 +369,14 @@ fn an_exit_with_busy_connections_is_inflight_at_exit_and_clears_the_counters() {
 fn an_exit_that_cuts_a_request_is_activity_not_a_drain_in_hindsight() {
     let mut state = AuditState::new(ATTACH_NS, SELF_TGID).with_sockets();
     state.add_target(10, "server".into(), Origin::Named);
-    state.add_existing_conn((10, 7), Role::Client, Protocol::Unknown, None, None, true);
+    state.add_existing_conn(
+        (10, 7),
+        Role::Client,
+        Protocol::Unknown,
+        None,
+        None,
+        AtAttach::Busy,
+    );
     let exit_at = ATTACH_NS + 800_000_000;
     state.apply(&Event::Exit(crate::events::Exit {
         ktime_ns: exit_at,
@@ -351,4 +386,115 @@ fn an_exit_that_cuts_a_request_is_activity_not_a_drain_in_hindsight() {
         busy_fds: vec![7],
     }));
     assert_eq!(state.idle_since(), Some(exit_at));
+}
+
+/// Connections unknown at attach (`attach_rule`): they hold the drain until resolved (by
+/// the process seen quiescent, a close, traffic), are never a violation, and one still
+/// unknown when its process exits makes the verdict `incomplete`. The SIGTERM makes the
+/// target one `audit -- CMD` follows to its exit.
+#[test]
+fn unknown_connections_hold_the_drain_until_resolved_and_are_never_violations() {
+    let mut state = AuditState::new(ATTACH_NS, SELF_TGID).with_sockets();
+    state.add_target(4200, "redis-server".into(), Origin::Named);
+    for fd in [7, 8, 9] {
+        state.add_existing_conn(
+            (4200, fd),
+            Role::Client,
+            Protocol::Unknown,
+            None,
+            None,
+            AtAttach::Unknown,
+        );
+    }
+    state.add_existing_conn(
+        (4200, 10),
+        Role::Client,
+        Protocol::Unknown,
+        None,
+        None,
+        AtAttach::Busy,
+    );
+    let events: Vec<Event> = include_str!("../../../testdata/unknown_at_attach.jsonl")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("recorded event parses"))
+        .collect();
+    let in_flight = |s: &AuditState| s.conns().unwrap().in_flight(None);
+    state.apply(&events[0]);
+    assert_eq!(
+        (in_flight(&state).requests, in_flight(&state).unknown),
+        (1, 3)
+    );
+    state.apply(&events[1]);
+    state.apply(&events[2]);
+    assert_eq!(in_flight(&state).unknown, 1, "fd 7 quiescent, fd 8 closed");
+    state.apply(&events[3]);
+    assert_eq!(in_flight(&state).requests, 0, "the busy one was answered");
+    assert_eq!(state.idle_since(), None, "fd 9 is still unknown");
+    state.apply(&events[4]);
+    assert_eq!(state.ending_targets(), vec![4200], "told to end");
+    state.apply(&events[5]);
+    assert!(state.ending_targets().is_empty());
+    assert!(
+        state.violations().is_empty(),
+        "unknown is never a violation"
+    );
+    let report = state.report(Mode::Stop, 0, vec![]);
+    assert_eq!(
+        report.verdict,
+        Verdict::Incomplete,
+        "fd 9 may have been cut"
+    );
+    let unknown = report.coverage.unwrap().unknown_at_attach;
+    let how: Vec<_> = unknown
+        .iter()
+        .map(|u| (u.fd, u.resolved_at_ms, u.resolved_by))
+        .collect();
+    assert_eq!(
+        how,
+        vec![
+            (7, Some(30), Some("evidence")),
+            (8, Some(40), Some("closed")),
+            (9, None, None)
+        ]
+    );
+    assert_eq!(
+        state.received(),
+        3,
+        "samples and resolutions are not probe records"
+    );
+}
+
+/// All unknown connections resolved before the exit: nothing stands in the way of `clean`.
+#[test]
+fn unknown_connections_resolved_before_the_exit_leave_the_verdict_clean() {
+    let mut state = AuditState::new(ATTACH_NS, SELF_TGID).with_sockets();
+    state.add_target(4200, "redis-server".into(), Origin::Named);
+    state.add_existing_conn(
+        (4200, 7),
+        Role::Client,
+        Protocol::Unknown,
+        None,
+        None,
+        AtAttach::Unknown,
+    );
+    let resolved_at = ATTACH_NS + 2_000_000;
+    state.apply(&Event::Resolved(crate::events::Resolved {
+        ktime_ns: resolved_at,
+        tgid: 4200,
+        fd: 7,
+        by: crate::events::ResolvedBy::Traffic,
+    }));
+    assert_eq!(
+        state.idle_since(),
+        Some(resolved_at),
+        "activity: the window restarts"
+    );
+    state.apply(&Event::Exit(Exit {
+        ktime_ns: ATTACH_NS + 9_000_000,
+        tgid: 4200,
+        comm: "redis-server".into(),
+        wait_status: Some(0),
+        busy_fds: vec![],
+    }));
+    assert_eq!(state.report(Mode::Stop, 0, vec![]).verdict, Verdict::Clean);
 }
