@@ -14,7 +14,7 @@
 //! - [`commands`]: one runner per subcommand, on top.
 //!
 //! [`cli`] and [`settings`] parse and validate the flags before anything is attached;
-//! [`error`] holds the library's one-line errors.
+//! [`error`] holds the library's one-line errors; [`usage`] shows what clap could not parse.
 
 pub mod cli;
 pub mod commands;
@@ -26,6 +26,7 @@ pub mod model;
 pub mod output;
 pub mod session;
 pub mod settings;
+pub mod usage;
 pub mod verdict;
 
 pub use error::{Error, Result};

@@ -1,5 +1,6 @@
 //! The `drainwatch` command line: parse, validate, run, print, exit with the contract's
-//! code. Errors are printed as one line, `drainwatch: {err:#}`, with exit code 2.
+//! code. Errors are printed as one line, `drainwatch: {err:#}`, with exit code 2; a command
+//! line clap cannot parse gets clap's whole message after that first line (see `usage`).
 
 use std::process::ExitCode;
 
@@ -26,19 +27,29 @@ fn main() -> ExitCode {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
     }
-    let cli = match Cli::try_parse() {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if drainwatch::usage::is_help_of_help(&argv) {
+        let _ = <Cli as clap::CommandFactory>::command().print_help();
+        return ExitCode::SUCCESS;
+    }
+    let cli = match Cli::try_parse_from(&argv) {
         Ok(cli) => cli,
         Err(err) if !err.use_stderr() => {
             // --help and --version.
             let _ = err.print();
             return ExitCode::SUCCESS;
         }
+        Err(err)
+            if err.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
+        {
+            // Bare `drainwatch`: the help, as git and systemctl show it; still a usage error.
+            let _ = err.print();
+            return ExitCode::from(EXIT_USAGE);
+        }
         Err(err) => {
-            // clap's message is several lines (usage, tip); the contract wants one.
-            let text = err.to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("drainwatch: {first} (see `drainwatch --help`)");
+            // clap's whole message (tip, valid values, the subcommand's usage), its first
+            // line prefixed `drainwatch: ` like every other error.
+            eprint!("{}", drainwatch::usage::parse_error_text(&err, &argv));
             return ExitCode::from(EXIT_USAGE);
         }
     };
