@@ -13,11 +13,13 @@
 //! - [`session`]: the probe attached to targets and the loop feeding events into the model.
 //! - [`commands`]: one runner per subcommand, on top.
 //!
-//! [`cli`] and [`settings`] parse and validate the flags before anything is attached;
+//! [`cli`] and [`settings`] parse and validate the flags before anything is attached
+//! ([`duration`]: durations read and shown as systemd does);
 //! [`error`] holds the library's one-line errors; [`usage`] shows what clap could not parse.
 
 pub mod cli;
 pub mod commands;
+pub mod duration;
 pub mod error;
 pub mod events;
 pub mod host;
