@@ -172,6 +172,10 @@ pub struct AuditArgs {
     /// Write a JUnit XML file here (one test case per target, a failure per violation).
     #[arg(long, value_name = "FILE")]
     pub junit: Option<std::path::PathBuf>,
+    /// The JUnit test case name for everything audited, e.g. `--name checkout-api`
+    /// (default: one test case per process name, as `ps -o comm` shows it).
+    #[arg(long, value_name = "NAME", requires = "junit")]
+    pub name: Option<String>,
     /// TOML file saying which violations fail the run and which only warn.
     #[arg(long, value_name = "FILE")]
     pub policy: Option<std::path::PathBuf>,

@@ -220,6 +220,8 @@ pub struct AuditSettings {
     pub duration: Option<Duration>,
     pub report: Option<ReportFile>,
     pub junit: Option<ReportFile>,
+    /// `--name`: the JUnit test case name for everything audited.
+    pub junit_name: Option<String>,
     pub policy: crate::verdict::policy::Policy,
 }
 
@@ -260,6 +262,7 @@ impl AuditSettings {
             duration,
             report,
             junit,
+            junit_name: args.name.clone(),
             policy,
         })
     }
