@@ -72,7 +72,7 @@ pub fn format(d: Duration) -> String {
     if ns == 0 {
         return "0s".into();
     }
-    if ns % 1_000_000_000 == 0 {
+    if ns.is_multiple_of(1_000_000_000) {
         let mut secs = d.as_secs();
         let mut out = String::new();
         for (unit, size) in [("h", 3600), ("m", 60)] {
