@@ -132,11 +132,17 @@ fn metrics_follow_a_real_server_and_pass_promtool() {
     let idle = scrape(&addr);
     promtool_check(&idle);
     assert_eq!(
-        value(&idle, "drainwatch_connections{role=\"client\"}"),
+        value(
+            &idle,
+            "drainwatch_connections{role=\"client\",comm=\"dw-fixture\"}"
+        ),
         Some(0.0)
     );
     assert_eq!(
-        value(&idle, "drainwatch_connections{role=\"listener\"}"),
+        value(
+            &idle,
+            "drainwatch_connections{role=\"listener\",comm=\"dw-fixture\"}"
+        ),
         Some(1.0)
     );
     let up = format!("drainwatch_target_up{{pid=\"{pid}\",comm=\"dw-fixture\"}}");
@@ -153,19 +159,28 @@ fn metrics_follow_a_real_server_and_pass_promtool() {
     let busy = scrape_until(
         &addr,
         &[
-            ("drainwatch_connections{role=\"client\"}", 2.0),
+            (
+                "drainwatch_connections{role=\"client\",comm=\"dw-fixture\"}",
+                2.0,
+            ),
             ("drainwatch_request_duration_seconds_count", 4.0),
         ],
     );
     promtool_check(&busy);
     for (sample, wanted) in [
-        ("drainwatch_connections{role=\"listener\"}", 1.0),
-        ("drainwatch_connections{role=\"db\"}", 0.0),
+        (
+            "drainwatch_connections{role=\"listener\",comm=\"dw-fixture\"}",
+            1.0,
+        ),
+        (
+            "drainwatch_connections{role=\"db\",comm=\"dw-fixture\"}",
+            0.0,
+        ),
         ("drainwatch_connections_opened_total{role=\"client\"}", 2.0),
-        ("drainwatch_requests_in_flight", 0.0),
-        ("drainwatch_db_queries_in_flight", 0.0),
-        ("drainwatch_transactions_open", 0.0),
-        ("drainwatch_sigkills_total", 0.0),
+        ("drainwatch_requests_in_flight{comm=\"dw-fixture\"}", 0.0),
+        ("drainwatch_db_queries_in_flight{comm=\"dw-fixture\"}", 0.0),
+        ("drainwatch_transactions_open{comm=\"dw-fixture\"}", 0.0),
+        ("drainwatch_sigkills_total{comm=\"dw-fixture\"}", 0.0),
         ("drainwatch_events_lost_total", 0.0),
         ("drainwatch_probe_failures", 0.0),
         ("drainwatch_request_duration_seconds_count", 4.0),
@@ -173,10 +188,14 @@ fn metrics_follow_a_real_server_and_pass_promtool() {
             "drainwatch_request_duration_seconds_bucket{le=\"+Inf\"}",
             4.0,
         ),
-        ("drainwatch_db_query_duration_seconds_count", 0.0),
     ] {
         assert_eq!(value(&busy, sample), Some(wanted), "{sample}:\n{busy}");
     }
+    // The fixture sent no database query: no query latency series under its name.
+    assert!(
+        !busy.contains("drainwatch_db_query_duration_seconds_count{"),
+        "{busy}"
+    );
     let received = value(&busy, "drainwatch_events_received_total").unwrap();
     assert!(received > 0.0, "{busy}");
     let sum = value(&busy, "drainwatch_request_duration_seconds_sum").unwrap();
@@ -194,7 +213,10 @@ fn metrics_follow_a_real_server_and_pass_promtool() {
     let closed = scrape_until(
         &addr,
         &[
-            ("drainwatch_connections{role=\"client\"}", 0.0),
+            (
+                "drainwatch_connections{role=\"client\",comm=\"dw-fixture\"}",
+                0.0,
+            ),
             ("drainwatch_connections_closed_total{role=\"client\"}", 2.0),
         ],
     );
@@ -228,23 +250,35 @@ fn several_pids_sigkill_is_counted_and_serve_ends_with_its_targets() {
     assert_eq!(value(&both, &up(&a)), Some(1.0), "{both}");
     assert_eq!(value(&both, &up(&b)), Some(1.0), "{both}");
     assert_eq!(
-        value(&both, "drainwatch_connections{role=\"listener\"}"),
+        value(
+            &both,
+            "drainwatch_connections{role=\"listener\",comm=\"dw-fixture\"}"
+        ),
         Some(2.0)
     );
 
     signal_from_helper(libc::SIGKILL, killed.pid);
     let after = scrape_until(
         &addr,
-        &[("drainwatch_sigkills_total", 1.0), (up(&a).as_str(), 0.0)],
+        &[
+            ("drainwatch_sigkills_total{comm=\"dw-fixture\"}", 1.0),
+            (up(&a).as_str(), 0.0),
+        ],
     );
     promtool_check(&after);
     assert_eq!(
-        value(&after, "drainwatch_violations_total{kind=\"sigkill\"}"),
+        value(
+            &after,
+            "drainwatch_violations_total{kind=\"sigkill\",comm=\"dw-fixture\"}"
+        ),
         Some(1.0)
     );
     assert_eq!(value(&after, &up(&b)), Some(1.0), "{after}");
     assert_eq!(
-        value(&after, "drainwatch_connections{role=\"listener\"}"),
+        value(
+            &after,
+            "drainwatch_connections{role=\"listener\",comm=\"dw-fixture\"}"
+        ),
         Some(1.0),
         "{after}"
     );
