@@ -251,7 +251,11 @@ impl AuditSettings {
         targets.launch = launch;
         targets.await_comms = true;
         let report = args.report.as_deref().map(ReportFile::open).transpose()?;
-        let junit = args.junit.as_deref().map(ReportFile::open).transpose()?;
+        let junit = args
+            .junit
+            .as_deref()
+            .map(ReportFile::open_junit)
+            .transpose()?;
         let policy = match &args.policy {
             Some(path) => crate::verdict::policy::Policy::load(path)?,
             None => crate::verdict::policy::Policy::default(),
