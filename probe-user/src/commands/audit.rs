@@ -53,13 +53,15 @@ pub async fn run(settings: &AuditSettings) -> Result<Outcome> {
     };
     publish(&outcome, settings.common.json, settings.report.as_ref())?;
     if let Some(file) = &settings.junit {
-        let targets = settings.targets.to_set();
+        let targets = &settings.targets;
         let run = crate::output::junit::JunitRun {
             started: std::time::SystemTime::now() - outcome.elapsed,
             elapsed_s: outcome.elapsed.as_secs_f64(),
             hostname: crate::output::junit::hostname(),
             launched: session.launched,
-            launched_is_harness: !(targets.pids.is_empty() && targets.comms.is_empty()),
+            launched_is_harness: !(targets.pids.is_empty()
+                && targets.comms.is_empty()
+                && targets.cgroups.is_empty()),
             selected_comms: &targets.comms,
             name: settings.junit_name.as_deref(),
         };
