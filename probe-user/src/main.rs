@@ -84,34 +84,34 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Audit(args) => {
-            init_logging(args.shared.verbose);
+            init_logging(args.log.verbose);
             let settings = AuditSettings::from_args(&args)?;
             let outcome = runtime()?.block_on(audit::run(&settings))?;
             Ok(outcome.exit_code() as u8)
         }
         Command::Check(args) => {
-            init_logging(args.shared.verbose);
+            init_logging(args.log.verbose);
             Ok(check::run(&CheckSettings::from_args(&args)?)?)
         }
         Command::Watch(args) => {
-            init_logging(args.shared.verbose);
+            init_logging(args.log.verbose);
             let settings = WatchSettings::from_args(&args)?;
             runtime()?
                 .block_on(watch::run(&settings))
                 .map_err(Into::into)
         }
         Command::Wait(args) => {
-            init_logging(args.shared.verbose);
+            init_logging(args.log.verbose);
             let settings = WaitSettings::from_args(&args)?;
             Ok(runtime()?.block_on(drain::wait(&settings))?)
         }
         Command::Stop(args) => {
-            init_logging(args.shared.verbose);
+            init_logging(args.log.verbose);
             let settings = StopSettings::from_args(&args)?;
             Ok(runtime()?.block_on(drain::stop(&settings))?)
         }
         Command::Serve(args) => {
-            init_logging(args.shared.verbose);
+            init_logging(args.log.verbose);
             let settings = drainwatch::commands::serve::ServeSettings::from_args(&args)?;
             runtime()?.block_on(drainwatch::commands::serve::run(&settings))
         }

@@ -227,7 +227,7 @@ pub struct AuditSettings {
 
 impl AuditSettings {
     pub fn from_args(args: &AuditArgs) -> Result<Self> {
-        let common = Common::from_args(&args.shared)?;
+        let common = Common::from_args(&args.shared())?;
         let duration = args.duration.as_deref().map(parse_duration).transpose()?;
         if duration == Some(Duration::ZERO) {
             return Err(Error::InvalidValue {
@@ -284,7 +284,7 @@ pub struct CheckSettings {
 impl CheckSettings {
     pub fn from_args(args: &crate::cli::CheckArgs) -> Result<Self> {
         Ok(Self {
-            common: Common::from_args(&args.shared)?,
+            common: Common::from_args(&args.shared())?,
             targets: TargetSet::from_args(&args.targets, NAME_A_PROCESS)?,
             signal: parse_signal(&args.signal)?,
         })
@@ -323,7 +323,7 @@ pub struct WaitSettings {
 impl WaitSettings {
     pub fn from_args(args: &crate::cli::WaitArgs) -> Result<Self> {
         Ok(Self {
-            common: Common::from_args(&args.shared)?,
+            common: Common::from_args(&args.shared())?,
             targets: TargetSet::from_args(&args.targets, NAME_A_PROCESS)?,
             timeout: parse_timeout(&args.timeout)?,
         })
@@ -343,7 +343,7 @@ pub struct StopSettings {
 
 impl StopSettings {
     pub fn from_args(args: &crate::cli::StopArgs) -> Result<Self> {
-        let common = Common::from_args(&args.shared)?;
+        let common = Common::from_args(&args.shared())?;
         let targets = TargetSet::from_args(&args.targets, NAME_A_PROCESS)?;
         let signal = parse_signal(&args.signal)?;
         if signal == libc::SIGKILL {
@@ -374,7 +374,7 @@ pub struct WatchSettings {
 
 impl WatchSettings {
     pub fn from_args(args: &crate::cli::WatchArgs) -> Result<Self> {
-        let common = Common::from_args(&args.shared)?;
+        let common = Common::from_args(&args.shared())?;
         let targets = TargetSet::from_args(&args.targets, NAME_A_PROCESS)?;
         let interval = args.interval.as_deref().map(parse_duration).transpose()?;
         if interval.is_some_and(|i| i < Duration::from_millis(10)) {

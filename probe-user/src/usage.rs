@@ -23,6 +23,22 @@ pub fn parse_error_text(err: &clap::Error, argv: &[OsString]) -> String {
     out.push_str("drainwatch: ");
     let mut hinted = false;
     let tip = swapped_letters_tip(err, sub.as_deref()).filter(|_| !text.contains("tip:"));
+    // "the following required arguments were not provided:" names them on the next lines;
+    // the first line (the one scripts and tests read) names them too.
+    let text = match err.kind() {
+        clap::error::ErrorKind::MissingRequiredArgument => {
+            let mut lines = text.lines();
+            let head = lines.next().unwrap_or_default();
+            let missing: Vec<&str> = lines
+                .clone()
+                .take_while(|l| l.starts_with("  "))
+                .map(str::trim)
+                .collect();
+            let rest: Vec<&str> = lines.skip(missing.len()).collect();
+            format!("{head} {}\n{}", missing.join(", "), rest.join("\n"))
+        }
+        _ => text.to_string(),
+    };
     for (index, line) in text.trim_end().lines().enumerate() {
         if index == 1 {
             if let Some(tip) = &tip {
@@ -151,6 +167,21 @@ mod tests {
         assert_eq!(edit_distance("pdi", "pid"), 1);
         assert_eq!(edit_distance("timout", "timeout"), 1);
         assert_eq!(edit_distance("json", "pid"), 4);
+    }
+
+    #[test]
+    fn a_missing_selector_is_named_on_the_first_line() {
+        let text = error_of(&["check"]);
+        let first = text.lines().next().unwrap();
+        assert!(
+            first.starts_with("drainwatch: the following required arguments were not provided: <--pid <PID>|--comm <NAME>"),
+            "{text}"
+        );
+        assert!(text.contains("Usage: drainwatch check"), "{text}");
+        assert!(
+            text.trim_end().ends_with("try `drainwatch check --help`."),
+            "{text}"
+        );
     }
 
     #[test]
