@@ -314,7 +314,7 @@ pub struct ServeArgs {
 }
 
 /// The selector flags, one of which (or more) every target-taking command needs.
-const SELECTORS: [&str; 4] = ["pid", "comm", "unit", "cgroup"];
+pub const SELECTORS: [&str; 4] = ["pid", "comm", "unit", "cgroup"];
 
 impl CheckArgs {
     pub fn shared(&self) -> SharedArgs {

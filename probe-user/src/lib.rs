@@ -15,7 +15,8 @@
 //!
 //! [`cli`] and [`settings`] parse and validate the flags before anything is attached
 //! ([`duration`]: durations read and shown as systemd does);
-//! [`error`] holds the library's one-line errors; [`usage`] shows what clap could not parse.
+//! [`error`] holds the library's one-line errors; [`usage`] shows what clap could not parse;
+//! [`manual`] holds the examples and the man pages.
 
 pub mod cli;
 pub mod commands;
@@ -24,6 +25,7 @@ pub mod error;
 pub mod events;
 pub mod host;
 pub mod kernel;
+pub mod manual;
 pub mod model;
 pub mod output;
 pub mod session;

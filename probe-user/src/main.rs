@@ -5,7 +5,6 @@
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::Parser as _;
 use drainwatch::{
     cli::{Cli, Command},
     commands::audit,
@@ -29,10 +28,14 @@ fn main() -> ExitCode {
     }
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if drainwatch::usage::is_help_of_help(&argv) {
-        let _ = <Cli as clap::CommandFactory>::command().print_help();
+        let _ = drainwatch::manual::command().print_long_help();
         return ExitCode::SUCCESS;
     }
-    let cli = match Cli::try_parse_from(&argv) {
+    // Built from the command tree with each command's examples after its --help.
+    let parsed = drainwatch::manual::command()
+        .try_get_matches_from(&argv)
+        .and_then(|matches| <Cli as clap::FromArgMatches>::from_arg_matches(&matches));
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(err) if !err.use_stderr() => {
             // --help and --version.
@@ -128,23 +131,10 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Man(args) => {
-            // Built as clap_mangen::generate_to would: subcommand pages are
-            // drainwatch-COMMAND(1), and the main page lists them by those names.
-            let mut cli = <Cli as clap::CommandFactory>::command().disable_help_subcommand(true);
-            cli.build();
-            let page = match args.command.as_deref() {
-                None => cli,
-                Some(name) => cli.find_subcommand(name).cloned().with_context(|| {
-                    let names: Vec<_> = cli.get_subcommands().map(|c| c.get_name()).collect();
-                    format!("no subcommand `{name}`: use one of {}", names.join(", "))
-                })?,
-            };
-            let mut roff = Vec::new();
-            clap_mangen::Man::new(page)
-                .source(concat!("drainwatch ", env!("CARGO_PKG_VERSION")))
-                .render(&mut roff)
+            let page = drainwatch::manual::render(args.command.as_deref())
+                .map_err(anyhow::Error::msg)
                 .context("rendering the man page")?;
-            std::io::Write::write_all(&mut std::io::stdout(), &roff)
+            std::io::Write::write_all(&mut std::io::stdout(), page.as_bytes())
                 .context("writing the man page")?;
             Ok(0)
         }
