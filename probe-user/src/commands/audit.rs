@@ -20,7 +20,7 @@ const TICK: Duration = Duration::from_millis(50);
 pub async fn run(settings: &AuditSettings) -> Result<Outcome> {
     let mut session = Session::attach(&settings.targets, &settings.common)?;
     let until = match (settings.duration, session.end_when()) {
-        (Some(d), _) => format!("for {:.1}s or until they exit", d.as_secs_f64()),
+        (Some(d), _) => format!("for {} or until they exit", crate::duration::format(d)),
         (None, EndWhen::Exited(_)) => "until the launched command exits".to_string(),
         (None, EndWhen::Never) => {
             "until Ctrl-C (new processes with these names or in these cgroups join)".to_string()
