@@ -370,6 +370,10 @@ pub struct WatchSettings {
     pub common: Common,
     pub targets: TargetSet,
     pub interval: Option<Duration>,
+    /// `--count`: how many views, then exit.
+    pub count: Option<u64>,
+    /// `--duration`: how long, then exit.
+    pub duration: Option<Duration>,
 }
 
 impl WatchSettings {
@@ -384,10 +388,33 @@ impl WatchSettings {
                 hint: "use 10ms or more, like 250ms or 1s",
             });
         }
+        let count = match args.count.as_deref() {
+            None => None,
+            Some(text) => match text.parse::<u64>() {
+                Ok(n) if n > 0 => Some(n),
+                _ => {
+                    return Err(Error::InvalidValue {
+                        what: "--count",
+                        value: text.to_string(),
+                        hint: "give how many views to show, a positive number like 1 or 10",
+                    })
+                }
+            },
+        };
+        let duration = args.duration.as_deref().map(parse_duration).transpose()?;
+        if duration.is_some_and(|d| d.is_zero()) {
+            return Err(Error::InvalidValue {
+                what: "--duration",
+                value: args.duration.clone().unwrap_or_default(),
+                hint: "give a positive duration, like 30s, or leave it out to watch until Ctrl-C",
+            });
+        }
         Ok(Self {
             common,
             targets,
             interval,
+            count,
+            duration,
         })
     }
 }

@@ -175,6 +175,9 @@ pub struct ConnTracker {
     unverified: Vec<Unverified>,
     /// The latency of the query the last `db_io` ended (µs).
     query_ended_us: Option<u64>,
+    /// Requests the kernel counted as ended (answered or closed) since attach, over every
+    /// target, exited ones included: what a rate is computed from.
+    requests_ended: u64,
 }
 
 impl std::fmt::Debug for ConnTracker {
@@ -200,6 +203,7 @@ impl Default for ConnTracker {
             queries: histogram(),
             unverified: Vec::new(),
             query_ended_us: None,
+            requests_ended: 0,
         }
     }
 }
@@ -232,6 +236,11 @@ impl ConnTracker {
 
     pub fn queries(&self) -> LatencySummary {
         summary(&self.queries)
+    }
+
+    /// Requests ended (answered or closed) since attach, as the kernel counted them.
+    pub fn requests_ended(&self) -> u64 {
+        self.requests_ended
     }
 
     /// Every client request latency recorded so far, in µs (for the metrics exporter).
@@ -439,7 +448,12 @@ impl ConnTracker {
         for target in &sample.targets {
             // Only a running target is sampled: one that exited was removed by `exit`.
             self.touch(target.last_edge_ns);
-            self.requests_by_target.insert(target.tgid, *target);
+            let before = self
+                .requests_by_target
+                .insert(target.tgid, *target)
+                .unwrap_or_default();
+            self.requests_ended += target.ended.saturating_sub(before.ended)
+                + target.existing_ended.saturating_sub(before.existing_ended);
         }
         for &(us, count) in &sample.latency_us {
             let us = us.clamp(1, self.requests.high());
