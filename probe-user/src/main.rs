@@ -124,8 +124,11 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Completions(args) => {
             let mut script = Vec::new();
-            let mut cli = <Cli as clap::CommandFactory>::command();
+            let mut cli = drainwatch::manual::command();
             clap_complete::generate(args.shell, &mut cli, "drainwatch", &mut script);
+            if args.shell == clap_complete::Shell::Bash {
+                script.extend(drainwatch::manual::bash_dynamic_completion().into_bytes());
+            }
             std::io::Write::write_all(&mut std::io::stdout(), &script)
                 .context("writing the completion script")?;
             Ok(0)

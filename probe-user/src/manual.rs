@@ -227,6 +227,40 @@ fn examples_text(command: Option<&str>) -> String {
     out
 }
 
+/// Completion that clap's static bash script cannot do: running pids and process names,
+/// signal names, systemd units, and `drainwatch man COMMAND`. Appended to the generated
+/// script; its `complete` line replaces the generated one and falls back to it.
+pub fn bash_dynamic_completion() -> String {
+    let signals: Vec<&str> = crate::events::signals::names()
+        .filter(|name| *name != "KILL" && *name != "STOP")
+        .collect();
+    format!(
+        r#"
+# drainwatch: values only a running system knows.
+_drainwatch_dynamic() {{
+    local cur="${{COMP_WORDS[COMP_CWORD]}}" prev="${{COMP_WORDS[COMP_CWORD-1]}}"
+    case "$prev" in
+        --pid)
+            COMPREPLY=($(compgen -W "$(ps -eo pid= 2>/dev/null)" -- "$cur")); return 0;;
+        --comm)
+            COMPREPLY=($(compgen -W "$(ps -eo comm= 2>/dev/null | sort -u)" -- "$cur")); return 0;;
+        --signal)
+            COMPREPLY=($(compgen -W "{signals}" -- "$cur")); return 0;;
+        --unit)
+            COMPREPLY=($(compgen -W "$(systemctl list-units --type=service --all --no-legend --plain 2>/dev/null | awk '{{print $1}}')" -- "$cur")); return 0;;
+    esac
+    if [[ $COMP_CWORD -eq 2 && ${{COMP_WORDS[1]}} == man ]]; then
+        COMPREPLY=($(compgen -W "{pages}" -- "$cur")); return 0
+    fi
+    _drainwatch "$@"
+}}
+complete -F _drainwatch_dynamic -o bashdefault -o default drainwatch
+"#,
+        signals = signals.join(" "),
+        pages = PAGES.join(" "),
+    )
+}
+
 /// Text for roff: hyphens as `\-` (so they stay ASCII in copy-paste), backslashes as `\e`,
 /// and a line that would start a request (`.` or `'`) prefixed with `\&`.
 fn roff(text: &str) -> String {
@@ -463,6 +497,41 @@ mod tests {
         cli.build();
         let commands: Vec<&str> = cli.get_subcommands().map(|c| c.get_name()).collect();
         assert_eq!(commands, PAGES);
+    }
+
+    /// The bash script, sourced by a real bash, completes pids, signals and man pages.
+    #[test]
+    fn bash_completes_pids_signals_and_pages() {
+        let mut script = Vec::new();
+        clap_complete::generate(
+            clap_complete::Shell::Bash,
+            &mut command(),
+            "drainwatch",
+            &mut script,
+        );
+        let mut script = String::from_utf8(script).unwrap();
+        script.push_str(&bash_dynamic_completion());
+        let complete = |words: &str| -> String {
+            let program = format!(
+                "{script}\nCOMP_WORDS=({words}); COMP_CWORD=$((${{#COMP_WORDS[@]}} - 1)); \
+                 _drainwatch_dynamic drainwatch; echo \"${{COMPREPLY[*]}}\""
+            );
+            let out = std::process::Command::new("bash")
+                .args(["-c", &program])
+                .output()
+                .expect("bash runs");
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        let me = std::process::id().to_string();
+        let pids = complete(&format!("drainwatch stop --pid {}", &me[..1]));
+        assert!(pids.split(' ').any(|p| p == me), "{pids}");
+        assert_eq!(complete("drainwatch stop --signal QU"), "QUIT");
+        assert!(!complete("drainwatch stop --signal K").contains("KILL"));
+        assert_eq!(complete("drainwatch man st"), "stop");
+        assert!(
+            complete("drainwatch sto").contains("stop"),
+            "falls back to clap's"
+        );
     }
 
     #[test]
