@@ -204,9 +204,23 @@ fn exit_status(command: Option<&str>) -> &'static [(&'static str, &'static str)]
 
 /// `Cli::command()` with each command's examples after its `--help`.
 pub fn command() -> clap::Command {
-    let mut cli = Cli::command().after_long_help(examples_text(None));
+    let mut cli = Cli::command().after_long_help(format!(
+        "{}\n\nDurations: {}.",
+        examples_text(None),
+        crate::duration::LOOKS_LIKE
+    ));
     for name in PAGES {
-        cli = cli.mut_subcommand(name, |sub| sub.after_long_help(examples_text(Some(name))));
+        cli = cli.mut_subcommand(name, |sub| {
+            let takes_durations = sub.get_arguments().any(|a| {
+                a.get_value_names()
+                    .is_some_and(|v| v.iter().any(|n| n == "DURATION"))
+            });
+            let mut text = examples_text(Some(name));
+            if takes_durations {
+                text = format!("{text}\n\nDurations: {}.", crate::duration::LOOKS_LIKE);
+            }
+            sub.after_long_help(text)
+        });
     }
     cli
 }
