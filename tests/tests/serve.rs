@@ -282,6 +282,14 @@ fn several_pids_sigkill_is_counted_and_serve_ends_with_its_targets() {
         Some(1.0),
         "{after}"
     );
+    // The documented alert fires on what serve exported, one minute apart.
+    let sample = "drainwatch_sigkills_total{comm=\"dw-fixture\"}";
+    let series = [
+        value(&both, sample).unwrap(),
+        value(&after, sample).unwrap(),
+    ];
+    assert_eq!(series, [0.0, 1.0], "{both}\n{after}");
+    promtool_test_sigkill_alert(series);
 
     // The last target exits: serve stops by itself.
     // SAFETY: kill(2) on a process this test started.
@@ -495,16 +503,69 @@ fn docs_use_only_subcommands_and_flags_the_cli_has() {
     }
 }
 
-/// The alerting and recording rules in docs/observability.md pass `promtool check rules`.
-#[test]
-fn documented_alerting_rules_pass_promtool() {
+/// The alerting rules of docs/observability.md, as written there.
+fn documented_rules() -> String {
     let text = workspace_file("docs/observability.md");
-    let rules = text
-        .split("```yaml\n")
+    text.split("```yaml\n")
         .skip(1)
         .map(|block| block.split("```").next().unwrap())
         .find(|block| block.starts_with("# drainwatch-rules.yml"))
-        .expect("a ```yaml block starting with `# drainwatch-rules.yml`");
+        .expect("a ```yaml block starting with `# drainwatch-rules.yml`")
+        .to_string()
+}
+
+/// `promtool test rules`: the documented GameServerSigkilled alert, fed with
+/// `drainwatch_sigkills_total` as scraped from serve (before, after a SIGKILL) a minute
+/// apart, fires with the target's comm in its summary; and does not before the kill.
+fn promtool_test_sigkill_alert([before, after]: [f64; 2]) {
+    let rules = documented_rules();
+    let description = rules
+        .lines()
+        .skip_while(|l| !l.contains("alert: GameServerSigkilled"))
+        .find_map(|l| l.trim().strip_prefix("description: "))
+        .expect("GameServerSigkilled has a description")
+        .trim_matches('"')
+        .replace('\'', "''");
+    let dir = TempDir::new("promtool-test");
+    std::fs::write(dir.path("drainwatch-rules.yml"), &rules).unwrap();
+    let test = format!(
+        "rule_files: [drainwatch-rules.yml]\n\
+         evaluation_interval: 1m\n\
+         tests:\n\
+         \x20 - interval: 1m\n\
+         \x20   input_series:\n\
+         \x20     - series: 'drainwatch_sigkills_total{{comm=\"dw-fixture\",instance=\"game-1:9464\"}}'\n\
+         \x20       values: '{before} {before} {after} {after}'\n\
+         \x20   alert_rule_test:\n\
+         \x20     - eval_time: 1m\n\
+         \x20       alertname: GameServerSigkilled\n\
+         \x20       exp_alerts: []\n\
+         \x20     - eval_time: 3m\n\
+         \x20       alertname: GameServerSigkilled\n\
+         \x20       exp_alerts:\n\
+         \x20         - exp_labels: {{severity: warning, comm: dw-fixture, instance: 'game-1:9464'}}\n\
+         \x20           exp_annotations:\n\
+         \x20             summary: 'dw-fixture on game-1:9464 received SIGKILL'\n\
+         \x20             description: '{description}'\n"
+    );
+    std::fs::write(dir.path("test.yml"), &test).unwrap();
+    let out = Command::new("promtool")
+        .args(["test", "rules", "test.yml"])
+        .current_dir(&dir.0)
+        .output()
+        .expect("promtool runs (`cargo xtask setup` installs the Debian package prometheus)");
+    assert!(
+        out.status.success(),
+        "promtool test rules:\n{test}\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The alerting and recording rules in docs/observability.md pass `promtool check rules`.
+#[test]
+fn documented_alerting_rules_pass_promtool() {
+    let rules = documented_rules();
     let dir = TempDir::new("rules");
     let path = dir.path("drainwatch-rules.yml");
     std::fs::write(&path, rules).unwrap();
