@@ -25,16 +25,55 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Preflight, no waiting: can this process tree be stopped gracefully right now?
+    #[command(
+        long_about = "Reads /proc only (nothing is attached, nothing is sent): what \
+        each process of the tree does with the stop signal (handled, ignored, blocked, or \
+        the default action that kills it), which processes a stop would leave unwatched, \
+        and the connections open now by role. Exit 0 when a graceful stop is possible, 1 \
+        with the reasons when it is not."
+    )]
     Check(CheckArgs),
     /// Live view of connections, requests, queries and signals until Ctrl-C or exit.
+    #[command(
+        long_about = "Attaches the probe and redraws, every --interval: connections \
+        by role, requests answered per second and their latency, what is in flight (a line \
+        per request with its age, each open transaction), and the latest signals. Piped or \
+        with --json, one JSON object per view. Nothing is sent to the targets."
+    )]
     Watch(WatchArgs),
     /// Block until the target is drained or has exited; sends no signal.
+    #[command(
+        long_about = "For a stop that something else sends (a service manager, an \
+        orchestrator, kill): returns as soon as nothing has been in flight for --quiet (no \
+        request, query or open transaction), or the targets have exited; exit 4 at \
+        --timeout with what was still in flight."
+    )]
     Wait(WaitArgs),
     /// Send a signal (to the top of each named tree), follow the drain, wait for every exit.
+    #[command(
+        long_about = "Opens a pidfd on each named process (so the signal cannot reach \
+        a process that reused the pid), attaches, sends --signal, follows the drain and \
+        waits until every process of the trees has exited. Never SIGKILL, unless \
+        --kill-after at --timeout (a violation). Exit 0 stopped cleanly, 1 violations, 4 \
+        timeout."
+    )]
     Stop(StopArgs),
     /// Audit targets until they exit (or --duration, or Ctrl-C) and report violations.
+    #[command(
+        long_about = "Watches the targets through a restart (launched with -- CMD, \
+        or named by selectors) and reports what a restart should never do: SIGKILL, a \
+        transaction cut in half, a database connection leaked, requests in flight at exit. \
+        Writes a JSON report (--report) and a JUnit file (--junit) for CI; --policy lets \
+        some kinds only warn. Exit 0 clean, 1 violations or an incomplete audit."
+    )]
     Audit(AuditArgs),
     /// Prometheus exporter (metrics prefixed drainwatch_).
+    #[command(
+        long_about = "Serves /metrics over HTTP on --listen: connections, requests \
+        and queries in flight, open transactions, SIGKILLs and violations by the target's \
+        name (the comm label), request and query latency histograms. Runs until SIGTERM or \
+        Ctrl-C, or until the processes named by --pid have exited."
+    )]
     Serve(ServeArgs),
     /// What this kernel offers (BTF, tracefs, tracepoints, uprobes, kprobes, fentry,
     /// cgroup v2, lockdown) and which hooks drainwatch will use; exit 2 if it cannot attach.
