@@ -425,6 +425,7 @@ mod tests {
             ],
             queries_in_flight: 0,
             transactions_open: vec![],
+            encrypted: vec![],
             signals: vec![],
             events: crate::model::report::EventCounts {
                 received: 9,

@@ -59,6 +59,7 @@ fn report(targets: Vec<TargetReport>, violations: Vec<Violation>) -> Report {
             received: 10,
             lost: 0,
         },
+        coverage: None,
         probe_failures: vec![],
     }
 }
