@@ -424,6 +424,7 @@ mod tests {
                 },
             ],
             queries_in_flight: 0,
+            unknown_since_attach: 0,
             transactions_open: vec![],
             encrypted: vec![],
             signals: vec![],
