@@ -57,8 +57,9 @@ pub enum Error {
          watch a 64-bit build of the server"
     )]
     Compat32(u32),
-    #[error("cannot write report file {path}: {cause} (choose a writable path)")]
+    #[error("cannot write {what} {path}: {cause} (choose a writable path)")]
     ReportPath {
+        what: &'static str,
         path: PathBuf,
         cause: std::io::Error,
     },

@@ -13,19 +13,24 @@
 //! - [`session`]: the probe attached to targets and the loop feeding events into the model.
 //! - [`commands`]: one runner per subcommand, on top.
 //!
-//! [`cli`] and [`settings`] parse and validate the flags before anything is attached;
-//! [`error`] holds the library's one-line errors.
+//! [`cli`] and [`settings`] parse and validate the flags before anything is attached
+//! ([`duration`]: durations read and shown as systemd does);
+//! [`error`] holds the library's one-line errors; [`usage`] shows what clap could not parse;
+//! [`manual`] holds the examples and the man pages.
 
 pub mod cli;
 pub mod commands;
+pub mod duration;
 pub mod error;
 pub mod events;
 pub mod host;
 pub mod kernel;
+pub mod manual;
 pub mod model;
 pub mod output;
 pub mod session;
 pub mod settings;
+pub mod usage;
 pub mod verdict;
 
 pub use error::{Error, Result};

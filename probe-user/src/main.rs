@@ -1,10 +1,10 @@
 //! The `drainwatch` command line: parse, validate, run, print, exit with the contract's
-//! code. Errors are printed as one line, `drainwatch: {err:#}`, with exit code 2.
+//! code. Errors are printed as one line, `drainwatch: {err:#}`, with exit code 2; a command
+//! line clap cannot parse gets clap's whole message after that first line (see `usage`).
 
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::Parser as _;
 use drainwatch::{
     cli::{Cli, Command},
     commands::audit,
@@ -26,19 +26,33 @@ fn main() -> ExitCode {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
     }
-    let cli = match Cli::try_parse() {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if drainwatch::usage::is_help_of_help(&argv) {
+        let _ = drainwatch::manual::command().print_long_help();
+        return ExitCode::SUCCESS;
+    }
+    // Built from the command tree with each command's examples after its --help.
+    let parsed = drainwatch::manual::command()
+        .try_get_matches_from(&argv)
+        .and_then(|matches| <Cli as clap::FromArgMatches>::from_arg_matches(&matches));
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(err) if !err.use_stderr() => {
             // --help and --version.
             let _ = err.print();
             return ExitCode::SUCCESS;
         }
+        Err(err)
+            if err.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
+        {
+            // Bare `drainwatch`: the help, as git and systemctl show it; still a usage error.
+            let _ = err.print();
+            return ExitCode::from(EXIT_USAGE);
+        }
         Err(err) => {
-            // clap's message is several lines (usage, tip); the contract wants one.
-            let text = err.to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("drainwatch: {first} (see `drainwatch --help`)");
+            // clap's whole message (tip, valid values, the subcommand's usage), its first
+            // line prefixed `drainwatch: ` like every other error.
+            eprint!("{}", drainwatch::usage::parse_error_text(&err, &argv));
             return ExitCode::from(EXIT_USAGE);
         }
     };
@@ -73,34 +87,34 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Audit(args) => {
-            init_logging(args.shared.verbose);
+            init_logging(args.log.verbose);
             let settings = AuditSettings::from_args(&args)?;
             let outcome = runtime()?.block_on(audit::run(&settings))?;
             Ok(outcome.exit_code() as u8)
         }
         Command::Check(args) => {
-            init_logging(args.shared.verbose);
+            init_logging(args.log.verbose);
             Ok(check::run(&CheckSettings::from_args(&args)?)?)
         }
         Command::Watch(args) => {
-            init_logging(args.shared.verbose);
+            init_logging(args.log.verbose);
             let settings = WatchSettings::from_args(&args)?;
             runtime()?
                 .block_on(watch::run(&settings))
                 .map_err(Into::into)
         }
         Command::Wait(args) => {
-            init_logging(args.shared.verbose);
+            init_logging(args.log.verbose);
             let settings = WaitSettings::from_args(&args)?;
             Ok(runtime()?.block_on(drain::wait(&settings))?)
         }
         Command::Stop(args) => {
-            init_logging(args.shared.verbose);
+            init_logging(args.log.verbose);
             let settings = StopSettings::from_args(&args)?;
             Ok(runtime()?.block_on(drain::stop(&settings))?)
         }
         Command::Serve(args) => {
-            init_logging(args.shared.verbose);
+            init_logging(args.log.verbose);
             let settings = drainwatch::commands::serve::ServeSettings::from_args(&args)?;
             runtime()?.block_on(drainwatch::commands::serve::run(&settings))
         }
@@ -110,30 +124,20 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Completions(args) => {
             let mut script = Vec::new();
-            let mut cli = <Cli as clap::CommandFactory>::command();
+            let mut cli = drainwatch::manual::command();
             clap_complete::generate(args.shell, &mut cli, "drainwatch", &mut script);
+            if args.shell == clap_complete::Shell::Bash {
+                script.extend(drainwatch::manual::bash_dynamic_completion().into_bytes());
+            }
             std::io::Write::write_all(&mut std::io::stdout(), &script)
                 .context("writing the completion script")?;
             Ok(0)
         }
         Command::Man(args) => {
-            // Built as clap_mangen::generate_to would: subcommand pages are
-            // drainwatch-COMMAND(1), and the main page lists them by those names.
-            let mut cli = <Cli as clap::CommandFactory>::command().disable_help_subcommand(true);
-            cli.build();
-            let page = match args.command.as_deref() {
-                None => cli,
-                Some(name) => cli.find_subcommand(name).cloned().with_context(|| {
-                    let names: Vec<_> = cli.get_subcommands().map(|c| c.get_name()).collect();
-                    format!("no subcommand `{name}`: use one of {}", names.join(", "))
-                })?,
-            };
-            let mut roff = Vec::new();
-            clap_mangen::Man::new(page)
-                .source(concat!("drainwatch ", env!("CARGO_PKG_VERSION")))
-                .render(&mut roff)
+            let page = drainwatch::manual::render(args.command.as_deref())
+                .map_err(anyhow::Error::msg)
                 .context("rendering the man page")?;
-            std::io::Write::write_all(&mut std::io::stdout(), &roff)
+            std::io::Write::write_all(&mut std::io::stdout(), page.as_bytes())
                 .context("writing the man page")?;
             Ok(0)
         }

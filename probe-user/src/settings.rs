@@ -16,32 +16,36 @@ use crate::{
 /// Default database ports (DESIGN.md): PostgreSQL, MySQL/MariaDB, Redis, MongoDB.
 pub const DEFAULT_DB_PORTS: [u16; 4] = [5432, 3306, 6379, 27017];
 
-/// Parses `250ms`, `30s`, `5m`, `1h` (also `us`, `ns`; fractions like `1.5s`).
+/// Parses a duration as systemd writes them (see [`crate::duration`]): `250ms`, `30s`,
+/// `1m30s`, `1.5s`.
 pub fn parse_duration(text: &str) -> Result<Duration> {
-    let invalid = || Error::InvalidValue {
+    use crate::duration::Problem;
+    crate::duration::parse(text).map_err(|problem| Error::InvalidValue {
         what: "duration",
         value: text.to_string(),
-        hint: "use a number and a unit, like 250ms, 30s or 5m",
-    };
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(invalid)?;
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number.parse().map_err(|_| invalid())?;
-    let seconds_per_unit = match unit {
-        "ns" => 1e-9,
-        "us" | "µs" => 1e-6,
-        "ms" => 1e-3,
-        "s" => 1.0,
-        "m" => 60.0,
-        "h" => 3600.0,
-        _ => return Err(invalid()),
-    };
-    let seconds = number * seconds_per_unit;
-    if !seconds.is_finite() || seconds > 366.0 * 24.0 * 3600.0 {
-        return Err(invalid());
+        hint: match problem {
+            Problem::Negative => "a duration cannot be negative; give one like 30s",
+            Problem::Malformed => {
+                "use a number and a unit, like 250ms, 30s or 5m, several in a row as in 1m30s"
+            }
+            Problem::TooLong => "at most a year (366 days); like 250ms, 30s or 5m",
+        },
+    })
+}
+
+/// `--quiet`: 0s would call a server drained at the very instant its last request ended,
+/// before a keep-alive client could send the next one.
+fn parse_quiet(text: &str) -> Result<Duration> {
+    let quiet = parse_duration(text)?;
+    if quiet.is_zero() {
+        return Err(Error::InvalidValue {
+            what: "--quiet",
+            value: text.to_string(),
+            hint: "give a positive duration, like 100ms: drained means nothing in flight for \
+                   that long, and 0s would call a server drained between two requests",
+        });
     }
-    Ok(Duration::from_secs_f64(seconds))
+    Ok(quiet)
 }
 
 /// Parses a ring-buffer size: a power of two from 4096 (a page) to 1 GiB.
@@ -123,7 +127,7 @@ impl Common {
         let quiet = args
             .quiet
             .as_deref()
-            .map(parse_duration)
+            .map(parse_quiet)
             .transpose()?
             .unwrap_or(Duration::from_millis(100));
         let db_url = args.db_url.as_deref().map(DbUrl::read).transpose()?;
@@ -216,12 +220,14 @@ pub struct AuditSettings {
     pub duration: Option<Duration>,
     pub report: Option<ReportFile>,
     pub junit: Option<ReportFile>,
+    /// `--name`: the JUnit test case name for everything audited.
+    pub junit_name: Option<String>,
     pub policy: crate::verdict::policy::Policy,
 }
 
 impl AuditSettings {
     pub fn from_args(args: &AuditArgs) -> Result<Self> {
-        let common = Common::from_args(&args.shared)?;
+        let common = Common::from_args(&args.shared())?;
         let duration = args.duration.as_deref().map(parse_duration).transpose()?;
         if duration == Some(Duration::ZERO) {
             return Err(Error::InvalidValue {
@@ -245,7 +251,11 @@ impl AuditSettings {
         targets.launch = launch;
         targets.await_comms = true;
         let report = args.report.as_deref().map(ReportFile::open).transpose()?;
-        let junit = args.junit.as_deref().map(ReportFile::open).transpose()?;
+        let junit = args
+            .junit
+            .as_deref()
+            .map(ReportFile::open_junit)
+            .transpose()?;
         let policy = match &args.policy {
             Some(path) => crate::verdict::policy::Policy::load(path)?,
             None => crate::verdict::policy::Policy::default(),
@@ -256,6 +266,7 @@ impl AuditSettings {
             duration,
             report,
             junit,
+            junit_name: args.name.clone(),
             policy,
         })
     }
@@ -273,7 +284,7 @@ pub struct CheckSettings {
 impl CheckSettings {
     pub fn from_args(args: &crate::cli::CheckArgs) -> Result<Self> {
         Ok(Self {
-            common: Common::from_args(&args.shared)?,
+            common: Common::from_args(&args.shared())?,
             targets: TargetSet::from_args(&args.targets, NAME_A_PROCESS)?,
             signal: parse_signal(&args.signal)?,
         })
@@ -312,7 +323,7 @@ pub struct WaitSettings {
 impl WaitSettings {
     pub fn from_args(args: &crate::cli::WaitArgs) -> Result<Self> {
         Ok(Self {
-            common: Common::from_args(&args.shared)?,
+            common: Common::from_args(&args.shared())?,
             targets: TargetSet::from_args(&args.targets, NAME_A_PROCESS)?,
             timeout: parse_timeout(&args.timeout)?,
         })
@@ -332,7 +343,7 @@ pub struct StopSettings {
 
 impl StopSettings {
     pub fn from_args(args: &crate::cli::StopArgs) -> Result<Self> {
-        let common = Common::from_args(&args.shared)?;
+        let common = Common::from_args(&args.shared())?;
         let targets = TargetSet::from_args(&args.targets, NAME_A_PROCESS)?;
         let signal = parse_signal(&args.signal)?;
         if signal == libc::SIGKILL {
@@ -359,11 +370,15 @@ pub struct WatchSettings {
     pub common: Common,
     pub targets: TargetSet,
     pub interval: Option<Duration>,
+    /// `--count`: how many views, then exit.
+    pub count: Option<u64>,
+    /// `--duration`: how long, then exit.
+    pub duration: Option<Duration>,
 }
 
 impl WatchSettings {
     pub fn from_args(args: &crate::cli::WatchArgs) -> Result<Self> {
-        let common = Common::from_args(&args.shared)?;
+        let common = Common::from_args(&args.shared())?;
         let targets = TargetSet::from_args(&args.targets, NAME_A_PROCESS)?;
         let interval = args.interval.as_deref().map(parse_duration).transpose()?;
         if interval.is_some_and(|i| i < Duration::from_millis(10)) {
@@ -373,10 +388,33 @@ impl WatchSettings {
                 hint: "use 10ms or more, like 250ms or 1s",
             });
         }
+        let count = match args.count.as_deref() {
+            None => None,
+            Some(text) => match text.parse::<u64>() {
+                Ok(n) if n > 0 => Some(n),
+                _ => {
+                    return Err(Error::InvalidValue {
+                        what: "--count",
+                        value: text.to_string(),
+                        hint: "give how many views to show, a positive number like 1 or 10",
+                    })
+                }
+            },
+        };
+        let duration = args.duration.as_deref().map(parse_duration).transpose()?;
+        if duration.is_some_and(|d| d.is_zero()) {
+            return Err(Error::InvalidValue {
+                what: "--duration",
+                value: args.duration.clone().unwrap_or_default(),
+                hint: "give a positive duration, like 30s, or leave it out to watch until Ctrl-C",
+            });
+        }
         Ok(Self {
             common,
             targets,
             interval,
+            count,
+            duration,
         })
     }
 }
@@ -414,10 +452,20 @@ mod tests {
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
         assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
         assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
-        for bad in ["", "30", "s", "30x", "-1s", "1..2s", "ms30", "99999999h"] {
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        for bad in ["", "30", "s", "30x", "1..2s", "ms30", "99999999h"] {
             let err = parse_duration(bad).unwrap_err().to_string();
             assert!(err.contains("like 250ms, 30s or 5m"), "{bad}: {err}");
         }
+        let err = parse_duration("-1s").unwrap_err().to_string();
+        assert!(err.contains("cannot be negative"), "{err}");
+    }
+
+    #[test]
+    fn quiet_must_be_positive() {
+        assert_eq!(parse_quiet("250ms").unwrap(), Duration::from_millis(250));
+        let err = parse_quiet("0s").unwrap_err().to_string();
+        assert!(err.contains("give a positive duration"), "{err}");
     }
 
     #[test]

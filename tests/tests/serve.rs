@@ -132,11 +132,17 @@ fn metrics_follow_a_real_server_and_pass_promtool() {
     let idle = scrape(&addr);
     promtool_check(&idle);
     assert_eq!(
-        value(&idle, "drainwatch_connections{role=\"client\"}"),
+        value(
+            &idle,
+            "drainwatch_connections{role=\"client\",comm=\"dw-fixture\"}"
+        ),
         Some(0.0)
     );
     assert_eq!(
-        value(&idle, "drainwatch_connections{role=\"listener\"}"),
+        value(
+            &idle,
+            "drainwatch_connections{role=\"listener\",comm=\"dw-fixture\"}"
+        ),
         Some(1.0)
     );
     let up = format!("drainwatch_target_up{{pid=\"{pid}\",comm=\"dw-fixture\"}}");
@@ -153,19 +159,28 @@ fn metrics_follow_a_real_server_and_pass_promtool() {
     let busy = scrape_until(
         &addr,
         &[
-            ("drainwatch_connections{role=\"client\"}", 2.0),
+            (
+                "drainwatch_connections{role=\"client\",comm=\"dw-fixture\"}",
+                2.0,
+            ),
             ("drainwatch_request_duration_seconds_count", 4.0),
         ],
     );
     promtool_check(&busy);
     for (sample, wanted) in [
-        ("drainwatch_connections{role=\"listener\"}", 1.0),
-        ("drainwatch_connections{role=\"db\"}", 0.0),
+        (
+            "drainwatch_connections{role=\"listener\",comm=\"dw-fixture\"}",
+            1.0,
+        ),
+        (
+            "drainwatch_connections{role=\"db\",comm=\"dw-fixture\"}",
+            0.0,
+        ),
         ("drainwatch_connections_opened_total{role=\"client\"}", 2.0),
-        ("drainwatch_requests_in_flight", 0.0),
-        ("drainwatch_db_queries_in_flight", 0.0),
-        ("drainwatch_transactions_open", 0.0),
-        ("drainwatch_sigkills_total", 0.0),
+        ("drainwatch_requests_in_flight{comm=\"dw-fixture\"}", 0.0),
+        ("drainwatch_db_queries_in_flight{comm=\"dw-fixture\"}", 0.0),
+        ("drainwatch_transactions_open{comm=\"dw-fixture\"}", 0.0),
+        ("drainwatch_sigkills_total{comm=\"dw-fixture\"}", 0.0),
         ("drainwatch_events_lost_total", 0.0),
         ("drainwatch_probe_failures", 0.0),
         ("drainwatch_request_duration_seconds_count", 4.0),
@@ -173,10 +188,14 @@ fn metrics_follow_a_real_server_and_pass_promtool() {
             "drainwatch_request_duration_seconds_bucket{le=\"+Inf\"}",
             4.0,
         ),
-        ("drainwatch_db_query_duration_seconds_count", 0.0),
     ] {
         assert_eq!(value(&busy, sample), Some(wanted), "{sample}:\n{busy}");
     }
+    // The fixture sent no database query: no query latency series under its name.
+    assert!(
+        !busy.contains("drainwatch_db_query_duration_seconds_count{"),
+        "{busy}"
+    );
     let received = value(&busy, "drainwatch_events_received_total").unwrap();
     assert!(received > 0.0, "{busy}");
     let sum = value(&busy, "drainwatch_request_duration_seconds_sum").unwrap();
@@ -194,7 +213,10 @@ fn metrics_follow_a_real_server_and_pass_promtool() {
     let closed = scrape_until(
         &addr,
         &[
-            ("drainwatch_connections{role=\"client\"}", 0.0),
+            (
+                "drainwatch_connections{role=\"client\",comm=\"dw-fixture\"}",
+                0.0,
+            ),
             ("drainwatch_connections_closed_total{role=\"client\"}", 2.0),
         ],
     );
@@ -228,26 +250,46 @@ fn several_pids_sigkill_is_counted_and_serve_ends_with_its_targets() {
     assert_eq!(value(&both, &up(&a)), Some(1.0), "{both}");
     assert_eq!(value(&both, &up(&b)), Some(1.0), "{both}");
     assert_eq!(
-        value(&both, "drainwatch_connections{role=\"listener\"}"),
+        value(
+            &both,
+            "drainwatch_connections{role=\"listener\",comm=\"dw-fixture\"}"
+        ),
         Some(2.0)
     );
 
     signal_from_helper(libc::SIGKILL, killed.pid);
     let after = scrape_until(
         &addr,
-        &[("drainwatch_sigkills_total", 1.0), (up(&a).as_str(), 0.0)],
+        &[
+            ("drainwatch_sigkills_total{comm=\"dw-fixture\"}", 1.0),
+            (up(&a).as_str(), 0.0),
+        ],
     );
     promtool_check(&after);
     assert_eq!(
-        value(&after, "drainwatch_violations_total{kind=\"sigkill\"}"),
+        value(
+            &after,
+            "drainwatch_violations_total{kind=\"sigkill\",comm=\"dw-fixture\"}"
+        ),
         Some(1.0)
     );
     assert_eq!(value(&after, &up(&b)), Some(1.0), "{after}");
     assert_eq!(
-        value(&after, "drainwatch_connections{role=\"listener\"}"),
+        value(
+            &after,
+            "drainwatch_connections{role=\"listener\",comm=\"dw-fixture\"}"
+        ),
         Some(1.0),
         "{after}"
     );
+    // The documented alert fires on what serve exported, one minute apart.
+    let sample = "drainwatch_sigkills_total{comm=\"dw-fixture\"}";
+    let series = [
+        value(&both, sample).unwrap(),
+        value(&after, sample).unwrap(),
+    ];
+    assert_eq!(series, [0.0, 1.0], "{both}\n{after}");
+    promtool_test_sigkill_alert(series);
 
     // The last target exits: serve stops by itself.
     // SAFETY: kill(2) on a process this test started.
@@ -282,11 +324,19 @@ fn listen_address_problems_cost_one_line() {
     assert_eq!(busy.stderr.lines().count(), 1, "{}", busy.stderr);
     assert!(busy.stderr.contains("cannot listen on"), "{}", busy.stderr);
 
+    // No selector: clap's message names them on its first line, then serve's usage.
     let none = run_drainwatch(&["serve"]);
     assert_eq!(none.code, 2, "{none:?}");
+    let first = none.stderr.lines().next().unwrap_or_default();
     assert!(
+        first.contains(
+            "not provided: <--pid <PID>|--comm <NAME>|--unit <NAME.service>|--cgroup <PATH>>"
+        ),
+        "{}",
         none.stderr
-            .contains("--pid PID, --comm NAME, --unit NAME.service or --cgroup PATH"),
+    );
+    assert!(
+        none.stderr.contains("Usage: drainwatch serve"),
         "{}",
         none.stderr
     );
@@ -453,16 +503,69 @@ fn docs_use_only_subcommands_and_flags_the_cli_has() {
     }
 }
 
-/// The alerting and recording rules in docs/observability.md pass `promtool check rules`.
-#[test]
-fn documented_alerting_rules_pass_promtool() {
+/// The alerting rules of docs/observability.md, as written there.
+fn documented_rules() -> String {
     let text = workspace_file("docs/observability.md");
-    let rules = text
-        .split("```yaml\n")
+    text.split("```yaml\n")
         .skip(1)
         .map(|block| block.split("```").next().unwrap())
         .find(|block| block.starts_with("# drainwatch-rules.yml"))
-        .expect("a ```yaml block starting with `# drainwatch-rules.yml`");
+        .expect("a ```yaml block starting with `# drainwatch-rules.yml`")
+        .to_string()
+}
+
+/// `promtool test rules`: the documented GameServerSigkilled alert, fed with
+/// `drainwatch_sigkills_total` as scraped from serve (before, after a SIGKILL) a minute
+/// apart, fires with the target's comm in its summary; and does not before the kill.
+fn promtool_test_sigkill_alert([before, after]: [f64; 2]) {
+    let rules = documented_rules();
+    let description = rules
+        .lines()
+        .skip_while(|l| !l.contains("alert: GameServerSigkilled"))
+        .find_map(|l| l.trim().strip_prefix("description: "))
+        .expect("GameServerSigkilled has a description")
+        .trim_matches('"')
+        .replace('\'', "''");
+    let dir = TempDir::new("promtool-test");
+    std::fs::write(dir.path("drainwatch-rules.yml"), &rules).unwrap();
+    let test = format!(
+        "rule_files: [drainwatch-rules.yml]\n\
+         evaluation_interval: 1m\n\
+         tests:\n\
+         \x20 - interval: 1m\n\
+         \x20   input_series:\n\
+         \x20     - series: 'drainwatch_sigkills_total{{comm=\"dw-fixture\",instance=\"game-1:9464\"}}'\n\
+         \x20       values: '{before} {before} {after} {after}'\n\
+         \x20   alert_rule_test:\n\
+         \x20     - eval_time: 1m\n\
+         \x20       alertname: GameServerSigkilled\n\
+         \x20       exp_alerts: []\n\
+         \x20     - eval_time: 3m\n\
+         \x20       alertname: GameServerSigkilled\n\
+         \x20       exp_alerts:\n\
+         \x20         - exp_labels: {{severity: warning, comm: dw-fixture, instance: 'game-1:9464'}}\n\
+         \x20           exp_annotations:\n\
+         \x20             summary: 'dw-fixture on game-1:9464 received SIGKILL'\n\
+         \x20             description: '{description}'\n"
+    );
+    std::fs::write(dir.path("test.yml"), &test).unwrap();
+    let out = Command::new("promtool")
+        .args(["test", "rules", "test.yml"])
+        .current_dir(&dir.0)
+        .output()
+        .expect("promtool runs (`cargo xtask setup` installs the Debian package prometheus)");
+    assert!(
+        out.status.success(),
+        "promtool test rules:\n{test}\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The alerting and recording rules in docs/observability.md pass `promtool check rules`.
+#[test]
+fn documented_alerting_rules_pass_promtool() {
+    let rules = documented_rules();
     let dir = TempDir::new("rules");
     let path = dir.path("drainwatch-rules.yml");
     std::fs::write(&path, rules).unwrap();

@@ -521,4 +521,14 @@ fn watch_on_the_nginx_master_shows_its_workers_and_their_requests() {
     assert_eq!(pids, tree_of(&nginx), "{frame:#}");
     assert_eq!(frame["requests_in_flight"], 3, "{frame:#}");
     assert_eq!(frame["connections"]["client"], 3, "{frame:#}");
+    // A line per request in flight, in the workers; they started before attach, so their
+    // age is unknown (null), never a made-up 0.
+    let lines = frame["requests_in_flight_on"].as_array().unwrap();
+    assert_eq!(lines.len(), 3, "{frame:#}");
+    for line in lines {
+        let pid = line["pid"].as_u64().unwrap();
+        assert!(pid != nginx.master as u64, "in a worker: {frame:#}");
+        assert!(tree_of(&nginx).contains(&pid), "{frame:#}");
+        assert_eq!(line["age_ms"], Value::Null, "{frame:#}");
+    }
 }

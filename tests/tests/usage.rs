@@ -29,9 +29,100 @@ fn bad_input_is_one_line_and_exit_2() {
         "from 1 to 65535",
     );
     assert_usage_error(&["audit", "--pid", "1", "--db", "localhost"], "IP:PORT");
-    assert_usage_error(&["audit"], "name what to audit");
-    assert_usage_error(&["audit", "--frobnicate"], "--frobnicate");
-    assert_usage_error(&["bogus"], "bogus");
+    assert_parse_error(&["audit"], "<--pid <PID>|--comm <NAME>", "audit");
+    assert_parse_error(&["audit", "--frobnicate"], "--frobnicate", "audit");
+    assert_parse_error(&["bogus"], "bogus", "");
+}
+
+/// What clap cannot parse: its whole message as systemctl and kubectl users know it (the
+/// first line `drainwatch: ...` says what is wrong, then the tip and the command's usage, then
+/// where its help is), exit 2.
+fn assert_parse_error(args: &[&str], expected: &str, command: &str) -> String {
+    let done = run_drainwatch(args);
+    assert_eq!(done.code, 2, "{args:?}: {done:?}");
+    let first = done.stderr.lines().next().unwrap_or_default();
+    assert!(first.starts_with("drainwatch: "), "{}", done.stderr);
+    assert!(first.contains(expected), "{args:?}: {}", done.stderr);
+    let help = match command {
+        "" => "try `drainwatch --help`.".to_string(),
+        c => format!("try `drainwatch {c} --help`."),
+    };
+    assert!(
+        done.stderr.trim_end().ends_with(&help),
+        "{args:?}: {}",
+        done.stderr
+    );
+    assert!(done.stdout.is_empty(), "{args:?}: {}", done.stdout);
+    done.stderr
+}
+
+#[test]
+fn parse_errors_carry_clap_s_tips_and_the_command_s_usage() {
+    let text = assert_parse_error(
+        &["stop", "--pdi", "5"],
+        "unexpected argument '--pdi'",
+        "stop",
+    );
+    assert!(
+        text.contains("tip: a similar argument exists: '--pid'"),
+        "{text}"
+    );
+    assert!(text.contains("Usage: drainwatch stop "), "{text}");
+    let text = assert_parse_error(&["check"], "not provided: <--pid <PID>|", "check");
+    assert!(text.contains("Usage: drainwatch check "), "{text}");
+    let text = assert_parse_error(
+        &["completions", "tcsh"],
+        "invalid value 'tcsh'",
+        "completions",
+    );
+    assert!(
+        text.contains("[possible values: bash, elvish, fish, powershell, zsh]"),
+        "{text}"
+    );
+    // A flag that the command does not take is refused with its own usage.
+    assert_parse_error(
+        &["check", "--pid", "5", "--quiet", "1s"],
+        "'--quiet'",
+        "check",
+    );
+    assert_parse_error(&["serve", "--pid", "5", "--json"], "'--json'", "serve");
+}
+
+#[test]
+fn durations_say_what_is_wrong_with_them() {
+    let me = std::process::id().to_string();
+    assert_usage_error(
+        &["wait", "--pid", &me, "--timeout", "-1s"],
+        "a duration cannot be negative",
+    );
+    assert_usage_error(
+        &["stop", "--pid", &me, "--quiet", "0s"],
+        "give a positive duration, like 100ms",
+    );
+    assert_usage_error(&["wait", "--pid", &me, "--timeout", "1m30"], "1m30s");
+}
+
+#[test]
+fn bare_drainwatch_shows_the_help_and_help_has_help() {
+    let done = run_drainwatch(&[]);
+    assert_eq!(done.code, 2, "{done:?}");
+    assert!(
+        done.stderr.contains("Usage: drainwatch <COMMAND>"),
+        "{done:?}"
+    );
+    assert!(done.stderr.contains("stop"), "{done:?}");
+    let done = run_drainwatch(&["help", "--help"]);
+    assert_eq!(done.code, 0, "{done:?}");
+    assert!(
+        done.stdout.contains("Usage: drainwatch <COMMAND>"),
+        "{done:?}"
+    );
+    let done = run_drainwatch(&["stop", "--help"]);
+    assert_eq!(done.code, 0, "{done:?}");
+    assert!(
+        done.stdout.contains("Examples:\n  drainwatch stop"),
+        "{done:?}"
+    );
 }
 
 #[test]
@@ -164,6 +255,16 @@ fn an_unwritable_report_path_is_found_before_the_run() {
             "/nonexistent-dir/report.json",
         ],
         "cannot write report file /nonexistent-dir/report.json",
+    );
+    assert_usage_error(
+        &[
+            "audit",
+            "--pid",
+            &me,
+            "--junit",
+            "/nonexistent-dir/junit.xml",
+        ],
+        "cannot write junit file /nonexistent-dir/junit.xml",
     );
 }
 

@@ -43,6 +43,8 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "strace",
     // `ss`: the exporter's default listen address is checked to be loopback only.
     "iproute2",
+    // `ps`: the bash completion of --pid and --comm lists processes with it.
+    "procps",
     // The kernel matrix (xtask/src/guest.rs): Debian's kernels booted under QEMU with a
     // busybox initramfs packed by cpio; 6.12's modules are xz-compressed.
     "qemu-system-x86",

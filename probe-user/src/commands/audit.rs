@@ -20,7 +20,7 @@ const TICK: Duration = Duration::from_millis(50);
 pub async fn run(settings: &AuditSettings) -> Result<Outcome> {
     let mut session = Session::attach(&settings.targets, &settings.common)?;
     let until = match (settings.duration, session.end_when()) {
-        (Some(d), _) => format!("for {:.1}s or until they exit", d.as_secs_f64()),
+        (Some(d), _) => format!("for {} or until they exit", crate::duration::format(d)),
         (None, EndWhen::Exited(_)) => "until the launched command exits".to_string(),
         (None, EndWhen::Never) => {
             "until Ctrl-C (new processes with these names or in these cgroups join)".to_string()
@@ -53,7 +53,19 @@ pub async fn run(settings: &AuditSettings) -> Result<Outcome> {
     };
     publish(&outcome, settings.common.json, settings.report.as_ref())?;
     if let Some(file) = &settings.junit {
-        let xml = crate::output::junit::render(&outcome.report, outcome.elapsed.as_secs_f64());
+        let targets = &settings.targets;
+        let run = crate::output::junit::JunitRun {
+            started: std::time::SystemTime::now() - outcome.elapsed,
+            elapsed_s: outcome.elapsed.as_secs_f64(),
+            hostname: crate::output::junit::hostname(),
+            launched: session.launched,
+            launched_is_harness: !(targets.pids.is_empty()
+                && targets.comms.is_empty()
+                && targets.cgroups.is_empty()),
+            selected_comms: &targets.comms,
+            name: settings.junit_name.as_deref(),
+        };
+        let xml = crate::output::junit::render(&outcome.report, &run);
         write_text(file, &xml)?;
     }
     session.finish();

@@ -15,7 +15,7 @@ use crate::{
     events::{signals, Role},
     host::targets::{self, Selection},
     host::{netstat, procfs},
-    output::summary::protocol_name,
+    output::summary::{plural, protocol_name},
     session::existing::{self, Held},
     settings::CheckSettings,
     verdict::shutdown,
@@ -309,7 +309,12 @@ pub fn run(settings: &CheckSettings) -> Result<u8> {
         db_connections: count(Role::Db),
         upstream_connections: count(Role::Upstream),
         db_queries_waiting: waiting,
-        connections: held.iter().map(|(pid, h)| conn_line(*pid, h)).collect(),
+        connections: {
+            // By pid, then fd: the order `ls /proc/PID/fd` and `ss -p` readers expect.
+            let mut lines: Vec<ConnLine> = held.iter().map(|(pid, h)| conn_line(*pid, h)).collect();
+            lines.sort_by_key(|c| (c.pid, c.fd));
+            lines
+        },
     };
     if settings.common.json {
         println!(
@@ -381,12 +386,17 @@ fn render(r: &CheckReport) -> String {
         }
     }
     out.push_str(&format!(
-        "now: {} listening, {} client, {} database ({} queries waiting), {} upstream connections\n",
+        "now: {} listening, {} client, {} database ({} waiting), {} upstream {}\n",
         r.listeners,
         r.client_connections,
         r.db_connections,
-        r.db_queries_waiting,
-        r.upstream_connections
+        plural(r.db_queries_waiting as u64, "query"),
+        r.upstream_connections,
+        if r.upstream_connections == 1 {
+            "connection"
+        } else {
+            "connections"
+        }
     ));
     for c in &r.connections {
         out.push_str(&format!(

@@ -14,13 +14,14 @@ use std::{
 use serde::Serialize;
 
 use crate::{
+    duration,
     events::signals,
     host::procfs,
     host::targets::Selection,
     model::report::{DrainReport, Mode, Report, Verdict},
     model::state::AuditState,
     output::publish::write_report,
-    output::summary,
+    output::summary::{self, plural},
     session::Session,
     settings::{Common, StopSettings, WaitSettings},
     verdict::{
@@ -69,13 +70,15 @@ fn progress(state: &AuditState, phase: &'static str) -> Progress {
 
 pub fn describe_in_flight(p: &Progress) -> String {
     let unknown = if p.unknown > 0 {
-        format!(", {} connections unknown since attach", p.unknown)
+        format!(", {} unknown since attach", plural(p.unknown, "connection"))
     } else {
         String::new()
     };
     format!(
-        "{} requests, {} db queries, {} transactions in flight{unknown}",
-        p.requests, p.queries, p.transactions
+        "{}, {}, {} in flight{unknown}",
+        plural(p.requests, "request"),
+        plural(p.queries, "db query"),
+        plural(p.transactions, "transaction")
     )
 }
 
@@ -116,10 +119,10 @@ impl Shower {
         } else {
             write!(
                 out,
-                "\r\x1b[K{phase}: {}   {:.1}s / {:.0}s",
+                "\r\x1b[K{phase}: {}   {:.1}s / {}",
                 describe_in_flight(&p),
                 p.at_ms as f64 / 1000.0,
-                self.timeout.as_secs_f64()
+                duration::format(self.timeout)
             )
         };
         let _ = out.flush();
@@ -162,10 +165,10 @@ pub async fn wait(settings: &WaitSettings) -> Result<u8> {
     let quiet = settings.common.quiet;
     let mut session = Session::attach(&settings.targets, &settings.common)?;
     eprintln!(
-        "drainwatch: attached to {}; waiting until drained (quiet {}ms) or exited, at most {:.0}s",
+        "drainwatch: attached to {}; waiting until drained (quiet {}) or exited, at most {}",
         session.target_names(),
-        quiet.as_millis(),
-        settings.timeout.as_secs_f64()
+        duration::format(quiet),
+        duration::format(settings.timeout)
     );
     let mut shower = Shower::new(&settings.common, settings.timeout);
     let deadline = tokio::time::Instant::now() + settings.timeout;
@@ -194,14 +197,14 @@ pub async fn wait(settings: &WaitSettings) -> Result<u8> {
     let p = progress(&session.state, "timeout");
     let headline = match ended {
         EndedBy::Condition => format!(
-            "drained: nothing in flight for {}ms (at {:.3}s)",
-            quiet.as_millis(),
+            "drained: nothing in flight for {} (at {:.3}s)",
+            duration::format(quiet),
             drained_at_ms.unwrap_or(0) as f64 / 1000.0
         ),
         EndedBy::AllExited | EndedBy::CommandExited => "exited".to_string(),
         EndedBy::Duration => format!(
-            "timeout after {:.0}s: {}",
-            settings.timeout.as_secs_f64(),
+            "timeout after {}: {}",
+            duration::format(settings.timeout),
             describe_in_flight(&p)
         ),
         EndedBy::Interrupted => format!(
@@ -266,10 +269,10 @@ pub async fn stop(settings: &StopSettings) -> Result<u8> {
     let signal_name = signals::name(settings.signal);
     let signalled: Vec<String> = pidfds.iter().map(|(pid, _)| pid.to_string()).collect();
     eprintln!(
-        "drainwatch: attached to {}; sending {signal_name} to {}, then following the drain for at most {:.0}s",
+        "drainwatch: attached to {}; sending {signal_name} to {}, then following the drain for at most {}",
         session.target_names(),
         signalled.join(", "),
-        settings.timeout.as_secs_f64()
+        duration::format(settings.timeout)
     );
     let signal_ns = procfs::monotonic_now().as_nanos() as u64;
     for (_, pidfd) in &pidfds {
@@ -340,8 +343,8 @@ pub async fn stop(settings: &StopSettings) -> Result<u8> {
     }
     let headline = match (ended, report.verdict) {
         (_, Verdict::Timeout) => format!(
-            "timeout after {:.0}s, not stopped (no SIGKILL without --kill-after): {}",
-            settings.timeout.as_secs_f64(),
+            "timeout after {}, not stopped (no SIGKILL without --kill-after): {}",
+            duration::format(settings.timeout),
             describe_in_flight(&p)
         ),
         (EndedBy::AllExited, Verdict::Clean) => format!(
@@ -357,7 +360,13 @@ pub async fn stop(settings: &StopSettings) -> Result<u8> {
             verdict.as_str(),
             describe_in_flight(&p)
         ),
-        (_, verdict) => format!("stopped with verdict {}", verdict.as_str()),
+        (_, Verdict::Violations) => "stopped, with violations (listed below)".to_string(),
+        (_, Verdict::Incomplete) => {
+            "stopped, but what happened is incomplete (events lost, a probe failed, or \
+             something was not seen)"
+                .to_string()
+        }
+        (_, Verdict::Clean) => "stopped cleanly".to_string(),
     };
     shower.finish(&report, &headline);
     session.finish();

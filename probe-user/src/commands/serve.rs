@@ -54,7 +54,7 @@ pub struct ServeSettings {
 
 impl ServeSettings {
     pub fn from_args(args: &ServeArgs) -> Result<Self> {
-        let common = Common::from_args(&args.shared)?;
+        let common = Common::from_args(&args.shared())?;
         let listen = parse_listen(&args.listen)?;
         let mut targets = TargetSet::from_args(
             &args.targets,

@@ -1,14 +1,26 @@
 //! `drainwatch watch --pid PID`: what is in flight inside the target, live. On a terminal
 //! the view is redrawn in place; piped or with `--json`, one JSON object per interval per
 //! line, without control characters.
+//!
+//! Besides what is in flight it shows the pace: requests answered per second (from the
+//! kernel's counters, between two views) and their latency since attach, so that a server
+//! under load never looks like an idle one; and a line per request in flight, oldest first,
+//! with its age (from the kernel's connection map; "since before attach" when it started
+//! before the probe). `--count N` and `--duration D` end it on their own.
 
 use std::{io::Write, time::Duration};
 
 use serde::Serialize;
 
 use crate::{
-    events::Protocol, events::Role, model::conns::InFlight, model::state::SignalSeen,
-    output::summary::protocol_name, session::Session, settings::WatchSettings, Result,
+    events::Protocol,
+    events::Role,
+    model::conns::InFlight,
+    model::state::SignalSeen,
+    output::summary::{plural, protocol_name},
+    session::Session,
+    settings::WatchSettings,
+    Result,
 };
 
 /// How often the view is redrawn on a terminal, and how often a JSON line is printed.
@@ -47,13 +59,50 @@ pub struct TargetLine {
     pub exited: bool,
 }
 
+/// A client request in flight on one connection.
+#[derive(Debug, Serialize)]
+pub struct RequestLine {
+    pub pid: u32,
+    pub fd: u32,
+    pub peer: Option<String>,
+    /// `None`: in flight since before attach, its start unknown.
+    pub age_ms: Option<u64>,
+}
+
+/// Requests per second between two views.
+#[derive(Debug, Default)]
+pub struct Pace {
+    last: Option<(u64, u64)>,
+}
+
+impl Pace {
+    /// The rate of `ended` (a count that only grows) since the previous call, at `now_ns`.
+    pub fn rate(&mut self, now_ns: u64, ended: u64) -> Option<f64> {
+        let rate = self.last.and_then(|(at, before)| {
+            let seconds = now_ns.saturating_sub(at) as f64 / 1e9;
+            (seconds > 0.0).then(|| ended.saturating_sub(before) as f64 / seconds)
+        });
+        self.last = Some((now_ns, ended));
+        rate
+    }
+}
+
+/// How many request lines the screen shows (the JSON line has them all).
+const REQUEST_LINES: usize = 10;
+
 /// One frame of the live view (also the `--json` line).
 #[derive(Debug, Serialize)]
 pub struct Frame {
     pub at_ms: u64,
     pub targets: Vec<TargetLine>,
     pub connections: RoleCounts,
+    /// Requests answered (or closed) per second since the previous view; `null` on the first.
+    pub requests_per_second: Option<f64>,
+    /// Requests answered since attach, and their latency (µs); `null` when none measured.
+    pub requests: Option<crate::model::report::LatencySummary>,
     pub requests_in_flight: u64,
+    /// The requests in flight, oldest first.
+    pub requests_in_flight_on: Vec<RequestLine>,
     pub queries_in_flight: u64,
     /// Client connections whose state at attach is still unknown (may hold a request).
     pub unknown_since_attach: u64,
@@ -65,16 +114,35 @@ pub struct Frame {
     pub events: crate::model::report::EventCounts,
 }
 
-pub fn frame(session: &Session) -> Frame {
+pub fn frame(session: &Session, pace: &mut Pace) -> Frame {
     let state = &session.state;
     let now_ns = crate::host::procfs::monotonic_now().as_nanos() as u64;
     let mut connections = RoleCounts::default();
     let mut transactions_open = Vec::new();
     let mut encrypted = Vec::new();
     let mut in_flight = InFlight::default();
+    let mut requests_per_second = None;
+    let mut requests = None;
+    let mut request_lines = Vec::new();
     if let Some(conns) = state.conns() {
         in_flight = conns.in_flight(None);
+        requests_per_second = pace.rate(now_ns, conns.requests_ended());
+        requests = Some(conns.requests()).filter(|r| r.count > 0);
         for conn in conns.conns() {
+            if conn.role == Role::Client {
+                let key = probe_common::ConnKey {
+                    tgid: conn.tgid,
+                    fd: conn.fd,
+                };
+                if let Some(since) = session.probe.request_since(key) {
+                    request_lines.push(RequestLine {
+                        pid: conn.tgid,
+                        fd: conn.fd,
+                        peer: conn.peer_text(),
+                        age_ms: since.map(|at| now_ns.saturating_sub(at) / 1_000_000),
+                    });
+                }
+            }
             match conn.role {
                 Role::Client => connections.client += 1,
                 Role::Db => connections.db += 1,
@@ -114,7 +182,14 @@ pub fn frame(session: &Session) -> Frame {
             })
             .collect(),
         connections,
+        requests_per_second,
+        requests,
         requests_in_flight: in_flight.requests,
+        requests_in_flight_on: {
+            // Oldest first; unknown starts (before attach) are the oldest of all.
+            request_lines.sort_by_key(|r| (r.age_ms.map_or(0, |a| u64::MAX - a), r.pid, r.fd));
+            request_lines
+        },
         queries_in_flight: in_flight.queries,
         unknown_since_attach: in_flight.unknown,
         transactions_open,
@@ -138,10 +213,24 @@ pub fn render(frame: &Frame) -> String {
         })
         .collect();
     let c = &frame.connections;
+    let rate = frame
+        .requests_per_second
+        .map_or("-".to_string(), |r| format!("{r:.0}/s"));
+    let latency = match &frame.requests {
+        Some(r) => format!(
+            "latency p50 {}, p99 {}, max {} ({} since attach)",
+            micros(r.latency_us.p50),
+            micros(r.latency_us.p99),
+            micros(r.latency_us.max),
+            r.count
+        ),
+        None => "latency: none measured yet".to_string(),
+    };
     let mut out = format!(
         "drainwatch watch: {}   {:.1}s   events {} received, {} lost\n\
          connections: {} client, {} db, {} upstream, {} listening\n\
-         in flight:   {} requests, {} db queries, {} transactions open{}\n",
+         requests:    {rate} answered, {latency}\n\
+         in flight:   {}, {}, {}{}\n",
         targets.join(", "),
         frame.at_ms as f64 / 1000.0,
         frame.events.received,
@@ -150,18 +239,36 @@ pub fn render(frame: &Frame) -> String {
         c.db,
         c.upstream,
         c.listener,
-        frame.requests_in_flight,
-        frame.queries_in_flight,
-        frame.transactions_open.len(),
+        plural(frame.requests_in_flight, "request"),
+        plural(frame.queries_in_flight, "db query"),
+        plural(frame.transactions_open.len() as u64, "transaction open")
+            .replace("transaction opens", "transactions open"),
         if frame.unknown_since_attach > 0 {
             format!(
-                "; {} connections unknown since attach",
-                frame.unknown_since_attach
+                "; {} unknown since attach",
+                plural(frame.unknown_since_attach, "connection")
             )
         } else {
             String::new()
         }
     );
+    for r in frame.requests_in_flight_on.iter().take(REQUEST_LINES) {
+        let age = r.age_ms.map_or("since before attach".to_string(), |ms| {
+            format!("{:.3}s", ms as f64 / 1000.0)
+        });
+        out.push_str(&format!(
+            "  request in flight {age}: pid {} fd {} from {}\n",
+            r.pid,
+            r.fd,
+            r.peer.as_deref().unwrap_or("?")
+        ));
+    }
+    if frame.requests_in_flight_on.len() > REQUEST_LINES {
+        out.push_str(&format!(
+            "  ... and {} more\n",
+            frame.requests_in_flight_on.len() - REQUEST_LINES
+        ));
+    }
     for txn in &frame.transactions_open {
         out.push_str(&format!(
             "  {} transaction open {:.3}s: pid {} fd {} to {}\n",
@@ -197,24 +304,40 @@ pub fn render(frame: &Frame) -> String {
     out
 }
 
+/// µs as people read them: `850us`, `12.5ms`, `1.2s`.
+fn micros(us: u64) -> String {
+    match us {
+        0..1_000 => format!("{us}us"),
+        1_000..1_000_000 => format!("{:.1}ms", us as f64 / 1e3),
+        _ => format!("{:.1}s", us as f64 / 1e6),
+    }
+}
+
 fn stdout_is_tty() -> bool {
     // SAFETY: isatty on a standard fd.
     unsafe { libc::isatty(libc::STDOUT_FILENO) == 1 }
 }
 
-/// Runs until Ctrl-C or the target exits. Exit code 0.
+/// Runs until Ctrl-C, the targets exit, `--count` views or `--duration`. Exit code 0.
 pub async fn run(settings: &WatchSettings) -> Result<u8> {
     let mut session = Session::attach(&settings.targets, &settings.common)?;
     let json = settings.common.json || !stdout_is_tty();
+    let until = match (settings.count, settings.duration) {
+        (Some(n), _) => format!("for {}", plural(n, "view")),
+        (None, Some(d)) => format!("for {}", crate::duration::format(d)),
+        (None, None) => "until it exits or Ctrl-C".to_string(),
+    };
     eprintln!(
-        "drainwatch: attached to {}; watching until it exits or Ctrl-C",
+        "drainwatch: attached to {}; watching {until}",
         session.target_names()
     );
     let interval = settings
         .interval
         .unwrap_or(if json { JSON_INTERVAL } else { TTY_INTERVAL });
+    let shown = std::cell::Cell::new(0u64);
+    let pace = std::cell::RefCell::new(Pace::default());
     let show = |session: &Session| {
-        let frame = frame(session);
+        let frame = frame(session, &mut pace.borrow_mut());
         let mut out = std::io::stdout().lock();
         let _ = if json {
             writeln!(
@@ -227,10 +350,101 @@ pub async fn run(settings: &WatchSettings) -> Result<u8> {
             write!(out, "\x1b[H\x1b[J{}", render(&frame))
         };
         let _ = out.flush();
+        shown.set(shown.get() + 1);
     };
-    session.follow(interval, None, |_| false, show).await?;
-    // The last picture: how it ended.
-    show(&session);
+    let deadline = settings.duration.map(|d| tokio::time::Instant::now() + d);
+    let enough =
+        |_: &crate::model::state::AuditState| settings.count.is_some_and(|n| shown.get() >= n);
+    session.follow(interval, deadline, enough, show).await?;
+    // The last picture: how it ended (unless --count said how many).
+    if !enough(&session.state) {
+        show(&session);
+    }
     session.finish();
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pace_is_a_rate_between_two_views() {
+        let mut pace = Pace::default();
+        assert_eq!(pace.rate(1_000_000_000, 100), None, "no rate from one view");
+        assert_eq!(pace.rate(1_500_000_000, 150), Some(100.0));
+        assert_eq!(pace.rate(2_500_000_000, 150), Some(0.0));
+    }
+
+    #[test]
+    fn latencies_read_like_people_write_them() {
+        assert_eq!(micros(850), "850us");
+        assert_eq!(micros(12_500), "12.5ms");
+        assert_eq!(micros(1_200_000), "1.2s");
+    }
+
+    #[test]
+    fn a_busy_screen_shows_the_pace_and_each_request_in_flight() {
+        use crate::model::report::{LatencySummary, Percentiles};
+        let frame = Frame {
+            at_ms: 2_000,
+            targets: vec![TargetLine {
+                pid: 4121,
+                comm: "redis-server".into(),
+                exited: false,
+            }],
+            connections: RoleCounts {
+                client: 50,
+                listener: 1,
+                ..RoleCounts::default()
+            },
+            requests_per_second: Some(55_012.4),
+            requests: Some(LatencySummary {
+                count: 110_000,
+                latency_us: Percentiles {
+                    p50: 180,
+                    p90: 400,
+                    p99: 1_250,
+                    max: 9_000,
+                },
+            }),
+            requests_in_flight: 2,
+            requests_in_flight_on: vec![
+                RequestLine {
+                    pid: 4121,
+                    fd: 9,
+                    peer: Some("127.0.0.1:40100".into()),
+                    age_ms: None,
+                },
+                RequestLine {
+                    pid: 4121,
+                    fd: 12,
+                    peer: Some("127.0.0.1:40102".into()),
+                    age_ms: Some(3),
+                },
+            ],
+            queries_in_flight: 0,
+            unknown_since_attach: 0,
+            transactions_open: vec![],
+            encrypted: vec![],
+            signals: vec![],
+            events: crate::model::report::EventCounts {
+                received: 9,
+                lost: 0,
+            },
+        };
+        let text = render(&frame);
+        assert!(
+            text.contains("requests:    55012/s answered, latency p50 180us, p99 1.2ms, max 9.0ms (110000 since attach)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("in flight:   2 requests, 0 db queries, 0 transactions open"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  request in flight since before attach: pid 4121 fd 9 from 127.0.0.1:40100\n  request in flight 0.003s: pid 4121 fd 12"),
+            "{text}"
+        );
+    }
 }

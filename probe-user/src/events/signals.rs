@@ -50,6 +50,11 @@ pub fn asks_to_end(signal: i32) -> bool {
 }
 
 /// `SIGTERM` for 15; `SIG42` for numbers without a name (real-time signals).
+/// Every signal name drainwatch knows, without `SIG` (`TERM`, `QUIT`, ...), for completion.
+pub fn names() -> impl Iterator<Item = &'static str> {
+    NAMES.iter().map(|(_, name)| name.trim_start_matches("SIG"))
+}
+
 pub fn name(signal: i32) -> String {
     NAMES
         .iter()

@@ -392,6 +392,16 @@ impl Probe {
             .is_ok_and(|state| state.request_in_flight != 0)
     }
 
+    /// The request in flight on a connection, by the kernel's map: `None` when there is
+    /// none; `Some(None)` when its start is unknown (in flight at attach), else its ktime.
+    pub fn request_since(&self, key: ConnKey) -> Option<Option<u64>> {
+        let map = self.ebpf.map(map_names::CONNS)?;
+        let conns = HashMap::<_, ConnKey, ConnState>::try_from(map).ok()?;
+        let state = conns.get(&key, 0).ok()?;
+        (state.request_in_flight != 0)
+            .then_some((state.request_since_ns != 0).then_some(state.request_since_ns))
+    }
+
     /// Tracks a connection that existed before attach: its primary fd, and the fds that
     /// duplicate it (same socket inode).
     /// `busy`: a client connection whose request may be in flight: the kernel ends it at

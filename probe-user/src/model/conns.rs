@@ -130,7 +130,7 @@ impl InFlight {
     }
 }
 
-fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     // 1 µs to 1 hour, 3 significant digits.
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
 }
@@ -147,9 +147,11 @@ fn summary(h: &Histogram<u64>) -> LatencySummary {
     }
 }
 
-fn record(h: &mut Histogram<u64>, from_ns: u64, to_ns: u64) {
+/// Records a latency and returns it in µs.
+fn record(h: &mut Histogram<u64>, from_ns: u64, to_ns: u64) -> u64 {
     let us = (to_ns.saturating_sub(from_ns) / 1000).max(1);
     h.saturating_record(us);
+    us
 }
 
 pub struct ConnTracker {
@@ -171,6 +173,11 @@ pub struct ConnTracker {
     queries: Histogram<u64>,
     /// Encrypted database connections that ended: what happened in them is unknown.
     unverified: Vec<Unverified>,
+    /// The latency of the query the last `db_io` ended (µs).
+    query_ended_us: Option<u64>,
+    /// Requests the kernel counted as ended (answered or closed) since attach, over every
+    /// target, exited ones included: what a rate is computed from.
+    requests_ended: u64,
 }
 
 impl std::fmt::Debug for ConnTracker {
@@ -195,6 +202,8 @@ impl Default for ConnTracker {
             requests: histogram(),
             queries: histogram(),
             unverified: Vec::new(),
+            query_ended_us: None,
+            requests_ended: 0,
         }
     }
 }
@@ -227,6 +236,11 @@ impl ConnTracker {
 
     pub fn queries(&self) -> LatencySummary {
         summary(&self.queries)
+    }
+
+    /// Requests ended (answered or closed) since attach, as the kernel counted them.
+    pub fn requests_ended(&self) -> u64 {
+        self.requests_ended
     }
 
     /// Every client request latency recorded so far, in µs (for the metrics exporter).
@@ -434,7 +448,12 @@ impl ConnTracker {
         for target in &sample.targets {
             // Only a running target is sampled: one that exited was removed by `exit`.
             self.touch(target.last_edge_ns);
-            self.requests_by_target.insert(target.tgid, *target);
+            let before = self
+                .requests_by_target
+                .insert(target.tgid, *target)
+                .unwrap_or_default();
+            self.requests_ended += target.ended.saturating_sub(before.ended)
+                + target.existing_ended.saturating_sub(before.existing_ended);
         }
         for &(us, count) in &sample.latency_us {
             let us = us.clamp(1, self.requests.high());
@@ -455,8 +474,10 @@ impl ConnTracker {
     }
 
     /// A send or recv on a database connection. A goodbye sent inside an open transaction is
-    /// `transaction_rolled_back` (the database rolls it back as the session ends).
+    /// `transaction_rolled_back` (the database rolls it back as the session ends). The
+    /// latency of a query it ended is kept for [`ConnTracker::take_query_ended_us`].
     pub fn db_io(&mut self, event: &DbIo, at_ms: u64) -> Option<Violation> {
+        self.query_ended_us = None;
         self.touch(event.ktime_ns);
         let key = (event.tgid, event.fd);
         let upgrade = match self.conns.get(&key) {
@@ -514,7 +535,7 @@ impl ConnTracker {
             (false, true) => conn.query_since = Some(event.ktime_ns),
             (true, false) => {
                 if let Some(since) = conn.query_since.take() {
-                    record(&mut self.queries, since, event.ktime_ns);
+                    self.query_ended_us = Some(record(&mut self.queries, since, event.ktime_ns));
                 }
             }
             _ => {}
@@ -528,6 +549,11 @@ impl ConnTracker {
             conn.txn_since = None;
         }
         violation
+    }
+
+    /// The latency (µs) of the query the last [`ConnTracker::db_io`] ended, if it ended one.
+    pub fn take_query_ended_us(&mut self) -> Option<u64> {
+        self.query_ended_us.take()
     }
 
     /// What is in flight, for one target or all of them.

@@ -59,6 +59,10 @@ pub struct AuditState {
     /// Targets sent a signal that asks them to end (`signals::asks_to_end`) while watched:
     /// `audit -- CMD` follows them to their exit.
     told_to_end: std::collections::BTreeSet<u32>,
+    /// Database query latencies by the querying target's name (µs), so that the metrics of
+    /// two servers watched at once stay two series. Names are few (low cardinality), pids
+    /// are not: a name's histogram outlives its processes.
+    queries_by_comm: BTreeMap<String, hdrhistogram::Histogram<u64>>,
 }
 
 /// A signal a target received, as the live view shows it.
@@ -87,6 +91,7 @@ impl AuditState {
             conns: None,
             recent_signals: VecDeque::new(),
             told_to_end: std::collections::BTreeSet::new(),
+            queries_by_comm: BTreeMap::new(),
         }
     }
 
@@ -156,6 +161,16 @@ impl AuditState {
 
     pub fn conns(&self) -> Option<&ConnTracker> {
         self.conns.as_ref()
+    }
+
+    /// Every database query latency recorded so far (µs), by the querying target's name.
+    pub fn query_histograms_by_comm(&self) -> &BTreeMap<String, hdrhistogram::Histogram<u64>> {
+        &self.queries_by_comm
+    }
+
+    /// The name of a target (`comm`), if it is one.
+    pub fn comm_of(&self, tgid: u32) -> Option<&str> {
+        self.targets.get(&tgid).map(|t| t.comm.as_str())
     }
 
     /// A connection found in /proc at attach.
@@ -282,10 +297,19 @@ impl AuditState {
             }
             Event::DbIo(io) => {
                 let at_ms = self.at_ms(io.ktime_ns);
+                let mut ended_us = None;
                 if let Some(conns) = self.conns.as_mut() {
                     if let Some(violation) = conns.db_io(io, at_ms) {
                         self.violations.push(violation);
                     }
+                    ended_us = conns.take_query_ended_us();
+                }
+                if let Some(us) = ended_us {
+                    let comm = self.comm_of(io.tgid).unwrap_or("unknown").to_string();
+                    self.queries_by_comm
+                        .entry(comm)
+                        .or_insert_with(crate::model::conns::histogram)
+                        .saturating_record(us);
                 }
             }
             Event::Resolved(resolved) => {

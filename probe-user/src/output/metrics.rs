@@ -6,9 +6,18 @@
 //! since the previous one (it records them in hdrhistogram histograms, in µs, to 3
 //! significant digits: a latency lands in a bucket as that rounding leaves it).
 //!
+//! What differs between servers carries a `comm` label (the target's process name, as
+//! `ps -o comm` shows it): `serve --pid <redis> --comm nginx` keeps two series. Names are few,
+//! pids are not, so there is no `pid` label but on `target_up`. Request latencies have no
+//! `comm`: the kernel probe sums them over every target in one histogram.
+//!
 //! Every name is prefixed `drainwatch_`; docs/observability.md lists them for dashboards.
 
-use std::{collections::HashMap, fmt::Display, fmt::Write as _};
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt::Display,
+    fmt::Write as _,
+};
 
 use hdrhistogram::Histogram;
 
@@ -136,22 +145,29 @@ pub struct TargetUp {
 /// What one scrape shows, apart from the histograms.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Snapshot {
-    /// Open connections: client, db, upstream, listener.
-    pub connections: [u64; 4],
+    /// What is in flight and open, by target name (`comm`).
+    pub by_comm: BTreeMap<String, CommSnapshot>,
     /// Opened and closed since attach: client, db.
     pub opened: [u64; 2],
     pub closed: [u64; 2],
-    pub requests_in_flight: u64,
-    pub queries_in_flight: u64,
-    pub transactions_open: u64,
     /// Age of the oldest open transaction, 0 when none is open.
     pub oldest_transaction_seconds: f64,
-    /// Violations so far, in the order of [`VIOLATION_KINDS`].
-    pub violations: [u64; VIOLATION_KINDS.len()],
     pub events_received: u64,
     pub events_lost: u64,
     pub probe_failures: u64,
     pub targets: Vec<TargetUp>,
+}
+
+/// The part of a scrape that is counted per target name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CommSnapshot {
+    /// Open connections: client, db, upstream, listener.
+    pub connections: [u64; 4],
+    pub requests_in_flight: u64,
+    pub queries_in_flight: u64,
+    pub transactions_open: u64,
+    /// Violations so far, in the order of [`VIOLATION_KINDS`].
+    pub violations: [u64; VIOLATION_KINDS.len()],
 }
 
 const ROLES: [&str; 4] = ["client", "db", "upstream", "listener"];
@@ -174,9 +190,19 @@ impl Snapshot {
             probe_failures,
             ..Snapshot::default()
         };
+        let comm_of = |tgid: u32| state.comm_of(tgid).unwrap_or("unknown").to_string();
+        // Every name watched has its series from the first scrape, zero or not, so that
+        // `rate()` and `increase()` work at once.
+        for target in state.targets() {
+            snapshot.by_comm.entry(target.comm.clone()).or_default();
+        }
         for violation in state.violations() {
             if let Some(i) = VIOLATION_KINDS.iter().position(|k| *k == violation.kind()) {
-                snapshot.violations[i] += 1;
+                snapshot
+                    .by_comm
+                    .entry(comm_of(violation.pid()))
+                    .or_default()
+                    .violations[i] += 1;
             }
         }
         // Named targets stay listed after they exit (at 0); processes they forked and
@@ -193,19 +219,36 @@ impl Snapshot {
             .collect();
         if let Some(conns) = state.conns() {
             let now_ns = crate::host::procfs::monotonic_now().as_nanos() as u64;
-            snapshot.add_conns(conns, now_ns);
+            let running: Vec<(u32, String)> = state
+                .targets()
+                .filter(|t| t.exit.is_none())
+                .map(|t| (t.tgid, t.comm.clone()))
+                .collect();
+            snapshot.add_conns(conns, &running, &comm_of, now_ns);
         }
         snapshot
     }
 
-    fn add_conns(&mut self, conns: &ConnTracker, now_ns: u64) {
-        let in_flight = conns.in_flight(None);
-        self.requests_in_flight = in_flight.requests;
-        self.queries_in_flight = in_flight.queries;
-        self.transactions_open = in_flight.transactions;
+    fn add_conns(
+        &mut self,
+        conns: &ConnTracker,
+        running: &[(u32, String)],
+        comm_of: &dyn Fn(u32) -> String,
+        now_ns: u64,
+    ) {
+        for (tgid, comm) in running {
+            let in_flight = conns.in_flight(Some(*tgid));
+            let named = self.by_comm.entry(comm.clone()).or_default();
+            named.requests_in_flight += in_flight.requests;
+            named.queries_in_flight += in_flight.queries;
+            named.transactions_open += in_flight.transactions;
+        }
         let mut oldest_ns = None::<u64>;
         for conn in conns.conns() {
-            self.connections[role_index(conn.role)] += 1;
+            self.by_comm
+                .entry(comm_of(conn.tgid))
+                .or_default()
+                .connections[role_index(conn.role)] += 1;
             if conn.txn_open() {
                 if let Some(since) = conn.txn_since {
                     oldest_ns = Some(oldest_ns.map_or(since, |o| o.min(since)));
@@ -225,34 +268,37 @@ impl Snapshot {
 #[derive(Debug, Default)]
 pub struct Exporter {
     requests: LatencyBuckets,
-    queries: LatencyBuckets,
     request_feed: HdrFeed,
-    query_feed: HdrFeed,
+    /// Database query latencies by target name.
+    queries: BTreeMap<String, (HdrFeed, LatencyBuckets)>,
 }
 
 impl Exporter {
     /// Everything a scrape returns, read from a session's state now (see [`Snapshot::of`]).
     pub fn scrape(&mut self, state: &AuditState, events_lost: u64, probe_failures: u64) -> String {
-        if let Some(conns) = state.conns() {
-            self.update(conns);
-        }
+        self.update(state);
         self.render(&Snapshot::of(state, events_lost, probe_failures))
     }
 
     /// Feeds the latencies recorded since the last update into the histograms.
-    pub fn update(&mut self, conns: &ConnTracker) {
-        self.request_feed
-            .feed(conns.request_histogram(), &mut self.requests);
-        self.query_feed
-            .feed(conns.query_histogram(), &mut self.queries);
+    pub fn update(&mut self, state: &AuditState) {
+        if let Some(conns) = state.conns() {
+            self.request_feed
+                .feed(conns.request_histogram(), &mut self.requests);
+        }
+        for (comm, hdr) in state.query_histograms_by_comm() {
+            let (feed, buckets) = self.queries.entry(comm.clone()).or_default();
+            feed.feed(hdr, buckets);
+        }
     }
 
     pub fn requests(&self) -> &LatencyBuckets {
         &self.requests
     }
 
-    pub fn queries(&self) -> &LatencyBuckets {
-        &self.queries
+    /// Database query latencies of the targets named `comm`.
+    pub fn queries(&self, comm: &str) -> Option<&LatencyBuckets> {
+        self.queries.get(comm).map(|(_, buckets)| buckets)
     }
 
     /// The exposition text of a snapshot and the histograms.
@@ -280,10 +326,13 @@ impl Exporter {
         out.family(
             "connections",
             "gauge",
-            "Open TCP connections of the targets, by role (client, db, upstream, listener).",
+            "Open TCP connections of the targets, by role (client, db, upstream, listener) \
+             and target name.",
         );
-        for (role, n) in ROLES.iter().zip(s.connections) {
-            out.sample("connections", &[("role", role)], n);
+        for (comm, c) in &s.by_comm {
+            for (role, n) in ROLES.iter().zip(c.connections) {
+                out.sample("connections", &[("role", role), ("comm", comm)], n);
+            }
         }
         out.family(
             "connections_opened_total",
@@ -301,39 +350,49 @@ impl Exporter {
         for (role, n) in ROLES.iter().zip(s.closed) {
             out.sample("connections_closed_total", &[("role", role)], n);
         }
-        out.gauge(
+        out.per_comm(
+            s,
             "requests_in_flight",
-            "Client requests received and not yet answered.",
-            s.requests_in_flight,
+            "gauge",
+            "Client requests received and not yet answered, by target name.",
+            |c| c.requests_in_flight,
         );
-        out.gauge(
+        out.per_comm(
+            s,
             "db_queries_in_flight",
-            "Database queries sent and not yet fully answered.",
-            s.queries_in_flight,
+            "gauge",
+            "Database queries sent and not yet fully answered, by target name.",
+            |c| c.queries_in_flight,
         );
-        out.gauge(
+        out.per_comm(
+            s,
             "transactions_open",
-            "Database transactions open, as the database's own replies say.",
-            s.transactions_open,
+            "gauge",
+            "Database transactions open, as the database's own replies say, by target name.",
+            |c| c.transactions_open,
         );
         out.gauge(
             "oldest_transaction_seconds",
             "How long the oldest open transaction has been open (0 when none is).",
             s.oldest_transaction_seconds,
         );
-        out.counter(
+        out.per_comm(
+            s,
             "sigkills_total",
-            "SIGKILLs generated for a target (by anyone, the kernel included).",
-            s.violations[0],
+            "counter",
+            "SIGKILLs generated for a target (by anyone, the kernel included), by target name.",
+            |c| c.violations[0],
         );
         out.family(
             "violations_total",
             "counter",
             "Violations seen, by kind (sigkill, leaked_db_connection, open_transaction, \
-             inflight_at_exit, request_dropped, transaction_rolled_back).",
+             inflight_at_exit, request_dropped, transaction_rolled_back) and target name.",
         );
-        for (kind, n) in VIOLATION_KINDS.iter().zip(s.violations) {
-            out.sample("violations_total", &[("kind", kind)], n);
+        for (comm, c) in &s.by_comm {
+            for (kind, n) in VIOLATION_KINDS.iter().zip(c.violations) {
+                out.sample("violations_total", &[("kind", kind), ("comm", comm)], n);
+            }
         }
         out.counter(
             "events_received_total",
@@ -355,11 +414,14 @@ impl Exporter {
             "Client request latency: first byte received to the server's next send.",
             &self.requests,
         );
-        out.histogram(
+        out.family(
             "db_query_duration_seconds",
-            "Database query latency: send to the end of the database's reply.",
-            &self.queries,
+            "histogram",
+            "Database query latency: send to the end of the database's reply, by target name.",
         );
+        for (comm, (_, buckets)) in &self.queries {
+            out.histogram_samples("db_query_duration_seconds", &[("comm", comm)], buckets);
+        }
         out.0
     }
 }
@@ -401,12 +463,33 @@ impl Text {
 
     fn histogram(&mut self, name: &str, help: &str, h: &LatencyBuckets) {
         self.family(name, "histogram", help);
+        self.histogram_samples(name, &[], h);
+    }
+
+    fn histogram_samples(&mut self, name: &str, labels: &[(&str, &str)], h: &LatencyBuckets) {
         let bucket = format!("{name}_bucket");
         for (le, n) in h.cumulative() {
-            self.sample(&bucket, &[("le", &le)], n);
+            let mut with_le = labels.to_vec();
+            with_le.push(("le", &le));
+            self.sample(&bucket, &with_le, n);
         }
-        self.sample(&format!("{name}_sum"), &[], h.sum_seconds());
-        self.sample(&format!("{name}_count"), &[], h.count());
+        self.sample(&format!("{name}_sum"), labels, h.sum_seconds());
+        self.sample(&format!("{name}_count"), labels, h.count());
+    }
+
+    /// One sample per target name.
+    fn per_comm(
+        &mut self,
+        s: &Snapshot,
+        name: &str,
+        kind: &str,
+        help: &str,
+        value: impl Fn(&CommSnapshot) -> u64,
+    ) {
+        self.family(name, kind, help);
+        for (comm, c) in &s.by_comm {
+            self.sample(name, &[("comm", comm)], value(c));
+        }
     }
 }
 
@@ -476,10 +559,14 @@ mod tests {
     #[test]
     fn text_has_help_type_and_escaped_labels() {
         let exporter = Exporter::default();
-        let snapshot = Snapshot {
+        let redis = CommSnapshot {
             connections: [2, 1, 0, 1],
             requests_in_flight: 1,
             violations: [1, 0, 0, 0, 0, 0],
+            ..CommSnapshot::default()
+        };
+        let snapshot = Snapshot {
+            by_comm: [("redis-server".to_string(), redis)].into(),
             targets: vec![TargetUp {
                 pid: 42,
                 comm: "we\"ird\\name".into(),
@@ -489,13 +576,14 @@ mod tests {
         };
         let text = exporter.render(&snapshot);
         assert!(text.contains("# TYPE drainwatch_connections gauge\n"));
-        assert!(text.contains("drainwatch_connections{role=\"client\"} 2\n"));
-        assert!(text.contains("drainwatch_requests_in_flight 1\n"));
-        assert!(text.contains("drainwatch_sigkills_total 1\n"));
-        assert!(text.contains("drainwatch_violations_total{kind=\"sigkill\"} 1\n"));
+        assert!(text.contains("drainwatch_connections{role=\"client\",comm=\"redis-server\"} 2\n"));
+        assert!(text.contains("drainwatch_requests_in_flight{comm=\"redis-server\"} 1\n"));
+        assert!(text.contains("drainwatch_sigkills_total{comm=\"redis-server\"} 1\n"));
+        assert!(text
+            .contains("drainwatch_violations_total{kind=\"sigkill\",comm=\"redis-server\"} 1\n"));
         assert!(text.contains("drainwatch_target_up{pid=\"42\",comm=\"we\\\"ird\\\\name\"} 1\n"));
         assert!(text.contains("drainwatch_request_duration_seconds_bucket{le=\"+Inf\"} 0\n"));
-        assert!(text.contains("drainwatch_db_query_duration_seconds_count 0\n"));
+        assert!(text.contains("# TYPE drainwatch_db_query_duration_seconds histogram\n"));
         // Every sample belongs to a family announced just before it, with HELP and TYPE.
         let mut family = String::new();
         for line in text.lines() {
@@ -516,6 +604,59 @@ mod tests {
         assert_eq!(
             text.matches("# HELP ").count(),
             text.matches("# TYPE ").count()
+        );
+    }
+
+    /// `serve --pid <game> --comm nginx`: the game's database queries and nginx's requests
+    /// in flight stay apart, each under its own `comm`.
+    #[test]
+    fn two_servers_keep_two_series() {
+        use crate::events::{Event, RequestSample, TargetRequests};
+        let recorded = include_str!("../../testdata/pg_kill9_mid_transaction.jsonl");
+        let mut state = AuditState::new(1_000_000_000, 5000).with_sockets();
+        let Ok(Event::Exec(exec)) = serde_json::from_str::<Event>(recorded.lines().next().unwrap())
+        else {
+            panic!("the recording starts with the launched command's exec")
+        };
+        state.add_target(exec.tgid, "dw-game".into(), Origin::Launched);
+        state.add_target(77, "nginx".into(), Origin::Named);
+        for line in recorded.lines() {
+            state.apply(&serde_json::from_str::<Event>(line).unwrap());
+        }
+        state.apply(&Event::Requests(RequestSample {
+            ktime_ns: 9_000_000_000,
+            targets: vec![TargetRequests {
+                tgid: 77,
+                started: 3,
+                ended: 2,
+                existing_ended: 0,
+                last_edge_ns: 8_000_000_000,
+            }],
+            latency_us: vec![],
+        }));
+        let text = Exporter::default().scrape(&state, 0, 0);
+        let value = |key: &str| -> f64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.parse().ok())
+                .unwrap_or_else(|| panic!("no {key} in\n{text}"))
+        };
+        assert_eq!(value("drainwatch_requests_in_flight{comm=\"nginx\"}"), 1.0);
+        assert_eq!(
+            value("drainwatch_requests_in_flight{comm=\"dw-game\"}"),
+            0.0
+        );
+        assert!(value("drainwatch_db_query_duration_seconds_count{comm=\"dw-game\"}") >= 3.0);
+        assert!(
+            !text.contains("drainwatch_db_query_duration_seconds_count{comm=\"nginx\"}"),
+            "nginx sent no query"
+        );
+        assert_eq!(
+            value("drainwatch_violations_total{kind=\"sigkill\",comm=\"dw-game\"}"),
+            1.0
+        );
+        assert_eq!(
+            value("drainwatch_violations_total{kind=\"sigkill\",comm=\"nginx\"}"),
+            0.0
         );
     }
 

@@ -14,10 +14,22 @@ use crate::{model::report::Report, output::summary, verdict::outcome::Outcome, E
 pub struct ReportFile {
     pub path: PathBuf,
     pub file: File,
+    /// What it is, for errors: "report file", "junit file".
+    pub what: &'static str,
 }
 
 impl ReportFile {
+    /// `--report FILE`.
     pub fn open(path: &Path) -> Result<Self> {
+        Self::open_as(path, "report file")
+    }
+
+    /// `--junit FILE`.
+    pub fn open_junit(path: &Path) -> Result<Self> {
+        Self::open_as(path, "junit file")
+    }
+
+    fn open_as(path: &Path, what: &'static str) -> Result<Self> {
         // Opened now, not at the end: an unwritable path must fail before the run, not
         // after an hour of auditing. Truncated only when the report is written.
         let file = OpenOptions::new()
@@ -26,12 +38,14 @@ impl ReportFile {
             .truncate(false)
             .open(path)
             .map_err(|cause| Error::ReportPath {
+                what,
                 path: path.to_path_buf(),
                 cause,
             })?;
         Ok(Self {
             path: path.to_path_buf(),
             file,
+            what,
         })
     }
 }
@@ -62,6 +76,7 @@ pub fn write_report(file: &ReportFile, report: &Report) -> Result<()> {
 /// Replaces the file's contents (it was opened, and so proven writable, before the run).
 pub fn write_text(file: &ReportFile, text: &str) -> Result<()> {
     let io = |cause| Error::ReportPath {
+        what: file.what,
         path: file.path.clone(),
         cause,
     };

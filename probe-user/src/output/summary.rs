@@ -144,7 +144,19 @@ fn cut_by_exit(report: &Report, pid: u32) -> String {
     }
 }
 
-fn plural(n: u64, what: &str) -> String {
+/// "3 (p50 250us, p99 1200us)", or "none measured": zero percentiles of nothing would read
+/// like a measurement.
+fn latencies(summary: &crate::model::report::LatencySummary) -> String {
+    match summary.count {
+        0 => "none measured".to_string(),
+        n => format!(
+            "{n} (p50 {}us, p99 {}us)",
+            summary.latency_us.p50, summary.latency_us.p99
+        ),
+    }
+}
+
+pub fn plural(n: u64, what: &str) -> String {
     match what.strip_suffix('y') {
         _ if n == 1 => format!("1 {what}"),
         Some(stem) => format!("{n} {stem}ies"),
@@ -250,13 +262,9 @@ pub fn render(outcome: &Outcome) -> String {
         );
         let _ = writeln!(
             out,
-            "requests: {} (p50 {}us, p99 {}us); db queries: {} (p50 {}us, p99 {}us)",
-            r.count,
-            r.latency_us.p50,
-            r.latency_us.p99,
-            q.count,
-            q.latency_us.p50,
-            q.latency_us.p99
+            "requests: {}; db queries: {}",
+            latencies(r),
+            latencies(q)
         );
     }
     let _ = writeln!(
