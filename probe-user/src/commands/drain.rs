@@ -138,6 +138,7 @@ fn drain_report(session: &Session, mode: Mode, drain: DrainReport, timed_out: bo
         .state
         .report(mode, session.lost(), session.probe.failures().to_vec());
     verdict::drain::add_drain(&mut report, drain, timed_out);
+    session.stamp_coverage(&mut report);
     report
 }
 

@@ -392,6 +392,7 @@ impl AuditState {
             },
             coverage: self.conns.as_ref().map(|c| Coverage {
                 unverified: c.unverified().to_vec(),
+                ..Coverage::default()
             }),
             probe_failures,
         }

@@ -220,6 +220,9 @@ fn attach_conns(
         let fd = held.fds[0];
         let busy = held.role == Role::Client && !idle.contains(&fd);
         let role = role_to_wire(held.role);
+        if held.role == Role::Listener {
+            probe.add_listen_port(held.socket.local.port())?;
+        }
         let added = probe.add_conn(
             ConnKey { tgid, fd },
             &held.fds[1..],
