@@ -334,7 +334,9 @@ pub fn hooks() -> &'static str {
         Ok("fentry") => "fentry",
         Ok("kprobe") => "kprobes",
         Ok("syscalls") | Ok("") | Err(_) => "syscalls",
-        Ok(other) => panic!("DRAINWATCH_HOOKS={other}: not one of socket, fentry, kprobe, syscalls"),
+        Ok(other) => {
+            panic!("DRAINWATCH_HOOKS={other}: not one of socket, fentry, kprobe, syscalls")
+        }
     }
 }
 

@@ -7,9 +7,8 @@
 //!   after every socket send/recv, whatever the syscall (io_uring included);
 //! - `sock:inet_sock_set_state` (`sk, oldstate, newstate`; net/ipv4/tcp.c `tcp_set_state`):
 //!   `CLOSE -> SYN_SENT` in the connecting task (tcp_v4_connect), `CLOSE -> LISTEN` in the
-//!   listening task (inet_csk_listen_start), and the close: `ESTABLISHED -> FIN_WAIT1`,
-//!   `CLOSE_WAIT -> LAST_ACK` or `-> CLOSE` from `__tcp_close`, in the task that dropped
-//!   the last reference to the socket;
+//!   listening task (inet_csk_listen_start), and the close (`is_close`), in the task that
+//!   dropped the last reference to the socket;
 //! - `tcp:tcp_destroy_sock` (`sk`; net/ipv4/inet_connection_sock.c): a socket already reset
 //!   by its peer, destroyed at its close.
 //!
@@ -61,10 +60,12 @@ const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
 const TCP_SYN_RECV: i32 = 3;
 const TCP_FIN_WAIT1: i32 = 4;
+const TCP_FIN_WAIT2: i32 = 5;
 const TCP_CLOSE: i32 = 7;
 const TCP_CLOSE_WAIT: i32 = 8;
 const TCP_LAST_ACK: i32 = 9;
 const TCP_LISTEN: i32 = 10;
+const TCP_CLOSING: i32 = 11;
 
 /// include/linux/sched.h
 const PF_EXITING: u32 = 0x4;
@@ -83,6 +84,11 @@ const NR_RECVFROM: u64 = 45;
 const NR_SENDMSG: u64 = 46;
 const NR_RECVMSG: u64 = 47;
 const NR_SHUTDOWN: u64 = 48;
+const NR_DUP2: u64 = 33;
+const NR_EXECVE: u64 = 59;
+const NR_DUP3: u64 = 292;
+const NR_EXECVEAT: u64 = 322;
+const NR_CLOSE_RANGE: u64 = 436;
 
 /// `struct pt_regs` on x86_64 (arch/x86/include/asm/ptrace.h): di, si, dx, orig_ax.
 const REG_DI: u64 = 112;
@@ -307,8 +313,8 @@ pub fn sock_recv_length(ctx: BtfTracePointContext) -> u32 {
     data(&ctx, false)
 }
 
-/// The connection behind `sk` is closed: forget it and say so (unless the closing task is
-/// exiting, which userspace accounts from the exit). The event names the connection's
+/// The connection behind `sk` is closed: forget it and say so (unless it closed with its
+/// owner's exit, which userspace accounts from the exit event, as with the syscall hooks). The event names the connection's
 /// owner, which may not be the closing task (a fork child that held the last reference).
 #[inline(always)]
 fn closed(sk: u64, key: Option<ConnKey>) {
@@ -320,7 +326,10 @@ fn closed(sk: u64, key: Option<ConnKey>) {
     let Some(state) = (unsafe { CONNS.get(&key) }).copied() else {
         return;
     };
-    if exiting() {
+    // Closed by the exit of its owner: in the exiting task itself (PF_EXITING), or after
+    // it, where the kernel defers the last fput of an exiting task to a worker (the owner's
+    // TARGETS entry is gone by then: lifecycle.rs removes it at the exit).
+    if exiting() || target(key.tgid).is_none() {
         return;
     }
     let _ = CONNS.remove(&key);
@@ -355,12 +364,7 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
         }
         return 0;
     }
-    let closing = matches!(
-        old,
-        TCP_ESTABLISHED | TCP_CLOSE_WAIT | TCP_SYN_SENT | TCP_SYN_RECV
-    ) && matches!(new, TCP_FIN_WAIT1 | TCP_LAST_ACK | TCP_CLOSE);
-    // shutdown(2) takes the same transitions without closing anything.
-    if !closing || nr == NR_SHUTDOWN {
+    if !is_close(old, new, nr) {
         return 0;
     }
     // SAFETY: copied at once.
@@ -372,6 +376,42 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
     };
     closed(sk, key);
     0
+}
+
+/// Whether a state change seen in a target's own context is the close of its socket.
+///
+/// `__tcp_close` moves the socket by `tcp_close_state`'s table (net/ipv4/tcp.c):
+/// ESTABLISHED/SYN_RECV → FIN_WAIT1, CLOSE_WAIT → LAST_ACK, SYN_SENT → CLOSE, and a socket
+/// already shut down for writing stays where it is (FIN_WAIT1 → FIN_WAIT1, FIN_WAIT2 →
+/// FIN_WAIT2, LAST_ACK → LAST_ACK, CLOSING → CLOSING: the tracepoint still fires). With
+/// unread data or SO_LINGER 0 it goes straight to CLOSE (with a reset). `shutdown(2)` takes
+/// the same table without closing anything, and is told apart by the saved syscall number.
+/// Transitions the peer causes (its FIN or ACK, processed in softirq, possibly on a
+/// target's CPU in a target's context) are never in the table, except a reset's `→ CLOSE`,
+/// which counts only inside a syscall that closes fds.
+#[inline(always)]
+fn is_close(old: i32, new: i32, nr: u64) -> bool {
+    if nr == NR_SHUTDOWN {
+        return false;
+    }
+    let by_table = matches!(
+        (old, new),
+        (TCP_ESTABLISHED, TCP_FIN_WAIT1)
+            | (TCP_SYN_RECV, TCP_FIN_WAIT1)
+            | (TCP_CLOSE_WAIT, TCP_LAST_ACK)
+            | (TCP_SYN_SENT, TCP_CLOSE)
+            | (TCP_FIN_WAIT1, TCP_FIN_WAIT1)
+            | (TCP_FIN_WAIT2, TCP_FIN_WAIT2)
+            | (TCP_LAST_ACK, TCP_LAST_ACK)
+            | (TCP_CLOSING, TCP_CLOSING)
+    );
+    let by_reset = new == TCP_CLOSE
+        && old != TCP_CLOSE
+        && matches!(
+            nr,
+            NR_CLOSE | NR_DUP2 | NR_DUP3 | NR_EXECVE | NR_EXECVEAT | NR_CLOSE_RANGE
+        );
+    by_table || by_reset
 }
 
 /// A socket already reset by its peer is destroyed at its close, without a state change.

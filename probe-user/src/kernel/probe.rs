@@ -20,9 +20,8 @@ use aya::{
 use probe_common::{
     latency::{LatencyHistogram, LATENCY_SLOTS},
     map_names, ConnKey, ConnState, Counter, Pending, ProbeConfig, RequestCounters, SockAddr,
-    SockOffsets,
-    TargetInfo, COMM_LEN, CONN_EXISTED, DB_PORT_FLAG, DEFAULT_RING_BYTES, NO_OFFSET, PROTO_MONGO,
-    PROTO_MYSQL, PROTO_POSTGRES, PROTO_REDIS, PROTO_UNKNOWN,
+    SockOffsets, TargetInfo, COMM_LEN, CONN_EXISTED, DB_PORT_FLAG, DEFAULT_RING_BYTES, NO_OFFSET,
+    PROTO_MONGO, PROTO_MYSQL, PROTO_POSTGRES, PROTO_REDIS, PROTO_UNKNOWN,
 };
 
 use crate::{kernel::btf, kernel::hooks::Hooks, kernel::tracefs::Format, Error, Result};

@@ -62,7 +62,11 @@ pub fn run(rounds: usize, table: &mut Table) -> Value {
             eprintln!(
                 "dw-bench: round {}/{rounds} getppid {:<28} {ns:>8.1} ns",
                 round + 1,
-                if attached { "beside drainwatch" } else { "alone" }
+                if attached {
+                    "beside drainwatch"
+                } else {
+                    "alone"
+                }
             );
             thread::sleep(Duration::from_millis(300));
         }
