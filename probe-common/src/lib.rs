@@ -254,6 +254,8 @@ impl ConnState {
 
 /// `ConnState::flags`: the connection existed before attach.
 pub const CONN_EXISTED: u8 = 1;
+/// `ConnState::flags`: the socket backend has bound a socket to this entry (docs/hooks.md).
+pub const CONN_BOUND: u8 = 2;
 
 /// Syscall kinds remembered between sys_enter and sys_exit (`PENDING`).
 pub const IO_READ: u8 = 1;

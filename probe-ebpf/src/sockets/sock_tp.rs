@@ -29,9 +29,9 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use probe_common::{
-    ConnKey, Pending, SockAddr, FD_BY_INODE, IO_READ, IO_READV, IO_RECVFROM, IO_RECVMSG,
-    IO_SENDMSG, IO_SENDTO, IO_WRITE, IO_WRITEV, MAX_CONNS, NO_OFFSET, PROTO_UNKNOWN, ROLE_CLIENT,
-    ROLE_DB, ROLE_UPSTREAM,
+    ConnKey, Pending, SockAddr, CONN_BOUND, CONN_EXISTED, FD_BY_INODE, IO_READ, IO_READV,
+    IO_RECVFROM, IO_RECVMSG, IO_SENDMSG, IO_SENDTO, IO_WRITE, IO_WRITEV, MAX_CONNS, NO_OFFSET,
+    PROTO_UNKNOWN, ROLE_CLIENT, ROLE_DB, ROLE_UPSTREAM,
 };
 
 use super::{
@@ -206,6 +206,28 @@ fn name_fd(sk: u64, nr: u64, di: u64) -> u32 {
     }
 }
 
+/// Whether an entry found by fd is one userspace made at attach that no socket has claimed.
+#[inline(always)]
+fn unclaimed(state: *mut probe_common::ConnState) -> bool {
+    // SAFETY: a map value pointer, valid for this program run.
+    let flags = unsafe { (*state).flags };
+    flags & CONN_EXISTED != 0 && flags & CONN_BOUND == 0
+}
+
+/// A name for a new connection: its fd, unless an entry still holds that number. That
+/// happens: close(2) frees the fd at once but closes the socket only when the closing
+/// thread returns to user space (the last fput runs as task work), and another thread can
+/// be handed the same number in between (a thread-per-connection server under churn).
+/// Then the inode names it.
+#[inline(always)]
+fn free_name(tgid: u32, sk: u64, fd: u32) -> u32 {
+    // SAFETY: presence check only.
+    if unsafe { CONNS.get(&ConnKey { tgid, fd }) }.is_none() {
+        return fd;
+    }
+    FD_BY_INODE | (inode_of(sk).unwrap_or(0) as u32 & !FD_BY_INODE)
+}
+
 /// The connection of a target's socket: known, or first seen now (a connection found in
 /// /proc at attach, whose fd names it, or one accepted since attach).
 #[inline(always)]
@@ -219,8 +241,14 @@ fn conn_of(tgid: u32, sk: u64, nr: u64, di: u64) -> Option<ConnKey> {
     }
     let fd = name_fd(sk, nr, di);
     let key = match resolve(tgid, fd) {
-        Some((primary, _)) => ConnKey { tgid, fd: primary },
-        None => {
+        // A connection found in /proc at attach, reached now for the first time.
+        Some((primary, state)) if unclaimed(state) => {
+            // SAFETY: a map value pointer, valid for this program run.
+            unsafe { (*state).flags |= CONN_BOUND };
+            ConnKey { tgid, fd: primary }
+        }
+        // New since attach (accepted: its SYN_RECV -> ESTABLISHED ran in softirq).
+        _ => {
             let local: u16 = field(sk, config().sock.num)?;
             let peer = peer_of(sk);
             let (role, proto) = if LISTEN_PORTS.get(local as u32).is_some_and(|v| *v != 0) {
@@ -228,6 +256,7 @@ fn conn_of(tgid: u32, sk: u64, nr: u64, di: u64) -> Option<ConnKey> {
             } else {
                 classify_peer(&peer)
             };
+            let fd = free_name(tgid, sk, fd);
             if !open_conn(tgid, fd, role, proto, 0, peer) {
                 return None;
             }
@@ -356,7 +385,7 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
         return 0;
     }
     if old == TCP_CLOSE && new == TCP_SYN_SENT {
-        let fd = name_fd(sk, nr, di);
+        let fd = free_name(tgid, sk, name_fd(sk, nr, di));
         let peer = peer_of(sk);
         let (role, proto) = classify_peer(&peer);
         if open_conn(tgid, fd, role, proto, 0, peer) {
@@ -371,7 +400,9 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
     let key = match unsafe { SOCKS.get(&sk) } {
         Some(key) => Some(*key),
         // Never seen since attach (found in /proc, idle since): named by close(2)'s fd.
-        None if nr == NR_CLOSE => resolve(tgid, di as u32).map(|(fd, _)| ConnKey { tgid, fd }),
+        None if nr == NR_CLOSE => resolve(tgid, di as u32)
+            .filter(|&(_, state)| unclaimed(state))
+            .map(|(fd, _)| ConnKey { tgid, fd }),
         None => None,
     };
     closed(sk, key);
