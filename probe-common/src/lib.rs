@@ -33,6 +33,7 @@ pub mod map_names {
     pub const COMMS: &str = "COMMS";
     pub const REQUEST_LATENCY: &str = "REQUEST_LATENCY";
     pub const USER_TARGET_BITS: &str = "USER_TARGET_BITS";
+    pub const LISTEN_PORTS: &str = "LISTEN_PORTS";
 }
 
 /// Most process names `--comm` can watch for.
@@ -256,6 +257,8 @@ pub const CONN_EXISTED: u8 = 1;
 /// `ConnState::flags`: a client connection whose state at attach was unknown and that has
 /// had no send or receive since (the kernel clears it at the first one).
 pub const CONN_UNKNOWN: u8 = 2;
+/// `ConnState::flags`: the socket backend has bound a socket to this entry (docs/hooks.md).
+pub const CONN_BOUND: u8 = 4;
 
 /// Syscall kinds remembered between sys_enter and sys_exit (`PENDING`).
 pub const IO_READ: u8 = 1;
@@ -402,6 +405,11 @@ pub const MAX_DB_ADDRS: u32 = 256;
 /// Slots of the syscall dispatch table (x86_64 syscall numbers are below 512).
 pub const SYSCALL_SLOTS: u32 = 512;
 
+/// `ConnKey::fd` of a connection whose fd the socket backend could not name (first seen
+/// through io_uring, say): this bit, and the low 31 bits of the socket's inode, which
+/// userspace resolves from `/proc/PID/fd` for display (docs/hooks.md).
+pub const FD_BY_INODE: u32 = 0x8000_0000;
+
 /// A [`ProbeConfig`] offset that this kernel does not have.
 pub const NO_OFFSET: u32 = u32::MAX;
 
@@ -441,6 +449,52 @@ pub struct ProbeConfig {
     /// Ring-buffer size: above half full, events wake userspace instead of waiting for its
     /// next timed drain.
     pub ring_bytes: u32,
+    /// The socket backend's offsets (docs/hooks.md), from kernel BTF; [`NO_OFFSET`] when
+    /// unknown (the syscall backend needs none of them). `struct sock_common` fields sit at
+    /// the start of `struct sock` (`__sk_common`, include/net/sock.h).
+    pub sock: SockOffsets,
+}
+
+/// Byte offsets the socket backend reads at, from kernel BTF.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockOffsets {
+    /// `sock_common.skc_family` (u16).
+    pub family: u32,
+    /// `sock_common.skc_num`: the local port, host order (u16).
+    pub num: u32,
+    /// `sock_common.skc_dport`: the peer port, network order (u16).
+    pub dport: u32,
+    /// `sock_common.skc_daddr`: the IPv4 peer.
+    pub daddr: u32,
+    /// `sock_common.skc_v6_daddr`: the IPv6 peer.
+    pub v6_daddr: u32,
+    /// `sock.sk_socket`, `socket.file`, `file.f_inode`, `inode.i_ino`: the inode that
+    /// `/proc/PID/fd` shows as `socket:[N]`.
+    pub sk_socket: u32,
+    pub socket_file: u32,
+    pub file_inode: u32,
+    pub inode_ino: u32,
+    /// `task_struct.flags` (PF_EXITING: the socket is closed by the exit, which userspace
+    /// accounts from the exit event).
+    pub task_flags: u32,
+}
+
+impl SockOffsets {
+    pub const fn unknown() -> Self {
+        Self {
+            family: NO_OFFSET,
+            num: NO_OFFSET,
+            dport: NO_OFFSET,
+            daddr: NO_OFFSET,
+            v6_daddr: NO_OFFSET,
+            sk_socket: NO_OFFSET,
+            socket_file: NO_OFFSET,
+            file_inode: NO_OFFSET,
+            inode_ino: NO_OFFSET,
+            task_flags: NO_OFFSET,
+        }
+    }
 }
 
 impl ProbeConfig {
@@ -463,6 +517,7 @@ impl ProbeConfig {
             task_signal_off: NO_OFFSET,
             signal_live_off: NO_OFFSET,
             ring_bytes: 0,
+            sock: SockOffsets::unknown(),
         }
     }
 }
@@ -532,7 +587,7 @@ const _: () = assert!(core::mem::size_of::<SignalEvent>() == 16 + 32 + COMM_LEN)
 const _: () = assert!(core::mem::size_of::<ForkEvent>() == 16 + 16 + COMM_LEN);
 const _: () = assert!(core::mem::size_of::<ExecEvent>() == 16 + 8 + COMM_LEN);
 const _: () = assert!(core::mem::size_of::<ExitEvent>() == 16 + 16 + COMM_LEN);
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 64);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 64 + 40);
 const _: () = assert!(core::mem::size_of::<TargetInfo>() == 8 + 32);
 const _: () = assert!(core::mem::size_of::<ConnKey>() == 8);
 const _: () = assert!(core::mem::size_of::<ConnState>() == 24);

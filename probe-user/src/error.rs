@@ -96,6 +96,11 @@ pub enum Error {
     },
     #[error("policy {path}: {problem}")]
     Policy { path: String, problem: String },
+    #[error(
+        "DRAINWATCH_HOOKS={value}: {problem} (unset it to let drainwatch choose, or set it to \
+         syscalls)"
+    )]
+    Hooks { value: String, problem: String },
     #[error("loading the eBPF probe failed: {0}")]
     Load(String),
     #[error("could not launch `{cmd}`: {cause}")]

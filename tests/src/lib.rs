@@ -199,8 +199,14 @@ impl Drainwatch {
     }
 
     pub fn spawn(args: &[&str]) -> Self {
+        Self::spawn_with_env(args, &[])
+    }
+
+    /// [`Drainwatch::spawn`] with extra environment variables (e.g. `DRAINWATCH_HOOKS`).
+    pub fn spawn_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(drainwatch_bin())
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -315,6 +321,21 @@ impl Drop for Drainwatch {
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();
             let _ = self.child.wait();
+        }
+    }
+}
+
+/// The hooks the suite runs drainwatch on, as the report's `coverage.hooks` says them:
+/// `DRAINWATCH_HOOKS` (passed through by `cargo xtask test`, read by drainwatch itself;
+/// docs/hooks.md) or the default.
+pub fn hooks() -> &'static str {
+    match std::env::var("DRAINWATCH_HOOKS").as_deref() {
+        Ok("socket") => "socket-tracepoints",
+        Ok("fentry") => "fentry",
+        Ok("kprobe") => "kprobes",
+        Ok("syscalls") | Ok("") | Err(_) => "syscalls",
+        Ok(other) => {
+            panic!("DRAINWATCH_HOOKS={other}: not one of socket, fentry, kprobe, syscalls")
         }
     }
 }

@@ -64,6 +64,14 @@ fn sigterm_only_is_clean() {
         "exit code read from the kernel: {report:#}"
     );
     assert_eq!(exit["signal"], Value::Null);
+    // What ran is what the report says (docs/hooks.md).
+    assert_eq!(report["coverage"]["hooks"], hooks(), "{report:#}");
+    assert!(
+        report["coverage"]["kernel"]
+            .as_str()
+            .is_some_and(|k| !k.is_empty()),
+        "{report:#}"
+    );
 }
 
 #[test]

@@ -64,7 +64,7 @@ pub(super) fn forget_fd(tgid: u32, fd: u32) {
 }
 
 #[inline(always)]
-fn emit_close(tgid: u32, fd: u32, state: &ConnState) {
+pub(super) fn emit_close(tgid: u32, fd: u32, state: &ConnState) {
     if state.request_in_flight != 0 {
         // The connection closed with a request in flight: it is over, unanswered.
         if let Some(target) = target(tgid) {

@@ -99,16 +99,30 @@ pub fn db_io(ctx: RawTracePointContext) -> u32 {
     };
     // SAFETY: this CPU's slot, written just before the tail call.
     let work = unsafe { *work };
+    db_path(work.tgid, &work.pending, work.send != 0, work.moved);
+    0
+}
+
+/// The database path run in place, by the socket backend (its `tp_btf` programs cannot
+/// tail-call into this raw tracepoint program: a program array holds one program type).
+/// `pending.fd` is the connection's primary fd.
+#[inline(always)]
+pub(super) fn db_inline(tgid: u32, pending: &Pending, send: bool, moved: u64) {
+    bump(Counter::DbIoRuns);
+    db_path(tgid, pending, send, moved);
+}
+
+#[inline(always)]
+fn db_path(tgid: u32, pending: &Pending, send: bool, moved: u64) {
     let key = ConnKey {
-        tgid: work.tgid,
-        fd: work.pending.fd,
+        tgid,
+        fd: pending.fd,
     };
     let Some(state) = CONNS.get_ptr_mut(&key) else {
-        return 0;
+        return;
     };
     // SAFETY: a map value pointer, valid for this program run.
     let state = unsafe { &mut *state };
-    let send = work.send != 0;
     let sniffing =
         state.role == ROLE_UPSTREAM || (state.role == ROLE_DB && state.proto == PROTO_UNKNOWN);
     if sniffing && state.sniff_left > 0 {
@@ -116,22 +130,21 @@ pub fn db_io(ctx: RawTracePointContext) -> u32 {
             state.sniff_left -= 1;
         }
         let mut head = [0u8; 32];
-        let (base, len) = head_span(&work.pending, work.moved);
+        let (base, len) = head_span(pending, moved);
         let n = copy_user(&mut head, base, len);
         // Mid-conversation messages count only where the handshake could not have been
         // seen, or where the user said this is a database.
         let midstream = state.flags & CONN_EXISTED != 0 || state.role == ROLE_DB;
-        if let Some(proto) = recognize(&head, n, send, midstream, work.moved) {
+        if let Some(proto) = recognize(&head, n, send, midstream, moved) {
             state.role = ROLE_DB;
             state.proto = proto;
             state.sniff_left = 0;
         }
     }
     if state.role != ROLE_DB {
-        return 0;
+        return;
     }
-    db_io_event(work.tgid, &work.pending, state.proto, send, work.moved);
-    0
+    db_io_event(tgid, pending, state.proto, send, moved);
 }
 
 /// Where the first bytes of the syscall's data are: (address, bytes available there).

@@ -21,6 +21,9 @@
 //! request edges and latencies), [`db`] (the database path, a tail-called program) with
 //! [`recognize`] (database handshakes); shared by them: [`conns`] (the connection table)
 //! and [`syscall`] (arguments, return value, user memory).
+//!
+//! [`sock_tp`] is the socket backend (docs/hooks.md): the same connection table, request
+//! counters and database path, fed from socket tracepoints instead of `raw_syscalls`.
 
 mod close;
 mod conns;
@@ -32,4 +35,5 @@ mod open;
 pub mod pending;
 mod recognize;
 mod requests;
+mod sock_tp;
 mod syscall;

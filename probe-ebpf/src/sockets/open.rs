@@ -71,7 +71,7 @@ pub(super) fn try_exit_accept(ctx: &RawTracePointContext, pending: Pending) -> R
     }
     // The kernel has filled the peer address in by now (if the caller asked for it).
     let peer = read_sockaddr(pending.ptr);
-    open_conn(
+    let _ = open_conn(
         tgid,
         fd as u32,
         ROLE_CLIENT,
@@ -83,14 +83,21 @@ pub(super) fn try_exit_accept(ctx: &RawTracePointContext, pending: Pending) -> R
 }
 
 #[inline(always)]
-fn open_conn(tgid: u32, fd: u32, role: u8, proto: u8, listener_fd: u32, peer: SockAddr) {
+pub(super) fn open_conn(
+    tgid: u32,
+    fd: u32,
+    role: u8,
+    proto: u8,
+    listener_fd: u32,
+    peer: SockAddr,
+) -> bool {
     let key = ConnKey { tgid, fd };
     if CONNS
         .insert(&key, &ConnState::new(role, proto, fd), 0)
         .is_err()
     {
         bump(Counter::ConnsFull);
-        return;
+        return false;
     }
     emit_flags(quiet_flags(), || ConnOpenEvent {
         header: header::<ConnOpenEvent>(EventKind::ConnOpen),
@@ -103,6 +110,7 @@ fn open_conn(tgid: u32, fd: u32, role: u8, proto: u8, listener_fd: u32, peer: So
         peer,
         _pad2: [0; 4],
     });
+    true
 }
 
 #[raw_tracepoint]
@@ -148,13 +156,13 @@ pub(super) fn try_exit_connect(ctx: &RawTracePointContext, pending: Pending) -> 
     }
     let (tgid, _) = current_tgid_pid();
     let (role, proto) = classify_peer(&pending.addr);
-    open_conn(tgid, pending.fd, role, proto, 0, pending.addr);
+    let _ = open_conn(tgid, pending.fd, role, proto, 0, pending.addr);
     Ok(0)
 }
 
 /// `db` when the peer is a named database address or on a database port.
 #[inline(always)]
-fn classify_peer(peer: &SockAddr) -> (u8, u8) {
+pub(super) fn classify_peer(peer: &SockAddr) -> (u8, u8) {
     // SAFETY: the value is copied at once.
     if let Some(proto) = unsafe { DB_ADDRS.get(peer) } {
         return (ROLE_DB, *proto);

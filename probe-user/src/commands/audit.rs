@@ -45,6 +45,7 @@ pub async fn run(settings: &AuditSettings) -> Result<Outcome> {
         session.lost(),
         session.probe.failures().to_vec(),
     );
+    session.stamp_coverage(&mut report);
     settings.policy.apply(&mut report);
     let outcome = Outcome {
         report,

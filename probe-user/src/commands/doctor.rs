@@ -16,7 +16,7 @@ pub fn run(json: bool) -> u8 {
             "kernel": features.release,
             "minimum_kernel": MINIMUM_KERNEL,
             "usable": ok,
-            "hooks": features.hooks(),
+            "hooks": features.hooks().ok().map(|h| h.coverage()),
             "checks": lines,
         });
         println!("{doc}");

@@ -157,6 +157,7 @@ fn drain_report(
         .state
         .report(mode, session.lost(), session.probe.failures().to_vec());
     verdict::drain::add_drain(&mut report, drain, timed_out, interrupted);
+    session.stamp_coverage(&mut report);
     report
 }
 

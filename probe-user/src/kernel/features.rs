@@ -14,7 +14,12 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::{kernel::btf, kernel::tracefs, Error, Result};
+use crate::{
+    kernel::btf,
+    kernel::hooks::{self, Hooks},
+    kernel::tracefs,
+    Error, Result,
+};
 
 /// The oldest kernel release with everything the probe needs: the BPF atomic instructions
 /// beyond add (`BPF_CMPXCHG`, `BPF_OR`; Linux 5.12, commit 5ffa25502b5a) that the per-thread
@@ -32,7 +37,7 @@ pub const REQUIRED_TRACEPOINTS: [(&str, &str); 6] = [
     ("raw_syscalls", "sys_exit"),
 ];
 
-/// Socket-level tracepoints: cheaper hooks that a later backend uses where they exist.
+/// Socket-level tracepoints: the socket backend's hooks (docs/hooks.md).
 pub const SOCKET_TRACEPOINTS: [(&str, &str); 4] = [
     ("sock", "sock_send_length"),
     ("sock", "sock_recv_length"),
@@ -179,9 +184,27 @@ impl Features {
         Ok(())
     }
 
-    /// What drainwatch will hook on this kernel, in the report's `coverage.hooks` words.
-    pub fn hooks(&self) -> &'static str {
-        "syscalls"
+    /// What drainwatch will hook on this kernel (`DRAINWATCH_HOOKS` considered): see
+    /// [`hooks::choose`].
+    pub fn hooks(&self) -> Result<Hooks> {
+        hooks::choose(self)
+    }
+
+    /// What the socket-tracepoint backend needs and this kernel lacks, if anything: the
+    /// socket tracepoints, and kernel BTF (its programs are `tp_btf`, typed by BTF, and
+    /// read `struct sock` at offsets found there).
+    pub fn socket_hooks_missing(&self) -> Option<String> {
+        if let Some(&(category, name, _)) = self
+            .tracepoints
+            .iter()
+            .find(|&&(c, n, present)| SOCKET_TRACEPOINTS.contains(&(c, n)) && !present)
+        {
+            return Some(format!("the tracepoint {category}:{name}"));
+        }
+        if !std::path::Path::new(btf::KERNEL_BTF).exists() {
+            return Some(format!("kernel BTF ({})", btf::KERNEL_BTF));
+        }
+        None
     }
 }
 

@@ -2,12 +2,14 @@
 //! ([`probe`], which also holds the userspace ends of its maps), and what the running kernel
 //! says about itself: tracepoint field offsets ([`tracefs`]), struct member offsets
 //! ([`btf`]), so that the probe does not depend on one kernel's layout, and which BPF
-//! features it offers, found by trying them ([`features`]).
+//! features it offers, found by trying them ([`features`]), and which hooks feed the socket
+//! side ([`hooks`]).
 //!
 //! Owns every bpf(2) call and every read of tracefs and kernel BTF. May use: probe-common's
 //! wire types and the crate's errors; nothing else in the crate.
 
 pub mod btf;
 pub mod features;
+pub mod hooks;
 pub mod probe;
 pub mod tracefs;

@@ -12,19 +12,20 @@ use std::{
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, ProgramArray, RingBuf},
     programs::{
-        raw_trace_point::RawTracePointLinkId, trace_point::TracePointLinkId, ProgramFd,
-        RawTracePoint, TracePoint,
+        raw_trace_point::RawTracePointLinkId, tp_btf::BtfTracePointLinkId,
+        trace_point::TracePointLinkId, BtfTracePoint, ProgramFd, RawTracePoint, TracePoint,
     },
     Ebpf, EbpfLoader,
 };
 use probe_common::{
     latency::{LatencyHistogram, LATENCY_SLOTS},
     map_names, ConnKey, ConnState, Counter, Pending, ProbeConfig, RequestCounters, SockAddr,
-    TargetInfo, COMM_LEN, CONN_EXISTED, CONN_UNKNOWN, DB_PORT_FLAG, DEFAULT_RING_BYTES, NO_OFFSET,
-    PROTO_MONGO, PROTO_MYSQL, PROTO_POSTGRES, PROTO_REDIS, PROTO_UNKNOWN,
+    SockOffsets, TargetInfo, COMM_LEN, CONN_EXISTED, CONN_UNKNOWN, DB_PORT_FLAG,
+    DEFAULT_RING_BYTES, NO_OFFSET, PROTO_MONGO, PROTO_MYSQL, PROTO_POSTGRES, PROTO_REDIS,
+    PROTO_UNKNOWN,
 };
 
-use crate::{kernel::btf, kernel::tracefs::Format, Error, Result};
+use crate::{kernel::btf, kernel::hooks::Hooks, kernel::tracefs::Format, Error, Result};
 
 /// `BPF_NOEXIST` (include/uapi/linux/bpf.h): insert only if the key is absent.
 const BPF_NOEXIST: u64 = 1;
@@ -73,6 +74,8 @@ pub struct ProbeOptions {
     pub db_ports: Vec<(u16, u8)>,
     /// Database addresses named with `--db`.
     pub db_addrs: Vec<SocketAddr>,
+    /// Which hooks feed the socket side (docs/hooks.md).
+    pub hooks: Hooks,
 }
 
 impl Default for ProbeOptions {
@@ -83,6 +86,7 @@ impl Default for ProbeOptions {
             sockets: true,
             db_ports: Vec::new(),
             db_addrs: Vec::new(),
+            hooks: Hooks::Syscalls,
         }
     }
 }
@@ -123,6 +127,7 @@ pub struct Probe {
     failures: Vec<String>,
     /// Every attachment, so that [`Probe::close`] can take them down together.
     links: Vec<Link>,
+    hooks: Hooks,
 }
 
 /// Fills the load-time config from tracefs format files and kernel BTF.
@@ -131,11 +136,37 @@ pub fn probe_config(tracefs_root: &Path, follow_forks: bool) -> Result<ProbeConf
     let fork = Format::read(tracefs_root, "sched", "sched_process_fork")?;
     let exec = Format::read(tracefs_root, "sched", "sched_process_exec")?;
     let exit = Format::read(tracefs_root, "sched", "sched_process_exit")?;
-    let [exit_code, task_signal, signal_live] = btf::kernel_member_offsets([
-        ("task_struct", "exit_code"),
-        ("task_struct", "signal"),
-        ("signal_struct", "live"),
-    ]);
+    let [exit_code, task_signal, signal_live, family, num, dport, daddr, v6_daddr, sk_socket, socket_file, file_inode, inode_ino, task_flags] =
+        btf::kernel_member_offsets([
+            ("task_struct", "exit_code"),
+            ("task_struct", "signal"),
+            ("signal_struct", "live"),
+            ("sock_common", "skc_family"),
+            ("sock_common", "skc_num"),
+            ("sock_common", "skc_dport"),
+            ("sock_common", "skc_daddr"),
+            ("sock_common", "skc_v6_daddr"),
+            ("sock", "sk_socket"),
+            ("socket", "file"),
+            ("file", "f_inode"),
+            ("inode", "i_ino"),
+            ("task_struct", "flags"),
+        ]);
+    // The socket backend's reads (docs/hooks.md); unknown ones stay NO_OFFSET and the
+    // backend refuses to load without them (see `Probe::load`).
+    let or_none = |o: Option<u32>| o.unwrap_or(NO_OFFSET);
+    let sock = SockOffsets {
+        family: or_none(family),
+        num: or_none(num),
+        dport: or_none(dport),
+        daddr: or_none(daddr),
+        v6_daddr: or_none(v6_daddr),
+        sk_socket: or_none(sk_socket),
+        socket_file: or_none(socket_file),
+        file_inode: or_none(file_inode),
+        inode_ino: or_none(inode_ino),
+        task_flags: or_none(task_flags),
+    };
     let task_exit_code_off = exit_code.unwrap_or(0);
     if task_exit_code_off == 0 {
         log::warn!("kernel BTF has no task_struct.exit_code: exit codes will be reported as null");
@@ -174,6 +205,7 @@ pub fn probe_config(tracefs_root: &Path, follow_forks: bool) -> Result<ProbeConf
         task_exit_code_off,
         task_signal_off,
         signal_live_off,
+        sock,
     })
 }
 
@@ -242,10 +274,31 @@ impl Probe {
         };
         let mut failures = Vec::new();
         let mut links = Vec::new();
+        let socket_hooks = options.sockets && options.hooks == Hooks::Socket;
+        if socket_hooks {
+            let sock = config.sock;
+            let needed = [
+                sock.family,
+                sock.num,
+                sock.dport,
+                sock.daddr,
+                sock.v6_daddr,
+                sock.task_flags,
+            ];
+            if needed.contains(&NO_OFFSET) {
+                return Err(Error::Load(
+                    "the socket hooks need struct sock and task_struct offsets from kernel BTF, \
+                     which this kernel's BTF lacks: unset DRAINWATCH_HOOKS"
+                        .into(),
+                ));
+            }
+        }
         if options.sockets {
             fill_db_maps(&mut ebpf, options)?;
-            if let Err(err) = install_db_io(&mut ebpf) {
-                failures.push(format!("db_io: {err}"));
+            if !socket_hooks {
+                if let Err(err) = install_db_io(&mut ebpf) {
+                    failures.push(format!("db_io: {err}"));
+                }
             }
         }
         for (program, category, names) in LIFECYCLE {
@@ -257,7 +310,10 @@ impl Probe {
                 failures.push(format!("{category}:{program}: {err}"));
             }
         }
-        if options.sockets {
+        if socket_hooks {
+            attach_socket_hooks(&mut ebpf, &mut links, &mut failures)?;
+        }
+        if options.sockets && !socket_hooks {
             // The dispatch table first: a raw_sys_enter attached before it would miss the
             // first syscalls.
             for (program, numbers) in ENTER_PROGRAMS {
@@ -295,7 +351,13 @@ impl Probe {
             ebpf,
             failures,
             links,
+            hooks: options.hooks,
         })
+    }
+
+    /// The hooks that feed the socket side (the report's `coverage.hooks`).
+    pub fn hooks(&self) -> Hooks {
+        self.hooks
     }
 
     /// Tracepoints that did not attach, as "category:name: reason".
@@ -305,6 +367,17 @@ impl Probe {
 
     pub fn events(&mut self) -> &mut RingBuf<MapData> {
         &mut self.events
+    }
+
+    /// A local TCP port a target listens on (the socket hooks call a socket first seen
+    /// there accepted: `client`).
+    pub fn add_listen_port(&mut self, port: u16) -> Result<()> {
+        let map = self
+            .ebpf
+            .map_mut(map_names::LISTEN_PORTS)
+            .ok_or_else(|| Error::Load("no LISTEN_PORTS map in the object".into()))?;
+        let mut ports: Array<_, u8> = Array::try_from(map).map_err(load_error)?;
+        ports.set(port as u32, 1, 0).map_err(load_error)
     }
 
     /// Makes a tgid (or one of its threads) a target.
@@ -542,6 +615,12 @@ impl Probe {
                     .and_then(|p| <&mut RawTracePoint>::try_from(p).ok())
                     .and_then(|p| p.take_link(id).ok())
                     .map(|l| Box::new(l) as Box<dyn Send>),
+                Link::Btf(name, id) => self
+                    .ebpf
+                    .program_mut(name)
+                    .and_then(|p| <&mut BtfTracePoint>::try_from(p).ok())
+                    .and_then(|p| p.take_link(id).ok())
+                    .map(|l| Box::new(l) as Box<dyn Send>),
             };
             owned.extend(owned_link);
         }
@@ -567,6 +646,50 @@ impl Probe {
 enum Link {
     Tracepoint(&'static str, TracePointLinkId),
     Raw(&'static str, RawTracePointLinkId),
+    Btf(&'static str, BtfTracePointLinkId),
+}
+
+/// The socket backend's programs (probe-ebpf/src/sockets/sock_tp.rs), each a `tp_btf` on
+/// the tracepoint of its name.
+const SOCKET_HOOKS: [&str; 4] = [
+    "sock_send_length",
+    "sock_recv_length",
+    "inet_sock_set_state",
+    "tcp_destroy_sock",
+];
+
+/// Loads and attaches the socket backend. A missing hook would lose events silently, so
+/// any failure fails the load (the user can unset DRAINWATCH_HOOKS), except permission,
+/// which gets its own message.
+fn attach_socket_hooks(
+    ebpf: &mut Ebpf,
+    links: &mut Vec<Link>,
+    failures: &mut Vec<String>,
+) -> Result<()> {
+    // Parsed for the load only and dropped after: kernel BTF is megabytes.
+    let btf = aya::Btf::from_sys_fs().map_err(load_error)?;
+    for name in SOCKET_HOOKS {
+        let attached = (|| -> Result<BtfTracePointLinkId> {
+            let program: &mut BtfTracePoint = ebpf
+                .program_mut(name)
+                .ok_or_else(|| Error::Load(format!("no program {name} in the object")))?
+                .try_into()
+                .map_err(load_error)?;
+            program.load(name, &btf).map_err(load_error)?;
+            program.attach().map_err(load_error)
+        })();
+        match attached {
+            Ok(link) => links.push(Link::Btf(name, link)),
+            Err(Error::NotPermitted) => return Err(Error::NotPermitted),
+            Err(err) => {
+                failures.push(format!("tp_btf:{name}: {err}"));
+                return Err(Error::Load(format!(
+                    "socket hook {name}: {err} (unset DRAINWATCH_HOOKS to use the syscall hooks)"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn attach(

@@ -173,6 +173,13 @@ pub struct TransactionRolledBack {
 /// What the report could not see or know (DESIGN.md, "coverage").
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Coverage {
+    /// The running kernel's release (filled in by the session).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
+    /// Which hooks fed the socket side: `socket-tracepoints`, `fentry`, `kprobes` or
+    /// `syscalls` (docs/hooks.md; filled in by the session, which chose them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hooks: Option<&'static str>,
     /// Database conversations drainwatch could not read (TLS it cannot decrypt): whatever
     /// happened in them is unknown, so a verdict that depends on them is `incomplete`.
     pub unverified: Vec<Unverified>,

@@ -457,6 +457,7 @@ impl AuditState {
             coverage: self.conns.as_ref().map(|c| Coverage {
                 unverified: c.unverified().to_vec(),
                 unknown_at_attach: c.unknown_at_attach(),
+                ..Coverage::default()
             }),
             probe_failures,
         }

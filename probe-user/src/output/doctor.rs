@@ -174,16 +174,19 @@ pub fn lines(f: &Features) -> Vec<Line> {
         )
         .fix("`--unit`/`--cgroup` need it: mount -t cgroup2 none /sys/fs/cgroup"),
     );
-    out.push(line(
-        "hooks",
-        Status::Ok,
-        format!(
-            "{}: signal and sched tracepoints for signals and process lifecycle; \
-             raw_syscalls sys_enter/sys_exit for sockets (the last-resort hook: every \
-             process's system calls take the tracepoint slow path while drainwatch runs)",
-            f.hooks()
+    out.push(match f.hooks() {
+        Ok(hooks) => line(
+            "hooks",
+            Status::Ok,
+            format!(
+                "{}: signal and sched tracepoints for signals and process lifecycle; {} for \
+                 sockets",
+                hooks.coverage(),
+                hooks.describe()
+            ),
         ),
-    ));
+        Err(err) => line("hooks", Status::Missing, format!("{err}")),
+    });
     out
 }
 

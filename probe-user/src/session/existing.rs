@@ -358,6 +358,9 @@ fn attach_conns(
             .map_or(AtAttach::Idle, |(_, at_attach, _)| *at_attach);
         let busy = at_attach == AtAttach::Busy;
         let role = role_to_wire(held.role);
+        if held.role == Role::Listener {
+            probe.add_listen_port(held.socket.local.port())?;
+        }
         let added = probe.add_conn(
             ConnKey { tgid, fd },
             &held.fds[1..],

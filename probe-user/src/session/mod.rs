@@ -378,10 +378,11 @@ impl Session {
         }
         // What this kernel offers, logged at -v like `drainwatch doctor` prints it; a missing
         // essential ends here with one line, before anything is loaded.
-        let options = probe_options(common);
+        let mut options = probe_options(common);
         let features = Features::detect();
         doctor::log(&features);
         features.require_essentials(options.sockets)?;
+        options.hooks = features.hooks()?;
         let mut probe = Probe::load(&tracefs_root, &options)?;
         let attach_time = procfs::monotonic_now();
         let mut state =
@@ -549,6 +550,14 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Fills the report's `coverage` with this kernel and the hooks that fed the socket
+    /// side (docs/hooks.md).
+    pub fn stamp_coverage(&self, report: &mut crate::model::report::Report) {
+        let coverage = report.coverage.get_or_insert_with(Default::default);
+        coverage.kernel = Some(crate::kernel::features::kernel_release());
+        coverage.hooks = Some(self.probe.hooks().coverage());
     }
 
     /// Whether the targets this session waits for have exited.

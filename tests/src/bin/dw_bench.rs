@@ -1,10 +1,12 @@
 //! `dw-bench`: the benchmarks behind `cargo xtask bench` (not a test: numbers, not
 //! pass/fail). Needs root (it loads probes and reads kernel BPF stats).
 //!
-//! `dw-bench [all|verdict|throughput|rss] [--runs 50] [--rounds 6] [--trial-secs 5]
+//! `dw-bench [all|syscall|verdict|throughput|rss] [--runs 50] [--rounds 6] [--trial-secs 5]
 //!  [--rss-conns 10000] [--out target/bench/results.json]`
 //!
 //! - verdict: the drain verdict's latency and early verdicts (see `dw_bench/verdict.rs`);
+//! - syscall: what a process drainwatch does not watch pays per system call (see
+//!   `dw_bench/syscall.rs`);
 //! - throughput: overhead, bpftrace/strace comparison, bystander, BPF stats per program,
 //!   lost events (see `dw_bench/throughput.rs`);
 //! - rss: drainwatch's peak RSS with many tracked connections (see `dw_bench/rss.rs`).
@@ -13,6 +15,8 @@
 
 #[path = "dw_bench/rss.rs"]
 mod rss;
+#[path = "dw_bench/syscall.rs"]
+mod syscall;
 #[path = "dw_bench/throughput.rs"]
 mod throughput;
 #[path = "dw_bench/tracer.rs"]
@@ -91,6 +95,9 @@ fn main() {
             json.extend(map);
         }
     };
+    if all || section == "syscall" {
+        merge(syscall::run(rounds, &mut table));
+    }
     if all || section == "throughput" {
         merge(throughput::run(rounds, secs, &mut table));
     }

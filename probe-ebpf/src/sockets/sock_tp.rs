@@ -1,0 +1,458 @@
+//! The socket backend (docs/hooks.md): the same connections, requests and database bytes as
+//! the syscall hooks, from tracepoints inside the socket code, so that processes drainwatch
+//! does not watch pay nothing on their system calls (nothing sits on `raw_syscalls`).
+//!
+//! - `sock:sock_send_length` / `sock_recv_length` (`struct sock *sk, int ret, int flags`;
+//!   net/socket.c, `sock_sendmsg_nosec`/`sock_recvmsg_nosec`): fired in the calling task
+//!   after every socket send/recv, whatever the syscall (io_uring included);
+//! - `sock:inet_sock_set_state` (`sk, oldstate, newstate`; net/ipv4/tcp.c `tcp_set_state`):
+//!   `CLOSE -> SYN_SENT` in the connecting task (tcp_v4_connect), `CLOSE -> LISTEN` in the
+//!   listening task (inet_csk_listen_start), and the close (`is_close`), in the task that
+//!   dropped the last reference to the socket;
+//! - `tcp:tcp_destroy_sock` (`sk`; net/ipv4/inet_connection_sock.c): a socket already reset
+//!   by its peer, destroyed at its close.
+//!
+//! All are `tp_btf` programs: `sk` is a typed pointer, and the task's saved syscall
+//! registers (`bpf_task_pt_regs`) name the fd and the user buffer of the syscall in
+//! progress. Connections are found by socket (`SOCKS`: the `struct sock` address → the
+//! connection's key); the key's fd is the one the socket was first reached through (its
+//! name for events and reports). Accepted sockets are seen at their first send/recv (their
+//! `SYN_RECV -> ESTABLISHED` runs in softirq, in whatever task was interrupted).
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_task, bpf_get_current_task_btf, bpf_probe_read_kernel,
+        generated::bpf_task_pt_regs,
+    },
+    macros::{btf_tracepoint, map},
+    maps::{Array, HashMap},
+    programs::BtfTracePointContext,
+};
+use probe_common::{
+    ConnKey, Pending, SockAddr, CONN_BOUND, CONN_EXISTED, FD_BY_INODE, IO_READ, IO_READV,
+    IO_RECVFROM, IO_RECVMSG, IO_SENDMSG, IO_SENDTO, IO_WRITE, IO_WRITEV, MAX_CONNS, NO_OFFSET,
+    PROTO_UNKNOWN, ROLE_CLIENT, ROLE_DB, ROLE_UPSTREAM,
+};
+
+use super::{
+    close::emit_close,
+    conns::{resolve, CONNS},
+    db::db_inline,
+    open::{classify_peer, open_conn},
+    requests::{end_request, start_request},
+};
+use crate::shared::{config, current_tgid_pid, is_target, maybe_target, target};
+
+/// The connections of targets by socket: `struct sock` address → the `CONNS` key.
+#[map]
+static SOCKS: HashMap<u64, ConnKey> = HashMap::with_max_entries(MAX_CONNS, 0);
+
+/// Local TCP ports a target listens on (1), from /proc at attach and `CLOSE -> LISTEN`:
+/// a socket first seen in a target's send/recv on such a port was accepted (`client`).
+#[map]
+static LISTEN_PORTS: Array<u8> = Array::with_max_entries(65536, 0);
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+
+// include/net/tcp_states.h
+const TCP_ESTABLISHED: i32 = 1;
+const TCP_SYN_SENT: i32 = 2;
+const TCP_SYN_RECV: i32 = 3;
+const TCP_FIN_WAIT1: i32 = 4;
+const TCP_FIN_WAIT2: i32 = 5;
+const TCP_CLOSE: i32 = 7;
+const TCP_CLOSE_WAIT: i32 = 8;
+const TCP_LAST_ACK: i32 = 9;
+const TCP_LISTEN: i32 = 10;
+const TCP_CLOSING: i32 = 11;
+
+/// include/linux/sched.h
+const PF_EXITING: u32 = 0x4;
+/// include/linux/socket.h
+const MSG_PEEK: i32 = 2;
+
+// x86_64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl).
+const NR_READ: u64 = 0;
+const NR_WRITE: u64 = 1;
+const NR_CLOSE: u64 = 3;
+const NR_READV: u64 = 19;
+const NR_WRITEV: u64 = 20;
+const NR_CONNECT: u64 = 42;
+const NR_SENDTO: u64 = 44;
+const NR_RECVFROM: u64 = 45;
+const NR_SENDMSG: u64 = 46;
+const NR_RECVMSG: u64 = 47;
+const NR_SHUTDOWN: u64 = 48;
+const NR_DUP2: u64 = 33;
+const NR_EXECVE: u64 = 59;
+const NR_DUP3: u64 = 292;
+const NR_EXECVEAT: u64 = 322;
+const NR_CLOSE_RANGE: u64 = 436;
+
+/// `struct pt_regs` on x86_64 (arch/x86/include/asm/ptrace.h): di, si, dx, orig_ax.
+const REG_DI: u64 = 112;
+const REG_SI: u64 = 104;
+const REG_DX: u64 = 96;
+const REG_ORIG_AX: u64 = 120;
+
+#[inline(always)]
+fn kread<T>(addr: u64) -> Option<T> {
+    if addr == 0 {
+        return None;
+    }
+    // SAFETY: the helper checks the kernel address.
+    unsafe { bpf_probe_read_kernel(addr as *const T) }.ok()
+}
+
+#[inline(always)]
+fn field<T>(base: u64, off: u32) -> Option<T> {
+    if off == NO_OFFSET {
+        return None;
+    }
+    kread(base + off as u64)
+}
+
+/// The current task's syscall in progress: (number, first three arguments), from its saved
+/// user registers. `None` outside a syscall context the helper can name.
+#[inline(always)]
+fn syscall_regs() -> Option<(u64, u64, u64, u64)> {
+    // SAFETY: no preconditions; the result is the BTF-typed current task.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    Some((
+        kread(regs + REG_ORIG_AX)?,
+        kread(regs + REG_DI)?,
+        kread(regs + REG_SI)?,
+        kread(regs + REG_DX)?,
+    ))
+}
+
+/// The kind of pending I/O a data syscall is (for the database path's buffer walk).
+#[inline(always)]
+fn io_kind(nr: u64) -> u8 {
+    match nr {
+        NR_READ => IO_READ,
+        NR_WRITE => IO_WRITE,
+        NR_READV => IO_READV,
+        NR_WRITEV => IO_WRITEV,
+        NR_SENDTO => IO_SENDTO,
+        NR_RECVFROM => IO_RECVFROM,
+        NR_SENDMSG => IO_SENDMSG,
+        NR_RECVMSG => IO_RECVMSG,
+        _ => 0,
+    }
+}
+
+/// Whether the current task is exiting: its sockets close with it, which userspace accounts
+/// from the exit event (`closed_by: exit`), as with the syscall hooks.
+#[inline(always)]
+fn exiting() -> bool {
+    // SAFETY: no preconditions.
+    let task = unsafe { bpf_get_current_task() };
+    field::<u32>(task, config().sock.task_flags).is_some_and(|f| f & PF_EXITING != 0)
+}
+
+/// The socket's inode number (`/proc/PID/fd` shows `socket:[N]`).
+#[inline(always)]
+fn inode_of(sk: u64) -> Option<u64> {
+    let off = config().sock;
+    let socket: u64 = field(sk, off.sk_socket)?;
+    let file: u64 = field(socket, off.socket_file)?;
+    let inode: u64 = field(file, off.file_inode)?;
+    field(inode, off.inode_ino)
+}
+
+/// The socket's peer address.
+#[inline(always)]
+fn peer_of(sk: u64) -> SockAddr {
+    let off = config().sock;
+    let mut out = SockAddr::empty();
+    let family: u16 = field(sk, off.family).unwrap_or(0);
+    let port: u16 = field(sk, off.dport).unwrap_or(0);
+    match family {
+        AF_INET => {
+            if let Some(v4) = field::<[u8; 4]>(sk, off.daddr) {
+                out.addr[..4].copy_from_slice(&v4);
+            }
+        }
+        AF_INET6 => {
+            if let Some(v6) = field::<[u8; 16]>(sk, off.v6_daddr) {
+                out.addr = v6;
+            }
+        }
+        _ => return out,
+    }
+    out.family = family;
+    out.port = u16::from_be(port);
+    out
+}
+
+#[inline(always)]
+fn is_inet(sk: u64) -> bool {
+    matches!(
+        field::<u16>(sk, config().sock.family),
+        Some(AF_INET) | Some(AF_INET6)
+    )
+}
+
+/// The fd a socket is reached through in the current syscall (`nr` takes an fd first), or
+/// its inode-derived name.
+#[inline(always)]
+fn name_fd(sk: u64, nr: u64, di: u64) -> u32 {
+    match nr {
+        NR_READ | NR_WRITE | NR_READV | NR_WRITEV | NR_SENDTO | NR_RECVFROM | NR_SENDMSG
+        | NR_RECVMSG | NR_CONNECT | NR_SHUTDOWN | NR_CLOSE => di as u32,
+        _ => FD_BY_INODE | (inode_of(sk).unwrap_or(0) as u32 & !FD_BY_INODE),
+    }
+}
+
+/// Whether an entry found by fd is one userspace made at attach that no socket has claimed.
+#[inline(always)]
+fn unclaimed(state: *mut probe_common::ConnState) -> bool {
+    // SAFETY: a map value pointer, valid for this program run.
+    let flags = unsafe { (*state).flags };
+    flags & CONN_EXISTED != 0 && flags & CONN_BOUND == 0
+}
+
+/// A name for a new connection: its fd, unless an entry still holds that number. That
+/// happens: close(2) frees the fd at once but closes the socket only when the closing
+/// thread returns to user space (the last fput runs as task work), and another thread can
+/// be handed the same number in between (a thread-per-connection server under churn).
+/// Then the inode names it.
+#[inline(always)]
+fn free_name(tgid: u32, sk: u64, fd: u32) -> u32 {
+    // SAFETY: presence check only.
+    if unsafe { CONNS.get(&ConnKey { tgid, fd }) }.is_none() {
+        return fd;
+    }
+    FD_BY_INODE | (inode_of(sk).unwrap_or(0) as u32 & !FD_BY_INODE)
+}
+
+/// The connection of a target's socket: known, or first seen now (a connection found in
+/// /proc at attach, whose fd names it, or one accepted since attach).
+#[inline(always)]
+fn conn_of(tgid: u32, sk: u64, nr: u64, di: u64) -> Option<ConnKey> {
+    // SAFETY: copied at once.
+    if let Some(key) = unsafe { SOCKS.get(&sk) } {
+        return Some(*key);
+    }
+    if !is_target(tgid) || !is_inet(sk) {
+        return None;
+    }
+    let fd = name_fd(sk, nr, di);
+    let key = match resolve(tgid, fd) {
+        // A connection found in /proc at attach, reached now for the first time.
+        Some((primary, state)) if unclaimed(state) => {
+            // SAFETY: a map value pointer, valid for this program run.
+            unsafe { (*state).flags |= CONN_BOUND };
+            ConnKey { tgid, fd: primary }
+        }
+        // New since attach (accepted: its SYN_RECV -> ESTABLISHED ran in softirq).
+        _ => {
+            let local: u16 = field(sk, config().sock.num)?;
+            let peer = peer_of(sk);
+            let (role, proto) = if LISTEN_PORTS.get(local as u32).is_some_and(|v| *v != 0) {
+                (ROLE_CLIENT, PROTO_UNKNOWN)
+            } else {
+                classify_peer(&peer)
+            };
+            let fd = free_name(tgid, sk, fd);
+            if !open_conn(tgid, fd, role, proto, 0, peer) {
+                return None;
+            }
+            ConnKey { tgid, fd }
+        }
+    };
+    let _ = SOCKS.insert(&sk, &key, 0);
+    Some(key)
+}
+
+#[inline(always)]
+fn data(ctx: &BtfTracePointContext, send: bool) -> u32 {
+    let (tgid, _) = current_tgid_pid();
+    if !maybe_target(tgid) {
+        return 0;
+    }
+    let sk: u64 = ctx.arg(0);
+    let ret: i32 = ctx.arg(1);
+    let flags: i32 = ctx.arg(2);
+    if ret <= 0 || (!send && flags & MSG_PEEK != 0) {
+        return 0;
+    }
+    let (nr, di, si, dx) = syscall_regs().unwrap_or((u64::MAX, 0, 0, 0));
+    let Some(key) = conn_of(tgid, sk, nr, di) else {
+        return 0;
+    };
+    let Some(state) = CONNS.get_ptr_mut(&key) else {
+        return 0;
+    };
+    // SAFETY: a map value pointer, valid for this program run.
+    let state = unsafe { &mut *state };
+    match state.role {
+        // Requests count for the connection's owner (its tgid in the key).
+        ROLE_CLIENT => {
+            if send && state.request_in_flight != 0 {
+                if let Some(target) = target(key.tgid) {
+                    end_request(target, state, true);
+                }
+            } else if !send && state.request_in_flight == 0 {
+                if let Some(target) = target(key.tgid) {
+                    start_request(target, state);
+                }
+            }
+        }
+        ROLE_DB | ROLE_UPSTREAM => {
+            if state.role == ROLE_UPSTREAM {
+                if state.sniff_left == 0 {
+                    return 0;
+                }
+                state.sniff_left -= 1;
+            }
+            let kind = io_kind(nr);
+            // Through io_uring or sendfile there are no such registers: the bytes are not
+            // where a syscall argument says. Counted as a missed database read, never
+            // guessed (docs/hooks.md).
+            if kind == 0 {
+                crate::shared::bump(probe_common::Counter::DbIoMissed);
+                return 0;
+            }
+            let pending = Pending {
+                kind,
+                _pad: [0; 3],
+                fd: key.fd,
+                ptr: si,
+                count: dx,
+                addr: SockAddr::empty(),
+                _pad2: [0; 4],
+            };
+            db_inline(key.tgid, &pending, send, ret as u64);
+        }
+        _ => {}
+    }
+    0
+}
+
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn sock_send_length(ctx: BtfTracePointContext) -> u32 {
+    data(&ctx, true)
+}
+
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn sock_recv_length(ctx: BtfTracePointContext) -> u32 {
+    data(&ctx, false)
+}
+
+/// The connection behind `sk` is closed: forget it and say so (unless it closed with its
+/// owner's exit, which userspace accounts from the exit event, as with the syscall hooks). The event names the connection's
+/// owner, which may not be the closing task (a fork child that held the last reference).
+#[inline(always)]
+fn closed(sk: u64, key: Option<ConnKey>) {
+    let _ = SOCKS.remove(&sk);
+    let Some(key) = key else {
+        return;
+    };
+    // SAFETY: copied before the entry is removed.
+    let Some(state) = (unsafe { CONNS.get(&key) }).copied() else {
+        return;
+    };
+    // Closed by the exit of its owner: in the exiting task itself (PF_EXITING), or after
+    // it, where the kernel defers the last fput of an exiting task to a worker (the owner's
+    // TARGETS entry is gone by then: lifecycle.rs removes it at the exit).
+    if exiting() || target(key.tgid).is_none() {
+        return;
+    }
+    let _ = CONNS.remove(&key);
+    emit_close(key.tgid, key.fd, &state);
+}
+
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
+    let (tgid, _) = current_tgid_pid();
+    if !maybe_target(tgid) || !is_target(tgid) {
+        return 0;
+    }
+    let sk: u64 = ctx.arg(0);
+    let old: i32 = ctx.arg(1);
+    let new: i32 = ctx.arg(2);
+    let (nr, di, _, _) = syscall_regs().unwrap_or((u64::MAX, 0, 0, 0));
+    if old == TCP_CLOSE && new == TCP_LISTEN {
+        if let Some(port) = field::<u16>(sk, config().sock.num) {
+            if let Some(slot) = LISTEN_PORTS.get_ptr_mut(port as u32) {
+                // SAFETY: an array map value.
+                unsafe { *slot = 1 };
+            }
+        }
+        return 0;
+    }
+    if old == TCP_CLOSE && new == TCP_SYN_SENT {
+        let fd = free_name(tgid, sk, name_fd(sk, nr, di));
+        let peer = peer_of(sk);
+        let (role, proto) = classify_peer(&peer);
+        if open_conn(tgid, fd, role, proto, 0, peer) {
+            let _ = SOCKS.insert(&sk, &ConnKey { tgid, fd }, 0);
+        }
+        return 0;
+    }
+    if !is_close(old, new, nr) {
+        return 0;
+    }
+    // SAFETY: copied at once.
+    let key = match unsafe { SOCKS.get(&sk) } {
+        Some(key) => Some(*key),
+        // Never seen since attach (found in /proc, idle since): named by close(2)'s fd.
+        None if nr == NR_CLOSE => resolve(tgid, di as u32)
+            .filter(|&(_, state)| unclaimed(state))
+            .map(|(fd, _)| ConnKey { tgid, fd }),
+        None => None,
+    };
+    closed(sk, key);
+    0
+}
+
+/// Whether a state change seen in a target's own context is the close of its socket.
+///
+/// `__tcp_close` moves the socket by `tcp_close_state`'s table (net/ipv4/tcp.c):
+/// ESTABLISHED/SYN_RECV → FIN_WAIT1, CLOSE_WAIT → LAST_ACK, SYN_SENT → CLOSE, and a socket
+/// already shut down for writing stays where it is (FIN_WAIT1 → FIN_WAIT1, FIN_WAIT2 →
+/// FIN_WAIT2, LAST_ACK → LAST_ACK, CLOSING → CLOSING: the tracepoint still fires). With
+/// unread data or SO_LINGER 0 it goes straight to CLOSE (with a reset). `shutdown(2)` takes
+/// the same table without closing anything, and is told apart by the saved syscall number.
+/// Transitions the peer causes (its FIN or ACK, processed in softirq, possibly on a
+/// target's CPU in a target's context) are never in the table, except a reset's `→ CLOSE`,
+/// which counts only inside a syscall that closes fds.
+#[inline(always)]
+fn is_close(old: i32, new: i32, nr: u64) -> bool {
+    if nr == NR_SHUTDOWN {
+        return false;
+    }
+    let by_table = matches!(
+        (old, new),
+        (TCP_ESTABLISHED, TCP_FIN_WAIT1)
+            | (TCP_SYN_RECV, TCP_FIN_WAIT1)
+            | (TCP_CLOSE_WAIT, TCP_LAST_ACK)
+            | (TCP_SYN_SENT, TCP_CLOSE)
+            | (TCP_FIN_WAIT1, TCP_FIN_WAIT1)
+            | (TCP_FIN_WAIT2, TCP_FIN_WAIT2)
+            | (TCP_LAST_ACK, TCP_LAST_ACK)
+            | (TCP_CLOSING, TCP_CLOSING)
+    );
+    let by_reset = new == TCP_CLOSE
+        && old != TCP_CLOSE
+        && matches!(
+            nr,
+            NR_CLOSE | NR_DUP2 | NR_DUP3 | NR_EXECVE | NR_EXECVEAT | NR_CLOSE_RANGE
+        );
+    by_table || by_reset
+}
+
+/// A socket already reset by its peer is destroyed at its close, without a state change.
+#[btf_tracepoint(function = "tcp_destroy_sock")]
+pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> u32 {
+    let sk: u64 = ctx.arg(0);
+    // SAFETY: copied at once.
+    let Some(key) = (unsafe { SOCKS.get(&sk) }).copied() else {
+        return 0;
+    };
+    closed(sk, Some(key));
+    0
+}
