@@ -14,6 +14,7 @@ pub mod pg_title;
 pub mod pg_view;
 pub mod procfs;
 pub mod server_view;
+pub mod sockdiag;
 pub mod targets;
 pub mod tcpinfo;
 pub mod unixdiag;

@@ -9,6 +9,8 @@
 
 use std::collections::HashMap;
 
+use super::sockdiag::{self, u16_at, u32_at};
+
 /// One socket's conversation as the kernel keeps it. The `*_ago_ms` stamps are kept in
 /// jiffies (`tcp_jiffies32`), so two events within one kernel tick (1-10 ms by CONFIG_HZ)
 /// have the same stamp.
@@ -32,14 +34,7 @@ pub struct SockInfo {
     pub peer_closed: bool,
 }
 
-const NETLINK_SOCK_DIAG: libc::c_int = 4;
-const SOCK_DIAG_BY_FAMILY: u16 = 20;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_DUMP: u16 = 0x300;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
 const INET_DIAG_INFO: u16 = 2;
-const NLMSG_HDR: usize = 16;
 /// `struct inet_diag_req_v2`: family, protocol, ext, pad, states, then a 48-byte sockid.
 const REQ_LEN: usize = 56;
 /// `struct inet_diag_msg`: family, state, timer, retrans, sockid (48), expires, rqueue,
@@ -61,14 +56,6 @@ const LAST_ACK_RECV_AT: usize = 56;
 const DATA_SEGS_IN_AT: usize = 152;
 const DATA_SEGS_OUT_AT: usize = 156;
 
-fn u16_at(buf: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(buf.get(at..at + 2)?.try_into().ok()?))
-}
-
-fn u32_at(buf: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(buf.get(at..at + 4)?.try_into().ok()?))
-}
-
 /// Every TCP socket of this network namespace (IPv4 and IPv6), by inode. Empty when
 /// sock_diag is not available: callers then know nothing, and must assume the worst.
 pub fn sockets() -> HashMap<u64, SockInfo> {
@@ -82,62 +69,12 @@ pub fn sockets() -> HashMap<u64, SockInfo> {
 }
 
 fn dump(family: u8, out: &mut HashMap<u64, SockInfo>) -> std::io::Result<()> {
-    // SAFETY: plain socket(2); the fd is owned below.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-            NETLINK_SOCK_DIAG,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a fresh fd we own.
-    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
-    let mut request = [0u8; NLMSG_HDR + REQ_LEN];
-    request[0..4].copy_from_slice(&((NLMSG_HDR + REQ_LEN) as u32).to_ne_bytes());
-    request[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    request[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    request[8..12].copy_from_slice(&1u32.to_ne_bytes()); // sequence number
-    request[NLMSG_HDR] = family;
-    request[NLMSG_HDR + 1] = libc::IPPROTO_TCP as u8;
-    request[NLMSG_HDR + 2] = 1 << (INET_DIAG_INFO - 1); // ext: ask for tcp_info
-    request[NLMSG_HDR + 4..NLMSG_HDR + 8].copy_from_slice(&u32::MAX.to_ne_bytes()); // all states
-                                                                                    // SAFETY: send(2) of a buffer we own, on our socket (the kernel is the default peer).
-    let sent = unsafe { libc::send(raw, request.as_ptr().cast(), request.len(), 0) };
-    if sent < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        // SAFETY: recv(2) into a buffer we own, at most its length.
-        let n = unsafe { libc::recv(raw, buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let mut at = 0;
-        let n = n as usize;
-        while at + NLMSG_HDR <= n {
-            let len = u32_at(&buf, at).unwrap_or(0) as usize;
-            let kind = u16_at(&buf, at + 4).unwrap_or(0);
-            if len < NLMSG_HDR || at + len > n {
-                return Ok(());
-            }
-            match kind {
-                NLMSG_DONE => return Ok(()),
-                NLMSG_ERROR => {
-                    let errno = u32_at(&buf, at + NLMSG_HDR)
-                        .map(|e| -(e as i32))
-                        .unwrap_or(0);
-                    return Err(std::io::Error::from_raw_os_error(errno));
-                }
-                _ => parse_message(&buf[at + NLMSG_HDR..at + len], out),
-            }
-            at += (len + 3) & !3;
-        }
-    }
+    let mut request = [0u8; REQ_LEN];
+    request[0] = family;
+    request[1] = libc::IPPROTO_TCP as u8;
+    request[2] = 1 << (INET_DIAG_INFO - 1); // ext: ask for tcp_info
+    request[4..8].copy_from_slice(&u32::MAX.to_ne_bytes()); // all states
+    sockdiag::dump(&request, |msg| parse_message(msg, out))
 }
 
 /// One `inet_diag_msg` and its attributes.

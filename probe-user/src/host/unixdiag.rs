@@ -6,13 +6,8 @@
 
 use std::collections::HashMap;
 
-const NETLINK_SOCK_DIAG: libc::c_int = 4;
-const SOCK_DIAG_BY_FAMILY: u16 = 20;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_DUMP: u16 = 0x300;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLMSG_HDR: usize = 16;
+use super::sockdiag::{self, u16_at, u32_at};
+
 /// `struct unix_diag_req`: family, protocol, pad, states, ino, show, cookie[2].
 const REQ_LEN: usize = 24;
 /// `struct unix_diag_msg`: family, type, state, pad, ino, cookie[2].
@@ -43,67 +38,14 @@ pub fn connected_streams() -> HashMap<u64, UnixSocket> {
     out
 }
 
-fn u32_at(buf: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(buf.get(at..at + 4)?.try_into().ok()?))
-}
-
-fn u16_at(buf: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(buf.get(at..at + 2)?.try_into().ok()?))
-}
-
 fn dump(out: &mut HashMap<u64, UnixSocket>) -> std::io::Result<()> {
-    // SAFETY: plain socket(2); the fd is owned below.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-            NETLINK_SOCK_DIAG,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a fresh fd we own.
-    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
-    let mut request = [0u8; NLMSG_HDR + REQ_LEN];
-    request[0..4].copy_from_slice(&((NLMSG_HDR + REQ_LEN) as u32).to_ne_bytes());
-    request[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    request[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    request[8..12].copy_from_slice(&1u32.to_ne_bytes());
-    request[NLMSG_HDR] = libc::AF_UNIX as u8;
+    let mut request = [0u8; REQ_LEN];
+    request[0] = libc::AF_UNIX as u8;
     let states = 1u32 << TCP_ESTABLISHED;
-    request[NLMSG_HDR + 4..NLMSG_HDR + 8].copy_from_slice(&states.to_ne_bytes());
+    request[4..8].copy_from_slice(&states.to_ne_bytes());
     let show = UDIAG_SHOW_NAME | UDIAG_SHOW_PEER;
-    request[NLMSG_HDR + 12..NLMSG_HDR + 16].copy_from_slice(&show.to_ne_bytes());
-    // SAFETY: send(2) of a buffer we own, on our socket (the kernel is the default peer).
-    if unsafe { libc::send(raw, request.as_ptr().cast(), request.len(), 0) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        // SAFETY: recv(2) into a buffer we own, at most its length.
-        let n = unsafe { libc::recv(raw, buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let (n, mut at) = (n as usize, 0);
-        while at + NLMSG_HDR <= n {
-            let len = u32_at(&buf, at).unwrap_or(0) as usize;
-            if len < NLMSG_HDR || at + len > n {
-                return Ok(());
-            }
-            match u16_at(&buf, at + 4).unwrap_or(0) {
-                NLMSG_DONE => return Ok(()),
-                NLMSG_ERROR => {
-                    let errno = u32_at(&buf, at + NLMSG_HDR).map_or(0, |e| -(e as i32));
-                    return Err(std::io::Error::from_raw_os_error(errno));
-                }
-                _ => parse_message(&buf[at + NLMSG_HDR..at + len], out),
-            }
-            at += (len + 3) & !3;
-        }
-    }
+    request[12..16].copy_from_slice(&show.to_ne_bytes());
+    sockdiag::dump(&request, |msg| parse_message(msg, out))
 }
 
 /// One `unix_diag_msg` and its attributes.
