@@ -4,7 +4,10 @@
 
 use serde::Serialize;
 
-use crate::kernel::features::{Features, MINIMUM_KERNEL, REQUIRED_TRACEPOINTS};
+use crate::kernel::{
+    features::{Features, MINIMUM_KERNEL, REQUIRED_TRACEPOINTS},
+    hooks::Hooks,
+};
 
 /// How a finding bears on drainwatch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -100,8 +103,18 @@ pub fn lines(f: &Features) -> Vec<Line> {
         )
         .fix("drainwatch mounts it itself when run as root; or `mount -t tracefs tracefs /sys/kernel/tracing`"),
     ];
+    // Which tracepoints the chosen socket backend attaches to: the syscall ones or the
+    // socket ones (signals and lifecycle always).
+    let backend = f.hooks().ok();
     for &(category, name, present) in &f.tracepoints {
-        let required = REQUIRED_TRACEPOINTS.contains(&(category, name));
+        let socket_level = matches!(category, "sock" | "tcp");
+        let used = match category {
+            "raw_syscalls" => backend == Some(Hooks::Syscalls),
+            _ if socket_level => backend == Some(Hooks::Socket),
+            _ => true,
+        };
+        let required = REQUIRED_TRACEPOINTS.contains(&(category, name))
+            && (category != "raw_syscalls" || used);
         let status = if present {
             Status::Ok
         } else if required && f.tracefs.is_some() {
@@ -109,10 +122,12 @@ pub fn lines(f: &Features) -> Vec<Line> {
         } else {
             Status::Absent
         };
-        let detail = match (required, present) {
-            (true, _) => "used",
-            (false, true) => "available (socket-level hook, not used yet)",
-            (false, false) => "not on this kernel",
+        let detail = match (used, present, socket_level) {
+            (true, true, _) => "used",
+            (true, false, _) => "needed, not on this kernel",
+            (false, true, true) => "available (the socket backend: DRAINWATCH_HOOKS=socket)",
+            (false, true, false) => "available (the last-resort backend, not used)",
+            (false, false, _) => "not on this kernel",
         };
         let found = line(format!("tracepoint {category}:{name}"), status, detail);
         out.push(if f.tracefs.is_none() {
@@ -179,8 +194,8 @@ pub fn lines(f: &Features) -> Vec<Line> {
             "hooks",
             Status::Ok,
             format!(
-                "{}: signal and sched tracepoints for signals and process lifecycle; {} for \
-                 sockets",
+                "{}: sockets through {}; signals and process lifecycle through the signal \
+                 and sched tracepoints",
                 hooks.coverage(),
                 hooks.describe()
             ),
