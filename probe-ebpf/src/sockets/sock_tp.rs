@@ -29,9 +29,9 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use probe_common::{
-    ConnKey, Pending, SockAddr, CONN_BOUND, CONN_EXISTED, FD_BY_INODE, IO_READ, IO_READV,
-    IO_RECVFROM, IO_RECVMSG, IO_SENDMSG, IO_SENDTO, IO_WRITE, IO_WRITEV, MAX_CONNS, NO_OFFSET,
-    PROTO_UNKNOWN, ROLE_CLIENT, ROLE_DB, ROLE_UPSTREAM,
+    ConnKey, Pending, SockAddr, CONN_BOUND, CONN_EXISTED, CONN_UNKNOWN, FD_BY_INODE, IO_READ,
+    IO_READV, IO_RECVFROM, IO_RECVMSG, IO_SENDMSG, IO_SENDTO, IO_WRITE, IO_WRITEV, MAX_CONNS,
+    NO_OFFSET, PROTO_UNKNOWN, ROLE_CLIENT, ROLE_DB, ROLE_UPSTREAM,
 };
 
 use super::{
@@ -291,6 +291,11 @@ fn data(ctx: &BtfTracePointContext, send: bool) -> u32 {
     match state.role {
         // Requests count for the connection's owner (its tgid in the key).
         ROLE_CLIENT => {
+            // Traffic settles a connection unknown at attach (userspace reads the flag), as
+            // on the syscall hooks (io.rs).
+            if state.flags & CONN_UNKNOWN != 0 {
+                state.flags &= !CONN_UNKNOWN;
+            }
             if send && state.request_in_flight != 0 {
                 if let Some(target) = target(key.tgid) {
                     end_request(target, state, true);
