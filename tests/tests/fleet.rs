@@ -390,24 +390,6 @@ fn in_wait4(pid: u32) -> bool {
         .is_ok_and(|s| s.split_whitespace().next() == Some("61"))
 }
 
-/// Polls until the event-loop server has read what was sent to it (nothing unread).
-fn until_read(server: &EventLoopServer) {
-    let deadline = Instant::now() + PATIENCE;
-    let port = format!("sport = :{}", server.port);
-    loop {
-        let ss = Command::new("ss")
-            .args(["-tnH", "state", "established", &port])
-            .output()
-            .expect("ss runs");
-        let text = String::from_utf8_lossy(&ss.stdout).to_string();
-        if text.split_whitespace().next() == Some("0") {
-            return;
-        }
-        assert!(Instant::now() < deadline, "request not read: {text}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 /// Host 2's server exits one second after SIGTERM, cutting a request: its stop is a
 /// violation (exit 1), the playbook fails that host, starts its server again (the `always:`
 /// part) and ends the rollout: host 3 is never stopped.
@@ -423,7 +405,7 @@ fn a_stop_with_a_violation_ends_the_rollout() {
     fleet.set_pid(HOSTS[2], third.pid);
     let (p1, p2, p3) = (first.pid, second.pid, third.pid);
     let _in_flight = second.request("slow", scaled_ms(600_000));
-    until_read(&second);
+    second.until_read();
 
     let line = run_playbook(&fleet, &mut [&mut first, &mut second, &mut third], |_| {});
     assert_ne!(line.code, 0, "the playbook succeeded:\n{}", line.output);

@@ -59,6 +59,8 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "python3-venv",
     // A self-signed certificate for the TLS PostgreSQL of the tests (tests/src/db/pg.rs).
     "openssl",
+    // `xmllint --schema`: the JUnit files are validated against tests/fixtures/junit.xsd.
+    "libxml2-utils",
 ];
 
 /// Python database clients of the test fixtures, pinned, installed from PyPI into
