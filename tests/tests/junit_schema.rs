@@ -89,7 +89,7 @@ fn an_audit_s_junit_file_is_valid_ant_junit_with_consistent_counts() {
             .as_array()
             .unwrap()
             .iter()
-            .filter(|v| v["pid"].to_string() == pid)
+            .filter(|v| v["pid"].as_u64() == pid.parse().ok())
             .map(|v| v["kind"].as_str().unwrap().to_string())
             .collect();
         kinds.sort();
