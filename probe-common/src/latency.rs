@@ -10,6 +10,15 @@
 const SUB_BITS: u32 = 4;
 const SUB: u64 = 1 << SUB_BITS;
 
+/// Request-latency histograms kept at once, one per target process (tgid) that answered a
+/// request, so that two servers watched together are never one series. Preallocated by the
+/// kernel: 256 x 4 KiB. Userspace deletes a process's histogram once it has read it after
+/// the exit; a process that finds the map full records into [`LATENCY_OVERFLOW_TGID`].
+pub const MAX_LATENCY_TARGETS: u32 = 256;
+/// The key of the histogram shared by processes that found no room of their own (tgid 0 is
+/// the idle task, never a target). Userspace creates it at load and reports it apart.
+pub const LATENCY_OVERFLOW_TGID: u32 = 0;
+
 /// Slots of [`LatencyHistogram::counts`]; the last one holds the largest value seen (µs).
 pub const LATENCY_SLOTS: usize = 512;
 /// The slot that holds the largest latency seen on this CPU, in µs.
@@ -17,7 +26,7 @@ pub const LATENCY_MAX_SLOT: usize = LATENCY_SLOTS - 1;
 /// Latencies are clamped to 2^32 µs (71 minutes) before bucketing.
 const MAX_EXPONENT: u32 = 32;
 
-/// One per CPU: request counts by latency bucket, plus the largest latency.
+/// One per target process: request counts by latency bucket, plus the largest latency.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LatencyHistogram {

@@ -493,6 +493,24 @@ impl EventLoopServer {
         Self { child, pid, port }
     }
 
+    /// Polls until the server has read what was sent to it (its sockets hold nothing unread).
+    pub fn until_read(&self) {
+        let deadline = Instant::now() + PATIENCE;
+        let port = format!("sport = :{}", self.port);
+        loop {
+            let ss = Command::new("ss")
+                .args(["-tnH", "state", "established", &port])
+                .output()
+                .expect("ss runs");
+            let text = String::from_utf8_lossy(&ss.stdout).to_string();
+            if text.split_whitespace().next() == Some("0") {
+                return;
+            }
+            assert!(Instant::now() < deadline, "request not read: {text}");
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// A connection that sent `op NAME PAUSE_MS`; the reply is read with a reader of it.
     pub fn request(&self, name: &str, pause_ms: u64) -> std::net::TcpStream {
         let mut conn = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();

@@ -163,7 +163,10 @@ fn metrics_follow_a_real_server_and_pass_promtool() {
                 "drainwatch_connections{role=\"client\",comm=\"dw-fixture\"}",
                 2.0,
             ),
-            ("drainwatch_request_duration_seconds_count", 4.0),
+            (
+                "drainwatch_request_duration_seconds_count{comm=\"dw-fixture\"}",
+                4.0,
+            ),
         ],
     );
     promtool_check(&busy);
@@ -183,9 +186,12 @@ fn metrics_follow_a_real_server_and_pass_promtool() {
         ("drainwatch_sigkills_total{comm=\"dw-fixture\"}", 0.0),
         ("drainwatch_events_lost_total", 0.0),
         ("drainwatch_probe_failures", 0.0),
-        ("drainwatch_request_duration_seconds_count", 4.0),
         (
-            "drainwatch_request_duration_seconds_bucket{le=\"+Inf\"}",
+            "drainwatch_request_duration_seconds_count{comm=\"dw-fixture\"}",
+            4.0,
+        ),
+        (
+            "drainwatch_request_duration_seconds_bucket{comm=\"dw-fixture\",le=\"+Inf\"}",
             4.0,
         ),
     ] {
@@ -198,7 +204,11 @@ fn metrics_follow_a_real_server_and_pass_promtool() {
     );
     let received = value(&busy, "drainwatch_events_received_total").unwrap();
     assert!(received > 0.0, "{busy}");
-    let sum = value(&busy, "drainwatch_request_duration_seconds_sum").unwrap();
+    let sum = value(
+        &busy,
+        "drainwatch_request_duration_seconds_sum{comm=\"dw-fixture\"}",
+    )
+    .unwrap();
     assert!(sum > 0.0 && sum < 4.0 * PATIENCE.as_secs_f64(), "{busy}");
     // Buckets are cumulative: never decreasing, ending at the count.
     let buckets: Vec<f64> = busy
@@ -609,4 +619,124 @@ fn the_default_listen_address_is_loopback_only() {
     serve.signal(libc::SIGTERM);
     let done = serve.finish();
     assert_eq!(done.code, 0, "{done:?}");
+}
+
+/// One `op` round trip with the event-loop fixture (`op NAME 0` answered with `done`).
+fn op(stream: &mut TcpStream) {
+    stream
+        .write_all(b"op fast 0\n")
+        .expect("send to the event loop");
+    let mut buf = [0u8; 5];
+    stream
+        .read_exact(&mut buf)
+        .expect("reply from the event loop");
+    assert_eq!(&buf, b"done\n");
+}
+
+/// Two different servers watched at once: the pre-fork fixture answering after 40 ms, the
+/// event-loop fixture at once. The kernel keeps a latency histogram per process, so
+/// `serve` exports two request latency series (by `comm`) and `watch --json` two lines,
+/// never one histogram mixing a 40 ms server with a sub-millisecond one.
+#[test]
+fn two_servers_request_latencies_stay_apart() {
+    require_root();
+    let slow = Server::start(&["--workers", "1", "--reply-after-ms", "40"]);
+    let fast = EventLoopServer::start(&[]);
+    let (slow_pid, fast_pid) = (slow.pid.to_string(), fast.pid.to_string());
+    let addr = free_addr();
+    let serve = Drainwatch::attach(&[
+        "serve", "--pid", &slow_pid, "--pid", &fast_pid, "--listen", &addr,
+    ]);
+    let mut watch = Drainwatch::attach(&[
+        "watch",
+        "--pid",
+        &slow_pid,
+        "--pid",
+        &fast_pid,
+        "--json",
+        "--interval",
+        "100ms",
+    ]);
+    let frames = watch.stdout_lines();
+    let mut to_slow = TcpStream::connect(("127.0.0.1", slow.port)).unwrap();
+    let mut to_fast = TcpStream::connect(("127.0.0.1", fast.port)).unwrap();
+    for stream in [&to_slow, &to_fast] {
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    }
+    for _ in 0..5 {
+        echo(&mut to_slow);
+    }
+    for _ in 0..20 {
+        op(&mut to_fast);
+    }
+    let slow_count = "drainwatch_request_duration_seconds_count{comm=\"dw-fixture\"}";
+    let fast_count = "drainwatch_request_duration_seconds_count{comm=\"python3\"}";
+    let text = scrape_until(&addr, &[(slow_count, 5.0), (fast_count, 20.0)]);
+    promtool_check(&text);
+    let mean = |comm: &str, count: f64| {
+        value(
+            &text,
+            &format!("drainwatch_request_duration_seconds_sum{{comm=\"{comm}\"}}"),
+        )
+        .unwrap()
+            / count
+    };
+    let (slow_mean, fast_mean) = (mean("dw-fixture", 5.0), mean("python3", 20.0));
+    assert!(
+        (0.038..0.5).contains(&slow_mean),
+        "dw-fixture answers after 40 ms, mean {slow_mean}s:\n{text}"
+    );
+    assert!(
+        fast_mean < 0.02,
+        "the event loop answers at once, mean {fast_mean}s:\n{text}"
+    );
+    // No series without a name: nothing fell into the shared overflow histogram.
+    assert!(
+        !text.contains("drainwatch_request_duration_seconds_count{comm=\"unknown\"}"),
+        "{text}"
+    );
+
+    // watch: the same two, each with its own latency.
+    let deadline = Instant::now() + PATIENCE;
+    let frame = loop {
+        let line = frames
+            .recv_timeout(PATIENCE)
+            .expect("watch prints a frame a tick");
+        let frame: Value = serde_json::from_str(&line).unwrap();
+        let counts: Vec<(String, u64)> = frame["requests_by_comm"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["comm"].as_str().unwrap().to_string(),
+                    c["count"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        if counts == [("dw-fixture".to_string(), 5), ("python3".to_string(), 20)] {
+            break frame;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "watch frames never showed both: {line}"
+        );
+    };
+    let by_comm = frame["requests_by_comm"].as_array().unwrap();
+    assert!(
+        by_comm[0]["latency_us"]["p50"].as_u64().unwrap() >= 38_000,
+        "{frame}"
+    );
+    assert!(
+        by_comm[1]["latency_us"]["p50"].as_u64().unwrap() < 20_000,
+        "{frame}"
+    );
+    assert_eq!(
+        frame["requests"]["count"], 25,
+        "all of them together: {frame}"
+    );
+    serve.signal(libc::SIGINT);
+    watch.signal(libc::SIGINT);
+    let _ = serve.finish();
+    let _ = watch.finish();
 }

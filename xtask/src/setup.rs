@@ -59,14 +59,19 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "python3-venv",
     // A self-signed certificate for the TLS PostgreSQL of the tests (tests/src/db/pg.rs).
     "openssl",
+    // `xmllint --schema`: the JUnit files are validated against tests/fixtures/junit.xsd.
+    "libxml2-utils",
 ];
 
 /// Python database clients of the test fixtures, pinned, installed from PyPI into
-/// target/pyenv (Debian has no asyncpg; its psycopg is older).
+/// target/pyenv (Debian has no asyncpg; its psycopg is older). ansible-core plays
+/// docs/fleet/rolling-restart.yml in tests/tests/fleet.rs (Debian's ansible is older and
+/// brings hundreds of collections the playbook does not use).
 const PYTHON_CLIENTS: &[&str] = &[
     "asyncpg==0.32.0",
     "psycopg[binary]==3.3.9",
     "PyMySQL==1.1.1",
+    "ansible-core==2.19.14",
 ];
 
 /// Where aya looks for tracepoint ids; either one is enough.
@@ -348,11 +353,33 @@ pub fn python_env() -> PathBuf {
 fn ensure_python_clients() -> Result<()> {
     let env = python_env();
     let python = env.join("bin/python");
-    let check = "import asyncpg, psycopg, pymysql; print(asyncpg.__version__, psycopg.__version__)";
-    if let Some(versions) = exec::probe(Command::new(&python).args(["-c", check])) {
+    // Every pin must be what is installed: a venv from before a pin was added or changed
+    // gets the new set. Versions from the installed distributions' metadata, as pip sees them.
+    let pins: Vec<String> = PYTHON_CLIENTS
+        .iter()
+        .map(|pin| {
+            let (name, version) = pin.split_once("==").unwrap_or((pin, ""));
+            let name = name.split('[').next().unwrap_or(name);
+            format!("{name}=={version}")
+        })
+        .collect();
+    let names: Vec<String> = pins
+        .iter()
+        .map(|p| format!("'{}'", p.split("==").next().unwrap_or(p)))
+        .collect();
+    let check = format!(
+        "import importlib.metadata as m\nfor d in [{}]: print(f'{{d}}=={{m.version(d)}}')",
+        names.join(", ")
+    );
+    let installed = exec::probe(Command::new(&python).args(["-c", &check]));
+    let pinned = |versions: &String| pins.iter().all(|p| versions.lines().any(|l| l == p));
+    if let Some(versions) = installed.filter(pinned) {
         say(
             "python clients",
-            format_args!("present ({})", versions.trim()),
+            format_args!(
+                "present ({})",
+                versions.lines().collect::<Vec<_>>().join(", ")
+            ),
         );
         return Ok(());
     }
@@ -367,9 +394,16 @@ fn ensure_python_clients() -> Result<()> {
             .arg(&env),
     )
     .context("creating the fixtures' Python venv (Debian package python3-venv)")?;
+    // `python -m pip`, not bin/pip: a venv moved with its target/ keeps a stale #! in bin/pip.
     exec::run(
-        Command::new(env.join("bin/pip"))
-            .args(["install", "--quiet", "--disable-pip-version-check"])
+        Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
             .args(PYTHON_CLIENTS)
             .stdin(Stdio::null()),
     )

@@ -1,18 +1,32 @@
 //! Client requests, counted in the kernel: started/ended counters and the last edge in the
-//! target's `TARGETS` entry, latencies in a per-CPU histogram (no ring-buffer event at all).
+//! target's `TARGETS` entry, latencies in a histogram per target process (no ring-buffer
+//! event at all).
 
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::map, maps::PerCpuArray};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::map,
+    maps::{Array, HashMap},
+};
 use probe_common::{
-    latency::{self, LatencyHistogram, LATENCY_MAX_SLOT},
+    latency::{
+        self, LatencyHistogram, LATENCY_MAX_SLOT, LATENCY_OVERFLOW_TGID, MAX_LATENCY_TARGETS,
+    },
     ConnState, TargetInfo,
 };
 
-/// Latencies of answered client requests, by bucket (one histogram per CPU, summed by
-/// userspace).
+/// Latencies of answered client requests, by bucket, one histogram per target process
+/// (tgid): `serve`/`watch` of two servers keep two series. Shared by the CPUs (atomic adds).
 #[map]
-static REQUEST_LATENCY: PerCpuArray<LatencyHistogram> = PerCpuArray::with_max_entries(1, 0);
+static REQUEST_LATENCY: HashMap<u32, LatencyHistogram> =
+    HashMap::with_max_entries(MAX_LATENCY_TARGETS, 0);
+
+/// A zeroed histogram, never written: what a new process's entry is created from (4 KiB do
+/// not fit on the 512-byte BPF stack; a map value can be the source of an update).
+#[map]
+static LATENCY_ZERO: Array<LatencyHistogram> = Array::with_max_entries(1, 0);
 
 /// Adds one to a counter that threads on other CPUs may be adding to as well (an atomic
 /// add, `BPF_ATOMIC | BPF_ADD`).
@@ -58,15 +72,34 @@ pub(super) fn end_request(target: *mut TargetInfo, state: &mut ConnState, answer
     }
 }
 
+/// The histogram of the current process, created on its first answered request; the
+/// shared overflow histogram when the map is full. A request is answered by a send of the
+/// target itself (sockets/io.rs, sock_tp.rs), so the current tgid is the connection's owner.
+#[inline(always)]
+fn histogram() -> Option<*mut LatencyHistogram> {
+    // SAFETY: bpf_get_current_pid_tgid has no preconditions.
+    let tgid = (unsafe { bpf_get_current_pid_tgid() } >> 32) as u32;
+    if let Some(histogram) = REQUEST_LATENCY.get_ptr_mut(tgid) {
+        return Some(histogram);
+    }
+    let zero = LATENCY_ZERO.get(0)?;
+    // BPF_NOEXIST: another CPU may have created it meanwhile, which is as good.
+    let _ = REQUEST_LATENCY.insert(tgid, zero, BPF_NOEXIST as u64);
+    REQUEST_LATENCY
+        .get_ptr_mut(tgid)
+        .or_else(|| REQUEST_LATENCY.get_ptr_mut(LATENCY_OVERFLOW_TGID))
+}
+
 #[inline(always)]
 fn record_latency(us: u64) {
-    let Some(histogram) = REQUEST_LATENCY.get_ptr_mut(0) else {
+    let Some(histogram) = histogram() else {
         return;
     };
-    // SAFETY: this CPU's histogram; bucket() < LATENCY_MAX_SLOT, and the mask keeps the
-    // verifier's view of the index inside the array. Syscall tracepoints may be preempted
-    // (they are faultable since Linux 6.14), so another task's run on this CPU can
-    // interleave: the add is atomic; the max is a plain store (at worst a max is missed).
+    // SAFETY: a map value of this process; bucket() < LATENCY_MAX_SLOT, and the mask keeps
+    // the verifier's view of the index inside the array. Threads on other CPUs (and, since
+    // syscall tracepoints are faultable from Linux 6.14, another task on this one) may add
+    // to it at the same time: the add is atomic; the max is a plain store (at worst a max
+    // is missed).
     unsafe {
         let counts = &mut (*histogram).counts;
         let index = latency::bucket(us) & (latency::LATENCY_SLOTS - 1);

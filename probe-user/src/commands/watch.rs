@@ -69,6 +69,14 @@ pub struct RequestLine {
     pub age_ms: Option<u64>,
 }
 
+/// Requests answered by the targets of one name since attach, and their latency (µs).
+#[derive(Debug, Serialize)]
+pub struct CommLatency {
+    pub comm: String,
+    #[serde(flatten)]
+    pub requests: crate::model::report::LatencySummary,
+}
+
 /// Requests per second between two views.
 #[derive(Debug, Default)]
 pub struct Pace {
@@ -100,6 +108,8 @@ pub struct Frame {
     pub requests_per_second: Option<f64>,
     /// Requests answered since attach, and their latency (µs); `null` when none measured.
     pub requests: Option<crate::model::report::LatencySummary>,
+    /// The same by target name (`comm`): each server watched its own line, never mixed.
+    pub requests_by_comm: Vec<CommLatency>,
     pub requests_in_flight: u64,
     /// The requests in flight, oldest first.
     pub requests_in_flight_on: Vec<RequestLine>,
@@ -184,6 +194,15 @@ pub fn frame(session: &Session, pace: &mut Pace) -> Frame {
         connections,
         requests_per_second,
         requests,
+        requests_by_comm: state
+            .request_histograms_by_comm()
+            .iter()
+            .filter(|(_, h)| !h.is_empty())
+            .map(|(comm, h)| CommLatency {
+                comm: comm.clone(),
+                requests: crate::model::conns::summary(h),
+            })
+            .collect(),
         requests_in_flight: in_flight.requests,
         requests_in_flight_on: {
             // Oldest first; unknown starts (before attach) are the oldest of all.
@@ -229,8 +248,7 @@ pub fn render(frame: &Frame) -> String {
     let mut out = format!(
         "drainwatch watch: {}   {:.1}s   events {} received, {} lost\n\
          connections: {} client, {} db, {} upstream, {} listening\n\
-         requests:    {rate} answered, {latency}\n\
-         in flight:   {}, {}, {}{}\n",
+         requests:    {rate} answered, {latency}\n",
         targets.join(", "),
         frame.at_ms as f64 / 1000.0,
         frame.events.received,
@@ -239,6 +257,22 @@ pub fn render(frame: &Frame) -> String {
         c.db,
         c.upstream,
         c.listener,
+    );
+    // Several servers: each one's latency on its own line (the line above is all of them).
+    if frame.requests_by_comm.len() > 1 {
+        for c in &frame.requests_by_comm {
+            out.push_str(&format!(
+                "  {}: latency p50 {}, p99 {}, max {} ({} since attach)\n",
+                c.comm,
+                micros(c.requests.latency_us.p50),
+                micros(c.requests.latency_us.p99),
+                micros(c.requests.latency_us.max),
+                c.requests.count
+            ));
+        }
+    }
+    out.push_str(&format!(
+        "in flight:   {}, {}, {}{}\n",
         plural(frame.requests_in_flight, "request"),
         plural(frame.queries_in_flight, "db query"),
         plural(frame.transactions_open.len() as u64, "transaction open")
@@ -251,7 +285,7 @@ pub fn render(frame: &Frame) -> String {
         } else {
             String::new()
         }
-    );
+    ));
     for r in frame.requests_in_flight_on.iter().take(REQUEST_LINES) {
         let age = r.age_ms.map_or("since before attach".to_string(), |ms| {
             format!("{:.3}s", ms as f64 / 1000.0)
@@ -408,6 +442,32 @@ mod tests {
                     max: 9_000,
                 },
             }),
+            requests_by_comm: vec![
+                CommLatency {
+                    comm: "nginx".into(),
+                    requests: LatencySummary {
+                        count: 10_000,
+                        latency_us: Percentiles {
+                            p50: 2_000,
+                            p90: 4_000,
+                            p99: 8_000,
+                            max: 9_000,
+                        },
+                    },
+                },
+                CommLatency {
+                    comm: "redis-server".into(),
+                    requests: LatencySummary {
+                        count: 100_000,
+                        latency_us: Percentiles {
+                            p50: 150,
+                            p90: 300,
+                            p99: 900,
+                            max: 1_000,
+                        },
+                    },
+                },
+            ],
             requests_in_flight: 2,
             requests_in_flight_on: vec![
                 RequestLine {
@@ -436,6 +496,14 @@ mod tests {
         let text = render(&frame);
         assert!(
             text.contains("requests:    55012/s answered, latency p50 180us, p99 1.2ms, max 9.0ms (110000 since attach)"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "  nginx: latency p50 2.0ms, p99 8.0ms, max 9.0ms (10000 since attach)\n  \
+                 redis-server: latency p50 150us, p99 900us, max 1.0ms (100000 since attach)\n\
+                 in flight:"
+            ),
             "{text}"
         );
         assert!(

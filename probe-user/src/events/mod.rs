@@ -171,6 +171,11 @@ pub struct RequestSample {
     /// when the histogram was not read this time.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub latency_us: Vec<(u64, u64)>,
+    /// The same latencies by the process that answered them: (tgid, [(µs, how many)]),
+    /// so that two servers are never one series. tgid 0: processes that found the kernel's
+    /// histogram map full (`probe_common::latency::LATENCY_OVERFLOW_TGID`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub latency_by_tgid: Vec<(u32, Vec<(u64, u64)>)>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -505,6 +510,7 @@ mod tests {
                 last_edge_ns: 4,
             }],
             latency_us: vec![(120, 2)],
+            latency_by_tgid: vec![(2, vec![(120, 2)])],
         });
         let line = serde_json::to_string(&sample).unwrap();
         assert_eq!(serde_json::from_str::<Event>(&line).unwrap(), sample);

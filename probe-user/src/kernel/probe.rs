@@ -18,7 +18,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use probe_common::{
-    latency::{LatencyHistogram, LATENCY_SLOTS},
+    latency::{LatencyHistogram, LATENCY_OVERFLOW_TGID},
     map_names, ConnKey, ConnState, Counter, Pending, ProbeConfig, RequestCounters, SockAddr,
     SockOffsets, TargetInfo, COMM_LEN, CONN_EXISTED, CONN_UNKNOWN, DB_PORT_FLAG,
     DEFAULT_RING_BYTES, NO_OFFSET, PROTO_MONGO, PROTO_MYSQL, PROTO_POSTGRES, PROTO_REDIS,
@@ -295,6 +295,7 @@ impl Probe {
         }
         if options.sockets {
             fill_db_maps(&mut ebpf, options)?;
+            reserve_latency_overflow(&mut ebpf)?;
             if !socket_hooks {
                 if let Err(err) = install_db_io(&mut ebpf) {
                     failures.push(format!("db_io: {err}"));
@@ -417,25 +418,40 @@ impl Probe {
         targets.get(&tgid, 0).ok().map(|info| info.requests)
     }
 
-    /// Answered requests by latency bucket, summed over CPUs; the last slot is the largest
-    /// latency seen (µs). See `probe_common::latency`.
-    pub fn request_latency(&self) -> Option<Vec<u64>> {
+    /// Answered requests by latency bucket, per target process (tgid; the tgid
+    /// [`LATENCY_OVERFLOW_TGID`] holds those of processes that found the map full); the last
+    /// slot of each is the largest latency seen (µs). See `probe_common::latency`.
+    pub fn request_latency(&self) -> Option<Vec<(u32, Vec<u64>)>> {
         let map = self.ebpf.map(map_names::REQUEST_LATENCY)?;
-        let histogram = PerCpuArray::<_, LatencyHistogram>::try_from(map).ok()?;
-        let per_cpu = histogram.get(&0, 0).ok()?;
-        let mut sum = vec![0u64; LATENCY_SLOTS];
-        for cpu in per_cpu.iter() {
-            for (slot, count) in sum.iter_mut().zip(cpu.counts.iter()) {
-                *slot += count;
+        let histograms = HashMap::<_, u32, LatencyHistogram>::try_from(map).ok()?;
+        let mut out: Vec<(u32, Vec<u64>)> = histograms
+            .iter()
+            .filter_map(|entry| entry.ok())
+            .filter(|(_, h)| h.counts.iter().any(|&c| c != 0))
+            .map(|(tgid, h)| (tgid, h.counts.to_vec()))
+            .collect();
+        out.sort_by_key(|(tgid, _)| *tgid);
+        Some(out)
+    }
+
+    /// The latency histogram of one process, as [`Probe::request_latency`] reads them.
+    pub fn request_latency_of(&self, tgid: u32) -> Option<Vec<u64>> {
+        let map = self.ebpf.map(map_names::REQUEST_LATENCY)?;
+        let histograms = HashMap::<_, u32, LatencyHistogram>::try_from(map).ok()?;
+        histograms.get(&tgid, 0).ok().map(|h| h.counts.to_vec())
+    }
+
+    /// Forgets the latency histogram of a process that exited, once it has been read: its
+    /// room goes to the next process (the kernel never removes one).
+    pub fn forget_latency(&mut self, tgid: u32) {
+        if tgid == LATENCY_OVERFLOW_TGID {
+            return;
+        }
+        if let Some(map) = self.ebpf.map_mut(map_names::REQUEST_LATENCY) {
+            if let Ok(mut histograms) = HashMap::<_, u32, LatencyHistogram>::try_from(map) {
+                let _ = histograms.remove(&tgid);
             }
         }
-        let max = per_cpu
-            .iter()
-            .map(|cpu| cpu.counts[LATENCY_SLOTS - 1])
-            .max()
-            .unwrap_or(0);
-        sum[LATENCY_SLOTS - 1] = max;
-        Some(sum)
     }
 
     /// Whether the kernel's connection map says a request is in flight on a connection.
@@ -731,6 +747,22 @@ fn attach_raw(
 }
 
 /// Loads a tail-called program and returns its fd.
+/// The shared histogram of processes that find the latency map full: made now, while
+/// there is room (the kernel's fallback can then not fail).
+fn reserve_latency_overflow(ebpf: &mut Ebpf) -> Result<()> {
+    let map = ebpf
+        .map_mut(map_names::REQUEST_LATENCY)
+        .ok_or_else(|| Error::Load("no REQUEST_LATENCY map in the object".into()))?;
+    let mut histograms: HashMap<_, u32, LatencyHistogram> =
+        HashMap::try_from(map).map_err(load_error)?;
+    let zero = LatencyHistogram {
+        counts: [0; probe_common::latency::LATENCY_SLOTS],
+    };
+    histograms
+        .insert(LATENCY_OVERFLOW_TGID, zero, BPF_NOEXIST)
+        .map_err(load_error)
+}
+
 fn load_tail(ebpf: &mut Ebpf, name: &str) -> Result<ProgramFd> {
     let program: &mut RawTracePoint = ebpf
         .program_mut(name)

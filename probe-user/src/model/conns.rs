@@ -135,7 +135,7 @@ pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
 }
 
-fn summary(h: &Histogram<u64>) -> LatencySummary {
+pub(crate) fn summary(h: &Histogram<u64>) -> LatencySummary {
     LatencySummary {
         count: h.len(),
         latency_us: Percentiles {

@@ -63,6 +63,8 @@ pub struct AuditState {
     /// two servers watched at once stay two series. Names are few (low cardinality), pids
     /// are not: a name's histogram outlives its processes.
     queries_by_comm: BTreeMap<String, hdrhistogram::Histogram<u64>>,
+    /// Client request latencies by the answering target's name (µs), for the same reason.
+    requests_by_comm: BTreeMap<String, hdrhistogram::Histogram<u64>>,
 }
 
 /// A signal a target received, as the live view shows it.
@@ -92,6 +94,7 @@ impl AuditState {
             recent_signals: VecDeque::new(),
             told_to_end: std::collections::BTreeSet::new(),
             queries_by_comm: BTreeMap::new(),
+            requests_by_comm: BTreeMap::new(),
         }
     }
 
@@ -166,6 +169,12 @@ impl AuditState {
     /// Every database query latency recorded so far (µs), by the querying target's name.
     pub fn query_histograms_by_comm(&self) -> &BTreeMap<String, hdrhistogram::Histogram<u64>> {
         &self.queries_by_comm
+    }
+
+    /// Every client request latency recorded so far (µs), by the answering target's name
+    /// (`unknown`: processes the kernel could not keep apart, its histogram map being full).
+    pub fn request_histograms_by_comm(&self) -> &BTreeMap<String, hdrhistogram::Histogram<u64>> {
+        &self.requests_by_comm
     }
 
     /// The name of a target (`comm`), if it is one.
@@ -293,6 +302,17 @@ impl AuditState {
             Event::Requests(sample) => {
                 if let Some(conns) = self.conns.as_mut() {
                     conns.requests_sample(sample);
+                }
+                for (tgid, latencies) in &sample.latency_by_tgid {
+                    let comm = self.comm_of(*tgid).unwrap_or("unknown").to_string();
+                    let histogram = self
+                        .requests_by_comm
+                        .entry(comm)
+                        .or_insert_with(crate::model::conns::histogram);
+                    for &(us, count) in latencies {
+                        let us = us.clamp(1, histogram.high());
+                        let _ = histogram.record_n(us, count);
+                    }
                 }
             }
             Event::DbIo(io) => {

@@ -12,10 +12,11 @@
 //! - One `<failure>` per violation kind in a case (its `type` is the kind, its message counts
 //!   them: "2 sigkill: ..."), every violation's line in its text; warnings a policy let through
 //!   in `<system-out>`. `tests` counts cases and `failures` the cases that failed.
-//! - Valid against the schema Jenkins, GitLab and GitHub reporters read (jenkins-junit.xsd,
-//!   used by JUnit 5's own tests): `timestamp` and `hostname` on the suite. The strict Ant
-//!   schema allows a single failure per case, which cannot count kinds apart; ours follows
-//!   the common one.
+//! - Valid against the Ant JUnit format as Jenkins, GitLab and GitHub reporters read it:
+//!   `timestamp` and `hostname` on the suite. tests/fixtures/junit.xsd states it strictly
+//!   (one case per name, one failure per kind in a case) and tests/tests/junit_schema.rs runs
+//!   `xmllint --schema` on a real audit's file. Ant itself writes at most one failure per
+//!   case, which cannot count kinds apart; the common format allows several.
 
 use std::{
     collections::BTreeMap,

@@ -8,8 +8,8 @@
 //!
 //! What differs between servers carries a `comm` label (the target's process name, as
 //! `ps -o comm` shows it): `serve --pid <redis> --comm nginx` keeps two series. Names are few,
-//! pids are not, so there is no `pid` label but on `target_up`. Request latencies have no
-//! `comm`: the kernel probe sums them over every target in one histogram.
+//! pids are not, so there is no `pid` label but on `target_up`. Request latencies too: the
+//! kernel keeps a histogram per target process (probe_common::latency).
 //!
 //! Every name is prefixed `drainwatch_`; docs/observability.md lists them for dashboards.
 
@@ -267,8 +267,8 @@ impl Snapshot {
 /// The exporter's memory between scrapes: the latency histograms.
 #[derive(Debug, Default)]
 pub struct Exporter {
-    requests: LatencyBuckets,
-    request_feed: HdrFeed,
+    /// Client request latencies by target name.
+    requests: BTreeMap<String, (HdrFeed, LatencyBuckets)>,
     /// Database query latencies by target name.
     queries: BTreeMap<String, (HdrFeed, LatencyBuckets)>,
 }
@@ -282,9 +282,9 @@ impl Exporter {
 
     /// Feeds the latencies recorded since the last update into the histograms.
     pub fn update(&mut self, state: &AuditState) {
-        if let Some(conns) = state.conns() {
-            self.request_feed
-                .feed(conns.request_histogram(), &mut self.requests);
+        for (comm, hdr) in state.request_histograms_by_comm() {
+            let (feed, buckets) = self.requests.entry(comm.clone()).or_default();
+            feed.feed(hdr, buckets);
         }
         for (comm, hdr) in state.query_histograms_by_comm() {
             let (feed, buckets) = self.queries.entry(comm.clone()).or_default();
@@ -292,8 +292,9 @@ impl Exporter {
         }
     }
 
-    pub fn requests(&self) -> &LatencyBuckets {
-        &self.requests
+    /// Client request latencies of the targets named `comm`.
+    pub fn requests(&self, comm: &str) -> Option<&LatencyBuckets> {
+        self.requests.get(comm).map(|(_, buckets)| buckets)
     }
 
     /// Database query latencies of the targets named `comm`.
@@ -409,11 +410,14 @@ impl Exporter {
             "Probes that failed to attach: above 0, the picture is incomplete.",
             s.probe_failures,
         );
-        out.histogram(
+        out.family(
             "request_duration_seconds",
-            "Client request latency: first byte received to the server's next send.",
-            &self.requests,
+            "histogram",
+            "Client request latency: first byte received to the server's next send, by target name.",
         );
+        for (comm, (_, buckets)) in &self.requests {
+            out.histogram_samples("request_duration_seconds", &[("comm", comm)], buckets);
+        }
         out.family(
             "db_query_duration_seconds",
             "histogram",
@@ -459,11 +463,6 @@ impl Text {
     fn counter(&mut self, name: &str, help: &str, value: u64) {
         self.family(name, "counter", help);
         self.sample(name, &[], value);
-    }
-
-    fn histogram(&mut self, name: &str, help: &str, h: &LatencyBuckets) {
-        self.family(name, "histogram", help);
-        self.histogram_samples(name, &[], h);
     }
 
     fn histogram_samples(&mut self, name: &str, labels: &[(&str, &str)], h: &LatencyBuckets) {
@@ -582,7 +581,9 @@ mod tests {
         assert!(text
             .contains("drainwatch_violations_total{kind=\"sigkill\",comm=\"redis-server\"} 1\n"));
         assert!(text.contains("drainwatch_target_up{pid=\"42\",comm=\"we\\\"ird\\\\name\"} 1\n"));
-        assert!(text.contains("drainwatch_request_duration_seconds_bucket{le=\"+Inf\"} 0\n"));
+        // No request answered yet: the family, without a series.
+        assert!(text.contains("# TYPE drainwatch_request_duration_seconds histogram\n"));
+        assert!(!text.contains("drainwatch_request_duration_seconds_bucket"));
         assert!(text.contains("# TYPE drainwatch_db_query_duration_seconds histogram\n"));
         // Every sample belongs to a family announced just before it, with HELP and TYPE.
         let mut family = String::new();
@@ -632,7 +633,14 @@ mod tests {
                 existing_ended: 0,
                 last_edge_ns: 8_000_000_000,
             }],
-            latency_us: vec![],
+            // nginx answered two requests in ~5 ms, the game one in ~100 µs; a process the
+            // kernel had no room for (tgid 0) one more.
+            latency_us: vec![(100, 1), (5000, 2), (900, 1)],
+            latency_by_tgid: vec![
+                (exec.tgid, vec![(100, 1)]),
+                (77, vec![(5000, 2)]),
+                (0, vec![(900, 1)]),
+            ],
         }));
         let text = Exporter::default().scrape(&state, 0, 0);
         let value = |key: &str| -> f64 {
@@ -646,6 +654,23 @@ mod tests {
             0.0
         );
         assert!(value("drainwatch_db_query_duration_seconds_count{comm=\"dw-game\"}") >= 3.0);
+        // Request latencies: one series per name, never summed together.
+        assert_eq!(
+            value("drainwatch_request_duration_seconds_count{comm=\"nginx\"}"),
+            2.0
+        );
+        assert_eq!(
+            value("drainwatch_request_duration_seconds_count{comm=\"dw-game\"}"),
+            1.0
+        );
+        assert_eq!(
+            value("drainwatch_request_duration_seconds_count{comm=\"unknown\"}"),
+            1.0
+        );
+        let nginx_sum = value("drainwatch_request_duration_seconds_sum{comm=\"nginx\"}");
+        let game_sum = value("drainwatch_request_duration_seconds_sum{comm=\"dw-game\"}");
+        assert!((0.0099..0.0101).contains(&nginx_sum), "{nginx_sum}");
+        assert!((0.000099..0.000101).contains(&game_sum), "{game_sum}");
         assert!(
             !text.contains("drainwatch_db_query_duration_seconds_count{comm=\"nginx\"}"),
             "nginx sent no query"

@@ -161,8 +161,9 @@ const LATENCY_READ_EVERY: Duration = Duration::from_millis(250);
 struct Reader {
     malformed: u64,
     verbose: u8,
-    /// The latency histogram's totals at the previous read, to hand on only what is new.
-    latency_seen: Vec<u64>,
+    /// Each process's latency histogram totals at the previous read, to hand on only what
+    /// is new.
+    latency_seen: std::collections::HashMap<u32, Vec<u64>>,
     latency_read_at: Option<std::time::Instant>,
     /// The counters last printed at -vv.
     printed_targets: Vec<TargetRequests>,
@@ -216,6 +217,37 @@ impl Reader {
         }
         state.apply(&event);
         probe.remove_conns(&closed_by_kernel);
+        if let Event::Exit(exit) = &event {
+            self.latency_at_exit(probe, state, exit.tgid, exit.ktime_ns);
+        }
+    }
+
+    /// The last latencies of a process that exited, read before its histogram is removed
+    /// from the kernel's map (which only has room for so many processes).
+    fn latency_at_exit(
+        &mut self,
+        probe: &mut Probe,
+        state: &mut AuditState,
+        tgid: u32,
+        ktime_ns: u64,
+    ) {
+        if state.conns().is_none() {
+            return;
+        }
+        let new = probe
+            .request_latency_of(tgid)
+            .map(|totals| self.new_of(tgid, totals))
+            .unwrap_or_default();
+        self.latency_seen.remove(&tgid);
+        probe.forget_latency(tgid);
+        if !new.is_empty() {
+            state.apply(&Event::Requests(RequestSample {
+                ktime_ns,
+                targets: Vec::new(),
+                latency_us: new.clone(),
+                latency_by_tgid: vec![(tgid, new)],
+            }));
+        }
     }
 
     /// Reads the kernel's request counters of every running target (and, every
@@ -244,16 +276,17 @@ impl Reader {
         let due = self
             .latency_read_at
             .is_none_or(|at| at.elapsed() >= LATENCY_READ_EVERY);
-        let latency_us = if final_read || due {
+        let (latency_us, latency_by_tgid) = if final_read || due {
             self.latency_read_at = Some(std::time::Instant::now());
             self.new_latencies(probe)
         } else {
-            Vec::new()
+            Default::default()
         };
         let sample = Event::Requests(RequestSample {
             ktime_ns,
             targets,
             latency_us,
+            latency_by_tgid,
         });
         // At -vv, a sample is printed when it says something new (it is read every tick).
         if self.verbose >= 2 {
@@ -267,23 +300,43 @@ impl Reader {
         state.apply(&sample);
     }
 
-    /// Latencies recorded in the kernel since the last read: (µs, count), by bucket.
-    fn new_latencies(&mut self, probe: &Probe) -> Vec<(u64, u64)> {
-        let Some(totals) = probe.request_latency() else {
-            return Vec::new();
+    /// Latencies recorded in the kernel since the last read: (µs, count) by bucket, over
+    /// every process and by process.
+    #[allow(clippy::type_complexity)]
+    fn new_latencies(&mut self, probe: &Probe) -> (Vec<(u64, u64)>, Vec<(u32, Vec<(u64, u64)>)>) {
+        let Some(histograms) = probe.request_latency() else {
+            return Default::default();
         };
-        if self.latency_seen.len() != totals.len() {
-            self.latency_seen = vec![0; totals.len()];
+        let by_tgid: Vec<(u32, Vec<(u64, u64)>)> = histograms
+            .into_iter()
+            .map(|(tgid, totals)| (tgid, self.new_of(tgid, totals)))
+            .filter(|(_, new)| !new.is_empty())
+            .collect();
+        let mut sum = std::collections::BTreeMap::new();
+        for (us, count) in by_tgid.iter().flat_map(|(_, new)| new) {
+            *sum.entry(*us).or_insert(0) += count;
+        }
+        (sum.into_iter().collect(), by_tgid)
+    }
+
+    /// What one process's histogram gained since it was last read: (µs, count) by bucket.
+    fn new_of(&mut self, tgid: u32, totals: Vec<u64>) -> Vec<(u64, u64)> {
+        let seen = self
+            .latency_seen
+            .entry(tgid)
+            .or_insert_with(|| vec![0; totals.len()]);
+        if seen.len() != totals.len() {
+            *seen = vec![0; totals.len()];
         }
         let buckets = totals.len().saturating_sub(1); // the last slot is the max
         let out = totals[..buckets]
             .iter()
-            .zip(&self.latency_seen)
+            .zip(seen.iter())
             .enumerate()
             .filter(|(_, (now, before))| now > before)
             .map(|(index, (now, before))| (latency::bucket_value(index), now - before))
             .collect();
-        self.latency_seen = totals;
+        *seen = totals;
         out
     }
 }
@@ -427,7 +480,7 @@ impl Session {
             reader: Reader {
                 malformed: 0,
                 verbose: common.verbose,
-                latency_seen: Vec::new(),
+                latency_seen: Default::default(),
                 latency_read_at: None,
                 printed_targets: Vec::new(),
             },

@@ -248,6 +248,7 @@ fn sample(
             })
             .collect(),
         latency_us: latency_us.to_vec(),
+        latency_by_tgid: vec![],
     })
 }
 
