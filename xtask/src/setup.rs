@@ -59,6 +59,13 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "python3-venv",
     // A self-signed certificate for the TLS PostgreSQL of the tests (tests/src/db/pg.rs).
     "openssl",
+    // More client stacks for the database tests (tests/src/stacks.rs): a Go server on
+    // lib/pq (GOPATH sources under /usr/share/gocode) and a Java one on the PostgreSQL JDBC
+    // driver (/usr/share/java/postgresql.jar), built by the tests into target/stacks.
+    "golang-go",
+    "golang-github-lib-pq-dev",
+    "default-jdk-headless",
+    "libpostgresql-jdbc-java",
 ];
 
 /// Python database clients of the test fixtures, pinned, installed from PyPI into
