@@ -50,7 +50,7 @@ impl Stack {
 
     /// How this stack's driver is told to reach `db` over TCP, with TLS (`tls`: what the
     /// stack's users write to get it: libpq's default sslmode=prefer does it on its own
-    /// against a server with ssl=on; lib/pq sslmode=require; JDBC ssl=true without
+    /// against a server with ssl=on; lib/pq sslmode=require; JDBC sslmode=require without
     /// certificate checks) or without.
     pub fn dsn(self, db: &PgServer, tls: bool) -> String {
         use crate::db::Database;

@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use drainwatch_tests::{
-    db::{Database, PgServer},
+    db::{Database, MariaDbServer, PgServer},
     read_report, require_root, run_drainwatch,
     stacks::{Shop, Stack, PATIENCE},
     violations, Drainwatch, TempDir,
@@ -181,7 +181,11 @@ fn exit_at_once_mid_transaction(stack: Stack) {
     let report = read_report(&report_path);
     assert_eq!(
         kinds(&report),
-        ["open_transaction", "leaked_db_connection", "inflight_at_exit"],
+        [
+            "open_transaction",
+            "leaked_db_connection",
+            "inflight_at_exit"
+        ],
         "{}: {report}\n{}",
         stack.name(),
         finished.stdout
@@ -284,4 +288,60 @@ fn write_behind_exit_mid_transaction_tcp_is_open_transaction() {
 #[test]
 fn write_behind_exit_mid_transaction_unix_is_open_transaction() {
     write_behind_exit(true);
+}
+
+/// `wait` attached to a write-behind server after the client's answer, while its worker's
+/// transaction is open (the one thing holding the drain): not drained until the COMMIT.
+/// Ground truth: when wait's verdict is out, the ledger holds the committed step B.
+fn wait_for_write_behind(db: &dyn Database, extra: &[&str]) {
+    let mut shop = Shop::start(Stack::Psycopg, "write-behind", &db.url());
+    let answer = shop.request_in_transaction("wbw");
+    assert_eq!(answer.recv_timeout(PATIENCE).unwrap(), "done wbw\n");
+    let pid = shop.pid.to_string();
+    let mut args = vec!["wait", "--pid", &pid, "--json", "--timeout", "60s"];
+    args.extend_from_slice(extra);
+    let mut wait = Drainwatch::spawn(&args);
+    let lines = wait.stdout_lines();
+    wait.wait_for_stderr("attached to");
+    let held = Instant::now() + Duration::from_millis(800);
+    while Instant::now() < held {
+        assert!(wait.is_running(), "wait returned with the transaction open");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    shop.open_gate();
+    let verdict = lines
+        .iter()
+        .find(|l| l.contains("drainwatch.report/v1"))
+        .expect("wait prints its report");
+    assert_eq!(db.ledger_steps("wbw"), ["A", "B"], "drained before COMMIT");
+    let done = wait.finish();
+    assert_eq!(done.code, 0, "{done:?}");
+    let report: Value = serde_json::from_str(&verdict).unwrap();
+    assert!(
+        report["drain"]["drained_at_ms"].as_u64().is_some(),
+        "{report:#}"
+    );
+    shop.signal(libc::SIGTERM);
+    shop.wait();
+}
+
+/// PostgreSQL: the local backend's process title tells the transaction is open.
+#[test]
+fn wait_on_write_behind_postgres_is_not_drained_before_commit() {
+    require_root();
+    let db = PgServer::start();
+    wait_for_write_behind(&db, &[]);
+}
+
+/// MariaDB: its connection's bytes cannot tell before its next OK; `--db-url mysql://...`'s
+/// information_schema.innodb_trx does (the URL read from a file, never printed).
+#[test]
+fn wait_on_write_behind_mariadb_with_db_url_is_not_drained_before_commit() {
+    require_root();
+    let db = MariaDbServer::start();
+    let dir = TempDir::new("my-db-url");
+    let url_file = dir.path("db-url");
+    std::fs::write(&url_file, format!("{}\n", db.url())).unwrap();
+    let source = format!("file:{url_file}");
+    wait_for_write_behind(&db, &["--db-url", &source]);
 }
