@@ -373,7 +373,10 @@ def run_once(stack, scenario, db, n, url_file):
             shop.kill(signal.SIGTERM)
             shop.wait()
             seen = "drained" if report.get("drain", {}).get("drained_at_ms") is not None else report["verdict"]
-XX
+            truth = "committed before drained" if committed_at_verdict else "open when drained"
+            if early:
+                # It returned before the gate opened: the transaction was still open.
+                seen, truth = "drained early", "open when drained"
             right = committed_at_verdict and not early
             return seen, truth, right
         dw, _ = attach(["audit", "--pid", str(shop.pid), "--report", report_path])
