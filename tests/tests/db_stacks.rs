@@ -11,7 +11,7 @@ use drainwatch_tests::{
     db::{Database, MariaDbServer, PgServer},
     read_report, require_root, run_drainwatch,
     stacks::{Shop, Stack, PATIENCE},
-    violations, Drainwatch, TempDir,
+    violations, Drainwatch, Finished, TempDir,
 };
 use serde_json::Value;
 
@@ -261,6 +261,13 @@ fn write_behind_exit(unix: bool) {
         check.stdout,
         check.stderr
     );
+    if unix {
+        assert!(
+            check.stdout.contains("-> unix:") && check.stdout.contains("/.s.PGSQL."),
+            "the peer is the server's socket path:\n{}",
+            check.stdout
+        );
+    }
     let dir = TempDir::new("write-behind");
     let (dw, report_path) = audit(&shop, &dir);
     let answer = shop.request_in_transaction("wb");
@@ -293,7 +300,7 @@ fn write_behind_exit_mid_transaction_unix_is_open_transaction() {
 /// `wait` attached to a write-behind server after the client's answer, while its worker's
 /// transaction is open (the one thing holding the drain): not drained until the COMMIT.
 /// Ground truth: when wait's verdict is out, the ledger holds the committed step B.
-fn wait_for_write_behind(db: &dyn Database, extra: &[&str]) {
+fn wait_for_write_behind(db: &dyn Database, extra: &[&str]) -> Finished {
     let mut shop = Shop::start(Stack::Psycopg, "write-behind", &db.url());
     let answer = shop.request_in_transaction("wbw");
     assert_eq!(answer.recv_timeout(PATIENCE).unwrap(), "done wbw\n");
@@ -316,6 +323,11 @@ fn wait_for_write_behind(db: &dyn Database, extra: &[&str]) {
     assert_eq!(db.ledger_steps("wbw"), ["A", "B"], "drained before COMMIT");
     let done = wait.finish();
     assert_eq!(done.code, 0, "{done:?}");
+    assert!(
+        !done.stderr.contains("cannot tell whether"),
+        "the transaction state was known:\n{}",
+        done.stderr
+    );
     let report: Value = serde_json::from_str(&verdict).unwrap();
     assert!(
         report["drain"]["drained_at_ms"].as_u64().is_some(),
@@ -323,6 +335,7 @@ fn wait_for_write_behind(db: &dyn Database, extra: &[&str]) {
     );
     shop.signal(libc::SIGTERM);
     shop.wait();
+    done
 }
 
 /// PostgreSQL: the local backend's process title tells the transaction is open.
@@ -343,5 +356,33 @@ fn wait_on_write_behind_mariadb_with_db_url_is_not_drained_before_commit() {
     let url_file = dir.path("db-url");
     std::fs::write(&url_file, format!("{}\n", db.url())).unwrap();
     let source = format!("file:{url_file}");
-    wait_for_write_behind(&db, &["--db-url", &source]);
+    let done = wait_for_write_behind(&db, &["--db-url", &source]);
+    assert!(
+        !format!("{}{}", done.stdout, done.stderr).contains(&db.url()),
+        "the URL was printed"
+    );
+}
+
+/// Without `--db-url`, the state of a MariaDB connection from before attach is unknown until
+/// its next OK: `wait` says it cannot judge it, naming the connection (DESIGN.md: unknown is
+/// shown as unknown). Ground truth: the write-behind worker's transaction is open then.
+#[test]
+fn wait_on_mariadb_without_db_url_says_what_it_cannot_judge() {
+    require_root();
+    let db = MariaDbServer::start();
+    let mut shop = Shop::start(Stack::Psycopg, "write-behind", &db.url());
+    let answer = shop.request_in_transaction("unk");
+    assert_eq!(answer.recv_timeout(PATIENCE).unwrap(), "done unk\n");
+    let pid = shop.pid.to_string();
+    let mut wait = Drainwatch::spawn(&["wait", "--pid", &pid, "--json", "--timeout", "60s"]);
+    wait.wait_for_stderr("attached to");
+    wait.wait_for_stderr(&format!(
+        "cannot tell whether 1 database connection from before attach is in a transaction \
+         until the database next replies on it (pid {pid} fd "
+    ));
+    assert!(db.ledger_steps("unk").is_empty(), "the transaction is open");
+    shop.open_gate();
+    wait.finish();
+    shop.signal(libc::SIGTERM);
+    shop.wait();
 }
