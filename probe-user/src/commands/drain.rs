@@ -161,7 +161,7 @@ fn drain_report(
     report
 }
 
-/// Says which database connections from before attach `wait` cannot judge: their
+/// Says which database connections from before attach `wait` and `stop` cannot judge: their
 /// transaction state is unknown until their next status message (no PostgreSQL process
 /// title, no `--db-url` view told it), so a transaction open since before attach would not
 /// hold the drain (DESIGN.md: unknown is shown as unknown).
@@ -305,6 +305,7 @@ pub async fn stop(settings: &StopSettings) -> Result<u8> {
         signalled.join(", "),
         duration::format(settings.timeout)
     );
+    say_txn_unknown(&session);
     let signal_ns = procfs::monotonic_now().as_nanos() as u64;
     for (_, pidfd) in &pidfds {
         pidfd.signal(settings.signal);
