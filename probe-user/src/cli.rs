@@ -96,8 +96,9 @@ pub struct DbArgs {
     pub db: Vec<String>,
     /// Where to read a PostgreSQL URL (`env:VAR` or `file:PATH`, never the URL itself, so it
     /// shows in no process list or shell history; it is never printed), e.g.
-    /// `--db-url env:DATABASE_URL`: drainwatch asks that database's pg_stat_activity whether
-    /// the target's connections from before attach are in a transaction.
+    /// `--db-url env:DATABASE_URL`: drainwatch asks that database (pg_stat_activity for a
+    /// postgres:// URL, information_schema.innodb_trx for mysql://) whether the target's
+    /// connections from before attach are in a transaction.
     #[arg(long = "db-url", value_name = "env:VAR|file:PATH")]
     pub db_url: Option<String>,
 }

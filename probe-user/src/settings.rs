@@ -526,9 +526,11 @@ impl DbUrl {
                 "give env:VAR or file:PATH holding the URL (never the URL itself: it would show in ps)",
             ));
         };
-        if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
+        const SCHEMES: [&str; 4] = ["postgres://", "postgresql://", "mysql://", "mariadb://"];
+        if !SCHEMES.iter().any(|scheme| url.starts_with(scheme)) {
             return Err(bad(
-                "it does not hold a postgres:// or postgresql:// URL (only PostgreSQL is asked)",
+                "it does not hold a postgres://, postgresql:// or mysql:// URL (PostgreSQL \
+                 and MySQL/MariaDB are asked)",
             ));
         }
         Ok(Self(url))

@@ -61,6 +61,13 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "openssl",
     // `xmllint --schema`: the JUnit files are validated against tests/fixtures/junit.xsd.
     "libxml2-utils",
+    // More client stacks for the database tests (tests/src/stacks.rs): a Go server on
+    // lib/pq (GOPATH sources under /usr/share/gocode) and a Java one on the PostgreSQL JDBC
+    // driver (/usr/share/java/postgresql.jar), built by the tests into target/stacks.
+    "golang-go",
+    "golang-github-lib-pq-dev",
+    "default-jdk-headless",
+    "libpostgresql-jdbc-java",
 ];
 
 /// Python database clients of the test fixtures, pinned, installed from PyPI into

@@ -16,7 +16,10 @@ use crate::{
     host::targets::{self, Selection},
     host::{netstat, procfs},
     output::summary::{plural, protocol_name},
-    session::existing::{self, Held},
+    session::{
+        existing::{self, Held},
+        unix_existing,
+    },
     settings::CheckSettings,
     verdict::shutdown,
     Error, Result,
@@ -227,23 +230,34 @@ pub fn run(settings: &CheckSettings) -> Result<u8> {
     }
     let signalled = selection.to_signal(&tree);
     let mut held = Vec::new();
+    let mut unix_dbs = Vec::new();
     let mut waiting = 0;
     for &pid in &tree {
         let found = existing::survey(pid, &settings.common);
+        // Unix-domain ones too (PostgreSQL's socket directory, mysqld.sock): the usual
+        // same-host setup.
+        let unix = unix_existing::survey(pid);
         let db_fds: Vec<u32> = found
             .iter()
             .filter(|h| h.role == Role::Db)
             .flat_map(|h| h.fds.iter().copied())
+            .chain(unix.iter().flat_map(|u| u.fds.iter().copied()))
             .collect();
         waiting += existing::threads_blocked_reading(pid, &db_fds);
         held.extend(found.into_iter().map(|h| (pid, h)));
+        unix_dbs.extend(unix.into_iter().map(|u| (pid, u)));
     }
     // A socket held by several processes of the tree (a listener inherited by every
     // worker) is one socket.
     let count = |role: Role| {
+        let unix = unix_dbs
+            .iter()
+            .filter(|_| role == Role::Db)
+            .map(|(_, u)| u.inode);
         held.iter()
             .filter(|(_, h)| h.role == role)
             .map(|(_, h)| h.inode)
+            .chain(unix)
             .collect::<BTreeSet<u64>>()
             .len()
     };
@@ -312,6 +326,7 @@ pub fn run(settings: &CheckSettings) -> Result<u8> {
         connections: {
             // By pid, then fd: the order `ls /proc/PID/fd` and `ss -p` readers expect.
             let mut lines: Vec<ConnLine> = held.iter().map(|(pid, h)| conn_line(*pid, h)).collect();
+            lines.extend(unix_dbs.iter().map(|(pid, u)| unix_line(*pid, u)));
             lines.sort_by_key(|c| (c.pid, c.fd));
             lines
         },
@@ -335,6 +350,24 @@ fn conn_line(pid: u32, held: &Held) -> ConnLine {
         protocol: (held.role == Role::Db).then(|| protocol_name(held.protocol()).to_string()),
         local: held.socket.local.to_string(),
         peer: (!held.socket.is_listener()).then(|| held.socket.remote.to_string()),
+    }
+}
+
+/// A unix-domain database connection: its end is unnamed (`unix`); the other end is the
+/// path it is bound to, else the process holding it.
+fn unix_line(pid: u32, db: &unix_existing::UnixDb) -> ConnLine {
+    let server = || db.server.map(|p| format!("unix (pid {p})"));
+    ConnLine {
+        pid,
+        fd: db.fds[0],
+        role: Role::Db,
+        protocol: Some(protocol_name(db.protocol()).to_string()),
+        local: "unix".to_string(),
+        peer: db
+            .peer_path
+            .as_ref()
+            .map(|p| format!("unix:{p}"))
+            .or_else(server),
     }
 }
 

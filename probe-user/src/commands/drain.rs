@@ -161,6 +161,35 @@ fn drain_report(
     report
 }
 
+/// Says which database connections from before attach `wait` and `stop` cannot judge: their
+/// transaction state is unknown until their next status message (no PostgreSQL process
+/// title, no `--db-url` view told it), so a transaction open since before attach would not
+/// hold the drain (DESIGN.md: unknown is shown as unknown).
+fn say_txn_unknown(session: &Session) {
+    let unknown = session
+        .state
+        .conns()
+        .map(|c| c.txn_unknown())
+        .unwrap_or_default();
+    if unknown.is_empty() {
+        return;
+    }
+    let list: Vec<String> = unknown
+        .iter()
+        .map(|(pid, fd, protocol)| {
+            format!("pid {pid} fd {fd} {}", summary::protocol_name(*protocol))
+        })
+        .collect();
+    eprintln!(
+        "drainwatch: cannot tell whether {} from before attach {} in a transaction until the \
+         database next replies on {} ({}); give --db-url env:VAR|file:PATH to ask the database",
+        plural(unknown.len() as u64, "database connection"),
+        if unknown.len() == 1 { "is" } else { "are" },
+        if unknown.len() == 1 { "it" } else { "them" },
+        list.join(", ")
+    );
+}
+
 /// `drainwatch wait`: blocks until drained or exited; sends nothing.
 pub async fn wait(settings: &WaitSettings) -> Result<u8> {
     let quiet = settings.common.quiet;
@@ -171,6 +200,7 @@ pub async fn wait(settings: &WaitSettings) -> Result<u8> {
         duration::format(quiet),
         duration::format(settings.timeout)
     );
+    say_txn_unknown(&session);
     let mut shower = Shower::new(&settings.common, settings.timeout);
     let deadline = tokio::time::Instant::now() + settings.timeout;
     let ended = session
@@ -275,6 +305,7 @@ pub async fn stop(settings: &StopSettings) -> Result<u8> {
         signalled.join(", "),
         duration::format(settings.timeout)
     );
+    say_txn_unknown(&session);
     let signal_ns = procfs::monotonic_now().as_nanos() as u64;
     for (_, pidfd) in &pidfds {
         pidfd.signal(settings.signal);

@@ -9,6 +9,7 @@
 //! that is gone is an answer (`None`), not an error.
 
 pub mod launch;
+pub mod my_view;
 pub mod netstat;
 pub mod pg_title;
 pub mod pg_view;

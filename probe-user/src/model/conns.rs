@@ -351,6 +351,19 @@ impl ConnTracker {
         });
     }
 
+    /// Database connections from before attach whose transaction state is still unknown
+    /// (PostgreSQL and MySQL: their next status message tells; no process title or
+    /// `--db-url` view did), as (pid, fd, protocol).
+    pub fn txn_unknown(&self) -> Vec<(u32, u32, Protocol)> {
+        self.conns
+            .values()
+            .filter(|c| c.role == Role::Db && c.opened_ns.is_none() && !c.encrypted())
+            .filter(|c| matches!(c.protocol, Protocol::Postgres | Protocol::Mysql))
+            .filter(|c| c.txn() == Txn::Unknown)
+            .map(|c| (c.tgid, c.fd, c.protocol))
+            .collect()
+    }
+
     /// Client connections unknown at attach, resolved or not.
     pub fn unknown_at_attach(&self) -> Vec<UnknownAtAttach> {
         self.unknown.iter().map(|u| u.report.clone()).collect()

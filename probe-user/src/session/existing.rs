@@ -333,7 +333,7 @@ fn attach_conns(
 ) -> Result<BTreeMap<u32, u32>> {
     let mut primaries = BTreeMap::new();
     let held = survey(tgid, common);
-    let mut pg_view = PgView::new(common);
+    let mut db_view = DbView::new(common);
     let judged = judge_clients(tgid, &held, view, 0);
     let infos = log::log_enabled!(log::Level::Debug).then(crate::host::tcpinfo::sockets);
     for (fd, at_attach, why) in &judged {
@@ -381,13 +381,14 @@ fn attach_conns(
             peer,
             at_attach,
         );
-        if held.role == Role::Db && held.protocol() == Protocol::Postgres {
-            pg_state_at_attach(
+        if held.role == Role::Db {
+            db_state_at_attach(
                 state,
                 (tgid, fd),
+                held.protocol(),
                 held.socket.local,
                 held.socket.remote,
-                &mut pg_view,
+                &mut db_view,
             );
         }
         for alias in held.fds {
@@ -479,13 +480,15 @@ fn attach_blocked_syscalls(
     Ok(())
 }
 
-/// `--db-url`'s pg_stat_activity, asked once per attach and only when needed.
-struct PgView<'a> {
+/// `--db-url`'s own view of its sessions (PostgreSQL's pg_stat_activity, MySQL's
+/// information_schema.innodb_trx: which one is the URL's scheme), asked once per attach and
+/// only when needed.
+struct DbView<'a> {
     url: Option<&'a str>,
     sessions: Option<std::collections::HashMap<std::net::SocketAddr, pg_title::BackendState>>,
 }
 
-impl<'a> PgView<'a> {
+impl<'a> DbView<'a> {
     fn new(common: &'a Common) -> Self {
         Self {
             url: common.db_url.as_ref().map(|u| u.expose()),
@@ -493,10 +496,27 @@ impl<'a> PgView<'a> {
         }
     }
 
-    fn state(&mut self, client: std::net::SocketAddr) -> Option<pg_title::BackendState> {
-        let url = self.url?;
+    /// The URL's protocol: a postgres:// URL says nothing of MySQL sessions.
+    fn protocol(url: &str) -> Protocol {
+        if url.starts_with("mysql://") || url.starts_with("mariadb://") {
+            Protocol::Mysql
+        } else {
+            Protocol::Postgres
+        }
+    }
+
+    fn state(
+        &mut self,
+        protocol: Protocol,
+        client: std::net::SocketAddr,
+    ) -> Option<pg_title::BackendState> {
+        let url = self.url.filter(|url| Self::protocol(url) == protocol)?;
         let sessions = self.sessions.get_or_insert_with(|| {
-            crate::host::pg_view::sessions(url).unwrap_or_else(|why| {
+            let asked = match protocol {
+                Protocol::Mysql => crate::host::my_view::sessions(url),
+                _ => crate::host::pg_view::sessions(url),
+            };
+            asked.unwrap_or_else(|why| {
                 log::warn!("{why}: transactions open before attach stay unknown");
                 Default::default()
             })
@@ -505,22 +525,25 @@ impl<'a> PgView<'a> {
     }
 }
 
-/// A PostgreSQL connection found at attach: the database's own view says whether a
-/// transaction is open: a local backend's process title (host/pg_title.rs), else
-/// `--db-url`'s pg_stat_activity (host/pg_view.rs), matched by the target's end.
-fn pg_state_at_attach(
+/// A database connection found at attach: the database's own view says whether a
+/// transaction is open: a local PostgreSQL backend's process title (host/pg_title.rs), else
+/// `--db-url`'s pg_stat_activity (host/pg_view.rs) or innodb_trx (host/my_view.rs), matched
+/// by the target's end.
+fn db_state_at_attach(
     state: &mut AuditState,
     key: (u32, u32),
+    protocol: Protocol,
     local: std::net::SocketAddr,
     peer: std::net::SocketAddr,
-    view: &mut PgView,
+    view: &mut DbView,
 ) {
-    let title = peer
-        .ip()
-        .is_loopback()
+    if !matches!(protocol, Protocol::Postgres | Protocol::Mysql) {
+        return;
+    }
+    let title = (protocol == Protocol::Postgres && peer.ip().is_loopback())
         .then(|| pg_title::backend_state(local))
         .flatten();
-    let Some(backend) = title.or_else(|| view.state(local)) else {
+    let Some(backend) = title.or_else(|| view.state(protocol, local)) else {
         return;
     };
     let txn = match backend {
@@ -528,6 +551,6 @@ fn pg_state_at_attach(
         pg_title::BackendState::InTransaction => Txn::Open,
         pg_title::BackendState::Aborted => Txn::Failed,
     };
-    log::debug!("fd {} of {}: PostgreSQL says {backend:?}", key.1, key.0);
+    log::debug!("fd {} of {}: {protocol:?} says {backend:?}", key.1, key.0);
     state.db_state_at_attach(key, txn);
 }

@@ -31,11 +31,32 @@ fn protocol_of_path(path: &str) -> Option<u8> {
     }
 }
 
-/// Tracks the target's unix-domain database connections from before attach.
-pub fn attach(probe: &mut Probe, state: &mut AuditState, tgid: u32) -> Result<()> {
+/// A unix-domain database connection a process holds now.
+#[derive(Clone, Debug)]
+pub struct UnixDb {
+    /// fds sharing the socket, lowest (the primary) first.
+    pub fds: Vec<u32>,
+    pub inode: u64,
+    /// The protocol in the kernel's numbering (`probe_common::PROTO_*`).
+    pub wire_proto: u8,
+    /// The path the other end is bound to, if any.
+    pub peer_path: Option<String>,
+    /// The process holding the other end (the database server, or its backend).
+    pub server: Option<u32>,
+}
+
+impl UnixDb {
+    pub fn protocol(&self) -> Protocol {
+        events::protocol_from_wire(self.wire_proto)
+    }
+}
+
+/// The unix-domain database connections of a process now, from its socket fds and unix
+/// sock_diag (for `check`, and for [`attach`]).
+pub fn survey(tgid: u32) -> Vec<UnixDb> {
     let fds = netstat::socket_fds(tgid);
     if fds.is_empty() {
-        return Ok(());
+        return Vec::new();
     }
     let unix = unixdiag::connected_streams();
     // fds sharing one socket are one connection: the lowest is its primary.
@@ -46,29 +67,52 @@ pub fn attach(probe: &mut Probe, state: &mut AuditState, tgid: u32) -> Result<()
         }
     }
     let mut owners: Option<HashMap<u64, u32>> = None;
+    let mut out = Vec::new();
     for (inode, mut fds) in by_inode {
         fds.sort_unstable();
         let Some(peer) = unix[&inode].peer else {
             continue;
         };
-        let by_path = unix
-            .get(&peer)
-            .and_then(|p| p.name.as_deref())
-            .and_then(protocol_of_path);
+        let peer_path = unix.get(&peer).and_then(|p| p.name.clone());
+        let by_path = peer_path.as_deref().and_then(protocol_of_path);
         let owners = owners.get_or_insert_with(socket_owners);
         let server = owners.get(&peer).copied();
         let by_process = || {
             let comm = procfs::comm(server?)?;
             super::existing::protocol_of_server(&comm)
         };
-        let Some(wire) = by_path.or_else(by_process) else {
+        let Some(wire_proto) = by_path.or_else(by_process) else {
             continue;
         };
-        let key = ConnKey { tgid, fd: fds[0] };
-        if !probe.add_conn(key, &fds[1..], probe_common::ROLE_DB, wire, false, false)? {
+        out.push(UnixDb {
+            fds,
+            inode,
+            wire_proto,
+            peer_path,
+            server,
+        });
+    }
+    out
+}
+
+/// Tracks the target's unix-domain database connections from before attach.
+pub fn attach(probe: &mut Probe, state: &mut AuditState, tgid: u32) -> Result<()> {
+    for db in survey(tgid) {
+        let key = ConnKey {
+            tgid,
+            fd: db.fds[0],
+        };
+        if !probe.add_conn(
+            key,
+            &db.fds[1..],
+            probe_common::ROLE_DB,
+            db.wire_proto,
+            false,
+            false,
+        )? {
             continue; // opened after the probe attached: the kernel saw it already
         }
-        let protocol = events::protocol_from_wire(wire);
+        let protocol = db.protocol();
         state.add_existing_conn(
             (tgid, key.fd),
             Role::Db,
@@ -82,7 +126,7 @@ pub fn attach(probe: &mut Probe, state: &mut AuditState, tgid: u32) -> Result<()
             key.fd
         );
         if protocol == Protocol::Postgres {
-            if let Some(backend) = server.and_then(pg_title::unix_backend_state) {
+            if let Some(backend) = db.server.and_then(pg_title::unix_backend_state) {
                 let txn = match backend {
                     pg_title::BackendState::Idle => Txn::Idle,
                     pg_title::BackendState::InTransaction => Txn::Open,

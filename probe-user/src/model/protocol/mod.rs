@@ -158,8 +158,10 @@ impl DbConn {
     /// The transaction state the database itself reported outside the conversation (a
     /// PostgreSQL backend's process title), for a connection whose state is still unknown.
     pub fn assume_txn(&mut self, txn: Txn) {
-        if let Parser::Postgres(p) = &mut self.parser {
-            p.assume_txn(txn);
+        match &mut self.parser {
+            Parser::Postgres(p) => p.assume_txn(txn),
+            Parser::Mysql(p) => p.assume_txn(txn),
+            Parser::Redis(_) | Parser::Opaque(_) => {}
         }
     }
 

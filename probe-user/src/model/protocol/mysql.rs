@@ -161,6 +161,15 @@ impl Mysql {
         self.txn
     }
 
+    /// The transaction state from the database's own view (`--db-url`'s
+    /// information_schema.innodb_trx), for a connection from before attach: kept only while
+    /// its replies have not told yet.
+    pub(crate) fn assume_txn(&mut self, txn: Txn) {
+        if self.txn == Txn::Unknown {
+            self.txn = txn;
+        }
+    }
+
     pub(crate) fn goodbye(&self) -> bool {
         self.goodbye
     }

@@ -433,3 +433,16 @@ fn final_eof_whose_sequence_wrapped_onto_the_definitions_eof() {
         }
     }
 }
+
+#[test]
+fn state_at_attach_from_innodb_trx_holds_until_the_server_tells() {
+    // Joined midway; --db-url's information_schema.innodb_trx says a transaction is open.
+    let mut conn = DbConn::new(MY, false);
+    conn.assume_txn(Txn::Open);
+    assert_eq!(conn.txn(), Txn::Open);
+    io(&mut conn, Send, &com_query("COMMIT"));
+    io(&mut conn, Recv, &ok(1, AUTOCOMMIT));
+    assert_eq!(conn.txn(), Txn::Idle, "the OK's status flags win");
+    conn.assume_txn(Txn::Open);
+    assert_eq!(conn.txn(), Txn::Idle, "a known state is never overridden");
+}
