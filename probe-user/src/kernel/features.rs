@@ -204,6 +204,17 @@ impl Features {
         if !std::path::Path::new(btf::KERNEL_BTF).exists() {
             return Some(format!("kernel BTF ({})", btf::KERNEL_BTF));
         }
+        // The members it reads that not every BTF has: unix_sock is in vmlinux's BTF only
+        // where AF_UNIX is built in (CONFIG_UNIX=y, as on Debian), not as a module.
+        let wanted = [
+            ("sock", "sk_type"),
+            ("unix_sock", "addr"),
+            ("unix_sock", "peer"),
+        ];
+        let found = btf::kernel_member_offsets(wanted);
+        if let Some(((name, member), _)) = wanted.iter().zip(found).find(|(_, f)| f.is_none()) {
+            return Some(format!("{name}.{member} in kernel BTF"));
+        }
         None
     }
 }

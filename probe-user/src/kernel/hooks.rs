@@ -75,9 +75,9 @@ pub fn choose(features: &Features) -> Result<Hooks> {
 /// [`choose`] with the variable's value given (unit-testable).
 pub fn choose_from(forced: Option<&str>, features: &Features) -> Result<Hooks> {
     let Some(word) = forced.filter(|w| !w.trim().is_empty()) else {
-        // The socket backend becomes the default where the kernel offers it once the whole
-        // suite passes on it (docs/hooks.md, "Status"); until then, syscalls everywhere.
-        return Ok(Hooks::Syscalls);
+        // The first backend whose every hook the kernel offers (docs/hooks.md, "Choosing
+        // one"); the syscall tracepoints, which tax every process of the host, last.
+        return Ok(default_for(features));
     };
     let refuse = |problem: String| {
         Err(Error::Hooks {
@@ -98,6 +98,17 @@ pub fn choose_from(forced: Option<&str>, features: &Features) -> Result<Hooks> {
             "the {} backend is designed (docs/hooks.md) but not built yet",
             hooks.coverage()
         )),
+    }
+}
+
+/// The default backend on a kernel with these features.
+fn default_for(features: &Features) -> Hooks {
+    match features.socket_hooks_missing() {
+        None => Hooks::Socket,
+        Some(missing) => {
+            log::debug!("socket hooks not used: this kernel lacks {missing}");
+            Hooks::Syscalls
+        }
     }
 }
 

@@ -136,7 +136,7 @@ pub fn probe_config(tracefs_root: &Path, follow_forks: bool) -> Result<ProbeConf
     let fork = Format::read(tracefs_root, "sched", "sched_process_fork")?;
     let exec = Format::read(tracefs_root, "sched", "sched_process_exec")?;
     let exit = Format::read(tracefs_root, "sched", "sched_process_exit")?;
-    let [exit_code, task_signal, signal_live, family, num, dport, daddr, v6_daddr, sk_socket, socket_file, file_inode, inode_ino, task_flags] =
+    let [exit_code, task_signal, signal_live, family, num, dport, daddr, v6_daddr, sk_socket, socket_file, file_inode, inode_ino, task_flags, sk_type, unix_addr, unix_peer] =
         btf::kernel_member_offsets([
             ("task_struct", "exit_code"),
             ("task_struct", "signal"),
@@ -151,6 +151,9 @@ pub fn probe_config(tracefs_root: &Path, follow_forks: bool) -> Result<ProbeConf
             ("file", "f_inode"),
             ("inode", "i_ino"),
             ("task_struct", "flags"),
+            ("sock", "sk_type"),
+            ("unix_sock", "addr"),
+            ("unix_sock", "peer"),
         ]);
     // The socket backend's reads (docs/hooks.md); unknown ones stay NO_OFFSET and the
     // backend refuses to load without them (see `Probe::load`).
@@ -166,6 +169,9 @@ pub fn probe_config(tracefs_root: &Path, follow_forks: bool) -> Result<ProbeConf
         file_inode: or_none(file_inode),
         inode_ino: or_none(inode_ino),
         task_flags: or_none(task_flags),
+        sk_type: or_none(sk_type),
+        unix_addr: or_none(unix_addr),
+        unix_peer: or_none(unix_peer),
     };
     let task_exit_code_off = exit_code.unwrap_or(0);
     if task_exit_code_off == 0 {
@@ -284,6 +290,9 @@ impl Probe {
                 sock.daddr,
                 sock.v6_daddr,
                 sock.task_flags,
+                sock.sk_type,
+                sock.unix_addr,
+                sock.unix_peer,
             ];
             if needed.contains(&NO_OFFSET) {
                 return Err(Error::Load(
@@ -566,6 +575,30 @@ impl Probe {
         for key in keys {
             let _ = conns.remove(key);
         }
+        if self.hooks == Hooks::Socket && !keys.is_empty() {
+            self.forget_sockets(keys);
+        }
+    }
+
+    /// The socket backend's `SOCKS` entries (`struct sock` address -> connection) of
+    /// connections closed without a kernel hook seeing it (an exit, a unix-domain close):
+    /// else a socket allocated later at the same address would be taken for them.
+    fn forget_sockets(&mut self, keys: &[ConnKey]) {
+        let Some(map) = self.ebpf.map_mut(SOCKS) else {
+            return;
+        };
+        let Ok(mut socks) = HashMap::<_, u64, ConnKey>::try_from(map) else {
+            return;
+        };
+        let stale: Vec<u64> = socks
+            .iter()
+            .filter_map(|entry| entry.ok())
+            .filter(|(_, key)| keys.contains(key))
+            .map(|(sk, _)| sk)
+            .collect();
+        for sk in stale {
+            let _ = socks.remove(&sk);
+        }
     }
 
     /// What the probe could not see: events lost in the ring buffer, fork children and
@@ -664,6 +697,9 @@ enum Link {
     Raw(&'static str, RawTracePointLinkId),
     Btf(&'static str, BtfTracePointLinkId),
 }
+
+/// The socket backend's map of sockets (probe-ebpf/src/sockets/sock_tp.rs).
+const SOCKS: &str = "SOCKS";
 
 /// The socket backend's programs (probe-ebpf/src/sockets/sock_tp.rs), each a `tp_btf` on
 /// the tracepoint of its name.
