@@ -326,7 +326,12 @@ pub fn unix_open(bytes: &[u8]) -> Option<(u32, u32, u32)> {
     }
     let e: ConnOpenEvent = read_wire(bytes, EventKind::ConnOpen, header.size).ok()?;
     (e.peer.family as i32 == libc::AF_UNIX).then(|| {
-        let inode = u32::from_le_bytes([e.peer.addr[0], e.peer.addr[1], e.peer.addr[2], e.peer.addr[3]]);
+        let inode = u32::from_le_bytes([
+            e.peer.addr[0],
+            e.peer.addr[1],
+            e.peer.addr[2],
+            e.peer.addr[3],
+        ]);
         (e.tgid, e.fd, inode)
     })
 }

@@ -65,8 +65,13 @@ fn running(tgid: u32) -> bool {
         return false;
     };
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let state_ok = fields.first().is_some_and(|s| !matches!(*s, "Z" | "X" | "x"));
-    let flags: u64 = fields.get(6).and_then(|f| f.parse().ok()).unwrap_or(PF_EXITING);
+    let state_ok = fields
+        .first()
+        .is_some_and(|s| !matches!(*s, "Z" | "X" | "x"));
+    let flags: u64 = fields
+        .get(6)
+        .and_then(|f| f.parse().ok())
+        .unwrap_or(PF_EXITING);
     state_ok && flags & PF_EXITING == 0
 }
 
