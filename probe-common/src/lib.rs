@@ -487,6 +487,8 @@ pub struct SockOffsets {
     pub sk_type: u32,
     pub unix_addr: u32,
     pub unix_peer: u32,
+    /// `socket.sk`: the fentry backend's unix-domain functions take a `struct socket *`.
+    pub socket_sk: u32,
 }
 
 impl SockOffsets {
@@ -505,6 +507,7 @@ impl SockOffsets {
             sk_type: NO_OFFSET,
             unix_addr: NO_OFFSET,
             unix_peer: NO_OFFSET,
+            socket_sk: NO_OFFSET,
         }
     }
 }
@@ -599,7 +602,7 @@ const _: () = assert!(core::mem::size_of::<SignalEvent>() == 16 + 32 + COMM_LEN)
 const _: () = assert!(core::mem::size_of::<ForkEvent>() == 16 + 16 + COMM_LEN);
 const _: () = assert!(core::mem::size_of::<ExecEvent>() == 16 + 8 + COMM_LEN);
 const _: () = assert!(core::mem::size_of::<ExitEvent>() == 16 + 16 + COMM_LEN);
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 64 + 52);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 64 + 56);
 const _: () = assert!(core::mem::size_of::<TargetInfo>() == 8 + 32);
 const _: () = assert!(core::mem::size_of::<ConnKey>() == 8);
 const _: () = assert!(core::mem::size_of::<ConnState>() == 24);

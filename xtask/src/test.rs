@@ -132,28 +132,13 @@ fn default_hooks_differ_from_syscalls() -> bool {
             return forced.trim() != "syscalls";
         }
     }
-    let drainwatch = compile::binary("debug", "drainwatch");
-    let Ok(out) = std::process::Command::new(&drainwatch)
-        .arg("doctor")
-        .output()
-    else {
-        return true;
-    };
-    let text = String::from_utf8_lossy(&out.stdout);
-    let backend = text.lines().find_map(|line| {
-        let mut words = line.split_whitespace().skip(1);
-        (words.next() == Some("hooks")).then(|| words.next().unwrap_or("").to_string())
-    });
-    match backend {
-        Some(word) => {
-            let differs = !word.starts_with("syscalls");
-            if !differs {
-                println!("cargo test: the default hooks here are the syscall hooks: one run");
-            }
-            differs
+    match compile::default_hooks(&compile::binary("debug", "drainwatch")) {
+        Some("syscalls") => {
+            println!("cargo test: the default hooks here are the syscall hooks: one run");
+            false
         }
-        // Could not tell: run both rather than miss one.
-        None => true,
+        // Another backend, or could not tell: run both rather than miss one.
+        _ => true,
     }
 }
 

@@ -101,7 +101,7 @@ const REG_DX: u64 = 96;
 const REG_ORIG_AX: u64 = 120;
 
 #[inline(always)]
-fn kread<T>(addr: u64) -> Option<T> {
+pub(super) fn kread<T>(addr: u64) -> Option<T> {
     if addr == 0 {
         return None;
     }
@@ -331,15 +331,15 @@ fn conn_of(tgid: u32, sk: u64, nr: u64, di: u64) -> Option<ConnKey> {
     Some(key)
 }
 
+/// One send or recv of `ret` bytes (or -errno) on socket `sk` by the current task, after
+/// the copy: from the socket tracepoints here, or the fentry backend's fexit programs
+/// (fexit.rs), which hand over the same three values.
 #[inline(always)]
-fn data(ctx: &BtfTracePointContext, send: bool) -> u32 {
+pub(super) fn data(sk: u64, ret: i32, flags: i32, send: bool) -> u32 {
     let (tgid, _) = current_tgid_pid();
     if !maybe_target(tgid) {
         return 0;
     }
-    let sk: u64 = ctx.arg(0);
-    let ret: i32 = ctx.arg(1);
-    let flags: i32 = ctx.arg(2);
     if ret <= 0 || (!send && flags & MSG_PEEK != 0) {
         return 0;
     }
@@ -403,12 +403,12 @@ fn data(ctx: &BtfTracePointContext, send: bool) -> u32 {
 
 #[btf_tracepoint(function = "sock_send_length")]
 pub fn sock_send_length(ctx: BtfTracePointContext) -> u32 {
-    data(&ctx, true)
+    data(ctx.arg(0), ctx.arg(1), ctx.arg(2), true)
 }
 
 #[btf_tracepoint(function = "sock_recv_length")]
 pub fn sock_recv_length(ctx: BtfTracePointContext) -> u32 {
-    data(&ctx, false)
+    data(ctx.arg(0), ctx.arg(1), ctx.arg(2), false)
 }
 
 /// The connection behind `sk` is closed: forget it and say so (unless it closed with its

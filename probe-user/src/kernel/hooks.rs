@@ -32,6 +32,12 @@ impl Hooks {
         }
     }
 
+    /// Whether connections are keyed by socket (probe-ebpf's `SOCKS`): every backend but
+    /// the syscall hooks.
+    pub fn by_socket(self) -> bool {
+        self != Hooks::Syscalls
+    }
+
     /// What `DRAINWATCH_HOOKS` accepts for it.
     pub fn env_word(self) -> &'static str {
         match self {
@@ -56,7 +62,11 @@ impl Hooks {
                  tcp_destroy_sock; tp_btf): processes drainwatch does not watch pay nothing on \
                  their system calls"
             }
-            Hooks::Fentry => "fentry/fexit on the socket functions",
+            Hooks::Fentry => {
+                "fexit on tcp_sendmsg, tcp_recvmsg, unix_stream_sendmsg, unix_stream_recvmsg \
+                 and the TCP state tracepoints (inet_sock_set_state, tcp_destroy_sock; tp_btf): \
+                 processes drainwatch does not watch pay nothing on their system calls"
+            }
             Hooks::Kprobe => "kprobes on the socket functions",
             Hooks::Syscalls => {
                 "raw_syscalls sys_enter/sys_exit (the last-resort hook: every process's system \
@@ -94,7 +104,11 @@ pub fn choose_from(forced: Option<&str>, features: &Features) -> Result<Hooks> {
             None => Ok(hooks),
             Some(missing) => refuse(format!("this kernel lacks {missing}")),
         },
-        Hooks::Fentry | Hooks::Kprobe => refuse(format!(
+        Hooks::Fentry => match features.fentry_hooks_missing() {
+            None => Ok(hooks),
+            Some(missing) => refuse(format!("this kernel lacks {missing}")),
+        },
+        Hooks::Kprobe => refuse(format!(
             "the {} backend is designed (docs/hooks.md) but not built yet",
             hooks.coverage()
         )),

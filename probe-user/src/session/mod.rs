@@ -482,7 +482,7 @@ impl Session {
         for failure in probe.failures() {
             eprintln!("drainwatch: warning: probe {failure}: the verdict will be incomplete");
         }
-        let socket_hooks = probe.hooks() == crate::kernel::hooks::Hooks::Socket;
+        let socket_hooks = probe.hooks().by_socket();
         Ok(Self {
             probe,
             state,
