@@ -507,6 +507,41 @@ mod tests {
     }
 
     #[test]
+    fn without_the_sock_length_tracepoints_the_default_is_the_syscall_hooks() {
+        let mut f = complete();
+        for tp in f.tracepoints.iter_mut() {
+            if (tp.0, tp.1) == ("sock", "sock_send_length") {
+                tp.2 = false;
+            }
+        }
+        assert_eq!(
+            f.socket_hooks_missing().as_deref(),
+            Some("the tracepoint sock:sock_send_length")
+        );
+        assert_eq!(
+            hooks::choose_from(None, &f).unwrap(),
+            hooks::Hooks::Syscalls
+        );
+        // Forced, it is refused, never quietly replaced.
+        assert!(hooks::choose_from(Some("socket"), &f).is_err());
+        assert_eq!(
+            hooks::choose_from(Some("syscalls"), &f).unwrap(),
+            hooks::Hooks::Syscalls
+        );
+    }
+
+    #[test]
+    fn fentry_is_refused_where_it_does_not_attach() {
+        let mut f = complete();
+        f.fentry = Found::no("attach: permission denied");
+        assert_eq!(
+            f.fentry_hooks_missing().as_deref(),
+            Some("fentry (attach: permission denied)")
+        );
+        assert!(hooks::choose_from(Some("fentry"), &f).is_err());
+    }
+
+    #[test]
     fn a_complete_kernel_passes_and_optional_absences_do_not_matter() {
         let mut f = complete();
         f.btf = Found::no("no BTF");

@@ -58,9 +58,11 @@ fn inode_of_fd(tgid: u32, fd: u32) -> Option<u64> {
 /// Whether the process is alive and not exiting (proc(5): `flags` is the 9th field of
 /// /proc/PID/stat, the state the 3rd). An exiting process's fds are closed by the exit.
 fn running(tgid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{tgid}/stat")) else {
-        return false;
-    };
+    std::fs::read_to_string(format!("/proc/{tgid}/stat")).is_ok_and(|stat| stat_running(&stat))
+}
+
+/// [`running`] on the text of /proc/PID/stat.
+fn stat_running(stat: &str) -> bool {
     let Some((_, rest)) = stat.rsplit_once(')') else {
         return false;
     };
@@ -130,5 +132,23 @@ impl UnixCloseWatch {
             state.apply(&event);
             probe.remove_conns(&[key]);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stat_running;
+
+    #[test]
+    fn exiting_and_dead_processes_are_left_to_their_exit_event() {
+        // pid (comm) state ppid pgrp session tty_nr tpgid flags ...
+        let stat = |state: &str, flags: u64| {
+            format!("123 (py (x) y) {state} 1 123 123 0 -1 {flags} 0 0 0 0 1 2 0 0 20 0 1 0")
+        };
+        assert!(stat_running(&stat("S", 0x400000)));
+        assert!(stat_running(&stat("R", 0x400100)));
+        assert!(!stat_running(&stat("S", 0x400004)), "PF_EXITING");
+        assert!(!stat_running(&stat("Z", 0x400000)));
+        assert!(!stat_running("garbage"));
     }
 }
