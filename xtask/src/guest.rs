@@ -32,9 +32,10 @@ pub struct Kernel {
     /// The Debian package holding it.
     pub package: &'static str,
     /// The hook backends the matrix runs its tests on there, each forced with
-    /// `DRAINWATCH_HOOKS` (docs/hooks.md): 6.1 has no socket length tracepoints (fentry
-    /// and the syscall hooks), 6.12 has both kinds (socket tracepoints, its default, and
-    /// fentry). The host runs the socket and syscall backends.
+    /// `DRAINWATCH_HOOKS` (docs/hooks.md): each kernel's default (6.1 has no socket length
+    /// tracepoints: the syscall hooks; 6.12 has them: the socket backend). The host runs
+    /// the socket and syscall backends. `DW_MATRIX_HOOKS=fentry,socket` replaces the list
+    /// (the fentry backend does not attach in time in the TCG guests yet: docs/hooks.md).
     pub hooks: &'static [&'static str],
 }
 
@@ -44,12 +45,12 @@ pub const KERNELS: [Kernel; 2] = [
     Kernel {
         name: "6.1",
         package: "linux-image-6.1.0-57-amd64-unsigned",
-        hooks: &["syscalls", "fentry"],
+        hooks: &["syscalls"],
     },
     Kernel {
         name: "6.12",
         package: "linux-image-6.12.117+deb12-amd64-unsigned",
-        hooks: &["socket", "fentry"],
+        hooks: &["socket"],
     },
 ];
 
