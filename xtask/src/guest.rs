@@ -33,9 +33,9 @@ pub struct Kernel {
     pub package: &'static str,
     /// The hook backends the matrix runs its tests on there, each forced with
     /// `DRAINWATCH_HOOKS` (docs/hooks.md): each kernel's default (6.1 has no socket length
-    /// tracepoints: the syscall hooks; 6.12 has them: the socket backend). The host runs
-    /// the socket and syscall backends. `DW_MATRIX_HOOKS=fentry,socket` replaces the list
-    /// (the fentry backend does not attach in time in the TCG guests yet: docs/hooks.md).
+    /// tracepoints: the syscall hooks; 6.12 has them: the socket backend), and on 6.1 the
+    /// fentry backend, made for kernels like it. The host runs the socket and syscall
+    /// backends. `DW_MATRIX_HOOKS=fentry,socket` replaces the list.
     pub hooks: &'static [&'static str],
 }
 
@@ -45,7 +45,7 @@ pub const KERNELS: [Kernel; 2] = [
     Kernel {
         name: "6.1",
         package: "linux-image-6.1.0-57-amd64-unsigned",
-        hooks: &["syscalls"],
+        hooks: &["syscalls", "fentry"],
     },
     Kernel {
         name: "6.12",

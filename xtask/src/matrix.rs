@@ -129,7 +129,7 @@ fn script(
         )?;
         writeln!(
             s,
-            "sleep 30 & timeout 300 \"$DRAINWATCH_BIN\" -v audit --pid $! --duration 1s 2>&1 \
+            "sleep 30 & timeout 300 \"$DRAINWATCH_BIN\" audit -v --pid $! --duration 1s 2>&1 \
              | grep -E 'probe loaded|attached to|^drainwatch:' ; kill $! 2>/dev/null"
         )?;
         for test in tests {
