@@ -294,11 +294,13 @@ pub struct Pending {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SockAddr {
-    /// `AF_INET` (2), `AF_INET6` (10) or 0 when unknown.
+    /// `AF_INET` (2), `AF_INET6` (10), `AF_UNIX` (1) or 0 when unknown.
     pub family: u16,
     /// Host byte order.
     pub port: u16,
-    /// IPv4 in the first 4 bytes; IPv6 in all 16.
+    /// IPv4 in the first 4 bytes; IPv6 in all 16. For `AF_UNIX` in a `ConnOpenEvent` of
+    /// the socket backend: the target's socket inode (u32, little-endian) in the first 4
+    /// bytes, 0 when unknown (a unix peer has no address to carry).
     pub addr: [u8; 16],
 }
 
@@ -478,6 +480,15 @@ pub struct SockOffsets {
     /// `task_struct.flags` (PF_EXITING: the socket is closed by the exit, which userspace
     /// accounts from the exit event).
     pub task_flags: u32,
+    /// `sock.sk_type` (u16: SOCK_STREAM, SOCK_DGRAM, ...), `unix_sock.addr` (the bound
+    /// name, or NULL; an accepted socket shares its listener's) and `unix_sock.peer`: how
+    /// a unix-domain socket first seen in a send/recv is told accepted from connected
+    /// (unix sockets have no state tracepoint; net/unix/af_unix.c `unix_stream_connect`).
+    pub sk_type: u32,
+    pub unix_addr: u32,
+    pub unix_peer: u32,
+    /// `socket.sk`: the fentry backend's unix-domain functions take a `struct socket *`.
+    pub socket_sk: u32,
 }
 
 impl SockOffsets {
@@ -493,6 +504,10 @@ impl SockOffsets {
             file_inode: NO_OFFSET,
             inode_ino: NO_OFFSET,
             task_flags: NO_OFFSET,
+            sk_type: NO_OFFSET,
+            unix_addr: NO_OFFSET,
+            unix_peer: NO_OFFSET,
+            socket_sk: NO_OFFSET,
         }
     }
 }
@@ -587,7 +602,7 @@ const _: () = assert!(core::mem::size_of::<SignalEvent>() == 16 + 32 + COMM_LEN)
 const _: () = assert!(core::mem::size_of::<ForkEvent>() == 16 + 16 + COMM_LEN);
 const _: () = assert!(core::mem::size_of::<ExecEvent>() == 16 + 8 + COMM_LEN);
 const _: () = assert!(core::mem::size_of::<ExitEvent>() == 16 + 16 + COMM_LEN);
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 64 + 40);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 64 + 56);
 const _: () = assert!(core::mem::size_of::<TargetInfo>() == 8 + 32);
 const _: () = assert!(core::mem::size_of::<ConnKey>() == 8);
 const _: () = assert!(core::mem::size_of::<ConnState>() == 24);

@@ -121,6 +121,16 @@ pub fn emit_flags<T: 'static>(flags: u64, fill: impl FnOnce() -> T) {
     }
 }
 
+/// Copies an event already built in map memory into the ring buffer with `flags`
+/// (`bpf_ringbuf_output`); counted like [`emit_flags`].
+#[inline(always)]
+pub fn emit_copy<T: 'static>(flags: u64, event: &T) {
+    match EVENTS.output::<T>(event, flags) {
+        Ok(()) => bump(Counter::Emitted),
+        Err(_) => bump(Counter::Lost),
+    }
+}
+
 /// [`emit_flags`] waking userspace: for rare events it should see at once.
 #[inline(always)]
 pub fn emit<T: 'static>(fill: impl FnOnce() -> T) {

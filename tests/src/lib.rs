@@ -334,7 +334,32 @@ pub fn hooks() -> &'static str {
         Ok("socket") => "socket-tracepoints",
         Ok("fentry") => "fentry",
         Ok("kprobe") => "kprobes",
-        Ok("syscalls") | Ok("") | Err(_) => "syscalls",
+        Ok("syscalls") => "syscalls",
+        // The default: the socket backend where this kernel has every hook it needs
+        // (docs/hooks.md), looked up here independently of drainwatch.
+        Ok("") | Err(_) => {
+            let tracefs = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+                .into_iter()
+                .find(|root| std::path::Path::new(root).join("events").is_dir());
+            let has = |tp: &str| {
+                tracefs
+                    .is_some_and(|root| std::path::Path::new(root).join("events").join(tp).is_dir())
+            };
+            let socket = [
+                "sock/sock_send_length",
+                "sock/sock_recv_length",
+                "sock/inet_sock_set_state",
+                "tcp/tcp_destroy_sock",
+            ]
+            .into_iter()
+            .all(has)
+                && std::path::Path::new("/sys/kernel/btf/vmlinux").exists();
+            if socket {
+                "socket-tracepoints"
+            } else {
+                "syscalls"
+            }
+        }
         Ok(other) => {
             panic!("DRAINWATCH_HOOKS={other}: not one of socket, fentry, kprobe, syscalls")
         }

@@ -47,3 +47,28 @@ pub fn build(release: bool) -> Result<PathBuf> {
     println!("build: drainwatch is at {}", drainwatch.display());
     Ok(drainwatch)
 }
+
+/// The hook backend a built `drainwatch` chooses by default on this kernel, as its
+/// `doctor` says it (`ok hooks socket-tracepoints: ...`): `socket`, `fentry`, `kprobe` or
+/// `syscalls` (the `DRAINWATCH_HOOKS` words); `None` when it cannot tell.
+pub fn default_hooks(drainwatch: &std::path::Path) -> Option<&'static str> {
+    let out = std::process::Command::new(drainwatch)
+        .arg("doctor")
+        .env_remove("DRAINWATCH_HOOKS")
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let word = text.lines().find_map(|line| {
+        let mut words = line.split_whitespace().skip(1);
+        (words.next() == Some("hooks")).then(|| words.next().unwrap_or("").to_string())
+    })?;
+    [
+        ("socket-tracepoints", "socket"),
+        ("fentry", "fentry"),
+        ("kprobes", "kprobe"),
+        ("syscalls", "syscalls"),
+    ]
+    .into_iter()
+    .find(|(coverage, _)| word.trim_end_matches(':') == *coverage)
+    .map(|(_, env)| env)
+}

@@ -31,6 +31,12 @@ pub struct Kernel {
     pub name: &'static str,
     /// The Debian package holding it.
     pub package: &'static str,
+    /// The hook backends the matrix runs its tests on there, each forced with
+    /// `DRAINWATCH_HOOKS` (docs/hooks.md): each kernel's default (6.1 has no socket length
+    /// tracepoints: the syscall hooks; 6.12 has them: the socket backend), and on 6.1 the
+    /// fentry backend, made for kernels like it. The host runs the socket and syscall
+    /// backends. `DW_MATRIX_HOOKS=fentry,socket` replaces the list.
+    pub hooks: &'static [&'static str],
 }
 
 /// Debian 12's own kernel (6.1 LTS) and bookworm-security's 6.12 LTS: the two reachable
@@ -39,10 +45,12 @@ pub const KERNELS: [Kernel; 2] = [
     Kernel {
         name: "6.1",
         package: "linux-image-6.1.0-57-amd64-unsigned",
+        hooks: &["syscalls", "fentry"],
     },
     Kernel {
         name: "6.12",
         package: "linux-image-6.12.117+deb12-amd64-unsigned",
+        hooks: &["socket"],
     },
 ];
 

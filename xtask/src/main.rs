@@ -4,6 +4,7 @@
 //! every subcommand starts with `setup`, which installs what is missing and is cheap when
 //! nothing is.
 
+mod bench;
 mod compile;
 mod demo;
 mod exec;
@@ -86,22 +87,6 @@ fn soak(runs: u32, seed: Option<u64>) -> anyhow::Result<()> {
     exec::run(&mut cmd)
 }
 
-/// `cargo xtask bench`: setup, a release build, then `dw-bench` with the release binaries.
-fn bench(runs: u32) -> anyhow::Result<()> {
-    setup::run()?;
-    compile::build(true)?;
-    let out = exec::target_dir().join("bench").join("results.json");
-    let mut cmd = std::process::Command::new(compile::binary("release", "dw-bench"));
-    cmd.args(["--runs", &runs.to_string(), "--out"])
-        .arg(&out)
-        .env("DRAINWATCH_BIN", compile::binary("release", "drainwatch"))
-        .env("DW_FIXTURE_BIN", compile::binary("release", "dw-fixture"))
-        .env("DW_GAME_BIN", compile::binary("release", "dw-game"))
-        .env("DW_LOAD_BIN", compile::binary("release", "dw-load"))
-        .current_dir(exec::workspace_root());
-    exec::run(&mut cmd)
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     put_cargo_bin_on_path();
@@ -111,7 +96,7 @@ fn main() -> ExitCode {
         Task::Test { args } => test::run(&args),
         Task::Matrix { kernels, tests } => matrix::task(&kernels, &tests),
         Task::Demo => demo::run(),
-        Task::Bench { runs } => bench(runs),
+        Task::Bench { runs } => bench::run(runs),
         Task::Soak { runs, seed } => soak(runs, seed),
     };
     match result {

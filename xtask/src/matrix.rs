@@ -91,8 +91,13 @@ fn test_executables() -> Result<BTreeMap<String, PathBuf>> {
     Ok(found)
 }
 
-/// The shell script a guest runs: `drainwatch doctor`, then each test alone.
-fn script(tests: &[String], executables: &BTreeMap<String, PathBuf>) -> Result<String> {
+/// The shell script a guest runs: for each of `hooks` (forced with `DRAINWATCH_HOOKS`),
+/// `drainwatch doctor`, then each test alone.
+fn script(
+    tests: &[String],
+    hooks: &[&str],
+    executables: &BTreeMap<String, PathBuf>,
+) -> Result<String> {
     let drainwatch = compile::binary("debug", "drainwatch");
     let fixture = compile::binary("debug", "dw-fixture");
     let mut s = String::from("#!/bin/sh\n");
@@ -109,19 +114,36 @@ fn script(tests: &[String], executables: &BTreeMap<String, PathBuf>) -> Result<S
     // cargo runs test binaries from their package's directory.
     writeln!(s, "cd '{}'", exec::workspace_root().join("tests").display())?;
     writeln!(s, "failed=0")?;
-    writeln!(s, "echo '=== guest: drainwatch doctor'")?;
-    writeln!(s, "\"$DRAINWATCH_BIN\" doctor || failed=1")?;
-    for test in tests {
-        let (binary, name) = split(test)?;
-        let exe = executables.get(binary).with_context(|| {
-            format!("no integration test binary `{binary}` (tests/tests/{binary}.rs)")
-        })?;
-        writeln!(s, "echo '=== guest test: {test}'")?;
+    for backend in hooks {
+        writeln!(s, "export DRAINWATCH_HOOKS={backend}")?;
         writeln!(
             s,
-            "'{}' --exact '{name}' --test-threads=1 --color never || failed=1",
-            exe.display()
+            "echo '=== guest: DRAINWATCH_HOOKS={backend} drainwatch doctor'"
         )?;
+        writeln!(s, "\"$DRAINWATCH_BIN\" doctor || failed=1")?;
+        // How long this backend takes to load and attach here (TCG is slow at verifying
+        // and at patching kernel text): the `probe loaded ... in` line of -v.
+        writeln!(
+            s,
+            "echo '=== guest: DRAINWATCH_HOOKS={backend} attach time'"
+        )?;
+        writeln!(
+            s,
+            "sleep 30 & timeout 300 \"$DRAINWATCH_BIN\" audit -v --pid $! --duration 1s 2>&1 \
+             | grep -E 'probe loaded|attached to|^drainwatch:' ; kill $! 2>/dev/null"
+        )?;
+        for test in tests {
+            let (binary, name) = split(test)?;
+            let exe = executables.get(binary).with_context(|| {
+                format!("no integration test binary `{binary}` (tests/tests/{binary}.rs)")
+            })?;
+            writeln!(s, "echo '=== guest test ({backend}): {test}'")?;
+            writeln!(
+                s,
+                "'{}' --exact '{name}' --test-threads=1 --color never || failed=1",
+                exe.display()
+            )?;
+        }
     }
     writeln!(s, "exit $failed")?;
     Ok(s)
@@ -190,8 +212,20 @@ pub fn run(kernel_names: &[String], tests: &[String], counts: &mut Counts) -> Re
     let mut failures = Vec::new();
     for kernel in &kernels {
         let path = dir.join(format!("guest-{}.sh", kernel.name));
-        fs::write(&path, script(&tests, &executables)?)?;
-        println!("matrix: Linux {}: {} test(s)", kernel.name, tests.len());
+        // DW_MATRIX_HOOKS=fentry,socket: other backends than the kernel's list.
+        let asked = std::env::var("DW_MATRIX_HOOKS").ok();
+        let hooks: Vec<&str> = match asked.as_deref() {
+            Some(list) if !list.trim().is_empty() => list.split(',').map(str::trim).collect(),
+            _ => kernel.hooks.to_vec(),
+        };
+        fs::write(&path, script(&tests, &hooks, &executables)?)?;
+        let expected = tests.len() * hooks.len();
+        println!(
+            "matrix: Linux {}: {} test(s) on {}",
+            kernel.name,
+            expected,
+            hooks.join(", ")
+        );
         let prefix = format!("[{}] ", kernel.name);
         let run = guest::run(kernel, &path, GUEST_TIMEOUT, &prefix)?;
         let mut here = Counts::default();
@@ -201,7 +235,7 @@ pub fn run(kernel_names: &[String], tests: &[String], counts: &mut Counts) -> Re
         let log = dir.join(format!("console-{}.log", kernel.name));
         fs::write(&log, &run.console)?;
         match run.status {
-            Some(0) if here.passed as usize >= tests.len() => println!(
+            Some(0) if here.passed as usize >= expected => println!(
                 "matrix: Linux {}: ok, {} passed in {}",
                 kernel.name,
                 here.passed,

@@ -67,8 +67,15 @@ pub fn run(test_args: &[OsString]) -> Result<()> {
         let built = step(&mut outcomes, "build", || compile::build(false).map(|_| ()));
         if built {
             step(&mut outcomes, "cargo test", || {
-                cargo_test(test_args, &mut tally)
+                cargo_test(test_args, &mut tally, None)
             });
+            // The same suite on the last-resort backend, forced (docs/hooks.md): it must
+            // keep working where the kernel offers nothing better.
+            if default_hooks_differ_from_syscalls() {
+                step(&mut outcomes, "syscalls", || {
+                    cargo_test(test_args, &mut tally, Some("syscalls"))
+                });
+            }
             // Other kernels, only for the whole suite: with a filter the user is after one
             // test on this kernel (`cargo xtask matrix` runs any test in any guest).
             if test_args.is_empty() {
@@ -115,6 +122,26 @@ pub fn run(test_args: &[OsString]) -> Result<()> {
     Ok(())
 }
 
+/// Whether the suite's first run was on another backend than the syscall hooks (the
+/// default where the kernel has every socket hook, or `DRAINWATCH_HOOKS` in the
+/// environment), so that a second run forced onto them tests something new. Asked of the
+/// built `drainwatch doctor` (its `hooks` line names the backend it would use).
+fn default_hooks_differ_from_syscalls() -> bool {
+    if let Ok(forced) = std::env::var("DRAINWATCH_HOOKS") {
+        if !forced.trim().is_empty() {
+            return forced.trim() != "syscalls";
+        }
+    }
+    match compile::default_hooks(&compile::binary("debug", "drainwatch")) {
+        Some("syscalls") => {
+            println!("cargo test: the default hooks here are the syscall hooks: one run");
+            false
+        }
+        // Another backend, or could not tell: run both rather than miss one.
+        _ => true,
+    }
+}
+
 /// Test counts summed over every `test result:` line cargo printed.
 #[derive(Default)]
 struct Tally {
@@ -149,13 +176,20 @@ impl Tally {
 
 /// `cargo test` with the paths of the debug binaries in the environment: the integration
 /// tests run the real `drainwatch` against the real fixture instead of building their own.
-fn cargo_test(test_args: &[OsString], tally: &mut Tally) -> Result<()> {
+///
+/// `hooks`: a backend to force with `DRAINWATCH_HOOKS` (which drainwatch and the tests both
+/// read); `None` keeps the caller's environment (the default backend, or the one asked for).
+fn cargo_test(test_args: &[OsString], tally: &mut Tally, hooks: Option<&str>) -> Result<()> {
     let drainwatch = compile::binary("debug", "drainwatch");
     let fixture = compile::binary("debug", "dw-fixture");
     if !fixture.is_file() {
         bail!("the build did not produce {}", fixture.display());
     }
     let mut cmd = exec::cargo();
+    if let Some(hooks) = hooks {
+        println!("cargo test: every test on DRAINWATCH_HOOKS={hooks}");
+        cmd.env("DRAINWATCH_HOOKS", hooks);
+    }
     cmd.env("DRAINWATCH_BIN", &drainwatch)
         .env("DW_PYTHON", setup::python_env().join("bin/python"))
         .env("DW_FIXTURE_BIN", &fixture)

@@ -23,13 +23,16 @@
 //! and [`syscall`] (arguments, return value, user memory).
 //!
 //! [`sock_tp`] is the socket backend (docs/hooks.md): the same connection table, request
-//! counters and database path, fed from socket tracepoints instead of `raw_syscalls`.
+//! counters and database path, fed from socket tracepoints instead of `raw_syscalls`;
+//! [`fexit`] feeds the same code from fexit programs on the TCP and unix-domain send/recv
+//! functions where the kernel has no socket length tracepoints (the fentry backend).
 
 mod close;
 mod conns;
 mod db;
 mod dispatch;
 mod dup;
+mod fexit;
 mod io;
 mod open;
 pub mod pending;

@@ -52,8 +52,12 @@ static SOCKS: HashMap<u64, ConnKey> = HashMap::with_max_entries(MAX_CONNS, 0);
 #[map]
 static LISTEN_PORTS: Array<u8> = Array::with_max_entries(65536, 0);
 
+const AF_UNIX: u16 = 1;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
+// include/linux/net.h `enum sock_type`
+const SOCK_STREAM: u16 = 1;
+const SOCK_SEQPACKET: u16 = 5;
 
 // include/net/tcp_states.h
 const TCP_ESTABLISHED: i32 = 1;
@@ -97,7 +101,7 @@ const REG_DX: u64 = 96;
 const REG_ORIG_AX: u64 = 120;
 
 #[inline(always)]
-fn kread<T>(addr: u64) -> Option<T> {
+pub(super) fn kread<T>(addr: u64) -> Option<T> {
     if addr == 0 {
         return None;
     }
@@ -187,12 +191,58 @@ fn peer_of(sk: u64) -> SockAddr {
     out
 }
 
+/// A socket family the backend follows: TCP/IP, or unix-domain stream (the database's
+/// `.s.PGSQL.5432`, `mysqld.sock`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Family {
+    Inet,
+    Unix,
+}
+
 #[inline(always)]
-fn is_inet(sk: u64) -> bool {
-    matches!(
-        field::<u16>(sk, config().sock.family),
-        Some(AF_INET) | Some(AF_INET6)
-    )
+fn family_of(sk: u64) -> Option<Family> {
+    match field::<u16>(sk, config().sock.family)? {
+        AF_INET | AF_INET6 => Some(Family::Inet),
+        AF_UNIX => matches!(
+            field::<u16>(sk, config().sock.sk_type)?,
+            SOCK_STREAM | SOCK_SEQPACKET
+        )
+        .then_some(Family::Unix),
+        _ => None,
+    }
+}
+
+/// What a connected unix-domain stream socket first seen now is to its owner. Unix sockets
+/// have no state tracepoint, so this is read from the socket itself (net/unix/af_unix.c):
+/// `unix_stream_connect` gives the socket it creates for the listener's side a reference to
+/// the listener's bound name (`unix_sock.addr`), while the connecting socket has a name
+/// only if it was bound. So: a name here and none on the peer is the accepted side
+/// (`client`); a named peer is the server we connected to (an upstream, which becomes a
+/// database by its first bytes, as on the syscall hooks); neither named is a
+/// `socketpair()` (asyncio's self-pipe, not a connection: not followed). Not yet connected
+/// (no peer): nothing.
+#[inline(always)]
+fn unix_role(sk: u64) -> Option<(u8, u8, SockAddr)> {
+    let off = config().sock;
+    let peer: u64 = field(sk, off.unix_peer)?;
+    if peer == 0 {
+        return None;
+    }
+    let own: u64 = field(sk, off.unix_addr)?;
+    let peers: u64 = field(peer, off.unix_addr)?;
+    let unix = SockAddr {
+        family: AF_UNIX,
+        port: 0,
+        addr: [0; 16],
+    };
+    match (own != 0, peers != 0) {
+        (true, false) => Some((ROLE_CLIENT, PROTO_UNKNOWN, unix)),
+        (_, true) => {
+            let (role, proto) = classify_peer(&unix);
+            Some((role, proto, unix))
+        }
+        (false, false) => None,
+    }
 }
 
 /// The fd a socket is reached through in the current syscall (`nr` takes an fd first), or
@@ -236,9 +286,10 @@ fn conn_of(tgid: u32, sk: u64, nr: u64, di: u64) -> Option<ConnKey> {
     if let Some(key) = unsafe { SOCKS.get(&sk) } {
         return Some(*key);
     }
-    if !is_target(tgid) || !is_inet(sk) {
+    if !is_target(tgid) {
         return None;
     }
+    let family = family_of(sk)?;
     let fd = name_fd(sk, nr, di);
     let key = match resolve(tgid, fd) {
         // A connection found in /proc at attach, reached now for the first time.
@@ -246,6 +297,19 @@ fn conn_of(tgid: u32, sk: u64, nr: u64, di: u64) -> Option<ConnKey> {
             // SAFETY: a map value pointer, valid for this program run.
             unsafe { (*state).flags |= CONN_BOUND };
             ConnKey { tgid, fd: primary }
+        }
+        // A unix-domain stream new since attach: accepted or connected, by its names. Its
+        // close has no hook either: userspace sees it in /proc (session/unix_close.rs).
+        _ if family == Family::Unix => {
+            let (role, proto, mut peer) = unix_role(sk)?;
+            // Its inode, for userspace to watch the fd by (probe_common::SockAddr).
+            let inode = inode_of(sk).unwrap_or(0) as u32;
+            peer.addr[..4].copy_from_slice(&inode.to_le_bytes());
+            let fd = free_name(tgid, sk, fd);
+            if !open_conn(tgid, fd, role, proto, 0, peer) {
+                return None;
+            }
+            ConnKey { tgid, fd }
         }
         // New since attach (accepted: its SYN_RECV -> ESTABLISHED ran in softirq).
         _ => {
@@ -267,15 +331,15 @@ fn conn_of(tgid: u32, sk: u64, nr: u64, di: u64) -> Option<ConnKey> {
     Some(key)
 }
 
+/// One send or recv of `ret` bytes (or -errno) on socket `sk` by the current task, after
+/// the copy: from the socket tracepoints here, or the fentry backend's fexit programs
+/// (fexit.rs), which hand over the same three values.
 #[inline(always)]
-fn data(ctx: &BtfTracePointContext, send: bool) -> u32 {
+pub(super) fn data(sk: u64, ret: i32, flags: i32, send: bool) -> u32 {
     let (tgid, _) = current_tgid_pid();
     if !maybe_target(tgid) {
         return 0;
     }
-    let sk: u64 = ctx.arg(0);
-    let ret: i32 = ctx.arg(1);
-    let flags: i32 = ctx.arg(2);
     if ret <= 0 || (!send && flags & MSG_PEEK != 0) {
         return 0;
     }
@@ -339,12 +403,12 @@ fn data(ctx: &BtfTracePointContext, send: bool) -> u32 {
 
 #[btf_tracepoint(function = "sock_send_length")]
 pub fn sock_send_length(ctx: BtfTracePointContext) -> u32 {
-    data(&ctx, true)
+    data(ctx.arg(0), ctx.arg(1), ctx.arg(2), true)
 }
 
 #[btf_tracepoint(function = "sock_recv_length")]
 pub fn sock_recv_length(ctx: BtfTracePointContext) -> u32 {
-    data(&ctx, false)
+    data(ctx.arg(0), ctx.arg(1), ctx.arg(2), false)
 }
 
 /// The connection behind `sk` is closed: forget it and say so (unless it closed with its

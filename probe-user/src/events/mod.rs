@@ -311,6 +311,31 @@ fn read_wire<T: Copy>(bytes: &[u8], kind: EventKind, said: u32) -> Result<T, Dec
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
+/// A unix-domain connection's open, from its raw record (which [`decode`] turns into a
+/// `ConnOpen` without a peer): `(tgid, fd, inode)`, the inode of the target's socket as the
+/// socket backend read it (0 when not known). Its close has no kernel hook on the socket
+/// backend: userspace watches the fd (session/unix_close.rs).
+pub fn unix_open(bytes: &[u8]) -> Option<(u32, u32, u32)> {
+    if bytes.len() < size_of::<EventHeader>() {
+        return None;
+    }
+    // SAFETY: length checked; EventHeader is plain old data.
+    let header: EventHeader = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    if EventKind::from_u32(header.kind) != Some(EventKind::ConnOpen) {
+        return None;
+    }
+    let e: ConnOpenEvent = read_wire(bytes, EventKind::ConnOpen, header.size).ok()?;
+    (e.peer.family as i32 == libc::AF_UNIX).then(|| {
+        let inode = u32::from_le_bytes([
+            e.peer.addr[0],
+            e.peer.addr[1],
+            e.peer.addr[2],
+            e.peer.addr[3],
+        ]);
+        (e.tgid, e.fd, inode)
+    })
+}
+
 /// Decodes one ring-buffer record.
 pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     if bytes.len() < size_of::<EventHeader>() {

@@ -38,6 +38,14 @@ pub const REQUIRED_TRACEPOINTS: [(&str, &str); 6] = [
 ];
 
 /// Socket-level tracepoints: the socket backend's hooks (docs/hooks.md).
+/// The kernel functions the fentry backend's fexit programs attach to.
+pub const FENTRY_FUNCTIONS: [&str; 4] = [
+    "tcp_sendmsg",
+    "tcp_recvmsg",
+    "unix_stream_sendmsg",
+    "unix_stream_recvmsg",
+];
+
 pub const SOCKET_TRACEPOINTS: [(&str, &str); 4] = [
     ("sock", "sock_send_length"),
     ("sock", "sock_recv_length"),
@@ -190,6 +198,30 @@ impl Features {
         hooks::choose(self)
     }
 
+    /// What the fentry backend needs and this kernel lacks, if anything: fentry/fexit
+    /// attaching, kernel BTF with the functions it hooks (probe-ebpf/src/sockets/fexit.rs)
+    /// and the TCP lifecycle tracepoints it shares with the socket backend.
+    pub fn fentry_hooks_missing(&self) -> Option<String> {
+        if !self.fentry.ok {
+            return Some(format!("fentry ({})", self.fentry.detail));
+        }
+        for (category, name) in [("sock", "inet_sock_set_state"), ("tcp", "tcp_destroy_sock")] {
+            let present = self
+                .tracepoints
+                .iter()
+                .any(|&(c, n, p)| c == category && n == name && p);
+            if !present {
+                return Some(format!("the tracepoint {category}:{name}"));
+            }
+        }
+        for function in FENTRY_FUNCTIONS {
+            if btf::kernel_func_id(function).is_none() {
+                return Some(format!("the function {function} in kernel BTF"));
+            }
+        }
+        self.socket_members_missing()
+    }
+
     /// What the socket-tracepoint backend needs and this kernel lacks, if anything: the
     /// socket tracepoints, and kernel BTF (its programs are `tp_btf`, typed by BTF, and
     /// read `struct sock` at offsets found there).
@@ -203,6 +235,22 @@ impl Features {
         }
         if !std::path::Path::new(btf::KERNEL_BTF).exists() {
             return Some(format!("kernel BTF ({})", btf::KERNEL_BTF));
+        }
+        self.socket_members_missing()
+    }
+
+    /// The struct members the socket-level backends read that not every BTF has: unix_sock
+    /// is in vmlinux's BTF only where AF_UNIX is built in (CONFIG_UNIX=y, as on Debian).
+    fn socket_members_missing(&self) -> Option<String> {
+        let wanted = [
+            ("sock", "sk_type"),
+            ("unix_sock", "addr"),
+            ("unix_sock", "peer"),
+            ("socket", "sk"),
+        ];
+        let found = btf::kernel_member_offsets(wanted);
+        if let Some(((name, member), _)) = wanted.iter().zip(found).find(|(_, f)| f.is_none()) {
+            return Some(format!("{name}.{member} in kernel BTF"));
         }
         None
     }
@@ -456,6 +504,41 @@ mod tests {
             cgroup2: Some(PathBuf::from("/sys/fs/cgroup")),
             lockdown: Some("none".into()),
         }
+    }
+
+    #[test]
+    fn without_the_sock_length_tracepoints_the_default_is_the_syscall_hooks() {
+        let mut f = complete();
+        for tp in f.tracepoints.iter_mut() {
+            if (tp.0, tp.1) == ("sock", "sock_send_length") {
+                tp.2 = false;
+            }
+        }
+        assert_eq!(
+            f.socket_hooks_missing().as_deref(),
+            Some("the tracepoint sock:sock_send_length")
+        );
+        assert_eq!(
+            hooks::choose_from(None, &f).unwrap(),
+            hooks::Hooks::Syscalls
+        );
+        // Forced, it is refused, never quietly replaced.
+        assert!(hooks::choose_from(Some("socket"), &f).is_err());
+        assert_eq!(
+            hooks::choose_from(Some("syscalls"), &f).unwrap(),
+            hooks::Hooks::Syscalls
+        );
+    }
+
+    #[test]
+    fn fentry_is_refused_where_it_does_not_attach() {
+        let mut f = complete();
+        f.fentry = Found::no("attach: permission denied");
+        assert_eq!(
+            f.fentry_hooks_missing().as_deref(),
+            Some("fentry (attach: permission denied)")
+        );
+        assert!(hooks::choose_from(Some("fentry"), &f).is_err());
     }
 
     #[test]

@@ -32,6 +32,12 @@ impl Hooks {
         }
     }
 
+    /// Whether connections are keyed by socket (probe-ebpf's `SOCKS`): every backend but
+    /// the syscall hooks.
+    pub fn by_socket(self) -> bool {
+        self != Hooks::Syscalls
+    }
+
     /// What `DRAINWATCH_HOOKS` accepts for it.
     pub fn env_word(self) -> &'static str {
         match self {
@@ -56,7 +62,11 @@ impl Hooks {
                  tcp_destroy_sock; tp_btf): processes drainwatch does not watch pay nothing on \
                  their system calls"
             }
-            Hooks::Fentry => "fentry/fexit on the socket functions",
+            Hooks::Fentry => {
+                "fexit on tcp_sendmsg, tcp_recvmsg, unix_stream_sendmsg, unix_stream_recvmsg \
+                 and the TCP state tracepoints (inet_sock_set_state, tcp_destroy_sock; tp_btf): \
+                 processes drainwatch does not watch pay nothing on their system calls"
+            }
             Hooks::Kprobe => "kprobes on the socket functions",
             Hooks::Syscalls => {
                 "raw_syscalls sys_enter/sys_exit (the last-resort hook: every process's system \
@@ -75,9 +85,9 @@ pub fn choose(features: &Features) -> Result<Hooks> {
 /// [`choose`] with the variable's value given (unit-testable).
 pub fn choose_from(forced: Option<&str>, features: &Features) -> Result<Hooks> {
     let Some(word) = forced.filter(|w| !w.trim().is_empty()) else {
-        // The socket backend becomes the default where the kernel offers it once the whole
-        // suite passes on it (docs/hooks.md, "Status"); until then, syscalls everywhere.
-        return Ok(Hooks::Syscalls);
+        // The first backend whose every hook the kernel offers (docs/hooks.md, "Choosing
+        // one"); the syscall tracepoints, which tax every process of the host, last.
+        return Ok(default_for(features));
     };
     let refuse = |problem: String| {
         Err(Error::Hooks {
@@ -94,10 +104,25 @@ pub fn choose_from(forced: Option<&str>, features: &Features) -> Result<Hooks> {
             None => Ok(hooks),
             Some(missing) => refuse(format!("this kernel lacks {missing}")),
         },
-        Hooks::Fentry | Hooks::Kprobe => refuse(format!(
+        Hooks::Fentry => match features.fentry_hooks_missing() {
+            None => Ok(hooks),
+            Some(missing) => refuse(format!("this kernel lacks {missing}")),
+        },
+        Hooks::Kprobe => refuse(format!(
             "the {} backend is designed (docs/hooks.md) but not built yet",
             hooks.coverage()
         )),
+    }
+}
+
+/// The default backend on a kernel with these features.
+fn default_for(features: &Features) -> Hooks {
+    match features.socket_hooks_missing() {
+        None => Hooks::Socket,
+        Some(missing) => {
+            log::debug!("socket hooks not used: this kernel lacks {missing}");
+            Hooks::Syscalls
+        }
     }
 }
 

@@ -12,8 +12,8 @@ use std::{
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, ProgramArray, RingBuf},
     programs::{
-        raw_trace_point::RawTracePointLinkId, tp_btf::BtfTracePointLinkId,
-        trace_point::TracePointLinkId, BtfTracePoint, ProgramFd, RawTracePoint, TracePoint,
+        fexit::FExitLinkId, raw_trace_point::RawTracePointLinkId, tp_btf::BtfTracePointLinkId,
+        trace_point::TracePointLinkId, BtfTracePoint, FExit, ProgramFd, RawTracePoint, TracePoint,
     },
     Ebpf, EbpfLoader,
 };
@@ -136,7 +136,7 @@ pub fn probe_config(tracefs_root: &Path, follow_forks: bool) -> Result<ProbeConf
     let fork = Format::read(tracefs_root, "sched", "sched_process_fork")?;
     let exec = Format::read(tracefs_root, "sched", "sched_process_exec")?;
     let exit = Format::read(tracefs_root, "sched", "sched_process_exit")?;
-    let [exit_code, task_signal, signal_live, family, num, dport, daddr, v6_daddr, sk_socket, socket_file, file_inode, inode_ino, task_flags] =
+    let [exit_code, task_signal, signal_live, family, num, dport, daddr, v6_daddr, sk_socket, socket_file, file_inode, inode_ino, task_flags, sk_type, unix_addr, unix_peer, socket_sk] =
         btf::kernel_member_offsets([
             ("task_struct", "exit_code"),
             ("task_struct", "signal"),
@@ -151,6 +151,10 @@ pub fn probe_config(tracefs_root: &Path, follow_forks: bool) -> Result<ProbeConf
             ("file", "f_inode"),
             ("inode", "i_ino"),
             ("task_struct", "flags"),
+            ("sock", "sk_type"),
+            ("unix_sock", "addr"),
+            ("unix_sock", "peer"),
+            ("socket", "sk"),
         ]);
     // The socket backend's reads (docs/hooks.md); unknown ones stay NO_OFFSET and the
     // backend refuses to load without them (see `Probe::load`).
@@ -166,6 +170,10 @@ pub fn probe_config(tracefs_root: &Path, follow_forks: bool) -> Result<ProbeConf
         file_inode: or_none(file_inode),
         inode_ino: or_none(inode_ino),
         task_flags: or_none(task_flags),
+        sk_type: or_none(sk_type),
+        unix_addr: or_none(unix_addr),
+        unix_peer: or_none(unix_peer),
+        socket_sk: or_none(socket_sk),
     };
     let task_exit_code_off = exit_code.unwrap_or(0);
     if task_exit_code_off == 0 {
@@ -274,7 +282,7 @@ impl Probe {
         };
         let mut failures = Vec::new();
         let mut links = Vec::new();
-        let socket_hooks = options.sockets && options.hooks == Hooks::Socket;
+        let socket_hooks = options.sockets && options.hooks.by_socket();
         if socket_hooks {
             let sock = config.sock;
             let needed = [
@@ -284,6 +292,9 @@ impl Probe {
                 sock.daddr,
                 sock.v6_daddr,
                 sock.task_flags,
+                sock.sk_type,
+                sock.unix_addr,
+                sock.unix_peer,
             ];
             if needed.contains(&NO_OFFSET) {
                 return Err(Error::Load(
@@ -312,7 +323,7 @@ impl Probe {
             }
         }
         if socket_hooks {
-            attach_socket_hooks(&mut ebpf, &mut links, &mut failures)?;
+            attach_socket_hooks(&mut ebpf, options.hooks, &mut links, &mut failures)?;
         }
         if options.sockets && !socket_hooks {
             // The dispatch table first: a raw_sys_enter attached before it would miss the
@@ -566,6 +577,30 @@ impl Probe {
         for key in keys {
             let _ = conns.remove(key);
         }
+        if self.hooks.by_socket() && !keys.is_empty() {
+            self.forget_sockets(keys);
+        }
+    }
+
+    /// The socket backend's `SOCKS` entries (`struct sock` address -> connection) of
+    /// connections closed without a kernel hook seeing it (an exit, a unix-domain close):
+    /// else a socket allocated later at the same address would be taken for them.
+    fn forget_sockets(&mut self, keys: &[ConnKey]) {
+        let Some(map) = self.ebpf.map_mut(SOCKS) else {
+            return;
+        };
+        let Ok(mut socks) = HashMap::<_, u64, ConnKey>::try_from(map) else {
+            return;
+        };
+        let stale: Vec<u64> = socks
+            .iter()
+            .filter_map(|entry| entry.ok())
+            .filter(|(_, key)| keys.contains(key))
+            .map(|(sk, _)| sk)
+            .collect();
+        for sk in stale {
+            let _ = socks.remove(&sk);
+        }
     }
 
     /// What the probe could not see: events lost in the ring buffer, fork children and
@@ -637,6 +672,12 @@ impl Probe {
                     .and_then(|p| <&mut BtfTracePoint>::try_from(p).ok())
                     .and_then(|p| p.take_link(id).ok())
                     .map(|l| Box::new(l) as Box<dyn Send>),
+                Link::FExit(name, id) => self
+                    .ebpf
+                    .program_mut(name)
+                    .and_then(|p| <&mut FExit>::try_from(p).ok())
+                    .and_then(|p| p.take_link(id).ok())
+                    .map(|l| Box::new(l) as Box<dyn Send>),
             };
             owned.extend(owned_link);
         }
@@ -663,7 +704,11 @@ enum Link {
     Tracepoint(&'static str, TracePointLinkId),
     Raw(&'static str, RawTracePointLinkId),
     Btf(&'static str, BtfTracePointLinkId),
+    FExit(&'static str, FExitLinkId),
 }
+
+/// The socket backend's map of sockets (probe-ebpf/src/sockets/sock_tp.rs).
+const SOCKS: &str = "SOCKS";
 
 /// The socket backend's programs (probe-ebpf/src/sockets/sock_tp.rs), each a `tp_btf` on
 /// the tracepoint of its name.
@@ -674,17 +719,45 @@ const SOCKET_HOOKS: [&str; 4] = [
     "tcp_destroy_sock",
 ];
 
-/// Loads and attaches the socket backend. A missing hook would lose events silently, so
-/// any failure fails the load (the user can unset DRAINWATCH_HOOKS), except permission,
-/// which gets its own message.
+/// The fentry backend's programs (probe-ebpf/src/sockets/fexit.rs) and the kernel function
+/// each one is an fexit of; with them, the socket backend's lifecycle programs.
+const FENTRY_HOOKS: [(&str, &str); 4] = [
+    ("fx_tcp_send", "tcp_sendmsg"),
+    ("fx_tcp_recv", "tcp_recvmsg"),
+    ("fx_unix_send", "unix_stream_sendmsg"),
+    ("fx_unix_recv", "unix_stream_recvmsg"),
+];
+const FENTRY_LIFECYCLE: [&str; 2] = ["inet_sock_set_state", "tcp_destroy_sock"];
+
+/// Loads and attaches a socket-level backend (socket tracepoints, or fentry). A missing
+/// hook would lose events silently, so any failure fails the load (the user can unset
+/// DRAINWATCH_HOOKS), except permission, which gets its own message.
 fn attach_socket_hooks(
     ebpf: &mut Ebpf,
+    hooks: Hooks,
     links: &mut Vec<Link>,
     failures: &mut Vec<String>,
 ) -> Result<()> {
     // Parsed for the load only and dropped after: kernel BTF is megabytes.
     let btf = aya::Btf::from_sys_fs().map_err(load_error)?;
-    for name in SOCKET_HOOKS {
+    let tracepoints: &[&'static str] = match hooks {
+        Hooks::Fentry => &FENTRY_LIFECYCLE,
+        _ => &SOCKET_HOOKS,
+    };
+    let fexits: &[(&'static str, &'static str)] = match hooks {
+        Hooks::Fentry => &FENTRY_HOOKS,
+        _ => &[],
+    };
+    let mut fail = |name: &str, err: Error| -> Result<()> {
+        if matches!(err, Error::NotPermitted) {
+            return Err(err);
+        }
+        failures.push(format!("{name}: {err}"));
+        Err(Error::Load(format!(
+            "socket hook {name}: {err} (unset DRAINWATCH_HOOKS to use the default hooks)"
+        )))
+    };
+    for &name in tracepoints {
         let attached = (|| -> Result<BtfTracePointLinkId> {
             let program: &mut BtfTracePoint = ebpf
                 .program_mut(name)
@@ -696,13 +769,22 @@ fn attach_socket_hooks(
         })();
         match attached {
             Ok(link) => links.push(Link::Btf(name, link)),
-            Err(Error::NotPermitted) => return Err(Error::NotPermitted),
-            Err(err) => {
-                failures.push(format!("tp_btf:{name}: {err}"));
-                return Err(Error::Load(format!(
-                    "socket hook {name}: {err} (unset DRAINWATCH_HOOKS to use the syscall hooks)"
-                )));
-            }
+            Err(err) => fail(&format!("tp_btf:{name}"), err)?,
+        }
+    }
+    for &(name, function) in fexits {
+        let attached = (|| -> Result<FExitLinkId> {
+            let program: &mut FExit = ebpf
+                .program_mut(name)
+                .ok_or_else(|| Error::Load(format!("no program {name} in the object")))?
+                .try_into()
+                .map_err(load_error)?;
+            program.load(function, &btf).map_err(load_error)?;
+            program.attach().map_err(load_error)
+        })();
+        match attached {
+            Ok(link) => links.push(Link::FExit(name, link)),
+            Err(err) => fail(&format!("fexit:{function}"), err)?,
         }
     }
     Ok(())

@@ -10,6 +10,7 @@
 
 pub mod attach_rule;
 pub mod existing;
+pub mod unix_close;
 pub mod unix_existing;
 
 use std::{os::fd::AsRawFd, time::Duration};
@@ -167,6 +168,8 @@ struct Reader {
     latency_read_at: Option<std::time::Instant>,
     /// The counters last printed at -vv.
     printed_targets: Vec<TargetRequests>,
+    /// The socket backend's unix-domain connections, whose close userspace sees.
+    unix: Option<unix_close::UnixCloseWatch>,
 }
 
 /// One event as a JSON line on stderr (-vv): the format the state machine's tests replay.
@@ -186,6 +189,11 @@ impl Reader {
             let ring = probe.events();
             while batch.len() < BATCH {
                 let Some(record) = ring.next() else { break };
+                if let Some(unix) = &mut self.unix {
+                    if let Some((tgid, fd, inode)) = events::unix_open(&record) {
+                        unix.opened(tgid, fd, inode);
+                    }
+                }
                 match events::decode(&record) {
                     Ok(event) => batch.push(event),
                     Err(err) => {
@@ -474,6 +482,7 @@ impl Session {
         for failure in probe.failures() {
             eprintln!("drainwatch: warning: probe {failure}: the verdict will be incomplete");
         }
+        let socket_hooks = probe.hooks().by_socket();
         Ok(Self {
             probe,
             state,
@@ -483,6 +492,7 @@ impl Session {
                 latency_seen: Default::default(),
                 latency_read_at: None,
                 printed_targets: Vec::new(),
+                unix: socket_hooks.then(unix_close::UnixCloseWatch::default),
             },
             launched,
             comms: set.comms.clone(),
@@ -657,6 +667,14 @@ impl Session {
         self.probe.flush_log();
     }
 
+    /// Closes the socket backend's unix-domain connections whose fds are gone (after a
+    /// drain: see [`unix_close`]).
+    fn notice_unix_closes(&mut self) {
+        if let Some(unix) = &mut self.reader.unix {
+            unix.check(&mut self.probe, &mut self.state, self.reader.verbose);
+        }
+    }
+
     /// Events lost in the kernel plus records that could not be decoded.
     pub fn lost(&self) -> u64 {
         self.probe.unseen() + self.reader.malformed
@@ -700,6 +718,7 @@ impl Session {
                 _ = ticker.tick() => {
                     self.drain();
                     self.notice_unseen_exits();
+                    self.notice_unix_closes();
                     self.join_cgroups();
                     self.recheck_unknown();
                     if last_tick.is_none_or(|at| at.elapsed() >= tick) {
@@ -715,6 +734,7 @@ impl Session {
         drop(ring_fd);
         // Whatever is still queued happened inside the window: read it before reporting.
         self.drain();
+        self.notice_unix_closes();
         if ended != EndedBy::Interrupted {
             self.await_dying().await;
         }
