@@ -77,8 +77,7 @@ pub(super) fn end_request(target: *mut TargetInfo, state: &mut ConnState, answer
 /// target itself (sockets/io.rs, sock_tp.rs), so the current tgid is the connection's owner.
 #[inline(always)]
 fn histogram() -> Option<*mut LatencyHistogram> {
-    // SAFETY: bpf_get_current_pid_tgid has no preconditions.
-    let tgid = (unsafe { bpf_get_current_pid_tgid() } >> 32) as u32;
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     if let Some(histogram) = REQUEST_LATENCY.get_ptr_mut(tgid) {
         return Some(histogram);
     }
