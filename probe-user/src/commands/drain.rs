@@ -166,6 +166,8 @@ impl Shower {
                 "{}",
                 serde_json::to_string(report).expect("report serializes")
             );
+            // The one-line reason for whoever reads the log (stdout stays JSON only).
+            eprintln!("drainwatch: {headline}");
         } else {
             println!("\r\x1b[K{headline}");
             for violation in &report.violations {
