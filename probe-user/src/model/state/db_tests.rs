@@ -339,3 +339,20 @@ fn an_unknown_transaction_state_is_incomplete_at_exit_closed_or_settled_by_the_d
         Verdict::Violations
     );
 }
+
+/// Asked again later (a PostgreSQL backend busy with a command at attach, its title back
+/// to `idle in transaction` after): resolved by the database, and open from then on.
+#[test]
+fn the_database_view_asked_again_resolves_an_unknown_transaction_state() {
+    let key = (31003, 8);
+    let mut state = named(key.0);
+    existing_mysql(&mut state, key);
+    state.db_state_seen(key, Txn::Open, ATTACH_NS + 1_000_000_000);
+    let now = state.conns().unwrap().in_flight(None);
+    assert_eq!((now.transactions, now.unknown), (1, 0));
+    let listed = unknown_txns(&state);
+    assert_eq!(
+        (listed[0].resolved_by, listed[0].resolved_at_ms),
+        (Some("database"), Some(1000))
+    );
+}
