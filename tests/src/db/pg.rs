@@ -144,15 +144,11 @@ impl PgServer {
                 // A backend logs "unexpected EOF on client connection" (a close without
                 // Terminate) only at DEBUG1: unclean_closes() counts those lines.
                 .args(["-c", "log_min_messages=debug1"])
-                .args(["-c", if tls { "ssl=on" } else { "ssl=off" }])
-                .args([
-                    "-c",
-                    if titles {
-                        "update_process_title=on"
-                    } else {
-                        "update_process_title=off"
-                    },
-                ]);
+                .args(["-c", if tls { "ssl=on" } else { "ssl=off" }]);
+            if !titles {
+                // Only when asked: a -c on the command line would override ALTER SYSTEM.
+                cmd.args(["-c", "update_process_title=off"]);
+            }
             as_user(&mut cmd);
             // SIGINT is PostgreSQL's "fast" shutdown; SIGTERM ("smart") waits for clients
             // (https://www.postgresql.org/docs/15/server-shutdown.html).
