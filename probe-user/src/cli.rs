@@ -98,7 +98,8 @@ pub struct DbArgs {
     /// shows in no process list or shell history; it is never printed), e.g.
     /// `--db-url env:DATABASE_URL`: drainwatch asks that database (pg_stat_activity for a
     /// postgres:// URL, information_schema.innodb_trx for mysql://) whether the target's
-    /// connections from before attach are in a transaction.
+    /// connections from before attach are in a transaction. Without an answer, such a
+    /// connection's state is unknown and holds `wait` and `stop` until its next reply or close.
     #[arg(long = "db-url", value_name = "env:VAR|file:PATH")]
     pub db_url: Option<String>,
 }

@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use drainwatch_tests::{
-    db::{Database, MariaDbServer, PgServer},
+    db::{Database, DbKind, MariaDbServer, PgServer},
     read_report, require_root, run_drainwatch,
     stacks::{Shop, Stack, PATIENCE},
     violations, Drainwatch, Finished, TempDir,
@@ -323,16 +323,34 @@ fn wait_for_write_behind(db: &dyn Database, extra: &[&str]) -> Finished {
     assert_eq!(db.ledger_steps("wbw"), ["A", "B"], "drained before COMMIT");
     let done = wait.finish();
     assert_eq!(done.code, 0, "{done:?}");
-    assert!(
-        !done.stderr.contains("cannot tell whether"),
-        "the transaction state was known:\n{}",
-        done.stderr
-    );
     let report: Value = serde_json::from_str(&verdict).unwrap();
     assert!(
         report["drain"]["drained_at_ms"].as_u64().is_some(),
         "{report:#}"
     );
+    let unknown = report["coverage"]["unknown_at_attach"].as_array().unwrap();
+    if extra.is_empty() && db.kind() == DbKind::Mysql {
+        // Its bytes could not tell before its next OK: unknown, holding the drain, said so,
+        // and resolved by that OK.
+        assert!(
+            done.stderr.contains(&format!(
+                "cannot tell whether 1 database connection from before attach is in a \
+                 transaction (pid {pid} fd "
+            )) && done.stderr.contains("waiting for its next reply or close"),
+            "{}",
+            done.stderr
+        );
+        assert_eq!(unknown.len(), 1, "{report:#}");
+        assert_eq!(unknown[0]["what"], "transaction");
+        assert_eq!(unknown[0]["resolved_by"], "traffic", "{report:#}");
+    } else {
+        assert!(
+            !done.stderr.contains("cannot tell whether"),
+            "the transaction state was known:\n{}",
+            done.stderr
+        );
+        assert!(unknown.is_empty(), "{report:#}");
+    }
     shop.signal(libc::SIGTERM);
     shop.wait();
     done
@@ -364,25 +382,91 @@ fn wait_on_write_behind_mariadb_with_db_url_is_not_drained_before_commit() {
 }
 
 /// Without `--db-url`, the state of a MariaDB connection from before attach is unknown until
-/// its next OK: `wait` says it cannot judge it, naming the connection (DESIGN.md: unknown is
-/// shown as unknown). Ground truth: the write-behind worker's transaction is open then.
+/// its next OK: `wait` says it cannot judge it, naming the connection, and that unknown holds
+/// the drain (DESIGN.md: unknown is never "no transaction") until the worker's next reply.
+/// Ground truth: the write-behind worker's transaction is open then, committed when the
+/// verdict is out.
 #[test]
-fn wait_on_mariadb_without_db_url_says_what_it_cannot_judge() {
+fn wait_on_write_behind_mariadb_without_db_url_is_not_drained_before_commit() {
     require_root();
     let db = MariaDbServer::start();
-    let mut shop = Shop::start(Stack::Psycopg, "write-behind", &db.url());
-    let answer = shop.request_in_transaction("unk");
-    assert_eq!(answer.recv_timeout(PATIENCE).unwrap(), "done unk\n");
+    wait_for_write_behind(&db, &[]);
+}
+
+/// A database connection from before attach with no transaction and no traffic since: its
+/// state is unknown without the database's view, so `wait` cannot call it drained and
+/// times out (exit 4) naming it; with `--db-url` the database tells it is idle and `wait`
+/// drains at once. Ground truth: the shop ran no request (only its CREATE TABLE, committed).
+fn idle_db_connection_from_before_attach(db: &dyn Database, dsn: &str) {
+    let shop = Shop::start(Stack::Psycopg, "graceful", dsn);
     let pid = shop.pid.to_string();
-    let mut wait = Drainwatch::spawn(&["wait", "--pid", &pid, "--json", "--timeout", "60s"]);
-    wait.wait_for_stderr("attached to");
-    wait.wait_for_stderr(&format!(
-        "cannot tell whether 1 database connection from before attach is in a transaction \
-         until the database next replies on it (pid {pid} fd "
-    ));
-    assert!(db.ledger_steps("unk").is_empty(), "the transaction is open");
-    shop.open_gate();
-    wait.finish();
+    let blind = run_drainwatch(&["wait", "--pid", &pid, "--json", "--timeout", "2s"]);
+    assert_eq!(blind.code, 4, "{blind:?}");
+    let reason = blind
+        .stderr
+        .lines()
+        .chain(blind.stdout.lines())
+        .find(|l| l.starts_with("drainwatch: timeout after 2s"))
+        .unwrap_or_else(|| panic!("no timeout line:\n{}{}", blind.stdout, blind.stderr));
+    assert!(
+        reason.contains(&format!("transaction state of pid {pid} fd "))
+            && reason.contains("waiting for its next reply or close")
+            && reason.contains("--db-url"),
+        "the one-line reason names it: {reason}"
+    );
+    let report = blind
+        .stdout
+        .lines()
+        .find(|l| l.contains("drainwatch.report/v1"))
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .expect("wait prints its report");
+    assert_eq!(report["verdict"], "timeout", "{report:#}");
+    let unknown = &report["coverage"]["unknown_at_attach"];
+    assert_eq!(unknown[0]["what"], "transaction", "{report:#}");
+    assert!(unknown[0]["resolved_by"].is_null(), "{report:#}");
+    assert!(report["violations"].as_array().unwrap().is_empty());
+
+    let dir = TempDir::new("idle-db-url");
+    let url_file = dir.path("db-url");
+    std::fs::write(&url_file, format!("{}\n", db.url())).unwrap();
+    let source = format!("file:{url_file}");
+    let started = Instant::now();
+    let told = run_drainwatch(&[
+        "wait",
+        "--pid",
+        &pid,
+        "--json",
+        "--timeout",
+        "20s",
+        "--db-url",
+        &source,
+    ]);
+    assert_eq!(told.code, 0, "{told:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "drained at once, not at the timeout"
+    );
+    assert!(
+        !told.stderr.contains("cannot tell whether"),
+        "{}",
+        told.stderr
+    );
     shop.signal(libc::SIGTERM);
-    shop.wait();
+}
+
+#[test]
+fn idle_mariadb_connection_from_before_attach_holds_wait_unless_the_database_tells() {
+    require_root();
+    let db = MariaDbServer::start();
+    idle_db_connection_from_before_attach(&db, &db.url());
+}
+
+/// The same against a PostgreSQL whose backends do not put their state in their process
+/// title (`update_process_title=off`), over TCP: only the connection's next ReadyForQuery
+/// or `--db-url`'s pg_stat_activity can tell.
+#[test]
+fn idle_postgres_connection_without_titles_holds_wait_unless_the_database_tells() {
+    require_root();
+    let db = PgServer::start_without_titles();
+    idle_db_connection_from_before_attach(&db, &db.url());
 }

@@ -52,12 +52,30 @@ pub struct Progress {
     pub requests: u64,
     pub queries: u64,
     pub transactions: u64,
-    /// Client connections whose state at attach is still unknown (they hold the drain).
+    /// Connections whose state at attach is still unknown (they hold the drain).
     pub unknown: u64,
+    /// Of `unknown`, database connections whose transaction state is still unknown.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub unknown_transactions: u64,
+    /// Those, as `pid P fd F` (for the one-line reasons).
+    #[serde(skip)]
+    pub unknown_transactions_on: Vec<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 fn progress(state: &AuditState, phase: &'static str) -> Progress {
     let in_flight = state.conns().map(|c| c.in_flight(None)).unwrap_or_default();
+    let unknown_transactions_on = state
+        .conns()
+        .map(|c| {
+            c.unresolved_txns()
+                .map(|(pid, fd)| format!("pid {pid} fd {fd}"))
+                .collect()
+        })
+        .unwrap_or_default();
     Progress {
         at_ms: state.ms_since_attach(procfs::monotonic_now().as_nanos() as u64),
         phase,
@@ -65,15 +83,29 @@ fn progress(state: &AuditState, phase: &'static str) -> Progress {
         queries: in_flight.queries,
         transactions: in_flight.transactions,
         unknown: in_flight.unknown,
+        unknown_transactions: in_flight.unknown_txns,
+        unknown_transactions_on,
     }
 }
 
 pub fn describe_in_flight(p: &Progress) -> String {
-    let unknown = if p.unknown > 0 {
+    let mut unknown = if p.unknown > 0 {
         format!(", {} unknown since attach", plural(p.unknown, "connection"))
     } else {
         String::new()
     };
+    if !p.unknown_transactions_on.is_empty() {
+        unknown.push_str(&format!(
+            " (transaction state of {}: waiting for {} next reply or close; --db-url \
+             env:VAR would ask the database)",
+            p.unknown_transactions_on.join(", "),
+            if p.unknown_transactions_on.len() == 1 {
+                "its"
+            } else {
+                "their"
+            }
+        ));
+    }
     format!(
         "{}, {}, {} in flight{unknown}",
         plural(p.requests, "request"),
@@ -134,6 +166,8 @@ impl Shower {
                 "{}",
                 serde_json::to_string(report).expect("report serializes")
             );
+            // The one-line reason for whoever reads the log (stdout stays JSON only).
+            eprintln!("drainwatch: {headline}");
         } else {
             println!("\r\x1b[K{headline}");
             for violation in &report.violations {
@@ -163,8 +197,8 @@ fn drain_report(
 
 /// Says which database connections from before attach `wait` and `stop` cannot judge: their
 /// transaction state is unknown until their next status message (no PostgreSQL process
-/// title, no `--db-url` view told it), so a transaction open since before attach would not
-/// hold the drain (DESIGN.md: unknown is shown as unknown).
+/// title, no `--db-url` view told it). They hold the drain until their next reply or their
+/// close: unknown never counts as "no transaction" (DESIGN.md: unknown is shown as unknown).
 fn say_txn_unknown(session: &Session) {
     let unknown = session
         .state
@@ -181,12 +215,13 @@ fn say_txn_unknown(session: &Session) {
         })
         .collect();
     eprintln!(
-        "drainwatch: cannot tell whether {} from before attach {} in a transaction until the \
-         database next replies on {} ({}); give --db-url env:VAR|file:PATH to ask the database",
+        "drainwatch: cannot tell whether {} from before attach {} in a transaction ({}): \
+         waiting for {} next reply or close before calling it drained; give --db-url \
+         env:VAR|file:PATH to ask the database",
         plural(unknown.len() as u64, "database connection"),
         if unknown.len() == 1 { "is" } else { "are" },
-        if unknown.len() == 1 { "it" } else { "them" },
-        list.join(", ")
+        list.join(", "),
+        if unknown.len() == 1 { "its" } else { "their" },
     );
 }
 

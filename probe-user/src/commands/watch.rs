@@ -52,6 +52,15 @@ pub struct EncryptedConn {
     pub protocol: Protocol,
 }
 
+/// A database connection from before attach whose transaction state is still unknown.
+#[derive(Debug, Serialize)]
+pub struct TxnUnknown {
+    pub pid: u32,
+    pub fd: u32,
+    pub peer: Option<String>,
+    pub protocol: Protocol,
+}
+
 #[derive(Debug, Serialize)]
 pub struct TargetLine {
     pub pid: u32,
@@ -114,9 +123,14 @@ pub struct Frame {
     /// The requests in flight, oldest first.
     pub requests_in_flight_on: Vec<RequestLine>,
     pub queries_in_flight: u64,
-    /// Client connections whose state at attach is still unknown (may hold a request).
+    /// Connections whose state at attach is still unknown (a client connection may hold a
+    /// request, a database connection a transaction).
     pub unknown_since_attach: u64,
     pub transactions_open: Vec<OpenTxn>,
+    /// Database connections from before attach whose transaction state is still unknown
+    /// (counted in `unknown_since_attach` too): they hold `wait` and `stop`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub transactions_unknown: Vec<TxnUnknown>,
     /// Database connections whose conversation is encrypted and not read: their
     /// transactions and queries are unknown (DESIGN.md, "encrypted conversation").
     pub encrypted: Vec<EncryptedConn>,
@@ -130,6 +144,7 @@ pub fn frame(session: &Session, pace: &mut Pace) -> Frame {
     let mut connections = RoleCounts::default();
     let mut transactions_open = Vec::new();
     let mut encrypted = Vec::new();
+    let mut transactions_unknown = Vec::new();
     let mut in_flight = InFlight::default();
     let mut requests_per_second = None;
     let mut requests = None;
@@ -138,6 +153,7 @@ pub fn frame(session: &Session, pace: &mut Pace) -> Frame {
         in_flight = conns.in_flight(None);
         requests_per_second = pace.rate(now_ns, conns.requests_ended());
         requests = Some(conns.requests()).filter(|r| r.count > 0);
+        let txn_unknown: Vec<(u32, u32)> = conns.unresolved_txns().collect();
         for conn in conns.conns() {
             if conn.role == Role::Client {
                 let key = probe_common::ConnKey {
@@ -161,6 +177,14 @@ pub fn frame(session: &Session, pace: &mut Pace) -> Frame {
             }
             if conn.encrypted() {
                 encrypted.push(EncryptedConn {
+                    pid: conn.tgid,
+                    fd: conn.fd,
+                    peer: conn.peer_text(),
+                    protocol: conn.protocol,
+                });
+            }
+            if txn_unknown.contains(&(conn.tgid, conn.fd)) {
+                transactions_unknown.push(TxnUnknown {
                     pid: conn.tgid,
                     fd: conn.fd,
                     peer: conn.peer_text(),
@@ -212,6 +236,7 @@ pub fn frame(session: &Session, pace: &mut Pace) -> Frame {
         queries_in_flight: in_flight.queries,
         unknown_since_attach: in_flight.unknown,
         transactions_open,
+        transactions_unknown,
         encrypted,
         signals: state.recent_signals().cloned().collect(),
         events: crate::model::report::EventCounts {
@@ -311,6 +336,16 @@ pub fn render(frame: &Frame) -> String {
             txn.pid,
             txn.fd,
             txn.peer.as_deref().unwrap_or("?")
+        ));
+    }
+    for conn in &frame.transactions_unknown {
+        out.push_str(&format!(
+            "  {} transaction state unknown since attach (until its next reply or close): pid {} \
+             fd {} to {}\n",
+            protocol_name(conn.protocol),
+            conn.pid,
+            conn.fd,
+            conn.peer.as_deref().unwrap_or("?")
         ));
     }
     for conn in &frame.encrypted {
@@ -486,6 +521,7 @@ mod tests {
             queries_in_flight: 0,
             unknown_since_attach: 0,
             transactions_open: vec![],
+            transactions_unknown: vec![],
             encrypted: vec![],
             signals: vec![],
             events: crate::model::report::EventCounts {

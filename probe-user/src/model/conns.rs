@@ -20,11 +20,18 @@ use crate::{
 };
 
 /// A connection unknown at attach; `live` until it is resolved or its process exits.
+/// `report.what`: [`WHAT_REQUEST`] (a client connection) or [`WHAT_TRANSACTION`] (a
+/// database connection whose transaction state nothing settled at attach).
 #[derive(Debug)]
 struct Unknown {
     live: bool,
     report: UnknownAtAttach,
 }
+
+/// What was unknown of a client connection at attach: whether a request was in flight.
+pub const WHAT_REQUEST: &str = "request";
+/// What was unknown of a database connection at attach: whether a transaction was open.
+pub const WHAT_TRANSACTION: &str = "transaction";
 
 /// What a client connection that existed before attach had going, as far as the evidence
 /// at attach says (`attach_rule`).
@@ -120,8 +127,11 @@ pub struct InFlight {
     pub requests: u64,
     pub queries: u64,
     pub transactions: u64,
-    /// Client connections whose state at attach is still unknown: they may hold a request.
+    /// Connections whose state at attach is still unknown: a client connection may hold a
+    /// request, a database connection a transaction (those are also in `unknown_txns`).
     pub unknown: u64,
+    /// Of `unknown`, database connections whose transaction state is still unknown.
+    pub unknown_txns: u64,
 }
 
 impl InFlight {
@@ -205,6 +215,12 @@ impl Default for ConnTracker {
             query_ended_us: None,
             requests_ended: 0,
         }
+    }
+}
+
+impl Unknown {
+    fn key(&self) -> (u32, u32) {
+        (self.report.pid, self.report.fd)
     }
 }
 
@@ -300,12 +316,29 @@ impl ConnTracker {
                     pid: tgid,
                     fd,
                     peer: peer.map(|p| p.to_string()),
-                    what: "request",
+                    what: WHAT_REQUEST,
                     resolved_at_ms: None,
                     resolved_by: None,
                 },
             }),
             _ => {}
+        }
+        // Its transaction state is unknown until the database next reports one (or the
+        // database's own view tells, `db_state_at_attach`): until then it holds a drain as an
+        // unknown client connection does, never a violation (DESIGN.md: unknown is shown as
+        // unknown, never counted as "not open").
+        if role == Role::Db && matches!(protocol, Protocol::Postgres | Protocol::Mysql) {
+            self.unknown.push(Unknown {
+                live: true,
+                report: UnknownAtAttach {
+                    pid: tgid,
+                    fd,
+                    peer: peer.map(|p| p.to_string()),
+                    what: WHAT_TRANSACTION,
+                    resolved_at_ms: None,
+                    resolved_by: None,
+                },
+            });
         }
         self.insert(Conn {
             tgid,
@@ -324,7 +357,16 @@ impl ConnTracker {
     /// The database's own view of a connection found at attach: its transaction state
     /// (DESIGN.md, "what cannot be known at attach ... is resolved from the best outside
     /// evidence"). `at_ns`: when that view was read (the transaction's age counts from it).
+    /// Settled at attach, it was never unknown: it is not listed. `None` for `at_ms`: read
+    /// at attach; `Some`: read later (a view asked again), then it is listed as resolved by
+    /// the database.
     pub fn db_state_at_attach(&mut self, key: (u32, u32), txn: Txn, at_ns: u64) {
+        self.db_state_seen(key, txn, at_ns, None);
+    }
+
+    /// The database's own view of a connection from before attach, read `at_ms` after attach
+    /// (`None`: at attach, before anything was shown).
+    pub fn db_state_seen(&mut self, key: (u32, u32), txn: Txn, at_ns: u64, at_ms: Option<u64>) {
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
         };
@@ -333,6 +375,19 @@ impl ConnTracker {
         }
         if conn.txn_open() {
             conn.txn_since.get_or_insert(at_ns);
+        }
+        if conn.txn() == Txn::Unknown {
+            return;
+        }
+        match at_ms {
+            None => self
+                .unknown
+                .retain(|u| !(u.live && u.report.what == WHAT_TRANSACTION && key == u.key())),
+            Some(at_ms) => {
+                if self.settle_what(key, WHAT_TRANSACTION, at_ms, "database") {
+                    self.touch(at_ns);
+                }
+            }
         }
     }
 
@@ -355,16 +410,13 @@ impl ConnTracker {
     /// (PostgreSQL and MySQL: their next status message tells; no process title or
     /// `--db-url` view did), as (pid, fd, protocol).
     pub fn txn_unknown(&self) -> Vec<(u32, u32, Protocol)> {
-        self.conns
-            .values()
-            .filter(|c| c.role == Role::Db && c.opened_ns.is_none() && !c.encrypted())
-            .filter(|c| matches!(c.protocol, Protocol::Postgres | Protocol::Mysql))
-            .filter(|c| c.txn() == Txn::Unknown)
+        self.unresolved_txns()
+            .filter_map(|key| self.conns.get(&key))
             .map(|c| (c.tgid, c.fd, c.protocol))
             .collect()
     }
 
-    /// Client connections unknown at attach, resolved or not.
+    /// Connections unknown at attach, resolved or not.
     pub fn unknown_at_attach(&self) -> Vec<UnknownAtAttach> {
         self.unknown.iter().map(|u| u.report.clone()).collect()
     }
@@ -374,12 +426,22 @@ impl ConnTracker {
         self.exited_unknown
     }
 
-    /// The unknown connections not resolved yet: (tgid, fd).
+    /// The client connections unknown at attach not resolved yet: (tgid, fd).
     pub fn unresolved(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
+        self.unresolved_what(WHAT_REQUEST)
+    }
+
+    /// The database connections whose transaction state is still unknown since attach:
+    /// (tgid, fd).
+    pub fn unresolved_txns(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
+        self.unresolved_what(WHAT_TRANSACTION)
+    }
+
+    fn unresolved_what(&self, what: &'static str) -> impl Iterator<Item = (u32, u32)> + '_ {
         self.unknown
             .iter()
-            .filter(|u| u.live)
-            .map(|u| (u.report.pid, u.report.fd))
+            .filter(move |u| u.live && u.report.what == what)
+            .map(Unknown::key)
     }
 
     /// An unknown connection is known now. Counts as activity: whatever it had going may
@@ -389,17 +451,33 @@ impl ConnTracker {
             ResolvedBy::Traffic => "traffic",
             ResolvedBy::Evidence => "evidence",
         };
-        if self.settle(event.tgid, event.fd, at_ms, by) {
+        let key = (event.tgid, event.fd);
+        if self.settle_what(key, WHAT_REQUEST, at_ms, by) {
             self.touch(event.ktime_ns);
         }
     }
 
-    /// Marks an unresolved unknown connection resolved; whether there was one.
+    /// Marks an unresolved unknown connection resolved, whatever was unknown of it; whether
+    /// there was one.
     fn settle(&mut self, tgid: u32, fd: u32, at_ms: u64, by: &'static str) -> bool {
+        let mut any = false;
+        for what in [WHAT_REQUEST, WHAT_TRANSACTION] {
+            any |= self.settle_what((tgid, fd), what, at_ms, by);
+        }
+        any
+    }
+
+    fn settle_what(
+        &mut self,
+        key: (u32, u32),
+        what: &'static str,
+        at_ms: u64,
+        by: &'static str,
+    ) -> bool {
         let Some(unknown) = self
             .unknown
             .iter_mut()
-            .find(|u| u.live && (u.report.pid, u.report.fd) == (tgid, fd))
+            .find(|u| u.live && u.report.what == what && u.key() == key)
         else {
             return false;
         };
@@ -553,6 +631,9 @@ impl ConnTracker {
             }
             _ => {}
         }
+        // The first reply that carries the transaction state (a MySQL OK/EOF's status flags,
+        // a PostgreSQL ReadyForQuery) settles a connection unknown since attach.
+        let txn_known = conn.txn() != Txn::Unknown;
         let goodbye_in_txn = txn_was_open && conn.goodbye_sent();
         let violation =
             goodbye_in_txn.then(|| conn.rolled_back(at_ms, event.ktime_ns, RollbackHow::Goodbye));
@@ -560,6 +641,9 @@ impl ConnTracker {
             conn.txn_since.get_or_insert(event.ktime_ns);
         } else {
             conn.txn_since = None;
+        }
+        if txn_known {
+            self.settle_what(key, WHAT_TRANSACTION, at_ms, "traffic");
         }
         violation
     }
@@ -588,10 +672,9 @@ impl ConnTracker {
             out.queries += conn.query_in_flight() as u64;
             out.transactions += conn.txn_open() as u64;
         }
-        out.unknown = self
-            .unresolved()
-            .filter(|(t, _)| tgid.is_none_or(|wanted| wanted == *t))
-            .count() as u64;
+        let mine = |(t, _): &(u32, u32)| tgid.is_none_or(|wanted| wanted == *t);
+        out.unknown_txns = self.unresolved_txns().filter(mine).count() as u64;
+        out.unknown = self.unresolved().filter(mine).count() as u64 + out.unknown_txns;
         out
     }
 

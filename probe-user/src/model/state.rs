@@ -206,6 +206,15 @@ impl AuditState {
         }
     }
 
+    /// The database's own view of a connection from before attach, read again at `at_ns`
+    /// after attach: a transaction state still unknown is resolved by it (`database`).
+    pub fn db_state_seen(&mut self, key: (u32, u32), txn: crate::model::protocol::Txn, at_ns: u64) {
+        let at_ms = self.ms_since_attach(at_ns);
+        if let Some(conns) = self.conns.as_mut() {
+            conns.db_state_seen(key, txn, at_ns, Some(at_ms));
+        }
+    }
+
     pub fn add_target(&mut self, tgid: u32, comm: String, origin: Origin) {
         self.targets.entry(tgid).or_insert(Target {
             tgid,

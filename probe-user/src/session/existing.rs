@@ -483,16 +483,27 @@ fn attach_blocked_syscalls(
 /// `--db-url`'s own view of its sessions (PostgreSQL's pg_stat_activity, MySQL's
 /// information_schema.innodb_trx: which one is the URL's scheme), asked once per attach and
 /// only when needed.
-struct DbView<'a> {
+pub(super) struct DbView<'a> {
     url: Option<&'a str>,
     sessions: Option<std::collections::HashMap<std::net::SocketAddr, pg_title::BackendState>>,
+    /// Asked again during a run: a failure was said at attach already.
+    again: bool,
 }
 
 impl<'a> DbView<'a> {
-    fn new(common: &'a Common) -> Self {
+    pub(super) fn new(common: &'a Common) -> Self {
         Self {
             url: common.db_url.as_ref().map(|u| u.expose()),
             sessions: None,
+            again: false,
+        }
+    }
+
+    /// The same, asked again during a run (`Session::recheck_txns`).
+    pub(super) fn again(common: &'a Common) -> Self {
+        Self {
+            again: true,
+            ..Self::new(common)
         }
     }
 
@@ -517,7 +528,11 @@ impl<'a> DbView<'a> {
                 _ => crate::host::pg_view::sessions(url),
             };
             asked.unwrap_or_else(|why| {
-                log::warn!("{why}: transactions open before attach stay unknown");
+                if self.again {
+                    log::debug!("{why}: asked again");
+                } else {
+                    log::warn!("{why}: transactions open before attach stay unknown");
+                }
                 Default::default()
             })
         });
@@ -537,20 +552,32 @@ fn db_state_at_attach(
     peer: std::net::SocketAddr,
     view: &mut DbView,
 ) {
+    if let Some(txn) = db_state_now(protocol, local, peer, view) {
+        log::debug!("fd {} of {}: {protocol:?} says {txn:?}", key.1, key.0);
+        state.db_state_at_attach(key, txn);
+    }
+}
+
+/// What the database's own view says now of the session of the TCP connection
+/// `local` -> `peer`: the local backend's process title, else `--db-url`'s view. `None`:
+/// neither tells (not PostgreSQL or MySQL, no title, no URL, the session not listed, a
+/// backend busy with a command).
+pub(super) fn db_state_now(
+    protocol: Protocol,
+    local: std::net::SocketAddr,
+    peer: std::net::SocketAddr,
+    view: &mut DbView,
+) -> Option<Txn> {
     if !matches!(protocol, Protocol::Postgres | Protocol::Mysql) {
-        return;
+        return None;
     }
     let title = (protocol == Protocol::Postgres && peer.ip().is_loopback())
         .then(|| pg_title::backend_state(local))
         .flatten();
-    let Some(backend) = title.or_else(|| view.state(protocol, local)) else {
-        return;
-    };
-    let txn = match backend {
+    let backend = title.or_else(|| view.state(protocol, local))?;
+    Some(match backend {
         pg_title::BackendState::Idle => Txn::Idle,
         pg_title::BackendState::InTransaction => Txn::Open,
         pg_title::BackendState::Aborted => Txn::Failed,
-    };
-    log::debug!("fd {} of {}: {protocol:?} says {backend:?}", key.1, key.0);
-    state.db_state_at_attach(key, txn);
+    })
 }

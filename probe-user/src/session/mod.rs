@@ -19,7 +19,7 @@ use probe_common::latency;
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
 use crate::{
-    events::{self, Event, RequestSample, Resolved, ResolvedBy, Role, TargetRequests},
+    events::{self, Event, Protocol, RequestSample, Resolved, ResolvedBy, Role, TargetRequests},
     host::launch,
     host::netstat,
     host::procfs,
@@ -382,7 +382,14 @@ pub struct Session {
     unknown_checked_at: Option<std::time::Instant>,
     /// How many times they were looked at: the look backs off (`recheck_every`).
     unknown_checks: u32,
+    /// When database connections whose transaction state is unknown were last looked at
+    /// from the database's side (`recheck_txns`).
+    txns_checked_at: Option<std::time::Instant>,
 }
+
+/// How often the database's own view is asked again about transaction states still unknown
+/// (a /proc scan for PostgreSQL titles; a query with `--db-url`).
+const TXN_RECHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// How often an audit or serve reads its cgroups again.
 const CGROUP_READ_EVERY: Duration = Duration::from_millis(250);
@@ -507,7 +514,52 @@ impl Session {
             common: common.clone(),
             unknown_checked_at: None,
             unknown_checks: 0,
+            txns_checked_at: None,
         })
+    }
+
+    /// Asks the database's own view again about database connections from before attach
+    /// whose transaction state is still unknown: a PostgreSQL backend that was running a
+    /// command at attach has its state in its title again once the command ends; a
+    /// `--db-url` view may list a session it did not then. Resolved: `database`.
+    fn recheck_txns(&mut self) {
+        let Some(conns) = self.state.conns() else {
+            return;
+        };
+        if self
+            .txns_checked_at
+            .is_some_and(|at| at.elapsed() < TXN_RECHECK_EVERY)
+        {
+            return;
+        }
+        let unknown: Vec<(
+            (u32, u32),
+            Protocol,
+            std::net::SocketAddr,
+            std::net::SocketAddr,
+        )> = conns
+            .unresolved_txns()
+            .filter_map(|key| {
+                let conn = conns.conns().find(|c| (c.tgid, c.fd) == key)?;
+                Some((key, conn.protocol, conn.local?, conn.peer?))
+            })
+            .collect();
+        if unknown.is_empty() {
+            return;
+        }
+        self.txns_checked_at = Some(std::time::Instant::now());
+        let mut view = existing::DbView::again(&self.common);
+        let mut told = Vec::new();
+        for (key, protocol, local, peer) in unknown {
+            if let Some(txn) = existing::db_state_now(protocol, local, peer, &mut view) {
+                told.push((key, txn));
+            }
+        }
+        let at_ns = procfs::monotonic_now().as_nanos() as u64;
+        for (key, txn) in told {
+            log::debug!("fd {} of {}: the database now says {txn:?}", key.1, key.0);
+            self.state.db_state_seen(key, txn, at_ns);
+        }
     }
 
     /// Settles client connections whose state at attach was unknown (`attach_rule`): one
@@ -721,6 +773,7 @@ impl Session {
                     self.notice_unix_closes();
                     self.join_cgroups();
                     self.recheck_unknown();
+                    self.recheck_txns();
                     if last_tick.is_none_or(|at| at.elapsed() >= tick) {
                         last_tick = Some(std::time::Instant::now());
                         on_tick(self);

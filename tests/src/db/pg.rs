@@ -73,16 +73,23 @@ fn os_user(name: &str) -> (u32, u32) {
 
 impl PgServer {
     pub fn start() -> Self {
-        Self::start_with(false)
+        Self::start_with(false, true)
+    }
+
+    /// With `update_process_title=off` (a documented setting, and the default on Windows):
+    /// its backends' process titles no longer tell a session's state, as for a database on
+    /// another host (https://www.postgresql.org/docs/15/runtime-config-logging.html).
+    pub fn start_without_titles() -> Self {
+        Self::start_with(false, false)
     }
 
     /// With `ssl=on` and a self-signed certificate made for it (as Debian's package sets
     /// up): libpq's default sslmode=prefer then speaks TLS.
     pub fn start_tls() -> Self {
-        Self::start_with(true)
+        Self::start_with(true, true)
     }
 
-    fn start_with(tls: bool) -> Self {
+    fn start_with(tls: bool, titles: bool) -> Self {
         let bin = pg_bin_dir();
         let dir = TempDir::new("postgres");
         // As root, hand everything to `postgres`; std applies setgroups/setgid/setuid in the
@@ -138,6 +145,10 @@ impl PgServer {
                 // Terminate) only at DEBUG1: unclean_closes() counts those lines.
                 .args(["-c", "log_min_messages=debug1"])
                 .args(["-c", if tls { "ssl=on" } else { "ssl=off" }]);
+            if !titles {
+                // Only when asked: a -c on the command line would override ALTER SYSTEM.
+                cmd.args(["-c", "update_process_title=off"]);
+            }
             as_user(&mut cmd);
             // SIGINT is PostgreSQL's "fast" shutdown; SIGTERM ("smart") waits for clients
             // (https://www.postgresql.org/docs/15/server-shutdown.html).

@@ -3,7 +3,7 @@
 //! before attach.
 
 use super::*;
-use crate::model::report::{RollbackHow, Verdict};
+use crate::model::report::{RollbackHow, UnknownAtAttach, Verdict};
 use crate::model::{conns::AtAttach, protocol::Txn};
 
 const ATTACH_NS: u64 = 1_000_000_000;
@@ -169,6 +169,12 @@ fn a_transaction_open_before_attach_is_known_from_the_backend_and_cut_by_the_exi
     replay(&mut blind, recorded);
     let report = blind.report(Mode::Audit, 0, vec![]);
     assert!(!kinds(&report).contains(&"open_transaction"));
+    // ... but unknown is shown as unknown: both listed, never resolved (cut by the exit).
+    let blind_unknown: Vec<(u32, Option<&str>)> = unknown_txns(&blind)
+        .iter()
+        .map(|u| (u.fd, u.resolved_by))
+        .collect();
+    assert_eq!(blind_unknown, [(6, None), (7, None)]);
     // With it.
     let mut state = named(28361);
     setup(&mut state);
@@ -189,4 +195,164 @@ fn a_transaction_open_before_attach_is_known_from_the_backend_and_cut_by_the_exi
         panic!()
     };
     assert_eq!(txn.fd, 6);
+}
+
+/// MySQL packets, byte for byte (MySQL client/server protocol): an OK with its status flags
+/// (SERVER_STATUS_IN_TRANS = 1), and a COM_QUERY.
+fn my_ok(status: u16) -> Vec<u8> {
+    let s = status.to_le_bytes();
+    vec![7, 0, 0, 1, 0, 0, 0, s[0], s[1], 0, 0]
+}
+
+fn my_query(sql: &str) -> Vec<u8> {
+    let mut out = vec![sql.len() as u8 + 1, 0, 0, 0, 3];
+    out.extend_from_slice(sql.as_bytes());
+    out
+}
+
+fn db_io(key: (u32, u32), ms: u64, dir: crate::events::Direction, bytes: &[u8]) -> Event {
+    Event::DbIo(crate::events::DbIo {
+        ktime_ns: ATTACH_NS + ms * 1_000_000,
+        tgid: key.0,
+        fd: key.1,
+        dir,
+        protocol: Protocol::Mysql,
+        len: bytes.len() as u32,
+        head: bytes.to_vec(),
+        tail: bytes.to_vec(),
+    })
+}
+
+fn existing_mysql(state: &mut AuditState, key: (u32, u32)) {
+    let db = "127.0.0.1:3306".parse().ok();
+    state.add_existing_conn(key, Role::Db, Protocol::Mysql, None, db, AtAttach::Idle);
+}
+
+fn unknown_txns(state: &AuditState) -> Vec<UnknownAtAttach> {
+    let report = state.report(Mode::Wait, 0, vec![]);
+    report
+        .coverage
+        .unwrap()
+        .unknown_at_attach
+        .into_iter()
+        .filter(|u| u.what == "transaction")
+        .collect()
+}
+
+/// A database connection from before attach whose transaction state nothing settled holds
+/// the drain (unknown is not "no transaction") until its first reply that carries the
+/// state: the write-behind worker's COMMIT, answered by an OK without IN_TRANS.
+#[test]
+fn an_unknown_transaction_state_holds_until_the_next_reply_tells() {
+    use crate::events::Direction::{Recv, Send};
+    let key = (31000, 5);
+    let mut state = named(key.0);
+    existing_mysql(&mut state, key);
+    let held = state.conns().unwrap().in_flight(None);
+    assert_eq!((held.unknown, held.unknown_txns), (1, 1));
+    assert!(!held.is_idle(), "unknown holds the drain");
+    assert_eq!(state.conns().unwrap().txn_unknown().len(), 1);
+    // The COMMIT goes out: still unknown (a send carries no state), a query in flight.
+    state.apply(&db_io(key, 100, Send, &my_query("COMMIT")));
+    assert_eq!(state.conns().unwrap().in_flight(None).unknown_txns, 1);
+    state.apply(&db_io(key, 104, Recv, &my_ok(0x0002)));
+    let now = state.conns().unwrap().in_flight(None);
+    assert!(now.is_idle(), "{now:?}");
+    let listed = unknown_txns(&state);
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (
+            listed[0].fd,
+            listed[0].resolved_by,
+            listed[0].resolved_at_ms
+        ),
+        (5, Some("traffic"), Some(104))
+    );
+    assert_eq!(state.idle_since(), Some(ATTACH_NS + 104 * 1_000_000));
+}
+
+/// The first reply says a transaction is open: from then on it is an open transaction like
+/// any other (held, and a violation if the exit cuts it).
+#[test]
+fn a_reply_in_a_transaction_turns_unknown_into_open() {
+    use crate::events::Direction::{Recv, Send};
+    let key = (31001, 6);
+    let mut state = named(key.0);
+    existing_mysql(&mut state, key);
+    state.apply(&db_io(key, 10, Send, &my_query("UPDATE t SET n = n + 1")));
+    state.apply(&db_io(key, 12, Recv, &my_ok(0x0003)));
+    let now = state.conns().unwrap().in_flight(None);
+    assert_eq!((now.transactions, now.unknown_txns), (1, 0));
+    assert_eq!(unknown_txns(&state)[0].resolved_by, Some("traffic"));
+}
+
+/// Unresolved when its process exits: never a violation for what was not seen, and the
+/// verdict cannot be `clean` either. A close settles it (`closed`); the database's own view
+/// at attach means it was never unknown (not listed).
+#[test]
+fn an_unknown_transaction_state_is_incomplete_at_exit_closed_or_settled_by_the_database() {
+    let exit = |tgid: u32| {
+        Event::Exit(crate::events::Exit {
+            ktime_ns: ATTACH_NS + 500_000_000,
+            tgid,
+            comm: "python".into(),
+            wait_status: Some(0),
+            busy_fds: vec![],
+        })
+    };
+    let key = (31002, 7);
+    let mut state = named(key.0);
+    existing_mysql(&mut state, key);
+    // COM_QUIT then exit: a clean close, but whatever the session had open was rolled
+    // back unseen.
+    state.apply(&db_io(
+        key,
+        20,
+        crate::events::Direction::Send,
+        &[1, 0, 0, 0, 1],
+    ));
+    state.apply(&exit(key.0));
+    let report = state.report(Mode::Wait, 0, vec![]);
+    assert_eq!(kinds(&report), Vec::<&str>::new());
+    assert_eq!(report.verdict, Verdict::Incomplete);
+    assert_eq!(unknown_txns(&state)[0].resolved_by, None);
+
+    let mut closed = named(key.0);
+    existing_mysql(&mut closed, key);
+    closed.apply(&Event::ConnClose(crate::events::ConnClose {
+        ktime_ns: ATTACH_NS + 1_000_000,
+        tgid: key.0,
+        fd: key.1,
+        request_since_ns: None,
+    }));
+    assert!(closed.conns().unwrap().in_flight(None).is_idle());
+    assert_eq!(unknown_txns(&closed)[0].resolved_by, Some("closed"));
+
+    let mut viewed = named(key.0);
+    existing_mysql(&mut viewed, key);
+    viewed.db_state_at_attach(key, Txn::Idle);
+    assert!(viewed.conns().unwrap().in_flight(None).is_idle());
+    assert!(unknown_txns(&viewed).is_empty());
+    viewed.apply(&exit(key.0));
+    assert_eq!(
+        viewed.report(Mode::Wait, 0, vec![]).verdict,
+        Verdict::Violations
+    );
+}
+
+/// Asked again later (a PostgreSQL backend busy with a command at attach, its title back
+/// to `idle in transaction` after): resolved by the database, and open from then on.
+#[test]
+fn the_database_view_asked_again_resolves_an_unknown_transaction_state() {
+    let key = (31003, 8);
+    let mut state = named(key.0);
+    existing_mysql(&mut state, key);
+    state.db_state_seen(key, Txn::Open, ATTACH_NS + 1_000_000_000);
+    let now = state.conns().unwrap().in_flight(None);
+    assert_eq!((now.transactions, now.unknown), (1, 0));
+    let listed = unknown_txns(&state);
+    assert_eq!(
+        (listed[0].resolved_by, listed[0].resolved_at_ms),
+        (Some("database"), Some(1000))
+    );
 }
