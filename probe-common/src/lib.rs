@@ -259,6 +259,9 @@ pub const CONN_EXISTED: u8 = 1;
 pub const CONN_UNKNOWN: u8 = 2;
 /// `ConnState::flags`: the socket backend has bound a socket to this entry (docs/hooks.md).
 pub const CONN_BOUND: u8 = 4;
+/// `ConnState::flags`: the conversation is read in plaintext through the TLS library hooks
+/// (probe-ebpf/src/sockets/tls.rs); its socket bytes are ciphertext and not parsed.
+pub const CONN_TLS: u8 = 8;
 
 /// Syscall kinds remembered between sys_enter and sys_exit (`PENDING`).
 pub const IO_READ: u8 = 1;
@@ -368,7 +371,9 @@ pub struct DbIoEvent {
     /// Bytes moved by the syscall.
     pub len: u32,
     pub tail_off: u8,
-    pub _pad: [u8; 7],
+    /// 1: plaintext read inside a TLS library call (SSL_read/SSL_write), not a syscall.
+    pub tls: u8,
+    pub _pad: [u8; 6],
     pub head: [u8; HEAD_BYTES],
     pub tail: [u8; TAIL_BYTES],
 }
@@ -389,6 +394,9 @@ pub enum Counter {
     DbIoRuns = 4,
     /// Tail calls to `db_io` that did not happen: those sends/recvs went unseen.
     DbIoMissed = 5,
+    /// TLS reads/writes of a target whose connection could not be told: their plaintext
+    /// went unseen.
+    TlsUnmatched = 6,
 }
 
 pub const COUNTER_SLOTS: u32 = 8;

@@ -99,7 +99,7 @@ pub fn db_io(ctx: RawTracePointContext) -> u32 {
     };
     // SAFETY: this CPU's slot, written just before the tail call.
     let work = unsafe { *work };
-    db_path(work.tgid, &work.pending, work.send != 0, work.moved);
+    db_path(work.tgid, &work.pending, work.send != 0, work.moved, false);
     0
 }
 
@@ -109,11 +109,20 @@ pub fn db_io(ctx: RawTracePointContext) -> u32 {
 #[inline(always)]
 pub(super) fn db_inline(tgid: u32, pending: &Pending, send: bool, moved: u64) {
     bump(Counter::DbIoRuns);
-    db_path(tgid, pending, send, moved);
+    db_path(tgid, pending, send, moved, false);
+}
+
+/// The database path for plaintext read inside a TLS library call (the uprobes of
+/// [`super::tls`]): `pending.ptr` is the caller's plaintext buffer, `pending.fd` the
+/// connection's primary fd. The same redaction applies.
+#[inline(always)]
+pub(super) fn db_tls(tgid: u32, pending: &Pending, send: bool, moved: u64) {
+    bump(Counter::DbIoRuns);
+    db_path(tgid, pending, send, moved, true);
 }
 
 #[inline(always)]
-fn db_path(tgid: u32, pending: &Pending, send: bool, moved: u64) {
+fn db_path(tgid: u32, pending: &Pending, send: bool, moved: u64, tls: bool) {
     let key = ConnKey {
         tgid,
         fd: pending.fd,
@@ -144,7 +153,7 @@ fn db_path(tgid: u32, pending: &Pending, send: bool, moved: u64) {
     if state.role != ROLE_DB {
         return;
     }
-    db_io_event(tgid, pending, state.proto, send, moved);
+    db_io_event(tgid, pending, state.proto, send, moved, tls);
 }
 
 /// Where the first bytes of the syscall's data are: (address, bytes available there).
@@ -231,7 +240,7 @@ fn copy_tail(end: u64, len: u64, out: &mut [u8; TAIL_BYTES]) -> u8 {
 }
 
 #[inline(always)]
-fn db_io_event(tgid: u32, pending: &Pending, proto: u8, send: bool, moved: u64) {
+fn db_io_event(tgid: u32, pending: &Pending, proto: u8, send: bool, moved: u64, tls: bool) {
     let (head_base, head_len) = head_span(pending, moved);
     let (tail_end, tail_avail) = tail_span(pending, moved);
     emit_flags(quiet_flags(), || {
@@ -245,7 +254,8 @@ fn db_io_event(tgid: u32, pending: &Pending, proto: u8, send: bool, moved: u64) 
             tail_len: 0,
             len: moved as u32,
             tail_off: 0,
-            _pad: [0; 7],
+            tls: tls as u8,
+            _pad: [0; 6],
             head: [0; HEAD_BYTES],
             tail: [0; TAIL_BYTES],
         };

@@ -91,7 +91,8 @@ pub(super) fn exit_io(ctx: &RawTracePointContext, pending: Pending) -> Result<u3
     // touches this fd's entry in the common case, and a lost race costs one request edge.
     let state = unsafe { &mut *state };
     let send = is_send(pending.kind);
-    match state.role {
+    let role = state.role;
+    match role {
         ROLE_CLIENT if !send && state.request_in_flight == 0 => {
             if state.flags & CONN_UNKNOWN != 0 {
                 state.flags &= !CONN_UNKNOWN;
@@ -100,10 +101,15 @@ pub(super) fn exit_io(ctx: &RawTracePointContext, pending: Pending) -> Result<u3
                 start_request(target, state);
             }
         }
+        // TLS hook point (tls.rs): ciphertext of a conversation read in plaintext through
+        // the SSL uprobes is not parsed.
+        ROLE_DB if super::tls::socket_io(pending.fd, state, send) => {}
         ROLE_DB => jump_to_db_io(ctx, pending, moved as u64, tgid, send),
         ROLE_UPSTREAM if state.sniff_left > 0 => {
             state.sniff_left -= 1;
-            jump_to_db_io(ctx, pending, moved as u64, tgid, send)
+            if !super::tls::socket_io(pending.fd, state, send) {
+                jump_to_db_io(ctx, pending, moved as u64, tgid, send)
+            }
         }
         _ => {}
     }

@@ -24,6 +24,10 @@
 //!
 //! [`sock_tp`] is the socket backend (docs/hooks.md): the same connection table, request
 //! counters and database path, fed from socket tracepoints instead of `raw_syscalls`.
+//!
+//! [`tls`] reads TLS conversations in plaintext (uprobes on OpenSSL's SSL_read/SSL_write),
+//! down the same database path; both backends tell it about socket I/O made inside an SSL
+//! call.
 
 mod close;
 mod conns;
@@ -37,3 +41,4 @@ mod recognize;
 mod requests;
 mod sock_tp;
 mod syscall;
+mod tls;

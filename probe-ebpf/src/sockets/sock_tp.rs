@@ -313,6 +313,11 @@ fn data(ctx: &BtfTracePointContext, send: bool) -> u32 {
                 }
                 state.sniff_left -= 1;
             }
+            // TLS hook point (tls.rs): ciphertext of a conversation read in plaintext
+            // through the SSL uprobes is not parsed.
+            if super::tls::socket_io(key.fd, state, send) {
+                return 0;
+            }
             let kind = io_kind(nr);
             // Through io_uring or sendfile there are no such registers: the bytes are not
             // where a syscall argument says. Counted as a missed database read, never

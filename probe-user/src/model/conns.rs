@@ -536,6 +536,9 @@ impl ConnTracker {
         let conn = self.conns.get_mut(&key).expect("inserted above");
         let txn_was_open = conn.txn_open();
         let db = conn.db.as_mut()?;
+        if event.tls {
+            db.start_tls_plaintext();
+        }
         let before = db.query_in_flight();
         db.on_io(&protocol::DbIo {
             dir: event.dir,

@@ -63,8 +63,28 @@ fn attach_process(
     }
     state.add_target(tgid, comm, origin);
     existing::attach(probe, state, tgid, common, view.as_ref())?;
+    hook_tls(probe, tgid, common.verbose);
     Ok(true)
 }
+
+/// Hooks the TLS libraries `tgid` maps and did not before (kernel/tls.rs), saying at `-v`
+/// which; one that could not be hooked is a warning (its conversations stay `unverified`).
+fn hook_tls(probe: &mut Probe, tgid: u32, verbose: u8) {
+    for library in probe.attach_tls(tgid) {
+        match &library.outcome {
+            Ok(_) if verbose >= 1 => eprintln!("drainwatch: TLS: {}", library.describe()),
+            Ok(_) => {}
+            Err(_) => eprintln!(
+                "drainwatch: warning: TLS: {}: its encrypted conversations stay unverified",
+                library.describe()
+            ),
+        }
+    }
+}
+
+/// How often the running targets' memory maps are read again for TLS libraries loaded
+/// since (a module importing `ssl`, a launched command that has exec'd, a forked child).
+const TLS_RESCAN_EVERY: Duration = Duration::from_millis(200);
 
 /// Resolves the selectors now; refuses one that matched nothing. A cgroup is read once, at
 /// attach; a name may still match an exec during an audit or serve.
@@ -374,6 +394,8 @@ pub struct Session {
     unknown_checked_at: Option<std::time::Instant>,
     /// How many times they were looked at: the look backs off (`recheck_every`).
     unknown_checks: u32,
+    /// When the targets' maps were last read for TLS libraries.
+    tls_scanned_at: Option<std::time::Instant>,
 }
 
 /// How often an audit or serve reads its cgroups again.
@@ -497,6 +519,7 @@ impl Session {
             common: common.clone(),
             unknown_checked_at: None,
             unknown_checks: 0,
+            tls_scanned_at: None,
         })
     }
 
@@ -605,12 +628,32 @@ impl Session {
         }
     }
 
+    /// Hooks TLS libraries the running targets loaded since they were last looked at.
+    fn rescan_tls(&mut self) {
+        if self
+            .tls_scanned_at
+            .is_some_and(|at| at.elapsed() < TLS_RESCAN_EVERY)
+        {
+            return;
+        }
+        self.tls_scanned_at = Some(std::time::Instant::now());
+        for tgid in self.state.running_targets() {
+            hook_tls(&mut self.probe, tgid, self.common.verbose);
+        }
+    }
+
     /// Fills the report's `coverage` with this kernel and the hooks that fed the socket
     /// side (docs/hooks.md).
     pub fn stamp_coverage(&self, report: &mut crate::model::report::Report) {
         let coverage = report.coverage.get_or_insert_with(Default::default);
         coverage.kernel = Some(crate::kernel::features::kernel_release());
         coverage.hooks = Some(self.probe.hooks().coverage());
+        coverage.tls_libraries = self
+            .probe
+            .tls_libraries()
+            .iter()
+            .map(|l| l.describe())
+            .collect();
     }
 
     /// Whether the targets this session waits for have exited.
@@ -702,6 +745,7 @@ impl Session {
                     self.notice_unseen_exits();
                     self.join_cgroups();
                     self.recheck_unknown();
+                    self.rescan_tls();
                     if last_tick.is_none_or(|at| at.elapsed() >= tick) {
                         last_tick = Some(std::time::Instant::now());
                         on_tick(self);

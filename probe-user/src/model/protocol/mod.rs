@@ -113,6 +113,9 @@ enum Parser {
 pub struct DbConn {
     protocol: Protocol,
     parser: Parser,
+    seen_from_start: bool,
+    /// Read in plaintext through the TLS library hooks (docs/how-it-sees.md, "TLS").
+    tls: bool,
 }
 
 impl DbConn {
@@ -129,7 +132,39 @@ impl DbConn {
                 encrypted: false,
             }),
         };
-        DbConn { protocol, parser }
+        DbConn {
+            protocol,
+            parser,
+            seen_from_start,
+            tls: false,
+        }
+    }
+
+    /// The kernel read this conversation's plaintext inside the TLS library (SSL_read /
+    /// SSL_write): from now on it is parsed as the protocol again, starting where TLS
+    /// began. For a connection seen from its opening, that is the protocol's first message
+    /// inside TLS (PostgreSQL StartupMessage after SSLRequest/'S'; MySQL's full handshake
+    /// response after its SSL request packet; Redis from the start); for one opened before
+    /// attach, mid-conversation (its parser resynchronises). The ciphertext the socket
+    /// hooks reported until the kernel tied the connection to its `SSL *` is dropped with
+    /// the opaque parser that held it.
+    pub fn start_tls_plaintext(&mut self) {
+        if self.tls {
+            return;
+        }
+        self.tls = true;
+        let from_start = self.seen_from_start && self.encrypted();
+        self.parser = match self.protocol {
+            Protocol::Postgres => Parser::Postgres(postgres::Postgres::new(from_start)),
+            Protocol::Mysql => Parser::Mysql(mysql::Mysql::inside_tls(from_start)),
+            Protocol::Redis => Parser::Redis(redis::Redis::new(from_start)),
+            Protocol::Unknown => return,
+        };
+    }
+
+    /// Read in plaintext through the TLS library hooks.
+    pub fn tls_plaintext(&self) -> bool {
+        self.tls
     }
 
     /// Feed one send or recv. Syscalls that moved no bytes change nothing.
