@@ -44,7 +44,9 @@ struct DbWork {
     moved: u64,
     tgid: u32,
     send: u8,
-    _pad: [u8; 3],
+    /// Plaintext of a TLS write (tls.rs), not the syscall's own bytes.
+    tls: u8,
+    _pad: [u8; 2],
     /// The JUMP slot, read back from the map so that the verifier sees an unknown index.
     slot: u32,
     _pad2: u32,
@@ -60,6 +62,7 @@ pub(super) fn jump_to_db_io(
     moved: u64,
     tgid: u32,
     send: bool,
+    tls: bool,
 ) {
     let Some(slot) = DB_WORK.get_ptr_mut(0) else {
         return;
@@ -71,7 +74,8 @@ pub(super) fn jump_to_db_io(
             moved,
             tgid,
             send: send as u8,
-            _pad: [0; 3],
+            tls: tls as u8,
+            _pad: [0; 2],
             slot: 0,
             _pad2: 0,
         };
@@ -99,7 +103,13 @@ pub fn db_io(ctx: RawTracePointContext) -> u32 {
     };
     // SAFETY: this CPU's slot, written just before the tail call.
     let work = unsafe { *work };
-    db_path(work.tgid, &work.pending, work.send != 0, work.moved, false);
+    db_path(
+        work.tgid,
+        &work.pending,
+        work.send != 0,
+        work.moved,
+        work.tls != 0,
+    );
     0
 }
 
@@ -107,9 +117,9 @@ pub fn db_io(ctx: RawTracePointContext) -> u32 {
 /// tail-call into this raw tracepoint program: a program array holds one program type).
 /// `pending.fd` is the connection's primary fd.
 #[inline(always)]
-pub(super) fn db_inline(tgid: u32, pending: &Pending, send: bool, moved: u64) {
+pub(super) fn db_inline(tgid: u32, pending: &Pending, send: bool, moved: u64, tls: bool) {
     bump(Counter::DbIoRuns);
-    db_path(tgid, pending, send, moved, false);
+    db_path(tgid, pending, send, moved, tls);
 }
 
 /// The database path for plaintext read inside a TLS library call (the uprobes of

@@ -13,6 +13,7 @@ use super::{
     pending::remember,
     requests::{end_request, start_request},
     syscall::{arg, ret},
+    tls::SocketBytes,
 };
 use crate::shared::{current_tgid_pid, target};
 
@@ -101,14 +102,27 @@ pub(super) fn exit_io(ctx: &RawTracePointContext, pending: Pending) -> Result<u3
                 start_request(target, state);
             }
         }
-        // TLS hook point (tls.rs): ciphertext of a conversation read in plaintext through
-        // the SSL uprobes is not parsed.
-        ROLE_DB if super::tls::socket_io(pending.fd, state, send) => {}
-        ROLE_DB => jump_to_db_io(ctx, pending, moved as u64, tgid, send),
-        ROLE_UPSTREAM if state.sniff_left > 0 => {
-            state.sniff_left -= 1;
-            if !super::tls::socket_io(pending.fd, state, send) {
-                jump_to_db_io(ctx, pending, moved as u64, tgid, send)
+        ROLE_DB | ROLE_UPSTREAM => {
+            if role == ROLE_UPSTREAM {
+                if state.sniff_left == 0 {
+                    return Ok(0);
+                }
+                state.sniff_left -= 1;
+            }
+            // TLS hook point (tls.rs): ciphertext of a conversation read in plaintext
+            // through the SSL uprobes is not parsed (a held SSL_write is, in its place).
+            match super::tls::socket_io(pending.fd, state, send) {
+                SocketBytes::Parse => jump_to_db_io(ctx, pending, moved as u64, tgid, send, false),
+                SocketBytes::Skip => {}
+                SocketBytes::Held { buf, moved } => {
+                    let plain = Pending {
+                        kind: IO_WRITE,
+                        ptr: buf,
+                        count: 0,
+                        ..pending
+                    };
+                    jump_to_db_io(ctx, plain, moved, tgid, true, true)
+                }
             }
         }
         _ => {}

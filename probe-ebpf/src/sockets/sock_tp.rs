@@ -40,6 +40,7 @@ use super::{
     db::db_inline,
     open::{classify_peer, open_conn},
     requests::{end_request, start_request},
+    tls::SocketBytes,
 };
 use crate::shared::{config, current_tgid_pid, is_target, maybe_target, target};
 
@@ -314,11 +315,16 @@ fn data(ctx: &BtfTracePointContext, send: bool) -> u32 {
                 state.sniff_left -= 1;
             }
             // TLS hook point (tls.rs): ciphertext of a conversation read in plaintext
-            // through the SSL uprobes is not parsed.
-            if super::tls::socket_io(key.fd, state, send) {
-                return 0;
+            // through the SSL uprobes is not parsed (a held SSL_write is, in its place).
+            let (mut kind, mut ptr, mut count, mut moved, mut tls) =
+                (io_kind(nr), si, dx, ret as u64, false);
+            match super::tls::socket_io(key.fd, state, send) {
+                SocketBytes::Parse => {}
+                SocketBytes::Skip => return 0,
+                SocketBytes::Held { buf, moved: held } => {
+                    (kind, ptr, count, moved, tls) = (IO_WRITE, buf, 0, held, true);
+                }
             }
-            let kind = io_kind(nr);
             // Through io_uring or sendfile there are no such registers: the bytes are not
             // where a syscall argument says. Counted as a missed database read, never
             // guessed (docs/hooks.md).
@@ -330,12 +336,12 @@ fn data(ctx: &BtfTracePointContext, send: bool) -> u32 {
                 kind,
                 _pad: [0; 3],
                 fd: key.fd,
-                ptr: si,
-                count: dx,
+                ptr,
+                count,
                 addr: SockAddr::empty(),
                 _pad2: [0; 4],
             };
-            db_inline(key.tgid, &pending, send, ret as u64);
+            db_inline(key.tgid, &pending, send, moved, tls);
         }
         _ => {}
     }

@@ -13,13 +13,17 @@
 //!   ([`socket_io`]) and the pair is kept in `SSL_CONNS`;
 //! - a memory BIO (node's TLSWrap) receives the ciphertext on the socket first and then
 //!   calls `SSL_read` on the same thread (also to drive the handshake, before any
-//!   `SSL_write`): an `SSL *` not yet known takes the thread's last database receive.
+//!   `SSL_write`): an `SSL *` not yet known takes the thread's last database receive. Its
+//!   `SSL_write` returns before the ciphertext is sent (TLSWrap::EncOut, same thread, at
+//!   once): a write whose `SSL *` is not yet known (a connection opened before attach) is
+//!   held ([`DEFERRED`]) and handed to the database path at the thread's next database
+//!   send, within [`DEFER_NS`], which also ties the `SSL *` to that connection.
 //!
 //! Once a connection is read through these hooks (`CONN_TLS`), its socket bytes are
 //! ciphertext: the socket hooks no longer hand them to the database path.
 
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid,
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{map, uprobe, uretprobe},
     maps::LruHashMap,
     programs::{ProbeContext, RetProbeContext},
@@ -74,24 +78,82 @@ static SSL_CONNS: LruHashMap<SslKey, u32> = LruHashMap::with_max_entries(MAX_CON
 #[map]
 static LAST_RECV: LruHashMap<u64, u32> = LruHashMap::with_max_entries(MAX_PENDING, 0);
 
+/// A plaintext write held for the thread's next database send.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Deferred {
+    ssl: u64,
+    buf: u64,
+    moved: u64,
+    at_ns: u64,
+}
+
+/// Held writes, by thread (`pid_tgid`).
+#[map]
+static DEFERRED: LruHashMap<u64, Deferred> = LruHashMap::with_max_entries(MAX_PENDING, 0);
+
+/// How long a held write waits for its ciphertext to be sent; later sends are not taken
+/// for it (they may belong to another connection).
+const DEFER_NS: u64 = 20_000_000;
+
+/// What the socket hooks do with the bytes of a database send/recv.
+pub(super) enum SocketBytes {
+    /// Plaintext: parse them.
+    Parse,
+    /// Ciphertext of a conversation read through the SSL hooks: not parsed.
+    Skip,
+    /// Ciphertext carrying a held `SSL_write` (node): parse that write's plaintext
+    /// (`buf`, `moved` bytes) instead, as TLS plaintext.
+    Held { buf: u64, moved: u64 },
+}
+
 /// Called by the socket hooks (syscall exits in io.rs, the socket backend in sock_tp.rs)
 /// for a send/recv on a database (or sniffed upstream) connection `fd` (its primary fd) of
-/// the current thread. Returns true when the bytes are ciphertext of a TLS conversation
-/// read through the hooks: the caller must not parse them.
+/// the current thread: whether to parse them (see [`SocketBytes`]).
 #[inline(always)]
-pub(super) fn socket_io(fd: u32, state: &mut ConnState, send: bool) -> bool {
+pub(super) fn socket_io(fd: u32, state: &mut ConnState, send: bool) -> SocketBytes {
     let id = bpf_get_current_pid_tgid();
     if let Some(call) = TLS_CALLS.get_ptr_mut(&id) {
         // Inside SSL_read/SSL_write on this thread: a socket BIO at work.
         // SAFETY: a map value pointer, valid for this program run; only this thread uses it.
         unsafe { (*call).fd = fd };
         state.flags |= CONN_TLS;
-        return true;
+        return SocketBytes::Skip;
     }
     if !send {
         let _ = LAST_RECV.insert(&id, &fd, 0);
+    } else if let Some(held) = take_held(id) {
+        let _ = SSL_CONNS.insert(
+            &SslKey {
+                ssl: held.ssl,
+                tgid: (id >> 32) as u32,
+                _pad: 0,
+            },
+            &fd,
+            0,
+        );
+        state.flags |= CONN_TLS;
+        return SocketBytes::Held {
+            buf: held.buf,
+            moved: held.moved,
+        };
     }
-    state.flags & CONN_TLS != 0
+    if state.flags & CONN_TLS != 0 {
+        SocketBytes::Skip
+    } else {
+        SocketBytes::Parse
+    }
+}
+
+/// The thread's held write, if recent enough.
+#[inline(always)]
+fn take_held(id: u64) -> Option<Deferred> {
+    // SAFETY: copied before the entry is removed.
+    let held = unsafe { DEFERRED.get(&id) }.copied()?;
+    let _ = DEFERRED.remove(&id);
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    (now.wrapping_sub(held.at_ns) < DEFER_NS).then_some(held)
 }
 
 #[inline(always)]
@@ -127,22 +189,27 @@ fn exit(ctx: &RetProbeContext) -> u32 {
     let tgid = (id >> 32) as u32;
     let ret: i64 = ctx.ret::<i32>() as i64;
     let write = call.write != 0;
-    let Some(fd) = conn_of(id, tgid, &call, write) else {
-        if ret > 0 {
-            bump(Counter::TlsUnmatched);
-        }
-        return 0;
-    };
     // SSL_read/SSL_write return the bytes moved (<= 0: nothing, or an error to retry);
     // the _ex variants return 1 and store the count.
     let moved = if call.ex != 0 {
-        if ret != 1 {
-            return 0;
+        if ret == 1 {
+            user::<u64>(call.out).unwrap_or(0)
+        } else {
+            0
         }
-        user::<u64>(call.out).unwrap_or(0)
     } else if ret > 0 {
         ret as u64
     } else {
+        0
+    };
+    let Some(fd) = conn_of(id, tgid, &call, write) else {
+        if moved > 0 {
+            if write {
+                hold(id, &call, moved);
+            } else {
+                bump(Counter::TlsUnmatched);
+            }
+        }
         return 0;
     };
     if moved == 0 {
@@ -159,6 +226,26 @@ fn exit(ctx: &RetProbeContext) -> u32 {
     };
     db_tls(tgid, &pending, write, moved);
     0
+}
+
+/// Holds a write whose connection is not known yet for the thread's next database send. A
+/// write already held that no send took is lost: counted.
+#[inline(always)]
+fn hold(id: u64, call: &TlsCall, moved: u64) {
+    // SAFETY: presence check only.
+    if unsafe { DEFERRED.get(&id) }.is_some() {
+        bump(Counter::TlsUnmatched);
+    }
+    let held = Deferred {
+        ssl: call.ssl,
+        buf: call.buf,
+        moved,
+        // SAFETY: no preconditions.
+        at_ns: unsafe { bpf_ktime_get_ns() },
+    };
+    if DEFERRED.insert(&id, &held, 0).is_err() {
+        bump(Counter::TlsUnmatched);
+    }
 }
 
 /// The connection of this call's `SSL *`: learned inside the call, known from before, or

@@ -590,12 +590,13 @@ impl Probe {
     }
 
     /// What the probe could not see: events lost in the ring buffer, fork children and
-    /// connections that did not fit their maps.
+    /// connections that did not fit their maps, database I/O and TLS plaintext not read.
     pub fn unseen(&self) -> u64 {
         self.lost()
             + self.counter(Counter::TargetsFull)
             + self.counter(Counter::ConnsFull)
             + self.counter(Counter::DbIoMissed)
+            + self.counter(Counter::TlsUnmatched)
     }
 
     /// Watches for processes that exec under `name` (`--comm`).

@@ -141,19 +141,26 @@ impl DbConn {
     }
 
     /// The kernel read this conversation's plaintext inside the TLS library (SSL_read /
-    /// SSL_write): from now on it is parsed as the protocol again, starting where TLS
-    /// began. For a connection seen from its opening, that is the protocol's first message
-    /// inside TLS (PostgreSQL StartupMessage after SSLRequest/'S'; MySQL's full handshake
-    /// response after its SSL request packet; Redis from the start); for one opened before
-    /// attach, mid-conversation (its parser resynchronises). The ciphertext the socket
-    /// hooks reported until the kernel tied the connection to its `SSL *` is dropped with
-    /// the opaque parser that held it.
-    pub fn start_tls_plaintext(&mut self) {
+    /// SSL_write), `first` being the first of it: from now on it is parsed as the protocol
+    /// again. When `first` is the protocol's first message inside TLS (PostgreSQL
+    /// StartupMessage after SSLRequest/'S'; MySQL's full handshake response, sequence 2,
+    /// after its SSL request packet) on a connection seen from its opening, the parser
+    /// starts there; otherwise (opened before attach, or TLS hooked only after its opening)
+    /// mid-conversation, and it resynchronises. The ciphertext the socket hooks reported
+    /// until the kernel tied the connection to its `SSL *` is dropped with the opaque
+    /// parser that held it.
+    pub fn start_tls_plaintext(&mut self, first: &DbIo) {
         if self.tls {
             return;
         }
         self.tls = true;
-        let from_start = self.seen_from_start && self.encrypted();
+        let opening = first.dir == Direction::Send
+            && match self.protocol {
+                Protocol::Postgres => postgres::is_untyped_opening(first.head),
+                Protocol::Mysql => first.head.get(3) == Some(&2),
+                _ => true,
+            };
+        let from_start = self.seen_from_start && self.encrypted() && opening;
         self.parser = match self.protocol {
             Protocol::Postgres => Parser::Postgres(postgres::Postgres::new(from_start)),
             Protocol::Mysql => Parser::Mysql(mysql::Mysql::inside_tls(from_start)),
