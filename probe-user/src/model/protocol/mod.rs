@@ -116,6 +116,9 @@ pub struct DbConn {
     seen_from_start: bool,
     /// Read in plaintext through the TLS library hooks (docs/how-it-sees.md, "TLS").
     tls: bool,
+    /// What the database said of the transaction outside the conversation
+    /// ([`DbConn::assume_txn`]), kept for a parser that starts over inside TLS.
+    assumed: Option<Txn>,
 }
 
 impl DbConn {
@@ -137,6 +140,7 @@ impl DbConn {
             parser,
             seen_from_start,
             tls: false,
+            assumed: None,
         }
     }
 
@@ -167,6 +171,9 @@ impl DbConn {
             Protocol::Redis => Parser::Redis(redis::Redis::new(from_start)),
             Protocol::Unknown => return,
         };
+        if let (false, Some(txn)) = (from_start, self.assumed) {
+            self.assume_txn(txn);
+        }
     }
 
     /// Read in plaintext through the TLS library hooks.
@@ -200,6 +207,7 @@ impl DbConn {
     /// The transaction state the database itself reported outside the conversation (a
     /// PostgreSQL backend's process title), for a connection whose state is still unknown.
     pub fn assume_txn(&mut self, txn: Txn) {
+        self.assumed = Some(txn);
         match &mut self.parser {
             Parser::Postgres(p) => p.assume_txn(txn),
             Parser::Mysql(p) => p.assume_txn(txn),
