@@ -9,7 +9,7 @@ use std::{
     io::{BufRead, BufReader, Write},
     net::TcpStream,
     path::PathBuf,
-    process::{Child, ChildStdout, Command, Stdio},
+    process::{Child, Command, Stdio},
     sync::mpsc,
     thread,
     time::{Duration, Instant},
@@ -96,6 +96,8 @@ impl Client {
 pub struct Shop {
     child: Child,
     pub lines: mpsc::Receiver<String>,
+    /// Launched under audit: drainwatch's stderr, line by line.
+    stderr: Option<mpsc::Receiver<String>>,
     pub pid: u32,
     pub port: u16,
     dir: TempDir,
@@ -103,7 +105,7 @@ pub struct Shop {
 
 impl Shop {
     pub fn start(client: Client, mode: &str, url: &str) -> Shop {
-        Self::spawn(client.command(mode, url))
+        Self::spawn(client.command(mode, url), false)
     }
 
     /// Launched by `drainwatch audit --report REPORT ARGS -- <fixture>`, so that every
@@ -121,17 +123,21 @@ impl Shop {
                     .get_envs()
                     .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned()))),
             );
-        Self::spawn(cmd)
+        Self::spawn(cmd, true)
     }
 
-    fn spawn(mut cmd: Command) -> Shop {
+    fn spawn(mut cmd: Command, pipe_stderr: bool) -> Shop {
         let dir = TempDir::new("shop");
+        if pipe_stderr {
+            cmd.stderr(Stdio::piped());
+        }
         let mut child = cmd
             .current_dir(&dir.0)
             .stdout(Stdio::piped())
             .spawn()
             .expect("start the shop fixture");
         let lines = reader(child.stdout.take().unwrap());
+        let stderr = child.stderr.take().map(reader);
         let ready = lines.recv_timeout(PATIENCE).expect("the shop says ready");
         let field = |name: &str| -> u32 {
             ready
@@ -143,6 +149,7 @@ impl Shop {
         Shop {
             child,
             lines,
+            stderr,
             pid,
             port,
             dir,
@@ -162,6 +169,24 @@ impl Shop {
         });
         self.expect_line(&format!("txn {name}"));
         rx
+    }
+
+    /// Launched under audit: waits for drainwatch to print a line containing `needle` on
+    /// stderr; returns the lines read up to it.
+    pub fn wait_stderr(&self, needle: &str) -> Vec<String> {
+        let stderr = self.stderr.as_ref().expect("launched under audit");
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + PATIENCE;
+        while Instant::now() < deadline {
+            if let Ok(line) = stderr.recv_timeout(Duration::from_millis(50)) {
+                let found = line.contains(needle);
+                seen.push(line);
+                if found {
+                    return seen;
+                }
+            }
+        }
+        panic!("drainwatch did not print {needle:?}:\n{}", seen.join("\n"));
     }
 
     /// Waits for the fixture to print `line`.
@@ -202,7 +227,7 @@ impl Drop for Shop {
     }
 }
 
-fn reader(stdout: ChildStdout) -> mpsc::Receiver<String> {
+fn reader(stdout: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {

@@ -155,17 +155,23 @@ fn node_pg_plaintext_pool_end_then_exit_is_clean() {
     graceful_stop(Client::Node);
 }
 
-/// psycopg launched under audit: the connection, its SSLRequest and its whole TLS
-/// conversation are seen from the start (libssl is loaded by the import of psycopg, after
-/// the launch: found by the session's rescan of the targets' maps). kill -9
-/// mid-transaction: `open_transaction`.
+/// psycopg launched under audit: libssl is loaded by the import of psycopg, after the
+/// launch, and found by the session's rescan of the targets' maps (drainwatch says so at
+/// -v); the connection was seen opening. kill -9 mid-transaction: `open_transaction`.
 #[test]
 fn psycopg_tls_launched_under_audit_kill9_is_open_transaction() {
     require_root();
     let db = PgServer::start_tls();
     let dir = TempDir::new("tls-launched");
     let report_path = dir.path("report.json");
-    let mut shop = Shop::under_audit(Client::Psycopg, "graceful", &db.url(), &report_path, &[]);
+    let mut shop = Shop::under_audit(
+        Client::Psycopg,
+        "graceful",
+        &db.url(),
+        &report_path,
+        &["-v"],
+    );
+    shop.wait_stderr("drainwatch: TLS: pid");
     let answer = shop.request_in_transaction("ul");
     // SAFETY: kill(2) on the fixture drainwatch launched for this test.
     assert_eq!(unsafe { libc::kill(shop.pid as i32, libc::SIGKILL) }, 0);

@@ -100,6 +100,8 @@ impl TlsHooks {
                     Ok(true) => Ok("OpenSSL"),
                     // No SSL_write: not a TLS library (an executable without OpenSSL).
                     Ok(false) => continue,
+                    // Exited meanwhile (its /proc/PID/root is gone): nothing to say.
+                    Err(_) if !Path::new(&format!("/proc/{tgid}/root/")).exists() => return new,
                     Err(why) => Err(why),
                 },
             };
@@ -116,22 +118,33 @@ impl TlsHooks {
     }
 
     /// Attaches the entry and return probes to one mapped file of one process. `Ok(false)`:
-    /// the file does not export `SSL_write`.
+    /// the file does not define `SSL_write` and `SSL_read`.
     fn hook(&mut self, ebpf: &mut Ebpf, pid: NonZeroU32, path: &str) -> Result<bool, String> {
-        self.load(ebpf)?;
         // Through the process's own root, so a target in another mount namespace (a
         // container) is hooked in the file it really maps.
         let target = PathBuf::from(format!("/proc/{pid}/root{path}"));
-        for (program, function, needed) in ENTRIES {
-            match attach_one(ebpf, program, function, &target, pid) {
-                Ok(link) => self.links.push((program, link)),
-                Err(AttachError::NoSymbol) if program == "ssl_write" => return Ok(false),
-                Err(AttachError::NoSymbol) if !needed => continue,
-                Err(err) => return Err(format!("{function}: {err}")),
-            }
-            match attach_one(ebpf, RETURN, function, &target, pid) {
-                Ok(link) => self.links.push((RETURN, link)),
-                Err(err) => return Err(format!("{function} return: {err}")),
+        let names: Vec<&str> = ENTRIES.iter().map(|e| e.1).collect();
+        let offsets = match symbol_offsets(&target, &names) {
+            Ok(offsets) => offsets,
+            // Not an ELF we can read: no OpenSSL there to hook.
+            Err(_) => return Ok(false),
+        };
+        if ENTRIES
+            .iter()
+            .zip(&offsets)
+            .any(|((_, _, needed), offset)| *needed && offset.is_none())
+        {
+            return Ok(false);
+        }
+        self.load(ebpf)?;
+        for ((program, function, _), offset) in ENTRIES.iter().zip(offsets) {
+            let Some(offset) = offset else {
+                continue;
+            };
+            for name in [*program, RETURN] {
+                let link = attach_one(ebpf, name, offset, &target, pid)
+                    .map_err(|e| format!("{function} ({name}): {e}"))?;
+                self.links.push((name, link));
             }
         }
         Ok(true)
@@ -156,44 +169,102 @@ impl TlsHooks {
     }
 }
 
-enum AttachError {
-    NoSymbol,
-    Other(String),
-}
-
-impl std::fmt::Display for AttachError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            AttachError::NoSymbol => f.write_str("symbol not found"),
-            AttachError::Other(why) => f.write_str(why),
-        }
-    }
-}
-
+/// Attaches `program` at file offset `offset` of `target`, in process `pid` only.
 fn attach_one(
     ebpf: &mut Ebpf,
     program: &str,
-    function: &str,
+    offset: u64,
     target: &Path,
     pid: NonZeroU32,
-) -> Result<UProbeLinkId, AttachError> {
+) -> Result<UProbeLinkId, String> {
     let uprobe: &mut UProbe = ebpf
         .program_mut(program)
-        .ok_or_else(|| AttachError::Other(format!("no program {program}")))?
+        .ok_or_else(|| format!("no program {program}"))?
         .try_into()
-        .map_err(|e| AttachError::Other(format!("{e}")))?;
+        .map_err(|e| format!("{e}"))?;
     uprobe
-        .attach(function, target, UProbeScope::OneProcess(pid))
-        .map_err(|e| {
-            let text = chain(&e);
-            // aya's ResolveSymbolError::Unknown ("unknown symbol `SSL_write`"), or an ELF
-            // without the symbol and without a debuglink.
-            if text.contains("unknown symbol") || text.contains("debuglink") {
-                AttachError::NoSymbol
-            } else {
-                AttachError::Other(text)
-            }
-        })
+        .attach(offset, target, UProbeScope::OneProcess(pid))
+        .map_err(|e| chain(&e))
+}
+
+/// The file offsets of the functions `names` that the ELF file at `path` defines (in its
+/// dynamic symbols or its symbol table), in the order asked; `None` for one it does not
+/// define (an import of it does not count). The file is mapped, not read: node is ~100 MB.
+fn symbol_offsets(path: &Path, names: &[&str]) -> std::io::Result<Vec<Option<u64>>> {
+    use object::{Object, ObjectSection, ObjectSymbol};
+    let file = std::fs::File::open(path)?;
+    let map = Mapped::new(&file)?;
+    let elf = object::File::parse(map.bytes()).map_err(std::io::Error::other)?;
+    let mut out = vec![None; names.len()];
+    for symbol in elf.dynamic_symbols().chain(elf.symbols()) {
+        if symbol.is_undefined() || symbol.kind() != object::SymbolKind::Text {
+            continue;
+        }
+        let Ok(name) = symbol.name() else {
+            continue;
+        };
+        let Some(slot) = names.iter().position(|n| *n == name) else {
+            continue;
+        };
+        if out[slot].is_some() {
+            continue;
+        }
+        // A virtual address to a file offset, through its section (as aya does).
+        let Some(section) = symbol
+            .section_index()
+            .and_then(|i| elf.section_by_index(i).ok())
+        else {
+            continue;
+        };
+        let Some((file_offset, _)) = section.file_range() else {
+            continue;
+        };
+        out[slot] = Some(symbol.address() - section.address() + file_offset);
+    }
+    Ok(out)
+}
+
+/// A read-only private mapping of a whole file.
+struct Mapped {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+impl Mapped {
+    fn new(file: &std::fs::File) -> std::io::Result<Self> {
+        use std::os::fd::AsRawFd;
+        let len = file.metadata()?.len() as usize;
+        if len == 0 {
+            return Err(std::io::Error::other("empty file"));
+        }
+        // SAFETY: a fresh read-only private mapping of an open file; unmapped in Drop.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Self { ptr, len })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `len` readable bytes mapped at `ptr` for the life of self.
+        unsafe { std::slice::from_raw_parts(self.ptr as *const u8, self.len) }
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`.
+        unsafe { libc::munmap(self.ptr, self.len) };
+    }
 }
 
 /// An error and its sources, as one line.

@@ -83,8 +83,12 @@ fn hook_tls(probe: &mut Probe, tgid: u32, verbose: u8) {
 }
 
 /// How often the running targets' memory maps are read again for TLS libraries loaded
-/// since (a module importing `ssl`, a launched command that has exec'd, a forked child).
-const TLS_RESCAN_EVERY: Duration = Duration::from_millis(200);
+/// since (a module importing `ssl`, a launched command that has exec'd, a forked child):
+/// at every drain tick while a target is new (a program loads its libraries and often
+/// connects right after it starts: a conversation begun before its library is hooked is
+/// read from the middle, or stays unverified), then every [`TLS_RESCAN_EVERY`].
+const TLS_RESCAN_EVERY: Duration = Duration::from_millis(1000);
+const TLS_NEW_TARGET: Duration = Duration::from_secs(5);
 
 /// Resolves the selectors now; refuses one that matched nothing. A cgroup is read once, at
 /// attach; a name may still match an exec during an audit or serve.
@@ -394,8 +398,10 @@ pub struct Session {
     unknown_checked_at: Option<std::time::Instant>,
     /// How many times they were looked at: the look backs off (`recheck_every`).
     unknown_checks: u32,
-    /// When the targets' maps were last read for TLS libraries.
+    /// When the targets' maps were last all read for TLS libraries.
     tls_scanned_at: Option<std::time::Instant>,
+    /// When each target was first looked at for TLS libraries.
+    tls_first_seen: std::collections::HashMap<u32, std::time::Instant>,
 }
 
 /// How often an audit or serve reads its cgroups again.
@@ -520,6 +526,7 @@ impl Session {
             unknown_checked_at: None,
             unknown_checks: 0,
             tls_scanned_at: None,
+            tls_first_seen: std::collections::HashMap::new(),
         })
     }
 
@@ -630,15 +637,20 @@ impl Session {
 
     /// Hooks TLS libraries the running targets loaded since they were last looked at.
     fn rescan_tls(&mut self) {
-        if self
+        let now = std::time::Instant::now();
+        let all = self
             .tls_scanned_at
-            .is_some_and(|at| at.elapsed() < TLS_RESCAN_EVERY)
-        {
-            return;
+            .is_none_or(|at| at.elapsed() >= TLS_RESCAN_EVERY);
+        if all {
+            self.tls_scanned_at = Some(now);
         }
-        self.tls_scanned_at = Some(std::time::Instant::now());
-        for tgid in self.state.running_targets() {
-            hook_tls(&mut self.probe, tgid, self.common.verbose);
+        let running = self.state.running_targets();
+        self.tls_first_seen.retain(|tgid, _| running.contains(tgid));
+        for tgid in running {
+            let first = *self.tls_first_seen.entry(tgid).or_insert(now);
+            if all || first.elapsed() < TLS_NEW_TARGET {
+                hook_tls(&mut self.probe, tgid, self.common.verbose);
+            }
         }
     }
 
