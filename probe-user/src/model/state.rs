@@ -489,3 +489,6 @@ mod tests;
 
 #[cfg(test)]
 mod db_tests;
+
+#[cfg(test)]
+mod tls_tests;
