@@ -34,6 +34,7 @@ pub mod map_names {
     pub const REQUEST_LATENCY: &str = "REQUEST_LATENCY";
     pub const USER_TARGET_BITS: &str = "USER_TARGET_BITS";
     pub const LISTEN_PORTS: &str = "LISTEN_PORTS";
+    pub const TLS_ON: &str = "TLS_ON";
 }
 
 /// Most process names `--comm` can watch for.
@@ -260,8 +261,12 @@ pub const CONN_UNKNOWN: u8 = 2;
 /// `ConnState::flags`: the socket backend has bound a socket to this entry (docs/hooks.md).
 pub const CONN_BOUND: u8 = 4;
 /// `ConnState::flags`: the conversation is read in plaintext through the TLS library hooks
-/// (probe-ebpf/src/sockets/tls.rs); its socket bytes are ciphertext and not parsed.
-pub const CONN_TLS: u8 = 8;
+/// (probe-ebpf/src/sockets/tls.rs); its socket bytes are ciphertext and not parsed. (High
+/// bits, clear of the low ones other features take.)
+pub const CONN_TLS: u8 = 0x40;
+/// `ConnState::flags`: TLS records were seen on the connection's socket: only such a
+/// connection may be tied to an `SSL *` by guess (memory BIOs, tls.rs).
+pub const CONN_TLS_SEEN: u8 = 0x80;
 
 /// Syscall kinds remembered between sys_enter and sys_exit (`PENDING`).
 pub const IO_READ: u8 = 1;
@@ -394,9 +399,6 @@ pub enum Counter {
     DbIoRuns = 4,
     /// Tail calls to `db_io` that did not happen: those sends/recvs went unseen.
     DbIoMissed = 5,
-    /// TLS reads/writes of a target whose connection could not be told: their plaintext
-    /// went unseen.
-    TlsUnmatched = 6,
 }
 
 pub const COUNTER_SLOTS: u32 = 8;

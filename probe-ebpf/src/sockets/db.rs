@@ -168,7 +168,7 @@ fn db_path(tgid: u32, pending: &Pending, send: bool, moved: u64, tls: bool) {
 
 /// Where the first bytes of the syscall's data are: (address, bytes available there).
 #[inline(always)]
-fn head_span(pending: &Pending, moved: u64) -> (u64, u64) {
+pub(super) fn head_span(pending: &Pending, moved: u64) -> (u64, u64) {
     match iovecs(pending) {
         None => (pending.ptr, moved),
         Some((iov, _)) => match user::<[u64; 2]>(iov) {

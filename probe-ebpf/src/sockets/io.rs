@@ -9,11 +9,11 @@ use probe_common::{
 
 use super::{
     conns::{resolve, CONNS},
-    db::jump_to_db_io,
+    db::{head_span, jump_to_db_io},
     pending::remember,
     requests::{end_request, start_request},
     syscall::{arg, ret},
-    tls::SocketBytes,
+    tls::{other_io, SocketBytes},
 };
 use crate::shared::{current_tgid_pid, target};
 
@@ -35,6 +35,7 @@ fn enter_io(ctx: &RawTracePointContext, kind: u8) -> Result<u32, u32> {
         // bytes received after idle, which only the sys_exit can tell. So only a receive on
         // an idle client connection is remembered.
         ROLE_CLIENT if is_send(kind) => {
+            other_io(fd, true);
             // Traffic settles a connection unknown at attach (userspace reads the flag).
             if state.flags & CONN_UNKNOWN != 0 {
                 state.flags &= !CONN_UNKNOWN;
@@ -95,6 +96,7 @@ pub(super) fn exit_io(ctx: &RawTracePointContext, pending: Pending) -> Result<u3
     let role = state.role;
     match role {
         ROLE_CLIENT if !send && state.request_in_flight == 0 => {
+            other_io(pending.fd, false);
             if state.flags & CONN_UNKNOWN != 0 {
                 state.flags &= !CONN_UNKNOWN;
             }
@@ -111,7 +113,8 @@ pub(super) fn exit_io(ctx: &RawTracePointContext, pending: Pending) -> Result<u3
             }
             // TLS hook point (tls.rs): ciphertext of a conversation read in plaintext
             // through the SSL uprobes is not parsed (a held SSL_write is, in its place).
-            match super::tls::socket_io(pending.fd, state, send) {
+            let (head, _) = head_span(&pending, moved as u64);
+            match super::tls::socket_io(pending.fd, state, send, head) {
                 SocketBytes::Parse => jump_to_db_io(ctx, pending, moved as u64, tgid, send, false),
                 SocketBytes::Skip => {}
                 SocketBytes::Held { buf, moved } => {

@@ -40,7 +40,7 @@ use super::{
     db::db_inline,
     open::{classify_peer, open_conn},
     requests::{end_request, start_request},
-    tls::SocketBytes,
+    tls::{other_io, SocketBytes},
 };
 use crate::shared::{config, current_tgid_pid, is_target, maybe_target, target};
 
@@ -292,6 +292,7 @@ fn data(ctx: &BtfTracePointContext, send: bool) -> u32 {
     match state.role {
         // Requests count for the connection's owner (its tgid in the key).
         ROLE_CLIENT => {
+            other_io(key.fd, send);
             // Traffic settles a connection unknown at attach (userspace reads the flag), as
             // on the syscall hooks (io.rs).
             if state.flags & CONN_UNKNOWN != 0 {
@@ -318,7 +319,13 @@ fn data(ctx: &BtfTracePointContext, send: bool) -> u32 {
             // through the SSL uprobes is not parsed (a held SSL_write is, in its place).
             let (mut kind, mut ptr, mut count, mut moved, mut tls) =
                 (io_kind(nr), si, dx, ret as u64, false);
-            match super::tls::socket_io(key.fd, state, send) {
+            // The first bytes: the buffer argument (the first iovec's base is not looked
+            // up here: only plain send/recv/read/write bytes mark a connection as TLS).
+            let head = match kind {
+                IO_READ | IO_WRITE | IO_SENDTO | IO_RECVFROM => si,
+                _ => 0,
+            };
+            match super::tls::socket_io(key.fd, state, send, head) {
                 SocketBytes::Parse => {}
                 SocketBytes::Skip => return 0,
                 SocketBytes::Held { buf, moved: held } => {

@@ -25,16 +25,27 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{map, uprobe, uretprobe},
-    maps::LruHashMap,
+    maps::{Array, LruHashMap},
     programs::{ProbeContext, RetProbeContext},
 };
 use probe_common::{
-    ConnKey, ConnState, Counter, Pending, SockAddr, CONN_TLS, IO_READ, IO_WRITE, MAX_CONNS,
+    ConnKey, ConnState, Pending, SockAddr, CONN_TLS, CONN_TLS_SEEN, IO_READ, IO_WRITE, MAX_CONNS,
     MAX_PENDING, ROLE_DB, ROLE_UPSTREAM,
 };
 
 use super::{conns::CONNS, db::db_tls, syscall::user};
-use crate::shared::{bump, is_target};
+use crate::shared::is_target;
+
+/// Slot 0 is 1 once userspace hooked a TLS library in some target: only then do the socket
+/// hooks pay for what the guesses below need (a look at the first bytes of database I/O,
+/// the thread's last receive on any connection).
+#[map]
+static TLS_ON: Array<u32> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+fn tls_on() -> bool {
+    TLS_ON.get(0).is_some_and(|v| *v != 0)
+}
 
 /// No connection learned (yet) during a call.
 const NO_FD: u32 = u32::MAX;
@@ -107,11 +118,34 @@ pub(super) enum SocketBytes {
     Held { buf: u64, moved: u64 },
 }
 
+/// Called by the socket hooks for a send/recv on a connection that is not a database's
+/// (a client's): it is the thread's last receive, or its send takes no held write (an
+/// HTTPS server's own TLS must never be taken for a database's).
+#[inline(always)]
+pub(super) fn other_io(fd: u32, send: bool) {
+    if !tls_on() {
+        return;
+    }
+    let id = bpf_get_current_pid_tgid();
+    if send {
+        let _ = DEFERRED.remove(&id);
+    } else {
+        let _ = LAST_RECV.insert(&id, &fd, 0);
+    }
+}
+
 /// Called by the socket hooks (syscall exits in io.rs, the socket backend in sock_tp.rs)
 /// for a send/recv on a database (or sniffed upstream) connection `fd` (its primary fd) of
-/// the current thread: whether to parse them (see [`SocketBytes`]).
+/// the current thread, whose first bytes are at `head` (user memory; 0: unknown): whether
+/// to parse them (see [`SocketBytes`]).
 #[inline(always)]
-pub(super) fn socket_io(fd: u32, state: &mut ConnState, send: bool) -> SocketBytes {
+pub(super) fn socket_io(fd: u32, state: &mut ConnState, send: bool, head: u64) -> SocketBytes {
+    if !tls_on() {
+        return SocketBytes::Parse;
+    }
+    if state.flags & (CONN_TLS | CONN_TLS_SEEN) == 0 && looks_like_tls(head) {
+        state.flags |= CONN_TLS_SEEN;
+    }
     let id = bpf_get_current_pid_tgid();
     if let Some(call) = TLS_CALLS.get_ptr_mut(&id) {
         // Inside SSL_read/SSL_write on this thread: a socket BIO at work.
@@ -122,7 +156,7 @@ pub(super) fn socket_io(fd: u32, state: &mut ConnState, send: bool) -> SocketByt
     }
     if !send {
         let _ = LAST_RECV.insert(&id, &fd, 0);
-    } else if let Some(held) = take_held(id) {
+    } else if let Some(held) = take_held(id, state.flags & (CONN_TLS | CONN_TLS_SEEN) != 0) {
         let _ = SSL_CONNS.insert(
             &SslKey {
                 ssl: held.ssl,
@@ -145,12 +179,26 @@ pub(super) fn socket_io(fd: u32, state: &mut ConnState, send: bool) -> SocketByt
     }
 }
 
-/// The thread's held write, if recent enough.
+/// A TLS record header (content type 20..=23, major version 3): a handshake, alert,
+/// change-cipher-spec or application-data record (RFC 8446 section 5.1).
 #[inline(always)]
-fn take_held(id: u64) -> Option<Deferred> {
+fn looks_like_tls(head: u64) -> bool {
+    if head == 0 {
+        return false;
+    }
+    matches!(user::<[u8; 2]>(head), Some([20..=23, 3]))
+}
+
+/// The thread's held write, if recent enough and `tls_conn` (the send goes to a connection
+/// that carries TLS); taken either way.
+#[inline(always)]
+fn take_held(id: u64, tls_conn: bool) -> Option<Deferred> {
     // SAFETY: copied before the entry is removed.
     let held = unsafe { DEFERRED.get(&id) }.copied()?;
     let _ = DEFERRED.remove(&id);
+    if !tls_conn {
+        return None;
+    }
     // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     (now.wrapping_sub(held.at_ns) < DEFER_NS).then_some(held)
@@ -203,12 +251,9 @@ fn exit(ctx: &RetProbeContext) -> u32 {
         0
     };
     let Some(fd) = conn_of(id, tgid, &call, write) else {
-        if moved > 0 {
-            if write {
-                hold(id, &call, moved);
-            } else {
-                bump(Counter::TlsUnmatched);
-            }
+        // Reads of another TLS connection (a client's) land here too: not counted as lost.
+        if moved > 0 && write {
+            hold(id, &call, moved);
         }
         return 0;
     };
@@ -228,14 +273,10 @@ fn exit(ctx: &RetProbeContext) -> u32 {
     0
 }
 
-/// Holds a write whose connection is not known yet for the thread's next database send. A
-/// write already held that no send took is lost: counted.
+/// Holds a write whose connection is not known yet for the thread's next send. One that no
+/// database send takes was another connection's (a TLS client's, an HTTPS upstream's).
 #[inline(always)]
 fn hold(id: u64, call: &TlsCall, moved: u64) {
-    // SAFETY: presence check only.
-    if unsafe { DEFERRED.get(&id) }.is_some() {
-        bump(Counter::TlsUnmatched);
-    }
     let held = Deferred {
         ssl: call.ssl,
         buf: call.buf,
@@ -243,9 +284,7 @@ fn hold(id: u64, call: &TlsCall, moved: u64) {
         // SAFETY: no preconditions.
         at_ns: unsafe { bpf_ktime_get_ns() },
     };
-    if DEFERRED.insert(&id, &held, 0).is_err() {
-        bump(Counter::TlsUnmatched);
-    }
+    let _ = DEFERRED.insert(&id, &held, 0);
 }
 
 /// The connection of this call's `SSL *`: learned inside the call, known from before, or
@@ -273,6 +312,12 @@ fn conn_of(id: u64, tgid: u32, call: &TlsCall, write: bool) -> Option<u32> {
         }
         // SAFETY: copied at once.
         learn = unsafe { LAST_RECV.get(&id) }.copied()?;
+        // A guess: only a connection that carries TLS.
+        let state = db_conn(tgid, learn)?;
+        // SAFETY: a map value pointer, valid for this program run.
+        if unsafe { (*state).flags } & (CONN_TLS | CONN_TLS_SEEN) == 0 {
+            return None;
+        }
     }
     let state = db_conn(tgid, learn)?;
     // SAFETY: a map value pointer, valid for this program run.

@@ -596,7 +596,6 @@ impl Probe {
             + self.counter(Counter::TargetsFull)
             + self.counter(Counter::ConnsFull)
             + self.counter(Counter::DbIoMissed)
-            + self.counter(Counter::TlsUnmatched)
     }
 
     /// Watches for processes that exec under `name` (`--comm`).

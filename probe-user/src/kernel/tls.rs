@@ -96,7 +96,12 @@ impl TlsHooks {
             }
             let outcome = match unreadable_kind(&path) {
                 Some(kind) => Err(format!("{kind} is not hooked")),
-                None => match self.hook(ebpf, pid, &path) {
+                None => match self.hook(ebpf, pid, &path).and_then(|hooked| {
+                    if hooked {
+                        switch_on(ebpf)?;
+                    }
+                    Ok(hooked)
+                }) {
                     Ok(true) => Ok("OpenSSL"),
                     // No SSL_write: not a TLS library (an executable without OpenSSL).
                     Ok(false) => continue,
@@ -167,6 +172,17 @@ impl TlsHooks {
             })
             .clone()
     }
+}
+
+/// Tells the kernel side that TLS libraries are hooked (`TLS_ON`): the socket hooks then
+/// note what the SSL hooks need to tie a memory BIO's `SSL *` to its connection.
+fn switch_on(ebpf: &mut Ebpf) -> Result<(), String> {
+    let map = ebpf
+        .map_mut(probe_common::map_names::TLS_ON)
+        .ok_or("no TLS_ON map in the object")?;
+    let mut on: aya::maps::Array<_, u32> =
+        aya::maps::Array::try_from(map).map_err(|e| e.to_string())?;
+    on.set(0, 1, 0).map_err(|e| chain(&e))
 }
 
 /// Attaches `program` at file offset `offset` of `target`, in process `pid` only.
