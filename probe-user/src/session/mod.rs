@@ -70,6 +70,11 @@ fn attach_process(
 /// Hooks the TLS libraries `tgid` maps and did not before (kernel/tls.rs), saying at `-v`
 /// which; one that could not be hooked is a warning (its conversations stay `unverified`).
 fn hook_tls(probe: &mut Probe, tgid: u32, verbose: u8) {
+    // DRAINWATCH_TLS=off: no uprobes (to measure their cost, or if a library misbehaves
+    // under them); TLS conversations are then `unverified`, as for libraries not hooked.
+    if std::env::var("DRAINWATCH_TLS").is_ok_and(|v| v == "off") {
+        return;
+    }
     for library in probe.attach_tls(tgid) {
         match &library.outcome {
             Ok(_) if verbose >= 1 => eprintln!("drainwatch: TLS: {}", library.describe()),
