@@ -85,7 +85,7 @@ fn tls_read_from_its_first_message_follows_the_whole_conversation() {
     };
     let mut db = DbConn::new(Protocol::Postgres, true);
     db.on_io(&io(Send, 8, &[0, 0, 0, 8, 4, 210, 22, 47], &[]));
-    db.on_io(&io(Recv, 1, &[b'S'], &[b'S']));
+    db.on_io(&io(Recv, 1, b"S", b"S"));
     db.on_io(&io(Send, 300, &[22, 3, 1, 1, 39], &[]));
     db.on_io(&io(Recv, 1200, &[22, 3, 3, 0, 122], &[]));
     assert!(db.encrypted(), "the handshake makes it opaque");
