@@ -237,3 +237,30 @@ fn node_pg_tls_wait_mid_transaction_is_not_drained_before_commit() {
     );
     assert_eq!(db.ledger_steps("wb"), ["A", "B"]);
 }
+
+/// asyncpg (a pool of 2 on an asyncio loop; asyncio's TLS runs OpenSSL through memory BIOs,
+/// as node does) over TLS: a handler that exits at once (`os._exit(0)`) with a request's
+/// transaction open. Ground truth: the ledger has no row.
+#[test]
+fn asyncpg_tls_exit_mid_transaction_is_open_transaction() {
+    require_root();
+    let db = PgServer::start_tls();
+    let mut shop = Shop::start(Client::Psycopg, "asyncpg-exit", &db.url());
+    let dir = TempDir::new("tls-asyncpg");
+    let report_path = dir.path("report.json");
+    let dw = audit(&shop, &report_path);
+    let _answer = shop.request_in_transaction("ap");
+    shop.signal(libc::SIGTERM);
+    shop.wait();
+    let finished = dw.finish();
+    assert!(db.ledger_steps("ap").is_empty(), "rolled back");
+    let report = read_report(&report_path);
+    let kinds = kinds(&report);
+    assert!(
+        kinds.contains(&"open_transaction".to_string()),
+        "{kinds:?}\n{}\n{}",
+        finished.stdout,
+        finished.stderr
+    );
+    assert_read_in_plaintext(Client::Psycopg, &report, &finished.stderr);
+}
