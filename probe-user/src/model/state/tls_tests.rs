@@ -122,3 +122,49 @@ fn tls_read_from_its_first_message_follows_the_whole_conversation() {
     db.on_io(&io(Send, 5, &[b'X', 0, 0, 0, 4], &[]));
     assert!(db.goodbye_sent(), "Terminate, read inside TLS");
 }
+
+/// MySQL/MariaDB from its greeting: the client's SSL request packet (sequence 1,
+/// CLIENT_SSL) makes the rest ciphertext; inside TLS the full handshake response (sequence
+/// 2, CLIENT_SSL again: it means nothing more there) restarts the parser at the handshake
+/// (https://dev.mysql.com/doc/dev/mysql-server/latest/page_protocol_connection_phase.html).
+/// Packets as the kernel keeps them.
+#[test]
+fn mysql_tls_read_from_its_handshake_response_follows_the_conversation() {
+    use crate::events::Direction::{Recv, Send};
+    use crate::model::protocol::{DbConn, DbIo, Txn};
+    let io = |dir, len, head: &'static [u8], tail: &'static [u8]| DbIo {
+        dir,
+        len,
+        head,
+        tail,
+    };
+    // CLIENT_PROTOCOL_41 | CLIENT_SSL | CLIENT_SECURE_CONNECTION ... (0x000fa68d).
+    const CAPS: [u8; 4] = [0x8d, 0xae, 0x0f, 0x00];
+    let mut db = DbConn::new(Protocol::Mysql, true);
+    let greeting: &[u8] = b"\x4a\x00\x00\x00\x0a10.11.6-MariaDB\x00";
+    db.on_io(&io(Recv, 78, greeting, &[]));
+    let ssl_request: &[u8] = &[32, 0, 0, 1, CAPS[0], CAPS[1], CAPS[2], CAPS[3]];
+    db.on_io(&io(Send, 36, ssl_request, &[]));
+    db.on_io(&io(Send, 300, &[22, 3, 1, 1, 39], &[]));
+    db.on_io(&io(Recv, 1200, &[22, 3, 3, 0, 122], &[]));
+    assert!(db.encrypted(), "CLIENT_SSL makes it opaque");
+    let response = io(
+        Send,
+        90,
+        &[86, 0, 0, 2, CAPS[0], CAPS[1], CAPS[2], CAPS[3]],
+        &[],
+    );
+    db.start_tls_plaintext(&response);
+    db.on_io(&response);
+    assert!(!db.encrypted() && db.tls_plaintext());
+    let ok: &[u8] = &[7, 0, 0, 3, 0, 0, 0, 2, 0, 0, 0];
+    db.on_io(&io(Recv, 11, ok, ok));
+    assert!(!db.query_in_flight(), "authenticated");
+    db.on_io(&io(Send, 10, &[6, 0, 0, 0, 3], &[]));
+    assert!(db.query_in_flight());
+    let in_trans: &[u8] = &[7, 0, 0, 1, 0, 0, 0, 3, 0, 0, 0];
+    db.on_io(&io(Recv, 11, in_trans, in_trans));
+    assert_eq!(db.txn(), Txn::Open);
+    db.on_io(&io(Send, 5, &[1, 0, 0, 0, 1], &[1, 0, 0, 0, 1]));
+    assert!(db.goodbye_sent(), "COM_QUIT, read inside TLS");
+}
