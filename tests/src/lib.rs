@@ -16,8 +16,8 @@ pub use serde_json::Value;
 pub mod db;
 pub mod game;
 pub mod nginx;
-pub mod stacks;
 pub mod shop;
+pub mod stacks;
 
 /// How long a test waits for drainwatch to attach or finish before failing. Generous: it
 /// only bounds a failure, and inside the kernel-matrix guests (TCG emulation, see
