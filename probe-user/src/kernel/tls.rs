@@ -158,6 +158,8 @@ impl TlsHooks {
     fn load(&mut self, ebpf: &mut Ebpf) -> Result<(), String> {
         self.loaded
             .get_or_insert_with(|| {
+                let started = std::time::Instant::now();
+                let _timed = Timed(started);
                 for name in ENTRIES.iter().map(|e| e.0).chain([RETURN]) {
                     let program: &mut UProbe = ebpf
                         .program_mut(name)
@@ -171,6 +173,15 @@ impl TlsHooks {
                 Ok(())
             })
             .clone()
+    }
+}
+
+/// Logs how long loading the uprobe programs took (the verifier's work), at -v.
+struct Timed(std::time::Instant);
+
+impl Drop for Timed {
+    fn drop(&mut self) {
+        log::debug!("TLS uprobe programs loaded in {:?}", self.0.elapsed());
     }
 }
 

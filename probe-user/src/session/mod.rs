@@ -63,8 +63,22 @@ fn attach_process(
     }
     state.add_target(tgid, comm, origin);
     existing::attach(probe, state, tgid, common, view.as_ref())?;
-    hook_tls(probe, tgid, common.verbose);
+    if talks_outward(state, tgid) {
+        hook_tls(probe, tgid, common.verbose);
+    }
     Ok(true)
+}
+
+/// Whether `tgid` has a database or upstream connection: only then are its TLS libraries
+/// hooked (a process that only serves clients pays no uprobe on its own TLS; loading the
+/// probes takes the verifier a second or two, which would otherwise delay every attach to a
+/// process that merely maps libssl). One that connects later is hooked by the rescans.
+fn talks_outward(state: &AuditState, tgid: u32) -> bool {
+    state.conns().is_some_and(|conns| {
+        conns
+            .conns()
+            .any(|c| c.tgid == tgid && matches!(c.role, Role::Db | Role::Upstream))
+    })
 }
 
 /// Hooks the TLS libraries `tgid` maps and did not before (kernel/tls.rs), saying at `-v`
@@ -652,6 +666,9 @@ impl Session {
         let running = self.state.running_targets();
         self.tls_first_seen.retain(|tgid, _| running.contains(tgid));
         for tgid in running {
+            if !talks_outward(&self.state, tgid) {
+                continue;
+            }
             let first = *self.tls_first_seen.entry(tgid).or_insert(now);
             if all || first.elapsed() < TLS_NEW_TARGET {
                 hook_tls(&mut self.probe, tgid, self.common.verbose);
