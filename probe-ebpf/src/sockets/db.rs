@@ -101,8 +101,10 @@ pub fn db_io(ctx: RawTracePointContext) -> u32 {
     let Some(work) = DB_WORK.get_ptr(0) else {
         return 0;
     };
-    // SAFETY: this CPU's slot, written just before the tail call.
-    let work = unsafe { *work };
+    // SAFETY: this CPU's slot, written just before the tail call; read in place, not
+    // copied: a copy on the stack put the chain db_io -> db_io_event over the verifier's
+    // 512-byte combined stack limit on Linux 6.1 (its rounding is stricter).
+    let work = unsafe { &*work };
     db_path(
         work.tgid,
         &work.pending,
