@@ -34,6 +34,7 @@ pub mod map_names {
     pub const REQUEST_LATENCY: &str = "REQUEST_LATENCY";
     pub const USER_TARGET_BITS: &str = "USER_TARGET_BITS";
     pub const LISTEN_PORTS: &str = "LISTEN_PORTS";
+    pub const TLS_ON: &str = "TLS_ON";
 }
 
 /// Most process names `--comm` can watch for.
@@ -259,6 +260,13 @@ pub const CONN_EXISTED: u8 = 1;
 pub const CONN_UNKNOWN: u8 = 2;
 /// `ConnState::flags`: the socket backend has bound a socket to this entry (docs/hooks.md).
 pub const CONN_BOUND: u8 = 4;
+/// `ConnState::flags`: the conversation is read in plaintext through the TLS library hooks
+/// (probe-ebpf/src/sockets/tls.rs); its socket bytes are ciphertext and not parsed. (High
+/// bits, clear of the low ones other features take.)
+pub const CONN_TLS: u8 = 0x40;
+/// `ConnState::flags`: TLS records were seen on the connection's socket: only such a
+/// connection may be tied to an `SSL *` by guess (memory BIOs, tls.rs).
+pub const CONN_TLS_SEEN: u8 = 0x80;
 
 /// Syscall kinds remembered between sys_enter and sys_exit (`PENDING`).
 pub const IO_READ: u8 = 1;
@@ -370,7 +378,9 @@ pub struct DbIoEvent {
     /// Bytes moved by the syscall.
     pub len: u32,
     pub tail_off: u8,
-    pub _pad: [u8; 7],
+    /// 1: plaintext read inside a TLS library call (SSL_read/SSL_write), not a syscall.
+    pub tls: u8,
+    pub _pad: [u8; 6],
     pub head: [u8; HEAD_BYTES],
     pub tail: [u8; TAIL_BYTES],
 }

@@ -239,6 +239,12 @@ def java_shop(mode, dsn):
             "Shop", mode, dsn]
 
 
+def node_shop(mode, dsn, tls=False):
+    # node-pg from target/nodeenv (`cargo xtask setup`); `tls`: ssl {rejectUnauthorized: false}.
+    os.environ.setdefault("DW_NODE_MODULES", os.path.join(ROOT, "target", "nodeenv", "node_modules"))
+    return ["node", os.path.join(FIXTURES, "node_shop.js"), mode, dsn] + (["tls"] if tls else [])
+
+
 def go_dsn(db):
     return f"postgres://postgres@127.0.0.1:{db.port}/postgres?sslmode={'require' if db.tls else 'disable'}"
 
@@ -259,6 +265,10 @@ STACKS = {
                 {"kill9": "asyncpg-exit", "wait": "asyncpg-exit", "exit": "asyncpg-exit"}),
     "asyncpg/tls": ("pg-tls", pg_shop, lambda db: db.url(),
                     {"kill9": "asyncpg-exit", "wait": "asyncpg-exit", "exit": "asyncpg-exit"}),
+    "node-pg": ("pg", node_shop, lambda db: db.url(),
+                {"kill9": "graceful", "graceful": "graceful", "wait": "graceful"}),
+    "node-pg/tls": ("pg-tls", lambda mode, dsn: node_shop(mode, dsn, tls=True), lambda db: db.url(),
+                    {"kill9": "graceful", "graceful": "graceful", "wait": "graceful"}),
     "pymysql": ("mariadb", pg_shop, lambda db: db.url(), {**SCEN_SYNC, "lossy": "lossy"}),
     "pymysql/unix": ("mariadb", pg_shop, lambda db: db.unix_url(), {"kill9": "graceful", "lossy": "lossy"}),
     "go-lib/pq": ("pg", go_shop, go_dsn, dict(SCEN_SYNC)),

@@ -16,6 +16,7 @@ pub use serde_json::Value;
 pub mod db;
 pub mod game;
 pub mod nginx;
+pub mod shop;
 pub mod stacks;
 
 /// How long a test waits for drainwatch to attach or finish before failing. Generous: it

@@ -256,36 +256,7 @@ fn asyncpg_attached_mid_transaction_then_exit_is_open_transaction() {
     assert!(kinds.contains(&"inflight_at_exit".to_string()), "{kinds:?}");
 }
 
-/// TLS (psycopg/libpq default sslmode=prefer, server ssl=on), graceful stop: not a leak for
-/// want of a visible goodbye, but `incomplete` with the connection listed as unverified.
-#[test]
-fn tls_graceful_stop_is_unverified_not_a_leak() {
-    require_root();
-    let db = PgServer::start_tls();
-    let unclean_before = db.unclean_closes();
-    let mut shop = Shop::start("graceful", &db);
-    let dir = TempDir::new("tls");
-    let (dw, report_path) = audit(&shop, &dir);
-    let answer = shop.request_in_transaction("tls");
-    shop.signal(libc::SIGTERM);
-    shop.open_gate();
-    assert_eq!(answer.recv_timeout(PATIENCE).unwrap(), "done tls\n");
-    assert_eq!(shop.wait().code(), Some(0));
-    let finished = dw.finish();
-    assert_eq!(db.ledger_steps("tls"), ["A", "B"]);
-    assert_eq!(db.unclean_closes(), unclean_before, "{}", db.log_tail());
-    let report = read_report(&report_path);
-    assert_eq!(kinds(&report), Vec::<String>::new(), "{}", finished.stdout);
-    assert_eq!(report["verdict"], "incomplete");
-    let unverified = report["coverage"]["unverified"].as_array().unwrap();
-    assert_eq!(unverified.len(), 1, "{report}");
-    assert_eq!(unverified[0]["why"], "tls-not-decrypted");
-    assert!(
-        finished.stdout.contains("unverified"),
-        "{}",
-        finished.stdout
-    );
-}
+// TLS PostgreSQL (psycopg and node-pg, read in plaintext through the SSL hooks): tests/tls.rs.
 
 /// PostgreSQL through its unix socket (the socket directory in the server's temp dir),
 /// kill -9 mid-transaction: the connection is a database connection by its first bytes,

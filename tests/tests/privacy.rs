@@ -1,7 +1,11 @@
 //! No query text or payload in any output: a secret travels as a client payload and as a
 //! query parameter on real PostgreSQL, and is searched for in everything drainwatch wrote.
 
-use drainwatch_tests::{db::PgServer, game::GameServer, *};
+use drainwatch_tests::{
+    db::{Database, PgServer},
+    game::GameServer,
+    *,
+};
 
 const SECRET: &str = "s3cr3t-hunter2-token";
 
@@ -72,5 +76,67 @@ fn a_secret_in_payloads_and_query_parameters_appears_in_no_output() {
             !text.contains(&as_numbers[..12]),
             "{name} has the secret as byte values"
         );
+    }
+}
+
+/// The same inside TLS (docs/how-it-sees.md, "TLS"): the plaintext that the SSL_read /
+/// SSL_write hooks read goes through the same kernel redaction. The secret is the client
+/// payload and the INSERT's parameter of a psycopg (libpq) and a node-pg conversation with
+/// a PostgreSQL over TLS; it appears in no output, at -vv either.
+#[test]
+fn a_secret_inside_tls_appears_in_no_output() {
+    use drainwatch_tests::shop::{Client, Shop, PATIENCE};
+    require_root();
+    let db = PgServer::start_tls();
+    for client in [Client::Psycopg, Client::NodeTls] {
+        let dir = TempDir::new("privacy-tls");
+        let (report, junit) = (dir.path("report.json"), dir.path("junit.xml"));
+        let mut shop = Shop::start(client, "graceful", &db.url());
+        let pid = shop.pid.to_string();
+        let audit = Drainwatch::attach(&[
+            "audit", "--pid", &pid, "--report", &report, "--junit", &junit, "-vv",
+        ]);
+        let answer = shop.request_in_transaction(SECRET);
+        shop.signal(libc::SIGTERM);
+        shop.open_gate();
+        assert_eq!(
+            answer.recv_timeout(PATIENCE).unwrap(),
+            format!("done {SECRET}\n"),
+            "the fixture echoes it, drainwatch must not"
+        );
+        shop.wait();
+        let done = audit.finish();
+        let report_text = std::fs::read_to_string(&report).unwrap();
+        let parsed: Value = serde_json::from_str(&report_text).unwrap();
+        assert_eq!(parsed["verdict"], "clean", "{client:?}: {parsed:#}");
+        let outputs = [
+            ("stdout", done.stdout.clone()),
+            ("stderr at -vv", done.stderr.clone()),
+            ("report", report_text),
+            ("junit", std::fs::read_to_string(&junit).unwrap()),
+        ];
+        assert!(
+            outputs[1].1.contains("\"event\":\"db_io\"") && outputs[1].1.contains("\"tls\":true"),
+            "{client:?}: -vv shows the TLS plaintext events it saw: {}",
+            outputs[1].1
+        );
+        for (name, text) in outputs {
+            for piece in SECRET.as_bytes().windows(6) {
+                let piece = std::str::from_utf8(piece).unwrap();
+                assert!(
+                    !text.contains(piece),
+                    "{client:?}: {name} contains {piece:?} of the secret"
+                );
+            }
+            let as_numbers = SECRET
+                .bytes()
+                .map(|b| b.to_string())
+                .collect::<Vec<_>>()
+                .join(",");
+            assert!(
+                !text.contains(&as_numbers[..12]),
+                "{client:?}: {name} has the secret as byte values"
+            );
+        }
     }
 }

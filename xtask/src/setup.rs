@@ -81,6 +81,11 @@ const PYTHON_CLIENTS: &[&str] = &[
     "ansible-core==2.19.14",
 ];
 
+/// node-pg for the node fixture (tests/fixtures/node_shop.js), pinned, installed from npm
+/// into target/nodeenv (node 20 and npm come with the machine image; Debian's node-pg is
+/// older).
+const NODE_CLIENTS: &[&str] = &["pg@8.23.1"];
+
 /// Where aya looks for tracepoint ids; either one is enough.
 const TRACEFS_EVENTS: &[&str] = &[
     "/sys/kernel/tracing/events",
@@ -97,6 +102,7 @@ pub fn run() -> Result<()> {
     ensure_debian_packages(DEBIAN_PACKAGES)?;
     ensure_tracefs()?;
     ensure_python_clients()?;
+    ensure_node_clients()?;
     println!("setup: done in {}", elapsed(started.elapsed()));
     Ok(())
 }
@@ -355,6 +361,45 @@ fn ensure_tracefs() -> Result<()> {
 /// The venv the Python fixtures run in (tests find it as `DW_PYTHON`, see test.rs).
 pub fn python_env() -> PathBuf {
     exec::target_dir().join("pyenv")
+}
+
+/// Where the node fixtures find their modules (tests find it as `DW_NODE_MODULES`).
+pub fn node_env() -> PathBuf {
+    exec::target_dir().join("nodeenv")
+}
+
+fn ensure_node_clients() -> Result<()> {
+    let env = node_env();
+    let check = "console.log(require(process.argv[1] + '/node_modules/pg/package.json').version)";
+    let probe = || exec::probe(Command::new("node").args(["-e", check]).arg(&env));
+    let wanted = NODE_CLIENTS[0].rsplit('@').next().unwrap_or_default();
+    if let Some(version) = probe().filter(|v| v.trim() == wanted) {
+        say(
+            "node clients",
+            format_args!("present (pg {})", version.trim()),
+        );
+        return Ok(());
+    }
+    say(
+        "node clients",
+        format_args!("installing into {}", env.display()),
+    );
+    std::fs::create_dir_all(&env).with_context(|| format!("creating {}", env.display()))?;
+    exec::run(
+        Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--silent", "--prefix"])
+            .arg(&env)
+            .args(NODE_CLIENTS)
+            .stdin(Stdio::null()),
+    )
+    .context("installing node-pg from npm (needs node and npm on PATH)")?;
+    if probe().is_none() {
+        bail!(
+            "npm installed pg into {} but node cannot load it",
+            env.display()
+        );
+    }
+    Ok(())
 }
 
 fn ensure_python_clients() -> Result<()> {

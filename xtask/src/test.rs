@@ -192,6 +192,7 @@ fn cargo_test(test_args: &[OsString], tally: &mut Tally, hooks: Option<&str>) ->
     }
     cmd.env("DRAINWATCH_BIN", &drainwatch)
         .env("DW_PYTHON", setup::python_env().join("bin/python"))
+        .env("DW_NODE_MODULES", setup::node_env().join("node_modules"))
         .env("DW_FIXTURE_BIN", &fixture)
         .arg("test")
         // Every test binary runs even after one fails: one CI log shows every failure.

@@ -18,7 +18,8 @@ fn through_kernel(proto: u8, dir: u8, data: &[u8]) -> DbIoEvent {
         tail_len: 0,
         len: data.len() as u32,
         tail_off: 0,
-        _pad: [0; 7],
+        tls: 0,
+        _pad: [0; 6],
         head: [0; HEAD_BYTES],
         tail: [0; TAIL_BYTES],
     };

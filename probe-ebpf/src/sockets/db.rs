@@ -48,7 +48,9 @@ struct DbWork {
     moved: u64,
     tgid: u32,
     send: u8,
-    _pad: [u8; 3],
+    /// Plaintext of a TLS write (tls.rs), not the syscall's own bytes.
+    tls: u8,
+    _pad: [u8; 2],
     /// The JUMP slot, read back from the map so that the verifier sees an unknown index.
     slot: u32,
     _pad2: u32,
@@ -64,6 +66,7 @@ pub(super) fn jump_to_db_io(
     moved: u64,
     tgid: u32,
     send: bool,
+    tls: bool,
 ) {
     let Some(slot) = DB_WORK.get_ptr_mut(0) else {
         return;
@@ -75,7 +78,8 @@ pub(super) fn jump_to_db_io(
             moved,
             tgid,
             send: send as u8,
-            _pad: [0; 3],
+            tls: tls as u8,
+            _pad: [0; 2],
             slot: 0,
             _pad2: 0,
         };
@@ -101,9 +105,17 @@ pub fn db_io(ctx: RawTracePointContext) -> u32 {
     let Some(work) = DB_WORK.get_ptr(0) else {
         return 0;
     };
-    // SAFETY: this CPU's slot, written just before the tail call.
-    let work = unsafe { *work };
-    db_path(work.tgid, &work.pending, work.send != 0, work.moved);
+    // SAFETY: this CPU's slot, written just before the tail call; read in place, not
+    // copied: a copy on the stack put the chain db_io -> db_io_event over the verifier's
+    // 512-byte combined stack limit on Linux 6.1 (its rounding is stricter).
+    let work = unsafe { &*work };
+    db_path(
+        work.tgid,
+        &work.pending,
+        work.send != 0,
+        work.moved,
+        work.tls != 0,
+    );
     0
 }
 
@@ -111,13 +123,22 @@ pub fn db_io(ctx: RawTracePointContext) -> u32 {
 /// tail-call into this raw tracepoint program: a program array holds one program type).
 /// `pending.fd` is the connection's primary fd.
 #[inline(always)]
-pub(super) fn db_inline(tgid: u32, pending: &Pending, send: bool, moved: u64) {
+pub(super) fn db_inline(tgid: u32, pending: &Pending, send: bool, moved: u64, tls: bool) {
     bump(Counter::DbIoRuns);
-    db_path(tgid, pending, send, moved);
+    db_path(tgid, pending, send, moved, tls);
+}
+
+/// The database path for plaintext read inside a TLS library call (the uprobes of
+/// [`super::tls`]): `pending.ptr` is the caller's plaintext buffer, `pending.fd` the
+/// connection's primary fd. The same redaction applies.
+#[inline(always)]
+pub(super) fn db_tls(tgid: u32, pending: &Pending, send: bool, moved: u64) {
+    bump(Counter::DbIoRuns);
+    db_path(tgid, pending, send, moved, true);
 }
 
 #[inline(always)]
-fn db_path(tgid: u32, pending: &Pending, send: bool, moved: u64) {
+fn db_path(tgid: u32, pending: &Pending, send: bool, moved: u64, tls: bool) {
     let key = ConnKey {
         tgid,
         fd: pending.fd,
@@ -148,12 +169,12 @@ fn db_path(tgid: u32, pending: &Pending, send: bool, moved: u64) {
     if state.role != ROLE_DB {
         return;
     }
-    db_io_event(tgid, pending, state.proto, send, moved);
+    db_io_event(tgid, pending, state.proto, send, moved, tls);
 }
 
 /// Where the first bytes of the syscall's data are: (address, bytes available there).
 #[inline(always)]
-fn head_span(pending: &Pending, moved: u64) -> (u64, u64) {
+pub(super) fn head_span(pending: &Pending, moved: u64) -> (u64, u64) {
     match iovecs(pending) {
         None => (pending.ptr, moved),
         Some((iov, _)) => match user::<[u64; 2]>(iov) {
@@ -235,7 +256,7 @@ fn copy_tail(end: u64, len: u64, out: &mut [u8; TAIL_BYTES]) -> u8 {
 }
 
 #[inline(always)]
-fn db_io_event(tgid: u32, pending: &Pending, proto: u8, send: bool, moved: u64) {
+fn db_io_event(tgid: u32, pending: &Pending, proto: u8, send: bool, moved: u64, tls: bool) {
     let (head_base, head_len) = head_span(pending, moved);
     let (tail_end, tail_avail) = tail_span(pending, moved);
     // Built in this CPU's slot, not on the stack: inlined into a socket backend program
@@ -256,7 +277,8 @@ fn db_io_event(tgid: u32, pending: &Pending, proto: u8, send: bool, moved: u64) 
     event.tail_len = 0;
     event.len = moved as u32;
     event.tail_off = 0;
-    event._pad = [0; 7];
+    event.tls = tls as u8;
+    event._pad = [0; 6];
     event.head = [0; HEAD_BYTES];
     event.tail = [0; TAIL_BYTES];
     let copied_head = copy_user(&mut event.head, head_base, head_len);

@@ -9,10 +9,11 @@ use probe_common::{
 
 use super::{
     conns::{resolve, CONNS},
-    db::jump_to_db_io,
+    db::{head_span, jump_to_db_io},
     pending::remember,
     requests::{end_request, start_request},
     syscall::{arg, ret},
+    tls::{other_io, SocketBytes},
 };
 use crate::shared::{current_tgid_pid, target};
 
@@ -34,6 +35,7 @@ fn enter_io(ctx: &RawTracePointContext, kind: u8) -> Result<u32, u32> {
         // bytes received after idle, which only the sys_exit can tell. So only a receive on
         // an idle client connection is remembered.
         ROLE_CLIENT if is_send(kind) => {
+            other_io(fd, true);
             // Traffic settles a connection unknown at attach (userspace reads the flag).
             if state.flags & CONN_UNKNOWN != 0 {
                 state.flags &= !CONN_UNKNOWN;
@@ -91,8 +93,10 @@ pub(super) fn exit_io(ctx: &RawTracePointContext, pending: Pending) -> Result<u3
     // touches this fd's entry in the common case, and a lost race costs one request edge.
     let state = unsafe { &mut *state };
     let send = is_send(pending.kind);
-    match state.role {
+    let role = state.role;
+    match role {
         ROLE_CLIENT if !send && state.request_in_flight == 0 => {
+            other_io(pending.fd, false);
             if state.flags & CONN_UNKNOWN != 0 {
                 state.flags &= !CONN_UNKNOWN;
             }
@@ -100,10 +104,29 @@ pub(super) fn exit_io(ctx: &RawTracePointContext, pending: Pending) -> Result<u3
                 start_request(target, state);
             }
         }
-        ROLE_DB => jump_to_db_io(ctx, pending, moved as u64, tgid, send),
-        ROLE_UPSTREAM if state.sniff_left > 0 => {
-            state.sniff_left -= 1;
-            jump_to_db_io(ctx, pending, moved as u64, tgid, send)
+        ROLE_DB | ROLE_UPSTREAM => {
+            if role == ROLE_UPSTREAM {
+                if state.sniff_left == 0 {
+                    return Ok(0);
+                }
+                state.sniff_left -= 1;
+            }
+            // TLS hook point (tls.rs): ciphertext of a conversation read in plaintext
+            // through the SSL uprobes is not parsed (a held SSL_write is, in its place).
+            let (head, _) = head_span(&pending, moved as u64);
+            match super::tls::socket_io(pending.fd, state, send, head) {
+                SocketBytes::Parse => jump_to_db_io(ctx, pending, moved as u64, tgid, send, false),
+                SocketBytes::Skip => {}
+                SocketBytes::Held { buf, moved } => {
+                    let plain = Pending {
+                        kind: IO_WRITE,
+                        ptr: buf,
+                        count: 0,
+                        ..pending
+                    };
+                    jump_to_db_io(ctx, plain, moved, tgid, true, true)
+                }
+            }
         }
         _ => {}
     }

@@ -26,6 +26,10 @@
 //! counters and database path, fed from socket tracepoints instead of `raw_syscalls`;
 //! [`fexit`] feeds the same code from fexit programs on the TCP and unix-domain send/recv
 //! functions where the kernel has no socket length tracepoints (the fentry backend).
+//!
+//! [`tls`] reads TLS conversations in plaintext (uprobes on OpenSSL's SSL_read/SSL_write),
+//! down the same database path; every backend tells it about socket I/O made inside an SSL
+//! call.
 
 mod close;
 mod conns;
@@ -40,3 +44,4 @@ mod recognize;
 mod requests;
 mod sock_tp;
 mod syscall;
+mod tls;

@@ -40,6 +40,7 @@ use super::{
     db::db_inline,
     open::{classify_peer, open_conn},
     requests::{end_request, start_request},
+    tls::{other_io, SocketBytes},
 };
 use crate::shared::{config, current_tgid_pid, is_target, maybe_target, target};
 
@@ -355,6 +356,7 @@ pub(super) fn data(sk: u64, ret: i32, flags: i32, send: bool) -> u32 {
     match state.role {
         // Requests count for the connection's owner (its tgid in the key).
         ROLE_CLIENT => {
+            other_io(key.fd, send);
             // Traffic settles a connection unknown at attach (userspace reads the flag), as
             // on the syscall hooks (io.rs).
             if state.flags & CONN_UNKNOWN != 0 {
@@ -377,7 +379,23 @@ pub(super) fn data(sk: u64, ret: i32, flags: i32, send: bool) -> u32 {
                 }
                 state.sniff_left -= 1;
             }
-            let kind = io_kind(nr);
+            // TLS hook point (tls.rs): ciphertext of a conversation read in plaintext
+            // through the SSL uprobes is not parsed (a held SSL_write is, in its place).
+            let (mut kind, mut ptr, mut count, mut moved, mut tls) =
+                (io_kind(nr), si, dx, ret as u64, false);
+            // The first bytes: the buffer argument (the first iovec's base is not looked
+            // up here: only plain send/recv/read/write bytes mark a connection as TLS).
+            let head = match kind {
+                IO_READ | IO_WRITE | IO_SENDTO | IO_RECVFROM => si,
+                _ => 0,
+            };
+            match super::tls::socket_io(key.fd, state, send, head) {
+                SocketBytes::Parse => {}
+                SocketBytes::Skip => return 0,
+                SocketBytes::Held { buf, moved: held } => {
+                    (kind, ptr, count, moved, tls) = (IO_WRITE, buf, 0, held, true);
+                }
+            }
             // Through io_uring or sendfile there are no such registers: the bytes are not
             // where a syscall argument says. Counted as a missed database read, never
             // guessed (docs/hooks.md).
@@ -389,12 +407,12 @@ pub(super) fn data(sk: u64, ret: i32, flags: i32, send: bool) -> u32 {
                 kind,
                 _pad: [0; 3],
                 fd: key.fd,
-                ptr: si,
-                count: dx,
+                ptr,
+                count,
                 addr: SockAddr::empty(),
                 _pad2: [0; 4],
             };
-            db_inline(key.tgid, &pending, send, ret as u64);
+            db_inline(key.tgid, &pending, send, moved, tls);
         }
         _ => {}
     }

@@ -202,6 +202,9 @@ pub struct DbIo {
     pub len: u32,
     pub head: Vec<u8>,
     pub tail: Vec<u8>,
+    /// Plaintext read inside a TLS library call (the kernel's SSL uprobes), not a syscall.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tls: bool,
 }
 
 /// `probe_common::SockAddr` as a std address; `None` when the kernel did not see one.
@@ -427,6 +430,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 len: e.len,
                 head: e.head[..head_len].to_vec(),
                 tail: e.tail[tail_off..tail_end].to_vec(),
+                tls: e.tls != 0,
             })
         }
     })

@@ -3,7 +3,7 @@
 //! says about itself: tracepoint field offsets ([`tracefs`]), struct member offsets
 //! ([`btf`]), so that the probe does not depend on one kernel's layout, and which BPF
 //! features it offers, found by trying them ([`features`]), and which hooks feed the socket
-//! side ([`hooks`]).
+//! side ([`hooks`]). [`tls`] hooks the targets' TLS libraries (uprobes, by process).
 //!
 //! Owns every bpf(2) call and every read of tracefs and kernel BTF. May use: probe-common's
 //! wire types and the crate's errors; nothing else in the crate.
@@ -12,4 +12,5 @@ pub mod btf;
 pub mod features;
 pub mod hooks;
 pub mod probe;
+pub mod tls;
 pub mod tracefs;

@@ -13,7 +13,8 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, ProgramArray, RingBuf},
     programs::{
         fexit::FExitLinkId, raw_trace_point::RawTracePointLinkId, tp_btf::BtfTracePointLinkId,
-        trace_point::TracePointLinkId, BtfTracePoint, FExit, ProgramFd, RawTracePoint, TracePoint,
+        trace_point::TracePointLinkId, uprobe::UProbeLinkId, BtfTracePoint, FExit, ProgramFd,
+        RawTracePoint, TracePoint, UProbe,
     },
     Ebpf, EbpfLoader,
 };
@@ -25,7 +26,13 @@ use probe_common::{
     PROTO_UNKNOWN,
 };
 
-use crate::{kernel::btf, kernel::hooks::Hooks, kernel::tracefs::Format, Error, Result};
+use crate::{
+    kernel::btf,
+    kernel::hooks::Hooks,
+    kernel::tls::{TlsHooks, TlsLibrary},
+    kernel::tracefs::Format,
+    Error, Result,
+};
 
 /// `BPF_NOEXIST` (include/uapi/linux/bpf.h): insert only if the key is absent.
 const BPF_NOEXIST: u64 = 1;
@@ -128,6 +135,8 @@ pub struct Probe {
     /// Every attachment, so that [`Probe::close`] can take them down together.
     links: Vec<Link>,
     hooks: Hooks,
+    /// The uprobes on the targets' TLS libraries (kernel/tls.rs).
+    tls: TlsHooks,
 }
 
 /// Fills the load-time config from tracefs format files and kernel BTF.
@@ -364,12 +373,24 @@ impl Probe {
             failures,
             links,
             hooks: options.hooks,
+            tls: TlsHooks::default(),
         })
     }
 
     /// The hooks that feed the socket side (the report's `coverage.hooks`).
     pub fn hooks(&self) -> Hooks {
         self.hooks
+    }
+
+    /// Hooks the TLS libraries a target maps now and did not before (kernel/tls.rs);
+    /// returns those newly found.
+    pub fn attach_tls(&mut self, tgid: u32) -> Vec<TlsLibrary> {
+        self.tls.attach(&mut self.ebpf, tgid)
+    }
+
+    /// Every TLS library found in the targets so far, hooked or not.
+    pub fn tls_libraries(&self) -> &[TlsLibrary] {
+        self.tls.libraries()
     }
 
     /// Tracepoints that did not attach, as "category:name: reason".
@@ -604,7 +625,7 @@ impl Probe {
     }
 
     /// What the probe could not see: events lost in the ring buffer, fork children and
-    /// connections that did not fit their maps.
+    /// connections that did not fit their maps, database I/O and TLS plaintext not read.
     pub fn unseen(&self) -> u64 {
         self.lost()
             + self.counter(Counter::TargetsFull)
@@ -652,7 +673,14 @@ impl Probe {
     pub fn close(mut self) {
         let started = std::time::Instant::now();
         let mut owned = Vec::new();
-        for link in std::mem::take(&mut self.links) {
+        let uprobes = self
+            .tls
+            .take_links()
+            .into_iter()
+            .map(|(n, id)| Link::UProbe(n, id));
+        let mut links = std::mem::take(&mut self.links);
+        links.extend(uprobes);
+        for link in links {
             let owned_link: Option<Box<dyn Send>> = match link {
                 Link::Tracepoint(name, id) => self
                     .ebpf
@@ -676,6 +704,12 @@ impl Probe {
                     .ebpf
                     .program_mut(name)
                     .and_then(|p| <&mut FExit>::try_from(p).ok())
+                    .and_then(|p| p.take_link(id).ok())
+                    .map(|l| Box::new(l) as Box<dyn Send>),
+                Link::UProbe(name, id) => self
+                    .ebpf
+                    .program_mut(name)
+                    .and_then(|p| <&mut UProbe>::try_from(p).ok())
                     .and_then(|p| p.take_link(id).ok())
                     .map(|l| Box::new(l) as Box<dyn Send>),
             };
@@ -705,6 +739,7 @@ enum Link {
     Raw(&'static str, RawTracePointLinkId),
     Btf(&'static str, BtfTracePointLinkId),
     FExit(&'static str, FExitLinkId),
+    UProbe(&'static str, UProbeLinkId),
 }
 
 /// The socket backend's map of sockets (probe-ebpf/src/sockets/sock_tp.rs).

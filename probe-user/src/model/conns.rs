@@ -614,13 +614,17 @@ impl ConnTracker {
         let conn = self.conns.get_mut(&key).expect("inserted above");
         let txn_was_open = conn.txn_open();
         let db = conn.db.as_mut()?;
-        let before = db.query_in_flight();
-        db.on_io(&protocol::DbIo {
+        let io = protocol::DbIo {
             dir: event.dir,
             len: event.len,
             head: &event.head,
             tail: &event.tail,
-        });
+        };
+        if event.tls {
+            db.start_tls_plaintext(&io);
+        }
+        let before = db.query_in_flight();
+        db.on_io(&io);
         let after = db.query_in_flight();
         match (before, after) {
             (false, true) => conn.query_since = Some(event.ktime_ns),

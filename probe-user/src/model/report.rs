@@ -180,6 +180,10 @@ pub struct Coverage {
     /// `syscalls` (docs/hooks.md; filled in by the session, which chose them).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hooks: Option<&'static str>,
+    /// TLS libraries found in the targets: hooked (read in plaintext) or not, one line each
+    /// (filled in by the session; docs/how-it-sees.md, "TLS").
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tls_libraries: Vec<String>,
     /// Database conversations drainwatch could not read (TLS it cannot decrypt): whatever
     /// happened in them is unknown, so a verdict that depends on them is `incomplete`.
     pub unverified: Vec<Unverified>,

@@ -498,3 +498,6 @@ mod tests;
 
 #[cfg(test)]
 mod db_tests;
+
+#[cfg(test)]
+mod tls_tests;

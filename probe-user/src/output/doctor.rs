@@ -159,12 +159,12 @@ pub fn lines(f: &Features) -> Vec<Line> {
             "uprobes",
             optional(f.uprobes),
             if f.uprobes {
-                "available"
+                "available (TLS read in plaintext: OpenSSL's SSL_read/SSL_write in the targets)"
             } else {
-                "no uprobe PMU"
+                "no uprobe PMU: TLS database conversations stay unverified"
             },
         )
-        .fix("CONFIG_UPROBE_EVENTS (needed later for TLS plaintext)"),
+        .fix("CONFIG_UPROBE_EVENTS (TLS plaintext through OpenSSL's SSL_read/SSL_write)"),
     );
     out.push(
         line(

@@ -64,8 +64,51 @@ fn attach_process(
     }
     state.add_target(tgid, comm, origin);
     existing::attach(probe, state, tgid, common, view.as_ref())?;
+    if talks_outward(state, tgid) {
+        hook_tls(probe, tgid, common.verbose);
+    }
     Ok(true)
 }
+
+/// Whether `tgid` has a database or upstream connection: only then are its TLS libraries
+/// hooked (a process that only serves clients pays no uprobe on its own TLS; loading the
+/// probes takes the verifier a second or two, which would otherwise delay every attach to a
+/// process that merely maps libssl). One that connects later is hooked by the rescans.
+fn talks_outward(state: &AuditState, tgid: u32) -> bool {
+    state.conns().is_some_and(|conns| {
+        conns
+            .conns()
+            .any(|c| c.tgid == tgid && matches!(c.role, Role::Db | Role::Upstream))
+    })
+}
+
+/// Hooks the TLS libraries `tgid` maps and did not before (kernel/tls.rs), saying at `-v`
+/// which; one that could not be hooked is a warning (its conversations stay `unverified`).
+fn hook_tls(probe: &mut Probe, tgid: u32, verbose: u8) {
+    // DRAINWATCH_TLS=off: no uprobes (to measure their cost, or if a library misbehaves
+    // under them); TLS conversations are then `unverified`, as for libraries not hooked.
+    if std::env::var("DRAINWATCH_TLS").is_ok_and(|v| v == "off") {
+        return;
+    }
+    for library in probe.attach_tls(tgid) {
+        match &library.outcome {
+            Ok(_) if verbose >= 1 => eprintln!("drainwatch: TLS: {}", library.describe()),
+            Ok(_) => {}
+            Err(_) => eprintln!(
+                "drainwatch: warning: TLS: {}: its encrypted conversations stay unverified",
+                library.describe()
+            ),
+        }
+    }
+}
+
+/// How often the running targets' memory maps are read again for TLS libraries loaded
+/// since (a module importing `ssl`, a launched command that has exec'd, a forked child):
+/// at every drain tick while a target is new (a program loads its libraries and often
+/// connects right after it starts: a conversation begun before its library is hooked is
+/// read from the middle, or stays unverified), then every [`TLS_RESCAN_EVERY`].
+const TLS_RESCAN_EVERY: Duration = Duration::from_millis(1000);
+const TLS_NEW_TARGET: Duration = Duration::from_secs(5);
 
 /// Resolves the selectors now; refuses one that matched nothing. A cgroup is read once, at
 /// attach; a name may still match an exec during an audit or serve.
@@ -385,6 +428,10 @@ pub struct Session {
     /// When database connections whose transaction state is unknown were last looked at
     /// from the database's side (`recheck_txns`).
     txns_checked_at: Option<std::time::Instant>,
+    /// When the targets' maps were last all read for TLS libraries.
+    tls_scanned_at: Option<std::time::Instant>,
+    /// When each target was first looked at for TLS libraries.
+    tls_first_seen: std::collections::HashMap<u32, std::time::Instant>,
 }
 
 /// How often the database's own view is asked again about transaction states still unknown
@@ -515,6 +562,8 @@ impl Session {
             unknown_checked_at: None,
             unknown_checks: 0,
             txns_checked_at: None,
+            tls_scanned_at: None,
+            tls_first_seen: std::collections::HashMap::new(),
         })
     }
 
@@ -667,12 +716,40 @@ impl Session {
         }
     }
 
+    /// Hooks TLS libraries the running targets loaded since they were last looked at.
+    fn rescan_tls(&mut self) {
+        let now = std::time::Instant::now();
+        let all = self
+            .tls_scanned_at
+            .is_none_or(|at| at.elapsed() >= TLS_RESCAN_EVERY);
+        if all {
+            self.tls_scanned_at = Some(now);
+        }
+        let running = self.state.running_targets();
+        self.tls_first_seen.retain(|tgid, _| running.contains(tgid));
+        for tgid in running {
+            if !talks_outward(&self.state, tgid) {
+                continue;
+            }
+            let first = *self.tls_first_seen.entry(tgid).or_insert(now);
+            if all || first.elapsed() < TLS_NEW_TARGET {
+                hook_tls(&mut self.probe, tgid, self.common.verbose);
+            }
+        }
+    }
+
     /// Fills the report's `coverage` with this kernel and the hooks that fed the socket
     /// side (docs/hooks.md).
     pub fn stamp_coverage(&self, report: &mut crate::model::report::Report) {
         let coverage = report.coverage.get_or_insert_with(Default::default);
         coverage.kernel = Some(crate::kernel::features::kernel_release());
         coverage.hooks = Some(self.probe.hooks().coverage());
+        coverage.tls_libraries = self
+            .probe
+            .tls_libraries()
+            .iter()
+            .map(|l| l.describe())
+            .collect();
     }
 
     /// Whether the targets this session waits for have exited.
@@ -774,6 +851,7 @@ impl Session {
                     self.join_cgroups();
                     self.recheck_unknown();
                     self.recheck_txns();
+                    self.rescan_tls();
                     if last_tick.is_none_or(|at| at.elapsed() >= tick) {
                         last_tick = Some(std::time::Instant::now());
                         on_tick(self);

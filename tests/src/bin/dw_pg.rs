@@ -1,7 +1,7 @@
 //! `dw-pg`: a private, throwaway PostgreSQL for as long as this process's stdin stays open.
 //!
 //! ```text
-//! dw-pg
+//! dw-pg [--tls]
 //! ```
 //!
 //! Starts [`drainwatch_tests::db::PgServer`] (a fresh cluster in a temp dir, on a free
@@ -79,14 +79,20 @@ fn wait_for_stop() {
 }
 
 fn main() -> ExitCode {
-    if std::env::args().len() > 1 {
-        eprintln!("usage: dw-pg   (no arguments; close stdin or send SIGTERM to stop)");
+    let tls = std::env::args().nth(1).is_some_and(|a| a == "--tls");
+    if std::env::args().len() > 1 + tls as usize {
+        eprintln!("usage: dw-pg [--tls]   (close stdin or send SIGTERM to stop)");
         return ExitCode::from(2);
     }
     // Before the start, so a Ctrl-C during initdb still ends in a clean stop.
     install_stop_handlers();
     // start() panics with the reason (missing package, initdb failure, ...): exit 101.
-    let server = PgServer::start();
+    // `--tls`: ssl=on with a self-signed certificate (libpq sslmode=prefer then speaks TLS).
+    let server = if tls {
+        PgServer::start_tls()
+    } else {
+        PgServer::start()
+    };
     let mut stdout = std::io::stdout();
     if writeln!(stdout, "ready url={}", server.url())
         .and_then(|()| stdout.flush())

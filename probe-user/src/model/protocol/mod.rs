@@ -113,6 +113,12 @@ enum Parser {
 pub struct DbConn {
     protocol: Protocol,
     parser: Parser,
+    seen_from_start: bool,
+    /// Read in plaintext through the TLS library hooks (docs/how-it-sees.md, "TLS").
+    tls: bool,
+    /// What the database said of the transaction outside the conversation
+    /// ([`DbConn::assume_txn`]), kept for a parser that starts over inside TLS.
+    assumed: Option<Txn>,
 }
 
 impl DbConn {
@@ -129,7 +135,50 @@ impl DbConn {
                 encrypted: false,
             }),
         };
-        DbConn { protocol, parser }
+        DbConn {
+            protocol,
+            parser,
+            seen_from_start,
+            tls: false,
+            assumed: None,
+        }
+    }
+
+    /// The kernel read this conversation's plaintext inside the TLS library (SSL_read /
+    /// SSL_write), `first` being the first of it: from now on it is parsed as the protocol
+    /// again. When `first` is the protocol's first message inside TLS (PostgreSQL
+    /// StartupMessage after SSLRequest/'S'; MySQL's full handshake response, sequence 2,
+    /// after its SSL request packet) on a connection seen from its opening, the parser
+    /// starts there; otherwise (opened before attach, or TLS hooked only after its opening)
+    /// mid-conversation, and it resynchronises. The ciphertext the socket hooks reported
+    /// until the kernel tied the connection to its `SSL *` is dropped with the opaque
+    /// parser that held it.
+    pub fn start_tls_plaintext(&mut self, first: &DbIo) {
+        if self.tls {
+            return;
+        }
+        self.tls = true;
+        let opening = first.dir == Direction::Send
+            && match self.protocol {
+                Protocol::Postgres => postgres::is_untyped_opening(first.head),
+                Protocol::Mysql => first.head.get(3) == Some(&2),
+                _ => true,
+            };
+        let from_start = self.seen_from_start && self.encrypted() && opening;
+        self.parser = match self.protocol {
+            Protocol::Postgres => Parser::Postgres(postgres::Postgres::new(from_start)),
+            Protocol::Mysql => Parser::Mysql(mysql::Mysql::inside_tls(from_start)),
+            Protocol::Redis => Parser::Redis(redis::Redis::new(from_start)),
+            Protocol::Unknown => return,
+        };
+        if let (false, Some(txn)) = (from_start, self.assumed) {
+            self.assume_txn(txn);
+        }
+    }
+
+    /// Read in plaintext through the TLS library hooks.
+    pub fn tls_plaintext(&self) -> bool {
+        self.tls
     }
 
     /// Feed one send or recv. Syscalls that moved no bytes change nothing.
@@ -158,6 +207,7 @@ impl DbConn {
     /// The transaction state the database itself reported outside the conversation (a
     /// PostgreSQL backend's process title), for a connection whose state is still unknown.
     pub fn assume_txn(&mut self, txn: Txn) {
+        self.assumed = Some(txn);
         match &mut self.parser {
             Parser::Postgres(p) => p.assume_txn(txn),
             Parser::Mysql(p) => p.assume_txn(txn),

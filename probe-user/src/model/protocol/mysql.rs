@@ -113,6 +113,9 @@ pub(crate) struct Mysql {
     /// The sequence id the next server packet must carry, when known.
     expect_seq: Option<u8>,
     compress_after_auth: bool,
+    /// Read inside TLS (the kernel's TLS hooks): the handshake response there repeats
+    /// CLIENT_SSL, which then means nothing more.
+    inside_tls: bool,
     /// A command has been seen (or the connection was seen from its start).
     synced: bool,
     /// Commands pipelined behind the current reply.
@@ -146,11 +149,26 @@ impl Mysql {
             goodbye: false,
             expect_seq: seen_from_start.then_some(0),
             compress_after_auth: false,
+            inside_tls: false,
             synced: seen_from_start,
             queue: VecDeque::new(),
             recv_since_cmd: false,
             events: Vec::new(),
         }
+    }
+
+    /// The conversation from where TLS began, in plaintext: seen from its opening, the
+    /// client's next packet is its full handshake response (sequence 2, after the SSL
+    /// request packet of sequence 1), answered by the server's OK
+    /// (https://dev.mysql.com/doc/dev/mysql-server/latest/page_protocol_connection_phase.html).
+    pub(crate) fn inside_tls(seen_from_start: bool) -> Self {
+        let mut parser = Mysql::new(seen_from_start);
+        parser.inside_tls = true;
+        if seen_from_start {
+            parser.phase = Phase::Handshake;
+            parser.expect_seq = None;
+        }
+        parser
     }
 
     pub(crate) fn in_flight(&self) -> bool {
@@ -216,7 +234,7 @@ impl Mysql {
                 .first()
                 .get(..4)
                 .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-            if caps.is_some_and(|c| c & CLIENT_SSL != 0) {
+            if !self.inside_tls && caps.is_some_and(|c| c & CLIENT_SSL != 0) {
                 return Step::Opaque { in_flight: true };
             }
             self.compress_after_auth = caps.is_some_and(|c| c & CLIENT_COMPRESS != 0);

@@ -220,6 +220,7 @@ fn db_io(key: (u32, u32), ms: u64, dir: crate::events::Direction, bytes: &[u8]) 
         len: bytes.len() as u32,
         head: bytes.to_vec(),
         tail: bytes.to_vec(),
+        tls: false,
     })
 }
 
