@@ -236,10 +236,18 @@ fn copy_tail(end: u64, len: u64, out: &mut [u8; TAIL_BYTES]) -> u8 {
     if n == 0 || end == 0 {
         return 0;
     }
-    // SAFETY: this CPU's scratch slot; the destination [32 - n, 32) lies inside its 64 bytes,
-    // and the helper checks the user address.
+    // The offset is masked into [0, 31] before it touches the pointer: otherwise LLVM may
+    // emit `scratch - n + 32`, whose intermediate negative offset the verifier refuses as an
+    // unbounded access (seen once this path was inlined into the TLS uretprobe).
+    // A volatile round trip hides the value from LLVM (which otherwise folds the mask away,
+    // knowing n's range); the mask after it gives the verifier its bounds.
+    let offset = TAIL_BYTES as u32 - n;
+    // SAFETY: a read of a local just written.
+    let offset = (unsafe { core::ptr::read_volatile(&offset) } & (TAIL_BYTES as u32 - 1)) as usize;
+    // SAFETY: this CPU's scratch slot; the destination [offset, offset + n) = [32 - n, 32)
+    // lies inside its 64 bytes, and the helper checks the user address.
     let rc = unsafe {
-        let dst = (scratch as *mut u8).add((TAIL_BYTES as u32 - n) as usize);
+        let dst = (scratch as *mut u8).add(offset);
         aya_ebpf::helpers::generated::bpf_probe_read_user(
             dst.cast(),
             n,

@@ -294,7 +294,9 @@ impl Drop for Mapped {
     }
 }
 
-/// An error and its sources, as one line.
+/// An error and its sources, as one line. A verifier refusal carries the whole verifier log
+/// (thousands of lines): the line keeps only the verifier's verdict, and the full log goes
+/// to the `-v` log.
 fn chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
@@ -303,7 +305,26 @@ fn chain(err: &dyn std::error::Error) -> String {
         text.push_str(&inner.to_string());
         source = inner.source();
     }
-    text
+    shorten_verifier_log(text)
+}
+
+/// `... Verifier output: <log>` → `... verifier: <the log's refusal line> (whole log at -v)`.
+fn shorten_verifier_log(text: String) -> String {
+    const MARK: &str = "Verifier output:";
+    let Some(at) = text.find(MARK) else {
+        return text;
+    };
+    log::debug!("TLS hook refused by the verifier: {text}");
+    let log = &text[at + MARK.len()..];
+    // The refusal is the last line before the verifier's statistics.
+    let stats = ["verification time", "stack depth", "processed ", ":"];
+    let refusal = log
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !stats.iter().any(|s| l.starts_with(s)))
+        .next_back()
+        .unwrap_or("refused");
+    format!("{}verifier: {refusal} (whole log at -v)", &text[..at])
 }
 
 /// Files a process maps executable that may hold an OpenSSL: any library with "ssl" in its
@@ -347,5 +368,27 @@ fn unreadable_kind(path: &str) -> Option<&'static str> {
         Some("NSS")
     } else {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shorten_verifier_log;
+
+    #[test]
+    fn a_verifier_refusal_keeps_its_verdict_line_only() {
+        let text = "loading ssl_return: the BPF_PROG_LOAD syscall returned Permission denied \
+                    (os error 13). Verifier output: 0: R1=ctx() R10=fp0\n473: (85) call \
+                    bpf_probe_read_user#112\nR1 unbounded memory access, make sure to bounds \
+                    check any such access\nverification time 185748 usec\nstack depth 112+0\n\
+                    processed 84783 insns (limit 1000000)\n: Permission denied (os error 13)"
+            .to_string();
+        assert_eq!(
+            shorten_verifier_log(text),
+            "loading ssl_return: the BPF_PROG_LOAD syscall returned Permission denied (os \
+             error 13). verifier: R1 unbounded memory access, make sure to bounds check any \
+             such access (whole log at -v)"
+        );
+        assert_eq!(shorten_verifier_log("no such file".into()), "no such file");
     }
 }
