@@ -321,8 +321,7 @@ fn shorten_verifier_log(text: String) -> String {
     let refusal = log
         .lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty() && !stats.iter().any(|s| l.starts_with(s)))
-        .next_back()
+        .rfind(|l| !l.is_empty() && !stats.iter().any(|s| l.starts_with(s)))
         .unwrap_or("refused");
     format!("{}verifier: {refusal} (whole log at -v)", &text[..at])
 }
