@@ -1,9 +1,10 @@
-//! The small database-backed "shop" servers of the fixtures, on real client libraries:
-//! tests/fixtures/pg_shop.py (psycopg 3 / libpq, from target/pyenv) and
-//! tests/fixtures/node_shop.js (node-pg, from target/nodeenv). Both speak one line in
-//! (`op NAME`), one line out (`done NAME`), run each request as a transaction that pauses
-//! until the file `gate` exists in their directory, and print `ready pid=.. port=..` and
-//! `txn NAME` on stdout.
+//! The small database-backed "shop" servers of the fixtures, one per real client stack:
+//! tests/fixtures/pg_shop.py (psycopg 3 / libpq and asyncpg, from target/pyenv),
+//! tests/fixtures/node_shop.js (node-pg, from target/nodeenv), and the Go (lib/pq) and Java
+//! (JDBC) shops of [`crate::stacks`]. All speak one line protocol (pg_shop.py's docstring),
+//! so a test drives each stack the same way: `ready pid=.. port=..` on stdout, `op NAME` ->
+//! `txn NAME` on stdout once the transaction is open on the server -> `done NAME` to the
+//! client once the file `gate` exists in the shop's directory.
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -15,8 +16,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{drainwatch_bin, TempDir};
+use crate::{
+    db::PgServer,
+    drainwatch_bin,
+    stacks::{go_shop, java_classes, JDBC_JAR},
+    TempDir,
+};
 
+/// How long a shop may take to start, answer or exit (a JVM starts in about a second here,
+/// several on a loaded machine).
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
 const PG_SHOP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/pg_shop.py");
@@ -34,7 +42,7 @@ pub fn python() -> PathBuf {
         });
     assert!(
         path.is_file(),
-        "no Python venv with psycopg at {}: run `cargo xtask setup`",
+        "no Python venv with the database clients (psycopg, asyncpg, PyMySQL) at {}: run `cargo xtask setup`",
         path.display()
     );
     path
@@ -59,36 +67,86 @@ pub fn node_modules() -> PathBuf {
     path
 }
 
-/// Which fixture, and how it reaches the database.
-#[derive(Clone, Copy, Debug)]
-pub enum Client {
-    /// pg_shop.py on psycopg (libpq): TLS when the server has ssl=on (sslmode=prefer).
+/// A client stack: the server's language and database client library.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stack {
+    /// Python, psycopg 3 (libpq): TLS when the server has ssl=on (libpq's default
+    /// sslmode=prefer). Modes lossy, goodbye-exit, graceful, write-behind, exit.
     Psycopg,
-    /// node_shop.js on node-pg, plaintext.
-    Node,
-    /// node_shop.js on node-pg with `ssl: {rejectUnauthorized: false}`.
-    NodeTls,
+    /// Python, asyncpg on asyncio: mode asyncpg-exit.
+    Asyncpg,
+    /// node, node-pg, plaintext.
+    NodePg,
+    /// node, node-pg with `ssl: {rejectUnauthorized: false}`.
+    NodePgTls,
+    /// Go, database/sql + lib/pq: modes graceful, exit.
+    GoPq,
+    /// Java, PostgreSQL JDBC: modes graceful, exit.
+    Jdbc,
 }
 
-impl Client {
-    /// The command line of the fixture in `mode` against `url`.
-    pub fn command(self, mode: &str, url: &str) -> Command {
+impl Stack {
+    pub fn name(self) -> &'static str {
         match self {
-            Client::Psycopg => {
-                let mut cmd = Command::new(python());
-                cmd.args([PG_SHOP, mode, url]);
-                cmd
-            }
-            Client::Node | Client::NodeTls => {
-                let mut cmd = Command::new("node");
-                cmd.args([NODE_SHOP, mode, url])
-                    .env("DW_NODE_MODULES", node_modules());
-                if matches!(self, Client::NodeTls) {
-                    cmd.arg("tls");
-                }
-                cmd
-            }
+            Stack::Psycopg => "psycopg",
+            Stack::Asyncpg => "asyncpg",
+            Stack::NodePg => "node-pg",
+            Stack::NodePgTls => "node-pg/tls",
+            Stack::GoPq => "go-lib/pq",
+            Stack::Jdbc => "jdbc",
         }
+    }
+
+    /// How this stack's driver is told to reach `db` over TCP, with TLS (`tls`: what the
+    /// stack's users write to get it: libpq's default sslmode=prefer does it on its own
+    /// against a server with ssl=on; node-pg by its own variant; lib/pq sslmode=require;
+    /// JDBC sslmode=require without certificate checks) or without.
+    pub fn dsn(self, db: &PgServer, tls: bool) -> String {
+        use crate::db::Database;
+        let port = db.port();
+        match (self, tls) {
+            (Stack::Psycopg | Stack::Asyncpg | Stack::NodePg | Stack::NodePgTls, _) => db.url(),
+            (Stack::GoPq, tls) => format!(
+                "postgres://postgres@127.0.0.1:{port}/postgres?sslmode={}",
+                if tls { "require" } else { "disable" }
+            ),
+            (Stack::Jdbc, false) => {
+                format!("jdbc:postgresql://127.0.0.1:{port}/postgres?user=postgres&sslmode=disable")
+            }
+            (Stack::Jdbc, true) => format!(
+                "jdbc:postgresql://127.0.0.1:{port}/postgres?user=postgres&sslmode=require\
+                 &sslfactory=org.postgresql.ssl.NonValidatingFactory"
+            ),
+        }
+    }
+
+    /// The command that runs this stack's shop in `mode` against `dsn`.
+    pub fn command(self, mode: &str, dsn: &str) -> Command {
+        let mut cmd = match self {
+            Stack::Psycopg | Stack::Asyncpg => {
+                let mut cmd = Command::new(python());
+                cmd.arg(PG_SHOP);
+                cmd
+            }
+            Stack::NodePg | Stack::NodePgTls => {
+                let mut cmd = Command::new("node");
+                cmd.arg(NODE_SHOP).env("DW_NODE_MODULES", node_modules());
+                cmd
+            }
+            Stack::GoPq => Command::new(go_shop()),
+            Stack::Jdbc => {
+                let mut cmd = Command::new("java");
+                let classpath = format!("{}:{JDBC_JAR}", java_classes().display());
+                // Small heap, one GC thread: the machine is shared and the shop is tiny.
+                cmd.args(["-Xmx64m", "-XX:+UseSerialGC", "-cp", &classpath, "Shop"]);
+                cmd
+            }
+        };
+        cmd.args([mode, dsn]);
+        if self == Stack::NodePgTls {
+            cmd.arg("tls");
+        }
+        cmd
     }
 }
 
@@ -100,18 +158,18 @@ pub struct Shop {
     stderr: Option<mpsc::Receiver<String>>,
     pub pid: u32,
     pub port: u16,
-    dir: TempDir,
+    pub dir: TempDir,
 }
 
 impl Shop {
-    pub fn start(client: Client, mode: &str, url: &str) -> Shop {
-        Self::spawn(client.command(mode, url), false)
+    pub fn start(stack: Stack, mode: &str, dsn: &str) -> Shop {
+        Self::spawn(stack.command(mode, dsn), false)
     }
 
-    /// Launched by `drainwatch audit --report REPORT ARGS -- <fixture>`, so that every
+    /// Launched by `drainwatch audit --report REPORT ARGS -- <shop>`, so that every
     /// connection is seen from its start; the child is then drainwatch.
-    pub fn under_audit(client: Client, mode: &str, url: &str, report: &str, args: &[&str]) -> Shop {
-        let fixture = client.command(mode, url);
+    pub fn under_audit(stack: Stack, mode: &str, dsn: &str, report: &str, args: &[&str]) -> Shop {
+        let fixture = stack.command(mode, dsn);
         let mut cmd = Command::new(drainwatch_bin());
         cmd.args(["audit", "--report", report])
             .args(args)
@@ -135,10 +193,12 @@ impl Shop {
             .current_dir(&dir.0)
             .stdout(Stdio::piped())
             .spawn()
-            .expect("start the shop fixture");
+            .unwrap_or_else(|e| panic!("start {cmd:?}: {e}"));
         let lines = reader(child.stdout.take().unwrap());
         let stderr = child.stderr.take().map(reader);
-        let ready = lines.recv_timeout(PATIENCE).expect("the shop says ready");
+        let ready = lines
+            .recv_timeout(PATIENCE)
+            .unwrap_or_else(|_| panic!("{cmd:?} did not say ready"));
         let field = |name: &str| -> u32 {
             ready
                 .split_whitespace()

@@ -3,154 +3,13 @@
 //! private PostgreSQL, plaintext and TLS, each checked against the server's own ground truth
 //! (the ledger, the client's answer).
 
-use std::{
-    io::{BufRead, BufReader, Write},
-    net::TcpStream,
-    path::PathBuf,
-    process::{Child, ChildStdout, Command, Stdio},
-    sync::mpsc,
-    thread,
-    time::{Duration, Instant},
-};
-
 use drainwatch_tests::{
     db::{Database, MariaDbServer, PgServer},
-    drainwatch_bin, read_report, require_root, violations, Drainwatch, TempDir,
+    read_report, require_root,
+    shop::{Shop, Stack, PATIENCE},
+    violations, Drainwatch, TempDir,
 };
 use serde_json::Value;
-
-const PATIENCE: Duration = Duration::from_secs(60);
-
-fn python() -> PathBuf {
-    let path = std::env::var_os("DW_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../target/pyenv/bin/python"
-            ))
-        });
-    assert!(
-        path.is_file(),
-        "no Python venv with asyncpg and psycopg at {}: run `cargo xtask setup`",
-        path.display()
-    );
-    path
-}
-
-/// pg_shop.py running in its own temp dir (where its gate file goes).
-struct Shop {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    pid: u32,
-    port: u16,
-    dir: TempDir,
-}
-
-const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/pg_shop.py");
-
-impl Shop {
-    fn start(mode: &str, db: &PgServer) -> Shop {
-        Self::start_on(mode, &db.url())
-    }
-
-    fn start_on(mode: &str, url: &str) -> Shop {
-        let mut cmd = Command::new(python());
-        cmd.args([SCRIPT, mode, url]);
-        Self::spawn(cmd)
-    }
-
-    /// Launched by `drainwatch audit --report REPORT -- python pg_shop.py MODE URL`, so that
-    /// every connection is seen from its start; `child` is then drainwatch.
-    fn under_audit(mode: &str, url: &str, report: &str) -> Shop {
-        let mut cmd = Command::new(drainwatch_bin());
-        cmd.args(["audit", "--report", report, "--"])
-            .arg(python())
-            .args([SCRIPT, mode, url]);
-        Self::spawn(cmd)
-    }
-
-    fn spawn(mut cmd: Command) -> Shop {
-        let dir = TempDir::new("pg-shop");
-        let mut child = cmd
-            .current_dir(&dir.0)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start pg_shop.py");
-        let lines = reader(child.stdout.take().unwrap());
-        let ready = lines.recv_timeout(PATIENCE).expect("pg_shop.py says ready");
-        let field = |name: &str| -> u32 {
-            ready
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix(name)?.parse().ok())
-                .unwrap_or_else(|| panic!("no {name} in {ready:?}"))
-        };
-        let (pid, port) = (field("pid="), field("port=") as u16);
-        Shop {
-            child,
-            lines,
-            pid,
-            port,
-            dir,
-        }
-    }
-
-    /// Sends `op NAME` and waits until its transaction is open on the server.
-    fn request_in_transaction(&self, name: &str) -> mpsc::Receiver<String> {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
-        stream.write_all(format!("op {name}\n").as_bytes()).unwrap();
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            // One line (the server keeps the connection open after answering), or "" when
-            // it is closed unanswered.
-            let mut answer = String::new();
-            let _ = BufReader::new(stream).read_line(&mut answer);
-            let _ = tx.send(answer);
-        });
-        let line = self.lines.recv_timeout(PATIENCE).expect("txn line");
-        assert_eq!(line, format!("txn {name}"));
-        rx
-    }
-
-    fn open_gate(&self) {
-        std::fs::write(self.dir.path("gate"), b"").unwrap();
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on a process this test started.
-        assert_eq!(unsafe { libc::kill(self.pid as i32, sig) }, 0);
-    }
-
-    fn wait(&mut self) -> std::process::ExitStatus {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "pg_shop.py did not exit");
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Shop {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn reader(stdout: ChildStdout) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
 
 fn audit(shop: &Shop, dir: &TempDir) -> (Drainwatch, String) {
     audit_with(shop, dir, &[])
@@ -181,7 +40,7 @@ fn kinds(report: &Value) -> Vec<String> {
 fn tidy_but_lossy_sigterm_is_request_dropped_and_transaction_rolled_back() {
     require_root();
     let db = PgServer::start();
-    let mut shop = Shop::start("lossy", &db);
+    let mut shop = Shop::start(Stack::Psycopg, "lossy", &db.url());
     let dir = TempDir::new("lossy");
     let (dw, report_path) = audit(&shop, &dir);
     let answer = shop.request_in_transaction("lossy");
@@ -214,7 +73,7 @@ fn a_goodbye_then_exit_is_clean() {
     require_root();
     let db = PgServer::start();
     let unclean_before = db.unclean_closes();
-    let mut shop = Shop::start("goodbye-exit", &db);
+    let mut shop = Shop::start(Stack::Psycopg, "goodbye-exit", &db.url());
     let dir = TempDir::new("goodbye");
     let (dw, report_path) = audit(&shop, &dir);
     let answer = shop.request_in_transaction("bye");
@@ -237,7 +96,7 @@ fn a_goodbye_then_exit_is_clean() {
 fn asyncpg_attached_mid_transaction_then_exit_is_open_transaction() {
     require_root();
     let db = PgServer::start();
-    let mut shop = Shop::start("asyncpg-exit", &db);
+    let mut shop = Shop::start(Stack::Asyncpg, "asyncpg-exit", &db.url());
     let _answer = shop.request_in_transaction("apg");
     let dir = TempDir::new("asyncpg");
     let (dw, report_path) = audit(&shop, &dir);
@@ -269,7 +128,7 @@ fn unix_socket_postgres_kill9_mid_transaction_is_open_transaction_and_leak() {
     let unclean_before = db.unclean_closes().unwrap();
     let dir = TempDir::new("unix");
     let report_path = dir.path("report.json");
-    let mut shop = Shop::under_audit("lossy", &db.unix_url(), &report_path);
+    let mut shop = Shop::under_audit(Stack::Psycopg, "lossy", &db.unix_url(), &report_path, &[]);
     let _answer = shop.request_in_transaction("unix");
     shop.signal(libc::SIGKILL);
     assert_eq!(shop.wait().code(), Some(1), "audit exits 1 on violations");
@@ -308,7 +167,7 @@ fn unix_socket_mariadb_kill9_mid_transaction_is_open_transaction_and_leak() {
     let dir = TempDir::new("unix-my");
     let report_path = dir.path("report.json");
     let dsn = format!("mysql-unix:{}", db.socket_path().display());
-    let mut shop = Shop::under_audit("lossy", &dsn, &report_path);
+    let mut shop = Shop::under_audit(Stack::Psycopg, "lossy", &dsn, &report_path, &[]);
     let _answer = shop.request_in_transaction("unixmy");
     shop.signal(libc::SIGKILL);
     assert_eq!(shop.wait().code(), Some(1), "audit exits 1 on violations");
@@ -343,7 +202,7 @@ fn unix_socket_mariadb_kill9_mid_transaction_is_open_transaction_and_leak() {
 fn unix_socket_postgres_from_before_attach_mid_transaction_kill9() {
     require_root();
     let db = PgServer::start();
-    let mut shop = Shop::start_on("lossy", &db.unix_url());
+    let mut shop = Shop::start(Stack::Psycopg, "lossy", &db.unix_url());
     let _answer = shop.request_in_transaction("unixold");
     let dir = TempDir::new("unix-old");
     let (dw, report_path) = audit(&shop, &dir);
@@ -379,7 +238,7 @@ fn db_url_pg_stat_activity_tells_a_transaction_open_before_attach() {
     let url_file = dir.path("db-url");
     std::fs::write(&url_file, format!("{}\n", db.url())).unwrap();
     for with_url in [false, true] {
-        let mut shop = Shop::start("asyncpg-exit", &db);
+        let mut shop = Shop::start(Stack::Asyncpg, "asyncpg-exit", &db.url());
         let name = format!("dburl{with_url}");
         let _answer = shop.request_in_transaction(&name);
         let source = format!("file:{url_file}");

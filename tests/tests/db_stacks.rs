@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use drainwatch_tests::{
     db::{Database, DbKind, MariaDbServer, PgServer},
     read_report, require_root, run_drainwatch,
-    stacks::{Shop, Stack, PATIENCE},
+    shop::{Shop, Stack, PATIENCE},
     violations, Drainwatch, Finished, TempDir,
 };
 use serde_json::Value;

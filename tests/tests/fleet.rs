@@ -28,9 +28,7 @@ fn workspace() -> PathBuf {
 
 /// The venv setup made, with ansible-core in it (`DW_PYTHON`, which xtask sets).
 fn python() -> PathBuf {
-    let python = std::env::var_os("DW_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target/pyenv/bin/python"));
+    let python = drainwatch_tests::shop::python();
     let found = Command::new(&python)
         .args(["-c", "import ansible.release"])
         .status()

@@ -85,10 +85,10 @@ fn a_secret_in_payloads_and_query_parameters_appears_in_no_output() {
 /// a PostgreSQL over TLS; it appears in no output, at -vv either.
 #[test]
 fn a_secret_inside_tls_appears_in_no_output() {
-    use drainwatch_tests::shop::{Client, Shop, PATIENCE};
+    use drainwatch_tests::shop::{Shop, Stack, PATIENCE};
     require_root();
     let db = PgServer::start_tls();
-    for client in [Client::Psycopg, Client::NodeTls] {
+    for client in [Stack::Psycopg, Stack::NodePgTls] {
         let dir = TempDir::new("privacy-tls");
         let (report, junit) = (dir.path("report.json"), dir.path("junit.xml"));
         let mut shop = Shop::start(client, "graceful", &db.url());

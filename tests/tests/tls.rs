@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use drainwatch_tests::{
     db::{Database, PgServer},
     read_report, require_root,
-    shop::{Client, Shop, PATIENCE},
+    shop::{Shop, Stack, PATIENCE},
     violations, Drainwatch, TempDir, Value,
 };
 
@@ -29,19 +29,20 @@ fn audit(shop: &Shop, report: &str) -> Drainwatch {
     Drainwatch::attach(&["audit", "--pid", &pid, "--report", report, "-v"])
 }
 
-fn db_for(client: Client) -> PgServer {
+fn db_for(client: Stack) -> PgServer {
     match client {
-        Client::Node => PgServer::start(),
-        Client::Psycopg | Client::NodeTls => PgServer::start_tls(),
+        Stack::NodePgTls | Stack::Psycopg | Stack::Asyncpg => PgServer::start_tls(),
+        // Plaintext node-pg, and the stacks whose TLS drainwatch cannot read (db_stacks.rs).
+        Stack::NodePg | Stack::GoPq | Stack::Jdbc => PgServer::start(),
     }
 }
 
 /// Nothing about the conversation is unknown: no connection left unverified, and (for TLS)
 /// the library was hooked and named.
-fn assert_read_in_plaintext(client: Client, report: &Value, stderr: &str) {
+fn assert_read_in_plaintext(client: Stack, report: &Value, stderr: &str) {
     let unverified = report["coverage"]["unverified"].as_array().unwrap();
     assert!(unverified.is_empty(), "{report:#}");
-    if !matches!(client, Client::Node) {
+    if !matches!(client, Stack::NodePg) {
         let libraries = report["coverage"]["tls_libraries"].to_string();
         assert!(
             libraries.contains("OpenSSL, read in plaintext"),
@@ -56,7 +57,7 @@ fn assert_read_in_plaintext(client: Client, report: &Value, stderr: &str) {
 
 /// kill -9 mid-transaction: `open_transaction`. Ground truth: the ledger has no row (the
 /// server rolled the transaction back) and the server saw one more close without goodbye.
-fn kill9_mid_transaction(client: Client) {
+fn kill9_mid_transaction(client: Stack) {
     let db = db_for(client);
     let unclean_before = db.unclean_closes().unwrap();
     let mut shop = Shop::start(client, "graceful", &db.url());
@@ -86,7 +87,7 @@ fn kill9_mid_transaction(client: Client) {
 /// SIGTERM mid-request: the server finishes it (COMMIT), says goodbye and exits (psycopg:
 /// close(); node-pg: pool.end() then process.exit(0)). Clean: the Terminate was seen inside
 /// TLS. Ground truth: both ledger rows, no close without goodbye on the server.
-fn graceful_stop(client: Client) {
+fn graceful_stop(client: Stack) {
     let db = db_for(client);
     let unclean_before = db.unclean_closes().unwrap();
     let mut shop = Shop::start(client, "graceful", &db.url());
@@ -122,37 +123,37 @@ fn graceful_stop(client: Client) {
 #[test]
 fn psycopg_tls_kill9_mid_transaction_is_open_transaction() {
     require_root();
-    kill9_mid_transaction(Client::Psycopg);
+    kill9_mid_transaction(Stack::Psycopg);
 }
 
 #[test]
 fn psycopg_tls_graceful_stop_is_clean() {
     require_root();
-    graceful_stop(Client::Psycopg);
+    graceful_stop(Stack::Psycopg);
 }
 
 #[test]
 fn node_pg_tls_kill9_mid_transaction_is_open_transaction() {
     require_root();
-    kill9_mid_transaction(Client::NodeTls);
+    kill9_mid_transaction(Stack::NodePgTls);
 }
 
 #[test]
 fn node_pg_tls_pool_end_then_exit_is_clean() {
     require_root();
-    graceful_stop(Client::NodeTls);
+    graceful_stop(Stack::NodePgTls);
 }
 
 #[test]
 fn node_pg_plaintext_kill9_mid_transaction_is_open_transaction() {
     require_root();
-    kill9_mid_transaction(Client::Node);
+    kill9_mid_transaction(Stack::NodePg);
 }
 
 #[test]
 fn node_pg_plaintext_pool_end_then_exit_is_clean() {
     require_root();
-    graceful_stop(Client::Node);
+    graceful_stop(Stack::NodePg);
 }
 
 /// psycopg launched under audit: libssl is loaded by the import of psycopg, after the
@@ -164,13 +165,7 @@ fn psycopg_tls_launched_under_audit_kill9_is_open_transaction() {
     let db = PgServer::start_tls();
     let dir = TempDir::new("tls-launched");
     let report_path = dir.path("report.json");
-    let mut shop = Shop::under_audit(
-        Client::Psycopg,
-        "graceful",
-        &db.url(),
-        &report_path,
-        &["-v"],
-    );
+    let mut shop = Shop::under_audit(Stack::Psycopg, "graceful", &db.url(), &report_path, &["-v"]);
     shop.wait_stderr("drainwatch: TLS: pid");
     let answer = shop.request_in_transaction("ul");
     // SAFETY: kill(2) on the fixture drainwatch launched for this test.
@@ -196,7 +191,7 @@ fn psycopg_tls_launched_under_audit_kill9_is_open_transaction() {
 fn node_pg_tls_wait_mid_transaction_is_not_drained_before_commit() {
     require_root();
     let db = PgServer::start_tls();
-    let shop = Shop::start(Client::NodeTls, "write-behind", &db.url());
+    let shop = Shop::start(Stack::NodePgTls, "write-behind", &db.url());
     let answer = shop.request_in_transaction("wb");
     assert_eq!(answer.recv_timeout(PATIENCE).unwrap(), "done wb\n");
     let pid = shop.pid.to_string();
@@ -245,7 +240,7 @@ fn node_pg_tls_wait_mid_transaction_is_not_drained_before_commit() {
 fn asyncpg_tls_exit_mid_transaction_is_open_transaction() {
     require_root();
     let db = PgServer::start_tls();
-    let mut shop = Shop::start(Client::Psycopg, "asyncpg-exit", &db.url());
+    let mut shop = Shop::start(Stack::Asyncpg, "asyncpg-exit", &db.url());
     let dir = TempDir::new("tls-asyncpg");
     let report_path = dir.path("report.json");
     let dw = audit(&shop, &report_path);
@@ -262,5 +257,5 @@ fn asyncpg_tls_exit_mid_transaction_is_open_transaction() {
         finished.stdout,
         finished.stderr
     );
-    assert_read_in_plaintext(Client::Psycopg, &report, &finished.stderr);
+    assert_read_in_plaintext(Stack::Psycopg, &report, &finished.stderr);
 }

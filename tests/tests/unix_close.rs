@@ -5,9 +5,11 @@
 //! `closed_by: unclean_close`, not `exit`). Real psycopg against a private PostgreSQL through
 //! its unix socket; ground truth from the server's own count of unclean closes.
 
-use std::{path::PathBuf, process::Command};
+use std::process::Command;
 
-use drainwatch_tests::{db::Database, db::PgServer, read_report, require_root, TempDir};
+use drainwatch_tests::{
+    db::Database, db::PgServer, read_report, require_root, shop::python, TempDir,
+};
 use serde_json::Value;
 
 /// Connects over the unix socket, runs a query, closes the connection as MODE says, stays
@@ -27,23 +29,6 @@ time.sleep(0.5)
 print("done", flush=True)
 os._exit(0)
 "#;
-
-fn python() -> PathBuf {
-    let path = std::env::var_os("DW_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../target/pyenv/bin/python"
-            ))
-        });
-    assert!(
-        path.is_file(),
-        "no Python venv with psycopg at {}: run `cargo xtask setup`",
-        path.display()
-    );
-    path
-}
 
 /// `drainwatch audit --report R -- python -c CLIENT URL MODE`: (exit code, report).
 fn audit_client(db: &PgServer, mode: &str) -> (i32, Value) {
