@@ -313,7 +313,7 @@ pub fn run(rounds: usize, secs: u64, table: &mut Table) -> Value {
     table.row(
         "vs_bpftrace (loss ÷ bpftrace's loss)",
         format!("{:.2}", dw_loss / bpftrace_loss),
-        "<= 0.5",
+        "<= 0.3 (#15)",
     );
     table.row(
         "vs_strace (loss ÷ strace's loss)",
