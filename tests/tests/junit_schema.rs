@@ -115,6 +115,19 @@ fn an_audit_s_junit_file_is_valid_ant_junit_with_consistent_counts() {
         );
         assert_eq!(attrs(&xml, element, "errors"), ["0"], "{xml}");
     }
+    // The suite's time covers every violation in it: both are counted from the attach.
+    let suite_time: f64 = attrs(&xml, "testsuite", "time")[0].parse().unwrap();
+    let last_at_ms = report["violations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["at_ms"].as_u64())
+        .max()
+        .expect("violations have at_ms");
+    assert!(
+        suite_time * 1000.0 >= last_at_ms as f64,
+        "suite time {suite_time}s ends before a violation at {last_at_ms} ms\n{xml}\n{report:#}"
+    );
     // hostname: this machine; timestamp: the start, in UTC, within the test's run.
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
     assert_eq!(attrs(&xml, "testsuite", "hostname"), [host.trim()], "{xml}");
