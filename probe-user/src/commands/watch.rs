@@ -227,7 +227,14 @@ pub fn frame(session: &Session, pace: &mut Pace) -> Frame {
                 requests: crate::model::conns::summary(h),
             })
             .collect(),
-        requests_in_flight: in_flight.requests,
+        // Counted from the same read of the kernel's connection table as the lines below, not
+        // from the tick's counters: read moments apart, the two disagreed on screen under load
+        // ("0 requests" above a "request in flight" line).
+        requests_in_flight: if state.conns().is_some() {
+            request_lines.len() as u64
+        } else {
+            in_flight.requests
+        },
         requests_in_flight_on: {
             // Oldest first; unknown starts (before attach) are the oldest of all.
             request_lines.sort_by_key(|r| (r.age_ms.map_or(0, |a| u64::MAX - a), r.pid, r.fd));
