@@ -156,6 +156,11 @@ pub struct ConnClose {
     /// started (ktime ns; 0 when it was already in flight at attach). `None`: nothing was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_since_ns: Option<u64>,
+    /// Seen by userspace, not by a kernel hook (a unix-domain close on the socket backend,
+    /// `session/unix_close.rs`): the kernel's request counters never ended that request, so
+    /// the state ends it itself.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub request_uncounted: bool,
 }
 
 /// Client requests as counted in the kernel (`probe_common::RequestCounters`), read with
@@ -410,6 +415,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 tgid: e.tgid,
                 fd: e.fd,
                 request_since_ns: (e.request_in_flight != 0).then_some(e.request_since_ns),
+                request_uncounted: false,
             })
         }
         EventKind::DbIo => {

@@ -173,6 +173,9 @@ pub struct ConnTracker {
     requests_by_target: BTreeMap<u32, TargetRequests>,
     /// Client connections found busy at attach, by target (their ends are counted apart).
     busy_at_attach: BTreeMap<u32, u64>,
+    /// Requests ended by closes the kernel's counters never saw (`ConnClose::
+    /// request_uncounted`), by target: (started while watched, in flight at attach).
+    ended_here: BTreeMap<u32, (u64, u64)>,
     /// Client connections whose state at attach was unknown, resolved or not, in order.
     unknown: Vec<Unknown>,
     /// Of those, how many were still unknown when their process exited: each could have
@@ -206,6 +209,7 @@ impl Default for ConnTracker {
             conns: BTreeMap::new(),
             requests_by_target: BTreeMap::new(),
             busy_at_attach: BTreeMap::new(),
+            ended_here: BTreeMap::new(),
             unknown: Vec::new(),
             exited_unknown: 0,
             counts: ConnectionCounts::default(),
@@ -507,6 +511,15 @@ impl ConnTracker {
         };
         self.count_close(conn.role);
         let mut violations = Vec::new();
+        if let (Role::Client, Some(since), true) =
+            (conn.role, event.request_since_ns, event.request_uncounted)
+        {
+            let ended = self.ended_here.entry(conn.tgid).or_default();
+            match since {
+                0 => ended.1 += 1,
+                _ => ended.0 += 1,
+            }
+        }
         if let (Role::Client, Some(since)) = (conn.role, event.request_since_ns) {
             violations.push(Violation::RequestDropped(RequestDropped {
                 pid: conn.tgid,
@@ -561,7 +574,9 @@ impl ConnTracker {
             .copied()
             .unwrap_or_default();
         let busy = self.busy_at_attach.get(&tgid).copied().unwrap_or(0);
-        counted.started.saturating_sub(counted.ended) + busy.saturating_sub(counted.existing_ended)
+        let (ended, existing_ended) = self.ended_here.get(&tgid).copied().unwrap_or_default();
+        counted.started.saturating_sub(counted.ended + ended)
+            + busy.saturating_sub(counted.existing_ended + existing_ended)
     }
 
     /// A send or recv on a database connection. A goodbye sent inside an open transaction is
@@ -708,6 +723,7 @@ impl ConnTracker {
         }
         self.requests_by_target.remove(&tgid);
         self.busy_at_attach.remove(&tgid);
+        self.ended_here.remove(&tgid);
         // Unknown connections cut by the exit stay unresolved: listed, never a violation;
         // the verdict cannot be `clean` about them (`exited_unknown`).
         for unknown in self

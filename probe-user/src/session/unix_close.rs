@@ -124,6 +124,7 @@ impl UnixCloseWatch {
                 tgid,
                 fd,
                 request_since_ns: probe.request_since(key).map(|since| since.unwrap_or(0)),
+                request_uncounted: true,
             });
             if verbose >= 2 {
                 super::print_event(&event);

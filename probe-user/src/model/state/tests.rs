@@ -499,3 +499,46 @@ fn unknown_connections_resolved_before_the_exit_leave_the_verdict_clean() {
     }));
     assert_eq!(state.report(Mode::Stop, 0, vec![]).verdict, Verdict::Clean);
 }
+
+/// A unix-domain client connection closed with its request in flight, seen by userspace
+/// (the socket backend has no kernel hook for that close): the kernel's counters never end
+/// the request, so the close itself does; else `wait` would never call the target drained.
+#[test]
+fn a_close_the_kernel_did_not_count_ends_its_request() {
+    let mut state = AuditState::new(ATTACH_NS, SELF_TGID).with_sockets();
+    state.add_target(10, "server".into(), Origin::Named);
+    let t = ATTACH_NS + 5_000_000;
+    state.apply(&Event::ConnOpen(crate::events::ConnOpen {
+        ktime_ns: t,
+        tgid: 10,
+        fd: 7,
+        role: Role::Client,
+        protocol: Protocol::Unknown,
+        peer: None,
+        local: None,
+    }));
+    state.apply(&sample(t + 1_000, &[(10, 1, 0, 0, t + 1_000)], &[]));
+    assert_eq!(state.conns().unwrap().in_flight(None).requests, 1);
+    let close = |uncounted| {
+        Event::ConnClose(crate::events::ConnClose {
+            ktime_ns: t + 2_000_000,
+            tgid: 10,
+            fd: 7,
+            request_since_ns: Some(t + 1_000),
+            request_uncounted: uncounted,
+        })
+    };
+    state.apply(&close(true));
+    assert_eq!(state.conns().unwrap().in_flight(None).requests, 0);
+    state.apply(&sample(t + 3_000_000, &[(10, 1, 0, 0, t + 1_000)], &[]));
+    assert_eq!(state.conns().unwrap().in_flight(None).requests, 0);
+    let report = state.report(Mode::Audit, 0, vec![]);
+    assert_eq!(
+        report
+            .violations
+            .iter()
+            .map(|v| v.kind())
+            .collect::<Vec<_>>(),
+        ["request_dropped"]
+    );
+}
