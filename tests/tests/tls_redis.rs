@@ -132,7 +132,10 @@ fn redis_cli_tls_kill9_inside_multi_is_open_transaction() {
     cli.command("MULTI", "OK");
     cli.command("RPUSH ledger:rk9 A", "QUEUED");
     // SAFETY: kill(2) on the redis-cli this test started.
-    assert_eq!(unsafe { libc::kill(cli.child.id() as i32, libc::SIGKILL) }, 0);
+    assert_eq!(
+        unsafe { libc::kill(cli.child.id() as i32, libc::SIGKILL) },
+        0
+    );
     cli.child.wait().unwrap();
     let finished = dw.finish();
     assert!(db.ledger_steps("rk9").is_empty(), "discarded");
@@ -189,7 +192,10 @@ fn redis_cli_tls_exec_then_exit_ends_the_transaction() {
     let leak = violations(&report, "leaked_db_connection")[0];
     assert_eq!(leak["protocol"], "redis", "{report:#}");
     assert_eq!(leak["peer"], format!("127.0.0.1:{}", db.tls_port()));
-    assert_eq!(report["db_queries"]["count"], 4, "MULTI, 2 RPUSH, EXEC: {report:#}");
+    assert_eq!(
+        report["db_queries"]["count"], 4,
+        "MULTI, 2 RPUSH, EXEC: {report:#}"
+    );
     assert_read_in_plaintext(&report, &finished.stderr);
     assert_eq!(finished.code, 1);
 }

@@ -83,7 +83,8 @@ impl RedisServer {
 
     /// The TLS port (`start_tls`).
     pub fn tls_port(&self) -> u16 {
-        self.tls_port.expect("RedisServer::start_tls has a TLS port")
+        self.tls_port
+            .expect("RedisServer::start_tls has a TLS port")
     }
 
     /// The server's pid.
