@@ -18,6 +18,8 @@ use crate::TempDir;
 /// `drainwatch`.
 pub struct MariaDbServer {
     port: u16,
+    /// Started with a certificate (`start_tls`): `url()` asks clients for TLS.
+    tls: bool,
     log: PathBuf,
     _daemon: Daemon,
     _dir: TempDir,
@@ -38,6 +40,18 @@ const MARIADB_SMALL: &[&str] = &[
 
 impl MariaDbServer {
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// With a self-signed certificate (`--ssl-cert/--ssl-key/--ssl-ca`): clients may speak
+    /// TLS (the server upgrades after its handshake packet when the client sets
+    /// CLIENT_SSL, https://mariadb.com/kb/en/connection/#sslrequest-packet); TLS is not
+    /// required, so the harness's own ground-truth connections stay plaintext.
+    pub fn start_tls() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Self {
         require_binary(Path::new(MARIADBD), "mariadb-server");
         require_binary(Path::new(MARIADB_INSTALL_DB), "mariadb-server");
         let dir = TempDir::new("mariadb");
@@ -72,6 +86,16 @@ impl MariaDbServer {
             );
         }
 
+        let mut ssl = Vec::new();
+        if tls {
+            // Owned by us: mariadbd runs as root (--user=root) or as the test's own user.
+            super::pg::make_certificate(&dir.0, None);
+            let (crt, key) = (dir.0.join("server.crt"), dir.0.join("server.key"));
+            ssl.push(format!("--ssl-cert={}", crt.display()));
+            ssl.push(format!("--ssl-key={}", key.display()));
+            // Self-signed: its own CA.
+            ssl.push(format!("--ssl-ca={}", crt.display()));
+        }
         let log = dir.0.join("mariadbd.log");
         let (port, daemon) = on_free_port("mariadbd", |port| {
             let mut cmd = Command::new(MARIADBD);
@@ -84,6 +108,7 @@ impl MariaDbServer {
                 .args(["--bind-address=127.0.0.1", "--skip-name-resolve"])
                 .args(user)
                 .args(MARIADB_SMALL)
+                .args(&ssl)
                 // Nothing to keep between runs: skip the buffer pool dump/load.
                 .args([
                     "--innodb-buffer-pool-dump-at-shutdown=OFF",
@@ -100,6 +125,7 @@ impl MariaDbServer {
         });
         Self {
             port,
+            tls,
             log,
             _daemon: daemon,
             _dir: dir,
@@ -147,8 +173,10 @@ impl Database for MariaDbServer {
         self.port
     }
 
+    /// With TLS, `?ssl=1`: the shop (fixtures/pg_shop.py) then asks PyMySQL for TLS.
     fn url(&self) -> String {
-        format!("mysql://root@127.0.0.1:{}/drainwatch", self.port)
+        let ssl = if self.tls { "?ssl=1" } else { "" };
+        format!("mysql://root@127.0.0.1:{}/drainwatch{ssl}", self.port)
     }
 
     fn ledger_steps(&self, op: &str) -> Vec<String> {

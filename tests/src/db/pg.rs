@@ -192,8 +192,8 @@ impl PgServer {
 
 /// A self-signed certificate for localhost in the data directory (server.crt/server.key,
 /// PostgreSQL's defaults), owned by the server's user; the key readable by it alone, as
-/// PostgreSQL insists.
-fn make_certificate(data: &std::path::Path, owner: Option<(u32, u32)>) {
+/// PostgreSQL insists. MariaDB's TLS server (db/mariadb.rs) uses it too.
+pub(super) fn make_certificate(data: &std::path::Path, owner: Option<(u32, u32)>) {
     let (crt, key) = (data.join("server.crt"), data.join("server.key"));
     require_binary(std::path::Path::new("/usr/bin/openssl"), "openssl");
     let mut cmd = Command::new("/usr/bin/openssl");

@@ -6,12 +6,14 @@ use std::{
     time::Duration,
 };
 
-use super::{on_free_port, require_binary, tail, Daemon, Database, DbKind};
+use super::{free_port, on_free_port, require_binary, tail, Daemon, Database, DbKind};
 use crate::TempDir;
 
 /// A private Redis without persistence.
 pub struct RedisServer {
     port: u16,
+    /// `start_tls`: the TLS port beside the plaintext one.
+    tls_port: Option<u16>,
     log: PathBuf,
     _daemon: Daemon,
     _dir: TempDir,
@@ -21,11 +23,40 @@ const REDIS_SERVER: &str = "/usr/bin/redis-server";
 
 impl RedisServer {
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// Also listening for TLS on `tls_port()`, with a self-signed certificate and no client
+    /// certificates asked for (Debian's redis-server is built with TLS: it links libssl.so.3;
+    /// https://redis.io/docs/latest/operate/oss_and_stack/management/security/encryption/).
+    /// The plaintext port stays open for the harness's own ground-truth reads.
+    pub fn start_tls() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Self {
         require_binary(Path::new(REDIS_SERVER), "redis-server");
         let dir = TempDir::new("redis");
         let log = dir.0.join("redis.log");
+        if tls {
+            super::pg::make_certificate(&dir.0, None);
+        }
+        let mut tls_port = None;
         let (port, daemon) = on_free_port("redis-server", |port| {
             let mut cmd = Command::new(REDIS_SERVER);
+            if tls {
+                // Taken meanwhile: redis-server says "Address already in use", as for the
+                // plaintext port, and on_free_port tries again with new ports.
+                let port = free_port();
+                tls_port = Some(port);
+                cmd.args(["--tls-port", &port.to_string(), "--tls-auth-clients", "no"])
+                    .arg("--tls-cert-file")
+                    .arg(dir.0.join("server.crt"))
+                    .arg("--tls-key-file")
+                    .arg(dir.0.join("server.key"))
+                    .arg("--tls-ca-cert-file")
+                    .arg(dir.0.join("server.crt"));
+            }
             // Options as command-line "--name value" pairs and no config file, so nothing of
             // the system service's /etc/redis applies; see "Passing arguments via the command
             // line" in https://redis.io/docs/latest/operate/oss_and_stack/management/config/
@@ -43,10 +74,17 @@ impl RedisServer {
         });
         Self {
             port,
+            tls_port,
             log,
             _daemon: daemon,
             _dir: dir,
         }
+    }
+
+    /// The TLS port (`start_tls`).
+    pub fn tls_port(&self) -> u16 {
+        self.tls_port
+            .expect("RedisServer::start_tls has a TLS port")
     }
 
     /// The server's pid.
