@@ -106,10 +106,30 @@ pub fn ask_redis(listen: SocketAddr, timeout: Duration) -> Option<ServerView> {
         let body = header_end + 2;
         if reply.len() >= body + len {
             let text = std::str::from_utf8(&reply[body..body + len]).ok()?;
-            return Some(ServerView {
+            let view = ServerView {
                 at,
                 clients: parse_client_list(text),
-            });
+            };
+            say_goodbye(&mut conn, deadline);
+            return Some(view);
+        }
+    }
+}
+
+/// QUIT, then read until the server closes: the server's end of this connection is gone
+/// before the caller looks at the target's sockets. Dropping ours instead left the
+/// server's end in CLOSE_WAIT for a moment, and an attach in that moment took it for a
+/// client of the target (our CLIENT LIST "in flight" at attach, then "dropped" when the
+/// server closed it during a stop).
+fn say_goodbye(conn: &mut TcpStream, deadline: Instant) {
+    if conn.write_all(b"*1\r\n$4\r\nQUIT\r\n").is_err() {
+        return;
+    }
+    let mut buf = [0u8; 64];
+    while Instant::now() < deadline {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
         }
     }
 }
