@@ -50,7 +50,8 @@ pub const KERNELS: [Kernel; 2] = [
     Kernel {
         name: "6.12",
         package: "linux-image-6.12.117+deb12-amd64-unsigned",
-        hooks: &["socket"],
+        // Its default, and fentry, which 6.12 offers too (issue #15: both there).
+        hooks: &["socket", "fentry"],
     },
 ];
 
