@@ -279,14 +279,11 @@ fn free_name(tgid: u32, sk: u64, fd: u32) -> u32 {
     FD_BY_INODE | (inode_of(sk).unwrap_or(0) as u32 & !FD_BY_INODE)
 }
 
-/// The connection of a target's socket: known, or first seen now (a connection found in
-/// /proc at attach, whose fd names it, or one accepted since attach).
+/// The connection of a target's socket first seen now (a connection found in /proc at
+/// attach, whose fd names it, or one accepted since attach), reached through `nr`'s fd
+/// argument `di`.
 #[inline(always)]
-fn conn_of(tgid: u32, sk: u64, nr: u64, di: u64) -> Option<ConnKey> {
-    // SAFETY: copied at once.
-    if let Some(key) = unsafe { SOCKS.get(&sk) } {
-        return Some(*key);
-    }
+fn first_seen(tgid: u32, sk: u64, nr: u64, di: u64) -> Option<ConnKey> {
     if !is_target(tgid) {
         return None;
     }
@@ -344,8 +341,15 @@ pub(super) fn data(sk: u64, ret: i32, flags: i32, send: bool) -> u32 {
     if ret <= 0 || (!send && flags & MSG_PEEK != 0) {
         return 0;
     }
-    let (nr, di, si, dx) = syscall_regs().unwrap_or((u64::MAX, 0, 0, 0));
-    let Some(key) = conn_of(tgid, sk, nr, di) else {
+    // A known socket first: the saved registers (six helper calls) are read only for a
+    // socket seen for the first time or a database conversation, never on the hot path of
+    // a client request.
+    // SAFETY: copied at once.
+    let known = unsafe { SOCKS.get(&sk) }.copied();
+    let Some(key) = known.or_else(|| {
+        let (nr, di, _, _) = syscall_regs().unwrap_or((u64::MAX, 0, 0, 0));
+        first_seen(tgid, sk, nr, di)
+    }) else {
         return 0;
     };
     let Some(state) = CONNS.get_ptr_mut(&key) else {
@@ -379,6 +383,7 @@ pub(super) fn data(sk: u64, ret: i32, flags: i32, send: bool) -> u32 {
                 }
                 state.sniff_left -= 1;
             }
+            let (nr, _, si, dx) = syscall_regs().unwrap_or((u64::MAX, 0, 0, 0));
             // TLS hook point (tls.rs): ciphertext of a conversation read in plaintext
             // through the SSL uprobes is not parsed (a held SSL_write is, in its place).
             let (mut kind, mut ptr, mut count, mut moved, mut tls) =
@@ -455,14 +460,21 @@ fn closed(sk: u64, key: Option<ConnKey>) {
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
     let (tgid, _) = current_tgid_pid();
-    if !maybe_target(tgid) || !is_target(tgid) {
+    if !maybe_target(tgid) {
         return 0;
     }
     let sk: u64 = ctx.arg(0);
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
-    let (nr, di, _, _) = syscall_regs().unwrap_or((u64::MAX, 0, 0, 0));
-    if old == TCP_CLOSE && new == TCP_LISTEN {
+    // Most changes seen here are none of these (the handshake's, and on loopback the
+    // peer's, run in softirq in whatever task sent the packet): they stop before any
+    // lookup.
+    let listening = old == TCP_CLOSE && new == TCP_LISTEN;
+    let opening = old == TCP_CLOSE && new == TCP_SYN_SENT;
+    if !listening && !opening && !may_close(old, new) || !is_target(tgid) {
+        return 0;
+    }
+    if listening {
         if let Some(port) = field::<u16>(sk, config().sock.num) {
             if let Some(slot) = LISTEN_PORTS.get_ptr_mut(port as u32) {
                 // SAFETY: an array map value.
@@ -471,7 +483,8 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
         }
         return 0;
     }
-    if old == TCP_CLOSE && new == TCP_SYN_SENT {
+    let (nr, di, _, _) = syscall_regs().unwrap_or((u64::MAX, 0, 0, 0));
+    if opening {
         let fd = free_name(tgid, sk, name_fd(sk, nr, di));
         let peer = peer_of(sk);
         let (role, proto) = classify_peer(&peer);
@@ -512,7 +525,25 @@ fn is_close(old: i32, new: i32, nr: u64) -> bool {
     if nr == NR_SHUTDOWN {
         return false;
     }
-    let by_table = matches!(
+    let by_reset = new == TCP_CLOSE
+        && old != TCP_CLOSE
+        && matches!(
+            nr,
+            NR_CLOSE | NR_DUP2 | NR_DUP3 | NR_EXECVE | NR_EXECVEAT | NR_CLOSE_RANGE
+        );
+    by_table(old, new) || by_reset
+}
+
+/// [`is_close`] before the syscall is known: a change by the close table, or to `CLOSE`.
+#[inline(always)]
+fn may_close(old: i32, new: i32) -> bool {
+    by_table(old, new) || (new == TCP_CLOSE && old != TCP_CLOSE)
+}
+
+/// A change by `tcp_close_state`'s table (see [`is_close`]).
+#[inline(always)]
+fn by_table(old: i32, new: i32) -> bool {
+    matches!(
         (old, new),
         (TCP_ESTABLISHED, TCP_FIN_WAIT1)
             | (TCP_SYN_RECV, TCP_FIN_WAIT1)
@@ -522,14 +553,7 @@ fn is_close(old: i32, new: i32, nr: u64) -> bool {
             | (TCP_FIN_WAIT2, TCP_FIN_WAIT2)
             | (TCP_LAST_ACK, TCP_LAST_ACK)
             | (TCP_CLOSING, TCP_CLOSING)
-    );
-    let by_reset = new == TCP_CLOSE
-        && old != TCP_CLOSE
-        && matches!(
-            nr,
-            NR_CLOSE | NR_DUP2 | NR_DUP3 | NR_EXECVE | NR_EXECVEAT | NR_CLOSE_RANGE
-        );
-    by_table || by_reset
+    )
 }
 
 /// A socket already reset by its peer is destroyed at its close, without a state change.

@@ -4,7 +4,10 @@
 //! Without the latter, a thread-per-connection server whose threads wait in read() would
 //! have the first request on every idle connection go unseen.
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::{Duration, Instant},
+};
 
 use probe_common::{ConnKey, Pending, SockAddr};
 
@@ -245,7 +248,7 @@ pub fn judge_clients(
         .map(|(_, args)| args[0] as u32)
         .collect();
     let infos = crate::host::tcpinfo::sockets();
-    let dumped_at = std::time::Instant::now();
+    let dumped_at = Instant::now();
     let clients: Vec<(&Held, bool)> = held
         .iter()
         .filter(|h| h.role == Role::Client)
@@ -303,10 +306,20 @@ pub fn server_view(tgid: u32) -> Option<ServerView> {
     if !server_view::speaks_redis(&crate::host::procfs::comm(tgid)?) {
         return None;
     }
-    let (nr, _) = blocked_syscall(tgid, tgid)?;
-    // epoll_wait, epoll_pwait, epoll_pwait2 (x86_64).
-    if !matches!(nr, 232 | 281 | 441) {
-        return None;
+    // epoll_wait, epoll_pwait, epoll_pwait2 (x86_64). The main thread is caught between
+    // two waits now and then (its timer work, a command, or simply not given the CPU on a
+    // loaded host): looked at again for a while before giving up.
+    let waiting =
+        || blocked_syscall(tgid, tgid).is_some_and(|(nr, _)| matches!(nr, 232 | 281 | 441));
+    let deadline = Instant::now() + Duration::from_millis(250);
+    while !waiting() {
+        if Instant::now() >= deadline {
+            log::debug!(
+                "{tgid}: its main thread did not wait for input: not asked for its clients"
+            );
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
     let sockets = netstat::tcp_sockets(tgid);
     let own: Vec<&TcpSocket> = netstat::socket_fds(tgid)
@@ -320,7 +333,9 @@ pub fn server_view(tgid: u32) -> Option<ServerView> {
     if !has_clients {
         return None;
     }
-    server_view::ask_redis(listen, std::time::Duration::from_millis(100))
+    // Twice, the second time with more patience: a host under load can be slow to answer.
+    server_view::ask_redis(listen, Duration::from_millis(100))
+        .or_else(|| server_view::ask_redis(listen, Duration::from_millis(500)))
 }
 
 /// Returns fd -> primary fd for every tracked fd.

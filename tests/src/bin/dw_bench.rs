@@ -13,6 +13,8 @@
 //!
 //! Prints a Markdown table (also written beside the JSON as `results.md`).
 
+#[path = "dw_bench/cpu.rs"]
+mod cpu;
 #[path = "dw_bench/rss.rs"]
 mod rss;
 #[path = "dw_bench/syscall.rs"]

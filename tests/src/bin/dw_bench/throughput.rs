@@ -13,6 +13,7 @@ use drainwatch_tests::Server;
 use serde_json::{json, Value};
 
 use crate::{
+    cpu::CpuGroup,
     median,
     tracer::{pingpong, Tracer},
     Table,
@@ -61,26 +62,42 @@ impl Config {
     }
 }
 
-fn trial(config: Config, a: &Server, b: &Server, secs: u64) -> f64 {
+/// The two servers, each in a cgroup of its own for its CPU time.
+struct Servers {
+    a: Server,
+    b: Server,
+    cpu_a: Option<CpuGroup>,
+    cpu_b: Option<CpuGroup>,
+}
+
+/// One trial: req/s, and the measured server's CPU time per request (ns; NaN without a
+/// cgroup to read it from).
+fn trial(config: Config, servers: &Servers, secs: u64) -> (f64, f64) {
+    let (a, b) = (&servers.a, &servers.b);
     let tracer = match config {
         Config::Untraced | Config::BystanderAlone => None,
         Config::Drainwatch | Config::BystanderBeside => Some(Tracer::drainwatch(a.pid, false)),
         Config::Bpftrace => Some(Tracer::bpftrace(a.pid)),
         Config::Strace => Some(Tracer::strace(a.pid)),
     };
-    let port = match config {
-        Config::BystanderAlone | Config::BystanderBeside => b.port,
-        _ => a.port,
+    let (port, cpu) = match config {
+        Config::BystanderAlone | Config::BystanderBeside => (b.port, &servers.cpu_b),
+        _ => (a.port, &servers.cpu_a),
     };
     // Let the attach settle (drainwatch's first /proc scan, bpftrace's map setup).
     thread::sleep(Duration::from_millis(300));
+    let cpu_before = cpu.as_ref().map(CpuGroup::used_ns);
     let rps = pingpong(port, CONNS, secs);
+    let cpu_per_request = match (cpu, cpu_before) {
+        (Some(cpu), Some(before)) => (cpu.used_ns() - before) as f64 / (rps * secs as f64).max(1.0),
+        _ => f64::NAN,
+    };
     if let Some(tracer) = tracer {
         tracer.stop();
     }
     // A probe teardown keeps the kernel busy for a moment; keep it out of the next trial.
     thread::sleep(Duration::from_millis(500));
-    rps
+    (rps, cpu_per_request)
 }
 
 /// Programs whose fds `pid` holds (from /proc/PID/fdinfo: `prog_id:`).
@@ -203,9 +220,21 @@ pub fn run(rounds: usize, secs: u64, table: &mut Table) -> Value {
         .arg("-V")
         .output()
         .is_ok();
-    let a = Server::start(&[]);
-    let b = Server::start(&[]);
+    let (a, b) = (Server::start(&[]), Server::start(&[]));
+    let cpu_group = |name: &str, pid: u32| {
+        CpuGroup::new(name, pid)
+            .map_err(|e| eprintln!("dw-bench: no CPU time per request: {e}"))
+            .ok()
+    };
+    let servers = Servers {
+        cpu_a: cpu_group("dw-bench-a", a.pid),
+        cpu_b: cpu_group("dw-bench-b", b.pid),
+        a,
+        b,
+    };
+    let a = &servers.a;
     let mut samples: BTreeMap<Config, Vec<f64>> = BTreeMap::new();
+    let mut cpu_samples: BTreeMap<Config, Vec<f64>> = BTreeMap::new();
     for round in 0..rounds {
         // Rotate the order each round, so no configuration always runs first or last.
         for i in 0..Config::ALL.len() {
@@ -213,13 +242,14 @@ pub fn run(rounds: usize, secs: u64, table: &mut Table) -> Value {
             if (config == Config::Bpftrace && !bpftrace) || (config == Config::Strace && !strace) {
                 continue;
             }
-            let rps = trial(config, &a, &b, secs);
+            let (rps, cpu_ns) = trial(config, &servers, secs);
             eprintln!(
-                "dw-bench: round {}/{rounds} {:<28} {rps:>10.0} req/s",
+                "dw-bench: round {}/{rounds} {:<28} {rps:>10.0} req/s {cpu_ns:>8.0} ns CPU/req",
                 round + 1,
                 config.key()
             );
             samples.entry(config).or_default().push(rps);
+            cpu_samples.entry(config).or_default().push(cpu_ns);
         }
     }
     let med = |c: Config| samples.get(&c).map(|v| median(v)).unwrap_or(f64::NAN);
@@ -234,6 +264,14 @@ pub fn run(rounds: usize, secs: u64, table: &mut Table) -> Value {
         let (x, y) = (&samples[&c], &samples[&against]);
         x.iter().zip(y).map(|(x, y)| x / y).collect()
     };
+    // The same from the servers' CPU time per request (less is better, so base ÷ traced).
+    let cpu_med = |c: Config| cpu_samples.get(&c).map(|v| median(v)).unwrap_or(f64::NAN);
+    let cpu_per_round = |c: Config, against: Config| -> Vec<f64> {
+        let (x, y) = (&cpu_samples[&c], &cpu_samples[&against]);
+        x.iter().zip(y).map(|(x, y)| y / x).collect()
+    };
+    let cpu_overhead_ratio = cpu_med(Config::Untraced) / cpu_med(Config::Drainwatch);
+    let bystander_cpu_ratio = cpu_med(Config::BystanderAlone) / cpu_med(Config::BystanderBeside);
 
     // Kernel BPF stats, in a trial of their own: enabling them costs every program a
     // little, which the overhead trials above must not pay.
@@ -328,6 +366,40 @@ pub fn run(rounds: usize, secs: u64, table: &mut Table) -> Value {
         ),
         ">= 0.995",
     );
+    table.row(
+        "server CPU per request, ns (median): untraced / drainwatch / bpftrace / strace",
+        format!(
+            "{:.0} / {:.0} / {:.0} / {:.0}",
+            cpu_med(Config::Untraced),
+            cpu_med(Config::Drainwatch),
+            cpu_med(Config::Bpftrace),
+            cpu_med(Config::Strace)
+        ),
+        "",
+    );
+    table.row(
+        "cpu_overhead_ratio (server CPU per request, untraced ÷ drainwatch)",
+        format!(
+            "{cpu_overhead_ratio:.3} (rounds: {})",
+            fmt_list(&cpu_per_round(Config::Drainwatch, Config::Untraced))
+        ),
+        "",
+    );
+    table.row(
+        &format!(
+            "bystander_cpu_ratio (server B CPU per request, alone ÷ beside; {:.0} ÷ {:.0} ns)",
+            cpu_med(Config::BystanderAlone),
+            cpu_med(Config::BystanderBeside)
+        ),
+        format!(
+            "{bystander_cpu_ratio:.3} (rounds: {})",
+            fmt_list(&cpu_per_round(
+                Config::BystanderBeside,
+                Config::BystanderAlone
+            ))
+        ),
+        "",
+    );
     let per_hit_text = |m: &BTreeMap<String, Value>| {
         m.iter()
             .map(|(k, v)| format!("{k} {v}"))
@@ -378,6 +450,8 @@ pub fn run(rounds: usize, secs: u64, table: &mut Table) -> Value {
         "vs_bpftrace": dw_loss / bpftrace_loss,
         "vs_strace": dw_loss / strace_loss,
         "bystander_ratio": bystander_ratio,
+        "cpu_overhead_ratio": cpu_overhead_ratio,
+        "bystander_cpu_ratio": bystander_cpu_ratio,
         "per_hit_ns": per_hit_ns,
         "events_lost": events_lost,
         "throughput": {
@@ -390,6 +464,10 @@ pub fn run(rounds: usize, secs: u64, table: &mut Table) -> Value {
             "loss": {"drainwatch": dw_loss, "bpftrace": bpftrace_loss, "strace": strace_loss},
             "overhead_ratio_per_round": per_round(Config::Drainwatch, Config::Untraced),
             "bystander_ratio_per_round": per_round(Config::BystanderBeside, Config::BystanderAlone),
+            "cpu_ns_per_request": cpu_samples
+                .iter()
+                .map(|(c, v)| (c.key(), v))
+                .collect::<BTreeMap<_, _>>(),
         },
         "bpf_stats": {
             "rps_with_stats": stats_rps,
