@@ -355,8 +355,36 @@ pub fn hooks() -> &'static str {
             .into_iter()
             .all(has)
                 && std::path::Path::new("/sys/kernel/btf/vmlinux").exists();
+            // Else fexit on the socket functions, where ftrace can hook them (what fentry
+            // trampolines need: the functions in available_filter_functions) and BTF types
+            // them; else the syscall hooks.
+            let fentry = || {
+                let traceable = tracefs
+                    .and_then(|root| {
+                        std::fs::read_to_string(
+                            std::path::Path::new(root).join("available_filter_functions"),
+                        )
+                        .ok()
+                    })
+                    .unwrap_or_default();
+                let names: std::collections::HashSet<&str> = traceable
+                    .lines()
+                    .filter_map(|l| l.split_whitespace().next())
+                    .collect();
+                [
+                    "tcp_sendmsg",
+                    "tcp_recvmsg",
+                    "unix_stream_sendmsg",
+                    "unix_stream_recvmsg",
+                ]
+                .iter()
+                .all(|f| names.contains(f))
+                    && std::path::Path::new("/sys/kernel/btf/vmlinux").exists()
+            };
             if socket {
                 "socket-tracepoints"
+            } else if fentry() {
+                "fentry"
             } else {
                 "syscalls"
             }

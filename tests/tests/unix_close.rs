@@ -30,12 +30,13 @@ print("done", flush=True)
 os._exit(0)
 "#;
 
-/// `drainwatch audit --report R -- python -c CLIENT URL MODE`: (exit code, report).
-fn audit_client(db: &PgServer, mode: &str) -> (i32, Value) {
+/// `drainwatch audit -vv --report R -- python -c CLIENT URL MODE`: (exit code, report,
+/// drainwatch's stderr: every event it read, for a failure's message).
+fn audit_client(db: &PgServer, mode: &str) -> (i32, Value, String) {
     let dir = TempDir::new(&format!("unix-close-{mode}"));
     let report_path = dir.path("report.json");
     let out = Command::new(drainwatch_tests::drainwatch_bin())
-        .args(["audit", "--report", &report_path, "--"])
+        .args(["audit", "-vv", "--report", &report_path, "--"])
         .arg(python())
         .args(["-c", CLIENT, &db.unix_url(), mode])
         .output()
@@ -46,7 +47,11 @@ fn audit_client(db: &PgServer, mode: &str) -> (i32, Value) {
         "the client did not finish: {stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    (out.status.code().unwrap_or(-1), read_report(&report_path))
+    (
+        out.status.code().unwrap_or(-1),
+        read_report(&report_path),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn kinds(report: &Value) -> Vec<String> {
@@ -65,9 +70,9 @@ fn unix_db_connection_closed_politely_while_running_is_clean() {
     require_root();
     let db = PgServer::start();
     let unclean_before = db.unclean_closes();
-    let (code, report) = audit_client(&db, "polite");
+    let (code, report, stderr) = audit_client(&db, "polite");
     assert_eq!(db.unclean_closes(), unclean_before, "{}", db.log_tail());
-    assert_eq!(kinds(&report), Vec::<String>::new(), "{report:#}");
+    assert_eq!(kinds(&report), Vec::<String>::new(), "{report:#}\n{stderr}");
     assert_eq!(report["connections"]["db_opened"], 1, "{report:#}");
     assert_eq!(report["connections"]["db_closed"], 1, "{report:#}");
     assert_eq!(code, 0, "{report:#}");
@@ -78,14 +83,18 @@ fn unix_db_connection_closed_without_goodbye_while_running_is_an_unclean_close()
     require_root();
     let db = PgServer::start();
     let unclean_before = db.unclean_closes().unwrap();
-    let (code, report) = audit_client(&db, "rude");
+    let (code, report, stderr) = audit_client(&db, "rude");
     assert_eq!(
         db.unclean_closes(),
         Some(unclean_before + 1),
         "{}",
         db.log_tail()
     );
-    assert_eq!(kinds(&report), ["leaked_db_connection"], "{report:#}");
+    assert_eq!(
+        kinds(&report),
+        ["leaked_db_connection"],
+        "{report:#}\n{stderr}"
+    );
     let leak = &report["violations"][0];
     assert_eq!(leak["closed_by"], "unclean_close", "{report:#}");
     assert_eq!(leak["protocol"], "postgres", "{report:#}");

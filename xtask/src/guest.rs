@@ -31,11 +31,14 @@ pub struct Kernel {
     pub name: &'static str,
     /// The Debian package holding it.
     pub package: &'static str,
+    /// The backend drainwatch picks there with nothing forced (docs/hooks.md, "Choosing
+    /// one"), as `doctor` names it: 6.1 has no socket length tracepoints but fentry (the
+    /// fentry backend), 6.12 has both (the socket backend). The guest checks it.
+    pub default_hooks: &'static str,
     /// The hook backends the matrix runs its tests on there, each forced with
-    /// `DRAINWATCH_HOOKS` (docs/hooks.md): each kernel's default (6.1 has no socket length
-    /// tracepoints: the syscall hooks; 6.12 has them: the socket backend), and on 6.1 the
-    /// fentry backend, made for kernels like it. The host runs the socket and syscall
-    /// backends. `DW_MATRIX_HOOKS=fentry,socket` replaces the list.
+    /// `DRAINWATCH_HOOKS`: the default first, and the other socket-level backend or the
+    /// last resort. The host runs the socket and syscall backends.
+    /// `DW_MATRIX_HOOKS=fentry,socket` replaces the list.
     pub hooks: &'static [&'static str],
 }
 
@@ -45,11 +48,14 @@ pub const KERNELS: [Kernel; 2] = [
     Kernel {
         name: "6.1",
         package: "linux-image-6.1.0-57-amd64-unsigned",
-        hooks: &["syscalls", "fentry"],
+        default_hooks: "fentry",
+        // Its default, and the syscall hooks, the last resort where fentry is missing.
+        hooks: &["fentry", "syscalls"],
     },
     Kernel {
         name: "6.12",
         package: "linux-image-6.12.117+deb12-amd64-unsigned",
+        default_hooks: "socket-tracepoints",
         // Its default, and fentry, which 6.12 offers too (issue #15: both there).
         hooks: &["socket", "fentry"],
     },

@@ -1,7 +1,8 @@
 //! The kernel matrix: integration tests run inside Debian's 6.1 and 6.12 kernels booted in
 //! QEMU (see [`crate::guest`]), against the binaries built on this machine. `cargo xtask
 //! test` runs [`SUBSET`] in every guest after the whole suite has run on the host kernel;
-//! `cargo xtask matrix --kernel 6.1 --test drain::NAME` runs any test in any guest.
+//! `cargo xtask matrix --kernel 6.1 --test drain::NAME` runs any test in any guest, and
+//! `--test drain::*` every test of a binary (`DW_GUEST_TIMEOUT_SECS` gives a long list time).
 
 use std::{
     collections::BTreeMap,
@@ -26,7 +27,7 @@ use crate::{
 /// main thread leaves first (the kernels differ in how a whole process's exit is seen), and
 /// the rule for connections from before attach, which reads the kernel's TCP bookkeeping
 /// (an idle Redis drains; an ambiguous connection stays unknown).
-pub const SUBSET: [&str; 8] = [
+pub const SUBSET: [&str; 10] = [
     "audit::kill_dash_nine_from_a_helper_is_exactly_one_sigkill_naming_the_sender",
     "audit::a_forked_child_killed_with_sigkill_is_flagged_with_the_childs_pid",
     "audit::a_multithreaded_target_exits_when_its_last_thread_does",
@@ -35,6 +36,10 @@ pub const SUBSET: [&str; 8] = [
     "drain::wait_returns_after_the_last_request_completes_never_before",
     "idle::redis_with_idle_clients_is_drained_within_the_quiet_window",
     "idle::an_ambiguous_connection_is_unknown_in_wait_watch_and_the_report",
+    // A unix-domain database connection (the socket-level backends' unix path) and a TLS
+    // one read through the SSL uprobes, on each backend.
+    "unix_close::unix_db_connection_closed_without_goodbye_while_running_is_an_unclean_close",
+    "tls::psycopg_tls_kill9_mid_transaction_is_open_transaction",
 ];
 
 /// How long one guest may take (boot, every test, power-off) before it is killed. Under TCG
@@ -91,10 +96,12 @@ fn test_executables() -> Result<BTreeMap<String, PathBuf>> {
     Ok(found)
 }
 
-/// The shell script a guest runs: for each of `hooks` (forced with `DRAINWATCH_HOOKS`),
+/// The shell script a guest runs: a check that drainwatch picks `default_hooks` there
+/// with nothing forced, then for each of `hooks` (forced with `DRAINWATCH_HOOKS`),
 /// `drainwatch doctor`, then each test alone.
 fn script(
     tests: &[String],
+    default_hooks: &str,
     hooks: &[&str],
     executables: &BTreeMap<String, PathBuf>,
 ) -> Result<String> {
@@ -114,6 +121,15 @@ fn script(
     // cargo runs test binaries from their package's directory.
     writeln!(s, "cd '{}'", exec::workspace_root().join("tests").display())?;
     writeln!(s, "failed=0")?;
+    // The default pick, from doctor's `hooks` line (`ok hooks fentry: ...`), counted like a
+    // test so that a wrong pick fails the run.
+    writeln!(s, "echo '=== guest: default hooks'")?;
+    writeln!(
+        s,
+        "if env -u DRAINWATCH_HOOKS \"$DRAINWATCH_BIN\" doctor | grep -E '^ *ok +hooks +{default_hooks}:'; \
+         then echo 'test result: ok. 1 passed; 0 failed; default hooks {default_hooks}'; \
+         else echo 'test result: FAILED. 0 passed; 1 failed; default hooks not {default_hooks}'; failed=1; fi"
+    )?;
     for backend in hooks {
         writeln!(s, "export DRAINWATCH_HOOKS={backend}")?;
         writeln!(
@@ -138,9 +154,15 @@ fn script(
                 format!("no integration test binary `{binary}` (tests/tests/{binary}.rs)")
             })?;
             writeln!(s, "echo '=== guest test ({backend}): {test}'")?;
+            // `BINARY::*`: every test of that binary, one at a time.
+            let filter = if name == "*" {
+                String::new()
+            } else {
+                format!("--exact '{name}' ")
+            };
             writeln!(
                 s,
-                "'{}' --exact '{name}' --test-threads=1 --color never || failed=1",
+                "'{}' {filter}--test-threads=1 --color never || failed=1",
                 exe.display()
             )?;
         }
@@ -218,8 +240,12 @@ pub fn run(kernel_names: &[String], tests: &[String], counts: &mut Counts) -> Re
             Some(list) if !list.trim().is_empty() => list.split(',').map(str::trim).collect(),
             _ => kernel.hooks.to_vec(),
         };
-        fs::write(&path, script(&tests, &hooks, &executables)?)?;
-        let expected = tests.len() * hooks.len();
+        fs::write(
+            &path,
+            script(&tests, kernel.default_hooks, &hooks, &executables)?,
+        )?;
+        // The tests on each backend, and the default pick.
+        let expected = tests.len() * hooks.len() + 1;
         println!(
             "matrix: Linux {}: {} test(s) on {}",
             kernel.name,
@@ -227,7 +253,12 @@ pub fn run(kernel_names: &[String], tests: &[String], counts: &mut Counts) -> Re
             hooks.join(", ")
         );
         let prefix = format!("[{}] ", kernel.name);
-        let run = guest::run(kernel, &path, GUEST_TIMEOUT, &prefix)?;
+        // More time for a longer list than the subset (`DW_GUEST_TIMEOUT_SECS`).
+        let timeout = std::env::var("DW_GUEST_TIMEOUT_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .map_or(GUEST_TIMEOUT, Duration::from_secs);
+        let run = guest::run(kernel, &path, timeout, &prefix)?;
         let mut here = Counts::default();
         count(&run.console, &mut here);
         counts.passed += here.passed;

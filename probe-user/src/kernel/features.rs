@@ -507,8 +507,9 @@ mod tests {
     }
 
     #[test]
-    fn without_the_sock_length_tracepoints_the_default_is_the_syscall_hooks() {
+    fn without_the_sock_length_tracepoints_or_fentry_the_default_is_the_syscall_hooks() {
         let mut f = complete();
+        f.fentry = Found::no("attach: permission denied");
         for tp in f.tracepoints.iter_mut() {
             if (tp.0, tp.1) == ("sock", "sock_send_length") {
                 tp.2 = false;

@@ -117,10 +117,27 @@ pub fn choose_from(forced: Option<&str>, features: &Features) -> Result<Hooks> {
 
 /// The default backend on a kernel with these features.
 fn default_for(features: &Features) -> Hooks {
-    match features.socket_hooks_missing() {
-        None => Hooks::Socket,
+    let socket = features.socket_hooks_missing();
+    let fentry = socket
+        .is_some()
+        .then(|| features.fentry_hooks_missing())
+        .flatten();
+    pick_default(socket.as_deref(), fentry.as_deref())
+}
+
+/// The first backend with nothing missing, given what the socket and fentry backends lack:
+/// socket tracepoints (a static tracepoint per socket call), then fexit on the socket
+/// functions (a trampoline per call: Debian 12's 6.1, which has no sock length
+/// tracepoints), and only then the syscall hooks, which tax every process of the host.
+fn pick_default(socket_missing: Option<&str>, fentry_missing: Option<&str>) -> Hooks {
+    let Some(socket_missing) = socket_missing else {
+        return Hooks::Socket;
+    };
+    log::debug!("socket tracepoints not used: this kernel lacks {socket_missing}");
+    match fentry_missing {
+        None => Hooks::Fentry,
         Some(missing) => {
-            log::debug!("socket hooks not used: this kernel lacks {missing}");
+            log::debug!("fentry not used: this kernel lacks {missing}");
             Hooks::Syscalls
         }
     }
@@ -136,5 +153,14 @@ mod tests {
             assert_eq!(Hooks::parse(h.env_word()), Some(h));
         }
         assert_eq!(Hooks::parse("sockets"), None);
+    }
+
+    #[test]
+    fn the_default_is_socket_then_fentry_then_syscalls() {
+        assert_eq!(pick_default(None, None), Hooks::Socket);
+        assert_eq!(pick_default(None, Some("fentry (EPERM)")), Hooks::Socket);
+        let no_tp = Some("the tracepoint sock:sock_send_length");
+        assert_eq!(pick_default(no_tp, None), Hooks::Fentry);
+        assert_eq!(pick_default(no_tp, Some("fentry (EPERM)")), Hooks::Syscalls);
     }
 }

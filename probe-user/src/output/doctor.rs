@@ -110,7 +110,12 @@ pub fn lines(f: &Features) -> Vec<Line> {
         let socket_level = matches!(category, "sock" | "tcp");
         let used = match category {
             "raw_syscalls" => backend == Some(Hooks::Syscalls),
-            _ if socket_level => backend == Some(Hooks::Socket),
+            _ if socket_level => match backend {
+                Some(Hooks::Socket) => true,
+                // The fentry backend takes the TCP state changes from these too.
+                Some(Hooks::Fentry) => matches!(name, "inet_sock_set_state" | "tcp_destroy_sock"),
+                _ => false,
+            },
             _ => true,
         };
         let required = REQUIRED_TRACEPOINTS.contains(&(category, name))

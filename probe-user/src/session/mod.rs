@@ -799,8 +799,16 @@ impl Session {
     /// Closes the socket backend's unix-domain connections whose fds are gone (after a
     /// drain: see [`unix_close`]).
     fn notice_unix_closes(&mut self) {
+        let Some(unix) = &mut self.reader.unix else {
+            return;
+        };
+        let gone = unix.gone(&self.state);
+        if gone.is_empty() {
+            return;
+        }
+        self.drain();
         if let Some(unix) = &mut self.reader.unix {
-            unix.check(&mut self.probe, &mut self.state, self.reader.verbose);
+            unix.close(gone, &mut self.probe, &mut self.state, self.reader.verbose);
         }
     }
 

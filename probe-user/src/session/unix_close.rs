@@ -83,11 +83,12 @@ impl UnixCloseWatch {
         self.watched.insert((tgid, fd), u64::from(inode));
     }
 
-    /// Looks at every watched connection; closes in `state` and `probe` the ones whose fd
-    /// is gone. Call after the ring was drained, so that an exit already delivered wins.
-    pub fn check(&mut self, probe: &mut Probe, state: &mut AuditState, verbose: u8) {
+    /// Looks at every watched connection: the ones whose fd is gone. Call after the ring
+    /// was drained, so that an exit already delivered wins; then drain it once more and
+    /// [`UnixCloseWatch::close`] them (see there).
+    pub fn gone(&mut self, state: &AuditState) -> Vec<(u32, u32)> {
         let Some(conns) = state.conns() else {
-            return;
+            return Vec::new();
         };
         let live: BTreeMap<(u32, u32), ()> = conns
             .conns()
@@ -108,13 +109,30 @@ impl UnixCloseWatch {
                 _ => closed.push(*key),
             }
         }
-        if closed.is_empty() {
-            return;
-        }
+        closed
+    }
+
+    /// Closes in `state` and `probe` the connections [`UnixCloseWatch::gone`] found, after
+    /// the caller drained the ring again: the events of the I/O a target made on an fd
+    /// before closing it are all in the ring once the fd is gone from /proc, and read after
+    /// the close they would be taken for a connection of their own (seen in the 6.1 guest,
+    /// where the kernel's events trail userspace's looks by more than on the host).
+    pub fn close(
+        &mut self,
+        closed: Vec<(u32, u32)>,
+        probe: &mut Probe,
+        state: &mut AuditState,
+        verbose: u8,
+    ) {
         let ktime_ns = procfs::monotonic_now().as_nanos() as u64;
         for (tgid, fd) in closed {
-            // Checked after the fd: a process that is exiting (or has) closes it by its exit.
-            if !running(tgid) {
+            // Checked after the fd: a process that is exiting (or has) closes it by its exit,
+            // and what the drain closed meanwhile (an exit event) is closed already.
+            let still_open = state
+                .conns()
+                .is_some_and(|conns| conns.conns().any(|c| (c.tgid, c.fd) == (tgid, fd)));
+            if !running(tgid) || !still_open {
+                self.watched.remove(&(tgid, fd));
                 continue;
             }
             self.watched.remove(&(tgid, fd));
