@@ -336,62 +336,64 @@ pub fn hooks() -> &'static str {
         Ok("fentry") => "fentry",
         Ok("kprobe") => "kprobes",
         Ok("syscalls") => "syscalls",
-        // The default: the socket backend where this kernel has every hook it needs
-        // (docs/hooks.md), looked up here independently of drainwatch.
-        Ok("") | Err(_) => {
-            let tracefs = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
-                .into_iter()
-                .find(|root| std::path::Path::new(root).join("events").is_dir());
-            let has = |tp: &str| {
-                tracefs
-                    .is_some_and(|root| std::path::Path::new(root).join("events").join(tp).is_dir())
-            };
-            let socket = [
-                "sock/sock_send_length",
-                "sock/sock_recv_length",
-                "sock/inet_sock_set_state",
-                "tcp/tcp_destroy_sock",
-            ]
-            .into_iter()
-            .all(has)
-                && std::path::Path::new("/sys/kernel/btf/vmlinux").exists();
-            // Else fexit on the socket functions, where ftrace can hook them (what fentry
-            // trampolines need: the functions in available_filter_functions) and BTF types
-            // them; else the syscall hooks.
-            let fentry = || {
-                let traceable = tracefs
-                    .and_then(|root| {
-                        std::fs::read_to_string(
-                            std::path::Path::new(root).join("available_filter_functions"),
-                        )
-                        .ok()
-                    })
-                    .unwrap_or_default();
-                let names: std::collections::HashSet<&str> = traceable
-                    .lines()
-                    .filter_map(|l| l.split_whitespace().next())
-                    .collect();
-                [
-                    "tcp_sendmsg",
-                    "tcp_recvmsg",
-                    "unix_stream_sendmsg",
-                    "unix_stream_recvmsg",
-                ]
-                .iter()
-                .all(|f| names.contains(f))
-                    && std::path::Path::new("/sys/kernel/btf/vmlinux").exists()
-            };
-            if socket {
-                "socket-tracepoints"
-            } else if fentry() {
-                "fentry"
-            } else {
-                "syscalls"
-            }
-        }
+        Ok("") | Err(_) => default_hooks(),
         Ok(other) => {
             panic!("DRAINWATCH_HOOKS={other}: not one of socket, fentry, kprobe, syscalls")
         }
+    }
+}
+
+/// The backend drainwatch picks on this kernel with nothing forced, as `coverage.hooks`
+/// says it: the socket backend where this kernel has every hook it needs (docs/hooks.md),
+/// else fentry, else the syscall hooks; looked up here independently of drainwatch.
+pub fn default_hooks() -> &'static str {
+    let tracefs = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .into_iter()
+        .find(|root| std::path::Path::new(root).join("events").is_dir());
+    let has = |tp: &str| {
+        tracefs.is_some_and(|root| std::path::Path::new(root).join("events").join(tp).is_dir())
+    };
+    let socket = [
+        "sock/sock_send_length",
+        "sock/sock_recv_length",
+        "sock/inet_sock_set_state",
+        "tcp/tcp_destroy_sock",
+    ]
+    .into_iter()
+    .all(has)
+        && std::path::Path::new("/sys/kernel/btf/vmlinux").exists();
+    // Else fexit on the socket functions, where ftrace can hook them (what fentry
+    // trampolines need: the functions in available_filter_functions) and BTF types
+    // them; else the syscall hooks.
+    let fentry = || {
+        let traceable = tracefs
+            .and_then(|root| {
+                std::fs::read_to_string(
+                    std::path::Path::new(root).join("available_filter_functions"),
+                )
+                .ok()
+            })
+            .unwrap_or_default();
+        let names: std::collections::HashSet<&str> = traceable
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        [
+            "tcp_sendmsg",
+            "tcp_recvmsg",
+            "unix_stream_sendmsg",
+            "unix_stream_recvmsg",
+        ]
+        .iter()
+        .all(|f| names.contains(f))
+            && std::path::Path::new("/sys/kernel/btf/vmlinux").exists()
+    };
+    if socket {
+        "socket-tracepoints"
+    } else if fentry() {
+        "fentry"
+    } else {
+        "syscalls"
     }
 }
 
