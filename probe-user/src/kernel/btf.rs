@@ -7,13 +7,14 @@
 use std::{fs, path::Path};
 
 const BTF_MAGIC: u16 = 0xeb9f;
+const KIND_PTR: u32 = 2;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
-const KIND_TYPEDEF: u32 = 8;
+pub const KIND_TYPEDEF: u32 = 8;
 const KIND_VOLATILE: u32 = 9;
 const KIND_CONST: u32 = 10;
 const KIND_RESTRICT: u32 = 11;
-const KIND_FUNC: u32 = 12;
+pub const KIND_FUNC: u32 = 12;
 const KIND_TYPE_TAG: u32 = 18;
 
 /// One type, as an index into the raw data: the kernel's BTF has ~100k types, and keeping
@@ -55,6 +56,57 @@ pub fn kernel_member_offsets<const N: usize>(wanted: [(&str, &str); N]) -> [Opti
     let data = fs::read(Path::new(KERNEL_BTF)).ok();
     let btf = data.as_deref().and_then(Btf::parse);
     wanted.map(|(name, member)| btf.as_ref()?.member_offset(name, member))
+}
+
+/// A BTF blob in which each of `wanted` (kind, name) found in the running kernel's BTF has
+/// its kernel type id, and every other id below the largest is a placeholder (a pointer to
+/// void). aya's program loaders take a whole parsed BTF only to look an attach target up by
+/// name and kind (`BtfTracePoint::load`: typedef `btf_trace_NAME`; `FExit::load`: the
+/// function); parsing the kernel's ~126k types for that cost ~17 MB at the peak of the load.
+/// The placeholders cost aya one small record each, up to the largest id wanted. `None`
+/// without kernel BTF; a name it lacks is left out, and aya's lookup fails on it as before.
+pub fn kernel_id_stub(wanted: &[(u32, &str)]) -> Option<Vec<u8>> {
+    let data = fs::read(Path::new(KERNEL_BTF)).ok()?;
+    let btf = Btf::parse(&data)?;
+    let found: Vec<(u32, u32, &str)> = wanted
+        .iter()
+        .filter_map(|&(kind, name)| Some((btf.type_id(kind, name)?, kind, name)))
+        .collect();
+    Some(id_stub(&found))
+}
+
+/// The blob of [`kernel_id_stub`] for (id, kind, name) triples.
+fn id_stub(named: &[(u32, u32, &str)]) -> Vec<u8> {
+    let mut strings = vec![0u8];
+    let mut name_offs = Vec::new();
+    for &(id, kind, name) in named {
+        name_offs.push((id, kind, strings.len() as u32));
+        strings.extend(name.as_bytes());
+        strings.push(0);
+    }
+    let last = named.iter().map(|&(id, _, _)| id).max().unwrap_or(0);
+    let mut types = Vec::with_capacity(last as usize * 12);
+    for id in 1..=last {
+        let (name_off, kind) = name_offs
+            .iter()
+            .find(|&&(at, _, _)| at == id)
+            .map_or((0, KIND_PTR), |&(_, kind, off)| (off, kind));
+        // name_off, info (kind, no members), referenced type: void.
+        for word in [name_off, kind << 24, 0] {
+            types.extend(word.to_le_bytes());
+        }
+    }
+    let mut blob = Vec::with_capacity(24 + types.len() + strings.len());
+    blob.extend(BTF_MAGIC.to_le_bytes());
+    blob.extend([1u8, 0]); // version, flags
+    blob.extend(24u32.to_le_bytes()); // hdr_len
+    blob.extend(0u32.to_le_bytes()); // type_off
+    blob.extend((types.len() as u32).to_le_bytes());
+    blob.extend((types.len() as u32).to_le_bytes()); // str_off
+    blob.extend((strings.len() as u32).to_le_bytes());
+    blob.extend(types);
+    blob.extend(strings);
+    blob
 }
 
 fn u32_at(data: &[u8], at: usize) -> Option<u32> {
@@ -168,9 +220,14 @@ impl<'a> Btf<'a> {
     /// The type id of the kernel function `name` (a BTF FUNC), which fentry programs name
     /// as their attach point.
     pub fn func_id(&self, name: &str) -> Option<u32> {
+        self.type_id(KIND_FUNC, name)
+    }
+
+    /// The id of the first type of `kind` named `name`.
+    pub fn type_id(&self, kind: u32, name: &str) -> Option<u32> {
         self.types
             .iter()
-            .position(|t| t.kind as u32 == KIND_FUNC && self.name(t.name_off) == name.as_bytes())
+            .position(|t| t.kind as u32 == kind && self.name(t.name_off) == name.as_bytes())
             .map(|id| id as u32)
     }
 
@@ -211,6 +268,8 @@ impl<'a> Btf<'a> {
 
 #[cfg(test)]
 mod tests {
+    use aya_obj::btf::BtfKind;
+
     use super::*;
 
     /// Builds a tiny BTF blob: `struct outer { int a; union { int b; }; int c; }`.
@@ -264,6 +323,59 @@ mod tests {
         assert_eq!(btf.member_offset("outer", "c"), Some(8));
         assert_eq!(btf.member_offset("outer", "d"), None);
         assert_eq!(btf.member_offset("inner", "a"), None);
+    }
+
+    #[test]
+    fn id_stub_keeps_the_ids_and_names_wanted() {
+        let blob = id_stub(&[(5, KIND_TYPEDEF, "btf_trace_x"), (3, KIND_FUNC, "f")]);
+        let btf = Btf::parse(&blob).unwrap();
+        assert_eq!(btf.type_id(KIND_TYPEDEF, "btf_trace_x"), Some(5));
+        assert_eq!(btf.func_id("f"), Some(3));
+        assert_eq!(btf.func_id("btf_trace_x"), None);
+        assert_eq!(btf.types.len(), 6, "void, then ids 1..=5");
+        // aya finds them where the program loaders look (BtfTracePoint::load, FExit::load).
+        let aya = aya::Btf::parse(&blob, aya::Endianness::default()).unwrap();
+        assert_eq!(
+            aya.id_by_type_name_kind("btf_trace_x", BtfKind::Typedef)
+                .ok(),
+            Some(5)
+        );
+        assert_eq!(aya.id_by_type_name_kind("f", BtfKind::Func).ok(), Some(3));
+        assert!(aya.id_by_type_name_kind("f", BtfKind::Typedef).is_err());
+    }
+
+    /// On the running kernel: aya finds the socket backends' attach targets at the same ids
+    /// in the stub as in all of the kernel's BTF.
+    #[test]
+    fn the_stub_gives_aya_the_kernels_ids() {
+        let Ok(full) = aya::Btf::from_sys_fs() else {
+            panic!("this test reads {KERNEL_BTF}, which this kernel lacks (CONFIG_DEBUG_INFO_BTF)");
+        };
+        let wanted = [
+            (
+                KIND_TYPEDEF,
+                "btf_trace_sched_process_exit",
+                BtfKind::Typedef,
+            ),
+            (
+                KIND_TYPEDEF,
+                "btf_trace_inet_sock_set_state",
+                BtfKind::Typedef,
+            ),
+            (KIND_FUNC, "tcp_sendmsg", BtfKind::Func),
+            (KIND_FUNC, "tcp_recvmsg", BtfKind::Func),
+        ];
+        let query: Vec<(u32, &str)> = wanted.iter().map(|&(k, n, _)| (k, n)).collect();
+        let blob = kernel_id_stub(&query).unwrap();
+        let stub = aya::Btf::parse(&blob, aya::Endianness::default()).unwrap();
+        for (_, name, kind) in wanted {
+            let id = full.id_by_type_name_kind(name, kind).unwrap();
+            assert_eq!(
+                stub.id_by_type_name_kind(name, kind).ok(),
+                Some(id),
+                "{name}"
+            );
+        }
     }
 
     #[test]

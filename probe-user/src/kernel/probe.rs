@@ -773,8 +773,6 @@ fn attach_socket_hooks(
     links: &mut Vec<Link>,
     failures: &mut Vec<String>,
 ) -> Result<()> {
-    // Parsed for the load only and dropped after: kernel BTF is megabytes.
-    let btf = aya::Btf::from_sys_fs().map_err(load_error)?;
     let tracepoints: &[&'static str] = match hooks {
         Hooks::Fentry => &FENTRY_LIFECYCLE,
         _ => &SOCKET_HOOKS,
@@ -783,6 +781,25 @@ fn attach_socket_hooks(
         Hooks::Fentry => &FENTRY_HOOKS,
         _ => &[],
     };
+    // aya looks each attach target up in a BTF by name: a stub with only those names, at
+    // their kernel ids, instead of all of the kernel's BTF parsed (kernel/btf.rs).
+    let typedefs: Vec<String> = tracepoints
+        .iter()
+        .map(|name| format!("btf_trace_{name}"))
+        .collect();
+    let wanted: Vec<(u32, &str)> = typedefs
+        .iter()
+        .map(|name| (btf::KIND_TYPEDEF, name.as_str()))
+        .chain(
+            fexits
+                .iter()
+                .map(|&(_, function)| (btf::KIND_FUNC, function)),
+        )
+        .collect();
+    let stub = btf::kernel_id_stub(&wanted)
+        .ok_or_else(|| Error::Load(format!("cannot read {}", btf::KERNEL_BTF)))?;
+    let btf = aya::Btf::parse(&stub, aya::Endianness::default()).map_err(load_error)?;
+    drop(stub);
     let mut fail = |name: &str, err: Error| -> Result<()> {
         if matches!(err, Error::NotPermitted) {
             return Err(err);
