@@ -30,8 +30,9 @@ fn drainwatch_programs() -> usize {
         .unwrap()
         .iter()
         .filter(|p| {
-            // bpftool shows the full name from the program's BTF. The last two of each
-            // backend's (docs/hooks.md): raw_syscalls' or the socket tracepoints'.
+            // bpftool shows the full name from the program's BTF. The last ones of each
+            // backend's (docs/hooks.md): raw_syscalls', the socket tracepoints' or the
+            // fexit programs'.
             let name = p["name"].as_str().unwrap_or("");
             [
                 "signal_generate",
@@ -40,6 +41,8 @@ fn drainwatch_programs() -> usize {
                 "db_io",
                 "sock_send_length",
                 "sock_recv_length",
+                "fx_tcp_send",
+                "fx_tcp_recv",
             ]
             .contains(&name)
         })
