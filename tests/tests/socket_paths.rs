@@ -6,7 +6,7 @@
 //!
 //! The server is CPython (`socket`, `os.closerange`, which is close_range(2) on Linux,
 //! `os.execv`, `socket.send_fds`), launched under `drainwatch audit -- python`; the client is
-//! this test.
+//! this test. And a server that moves its bytes through io_uring (`dw-fixture uring-echo`).
 
 use std::{
     io::{Read, Write},
@@ -72,7 +72,7 @@ fn connect(port: u16) -> TcpStream {
 }
 
 /// Runs the server under `drainwatch audit`, plays the client, returns the report and
-/// drainwatch's stderr.
+/// drainwatch's stderr. `uring`: the io_uring echo fixture, three round trips.
 fn audit(mode: &str) -> (Value, String) {
     let dir = TempDir::new(&format!("socket-paths-{mode}"));
     let report_path = dir.path("report.json");
@@ -80,10 +80,18 @@ fn audit(mode: &str) -> (Value, String) {
     // To a file, not a pipe nobody reads while the test plays the client: -vv fills one.
     let stderr_file = std::fs::File::create(&stderr_path).expect("stderr file");
     let port = free_port();
-    let mut audit = Command::new(drainwatch_bin())
-        .args(["audit", "-vv", "--report", &report_path, "--"])
-        .arg(python())
-        .args(["-c", SERVER, &port.to_string(), mode])
+    let mut audit = Command::new(drainwatch_bin());
+    audit.args(["audit", "-vv", "--report", &report_path, "--"]);
+    if mode == "uring" {
+        audit
+            .arg(fixture_bin())
+            .args(["uring-echo", "--port", &port.to_string()]);
+    } else {
+        audit
+            .arg(python())
+            .args(["-c", SERVER, &port.to_string(), mode]);
+    }
+    let mut audit = audit
         .stdout(Stdio::null())
         .stderr(stderr_file)
         .spawn()
@@ -91,6 +99,21 @@ fn audit(mode: &str) -> (Value, String) {
     let mut conn = connect(port);
     conn.set_read_timeout(Some(Duration::from_millis(scaled_ms(10_000))))
         .unwrap();
+    if mode == "uring" {
+        for round in 0..3u8 {
+            let ping = [round; 64];
+            conn.write_all(&ping).unwrap();
+            let mut back = [0u8; 64];
+            conn.read_exact(&mut back)
+                .expect("the echo, through io_uring");
+            assert_eq!(back, ping);
+        }
+        drop(conn);
+        let status = wait_with_deadline(&mut audit, Duration::from_millis(scaled_ms(30_000)));
+        let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+        assert!(status.is_some(), "drainwatch audit did not end: {stderr}");
+        return (read_report(&report_path), stderr);
+    }
     conn.write_all(b"hello").unwrap();
     if mode == "scm_rights" {
         let mut back = [0u8; 5];
@@ -191,6 +214,25 @@ fn a_socket_passed_with_scm_rights_is_the_same_connection() {
     } else {
         // The syscall hooks close the connection with its first fd and never learn the
         // received one: the request goes unseen (how-it-sees.md, "Duplicated fds").
+        assert_eq!(report["requests"]["count"], 0, "{report:#}\n{stderr}");
+    }
+}
+
+#[test]
+fn requests_moved_through_io_uring_are_counted() {
+    require_root();
+    let (report, stderr) = audit("uring");
+    assert_eq!(
+        report["connections"]["client_opened"], 1,
+        "{report:#}\n{stderr}"
+    );
+    if socket_level() {
+        // Every send and recv reaches the socket hooks, whichever way it was submitted.
+        assert_eq!(report["requests"]["count"], 3, "{report:#}\n{stderr}");
+        assert_eq!(report["verdict"], "clean", "{report:#}\n{stderr}");
+    } else {
+        // The syscall hooks see the accept and the close, and no request at all
+        // (how-it-sees.md, "Other I/O paths").
         assert_eq!(report["requests"]["count"], 0, "{report:#}\n{stderr}");
     }
 }

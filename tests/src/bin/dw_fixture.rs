@@ -15,6 +15,8 @@
 //!   answers every request `200 slow` once FILE exists and MS ms have passed, and closes
 //!   (Connection: close). The gate lets a test decide when requests end, at any machine speed. Prints `ready pid=PID
 //!   port=PORT child=0` once it listens, then `request` once it has read each request.
+//! - `dw-fixture uring-echo --port P`: accepts one client on 127.0.0.1:P and echoes through
+//!   io_uring, never read(2)/write(2) on the socket (dw_fixture/uring.rs).
 //! - `dw-fixture signal SIGNUM PID [--linger-ms N]`: sends a signal with kill(2), then stays
 //!   alive N ms (default 300) so that its command line can still be read.
 //! - `dw-fixture exit CODE [--after-ms N]`: exits with CODE.
@@ -296,6 +298,9 @@ fn exit_with(args: &[String]) -> ExitCode {
     ExitCode::from(code)
 }
 
+#[path = "dw_fixture/uring.rs"]
+mod uring;
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
@@ -303,9 +308,12 @@ fn main() -> ExitCode {
         Some("signal") => send_signal(&args[1..]),
         Some("exit") => exit_with(&args[1..]),
         Some("slow-http") => slow_http(&args[1..]),
+        Some("uring-echo") => {
+            uring::uring_echo(flag_value(&args[1..], "--port").and_then(|p| u16::try_from(p).ok()))
+        }
         _ => {
             eprintln!(
-                "usage: dw-fixture server|signal|exit|slow-http ... (see the source's header)"
+                "usage: dw-fixture server|signal|exit|slow-http|uring-echo ... (see the source's header)"
             );
             ExitCode::from(2)
         }
