@@ -75,7 +75,9 @@ fn without_a_handler_check_says_no_and_stop_reports_what_was_cut() {
         check.stdout
     );
     assert!(check.stdout.contains("1 database"), "{}", check.stdout);
-    let pending = game.send_request("cut", 5_000);
+    // Long enough to be in flight once stop has attached, at any machine speed (a guest
+    // under TCG takes seconds to load the probe): it is cut by the SIGTERM, not awaited.
+    let pending = game.send_request("cut", scaled_ms(5_000));
     game.wait_truth("inside the transaction", |t| t.transactions_open == 1);
     let done = run_drainwatch(&["stop", "--pid", &pid, "--report", &report_path]);
     drop(pending);
