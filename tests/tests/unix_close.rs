@@ -8,24 +8,26 @@
 use std::process::Command;
 
 use drainwatch_tests::{
-    db::Database, db::PgServer, read_report, require_root, shop::python, TempDir,
+    db::Database, db::PgServer, read_report, require_root, scaled_ms, shop::python, TempDir,
 };
 use serde_json::Value;
 
 /// Connects over the unix socket, runs a query, closes the connection as MODE says, stays
-/// alive well past drainwatch's next look at its fds (one drain tick, 50 ms), then exits
-/// without finalizers (which would touch the closed fd).
+/// alive LINGER seconds, well past drainwatch's next look at its fds (one drain tick, 50 ms,
+/// but a tick can wait for the TLS hooks this process's libssl gets, which take seconds
+/// to load in a guest under TCG), then exits without finalizers (which would touch the
+/// closed fd).
 const CLIENT: &str = r#"
 import os, sys, time
 import psycopg
-url, mode = sys.argv[1], sys.argv[2]
+url, mode, linger = sys.argv[1], sys.argv[2], float(sys.argv[3])
 db = psycopg.connect(url, autocommit=True)
 db.execute("SELECT 1")
 if mode == "polite":
     db.close()
 else:
     os.close(db.fileno())
-time.sleep(0.5)
+time.sleep(linger)
 print("done", flush=True)
 os._exit(0)
 "#;
@@ -39,6 +41,7 @@ fn audit_client(db: &PgServer, mode: &str) -> (i32, Value, String) {
         .args(["audit", "-vv", "--report", &report_path, "--"])
         .arg(python())
         .args(["-c", CLIENT, &db.unix_url(), mode])
+        .arg(format!("{:.1}", scaled_ms(1_000) as f64 / 1000.0))
         .output()
         .expect("run drainwatch audit");
     let stdout = String::from_utf8_lossy(&out.stdout);
