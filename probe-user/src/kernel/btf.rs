@@ -96,6 +96,12 @@ fn id_stub(named: &[(u32, u32, &str)]) -> Vec<u8> {
             types.extend(word.to_le_bytes());
         }
     }
+    blob(&types, &strings)
+}
+
+/// A BTF blob (include/uapi/linux/btf.h `struct btf_header`, version 1): the header, then
+/// the type section, then the string section.
+fn blob(types: &[u8], strings: &[u8]) -> Vec<u8> {
     let mut blob = Vec::with_capacity(24 + types.len() + strings.len());
     blob.extend(BTF_MAGIC.to_le_bytes());
     blob.extend([1u8, 0]); // version, flags
@@ -104,8 +110,8 @@ fn id_stub(named: &[(u32, u32, &str)]) -> Vec<u8> {
     blob.extend((types.len() as u32).to_le_bytes());
     blob.extend((types.len() as u32).to_le_bytes()); // str_off
     blob.extend((strings.len() as u32).to_le_bytes());
-    blob.extend(types);
-    blob.extend(strings);
+    blob.extend_from_slice(types);
+    blob.extend_from_slice(strings);
     blob
 }
 
@@ -301,17 +307,7 @@ mod tests {
             1,
             64,
         ]); // 3: struct outer
-        let mut blob = Vec::new();
-        blob.extend(BTF_MAGIC.to_le_bytes());
-        blob.extend([1u8, 0]); // version, flags
-        blob.extend(24u32.to_le_bytes()); // hdr_len
-        blob.extend(0u32.to_le_bytes()); // type_off
-        blob.extend((types.len() as u32).to_le_bytes());
-        blob.extend((types.len() as u32).to_le_bytes()); // str_off
-        blob.extend((strings.len() as u32).to_le_bytes());
-        blob.extend(types);
-        blob.extend(strings);
-        blob
+        blob(&types, &strings)
     }
 
     #[test]
