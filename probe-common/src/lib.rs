@@ -165,7 +165,7 @@ pub struct ExitEvent {
     pub comm: [u8; COMM_LEN],
 }
 
-/// Connection roles (DESIGN.md, "connection").
+/// Connection roles (docs/design.md, "connection").
 pub const ROLE_NONE: u8 = 0;
 pub const ROLE_CLIENT: u8 = 1;
 pub const ROLE_DB: u8 = 2;
@@ -570,7 +570,7 @@ impl TargetInfo {
     }
 }
 
-/// Client requests counted in the kernel, per target process (DESIGN.md, "request in
+/// Client requests counted in the kernel, per target process (docs/design.md, "request in
 /// flight"): in flight = `started - ended`, plus the requests userspace found in flight at
 /// attach minus `existing_ended`. Each counter only grows (atomic adds from any CPU).
 ///

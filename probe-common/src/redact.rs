@@ -1,5 +1,5 @@
 //! What of a database send/recv may leave the kernel: message types, lengths and status
-//! bytes, nothing else (DESIGN.md: "Query text and payloads never leave the kernel").
+//! bytes, nothing else (docs/design.md: "Query text and payloads never leave the kernel").
 //!
 //! The probe copies up to 32 bytes from each end of the data: the head left-aligned in
 //! `head`, the tail right-aligned in `tail` (its last byte is `tail[31]`). These functions

@@ -1,4 +1,4 @@
-//! The command line, as DESIGN.md defines it. Values are kept as text here and validated in
+//! The command line, as docs/design.md defines it. Values are kept as text here and validated in
 //! [`crate::settings`], so every bad value gets drainwatch's own one-line message.
 
 use clap::{ArgGroup, Args, Parser, Subcommand};

@@ -14,7 +14,7 @@ use drainwatch::{
     settings::{AuditSettings, CheckSettings, StopSettings, WaitSettings, WatchSettings},
 };
 
-/// Exit code for usage and environment errors (DESIGN.md).
+/// Exit code for usage and environment errors (docs/design.md).
 const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {

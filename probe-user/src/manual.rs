@@ -141,7 +141,7 @@ fn examples(command: Option<&str>) -> &'static [(&'static str, &'static str)] {
     }
 }
 
-/// What the exit codes mean for a command (DESIGN.md, "Exit codes").
+/// What the exit codes mean for a command (docs/design.md, "Exit codes").
 fn exit_status(command: Option<&str>) -> &'static [(&'static str, &'static str)] {
     const USAGE: (&str, &str) = (
         "2",

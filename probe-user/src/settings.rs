@@ -13,7 +13,7 @@ use crate::{
     Error, Result,
 };
 
-/// Default database ports (DESIGN.md): PostgreSQL, MySQL/MariaDB, Redis, MongoDB.
+/// Default database ports (docs/design.md): PostgreSQL, MySQL/MariaDB, Redis, MongoDB.
 pub const DEFAULT_DB_PORTS: [u16; 4] = [5432, 3306, 6379, 27017];
 
 /// Parses a duration as systemd writes them (see [`crate::duration`]): `250ms`, `30s`,
@@ -149,7 +149,7 @@ impl Common {
     }
 }
 
-/// What a session watches: any mix of selectors (DESIGN.md, "target").
+/// What a session watches: any mix of selectors (docs/design.md, "target").
 #[derive(Debug, Default)]
 pub struct TargetSet {
     /// `--pid`: running now (checked when the flags are read).

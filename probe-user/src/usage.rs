@@ -2,7 +2,7 @@
 //! the "similar argument" tip, the valid values, the subcommand's usage), with drainwatch's
 //! `drainwatch: ` prefix on its first line (the line scripts and tests match) and the closing
 //! hint pointing at the subcommand's own `--help` (`drainwatch stop --help`), as kubectl and
-//! systemctl do. The exit code stays 2 (DESIGN.md).
+//! systemctl do. The exit code stays 2 (docs/design.md).
 
 use std::ffi::OsString;
 

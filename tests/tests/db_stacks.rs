@@ -383,7 +383,7 @@ fn wait_on_write_behind_mariadb_with_db_url_is_not_drained_before_commit() {
 
 /// Without `--db-url`, the state of a MariaDB connection from before attach is unknown until
 /// its next OK: `wait` says it cannot judge it, naming the connection, and that unknown holds
-/// the drain (DESIGN.md: unknown is never "no transaction") until the worker's next reply.
+/// the drain (docs/design.md: unknown is never "no transaction") until the worker's next reply.
 /// Ground truth: the write-behind worker's transaction is open then, committed when the
 /// verdict is out.
 #[test]

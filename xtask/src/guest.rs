@@ -5,7 +5,7 @@
 //! own kernel. Any shell script can be run in any guest ([`run`]); `matrix` uses this to run
 //! integration tests.
 //!
-//! Facts this relies on (shared/TOOLCHAIN.md): /dev/kvm here does not boot guests, so it is
+//! Facts this relies on, checked on this project's machines: /dev/kvm here does not boot guests, so it is
 //! TCG; Debian's generic kernels have 9p, virtio and overlayfs as modules, whose
 //! dependencies are read from each module's own `.modinfo` (`depends=`), since the packages
 //! ship no modules.dep (their postinst runs depmod).

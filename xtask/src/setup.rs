@@ -2,7 +2,7 @@
 //!
 //! Idempotent and quiet when everything is present (one line per check), because every other
 //! subcommand runs it first: a fresh machine or CI clone has nothing a previous session
-//! installed by hand (see shared/TOOLCHAIN.md for why each step is needed).
+//! installed by hand.
 
 use std::{
     fs,

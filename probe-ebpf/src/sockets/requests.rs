@@ -36,7 +36,7 @@ fn count(counter: *mut u64) {
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, 1) };
 }
 
-/// First bytes received on an idle client connection (DESIGN.md, "request in flight").
+/// First bytes received on an idle client connection (docs/design.md, "request in flight").
 #[inline(always)]
 pub(super) fn start_request(target: *mut TargetInfo, state: &mut ConnState) {
     // SAFETY: bpf_ktime_get_ns has no preconditions.

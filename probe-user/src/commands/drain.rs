@@ -1,6 +1,6 @@
 //! `wait` and `stop`: the exact moment a server is safe to let go, instead of a fixed timer.
 //!
-//! Drained (DESIGN.md): no client request in flight, no database query in flight, no
+//! Drained (docs/design.md): no client request in flight, no database query in flight, no
 //! transaction open, held for the quiet window. The window counts from the kernel timestamp
 //! of the last activity, so the verdict does not depend on when userspace happened to look;
 //! the ring buffer is drained every few milliseconds while waiting.
@@ -198,7 +198,7 @@ fn drain_report(
 /// Says which database connections from before attach `wait` and `stop` cannot judge: their
 /// transaction state is unknown until their next status message (no PostgreSQL process
 /// title, no `--db-url` view told it). They hold the drain until their next reply or their
-/// close: unknown never counts as "no transaction" (DESIGN.md: unknown is shown as unknown).
+/// close: unknown never counts as "no transaction" (docs/design.md: unknown is shown as unknown).
 fn say_txn_unknown(session: &Session) {
     let unknown = session
         .state

@@ -132,7 +132,7 @@ pub struct Frame {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub transactions_unknown: Vec<TxnUnknown>,
     /// Database connections whose conversation is encrypted and not read: their
-    /// transactions and queries are unknown (DESIGN.md, "encrypted conversation").
+    /// transactions and queries are unknown (docs/design.md, "encrypted conversation").
     pub encrypted: Vec<EncryptedConn>,
     pub signals: Vec<SignalSeen>,
     pub events: crate::model::report::EventCounts,

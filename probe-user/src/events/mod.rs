@@ -94,7 +94,7 @@ impl Event {
     }
 }
 
-/// What a connection is to the target (DESIGN.md, "connection").
+/// What a connection is to the target (docs/design.md, "connection").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {

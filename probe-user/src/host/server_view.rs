@@ -1,5 +1,5 @@
 //! A target server's own view of its clients, asked once at attach, before the probe
-//! watches it: the best outside evidence for what the kernel cannot tell (DESIGN.md,
+//! watches it: the best outside evidence for what the kernel cannot tell (docs/design.md,
 //! "unknown"). Today: Redis (and its forks), whose `CLIENT LIST`
 //! (https://redis.io/docs/latest/commands/client-list/) says per connection, by the
 //! server's own fd, whether the client is blocked waiting for data (`flags=b`: BLPOP,

@@ -1,4 +1,4 @@
-//! Which processes are targets (DESIGN.md, "target"): the ones named by `--pid`, `--comm`,
+//! Which processes are targets (docs/design.md, "target"): the ones named by `--pid`, `--comm`,
 //! `--unit` and `--cgroup`, plus their descendants that already exist at attach (pre-fork
 //! workers: an nginx master brings its workers). Forks after attach are the kernel's job
 //! (sched_process_fork); this module only reads /proc and cgroupfs, once per attach.

@@ -22,7 +22,7 @@ pub enum Hooks {
 }
 
 impl Hooks {
-    /// The report's `coverage.hooks` word (DESIGN.md).
+    /// The report's `coverage.hooks` word (docs/design.md).
     pub fn coverage(self) -> &'static str {
         match self {
             Hooks::Socket => "socket-tracepoints",

@@ -115,7 +115,7 @@ pub fn to_wire_addr(addr: &SocketAddr) -> SockAddr {
     out
 }
 
-/// The protocol a database port speaks by default (DESIGN.md's default port set).
+/// The protocol a database port speaks by default (docs/design.md's default port set).
 pub fn default_protocol(port: u16) -> u8 {
     match port {
         5432 => PROTO_POSTGRES,

@@ -1,6 +1,6 @@
 //! Connections of the targets and what is in flight on them: client requests, database
 //! queries, open transactions. Pure, like the rest of the state machine: events in,
-//! counts and violations out. Semantics: DESIGN.md, "Words".
+//! counts and violations out. Semantics: docs/design.md, "Words".
 
 use std::{collections::BTreeMap, net::SocketAddr};
 
@@ -83,7 +83,7 @@ impl Conn {
         self.db.as_ref().is_some_and(DbConn::goodbye_sent)
     }
 
-    /// The conversation is encrypted and drainwatch cannot read it (DESIGN.md, "encrypted
+    /// The conversation is encrypted and drainwatch cannot read it (docs/design.md, "encrypted
     /// conversation").
     pub fn encrypted(&self) -> bool {
         self.db.as_ref().is_some_and(DbConn::encrypted)
@@ -329,7 +329,7 @@ impl ConnTracker {
         }
         // Its transaction state is unknown until the database next reports one (or the
         // database's own view tells, `db_state_at_attach`): until then it holds a drain as an
-        // unknown client connection does, never a violation (DESIGN.md: unknown is shown as
+        // unknown client connection does, never a violation (docs/design.md: unknown is shown as
         // unknown, never counted as "not open").
         if role == Role::Db && matches!(protocol, Protocol::Postgres | Protocol::Mysql) {
             self.unknown.push(Unknown {
@@ -359,7 +359,7 @@ impl ConnTracker {
     }
 
     /// The database's own view of a connection found at attach: its transaction state
-    /// (DESIGN.md, "what cannot be known at attach ... is resolved from the best outside
+    /// (docs/design.md, "what cannot be known at attach ... is resolved from the best outside
     /// evidence"). `at_ns`: when that view was read (the transaction's age counts from it).
     /// Settled at attach, it was never unknown: it is not listed. `None` for `at_ms`: read
     /// at attach; `Some`: read later (a view asked again), then it is listed as resolved by

@@ -2,7 +2,7 @@
 //! wrong. [`state`] (targets, signals, exits, and the report out of them), [`conns`]
 //! (connections and the requests, queries and transactions in flight on them),
 //! [`protocol`] (database conversations read from redacted head/tail bytes), [`report`] (the
-//! `drainwatch.report/v1` types, DESIGN.md).
+//! `drainwatch.report/v1` types, docs/design.md).
 //!
 //! Pure: no I/O, no clocks (times come in the events or as arguments), unit-tested by
 //! replaying recorded events (probe-user/testdata). May use: [`crate::events`] only.

@@ -1,4 +1,4 @@
-//! The report, `drainwatch.report/v1` (DESIGN.md). Serialize-only output types: field names
+//! The report, `drainwatch.report/v1` (docs/design.md). Serialize-only output types: field names
 //! here are part of the contract that CI jobs and outside tests parse.
 
 use serde::Serialize;
@@ -170,7 +170,7 @@ pub struct TransactionRolledBack {
     pub how: RollbackHow,
 }
 
-/// What the report could not see or know (DESIGN.md, "coverage").
+/// What the report could not see or know (docs/design.md, "coverage").
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Coverage {
     /// The running kernel's release (filled in by the session).
@@ -187,7 +187,7 @@ pub struct Coverage {
     /// Database conversations drainwatch could not read (TLS it cannot decrypt): whatever
     /// happened in them is unknown, so a verdict that depends on them is `incomplete`.
     pub unverified: Vec<Unverified>,
-    /// Client connections whose state at attach the evidence could not settle (DESIGN.md,
+    /// Client connections whose state at attach the evidence could not settle (docs/design.md,
     /// "unknown"): never counted idle silently, never a violation.
     pub unknown_at_attach: Vec<UnknownAtAttach>,
 }

@@ -446,7 +446,7 @@ impl AuditState {
         // exit cut: the report cannot be `clean` about it (nor call it a violation).
         let exited_unknown = self.conns.as_ref().map_or(0, |c| c.exited_unknown());
         // An unread conversation that ended could have hidden a rollback, an open
-        // transaction or a leak: never `clean` about it (DESIGN.md, "encrypted conversation").
+        // transaction or a leak: never `clean` about it (docs/design.md, "encrypted conversation").
         let unseen = lost > 0 || !probe_failures.is_empty() || !unverified.is_empty();
         let verdict = if unseen || (self.violations.is_empty() && exited_unknown > 0) {
             Verdict::Incomplete

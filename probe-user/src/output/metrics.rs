@@ -37,7 +37,7 @@ pub const BUCKETS_US: [u64; 17] = [
     1_000_000, 2_500_000, 5_000_000, 10_000_000, 30_000_000,
 ];
 
-/// Violation kinds, as the report names them (DESIGN.md): every one is exported, zero or not,
+/// Violation kinds, as the report names them (docs/design.md): every one is exported, zero or not,
 /// so that `rate()` and `increase()` work from the first scrape.
 pub const VIOLATION_KINDS: [&str; 6] = [
     "sigkill",

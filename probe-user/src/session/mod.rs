@@ -765,7 +765,7 @@ impl Session {
         }
     }
 
-    /// The `--comm` names that no target ever had (DESIGN.md: a selector that matched no
+    /// The `--comm` names that no target ever had (docs/design.md: a selector that matched no
     /// process during the whole window is an error, not a clean run).
     pub fn unmatched_comms(&self) -> Vec<String> {
         self.comms

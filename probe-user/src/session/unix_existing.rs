@@ -2,7 +2,7 @@
 //! [`super::existing`]'s): found from the target's socket fds and the kernel's unix
 //! sock_diag (host/unixdiag.rs). One is a database connection when its other end is bound
 //! to a database's socket path (`.s.PGSQL.NNNN`, `mysqld.sock`, `mysql.sock`, `redis*.sock`)
-//! or held by a database server process (DESIGN.md, "connection"). A local PostgreSQL
+//! or held by a database server process (docs/design.md, "connection"). A local PostgreSQL
 //! backend's process title then tells whether a transaction is open.
 
 use std::collections::{BTreeMap, HashMap};

@@ -1,4 +1,4 @@
-//! The drain rules (DESIGN.md, "drained"): drained is no client request, database query or
+//! The drain rules (docs/design.md, "drained"): drained is no client request, database query or
 //! transaction in flight, held for the whole quiet window, counted from the kernel
 //! timestamp of the last activity; and a drain report's verdict is `incomplete` > `timeout` >
 //! the rest.

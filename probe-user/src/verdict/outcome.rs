@@ -1,4 +1,4 @@
-//! How a run ended and the exit code it earns (DESIGN.md, "Exit codes"). Below both
+//! How a run ended and the exit code it earns (docs/design.md, "Exit codes"). Below both
 //! renderers (output::summary, output::junit) and the commands that return these codes.
 
 use std::time::Duration;
@@ -42,7 +42,7 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    /// Exit code per DESIGN.md: 0 clean; 1 violations, or not all was seen.
+    /// Exit code per docs/design.md: 0 clean; 1 violations, or not all was seen.
     pub fn exit_code(&self) -> i32 {
         match self.report.verdict {
             Verdict::Clean => 0,
@@ -51,7 +51,7 @@ impl Outcome {
     }
 }
 
-/// Exit code of `wait` and `stop` per DESIGN.md: 0 drained (or exited) clean; 1 violations
+/// Exit code of `wait` and `stop` per docs/design.md: 0 drained (or exited) clean; 1 violations
 /// or not all was seen; 4 timeout.
 pub fn drain_exit_code(report: &Report) -> u8 {
     match report.verdict {

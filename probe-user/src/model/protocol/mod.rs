@@ -4,7 +4,7 @@
 //! For each send or recv on a database connection the kernel reports how many bytes moved and
 //! copies at most [`HEAD_BYTES`] from their start and [`TAIL_BYTES`] from their end
 //! ([`DbIo`]); query text and payloads in between never leave the kernel. One [`DbConn`] per
-//! connection turns that sequence into the three answers of DESIGN.md ("query in flight",
+//! connection turns that sequence into the three answers of docs/design.md ("query in flight",
 //! "transaction open", "clean close"). Pure code: no I/O, no clocks, no panics on any input.
 //!
 //! # How the bytes are followed
