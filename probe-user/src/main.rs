@@ -117,7 +117,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Serve(args) => {
             init_logging(args.log.verbose);
-            let settings = drainwatch::commands::serve::ServeSettings::from_args(&args)?;
+            let settings = drainwatch::settings::ServeSettings::from_args(&args)?;
             runtime()?.block_on(drainwatch::commands::serve::run(&settings))
         }
         Command::Doctor(args) => {

@@ -419,6 +419,50 @@ impl WatchSettings {
     }
 }
 
+/// Validated `serve` flags.
+#[derive(Debug)]
+pub struct ServeSettings {
+    pub common: Common,
+    pub targets: TargetSet,
+    /// Process names given with `--comm` (serve then ends only on a signal).
+    pub comms: Vec<String>,
+    pub listen: SocketAddr,
+}
+
+impl ServeSettings {
+    pub fn from_args(args: &crate::cli::ServeArgs) -> Result<Self> {
+        let common = Common::from_args(&args.shared())?;
+        let listen = parse_listen(&args.listen)?;
+        let mut targets = TargetSet::from_args(
+            &args.targets,
+            "name what to export metrics about: --pid PID, --comm NAME, --unit NAME.service or \
+             --cgroup PATH",
+        )?;
+        targets.await_comms = true;
+        let comms = targets.comms.clone();
+        Ok(Self {
+            common,
+            targets,
+            comms,
+            listen,
+        })
+    }
+}
+
+/// Parses `--listen`: `IP:PORT` (IPv6 as `[::1]:9464`), or `localhost:PORT`.
+pub fn parse_listen(text: &str) -> Result<SocketAddr> {
+    let invalid = || Error::InvalidValue {
+        what: "listen address",
+        value: text.to_string(),
+        hint: "use IP:PORT, like 127.0.0.1:9464, [::1]:9464 or 0.0.0.0:9464",
+    };
+    if let Some(port) = text.strip_prefix("localhost:") {
+        let port = port.parse::<u16>().map_err(|_| invalid())?;
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    text.parse::<SocketAddr>().map_err(|_| invalid())
+}
+
 /// Parses each `--pid`, refusing pids that do not exist, pid 1, kernel threads and
 /// drainwatch's own pid.
 pub fn validate_pids(texts: &[String]) -> Result<Vec<u32>> {
@@ -444,6 +488,30 @@ pub fn validate_pids(texts: &[String]) -> Result<Vec<u32>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listen_addresses() {
+        assert_eq!(
+            parse_listen("127.0.0.1:9464").unwrap(),
+            "127.0.0.1:9464".parse().unwrap()
+        );
+        assert_eq!(parse_listen("[::1]:1").unwrap().port(), 1);
+        assert_eq!(
+            parse_listen("localhost:9464").unwrap(),
+            "127.0.0.1:9464".parse().unwrap()
+        );
+        for bad in [
+            "",
+            "9464",
+            ":9464",
+            "127.0.0.1",
+            "example.org:9464",
+            "1.2.3.4:99999",
+        ] {
+            let err = parse_listen(bad).unwrap_err().to_string();
+            assert!(err.contains("use IP:PORT"), "{bad}: {err}");
+        }
+    }
 
     #[test]
     fn durations_read_like_people_write_them() {

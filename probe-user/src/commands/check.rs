@@ -4,8 +4,6 @@
 //! (SigCgt, SigIgn, SigBlk; proc(5)), knows the servers whose handled SIGTERM is a fast
 //! shutdown (`verdict/shutdown.rs`), and counts the connections the tree holds from /proc.
 
-use serde::Serialize;
-
 use std::{
     collections::BTreeSet,
     path::{Path, PathBuf},
@@ -13,9 +11,11 @@ use std::{
 
 use crate::{
     events::{signals, Role},
+    host::pidfd::{self, Disposition},
     host::targets::{self, Selection},
     host::{netstat, procfs},
-    output::summary::{plural, protocol_name},
+    output::preflight::{render, CheckReport, ConnLine, ProcessLine, Unwatched},
+    output::summary::protocol_name,
     session::{
         existing::{self, Held},
         unix_existing,
@@ -24,94 +24,6 @@ use crate::{
     verdict::shutdown,
     Error, Result,
 };
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Disposition {
-    /// A handler is installed: the signal starts the program's own shutdown.
-    Handled,
-    /// Ignored: the signal does nothing.
-    Ignored,
-    /// Blocked: the signal waits until the program unblocks it.
-    Blocked,
-    /// Default action: for TERM, INT, QUIT the kernel terminates it at once, like kill -9.
-    Default,
-}
-
-/// A signal's disposition from the hex signal masks of /proc/PID/status.
-pub fn signal_disposition(status: &str, signal: i32) -> Option<Disposition> {
-    let mask = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-    };
-    let bit = 1u64 << (signal - 1);
-    let (caught, ignored, blocked) = (mask("SigCgt:")?, mask("SigIgn:")?, mask("SigBlk:")?);
-    Some(if ignored & bit != 0 {
-        Disposition::Ignored
-    } else if blocked & bit != 0 {
-        Disposition::Blocked
-    } else if caught & bit != 0 {
-        Disposition::Handled
-    } else {
-        Disposition::Default
-    })
-}
-
-#[derive(Debug, Serialize)]
-pub struct ConnLine {
-    pub pid: u32,
-    pub fd: u32,
-    pub role: Role,
-    pub protocol: Option<String>,
-    pub local: String,
-    pub peer: Option<String>,
-}
-
-/// A process of the tree a stop would watch.
-#[derive(Debug, Serialize)]
-pub struct ProcessLine {
-    pub pid: u32,
-    pub comm: String,
-    /// Its parent, when that is in the tree too.
-    pub parent_pid: Option<u32>,
-    /// Whether `stop` sends it the signal (the others hear of it from their parent).
-    pub signalled: bool,
-    /// The signal's disposition, for the signalled ones.
-    pub disposition: Option<Disposition>,
-}
-
-/// A process outside the tree that a stop would leave unwatched although it serves with it.
-#[derive(Debug, Serialize)]
-pub struct Unwatched {
-    pub pid: u32,
-    pub comm: String,
-    pub why: String,
-}
-
-#[derive(Debug, Serialize)]
-pub struct CheckReport {
-    /// The first process the signal goes to.
-    pub pid: u32,
-    pub comm: String,
-    pub signal: String,
-    /// What the first signalled process does with the signal.
-    pub disposition: Disposition,
-    /// A server whose stop signals are known (see `verdict/shutdown.rs`), with the source.
-    pub known_server: Option<String>,
-    pub graceful_stop_possible: bool,
-    pub reasons: Vec<String>,
-    pub processes: Vec<ProcessLine>,
-    pub unwatched: Vec<Unwatched>,
-    pub listeners: usize,
-    pub client_connections: usize,
-    pub db_connections: usize,
-    pub upstream_connections: usize,
-    /// Threads blocked reading a database connection: queries waiting for an answer.
-    pub db_queries_waiting: usize,
-    pub connections: Vec<ConnLine>,
-}
 
 /// The signals whose default action is to do nothing (signal(7)): sent to a program without
 /// a handler, they are dropped and a stop would time out.
@@ -274,10 +186,8 @@ pub fn run(settings: &CheckSettings) -> Result<u8> {
         let comm = procfs::comm(pid).unwrap_or_default();
         let is_signalled = signalled.contains(&pid);
         let disposition = if is_signalled {
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-                .map_err(|_| Error::NoSuchProcess(pid))?;
             let disposition =
-                signal_disposition(&status, settings.signal).ok_or(Error::NoSuchProcess(pid))?;
+                pidfd::disposition_of(pid, settings.signal).ok_or(Error::NoSuchProcess(pid))?;
             reasons.extend(judge(pid, &comm, settings.signal, disposition, &work));
             if let Some(row) = shutdown::known(procfs::exe_name(pid).as_deref(), &comm) {
                 if disposition == Disposition::Handled && row.fast.contains(&settings.signal) {
@@ -368,130 +278,5 @@ fn unix_line(pid: u32, db: &unix_existing::UnixDb) -> ConnLine {
             .as_ref()
             .map(|p| format!("unix:{p}"))
             .or_else(server),
-    }
-}
-
-fn disposition_word(d: Disposition) -> &'static str {
-    match d {
-        Disposition::Handled => "handled",
-        Disposition::Ignored => "ignored",
-        Disposition::Blocked => "blocked",
-        Disposition::Default => "not handled (default action)",
-    }
-}
-
-fn render(r: &CheckReport) -> String {
-    let verdict = if r.graceful_stop_possible {
-        format!("a graceful stop is possible: {} is handled", r.signal)
-    } else {
-        "a graceful stop is NOT possible".to_string()
-    };
-    let mut out = format!("drainwatch check: {} ({}): {verdict}\n", r.comm, r.pid);
-    for reason in &r.reasons {
-        out.push_str(&format!("  x {reason}\n"));
-    }
-    out.push_str(&format!(
-        "tree: {} process{}; stop sends {} to the ones marked *\n",
-        r.processes.len(),
-        if r.processes.len() == 1 { "" } else { "es" },
-        r.signal
-    ));
-    for p in &r.processes {
-        out.push_str(&format!(
-            "  {} {} ({}){}{}\n",
-            if p.signalled { "*" } else { " " },
-            p.comm,
-            p.pid,
-            p.parent_pid
-                .map(|parent| format!(", child of {parent}"))
-                .unwrap_or_default(),
-            p.disposition
-                .map(|d| format!(": {} {}", r.signal, disposition_word(d)))
-                .unwrap_or_default()
-        ));
-    }
-    if r.unwatched.is_empty() {
-        out.push_str("a stop would leave nothing of it unwatched\n");
-    } else {
-        out.push_str("a stop would leave these unwatched:\n");
-        for u in &r.unwatched {
-            out.push_str(&format!("  ! {} ({}): {}\n", u.comm, u.pid, u.why));
-        }
-    }
-    out.push_str(&format!(
-        "now: {} listening, {} client, {} database ({} waiting), {} upstream {}\n",
-        r.listeners,
-        r.client_connections,
-        r.db_connections,
-        plural(r.db_queries_waiting as u64, "query"),
-        r.upstream_connections,
-        if r.upstream_connections == 1 {
-            "connection"
-        } else {
-            "connections"
-        }
-    ));
-    for c in &r.connections {
-        out.push_str(&format!(
-            "  pid {:<7} fd {:<4} {:<9} {} -> {}{}\n",
-            c.pid,
-            c.fd,
-            c.role.as_str(),
-            c.local,
-            c.peer.as_deref().unwrap_or("*"),
-            c.protocol
-                .as_deref()
-                .map(|p| format!(" ({p})"))
-                .unwrap_or_default()
-        ));
-    }
-    if r.db_connections > 0 {
-        out.push_str(
-            "  transactions cannot be seen without watching traffic: `drainwatch watch`\n",
-        );
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn status(cgt: &str, ign: &str, blk: &str) -> String {
-        format!("Name:\tx\nSigBlk:\t{blk}\nSigIgn:\t{ign}\nSigCgt:\t{cgt}\n")
-    }
-
-    #[test]
-    fn reads_the_sigterm_bit() {
-        // SIGTERM is signal 15: bit 14, 0x4000.
-        let term = libc::SIGTERM;
-        let handled = status("0000000000004000", "0", "0");
-        assert_eq!(
-            signal_disposition(&handled, term),
-            Some(Disposition::Handled)
-        );
-        let default = status("0000000000000002", "0", "0");
-        assert_eq!(
-            signal_disposition(&default, term),
-            Some(Disposition::Default)
-        );
-        let ignored = status("0", "0000000000004000", "0");
-        assert_eq!(
-            signal_disposition(&ignored, term),
-            Some(Disposition::Ignored)
-        );
-        let blocked = status("0000000000004000", "0", "0000000000004000");
-        assert_eq!(
-            signal_disposition(&blocked, term),
-            Some(Disposition::Blocked)
-        );
-        assert_eq!(signal_disposition("Name:\tx\n", term), None);
-        // nginx 1.22's master (Debian nginx-light), read from /proc: it catches QUIT
-        // (signal 3, bit 2: 0x4) and TERM (0x4000), and ignores SIGPIPE.
-        let nginx = status("0000000018016a07", "0000000040001000", "0");
-        assert_eq!(
-            signal_disposition(&nginx, libc::SIGQUIT),
-            Some(Disposition::Handled)
-        );
     }
 }

@@ -2,7 +2,8 @@
 //! process's TCP sockets), the kernel's sock_diag ([`tcpinfo`]: when each socket last sent and
 //! received), a local server's own view of its clients ([`server_view`]: Redis's
 //! `CLIENT LIST`, asked on loopback at attach), starting a command held until it is a target
-//! ([`launch`]), and which processes the `--pid`/`--comm`/`--unit`/`--cgroup` selectors and
+//! ([`launch`]), signalling a process by pidfd and reading what it does with a
+//! signal ([`pidfd`]), and which processes the `--pid`/`--comm`/`--unit`/`--cgroup` selectors and
 //! their trees are ([`targets`]).
 //!
 //! Owns reads of /proc and netlink, and fork/exec. May use: the crate's errors only. A process
@@ -13,6 +14,7 @@ pub mod my_view;
 pub mod netstat;
 pub mod pg_title;
 pub mod pg_view;
+pub mod pidfd;
 pub mod procfs;
 pub mod server_view;
 pub mod sockdiag;

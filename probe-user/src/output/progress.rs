@@ -1,0 +1,229 @@
+//! What `wait` and `stop` show while they follow a drain: what is in flight, as a line
+//! redrawn in place on a terminal, or as JSON lines otherwise; and the headline and report
+//! they end with.
+
+use std::{io::Write, time::Duration};
+
+use serde::Serialize;
+
+use crate::{
+    duration,
+    events::Protocol,
+    host::procfs,
+    model::{report::Report, state::AuditState},
+    output::summary::{self, plural},
+    verdict::drain::Ending,
+};
+
+/// How often progress is shown.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
+/// What is in flight, for messages and progress lines.
+#[derive(Debug, Default, Serialize)]
+pub struct Progress {
+    pub at_ms: u64,
+    pub phase: &'static str,
+    pub requests: u64,
+    pub queries: u64,
+    pub transactions: u64,
+    /// Connections whose state at attach is still unknown (they hold the drain).
+    pub unknown: u64,
+    /// Of `unknown`, database connections whose transaction state is still unknown.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub unknown_transactions: u64,
+    /// Those, as `pid P fd F` (for the one-line reasons).
+    #[serde(skip)]
+    pub unknown_transactions_on: Vec<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// What is in flight in `state` now.
+pub fn progress(state: &AuditState, phase: &'static str) -> Progress {
+    let in_flight = state.conns().map(|c| c.in_flight(None)).unwrap_or_default();
+    let unknown_transactions_on = state
+        .conns()
+        .map(|c| {
+            c.unresolved_txns()
+                .map(|(pid, fd)| format!("pid {pid} fd {fd}"))
+                .collect()
+        })
+        .unwrap_or_default();
+    Progress {
+        at_ms: state.ms_since_attach(procfs::monotonic_now().as_nanos() as u64),
+        phase,
+        requests: in_flight.requests,
+        queries: in_flight.queries,
+        transactions: in_flight.transactions,
+        unknown: in_flight.unknown,
+        unknown_transactions: in_flight.unknown_txns,
+        unknown_transactions_on,
+    }
+}
+
+pub fn describe_in_flight(p: &Progress) -> String {
+    let mut unknown = if p.unknown > 0 {
+        format!(", {} unknown since attach", plural(p.unknown, "connection"))
+    } else {
+        String::new()
+    };
+    if !p.unknown_transactions_on.is_empty() {
+        unknown.push_str(&format!(
+            " (transaction state of {}: waiting for {} next reply or close; --db-url \
+             env:VAR would ask the database)",
+            p.unknown_transactions_on.join(", "),
+            if p.unknown_transactions_on.len() == 1 {
+                "its"
+            } else {
+                "their"
+            }
+        ));
+    }
+    format!(
+        "{}, {}, {} in flight{unknown}",
+        plural(p.requests, "request"),
+        plural(p.queries, "db query"),
+        plural(p.transactions, "transaction")
+    )
+}
+
+/// Progress output: a line redrawn in place on a terminal, JSON lines otherwise.
+pub struct Shower {
+    json: bool,
+    timeout: Duration,
+    last: Option<std::time::Instant>,
+}
+
+impl Shower {
+    /// `json`: `--json`, or stdout is not a terminal.
+    pub fn new(json: bool, timeout: Duration) -> Self {
+        Self {
+            json,
+            timeout,
+            last: None,
+        }
+    }
+
+    pub fn show(&mut self, state: &AuditState, phase: &'static str) {
+        if self.last.is_some_and(|t| t.elapsed() < PROGRESS_EVERY) {
+            return;
+        }
+        self.last = Some(std::time::Instant::now());
+        let p = progress(state, phase);
+        let mut out = std::io::stdout().lock();
+        let _ = if self.json {
+            writeln!(
+                out,
+                "{}",
+                serde_json::to_string(&p).expect("progress serializes")
+            )
+        } else {
+            write!(
+                out,
+                "\r\x1b[K{phase}: {}   {:.1}s / {}",
+                describe_in_flight(&p),
+                p.at_ms as f64 / 1000.0,
+                duration::format(self.timeout)
+            )
+        };
+        let _ = out.flush();
+    }
+
+    pub fn finish(&self, report: &Report, headline: &str) {
+        if self.json {
+            println!(
+                "{}",
+                serde_json::to_string(report).expect("report serializes")
+            );
+            // The one-line reason for whoever reads the log (stdout stays JSON only).
+            eprintln!("drainwatch: {headline}");
+        } else {
+            println!("\r\x1b[K{headline}");
+            for violation in &report.violations {
+                println!("  x {}", summary::violation_line(report, violation));
+            }
+        }
+    }
+}
+
+/// The headline of a `wait`: how it ended, with what was in flight (`p`) when it matters.
+pub fn wait_headline(ending: Ending, quiet: Duration, timeout: Duration, p: &Progress) -> String {
+    match ending {
+        Ending::Drained { at_ms } => format!(
+            "drained: nothing in flight for {} (at {:.3}s)",
+            duration::format(quiet),
+            at_ms as f64 / 1000.0
+        ),
+        Ending::Timeout => format!(
+            "timeout after {}: {}",
+            duration::format(timeout),
+            describe_in_flight(p)
+        ),
+        Ending::Interrupted { verdict } => format!(
+            "interrupted before drained (verdict {}): {}",
+            verdict.as_str(),
+            describe_in_flight(p)
+        ),
+        _ => "exited".to_string(),
+    }
+}
+
+/// The headline of a `stop` that sent `signal`.
+pub fn stop_headline(ending: Ending, signal: &str, timeout: Duration, p: &Progress) -> String {
+    let at = |ms: u64| format!("{:.3}s", ms as f64 / 1000.0);
+    match ending {
+        Ending::Timeout => format!(
+            "timeout after {}, not stopped (no SIGKILL without --kill-after): {}",
+            duration::format(timeout),
+            describe_in_flight(p)
+        ),
+        Ending::StoppedCleanly {
+            signal_at_ms,
+            drained_at_ms,
+            exited_at_ms,
+        } => format!(
+            "stopped cleanly: {signal} at {}, drained at {}, exited at {}",
+            at(signal_at_ms),
+            drained_at_ms.map(at).unwrap_or_else(|| "exit".into()),
+            at(exited_at_ms.unwrap_or(0))
+        ),
+        Ending::Interrupted { verdict } => format!(
+            "interrupted before the target exited (verdict {}): {}",
+            verdict.as_str(),
+            describe_in_flight(p)
+        ),
+        Ending::StoppedWithViolations => "stopped, with violations (listed below)".to_string(),
+        Ending::StoppedIncomplete => "stopped, but what happened is incomplete (events lost, a \
+                                      probe failed, or something was not seen)"
+            .to_string(),
+        Ending::Drained { .. } | Ending::Exited | Ending::Stopped => "stopped cleanly".to_string(),
+    }
+}
+
+/// Which database connections from before attach `wait` and `stop` cannot judge: their
+/// transaction state is unknown until their next status message (no PostgreSQL process
+/// title, no `--db-url` view told it). They hold the drain until their next reply or their
+/// close: unknown never counts as "no transaction" (docs/design.md: unknown is shown as
+/// unknown). `None` when there are none.
+pub fn txn_unknown_line(unknown: &[(u32, u32, Protocol)]) -> Option<String> {
+    if unknown.is_empty() {
+        return None;
+    }
+    let list: Vec<String> = unknown
+        .iter()
+        .map(|(pid, fd, protocol)| {
+            format!("pid {pid} fd {fd} {}", summary::protocol_name(*protocol))
+        })
+        .collect();
+    Some(format!(
+        "cannot tell whether {} from before attach {} in a transaction ({}): waiting for {} \
+         next reply or close before calling it drained; give --db-url env:VAR|file:PATH to ask \
+         the database",
+        plural(unknown.len() as u64, "database connection"),
+        if unknown.len() == 1 { "is" } else { "are" },
+        list.join(", "),
+        if unknown.len() == 1 { "its" } else { "their" },
+    ))
+}
