@@ -11,11 +11,7 @@ use std::{
 
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, ProgramArray, RingBuf},
-    programs::{
-        fexit::FExitLinkId, raw_trace_point::RawTracePointLinkId, tp_btf::BtfTracePointLinkId,
-        trace_point::TracePointLinkId, uprobe::UProbeLinkId, BtfTracePoint, FExit, ProgramFd,
-        RawTracePoint, TracePoint, UProbe,
-    },
+    programs::{BtfTracePoint, FExit, ProgramFd, RawTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
 use probe_common::{
@@ -29,6 +25,7 @@ use probe_common::{
 use crate::{
     kernel::btf,
     kernel::hooks::Hooks,
+    kernel::links::Links,
     kernel::tls::{TlsHooks, TlsLibrary},
     kernel::tracefs::Format,
     Error, Result,
@@ -127,16 +124,17 @@ pub fn default_protocol(port: u16) -> u8 {
 }
 
 pub struct Probe {
-    // Field order is drop order: maps and logger go before the programs they feed.
+    // Field order is drop order: maps and logger go before the programs they feed, links
+    // (detaching) before the programs they attach.
     events: RingBuf<MapData>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
-    ebpf: Ebpf,
-    failures: Vec<String>,
     /// Every attachment, so that [`Probe::close`] can take them down together.
-    links: Vec<Link>,
-    hooks: Hooks,
+    links: Links,
     /// The uprobes on the targets' TLS libraries (kernel/tls.rs).
     tls: TlsHooks,
+    ebpf: Ebpf,
+    failures: Vec<String>,
+    hooks: Hooks,
 }
 
 /// Fills the load-time config from tracefs format files and kernel BTF.
@@ -290,7 +288,7 @@ impl Probe {
             }
         };
         let mut failures = Vec::new();
-        let mut links = Vec::new();
+        let mut links = Links::default();
         let socket_hooks = options.sockets && options.hooks.by_socket();
         if socket_hooks {
             let sock = config.sock;
@@ -666,61 +664,12 @@ impl Probe {
             .unwrap_or(0)
     }
 
-    /// Detaches everything and unloads. Each tracepoint detach waits for an RCU grace period
-    /// in the kernel (tens of ms); taken one after another, 30 of them held `wait` and
-    /// `stop` for seconds after their verdict. Dropped together on threads, the waits
-    /// overlap.
+    /// Detaches everything (together: see [`Links::detach`]) and unloads.
     pub fn close(mut self) {
         let started = std::time::Instant::now();
-        let mut owned = Vec::new();
-        let uprobes = self
-            .tls
-            .take_links()
-            .into_iter()
-            .map(|(n, id)| Link::UProbe(n, id));
         let mut links = std::mem::take(&mut self.links);
-        links.extend(uprobes);
-        for link in links {
-            let owned_link: Option<Box<dyn Send>> = match link {
-                Link::Tracepoint(name, id) => self
-                    .ebpf
-                    .program_mut(name)
-                    .and_then(|p| <&mut TracePoint>::try_from(p).ok())
-                    .and_then(|p| p.take_link(id).ok())
-                    .map(|l| Box::new(l) as Box<dyn Send>),
-                Link::Raw(name, id) => self
-                    .ebpf
-                    .program_mut(name)
-                    .and_then(|p| <&mut RawTracePoint>::try_from(p).ok())
-                    .and_then(|p| p.take_link(id).ok())
-                    .map(|l| Box::new(l) as Box<dyn Send>),
-                Link::Btf(name, id) => self
-                    .ebpf
-                    .program_mut(name)
-                    .and_then(|p| <&mut BtfTracePoint>::try_from(p).ok())
-                    .and_then(|p| p.take_link(id).ok())
-                    .map(|l| Box::new(l) as Box<dyn Send>),
-                Link::FExit(name, id) => self
-                    .ebpf
-                    .program_mut(name)
-                    .and_then(|p| <&mut FExit>::try_from(p).ok())
-                    .and_then(|p| p.take_link(id).ok())
-                    .map(|l| Box::new(l) as Box<dyn Send>),
-                Link::UProbe(name, id) => self
-                    .ebpf
-                    .program_mut(name)
-                    .and_then(|p| <&mut UProbe>::try_from(p).ok())
-                    .and_then(|p| p.take_link(id).ok())
-                    .map(|l| Box::new(l) as Box<dyn Send>),
-            };
-            owned.extend(owned_link);
-        }
-        let count = owned.len();
-        std::thread::scope(|scope| {
-            for link in owned {
-                scope.spawn(move || drop(link));
-            }
-        });
+        links.append(self.tls.take_links());
+        let count = links.detach();
         drop(self);
         log::debug!("detached {count} tracepoints in {:?}", started.elapsed());
     }
@@ -731,15 +680,6 @@ impl Probe {
             logger.flush();
         }
     }
-}
-
-/// A link the probe holds, by kind (their ids are different types).
-enum Link {
-    Tracepoint(&'static str, TracePointLinkId),
-    Raw(&'static str, RawTracePointLinkId),
-    Btf(&'static str, BtfTracePointLinkId),
-    FExit(&'static str, FExitLinkId),
-    UProbe(&'static str, UProbeLinkId),
 }
 
 /// The socket backend's map of sockets (probe-ebpf/src/sockets/sock_tp.rs).
@@ -770,7 +710,7 @@ const FENTRY_LIFECYCLE: [&str; 2] = ["inet_sock_set_state", "tcp_destroy_sock"];
 fn attach_socket_hooks(
     ebpf: &mut Ebpf,
     hooks: Hooks,
-    links: &mut Vec<Link>,
+    links: &mut Links,
     failures: &mut Vec<String>,
 ) -> Result<()> {
     let tracepoints: &[&'static str] = match hooks {
@@ -810,32 +750,34 @@ fn attach_socket_hooks(
         )))
     };
     for &name in tracepoints {
-        let attached = (|| -> Result<BtfTracePointLinkId> {
+        let attached = (|| -> Result<_> {
             let program: &mut BtfTracePoint = ebpf
                 .program_mut(name)
                 .ok_or_else(|| Error::Load(format!("no program {name} in the object")))?
                 .try_into()
                 .map_err(load_error)?;
             program.load(name, &btf).map_err(load_error)?;
-            program.attach().map_err(load_error)
+            let id = program.attach().map_err(load_error)?;
+            program.take_link(id).map_err(load_error)
         })();
         match attached {
-            Ok(link) => links.push(Link::Btf(name, link)),
+            Ok(link) => links.add(link),
             Err(err) => fail(&format!("tp_btf:{name}"), err)?,
         }
     }
     for &(name, function) in fexits {
-        let attached = (|| -> Result<FExitLinkId> {
+        let attached = (|| -> Result<_> {
             let program: &mut FExit = ebpf
                 .program_mut(name)
                 .ok_or_else(|| Error::Load(format!("no program {name} in the object")))?
                 .try_into()
                 .map_err(load_error)?;
             program.load(function, &btf).map_err(load_error)?;
-            program.attach().map_err(load_error)
+            let id = program.attach().map_err(load_error)?;
+            program.take_link(id).map_err(load_error)
         })();
         match attached {
-            Ok(link) => links.push(Link::FExit(name, link)),
+            Ok(link) => links.add(link),
             Err(err) => fail(&format!("fexit:{function}"), err)?,
         }
     }
@@ -847,9 +789,8 @@ fn attach(
     program: &'static str,
     category: &str,
     names: &[&str],
-    links: &mut Vec<Link>,
+    links: &mut Links,
 ) -> Result<()> {
-    let program_name = program;
     let program: &mut TracePoint = ebpf
         .program_mut(program)
         .ok_or_else(|| Error::Load(format!("no program {program} in the object")))?
@@ -857,8 +798,8 @@ fn attach(
         .map_err(load_error)?;
     program.load().map_err(load_error)?;
     for name in names {
-        let link = program.attach(category, name).map_err(load_error)?;
-        links.push(Link::Tracepoint(program_name, link));
+        let id = program.attach(category, name).map_err(load_error)?;
+        links.add(program.take_link(id).map_err(load_error)?);
     }
     Ok(())
 }
@@ -867,7 +808,7 @@ fn attach_raw(
     ebpf: &mut Ebpf,
     program: &'static str,
     tracepoint: &str,
-    links: &mut Vec<Link>,
+    links: &mut Links,
 ) -> Result<()> {
     let raw: &mut RawTracePoint = ebpf
         .program_mut(program)
@@ -875,8 +816,8 @@ fn attach_raw(
         .try_into()
         .map_err(load_error)?;
     raw.load().map_err(load_error)?;
-    let link = raw.attach(tracepoint).map_err(load_error)?;
-    links.push(Link::Raw(program, link));
+    let id = raw.attach(tracepoint).map_err(load_error)?;
+    links.add(raw.take_link(id).map_err(load_error)?);
     Ok(())
 }
 

@@ -3,8 +3,7 @@
 //! wherever a target maps them: a shared libssl, or a binary that links OpenSSL statically
 //! and exports its symbols (node).
 //!
-//! Each attachment is scoped to one process (a perf event with its pid: the kernel only
-//! plants the breakpoints in that process's memory, so bystanders that map the same
+//! Each attachment is scoped to one process (kernel/uprobe.rs: bystanders that map the same
 //! libssl pay nothing). Processes are looked at when they become targets and again
 //! whenever the session asks ([`TlsHooks::attach`] only does the work for libraries not yet
 //! hooked in that process), so a library loaded later (a Python module importing `ssl`) or
@@ -12,18 +11,13 @@
 //!
 //! A TLS conversation whose library was not hooked stays `unverified` in the report.
 
-use std::{
-    collections::HashSet,
-    num::NonZeroU32,
-    path::{Path, PathBuf},
-};
+use std::{collections::HashSet, num::NonZeroU32, path::Path};
 
-use aya::{
-    programs::{
-        uprobe::{UProbeLinkId, UProbeScope},
-        UProbe,
-    },
-    Ebpf,
+use aya::Ebpf;
+
+use crate::kernel::{
+    links::Links,
+    uprobe::{self, Uprobes},
 };
 
 /// Entry programs in the object and the function each is attached to; `true`: needed (a
@@ -62,14 +56,22 @@ impl TlsLibrary {
     }
 }
 
-#[derive(Default)]
 pub struct TlsHooks {
-    /// Whether the uprobe programs loaded (once, at first use); `Err` says why not.
-    loaded: Option<Result<(), String>>,
+    /// The uprobes (kernel/uprobe.rs): loaded at the first library found, by process.
+    uprobes: Uprobes,
     /// (tgid, mapped path) already looked at.
     seen: HashSet<(u32, String)>,
-    links: Vec<(&'static str, UProbeLinkId)>,
     found: Vec<TlsLibrary>,
+}
+
+impl Default for TlsHooks {
+    fn default() -> Self {
+        Self {
+            uprobes: Uprobes::new("TLS", ENTRIES.iter().map(|e| e.0).chain([RETURN])),
+            seen: HashSet::new(),
+            found: Vec::new(),
+        }
+    }
 }
 
 impl TlsHooks {
@@ -78,9 +80,9 @@ impl TlsHooks {
         &self.found
     }
 
-    /// The links, for [`super::probe::Probe::close`] to take down with the others.
-    pub fn take_links(&mut self) -> Vec<(&'static str, UProbeLinkId)> {
-        std::mem::take(&mut self.links)
+    /// The links, for `Probe::close` to take down with the others.
+    pub fn take_links(&mut self) -> Links {
+        self.uprobes.take_links()
     }
 
     /// Hooks the TLS libraries `tgid` maps now that were not hooked in it before; returns
@@ -125,11 +127,9 @@ impl TlsHooks {
     /// Attaches the entry and return probes to one mapped file of one process. `Ok(false)`:
     /// the file does not define `SSL_write` and `SSL_read`.
     fn hook(&mut self, ebpf: &mut Ebpf, pid: NonZeroU32, path: &str) -> Result<bool, String> {
-        // Through the process's own root, so a target in another mount namespace (a
-        // container) is hooked in the file it really maps.
-        let target = PathBuf::from(format!("/proc/{pid}/root{path}"));
+        let target = uprobe::in_process(pid, path);
         let names: Vec<&str> = ENTRIES.iter().map(|e| e.1).collect();
-        let offsets = match symbol_offsets(&target, &names) {
+        let offsets = match uprobe::symbol_offsets(&target, &names) {
             Ok(offsets) => offsets,
             // Not an ELF we can read: no OpenSSL there to hook.
             Err(_) => return Ok(false),
@@ -141,47 +141,17 @@ impl TlsHooks {
         {
             return Ok(false);
         }
-        self.load(ebpf)?;
         for ((program, function, _), offset) in ENTRIES.iter().zip(offsets) {
             let Some(offset) = offset else {
                 continue;
             };
             for name in [*program, RETURN] {
-                let link = attach_one(ebpf, name, offset, &target, pid)
+                self.uprobes
+                    .attach(ebpf, name, &target, offset, pid)
                     .map_err(|e| format!("{function} ({name}): {e}"))?;
-                self.links.push((name, link));
             }
         }
         Ok(true)
-    }
-
-    fn load(&mut self, ebpf: &mut Ebpf) -> Result<(), String> {
-        self.loaded
-            .get_or_insert_with(|| {
-                let started = std::time::Instant::now();
-                let _timed = Timed(started);
-                for name in ENTRIES.iter().map(|e| e.0).chain([RETURN]) {
-                    let program: &mut UProbe = ebpf
-                        .program_mut(name)
-                        .ok_or_else(|| format!("no program {name} in the object"))?
-                        .try_into()
-                        .map_err(|e| format!("{name}: {e}"))?;
-                    program
-                        .load()
-                        .map_err(|e| format!("loading {name}: {}", chain(&e)))?;
-                }
-                Ok(())
-            })
-            .clone()
-    }
-}
-
-/// Logs how long loading the uprobe programs took (the verifier's work), at -v.
-struct Timed(std::time::Instant);
-
-impl Drop for Timed {
-    fn drop(&mut self) {
-        log::debug!("TLS uprobe programs loaded in {:?}", self.0.elapsed());
     }
 }
 
@@ -193,137 +163,7 @@ fn switch_on(ebpf: &mut Ebpf) -> Result<(), String> {
         .ok_or("no TLS_ON map in the object")?;
     let mut on: aya::maps::Array<_, u32> =
         aya::maps::Array::try_from(map).map_err(|e| e.to_string())?;
-    on.set(0, 1, 0).map_err(|e| chain(&e))
-}
-
-/// Attaches `program` at file offset `offset` of `target`, in process `pid` only.
-fn attach_one(
-    ebpf: &mut Ebpf,
-    program: &str,
-    offset: u64,
-    target: &Path,
-    pid: NonZeroU32,
-) -> Result<UProbeLinkId, String> {
-    let uprobe: &mut UProbe = ebpf
-        .program_mut(program)
-        .ok_or_else(|| format!("no program {program}"))?
-        .try_into()
-        .map_err(|e| format!("{e}"))?;
-    uprobe
-        .attach(offset, target, UProbeScope::OneProcess(pid))
-        .map_err(|e| chain(&e))
-}
-
-/// The file offsets of the functions `names` that the ELF file at `path` defines (in its
-/// dynamic symbols or its symbol table), in the order asked; `None` for one it does not
-/// define (an import of it does not count). The file is mapped, not read: node is ~100 MB.
-fn symbol_offsets(path: &Path, names: &[&str]) -> std::io::Result<Vec<Option<u64>>> {
-    use object::{Object, ObjectSection, ObjectSymbol};
-    let file = std::fs::File::open(path)?;
-    let map = Mapped::new(&file)?;
-    let elf = object::File::parse(map.bytes()).map_err(std::io::Error::other)?;
-    let mut out = vec![None; names.len()];
-    for symbol in elf.dynamic_symbols().chain(elf.symbols()) {
-        if symbol.is_undefined() || symbol.kind() != object::SymbolKind::Text {
-            continue;
-        }
-        let Ok(name) = symbol.name() else {
-            continue;
-        };
-        let Some(slot) = names.iter().position(|n| *n == name) else {
-            continue;
-        };
-        if out[slot].is_some() {
-            continue;
-        }
-        // A virtual address to a file offset, through its section (as aya does).
-        let Some(section) = symbol
-            .section_index()
-            .and_then(|i| elf.section_by_index(i).ok())
-        else {
-            continue;
-        };
-        let Some((file_offset, _)) = section.file_range() else {
-            continue;
-        };
-        out[slot] = Some(symbol.address() - section.address() + file_offset);
-    }
-    Ok(out)
-}
-
-/// A read-only private mapping of a whole file.
-struct Mapped {
-    ptr: *mut libc::c_void,
-    len: usize,
-}
-
-impl Mapped {
-    fn new(file: &std::fs::File) -> std::io::Result<Self> {
-        use std::os::fd::AsRawFd;
-        let len = file.metadata()?.len() as usize;
-        if len == 0 {
-            return Err(std::io::Error::other("empty file"));
-        }
-        // SAFETY: a fresh read-only private mapping of an open file; unmapped in Drop.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_PRIVATE,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(Self { ptr, len })
-    }
-
-    fn bytes(&self) -> &[u8] {
-        // SAFETY: `len` readable bytes mapped at `ptr` for the life of self.
-        unsafe { std::slice::from_raw_parts(self.ptr as *const u8, self.len) }
-    }
-}
-
-impl Drop for Mapped {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`.
-        unsafe { libc::munmap(self.ptr, self.len) };
-    }
-}
-
-/// An error and its sources, as one line. A verifier refusal carries the whole verifier log
-/// (thousands of lines): the line keeps only the verifier's verdict, and the full log goes
-/// to the `-v` log.
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    shorten_verifier_log(text)
-}
-
-/// `... Verifier output: <log>` → `... verifier: <the log's refusal line> (whole log at -v)`.
-fn shorten_verifier_log(text: String) -> String {
-    const MARK: &str = "Verifier output:";
-    let Some(at) = text.find(MARK) else {
-        return text;
-    };
-    log::debug!("TLS hook refused by the verifier: {text}");
-    let log = &text[at + MARK.len()..];
-    // The refusal is the last line before the verifier's statistics.
-    let stats = ["verification time", "stack depth", "processed ", ":"];
-    let refusal = log
-        .lines()
-        .map(str::trim)
-        .rfind(|l| !l.is_empty() && !stats.iter().any(|s| l.starts_with(s)))
-        .unwrap_or("refused");
-    format!("{}verifier: {refusal} (whole log at -v)", &text[..at])
+    on.set(0, 1, 0).map_err(|e| uprobe::error_line(&e))
 }
 
 /// Files a process maps executable that may hold an OpenSSL: any library with "ssl" in its
@@ -367,27 +207,5 @@ fn unreadable_kind(path: &str) -> Option<&'static str> {
         Some("NSS")
     } else {
         None
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::shorten_verifier_log;
-
-    #[test]
-    fn a_verifier_refusal_keeps_its_verdict_line_only() {
-        let text = "loading ssl_return: the BPF_PROG_LOAD syscall returned Permission denied \
-                    (os error 13). Verifier output: 0: R1=ctx() R10=fp0\n473: (85) call \
-                    bpf_probe_read_user#112\nR1 unbounded memory access, make sure to bounds \
-                    check any such access\nverification time 185748 usec\nstack depth 112+0\n\
-                    processed 84783 insns (limit 1000000)\n: Permission denied (os error 13)"
-            .to_string();
-        assert_eq!(
-            shorten_verifier_log(text),
-            "loading ssl_return: the BPF_PROG_LOAD syscall returned Permission denied (os \
-             error 13). verifier: R1 unbounded memory access, make sure to bounds check any \
-             such access (whole log at -v)"
-        );
-        assert_eq!(shorten_verifier_log("no such file".into()), "no such file");
     }
 }
