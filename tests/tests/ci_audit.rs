@@ -119,7 +119,8 @@ fn a_restart_audited_by_name_flags_the_old_process_only() {
     }
 }
 
-/// Ctrl-C ends the audit with a partial report; the exit code reflects what was seen.
+/// Ctrl-C ends the audit with a partial report that is never `clean`: what the
+/// interruption cut short was not seen (docs/design.md, "Command line"): `incomplete`, exit 1.
 #[test]
 fn ctrl_c_writes_a_partial_report() {
     require_root();
@@ -132,15 +133,87 @@ fn ctrl_c_writes_a_partial_report() {
     let done = audit.finish();
     let _ = sleeper.kill();
     let _ = sleeper.wait();
-    assert_eq!(done.code, 0, "nothing wrong was seen: {done:?}");
+    assert_eq!(done.code, 1, "interrupted is never clean: {done:?}");
     assert!(
-        done.stdout.contains("interrupted (partial report)"),
+        done.stdout.contains("INCOMPLETE") && done.stdout.contains("interrupted (partial report"),
         "{}",
         done.stdout
     );
     let report = read_report(&report_path);
-    assert_eq!(report["verdict"], "clean");
+    assert_eq!(report["verdict"], "incomplete");
     assert_eq!(report["targets"][0]["exit"], Value::Null, "still running");
+}
+
+/// A CI runner's timeout sends SIGTERM to `audit -- ./release.sh`: the report and the JUnit
+/// file say `incomplete` (a failing case), exit 1, and the release script and what it started
+/// are not left running behind it: they get SIGTERM, followed to their exit in the report.
+#[test]
+fn sigterm_to_an_audit_stops_the_launched_command_and_fails() {
+    require_root();
+    let dir = TempDir::new("sigterm");
+    let (report_path, junit_path) = (dir.path("report.json"), dir.path("junit.xml"));
+    let child_pid = dir.path("child.pid");
+    let script = format!("sleep 60 & echo $! > {child_pid}; wait");
+    let mut audit = Drainwatch::attach(&[
+        "audit",
+        "--report",
+        &report_path,
+        "--junit",
+        &junit_path,
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let sleep_pid: i32 = loop {
+        if let Some(pid) = std::fs::read_to_string(&child_pid)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+        {
+            break pid;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the script did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(audit.is_running());
+    let sent = std::time::Instant::now();
+    audit.signal(libc::SIGTERM);
+    let done = audit.finish();
+    assert_eq!(done.code, 1, "{done:?}");
+    assert!(
+        sent.elapsed() < std::time::Duration::from_secs(5),
+        "the launched command ends at its SIGTERM, no grace waited out: {:?}",
+        sent.elapsed()
+    );
+    assert!(
+        done.stderr
+            .contains("interrupted: sending SIGTERM to the launched command"),
+        "{}",
+        done.stderr
+    );
+    // SAFETY: kill(2) with signal 0 only asks whether the pid exists.
+    let alive = unsafe { libc::kill(sleep_pid, 0) } == 0
+        && !std::fs::read_to_string(format!("/proc/{sleep_pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ");
+    assert!(!alive, "the script's sleep ({sleep_pid}) was left running");
+    let report = read_report(&report_path);
+    assert_eq!(report["verdict"], "incomplete", "{report:#}");
+    for target in report["targets"].as_array().unwrap() {
+        assert_eq!(
+            target["exit"]["signal"], "SIGTERM",
+            "each ended by the SIGTERM: {report:#}"
+        );
+    }
+    let junit = std::fs::read_to_string(&junit_path).unwrap();
+    assert!(
+        junit.contains("failures=\"1\"") && junit.contains("type=\"incomplete\""),
+        "{junit}"
+    );
 }
 
 #[test]

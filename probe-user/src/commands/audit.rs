@@ -1,19 +1,92 @@
 //! `drainwatch audit`: attach, follow the targets until they exit (or the duration ends, or
 //! Ctrl-C), then report. The decisions live in [`crate::model::state`].
 
-use std::time::Duration;
+use std::{collections::BTreeSet, time::Duration};
 
 use crate::{
-    model::report::Mode,
+    host::pidfd::PidFd,
+    model::{
+        report::Mode,
+        state::{AuditState, Origin},
+    },
     output::publish::{publish, write_text},
     session::{EndWhen, Session},
     settings::AuditSettings,
-    verdict::outcome::Outcome,
+    verdict::outcome::{self, EndedBy, Outcome},
     Error, Result,
 };
 
 /// How often the ring buffer is drained: most socket events do not wake userspace.
 const TICK: Duration = Duration::from_millis(50);
+/// How long an interrupted audit waits for the launched command to end after SIGTERM,
+/// and then after SIGKILL (docs/design.md, "Command line").
+const LAUNCHED_GRACE: Duration = Duration::from_secs(5);
+const KILLED_GRACE: Duration = Duration::from_secs(2);
+
+/// The launched command and the processes it forked (and they forked), still running: not
+/// the servers it signalled or named targets.
+fn launched_tree(state: &AuditState, launched: u32) -> BTreeSet<u32> {
+    let mut tree = BTreeSet::from([launched]);
+    loop {
+        let before = tree.len();
+        for target in state.targets() {
+            if let Origin::Forked { parent } = target.origin {
+                if tree.contains(&parent) {
+                    tree.insert(target.tgid);
+                }
+            }
+        }
+        if tree.len() == before {
+            break;
+        }
+    }
+    tree.retain(|tgid| !state.has_exited(*tgid));
+    tree
+}
+
+fn signal_all(tree: &BTreeSet<u32>, sig: i32) {
+    for tgid in tree {
+        if let Ok(pidfd) = PidFd::open(*tgid) {
+            pidfd.signal(sig);
+        }
+    }
+}
+
+/// An audit interrupted (Ctrl-C, SIGTERM from a CI runner's timeout) while its launched
+/// command runs: the command is not left running behind the report. It gets SIGTERM (with
+/// what it forked) and [`LAUNCHED_GRACE`] to end, followed like the rest of the audit;
+/// what is left then (or at a second Ctrl-C/SIGTERM) gets SIGKILL, which the report shows
+/// as drainwatch's. docs/design.md, "Command line"; docs/ci.md.
+async fn stop_launched(session: &mut Session, launched: u32) -> Result<()> {
+    let tree = launched_tree(&session.state, launched);
+    if tree.is_empty() {
+        return Ok(());
+    }
+    let pids: Vec<String> = tree.iter().map(u32::to_string).collect();
+    eprintln!(
+        "drainwatch: interrupted: sending SIGTERM to the launched command and what it started \
+         ({}), waiting up to {} for them to end",
+        pids.join(", "),
+        crate::duration::format(LAUNCHED_GRACE)
+    );
+    signal_all(&tree, libc::SIGTERM);
+    let gone = |state: &AuditState| launched_tree(state, launched).is_empty();
+    let grace = tokio::time::Instant::now() + LAUNCHED_GRACE;
+    session.follow(TICK, Some(grace), gone, |_| {}).await?;
+    let left = launched_tree(&session.state, launched);
+    if left.is_empty() {
+        return Ok(());
+    }
+    let pids: Vec<String> = left.iter().map(u32::to_string).collect();
+    eprintln!(
+        "drainwatch: still running: {}: sending SIGKILL",
+        pids.join(", ")
+    );
+    signal_all(&left, libc::SIGKILL);
+    let grace = tokio::time::Instant::now() + KILLED_GRACE;
+    session.follow(TICK, Some(grace), gone, |_| {}).await?;
+    Ok(())
+}
 
 /// Runs the audit and publishes its outcome (summary or JSON, report file) before the probe
 /// is taken down.
@@ -33,6 +106,10 @@ pub async fn run(settings: &AuditSettings) -> Result<Outcome> {
     );
     let deadline = settings.duration.map(|d| tokio::time::Instant::now() + d);
     let ended_by = session.follow(TICK, deadline, |_| false, |_| {}).await?;
+    let interrupted = ended_by == EndedBy::Interrupted;
+    if let (true, Some(launched)) = (interrupted, session.launched) {
+        stop_launched(&mut session, launched).await?;
+    }
     // From the same origin as every `at` of the report (the attach stamp, taken once the
     // probe was loaded): measured from here, the window came out shorter than the times of
     // the violations in it ("after 1.006s" above a SIGKILL "at 1.077s").
@@ -50,6 +127,9 @@ pub async fn run(settings: &AuditSettings) -> Result<Outcome> {
     );
     session.stamp_coverage(&mut report);
     settings.policy.apply(&mut report);
+    if interrupted {
+        outcome::mark_interrupted(&mut report);
+    }
     let outcome = Outcome {
         report,
         ended_by,
@@ -63,6 +143,7 @@ pub async fn run(settings: &AuditSettings) -> Result<Outcome> {
             elapsed_s: outcome.elapsed.as_secs_f64(),
             hostname: crate::output::junit::hostname(),
             launched: session.launched,
+            interrupted,
             launched_is_harness: !(targets.pids.is_empty()
                 && targets.comms.is_empty()
                 && targets.cgroups.is_empty()),

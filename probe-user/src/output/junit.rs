@@ -39,6 +39,8 @@ pub struct JunitRun<'a> {
     pub hostname: String,
     /// The pid of `-- CMD`, if one was launched.
     pub launched: Option<u32>,
+    /// Whether the audit was interrupted (SIGINT, SIGTERM) before it could tell.
+    pub interrupted: bool,
     /// Whether targets were also named by selectors: CMD is then a harness, not a target.
     pub launched_is_harness: bool,
     /// The `--comm` names: a process carrying one is a test case wherever it came from.
@@ -127,6 +129,37 @@ fn case_names(report: &Report, run: &JunitRun) -> BTreeMap<u32, Option<String>> 
     names
 }
 
+/// Why a report is `incomplete`, each reason a short phrase.
+fn incomplete_reasons(report: &Report, interrupted: bool) -> Vec<String> {
+    let mut why = Vec::new();
+    if interrupted {
+        why.push("interrupted (SIGINT or SIGTERM) before the audit could tell".to_string());
+    }
+    if report.events.lost > 0 {
+        why.push(format!("{} events lost", report.events.lost));
+    }
+    if !report.probe_failures.is_empty() {
+        why.push(format!(
+            "probes failed: {}",
+            report.probe_failures.join(", ")
+        ));
+    }
+    let unverified = report.coverage.as_ref().map_or(0, |c| c.unverified.len());
+    if unverified > 0 {
+        why.push(format!(
+            "{unverified} encrypted database connections not read"
+        ));
+    }
+    if why.is_empty() {
+        why.push(
+            "a target exited while the state of one of its connections was unknown (see the \
+             report's coverage)"
+                .to_string(),
+        );
+    }
+    why
+}
+
 pub fn render(report: &Report, run: &JunitRun) -> String {
     let names = case_names(report, run);
     let harness_case = run
@@ -200,22 +233,28 @@ pub fn render(report: &Report, run: &JunitRun) -> String {
         }
         let _ = writeln!(body, "    </testcase>");
     }
-    let tests = cases.len();
-    let incomplete = if report.verdict == Verdict::Incomplete {
-        format!(
-            "    <system-err>incomplete: {} events lost, probes failed: {}</system-err>\n",
-            report.events.lost,
-            escape(&report.probe_failures.join("; "))
-        )
-    } else {
-        String::new()
-    };
+    // Incomplete is a failure too (exit 1): a case of its own says why, so that a CI
+    // reporter never shows green for what was not seen (docs/design.md, "Exit codes").
+    let mut tests = cases.len();
+    if report.verdict == Verdict::Incomplete {
+        let why = incomplete_reasons(report, run.interrupted).join("; ");
+        let _ = writeln!(
+            body,
+            "    <testcase classname=\"{}\" name=\"drainwatch (incomplete)\" time=\"{elapsed_s:.3}\">\n      \
+             <failure type=\"incomplete\" message=\"{}\">{}</failure>\n    </testcase>",
+            escape(&classname),
+            escape(&format!("incomplete: {why}")),
+            escape(&why)
+        );
+        tests += 1;
+        failed_cases += 1;
+    }
     format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
          <testsuites name=\"drainwatch\" tests=\"{tests}\" failures=\"{failed_cases}\" errors=\"0\" time=\"{elapsed_s:.3}\">\n  \
          <testsuite name=\"drainwatch {mode}\" tests=\"{tests}\" failures=\"{failed_cases}\" errors=\"0\" skipped=\"0\" \
          time=\"{elapsed_s:.3}\" timestamp=\"{stamp}\" hostname=\"{host}\">\n\
-         {body}{incomplete}  </testsuite>\n</testsuites>\n",
+         {body}  </testsuite>\n</testsuites>\n",
         mode = format!("{:?}", report.mode).to_lowercase(),
         stamp = timestamp(run.started),
         host = escape(&run.hostname),

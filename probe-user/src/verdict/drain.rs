@@ -24,8 +24,8 @@ pub fn drained(state: &AuditState, quiet: Duration, now_ns: u64) -> bool {
 /// seen (`incomplete` wins). Interrupted (Ctrl-C, SIGTERM to drainwatch) before it could
 /// tell: `incomplete`, never `clean` (violations seen before stay `violations`).
 pub fn add_drain(report: &mut Report, drain: DrainReport, timed_out: bool, interrupted: bool) {
-    if interrupted && report.verdict == Verdict::Clean {
-        report.verdict = Verdict::Incomplete;
+    if interrupted {
+        crate::verdict::outcome::mark_interrupted(report);
     }
     if timed_out && report.verdict != Verdict::Incomplete {
         report.verdict = Verdict::Timeout;

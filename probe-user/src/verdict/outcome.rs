@@ -28,9 +28,18 @@ impl EndedBy {
                 "the launched command exited, and every target it told to end"
             }
             EndedBy::Duration => "the time limit was reached",
-            EndedBy::Interrupted => "interrupted (partial report)",
+            EndedBy::Interrupted => "interrupted (partial report, never clean)",
             EndedBy::Condition => "the condition held",
         }
+    }
+}
+
+/// A run interrupted (SIGINT, SIGTERM to drainwatch) before it could tell is never `clean`:
+/// what the interruption cut short was not seen (docs/design.md, "Command line"). Violations
+/// seen before stay `violations`.
+pub fn mark_interrupted(report: &mut Report) {
+    if report.verdict == Verdict::Clean {
+        report.verdict = Verdict::Incomplete;
     }
 }
 

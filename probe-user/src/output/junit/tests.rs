@@ -70,6 +70,7 @@ fn run<'a>(launched: Option<u32>, harness: bool, comms: &'a [String]) -> JunitRu
         elapsed_s: 1.5,
         hostname: "ci-runner-7".into(),
         launched,
+        interrupted: false,
         launched_is_harness: harness,
         selected_comms: comms,
         name: None,
@@ -198,4 +199,28 @@ fn a_name_given_is_the_one_case() {
     let xml = render(&r, &junit_run);
     assert_eq!(attr(&xml, "testcase", "name"), ["checkout-api"]);
     assert_eq!(attr(&xml, "testsuite", "failures"), ["1"]);
+}
+
+/// An interrupted audit that saw nothing wrong is `incomplete`, and fails in CI like its exit
+/// code (1): a case of its own says why (issue #27: it showed failures="0").
+#[test]
+fn an_incomplete_audit_fails_with_its_reason() {
+    let mut r = report(vec![target(1, "sh", None)], vec![]);
+    crate::verdict::outcome::mark_interrupted(&mut r);
+    assert_eq!(r.verdict, Verdict::Incomplete);
+    let mut junit_run = run(Some(1), false, &[]);
+    junit_run.interrupted = true;
+    let xml = render(&r, &junit_run);
+    assert_eq!(
+        attr(&xml, "testcase", "name"),
+        ["sh", "drainwatch (incomplete)"]
+    );
+    assert_eq!(attr(&xml, "failure", "type"), ["incomplete"]);
+    assert!(
+        attr(&xml, "failure", "message")[0].contains("interrupted"),
+        "{xml}"
+    );
+    assert_eq!(attr(&xml, "testsuite", "tests"), ["2"]);
+    assert_eq!(attr(&xml, "testsuite", "failures"), ["1"]);
+    assert_eq!(attr(&xml, "testsuites", "failures"), ["1"]);
 }
