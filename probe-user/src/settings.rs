@@ -13,9 +13,6 @@ use crate::{
     Error, Result,
 };
 
-/// Default database ports (docs/design.md): PostgreSQL, MySQL/MariaDB, Redis, MongoDB.
-pub const DEFAULT_DB_PORTS: [u16; 4] = [5432, 3306, 6379, 27017];
-
 /// Parses a duration as systemd writes them (see [`crate::duration`]): `250ms`, `30s`,
 /// `1m30s`, `1.5s`.
 pub fn parse_duration(text: &str) -> Result<Duration> {
@@ -112,7 +109,8 @@ pub struct Common {
 
 impl Common {
     pub fn from_args(args: &SharedArgs) -> Result<Self> {
-        let mut db_ports = DEFAULT_DB_PORTS.to_vec();
+        // The default ports of every protocol (docs/design.md), from the protocol registry.
+        let mut db_ports = crate::model::protocol::spec::default_ports();
         for port in &args.db_port {
             let port = parse_port(port)?;
             if !db_ports.contains(&port) {
@@ -594,8 +592,7 @@ impl DbUrl {
                 "give env:VAR or file:PATH holding the URL (never the URL itself: it would show in ps)",
             ));
         };
-        const SCHEMES: [&str; 4] = ["postgres://", "postgresql://", "mysql://", "mariadb://"];
-        if !SCHEMES.iter().any(|scheme| url.starts_with(scheme)) {
+        if crate::model::protocol::spec::of_url(&url).is_none() {
             return Err(bad(
                 "it does not hold a postgres://, postgresql:// or mysql:// URL (PostgreSQL \
                  and MySQL/MariaDB are asked)",

@@ -19,13 +19,17 @@ use probe_common::{
 };
 use serde::{Deserialize, Serialize};
 
-/// The database protocol a connection speaks (as the probe or the handshake told it).
+/// The database protocol a connection speaks (as the probe or the handshake told it): the
+/// names of docs/design.md's report. What each is to drainwatch is written once, in
+/// model/protocol/spec.rs's registry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Protocol {
     Postgres,
     Mysql,
     Redis,
+    /// Recognised, not read (model/protocol/mongodb.rs).
+    Mongodb,
     Unknown,
 }
 
@@ -130,6 +134,7 @@ pub fn protocol_from_wire(raw: u8) -> Protocol {
         probe_common::PROTO_POSTGRES => Protocol::Postgres,
         probe_common::PROTO_MYSQL => Protocol::Mysql,
         probe_common::PROTO_REDIS => Protocol::Redis,
+        probe_common::PROTO_MONGO => Protocol::Mongodb,
         _ => Protocol::Unknown,
     }
 }

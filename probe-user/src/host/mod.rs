@@ -9,6 +9,7 @@
 //! Owns reads of /proc and netlink, and fork/exec. May use: the crate's errors only. A process
 //! that is gone is an answer (`None`), not an error.
 
+pub mod db_session;
 pub mod launch;
 pub mod my_view;
 pub mod netstat;

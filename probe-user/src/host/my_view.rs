@@ -11,15 +11,15 @@
 //! A `BEGIN` that has not touched an InnoDB table yet is not listed there: it has no work
 //! to lose, and it is taken as idle.
 
-use std::{collections::HashMap, net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use mysql::prelude::Queryable;
 
-use super::pg_title::BackendState;
+use super::db_session::{SessionState, Sessions};
 
 /// Client address (as the server sees it) -> session state, for every TCP session the URL's
 /// user may see. Errors are one line, without the URL.
-pub fn sessions(url: &str) -> Result<HashMap<SocketAddr, BackendState>, String> {
+pub fn sessions(url: &str) -> Result<Sessions, String> {
     // The crate knows the mysql:// scheme only.
     let url = match url.strip_prefix("mariadb://") {
         Some(rest) => format!("mysql://{rest}"),
@@ -46,9 +46,9 @@ pub fn sessions(url: &str) -> Result<HashMap<SocketAddr, BackendState>, String> 
         .into_iter()
         .filter_map(|(host, trx)| {
             let state = if trx.is_some() {
-                BackendState::InTransaction
+                SessionState::InTransaction
             } else {
-                BackendState::Idle
+                SessionState::Idle
             };
             Some((client_addr(&host)?, state))
         })

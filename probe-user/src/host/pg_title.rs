@@ -10,19 +10,12 @@
 
 use std::net::SocketAddr;
 
-/// What a backend's title says of its session.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BackendState {
-    Idle,
-    InTransaction,
-    /// In a failed transaction block.
-    Aborted,
-}
+use super::db_session::SessionState;
 
 /// The state of the backend serving the client end `local`, when that backend runs on this
 /// host (found among /proc/*/cmdline). `None` when no title names it, or the backend is
 /// running a command (its transaction state is then not in the title).
-pub fn backend_state(local: SocketAddr) -> Option<BackendState> {
+pub fn backend_state(local: SocketAddr) -> Option<SessionState> {
     let needle = format!("{}({})", local.ip(), local.port());
     std::fs::read_dir("/proc")
         .ok()?
@@ -36,21 +29,21 @@ pub fn backend_state(local: SocketAddr) -> Option<BackendState> {
 
 /// The state of backend `pid` serving a unix-socket client (its title says `[local]` for
 /// the client's end), found as the owner of the connection's other end.
-pub fn unix_backend_state(pid: u32) -> Option<BackendState> {
+pub fn unix_backend_state(pid: u32) -> Option<SessionState> {
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     parse_title(&String::from_utf8_lossy(&cmdline), "[local]")
 }
 
 /// The state in one title, if the title is a backend's serving `needle` ("IP(PORT)").
-fn parse_title(title: &str, needle: &str) -> Option<BackendState> {
+fn parse_title(title: &str, needle: &str) -> Option<SessionState> {
     let title = title.trim_end_matches(['\0', ' ']);
     let rest = title.strip_prefix("postgres: ")?;
     let at = rest.find(&format!(" {needle} "))?;
     let state = &rest[at + needle.len() + 2..];
     match state {
-        "idle" => Some(BackendState::Idle),
-        "idle in transaction" => Some(BackendState::InTransaction),
-        "idle in transaction (aborted)" => Some(BackendState::Aborted),
+        "idle" => Some(SessionState::Idle),
+        "idle in transaction" => Some(SessionState::InTransaction),
+        "idle in transaction (aborted)" => Some(SessionState::Aborted),
         _ => None,
     }
 }
@@ -65,15 +58,15 @@ mod tests {
         let t = |s: &str| parse_title(s, n);
         assert_eq!(
             t("postgres: postgres postgres 127.0.0.1(43428) idle in transaction"),
-            Some(BackendState::InTransaction)
+            Some(SessionState::InTransaction)
         );
         assert_eq!(
             t("postgres: main: app shop 127.0.0.1(43428) idle in transaction (aborted)\0"),
-            Some(BackendState::Aborted)
+            Some(SessionState::Aborted)
         );
         assert_eq!(
             t("postgres: postgres postgres 127.0.0.1(43428) idle"),
-            Some(BackendState::Idle)
+            Some(SessionState::Idle)
         );
         // Another client's backend, a running command, not a backend at all.
         assert_eq!(
@@ -90,7 +83,7 @@ mod tests {
                 "postgres: postgres postgres [local] idle in transaction",
                 "[local]"
             ),
-            Some(BackendState::InTransaction)
+            Some(SessionState::InTransaction)
         );
     }
 }

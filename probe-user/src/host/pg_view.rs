@@ -5,11 +5,11 @@
 
 use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
-use super::pg_title::BackendState;
+use super::db_session::{SessionState, Sessions};
 
 /// Client address (as the server sees it) -> session state, for every client backend the
 /// URL's user may see. Errors are one line, without the URL.
-pub fn sessions(url: &str) -> Result<HashMap<SocketAddr, BackendState>, String> {
+pub fn sessions(url: &str) -> Result<Sessions, String> {
     // The sync client runs its own runtime: on a thread of its own, since the caller may be
     // on tokio's.
     let url = url.to_string();
@@ -18,7 +18,7 @@ pub fn sessions(url: &str) -> Result<HashMap<SocketAddr, BackendState>, String> 
         .unwrap_or_else(|_| Err("the pg_stat_activity query panicked".into()))
 }
 
-fn ask(url: &str) -> Result<HashMap<SocketAddr, BackendState>, String> {
+fn ask(url: &str) -> Result<Sessions, String> {
     let mut config: postgres::Config = url
         .parse()
         .map_err(|e: postgres::Error| format!("--db-url does not parse: {e}"))?;
@@ -45,9 +45,9 @@ fn ask(url: &str) -> Result<HashMap<SocketAddr, BackendState>, String> {
             continue;
         };
         let state = match state.as_str() {
-            "idle" => BackendState::Idle,
-            "idle in transaction" => BackendState::InTransaction,
-            "idle in transaction (aborted)" => BackendState::Aborted,
+            "idle" => SessionState::Idle,
+            "idle in transaction" => SessionState::InTransaction,
+            "idle in transaction (aborted)" => SessionState::Aborted,
             _ => continue,
         };
         if let (Ok(ip), Ok(port)) = (ip.parse(), u16::try_from(port)) {

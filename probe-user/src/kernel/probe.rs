@@ -18,8 +18,7 @@ use probe_common::{
     latency::{LatencyHistogram, LATENCY_OVERFLOW_TGID},
     map_names, ConnKey, ConnState, Counter, Pending, ProbeConfig, RequestCounters, SockAddr,
     SockOffsets, TargetInfo, COMM_LEN, CONN_EXISTED, CONN_UNKNOWN, DB_PORT_FLAG,
-    DEFAULT_RING_BYTES, NO_OFFSET, PROTO_MONGO, PROTO_MYSQL, PROTO_POSTGRES, PROTO_REDIS,
-    PROTO_UNKNOWN,
+    DEFAULT_RING_BYTES, NO_OFFSET,
 };
 
 use crate::{
@@ -77,7 +76,8 @@ pub struct ProbeOptions {
     /// Database ports and the protocol each speaks by default.
     pub db_ports: Vec<(u16, u8)>,
     /// Database addresses named with `--db`.
-    pub db_addrs: Vec<SocketAddr>,
+    /// `--db` addresses and the protocol each speaks by default (`probe_common::PROTO_*`).
+    pub db_addrs: Vec<(SocketAddr, u8)>,
     /// Which hooks feed the socket side (docs/hooks.md).
     pub hooks: Hooks,
 }
@@ -110,17 +110,6 @@ pub fn to_wire_addr(addr: &SocketAddr) -> SockAddr {
         }
     }
     out
-}
-
-/// The protocol a database port speaks by default (docs/design.md's default port set).
-pub fn default_protocol(port: u16) -> u8 {
-    match port {
-        5432 => PROTO_POSTGRES,
-        3306 => PROTO_MYSQL,
-        6379 => PROTO_REDIS,
-        27017 => PROTO_MONGO,
-        _ => PROTO_UNKNOWN,
-    }
 }
 
 pub struct Probe {
@@ -889,9 +878,9 @@ fn fill_db_maps(ebpf: &mut Ebpf, options: &ProbeOptions) -> Result<()> {
         .map_mut(map_names::DB_ADDRS)
         .ok_or_else(|| Error::Load("no DB_ADDRS map in the object".into()))?;
     let mut addrs: HashMap<_, SockAddr, u8> = HashMap::try_from(map).map_err(load_error)?;
-    for addr in &options.db_addrs {
+    for (addr, proto) in &options.db_addrs {
         addrs
-            .insert(to_wire_addr(addr), default_protocol(addr.port()), 0)
+            .insert(to_wire_addr(addr), *proto, 0)
             .map_err(load_error)?;
     }
     Ok(())

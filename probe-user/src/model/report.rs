@@ -197,7 +197,7 @@ pub struct Unverified {
     pub pid: u32,
     pub fd: u32,
     pub peer: Option<String>,
-    /// `tls-not-decrypted`.
+    /// `tls-not-decrypted` or `protocol-not-read` (model/protocol/spec.rs).
     pub why: &'static str,
 }
 

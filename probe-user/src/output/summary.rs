@@ -165,12 +165,7 @@ pub fn plural(n: u64, what: &str) -> String {
 }
 
 pub fn protocol_name(protocol: Protocol) -> &'static str {
-    match protocol {
-        Protocol::Postgres => "PostgreSQL",
-        Protocol::Mysql => "MySQL",
-        Protocol::Redis => "Redis",
-        Protocol::Unknown => "database",
-    }
+    crate::model::protocol::spec::title(protocol)
 }
 
 fn exit_line(exit: Option<&ExitReport>) -> String {
@@ -202,7 +197,7 @@ pub fn render(outcome: &Outcome) -> String {
         Verdict::Clean => "CLEAN: no violations".to_string(),
         Verdict::Violations => format!("VIOLATIONS: {} found", report.violations.len()),
         Verdict::Incomplete => format!(
-            "INCOMPLETE: {} events lost, {} probes failed, {} encrypted database connections unread; {} violations seen",
+            "INCOMPLETE: {} events lost, {} probes failed, {} database connections unread; {} violations seen",
             report.events.lost,
             report.probe_failures.len(),
             unverified.len(),
@@ -232,10 +227,14 @@ pub fn render(outcome: &Outcome) -> String {
     for u in unverified {
         let _ = writeln!(
             out,
-            "  ? unverified: {} fd {} to {}: encrypted and not decrypted ({}): its transactions and goodbye were not seen",
+            "  ? unverified: {} fd {} to {}: {} ({}): its transactions and goodbye were not seen",
             u.pid,
             u.fd,
             u.peer.as_deref().unwrap_or("?"),
+            match u.why {
+                "protocol-not-read" => "its protocol is not read",
+                _ => "encrypted and not decrypted",
+            },
             u.why
         );
     }

@@ -14,27 +14,26 @@ use probe_common::{ConnKey, Pending, SockAddr};
 use crate::{
     events::Protocol,
     events::{self, Role},
+    host::db_session::{SessionState, Sessions},
     host::netstat::{self, TcpSocket},
     host::pg_title,
     host::server_view::{self, ServerView},
     host::tcpinfo::SockInfo,
-    kernel::probe::{self, Probe},
+    kernel::probe::Probe,
     model::conns::AtAttach,
-    model::{protocol::Txn, state::AuditState},
+    model::{
+        protocol::{spec, Txn},
+        state::AuditState,
+    },
     session::attach_rule::{self, ProcessNow},
     settings::Common,
     Result,
 };
 
-/// The database a local server process speaks, by its name (what `ps` shows).
+/// The database a local server process speaks, by its name (what `ps` shows), in the
+/// kernel's numbering.
 pub(super) fn protocol_of_server(comm: &str) -> Option<u8> {
-    Some(match comm {
-        "postgres" | "postmaster" | "pgbouncer" => probe_common::PROTO_POSTGRES,
-        "mysqld" | "mariadbd" => probe_common::PROTO_MYSQL,
-        "redis-server" | "valkey-server" | "keydb-server" => probe_common::PROTO_REDIS,
-        "mongod" | "mongos" => probe_common::PROTO_MONGO,
-        _ => return None,
-    })
+    spec::of_server(comm).map(|p| p.wire())
 }
 
 /// The name of the process listening at `peer`, when it runs on this host (in the target's
@@ -81,7 +80,7 @@ pub fn classify(socket: &TcpSocket, listener_ports: &[u16], common: &Common) -> 
     }
     let peer = socket.remote;
     if common.db_addrs.contains(&peer) || common.db_ports.contains(&peer.port()) {
-        let wire = probe::default_protocol(peer.port());
+        let wire = spec::wire_of_port(peer.port());
         return (Role::Db, events::protocol_from_wire(wire));
     }
     if listener_ports.contains(&socket.local.port()) {
@@ -156,7 +155,7 @@ pub fn survey(tgid: u32, common: &Common) -> Vec<Held> {
         let socket = sockets[&inode].clone();
         let (mut role, _) = classify(&socket, &listener_ports, common);
         let mut wire_proto = match role {
-            Role::Db => probe::default_protocol(socket.remote.port()),
+            Role::Db => spec::wire_of_port(socket.remote.port()),
             _ => probe_common::PROTO_UNKNOWN,
         };
         if matches!(role, Role::Upstream | Role::Db) && wire_proto == probe_common::PROTO_UNKNOWN {
@@ -500,7 +499,7 @@ fn attach_blocked_syscalls(
 /// only when needed.
 pub(super) struct DbView<'a> {
     url: Option<&'a str>,
-    sessions: Option<std::collections::HashMap<std::net::SocketAddr, pg_title::BackendState>>,
+    sessions: Option<Sessions>,
     /// Asked again during a run: a failure was said at attach already.
     again: bool,
 }
@@ -523,20 +522,14 @@ impl<'a> DbView<'a> {
     }
 
     /// The URL's protocol: a postgres:// URL says nothing of MySQL sessions.
-    fn protocol(url: &str) -> Protocol {
-        if url.starts_with("mysql://") || url.starts_with("mariadb://") {
-            Protocol::Mysql
-        } else {
-            Protocol::Postgres
-        }
+    fn protocol(url: &str) -> Option<Protocol> {
+        spec::of_url(url).map(|p| p.id())
     }
 
-    fn state(
-        &mut self,
-        protocol: Protocol,
-        client: std::net::SocketAddr,
-    ) -> Option<pg_title::BackendState> {
-        let url = self.url.filter(|url| Self::protocol(url) == protocol)?;
+    fn state(&mut self, protocol: Protocol, client: std::net::SocketAddr) -> Option<SessionState> {
+        let url = self
+            .url
+            .filter(|url| Self::protocol(url) == Some(protocol))?;
         let sessions = self.sessions.get_or_insert_with(|| {
             let asked = match protocol {
                 Protocol::Mysql => crate::host::my_view::sessions(url),
@@ -583,16 +576,21 @@ pub(super) fn db_state_now(
     peer: std::net::SocketAddr,
     view: &mut DbView,
 ) -> Option<Txn> {
-    if !matches!(protocol, Protocol::Postgres | Protocol::Mysql) {
+    if !spec::of(protocol).is_some_and(|p| p.txn_unknown_at_attach()) {
         return None;
     }
     let title = (protocol == Protocol::Postgres && peer.ip().is_loopback())
         .then(|| pg_title::backend_state(local))
         .flatten();
     let backend = title.or_else(|| view.state(protocol, local))?;
-    Some(match backend {
-        pg_title::BackendState::Idle => Txn::Idle,
-        pg_title::BackendState::InTransaction => Txn::Open,
-        pg_title::BackendState::Aborted => Txn::Failed,
-    })
+    Some(txn_of(backend))
+}
+
+/// The model's word for what the database said of a session.
+pub(super) fn txn_of(state: SessionState) -> Txn {
+    match state {
+        SessionState::Idle => Txn::Idle,
+        SessionState::InTransaction => Txn::Open,
+        SessionState::Aborted => Txn::Failed,
+    }
 }

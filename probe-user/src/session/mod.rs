@@ -28,6 +28,7 @@ use crate::{
     kernel::probe::{self, Probe, ProbeOptions},
     kernel::tracefs,
     model::conns::AtAttach,
+    model::protocol::spec,
     model::state::{AuditState, Origin},
     output::doctor,
     settings::{Common, TargetSet},
@@ -399,9 +400,13 @@ pub fn probe_options(common: &Common) -> ProbeOptions {
         db_ports: common
             .db_ports
             .iter()
-            .map(|port| (*port, probe::default_protocol(*port)))
+            .map(|port| (*port, spec::wire_of_port(*port)))
             .collect(),
-        db_addrs: common.db_addrs.clone(),
+        db_addrs: common
+            .db_addrs
+            .iter()
+            .map(|addr| (*addr, spec::wire_of_port(addr.port())))
+            .collect(),
         ring_bytes: common.ring_bytes,
         ..ProbeOptions::default()
     }

@@ -13,22 +13,14 @@ use crate::{
     events::{self, Protocol, Role},
     host::{netstat, pg_title, procfs, unixdiag},
     kernel::probe::Probe,
-    model::{conns::AtAttach, protocol::Txn, state::AuditState},
+    model::{conns::AtAttach, protocol::spec, state::AuditState},
     Result,
 };
 
-/// The database a socket path belongs to, by the names the servers use by default.
+/// The database a socket path belongs to, by the names the servers use by default, in the
+/// kernel's numbering.
 fn protocol_of_path(path: &str) -> Option<u8> {
-    let file = path.rsplit('/').next()?;
-    if file.starts_with(".s.PGSQL.") {
-        Some(probe_common::PROTO_POSTGRES)
-    } else if matches!(file, "mysqld.sock" | "mysql.sock" | "mariadb.sock") {
-        Some(probe_common::PROTO_MYSQL)
-    } else if file.starts_with("redis") && file.ends_with(".sock") {
-        Some(probe_common::PROTO_REDIS)
-    } else {
-        None
-    }
+    spec::of_socket_path(path).map(|p| p.wire())
 }
 
 /// A unix-domain database connection a process holds now.
@@ -127,12 +119,7 @@ pub fn attach(probe: &mut Probe, state: &mut AuditState, tgid: u32) -> Result<()
         );
         if protocol == Protocol::Postgres {
             if let Some(backend) = db.server.and_then(pg_title::unix_backend_state) {
-                let txn = match backend {
-                    pg_title::BackendState::Idle => Txn::Idle,
-                    pg_title::BackendState::InTransaction => Txn::Open,
-                    pg_title::BackendState::Aborted => Txn::Failed,
-                };
-                state.db_state_at_attach((tgid, key.fd), txn);
+                state.db_state_at_attach((tgid, key.fd), super::existing::txn_of(backend));
             }
         }
     }

@@ -43,21 +43,27 @@
 //!   send until the next recv, and the transaction state stays [`Txn::Unknown`].
 //!
 //! Per-protocol rules and limits are documented in the modules `postgres`, `mysql` and
-//! `redis`.
+//! `redis`; `mongodb` is recognised and not read. Each is one module behind one trait
+//! ([`spec::DbProtocol`]), registered in [`spec::REGISTRY`]: adding a protocol is one new
+//! file, one registration line and its tests (spec.rs says what else names it).
 
 mod chunk;
 mod frame;
+mod mongodb;
 mod mysql;
 mod mysql_reply;
 mod opaque;
 mod postgres;
 mod redis;
 mod resp;
+pub mod spec;
 
 #[cfg(test)]
 mod tests;
 
 use chunk::Chunk;
+use opaque::Opaque;
+use spec::{Conversation, REGISTRY};
 
 use crate::events::{Direction, Protocol};
 
@@ -100,44 +106,55 @@ pub(crate) enum Step {
     },
 }
 
-#[derive(Clone, Debug)]
-enum Parser {
-    Postgres(postgres::Postgres),
-    Mysql(mysql::Mysql),
-    Redis(redis::Redis),
-    Opaque(opaque::Opaque),
+/// Why a database conversation is not read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unread {
+    /// It went encrypted (or compressed) and the TLS hooks did not read it
+    /// (docs/design.md, "encrypted conversation").
+    Encrypted,
+    /// Its protocol has no reader (spec.rs, "A protocol without a reader": MongoDB).
+    NotParsed,
+}
+
+impl Unread {
+    /// The report's `coverage.unverified[].why`.
+    pub fn why(self) -> &'static str {
+        match self {
+            Unread::Encrypted => "tls-not-decrypted",
+            Unread::NotParsed => "protocol-not-read",
+        }
+    }
 }
 
 /// The protocol state of one database connection.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct DbConn {
     protocol: Protocol,
-    parser: Parser,
+    reader: Box<dyn Conversation>,
+    /// `None` while the conversation is read.
+    unread: Option<Unread>,
     seen_from_start: bool,
     /// Read in plaintext through the TLS library hooks (docs/how-it-sees.md, "TLS").
     tls: bool,
     /// What the database said of the transaction outside the conversation
-    /// ([`DbConn::assume_txn`]), kept for a parser that starts over inside TLS.
+    /// ([`DbConn::assume_txn`]), kept for a reader that starts over inside TLS.
     assumed: Option<Txn>,
 }
 
 impl DbConn {
     /// `seen_from_start` is false for a connection that existed before drainwatch attached:
     /// its transaction state is [`Txn::Unknown`] until the database reports one, and the
-    /// parsers resynchronise on the first point they can prove is a message boundary.
+    /// readers resynchronise on the first point they can prove is a message boundary.
     pub fn new(protocol: Protocol, seen_from_start: bool) -> Self {
-        let parser = match protocol {
-            Protocol::Postgres => Parser::Postgres(postgres::Postgres::new(seen_from_start)),
-            Protocol::Mysql => Parser::Mysql(mysql::Mysql::new(seen_from_start)),
-            Protocol::Redis => Parser::Redis(redis::Redis::new(seen_from_start)),
-            Protocol::Unknown => Parser::Opaque(opaque::Opaque {
-                in_flight: false,
-                encrypted: false,
-            }),
-        };
+        let spec = spec::of(protocol);
+        let reader = spec.and_then(|p| p.conversation(seen_from_start));
+        // A protocol in the registry without a reader is not read; one of no known protocol
+        // (Protocol::Unknown) is read by its rhythm alone, as before a first-bytes upgrade.
+        let unread = (spec.is_some() && reader.is_none()).then_some(Unread::NotParsed);
         DbConn {
             protocol,
-            parser,
+            reader: reader.unwrap_or_else(|| Box::new(Opaque::default())),
+            unread,
             seen_from_start,
             tls: false,
             assumed: None,
@@ -145,32 +162,28 @@ impl DbConn {
     }
 
     /// The kernel read this conversation's plaintext inside the TLS library (SSL_read /
-    /// SSL_write), `first` being the first of it: from now on it is parsed as the protocol
+    /// SSL_write), `first` being the first of it: from now on it is read as the protocol
     /// again. When `first` is the protocol's first message inside TLS (PostgreSQL
     /// StartupMessage after SSLRequest/'S'; MySQL's full handshake response, sequence 2,
-    /// after its SSL request packet) on a connection seen from its opening, the parser
+    /// after its SSL request packet) on a connection seen from its opening, the reader
     /// starts there; otherwise (opened before attach, or TLS hooked only after its opening)
     /// mid-conversation, and it resynchronises. The ciphertext the socket hooks reported
     /// until the kernel tied the connection to its `SSL *` is dropped with the opaque
-    /// parser that held it.
+    /// reader that held it.
     pub fn start_tls_plaintext(&mut self, first: &DbIo) {
         if self.tls {
             return;
         }
         self.tls = true;
-        let opening = first.dir == Direction::Send
-            && match self.protocol {
-                Protocol::Postgres => postgres::is_untyped_opening(first.head),
-                Protocol::Mysql => first.head.get(3) == Some(&2),
-                _ => true,
-            };
-        let from_start = self.seen_from_start && self.encrypted() && opening;
-        self.parser = match self.protocol {
-            Protocol::Postgres => Parser::Postgres(postgres::Postgres::new(from_start)),
-            Protocol::Mysql => Parser::Mysql(mysql::Mysql::inside_tls(from_start)),
-            Protocol::Redis => Parser::Redis(redis::Redis::new(from_start)),
-            Protocol::Unknown => return,
+        let Some(spec) = spec::of(self.protocol) else {
+            return;
         };
+        let from_start = self.seen_from_start && self.encrypted() && spec.tls_opening(first);
+        let Some(reader) = spec.conversation_in_tls(from_start) else {
+            return;
+        };
+        self.reader = reader;
+        self.unread = None;
         if let (false, Some(txn)) = (from_start, self.assumed) {
             self.assume_txn(txn);
         }
@@ -187,20 +200,9 @@ impl DbConn {
             return;
         }
         let chunk = Chunk::from_io(io);
-        let step = match &mut self.parser {
-            Parser::Postgres(p) => p.on_io(io.dir, &chunk),
-            Parser::Mysql(p) => p.on_io(io.dir, &chunk),
-            Parser::Redis(p) => p.on_io(io.dir, &chunk),
-            Parser::Opaque(p) => {
-                p.on_io(io.dir);
-                Step::Go
-            }
-        };
-        if let Step::Opaque { in_flight } = step {
-            self.parser = Parser::Opaque(opaque::Opaque {
-                in_flight,
-                encrypted: true,
-            });
+        if let Step::Opaque { in_flight } = self.reader.on_io(io.dir, &chunk) {
+            self.reader = Box::new(Opaque { in_flight });
+            self.unread = Some(Unread::Encrypted);
         }
     }
 
@@ -208,41 +210,28 @@ impl DbConn {
     /// PostgreSQL backend's process title), for a connection whose state is still unknown.
     pub fn assume_txn(&mut self, txn: Txn) {
         self.assumed = Some(txn);
-        match &mut self.parser {
-            Parser::Postgres(p) => p.assume_txn(txn),
-            Parser::Mysql(p) => p.assume_txn(txn),
-            Parser::Redis(_) | Parser::Opaque(_) => {}
-        }
+        self.reader.assume_txn(txn);
     }
 
     /// A query is in flight: sent, and its reply not yet complete.
     pub fn query_in_flight(&self) -> bool {
-        match &self.parser {
-            Parser::Postgres(p) => p.in_flight(),
-            Parser::Mysql(p) => p.in_flight(),
-            Parser::Redis(p) => p.in_flight(),
-            Parser::Opaque(p) => p.in_flight,
-        }
+        self.reader.in_flight()
     }
 
     pub fn txn(&self) -> Txn {
-        match &self.parser {
-            Parser::Postgres(p) => p.txn(),
-            Parser::Mysql(p) => p.txn(),
-            Parser::Redis(p) => p.txn(),
-            Parser::Opaque(p) => p.txn(),
-        }
+        self.reader.txn()
     }
 
     /// The client sent the protocol's goodbye (PostgreSQL Terminate, MySQL COM_QUIT, Redis
     /// QUIT): a close after it is clean.
     pub fn goodbye_sent(&self) -> bool {
-        match &self.parser {
-            Parser::Postgres(p) => p.goodbye(),
-            Parser::Mysql(p) => p.goodbye(),
-            Parser::Redis(p) => p.goodbye(),
-            Parser::Opaque(_) => false,
-        }
+        self.reader.goodbye()
+    }
+
+    /// A close now is clean (docs/design.md, "clean close"): after the goodbye, or, for a
+    /// protocol without one to send, with nothing left to lose.
+    pub fn close_is_clean(&self) -> bool {
+        self.reader.close_is_clean()
     }
 
     pub fn protocol(&self) -> Protocol {
@@ -252,7 +241,12 @@ impl DbConn {
     /// The conversation went encrypted (PostgreSQL SSLRequest answered 'S', a TLS record,
     /// MySQL CLIENT_SSL): nothing of it can be read from here on, not even a goodbye.
     pub fn encrypted(&self) -> bool {
-        matches!(&self.parser, Parser::Opaque(p) if p.encrypted)
+        self.unread == Some(Unread::Encrypted)
+    }
+
+    /// Why the conversation is not read, if it is not.
+    pub fn unread(&self) -> Option<Unread> {
+        self.unread
     }
 }
 
@@ -264,10 +258,8 @@ impl DbConn {
 /// <https://dev.mysql.com/doc/dev/mysql-server/latest/page_protocol_connection_phase_packets_protocol_handshake_v10.html>,
 /// <https://redis.io/docs/latest/develop/reference/protocol-spec/>.
 pub fn recognize(dir: Direction, head: &[u8]) -> Option<Protocol> {
-    match dir {
-        Direction::Send if postgres::is_untyped_opening(head) => Some(Protocol::Postgres),
-        Direction::Send if redis::is_resp_request(head) => Some(Protocol::Redis),
-        Direction::Recv if mysql::is_greeting(head) => Some(Protocol::Mysql),
-        _ => None,
-    }
+    REGISTRY
+        .iter()
+        .find(|p| p.recognize(dir, head))
+        .map(|p| p.id())
 }

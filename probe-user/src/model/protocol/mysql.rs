@@ -59,7 +59,56 @@ use super::mysql_reply::{
     classify, Ctx, Kind, MyFraming, Reply, Stage, Verdict, SERVER_MORE_RESULTS_EXISTS,
     SERVER_STATUS_IN_TRANS,
 };
-use super::{Direction, Step, Txn};
+use super::spec::{Conversation, DbProtocol};
+use super::{DbIo, Direction, Step, Txn};
+use crate::events::Protocol;
+
+/// MySQL and MariaDB in the registry (`spec::REGISTRY`).
+pub(crate) struct MysqlProtocol;
+pub(crate) static MYSQL: MysqlProtocol = MysqlProtocol;
+
+impl DbProtocol for MysqlProtocol {
+    fn id(&self) -> Protocol {
+        Protocol::Mysql
+    }
+    fn wire(&self) -> u8 {
+        probe_common::PROTO_MYSQL
+    }
+    fn title(&self) -> &'static str {
+        "MySQL"
+    }
+    fn default_ports(&self) -> &'static [u16] {
+        &[3306]
+    }
+    fn server_names(&self) -> &'static [&'static str] {
+        &["mysqld", "mariadbd"]
+    }
+    /// The packages' default `socket` paths (/run/mysqld/mysqld.sock, ...).
+    fn is_socket_file(&self, file: &str) -> bool {
+        matches!(file, "mysqld.sock" | "mysql.sock" | "mariadb.sock")
+    }
+    fn recognize(&self, dir: Direction, head: &[u8]) -> bool {
+        dir == Direction::Recv && is_greeting(head)
+    }
+    /// information_schema.innodb_trx and PROCESSLIST (host/my_view.rs).
+    fn url_schemes(&self) -> &'static [&'static str] {
+        &["mysql", "mariadb"]
+    }
+    fn txn_unknown_at_attach(&self) -> bool {
+        true
+    }
+    fn conversation(&self, seen_from_start: bool) -> Option<Box<dyn Conversation>> {
+        Some(Box::new(Mysql::new(seen_from_start)))
+    }
+    /// Inside TLS the client's full handshake response (sequence 2, after the SSL request
+    /// packet of sequence 1) comes first.
+    fn tls_opening(&self, first: &DbIo) -> bool {
+        first.dir == Direction::Send && first.head.get(3) == Some(&2)
+    }
+    fn conversation_in_tls(&self, from_start: bool) -> Option<Box<dyn Conversation>> {
+        Some(Box::new(Mysql::inside_tls(from_start)))
+    }
+}
 
 const CLIENT_COMPRESS: u32 = 0x0000_0020;
 const CLIENT_SSL: u32 = 0x0000_0800;
@@ -169,34 +218,6 @@ impl Mysql {
             parser.expect_seq = None;
         }
         parser
-    }
-
-    pub(crate) fn in_flight(&self) -> bool {
-        self.in_flight
-    }
-
-    pub(crate) fn txn(&self) -> Txn {
-        self.txn
-    }
-
-    /// The transaction state from the database's own view (`--db-url`'s
-    /// information_schema.innodb_trx), for a connection from before attach: kept only while
-    /// its replies have not told yet.
-    pub(crate) fn assume_txn(&mut self, txn: Txn) {
-        if self.txn == Txn::Unknown {
-            self.txn = txn;
-        }
-    }
-
-    pub(crate) fn goodbye(&self) -> bool {
-        self.goodbye
-    }
-
-    pub(crate) fn on_io(&mut self, dir: Direction, chunk: &Chunk) -> Step {
-        match dir {
-            Direction::Send => self.on_send(chunk),
-            Direction::Recv => self.on_recv(chunk),
-        }
     }
 
     fn on_send(&mut self, chunk: &Chunk) -> Step {
@@ -449,4 +470,34 @@ fn single_packet(chunk: &Chunk) -> Option<Frame> {
     let len = le24(head)?;
     let hdr = head.get(..4)?;
     (len > 0 && u64::from(len) + 4 == chunk.len()).then(|| Frame::new(hdr, len, &head[4..]))
+}
+
+impl Conversation for Mysql {
+    fn in_flight(&self) -> bool {
+        self.in_flight
+    }
+
+    fn txn(&self) -> Txn {
+        self.txn
+    }
+
+    /// The transaction state from the database's own view (`--db-url`'s
+    /// information_schema.innodb_trx), for a connection from before attach: kept only while
+    /// its replies have not told yet.
+    fn assume_txn(&mut self, txn: Txn) {
+        if self.txn == Txn::Unknown {
+            self.txn = txn;
+        }
+    }
+
+    fn goodbye(&self) -> bool {
+        self.goodbye
+    }
+
+    fn on_io(&mut self, dir: Direction, chunk: &Chunk) -> Step {
+        match dir {
+            Direction::Send => self.on_send(chunk),
+            Direction::Recv => self.on_recv(chunk),
+        }
+    }
 }

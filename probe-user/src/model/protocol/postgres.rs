@@ -35,7 +35,53 @@
 
 use super::chunk::{be32, looks_like_tls, Chunk, Window};
 use super::frame::{Event, Framing, Walker};
-use super::{Direction, Step, Txn};
+use super::spec::{Conversation, DbProtocol};
+use super::{DbIo, Direction, Step, Txn};
+use crate::events::Protocol;
+
+/// PostgreSQL in the registry (`spec::REGISTRY`).
+pub(crate) struct PostgresProtocol;
+pub(crate) static POSTGRES: PostgresProtocol = PostgresProtocol;
+
+impl DbProtocol for PostgresProtocol {
+    fn id(&self) -> Protocol {
+        Protocol::Postgres
+    }
+    fn wire(&self) -> u8 {
+        probe_common::PROTO_POSTGRES
+    }
+    fn title(&self) -> &'static str {
+        "PostgreSQL"
+    }
+    fn default_ports(&self) -> &'static [u16] {
+        &[5432]
+    }
+    fn server_names(&self) -> &'static [&'static str] {
+        &["postgres", "postmaster", "pgbouncer"]
+    }
+    /// `.s.PGSQL.<port>` in the server's unix_socket_directories.
+    fn is_socket_file(&self, file: &str) -> bool {
+        file.starts_with(".s.PGSQL.")
+    }
+    fn recognize(&self, dir: Direction, head: &[u8]) -> bool {
+        dir == Direction::Send && is_untyped_opening(head)
+    }
+    /// pg_stat_activity (host/pg_view.rs); a local backend's process title tells too
+    /// (host/pg_title.rs).
+    fn url_schemes(&self) -> &'static [&'static str] {
+        &["postgres", "postgresql"]
+    }
+    fn txn_unknown_at_attach(&self) -> bool {
+        true
+    }
+    fn conversation(&self, seen_from_start: bool) -> Option<Box<dyn Conversation>> {
+        Some(Box::new(Postgres::new(seen_from_start)))
+    }
+    /// Inside TLS the StartupMessage follows the SSLRequest answered 'S'.
+    fn tls_opening(&self, first: &DbIo) -> bool {
+        first.dir == Direction::Send && is_untyped_opening(first.head)
+    }
+}
 
 const SSL_REQUEST: u32 = 80_877_103;
 const GSSENC_REQUEST: u32 = 80_877_104;
@@ -123,52 +169,6 @@ impl Postgres {
             synced: seen_from_start,
             opening: Vec::new(),
             events: Vec::new(),
-        }
-    }
-
-    pub(crate) fn in_flight(&self) -> bool {
-        self.in_flight
-    }
-
-    pub(crate) fn txn(&self) -> Txn {
-        self.txn
-    }
-
-    /// The transaction state from outside evidence (the backend's own view), for a
-    /// connection found at attach whose state the bytes have not told yet. The next
-    /// ReadyForQuery overrides it.
-    pub(crate) fn assume_txn(&mut self, txn: Txn) {
-        if self.txn == Txn::Unknown {
-            self.txn = txn;
-        }
-    }
-
-    pub(crate) fn goodbye(&self) -> bool {
-        self.goodbye
-    }
-
-    pub(crate) fn on_io(&mut self, dir: Direction, chunk: &Chunk) -> Step {
-        match dir {
-            Direction::Send => {
-                if !self.synced && looks_like_tls(chunk.head(), chunk.len()) {
-                    return Step::Opaque { in_flight: true };
-                }
-                match self.phase {
-                    Phase::Start | Phase::SslReply => self.opening(chunk),
-                    Phase::Startup | Phase::Ready => {
-                        self.send_typed(chunk);
-                        Step::Go
-                    }
-                }
-            }
-            Direction::Recv => {
-                self.window.push(chunk);
-                if self.phase == Phase::SslReply {
-                    return self.ssl_reply(chunk);
-                }
-                self.recv_typed(chunk);
-                Step::Go
-            }
         }
     }
 
@@ -338,5 +338,53 @@ impl Postgres {
         self.in_flight = false;
         self.owed = 0;
         self.exact = true;
+    }
+}
+
+impl Conversation for Postgres {
+    fn in_flight(&self) -> bool {
+        self.in_flight
+    }
+
+    fn txn(&self) -> Txn {
+        self.txn
+    }
+
+    /// The transaction state from outside evidence (the backend's own view), for a
+    /// connection found at attach whose state the bytes have not told yet. The next
+    /// ReadyForQuery overrides it.
+    fn assume_txn(&mut self, txn: Txn) {
+        if self.txn == Txn::Unknown {
+            self.txn = txn;
+        }
+    }
+
+    fn goodbye(&self) -> bool {
+        self.goodbye
+    }
+
+    fn on_io(&mut self, dir: Direction, chunk: &Chunk) -> Step {
+        match dir {
+            Direction::Send => {
+                if !self.synced && looks_like_tls(chunk.head(), chunk.len()) {
+                    return Step::Opaque { in_flight: true };
+                }
+                match self.phase {
+                    Phase::Start | Phase::SslReply => self.opening(chunk),
+                    Phase::Startup | Phase::Ready => {
+                        self.send_typed(chunk);
+                        Step::Go
+                    }
+                }
+            }
+            Direction::Recv => {
+                self.window.push(chunk);
+                if self.phase == Phase::SslReply {
+                    return self.ssl_reply(chunk);
+                }
+                self.recv_typed(chunk);
+                Step::Go
+            }
+        }
     }
 }

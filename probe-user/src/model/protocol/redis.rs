@@ -42,7 +42,48 @@
 
 use super::chunk::{looks_like_tls, Chunk, Window};
 use super::resp::{Name, RespReader};
+use super::spec::{Conversation, DbProtocol};
 use super::{Direction, Step, Txn};
+use crate::events::Protocol;
+
+/// Redis (and the servers that speak RESP: Valkey, KeyDB) in the registry
+/// (`spec::REGISTRY`).
+pub(crate) struct RedisProtocol;
+pub(crate) static REDIS: RedisProtocol = RedisProtocol;
+
+impl DbProtocol for RedisProtocol {
+    fn id(&self) -> Protocol {
+        Protocol::Redis
+    }
+    fn wire(&self) -> u8 {
+        probe_common::PROTO_REDIS
+    }
+    fn title(&self) -> &'static str {
+        "Redis"
+    }
+    fn default_ports(&self) -> &'static [u16] {
+        &[6379]
+    }
+    fn server_names(&self) -> &'static [&'static str] {
+        &["redis-server", "valkey-server", "keydb-server"]
+    }
+    /// `redis.sock`, `redis-server.sock`, ... (the `unixsocket` the packages suggest).
+    fn is_socket_file(&self, file: &str) -> bool {
+        file.starts_with("redis") && file.ends_with(".sock")
+    }
+    fn recognize(&self, dir: Direction, head: &[u8]) -> bool {
+        dir == Direction::Send && is_resp_request(head)
+    }
+    /// Not listed: nothing queued after MULTI runs before EXEC, which the server runs at
+    /// once, so a transaction from before attach that the exit cuts loses only commands that
+    /// never ran; and Redis has no view of it to resolve it with.
+    fn txn_unknown_at_attach(&self) -> bool {
+        false
+    }
+    fn conversation(&self, seen_from_start: bool) -> Option<Box<dyn Conversation>> {
+        Some(Box::new(Redis::new(seen_from_start)))
+    }
+}
 
 /// A RESP array of bulk strings: `*<digits>\r\n$`.
 pub(crate) fn is_resp_request(head: &[u8]) -> bool {
@@ -147,32 +188,6 @@ impl Redis {
             synced: seen_from_start,
             resp: false,
         }
-    }
-
-    pub(crate) fn in_flight(&self) -> bool {
-        self.in_flight
-    }
-
-    pub(crate) fn txn(&self) -> Txn {
-        self.txn
-    }
-
-    pub(crate) fn goodbye(&self) -> bool {
-        self.goodbye
-    }
-
-    pub(crate) fn on_io(&mut self, dir: Direction, chunk: &Chunk) -> Step {
-        match dir {
-            Direction::Send => {
-                if !self.synced && looks_like_tls(chunk.head(), chunk.len()) {
-                    return Step::Opaque { in_flight: true };
-                }
-                self.synced = true;
-                self.on_send(chunk);
-            }
-            Direction::Recv => self.on_recv(chunk),
-        }
-        Step::Go
     }
 
     fn on_send(&mut self, chunk: &Chunk) {
@@ -315,5 +330,36 @@ impl Redis {
             self.closing = false;
             self.txn = Txn::Idle;
         }
+    }
+}
+
+impl Conversation for Redis {
+    /// Redis has no view of its clients' transactions that drainwatch asks.
+    fn assume_txn(&mut self, _txn: Txn) {}
+
+    fn in_flight(&self) -> bool {
+        self.in_flight
+    }
+
+    fn txn(&self) -> Txn {
+        self.txn
+    }
+
+    fn goodbye(&self) -> bool {
+        self.goodbye
+    }
+
+    fn on_io(&mut self, dir: Direction, chunk: &Chunk) -> Step {
+        match dir {
+            Direction::Send => {
+                if !self.synced && looks_like_tls(chunk.head(), chunk.len()) {
+                    return Step::Opaque { in_flight: true };
+                }
+                self.synced = true;
+                self.on_send(chunk);
+            }
+            Direction::Recv => self.on_recv(chunk),
+        }
+        Step::Go
     }
 }

@@ -358,3 +358,52 @@ fn the_database_view_asked_again_resolves_an_unknown_transaction_state() {
         (Some("database"), Some(1000))
     );
 }
+
+/// A MongoDB connection is recognised but not read (model/protocol/mongodb.rs): its close,
+/// goodbye or not, is `unverified`, never a leak, and the verdict is `incomplete`.
+#[test]
+fn a_mongodb_close_is_unverified_never_a_leak() {
+    use crate::events::{ConnClose, ConnOpen, DbIo, Direction};
+    let mut state = named(4242);
+    let peer = "127.0.0.1:27017".parse().ok();
+    state.apply(&Event::ConnOpen(ConnOpen {
+        ktime_ns: ATTACH_NS + 1_000,
+        tgid: 4242,
+        fd: 7,
+        role: Role::Db,
+        protocol: Protocol::Mongodb,
+        peer,
+        local: None,
+    }));
+    for (i, dir) in [Direction::Send, Direction::Recv].into_iter().enumerate() {
+        state.apply(&Event::DbIo(DbIo {
+            ktime_ns: ATTACH_NS + 2_000 + i as u64,
+            tgid: 4242,
+            fd: 7,
+            dir,
+            protocol: Protocol::Mongodb,
+            len: 120,
+            head: Vec::new(),
+            tail: Vec::new(),
+            tls: false,
+        }));
+    }
+    state.apply(&Event::ConnClose(ConnClose {
+        ktime_ns: ATTACH_NS + 3_000,
+        tgid: 4242,
+        fd: 7,
+        request_since_ns: None,
+        request_uncounted: false,
+    }));
+    let report = state.report(Mode::Audit, 0, vec![]);
+    assert_eq!(kinds(&report), Vec::<&str>::new());
+    assert_eq!(report.verdict, Verdict::Incomplete);
+    let unverified = &report.coverage.as_ref().unwrap().unverified;
+    assert_eq!(
+        unverified
+            .iter()
+            .map(|u| (u.fd, u.peer.as_deref(), u.why))
+            .collect::<Vec<_>>(),
+        [(7, Some("127.0.0.1:27017"), "protocol-not-read")]
+    );
+}

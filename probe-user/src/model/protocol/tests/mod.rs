@@ -6,6 +6,7 @@ mod postgres;
 mod props;
 mod recognize;
 mod redis;
+mod registry;
 
 use super::{DbConn, DbIo, Direction, Protocol, Txn, HEAD_BYTES, TAIL_BYTES};
 

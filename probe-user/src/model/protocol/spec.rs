@@ -1,0 +1,161 @@
+//! What a database protocol is to drainwatch, written once: the [`DbProtocol`] trait, the
+//! [`Conversation`] its reader implements, and [`REGISTRY`], the one list everything else
+//! iterates (the default port table, the kernel's port map, the first-byte recognition
+//! mirrored in userspace, the server process names and socket paths found at attach, the
+//! `--db-url` schemes, the names shown in summaries).
+//!
+//! # Adding a protocol
+//!
+//! One new file beside `postgres.rs` (a unit struct implementing [`DbProtocol`], and its
+//! reader implementing [`Conversation`], or none), one line in [`REGISTRY`], its tests under
+//! `tests/` (through the kernel's redaction: `tests/redacted.rs`). What a protocol needs
+//! outside this directory is what names it: its variant of [`crate::events::Protocol`] (the
+//! report's vocabulary, docs/design.md) and its number in probe-common (`PROTO_*`, the
+//! kernel's word for it); and, to be read at all, its redaction rule in
+//! probe-common/src/redact.rs (what of its bytes may leave the kernel) and, to be recognised
+//! on a port outside its defaults, its first bytes in probe-ebpf/src/sockets/recognize.rs.
+//! A protocol without a reader ([`DbProtocol::conversation`] `None`, as MongoDB) is
+//! recognised and counted, and its conversation is reported unread (below).
+//!
+//! # A protocol without a reader
+//!
+//! Its conversation is not read: no query, transaction or goodbye of it is ever seen. Like an
+//! encrypted conversation (docs/design.md, "encrypted conversation"), its close is not a
+//! `leaked_db_connection` for want of a visible goodbye, nor its send/recv rhythm a query in
+//! flight at exit: it is listed in the report's `coverage.unverified` (`why:
+//! "protocol-not-read"`) and a verdict that depends on it is `incomplete`, never `clean`.
+
+use crate::events::{Direction, Protocol};
+
+use super::{chunk::Chunk, DbIo, Step, Txn};
+
+/// One database protocol: how it is recognised, and how its conversation is read.
+pub(crate) trait DbProtocol: Sync {
+    /// Its name in events and reports.
+    fn id(&self) -> Protocol;
+    /// Its number in the kernel's events and maps (`probe_common::PROTO_*`).
+    fn wire(&self) -> u8;
+    /// Its name for people ("PostgreSQL").
+    fn title(&self) -> &'static str;
+    /// The TCP ports it listens on by default (docs/design.md, "connection").
+    fn default_ports(&self) -> &'static [u16];
+    /// What its server processes are called (`ps`'s name): a connection to one, found at
+    /// attach, speaks this protocol whatever its port or socket path.
+    fn server_names(&self) -> &'static [&'static str];
+    /// A unix socket file name its servers bind by default (`.s.PGSQL.5432`).
+    fn is_socket_file(&self, _file: &str) -> bool {
+        false
+    }
+    /// The first bytes of a connection on a port outside the defaults are this protocol's
+    /// opening (the client's first send, or the server's first recv). The kernel's own
+    /// recognition (probe-ebpf/src/sockets/recognize.rs) follows the same rules.
+    fn recognize(&self, _dir: Direction, _head: &[u8]) -> bool {
+        false
+    }
+    /// The `--db-url` schemes whose database view covers this protocol's sessions
+    /// (host/pg_view.rs, host/my_view.rs); empty: no such view.
+    fn url_schemes(&self) -> &'static [&'static str] {
+        &[]
+    }
+    /// A connection found at attach has a transaction state that nothing but the database
+    /// can tell until its next reply, so it is listed `unknown` until then (docs/design.md,
+    /// "connection"): a transaction spans round trips and commits on the database's word.
+    fn txn_unknown_at_attach(&self) -> bool {
+        false
+    }
+    /// A reader of one connection's conversation; `seen_from_start` false for one that
+    /// existed before attach (it then resynchronises). `None`: the conversation is not read
+    /// (see the module doc).
+    fn conversation(&self, seen_from_start: bool) -> Option<Box<dyn Conversation>>;
+    /// `first`, the first plaintext the TLS hooks read on a connection, is this protocol's
+    /// first message inside TLS (a reader can start there on a connection seen from its
+    /// opening).
+    fn tls_opening(&self, first: &DbIo) -> bool {
+        first.dir == Direction::Send
+    }
+    /// A reader of the plaintext inside TLS: from the protocol's first message in it
+    /// (`from_start`), or from the middle of the conversation.
+    fn conversation_in_tls(&self, from_start: bool) -> Option<Box<dyn Conversation>> {
+        self.conversation(from_start)
+    }
+}
+
+/// The reader of one database conversation (docs/design.md: "query in flight",
+/// "transaction open", "clean close").
+pub(crate) trait Conversation: std::fmt::Debug + Send {
+    /// One send or recv, as the kernel reported it.
+    fn on_io(&mut self, dir: Direction, chunk: &Chunk) -> Step;
+    /// A query is in flight: sent, and its reply not yet complete.
+    fn in_flight(&self) -> bool;
+    fn txn(&self) -> Txn;
+    /// The transaction state the database reported outside the conversation, for a
+    /// connection whose replies have not told it yet.
+    fn assume_txn(&mut self, txn: Txn);
+    /// The client sent the protocol's goodbye.
+    fn goodbye(&self) -> bool;
+    /// A close(2) now would end the conversation cleanly (docs/design.md, "clean close"):
+    /// after the goodbye, or, where the protocol has no goodbye to send, at a point where
+    /// nothing is left to lose.
+    fn close_is_clean(&self) -> bool {
+        self.goodbye()
+    }
+}
+
+/// Every protocol drainwatch knows, one line each. Order matters only for
+/// [`default_ports`], which lists the defaults in this order.
+pub(crate) static REGISTRY: &[&dyn DbProtocol] = &[
+    &super::postgres::POSTGRES,
+    &super::mysql::MYSQL,
+    &super::redis::REDIS,
+    &super::mongodb::MONGODB,
+];
+
+/// The protocol named `id` (`None` for [`Protocol::Unknown`]).
+pub(crate) fn of(id: Protocol) -> Option<&'static dyn DbProtocol> {
+    REGISTRY.iter().copied().find(|p| p.id() == id)
+}
+
+/// Every default database port, in registry order (docs/design.md: 5432, 3306, 6379, 27017).
+pub(crate) fn default_ports() -> Vec<u16> {
+    REGISTRY
+        .iter()
+        .flat_map(|p| p.default_ports().iter().copied())
+        .collect()
+}
+
+/// The protocol a database port speaks by default, in the kernel's numbering
+/// (`probe_common::PROTO_UNKNOWN` for a port of none: its first bytes will tell).
+pub(crate) fn wire_of_port(port: u16) -> u8 {
+    REGISTRY
+        .iter()
+        .find(|p| p.default_ports().contains(&port))
+        .map_or(probe_common::PROTO_UNKNOWN, |p| p.wire())
+}
+
+/// The protocol a local server process speaks, by its name (what `ps` shows).
+pub(crate) fn of_server(comm: &str) -> Option<&'static dyn DbProtocol> {
+    REGISTRY
+        .iter()
+        .copied()
+        .find(|p| p.server_names().contains(&comm))
+}
+
+/// The protocol whose servers bind a unix socket at `path` by default.
+pub(crate) fn of_socket_path(path: &str) -> Option<&'static dyn DbProtocol> {
+    let file = path.rsplit('/').next()?;
+    REGISTRY.iter().copied().find(|p| p.is_socket_file(file))
+}
+
+/// The protocol whose sessions a `--db-url` lists, by its scheme.
+pub(crate) fn of_url(url: &str) -> Option<&'static dyn DbProtocol> {
+    let scheme = url.split_once("://")?.0;
+    REGISTRY
+        .iter()
+        .copied()
+        .find(|p| p.url_schemes().contains(&scheme))
+}
+
+/// How people call the protocol ("database" for one not recognised).
+pub(crate) fn title(id: Protocol) -> &'static str {
+    of(id).map_or("database", |p| p.title())
+}
