@@ -85,6 +85,23 @@ fn without_a_handler_check_says_no_and_stop_reports_what_was_cut() {
     assert_eq!(done.code, 1, "{done:?}");
     let report = read_report(&report_path);
     assert_eq!(report["verdict"], "violations", "{report:#}");
+    // No terminal: stdout is the report alone, and stderr lists the violations it announces.
+    assert_eq!(done.stdout.lines().count(), 1, "{}", done.stdout);
+    let printed: Value = serde_json::from_str(&done.stdout).unwrap();
+    assert_eq!(printed["verdict"], "violations");
+    let below: Vec<&str> = done
+        .stderr
+        .lines()
+        .skip_while(|l| !l.contains("stopped, with violations (listed below)"))
+        .skip(1)
+        .collect();
+    assert!(
+        below
+            .iter()
+            .any(|l| l.starts_with("drainwatch:   x ") && l.contains("in flight")),
+        "nothing listed below the headline: {}",
+        done.stderr
+    );
     // The transaction began before drainwatch attached: its state was never reported by the
     // database while watched, so it is not claimed (never guessed). What is known: the
     // request was in flight and the kernel had to close the database connection.
@@ -234,5 +251,31 @@ fn an_event_loop_server_with_a_request_in_flight_is_not_drained_early() {
         verdict_at >= replied_at,
         "drained {:.1} ms before the reply",
         ms(replied_at - verdict_at)
+    );
+}
+
+/// `wait --json | jq -r .verdict`: stdout holds the report alone, one JSON object, however
+/// long the wait (progress lines went there too and read as `null` verdicts); the progress
+/// goes to stderr.
+#[test]
+fn a_json_reader_of_wait_gets_the_report_alone() {
+    require_root();
+    let mut sleeper = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    let pid = sleeper.id().to_string();
+    let done = run_drainwatch(&["wait", "--pid", &pid, "--json", "--quiet", "1500ms"]);
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    assert_eq!(done.code, 0, "{done:?}");
+    assert_eq!(done.stdout.lines().count(), 1, "{}", done.stdout);
+    let report: Value = serde_json::from_str(&done.stdout).unwrap();
+    assert_eq!(report["schema"], "drainwatch.report/v1");
+    assert_eq!(report["verdict"], "clean");
+    assert!(
+        done.stderr.contains("drainwatch: waiting: 0 requests"),
+        "progress on stderr: {}",
+        done.stderr
     );
 }

@@ -205,9 +205,12 @@ fn an_ambiguous_connection_is_unknown_in_wait_watch_and_the_report() {
         };
         assert!(entry["resolved_by"].is_null(), "{report:#}");
         assert!(
-            done.stdout.lines().any(|l| l.contains("\"unknown\":1")),
+            done.stderr
+                .lines()
+                .any(|l| l.starts_with("drainwatch: waiting: ")
+                    && l.contains("1 connection unknown since attach")),
             "progress lines say unknown: {}",
-            done.stdout
+            done.stderr
         );
         seen_in_wait = true;
         break;

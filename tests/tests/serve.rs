@@ -740,3 +740,44 @@ fn two_servers_request_latencies_stay_apart() {
     let _ = serve.finish();
     let _ = watch.finish();
 }
+
+/// `watch --json | head -n 3`: once head has its three lines and is gone, the next write
+/// fails (EPIPE) and drainwatch detaches and exits (it went on rewriting its line, probe
+/// attached, until Ctrl-C).
+#[test]
+fn watch_into_a_closed_pipe_exits() {
+    require_root();
+    let mut sleeper = Command::new("sleep").arg("60").spawn().unwrap();
+    let script = format!(
+        "{} watch --pid {} --json --interval 100ms | head -n 3",
+        drainwatch_bin().display(),
+        sleeper.id()
+    );
+    let started = Instant::now();
+    let mut pipeline = Command::new("sh")
+        .args(["-c", &script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_with_deadline(&mut pipeline, Duration::from_millis(scaled_ms(20_000)));
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    let Some(status) = status else {
+        let _ = pipeline.kill();
+        panic!("watch went on writing into a closed pipe");
+    };
+    assert!(status.success(), "{status}");
+    let mut out = String::new();
+    pipeline
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert_eq!(out.lines().count(), 3, "{out}");
+    for line in out.lines() {
+        let frame: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(frame["targets"].is_array(), "{line}");
+    }
+    eprintln!("watch | head -n 3 ended after {:?}", started.elapsed());
+}

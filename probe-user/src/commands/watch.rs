@@ -163,11 +163,17 @@ pub async fn run(settings: &WatchSettings) -> Result<u8> {
         .interval
         .unwrap_or(if json { JSON_INTERVAL } else { TTY_INTERVAL });
     let shown = std::cell::Cell::new(0u64);
+    // Nobody reads stdout any more (`watch --json | head -n 3`: EPIPE): the view ends, the
+    // probe is taken down (docs/design.md, "Command line").
+    let reader_gone = std::cell::Cell::new(false);
     let pace = std::cell::RefCell::new(Pace::default());
     let show = |session: &Session| {
+        if reader_gone.get() {
+            return;
+        }
         let frame = frame(session, &mut pace.borrow_mut());
         let mut out = std::io::stdout().lock();
-        let _ = if json {
+        let written = if json {
             writeln!(
                 out,
                 "{}",
@@ -177,14 +183,17 @@ pub async fn run(settings: &WatchSettings) -> Result<u8> {
             // Home, clear to the end of the screen, redraw.
             write!(out, "\x1b[H\x1b[J{}", render(&frame))
         };
-        let _ = out.flush();
+        if written.and_then(|()| out.flush()).is_err() {
+            reader_gone.set(true);
+        }
         shown.set(shown.get() + 1);
     };
     let deadline = settings.duration.map(|d| tokio::time::Instant::now() + d);
-    let enough =
-        |_: &crate::model::state::AuditState| settings.count.is_some_and(|n| shown.get() >= n);
+    let enough = |_: &crate::model::state::AuditState| {
+        reader_gone.get() || settings.count.is_some_and(|n| shown.get() >= n)
+    };
     session.follow(interval, deadline, enough, show).await?;
-    // The last picture: how it ended (unless --count said how many).
+    // The last picture: how it ended (unless --count said how many, or nobody reads).
     if !enough(&session.state) {
         show(&session);
     }

@@ -24,3 +24,12 @@ pub fn stdout_is_tty() -> bool {
     // SAFETY: isatty on a standard fd.
     unsafe { libc::isatty(libc::STDOUT_FILENO) == 1 }
 }
+
+/// Writes `text` to stdout and flushes it. A reader that is gone (EPIPE: `| head`) or a
+/// stdout that cannot be written is not an error of the run: the report files still get
+/// written, the exit code still says the verdict.
+pub fn print_out(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}

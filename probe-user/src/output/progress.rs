@@ -4,22 +4,25 @@
 
 use std::{io::Write, time::Duration};
 
-use serde::Serialize;
-
 use crate::{
     duration,
     events::Protocol,
     host::procfs,
     model::{report::Report, state::AuditState},
-    output::summary::{self, plural},
+    output::{
+        print_out,
+        summary::{self, plural},
+    },
     verdict::drain::Ending,
 };
 
-/// How often progress is shown.
+/// How often progress is redrawn on a terminal.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+/// How often a progress line goes to stderr when stdout is no terminal (a log, a journal).
+const LOG_PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
 /// What is in flight, for messages and progress lines.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default)]
 pub struct Progress {
     pub at_ms: u64,
     pub phase: &'static str,
@@ -29,15 +32,9 @@ pub struct Progress {
     /// Connections whose state at attach is still unknown (they hold the drain).
     pub unknown: u64,
     /// Of `unknown`, database connections whose transaction state is still unknown.
-    #[serde(skip_serializing_if = "is_zero")]
     pub unknown_transactions: u64,
     /// Those, as `pid P fd F` (for the one-line reasons).
-    #[serde(skip)]
     pub unknown_transactions_on: Vec<String>,
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
 }
 
 /// What is in flight in `state` now.
@@ -89,7 +86,10 @@ pub fn describe_in_flight(p: &Progress) -> String {
     )
 }
 
-/// Progress output: a line redrawn in place on a terminal, JSON lines otherwise.
+/// Progress output. On a terminal (without `--json`): a line redrawn in place on stdout,
+/// then the headline and the violations there. Otherwise stdout carries the report alone, one
+/// JSON object that `jq -r .verdict` reads as it is (docs/report.md); progress, the headline
+/// and the violations go to stderr as lines, for logs and journals.
 pub struct Shower {
     json: bool,
     timeout: Duration,
@@ -107,43 +107,49 @@ impl Shower {
     }
 
     pub fn show(&mut self, state: &AuditState, phase: &'static str) {
-        if self.last.is_some_and(|t| t.elapsed() < PROGRESS_EVERY) {
+        let every = if self.json {
+            LOG_PROGRESS_EVERY
+        } else {
+            PROGRESS_EVERY
+        };
+        if self.last.is_some_and(|t| t.elapsed() < every) {
             return;
         }
         self.last = Some(std::time::Instant::now());
         let p = progress(state, phase);
-        let mut out = std::io::stdout().lock();
-        let _ = if self.json {
-            writeln!(
-                out,
-                "{}",
-                serde_json::to_string(&p).expect("progress serializes")
-            )
+        let line = format!(
+            "{phase}: {}   {:.1}s / {}",
+            describe_in_flight(&p),
+            p.at_ms as f64 / 1000.0,
+            duration::format(self.timeout)
+        );
+        if self.json {
+            eprintln!("drainwatch: {line}");
         } else {
-            write!(
-                out,
-                "\r\x1b[K{phase}: {}   {:.1}s / {}",
-                describe_in_flight(&p),
-                p.at_ms as f64 / 1000.0,
-                duration::format(self.timeout)
-            )
-        };
-        let _ = out.flush();
+            let mut out = std::io::stdout().lock();
+            let _ = write!(out, "\r\x1b[K{line}").and_then(|()| out.flush());
+        }
     }
 
+    /// The verdict: the report and the headline with the violations under it. A reader of
+    /// stdout that is gone (EPIPE) does not stop the rest (the report file is written).
     pub fn finish(&self, report: &Report, headline: &str) {
+        let violations = report
+            .violations
+            .iter()
+            .map(|v| format!("  x {}\n", summary::violation_line(report, v)));
         if self.json {
-            println!(
-                "{}",
+            print_out(&format!(
+                "{}\n",
                 serde_json::to_string(report).expect("report serializes")
-            );
-            // The one-line reason for whoever reads the log (stdout stays JSON only).
-            eprintln!("drainwatch: {headline}");
+            ));
+            let mut text = format!("drainwatch: {headline}\n");
+            text.extend(violations.map(|line| format!("drainwatch: {line}")));
+            eprint!("{text}");
         } else {
-            println!("\r\x1b[K{headline}");
-            for violation in &report.violations {
-                println!("  x {}", summary::violation_line(report, violation));
-            }
+            let mut text = format!("\r\x1b[K{headline}\n");
+            text.extend(violations);
+            print_out(&text);
         }
     }
 }

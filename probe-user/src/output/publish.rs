@@ -53,16 +53,17 @@ impl ReportFile {
 /// Prints the outcome (human summary, or the report as one JSON line with `--json`) and
 /// writes the report file.
 pub fn publish(outcome: &Outcome, json: bool, report_file: Option<&ReportFile>) -> Result<()> {
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string(&outcome.report).expect("report serializes")
-        );
-    } else {
-        print!("{}", summary::render(outcome));
-    }
+    // The file first: a reader of stdout that is gone (EPIPE) must not cost the report.
     if let Some(file) = report_file {
         write_report(file, &outcome.report)?;
+    }
+    if json {
+        crate::output::print_out(&format!(
+            "{}\n",
+            serde_json::to_string(&outcome.report).expect("report serializes")
+        ));
+    } else {
+        crate::output::print_out(&summary::render(outcome));
     }
     Ok(())
 }
