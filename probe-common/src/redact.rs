@@ -212,8 +212,11 @@ fn mysql_last_packet(event: &DbIoEvent, tail: u8) -> u8 {
 
 /// Redis (https://redis.io/docs/latest/develop/reference/protocol-spec/): sends keep the
 /// first command's name only when it is MULTI, EXEC, DISCARD or QUIT (else just the array
-/// header `*N\r\n`), and at the end such a command whole; recvs keep the reply type byte
-/// and the final CRLF.
+/// header `*N\r\n`), and at the end such a command whole, with the CRLF that ended the
+/// command before it (`\r\n*1\r\n$4\r\nEXEC\r\n`): the array header is what the parser
+/// resynchronises on after a gap (go-redis's MULTI…EXEC in one write), and the CRLF before it
+/// proves the `*` starts a command, not a value's data, and a value that merely ends with the
+/// word (`SET k EXEC`) is not kept. Recvs keep the reply type byte and the final CRLF.
 #[inline(always)]
 fn redis(event: &DbIoEvent, head: u8, tail: u8, send: bool) -> (u8, u8) {
     if !send {
@@ -229,23 +232,28 @@ fn redis(event: &DbIoEvent, head: u8, tail: u8, send: bool) -> (u8, u8) {
         (b"MULTI\r\n\0\0", 7),
         (b"QUIT\r\n\0\0\0", 6),
     ] {
-        // `$<n>\r\n<NAME>\r\n` at the very end.
-        let whole = len + 4;
+        // `\r\n*1\r\n$<n>\r\n<NAME>\r\n` at the very end.
+        let word = len as usize + 4;
+        let whole = word + 6;
         if tail_keep == 0
-            && tail >= whole
-            && tail_matches(event, tail, name, len as usize)
-            && from_end(event, tail, whole as usize) == Some(b'$')
+            && tail as usize >= whole
+            && tail_matches(event, tail, name, len as usize, 0)
+            && from_end(event, tail, word) == Some(b'$')
+            && from_end(event, tail, word - 1) == Some(b'0' + len - 2)
+            && tail_matches(event, tail, b"\r\n*1\r\n\0\0\0", 6, word)
         {
-            tail_keep = whole;
+            tail_keep = whole as u8;
         }
     }
     (head_keep, tail_keep)
 }
 
+/// The `len` bytes ending `skip` bytes before the end of the data are `name[..len]`
+/// (letters compared in upper case).
 #[inline(always)]
-fn tail_matches(event: &DbIoEvent, tail: u8, name: &[u8; 9], len: usize) -> bool {
+fn tail_matches(event: &DbIoEvent, tail: u8, name: &[u8; 9], len: usize, skip: usize) -> bool {
     for i in 0..len {
-        let got = from_end(event, tail, len - i).unwrap_or(0);
+        let got = from_end(event, tail, skip + len - i).unwrap_or(0);
         if name.get(i) != Some(&got.to_ascii_uppercase()) {
             return false;
         }
