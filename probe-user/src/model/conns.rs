@@ -248,7 +248,7 @@ impl ConnTracker {
                 },
             }));
         }
-        if conn.role != Role::Db || conn.goodbye_sent() {
+        if conn.role != Role::Db || conn.close_is_clean() {
             return violations;
         }
         if let Some(unread) = conn.unread() {
@@ -428,7 +428,7 @@ impl ConnTracker {
             }));
         }
         for conn in gone.iter().filter(|c| c.role == Role::Db) {
-            if conn.goodbye_sent() {
+            if conn.close_is_clean() {
                 continue;
             }
             if let Some(unread) = conn.unread() {

@@ -45,6 +45,12 @@ impl Conn {
         self.db.as_ref().is_some_and(DbConn::goodbye_sent)
     }
 
+    /// A close now ends the conversation cleanly (docs/design.md, "clean close"): after the
+    /// protocol's goodbye, or, for Redis, with nothing open or owed.
+    pub fn close_is_clean(&self) -> bool {
+        self.db.as_ref().is_some_and(DbConn::close_is_clean)
+    }
+
     /// The conversation is encrypted and drainwatch cannot read it (docs/design.md, "encrypted
     /// conversation").
     pub fn encrypted(&self) -> bool {

@@ -28,7 +28,8 @@
 //!   answered with anything but `+QUEUED` or an error does not ([`Txn::Idle`]). A connection
 //!   seen from its start begins [`Txn::Idle`]; one opened before attach [`Txn::Unknown`] until
 //!   one of the above is seen.
-//! - **Goodbye**: QUIT sent. A send of QUIT alone is not a query.
+//! - **Goodbye**: QUIT sent. A send of QUIT alone is not a query. Redis 7.2 deprecates QUIT,
+//!   so a close with no transaction open and no reply owed is clean too.
 //!
 //! Known limits: commands in the middle of a send longer than 64 bytes are unseen (a MULTI or
 //! EXEC there is missed, and the reply count of such a pipeline is not exact); SUBSCRIBE to
@@ -336,6 +337,15 @@ impl Redis {
 impl Conversation for Redis {
     /// Redis has no view of its clients' transactions that drainwatch asks.
     fn assume_txn(&mut self, _txn: Txn) {}
+
+    /// Redis 7.2 deprecates QUIT ("clients should simply close the connection", and
+    /// go-redis never sends it): a close with no transaction open and no reply owed loses
+    /// nothing, and is clean (docs/design.md, "clean close"). A transaction state unknown
+    /// since attach is not open as far as this rule goes: nothing queued after a MULTI runs
+    /// before its EXEC (see `RedisProtocol::txn_unknown_at_attach`).
+    fn close_is_clean(&self) -> bool {
+        self.goodbye || (!self.in_flight && self.txn != Txn::Open)
+    }
 
     fn in_flight(&self) -> bool {
         self.in_flight

@@ -407,3 +407,80 @@ fn a_mongodb_close_is_unverified_never_a_leak() {
         [(7, Some("127.0.0.1:27017"), "protocol-not-read")]
     );
 }
+
+/// Redis 7.2 deprecates QUIT (docs/design.md, "clean close"): a Redis connection closed with
+/// no transaction open and no reply owed is clean, by close(2) or by the exit; one closed
+/// inside MULTI rolls the transaction back and leaks.
+#[test]
+fn a_redis_close_with_nothing_open_or_owed_is_clean() {
+    use crate::events::{ConnClose, ConnOpen, DbIo, Direction};
+    let io = |fd: u32, t: u64, dir: Direction, bytes: &[u8]| {
+        let kept = crate::model::protocol::tests_through_kernel(Protocol::Redis, dir, bytes);
+        Event::DbIo(DbIo {
+            ktime_ns: ATTACH_NS + t,
+            tgid: 4343,
+            fd,
+            dir,
+            protocol: Protocol::Redis,
+            len: bytes.len() as u32,
+            head: kept.0,
+            tail: kept.1,
+            tls: false,
+        })
+    };
+    let mut state = named(4343);
+    for fd in [7, 8, 9] {
+        state.apply(&Event::ConnOpen(ConnOpen {
+            ktime_ns: ATTACH_NS + fd as u64,
+            tgid: 4343,
+            fd,
+            role: Role::Db,
+            protocol: Protocol::Redis,
+            peer: "127.0.0.1:6379".parse().ok(),
+            local: None,
+        }));
+    }
+    let get = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n";
+    state.apply(&io(7, 10, Direction::Send, get));
+    state.apply(&io(7, 11, Direction::Recv, b"$5\r\nvalue\r\n"));
+    state.apply(&io(8, 12, Direction::Send, b"*1\r\n$5\r\nMULTI\r\n"));
+    state.apply(&io(8, 13, Direction::Recv, b"+OK\r\n"));
+    state.apply(&io(9, 14, Direction::Send, get));
+    for fd in [7, 8] {
+        state.apply(&Event::ConnClose(ConnClose {
+            ktime_ns: ATTACH_NS + 20 + fd as u64,
+            tgid: 4343,
+            fd,
+            request_since_ns: None,
+            request_uncounted: false,
+        }));
+    }
+    // fd 9, a reply owed, is closed by the exit.
+    state.apply(&Event::Exit(Exit {
+        ktime_ns: ATTACH_NS + 30,
+        tgid: 4343,
+        comm: "redis-app".into(),
+        wait_status: Some(0),
+        busy_fds: Vec::new(),
+    }));
+    let report = state.report(Mode::Audit, 0, vec![]);
+    let fds: Vec<(&str, u32)> = report
+        .violations
+        .iter()
+        .filter_map(|v| match v {
+            Violation::TransactionRolledBack(v) => Some(("transaction_rolled_back", v.fd)),
+            Violation::LeakedDbConnection(v) => Some(("leaked_db_connection", v.fd)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        fds,
+        [
+            ("transaction_rolled_back", 8),
+            ("leaked_db_connection", 8),
+            ("leaked_db_connection", 9)
+        ],
+        "{:?}",
+        kinds(&report)
+    );
+}

@@ -5,6 +5,7 @@ mod mysql;
 mod postgres;
 mod props;
 mod recognize;
+pub(super) mod redacted;
 mod redis;
 mod registry;
 
