@@ -177,21 +177,30 @@ fn check(rec: &Recording, at: usize, expect: &str, conns: &BTreeMap<u32, DbConn>
 fn real_clients_through_the_kernel_s_redaction() {
     for rec in recordings() {
         let mut conns: BTreeMap<u32, DbConn> = BTreeMap::new();
+        let mut closed = Vec::new();
         let mut expectations = 0;
         for (at, line) in rec.lines.iter().enumerate() {
             match line {
-                Line::Io(id, dir, bytes) => redacted_io(
-                    conns
-                        .entry(*id)
-                        .or_insert_with(|| DbConn::new(rec.protocol, true)),
-                    *dir,
-                    bytes,
-                ),
+                Line::Io(id, dir, bytes) => {
+                    assert!(
+                        !closed.contains(id),
+                        "{}: line {at}: I/O after close",
+                        rec.name
+                    );
+                    redacted_io(
+                        conns
+                            .entry(*id)
+                            .or_insert_with(|| DbConn::new(rec.protocol, true)),
+                        *dir,
+                        bytes,
+                    )
+                }
+                Line::Close(id) => closed.push(*id),
                 Line::Expect(expect) => {
                     check(&rec, at, expect, &conns);
                     expectations += 1;
                 }
-                Line::Close(_) | Line::Exit => {}
+                Line::Exit => {}
             }
         }
         assert!(expectations > 0, "{}: nothing checked", rec.name);
