@@ -197,9 +197,10 @@ const QUIET_HELP: &str = "How long nothing may be in flight (no request, query o
 pub struct CheckArgs {
     #[command(flatten)]
     pub targets: TargetArgs,
-    /// The signal a stop would send, e.g. `--signal QUIT` for nginx's graceful shutdown.
-    #[arg(long, value_name = "SIGNAL", default_value = "TERM")]
-    pub signal: String,
+    /// The signal a stop would send (default: as `stop`, the server's own graceful signal
+    /// where drainwatch knows it, e.g. QUIT for nginx, else TERM), e.g. `--signal TERM`.
+    #[arg(long, value_name = "SIGNAL")]
+    pub signal: Option<String>,
     /// The verdict as one JSON object instead of lines.
     #[arg(long)]
     pub json: bool,
@@ -266,9 +267,12 @@ pub struct WaitArgs {
 pub struct StopArgs {
     #[command(flatten)]
     pub targets: TargetArgs,
-    /// The signal to send, by name or number, e.g. `--signal QUIT` (nginx), `--signal INT`.
-    #[arg(long, value_name = "SIGNAL", default_value = "TERM")]
-    pub signal: String,
+    /// The signal to send, by name or number, e.g. `--signal INT`. Default: the server's own
+    /// graceful signal where drainwatch knows it (QUIT for nginx and php-fpm, WINCH for
+    /// Apache httpd, USR1 for HAProxy), else TERM. A signal known to cut work (TERM for
+    /// nginx) is sent only when asked for here.
+    #[arg(long, value_name = "SIGNAL")]
+    pub signal: Option<String>,
     /// Give up after this long (exit 4), or escalate with --kill-after, e.g. `--timeout 1m30s`.
     #[arg(
         long,

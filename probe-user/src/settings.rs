@@ -275,8 +275,8 @@ impl AuditSettings {
 pub struct CheckSettings {
     pub common: Common,
     pub targets: TargetSet,
-    /// The signal a stop would send.
-    pub signal: i32,
+    /// The signal a stop would send, when `--signal` names one (else as `stop` chooses).
+    pub signal: Option<i32>,
 }
 
 impl CheckSettings {
@@ -284,7 +284,7 @@ impl CheckSettings {
         Ok(Self {
             common: Common::from_args(&args.shared())?,
             targets: TargetSet::from_args(&args.targets, NAME_A_PROCESS)?,
-            signal: parse_signal(&args.signal)?,
+            signal: args.signal.as_deref().map(parse_signal).transpose()?,
         })
     }
 }
@@ -333,7 +333,9 @@ impl WaitSettings {
 pub struct StopSettings {
     pub common: Common,
     pub targets: TargetSet,
-    pub signal: i32,
+    /// `--signal`; without it, each server's own graceful signal where it is known
+    /// (verdict/shutdown.rs), else SIGTERM.
+    pub signal: Option<i32>,
     pub timeout: Duration,
     pub kill_after: bool,
     pub report: Option<ReportFile>,
@@ -343,11 +345,11 @@ impl StopSettings {
     pub fn from_args(args: &crate::cli::StopArgs) -> Result<Self> {
         let common = Common::from_args(&args.shared())?;
         let targets = TargetSet::from_args(&args.targets, NAME_A_PROCESS)?;
-        let signal = parse_signal(&args.signal)?;
-        if signal == libc::SIGKILL {
+        let signal = args.signal.as_deref().map(parse_signal).transpose()?;
+        if signal == Some(libc::SIGKILL) {
             return Err(Error::InvalidValue {
                 what: "signal",
-                value: args.signal.clone(),
+                value: args.signal.clone().unwrap_or_default(),
                 hint: "SIGKILL is not a graceful stop; use --kill-after to escalate at the timeout",
             });
         }

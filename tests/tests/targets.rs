@@ -135,9 +135,23 @@ fn nginx_stop_with_sigterm_names_the_requests_it_cut() {
     let report_path = dir.path("report.json");
     let pending = three_in_flight(&nginx, &upstream);
     let master = nginx.master.to_string();
-    let done = run_drainwatch(&["stop", "--pid", &master, "--report", &report_path]);
+    let done = run_drainwatch(&[
+        "stop",
+        "--pid",
+        &master,
+        "--signal",
+        "TERM",
+        "--report",
+        &report_path,
+    ]);
     nginx.wait();
     assert_eq!(done.code, 1, "{done:?}");
+    assert!(
+        done.stderr
+            .contains("warning: for nginx, SIGTERM is a fast shutdown that cuts what is in flight"),
+        "asked for, sent, and said: {}",
+        done.stderr
+    );
     let report = read_report(&report_path);
     assert_eq!(report["verdict"], "violations", "{report:#}");
     assert_eq!(target_pids(&report), tree_of(&nginx), "{report:#}");
@@ -229,7 +243,7 @@ fn check_lists_the_nginx_tree_and_knows_its_sigterm_is_a_fast_shutdown() {
     let upstream = SlowUpstream::start(0, None);
     let nginx = Nginx::start(upstream.port, 2);
     let master = nginx.master.to_string();
-    let term = run_drainwatch(&["check", "--pid", &master]);
+    let term = run_drainwatch(&["check", "--pid", &master, "--signal", "TERM"]);
     assert_eq!(term.code, 1, "{term:?}");
     assert!(term.stdout.contains("fast shutdown"), "{}", term.stdout);
     assert!(term.stdout.contains("--signal QUIT"), "{}", term.stdout);
@@ -250,6 +264,40 @@ fn check_lists_the_nginx_tree_and_knows_its_sigterm_is_a_fast_shutdown() {
         report["listeners"], 1,
         "one socket, held by all three: {report:#}"
     );
+}
+
+/// Without `--signal`, `stop` sends nginx its own graceful signal (SIGQUIT, which `check`
+/// knows) and says so, instead of SIGTERM, nginx's fast shutdown; `check` judges the same.
+#[test]
+fn nginx_stop_without_a_signal_sends_its_graceful_one_and_says_so() {
+    require_root();
+    let dir = TempDir::new("nginx-default");
+    let upstream = SlowUpstream::start(0, None);
+    let mut nginx = Nginx::start(upstream.port, 2);
+    let master = nginx.master.to_string();
+    let check = run_drainwatch(&["check", "--pid", &master, "--json"]);
+    assert_eq!(check.code, 0, "{check:?}");
+    let preflight: Value = serde_json::from_str(check.stdout.trim()).unwrap();
+    assert_eq!(preflight["signal"], "SIGQUIT", "{preflight:#}");
+    let report_path = dir.path("report.json");
+    let done = run_drainwatch(&["stop", "--pid", &master, "--report", &report_path]);
+    assert!(nginx.wait().success(), "{}", nginx.error_log());
+    assert_eq!(done.code, 0, "{done:?}");
+    assert!(
+        done.stderr.contains(&format!(
+            "nginx ({master}) is nginx: sending its graceful stop, SIGQUIT"
+        )),
+        "{}",
+        done.stderr
+    );
+    assert!(
+        done.stderr.contains("sending SIGQUIT to"),
+        "{}",
+        done.stderr
+    );
+    let report = read_report(&report_path);
+    assert_eq!(report["drain"]["signal"], "SIGQUIT", "{report:#}");
+    assert_eq!(report["verdict"], "clean", "{report:#}");
 }
 
 /// The fixture's pre-fork server: workers that existed before attach are watched, so a

@@ -182,20 +182,25 @@ pub fn run(settings: &CheckSettings) -> Result<u8> {
     let mut reasons = Vec::new();
     let mut processes = Vec::new();
     let mut known_server = None;
+    let mut first_signal = None;
     for &pid in &tree {
         let comm = procfs::comm(pid).unwrap_or_default();
         let is_signalled = signalled.contains(&pid);
         let disposition = if is_signalled {
+            // The signal `stop` would send it: --signal, else its server's graceful one.
+            let server = shutdown::known(procfs::exe_name(pid).as_deref(), &comm);
+            let (signal, _) = shutdown::stop_signal(settings.signal, server);
+            first_signal.get_or_insert(signal);
             let disposition =
-                pidfd::disposition_of(pid, settings.signal).ok_or(Error::NoSuchProcess(pid))?;
-            reasons.extend(judge(pid, &comm, settings.signal, disposition, &work));
-            if let Some(row) = shutdown::known(procfs::exe_name(pid).as_deref(), &comm) {
-                if disposition == Disposition::Handled && row.fast.contains(&settings.signal) {
+                pidfd::disposition_of(pid, signal).ok_or(Error::NoSuchProcess(pid))?;
+            reasons.extend(judge(pid, &comm, signal, disposition, &work));
+            if let Some(row) = server {
+                if disposition == Disposition::Handled && row.fast.contains(&signal) {
                     reasons.push(format!(
                         "{comm} ({pid}): for {}, {} is a fast shutdown that cuts what is in \
                          flight; its graceful stop is --signal {} ({})",
                         row.name,
-                        signals::name(settings.signal),
+                        signals::name(signal),
                         signals::name(row.graceful).trim_start_matches("SIG"),
                         row.source
                     ));
@@ -221,7 +226,7 @@ pub fn run(settings: &CheckSettings) -> Result<u8> {
     let report = CheckReport {
         pid: first.pid,
         comm: first.comm.clone(),
-        signal: signals::name(settings.signal),
+        signal: signals::name(first_signal.unwrap_or(libc::SIGTERM)),
         disposition: first.disposition.unwrap_or(Disposition::Default),
         known_server,
         graceful_stop_possible: reasons.is_empty(),

@@ -15,7 +15,8 @@ use crate::{
     model::state::AuditState,
     output::{
         progress::{
-            describe_in_flight, progress, stop_headline, txn_unknown_line, wait_headline, Shower,
+            describe_in_flight, progress, signal_choice_line, stop_headline, txn_unknown_line,
+            wait_headline, Shower,
         },
         publish::write_report,
         stdout_is_tty,
@@ -25,6 +26,7 @@ use crate::{
     verdict::{
         self,
         outcome::{drain_exit_code, EndedBy},
+        shutdown,
     },
     Result,
 };
@@ -137,8 +139,24 @@ pub async fn stop(settings: &StopSettings) -> Result<u8> {
             Err(err) => Some(Err(err)),
         })
         .collect::<Result<Vec<_>>>()?;
+    // Each signalled process gets `--signal`, else its server's own graceful signal, else
+    // SIGTERM (docs/design.md, "Command line"; verdict/shutdown.rs).
+    let signals: Vec<i32> = pidfds
+        .iter()
+        .map(|(pid, _)| {
+            let comm = procfs::comm(*pid).unwrap_or_default();
+            let server = shutdown::known(procfs::exe_name(*pid).as_deref(), &comm);
+            let (sig, chosen) = shutdown::stop_signal(settings.signal, server);
+            if let Some(line) = signal_choice_line(*pid, &comm, sig, chosen, server) {
+                eprintln!("drainwatch: {line}");
+            }
+            sig
+        })
+        .collect();
     let mut session = Session::attach(set, &settings.common)?;
-    let signal_name = signals::name(settings.signal);
+    let mut names: Vec<String> = signals.iter().map(|sig| signals::name(*sig)).collect();
+    names.dedup();
+    let signal_name = names.join(", ");
     let signalled: Vec<String> = pidfds.iter().map(|(pid, _)| pid.to_string()).collect();
     eprintln!(
         "drainwatch: attached to {}; sending {signal_name} to {}, then following the drain for at most {}",
@@ -148,8 +166,8 @@ pub async fn stop(settings: &StopSettings) -> Result<u8> {
     );
     say_txn_unknown(&session);
     let signal_ns = procfs::monotonic_now().as_nanos() as u64;
-    for (_, pidfd) in &pidfds {
-        pidfd.signal(settings.signal);
+    for ((_, pidfd), sig) in pidfds.iter().zip(&signals) {
+        pidfd.signal(*sig);
     }
     let signal_at_ms = session.state.ms_since_attach(signal_ns);
     let mut shower = shower(&settings.common, settings.timeout);

@@ -13,7 +13,10 @@ use crate::{
         print_out,
         summary::{self, plural},
     },
-    verdict::drain::Ending,
+    verdict::{
+        drain::Ending,
+        shutdown::{Chosen, KnownServer},
+    },
 };
 
 /// How often progress is redrawn on a terminal.
@@ -232,4 +235,37 @@ pub fn txn_unknown_line(unknown: &[(u32, u32, Protocol)]) -> Option<String> {
         list.join(", "),
         if unknown.len() == 1 { "its" } else { "their" },
     ))
+}
+
+/// What `stop` says about the signal it chose for one process: the graceful signal of a
+/// known server, or a signal asked for that the table knows cuts work. `None`: nothing to say.
+pub fn signal_choice_line(
+    pid: u32,
+    comm: &str,
+    sig: i32,
+    chosen: Chosen,
+    server: Option<&KnownServer>,
+) -> Option<String> {
+    let name = crate::events::signals::name(sig);
+    let graceful = |row: &KnownServer| crate::events::signals::name(row.graceful);
+    match chosen {
+        Chosen::Graceful(row) => Some(format!(
+            "{comm} ({pid}) is {}: sending its graceful stop, {name} ({}); --signal sends \
+             another",
+            row.name, row.source
+        )),
+        Chosen::Asked => {
+            let row = server?;
+            row.fast.contains(&sig).then(|| {
+                format!(
+                    "warning: for {}, {name} is a fast shutdown that cuts what is in flight \
+                     (its graceful stop is {}, {}); sending it as --signal asks",
+                    row.name,
+                    graceful(row),
+                    row.source
+                )
+            })
+        }
+        Chosen::Default => None,
+    }
 }

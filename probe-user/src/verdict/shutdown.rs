@@ -1,4 +1,4 @@
-//! What common servers do with their stop signals, for `check --signal`: a handled SIGTERM
+//! What common servers do with their stop signals, for `check` and `stop`: a handled SIGTERM
 //! is not always a graceful stop. A small table keyed by the executable's file name (or the
 //! comm), each row from the server's own documentation:
 //!
@@ -10,7 +10,8 @@
 //! - HAProxy: TERM = hard stop, connections closed at once; USR1 = soft stop, finish then
 //!   exit (doc/management.txt, "Stopping and restarting HAProxy"; `-st` vs `-sf`).
 //!
-//! Servers not listed here are judged by the signal masks alone.
+//! `stop` and `check` without `--signal` use the row's graceful signal; servers not listed
+//! here get SIGTERM and are judged by the signal masks alone.
 
 /// A server whose stop signals are known.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,6 +71,27 @@ pub fn known(exe_name: Option<&str>, comm: &str) -> Option<&'static KnownServer>
         .find(|row| exe_name.is_some_and(|n| matches(n, row.name)) || matches(comm, row.name))
 }
 
+/// Why a stop sends the signal it sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Chosen {
+    /// `--signal` named it.
+    Asked,
+    /// Not asked: the server's own graceful signal (docs/design.md, "Command line").
+    Graceful(&'static KnownServer),
+    /// Not asked, a server not in the table: SIGTERM.
+    Default,
+}
+
+/// The signal a stop sends to a process that is `server` (if known), and why. Never a
+/// signal the table knows to cut work unless `--signal` asked for it.
+pub fn stop_signal(asked: Option<i32>, server: Option<&'static KnownServer>) -> (i32, Chosen) {
+    match (asked, server) {
+        (Some(sig), _) => (sig, Chosen::Asked),
+        (None, Some(row)) => (row.graceful, Chosen::Graceful(row)),
+        (None, None) => (libc::SIGTERM, Chosen::Default),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,5 +109,17 @@ mod tests {
         );
         assert_eq!(known(Some("nginx-debug"), "x"), None);
         assert_eq!(known(Some("dw-fixture"), "dw-fixture"), None);
+    }
+
+    #[test]
+    fn a_stop_sends_the_graceful_signal_unless_asked_otherwise() {
+        let nginx = known(Some("nginx"), "nginx");
+        assert_eq!(stop_signal(None, nginx).0, libc::SIGQUIT);
+        assert!(matches!(stop_signal(None, nginx).1, Chosen::Graceful(row) if row.name == "nginx"));
+        assert_eq!(
+            stop_signal(Some(libc::SIGTERM), nginx),
+            (libc::SIGTERM, Chosen::Asked)
+        );
+        assert_eq!(stop_signal(None, None), (libc::SIGTERM, Chosen::Default));
     }
 }
