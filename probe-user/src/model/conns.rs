@@ -311,6 +311,7 @@ impl ConnTracker {
         }
         let conn = self.conns.get_mut(&key).expect("inserted above");
         let txn_was_open = conn.txn_open();
+        let goodbye_before = conn.goodbye_sent();
         let db = conn.db.as_mut()?;
         let io = protocol::DbIo {
             dir: event.dir,
@@ -346,6 +347,12 @@ impl ConnTracker {
         }
         if txn_known {
             self.settle_what(key, WHAT_TRANSACTION, at_ms, "traffic");
+        } else if !goodbye_before && conn.goodbye_sent() {
+            // The goodbye ends the session: whatever it had open the database rolls back
+            // now, unseen, as a close would end it (`close` settles the same way). An exit
+            // that follows without close(2) (mysql2's pool.end() then process.exit(0)) then
+            // leaves nothing unknown behind.
+            self.settle_what(key, WHAT_TRANSACTION, at_ms, "goodbye");
         }
         violation
     }

@@ -288,8 +288,9 @@ fn a_reply_in_a_transaction_turns_unknown_into_open() {
 }
 
 /// Unresolved when its process exits: never a violation for what was not seen, and the
-/// verdict cannot be `clean` either. A close settles it (`closed`); the database's own view
-/// at attach means it was never unknown (not listed).
+/// verdict cannot be `clean` either. A goodbye settles it (`goodbye`: the session ends
+/// there, as at a close), a close too (`closed`); the database's own view at attach means it
+/// was never unknown (not listed).
 #[test]
 fn an_unknown_transaction_state_is_incomplete_at_exit_closed_or_settled_by_the_database() {
     let exit = |tgid: u32| {
@@ -302,21 +303,21 @@ fn an_unknown_transaction_state_is_incomplete_at_exit_closed_or_settled_by_the_d
         })
     };
     let key = (31002, 7);
-    let mut state = named(key.0);
-    existing_mysql(&mut state, key);
-    // COM_QUIT then exit: a clean close, but whatever the session had open was rolled
-    // back unseen.
-    state.apply(&db_io(
+    // COM_QUIT then exit (issue #23: mysql2's pool.end() then process.exit(0)): the goodbye
+    // ended the session, as a close would have.
+    let mut quit = named(key.0);
+    existing_mysql(&mut quit, key);
+    quit.apply(&db_io(
         key,
         20,
         crate::events::Direction::Send,
         &[1, 0, 0, 0, 1],
     ));
-    state.apply(&exit(key.0));
-    let report = state.report(Mode::Wait, 0, vec![]);
+    quit.apply(&exit(key.0));
+    let report = quit.report(Mode::Wait, 0, vec![]);
     assert_eq!(kinds(&report), Vec::<&str>::new());
-    assert_eq!(report.verdict, Verdict::Incomplete);
-    assert_eq!(unknown_txns(&state)[0].resolved_by, None);
+    assert_eq!(report.verdict, Verdict::Clean);
+    assert_eq!(unknown_txns(&quit)[0].resolved_by, Some("goodbye"));
 
     let mut closed = named(key.0);
     existing_mysql(&mut closed, key);
@@ -482,5 +483,64 @@ fn a_redis_close_with_nothing_open_or_owed_is_clean() {
         ],
         "{:?}",
         kinds(&report)
+    );
+}
+
+/// node mysql2's `pool.end()` then `process.exit(0)`: COM_QUIT on a connection from before
+/// attach whose transaction state nothing told, then the exit without close(2). The goodbye
+/// settles it (the session ends there): clean, not `incomplete`.
+#[test]
+fn a_goodbye_then_exit_settles_a_connection_unknown_since_attach() {
+    use crate::events::{DbIo, Direction};
+    let mut state = named(4444);
+    let db = "127.0.0.1:3306".parse().ok();
+    state.add_existing_conn(
+        (4444, 5),
+        Role::Db,
+        Protocol::Mysql,
+        None,
+        db,
+        AtAttach::Idle,
+    );
+    assert_eq!(
+        state
+            .report(Mode::Audit, 0, vec![])
+            .coverage
+            .unwrap()
+            .unknown_at_attach
+            .len(),
+        1
+    );
+    let quit = b"\x01\0\0\0\x01";
+    let (head, tail) =
+        crate::model::protocol::tests_through_kernel(Protocol::Mysql, Direction::Send, quit);
+    state.apply(&Event::DbIo(DbIo {
+        ktime_ns: ATTACH_NS + 10_000_000,
+        tgid: 4444,
+        fd: 5,
+        dir: Direction::Send,
+        protocol: Protocol::Mysql,
+        len: quit.len() as u32,
+        head,
+        tail,
+        tls: false,
+    }));
+    state.apply(&Event::Exit(Exit {
+        ktime_ns: ATTACH_NS + 20_000_000,
+        tgid: 4444,
+        comm: "node".into(),
+        wait_status: Some(0),
+        busy_fds: Vec::new(),
+    }));
+    let report = state.report(Mode::Audit, 0, vec![]);
+    assert_eq!(kinds(&report), Vec::<&str>::new());
+    assert_eq!(report.verdict, Verdict::Clean);
+    let unknown = &report.coverage.as_ref().unwrap().unknown_at_attach;
+    assert_eq!(
+        unknown
+            .iter()
+            .map(|u| (u.fd, u.what, u.resolved_by))
+            .collect::<Vec<_>>(),
+        [(5, "transaction", Some("goodbye"))]
     );
 }
