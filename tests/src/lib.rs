@@ -328,72 +328,50 @@ impl Drop for Drainwatch {
 }
 
 /// The hooks the suite runs drainwatch on, as the report's `coverage.hooks` says them:
-/// `DRAINWATCH_HOOKS` (passed through by `cargo xtask test`, read by drainwatch itself;
-/// docs/hooks.md) or the default.
+/// the backend `DRAINWATCH_HOOKS` forces (passed through by `cargo xtask test`, read by
+/// drainwatch itself; docs/hooks.md), or the default. A value drainwatch refuses panics with
+/// its refusal: no test can run on it.
 pub fn hooks() -> &'static str {
-    match std::env::var("DRAINWATCH_HOOKS").as_deref() {
-        Ok("socket") => "socket-tracepoints",
-        Ok("fentry") => "fentry",
-        Ok("kprobe") => "kprobes",
-        Ok("syscalls") => "syscalls",
-        Ok("") | Err(_) => default_hooks(),
-        Ok(other) => {
-            panic!("DRAINWATCH_HOOKS={other}: not one of socket, fentry, kprobe, syscalls")
-        }
+    static FORCED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    match std::env::var("DRAINWATCH_HOOKS") {
+        Ok(word) if !word.trim().is_empty() => FORCED.get_or_init(|| {
+            doctor_hooks(Some(&word)).unwrap_or_else(|refused| panic!("{refused}"))
+        }),
+        _ => default_hooks(),
     }
 }
 
-/// The backend drainwatch picks on this kernel with nothing forced, as `coverage.hooks`
-/// says it: the socket backend where this kernel has every hook it needs (docs/hooks.md),
-/// else fentry, else the syscall hooks; looked up here independently of drainwatch.
+/// The backend drainwatch picks on this kernel with nothing forced (docs/hooks.md, "Choosing
+/// one"), as `coverage.hooks` says it.
 pub fn default_hooks() -> &'static str {
-    let tracefs = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
-        .into_iter()
-        .find(|root| std::path::Path::new(root).join("events").is_dir());
-    let has = |tp: &str| {
-        tracefs.is_some_and(|root| std::path::Path::new(root).join("events").join(tp).is_dir())
+    static DEFAULT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DEFAULT.get_or_init(|| doctor_hooks(None).unwrap_or_else(|refused| panic!("{refused}")))
+}
+
+/// The `coverage.hooks` word of the `hooks` line of `drainwatch doctor` run with
+/// `DRAINWATCH_HOOKS` set to `forced` (or unset): `  ok       hooks   socket-tracepoints: ...
+/// (DRAINWATCH_HOOKS=socket)` (probe-user/src/output/doctor.rs, `hooks_detail`). The backend
+/// words are written once, in drainwatch's backend registry (probe-user/src/kernel/
+/// backends/), which this crate, driving the built binary from outside, does not link:
+/// asking drainwatch keeps them in one place. `Err`: the line's refusal (a backend this
+/// kernel cannot run, or a word drainwatch does not know).
+fn doctor_hooks(forced: Option<&str>) -> Result<String, String> {
+    let mut cmd = Command::new(drainwatch_bin());
+    cmd.arg("doctor");
+    match forced {
+        Some(word) => cmd.env("DRAINWATCH_HOOKS", word),
+        None => cmd.env_remove("DRAINWATCH_HOOKS"),
     };
-    let socket = [
-        "sock/sock_send_length",
-        "sock/sock_recv_length",
-        "sock/inet_sock_set_state",
-        "tcp/tcp_destroy_sock",
-    ]
-    .into_iter()
-    .all(has)
-        && std::path::Path::new("/sys/kernel/btf/vmlinux").exists();
-    // Else fexit on the socket functions, where ftrace can hook them (what fentry
-    // trampolines need: the functions in available_filter_functions) and BTF types
-    // them; else the syscall hooks.
-    let fentry = || {
-        let traceable = tracefs
-            .and_then(|root| {
-                std::fs::read_to_string(
-                    std::path::Path::new(root).join("available_filter_functions"),
-                )
-                .ok()
-            })
-            .unwrap_or_default();
-        let names: std::collections::HashSet<&str> = traceable
-            .lines()
-            .filter_map(|l| l.split_whitespace().next())
-            .collect();
-        [
-            "tcp_sendmsg",
-            "tcp_recvmsg",
-            "unix_stream_sendmsg",
-            "unix_stream_recvmsg",
-        ]
-        .iter()
-        .all(|f| names.contains(f))
-            && std::path::Path::new("/sys/kernel/btf/vmlinux").exists()
-    };
-    if socket {
-        "socket-tracepoints"
-    } else if fentry() {
-        "fentry"
-    } else {
-        "syscalls"
+    let out = cmd.output().expect("drainwatch doctor runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some("hooks"))
+        .unwrap_or_else(|| panic!("no hooks line in drainwatch doctor's output:\n{text}"));
+    let mut words = line.split_whitespace();
+    match (words.next(), words.nth(1)) {
+        (Some("ok"), Some(coverage)) => Ok(coverage.trim_end_matches(':').to_string()),
+        _ => Err(format!("drainwatch doctor: {}", line.trim())),
     }
 }
 

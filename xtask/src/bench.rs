@@ -20,7 +20,7 @@ fn backends(drainwatch: &Path) -> Vec<String> {
             return vec![forced.trim().to_string()];
         }
     }
-    match compile::default_hooks(drainwatch) {
+    match compile::default_hooks(drainwatch).as_deref() {
         Some("syscalls") | None => vec!["syscalls".into()],
         Some(default) => vec![default.into(), "syscalls".into()],
     }

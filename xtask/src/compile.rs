@@ -49,26 +49,26 @@ pub fn build(release: bool) -> Result<PathBuf> {
 }
 
 /// The hook backend a built `drainwatch` chooses by default on this kernel, as its
-/// `doctor` says it (`ok hooks socket-tracepoints: ...`): `socket`, `fentry`, `kprobe` or
-/// `syscalls` (the `DRAINWATCH_HOOKS` words); `None` when it cannot tell.
-pub fn default_hooks(drainwatch: &std::path::Path) -> Option<&'static str> {
+/// `doctor` says it: the `DRAINWATCH_HOOKS` word at the end of its `hooks` line (`ok hooks
+/// socket-tracepoints: ... (DRAINWATCH_HOOKS=socket)`, probe-user/src/output/doctor.rs,
+/// `hooks_detail`); `None` when it cannot tell. Asked of drainwatch because the backend
+/// words are written once, in its backend registry (probe-user/src/kernel/backends/), which
+/// xtask, building drainwatch, cannot link.
+pub fn default_hooks(drainwatch: &std::path::Path) -> Option<String> {
     let out = std::process::Command::new(drainwatch)
         .arg("doctor")
         .env_remove("DRAINWATCH_HOOKS")
         .output()
         .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let word = text.lines().find_map(|line| {
-        let mut words = line.split_whitespace().skip(1);
-        (words.next() == Some("hooks")).then(|| words.next().unwrap_or("").to_string())
+    let line = text.lines().find(|line| {
+        let mut words = line.split_whitespace();
+        words.next() == Some("ok") && words.next() == Some("hooks")
     })?;
-    [
-        ("socket-tracepoints", "socket"),
-        ("fentry", "fentry"),
-        ("kprobes", "kprobe"),
-        ("syscalls", "syscalls"),
-    ]
-    .into_iter()
-    .find(|(coverage, _)| word.trim_end_matches(':') == *coverage)
-    .map(|(_, env)| env)
+    let word = line
+        .trim_end()
+        .strip_suffix(')')?
+        .rsplit_once("(DRAINWATCH_HOOKS=")?
+        .1;
+    Some(word.to_string())
 }

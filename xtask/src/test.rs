@@ -132,7 +132,7 @@ fn default_hooks_differ_from_syscalls() -> bool {
             return forced.trim() != "syscalls";
         }
     }
-    match compile::default_hooks(&compile::binary("debug", "drainwatch")) {
+    match compile::default_hooks(&compile::binary("debug", "drainwatch")).as_deref() {
         Some("syscalls") => {
             println!("cargo test: the default hooks here are the syscall hooks: one run");
             false

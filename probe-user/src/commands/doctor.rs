@@ -2,13 +2,13 @@
 //! with the fix where something is missing (the lines: [`crate::output::doctor`]).
 
 use crate::{
-    kernel::features::{Features, MINIMUM_KERNEL},
+    kernel::{backends, features::MINIMUM_KERNEL},
     output::doctor::{lines, render, usable},
 };
 
 /// Prints the report; returns the exit code (0 usable, 2 not).
 pub fn run(json: bool) -> u8 {
-    let features = Features::detect();
+    let features = backends::detect();
     let lines = lines(&features);
     let ok = usable(&lines);
     if json {
@@ -16,7 +16,7 @@ pub fn run(json: bool) -> u8 {
             "kernel": features.release,
             "minimum_kernel": MINIMUM_KERNEL,
             "usable": ok,
-            "hooks": features.hooks().ok().map(|h| h.coverage()),
+            "hooks": backends::choose(&features).ok().map(|h| h.coverage()),
             "checks": lines,
         });
         println!("{doc}");

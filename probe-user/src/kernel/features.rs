@@ -6,7 +6,8 @@
 //!
 //! Used by `drainwatch doctor` (every line) and before every attach (the essentials: a
 //! kernel without them gets one line naming the feature and the first Linux release that has
-//! it, exit 2, before anything is loaded).
+//! it, exit 2, before anything is loaded). The hook backends ask it what they need
+//! (kernel/backends/); it knows nothing of them.
 
 use std::{
     ffi::CString,
@@ -14,12 +15,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::{
-    kernel::btf,
-    kernel::hooks::{self, Hooks},
-    kernel::tracefs,
-    Error, Result,
-};
+use crate::{kernel::btf, kernel::tracefs, Error, Result};
 
 /// The oldest kernel release with everything the probe needs: the BPF atomic instructions
 /// beyond add (`BPF_CMPXCHG`, `BPF_OR`; Linux 5.12, commit 5ffa25502b5a) that the per-thread
@@ -27,30 +23,29 @@ use crate::{
 /// (5.5) and raw tracepoints (4.17) are older.
 pub const MINIMUM_KERNEL: &str = "5.12";
 
-/// The tracepoints the probe attaches to; any one missing is fatal.
-pub const REQUIRED_TRACEPOINTS: [(&str, &str); 6] = [
+/// The tracepoints of signals and the process lifecycle, which the probe attaches on every
+/// backend (its programs are named after them).
+pub const LIFECYCLE_TRACEPOINTS: [(&str, &str); 4] = [
     ("signal", "signal_generate"),
     ("sched", "sched_process_fork"),
     ("sched", "sched_process_exec"),
     ("sched", "sched_process_exit"),
-    ("raw_syscalls", "sys_enter"),
-    ("raw_syscalls", "sys_exit"),
 ];
 
-/// Socket-level tracepoints: the socket backend's hooks (docs/hooks.md).
-/// The kernel functions the fentry backend's fexit programs attach to.
-pub const FENTRY_FUNCTIONS: [&str; 4] = [
-    "tcp_sendmsg",
-    "tcp_recvmsg",
-    "unix_stream_sendmsg",
-    "unix_stream_recvmsg",
-];
+/// The tracepoints on every syscall's entry and exit: the last-resort hooks
+/// (kernel/backends/syscalls.rs), which every kernel drainwatch watches sockets on must offer.
+pub const RAW_SYSCALL_TRACEPOINTS: [(&str, &str); 2] =
+    [("raw_syscalls", "sys_enter"), ("raw_syscalls", "sys_exit")];
 
-pub const SOCKET_TRACEPOINTS: [(&str, &str); 4] = [
-    ("sock", "sock_send_length"),
-    ("sock", "sock_recv_length"),
-    ("sock", "inet_sock_set_state"),
-    ("tcp", "tcp_destroy_sock"),
+/// The tracepoints the probe needs; any one missing is fatal (the raw syscall ones only
+/// when sockets are watched).
+pub const REQUIRED_TRACEPOINTS: [(&str, &str); 6] = [
+    LIFECYCLE_TRACEPOINTS[0],
+    LIFECYCLE_TRACEPOINTS[1],
+    LIFECYCLE_TRACEPOINTS[2],
+    LIFECYCLE_TRACEPOINTS[3],
+    RAW_SYSCALL_TRACEPOINTS[0],
+    RAW_SYSCALL_TRACEPOINTS[1],
 ];
 
 /// A yes/no finding with the detail that explains it.
@@ -105,13 +100,19 @@ pub fn kernel_release() -> String {
 }
 
 impl Features {
-    /// Asks the kernel. Needs the same privileges as attaching; without them the BPF
-    /// probes report "permission denied" rather than "missing".
-    pub fn detect() -> Self {
+    /// Asks the kernel, looking up the required tracepoints and `hook_tracepoints` (the
+    /// backends', kernel/backends/: `backends::detect`). Needs the same privileges as
+    /// attaching; without them the BPF probes report "permission denied" rather than
+    /// "missing".
+    pub fn detect(hook_tracepoints: &[(&'static str, &'static str)]) -> Self {
         let tracefs = tracefs::find_root();
         let tracepoints = REQUIRED_TRACEPOINTS
             .iter()
-            .chain(SOCKET_TRACEPOINTS.iter())
+            .chain(
+                hook_tracepoints
+                    .iter()
+                    .filter(|t| !REQUIRED_TRACEPOINTS.contains(t)),
+            )
             .map(|&(category, name)| {
                 let present = tracefs
                     .as_deref()
@@ -192,67 +193,39 @@ impl Features {
         Ok(())
     }
 
-    /// What drainwatch will hook on this kernel (`DRAINWATCH_HOOKS` considered): see
-    /// [`hooks::choose`].
-    pub fn hooks(&self) -> Result<Hooks> {
-        hooks::choose(self)
-    }
-
-    /// What the fentry backend needs and this kernel lacks, if anything: fentry/fexit
-    /// attaching, kernel BTF with the functions it hooks (probe-ebpf/src/sockets/fexit.rs)
-    /// and the TCP lifecycle tracepoints it shares with the socket backend.
-    pub fn fentry_hooks_missing(&self) -> Option<String> {
-        if !self.fentry.ok {
-            return Some(format!("fentry ({})", self.fentry.detail));
-        }
-        for (category, name) in [("sock", "inet_sock_set_state"), ("tcp", "tcp_destroy_sock")] {
-            let present = self
-                .tracepoints
-                .iter()
-                .any(|&(c, n, p)| c == category && n == name && p);
-            if !present {
-                return Some(format!("the tracepoint {category}:{name}"));
-            }
-        }
-        for function in FENTRY_FUNCTIONS {
-            if btf::kernel_func_id(function).is_none() {
-                return Some(format!("the function {function} in kernel BTF"));
-            }
-        }
-        self.socket_members_missing()
-    }
-
-    /// What the socket-tracepoint backend needs and this kernel lacks, if anything: the
-    /// socket tracepoints, and kernel BTF (its programs are `tp_btf`, typed by BTF, and
-    /// read `struct sock` at offsets found there).
-    pub fn socket_hooks_missing(&self) -> Option<String> {
-        if let Some(&(category, name, _)) = self
-            .tracepoints
+    /// Whether the tracepoint `category:name` was found (one [`Features::detect`] looked up).
+    pub fn has_tracepoint(&self, category: &str, name: &str) -> bool {
+        self.tracepoints
             .iter()
-            .find(|&&(c, n, present)| SOCKET_TRACEPOINTS.contains(&(c, n)) && !present)
-        {
-            return Some(format!("the tracepoint {category}:{name}"));
-        }
-        if !std::path::Path::new(btf::KERNEL_BTF).exists() {
-            return Some(format!("kernel BTF ({})", btf::KERNEL_BTF));
-        }
-        self.socket_members_missing()
+            .any(|&(c, n, present)| c == category && n == name && present)
     }
+}
 
-    /// The struct members the socket-level backends read that not every BTF has: unix_sock
-    /// is in vmlinux's BTF only where AF_UNIX is built in (CONFIG_UNIX=y, as on Debian).
-    fn socket_members_missing(&self) -> Option<String> {
-        let wanted = [
-            ("sock", "sk_type"),
-            ("unix_sock", "addr"),
-            ("unix_sock", "peer"),
-            ("socket", "sk"),
-        ];
-        let found = btf::kernel_member_offsets(wanted);
-        if let Some(((name, member), _)) = wanted.iter().zip(found).find(|(_, f)| f.is_none()) {
-            return Some(format!("{name}.{member} in kernel BTF"));
+#[cfg(test)]
+impl Features {
+    /// A kernel that has everything, with `hook_tracepoints` too, as a starting point for
+    /// unit tests (here and in kernel/backends/).
+    pub fn complete(hook_tracepoints: &[(&'static str, &'static str)]) -> Features {
+        Features {
+            release: "6.1.0-57-amd64".into(),
+            privileged: Found::yes("root"),
+            ring_buffer: Found::yes("ringbuf"),
+            atomics: Found::yes("atomics"),
+            raw_tracepoints: Found::yes("raw tp"),
+            tracefs: Some(PathBuf::from("/sys/kernel/tracing")),
+            tracepoints: REQUIRED_TRACEPOINTS
+                .iter()
+                .chain(hook_tracepoints)
+                .map(|&(c, n)| (c, n, true))
+                .collect(),
+            exit_group_dead_field: false,
+            btf: Found::yes("btf"),
+            uprobes: true,
+            kprobes: true,
+            fentry: Found::yes("fentry"),
+            cgroup2: Some(PathBuf::from("/sys/fs/cgroup")),
+            lockdown: Some("none".into()),
         }
-        None
     }
 }
 
@@ -260,8 +233,29 @@ fn tracepoint_exists(root: &Path, category: &str, name: &str) -> bool {
     root.join("events").join(category).join(name).is_dir()
 }
 
+/// Checks privileges up front, so the user gets the fix rather than a bare EPERM.
+pub fn check_privileges() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return Ok(());
+    }
+    // CAP_PERFMON = 38, CAP_BPF = 39 (include/uapi/linux/capability.h).
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let effective = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    let needed = (1u64 << 38) | (1u64 << 39);
+    if effective & needed == needed {
+        Ok(())
+    } else {
+        Err(Error::NotPermitted)
+    }
+}
+
 fn privileges() -> Found {
-    match crate::kernel::probe::check_privileges() {
+    match check_privileges() {
         Ok(()) => Found::yes("root or CAP_BPF + CAP_PERFMON"),
         Err(_) => Found::no("not root and no CAP_BPF + CAP_PERFMON"),
     }
@@ -482,64 +476,9 @@ fn fentry() -> Found {
 mod tests {
     use super::*;
 
-    /// A kernel that has everything, as a starting point for the cases below.
+    /// With two tracepoints a hook backend would look up (features knows none of its own).
     fn complete() -> Features {
-        Features {
-            release: "6.1.0-57-amd64".into(),
-            privileged: Found::yes("root"),
-            ring_buffer: Found::yes("ringbuf"),
-            atomics: Found::yes("atomics"),
-            raw_tracepoints: Found::yes("raw tp"),
-            tracefs: Some(PathBuf::from("/sys/kernel/tracing")),
-            tracepoints: REQUIRED_TRACEPOINTS
-                .iter()
-                .chain(SOCKET_TRACEPOINTS.iter())
-                .map(|&(c, n)| (c, n, true))
-                .collect(),
-            exit_group_dead_field: false,
-            btf: Found::yes("btf"),
-            uprobes: true,
-            kprobes: true,
-            fentry: Found::yes("fentry"),
-            cgroup2: Some(PathBuf::from("/sys/fs/cgroup")),
-            lockdown: Some("none".into()),
-        }
-    }
-
-    #[test]
-    fn without_the_sock_length_tracepoints_or_fentry_the_default_is_the_syscall_hooks() {
-        let mut f = complete();
-        f.fentry = Found::no("attach: permission denied");
-        for tp in f.tracepoints.iter_mut() {
-            if (tp.0, tp.1) == ("sock", "sock_send_length") {
-                tp.2 = false;
-            }
-        }
-        assert_eq!(
-            f.socket_hooks_missing().as_deref(),
-            Some("the tracepoint sock:sock_send_length")
-        );
-        assert_eq!(
-            hooks::choose_from(None, &f).unwrap(),
-            hooks::Hooks::Syscalls
-        );
-        // Forced, it is refused, never quietly replaced.
-        assert!(hooks::choose_from(Some("socket"), &f).is_err());
-        assert_eq!(
-            hooks::choose_from(Some("syscalls"), &f).unwrap(),
-            hooks::Hooks::Syscalls
-        );
-    }
-
-    #[test]
-    fn fentry_is_refused_where_it_does_not_attach() {
-        let mut f = complete();
-        f.fentry = Found::no("attach: permission denied");
-        assert_eq!(
-            f.fentry_hooks_missing().as_deref(),
-            Some("fentry (attach: permission denied)")
-        );
-        assert!(hooks::choose_from(Some("fentry"), &f).is_err());
+        Features::complete(&[("sock", "sock_send_length"), ("tcp", "tcp_destroy_sock")])
     }
 
     #[test]

@@ -5,8 +5,8 @@
 use serde::Serialize;
 
 use crate::kernel::{
-    features::{Features, MINIMUM_KERNEL, REQUIRED_TRACEPOINTS},
-    hooks::Hooks,
+    backends::{self, Backend, BACKENDS},
+    features::{Features, LIFECYCLE_TRACEPOINTS, MINIMUM_KERNEL, REQUIRED_TRACEPOINTS},
 };
 
 /// How a finding bears on drainwatch.
@@ -103,23 +103,14 @@ pub fn lines(f: &Features) -> Vec<Line> {
         )
         .fix("drainwatch mounts it itself when run as root; or `mount -t tracefs tracefs /sys/kernel/tracing`"),
     ];
-    // Which tracepoints the chosen socket backend attaches to: the syscall ones or the
-    // socket ones (signals and lifecycle always).
-    let backend = f.hooks().ok();
+    // Which tracepoints the chosen hook backend attaches to (kernel/backends/; signals and
+    // lifecycle always).
+    let backend = backends::choose(f).ok();
     for &(category, name, present) in &f.tracepoints {
-        let socket_level = matches!(category, "sock" | "tcp");
-        let used = match category {
-            "raw_syscalls" => backend == Some(Hooks::Syscalls),
-            _ if socket_level => match backend {
-                Some(Hooks::Socket) => true,
-                // The fentry backend takes the TCP state changes from these too.
-                Some(Hooks::Fentry) => matches!(name, "inet_sock_set_state" | "tcp_destroy_sock"),
-                _ => false,
-            },
-            _ => true,
-        };
-        let required = REQUIRED_TRACEPOINTS.contains(&(category, name))
-            && (category != "raw_syscalls" || used);
+        let tracepoint = (category, name);
+        let lifecycle = LIFECYCLE_TRACEPOINTS.contains(&tracepoint);
+        let used = lifecycle || backend.is_some_and(|b| b.tracepoints().contains(&tracepoint));
+        let required = lifecycle || (REQUIRED_TRACEPOINTS.contains(&tracepoint) && used);
         let status = if present {
             Status::Ok
         } else if required && f.tracefs.is_some() {
@@ -127,12 +118,11 @@ pub fn lines(f: &Features) -> Vec<Line> {
         } else {
             Status::Absent
         };
-        let detail = match (used, present, socket_level) {
-            (true, true, _) => "used",
-            (true, false, _) => "needed, not on this kernel",
-            (false, true, true) => "available (the socket backend: DRAINWATCH_HOOKS=socket)",
-            (false, true, false) => "available (the last-resort backend, not used)",
-            (false, false, _) => "not on this kernel",
+        let detail = match (used, present) {
+            (true, true) => "used".to_string(),
+            (true, false) => "needed, not on this kernel".to_string(),
+            (false, true) => available_through(tracepoint),
+            (false, false) => "not on this kernel".to_string(),
         };
         let found = line(format!("tracepoint {category}:{name}"), status, detail);
         out.push(if f.tracefs.is_none() {
@@ -194,20 +184,46 @@ pub fn lines(f: &Features) -> Vec<Line> {
         )
         .fix("`--unit`/`--cgroup` need it: mount -t cgroup2 none /sys/fs/cgroup"),
     );
-    out.push(match f.hooks() {
-        Ok(hooks) => line(
-            "hooks",
-            Status::Ok,
-            format!(
-                "{}: sockets through {}; signals and process lifecycle through the signal \
-                 and sched tracepoints",
-                hooks.coverage(),
-                hooks.describe()
-            ),
-        ),
+    out.push(match backends::choose(f) {
+        Ok(backend) => line("hooks", Status::Ok, hooks_detail(backend)),
         Err(err) => line("hooks", Status::Missing, format!("{err}")),
     });
     out
+}
+
+/// The `hooks` line's detail: `<coverage.hooks word>: sockets through ...
+/// (DRAINWATCH_HOOKS=<word>)`. Its first word and its last are read from outside (the
+/// integration tests' `hooks()`, xtask's `default_hooks`, the kernel matrix's check), which
+/// build or run drainwatch and so cannot link its backend registry: keep both where they
+/// are.
+fn hooks_detail(backend: &Backend) -> String {
+    format!(
+        "{}: sockets through {}; signals and process lifecycle through the signal and sched \
+         tracepoints ({}={})",
+        backend.coverage(),
+        backend.describe(),
+        backends::ENV,
+        backend.word()
+    )
+}
+
+/// What an unused tracepoint that is there would serve: the first backend that attaches to
+/// it (the last-resort one said as such).
+fn available_through(tracepoint: (&str, &str)) -> String {
+    let users: Vec<&Backend> = BACKENDS
+        .iter()
+        .copied()
+        .filter(|b| b.tracepoints().contains(&tracepoint))
+        .collect();
+    match users.first() {
+        Some(b) if Some(b) != BACKENDS.last() => format!(
+            "available (the {} backend: {}={})",
+            b.word(),
+            backends::ENV,
+            b.word()
+        ),
+        _ => "available (the last-resort backend, not used)".to_string(),
+    }
 }
 
 /// Whether drainwatch can attach here.

@@ -24,9 +24,9 @@ use crate::{
     host::netstat,
     host::procfs,
     host::targets::{self, Selected, Selection},
-    kernel::features::Features,
-    kernel::probe::{self, Probe, ProbeOptions},
+    kernel::probe::{Probe, ProbeOptions},
     kernel::tracefs,
+    kernel::{backends, features::check_privileges},
     model::conns::AtAttach,
     model::protocol::spec,
     model::state::{AuditState, Origin},
@@ -491,7 +491,7 @@ impl Session {
         check_selection(set)?;
         // Privileges first: without them tracefs cannot be read or mounted either, and the
         // fix to tell is "run as root".
-        probe::check_privileges()?;
+        check_privileges()?;
         let (tracefs_root, mounted) = tracefs::ensure_mounted()?;
         if mounted {
             eprintln!("drainwatch: mounted tracefs at {}", tracefs_root.display());
@@ -499,10 +499,10 @@ impl Session {
         // What this kernel offers, logged at -v like `drainwatch doctor` prints it; a missing
         // essential ends here with one line, before anything is loaded.
         let mut options = probe_options(common);
-        let features = Features::detect();
+        let features = backends::detect();
         doctor::log(&features);
         features.require_essentials(options.sockets)?;
-        options.hooks = features.hooks()?;
+        options.hooks = backends::choose(&features)?;
         let mut probe = Probe::load(&tracefs_root, &options)?;
         let attach_time = procfs::monotonic_now();
         let mut state =
