@@ -115,6 +115,35 @@ fn asyncpg_attached_mid_transaction_then_exit_is_open_transaction() {
     assert!(kinds.contains(&"inflight_at_exit".to_string()), "{kinds:?}");
 }
 
+/// asyncpg pool opened before attach, a transaction opened after attach, then a SIGTERM
+/// handler that exits at once (issue #23: reported as leaked connections and a dropped
+/// request, the transaction unseen). The pool's connections are joined mid-conversation,
+/// and the BEGIN's ReadyForQuery 'T' says the transaction is open. Ground truth: the ledger
+/// has no row.
+#[test]
+fn asyncpg_transaction_opened_after_attach_then_exit_is_open_transaction() {
+    require_root();
+    let db = PgServer::start();
+    let mut shop = Shop::start(Stack::Asyncpg, "asyncpg-exit", &db.url());
+    let dir = TempDir::new("asyncpg-after");
+    let (dw, report_path) = audit(&shop, &dir);
+    let _answer = shop.request_in_transaction("apg2");
+    shop.signal(libc::SIGTERM);
+    shop.wait();
+    let finished = dw.finish();
+    assert!(db.ledger_steps("apg2").is_empty(), "rolled back");
+    let report = read_report(&report_path);
+    let kinds = kinds(&report);
+    assert_eq!(
+        violations(&report, "open_transaction").len(),
+        1,
+        "{kinds:?}\n{}\n{}",
+        finished.stdout,
+        finished.stderr
+    );
+    assert!(kinds.contains(&"inflight_at_exit".to_string()), "{kinds:?}");
+}
+
 // TLS PostgreSQL (psycopg and node-pg, read in plaintext through the SSL hooks): tests/tls.rs.
 
 /// PostgreSQL through its unix socket (the socket directory in the server's temp dir),
