@@ -6,7 +6,7 @@
 
 use aya::Ebpf;
 
-use super::{socket, Backend};
+use super::{descriptor::Backend, socket};
 use crate::{
     kernel::{attach, btf, features::Features, links::Links},
     Result,

@@ -1,10 +1,10 @@
 //! The hook backends that feed the socket side of the probe (docs/hooks.md): socket
 //! tracepoints, fentry/fexit, or the raw syscall tracepoints as the last resort. Each is one
-//! [`Backend`] descriptor in its own file: its programs and what they attach to, what it
-//! needs of the kernel and what this kernel lacks of it, what `doctor` says of it, its
-//! `coverage.hooks` and `DRAINWATCH_HOOKS` words, and how it attaches (its links are owned,
-//! kernel/links.rs: detaching is the same for all). [`BACKENDS`] lists them once, in the
-//! order the default is picked.
+//! [`Backend`] descriptor (descriptor.rs) in its own file: its programs and what they
+//! attach to, what it needs of the kernel and what this kernel lacks of it, what `doctor`
+//! says of it, its `coverage.hooks` and `DRAINWATCH_HOOKS` words, and how it attaches (its
+//! links are owned, kernel/links.rs: detaching is the same for all). [`BACKENDS`] lists them
+//! once, in the order the default is picked.
 //!
 //! Chosen at load from what the kernel offers ([`Features`]), or forced with
 //! `DRAINWATCH_HOOKS`, which the integration tests and xtask read through `drainwatch
@@ -17,16 +17,14 @@
 //! backend that taxes bystanders less goes first), and its word out of [`DESIGNED`]. The
 //! probe (kernel/probe.rs), `doctor` and the choice below need nothing more.
 
+mod descriptor;
 pub mod fentry;
 pub mod socket;
 pub mod syscalls;
 
-use aya::Ebpf;
+pub use descriptor::Backend;
 
-use crate::{
-    kernel::{features::Features, links::Links},
-    Error, Result,
-};
+use crate::{kernel::features::Features, Error, Result};
 
 /// The environment variable that forces a backend.
 pub const ENV: &str = "DRAINWATCH_HOOKS";
@@ -40,80 +38,9 @@ pub static BACKENDS: [&Backend; 3] = [&socket::SOCKET, &fentry::FENTRY, &syscall
 /// `coverage.hooks` word). Asking for one is refused with one line, never replaced.
 const DESIGNED: [(&str, &str); 1] = [("kprobe", "kprobes")];
 
-/// One hook backend: everything drainwatch knows of it.
-pub struct Backend {
-    /// What `DRAINWATCH_HOOKS` accepts for it.
-    word: &'static str,
-    /// The report's `coverage.hooks` word (docs/design.md).
-    coverage: &'static str,
-    /// What `doctor` and `-v` say about it.
-    describe: &'static str,
-    /// Whether connections are keyed by socket (probe-ebpf's `SOCKS`) rather than by
-    /// (tgid, fd): every backend but the syscall hooks.
-    by_socket: bool,
-    /// The tracefs tracepoints it attaches to (looked up by [`detect`], shown by `doctor`).
-    tracepoints: &'static [(&'static str, &'static str)],
-    /// What this kernel lacks of what it needs, if anything ("the tracepoint sock:...").
-    missing: fn(&Features) -> Option<String>,
-    /// Loads and attaches its programs, keeping the links; a hook that did not attach is
-    /// recorded in the failures (the verdict becomes `incomplete`) or fails the load.
-    attach: fn(&mut Ebpf, &mut Links, &mut Vec<String>) -> Result<()>,
-}
-
-impl Backend {
-    pub fn word(&self) -> &'static str {
-        self.word
-    }
-
-    pub fn coverage(&self) -> &'static str {
-        self.coverage
-    }
-
-    pub fn describe(&self) -> &'static str {
-        self.describe
-    }
-
-    pub fn by_socket(&self) -> bool {
-        self.by_socket
-    }
-
-    pub fn tracepoints(&self) -> &'static [(&'static str, &'static str)] {
-        self.tracepoints
-    }
-
-    /// What this kernel lacks for it; `None`: it can run here.
-    pub fn missing(&self, features: &Features) -> Option<String> {
-        (self.missing)(features)
-    }
-
-    /// Attaches its programs in `ebpf` (loaded by kernel/probe.rs), adding their links.
-    pub fn attach(
-        &self,
-        ebpf: &mut Ebpf,
-        links: &mut Links,
-        failures: &mut Vec<String>,
-    ) -> Result<()> {
-        (self.attach)(ebpf, links, failures)
-    }
-
-    /// The backend `DRAINWATCH_HOOKS` names.
-    pub fn parse(word: &str) -> Option<&'static Backend> {
-        BACKENDS.iter().copied().find(|b| b.word == word.trim())
-    }
-}
-
-impl PartialEq for Backend {
-    fn eq(&self, other: &Self) -> bool {
-        self.word == other.word
-    }
-}
-
-impl Eq for Backend {}
-
-impl std::fmt::Debug for Backend {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Backend({})", self.word)
-    }
+/// The backend `DRAINWATCH_HOOKS` names.
+pub fn parse(word: &str) -> Option<&'static Backend> {
+    BACKENDS.iter().copied().find(|b| b.word == word.trim())
 }
 
 /// What the running kernel offers, with every backend's tracepoints looked up.
@@ -154,7 +81,7 @@ pub fn choose_from(forced: Option<&str>, features: &Features) -> Result<&'static
             "the {coverage} backend is designed (docs/hooks.md) but not built yet"
         ));
     }
-    let Some(backend) = Backend::parse(word) else {
+    let Some(backend) = parse(word) else {
         let words: Vec<&str> = BACKENDS
             .iter()
             .map(|b| b.word)
@@ -189,15 +116,15 @@ mod tests {
     #[test]
     fn words_round_trip_and_are_unique() {
         for b in BACKENDS {
-            assert_eq!(Backend::parse(b.word()), Some(b));
+            assert_eq!(parse(b.word()), Some(b));
             assert_eq!(
                 BACKENDS.iter().filter(|o| o.coverage == b.coverage).count(),
                 1
             );
             assert!(!DESIGNED.iter().any(|d| d.0 == b.word || d.1 == b.coverage));
         }
-        assert_eq!(Backend::parse("sockets"), None);
-        assert_eq!(Backend::parse("kprobe"), None, "designed, not built");
+        assert_eq!(parse("sockets"), None);
+        assert_eq!(parse("kprobe"), None, "designed, not built");
     }
 
     #[test]

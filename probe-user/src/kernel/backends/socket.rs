@@ -5,7 +5,7 @@
 
 use aya::Ebpf;
 
-use super::Backend;
+use super::descriptor::Backend;
 use crate::{
     kernel::{attach, btf, features::Features, links::Links},
     Result,

@@ -9,7 +9,7 @@ use aya::{
     Ebpf,
 };
 
-use super::Backend;
+use super::descriptor::Backend;
 use crate::{
     kernel::{
         attach::{self, load_error},
