@@ -288,3 +288,60 @@ fn a_transaction_pipelined_in_one_write_closes_at_its_exec() {
     assert_eq!(conn.txn(), Txn::Idle);
     assert!(conn.close_is_clean());
 }
+
+/// A PostgreSQL or MySQL connection joined midway learns its transaction state from its next
+/// complete exchange (ReadyForQuery's status; the OK packet's SERVER_STATUS_IN_TRANS): by the
+/// last expectation of a recording, two sends after the join leave nothing unknown.
+#[test]
+fn real_clients_joined_midway_learn_the_transaction_state_from_the_next_exchange() {
+    for rec in recordings()
+        .into_iter()
+        .filter(|r| r.protocol != Protocol::Redis)
+    {
+        let ios: Vec<(usize, Direction)> = rec
+            .lines
+            .iter()
+            .enumerate()
+            .filter_map(|(at, l)| match l {
+                Line::Io(_, dir, _) => Some((at, *dir)),
+                _ => None,
+            })
+            .collect();
+        let last_expect = rec
+            .lines
+            .iter()
+            .rposition(|l| matches!(l, Line::Expect(_)))
+            .expect("an expectation");
+        for start in 0..ios.len() {
+            let sends = ios[start..]
+                .iter()
+                .filter(|(at, dir)| *dir == Send && *at < last_expect)
+                .count();
+            if sends < 2 {
+                continue;
+            }
+            let mut conns: BTreeMap<u32, DbConn> = BTreeMap::new();
+            for (at, line) in rec.lines.iter().enumerate().take(last_expect) {
+                if let (Line::Io(id, dir, bytes), true) = (line, at >= ios[start].0) {
+                    redacted_io(
+                        conns
+                            .entry(*id)
+                            .or_insert_with(|| DbConn::new(rec.protocol, false)),
+                        *dir,
+                        bytes,
+                    );
+                }
+            }
+            let unknown: Vec<_> = conns
+                .iter()
+                .filter(|(_, c)| c.txn() == Txn::Unknown && !c.goodbye_sent())
+                .map(|(id, _)| *id)
+                .collect();
+            assert!(
+                unknown.is_empty(),
+                "{}: joined at syscall {start}: connections {unknown:?} still unknown",
+                rec.name
+            );
+        }
+    }
+}
