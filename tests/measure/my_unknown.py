@@ -104,6 +104,11 @@ def main():
                                     "WHERE COMMAND = 'Sleep'"],
                                    capture_output=True, text=True).stdout.split()
             try:
+                (tmp / "url").write_text(urls["no-PROCESS"] + "\n")
+                check = subprocess.run([sys.argv[1], "check", "--pid", str(holder.pid),
+                                        "--db-url", f"file:{tmp}/url"],
+                                       capture_output=True, text=True)
+                print(f"{stack:12} check --db-url no-PROCESS: {check.stderr.strip()}")
                 for label, binary in binaries:
                     for which, url in urls.items():
                         report = tmp / "report.json"

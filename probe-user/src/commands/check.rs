@@ -246,6 +246,9 @@ pub fn run(settings: &CheckSettings) -> Result<u8> {
             lines
         },
     };
+    if let Some(why) = existing::db_view_problem(&settings.common) {
+        eprintln!("drainwatch: warning: {why}: transactions open before attach would stay unknown");
+    }
     if settings.common.json {
         println!(
             "{}",

@@ -548,6 +548,17 @@ impl<'a> DbView<'a> {
     }
 }
 
+/// What is wrong with `--db-url`'s view, if anything, asked once (for `check`: a missing
+/// grant is said before the run that needs it, docs/design.md "Command line").
+pub fn db_view_problem(common: &Common) -> Option<String> {
+    let url = common.db_url.as_ref()?.expose();
+    let asked = match DbView::protocol(url)? {
+        Protocol::Mysql => crate::host::my_view::sessions(url),
+        _ => crate::host::pg_view::sessions(url),
+    };
+    asked.err()
+}
+
 /// A database connection found at attach: the database's own view says whether a
 /// transaction is open: a local PostgreSQL backend's process title (host/pg_title.rs), else
 /// `--db-url`'s pg_stat_activity (host/pg_view.rs) or innodb_trx (host/my_view.rs), matched
