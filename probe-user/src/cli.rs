@@ -14,8 +14,15 @@ use clap::{ArgGroup, Args, Parser, Subcommand};
                   its sockets, database conversations and the signals sent to it. It tells \
                   when the server is drained, stops it gracefully, and audits restarts: \
                   SIGKILLs, transactions cut in half, leaked database connections.\n\n\
-                  Exit codes: 0 clean/drained, 1 violations found (or an incomplete audit), \
-                  2 usage or environment error, 4 timeout."
+                  A connection of the server is a client connection (accepted from its \
+                  listening socket), a db connection (to a database: by its port, 5432, \
+                  3306, 6379, 27017 or --db-port, or by its first bytes), an upstream \
+                  connection (any other connection the server opened itself: a proxy's \
+                  backend, another service's API), or a listener (a listening socket). A \
+                  socket several processes share is one connection.\n\n\
+                  Exit codes: 0 clean/drained, 1 violations found or an incomplete run \
+                  (events lost, a probe failed, interrupted), 2 usage or environment error, \
+                  4 timeout."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -36,9 +43,12 @@ pub enum Command {
     /// Live view of connections, requests, queries and signals until Ctrl-C or exit.
     #[command(
         long_about = "Attaches the probe and redraws, every --interval: connections \
-        by role, requests answered per second and their latency, what is in flight (a line \
+        by role (client: accepted from the server's listener; db: to a database; upstream: \
+        any other connection the server opened, e.g. to a proxied backend; listening), \
+        requests answered per second and their latency, what is in flight (a line \
         per request with its age, each open transaction), and the latest signals. Piped or \
-        with --json, one JSON object per view. Nothing is sent to the targets."
+        with --json, one JSON object per view; a reader that is gone (`| head`) ends it. \
+        Nothing is sent to the targets."
     )]
     Watch(WatchArgs),
     /// Block until the target is drained or has exited; sends no signal.

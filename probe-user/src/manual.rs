@@ -160,7 +160,11 @@ fn exit_status(command: Option<&str>) -> &'static [(&'static str, &'static str)]
         ],
         Some("wait") => &[
             ("0", "drained or exited"),
-            ("1", "exited with violations"),
+            (
+                "1",
+                "exited with violations, or incomplete (events lost, a probe failed, \
+                 interrupted by Ctrl-C or SIGTERM)",
+            ),
             USAGE,
             ("4", "timeout; what was still in flight is listed"),
         ],
@@ -168,7 +172,8 @@ fn exit_status(command: Option<&str>) -> &'static [(&'static str, &'static str)]
             ("0", "every target exited cleanly"),
             (
                 "1",
-                "violations (a SIGKILL, a cut request or transaction, a leaked connection)",
+                "violations (a SIGKILL, a cut request or transaction, a leaked connection), or \
+                 incomplete (events lost, a probe failed, interrupted by Ctrl-C or SIGTERM)",
             ),
             USAGE,
             (
@@ -180,7 +185,8 @@ fn exit_status(command: Option<&str>) -> &'static [(&'static str, &'static str)]
             ("0", "clean"),
             (
                 "1",
-                "violations found, or the audit is incomplete (events lost, a probe failed)",
+                "violations found, or the audit is incomplete (events lost, a probe failed, \
+                 interrupted by Ctrl-C or SIGTERM: the launched command is stopped too)",
             ),
             USAGE,
         ],
@@ -195,7 +201,13 @@ fn exit_status(command: Option<&str>) -> &'static [(&'static str, &'static str)]
                 "0",
                 "clean, drained, exited cleanly (check: a graceful stop is possible)",
             ),
-            ("1", "violations found (check: it is not)"),
+            (
+                "1",
+                "violations found, or the run is incomplete: events lost, a probe failed, \
+                 interrupted by Ctrl-C or SIGTERM, a connection still unknown when its process \
+                 exited; never clean about what was not seen (check: a graceful stop is not \
+                 possible)",
+            ),
             USAGE,
             ("4", "timeout (wait, stop)"),
         ],
@@ -380,7 +392,17 @@ pub fn render(command: Option<&str>) -> Result<String, String> {
     man.render_title(&mut out).map_err(io)?;
     man.render_name_section(&mut out).map_err(io)?;
     let mut text = String::from_utf8(out).map_err(|e| e.to_string())?;
-    let _ = writeln!(text, ".SH SYNOPSIS\n{}", synopsis(&page, &full_name));
+    let synopses = match command {
+        Some(_) => synopsis(&page, &full_name),
+        // drainwatch(1): each command's line, as its own page has it.
+        None => PAGES
+            .iter()
+            .filter_map(|name| page.find_subcommand(name))
+            .map(|sub| synopsis(sub, &format!("drainwatch {}", sub.get_name())))
+            .collect::<Vec<_>>()
+            .join("\n.br\n"),
+    };
+    let _ = writeln!(text, ".SH SYNOPSIS\n{synopses}");
     if let Some(long) = page.get_long_about() {
         let _ = writeln!(
             text,
@@ -454,6 +476,35 @@ mod tests {
             }
             assert!(!examples(command).is_empty(), "{command:?}");
         }
+    }
+
+    /// drainwatch(1) is not bare: a line per command with its flags, and its EXIT STATUS
+    /// names `incomplete`; "upstream" is defined where the roles are named.
+    #[test]
+    fn the_main_page_has_each_synopsis_incomplete_and_the_roles() {
+        let page = render(None).unwrap();
+        let synopsis = section(&page, "SYNOPSIS");
+        for name in PAGES {
+            assert!(
+                synopsis.contains(&format!("\\fBdrainwatch {}\\fR", roff(name))),
+                "{name}: {synopsis}"
+            );
+        }
+        assert!(
+            synopsis.contains("\\fB\\-\\-kill\\-after\\fR"),
+            "{synopsis}"
+        );
+        assert!(
+            section(&page, "\"EXIT STATUS\"").contains("incomplete"),
+            "{page}"
+        );
+        let description = section(&page, "DESCRIPTION");
+        assert!(description.contains("upstream"), "{description}");
+        let watch = render(Some("watch")).unwrap();
+        assert!(
+            section(&watch, "DESCRIPTION").contains("upstream"),
+            "{watch}"
+        );
     }
 
     #[test]

@@ -232,3 +232,41 @@ fn bad_policies_and_names_are_usage_errors() {
     assert_eq!(done.code, 2, "{done:?}");
     assert!(done.stderr.contains("1 to 15 bytes"), "{}", done.stderr);
 }
+
+/// A policy may name every kind of the contract (request_dropped, transaction_rolled_back
+/// and operation_cut were refused), and a name that matches nothing is said as such when
+/// attached ("attached to ;" before) and fails at the end with one line.
+#[test]
+fn every_kind_is_a_policy_word_and_an_unmatched_name_is_said_plainly() {
+    require_root();
+    let dir = TempDir::new("policy-kinds");
+    let policy = dir.path("p.toml");
+    std::fs::write(
+        &policy,
+        "warn = [\"request_dropped\", \"transaction_rolled_back\", \"operation_cut\"]\n",
+    )
+    .unwrap();
+    let done = run_drainwatch(&[
+        "audit",
+        "--comm",
+        "dw-nosuch",
+        "--policy",
+        &policy,
+        "--duration",
+        "300ms",
+    ]);
+    assert_eq!(done.code, 2, "{done:?}");
+    assert!(!done.stderr.contains("attached to ;"), "{}", done.stderr);
+    assert!(
+        done.stderr
+            .contains("attached to nothing yet (--comm dw-nosuch matched no process so far)"),
+        "{}",
+        done.stderr
+    );
+    let last = done.stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("--comm dw-nosuch matched no process"),
+        "{}",
+        done.stderr
+    );
+}

@@ -179,7 +179,10 @@ fn metrics_follow_a_real_server_and_pass_promtool() {
             "drainwatch_connections{role=\"db\",comm=\"dw-fixture\"}",
             0.0,
         ),
-        ("drainwatch_connections_opened_total{role=\"client\"}", 2.0),
+        (
+            "drainwatch_connections_opened_total{role=\"client\",comm=\"dw-fixture\"}",
+            2.0,
+        ),
         ("drainwatch_requests_in_flight{comm=\"dw-fixture\"}", 0.0),
         ("drainwatch_db_queries_in_flight{comm=\"dw-fixture\"}", 0.0),
         ("drainwatch_transactions_open{comm=\"dw-fixture\"}", 0.0),
@@ -227,7 +230,10 @@ fn metrics_follow_a_real_server_and_pass_promtool() {
                 "drainwatch_connections{role=\"client\",comm=\"dw-fixture\"}",
                 0.0,
             ),
-            ("drainwatch_connections_closed_total{role=\"client\"}", 2.0),
+            (
+                "drainwatch_connections_closed_total{role=\"client\",comm=\"dw-fixture\"}",
+                2.0,
+            ),
         ],
     );
     promtool_check(&closed);

@@ -569,6 +569,11 @@ fn watch_on_the_nginx_master_shows_its_workers_and_their_requests() {
     assert_eq!(pids, tree_of(&nginx), "{frame:#}");
     assert_eq!(frame["requests_in_flight"], 3, "{frame:#}");
     assert_eq!(frame["connections"]["client"], 3, "{frame:#}");
+    assert_eq!(
+        frame["connections"]["listener"], 1,
+        "one socket held by the master and its two workers is one connection, as check \
+         counts it: {frame:#}"
+    );
     // A line per request in flight, in the workers; they started before attach, so their
     // age is unknown (null), never a made-up 0.
     let lines = frame["requests_in_flight_on"].as_array().unwrap();

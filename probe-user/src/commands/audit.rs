@@ -100,9 +100,25 @@ pub async fn run(settings: &AuditSettings) -> Result<Outcome> {
         }
         (None, EndWhen::AllExited) => "until they exit".to_string(),
     };
+    // Names that match nothing yet (`--comm nosuch`): said as such, never "attached to ;".
+    let names = session.target_names();
+    let targets = if names.is_empty() {
+        let waiting: Vec<String> = settings
+            .targets
+            .comms
+            .iter()
+            .map(|c| format!("--comm {c}"))
+            .chain(settings.targets.cgroups.iter().map(|c| c.label.clone()))
+            .collect();
+        format!(
+            "nothing yet ({} matched no process so far)",
+            waiting.join(", ")
+        )
+    } else {
+        names
+    };
     eprintln!(
-        "drainwatch: attached to {}; auditing {until}; Ctrl-C stops with a partial report",
-        session.target_names()
+        "drainwatch: attached to {targets}; auditing {until}; Ctrl-C stops with a partial report"
     );
     let deadline = settings.duration.map(|d| tokio::time::Instant::now() + d);
     let ended_by = session.follow(TICK, deadline, |_| false, |_| {}).await?;

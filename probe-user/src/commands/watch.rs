@@ -47,6 +47,7 @@ pub fn frame(session: &Session, pace: &mut Pace) -> Frame {
         requests_per_second = pace.rate(now_ns, conns.requests_ended());
         requests = Some(conns.requests()).filter(|r| r.count > 0);
         let txn_unknown: Vec<(u32, u32)> = conns.unresolved_txns().collect();
+        let mut sockets = std::collections::BTreeSet::new();
         for conn in conns.conns() {
             if conn.role == Role::Client {
                 let key = probe_common::ConnKey {
@@ -62,11 +63,14 @@ pub fn frame(session: &Session, pace: &mut Pace) -> Frame {
                     });
                 }
             }
-            match conn.role {
-                Role::Client => connections.client += 1,
-                Role::Db => connections.db += 1,
-                Role::Upstream => connections.upstream += 1,
-                Role::Listener => connections.listener += 1,
+            // One socket held by several processes is one connection (docs/design.md).
+            if crate::output::socket_key(conn).is_none_or(|key| sockets.insert(key)) {
+                match conn.role {
+                    Role::Client => connections.client += 1,
+                    Role::Db => connections.db += 1,
+                    Role::Upstream => connections.upstream += 1,
+                    Role::Listener => connections.listener += 1,
+                }
             }
             if conn.encrypted() {
                 encrypted.push(EncryptedConn {

@@ -45,6 +45,8 @@ pub struct ConnTracker {
     /// been a request the exit cut.
     exited_unknown: u64,
     counts: ConnectionCounts,
+    /// `counts` by target process.
+    counts_by_tgid: BTreeMap<u32, ConnectionCounts>,
     requests: Histogram<u64>,
     queries: Histogram<u64>,
     /// Encrypted database connections that ended: what happened in them is unknown.
@@ -76,6 +78,7 @@ impl Default for ConnTracker {
             unknown: Vec::new(),
             exited_unknown: 0,
             counts: ConnectionCounts::default(),
+            counts_by_tgid: BTreeMap::new(),
             requests: histogram(),
             queries: histogram(),
             unverified: Vec::new(),
@@ -107,28 +110,43 @@ impl ConnTracker {
         &self.counts
     }
 
-    fn count_open(&mut self, role: Role) {
-        match role {
-            Role::Client => self.counts.client_opened += 1,
-            Role::Db => self.counts.db_opened += 1,
-            Role::Upstream | Role::Listener => {}
+    /// The same counts by target process (tgid), for the metrics' `comm` label.
+    pub fn counts_by_tgid(&self) -> &BTreeMap<u32, ConnectionCounts> {
+        &self.counts_by_tgid
+    }
+
+    fn count_open(&mut self, tgid: u32, role: Role) {
+        for counts in [
+            &mut self.counts,
+            self.counts_by_tgid.entry(tgid).or_default(),
+        ] {
+            match role {
+                Role::Client => counts.client_opened += 1,
+                Role::Db => counts.db_opened += 1,
+                Role::Upstream | Role::Listener => {}
+            }
         }
     }
 
-    fn count_close(&mut self, role: Role) {
-        match role {
-            Role::Client => self.counts.client_closed += 1,
-            Role::Db => self.counts.db_closed += 1,
-            Role::Upstream | Role::Listener => {}
+    fn count_close(&mut self, tgid: u32, role: Role) {
+        for counts in [
+            &mut self.counts,
+            self.counts_by_tgid.entry(tgid).or_default(),
+        ] {
+            match role {
+                Role::Client => counts.client_closed += 1,
+                Role::Db => counts.db_closed += 1,
+                Role::Upstream | Role::Listener => {}
+            }
         }
     }
 
     fn insert(&mut self, conn: Conn) {
         if let Some(old) = self.conns.remove(&(conn.tgid, conn.fd)) {
             // The fd was reused without a close we saw (dup2 over it, say).
-            self.count_close(old.role);
+            self.count_close(old.tgid, old.role);
         }
-        self.count_open(conn.role);
+        self.count_open(conn.tgid, conn.role);
         self.conns.insert((conn.tgid, conn.fd), conn);
     }
 
@@ -225,7 +243,7 @@ impl ConnTracker {
         let Some(conn) = self.conns.remove(&(event.tgid, event.fd)) else {
             return Vec::new();
         };
-        self.count_close(conn.role);
+        self.count_close(conn.tgid, conn.role);
         let mut violations = Vec::new();
         if let (Role::Client, Some(since), true) =
             (conn.role, event.request_since_ns, event.request_uncounted)
@@ -282,14 +300,14 @@ impl ConnTracker {
             let (local, peer, opened_ns, seen) = match self.conns.remove(&key) {
                 Some(old) => {
                     if old.role != Role::Db {
-                        self.count_open(Role::Db);
+                        self.count_open(event.tgid, Role::Db);
                     }
                     // A parser that starts mid-conversation must resynchronise.
                     let from_start = old.opened_ns.is_some() && old.role != Role::Db;
                     (old.local, old.peer, old.opened_ns, from_start)
                 }
                 None => {
-                    self.count_open(Role::Db);
+                    self.count_open(event.tgid, Role::Db);
                     (None, None, None, false)
                 }
             };
@@ -463,7 +481,7 @@ impl ConnTracker {
             }));
         }
         for conn in &gone {
-            self.count_close(conn.role);
+            self.count_close(conn.tgid, conn.role);
         }
         violations
     }

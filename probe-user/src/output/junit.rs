@@ -75,7 +75,8 @@ fn escape(text: &str) -> String {
     out
 }
 
-/// `YYYY-MM-DDTHH:MM:SS` in UTC, as the schema's `timestamp` (xs:dateTime, no zone).
+/// `YYYY-MM-DDTHH:MM:SSZ`: UTC, and saying so (xs:dateTime with its zone), so that a reader
+/// in another zone does not take it for its local time.
 fn timestamp(at: SystemTime) -> String {
     let secs = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let (days, rest) = (secs / 86_400, secs % 86_400);
@@ -91,7 +92,7 @@ fn timestamp(at: SystemTime) -> String {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
         rest / 3600,
         rest % 3600 / 60,
         rest % 60

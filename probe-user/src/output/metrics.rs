@@ -14,7 +14,7 @@
 //! Every name is prefixed `drainwatch_`; docs/observability.md lists them for dashboards.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     fmt::Display,
     fmt::Write as _,
 };
@@ -37,16 +37,9 @@ pub const BUCKETS_US: [u64; 17] = [
     1_000_000, 2_500_000, 5_000_000, 10_000_000, 30_000_000,
 ];
 
-/// Violation kinds, as the report names them (docs/design.md): every one is exported, zero or not,
-/// so that `rate()` and `increase()` work from the first scrape.
-pub const VIOLATION_KINDS: [&str; 6] = [
-    "sigkill",
-    "leaked_db_connection",
-    "open_transaction",
-    "inflight_at_exit",
-    "request_dropped",
-    "transaction_rolled_back",
-];
+/// Violation kinds, as the report names them (docs/design.md): every one is exported, zero or
+/// not, so that `rate()` and `increase()` work from the first scrape.
+pub use crate::verdict::policy::KINDS as VIOLATION_KINDS;
 
 /// A Prometheus histogram of latencies: per-bucket counts, their sum and count.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -147,11 +140,6 @@ pub struct TargetUp {
 pub struct Snapshot {
     /// What is in flight and open, by target name (`comm`).
     pub by_comm: BTreeMap<String, CommSnapshot>,
-    /// Opened and closed since attach: client, db.
-    pub opened: [u64; 2],
-    pub closed: [u64; 2],
-    /// Age of the oldest open transaction, 0 when none is open.
-    pub oldest_transaction_seconds: f64,
     pub events_received: u64,
     pub events_lost: u64,
     pub probe_failures: u64,
@@ -161,8 +149,14 @@ pub struct Snapshot {
 /// The part of a scrape that is counted per target name.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CommSnapshot {
-    /// Open connections: client, db, upstream, listener.
+    /// Open connections: client, db, upstream, listener; a socket several processes of the
+    /// name hold (nginx's listener, inherited by its workers) is one (docs/design.md).
     pub connections: [u64; 4],
+    /// Opened and closed since attach: client, db.
+    pub opened: [u64; 2],
+    pub closed: [u64; 2],
+    /// Age of the oldest open transaction in µs, 0 when none is open.
+    pub oldest_transaction_us: u64,
     pub requests_in_flight: u64,
     pub queries_in_flight: u64,
     pub transactions_open: u64,
@@ -243,24 +237,28 @@ impl Snapshot {
             named.queries_in_flight += in_flight.queries;
             named.transactions_open += in_flight.transactions;
         }
-        let mut oldest_ns = None::<u64>;
+        let mut sockets = BTreeSet::new();
         for conn in conns.conns() {
-            self.by_comm
-                .entry(comm_of(conn.tgid))
-                .or_default()
-                .connections[role_index(conn.role)] += 1;
-            if conn.txn_open() {
-                if let Some(since) = conn.txn_since {
-                    oldest_ns = Some(oldest_ns.map_or(since, |o| o.min(since)));
+            let comm = comm_of(conn.tgid);
+            if let Some(key) = crate::output::socket_key(conn) {
+                if !sockets.insert((comm.clone(), key)) {
+                    continue;
                 }
             }
+            let named = self.by_comm.entry(comm).or_default();
+            named.connections[role_index(conn.role)] += 1;
+            if let (true, Some(since)) = (conn.txn_open(), conn.txn_since) {
+                let age_us = now_ns.saturating_sub(since) / 1_000;
+                named.oldest_transaction_us = named.oldest_transaction_us.max(age_us);
+            }
         }
-        self.oldest_transaction_seconds = oldest_ns
-            .map(|since| now_ns.saturating_sub(since) as f64 / 1e9)
-            .unwrap_or(0.0);
-        let counts = conns.counts();
-        self.opened = [counts.client_opened, counts.db_opened];
-        self.closed = [counts.client_closed, counts.db_closed];
+        for (tgid, counts) in conns.counts_by_tgid() {
+            let named = self.by_comm.entry(comm_of(*tgid)).or_default();
+            named.opened[0] += counts.client_opened;
+            named.opened[1] += counts.db_opened;
+            named.closed[0] += counts.client_closed;
+            named.closed[1] += counts.db_closed;
+        }
     }
 }
 
@@ -338,18 +336,30 @@ impl Exporter {
         out.family(
             "connections_opened_total",
             "counter",
-            "Client and database connections opened since drainwatch attached.",
+            "Client and database connections opened since drainwatch attached, by target name.",
         );
-        for (role, n) in ROLES.iter().zip(s.opened) {
-            out.sample("connections_opened_total", &[("role", role)], n);
+        for (comm, c) in &s.by_comm {
+            for (role, n) in ROLES.iter().zip(c.opened) {
+                out.sample(
+                    "connections_opened_total",
+                    &[("role", role), ("comm", comm)],
+                    n,
+                );
+            }
         }
         out.family(
             "connections_closed_total",
             "counter",
-            "Client and database connections closed since drainwatch attached.",
+            "Client and database connections closed since drainwatch attached, by target name.",
         );
-        for (role, n) in ROLES.iter().zip(s.closed) {
-            out.sample("connections_closed_total", &[("role", role)], n);
+        for (comm, c) in &s.by_comm {
+            for (role, n) in ROLES.iter().zip(c.closed) {
+                out.sample(
+                    "connections_closed_total",
+                    &[("role", role), ("comm", comm)],
+                    n,
+                );
+            }
         }
         out.per_comm(
             s,
@@ -372,11 +382,18 @@ impl Exporter {
             "Database transactions open, as the database's own replies say, by target name.",
             |c| c.transactions_open,
         );
-        out.gauge(
+        out.family(
             "oldest_transaction_seconds",
-            "How long the oldest open transaction has been open (0 when none is).",
-            s.oldest_transaction_seconds,
+            "gauge",
+            "How long the oldest open transaction has been open (0 when none is), by target name.",
         );
+        for (comm, c) in &s.by_comm {
+            out.sample(
+                "oldest_transaction_seconds",
+                &[("comm", comm)],
+                c.oldest_transaction_us as f64 / 1e6,
+            );
+        }
         out.per_comm(
             s,
             "sigkills_total",
@@ -388,7 +405,8 @@ impl Exporter {
             "violations_total",
             "counter",
             "Violations seen, by kind (sigkill, leaked_db_connection, open_transaction, \
-             inflight_at_exit, request_dropped, transaction_rolled_back) and target name.",
+             inflight_at_exit, request_dropped, transaction_rolled_back, operation_cut) and \
+             target name.",
         );
         for (comm, c) in &s.by_comm {
             for (kind, n) in VIOLATION_KINDS.iter().zip(c.violations) {

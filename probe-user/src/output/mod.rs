@@ -33,3 +33,14 @@ pub fn print_out(text: &str) {
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }
+
+/// What makes two connection entries one socket: its role and addresses. The kernel's table
+/// holds a connection per process and fd, so a socket several processes hold (nginx's
+/// listener, inherited by its workers) is there once for each; docs/design.md ("Words":
+/// fds that share one socket are one connection) counts it once, as `check` does. `None`
+/// while the local address is unknown (then each entry counts).
+pub fn socket_key(
+    conn: &crate::model::conns::Conn,
+) -> Option<(u8, std::net::SocketAddr, Option<std::net::SocketAddr>)> {
+    Some((conn.role as u8, conn.local?, conn.peer))
+}

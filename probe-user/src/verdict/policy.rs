@@ -1,5 +1,5 @@
 //! `--policy FILE`: which violations fail a CI run and which only warn. Without a policy,
-//! every violation fails. The file is TOML:
+//! every violation fails. docs/policy.md describes it; the file is TOML:
 //!
 //! ```toml
 //! # Violation kinds that only warn.
@@ -19,11 +19,16 @@ use crate::{
     Error, Result,
 };
 
-const KINDS: [&str; 4] = [
+/// Every violation kind of the contract (docs/design.md, "Violations"), in its order: a
+/// policy may name any of them, `serve` exports each.
+pub const KINDS: [&str; 7] = [
     "sigkill",
     "leaked_db_connection",
     "open_transaction",
     "inflight_at_exit",
+    "request_dropped",
+    "transaction_rolled_back",
+    "operation_cut",
 ];
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -136,6 +141,37 @@ mod tests {
             policy.severity(&sigkill("release-tool", false)),
             Severity::Fail
         );
+    }
+
+    /// The policy knows exactly the contract's kinds (issue #27: it refused request_dropped
+    /// and transaction_rolled_back), and docs/policy.md lists them all.
+    #[test]
+    fn every_kind_of_the_contract_can_warn() {
+        let design =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/design.md"))
+                .unwrap();
+        let section = design
+            .split("## Violations")
+            .nth(1)
+            .and_then(|s| s.split("\n## ").next())
+            .unwrap();
+        let contract: Vec<&str> = section
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `")?.split('`').next())
+            .collect();
+        assert_eq!(contract, KINDS);
+        let all = format!("warn = {:?}", KINDS);
+        let policy = Policy::parse(&all, "p.toml").unwrap();
+        assert_eq!(policy.warn, KINDS);
+        let doc =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/policy.md"))
+                .unwrap();
+        for kind in KINDS {
+            assert!(
+                doc.contains(&format!("`{kind}`")),
+                "docs/policy.md lacks {kind}"
+            );
+        }
     }
 
     #[test]

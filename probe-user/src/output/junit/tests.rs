@@ -95,14 +95,14 @@ fn escapes_everything_xml_cannot_hold() {
 
 #[test]
 fn timestamps_are_utc_calendar_time() {
-    assert_eq!(timestamp(UNIX_EPOCH), "1970-01-01T00:00:00");
+    assert_eq!(timestamp(UNIX_EPOCH), "1970-01-01T00:00:00Z");
     assert_eq!(
         timestamp(UNIX_EPOCH + Duration::from_secs(1_764_506_096)),
-        "2025-11-30T12:34:56"
+        "2025-11-30T12:34:56Z"
     );
     assert_eq!(
         timestamp(UNIX_EPOCH + Duration::from_secs(951_782_400)),
-        "2000-02-29T00:00:00"
+        "2000-02-29T00:00:00Z"
     );
 }
 
@@ -143,7 +143,7 @@ fn one_case_per_name_one_failure_per_kind() {
     assert_eq!(attr(&xml, "testsuite", "hostname"), ["ci-runner-7"]);
     assert_eq!(
         attr(&xml, "testsuite", "timestamp"),
-        ["2025-11-30T12:34:56"]
+        ["2025-11-30T12:34:56Z"]
     );
     for name in attr(&xml, "testcase", "name") {
         assert!(!name.contains('('), "no pid in a case name: {name}");

@@ -54,7 +54,7 @@ fn text_has_help_type_and_escaped_labels() {
     let redis = CommSnapshot {
         connections: [2, 1, 0, 1],
         requests_in_flight: 1,
-        violations: [1, 0, 0, 0, 0, 0],
+        violations: [1, 0, 0, 0, 0, 0, 0],
         ..CommSnapshot::default()
     };
     let snapshot = Snapshot {
