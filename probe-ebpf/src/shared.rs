@@ -6,7 +6,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
-use core::intrinsics::{atomic_or, AtomicOrdering};
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use probe_common::{
     target_bit, Counter, EventHeader, ProbeConfig, TargetInfo, COMM_LEN, COUNTER_SLOTS,
@@ -33,7 +33,8 @@ pub static TARGETS: HashMap<u32, TargetInfo> = HashMap::with_max_entries(MAX_TAR
 pub static USER_TARGET_BITS: Array<u64> = Array::with_max_entries(TARGET_BITMAP_WORDS, 0);
 
 /// The same for pids the kernel side adds (followed forks, `--comm` matches), set with an
-/// atomic OR. Two maps, so that userspace's read-modify-write never races the kernel's.
+/// atomic add (see [`add_target`]). Two maps, so that userspace's read-modify-write never
+/// races the kernel's.
 #[map]
 pub static KERNEL_TARGET_BITS: Array<u64> = Array::with_max_entries(TARGET_BITMAP_WORDS, 0);
 
@@ -77,12 +78,27 @@ pub fn maybe_target(id: u32) -> bool {
 
 /// Adds a pid to `TARGETS` from the kernel side (and to its bitmap, before the entry, so a
 /// reader that finds the entry also passes the bitmap).
+///
+/// The bit is set with an atomic add of its mask when it reads clear: Linux 5.10 has no
+/// atomic OR (BPF_ATOMIC beyond add came in 5.12), and an add is an OR for a bit that is
+/// clear and that nobody else sets meanwhile. Nobody can: the two callers add a pid either
+/// in the fork of the task that will carry it, before that task is first woken
+/// (kernel/fork.c: `trace_sched_process_fork` precedes `wake_up_new_task`), or in that
+/// task's own exec; a task runs one program at a time, and a pid is only reused after its
+/// task is gone, when the earlier add has long been visible. Bits are never cleared, so a
+/// reused pid finds its bit set and adds nothing. Other pids' bits in the same word are
+/// added atomically and do not disturb this one.
 #[inline(always)]
 pub fn add_target(id: u32, info: &TargetInfo) -> Result<(), ()> {
     if let Some((word, mask)) = target_bit(id) {
         if let Some(slot) = KERNEL_TARGET_BITS.get_ptr_mut(word) {
-            // SAFETY: a u64 inside an array map value, valid for this program run.
-            unsafe { atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>(slot, mask) };
+            // SAFETY: a u64 inside an array map value, valid for this program run; the
+            // add's result is unused, so it is the plain BPF_XADD every kernel has.
+            unsafe {
+                if core::ptr::read_volatile(slot) & mask == 0 {
+                    atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(slot, mask);
+                }
+            }
         }
     }
     TARGETS.insert(&id, info, 0).map_err(|_| ())

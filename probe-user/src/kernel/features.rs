@@ -1,6 +1,6 @@
 //! What the running kernel offers drainwatch, found by asking it rather than by reading
 //! version numbers (distribution kernels backport features, RHEL's most of all): a BPF ring
-//! buffer is created, a program with an atomic compare-and-exchange is loaded, an empty
+//! buffer is created, a program calling the task-register helpers is loaded, an empty
 //! fentry program is attached, tracepoints are looked up in tracefs. Each probe is a
 //! syscall or two and leaves nothing behind.
 //!
@@ -17,11 +17,13 @@ use std::{
 
 use crate::{kernel::btf, kernel::tracefs, Error, Result};
 
-/// The oldest kernel release with everything the probe needs: the BPF atomic instructions
-/// beyond add (`BPF_CMPXCHG`, `BPF_OR`; Linux 5.12, commit 5ffa25502b5a) that the per-thread
-/// slots and target bitmaps use. The ring buffer (5.8), `bpf_probe_read_kernel`/`_user`
-/// (5.5) and raw tracepoints (4.17) are older.
-pub const MINIMUM_KERNEL: &str = "5.12";
+/// The oldest kernel release with everything the probe needs on its last-resort backend
+/// (the syscall hooks): the BPF ring buffer (Linux 5.8), the newest of what it uses —
+/// `bpf_probe_read_kernel`/`_user` (5.5), bounded loops (5.3), raw tracepoints (4.17),
+/// `bpf_get_current_task` (4.8) and atomic add (`BPF_XADD`, older than all of them; the
+/// probe needs no other atomic: probe-ebpf's pending.rs and shared.rs). The socket-level
+/// backends need more (the task-register helpers, 5.15; see [`Features::task_regs`]).
+pub const MINIMUM_KERNEL: &str = "5.8";
 
 /// The tracepoints of signals and the process lifecycle, which the probe attaches on every
 /// backend (its programs are named after them).
@@ -77,7 +79,9 @@ pub struct Features {
     pub release: String,
     pub privileged: Found,
     pub ring_buffer: Found,
-    pub atomics: Found,
+    /// `bpf_get_current_task_btf` (5.11) and `bpf_task_pt_regs` (5.15): how the
+    /// socket-level backends' programs find the syscall in progress (its fd and buffer).
+    pub task_regs: Found,
     pub raw_tracepoints: Found,
     pub tracefs: Option<PathBuf>,
     /// (category, name, present)
@@ -128,10 +132,10 @@ impl Features {
             release: kernel_release(),
             privileged: privileges(),
             ring_buffer: ring_buffer(),
-            atomics: load_check(
-                "atomic compare-and-exchange",
+            task_regs: load_check(
+                "bpf_get_current_task_btf, bpf_task_pt_regs",
                 PROG_TYPE_RAW_TRACEPOINT,
-                &ATOMICS,
+                &TASK_REGS,
             ),
             raw_tracepoints: load_check("raw tracepoint program", PROG_TYPE_RAW_TRACEPOINT, &EMPTY),
             tracefs,
@@ -176,9 +180,6 @@ impl Features {
                 &self.raw_tracepoints.detail,
             );
         }
-        if !self.atomics.ok {
-            return missing("BPF atomic instructions", "5.12", &self.atomics.detail);
-        }
         for &(category, name, present) in &self.tracepoints {
             let required = REQUIRED_TRACEPOINTS.contains(&(category, name));
             let needed = required && (sockets || category != "raw_syscalls");
@@ -210,7 +211,7 @@ impl Features {
             release: "6.1.0-57-amd64".into(),
             privileged: Found::yes("root"),
             ring_buffer: Found::yes("ringbuf"),
-            atomics: Found::yes("atomics"),
+            task_regs: Found::yes("task regs"),
             raw_tracepoints: Found::yes("raw tp"),
             tracefs: Some(PathBuf::from("/sys/kernel/tracing")),
             tracepoints: REQUIRED_TRACEPOINTS
@@ -331,14 +332,13 @@ const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
 /// `r0 = 0; exit`.
 const EMPTY: [Insn; 2] = [insn(0xb7, 0, 0, 0, 0), insn(0x95, 0, 0, 0, 0)];
 
-/// `*(u64 *)(r10 - 8) = 0; r1 = 1; r0 = 0; r0 = cmpxchg((u64 *)(r10 - 8), r0, r1);
-/// r0 = 0; exit` — BPF_STX | BPF_ATOMIC | BPF_DW with imm BPF_CMPXCHG (0xf0 | BPF_FETCH),
-/// which kernels before 5.12 reject as an unknown opcode.
-const ATOMICS: [Insn; 6] = [
-    insn(0x7a, 10, 0, -8, 0),
-    insn(0xb7, 1, 0, 0, 1),
-    insn(0xb7, 0, 0, 0, 0),
-    insn(0xdb, 10, 1, -8, 0xf1),
+/// `call bpf_get_current_task_btf; r1 = r0; call bpf_task_pt_regs; r0 = 0; exit`
+/// (helpers 158 and 175 of include/uapi/linux/bpf.h): a kernel without either rejects the
+/// call as an unknown function (before 5.11 and 5.15).
+const TASK_REGS: [Insn; 5] = [
+    insn(0x85, 0, 0, 0, 158),
+    insn(0xbf, 1, 0, 0, 0),
+    insn(0x85, 0, 0, 0, 175),
     insn(0xb7, 0, 0, 0, 0),
     insn(0x95, 0, 0, 0, 0),
 ];
@@ -492,23 +492,18 @@ mod tests {
     }
 
     #[test]
-    fn a_kernel_older_than_5_12_is_refused_naming_the_feature_and_the_release() {
+    fn a_kernel_older_than_5_8_is_refused_naming_the_feature_and_the_release() {
         let mut f = complete();
-        f.release = "5.10.0-28-amd64".into();
-        f.atomics = Found::no("atomic compare-and-exchange: not supported by this kernel");
-        let text = f.require_essentials(true).unwrap_err().to_string();
-        assert!(text.contains("5.10.0-28-amd64"), "{text}");
-        assert!(text.contains("BPF atomic instructions"), "{text}");
-        assert!(text.contains("Linux 5.12 or newer"), "{text}");
-        assert!(!text.contains('\n'), "one line: {text}");
-
-        let mut f = complete();
+        f.release = "5.4.0-200-generic".into();
         f.ring_buffer = Found::no("not supported by this kernel");
         let text = f.require_essentials(true).unwrap_err().to_string();
+        assert!(text.contains("5.4.0-200-generic"), "{text}");
+        assert!(text.contains("BPF ring buffer"), "{text}");
         assert!(
-            text.contains("ring buffer") && text.contains("Linux 5.8"),
+            text.contains(&format!("Linux {MINIMUM_KERNEL} or newer")),
             "{text}"
         );
+        assert!(!text.contains('\n'), "one line: {text}");
     }
 
     #[test]
@@ -552,11 +547,13 @@ mod tests {
     fn instructions_have_the_kernels_layout() {
         assert_eq!(std::mem::size_of::<Insn>(), 8);
         // `*(u64 *)(r10 - 8) = 0`: dst r10 in the low nibble, offset -8.
-        let raw: [u8; 8] = unsafe { std::mem::transmute(ATOMICS[0]) };
+        let raw: [u8; 8] = unsafe { std::mem::transmute(insn(0x7a, 10, 0, -8, 0)) };
         assert_eq!(raw, [0x7a, 0x0a, 0xf8, 0xff, 0, 0, 0, 0]);
-        // cmpxchg: src r1 in the high nibble, imm BPF_CMPXCHG.
-        let raw: [u8; 8] = unsafe { std::mem::transmute(ATOMICS[3]) };
-        assert_eq!(raw, [0xdb, 0x1a, 0xf8, 0xff, 0xf1, 0, 0, 0]);
+        // `r1 = r0`: dst r1, src r0; `call 175`: the helper number in imm.
+        let raw: [u8; 8] = unsafe { std::mem::transmute(TASK_REGS[1]) };
+        assert_eq!(raw, [0xbf, 0x01, 0, 0, 0, 0, 0, 0]);
+        let raw: [u8; 8] = unsafe { std::mem::transmute(TASK_REGS[2]) };
+        assert_eq!(raw, [0x85, 0, 0, 0, 175, 0, 0, 0]);
     }
 
     #[test]

@@ -92,8 +92,15 @@ pub fn lines(f: &Features) -> Vec<Line> {
             &f.raw_tracepoints.detail,
         )
         .fix("Linux 4.17 or newer"),
-        line("bpf atomics", essential(f.atomics.ok), &f.atomics.detail)
-            .fix(format!("Linux {MINIMUM_KERNEL} or newer")),
+        line(
+            "bpf task registers",
+            optional(f.task_regs.ok),
+            &f.task_regs.detail,
+        )
+        .fix(format!(
+            "Linux 5.15 or newer for the socket-level hooks (socket tracepoints, fentry); \
+             the syscall hooks work from Linux {MINIMUM_KERNEL}"
+        )),
         line(
             "tracefs",
             optional(f.tracefs.is_some()),

@@ -32,12 +32,15 @@ const FEXITS: [(&str, &str); 4] = [
     ("fx_unix_recv", "unix_stream_recvmsg"),
 ];
 
-/// What it needs and this kernel lacks, if anything: fentry/fexit attaching, kernel BTF
-/// with the functions it hooks and the TCP lifecycle tracepoints it shares with the socket
-/// backend.
+/// What it needs and this kernel lacks, if anything: fentry/fexit attaching, the
+/// task-register helpers, kernel BTF with the functions it hooks and the TCP lifecycle
+/// tracepoints it shares with the socket backend.
 fn missing(features: &Features) -> Option<String> {
     if !features.fentry.ok {
         return Some(format!("fentry ({})", features.fentry.detail));
+    }
+    if let Some(missing) = socket::task_regs_missing(features) {
+        return Some(missing);
     }
     if let Some((category, name)) = socket::LIFECYCLE
         .iter()

@@ -168,6 +168,31 @@ mod tests {
     }
 
     #[test]
+    fn linux_5_10_runs_on_the_syscall_hooks_though_fentry_attaches() {
+        // Debian 11 / Amazon Linux 2: no sock length tracepoints (6.3), fentry attaches,
+        // but the socket-level programs' task-register helpers are 5.11/5.15.
+        let mut f = Features::complete(&tracepoints());
+        f.release = "5.10.0-32-amd64".into();
+        f.task_regs = crate::kernel::features::Found {
+            ok: false,
+            detail: "bpf_get_current_task_btf, bpf_task_pt_regs: not supported by this kernel"
+                .into(),
+        };
+        for tp in f.tracepoints.iter_mut() {
+            if tp.0 == "sock" && tp.1.ends_with("_length") {
+                tp.2 = false;
+            }
+        }
+        f.require_essentials(true).unwrap();
+        let missing = fentry::FENTRY
+            .missing(&f)
+            .expect("fentry lacks the helpers");
+        assert!(missing.contains("task-register helpers"), "{missing}");
+        assert_eq!(choose_from(None, &f).unwrap(), &syscalls::SYSCALLS);
+        assert!(choose_from(Some("fentry"), &f).is_err());
+    }
+
+    #[test]
     fn fentry_is_refused_where_it_does_not_attach_and_kprobes_everywhere() {
         let mut f = Features::complete(&tracepoints());
         f.fentry = crate::kernel::features::Found {

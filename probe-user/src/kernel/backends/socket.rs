@@ -48,7 +48,22 @@ fn missing(features: &Features) -> Option<String> {
     if !std::path::Path::new(btf::KERNEL_BTF).exists() {
         return Some(format!("kernel BTF ({})", btf::KERNEL_BTF));
     }
+    if let Some(missing) = task_regs_missing(features) {
+        return Some(missing);
+    }
     members_missing()
+}
+
+/// The helpers both socket-level backends call to find the syscall in progress (its fd and
+/// buffer: probe-ebpf's sock_tp.rs `syscall_regs`), if the kernel lacks them: Linux 5.10
+/// (Debian 11, Amazon Linux 2) has fentry but neither.
+pub(super) fn task_regs_missing(features: &Features) -> Option<String> {
+    (!features.task_regs.ok).then(|| {
+        format!(
+            "the BPF task-register helpers ({})",
+            features.task_regs.detail
+        )
+    })
 }
 
 /// The struct members the socket-level backends read that not every BTF has: unix_sock
