@@ -84,3 +84,49 @@ fn every_attaching_command_logs_the_doctor_lines_at_v() {
         done.stderr
     );
 }
+
+/// Run as nobody, doctor says once that it lacks privileges and blames the kernel for
+/// nothing: no "permission denied (fix: Linux 5.8 or newer)", no "tracefs not mounted", no
+/// tracepoint "not on this kernel".
+#[test]
+fn without_privileges_doctor_says_so_once_and_blames_no_kernel() {
+    require_root();
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(drainwatch_bin())
+        .arg("doctor")
+        .output()
+        .expect("setpriv (util-linux) runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{stdout}");
+    let missing: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.trim_start().starts_with("MISSING"))
+        .collect();
+    assert_eq!(missing.len(), 1, "{stdout}");
+    assert!(
+        missing[0].contains("privileges") && missing[0].contains("run as root"),
+        "{stdout}"
+    );
+    let others: Vec<&str> = stdout
+        .lines()
+        .filter(|l| !l.contains("privileges"))
+        .collect();
+    for blame in [
+        "permission denied",
+        "fix: Linux",
+        "not on this kernel",
+        "tracefs",
+        "tracepoint ",
+    ] {
+        assert!(
+            others.iter().all(|l| !l.contains(blame)),
+            "{blame:?} in:\n{stdout}"
+        );
+    }
+}

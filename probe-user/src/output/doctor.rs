@@ -195,7 +195,33 @@ pub fn lines(f: &Features) -> Vec<Line> {
         Ok(backend) => line("hooks", Status::Ok, hooks_detail(backend)),
         Err(err) => line("hooks", Status::Missing, format!("{err}")),
     });
+    if !f.privileged.ok {
+        unprivileged(&mut out);
+    }
     out
+}
+
+/// Without privileges the kernel refuses every BPF load and hides tracefs: those checks
+/// say nothing about the kernel ("permission denied (fix: Linux 5.8 or newer)", tracepoints
+/// "not on this kernel"), and neither does the hook backend chosen from them. They are left
+/// out, and the privileges line says so, once.
+fn unprivileged(out: &mut Vec<Line>) {
+    const NEED_PRIVILEGES: [&str; 6] = [
+        "bpf ring buffer",
+        "raw tracepoints",
+        "bpf atomics",
+        "tracefs",
+        "fentry",
+        "hooks",
+    ];
+    out.retain(|l| {
+        !NEED_PRIVILEGES.contains(&l.what.as_str()) && !l.what.starts_with("tracepoint ")
+    });
+    if let Some(privileges) = out.iter_mut().find(|l| l.what == "privileges") {
+        privileges.detail.push_str(
+            "; the BPF, tracefs, tracepoint and hook checks need them too and were not made",
+        );
+    }
 }
 
 /// The `hooks` line's detail: `<coverage.hooks word>: sockets through ...
