@@ -306,9 +306,7 @@ pub struct SockAddr {
     pub family: u16,
     /// Host byte order.
     pub port: u16,
-    /// IPv4 in the first 4 bytes; IPv6 in all 16. For `AF_UNIX` in a `ConnOpenEvent` of
-    /// the socket backend: the target's socket inode (u32, little-endian) in the first 4
-    /// bytes, 0 when unknown (a unix peer has no address to carry).
+    /// IPv4 in the first 4 bytes; IPv6 in all 16; zeros for `AF_UNIX`.
     pub addr: [u8; 16],
 }
 
@@ -336,7 +334,10 @@ pub struct ConnOpenEvent {
     /// The listening fd for accepted connections, else 0.
     pub listener_fd: u32,
     pub peer: SockAddr,
-    pub _pad2: [u8; 4],
+    /// A unix-domain connection first seen by the socket backend: the low 32 bits of the
+    /// target's socket inode, for userspace to watch its fd by (its close has no hook
+    /// there: session/unix_close.rs); 0 otherwise or when not known.
+    pub unix_inode: u32,
 }
 
 /// close(2) of a tracked connection fd.

@@ -78,6 +78,7 @@ pub(super) fn try_exit_accept(ctx: &RawTracePointContext, pending: Pending) -> R
         PROTO_UNKNOWN,
         pending.fd,
         peer,
+        0,
     );
     Ok(0)
 }
@@ -90,6 +91,7 @@ pub(super) fn open_conn(
     proto: u8,
     listener_fd: u32,
     peer: SockAddr,
+    unix_inode: u32,
 ) -> bool {
     let key = ConnKey { tgid, fd };
     if CONNS
@@ -108,7 +110,7 @@ pub(super) fn open_conn(
         _pad: [0; 2],
         listener_fd,
         peer,
-        _pad2: [0; 4],
+        unix_inode,
     });
     true
 }
@@ -156,7 +158,7 @@ pub(super) fn try_exit_connect(ctx: &RawTracePointContext, pending: Pending) -> 
     }
     let (tgid, _) = current_tgid_pid();
     let (role, proto) = classify_peer(&pending.addr);
-    let _ = open_conn(tgid, pending.fd, role, proto, 0, pending.addr);
+    let _ = open_conn(tgid, pending.fd, role, proto, 0, pending.addr, 0);
     Ok(0)
 }
 

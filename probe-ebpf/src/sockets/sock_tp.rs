@@ -299,12 +299,11 @@ fn first_seen(tgid: u32, sk: u64, nr: u64, di: u64) -> Option<ConnKey> {
         // A unix-domain stream new since attach: accepted or connected, by its names. Its
         // close has no hook either: userspace sees it in /proc (session/unix_close.rs).
         _ if family == Family::Unix => {
-            let (role, proto, mut peer) = unix_role(sk)?;
-            // Its inode, for userspace to watch the fd by (probe_common::SockAddr).
+            let (role, proto, peer) = unix_role(sk)?;
+            // Its inode, for userspace to watch the fd by (ConnOpenEvent::unix_inode).
             let inode = inode_of(sk).unwrap_or(0) as u32;
-            peer.addr[..4].copy_from_slice(&inode.to_le_bytes());
             let fd = free_name(tgid, sk, fd);
-            if !open_conn(tgid, fd, role, proto, 0, peer) {
+            if !open_conn(tgid, fd, role, proto, 0, peer, inode) {
                 return None;
             }
             ConnKey { tgid, fd }
@@ -319,7 +318,7 @@ fn first_seen(tgid: u32, sk: u64, nr: u64, di: u64) -> Option<ConnKey> {
                 classify_peer(&peer)
             };
             let fd = free_name(tgid, sk, fd);
-            if !open_conn(tgid, fd, role, proto, 0, peer) {
+            if !open_conn(tgid, fd, role, proto, 0, peer, 0) {
                 return None;
             }
             ConnKey { tgid, fd }
@@ -488,7 +487,7 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
         let fd = free_name(tgid, sk, name_fd(sk, nr, di));
         let peer = peer_of(sk);
         let (role, proto) = classify_peer(&peer);
-        if open_conn(tgid, fd, role, proto, 0, peer) {
+        if open_conn(tgid, fd, role, proto, 0, peer, 0) {
             let _ = SOCKS.insert(&sk, &ConnKey { tgid, fd }, 0);
         }
         return 0;

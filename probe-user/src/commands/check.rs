@@ -17,6 +17,7 @@ use crate::{
     output::preflight::{render, CheckReport, ConnLine, ProcessLine, Unwatched},
     output::summary::protocol_name,
     session::{
+        db_view,
         existing::{self, Held},
         unix_existing,
     },
@@ -246,7 +247,7 @@ pub fn run(settings: &CheckSettings) -> Result<u8> {
             lines
         },
     };
-    if let Some(why) = existing::db_view_problem(&settings.common) {
+    if let Some(why) = db_view::db_view_problem(&settings.common) {
         eprintln!("drainwatch: warning: {why}: transactions open before attach would stay unknown");
     }
     if settings.common.json {

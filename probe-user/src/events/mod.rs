@@ -119,6 +119,16 @@ impl Role {
         })
     }
 
+    /// The kernel's number for the role (`probe_common::ROLE_*`).
+    pub fn to_wire(self) -> u8 {
+        match self {
+            Role::Client => probe_common::ROLE_CLIENT,
+            Role::Db => probe_common::ROLE_DB,
+            Role::Upstream => probe_common::ROLE_UPSTREAM,
+            Role::Listener => probe_common::ROLE_LISTENER,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Client => "client",
@@ -150,6 +160,11 @@ pub struct ConnOpen {
     pub peer: Option<SocketAddr>,
     /// From /proc when the event was read (the kernel side does not see it).
     pub local: Option<SocketAddr>,
+    /// A unix-domain connection the socket backend opened: the low 32 bits of the target's
+    /// socket inode. Its close has no kernel hook there: userspace watches its fd by it
+    /// (session/unix_close.rs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unix_inode: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -324,31 +339,6 @@ fn read_wire<T: Copy>(bytes: &[u8], kind: EventKind, said: u32) -> Result<T, Dec
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
-/// A unix-domain connection's open, from its raw record (which [`decode`] turns into a
-/// `ConnOpen` without a peer): `(tgid, fd, inode)`, the inode of the target's socket as the
-/// socket backend read it (0 when not known). Its close has no kernel hook on the socket
-/// backend: userspace watches the fd (session/unix_close.rs).
-pub fn unix_open(bytes: &[u8]) -> Option<(u32, u32, u32)> {
-    if bytes.len() < size_of::<EventHeader>() {
-        return None;
-    }
-    // SAFETY: length checked; EventHeader is plain old data.
-    let header: EventHeader = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-    if EventKind::from_u32(header.kind) != Some(EventKind::ConnOpen) {
-        return None;
-    }
-    let e: ConnOpenEvent = read_wire(bytes, EventKind::ConnOpen, header.size).ok()?;
-    (e.peer.family as i32 == libc::AF_UNIX).then(|| {
-        let inode = u32::from_le_bytes([
-            e.peer.addr[0],
-            e.peer.addr[1],
-            e.peer.addr[2],
-            e.peer.addr[3],
-        ]);
-        (e.tgid, e.fd, inode)
-    })
-}
-
 /// Decodes one ring-buffer record.
 pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     if bytes.len() < size_of::<EventHeader>() {
@@ -411,6 +401,8 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 protocol: protocol_from_wire(e.proto),
                 peer: socket_addr(&e.peer),
                 local: None,
+                unix_inode: (e.peer.family as i32 == libc::AF_UNIX && e.unix_inode != 0)
+                    .then_some(e.unix_inode),
             })
         }
         EventKind::ConnClose => {
@@ -508,6 +500,42 @@ mod tests {
             panic!()
         };
         assert_eq!(exit.wait_status, None);
+    }
+
+    #[test]
+    fn a_unix_open_carries_its_inode_in_its_own_field() {
+        let mut wire = ConnOpenEvent {
+            header: EventHeader::new(EventKind::ConnOpen, size_of::<ConnOpenEvent>(), 3),
+            tgid: 10,
+            fd: 7,
+            role: probe_common::ROLE_CLIENT,
+            proto: probe_common::PROTO_UNKNOWN,
+            _pad: [0; 2],
+            listener_fd: 0,
+            peer: SockAddr {
+                family: libc::AF_UNIX as u16,
+                port: 0,
+                addr: [0; 16],
+            },
+            unix_inode: 123_456,
+        };
+        let Event::ConnOpen(open) = decode(&bytes_of(&wire)).unwrap() else {
+            panic!("not an open")
+        };
+        assert_eq!((open.tgid, open.fd), (10, 7));
+        assert_eq!(open.unix_inode, Some(123_456));
+        assert_eq!(open.peer, None);
+        // A TCP open never has one, whatever the field holds.
+        wire.peer = SockAddr {
+            family: libc::AF_INET as u16,
+            port: 5432,
+            addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        };
+        let Event::ConnOpen(open) = decode(&bytes_of(&wire)).unwrap() else {
+            panic!("not an open")
+        };
+        assert_eq!(open.unix_inode, None);
+        assert_eq!(open.peer, Some("127.0.0.1:5432".parse().unwrap()));
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! What the host tells, outside the probe: /proc ([`procfs`]: small reads; [`netstat`]: a
-//! process's TCP sockets), the kernel's sock_diag ([`tcpinfo`]: when each socket last sent and
+//! process's TCP sockets; [`blocked`]: the syscall a thread waits in), the kernel's sock_diag ([`tcpinfo`]: when each socket last sent and
 //! received), a local server's own view of its clients ([`server_view`]: Redis's
 //! `CLIENT LIST`, asked on loopback at attach), starting a command held until it is a target
 //! ([`launch`]), signalling a process by pidfd and reading what it does with a
@@ -9,6 +9,7 @@
 //! Owns reads of /proc and netlink, and fork/exec. May use: the crate's errors only. A process
 //! that is gone is an answer (`None`), not an error.
 
+pub mod blocked;
 pub mod db_session;
 pub mod launch;
 pub mod my_view;

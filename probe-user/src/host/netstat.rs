@@ -56,6 +56,26 @@ pub fn socket_fds(tgid: u32) -> Vec<(u32, u64)> {
     .collect()
 }
 
+/// Socket inode -> the process holding it (the lowest pid, when several do), over all
+/// processes.
+pub fn socket_owners() -> HashMap<u64, u32> {
+    let mut out = HashMap::new();
+    let Ok(proc_dir) = fs::read_dir("/proc") else {
+        return out;
+    };
+    let mut pids: Vec<u32> = proc_dir
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+        .collect();
+    pids.sort_unstable();
+    for pid in pids {
+        for (_, inode) in socket_fds(pid) {
+            out.entry(inode).or_insert(pid);
+        }
+    }
+    out
+}
+
 /// The TCP sockets visible in the process's network namespace, by inode.
 pub fn tcp_sockets(tgid: u32) -> HashMap<u64, TcpSocket> {
     let mut out = HashMap::new();

@@ -50,6 +50,43 @@ impl ServerView {
     }
 }
 
+/// The target's own view of its clients, when it is a server that can give one: asked
+/// before the probe watches it (so the question is not one of its requests), only while its
+/// main thread waits in epoll, and only when it has clients.
+pub fn ask(tgid: u32) -> Option<ServerView> {
+    if !speaks_redis(&super::procfs::comm(tgid)?) {
+        return None;
+    }
+    // The main thread is caught between two waits now and then (its timer work, a
+    // command, or simply not given the CPU on a loaded host): looked at again for a while
+    // before giving up.
+    let deadline = Instant::now() + Duration::from_millis(250);
+    while !super::blocked::in_epoll_wait(tgid, tgid) {
+        if Instant::now() >= deadline {
+            log::debug!(
+                "{tgid}: its main thread did not wait for input: not asked for its clients"
+            );
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let sockets = super::netstat::tcp_sockets(tgid);
+    let own: Vec<&super::netstat::TcpSocket> = super::netstat::socket_fds(tgid)
+        .into_iter()
+        .filter_map(|(_, inode)| sockets.get(&inode))
+        .collect();
+    let listen = own.iter().find(|s| s.is_listener())?.local;
+    let has_clients = own
+        .iter()
+        .any(|s| !s.is_listener() && !s.is_closed() && s.local.port() == listen.port());
+    if !has_clients {
+        return None;
+    }
+    // Twice, the second time with more patience: a host under load can be slow to answer.
+    ask_redis(listen, Duration::from_millis(100))
+        .or_else(|| ask_redis(listen, Duration::from_millis(500)))
+}
+
 /// Names under which a process speaks Redis's protocol and has `CLIENT LIST`.
 pub fn speaks_redis(comm: &str) -> bool {
     matches!(comm, "redis-server" | "valkey-server" | "keydb-server")

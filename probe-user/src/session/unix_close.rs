@@ -78,7 +78,7 @@ fn stat_running(stat: &str) -> bool {
 }
 
 impl UnixCloseWatch {
-    /// A unix-domain connection the kernel opened (`events::unix_open`).
+    /// A unix-domain connection the kernel opened (`events::ConnOpen::unix_inode`).
     pub fn opened(&mut self, tgid: u32, fd: u32, inode: u32) {
         self.watched.insert((tgid, fd), u64::from(inode));
     }
@@ -145,7 +145,7 @@ impl UnixCloseWatch {
                 request_uncounted: true,
             });
             if verbose >= 2 {
-                super::print_event(&event);
+                super::trace::event(&event);
             }
             log::debug!("unix-domain connection fd {fd} of {tgid} closed (gone from /proc)");
             state.apply(&event);

@@ -375,6 +375,7 @@ fn a_mongodb_close_is_unverified_never_a_leak() {
         protocol: Protocol::Mongodb,
         peer,
         local: None,
+        unix_inode: None,
     }));
     for (i, dir) in [Direction::Send, Direction::Recv].into_iter().enumerate() {
         state.apply(&Event::DbIo(DbIo {
@@ -439,6 +440,7 @@ fn a_redis_close_with_nothing_open_or_owed_is_clean() {
             protocol: Protocol::Redis,
             peer: "127.0.0.1:6379".parse().ok(),
             local: None,
+            unix_inode: None,
         }));
     }
     let get = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n";

@@ -1,0 +1,209 @@
+//! Making processes targets: the selection resolved ([`check_selection`]), each selected
+//! process and its descendants ([`attach_tree`]), and for one process the path top-down
+//! ([`attach_process`]): ask the server, make it and its threads targets, check it is still there, then what it had going (seed.rs), then its
+//! TLS libraries. While the run lasts: processes that join a watched cgroup
+//! ([`CgroupWatch`]) and TLS libraries loaded since ([`TlsWatch`]).
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    time::{Duration, Instant},
+};
+
+use crate::{
+    events::Role,
+    host::{
+        procfs, server_view,
+        targets::{self, Selected, Selection},
+    },
+    kernel::probe::Probe,
+    model::state::{AuditState, Origin},
+    session::{every::Every, seed},
+    settings::{Common, TargetSet},
+    Error, Result,
+};
+
+/// Resolves the selectors now; refuses one that matched nothing. A cgroup is read once, at
+/// attach; a name may still match an exec during an audit or serve.
+pub(super) fn check_selection(set: &TargetSet) -> Result<Selection> {
+    let selection = Selection::resolve(&set.pids, &set.comms, &set.cgroups)?;
+    let unmatched: Vec<String> = selection
+        .unmatched(&set.comms, &set.cgroups)
+        .into_iter()
+        .filter(|s| !(set.await_comms && s.starts_with("--comm ")))
+        .collect();
+    if !unmatched.is_empty() {
+        return Err(Error::NothingMatched(unmatched));
+    }
+    Ok(selection)
+}
+
+/// Makes the selected processes targets, then their descendants that exist now. The tree
+/// is read again until it holds still: a child forked by a descendant before that one was in
+/// the kernel's map is seen by the next pass; forks after it are followed in the kernel.
+pub(super) fn attach_tree(
+    probe: &mut Probe,
+    state: &mut AuditState,
+    selection: &Selection,
+    common: &Common,
+) -> Result<()> {
+    for (tgid, why) in &selection.members {
+        let attached = attach_process(probe, state, *tgid, Origin::Named, common)?;
+        if !attached && *why == Selected::Pid {
+            return Err(Error::NoSuchProcess(*tgid));
+        }
+    }
+    const PASSES: usize = 8;
+    for _ in 0..PASSES {
+        let running = state.running_targets();
+        let new: Vec<(u32, u32)> = targets::descendants(&running)
+            .into_iter()
+            .filter(|(child, _)| !running.contains(child))
+            .collect();
+        if new.is_empty() {
+            break;
+        }
+        for (child, parent) in new {
+            attach_process(probe, state, child, Origin::Tree { parent }, common)?;
+        }
+    }
+    Ok(())
+}
+
+/// Adds a process (and its current threads) to the probe and the state, with what it had
+/// going. `Ok(false)` when it has already ended.
+pub(super) fn attach_process(
+    probe: &mut Probe,
+    state: &mut AuditState,
+    tgid: u32,
+    origin: Origin,
+    common: &Common,
+) -> Result<bool> {
+    // 1. The server's own view of its clients, asked before the probe watches it: the
+    //    question is not one of its requests.
+    let view = server_view::ask(tgid);
+    // 2. It and its threads become targets: from here on the kernel sees its events.
+    probe.add_target(tgid, tgid)?;
+    for pid in procfs::threads(tgid) {
+        probe.add_target(pid, tgid)?;
+        state.add_thread(pid, tgid);
+    }
+    // 3. Checked after the insert: a process that exited in between would otherwise be
+    //    audited forever, its exit never seen. A zombie has exited too (its parent has not
+    //    reaped it yet): its exit tracepoint fired before the insert.
+    let alive = procfs::process_exists(tgid) && !procfs::has_ended(tgid);
+    let Some(comm) = procfs::comm(tgid).filter(|_| alive) else {
+        return Ok(false);
+    };
+    if procfs::is_32bit(tgid) {
+        return Err(Error::Compat32(tgid));
+    }
+    state.add_target(tgid, comm, origin);
+    // 4. What it had going: connections and the socket syscalls its threads wait in.
+    seed::conns(probe, state, tgid, common, view.as_ref())?;
+    // 5. Its TLS libraries, when it talks outward.
+    if talks_outward(state, tgid) {
+        hook_tls(probe, tgid, common.verbose);
+    }
+    Ok(true)
+}
+
+/// Whether `tgid` has a database or upstream connection: only then are its TLS libraries
+/// hooked (a process that only serves clients pays no uprobe on its own TLS; loading the
+/// probes takes the verifier a second or two, which would otherwise delay every attach to a
+/// process that merely maps libssl). One that connects later is hooked by the rescans.
+pub(super) fn talks_outward(state: &AuditState, tgid: u32) -> bool {
+    state.conns().is_some_and(|conns| {
+        conns
+            .conns()
+            .any(|c| c.tgid == tgid && matches!(c.role, Role::Db | Role::Upstream))
+    })
+}
+
+/// Hooks the TLS libraries `tgid` maps and did not before (kernel/tls.rs), saying at `-v`
+/// which; one that could not be hooked is a warning (its conversations stay `unverified`).
+pub(super) fn hook_tls(probe: &mut Probe, tgid: u32, verbose: u8) {
+    // DRAINWATCH_TLS=off: no uprobes (to measure their cost, or if a library misbehaves
+    // under them); TLS conversations are then `unverified`, as for libraries not hooked.
+    if std::env::var("DRAINWATCH_TLS").is_ok_and(|v| v == "off") {
+        return;
+    }
+    for library in probe.attach_tls(tgid) {
+        match &library.outcome {
+            Ok(_) if verbose >= 1 => eprintln!("drainwatch: TLS: {}", library.describe()),
+            Ok(_) => {}
+            Err(_) => eprintln!(
+                "drainwatch: warning: TLS: {}: its encrypted conversations stay unverified",
+                library.describe()
+            ),
+        }
+    }
+}
+
+/// The cgroups of an audit or serve. A process that systemd starts into a unit after attach
+/// (a restart's new main process, an `ExecReload=` helper) is no child of a target: the
+/// kernel's fork following cannot see it join, so cgroup.procs is read again (the session's
+/// chore, every 250 ms). A process that joins and leaves between two reads is missed.
+pub(super) struct CgroupWatch {
+    pub cgroups: Vec<targets::CgroupSelector>,
+    pub common: Common,
+}
+
+impl CgroupWatch {
+    /// Makes targets of the processes that joined a watched cgroup since the last read.
+    pub(super) fn join(&self, probe: &mut Probe, state: &mut AuditState) {
+        let known: BTreeSet<u32> = state.targets().map(|t| t.tgid).collect();
+        let own = std::process::id();
+        for cgroup in &self.cgroups {
+            for tgid in targets::cgroup_procs(&cgroup.dir) {
+                if known.contains(&tgid) || tgid == own || targets::refusal(tgid).is_some() {
+                    continue;
+                }
+                if let Err(err) = attach_process(probe, state, tgid, Origin::Matched, &self.common)
+                {
+                    log::warn!("{tgid} joined {}: not watched: {err}", cgroup.label);
+                }
+            }
+        }
+    }
+}
+
+/// How the running targets' memory maps are read again for TLS libraries loaded since (a
+/// module importing `ssl`, a launched command that has exec'd, a forked child): at every
+/// tick while a target is new (a program loads its libraries and often connects right after
+/// it starts: a conversation begun before its library is hooked is read from the middle, or
+/// stays unverified), then every [`TLS_RESCAN_EVERY`].
+pub(super) struct TlsWatch {
+    all: Every,
+    /// When each target was first looked at.
+    first_seen: HashMap<u32, Instant>,
+}
+
+const TLS_RESCAN_EVERY: Duration = Duration::from_millis(1000);
+const TLS_NEW_TARGET: Duration = Duration::from_secs(5);
+
+impl TlsWatch {
+    pub(super) fn new() -> Self {
+        Self {
+            all: Every::new(TLS_RESCAN_EVERY),
+            first_seen: HashMap::new(),
+        }
+    }
+
+    /// Hooks TLS libraries the running targets that talk outward loaded since they were
+    /// last looked at.
+    pub(super) fn rescan(&mut self, probe: &mut Probe, state: &AuditState, verbose: u8) {
+        let now = Instant::now();
+        let all = self.all.take();
+        let running = state.running_targets();
+        self.first_seen.retain(|tgid, _| running.contains(tgid));
+        for tgid in running {
+            if !talks_outward(state, tgid) {
+                continue;
+            }
+            let first = *self.first_seen.entry(tgid).or_insert(now);
+            if all || first.elapsed() < TLS_NEW_TARGET {
+                hook_tls(probe, tgid, verbose);
+            }
+        }
+    }
+}

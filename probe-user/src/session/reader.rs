@@ -1,0 +1,175 @@
+//! What the kernel says, into the state: the ring buffer's records decoded into events
+//! (events/mod.rs), completed with what only userspace can know, and applied; the request
+//! counters after each read (requests.rs); and the ends the ring cannot tell (an exit lost
+//! with dropped events; a unix-domain close on the socket backend, unix_close.rs).
+
+use probe_common::ConnKey;
+
+use crate::{
+    events::{self, Event, Role},
+    host::{netstat, procfs},
+    kernel::probe::Probe,
+    model::state::AuditState,
+    session::{requests::RequestSampler, trace, unix_close::UnixCloseWatch},
+};
+
+pub(super) struct Reader {
+    verbose: u8,
+    /// Records that could not be decoded (counted with the lost events).
+    malformed: u64,
+    requests: RequestSampler,
+    /// The socket backend's unix-domain connections, whose close userspace sees.
+    unix: Option<UnixCloseWatch>,
+}
+
+impl Reader {
+    /// `socket_hooks`: the socket-level backends feed the probe (docs/hooks.md), where a
+    /// unix-domain close has no hook.
+    pub(super) fn new(verbose: u8, socket_hooks: bool) -> Self {
+        Self {
+            verbose,
+            malformed: 0,
+            requests: RequestSampler::new(verbose),
+            unix: socket_hooks.then(UnixCloseWatch::default),
+        }
+    }
+
+    pub(super) fn malformed(&self) -> u64 {
+        self.malformed
+    }
+
+    /// Reads every record waiting in the ring buffer into the state, then the request
+    /// counters (`final_read`: the latency histograms too, whenever they were last read).
+    pub(super) fn read(&mut self, probe: &mut Probe, state: &mut AuditState, final_read: bool) {
+        self.drain_ring(probe, state);
+        self.requests.sample(probe, state, final_read);
+        probe.flush_log();
+    }
+
+    /// The ring's records, in batches (the ring holds a borrow of the probe, whose maps an
+    /// exit needs to look at).
+    fn drain_ring(&mut self, probe: &mut Probe, state: &mut AuditState) {
+        const BATCH: usize = 4096;
+        let mut batch = Vec::with_capacity(64);
+        loop {
+            let ring = probe.events();
+            while batch.len() < BATCH {
+                let Some(record) = ring.next() else { break };
+                match events::decode(&record) {
+                    Ok(event) => batch.push(event),
+                    Err(err) => {
+                        log::warn!("undecodable probe record: {err}");
+                        self.malformed += 1;
+                    }
+                }
+            }
+            if batch.is_empty() {
+                return;
+            }
+            for event in batch.drain(..) {
+                self.apply(probe, state, event);
+            }
+        }
+    }
+
+    fn apply(&mut self, probe: &mut Probe, state: &mut AuditState, mut event: Event) {
+        enrich(&mut event);
+        let mut closed_by_kernel = Vec::new();
+        match &mut event {
+            Event::Exit(exit) => {
+                // The kernel closed its sockets without close(2): forget them, after noting
+                // which ones had a request in flight.
+                closed_by_kernel = known_conns(state, exit.tgid);
+                exit.busy_fds = busy_fds(probe, &closed_by_kernel);
+            }
+            Event::ConnOpen(open) => {
+                if let (Some(unix), Some(inode)) = (&mut self.unix, open.unix_inode) {
+                    unix.opened(open.tgid, open.fd, inode);
+                }
+            }
+            _ => {}
+        }
+        if self.verbose >= 2 {
+            trace::event(&event);
+        }
+        state.apply(&event);
+        probe.remove_conns(&closed_by_kernel);
+        if let Event::Exit(exit) = &event {
+            self.requests
+                .at_exit(probe, state, exit.tgid, exit.ktime_ns);
+        }
+    }
+
+    /// When events were lost, an exit may have been among them: a target whose process has
+    /// ended (checked after the ring was drained, so a delivered exit event always wins) is
+    /// recorded as exited with an unknown status.
+    pub(super) fn notice_unseen_exits(&mut self, probe: &mut Probe, state: &mut AuditState) {
+        if probe.unseen() + self.malformed == 0 {
+            return;
+        }
+        let now = procfs::monotonic_now().as_nanos() as u64;
+        for tgid in state.running_targets() {
+            if procfs::has_ended(tgid) {
+                let keys = known_conns(state, tgid);
+                let busy = busy_fds(probe, &keys);
+                state.exit_unseen(tgid, now, busy);
+                probe.remove_conns(&keys);
+            }
+        }
+    }
+
+    /// Closes the socket backend's unix-domain connections whose fds are gone (see
+    /// unix_close.rs: the ring is read once more first).
+    pub(super) fn notice_unix_closes(&mut self, probe: &mut Probe, state: &mut AuditState) {
+        let Some(unix) = &mut self.unix else {
+            return;
+        };
+        let gone = unix.gone(state);
+        if gone.is_empty() {
+            return;
+        }
+        self.read(probe, state, false);
+        if let Some(unix) = &mut self.unix {
+            unix.close(gone, probe, state, self.verbose);
+        }
+    }
+}
+
+/// Fills in what only userspace can know, right after the event is read.
+fn enrich(event: &mut Event) {
+    match event {
+        Event::Signal(signal) if signal.sig == libc::SIGKILL => {
+            signal.sender_cmdline = procfs::cmdline(signal.sender_tgid);
+        }
+        Event::Fork(fork) => fork.child_tgid = procfs::tgid_of(fork.child_pid),
+        Event::ConnOpen(open) if open.role == Role::Db || open.peer.is_none() => {
+            if let Some(socket) = netstat::socket_of(open.tgid, open.fd) {
+                open.local = Some(socket.local);
+                open.peer = open.peer.or(Some(socket.remote));
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The connections of a target that the state knows, as keys of the kernel's map.
+fn known_conns(state: &AuditState, tgid: u32) -> Vec<ConnKey> {
+    state
+        .conns()
+        .into_iter()
+        .flat_map(|c| c.conns())
+        .filter(|c| c.tgid == tgid)
+        .map(|c| ConnKey {
+            tgid: c.tgid,
+            fd: c.fd,
+        })
+        .collect()
+}
+
+/// Which of these connections have a request in flight, by the kernel's map.
+fn busy_fds(probe: &Probe, keys: &[ConnKey]) -> Vec<u32> {
+    keys.iter()
+        .filter(|key| probe.request_in_flight(**key))
+        .map(|key| key.fd)
+        .collect()
+}
