@@ -206,17 +206,15 @@ pub fn lines(f: &Features) -> Vec<Line> {
 /// "not on this kernel"), and neither does the hook backend chosen from them. They are left
 /// out, and the privileges line says so, once.
 fn unprivileged(out: &mut Vec<Line>) {
-    const NEED_PRIVILEGES: [&str; 6] = [
-        "bpf ring buffer",
-        "raw tracepoints",
-        "bpf atomics",
-        "tracefs",
-        "fentry",
-        "hooks",
-    ];
-    out.retain(|l| {
-        !NEED_PRIVILEGES.contains(&l.what.as_str()) && !l.what.starts_with("tracepoint ")
-    });
+    // Every BPF load probe answers "permission denied" (whatever it probes: ring buffer,
+    // atomics, task registers, fentry, ...); tracefs is root's; the rest follows from them.
+    let refused = |l: &Line| {
+        l.detail.contains("permission denied")
+            || l.what == "tracefs"
+            || l.what == "hooks"
+            || l.what.starts_with("tracepoint ")
+    };
+    out.retain(|l| l.what == "privileges" || !refused(l));
     if let Some(privileges) = out.iter_mut().find(|l| l.what == "privileges") {
         privileges.detail.push_str(
             "; the BPF, tracefs, tracepoint and hook checks need them too and were not made",
