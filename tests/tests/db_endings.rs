@@ -144,6 +144,31 @@ fn asyncpg_transaction_opened_after_attach_then_exit_is_open_transaction() {
     assert!(kinds.contains(&"inflight_at_exit".to_string()), "{kinds:?}");
 }
 
+/// asyncpg, a transaction opened after attach, and a SIGTERM handler that raises SystemExit
+/// (issue #23): asyncio cancels the request's task, asyncpg sends ROLLBACK and closes its
+/// connections without Terminate, the client is closed unanswered. The work was thrown away
+/// by the shutdown: `transaction_rolled_back` (how `rollback`), besides the dropped request
+/// and the two unclean closes. Ground truth: the ledger has no row.
+#[test]
+fn asyncpg_sigterm_handler_that_leaves_mid_transaction_is_transaction_rolled_back() {
+    require_root();
+    let db = PgServer::start();
+    let mut shop = Shop::start(Stack::Asyncpg, "asyncpg-sysexit", &db.url());
+    let dir = TempDir::new("asyncpg-sysexit");
+    let (dw, report_path) = audit(&shop, &dir);
+    let _answer = shop.request_in_transaction("apg4");
+    shop.signal(libc::SIGTERM);
+    shop.wait();
+    let finished = dw.finish();
+    assert!(db.ledger_steps("apg4").is_empty(), "rolled back");
+    let report = read_report(&report_path);
+    let kinds = kinds(&report);
+    let rolled = violations(&report, "transaction_rolled_back");
+    assert_eq!(rolled.len(), 1, "{kinds:?}\n{}", finished.stdout);
+    assert_eq!(rolled[0]["how"], "rollback", "{report:#}");
+    assert!(kinds.contains(&"request_dropped".to_string()), "{kinds:?}");
+}
+
 // TLS PostgreSQL (psycopg and node-pg, read in plaintext through the SSL hooks): tests/tls.rs.
 
 /// PostgreSQL through its unix socket (the socket directory in the server's temp dir),

@@ -283,7 +283,9 @@ impl ConnTracker {
     /// A send or recv on a database connection. A goodbye sent inside an open transaction is
     /// `transaction_rolled_back` (the database rolls it back as the session ends). The
     /// latency of a query it ended is kept for [`ConnTracker::take_query_ended_us`].
-    pub fn db_io(&mut self, event: &DbIo, at_ms: u64) -> Option<Violation> {
+    /// `told_to_end`: the target was sent a signal that asks it to end (a stop): a rollback
+    /// the client asks for from then on is its shutdown throwing the work away.
+    pub fn db_io(&mut self, event: &DbIo, at_ms: u64, told_to_end: bool) -> Option<Violation> {
         self.query_ended_us = None;
         self.touch(event.ktime_ns);
         let key = (event.tgid, event.fd);
@@ -342,6 +344,7 @@ impl ConnTracker {
         }
         let before = db.query_in_flight();
         db.on_io(&io);
+        let rollback = db.take_rollback();
         let after = db.query_in_flight();
         match (before, after) {
             (false, true) => conn.query_since = Some(event.ktime_ns),
@@ -356,8 +359,12 @@ impl ConnTracker {
         // a PostgreSQL ReadyForQuery) settles a connection unknown since attach.
         let txn_known = conn.txn() != Txn::Unknown;
         let goodbye_in_txn = txn_was_open && conn.goodbye_sent();
-        let violation =
-            goodbye_in_txn.then(|| conn.rolled_back(at_ms, event.ktime_ns, RollbackHow::Goodbye));
+        let how = if goodbye_in_txn {
+            Some(RollbackHow::Goodbye)
+        } else {
+            (rollback && told_to_end).then_some(RollbackHow::Rollback)
+        };
+        let violation = how.map(|how| conn.rolled_back(at_ms, event.ktime_ns, how));
         if conn.txn_open() {
             conn.txn_since.get_or_insert(event.ktime_ns);
         } else {

@@ -154,6 +154,9 @@ pub enum RollbackHow {
     Goodbye,
     /// The client closed the connection inside it.
     Close,
+    /// The client asked for the rollback itself (PostgreSQL ROLLBACK, Redis DISCARD) after
+    /// its process was told to end: its shutdown threw the work away.
+    Rollback,
 }
 
 /// A database connection said goodbye or closed while a transaction was open: the database

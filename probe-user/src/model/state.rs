@@ -328,7 +328,8 @@ impl AuditState {
                 let at_ms = self.at_ms(io.ktime_ns);
                 let mut ended_us = None;
                 if let Some(conns) = self.conns.as_mut() {
-                    if let Some(violation) = conns.db_io(io, at_ms) {
+                    let told_to_end = self.told_to_end.contains(&io.tgid);
+                    if let Some(violation) = conns.db_io(io, at_ms, told_to_end) {
                         self.violations.push(violation);
                     }
                     ended_us = conns.take_query_ended_us();
@@ -498,6 +499,8 @@ mod tests;
 
 #[cfg(test)]
 mod db_tests;
+#[cfg(test)]
+mod end_tests;
 
 #[cfg(test)]
 mod tls_tests;

@@ -95,6 +95,7 @@ pub fn violation_line(report: &Report, violation: &Violation) -> String {
             let how = match v.how {
                 RollbackHow::Goodbye => "said goodbye",
                 RollbackHow::Close => "closed the connection",
+                RollbackHow::Rollback => "asked for a ROLLBACK, once told to end,",
             };
             format!(
                 "{} ({}) {how} on its {} connection to {} (fd {}) inside a transaction open for {}, at {}: the database rolled it back",

@@ -231,6 +231,12 @@ impl DbConn {
         self.reader.goodbye()
     }
 
+    /// The syscall just fed ended an open transaction with a rollback the client asked for
+    /// (PostgreSQL ROLLBACK, Redis DISCARD); cleared by asking.
+    pub fn take_rollback(&mut self) -> bool {
+        self.reader.take_rollback()
+    }
+
     /// A close now is clean (docs/design.md, "clean close"): after the goodbye, or, for a
     /// protocol without one to send, with nothing left to lose.
     pub fn close_is_clean(&self) -> bool {

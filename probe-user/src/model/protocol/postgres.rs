@@ -87,6 +87,8 @@ const SSL_REQUEST: u32 = 80_877_103;
 const GSSENC_REQUEST: u32 = 80_877_104;
 const CANCEL_REQUEST: u32 = 80_877_102;
 const TERMINATE: &[u8] = b"X\0\0\0\x04";
+/// CommandComplete's body for ROLLBACK: the tag "ROLLBACK" and its NUL.
+const ROLLBACK_TAG_LEN: u32 = 9;
 const FRONTEND_TYPES: &[u8] = b"BCdcfDEHFpPQSX";
 const BACKEND_TYPES: &[u8] = b"RK23CdcGHWDIEVvnNAtS1sZT";
 
@@ -144,6 +146,10 @@ pub(crate) struct Postgres {
     /// The first bytes of an opening message sent in pieces.
     opening: Vec<u8>,
     events: Vec<Event>,
+    /// The body length of the last CommandComplete since the last ReadyForQuery.
+    last_tag: Option<u32>,
+    /// The last ReadyForQuery ended a transaction after a ROLLBACK (`take_rollback`).
+    rolled_back: bool,
 }
 
 impl Postgres {
@@ -169,6 +175,8 @@ impl Postgres {
             synced: seen_from_start,
             opening: Vec::new(),
             events: Vec::new(),
+            last_tag: None,
+            rolled_back: false,
         }
     }
 
@@ -289,6 +297,10 @@ impl Postgres {
                     }
                 },
                 b'A' | b'N' | b'S' => {}
+                b'C' => {
+                    self.last_tag = Some(frame.body_len);
+                    ready_last = false;
+                }
                 b'E' | b'G' => {
                     self.exact = false;
                     ready_last = false;
@@ -310,6 +322,13 @@ impl Postgres {
     }
 
     fn ready(&mut self, status: u8) {
+        // The statement that ended the transaction was a ROLLBACK (or ABORT, or a COMMIT of
+        // a failed transaction): its CommandComplete tag is "ROLLBACK" (9 bytes with its
+        // NUL). Only when that tag was seen, never guessed from a lost walker.
+        let tag = self.last_tag.take();
+        self.rolled_back = status == b'I'
+            && matches!(self.txn, Txn::Open | Txn::Failed)
+            && tag == Some(ROLLBACK_TAG_LEN);
         self.txn = match status {
             b'T' => Txn::Open,
             b'E' => Txn::Failed,
@@ -342,6 +361,10 @@ impl Postgres {
 }
 
 impl Conversation for Postgres {
+    fn take_rollback(&mut self) -> bool {
+        std::mem::take(&mut self.rolled_back)
+    }
+
     fn in_flight(&self) -> bool {
         self.in_flight
     }

@@ -98,8 +98,10 @@ pub(crate) fn is_resp_request(head: &[u8]) -> bool {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Cmd {
     Multi,
-    /// EXEC, DISCARD or RESET: the transaction ends with their reply.
+    /// EXEC: the transaction ends with its reply.
     Close,
+    /// DISCARD or RESET: the transaction ends with their reply, thrown away.
+    Discard,
     Quit,
     Other,
 }
@@ -108,8 +110,10 @@ fn command(name: &[u8]) -> Cmd {
     let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
     if is("MULTI") {
         Cmd::Multi
-    } else if is("EXEC") || is("DISCARD") || is("RESET") {
+    } else if is("EXEC") {
         Cmd::Close
+    } else if is("DISCARD") || is("RESET") {
+        Cmd::Discard
     } else if is("QUIT") {
         Cmd::Quit
     } else {
@@ -161,6 +165,10 @@ pub(crate) struct Redis {
     exact: bool,
     /// EXEC / DISCARD / RESET sent: the transaction closes with the reply.
     closing: bool,
+    /// The closing command was DISCARD (or RESET): the transaction is thrown away.
+    discarding: bool,
+    /// The last reply ended a transaction with DISCARD (`take_rollback`).
+    rolled_back: bool,
     /// The first bytes of the reply to a lone ordinary command, while they tell something.
     capture: Option<([u8; 9], usize)>,
     /// Commands have been seen (or the connection was seen from its start).
@@ -185,6 +193,8 @@ impl Redis {
             owed: 0,
             exact: true,
             closing: false,
+            discarding: false,
+            rolled_back: false,
             capture: None,
             synced: seen_from_start,
             resp: false,
@@ -256,8 +266,16 @@ impl Redis {
                 Cmd::Multi => {
                     self.txn = Txn::Open;
                     self.closing = false;
+                    self.discarding = false;
                 }
-                Cmd::Close => self.closing = true,
+                Cmd::Close => {
+                    self.closing = true;
+                    self.discarding = false;
+                }
+                Cmd::Discard => {
+                    self.closing = true;
+                    self.discarding = true;
+                }
                 Cmd::Quit => self.goodbye = true,
                 Cmd::Other => {}
             }
@@ -329,12 +347,18 @@ impl Redis {
         self.capture = None;
         if self.closing {
             self.closing = false;
+            self.rolled_back = self.discarding && self.txn == Txn::Open;
+            self.discarding = false;
             self.txn = Txn::Idle;
         }
     }
 }
 
 impl Conversation for Redis {
+    fn take_rollback(&mut self) -> bool {
+        std::mem::take(&mut self.rolled_back)
+    }
+
     /// Redis has no view of its clients' transactions that drainwatch asks.
     fn assume_txn(&mut self, _txn: Txn) {}
 

@@ -93,6 +93,12 @@ pub(crate) trait Conversation: std::fmt::Debug + Send {
     fn assume_txn(&mut self, txn: Txn);
     /// The client sent the protocol's goodbye.
     fn goodbye(&self) -> bool;
+    /// The reply just read ended an open transaction with a rollback the client asked for
+    /// (PostgreSQL ROLLBACK, Redis DISCARD); cleared by reading it. MySQL's OK to ROLLBACK
+    /// looks like its OK to COMMIT: never told there.
+    fn take_rollback(&mut self) -> bool {
+        false
+    }
     /// A close(2) now would end the conversation cleanly (docs/design.md, "clean close"):
     /// after the goodbye, or, where the protocol has no goodbye to send, at a point where
     /// nothing is left to lose.
