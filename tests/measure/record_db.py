@@ -2,7 +2,8 @@
 """Records real database clients' conversations, syscall by syscall, as test data.
 
 Run by hand (as root, on a host with the test dependencies: `cargo xtask setup`, plus
-python3-mysqldb and golang-gopkg-redis.v5-dev), then commit what it writes:
+python3-mysqldb, golang-gopkg-redis.v5-dev, and node mysql2 from npm in DW_MYSQL2_MODULES),
+then commit what it writes:
 
     python3 tests/measure/record_db.py probe-user/tests/data/db [SCENARIO...]
 
@@ -46,6 +47,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 PYENV = Path(os.environ.get("DW_PYTHON", ROOT / "target/pyenv/bin/python"))
 NODE_MODULES = Path(os.environ.get("DW_NODE_MODULES", ROOT / "target/nodeenv/node_modules"))
+# node mysql2 is not among the test dependencies: `npm install mysql2` somewhere, and point
+# DW_MYSQL2_MODULES at its node_modules.
+MYSQL2_MODULES = Path(os.environ.get("DW_MYSQL2_MODULES", NODE_MODULES))
 SYS_PYTHON = "/usr/bin/python3"
 
 MARK_PY = """
@@ -160,6 +164,32 @@ mark("open=0 inflight=0")
 cur.close()
 c.close()
 mark("goodbye=1 clean=1 inflight=0")
+"""
+
+NODE_MYSQL2 = """
+const mysql = require('mysql2/promise');
+const mark = (s) => process.stderr.write('#expect ' + s + '\\n');
+(async () => {
+  const pool = mysql.createPool({ host: '127.0.0.1', port: +process.argv[2], user: 'root',
+    database: 'drainwatch', connectionLimit: 2 });
+  const c = await pool.getConnection();
+  mark('open=0 inflight=0');
+  await c.query('CREATE TABLE IF NOT EXISTS ledger (id INT AUTO_INCREMENT PRIMARY KEY, v TEXT) ENGINE=InnoDB');
+  await c.beginTransaction();
+  await c.query('INSERT INTO ledger (v) VALUES (?)', ['secret-'.repeat(20)]);
+  mark('open=1 inflight=0');
+  await c.commit();
+  mark('open=0 inflight=0');
+  await c.execute('SELECT ? AS n, REPEAT(?, 300) AS pad', [1, 'x']);
+  mark('open=0 inflight=0');
+  await c.query("SELECT REPEAT('x', 500) FROM information_schema.COLLATIONS LIMIT 40");
+  await Promise.all([...Array(10).keys()].map((i) => c.query('SELECT ?', [i])));
+  mark('open=0 inflight=0');
+  c.release();
+  await pool.end();
+  mark('goodbye=1 clean=1 inflight=0');
+  process.exit(0);
+})();
 """
 
 REDIS_CLI_INPUT = """SET plain secret-value
@@ -461,6 +491,13 @@ def run_mysqlclient(srv, tmp):
     return trace([SYS_PYTHON, script(tmp, "mysqldb_rec.py", text), str(port)], port)
 
 
+def run_node_mysql2(srv, tmp):
+    port = srv.mariadb()
+    env = dict(os.environ, NODE_PATH=str(MYSQL2_MODULES))
+    return trace(["node", script(tmp, "node_mysql2_rec.js", NODE_MYSQL2), str(port)], port,
+                 env=env)
+
+
 def run_redis_cli(srv, tmp):
     port = srv.redis_server()
     events, err = trace(["redis-cli", "-p", str(port)], port, stdin=REDIS_CLI_INPUT)
@@ -503,6 +540,9 @@ scenario("pymysql", "mysql", run_pymysql,
          "PyMySQL against MariaDB: a transaction, a large result, COM_QUIT")
 scenario("mysqlclient", "mysql", run_mysqlclient,
          "mysqlclient (MySQLdb, libmariadb) against MariaDB: a transaction, a large result, COM_QUIT")
+scenario("node_mysql2", "mysql", run_node_mysql2,
+         "node mysql2 (promise pool) against MariaDB: a transaction, a prepared statement, a large "
+         "result, 10 queries at once, pool.end() then process.exit(0)")
 scenario("redis_cli", "redis", run_redis_cli,
          "redis-cli, one command at a time: SET, MULTI/INCR/SET/EXEC, GET; exits without QUIT")
 scenario("redis_cli_pipe", "redis", run_redis_cli_pipe,
