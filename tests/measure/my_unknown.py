@@ -44,10 +44,31 @@ print("ready", flush=True)
 time.sleep(120)
 """
 
+NODE_HOLDER = """
+const mysql = require('mysql2/promise');
+(async () => {
+  const port = +process.argv[2];
+  const conns = [];
+  for (let i = 0; i < 3; i++) {
+    const c = await mysql.createConnection({ host: '127.0.0.1', port, user: 'root', database: 'drainwatch' });
+    await c.query('SELECT 1');
+    conns.push(c);
+  }
+  await conns[2].beginTransaction();
+  await conns[2].query("INSERT INTO ledger (v) VALUES ('held')");
+  console.log('ready');
+  setTimeout(() => {}, 120000);
+})();
+"""
+
+# node mysql2 is not among the test dependencies: `npm install mysql2` somewhere and point
+# DW_MYSQL2_MODULES at its node_modules to measure it too.
 STACKS = {
     "pymysql": (PYENV, "pymysql", "database"),
     "mysqlclient": ("/usr/bin/python3", "MySQLdb", "db"),
 }
+if os.environ.get("DW_MYSQL2_MODULES"):
+    STACKS["node-mysql2"] = ("node", None, None)
 
 
 def free_port():
@@ -94,10 +115,16 @@ def main():
             "no-PROCESS": f"mysql://nogrant@127.0.0.1:{port}/",
         }
         for stack, (python, module, dbarg) in STACKS.items():
-            script = tmp / f"hold_{stack}.py"
-            script.write_text(HOLDER.replace("{module}", module).replace("{dbarg}", dbarg))
+            if module:
+                script = tmp / f"hold_{stack}.py"
+                script.write_text(HOLDER.replace("{module}", module).replace("{dbarg}", dbarg))
+                env = None
+            else:
+                script = tmp / f"hold_{stack}.js"
+                script.write_text(NODE_HOLDER)
+                env = dict(os.environ, NODE_PATH=os.environ["DW_MYSQL2_MODULES"])
             holder = subprocess.Popen([python, str(script), str(port)], stdout=subprocess.PIPE,
-                                      text=True)
+                                      text=True, env=env)
             assert holder.stdout.readline().strip() == "ready"
             hosts = subprocess.run(["mariadb", "-h127.0.0.1", f"-P{port}", "-uroot", "-N", "-e",
                                     "SELECT HOST FROM information_schema.PROCESSLIST "
