@@ -15,6 +15,7 @@ const KIND_VOLATILE: u32 = 9;
 const KIND_CONST: u32 = 10;
 const KIND_RESTRICT: u32 = 11;
 pub const KIND_FUNC: u32 = 12;
+const KIND_FUNC_PROTO: u32 = 13;
 const KIND_TYPE_TAG: u32 = 18;
 
 /// One type, as an index into the raw data: the kernel's BTF has ~100k types, and keeping
@@ -48,6 +49,12 @@ pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
 pub fn kernel_func_id(name: &str) -> Option<u32> {
     let data = fs::read(Path::new(KERNEL_BTF)).ok()?;
     Btf::parse(&data)?.func_id(name)
+}
+
+/// How many parameters the kernel function `name` takes, from its BTF prototype.
+pub fn kernel_func_params(name: &str) -> Option<usize> {
+    let data = fs::read(Path::new(KERNEL_BTF)).ok()?;
+    Btf::parse(&data)?.func_params(name)
 }
 
 /// Byte offsets of `(struct, member)` pairs in the running kernel's BTF, read and parsed
@@ -229,6 +236,14 @@ impl<'a> Btf<'a> {
         self.type_id(KIND_FUNC, name)
     }
 
+    /// The parameter count of function `name` (the `vlen` of the FUNC_PROTO its FUNC
+    /// refers to).
+    pub fn func_params(&self, name: &str) -> Option<usize> {
+        let func = self.types.get(self.func_id(name)? as usize)?;
+        let proto = self.types.get(func.referenced as usize)?;
+        (proto.kind as u32 == KIND_FUNC_PROTO).then_some(proto.vlen as usize)
+    }
+
     /// The id of the first type of `kind` named `name`.
     pub fn type_id(&self, kind: u32, name: &str) -> Option<u32> {
         self.types
@@ -308,6 +323,20 @@ mod tests {
             64,
         ]); // 3: struct outer
         blob(&types, &strings)
+    }
+
+    #[test]
+    fn a_functions_parameters_are_counted_from_its_prototype() {
+        let strings = b"\0int\0f\0x\0y\0".to_vec();
+        let mut types = Vec::new();
+        let mut push = |words: &[u32]| words.iter().for_each(|w| types.extend(w.to_le_bytes()));
+        push(&[1, 1 << 24, 4, 32]); // 1: int
+        push(&[0, (KIND_FUNC_PROTO << 24) | 2, 1, 7, 1, 9, 1]); // 2: int (int x, int y)
+        push(&[5, KIND_FUNC << 24, 2]); // 3: f
+        let data = blob(&types, &strings);
+        let btf = Btf::parse(&data).unwrap();
+        assert_eq!(btf.func_params("f"), Some(2));
+        assert_eq!(btf.func_params("x"), None);
     }
 
     #[test]

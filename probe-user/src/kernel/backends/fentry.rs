@@ -53,6 +53,18 @@ fn missing(features: &Features) -> Option<String> {
             return Some(format!("the function {function} in kernel BTF"));
         }
     }
+    // fx_tcp_recv reads the flags and the return value where Linux 5.19+ has them
+    // (`sk, msg, len, flags, addr_len`); before 5.19 a `nonblock` parameter came before the
+    // flags (Ubuntu 22.04's 5.15), and the same slots would hold other values.
+    match btf::kernel_func_params("tcp_recvmsg") {
+        Some(5) => {}
+        found => {
+            return Some(format!(
+                "tcp_recvmsg with the five parameters of Linux 5.19+ (kernel BTF: {})",
+                found.map_or("none".into(), |n| n.to_string())
+            ))
+        }
+    }
     socket::members_missing()
 }
 
