@@ -31,30 +31,50 @@ pub struct Kernel {
     pub name: &'static str,
     /// The Debian package holding it.
     pub package: &'static str,
+    /// The Debian release whose archive has it when this machine's own apt sources do not
+    /// (Debian 11's 5.10 for a Debian 12 machine): fetched from the same archive the
+    /// machine's sources name, through a private apt state under target/ (see [`download`]).
+    pub suite: Option<&'static str>,
     /// The backend drainwatch picks there with nothing forced (docs/hooks.md, "Choosing
     /// one"), as `doctor` names it: 6.1 has no socket length tracepoints but fentry (the
-    /// fentry backend), 6.12 has both (the socket backend). The guest checks it.
+    /// fentry backend), 6.12 has both (the socket backend), 5.10 has fentry but not the
+    /// task-register helpers the socket-level programs call (the syscall hooks). The guest
+    /// checks it.
     pub default_hooks: &'static str,
     /// The hook backends the matrix runs its tests on there, each forced with
-    /// `DRAINWATCH_HOOKS`: the default first, and the other socket-level backend or the
-    /// last resort. The host runs the socket and syscall backends.
+    /// `DRAINWATCH_HOOKS`: the default first, then any backend whose oldest or newest
+    /// kernel this is (matrix.rs, "Which backends where"). The host runs the socket and
+    /// syscall backends.
     /// `DW_MATRIX_HOOKS=fentry,socket` replaces the list.
     pub hooks: &'static [&'static str],
 }
 
-/// Debian 12's own kernel (6.1 LTS) and bookworm-security's 6.12 LTS: the two reachable
-/// from this machine's package archive, and the two LTS series most game servers run.
-pub const KERNELS: [Kernel; 2] = [
+/// Debian 11's kernel (5.10 LTS, the series Debian 11 and Amazon Linux 2 run; the newest
+/// bullseye has, fetched from the same Debian archive), Debian 12's own (6.1 LTS) and
+/// bookworm-security's 6.12 LTS: the oldest kernel drainwatch supports and the two LTS
+/// series most game servers run.
+pub const KERNELS: [Kernel; 3] = [
+    Kernel {
+        name: "5.10",
+        package: "linux-image-5.10.0-32-amd64-unsigned",
+        suite: Some("bullseye"),
+        default_hooks: "syscalls",
+        // Its default; the socket-level backends need helpers 5.10 lacks (docs/hooks.md).
+        hooks: &["syscalls"],
+    },
     Kernel {
         name: "6.1",
         package: "linux-image-6.1.0-57-amd64-unsigned",
+        suite: None,
         default_hooks: "fentry",
-        // Its default, and the syscall hooks, the last resort where fentry is missing.
-        hooks: &["fentry", "syscalls"],
+        // Its default, the oldest kernel fentry runs on; the syscall hooks run on 5.10
+        // (oldest) and on the host (newest) instead (matrix.rs, "Which backends where").
+        hooks: &["fentry"],
     },
     Kernel {
         name: "6.12",
         package: "linux-image-6.12.117+deb12-amd64-unsigned",
+        suite: None,
         default_hooks: "socket-tracepoints",
         // Its default, and fentry, which 6.12 offers too (issue #15: both there).
         hooks: &["socket", "fentry"],
@@ -194,21 +214,85 @@ fn download(kernel: &Kernel, dir: &Path) -> Result<PathBuf> {
         return Ok(deb);
     }
     println!("guest: downloading {}", kernel.package);
-    let fetch = || {
-        exec::run(
-            Command::new("apt-get")
-                .args(["download", kernel.package])
-                .current_dir(dir)
-                .stdin(Stdio::null()),
-        )
+    let options = match kernel.suite {
+        Some(suite) => private_sources(suite)?,
+        None => Vec::new(),
     };
-    if fetch().is_err() {
-        // A fresh machine's package lists may not name it yet.
-        exec::run(Command::new("apt-get").arg("update").stdin(Stdio::null()))
-            .context("refreshing the apt package lists")?;
-        fetch().with_context(|| format!("apt-get download {}", kernel.package))?;
+    let apt = |what: &[&str]| {
+        let mut cmd = Command::new("apt-get");
+        cmd.args(&options)
+            .args(what)
+            .current_dir(dir)
+            .stdin(Stdio::null());
+        exec::run(&mut cmd)
+    };
+    if apt(&["download", kernel.package]).is_err() {
+        // A fresh machine's (or the private state's) package lists may not name it yet.
+        apt(&["update"]).context("refreshing the apt package lists")?;
+        apt(&["download", kernel.package])
+            .with_context(|| format!("apt-get download {}", kernel.package))?;
     }
     existing(dir).with_context(|| format!("apt-get download left no {}.deb", kernel.package))
+}
+
+/// apt options that read `suite` of this machine's Debian archive from a sources list and
+/// package lists of their own under target/kernels/apt-SUITE/, leaving the machine's apt
+/// configuration and state untouched (`Dir::Etc::sourceparts=-` hides its own sources).
+fn private_sources(suite: &str) -> Result<Vec<String>> {
+    let uri = archive_uri()?;
+    let state = exec::target_dir()
+        .join("kernels")
+        .join(format!("apt-{suite}"));
+    fs::create_dir_all(state.join("lists/partial"))
+        .with_context(|| format!("creating {}", state.display()))?;
+    let list = state.join("sources.list");
+    fs::write(&list, format!("deb {uri} {suite} main\n"))?;
+    Ok(vec![
+        "-o".into(),
+        format!("Dir::Etc::sourcelist={}", list.display()),
+        "-o".into(),
+        "Dir::Etc::sourceparts=-".into(),
+        "-o".into(),
+        format!("Dir::State::Lists={}", state.join("lists").display()),
+    ])
+}
+
+/// The Debian archive this machine's apt uses (the first `URIs:` of a deb822 source, or the
+/// first `deb` line), so that a mirror or proxy configured there serves the old suite too.
+fn archive_uri() -> Result<String> {
+    let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
+    if let Ok(dir) = fs::read_dir("/etc/apt/sources.list.d") {
+        let mut more: Vec<PathBuf> = dir.flatten().map(|e| e.path()).collect();
+        more.sort();
+        files.extend(more);
+    }
+    for file in files {
+        let Ok(text) = fs::read_to_string(&file) else {
+            continue;
+        };
+        if let Some(uri) = archive_in(&text) {
+            return Ok(uri);
+        }
+    }
+    bail!("no Debian archive in /etc/apt/sources.list or /etc/apt/sources.list.d")
+}
+
+/// The first archive URI in a sources file (either format) that is Debian's main archive,
+/// not its security archive.
+fn archive_in(text: &str) -> Option<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            if let Some(rest) = l.strip_prefix("URIs:") {
+                return rest.split_whitespace().next();
+            }
+            let mut words = l.split_whitespace();
+            (words.next() == Some("deb")).then_some(())?;
+            words.find(|w| !w.starts_with('['))
+        })
+        .find(|uri| !uri.contains("security"))
+        .map(str::to_string)
 }
 
 /// Every module file under `root/lib/modules`, by module name (`-` spelled `_`).
@@ -424,5 +508,27 @@ mod tests {
         let blob = b"\x7fELF...license=GPL\0depends=virtio,9pnet,virtio_ring\0name=9pnet_virtio\0";
         assert_eq!(module_depends(blob), vec!["virtio", "9pnet", "virtio_ring"]);
         assert!(module_depends(b"license=GPL\0depends=\0name=netfs\0").is_empty());
+    }
+
+    #[test]
+    fn the_archive_is_read_from_either_sources_format() {
+        let deb822 = "Types: deb\n# http://snapshot.debian.org/x\nURIs: http://deb.debian.org/debian\n\
+                      Suites: bookworm\n\nTypes: deb\nURIs: http://deb.debian.org/debian-security\n";
+        assert_eq!(
+            archive_in(deb822).as_deref(),
+            Some("http://deb.debian.org/debian")
+        );
+        let security_first = "URIs: http://security.debian.org/debian-security\n\
+                              URIs: http://mirror.example/debian\n";
+        assert_eq!(
+            archive_in(security_first).as_deref(),
+            Some("http://mirror.example/debian")
+        );
+        let one_line = "# deb http://old/ x main\ndeb [arch=amd64] http://ftp.de.debian.org/debian bookworm main\n";
+        assert_eq!(
+            archive_in(one_line).as_deref(),
+            Some("http://ftp.de.debian.org/debian")
+        );
+        assert_eq!(archive_in("# nothing\n"), None);
     }
 }

@@ -41,9 +41,9 @@ enum Task {
         #[arg(last = true, value_name = "CARGO_TEST_ARGS")]
         args: Vec<OsString>,
     },
-    /// Run integration tests inside Debian's 6.1 and 6.12 kernels booted in QEMU.
+    /// Run integration tests inside Debian's 5.10, 6.1 and 6.12 kernels booted in QEMU.
     Matrix {
-        /// A kernel of the matrix (6.1, 6.12); repeatable; default: every one.
+        /// A kernel of the matrix (5.10, 6.1, 6.12); repeatable; default: every one.
         #[arg(long = "kernel", value_name = "NAME")]
         kernels: Vec<String>,
         /// A test as BINARY::NAME (e.g. drain::wait_returns_after_the_last_request_completes_never_before);
