@@ -91,17 +91,28 @@ pub async fn wait(settings: &WaitSettings) -> Result<u8> {
     say_txn_unknown(&session);
     let mut shower = shower(&settings.common, settings.timeout);
     let deadline = tokio::time::Instant::now() + settings.timeout;
+    // When the quiet window that made the verdict began, taken at the verdict: the state
+    // read after it (the ring's last records) may have work in flight again, and a time
+    // computed from that said `drained ... (at 0.000s)`.
+    let mut quiet_since = None;
     let ended = session
         .follow(
             DRAIN_TICK,
             Some(deadline),
-            |state| drained(state, quiet),
+            |state| {
+                let held = drained(state, quiet);
+                if held {
+                    quiet_since = state.idle_since();
+                }
+                held
+            },
             |s| shower.show(&s.state, "waiting"),
         )
         .await?;
     let state = &session.state;
-    let drained_at_ms = (ended == EndedBy::Condition)
-        .then(|| state.ms_since_attach(state.idle_since().unwrap_or(0) + quiet.as_nanos() as u64));
+    let drained_at_ms = quiet_since
+        .filter(|_| ended == EndedBy::Condition)
+        .map(|since| state.ms_since_attach(since + quiet.as_nanos() as u64));
     let exited_at_ms = state.exited_at_ms();
     let drain = DrainReport {
         signal: None,

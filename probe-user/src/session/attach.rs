@@ -1,6 +1,7 @@
 //! Making processes targets: the selection resolved ([`check_selection`]), each selected
 //! process and its descendants ([`attach_tree`]), and for one process the path top-down
-//! ([`attach_process`]): ask the server, make it and its threads targets, check it is still there, then what it had going (seed.rs), then its
+//! ([`attach_process`]): ask the server, tell the probe its listening ports, make it and
+//! its threads targets, check it is still there, then what it had going (seed.rs), then its
 //! TLS libraries. While the run lasts: processes that join a watched cgroup
 //! ([`CgroupWatch`]) and TLS libraries loaded since ([`TlsWatch`]).
 
@@ -81,13 +82,15 @@ pub(super) fn attach_process(
     // 1. The server's own view of its clients, asked before the probe watches it: the
     //    question is not one of its requests.
     let view = server_view::ask(tgid);
-    // 2. It and its threads become targets: from here on the kernel sees its events.
+    // 2. Its listening ports, before any of its sockets can be classified.
+    seed::listeners(probe, tgid)?;
+    // 3. It and its threads become targets: from here on the kernel sees its events.
     probe.add_target(tgid, tgid)?;
     for pid in procfs::threads(tgid) {
         probe.add_target(pid, tgid)?;
         state.add_thread(pid, tgid);
     }
-    // 3. Checked after the insert: a process that exited in between would otherwise be
+    // 4. Checked after the insert: a process that exited in between would otherwise be
     //    audited forever, its exit never seen. A zombie has exited too (its parent has not
     //    reaped it yet): its exit tracepoint fired before the insert.
     let alive = procfs::process_exists(tgid) && !procfs::has_ended(tgid);
@@ -98,9 +101,9 @@ pub(super) fn attach_process(
         return Err(Error::Compat32(tgid));
     }
     state.add_target(tgid, comm, origin);
-    // 4. What it had going: connections and the socket syscalls its threads wait in.
+    // 5. What it had going: connections and the socket syscalls its threads wait in.
     seed::conns(probe, state, tgid, common, view.as_ref())?;
-    // 5. Its TLS libraries, when it talks outward.
+    // 6. Its TLS libraries, when it talks outward.
     if talks_outward(state, tgid) {
         hook_tls(probe, tgid, common.verbose);
     }

@@ -322,6 +322,11 @@ impl Session {
         let mut ticker = tokio::time::interval(tick.min(DRAIN_EVERY));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut shown = Every::new(tick);
+        // Read before the first look at `done`: what the kernel saw while the targets were
+        // being attached (which can take longer than a quiet window: a server's own view
+        // asked, a survey under load) is in the ring and the counters, not yet in the state.
+        // A state that had read nothing could call a busy server drained at the first look.
+        self.drain();
         let ended = loop {
             if self.targets_done() {
                 break match self.scope.end {

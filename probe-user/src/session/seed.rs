@@ -23,6 +23,22 @@ use crate::{
     Result,
 };
 
+/// The local TCP ports `tgid` listens on, told to the probe BEFORE the process becomes a
+/// target. The socket-level backends (socket tracepoints, fentry) classify a socket of a
+/// target at its first send or receive: one that existed before attach and sent before
+/// [`conns`] added it was classified by its peer alone, and a busy server's live clients
+/// became `upstream` connections whose requests nobody counted (issue #22: redis under
+/// redis-benchmark, `wait` said drained). With the ports known first, such a socket is a
+/// `client` from its first event on, and the kernel follows its requests from there. The
+/// syscall hooks classify at accept/connect only; a connection from before attach is theirs
+/// once [`conns`] adds it.
+pub fn listeners(probe: &mut Probe, tgid: u32) -> Result<()> {
+    for port in existing::listening_ports(tgid) {
+        probe.add_listen_port(port)?;
+    }
+    Ok(())
+}
+
 /// Tracks the target's connections from before attach and its blocked socket syscalls.
 /// `view`: what the server itself said of its clients just before (host/server_view.rs).
 pub fn conns(
@@ -80,6 +96,7 @@ fn tcp_conns(
             .find(|(primary, _, _)| *primary == fd)
             .map_or(AtAttach::Idle, |(_, at_attach, _)| *at_attach);
         if held.role == Role::Listener {
+            // Again: a listener opened since `listeners` looked.
             probe.add_listen_port(held.socket.local.port())?;
         }
         let added = probe.add_conn(
