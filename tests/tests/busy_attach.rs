@@ -125,8 +125,22 @@ fn wait_attached_mid_load_never_says_drained_while_the_load_runs() {
     let mut load = Load::start(&redis);
     let pid = redis.pid().to_string();
     let timeout = format!("{}ms", scaled_ms(2_000));
+    // A quiet window longer than the default 100 ms: on a machine shared by many jobs the
+    // benchmark itself can be off the CPU for 100 ms (rates down to 5k/s were seen), and
+    // nothing in flight for the whole window is then a true drained. Before the fix wait
+    // said drained whatever the window: it counted no request at all.
+    let quiet = format!("{}ms", scaled_ms(500));
     for attach in 1..=ATTACHES {
-        let done = run_drainwatch(&["wait", "--pid", &pid, "--json", "--timeout", &timeout]);
+        let done = run_drainwatch(&[
+            "wait",
+            "--pid",
+            &pid,
+            "--json",
+            "--timeout",
+            &timeout,
+            "--quiet",
+            &quiet,
+        ]);
         assert!(
             load.running(),
             "the load ended before the verdict: {done:?}"
