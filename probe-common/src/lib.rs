@@ -226,7 +226,10 @@ pub struct ConnState {
     pub _pad: u8,
     /// The primary fd (equal to the key's fd for the primary itself).
     pub primary: u32,
-    pub _pad2: u32,
+    /// Client connections: when the target last sent on it, in [`PUSH_TIME_SHIFT`] units of
+    /// `bpf_ktime_get_ns` (wrapping; 0 = no send seen yet), for telling a push from the
+    /// continuation of an answer (`CONN_PUSH`).
+    pub last_send: u32,
     /// When the request in flight started (`bpf_ktime_get_ns`).
     pub request_since_ns: u64,
 }
@@ -247,7 +250,7 @@ impl ConnState {
             flags: 0,
             _pad: 0,
             primary: fd,
-            _pad2: 0,
+            last_send: 0,
             request_since_ns: 0,
         }
     }
@@ -260,6 +263,20 @@ pub const CONN_EXISTED: u8 = 1;
 pub const CONN_UNKNOWN: u8 = 2;
 /// `ConnState::flags`: the socket backend has bound a socket to this entry (docs/hooks.md).
 pub const CONN_BOUND: u8 = 4;
+/// `ConnState::flags`: a client connection on which the target sent unprompted
+/// (docs/design.md, "push-style"): a send with no request in flight, at least
+/// [`PUSH_GAP`] after its previous send (the rest of an answer written in pieces follows
+/// sooner). Ticks, broadcasts, a gateway link that multiplexes players, a streamed answer:
+/// a send there is no evidence that the work for what it received is done.
+pub const CONN_PUSH: u8 = 8;
+/// `ConnState::last_send` counts `bpf_ktime_get_ns() >> PUSH_TIME_SHIFT`: about 1.05 ms,
+/// wrapping after 52 days (compared with wrapping arithmetic).
+pub const PUSH_TIME_SHIFT: u32 = 20;
+/// The gap (in `last_send` units, ~10.5 ms) after which a send with no request in flight is
+/// a push rather than more of the same answer: a server writing an answer in pieces (HTTP
+/// headers then body, a large reply in chunks) writes them back to back; a push comes on
+/// its own clock (a game's tick is 16-100 ms).
+pub const PUSH_GAP: u32 = 10;
 /// `ConnState::flags`: the conversation is read in plaintext through the TLS library hooks
 /// (probe-ebpf/src/sockets/tls.rs); its socket bytes are ciphertext and not parsed. (High
 /// bits, clear of the low ones other features take.)
@@ -350,7 +367,9 @@ pub struct ConnCloseEvent {
     pub role: u8,
     pub proto: u8,
     pub request_in_flight: u8,
-    pub _pad: [u8; 5],
+    /// 1: a client connection the target had sent unprompted on (`CONN_PUSH`).
+    pub push: u8,
+    pub _pad: [u8; 4],
     /// When the request in flight started (`bpf_ktime_get_ns`), 0 if none or unknown.
     pub request_since_ns: u64,
 }
@@ -589,6 +608,11 @@ pub struct RequestCounters {
     pub existing_ended: u64,
     /// ktime (ns) of the latest start or end.
     pub last_edge_ns: u64,
+    /// Client connections of this process that became push-style (`CONN_PUSH`), once each.
+    pub pushed: u64,
+    /// ktime (ns) of the last bytes received on one of its client connections: the drain
+    /// tail counts from the last client input (docs/design.md, "drain tail").
+    pub last_input_ns: u64,
 }
 
 impl RequestCounters {
@@ -598,6 +622,8 @@ impl RequestCounters {
             started: 0,
             existing_ended: 0,
             last_edge_ns: 0,
+            pushed: 0,
+            last_input_ns: 0,
         }
     }
 }
@@ -614,14 +640,14 @@ const _: () = assert!(core::mem::size_of::<ForkEvent>() == 16 + 16 + COMM_LEN);
 const _: () = assert!(core::mem::size_of::<ExecEvent>() == 16 + 8 + COMM_LEN);
 const _: () = assert!(core::mem::size_of::<ExitEvent>() == 16 + 16 + COMM_LEN);
 const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 64 + 56);
-const _: () = assert!(core::mem::size_of::<TargetInfo>() == 8 + 32);
+const _: () = assert!(core::mem::size_of::<TargetInfo>() == 8 + 48);
 const _: () = assert!(core::mem::size_of::<ConnKey>() == 8);
 const _: () = assert!(core::mem::size_of::<ConnState>() == 24);
 const _: () = assert!(core::mem::size_of::<SockAddr>() == 20);
 const _: () = assert!(core::mem::size_of::<Pending>() == 48);
 const _: () = assert!(core::mem::size_of::<ConnOpenEvent>() == 16 + 16 + 20 + 4);
 const _: () = assert!(core::mem::size_of::<ConnCloseEvent>() == 16 + 24);
-const _: () = assert!(core::mem::size_of::<RequestCounters>() == 32);
+const _: () = assert!(core::mem::size_of::<RequestCounters>() == 48);
 const _: () =
     assert!(core::mem::size_of::<latency::LatencyHistogram>() == 8 * latency::LATENCY_SLOTS);
 const _: () = assert!(core::mem::size_of::<DbIoEvent>() == 16 + 24 + HEAD_BYTES + TAIL_BYTES);

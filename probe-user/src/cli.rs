@@ -144,10 +144,31 @@ pub struct SharedArgs {
     pub db: Vec<String>,
     pub db_url: Option<String>,
     pub quiet: Option<String>,
+    pub settle: SettleArgs,
     pub json: bool,
     pub verbose: u8,
     pub no_follow: bool,
     pub ring_size: Option<String>,
+}
+
+/// `--settle`, `--settle-from` (wait, stop): the drain tail (docs/design.md).
+#[derive(Debug, Args, Clone, Default)]
+pub struct SettleArgs {
+    /// Also hold `drained` until no database query has been sent for this long after the
+    /// last client input: for work that goes on between two writes with nothing in flight
+    /// (a timer, a queue, another thread), e.g. `--settle 1.5s`.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        conflicts_with = "settle_from",
+        allow_hyphen_values = true
+    )]
+    pub settle: Option<String>,
+    /// The same, from the drain tail an earlier audit or stop of this server measured
+    /// (`drain.tail_ms` of its --report, e.g. on staging), with a margin: 1.5 times the
+    /// tail, and at least the tail plus 100ms, e.g. `--settle-from staging-audit.json`.
+    #[arg(long = "settle-from", value_name = "REPORT")]
+    pub settle_from: Option<std::path::PathBuf>,
 }
 
 impl SharedArgs {
@@ -158,6 +179,7 @@ impl SharedArgs {
             db: db.db.clone(),
             db_url: db.db_url.clone(),
             quiet: None,
+            settle: SettleArgs::default(),
             json: false,
             verbose: log.verbose,
             no_follow: probe.no_follow,
@@ -261,6 +283,8 @@ pub struct WaitArgs {
     pub timeout: String,
     #[arg(long, value_name = "DURATION", help = QUIET_HELP, allow_hyphen_values = true)]
     pub quiet: Option<String>,
+    #[command(flatten)]
+    pub settle: SettleArgs,
     /// The verdict as one JSON object instead of lines.
     #[arg(long)]
     pub json: bool,
@@ -296,6 +320,8 @@ pub struct StopArgs {
     pub kill_after: bool,
     #[arg(long, value_name = "DURATION", help = QUIET_HELP, allow_hyphen_values = true)]
     pub quiet: Option<String>,
+    #[command(flatten)]
+    pub settle: SettleArgs,
     /// Write the JSON report here, e.g. `--report /var/log/drainwatch/stop.json`.
     #[arg(long, value_name = "FILE")]
     pub report: Option<std::path::PathBuf>,
@@ -394,6 +420,7 @@ impl WaitArgs {
         SharedArgs {
             json: self.json,
             quiet: self.quiet.clone(),
+            settle: self.settle.clone(),
             ..SharedArgs::of(&self.db, Some(&self.probe), &self.log)
         }
     }
@@ -404,6 +431,7 @@ impl StopArgs {
         SharedArgs {
             json: self.json,
             quiet: self.quiet.clone(),
+            settle: self.settle.clone(),
             ..SharedArgs::of(&self.db, Some(&self.probe), &self.log)
         }
     }

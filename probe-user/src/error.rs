@@ -11,6 +11,8 @@ pub enum Error {
         value: String,
         hint: &'static str,
     },
+    #[error("--settle-from {}: {problem}", .path.display())]
+    SettleFrom { path: PathBuf, problem: String },
     #[error("no process with pid {0}: check the pid (e.g. `pgrep -a NAME`)")]
     NoSuchProcess(u32),
     #[error("pid {0} is drainwatch itself: name the server's pid instead")]

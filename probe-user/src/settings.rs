@@ -45,6 +45,55 @@ fn parse_quiet(text: &str) -> Result<Duration> {
     Ok(quiet)
 }
 
+/// `--settle D`, or `--settle-from REPORT` (docs/design.md, "drain tail").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settle {
+    pub time: Duration,
+    /// `--settle-from`: the report and the tail it measured.
+    pub from: Option<(std::path::PathBuf, Duration)>,
+}
+
+impl Settle {
+    fn from_args(args: &crate::cli::SettleArgs) -> Result<Option<Self>> {
+        if let Some(text) = &args.settle {
+            return Ok(Some(Self {
+                time: parse_duration(text)?,
+                from: None,
+            }));
+        }
+        let Some(path) = &args.settle_from else {
+            return Ok(None);
+        };
+        let problem = |problem: String| Error::SettleFrom {
+            path: path.clone(),
+            problem,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            problem(format!(
+                "cannot read it ({e}); give the --report FILE of an audit or stop"
+            ))
+        })?;
+        let tail = crate::verdict::drain::tail_in_report(&text).map_err(problem)?;
+        Ok(Some(Self {
+            time: crate::verdict::drain::settle_for_tail(tail),
+            from: Some((path.clone(), tail)),
+        }))
+    }
+
+    /// How it was chosen, for the attach line.
+    pub fn describe(&self) -> String {
+        let time = crate::duration::format(self.time);
+        match &self.from {
+            None => format!("settle {time}"),
+            Some((path, tail)) => format!(
+                "settle {time} (the {} drain tail {} measured, times 1.5, at least +100ms)",
+                crate::duration::format(*tail),
+                path.display()
+            ),
+        }
+    }
+}
+
 /// Parses a ring-buffer size: a power of two from 4096 (a page) to 1 GiB.
 pub fn parse_ring_size(text: &str) -> Result<u32> {
     match text.parse::<u32>() {
@@ -101,6 +150,8 @@ pub struct Common {
     /// `--db-url`, read from where it pointed.
     pub db_url: Option<DbUrl>,
     pub quiet: Duration,
+    /// `--settle` / `--settle-from`.
+    pub settle: Option<Settle>,
     pub json: bool,
     pub verbose: u8,
     pub follow_forks: bool,
@@ -134,6 +185,7 @@ impl Common {
             db_addrs,
             db_url,
             quiet,
+            settle: Settle::from_args(&args.settle)?,
             json: args.json,
             verbose: args.verbose,
             follow_forks: !args.no_follow,

@@ -2,7 +2,7 @@
 //! unanswered request on it ends there).
 
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
-use probe_common::{ConnCloseEvent, ConnKey, ConnState, EventKind};
+use probe_common::{ConnCloseEvent, ConnKey, ConnState, EventKind, CONN_PUSH};
 
 use super::{conns::CONNS, requests::end_request, syscall::arg};
 use crate::shared::{current_tgid_pid, emit_flags, header, is_target, quiet_flags, target};
@@ -79,7 +79,8 @@ pub(super) fn emit_close(tgid: u32, fd: u32, state: &ConnState) {
         role: state.role,
         proto: state.proto,
         request_in_flight: state.request_in_flight,
-        _pad: [0; 5],
+        push: (state.flags & CONN_PUSH != 0) as u8,
+        _pad: [0; 4],
         request_since_ns: state.request_since_ns,
     });
 }

@@ -11,11 +11,11 @@ use super::{
     conns::{resolve, CONNS},
     db::{head_span, jump_to_db_io},
     pending::remember,
-    requests::{end_request, start_request},
+    requests::{client_recv, client_send},
     syscall::{arg, ret},
     tls::{other_io, SocketBytes},
 };
-use crate::shared::{current_tgid_pid, target};
+use crate::shared::current_tgid_pid;
 
 /// sys_enter of read/write/recvfrom/sendto/recvmsg/sendmsg/readv/writev: remember the
 /// buffer if the fd is a connection worth looking at.
@@ -40,14 +40,12 @@ fn enter_io(ctx: &RawTracePointContext, kind: u8) -> Result<u32, u32> {
             if state.flags & CONN_UNKNOWN != 0 {
                 state.flags &= !CONN_UNKNOWN;
             }
-            if state.request_in_flight != 0 {
-                if let Some(target) = target(tgid) {
-                    end_request(target, state, true);
-                }
-            }
+            client_send(tgid, state);
             false
         }
-        ROLE_CLIENT => state.request_in_flight == 0,
+        // Every receive: one on an idle connection starts a request, any other is still
+        // client input (the drain tail's start), which only the sys_exit can tell.
+        ROLE_CLIENT => true,
         ROLE_DB => true,
         ROLE_UPSTREAM => state.sniff_left > 0,
         _ => false,
@@ -95,14 +93,14 @@ pub(super) fn exit_io(ctx: &RawTracePointContext, pending: Pending) -> Result<u3
     let send = is_send(pending.kind);
     let role = state.role;
     match role {
-        ROLE_CLIENT if !send && state.request_in_flight == 0 => {
-            other_io(pending.fd, false);
-            if state.flags & CONN_UNKNOWN != 0 {
-                state.flags &= !CONN_UNKNOWN;
+        ROLE_CLIENT if !send => {
+            if state.request_in_flight == 0 {
+                other_io(pending.fd, false);
+                if state.flags & CONN_UNKNOWN != 0 {
+                    state.flags &= !CONN_UNKNOWN;
+                }
             }
-            if let Some(target) = target(tgid) {
-                start_request(target, state);
-            }
+            client_recv(tgid, state);
         }
         ROLE_DB | ROLE_UPSTREAM => {
             if role == ROLE_UPSTREAM {

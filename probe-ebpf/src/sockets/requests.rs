@@ -14,8 +14,10 @@ use probe_common::{
     latency::{
         self, LatencyHistogram, LATENCY_MAX_SLOT, LATENCY_OVERFLOW_TGID, MAX_LATENCY_TARGETS,
     },
-    ConnState, TargetInfo,
+    ConnState, TargetInfo, CONN_PUSH, PUSH_GAP, PUSH_TIME_SHIFT,
 };
+
+use crate::shared::target;
 
 /// Latencies of answered client requests, by bucket, one histogram per target process
 /// (tgid): `serve`/`watch` of two servers keep two series. Shared by the CPUs (atomic adds).
@@ -36,9 +38,55 @@ fn count(counter: *mut u64) {
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, 1) };
 }
 
+/// The target `tgid` sent on its client connection (both backends: io.rs at the send's
+/// sys_enter, sock_tp.rs after the copy). With a request in flight, the send answers it.
+/// Without one, more than [`PUSH_GAP`] after the previous send, it is unprompted: the
+/// connection is push-style (docs/design.md, "request in flight"), counted once per
+/// connection so that userspace knows when to look for which.
+#[inline(always)]
+pub(super) fn client_send(tgid: u32, state: &mut ConnState) {
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // 0 means "no send seen yet": the first send of a connection (a greeting before any
+    // request, or the rest of an answer begun before attach) is no push by itself.
+    let units = ((now >> PUSH_TIME_SHIFT) as u32).max(1);
+    if state.request_in_flight != 0 {
+        if let Some(target) = target(tgid) {
+            end_request(target, state, true);
+        }
+    } else if state.flags & CONN_PUSH == 0
+        && state.last_send != 0
+        && units.wrapping_sub(state.last_send) >= PUSH_GAP
+    {
+        state.flags |= CONN_PUSH;
+        if let Some(target) = target(tgid) {
+            // SAFETY: a map value pointer, valid for this program run.
+            unsafe { count(&raw mut (*target).requests.pushed) };
+        }
+    }
+    state.last_send = units;
+}
+
+/// The target `tgid` received bytes on its client connection: a request starts if none
+/// was in flight; either way it is client input, the drain tail's start (docs/design.md,
+/// "drain tail").
+#[inline(always)]
+pub(super) fn client_recv(tgid: u32, state: &mut ConnState) {
+    let Some(target) = target(tgid) else {
+        return;
+    };
+    if state.request_in_flight == 0 {
+        start_request(target, state);
+    } else {
+        // SAFETY: bpf_ktime_get_ns has no preconditions; a map value pointer, valid for
+        // this program run (a plain 8-byte store: a reader sees the old or the new time).
+        unsafe { (*target).requests.last_input_ns = bpf_ktime_get_ns() };
+    }
+}
+
 /// First bytes received on an idle client connection (docs/design.md, "request in flight").
 #[inline(always)]
-pub(super) fn start_request(target: *mut TargetInfo, state: &mut ConnState) {
+fn start_request(target: *mut TargetInfo, state: &mut ConnState) {
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     state.request_in_flight = 1;
@@ -47,6 +95,7 @@ pub(super) fn start_request(target: *mut TargetInfo, state: &mut ConnState) {
     unsafe {
         count(&raw mut (*target).requests.started);
         (*target).requests.last_edge_ns = now;
+        (*target).requests.last_input_ns = now;
     }
 }
 

@@ -39,7 +39,7 @@ use super::{
     conns::{resolve, CONNS},
     db::db_inline,
     open::{classify_peer, open_conn},
-    requests::{end_request, start_request},
+    requests::{client_recv, client_send},
     tls::{other_io, SocketBytes},
 };
 use crate::shared::{config, current_tgid_pid, is_target, maybe_target, target};
@@ -365,14 +365,10 @@ pub(super) fn data(sk: u64, ret: i32, flags: i32, send: bool) -> u32 {
             if state.flags & CONN_UNKNOWN != 0 {
                 state.flags &= !CONN_UNKNOWN;
             }
-            if send && state.request_in_flight != 0 {
-                if let Some(target) = target(key.tgid) {
-                    end_request(target, state, true);
-                }
-            } else if !send && state.request_in_flight == 0 {
-                if let Some(target) = target(key.tgid) {
-                    start_request(target, state);
-                }
+            if send {
+                client_send(key.tgid, state);
+            } else {
+                client_recv(key.tgid, state);
             }
         }
         ROLE_DB | ROLE_UPSTREAM => {

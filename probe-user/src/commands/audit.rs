@@ -12,7 +12,10 @@ use crate::{
     output::publish::{publish, write_text},
     session::{EndWhen, Session},
     settings::AuditSettings,
-    verdict::outcome::{self, EndedBy, Outcome},
+    verdict::{
+        drain::{DrainRule, DrainTimes},
+        outcome::{self, EndedBy, Outcome},
+    },
     Error, Result,
 };
 
@@ -120,8 +123,29 @@ pub async fn run(settings: &AuditSettings) -> Result<Outcome> {
     eprintln!(
         "drainwatch: attached to {targets}; auditing {until}; Ctrl-C stops with a partial report"
     );
+    crate::commands::drain::note_event_loops(&mut session.state);
     let deadline = settings.duration.map(|d| tokio::time::Instant::now() + d);
-    let ended_by = session.follow(TICK, deadline, |_| false, |_| {}).await?;
+    // The drain after the first signal asking a target to end, judged as `stop` does
+    // (the default quiet window), while a target still runs.
+    let rule = DrainRule::quiet(settings.common.quiet);
+    let mut drained_at_ns: Option<u64> = None;
+    let ended_by = session
+        .follow(
+            TICK,
+            deadline,
+            |_| false,
+            |s| {
+                let state = &s.state;
+                let now = crate::host::procfs::monotonic_now().as_nanos() as u64;
+                if let (None, Some((_, signal_ns))) = (drained_at_ns, state.first_end_signal()) {
+                    if !state.running_targets().is_empty() && rule.drained(state, now) {
+                        let at = rule.drained_at(state).unwrap_or(now);
+                        drained_at_ns = Some(at.max(signal_ns + rule.quiet.as_nanos() as u64));
+                    }
+                }
+            },
+        )
+        .await?;
     let interrupted = ended_by == EndedBy::Interrupted;
     if let (true, Some(launched)) = (interrupted, session.launched) {
         stop_launched(&mut session, launched).await?;
@@ -142,6 +166,17 @@ pub async fn run(settings: &AuditSettings) -> Result<Outcome> {
         session.probe.failures().to_vec(),
     );
     session.stamp_coverage(&mut report);
+    let state = &session.state;
+    let signal = state.first_end_signal();
+    let times = DrainTimes {
+        signal: signal.map(|(name, _)| name.to_string()),
+        signal_at_ms: signal.map(|(_, at)| state.ms_since_attach(at)),
+        drained_at_ms: drained_at_ns.map(|at| state.ms_since_attach(at)),
+        exited_at_ms: state.exited_at_ms(),
+    };
+    report.drain = Some(crate::verdict::drain::drain_report(
+        state, times, false, None, true,
+    ));
     settings.policy.apply(&mut report);
     if interrupted {
         outcome::mark_interrupted(&mut report);

@@ -25,6 +25,7 @@ use crate::{
     settings::{Common, StopSettings, WaitSettings},
     verdict::{
         self,
+        drain::{DrainRule, DrainTimes, Ending},
         outcome::{drain_exit_code, EndedBy},
         shutdown,
     },
@@ -37,9 +38,54 @@ const DRAIN_TICK: Duration = Duration::from_millis(2);
 /// How long to wait for the exit after `--kill-after` sent SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(5);
 
-/// Drained for the whole quiet window, as of now?
-fn drained(state: &AuditState, quiet: Duration) -> bool {
-    verdict::drain::drained(state, quiet, procfs::monotonic_now().as_nanos() as u64)
+/// Drained (the quiet window, and the settle time if any), as of now?
+fn drained(state: &AuditState, rule: DrainRule) -> bool {
+    rule.drained(state, procfs::monotonic_now().as_nanos() as u64)
+}
+
+/// What "drained" means for this run (`--quiet`, `--settle`).
+fn rule(common: &Common) -> DrainRule {
+    DrainRule {
+        quiet: common.quiet,
+        settle: common.settle.as_ref().map(|s| s.time),
+    }
+}
+
+/// What the attach line says of the settle time.
+fn settle_words(common: &Common) -> String {
+    match &common.settle {
+        Some(settle) => format!(", {}", settle.describe()),
+        None => String::new(),
+    }
+}
+
+/// A drained verdict's line with what it rests on (docs/design.md, "drained").
+fn with_basis(headline: String, report: &Report, common: &Common) -> String {
+    let Some(basis) = report.drain.as_ref().and_then(|d| d.basis.as_ref()) else {
+        return headline;
+    };
+    let settle = common.settle.as_ref().map(|s| s.time);
+    let held = settle
+        .map(|d| {
+            format!(
+                "no database query for {} after the last client input; ",
+                duration::format(d)
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        "{headline} ({held}{})",
+        verdict::drain::basis_line(basis, settle)
+    )
+}
+
+/// Notes the targets running an event loop now (an epoll instance), for the basis.
+pub fn note_event_loops(state: &mut AuditState) {
+    for tgid in state.running_targets() {
+        if crate::host::event_loop::runs_event_loop(tgid) {
+            state.event_loop(tgid);
+        }
+    }
 }
 
 /// Progress as JSON lines with `--json` or when stdout is no terminal.
@@ -81,52 +127,58 @@ fn say_txn_unknown(session: &Session) {
 /// `drainwatch wait`: blocks until drained or exited; sends nothing.
 pub async fn wait(settings: &WaitSettings) -> Result<u8> {
     let quiet = settings.common.quiet;
+    let rule = rule(&settings.common);
     let mut session = Session::attach(&settings.targets, &settings.common)?;
+    note_event_loops(&mut session.state);
     eprintln!(
-        "drainwatch: attached to {}; waiting until drained (quiet {}) or exited, at most {}",
+        "drainwatch: attached to {}; waiting until drained (quiet {}{}) or exited, at most {}",
         session.target_names(),
         duration::format(quiet),
+        settle_words(&settings.common),
         duration::format(settings.timeout)
     );
     say_txn_unknown(&session);
     let mut shower = shower(&settings.common, settings.timeout);
     let deadline = tokio::time::Instant::now() + settings.timeout;
-    // When the quiet window that made the verdict began, taken at the verdict: the state
-    // read after it (the ring's last records) may have work in flight again, and a time
-    // computed from that said `drained ... (at 0.000s)`.
-    let mut quiet_since = None;
+    // When the targets were drained, taken at the verdict: the state read after it (the
+    // ring's last records) may have work in flight again, and a time computed from that
+    // said `drained ... (at 0.000s)`.
+    let mut drained_at: Option<u64> = None;
     let ended = session
         .follow(
             DRAIN_TICK,
             Some(deadline),
             |state| {
-                let held = drained(state, quiet);
+                let held = drained(state, rule);
                 if held {
-                    quiet_since = state.idle_since();
+                    // When it held, read as it held: the verdict's own moment.
+                    drained_at = rule.drained_at(state);
                 }
                 held
             },
             |s| shower.show(&s.state, "waiting"),
         )
         .await?;
+    note_event_loops(&mut session.state);
     let state = &session.state;
-    let drained_at_ms = quiet_since
+    let drained_at_ms = drained_at
         .filter(|_| ended == EndedBy::Condition)
-        .map(|since| state.ms_since_attach(since + quiet.as_nanos() as u64));
-    let exited_at_ms = state.exited_at_ms();
-    let drain = DrainReport {
-        signal: None,
-        signal_at_ms: None,
+        .map(|at| state.ms_since_attach(at));
+    let times = DrainTimes {
         drained_at_ms,
-        exited_at_ms,
-        drain_ms: drained_at_ms.or(exited_at_ms),
+        exited_at_ms: state.exited_at_ms(),
+        ..DrainTimes::default()
     };
+    let drain = verdict::drain::drain_report(state, times, false, rule.settle, false);
     let timed_out = matches!(ended, EndedBy::Duration);
     let interrupted = ended == EndedBy::Interrupted;
     let report = drain_report(&session, Mode::Wait, drain, timed_out, interrupted);
     let p = progress(&session.state, "timeout");
     let ending = verdict::drain::wait_ending(ended, report.verdict, drained_at_ms);
-    let headline = wait_headline(ending, quiet, settings.timeout, &p);
+    let mut headline = wait_headline(ending, quiet, settings.timeout, &p);
+    if matches!(ending, Ending::Drained { .. }) {
+        headline = with_basis(headline, &report, &settings.common);
+    }
     // The verdict goes out before the probe is taken down (which takes the kernel about a
     // second): whoever reads the output does not wait for that.
     shower.finish(&report, &headline);
@@ -134,9 +186,21 @@ pub async fn wait(settings: &WaitSettings) -> Result<u8> {
     Ok(drain_exit_code(&report))
 }
 
+/// The measured drain tail, for a stop's line.
+fn tail_words(report: &Report) -> String {
+    match report.drain.as_ref().and_then(|d| d.tail_ms) {
+        Some(tail) => format!(
+            "; drain tail {} (--settle-from this report would settle {})",
+            duration::format(Duration::from_millis(tail)),
+            duration::format(verdict::drain::settle_for_tail(Duration::from_millis(tail)))
+        ),
+        None => String::new(),
+    }
+}
+
 /// `drainwatch stop`: signal, follow the drain, wait for the exit.
 pub async fn stop(settings: &StopSettings) -> Result<u8> {
-    let quiet = settings.common.quiet;
+    let rule = rule(&settings.common);
     // The pidfds first: from here on the signal can only reach these very processes.
     let set = &settings.targets;
     let selection = Selection::resolve(&set.pids, &set.comms, &set.cgroups)?;
@@ -165,14 +229,16 @@ pub async fn stop(settings: &StopSettings) -> Result<u8> {
         })
         .collect();
     let mut session = Session::attach(set, &settings.common)?;
+    note_event_loops(&mut session.state);
     let mut names: Vec<String> = signals.iter().map(|sig| signals::name(*sig)).collect();
     names.dedup();
     let signal_name = names.join(", ");
     let signalled: Vec<String> = pidfds.iter().map(|(pid, _)| pid.to_string()).collect();
     eprintln!(
-        "drainwatch: attached to {}; sending {signal_name} to {}, then following the drain for at most {}",
+        "drainwatch: attached to {}; sending {signal_name} to {}, then following the drain{} for at most {}",
         session.target_names(),
         signalled.join(", "),
+        settle_words(&settings.common),
         duration::format(settings.timeout)
     );
     say_txn_unknown(&session);
@@ -184,9 +250,9 @@ pub async fn stop(settings: &StopSettings) -> Result<u8> {
     let mut shower = shower(&settings.common, settings.timeout);
     let mut drained_at_ns: Option<u64> = None;
     let mut note_drain = |state: &AuditState| {
-        if drained_at_ns.is_none() && drained(state, quiet) {
-            let since = state.idle_since().unwrap_or(signal_ns).max(signal_ns);
-            drained_at_ns = Some(since + quiet.as_nanos() as u64);
+        if drained_at_ns.is_none() && drained(state, rule) {
+            let at = rule.drained_at(state).unwrap_or(signal_ns);
+            drained_at_ns = Some(at.max(signal_ns + rule.quiet.as_nanos() as u64));
         }
     };
     let deadline = tokio::time::Instant::now() + settings.timeout;
@@ -228,15 +294,13 @@ pub async fn stop(settings: &StopSettings) -> Result<u8> {
     let to_ms = |ns: u64| session.state.ms_since_attach(ns);
     let drained_at_ms = drained_at_ns.map(to_ms);
     let exited_at_ms = session.state.exited_at_ms();
-    let drain = DrainReport {
+    let times = DrainTimes {
         signal: Some(signal_name.clone()),
         signal_at_ms: Some(signal_at_ms),
         drained_at_ms,
         exited_at_ms,
-        drain_ms: drained_at_ms
-            .or(exited_at_ms)
-            .map(|at| at.saturating_sub(signal_at_ms)),
     };
+    let drain = verdict::drain::drain_report(&session.state, times, false, rule.settle, true);
     let interrupted = ended == EndedBy::Interrupted;
     let report = drain_report(&session, Mode::Stop, drain, timed_out, interrupted);
     let p = progress(&session.state, "end");
@@ -244,7 +308,14 @@ pub async fn stop(settings: &StopSettings) -> Result<u8> {
         write_report(file, &report)?;
     }
     let ending = verdict::drain::stop_ending(ended, &report);
-    let headline = stop_headline(ending, &signal_name, settings.timeout, &p);
+    let mut headline = stop_headline(ending, &signal_name, settings.timeout, &p);
+    if matches!(ending, Ending::StoppedCleanly { .. }) {
+        headline = with_basis(
+            format!("{headline}{}", tail_words(&report)),
+            &report,
+            &settings.common,
+        );
+    }
     shower.finish(&report, &headline);
     session.finish();
     Ok(drain_exit_code(&report))

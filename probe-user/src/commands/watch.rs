@@ -66,7 +66,10 @@ pub fn frame(session: &Session, pace: &mut Pace) -> Frame {
             // One socket held by several processes is one connection (docs/design.md).
             if crate::output::socket_key(conn).is_none_or(|key| sockets.insert(key)) {
                 match conn.role {
-                    Role::Client => connections.client += 1,
+                    Role::Client => {
+                        connections.client += 1;
+                        connections.push_style += conns.facts().is_push(conn.tgid, conn.fd) as u64;
+                    }
                     Role::Db => connections.db += 1,
                     Role::Upstream => connections.upstream += 1,
                     Role::Listener => connections.listener += 1,

@@ -59,6 +59,18 @@ pub enum Event {
     /// Not a ring-buffer record: a client connection whose state at attach was unknown is
     /// known now (`attach_rule`).
     Resolved(Resolved),
+    /// Not a ring-buffer record: the kernel marked a client connection push-style
+    /// (`probe_common::CONN_PUSH`), read from its map when the target's count moved.
+    PushStyle(PushStyle),
+}
+
+/// A client connection on which the target sent unprompted (docs/design.md, "request in
+/// flight": push-style), as of `ktime_ns` (when userspace read the kernel's mark).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushStyle {
+    pub ktime_ns: u64,
+    pub tgid: u32,
+    pub fd: u32,
 }
 
 /// How a client connection that was `unknown` at attach became known.
@@ -94,6 +106,7 @@ impl Event {
             Event::Requests(e) => e.ktime_ns,
             Event::DbIo(e) => e.ktime_ns,
             Event::Resolved(e) => e.ktime_ns,
+            Event::PushStyle(e) => e.ktime_ns,
         }
     }
 }
@@ -181,6 +194,10 @@ pub struct ConnClose {
     /// the state ends it itself.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub request_uncounted: bool,
+    /// A client connection the target had sent unprompted on (push-style): bytes received
+    /// since its last send are no request it owed an answer to.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub push: bool,
 }
 
 /// Client requests as counted in the kernel (`probe_common::RequestCounters`), read with
@@ -214,6 +231,16 @@ pub struct TargetRequests {
     pub existing_ended: u64,
     /// ktime (ns) of the latest start or end; 0 if none yet.
     pub last_edge_ns: u64,
+    /// Client connections that became push-style (`probe_common::CONN_PUSH`), once each.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pushed: u64,
+    /// ktime (ns) of the last bytes received on a client connection; 0 if none yet.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub last_input_ns: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A send or recv on a database connection: its length and the kept (redacted) bytes.
@@ -413,6 +440,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 fd: e.fd,
                 request_since_ns: (e.request_in_flight != 0).then_some(e.request_since_ns),
                 request_uncounted: false,
+                push: e.push != 0,
             })
         }
         EventKind::DbIo => {

@@ -135,6 +135,8 @@ fn events_round_trip_through_json() {
             ended: 2,
             existing_ended: 1,
             last_edge_ns: 4,
+            pushed: 1,
+            last_input_ns: 4,
         }],
         latency_us: vec![(120, 2)],
         latency_by_tgid: vec![(2, vec![(120, 2)])],

@@ -4,13 +4,14 @@
 //! `CLIENT LIST`, asked on loopback at attach), starting a command held until it is a target
 //! ([`launch`]), signalling a process by pidfd and reading what it does with a
 //! signal ([`pidfd`]), and which processes the `--pid`/`--comm`/`--unit`/`--cgroup` selectors and
-//! their trees are ([`targets`]).
+//! their trees are ([`targets`]), whether a process runs an event loop ([`event_loop`]).
 //!
 //! Owns reads of /proc and netlink, and fork/exec. May use: the crate's errors only. A process
 //! that is gone is an answer (`None`), not an error.
 
 pub mod blocked;
 pub mod db_session;
+pub mod event_loop;
 pub mod launch;
 pub mod my_view;
 pub mod netstat;

@@ -12,6 +12,7 @@ use hdrhistogram::Histogram;
 
 use crate::{
     events::{ConnClose, ConnOpen, DbIo, Protocol, Role, TargetRequests},
+    model::drain_facts::{DrainFacts, PushConn},
     model::protocol::{self, spec, DbConn, Txn},
     model::report::{
         ClosedBy, ConnectionCounts, InflightAtExit, OpenTransaction, RequestDropped, RollbackHow,
@@ -56,6 +57,9 @@ pub struct ConnTracker {
     /// Requests the kernel counted as ended (answered or closed) since attach, over every
     /// target, exited ones included: what a rate is computed from.
     requests_ended: u64,
+    /// Last client input, last query, push-style connections: what the drain's basis, its
+    /// tail and `--settle` read (model/drain_facts.rs).
+    facts: DrainFacts,
 }
 
 impl std::fmt::Debug for ConnTracker {
@@ -84,6 +88,7 @@ impl Default for ConnTracker {
             unverified: Vec::new(),
             query_ended_us: None,
             requests_ended: 0,
+            facts: DrainFacts::default(),
         }
     }
 }
@@ -91,6 +96,28 @@ impl Default for ConnTracker {
 impl ConnTracker {
     pub fn conns(&self) -> impl Iterator<Item = &Conn> {
         self.conns.values()
+    }
+
+    pub fn facts(&self) -> &DrainFacts {
+        &self.facts
+    }
+
+    pub fn facts_mut(&mut self) -> &mut DrainFacts {
+        &mut self.facts
+    }
+
+    /// The kernel marked a client connection push-style.
+    pub fn push_style(&mut self, tgid: u32, fd: u32, at_ms: u64) {
+        if let Some(conn) = self.conns.get(&(tgid, fd)) {
+            if conn.role == Role::Client {
+                self.facts.push_style(PushConn {
+                    tgid,
+                    fd,
+                    peer: conn.peer_text(),
+                    at_ms,
+                });
+            }
+        }
     }
 
     pub fn last_activity_ns(&self) -> u64 {
@@ -240,10 +267,25 @@ impl ConnTracker {
         // Whatever an unknown connection had going is over; it was not seen, so it is not
         // a violation either.
         self.settle(event.tgid, event.fd, at_ms, "closed");
+        self.facts.closed(event.tgid, event.fd);
         let Some(conn) = self.conns.remove(&(event.tgid, event.fd)) else {
             return Vec::new();
         };
         self.count_close(conn.tgid, conn.role);
+        if conn.role == Role::Client {
+            // A hang-up is client input too: a server may still write for it (a player's
+            // logout), docs/design.md "drain tail".
+            self.facts.input(event.ktime_ns);
+            if event.push {
+                self.facts.push_style(PushConn {
+                    tgid: conn.tgid,
+                    fd: conn.fd,
+                    peer: conn.peer_text(),
+                    at_ms,
+                });
+                self.facts.closed(conn.tgid, conn.fd);
+            }
+        }
         let mut violations = Vec::new();
         if let (Role::Client, Some(since), true) =
             (conn.role, event.request_since_ns, event.request_uncounted)
@@ -254,7 +296,12 @@ impl ConnTracker {
                 _ => ended.0 += 1,
             }
         }
-        if let (Role::Client, Some(since)) = (conn.role, event.request_since_ns) {
+        // On a push-style connection the server sends on its own clock (an answer rides on
+        // the next tick, an input needs none): bytes received since its last send prove no
+        // answer owed, so its close drops nothing provably (docs/design.md, "request in
+        // flight"; the basis names the connection instead).
+        if let (Role::Client, Some(since), false) = (conn.role, event.request_since_ns, event.push)
+        {
             violations.push(Violation::RequestDropped(RequestDropped {
                 pid: conn.tgid,
                 at_ms,
@@ -347,7 +394,10 @@ impl ConnTracker {
         let rollback = db.take_rollback();
         let after = db.query_in_flight();
         match (before, after) {
-            (false, true) => conn.query_since = Some(event.ktime_ns),
+            (false, true) => {
+                conn.query_since = Some(event.ktime_ns);
+                self.facts.query(event.ktime_ns);
+            }
             (true, false) => {
                 if let Some(since) = conn.query_since.take() {
                     self.query_ended_us = Some(record(&mut self.queries, since, event.ktime_ns));
@@ -432,6 +482,7 @@ impl ConnTracker {
             self.touch(ktime_ns);
         }
         self.requests_by_target.remove(&tgid);
+        self.facts.exited(tgid);
         self.busy_at_attach.remove(&tgid);
         self.ended_here.remove(&tgid);
         // Unknown connections cut by the exit stay unresolved: listed, never a violation;

@@ -249,6 +249,29 @@ pub struct DrainReport {
     pub drained_at_ms: Option<u64>,
     pub exited_at_ms: Option<u64>,
     pub drain_ms: Option<u64>,
+    /// The drain tail (docs/design.md): last client input to the last database query sent
+    /// after it; `null` with no client input seen (or sockets not watched).
+    pub tail_ms: Option<u64>,
+    /// `--settle` (or what `--settle-from` made of a measured tail) in force; `null` if none.
+    pub settle_ms: Option<u64>,
+    /// What the verdict rests on; `null` when sockets were not watched.
+    pub basis: Option<DrainBasis>,
+}
+
+/// What a drain verdict rests on (docs/design.md, "drained").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DrainBasis {
+    /// What was observable for these targets: `requests`, `queries`, `transactions`,
+    /// `upstream_calls`, `operations`.
+    pub observed: Vec<&'static str>,
+    /// Where work could go unseen, by target.
+    pub could_hide_work: Vec<HiddenWork>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HiddenWork {
+    pub pid: u32,
+    pub why: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

@@ -59,6 +59,9 @@ pub struct AuditState {
     /// Targets sent a signal that asks them to end (`signals::asks_to_end`) while watched:
     /// `audit -- CMD` follows them to their exit.
     told_to_end: std::collections::BTreeSet<u32>,
+    /// The first signal asking a target to end, and when (ktime ns): where an audit's drain
+    /// starts.
+    first_end_signal: Option<(String, u64)>,
     /// Database query latencies by the querying target's name (µs), so that the metrics of
     /// two servers watched at once stay two series. Names are few (low cardinality), pids
     /// are not: a name's histogram outlives its processes.
@@ -93,6 +96,7 @@ impl AuditState {
             conns: None,
             recent_signals: VecDeque::new(),
             told_to_end: std::collections::BTreeSet::new(),
+            first_end_signal: None,
             queries_by_comm: BTreeMap::new(),
             requests_by_comm: BTreeMap::new(),
         }
@@ -119,6 +123,13 @@ impl AuditState {
             .copied()
             .filter(|tgid| !self.has_exited(*tgid))
             .collect()
+    }
+
+    /// The first signal that asked a target to end (name, ktime ns), if any came.
+    pub fn first_end_signal(&self) -> Option<(&str, u64)> {
+        self.first_end_signal
+            .as_ref()
+            .map(|(name, at)| (name.as_str(), *at))
     }
 
     pub fn recent_signals(&self) -> impl Iterator<Item = &SignalSeen> {
@@ -180,6 +191,33 @@ impl AuditState {
     /// The name of a target (`comm`), if it is one.
     pub fn comm_of(&self, tgid: u32) -> Option<&str> {
         self.targets.get(&tgid).map(|t| t.comm.as_str())
+    }
+
+    /// A target runs an event loop (an epoll instance among its fds, read by the host
+    /// layer): work it schedules after answering is not seen without `--op`.
+    pub fn event_loop(&mut self, tgid: u32) {
+        if let Some(conns) = self.conns.as_mut() {
+            conns.facts_mut().event_loop(tgid);
+        }
+    }
+
+    /// Targets whose push-style count moved since the last call (see
+    /// [`crate::model::drain_facts::DrainFacts::take_look_due`]), with their client
+    /// connections not yet named push-style: the session reads the kernel's mark of each.
+    pub fn push_look_due(&mut self) -> Vec<(u32, u32)> {
+        let Some(conns) = self.conns.as_mut() else {
+            return Vec::new();
+        };
+        let due = conns.facts_mut().take_look_due();
+        if due.is_empty() {
+            return Vec::new();
+        }
+        conns
+            .conns()
+            .filter(|c| c.role == Role::Client && due.contains(&c.tgid))
+            .filter(|c| !conns.facts().is_push(c.tgid, c.fd))
+            .map(|c| (c.tgid, c.fd))
+            .collect()
     }
 
     /// A connection found in /proc at attach.
@@ -282,7 +320,10 @@ impl AuditState {
     }
 
     pub fn apply(&mut self, event: &Event) {
-        if !matches!(event, Event::Requests(_) | Event::Resolved(_)) {
+        if !matches!(
+            event,
+            Event::Requests(_) | Event::Resolved(_) | Event::PushStyle(_)
+        ) {
             self.received += 1;
         }
         match event {
@@ -342,6 +383,12 @@ impl AuditState {
                         .saturating_record(us);
                 }
             }
+            Event::PushStyle(push) => {
+                let at_ms = self.at_ms(push.ktime_ns);
+                if let Some(conns) = self.conns.as_mut() {
+                    conns.push_style(push.tgid, push.fd, at_ms);
+                }
+            }
             Event::Resolved(resolved) => {
                 let at_ms = self.at_ms(resolved.ktime_ns);
                 if let Some(conns) = self.conns.as_mut() {
@@ -380,6 +427,8 @@ impl AuditState {
         });
         if signals::asks_to_end(signal.sig) {
             self.told_to_end.insert(tgid);
+            self.first_end_signal
+                .get_or_insert_with(|| (signals::name(signal.sig), signal.ktime_ns));
         }
         if signal.sig != libc::SIGKILL {
             return;

@@ -13,6 +13,9 @@ use crate::{
 #[derive(Debug, Default, Serialize)]
 pub struct RoleCounts {
     pub client: u64,
+    /// Of the client connections, those the target sends unprompted on (docs/design.md,
+    /// "request in flight": push-style): a send there does not show its work done.
+    pub push_style: u64,
     pub db: u64,
     pub upstream: u64,
     pub listener: u64,
@@ -147,13 +150,17 @@ pub fn render(frame: &Frame) -> String {
     };
     let mut out = format!(
         "drainwatch watch: {}   {:.1}s   events {} received, {} lost\n\
-         connections: {} client, {} db, {} upstream, {} listening\n\
+         connections: {} client{}, {} db, {} upstream, {} listening\n\
          requests:    {rate} answered, {latency}\n",
         targets.join(", "),
         frame.at_ms as f64 / 1000.0,
         frame.events.received,
         frame.events.lost,
         c.client,
+        match c.push_style {
+            0 => String::new(),
+            n => format!(" ({n} push-style: a send there is no proof its work is done)"),
+        },
         c.db,
         c.upstream,
         c.listener,

@@ -186,6 +186,37 @@ fn exit_line(exit: Option<&ExitReport>) -> String {
     }
 }
 
+/// The drain in one line: the signal, drained, exited, the drain tail and what it rests on.
+fn drain_line(drain: &crate::model::report::DrainReport) -> String {
+    let mut parts = Vec::new();
+    if let (Some(signal), Some(at)) = (&drain.signal, drain.signal_at_ms) {
+        parts.push(format!("{signal} at {}", seconds(at)));
+    }
+    if let Some(at) = drain.drained_at_ms {
+        parts.push(format!("drained at {}", seconds(at)));
+    }
+    if let Some(at) = drain.exited_at_ms {
+        parts.push(format!("exited at {}", seconds(at)));
+    }
+    if let Some(tail) = drain.tail_ms {
+        let tail = std::time::Duration::from_millis(tail);
+        parts.push(format!(
+            "drain tail {} (--settle-from this report: settle {})",
+            crate::duration::format(tail),
+            crate::duration::format(crate::verdict::drain::settle_for_tail(tail))
+        ));
+    }
+    let mut line = format!("drain: {}", parts.join(", "));
+    if let Some(basis) = &drain.basis {
+        let settle = drain.settle_ms.map(std::time::Duration::from_millis);
+        line.push_str(&format!(
+            "; {}",
+            crate::verdict::drain::basis_line(basis, settle)
+        ));
+    }
+    line
+}
+
 pub fn render(outcome: &Outcome) -> String {
     let report = &outcome.report;
     let mut out = String::new();
@@ -266,6 +297,9 @@ pub fn render(outcome: &Outcome) -> String {
             latencies(r),
             latencies(q)
         );
+    }
+    if let Some(drain) = &report.drain {
+        let _ = writeln!(out, "{}", drain_line(drain));
     }
     let _ = writeln!(
         out,

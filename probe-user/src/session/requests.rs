@@ -60,6 +60,8 @@ impl RequestSampler {
                     ended: c.ended,
                     existing_ended: c.existing_ended,
                     last_edge_ns: c.last_edge_ns,
+                    pushed: c.pushed,
+                    last_input_ns: c.last_input_ns,
                 })
             })
             .collect::<Vec<_>>();
@@ -83,6 +85,18 @@ impl RequestSampler {
             trace::event(&sample);
         }
         state.apply(&sample);
+        // Which client connections became push-style: looked up only when a target's count
+        // moved (docs/design.md, "request in flight").
+        for (tgid, fd) in state.push_look_due() {
+            let flags = probe.conn_flags(probe_common::ConnKey { tgid, fd });
+            if flags.is_some_and(|f| f & probe_common::CONN_PUSH != 0) {
+                let event = Event::PushStyle(crate::events::PushStyle { ktime_ns, tgid, fd });
+                if self.verbose >= 2 {
+                    trace::event(&event);
+                }
+                state.apply(&event);
+            }
+        }
     }
 
     /// The last latencies of a process that exited, read before its histogram is removed

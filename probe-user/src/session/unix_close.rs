@@ -143,6 +143,9 @@ impl UnixCloseWatch {
                 fd,
                 request_since_ns: probe.request_since(key).map(|since| since.unwrap_or(0)),
                 request_uncounted: true,
+                push: probe
+                    .conn_flags(key)
+                    .is_some_and(|flags| flags & probe_common::CONN_PUSH != 0),
             });
             if verbose >= 2 {
                 super::trace::event(&event);

@@ -126,6 +126,13 @@ impl Probe {
             .is_ok_and(|state| state.request_in_flight != 0)
     }
 
+    /// The kernel's flags of a connection (`probe_common::CONN_*`), `None` once it is gone.
+    pub fn conn_flags(&self, key: ConnKey) -> Option<u8> {
+        let map = self.ebpf.map(map_names::CONNS)?;
+        let conns = HashMap::<_, ConnKey, ConnState>::try_from(map).ok()?;
+        conns.get(&key, 0).ok().map(|state| state.flags)
+    }
+
     /// The request in flight on a connection, by the kernel's map: `None` when there is
     /// none; `Some(None)` when its start is unknown (in flight at attach), else its ktime.
     pub fn request_since(&self, key: ConnKey) -> Option<Option<u64>> {

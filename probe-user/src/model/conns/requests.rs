@@ -56,6 +56,8 @@ impl ConnTracker {
         for target in &sample.targets {
             // Only a running target is sampled: one that exited was removed by `exit`.
             self.touch(target.last_edge_ns);
+            self.facts
+                .counters(target.tgid, target.pushed, target.last_input_ns);
             let before = self
                 .requests_by_target
                 .insert(target.tgid, *target)

@@ -327,6 +327,7 @@ fn an_unknown_transaction_state_is_incomplete_at_exit_closed_or_settled_by_the_d
         fd: key.1,
         request_since_ns: None,
         request_uncounted: false,
+        push: false,
     }));
     assert!(closed.conns().unwrap().in_flight(None).is_idle());
     assert_eq!(unknown_txns(&closed)[0].resolved_by, Some("closed"));

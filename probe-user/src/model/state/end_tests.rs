@@ -247,6 +247,7 @@ fn a_mongodb_close_is_unverified_never_a_leak() {
         fd: 7,
         request_since_ns: None,
         request_uncounted: false,
+        push: false,
     }));
     let report = state.report(Mode::Audit, 0, vec![]);
     assert_eq!(kinds(&report), Vec::<&str>::new());
@@ -307,6 +308,7 @@ fn a_redis_close_with_nothing_open_or_owed_is_clean() {
             fd,
             request_since_ns: None,
             request_uncounted: false,
+            push: false,
         }));
     }
     // fd 9, a reply owed, is closed by the exit.

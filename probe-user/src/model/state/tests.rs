@@ -244,6 +244,7 @@ fn sample(
                     ended,
                     existing_ended,
                     last_edge_ns,
+                    ..Default::default()
                 }
             })
             .collect(),
@@ -527,6 +528,7 @@ fn a_close_the_kernel_did_not_count_ends_its_request() {
             fd: 7,
             request_since_ns: Some(t + 1_000),
             request_uncounted: uncounted,
+            push: false,
         })
     };
     state.apply(&close(true));

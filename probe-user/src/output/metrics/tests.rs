@@ -126,6 +126,7 @@ fn two_servers_keep_two_series() {
             ended: 2,
             existing_ended: 0,
             last_edge_ns: 8_000_000_000,
+            ..Default::default()
         }],
         // nginx answered two requests in ~5 ms, the game one in ~100 µs; a process the
         // kernel had no room for (tgid 0) one more.
