@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! dw-game --db postgres|mysql|redis --db-url URL [--port N] [--pause-ms N] [--pool N]
-//!         [--on-term graceful|ignore|default] [--truth FILE]
+//!         [--on-term graceful|ignore|default] [--truth FILE] [--push-ms N] [--autocommit]
 //! ```
 //!
 //! - `--db-url`: `postgresql://postgres@127.0.0.1:5432/postgres`,
@@ -19,15 +19,27 @@
 //!   flight, close every database connection with the protocol's goodbye (PostgreSQL
 //!   Terminate, MySQL COM_QUIT, Redis QUIT), exit 0 (1 if a goodbye failed). `ignore`:
 //!   SIGTERM is ignored. `default`: SIGTERM kills at once (the kernel closes the sockets).
+//! - `--push-ms N`: the game shape of docs/design.md's push-style connections: a `tick`
+//!   line goes out on every client connection every N ms, and what the server answers
+//!   (`pong`, `done NAME`) rides on the next tick, in the same write (a game batches what it
+//!   sends per tick); an `op` runs on a worker thread while the connection's reader reads
+//!   on, so a client that hangs up does not wait for it (its reply is then dropped). On
+//!   EOF the server closes the connection at once; a graceful SIGTERM still lets the
+//!   workers finish.
+//! - `--autocommit`: write A and write B are each their own statement, no transaction
+//!   around them (nothing is in flight on the database between them).
 //! - `--truth FILE`: after every change, FILE is replaced (write + rename, so readers never
 //!   see half a file) by one JSON object:
 //!   `{"pid":P,"requests_in_flight":N,"transactions_open":N,"db_connections_open":N,
-//!   "completed":N,"last_completion_mono_ns":NS}`. A request is in flight from reading its
+//!   "completed":N,"last_completion_mono_ns":NS,"between_writes":N,"last_input_mono_ns":NS,
+//!   "last_write_mono_ns":NS}`. A request is in flight from reading its
 //!   line until its reply is written; a transaction counts as open from the moment write A
 //!   was answered (inside BEGIN/START TRANSACTION/MULTI, just before the pause) until
 //!   COMMIT/EXEC is answered, so that a test that sees it is inside the pause; `last_completion_mono_ns` is
 //!   CLOCK_MONOTONIC after the last reply was written (0 before the first), the clock of the
-//!   kernel's bpf_ktime_get_ns.
+//!   kernel's bpf_ktime_get_ns. `between_writes`: autocommit operations after write A
+//!   and before write B; `last_input_mono_ns`: after the last line (or EOF) was read from a
+//!   client; `last_write_mono_ns`: right before the last write (A or B) was sent.
 //!
 //! Protocol, one line each way: `op NAME [PAUSE_MS | @GATE_FILE]` -> `done NAME` (or
 //! `error NAME WHY`); `@GATE_FILE` pauses until that file exists;
@@ -58,11 +70,14 @@ use std::{
 // A crate root looks for modules beside itself (src/bin/), not in a folder of its name.
 #[path = "game_server/conn.rs"]
 mod conn;
+#[path = "game_server/push.rs"]
+mod push;
 
 use conn::{why, Conn, Kind, Pause};
 
 const USAGE: &str = "usage: dw-game --db postgres|mysql|redis --db-url URL [--port N] \
-                     [--pause-ms N] [--pool N] [--on-term graceful|ignore|default] [--truth FILE]";
+                     [--pause-ms N] [--pool N] [--on-term graceful|ignore|default] [--truth FILE] \
+                     [--push-ms N] [--autocommit]";
 
 /// Set by the SIGTERM handler (graceful mode only).
 static TERM: AtomicBool = AtomicBool::new(false);
@@ -86,6 +101,8 @@ struct Args {
     pool: usize,
     on_term: OnTerm,
     truth: Option<PathBuf>,
+    push: Option<Duration>,
+    autocommit: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -99,8 +116,14 @@ fn parse_args() -> Result<Args, String> {
         pool: 2,
         on_term: OnTerm::Graceful,
         truth: None,
+        push: None,
+        autocommit: false,
     };
     while let Some(flag) = args.next() {
+        if flag == "--autocommit" {
+            parsed.autocommit = true;
+            continue;
+        }
         let value = args.next().ok_or(format!("{flag} needs a value"))?;
         let number = || {
             value
@@ -129,6 +152,9 @@ fn parse_args() -> Result<Args, String> {
                 }
             }
             "--truth" => parsed.truth = Some(PathBuf::from(value)),
+            "--push-ms" => {
+                parsed.push = Some(Duration::from_millis(number()?.max(1)));
+            }
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
@@ -155,6 +181,9 @@ struct Counters {
     db_connections_open: u64,
     completed: u64,
     last_completion_mono_ns: u64,
+    between_writes: u64,
+    last_input_mono_ns: u64,
+    last_write_mono_ns: u64,
 }
 
 /// The ground truth; the file is rewritten under the lock, so it follows every change in order.
@@ -175,6 +204,9 @@ impl Truth {
             "db_connections_open": c.db_connections_open,
             "completed": c.completed,
             "last_completion_mono_ns": c.last_completion_mono_ns,
+            "between_writes": c.between_writes,
+            "last_input_mono_ns": c.last_input_mono_ns,
+            "last_write_mono_ns": c.last_write_mono_ns,
         });
         let tmp = PathBuf::from(format!("{}.tmp", path.display()));
         if let Err(e) =
@@ -215,6 +247,7 @@ struct Shared {
     pool: Pool,
     truth: Truth,
     default_pause: Duration,
+    autocommit: bool,
     /// Set once SIGTERM arrived (graceful): connections take no new request.
     draining: AtomicBool,
 }
@@ -234,12 +267,23 @@ fn handle(line: &str, shared: &Shared) -> String {
             };
             let mut conn = shared.pool.take();
             let mut opened = false;
-            let result = conn.two_writes(name, &pause, || {
+            let autocommit = shared.autocommit;
+            let writing = || {
+                let at = mono_ns();
+                shared.truth.update(|t| t.last_write_mono_ns = at);
+            };
+            let result = conn.two_writes(name, &pause, autocommit, &writing, || {
                 opened = true;
-                shared.truth.update(|t| t.transactions_open += 1);
+                shared.truth.update(|t| match autocommit {
+                    true => t.between_writes += 1,
+                    false => t.transactions_open += 1,
+                });
             });
             if opened {
-                shared.truth.update(|t| t.transactions_open -= 1);
+                shared.truth.update(|t| match autocommit {
+                    true => t.between_writes -= 1,
+                    false => t.transactions_open -= 1,
+                });
             }
             shared.pool.put(conn);
             match result {
@@ -284,7 +328,11 @@ fn serve_client(stream: TcpStream, shared: &Shared) {
             Ok(0) | Err(_) => break,
             Ok(_) => {}
         }
-        shared.truth.update(|t| t.requests_in_flight += 1);
+        let at = mono_ns();
+        shared.truth.update(|t| {
+            t.requests_in_flight += 1;
+            t.last_input_mono_ns = at;
+        });
         let reply = handle(line.trim(), shared);
         let sent = writer.write_all(reply.as_bytes()).is_ok();
         let at = mono_ns();
@@ -351,8 +399,10 @@ fn run(args: Args) -> Result<ExitCode, String> {
         },
         truth,
         default_pause: args.pause,
+        autocommit: args.autocommit,
         draining: AtomicBool::new(false),
     });
+    let push = args.push;
 
     let listener =
         TcpListener::bind(("127.0.0.1", args.port)).map_err(|e| format!("listen: {e}"))?;
@@ -380,7 +430,10 @@ fn run(args: Args) -> Result<ExitCode, String> {
                 let shared = Arc::clone(&shared);
                 workers.push(thread::spawn(move || {
                     block_term_in_this_thread();
-                    serve_client(stream, &shared);
+                    match push {
+                        Some(every) => push::serve(stream, &shared, every),
+                        None => serve_client(stream, &shared),
+                    }
                 }));
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}

@@ -110,23 +110,35 @@ impl Conn {
         }
     }
 
-    /// The two writes with `pause` between them, inside one transaction. `in_pause` runs once
-    /// the transaction is open and write A is done (the database said so), right before the
-    /// pause: the ground truth's "transaction open" counts from there, so that a test that
-    /// sees it can rely on being inside the pause.
+    /// The two writes with `pause` between them, inside one transaction, or with
+    /// `autocommit` each its own (the story's half-done-operation danger: nothing holds a
+    /// database connection between them). `in_pause` runs once write A is done (the
+    /// database said so), right before the pause: the ground truth counts from there, so
+    /// that a test that sees it can rely on being inside the pause. `writing` runs right
+    /// before each write is sent.
     pub fn two_writes(
         &mut self,
         op: &str,
         pause: &Pause,
+        autocommit: bool,
+        writing: &dyn Fn(),
         in_pause: impl FnOnce(),
     ) -> Result<(), String> {
+        if autocommit {
+            self.write(op, "A", writing)?;
+            in_pause();
+            pause.wait();
+            return self.write(op, "B", writing);
+        }
         match self {
             Conn::Pg(client) => {
                 let mut tx = client.transaction().map_err(why)?;
+                writing();
                 tx.execute("INSERT INTO ledger(op, step) VALUES ($1, 'A')", &[&op])
                     .map_err(why)?;
                 in_pause();
                 pause.wait();
+                writing();
                 tx.execute("INSERT INTO ledger(op, step) VALUES ($1, 'B')", &[&op])
                     .map_err(why)?;
                 tx.commit().map_err(why)
@@ -135,10 +147,12 @@ impl Conn {
                 let mut tx = conn
                     .start_transaction(mysql::TxOpts::default())
                     .map_err(why)?;
+                writing();
                 tx.exec_drop("INSERT INTO ledger(op, step) VALUES (?, 'A')", (op,))
                     .map_err(why)?;
                 in_pause();
                 pause.wait();
+                writing();
                 tx.exec_drop("INSERT INTO ledger(op, step) VALUES (?, 'B')", (op,))
                     .map_err(why)?;
                 tx.commit().map_err(why)
@@ -147,9 +161,11 @@ impl Conn {
                 let key = format!("ledger:{op}");
                 redis::cmd("MULTI").query::<()>(conn).map_err(why)?;
                 let queued = (|| {
+                    writing();
                     redis::cmd("RPUSH").arg(&key).arg("A").query::<()>(conn)?;
                     in_pause();
                     pause.wait();
+                    writing();
                     redis::cmd("RPUSH").arg(&key).arg("B").query::<()>(conn)
                 })();
                 if let Err(e) = queued {
@@ -158,6 +174,25 @@ impl Conn {
                 }
                 redis::cmd("EXEC").query::<()>(conn).map_err(why)
             }
+        }
+    }
+
+    /// One autocommit write of `step` for `op`.
+    fn write(&mut self, op: &str, step: &str, writing: &dyn Fn()) -> Result<(), String> {
+        writing();
+        match self {
+            Conn::Pg(client) => client
+                .execute("INSERT INTO ledger(op, step) VALUES ($1, $2)", &[&op, &step])
+                .map(drop)
+                .map_err(why),
+            Conn::My(conn) => conn
+                .exec_drop("INSERT INTO ledger(op, step) VALUES (?, ?)", (op, step))
+                .map_err(why),
+            Conn::Redis(conn) => redis::cmd("RPUSH")
+                .arg(format!("ledger:{op}"))
+                .arg(step)
+                .query::<()>(conn)
+                .map_err(why),
         }
     }
 
