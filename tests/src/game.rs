@@ -39,6 +39,12 @@ pub struct Truth {
     pub completed: u64,
     /// CLOCK_MONOTONIC (ns) just after the last reply was written; 0 before the first.
     pub last_completion_mono_ns: u64,
+    /// `--autocommit` operations after write A, before write B.
+    pub between_writes: u64,
+    /// CLOCK_MONOTONIC (ns) after the last line (or EOF) read from a client; 0 before any.
+    pub last_input_mono_ns: u64,
+    /// CLOCK_MONOTONIC (ns) right before the last write (A or B) was sent; 0 before any.
+    pub last_write_mono_ns: u64,
 }
 
 /// A running `dw-game`, killed when dropped.
@@ -121,6 +127,9 @@ impl GameServer {
             db_connections_open: n("db_connections_open"),
             completed: n("completed"),
             last_completion_mono_ns: n("last_completion_mono_ns"),
+            between_writes: n("between_writes"),
+            last_input_mono_ns: n("last_input_mono_ns"),
+            last_write_mono_ns: n("last_write_mono_ns"),
         }
     }
 

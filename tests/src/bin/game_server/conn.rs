@@ -182,7 +182,10 @@ impl Conn {
         writing();
         match self {
             Conn::Pg(client) => client
-                .execute("INSERT INTO ledger(op, step) VALUES ($1, $2)", &[&op, &step])
+                .execute(
+                    "INSERT INTO ledger(op, step) VALUES ($1, $2)",
+                    &[&op, &step],
+                )
                 .map(drop)
                 .map_err(why),
             Conn::My(conn) => conn

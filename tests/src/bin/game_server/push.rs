@@ -58,10 +58,7 @@ impl Link {
     /// Closes the connection (both halves must go for the socket to close: the reader's is
     /// dropped by the caller); answers still queued are dropped with it.
     fn close(&self, shared: &Shared) {
-        self.writer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
         let dropped = std::mem::take(&mut *self.outbox.lock().unwrap_or_else(|p| p.into_inner()));
         shared
             .truth
