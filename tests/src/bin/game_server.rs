@@ -38,8 +38,9 @@
 //!   COMMIT/EXEC is answered, so that a test that sees it is inside the pause; `last_completion_mono_ns` is
 //!   CLOCK_MONOTONIC after the last reply was written (0 before the first), the clock of the
 //!   kernel's bpf_ktime_get_ns. `between_writes`: autocommit operations after write A
-//!   and before write B; `last_input_mono_ns`: after the last line (or EOF) was read from a
-//!   client; `last_write_mono_ns`: right before the last write (A or B) was sent.
+//!   and before write B; `last_input_mono_ns`: after the last line was read from a
+//!   client (`--push-ms`: or after its connection was closed at EOF); `last_write_mono_ns`:
+//!   right before the last write (A or B) was sent.
 //!
 //! Protocol, one line each way: `op NAME [PAUSE_MS | @GATE_FILE]` -> `done NAME` (or
 //! `error NAME WHY`); `@GATE_FILE` pauses until that file exists;
@@ -193,6 +194,13 @@ struct Truth {
 }
 
 impl Truth {
+    /// A change kept in memory only, for the next [`Truth::update`] to write: a timestamp
+    /// taken right before a send stays right before it (writing the file takes
+    /// milliseconds on a busy machine).
+    fn note(&self, change: impl FnOnce(&mut Counters)) {
+        change(&mut self.counters.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
     fn update(&self, change: impl FnOnce(&mut Counters)) {
         let mut c = self.counters.lock().unwrap_or_else(|p| p.into_inner());
         change(&mut c);
@@ -268,10 +276,8 @@ fn handle(line: &str, shared: &Shared) -> String {
             let mut conn = shared.pool.take();
             let mut opened = false;
             let autocommit = shared.autocommit;
-            let writing = || {
-                let at = mono_ns();
-                shared.truth.update(|t| t.last_write_mono_ns = at);
-            };
+            // Written with the next update: after A the pause's, after B the end's.
+            let writing = || shared.truth.note(|t| t.last_write_mono_ns = mono_ns());
             let result = conn.two_writes(name, &pause, autocommit, &writing, || {
                 opened = true;
                 shared.truth.update(|t| match autocommit {

@@ -56,7 +56,7 @@ impl Link {
     }
 
     /// Closes the connection (both halves must go for the socket to close: the reader's is
-    /// dropped by the caller); answers still queued are dropped with it.
+    /// dropped first by the caller); answers still queued are dropped with it.
     fn close(&self, shared: &Shared) {
         self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
         let dropped = std::mem::take(&mut *self.outbox.lock().unwrap_or_else(|p| p.into_inner()));
@@ -98,8 +98,6 @@ pub fn serve(stream: TcpStream, shared: &Arc<Shared>, every: Duration) {
         let read = reader.read_line(&mut line);
         let at = mono_ns();
         if !matches!(read, Ok(n) if n > 0) {
-            // EOF is the client's last input: what the server does after it is the tail.
-            shared.truth.update(|t| t.last_input_mono_ns = at);
             break;
         }
         shared.truth.update(|t| {
@@ -118,8 +116,12 @@ pub fn serve(stream: TcpStream, shared: &Arc<Shared>, every: Duration) {
             link.answer(reply);
         }));
     }
-    link.close(shared);
     drop(reader);
+    link.close(shared);
+    // The close is the client's last input (docs/design.md, "drain tail": a hang-up counts):
+    // stamped once the socket is closed, what the server writes after it is the tail.
+    let closed = mono_ns();
+    shared.truth.update(|t| t.last_input_mono_ns = closed);
     for worker in workers {
         let _ = worker.join();
     }
