@@ -6,11 +6,14 @@
 //! signal ([`pidfd`]), and which processes the `--pid`/`--comm`/`--unit`/`--cgroup` selectors and
 //! their trees are ([`targets`]), whether a process runs an event loop ([`event_loop`]).
 //!
+//! Taking the probe down after exit ([`detach`]).
+//!
 //! Owns reads of /proc and netlink, and fork/exec. May use: the crate's errors only. A process
 //! that is gone is an answer (`None`), not an error.
 
 pub mod blocked;
 pub mod db_session;
+pub mod detach;
 pub mod event_loop;
 pub mod launch;
 pub mod my_view;

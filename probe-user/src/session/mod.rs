@@ -392,13 +392,20 @@ impl Session {
         }
     }
 
-    /// Detaches the probe and reaps a launched command that has exited.
+    /// Reaps a launched command that has exited and leaves the probe to be taken down after
+    /// drainwatch's exit (host/detach.rs: the verdict is out, nobody waits for the kernel),
+    /// or detaches it now where that cannot be arranged.
     pub fn finish(self) {
         let launched = self.launched;
         let exited = launched.is_some_and(|pid| self.state.has_exited(pid));
-        self.probe.close();
         if let (Some(pid), true) = (launched, exited) {
             launch::reap(pid);
+        }
+        if crate::host::detach::hand_over_to_exit() {
+            // Its fds close when this process exits; the child holds them until then.
+            std::mem::forget(self.probe);
+        } else {
+            self.probe.close();
         }
     }
 }
