@@ -96,9 +96,7 @@ fn without_a_handler_check_says_no_and_stop_reports_what_was_cut() {
         .skip(1)
         .collect();
     assert!(
-        below
-            .iter()
-            .any(|l| l.starts_with("drainwatch:   x ") && l.contains("in flight")),
+        below.iter().any(|l| l.starts_with("drainwatch:   x ")),
         "nothing listed below the headline: {}",
         done.stderr
     );
