@@ -10,6 +10,7 @@
 #![no_std]
 
 pub mod latency;
+pub mod ops;
 pub mod redact;
 
 /// Length of a task's `comm`, including the trailing NUL (`TASK_COMM_LEN`).
@@ -35,6 +36,10 @@ pub mod map_names {
     pub const USER_TARGET_BITS: &str = "USER_TARGET_BITS";
     pub const LISTEN_PORTS: &str = "LISTEN_PORTS";
     pub const TLS_ON: &str = "TLS_ON";
+    pub const OP_ADDRS: &str = "OP_ADDRS";
+    pub const OP_STATS: &str = "OP_STATS";
+    pub const OP_CALLS: &str = "OP_CALLS";
+    pub const OP_LATENCY: &str = "OP_LATENCY";
 }
 
 /// Most process names `--comm` can watch for.
@@ -68,6 +73,8 @@ pub enum EventKind {
     ConnClose = 6,
     // 7 was a per-request event; requests are now counted in the kernel (TargetInfo).
     DbIo = 8,
+    /// A thread exited inside an operation (`ops::OpCutEvent`).
+    OpCut = 9,
 }
 
 impl EventKind {
@@ -80,6 +87,7 @@ impl EventKind {
             5 => Self::ConnOpen,
             6 => Self::ConnClose,
             8 => Self::DbIo,
+            9 => Self::OpCut,
             _ => return None,
         })
     }
@@ -421,6 +429,8 @@ pub enum Counter {
     DbIoRuns = 4,
     /// Tail calls to `db_io` that did not happen: those sends/recvs went unseen.
     DbIoMissed = 5,
+    /// Operations (`--op`) not followed: the per-thread map was full.
+    OpsMissed = 6,
 }
 
 pub const COUNTER_SLOTS: u32 = 8;

@@ -9,7 +9,7 @@
 //!
 //! Modules: [`shared`] (the maps and helpers every program uses: target filter, ring buffer,
 //! counters), [`lifecycle`] (signals, fork, exec, exit), [`sockets`] (the syscall hooks, one
-//! module per hook).
+//! module per hook), [`ops`] (operations: uprobes on the target's own functions, `--op`).
 #![no_std]
 #![no_main]
 // The bpf target has no compare-and-swap, so `AtomicU64::fetch_add` is not offered; the
@@ -18,6 +18,7 @@
 #![feature(core_intrinsics)]
 
 mod lifecycle;
+mod ops;
 mod shared;
 mod sockets;
 

@@ -126,6 +126,12 @@ pub struct ProbeArgs {
     /// request rate.
     #[arg(long = "ring-size", value_name = "BYTES")]
     pub ring_size: Option<String>,
+    /// An operation: a function of the target whose calls are business work in flight, from
+    /// entry to return per thread (repeatable), e.g. `--op purchase`, `--op Game::purchase`,
+    /// `--op libgame.so:purchase`. Calls in flight hold wait and stop; an exit inside one is
+    /// `operation_cut`. C, C++ and Rust programs (ELF symbols, demangled names accepted).
+    #[arg(long = "op", value_name = "SPEC")]
+    pub op: Vec<String>,
 }
 
 /// Diagnostics on stderr.
@@ -149,6 +155,7 @@ pub struct SharedArgs {
     pub verbose: u8,
     pub no_follow: bool,
     pub ring_size: Option<String>,
+    pub op: Vec<String>,
 }
 
 /// `--settle`, `--settle-from` (wait, stop): the drain tail (docs/design.md).
@@ -184,6 +191,7 @@ impl SharedArgs {
             verbose: log.verbose,
             no_follow: probe.no_follow,
             ring_size: probe.ring_size,
+            op: probe.op,
         }
     }
 }

@@ -156,6 +156,8 @@ pub struct Common {
     pub verbose: u8,
     pub follow_forks: bool,
     pub ring_bytes: u32,
+    /// `--op`: the functions whose calls are operations (kernel/ops.rs).
+    pub ops: Vec<crate::kernel::ops::OpSpec>,
 }
 
 impl Common {
@@ -195,8 +197,28 @@ impl Common {
                 .map(parse_ring_size)
                 .transpose()?
                 .unwrap_or(probe_common::DEFAULT_RING_BYTES),
+            ops: parse_ops(&args.op)?,
         })
     }
+}
+
+/// `--op SPEC`s, each `FUNCTION` or `LIB:FUNCTION`; at most `MAX_OP_FUNCTIONS`.
+fn parse_ops(specs: &[String]) -> Result<Vec<crate::kernel::ops::OpSpec>> {
+    let max = probe_common::ops::MAX_OP_FUNCTIONS as usize;
+    if specs.len() > max {
+        return Err(Error::Ops(format!(
+            "--op is given {} times: drainwatch follows at most {max} functions",
+            specs.len()
+        )));
+    }
+    let mut out: Vec<crate::kernel::ops::OpSpec> = Vec::new();
+    for text in specs {
+        let spec = crate::kernel::ops::OpSpec::parse(text).map_err(Error::Ops)?;
+        if !out.contains(&spec) {
+            out.push(spec);
+        }
+    }
+    Ok(out)
 }
 
 /// What a session watches: any mix of selectors (docs/design.md, "target").

@@ -9,6 +9,7 @@
 //! signal vocabulary ([`signals`]). May use: probe-common's wire types only; the model and
 //! everything above read it.
 
+pub mod ops;
 pub mod signals;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -62,6 +63,10 @@ pub enum Event {
     /// Not a ring-buffer record: the kernel marked a client connection push-style
     /// (`probe_common::CONN_PUSH`), read from its map when the target's count moved.
     PushStyle(PushStyle),
+    /// A thread exited inside an operation (`--op`).
+    OpCut(ops::OpCut),
+    /// Not a ring-buffer record: the operation counters, read on each drain tick.
+    Operations(ops::OpsSample),
 }
 
 /// A client connection on which the target sent unprompted (docs/design.md, "request in
@@ -107,6 +112,8 @@ impl Event {
             Event::DbIo(e) => e.ktime_ns,
             Event::Resolved(e) => e.ktime_ns,
             Event::PushStyle(e) => e.ktime_ns,
+            Event::OpCut(e) => e.ktime_ns,
+            Event::Operations(e) => e.ktime_ns,
         }
     }
 }
@@ -431,6 +438,9 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 unix_inode: (e.peer.family as i32 == libc::AF_UNIX && e.unix_inode != 0)
                     .then_some(e.unix_inode),
             })
+        }
+        EventKind::OpCut => {
+            Event::OpCut(ops::OpCut::from_wire(&read_wire(bytes, kind, header.size)?))
         }
         EventKind::ConnClose => {
             let e: ConnCloseEvent = read_wire(bytes, kind, header.size)?;

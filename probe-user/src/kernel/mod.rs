@@ -5,7 +5,7 @@
 //! tracepoint field offsets ([`tracefs`]), struct member offsets ([`btf`]), so that the
 //! probe does not depend on one kernel's layout, and which BPF features it offers, found by
 //! trying them ([`features`]). [`tls`] hooks the targets' TLS libraries, on [`uprobe`]
-//! (programs at an ELF symbol, by process).
+//! (programs at an ELF symbol, by process), as does [`ops`] (the `--op` functions).
 //!
 //! Imports run one way: probe → backends → attach, features → btf, tracefs; tls → uprobe →
 //! links. Owns every bpf(2) call and every read of tracefs and kernel BTF. May use:
@@ -16,6 +16,7 @@ pub mod backends;
 pub mod btf;
 pub mod features;
 pub mod links;
+pub mod ops;
 pub mod probe;
 pub mod tls;
 pub mod tracefs;

@@ -26,6 +26,7 @@ use crate::{
         btf,
         features::{check_privileges, LIFECYCLE_TRACEPOINTS},
         links::Links,
+        ops::OpHooks,
         tls::{TlsHooks, TlsLibrary},
         tracefs::Format,
     },
@@ -93,6 +94,8 @@ pub struct Probe {
     links: Links,
     /// The uprobes on the targets' TLS libraries (kernel/tls.rs).
     tls: TlsHooks,
+    /// The uprobes on the targets' `--op` functions (kernel/ops/).
+    ops: OpHooks,
     ebpf: Ebpf,
     failures: Vec<String>,
     hooks: &'static Backend,
@@ -280,6 +283,7 @@ impl Probe {
             links,
             hooks: options.hooks,
             tls: TlsHooks::default(),
+            ops: OpHooks::default(),
         })
     }
 
@@ -299,6 +303,15 @@ impl Probe {
         self.tls.libraries()
     }
 
+    /// The `--op` functions (kernel/ops.rs), with the object they attach into.
+    pub fn ops_mut(&mut self) -> (&mut OpHooks, &mut Ebpf) {
+        (&mut self.ops, &mut self.ebpf)
+    }
+
+    pub fn ops(&self) -> (&OpHooks, &Ebpf) {
+        (&self.ops, &self.ebpf)
+    }
+
     /// Tracepoints that did not attach, as "category:name: reason".
     pub fn failures(&self) -> &[String] {
         &self.failures
@@ -313,6 +326,7 @@ impl Probe {
         let started = std::time::Instant::now();
         let mut links = std::mem::take(&mut self.links);
         links.append(self.tls.take_links());
+        links.append(self.ops.take_links());
         let count = links.detach();
         drop(self);
         log::debug!("detached {count} tracepoints in {:?}", started.elapsed());

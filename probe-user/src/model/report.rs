@@ -64,6 +64,7 @@ pub enum Violation {
     InflightAtExit(InflightAtExit),
     RequestDropped(RequestDropped),
     TransactionRolledBack(TransactionRolledBack),
+    OperationCut(crate::model::ops::OperationCut),
 }
 
 impl Violation {
@@ -75,6 +76,7 @@ impl Violation {
             Violation::InflightAtExit(v) => v.pid,
             Violation::RequestDropped(v) => v.pid,
             Violation::TransactionRolledBack(v) => v.pid,
+            Violation::OperationCut(v) => v.pid,
         }
     }
 
@@ -86,6 +88,7 @@ impl Violation {
             Violation::InflightAtExit(_) => "inflight_at_exit",
             Violation::RequestDropped(_) => "request_dropped",
             Violation::TransactionRolledBack(_) => "transaction_rolled_back",
+            Violation::OperationCut(_) => "operation_cut",
         }
     }
 }
@@ -291,6 +294,8 @@ pub struct Report {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<Violation>,
     pub drain: Option<DrainReport>,
+    /// `null` without `--op`: operations were not watched.
+    pub operations: Option<crate::model::ops::OperationsReport>,
     /// `null` when sockets were not watched: a report never shows zero for what it did not
     /// measure.
     pub connections: Option<ConnectionCounts>,

@@ -8,6 +8,7 @@ use crate::{
     events::signals,
     events::{Event, Exit, Fork, Protocol, Role, Signal},
     model::conns::{AtAttach, ConnTracker},
+    model::ops::OpsTracker,
     model::report::{
         Coverage, EventCounts, ExitReport, Mode, Report, SigkillViolation, TargetReport, Verdict,
         Violation, SCHEMA,
@@ -68,6 +69,8 @@ pub struct AuditState {
     queries_by_comm: BTreeMap<String, hdrhistogram::Histogram<u64>>,
     /// Client request latencies by the answering target's name (µs), for the same reason.
     requests_by_comm: BTreeMap<String, hdrhistogram::Histogram<u64>>,
+    /// `None` without `--op` (the report then says `null`, not zero).
+    ops: Option<OpsTracker>,
 }
 
 /// A signal a target received, as the live view shows it.
@@ -99,6 +102,7 @@ impl AuditState {
             first_end_signal: None,
             queries_by_comm: BTreeMap::new(),
             requests_by_comm: BTreeMap::new(),
+            ops: None,
         }
     }
 
@@ -140,10 +144,11 @@ impl AuditState {
     /// database query, no open transaction; `None` while something is.
     pub fn idle_since(&self) -> Option<u64> {
         let conns = self.conns.as_ref()?;
-        conns
-            .in_flight(None)
-            .is_idle()
-            .then(|| conns.last_activity_ns().max(self.attach_ns))
+        // Operations (`--op`) hold the drain like requests (docs/design.md, "drained").
+        let ops_idle = self.ops.as_ref().is_none_or(|ops| ops.in_flight(None) == 0);
+        let ops_edge = self.ops.as_ref().map_or(0, |ops| ops.last_edge_ns());
+        (conns.in_flight(None).is_idle() && ops_idle)
+            .then(|| conns.last_activity_ns().max(ops_edge).max(self.attach_ns))
     }
 
     pub fn attach_ns(&self) -> u64 {
@@ -171,6 +176,16 @@ impl AuditState {
     pub fn with_sockets(mut self) -> Self {
         self.conns = Some(ConnTracker::default());
         self
+    }
+
+    /// Watches operations too (`--op`): the SPECs, by function index.
+    pub fn with_ops(mut self, names: Vec<String>) -> Self {
+        self.ops = (!names.is_empty()).then(|| OpsTracker::new(names));
+        self
+    }
+
+    pub fn ops(&self) -> Option<&OpsTracker> {
+        self.ops.as_ref()
     }
 
     pub fn conns(&self) -> Option<&ConnTracker> {
@@ -322,7 +337,7 @@ impl AuditState {
     pub fn apply(&mut self, event: &Event) {
         if !matches!(
             event,
-            Event::Requests(_) | Event::Resolved(_) | Event::PushStyle(_)
+            Event::Requests(_) | Event::Resolved(_) | Event::PushStyle(_) | Event::Operations(_)
         ) {
             self.received += 1;
         }
@@ -387,6 +402,18 @@ impl AuditState {
                 let at_ms = self.at_ms(push.ktime_ns);
                 if let Some(conns) = self.conns.as_mut() {
                     conns.push_style(push.tgid, push.fd, at_ms);
+                }
+            }
+            Event::OpCut(cut) => {
+                let attach_ns = self.attach_ns;
+                if let Some(ops) = self.ops.as_mut() {
+                    let cut = ops.cut(cut, |ns| ns.saturating_sub(attach_ns) / 1_000_000);
+                    crate::model::ops::merge(&mut self.violations, cut);
+                }
+            }
+            Event::Operations(sample) => {
+                if let Some(ops) = self.ops.as_mut() {
+                    ops.sample(sample);
                 }
             }
             Event::Resolved(resolved) => {
@@ -472,6 +499,13 @@ impl AuditState {
             let found = conns.exit(tgid, &exit.busy_fds, exit.ktime_ns, at_ms, ms);
             self.violations.extend(found);
         }
+        if let Some(ops) = self.ops.as_mut() {
+            for cut in ops.exit(tgid, exit.ktime_ns, |ns| {
+                ns.saturating_sub(attach_ns) / 1_000_000
+            }) {
+                crate::model::ops::merge(&mut self.violations, cut);
+            }
+        }
         let Some(target) = self.targets.get_mut(&tgid) else {
             return;
         };
@@ -526,6 +560,7 @@ impl AuditState {
             violations: self.violations.clone(),
             warnings: Vec::new(),
             drain: None,
+            operations: self.ops.as_ref().map(OpsTracker::report),
             connections: self.conns.as_ref().map(|c| c.counts().clone()),
             requests: self.conns.as_ref().map(|c| c.requests()),
             db_queries: self.conns.as_ref().map(|c| c.queries()),

@@ -91,6 +91,15 @@ pub fn violation_line(report: &Report, violation: &Violation) -> String {
             seconds(v.age_ms),
             seconds(v.at_ms)
         ),
+        Violation::OperationCut(v) => format!(
+            "{} ({}) abandoned {} of {} mid-way (the oldest running for {}), at {}: the work between its writes was cut",
+            comm_of(report, v.pid),
+            v.pid,
+            plural(v.count, "operation"),
+            v.function,
+            seconds(v.oldest_age_ms),
+            seconds(v.at_ms)
+        ),
         Violation::TransactionRolledBack(v) => {
             let how = match v.how {
                 RollbackHow::Goodbye => "said goodbye",

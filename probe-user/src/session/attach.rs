@@ -2,7 +2,7 @@
 //! process and its descendants ([`attach_tree`]), and for one process the path top-down
 //! ([`attach_process`]): ask the server, tell the probe its listening ports, make it and
 //! its threads targets, check it is still there, then what it had going (seed.rs), then its
-//! TLS libraries. While the run lasts: processes that join a watched cgroup
+//! TLS libraries and its `--op` functions (ops.rs). While the run lasts: processes that join a watched cgroup
 //! ([`CgroupWatch`]) and TLS libraries loaded since ([`TlsWatch`]).
 
 use std::{
@@ -107,6 +107,8 @@ pub(super) fn attach_process(
     if talks_outward(state, tgid) {
         hook_tls(probe, tgid, common.verbose);
     }
+    // 6. Its `--op` functions (a process the user named must have them hooked, or exit 2).
+    super::ops::hook(probe, tgid, origin == Origin::Named, common.verbose)?;
     Ok(true)
 }
 
@@ -200,11 +202,13 @@ impl TlsWatch {
         let running = state.running_targets();
         self.first_seen.retain(|tgid, _| running.contains(tgid));
         for tgid in running {
-            if !talks_outward(state, tgid) {
+            let first = *self.first_seen.entry(tgid).or_insert(now);
+            if !(all || first.elapsed() < TLS_NEW_TARGET) {
                 continue;
             }
-            let first = *self.first_seen.entry(tgid).or_insert(now);
-            if all || first.elapsed() < TLS_NEW_TARGET {
+            // A forked child, a library loaded since: its `--op` functions too.
+            let _ = super::ops::hook(probe, tgid, false, verbose);
+            if talks_outward(state, tgid) {
                 hook_tls(probe, tgid, verbose);
             }
         }

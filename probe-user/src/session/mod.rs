@@ -19,6 +19,7 @@ pub mod attach_rule;
 pub mod db_view;
 mod every;
 pub mod existing;
+pub mod ops;
 mod reader;
 mod recheck;
 mod requests;
@@ -166,8 +167,10 @@ impl Session {
         attach::check_selection(set)?;
         let mut probe = load(common)?;
         let attach_time = procfs::monotonic_now();
-        let mut state =
-            AuditState::new(attach_time.as_nanos() as u64, std::process::id()).with_sockets();
+        let mut state = AuditState::new(attach_time.as_nanos() as u64, std::process::id())
+            .with_sockets()
+            .with_ops(common.ops.iter().map(|s| s.text.clone()).collect());
+        probe.ops_mut().0.set_specs(common.ops.clone());
         // Names first: a process that execs under one from now on is caught in the kernel;
         // then the ones running now, from /proc and cgroupfs.
         for comm in &set.comms {
@@ -175,6 +178,11 @@ impl Session {
         }
         let selection = attach::check_selection(set)?;
         attach::attach_tree(&mut probe, &mut state, &selection, common)?;
+        if state.targets().next().is_some() {
+            ops::check_matched(&probe)?;
+        }
+        // What was in flight at attach holds the very first drain check.
+        ops::sample(&mut probe, &mut state, common.verbose);
         if state.targets().next().is_none() && set.launch.is_none() && !set.await_comms {
             // What matched has exited since: there is nothing to wait for or stop.
             return Err(Error::NothingMatched(

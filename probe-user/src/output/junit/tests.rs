@@ -52,6 +52,7 @@ fn report(targets: Vec<TargetReport>, violations: Vec<Violation>) -> Report {
         violations,
         warnings: vec![],
         drain: None,
+        operations: None,
         connections: None,
         requests: None,
         db_queries: None,

@@ -1,0 +1,518 @@
+//! Operations (`--op SPEC`, docs/design.md "operation"): the target's own functions, hooked
+//! with an uprobe at entry and an uretprobe at return (probe-ebpf/src/ops.rs), the binary as
+//! it is. A SPEC is `FUNCTION` (the executable first, then its mapped libraries) or
+//! `LIB:FUNCTION` (a mapped library whose file name is LIB or starts with `LIB.`); FUNCTION is
+//! an ELF symbol as written (`purchase`, `_ZN4Game8purchaseEi`) or demangled, with or without
+//! its parameters (`Game::purchase`, `Game::purchase(int)`, a Rust path `shop::purchase`),
+//! or the last part of a demangled path (`purchase` for `Game::purchase`) when nothing
+//! matches more closely.
+//!
+//! On the per-process uprobe unit (kernel/uprobe.rs), like the TLS hooks: each attachment is
+//! scoped to one process, and
+//! processes are looked at when they become targets and again on the session's rescans (a
+//! library loaded later, a forked child). The entry probe finds its function by the address
+//! it fired at (`OP_ADDRS`, per process): this works on every kernel with uprobes, where a
+//! BPF cookie needs 5.15.
+//!
+//! Go (no uretprobes on Go stacks) and CPython (its USDT markers) are refused with one line:
+//! not supported yet, never a silent zero.
+
+mod stacks;
+mod symbols;
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    num::NonZeroU32,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+pub use symbols::OpSpec;
+
+use crate::kernel::{
+    links::Links,
+    uprobe::{self, Uprobes},
+};
+use symbols::{matches, note_nearest, read_symbols, Maps, Search, Symbol};
+
+use aya::{
+    maps::{Array, HashMap as BpfHashMap, MapData},
+    Ebpf,
+};
+use probe_common::{
+    latency::LatencyHistogram,
+    map_names,
+    ops::{OpAddrKey, OpCall, OpCounters, OpStatsKey, MAX_OP_FUNCTIONS},
+};
+
+const ENTRY: &str = "op_entry";
+const RETURN: &str = "op_return";
+
+/// A function found and hooked in one process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hooked {
+    pub tgid: u32,
+    /// Index of its spec in the `--op` list.
+    pub function: u32,
+    /// As the target maps it.
+    pub path: String,
+    /// The symbol, demangled.
+    pub symbol: String,
+}
+
+impl Hooked {
+    /// One line for `-v`: `pid 12: purchase = Game::purchase(int) in /srv/game`.
+    pub fn describe(&self, specs: &[OpSpec]) -> String {
+        let spec = specs
+            .get(self.function as usize)
+            .map_or("?", |s| s.text.as_str());
+        format!(
+            "pid {}: --op {spec} = {} in {}",
+            self.tgid, self.symbol, self.path
+        )
+    }
+}
+
+/// Why a process's functions cannot be hooked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// A runtime whose functions `--op` does not follow yet.
+    Unsupported { tgid: u32, runtime: &'static str },
+    /// Loading or attaching the programs failed.
+    Failed(String),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Unsupported { tgid, runtime } => write!(
+                f,
+                "--op on a {runtime} program (pid {tgid}) is not supported yet: drainwatch \
+                 follows the functions of C, C++ and Rust programs; watch it without --op"
+            ),
+            Refusal::Failed(why) => write!(f, "--op: {why}"),
+        }
+    }
+}
+
+pub struct OpHooks {
+    specs: Vec<OpSpec>,
+    /// The entry and return programs, attached per process (kernel/uprobe.rs).
+    uprobes: Uprobes,
+    /// (tgid, mapped path) already looked at.
+    seen: HashSet<(u32, String)>,
+    hooked: Vec<Hooked>,
+    /// Addresses written into `OP_ADDRS`, to take out at the process's exit.
+    addrs: Vec<OpAddrKey>,
+    /// Parsed symbol tables by file (a forked child maps the same files).
+    symbols: HashMap<PathBuf, Arc<Vec<Symbol>>>,
+    searches: Vec<Search>,
+    /// Each function's histogram totals at the previous read, to hand on only what is new.
+    latency_seen: Vec<Vec<u64>>,
+    /// Where each hooked function sits in each process: (tgid, start, end, function).
+    ranges: Vec<(u32, u64, u64, u32)>,
+    /// Threads inside a hooked function since before it was hooked (stacks.rs), or not yet
+    /// known (`None`: running when looked at), with when they were first looked at (ns).
+    before_attach: BTreeMap<(u32, u32), (Option<u32>, u64)>,
+}
+
+/// What the kernel's operation maps hold now ([`OpHooks::read`]).
+#[derive(Debug, Default)]
+pub struct OpsRead {
+    pub counters: Vec<(OpStatsKey, OpCounters)>,
+    /// (tgid, pid, the call) of each thread inside an operation.
+    pub threads: Vec<(u32, u32, OpCall)>,
+    /// Latencies recorded since the previous read: (function, [(µs, how many)]).
+    pub latency_us: Vec<(u32, Vec<(u64, u64)>)>,
+    /// Threads inside an operation since before its function was hooked, whose end the
+    /// kernel cannot see: (tgid, pid, function or `None` while unknown, first looked at (ns)).
+    pub before_attach: Vec<(u32, u32, Option<u32>, u64)>,
+}
+
+impl Default for OpHooks {
+    fn default() -> Self {
+        Self::new(Vec::new())
+    }
+}
+
+impl OpHooks {
+    /// Sets the `--op` list (before the first attach).
+    pub fn set_specs(&mut self, specs: Vec<OpSpec>) {
+        *self = Self::new(specs);
+    }
+
+    pub fn new(specs: Vec<OpSpec>) -> Self {
+        let searches = specs.iter().map(|_| Search::default()).collect();
+        Self {
+            specs,
+            uprobes: Uprobes::new("--op", [ENTRY, RETURN]),
+            seen: HashSet::new(),
+            hooked: Vec::new(),
+            addrs: Vec::new(),
+            symbols: HashMap::new(),
+            searches,
+            latency_seen: Vec::new(),
+            ranges: Vec::new(),
+            before_attach: BTreeMap::new(),
+        }
+    }
+
+    pub fn specs(&self) -> &[OpSpec] {
+        &self.specs
+    }
+
+    pub fn is_on(&self) -> bool {
+        !self.specs.is_empty()
+    }
+
+    pub fn hooked(&self) -> &[Hooked] {
+        &self.hooked
+    }
+
+    pub fn take_links(&mut self) -> Links {
+        self.uprobes.take_links()
+    }
+
+    /// Hooks the `--op` functions that `tgid` maps now and were not hooked in it before;
+    /// returns the ones newly hooked. A process that is gone yields nothing.
+    pub fn attach(&mut self, ebpf: &mut Ebpf, tgid: u32) -> Result<Vec<Hooked>, Refusal> {
+        let Some(pid) = NonZeroU32::new(tgid) else {
+            return Ok(Vec::new());
+        };
+        if self.specs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let Some(maps) = Maps::read(tgid) else {
+            return Ok(Vec::new());
+        };
+        if let Some(runtime) = maps.runtime(tgid) {
+            return Err(Refusal::Unsupported { tgid, runtime });
+        }
+        let mut new = Vec::new();
+        for (index, spec) in self.specs.clone().iter().enumerate() {
+            let already = self
+                .hooked
+                .iter()
+                .any(|h| h.tgid == tgid && h.function == index as u32);
+            for path in maps.files_for(spec) {
+                if already || !self.seen.insert((tgid, format!("{index}\0{path}"))) {
+                    continue;
+                }
+                let file = PathBuf::from(format!("/proc/{tgid}/root{path}"));
+                let Some(symbols) = self.symbols_of(&file) else {
+                    continue;
+                };
+                let found = matches(&symbols, &spec.function);
+                if found.is_empty() {
+                    let search = &mut self.searches[index];
+                    search.files.insert(path.clone(), ());
+                    note_nearest(search, &symbols, &spec.function);
+                    continue;
+                }
+                for symbol in found {
+                    let Some(addr) = maps.vaddr(&path, symbol.file_offset) else {
+                        continue;
+                    };
+                    self.hook(ebpf, pid, &file, symbol.file_offset)?;
+                    let key = OpAddrKey {
+                        tgid,
+                        _pad: 0,
+                        addr,
+                    };
+                    write_addr(ebpf, key, index as u32)?;
+                    self.addrs.push(key);
+                    self.ranges
+                        .push((tgid, addr, addr + symbol.size.max(1), index as u32));
+                    let hooked = Hooked {
+                        tgid,
+                        function: index as u32,
+                        path: path.clone(),
+                        symbol: symbol.demangled.clone(),
+                    };
+                    log::debug!("{}", hooked.describe(&self.specs));
+                    self.hooked.push(hooked.clone());
+                    new.push(hooked);
+                }
+                // The executable's (or the first library's) match is the function: later
+                // files are not searched once one matched.
+                break;
+            }
+        }
+        if !new.is_empty() {
+            self.look_at_threads(ebpf, tgid);
+        }
+        Ok(new)
+    }
+
+    /// Finds the threads of `tgid` already inside a hooked function (stacks.rs). Called
+    /// once its probes are planted: a call entered from then on is the kernel's to count, and
+    /// a thread the kernel already has in `OP_CALLS` is not counted twice.
+    fn look_at_threads(&mut self, ebpf: &Ebpf, tgid: u32) {
+        let ranges = self.ranges_of(tgid);
+        let now = mono_ns();
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{tgid}/task")) else {
+            return;
+        };
+        for tid in tasks
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .collect::<Vec<u32>>()
+        {
+            if self.before_attach.contains_key(&(tgid, tid)) {
+                continue;
+            }
+            let found = match stacks::look(tgid, tid, &ranges) {
+                stacks::Look::Inside(function) => Some(function),
+                stacks::Look::Unknown => None,
+                stacks::Look::Outside | stacks::Look::Gone => continue,
+            };
+            if !in_op_calls(ebpf, tgid, tid) {
+                log::debug!("pid {tgid} thread {tid}: in flight at attach: {found:?}");
+                self.before_attach.insert((tgid, tid), (found, now));
+            }
+        }
+    }
+
+    fn ranges_of(&self, tgid: u32) -> Vec<(u64, u64, u32)> {
+        self.ranges
+            .iter()
+            .filter(|r| r.0 == tgid)
+            .map(|r| (r.1, r.2, r.3))
+            .collect()
+    }
+
+    /// Looks again at the threads in flight since before attach: one that has made a hooked
+    /// call since (the kernel counts that one) or whose stack no longer holds a hooked
+    /// function is done; one that was running is looked at again.
+    fn recheck_before_attach(&mut self, ebpf: &Ebpf) {
+        let keys: Vec<(u32, u32)> = self.before_attach.keys().copied().collect();
+        for (tgid, tid) in keys {
+            if in_op_calls(ebpf, tgid, tid) {
+                self.before_attach.remove(&(tgid, tid));
+                continue;
+            }
+            match stacks::look(tgid, tid, &self.ranges_of(tgid)) {
+                stacks::Look::Inside(function) => {
+                    if let Some(entry) = self.before_attach.get_mut(&(tgid, tid)) {
+                        entry.0 = Some(function);
+                    }
+                }
+                stacks::Look::Unknown => {}
+                stacks::Look::Outside | stacks::Look::Gone => {
+                    log::debug!("pid {tgid} thread {tid}: its operation from before attach ended");
+                    self.before_attach.remove(&(tgid, tid));
+                }
+            }
+        }
+    }
+
+    /// The specs that matched nothing in any process looked at, each as one line naming
+    /// what was searched and the nearest names.
+    pub fn unmatched(&self) -> Vec<String> {
+        self.specs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !self.hooked.iter().any(|h| h.function == *i as u32))
+            .map(|(i, spec)| {
+                let search = &self.searches[i];
+                let files: Vec<&str> = search.files.keys().map(String::as_str).collect();
+                let searched = match files.len() {
+                    0 => "no file of the targets matches that library name".to_string(),
+                    1..=3 => format!("searched {}", files.join(", ")),
+                    n => format!(
+                        "searched {}, {} and {} more files",
+                        files[0],
+                        files[1],
+                        n - 2
+                    ),
+                };
+                let nearest: Vec<&str> = search
+                    .nearest
+                    .iter()
+                    .map(|(_, name)| name.as_str())
+                    .collect();
+                let nearest = if nearest.is_empty() {
+                    String::new()
+                } else {
+                    format!("; nearest: {}", nearest.join(", "))
+                };
+                format!(
+                    "--op {}: no function of that name ({searched}){nearest}",
+                    spec.text
+                )
+            })
+            .collect()
+    }
+
+    fn symbols_of(&mut self, file: &Path) -> Option<Arc<Vec<Symbol>>> {
+        // Keyed by the file the link resolves to, so processes sharing it share the parse.
+        let real = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
+        if let Some(symbols) = self.symbols.get(&real) {
+            return Some(symbols.clone());
+        }
+        let symbols = Arc::new(read_symbols(file).ok()?);
+        self.symbols.insert(real, symbols.clone());
+        Some(symbols)
+    }
+
+    fn hook(
+        &mut self,
+        ebpf: &mut Ebpf,
+        pid: NonZeroU32,
+        file: &Path,
+        offset: u64,
+    ) -> Result<(), Refusal> {
+        for name in [ENTRY, RETURN] {
+            self.uprobes
+                .attach(ebpf, name, file, offset, pid)
+                .map_err(|e| Refusal::Failed(format!("attaching {name}: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// The counters, the threads inside an operation and the latencies new since the last
+    /// read.
+    pub fn read(&mut self, ebpf: &Ebpf) -> OpsRead {
+        if self.specs.is_empty() || self.uprobes.attached() == 0 {
+            return OpsRead::default();
+        }
+        let mut latency_us = Vec::new();
+        for (function, totals) in self.latency(ebpf) {
+            let seen = match self.latency_seen.get_mut(function as usize) {
+                Some(seen) => seen,
+                None => {
+                    self.latency_seen
+                        .resize(function as usize + 1, vec![0; totals.len()]);
+                    &mut self.latency_seen[function as usize]
+                }
+            };
+            if seen.len() != totals.len() {
+                *seen = vec![0; totals.len()];
+            }
+            let buckets = totals.len().saturating_sub(1); // the last slot is the max
+            let new: Vec<(u64, u64)> = totals[..buckets]
+                .iter()
+                .zip(seen.iter())
+                .enumerate()
+                .filter(|(_, (now, before))| now > before)
+                .map(|(i, (now, before))| (probe_common::latency::bucket_value(i), now - before))
+                .collect();
+            *seen = totals;
+            if !new.is_empty() {
+                latency_us.push((function, new));
+            }
+        }
+        self.recheck_before_attach(ebpf);
+        OpsRead {
+            counters: self.counters(ebpf),
+            threads: self.in_flight(ebpf),
+            latency_us,
+            before_attach: self
+                .before_attach
+                .iter()
+                .map(|((tgid, tid), (function, since))| (*tgid, *tid, *function, *since))
+                .collect(),
+        }
+    }
+
+    /// Every (process, function)'s counters now.
+    pub fn counters(&self, ebpf: &Ebpf) -> Vec<(OpStatsKey, OpCounters)> {
+        let Some(map) = ebpf.map(map_names::OP_STATS) else {
+            return Vec::new();
+        };
+        let Ok(stats) = BpfHashMap::<&MapData, OpStatsKey, OpCounters>::try_from(map) else {
+            return Vec::new();
+        };
+        stats.iter().filter_map(|entry| entry.ok()).collect()
+    }
+
+    /// The threads inside an operation now: (tgid, pid, the call).
+    pub fn in_flight(&self, ebpf: &Ebpf) -> Vec<(u32, u32, OpCall)> {
+        let Some(map) = ebpf.map(map_names::OP_CALLS) else {
+            return Vec::new();
+        };
+        let Ok(calls) = BpfHashMap::<&MapData, u64, OpCall>::try_from(map) else {
+            return Vec::new();
+        };
+        calls
+            .iter()
+            .filter_map(|entry| entry.ok())
+            .map(|(id, call)| ((id >> 32) as u32, id as u32, call))
+            .collect()
+    }
+
+    /// Each function's latency histogram totals (the last slot is the max, µs).
+    pub fn latency(&self, ebpf: &Ebpf) -> Vec<(u32, Vec<u64>)> {
+        let Some(map) = ebpf.map(map_names::OP_LATENCY) else {
+            return Vec::new();
+        };
+        let Ok(array) = Array::<&MapData, LatencyHistogram>::try_from(map) else {
+            return Vec::new();
+        };
+        (0..self.specs.len().min(MAX_OP_FUNCTIONS as usize) as u32)
+            .filter_map(|i| Some((i, array.get(&i, 0).ok()?.counts.to_vec())))
+            .collect()
+    }
+
+    /// Takes a process that exited out of the maps (its counters were read at its exit).
+    pub fn forget(&mut self, ebpf: &mut Ebpf, tgid: u32) {
+        let mine: Vec<OpAddrKey> = self
+            .addrs
+            .iter()
+            .copied()
+            .filter(|k| k.tgid == tgid)
+            .collect();
+        self.addrs.retain(|k| k.tgid != tgid);
+        self.seen.retain(|(t, _)| *t != tgid);
+        self.ranges.retain(|r| r.0 != tgid);
+        self.before_attach.retain(|(t, _), _| *t != tgid);
+        if let Some(Ok(mut map)) = ebpf
+            .map_mut(map_names::OP_ADDRS)
+            .map(BpfHashMap::<&mut MapData, OpAddrKey, u32>::try_from)
+        {
+            for key in mine {
+                let _ = map.remove(&key);
+            }
+        }
+        if let Some(Ok(mut map)) = ebpf
+            .map_mut(map_names::OP_STATS)
+            .map(BpfHashMap::<&mut MapData, OpStatsKey, OpCounters>::try_from)
+        {
+            for function in 0..self.specs.len() as u32 {
+                let _ = map.remove(&OpStatsKey { tgid, function });
+            }
+        }
+    }
+}
+
+/// Whether thread `tid` of `tgid` is inside a hooked call the kernel saw begin.
+fn in_op_calls(ebpf: &Ebpf, tgid: u32, tid: u32) -> bool {
+    let Some(map) = ebpf.map(map_names::OP_CALLS) else {
+        return false;
+    };
+    let Ok(calls) = BpfHashMap::<&MapData, u64, OpCall>::try_from(map) else {
+        return false;
+    };
+    calls.get(&(((tgid as u64) << 32) | tid as u64), 0).is_ok()
+}
+
+/// CLOCK_MONOTONIC in ns, the clock of the kernel's `bpf_ktime_get_ns`.
+fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn write_addr(ebpf: &mut Ebpf, key: OpAddrKey, function: u32) -> Result<(), Refusal> {
+    let map = ebpf
+        .map_mut(map_names::OP_ADDRS)
+        .ok_or_else(|| Refusal::Failed("no OP_ADDRS map in the object".into()))?;
+    let mut addrs = BpfHashMap::<&mut MapData, OpAddrKey, u32>::try_from(map)
+        .map_err(|e| Refusal::Failed(e.to_string()))?;
+    addrs
+        .insert(key, function, 0)
+        .map_err(|e| Refusal::Failed(format!("OP_ADDRS: {}", uprobe::error_line(&e))))
+}

@@ -1,0 +1,489 @@
+//! Operations (`--op`, docs/design.md "operation"): what is in flight inside the targets'
+//! own functions, and the `operation_cut` violation (docs/design.md, "Violations") when a
+//! process or one of its threads exits inside one. Pure: fed the kernel's counters
+//! ([`OpsSample`]), the cut threads ([`OpCut`]) and the exits, in event order.
+//!
+//! A violation is one per (process, function): every operation of that function the process
+//! abandoned, whether its thread exited alone or with the whole process. At the process's
+//! exit the kernel's counters are final (no thread of an exiting process runs user code
+//! again), so `started - ended` there is the exact number abandoned; the cut threads' own
+//! events, which may arrive just before or after the exit, give their ages.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::{
+    events::ops::{OpCount, OpCut, OpThread, OpsSample, UNKNOWN_FUNCTION},
+    model::report::{Percentiles, Violation},
+};
+
+/// `operation_cut`: a target exited (or was killed), or one of its threads exited, with
+/// operations of `function` in flight.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct OperationCut {
+    pub pid: u32,
+    pub at_ms: u64,
+    /// The `--op` SPEC as given.
+    pub function: String,
+    pub count: u64,
+    /// How long the oldest of them had been running when it was cut; 0 when unknown.
+    pub oldest_age_ms: u64,
+}
+
+/// The report's `operations`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct OperationsReport {
+    /// Operations that returned.
+    pub count: u64,
+    /// Operations in flight at the end of the run.
+    pub in_flight: u64,
+    pub latency_us: Percentiles,
+}
+
+/// What one (process, function) abandoned, so far.
+#[derive(Clone, Copy, Debug, Default)]
+struct Cut {
+    first_ns: u64,
+    /// Cut threads seen (their events).
+    threads: u64,
+    /// In flight at the process's exit, by the kernel's final counters.
+    at_exit: u64,
+    oldest_age_ns: u64,
+}
+
+#[derive(Debug)]
+pub struct OpsTracker {
+    /// The `--op` SPECs, by function index.
+    names: Vec<String>,
+    /// The kernel's counters of each (process, function), as last read; kept after the
+    /// process exits (the report counts its operations).
+    counts: BTreeMap<(u32, u32), OpCount>,
+    /// Threads inside an operation at the last read, of running processes.
+    threads: Vec<OpThread>,
+    /// Threads inside an operation since before attach (or not yet known not to be), of
+    /// running processes, at the last read: in flight, though no counter has them.
+    before_attach: Vec<OpThread>,
+    exited: BTreeSet<u32>,
+    cuts: BTreeMap<(u32, u32), Cut>,
+    latency: Histogram<u64>,
+    /// Latencies by function index (the metrics' series).
+    by_function: Vec<Histogram<u64>>,
+    last_edge_ns: u64,
+}
+
+impl OpsTracker {
+    pub fn new(names: Vec<String>) -> Self {
+        let by_function = names.iter().map(|_| histogram()).collect();
+        Self {
+            names,
+            counts: BTreeMap::new(),
+            threads: Vec::new(),
+            before_attach: Vec::new(),
+            exited: BTreeSet::new(),
+            cuts: BTreeMap::new(),
+            latency: histogram(),
+            by_function,
+            last_edge_ns: 0,
+        }
+    }
+
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    fn name(&self, function: u32) -> String {
+        self.names
+            .get(function as usize)
+            .cloned()
+            .unwrap_or_else(|| format!("#{function}"))
+    }
+
+    pub fn sample(&mut self, sample: &OpsSample) {
+        for count in &sample.counts {
+            let key = (count.tgid, count.function);
+            // Counters only grow: a read older than one already taken changes nothing.
+            let newer = self.counts.get(&key).is_none_or(|old| {
+                count.started + count.ended + count.cut >= old.started + old.ended + old.cut
+            });
+            if newer {
+                self.counts.insert(key, *count);
+            }
+            self.last_edge_ns = self.last_edge_ns.max(count.last_edge_ns);
+        }
+        self.threads = sample
+            .threads
+            .iter()
+            .copied()
+            .filter(|t| !self.exited.contains(&t.tgid))
+            .collect();
+        self.before_attach = sample
+            .before_attach
+            .iter()
+            .copied()
+            .filter(|t| !self.exited.contains(&t.tgid))
+            .collect();
+        for (function, latencies) in &sample.latency_us {
+            for &(us, n) in latencies {
+                let us = us.clamp(1, self.latency.high());
+                let _ = self.latency.record_n(us, n);
+                if let Some(h) = self.by_function.get_mut(*function as usize) {
+                    let _ = h.record_n(us, n);
+                }
+            }
+        }
+    }
+
+    /// A thread exited inside an operation: the violation for its (process, function), as
+    /// it stands now (`ms`: ktime ns to ms since attach).
+    pub fn cut(&mut self, event: &OpCut, ms: impl Fn(u64) -> u64) -> OperationCut {
+        let key = (event.tgid, event.function);
+        let cut = self.cuts.entry(key).or_insert(Cut {
+            first_ns: event.ktime_ns,
+            ..Cut::default()
+        });
+        cut.threads += 1;
+        cut.oldest_age_ns = cut
+            .oldest_age_ns
+            .max(event.ktime_ns.saturating_sub(event.since_ns));
+        self.last_edge_ns = self.last_edge_ns.max(event.ktime_ns);
+        self.violation(key, &ms)
+    }
+
+    /// The process exited: its operations still in flight were abandoned. `counts` are the
+    /// kernel's counters read at the exit (final); `None` when they could not be read.
+    pub fn exit(&mut self, tgid: u32, ktime_ns: u64, ms: impl Fn(u64) -> u64) -> Vec<OperationCut> {
+        self.exited.insert(tgid);
+        let mut out = Vec::new();
+        let before_keys: Vec<(u32, u32)> = self
+            .before_attach
+            .iter()
+            .filter(|t| t.function != UNKNOWN_FUNCTION)
+            .map(|t| (t.tgid, t.function))
+            .collect();
+        let keys: Vec<(u32, u32)> = self
+            .counts
+            .keys()
+            .chain(self.cuts.keys())
+            .chain(before_keys.iter())
+            .filter(|(t, _)| *t == tgid)
+            .copied()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        for key in keys {
+            let before: Vec<&OpThread> = self
+                .before_attach
+                .iter()
+                .filter(|t| (t.tgid, t.function) == key)
+                .collect();
+            let abandoned = self
+                .counts
+                .get(&key)
+                .map_or(0, |c| c.started.saturating_sub(c.ended))
+                + before.len() as u64;
+            let oldest = self
+                .threads
+                .iter()
+                .chain(before.iter().copied())
+                .filter(|t| (t.tgid, t.function) == key)
+                .map(|t| ktime_ns.saturating_sub(t.since_ns))
+                .max()
+                .unwrap_or(0);
+            if abandoned == 0 && !self.cuts.contains_key(&key) {
+                continue;
+            }
+            let cut = self.cuts.entry(key).or_insert(Cut {
+                first_ns: ktime_ns,
+                ..Cut::default()
+            });
+            cut.at_exit = abandoned;
+            cut.oldest_age_ns = cut.oldest_age_ns.max(oldest);
+            out.push(self.violation(key, &ms));
+        }
+        self.threads.retain(|t| t.tgid != tgid);
+        self.before_attach.retain(|t| t.tgid != tgid);
+        out
+    }
+
+    fn violation(&self, key: (u32, u32), ms: &impl Fn(u64) -> u64) -> OperationCut {
+        let cut = self.cuts.get(&key).copied().unwrap_or_default();
+        OperationCut {
+            pid: key.0,
+            at_ms: ms(cut.first_ns),
+            function: self.name(key.1),
+            count: cut.threads.max(cut.at_exit),
+            oldest_age_ms: cut.oldest_age_ns / 1_000_000,
+        }
+    }
+
+    /// Operations in flight now, in one process or in all (`None`).
+    /// A thread still being looked at (`UNKNOWN_FUNCTION`) counts: unknown is never idle.
+    pub fn in_flight(&self, tgid: Option<u32>) -> u64 {
+        let wanted = |t: u32| !self.exited.contains(&t) && tgid.is_none_or(|want| want == t);
+        let counted: u64 = self
+            .counts
+            .iter()
+            .filter(|((t, _), _)| wanted(*t))
+            .map(|(_, c)| c.started.saturating_sub(c.ended + c.cut))
+            .sum();
+        counted + self.before_attach.iter().filter(|t| wanted(t.tgid)).count() as u64
+    }
+
+    /// Threads in flight since before attach (or still being looked at), as last read.
+    pub fn before_attach(&self) -> &[OpThread] {
+        &self.before_attach
+    }
+
+    /// In flight now by function: (SPEC, how many, when the oldest began (ktime ns) if its
+    /// thread was seen inside it at the last read).
+    pub fn in_flight_by_function(&self) -> Vec<(String, u64, Option<u64>)> {
+        (0..self.names.len() as u32)
+            .map(|function| {
+                let count = self
+                    .counts
+                    .iter()
+                    .filter(|((t, f), _)| *f == function && !self.exited.contains(t))
+                    .map(|(_, c)| c.started.saturating_sub(c.ended + c.cut))
+                    .sum::<u64>()
+                    + self
+                        .before_attach
+                        .iter()
+                        .filter(|t| t.function == function)
+                        .count() as u64;
+                let oldest = self
+                    .threads
+                    .iter()
+                    .chain(&self.before_attach)
+                    .filter(|t| t.function == function)
+                    .map(|t| t.since_ns)
+                    .min();
+                (self.name(function), count, oldest)
+            })
+            .collect()
+    }
+
+    /// The latest operation start, end or cut (ktime ns); 0 if none yet.
+    pub fn last_edge_ns(&self) -> u64 {
+        self.last_edge_ns
+    }
+
+    /// Operations that returned, over every process.
+    pub fn completed(&self) -> u64 {
+        self.counts.values().map(|c| c.ended).sum()
+    }
+
+    /// Latencies (µs) by SPEC, for the metrics.
+    pub fn histograms(&self) -> impl Iterator<Item = (&str, &Histogram<u64>)> {
+        self.names.iter().map(String::as_str).zip(&self.by_function)
+    }
+
+    pub fn report(&self) -> OperationsReport {
+        OperationsReport {
+            count: self.completed(),
+            in_flight: self.in_flight(None),
+            latency_us: Percentiles {
+                p50: self.latency.value_at_quantile(0.50),
+                p90: self.latency.value_at_quantile(0.90),
+                p99: self.latency.value_at_quantile(0.99),
+                max: self.latency.max(),
+            },
+        }
+    }
+}
+
+/// Puts `cut` in the violations: it replaces the one already there for the same process and
+/// function (which keeps its first `at_ms`), or is added.
+pub fn merge(violations: &mut Vec<Violation>, cut: OperationCut) {
+    for violation in violations.iter_mut() {
+        if let Violation::OperationCut(old) = violation {
+            if old.pid == cut.pid && old.function == cut.function {
+                let at_ms = old.at_ms.min(cut.at_ms);
+                *old = cut;
+                old.at_ms = at_ms;
+                return;
+            }
+        }
+    }
+    violations.push(Violation::OperationCut(cut));
+}
+
+fn histogram() -> Histogram<u64> {
+    crate::model::conns::histogram()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    fn ms(ns: u64) -> u64 {
+        ns / MS
+    }
+
+    fn count(tgid: u32, function: u32, started: u64, ended: u64, cut: u64) -> OpCount {
+        OpCount {
+            tgid,
+            function,
+            started,
+            ended,
+            cut,
+            last_edge_ns: 0,
+        }
+    }
+
+    fn sample(at_ms: u64, counts: Vec<OpCount>, threads: Vec<OpThread>) -> OpsSample {
+        OpsSample {
+            ktime_ns: at_ms * MS,
+            counts,
+            threads,
+            latency_us: Vec::new(),
+            before_attach: Vec::new(),
+        }
+    }
+
+    fn thread(tgid: u32, pid: u32, since_ms: u64) -> OpThread {
+        OpThread {
+            tgid,
+            pid,
+            function: 0,
+            since_ns: since_ms * MS,
+        }
+    }
+
+    fn cut_event(tgid: u32, pid: u32, at_ms: u64, since_ms: u64) -> OpCut {
+        OpCut {
+            ktime_ns: at_ms * MS,
+            tgid,
+            pid,
+            function: 0,
+            since_ns: since_ms * MS,
+        }
+    }
+
+    #[test]
+    fn in_flight_is_started_less_ended_and_cut_of_running_processes() {
+        let mut ops = OpsTracker::new(vec!["purchase".into()]);
+        ops.sample(&sample(
+            10,
+            vec![count(7, 0, 5, 2, 1), count(8, 0, 3, 3, 0)],
+            vec![],
+        ));
+        assert_eq!(ops.in_flight(None), 2);
+        assert_eq!(ops.in_flight(Some(8)), 0);
+        assert_eq!(ops.completed(), 5);
+        // An older read (torn or late) does not take counts back.
+        ops.sample(&sample(11, vec![count(7, 0, 4, 1, 1)], vec![]));
+        assert_eq!(ops.in_flight(Some(7)), 2);
+    }
+
+    #[test]
+    fn a_kill_mid_operation_is_one_cut_per_function_with_the_oldest_age() {
+        let mut ops = OpsTracker::new(vec!["purchase".into()]);
+        ops.sample(&sample(
+            100,
+            vec![count(7, 0, 10, 7, 0)],
+            vec![thread(7, 71, 40), thread(7, 72, 90), thread(7, 73, 95)],
+        ));
+        // Two workers' exits come before the process's, the third after it.
+        let mut violations = Vec::new();
+        merge(&mut violations, ops.cut(&cut_event(7, 71, 120, 40), ms));
+        merge(&mut violations, ops.cut(&cut_event(7, 72, 120, 90), ms));
+        // Final counters at the exit: the three cut ones are not ended.
+        ops.sample(&sample(
+            121,
+            vec![count(7, 0, 10, 7, 2)],
+            vec![thread(7, 73, 95)],
+        ));
+        for v in ops.exit(7, 121 * MS, ms) {
+            merge(&mut violations, v);
+        }
+        merge(&mut violations, ops.cut(&cut_event(7, 73, 122, 95), ms));
+        assert_eq!(
+            violations,
+            vec![Violation::OperationCut(OperationCut {
+                pid: 7,
+                at_ms: 120,
+                function: "purchase".into(),
+                count: 3,
+                oldest_age_ms: 80,
+            })]
+        );
+        assert_eq!(ops.in_flight(None), 0, "an exited process holds nothing");
+    }
+
+    #[test]
+    fn an_exit_with_nothing_in_flight_is_no_violation() {
+        let mut ops = OpsTracker::new(vec!["purchase".into()]);
+        ops.sample(&sample(100, vec![count(7, 0, 10, 10, 0)], vec![]));
+        assert!(ops.exit(7, 101 * MS, ms).is_empty());
+        let report = ops.report();
+        assert_eq!((report.count, report.in_flight), (10, 0));
+    }
+
+    #[test]
+    fn a_thread_that_exits_mid_operation_is_cut_while_its_process_runs() {
+        let mut ops = OpsTracker::new(vec!["purchase".into(), "refund".into()]);
+        ops.sample(&sample(50, vec![count(7, 1, 1, 0, 0)], vec![]));
+        let mut violations = Vec::new();
+        let mut event = cut_event(7, 70, 60, 20);
+        event.function = 1;
+        merge(&mut violations, ops.cut(&event, ms));
+        ops.sample(&sample(61, vec![count(7, 1, 1, 0, 1)], vec![]));
+        assert_eq!(
+            ops.in_flight(None),
+            0,
+            "a cut operation no longer holds the drain"
+        );
+        let Violation::OperationCut(cut) = &violations[0] else {
+            panic!("{violations:?}")
+        };
+        assert_eq!(
+            (cut.function.as_str(), cut.count, cut.oldest_age_ms),
+            ("refund", 1, 40)
+        );
+        // The process then exits cleanly: the same violation, not a second one.
+        for v in ops.exit(7, 100 * MS, ms) {
+            merge(&mut violations, v);
+        }
+        assert_eq!(violations.len(), 1);
+    }
+
+    #[test]
+    fn operations_from_before_attach_hold_the_drain_and_are_cut_at_exit() {
+        let mut ops = OpsTracker::new(vec!["purchase".into()]);
+        let mut s = sample(5, vec![], vec![]);
+        s.before_attach = vec![
+            thread(7, 71, 0),
+            OpThread {
+                function: UNKNOWN_FUNCTION,
+                ..thread(7, 72, 0)
+            },
+        ];
+        ops.sample(&s);
+        assert_eq!(ops.in_flight(None), 2, "unknown is never idle");
+        // The unknown one was outside after all; the other is still inside at the kill.
+        s.before_attach.truncate(1);
+        s.ktime_ns = 50 * MS;
+        ops.sample(&s);
+        assert_eq!(ops.in_flight(None), 1);
+        let cuts = ops.exit(7, 80 * MS, ms);
+        assert_eq!(cuts.len(), 1);
+        assert_eq!((cuts[0].count, cuts[0].oldest_age_ms), (1, 80));
+        assert_eq!(ops.in_flight(None), 0);
+    }
+
+    #[test]
+    fn latencies_are_kept_by_function() {
+        let mut ops = OpsTracker::new(vec!["purchase".into(), "refund".into()]);
+        let mut s = sample(10, vec![count(7, 0, 3, 3, 0)], vec![]);
+        s.latency_us = vec![(0, vec![(250_000, 2), (500_000, 1)])];
+        ops.sample(&s);
+        let report = ops.report();
+        assert!(report.latency_us.max >= 499_000, "{report:?}");
+        let by: Vec<(&str, u64)> = ops.histograms().map(|(n, h)| (n, h.len())).collect();
+        assert_eq!(by, vec![("purchase", 3), ("refund", 0)]);
+    }
+}
