@@ -54,6 +54,10 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     // A real pre-fork server (master + workers) for the process-tree tests: nginx-light is
     // the smallest Debian nginx with proxy_pass. The tests run it privately on loopback.
     "nginx-light",
+    // tests/fixtures/game_ops.cpp, the compiled game server of the `--op` tests
+    // (tests/src/game_ops.rs builds it), talks to PostgreSQL through libpq.
+    "g++",
+    "libpq-dev",
     // tests/fixtures/pg_shop.py runs on real Python client libraries from PyPI, in a venv
     // (ensure_python_clients).
     "python3-venv",

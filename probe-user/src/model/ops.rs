@@ -67,6 +67,9 @@ pub struct OpsTracker {
     before_attach: Vec<OpThread>,
     exited: BTreeSet<u32>,
     cuts: BTreeMap<(u32, u32), Cut>,
+    /// Threads the kernel saw cut (tgid, pid): a thread also listed from before attach made
+    /// a hooked call since, and is not counted twice.
+    cut_threads: BTreeSet<(u32, u32)>,
     latency: Histogram<u64>,
     /// Latencies by function index (the metrics' series).
     by_function: Vec<Histogram<u64>>,
@@ -83,6 +86,7 @@ impl OpsTracker {
             before_attach: Vec::new(),
             exited: BTreeSet::new(),
             cuts: BTreeMap::new(),
+            cut_threads: BTreeSet::new(),
             latency: histogram(),
             by_function,
             last_edge_ns: 0,
@@ -144,6 +148,7 @@ impl OpsTracker {
             ..Cut::default()
         });
         cut.threads += 1;
+        self.cut_threads.insert((event.tgid, event.pid));
         cut.oldest_age_ns = cut
             .oldest_age_ns
             .max(event.ktime_ns.saturating_sub(event.since_ns));
@@ -173,10 +178,19 @@ impl OpsTracker {
             .into_iter()
             .collect();
         for key in keys {
+            // A thread from before attach that the kernel has seen in a hooked call since
+            // (cut, or inside one at the last read) is the kernel's to count.
             let before: Vec<&OpThread> = self
                 .before_attach
                 .iter()
                 .filter(|t| (t.tgid, t.function) == key)
+                .filter(|t| {
+                    !self.cut_threads.contains(&(t.tgid, t.pid))
+                        && !self
+                            .threads
+                            .iter()
+                            .any(|k| (k.tgid, k.pid) == (t.tgid, t.pid))
+                })
                 .collect();
             let abandoned = self
                 .counts
@@ -472,6 +486,15 @@ mod tests {
         let cuts = ops.exit(7, 80 * MS, ms);
         assert_eq!(cuts.len(), 1);
         assert_eq!((cuts[0].count, cuts[0].oldest_age_ms), (1, 80));
+        // A thread from before attach that began a hooked call since and was cut in it is
+        // counted once.
+        let mut ops = OpsTracker::new(vec!["purchase".into()]);
+        let mut s = sample(5, vec![count(8, 0, 1, 0, 0)], vec![]);
+        s.before_attach = vec![thread(8, 81, 0)];
+        ops.sample(&s);
+        let _ = ops.cut(&cut_event(8, 81, 60, 30), ms);
+        let cuts = ops.exit(8, 61 * MS, ms);
+        assert_eq!(cuts[0].count, 1, "{cuts:?}");
         assert_eq!(ops.in_flight(None), 0);
     }
 

@@ -205,7 +205,9 @@ impl OpHooks {
                 let found = matches(&symbols, &spec.function);
                 if found.is_empty() {
                     let search = &mut self.searches[index];
-                    search.files.insert(path.clone(), ());
+                    if !search.files.contains(&path) {
+                        search.files.push(path.clone());
+                    }
                     note_nearest(search, &symbols, &spec.function);
                     continue;
                 }
@@ -297,6 +299,9 @@ impl OpHooks {
                     }
                 }
                 stacks::Look::Unknown => {}
+                // Gone with its whole process: the exit counts it as cut (the entry goes
+                // with `forget`).
+                stacks::Look::Gone if !process_alive(tgid) => {}
                 stacks::Look::Outside | stacks::Look::Gone => {
                     log::debug!("pid {tgid} thread {tid}: its operation from before attach ended");
                     self.before_attach.remove(&(tgid, tid));
@@ -314,7 +319,7 @@ impl OpHooks {
             .filter(|(i, _)| !self.hooked.iter().any(|h| h.function == *i as u32))
             .map(|(i, spec)| {
                 let search = &self.searches[i];
-                let files: Vec<&str> = search.files.keys().map(String::as_str).collect();
+                let files: Vec<&str> = search.files.iter().map(String::as_str).collect();
                 let searched = match files.len() {
                     0 => "no file of the targets matches that library name".to_string(),
                     1..=3 => format!("searched {}", files.join(", ")),
@@ -482,6 +487,16 @@ impl OpHooks {
             }
         }
     }
+}
+
+/// Whether process `tgid` still runs (not gone, not a zombie).
+fn process_alive(tgid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{tgid}/stat")).is_ok_and(|stat| {
+        // The state follows the command's closing parenthesis (proc(5)).
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
 }
 
 /// Whether thread `tid` of `tgid` is inside a hooked call the kernel saw begin.

@@ -2,10 +2,7 @@
 //! demangled), the process's mappings (where a file offset sits in memory), and the nearest
 //! names when nothing matched.
 
-use std::{
-    collections::{BTreeMap, HashSet},
-    path::Path,
-};
+use std::{collections::HashSet, path::Path};
 
 /// One `--op` argument.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,7 +56,8 @@ pub(super) struct Symbol {
 /// What the search for each spec looked at, to say so when nothing matched.
 #[derive(Default)]
 pub(super) struct Search {
-    pub files: BTreeMap<String, ()>,
+    /// In the order searched (the executable first).
+    pub files: Vec<String>,
     /// Names seen, by closeness to the spec (edit distance, then name).
     pub nearest: Vec<(usize, String)>,
 }

@@ -1,0 +1,192 @@
+//! Operations (`--op`, docs/design.md "operation"): the story's release on a compiled game
+//! server (tests/fixtures/game_ops.cpp) whose purchase writes A, waits on a timer, writes B,
+//! judged by the server's own record and by PostgreSQL's ledger.
+
+use drainwatch_tests::{
+    db::PgServer,
+    game::mono_ns,
+    game_ops::{complete, half_done, GameOps, Gateway},
+    *,
+};
+
+/// Workers of the game, and the wait between a purchase's two writes.
+const WORKERS: u32 = 4;
+
+fn gap_ms() -> u64 {
+    scaled_ms(300)
+}
+
+/// A game under load: 20 players behind one gateway link, a purchase every 100 ms in all
+/// (each player every 2 s), so that purchases are always between their writes.
+fn game_under_load(db: &PgServer, args: &[&str]) -> (GameOps, Gateway) {
+    let game = GameOps::start(Some(db), WORKERS, gap_ms(), args);
+    let gateway = Gateway::start(game.port, 20, 2000);
+    game.wait_truth("purchases under way", |t| t.completed >= 3);
+    (game, gateway)
+}
+
+#[test]
+fn an_op_that_matches_nothing_exits_2_naming_what_was_searched_and_the_nearest() {
+    require_root();
+    let game = GameOps::start(None, 1, 10, &[]);
+    let pid = game.pid.to_string();
+    let done = run_drainwatch(&["wait", "--pid", &pid, "--op", "purchse", "--timeout", "5s"]);
+    assert_eq!(done.code, 2, "{done:?}");
+    let line = done.stderr.lines().last().unwrap_or_default();
+    assert!(line.contains("--op purchse"), "{line}");
+    assert!(line.contains("game_ops"), "names the file searched: {line}");
+    assert!(
+        line.contains("nearest: game::purchase"),
+        "names the nearest: {line}"
+    );
+    let done = run_drainwatch(&["wait", "--pid", &pid, "--op", "libgame.so:purchase"]);
+    assert_eq!(done.code, 2, "{done:?}");
+    assert!(
+        done.stderr
+            .contains("no file of the targets matches that library name"),
+        "{}",
+        done.stderr
+    );
+    // The demangled name, with and without its parameters, and the executable as LIB.
+    for spec in [
+        "game::purchase",
+        "game::purchase((anonymous namespace)::Worker&, long)",
+        "game_ops:purchase",
+    ] {
+        let done = run_drainwatch(&["wait", "--pid", &pid, "--op", spec, "--timeout", "5s"]);
+        assert_eq!(done.code, 0, "--op {spec}: {done:?}");
+    }
+}
+
+#[test]
+fn wait_with_op_is_never_drained_while_a_purchase_is_between_its_writes() {
+    require_root();
+    let db = PgServer::start();
+    let (mut game, gateway) = game_under_load(&db, &[]);
+    let pid = game.pid.to_string();
+    let mut wait = Drainwatch::attach(&[
+        "wait",
+        "--pid",
+        &pid,
+        "--op",
+        "purchase",
+        "--timeout",
+        "60s",
+        "--json",
+    ]);
+    // Purchases never stop while the gateway runs: nothing may call it drained.
+    std::thread::sleep(std::time::Duration::from_millis(scaled_ms(1500)));
+    assert!(
+        wait.is_running(),
+        "drained while the gateway still sent purchases"
+    );
+    let stopped = mono_ns();
+    gateway.stop();
+    wait.wait_for_stderr("drained:");
+    // At the verdict, by the server's own record and by the database's ledger.
+    let truth = game.truth();
+    let half = half_done(&db);
+    // kill -9 at that verdict, as a release script would stop the game once drained.
+    game.signal(libc::SIGKILL);
+    game.wait();
+    assert_eq!(
+        (truth.between_writes, truth.queued),
+        (0, 0),
+        "drained while the game had purchases under way: {truth:?}"
+    );
+    assert_eq!(
+        half, 0,
+        "drained with {half} purchases half done in the ledger"
+    );
+    assert_eq!(half_done(&db), 0, "the kill at the verdict cut a purchase");
+    assert!(
+        truth.last_b_mono_ns > stopped,
+        "purchases went on after the gateway stopped (the story's gap): {truth:?}"
+    );
+    let done = wait.finish();
+    assert_eq!(done.code, 0, "{done:?}");
+    let report: Value = serde_json::from_str(done.stdout.lines().last().unwrap()).unwrap();
+    let operations = &report["operations"];
+    assert!(operations["count"].as_u64().unwrap() >= 1, "{report:#}");
+    assert_eq!(operations["in_flight"], 0, "{report:#}");
+    assert!(
+        operations["latency_us"]["p50"].as_u64().unwrap() >= gap_ms() * 1000 * 9 / 10,
+        "a purchase lasts its gap: {report:#}"
+    );
+    assert!(complete(&db) >= 3);
+}
+
+/// The operation_cut violation of a report, with what the ledger says was half done.
+fn check_cut(report: &Value, half: i64) {
+    let cuts = violations(report, "operation_cut");
+    assert_eq!(cuts.len(), 1, "{report:#}");
+    assert_eq!(cuts[0]["function"], "purchase");
+    let count = cuts[0]["count"].as_i64().unwrap();
+    assert!(
+        half >= 1,
+        "the scenario needs purchases between A and B: {half}"
+    );
+    // A purchase that entered but had not finished write A is cut too, and not in the
+    // ledger: at most one per worker beyond the half-done ones.
+    assert!(
+        count >= half && count <= WORKERS as i64,
+        "operation_cut count {count}, {half} half done in the ledger: {report:#}"
+    );
+    assert!(
+        cuts[0]["oldest_age_ms"].as_u64().unwrap() >= 1,
+        "{report:#}"
+    );
+}
+
+#[test]
+fn kill_9_mid_purchase_is_operation_cut() {
+    require_root();
+    let db = PgServer::start();
+    let dir = TempDir::new("ops-kill");
+    let report_path = dir.path("report.json");
+    let (mut game, _gateway) = game_under_load(&db, &[]);
+    let pid = game.pid.to_string();
+    let audit = Drainwatch::attach(&[
+        "audit",
+        "--pid",
+        &pid,
+        "--op",
+        "purchase",
+        "--report",
+        &report_path,
+    ]);
+    game.wait_truth("a purchase between its writes", |t| t.between_writes >= 1);
+    game.signal(libc::SIGKILL);
+    game.wait();
+    let half = half_done(&db);
+    let done = audit.finish();
+    assert_eq!(done.code, 1, "{done:?}");
+    let report = read_report(&report_path);
+    check_cut(&report, half);
+}
+
+#[test]
+fn an_abandoning_sigterm_handler_is_operation_cut_not_stopped_cleanly() {
+    require_root();
+    let db = PgServer::start();
+    let dir = TempDir::new("ops-abandon");
+    let report_path = dir.path("report.json");
+    let (mut game, _gateway) = game_under_load(&db, &["--on-term", "abandon"]);
+    let pid = game.pid.to_string();
+    game.wait_truth("a purchase between its writes", |t| t.between_writes >= 1);
+    let done = run_drainwatch(&[
+        "stop",
+        "--pid",
+        &pid,
+        "--op",
+        "purchase",
+        "--report",
+        &report_path,
+    ]);
+    assert!(game.wait().success(), "the handler exits 0");
+    let half = half_done(&db);
+    assert_eq!(done.code, 1, "{done:?}");
+    let report = read_report(&report_path);
+    assert_eq!(report["verdict"], "violations", "{report:#}");
+    check_cut(&report, half);
+}
