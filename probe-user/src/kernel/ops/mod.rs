@@ -262,7 +262,17 @@ impl OpHooks {
             if self.before_attach.contains_key(&(tgid, tid)) {
                 continue;
             }
-            let found = match stacks::look(tgid, tid, &ranges) {
+            // A thread running on a CPU cannot be looked at: a server's threads block often,
+            // so a few tries a few ms apart usually find it blocked.
+            let mut look = stacks::look(tgid, tid, &ranges);
+            for _ in 0..10 {
+                if look != stacks::Look::Unknown {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(2));
+                look = stacks::look(tgid, tid, &ranges);
+            }
+            let found = match look {
                 stacks::Look::Inside(function) => Some(function),
                 stacks::Look::Unknown => None,
                 stacks::Look::Outside | stacks::Look::Gone => continue,
