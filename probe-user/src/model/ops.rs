@@ -12,35 +12,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
 
 use crate::{
     events::ops::{OpCount, OpCut, OpThread, OpsSample, UNKNOWN_FUNCTION},
-    model::report::{Percentiles, Violation},
+    model::report::{OperationCut, OperationsReport, Percentiles, Violation},
 };
-
-/// `operation_cut`: a target exited (or was killed), or one of its threads exited, with
-/// operations of `function` in flight.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct OperationCut {
-    pub pid: u32,
-    pub at_ms: u64,
-    /// The `--op` SPEC as given.
-    pub function: String,
-    pub count: u64,
-    /// How long the oldest of them had been running when it was cut; 0 when unknown.
-    pub oldest_age_ms: u64,
-}
-
-/// The report's `operations`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct OperationsReport {
-    /// Operations that returned.
-    pub count: u64,
-    /// Operations in flight at the end of the run.
-    pub in_flight: u64,
-    pub latency_us: Percentiles,
-}
 
 /// What one (process, function) abandoned, so far.
 #[derive(Clone, Copy, Debug, Default)]

@@ -64,7 +64,7 @@ pub enum Violation {
     InflightAtExit(InflightAtExit),
     RequestDropped(RequestDropped),
     TransactionRolledBack(TransactionRolledBack),
-    OperationCut(crate::model::ops::OperationCut),
+    OperationCut(OperationCut),
 }
 
 impl Violation {
@@ -295,7 +295,7 @@ pub struct Report {
     pub warnings: Vec<Violation>,
     pub drain: Option<DrainReport>,
     /// `null` without `--op`: operations were not watched.
-    pub operations: Option<crate::model::ops::OperationsReport>,
+    pub operations: Option<OperationsReport>,
     /// `null` when sockets were not watched: a report never shows zero for what it did not
     /// measure.
     pub connections: Option<ConnectionCounts>,
@@ -325,4 +325,27 @@ pub struct UnknownAtAttach {
     /// watched it),
     /// `closed`; `null` if never: then it ended (exit, end of the run) still unknown.
     pub resolved_by: Option<&'static str>,
+}
+
+/// `operation_cut`: a target exited (or was killed), or one of its threads exited, with
+/// operations of `function` in flight.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct OperationCut {
+    pub pid: u32,
+    pub at_ms: u64,
+    /// The `--op` SPEC as given.
+    pub function: String,
+    pub count: u64,
+    /// How long the oldest of them had been running when it was cut; 0 when unknown.
+    pub oldest_age_ms: u64,
+}
+
+/// The report's `operations`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct OperationsReport {
+    /// Operations that returned.
+    pub count: u64,
+    /// Operations in flight at the end of the run.
+    pub in_flight: u64,
+    pub latency_us: Percentiles,
 }
