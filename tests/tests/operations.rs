@@ -113,6 +113,19 @@ fn wait_with_op_is_never_drained_while_a_purchase_is_between_its_writes() {
         operations["latency_us"]["p50"].as_u64().unwrap() >= gap_ms() * 1000 * 9 / 10,
         "a purchase lasts its gap: {report:#}"
     );
+    // The verdict rests on the operations it watched: the basis lists them, and the
+    // gateway's push-style link is no longer work that could hide (--op sees it).
+    let basis = &report["drain"]["basis"];
+    assert!(
+        basis["observed"]
+            .as_array()
+            .is_some_and(|o| o.iter().any(|w| w == "operations")),
+        "{report:#}"
+    );
+    assert!(
+        !basis["could_hide_work"].to_string().contains("no --op"),
+        "{report:#}"
+    );
     assert!(complete(&db) >= 3);
 }
 

@@ -175,7 +175,11 @@ pub async fn run(settings: &AuditSettings) -> Result<Outcome> {
         exited_at_ms: state.exited_at_ms(),
     };
     report.drain = Some(crate::verdict::drain::drain_report(
-        state, times, false, None, true,
+        state,
+        times,
+        !settings.common.ops.is_empty(),
+        None,
+        true,
     ));
     settings.policy.apply(&mut report);
     if interrupted {
