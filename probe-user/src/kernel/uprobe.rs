@@ -159,7 +159,7 @@ pub fn in_process(pid: NonZeroU32, path: &str) -> PathBuf {
 /// dynamic symbols or its symbol table), in the order asked; `None` for one it does not
 /// define (an import of it does not count). The file is mapped, not read: node is ~100 MB.
 pub fn symbol_offsets(path: &Path, names: &[&str]) -> std::io::Result<Vec<Option<u64>>> {
-    use object::{Object, ObjectSection, ObjectSymbol};
+    use object::{Object, ObjectSymbol};
     let file = std::fs::File::open(path)?;
     let map = Mapped::new(&file)?;
     let elf = object::File::parse(map.bytes()).map_err(std::io::Error::other)?;
@@ -177,19 +177,24 @@ pub fn symbol_offsets(path: &Path, names: &[&str]) -> std::io::Result<Vec<Option
         if out[slot].is_some() {
             continue;
         }
-        // A virtual address to a file offset, through its section (as aya does).
-        let Some(section) = symbol
-            .section_index()
-            .and_then(|i| elf.section_by_index(i).ok())
-        else {
-            continue;
-        };
-        let Some((file_offset, _)) = section.file_range() else {
-            continue;
-        };
-        out[slot] = Some(symbol.address() - section.address() + file_offset);
+        out[slot] = file_offset(&elf, &symbol);
     }
     Ok(out)
+}
+
+/// Where a function symbol's code sits in its file: its virtual address turned into a file
+/// offset through its section (as aya does), which is what a uprobe is attached at. `None`
+/// for a symbol without a section in the file.
+pub fn file_offset<'data>(
+    elf: &object::File<'data>,
+    symbol: &impl object::ObjectSymbol<'data>,
+) -> Option<u64> {
+    use object::{Object, ObjectSection};
+    let section = symbol
+        .section_index()
+        .and_then(|i| elf.section_by_index(i).ok())?;
+    let (start, _) = section.file_range()?;
+    Some(symbol.address() - section.address() + start)
 }
 
 /// A read-only private mapping of a whole file.

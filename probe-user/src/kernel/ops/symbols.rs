@@ -112,7 +112,7 @@ pub(super) fn note_nearest(search: &mut Search, symbols: &[Symbol], function: &s
 /// The defined function symbols of an ELF file (symbol table and dynamic symbols), with
 /// their file offsets.
 pub(super) fn read_symbols(path: &Path) -> std::io::Result<Vec<Symbol>> {
-    use object::{Object, ObjectSection, ObjectSymbol};
+    use object::{Object, ObjectSymbol};
     let data = std::fs::read(path)?;
     let elf = object::File::parse(&*data).map_err(std::io::Error::other)?;
     let mut out = Vec::new();
@@ -127,14 +127,7 @@ pub(super) fn read_symbols(path: &Path) -> std::io::Result<Vec<Symbol>> {
         if !is_entry(raw) || !seen.insert((raw.to_string(), symbol.address())) {
             continue;
         }
-        // A virtual address to a file offset, through its section (as aya does).
-        let Some(section) = symbol
-            .section_index()
-            .and_then(|i| elf.section_by_index(i).ok())
-        else {
-            continue;
-        };
-        let Some((file_offset, _)) = section.file_range() else {
+        let Some(file_offset) = crate::kernel::uprobe::file_offset(&elf, &symbol) else {
             continue;
         };
         let (demangled, plain) = demangle(raw);
@@ -142,7 +135,7 @@ pub(super) fn read_symbols(path: &Path) -> std::io::Result<Vec<Symbol>> {
             raw: raw.to_string(),
             demangled,
             plain,
-            file_offset: symbol.address() - section.address() + file_offset,
+            file_offset,
             size: symbol.size(),
         });
     }
