@@ -6,6 +6,7 @@
 //! is killed, the kernel closes the fds and detaches the programs the same way.
 
 use std::{
+    any::Any,
     net::{IpAddr, SocketAddr},
     path::Path,
 };
@@ -26,9 +27,8 @@ use crate::{
         btf,
         features::{check_privileges, LIFECYCLE_TRACEPOINTS},
         links::Links,
-        ops::OpHooks,
-        tls::{TlsHooks, TlsLibrary},
         tracefs::Format,
+        uprobe::UprobeUnit,
     },
     Error, Result,
 };
@@ -92,10 +92,9 @@ pub struct Probe {
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     /// Every attachment, so that [`Probe::close`] can take them down together.
     links: Links,
-    /// The uprobes on the targets' TLS libraries (kernel/tls.rs).
-    tls: TlsHooks,
-    /// The uprobes on the targets' `--op` functions (kernel/ops/).
-    ops: OpHooks,
+    /// The uprobe units the session installed (TLS hooks, operation probes: kernel/uprobe.rs,
+    /// [`UprobeUnit`]).
+    units: Vec<Box<dyn UprobeUnit>>,
     ebpf: Ebpf,
     failures: Vec<String>,
     hooks: &'static Backend,
@@ -282,8 +281,7 @@ impl Probe {
             failures,
             links,
             hooks: options.hooks,
-            tls: TlsHooks::default(),
-            ops: OpHooks::default(),
+            units: Vec::new(),
         })
     }
 
@@ -292,24 +290,28 @@ impl Probe {
         self.hooks
     }
 
-    /// Hooks the TLS libraries a target maps now and did not before (kernel/tls.rs);
-    /// returns those newly found.
-    pub fn attach_tls(&mut self, tgid: u32) -> Vec<TlsLibrary> {
-        self.tls.attach(&mut self.ebpf, tgid)
+    /// Holds a uprobe unit (one of a kind) from now until close.
+    pub fn install<U: UprobeUnit>(&mut self, unit: U) {
+        self.units
+            .retain(|held| !(held.as_ref() as &dyn Any).is::<U>());
+        self.units.push(Box::new(unit));
     }
 
-    /// Every TLS library found in the targets so far, hooked or not.
-    pub fn tls_libraries(&self) -> &[TlsLibrary] {
-        self.tls.libraries()
+    /// The installed unit of type `U`, with the object it attaches into.
+    pub fn unit_mut<U: UprobeUnit>(&mut self) -> Option<(&mut U, &mut Ebpf)> {
+        let unit = self
+            .units
+            .iter_mut()
+            .find_map(|held| (held.as_mut() as &mut dyn Any).downcast_mut::<U>())?;
+        Some((unit, &mut self.ebpf))
     }
 
-    /// The `--op` functions (kernel/ops.rs), with the object they attach into.
-    pub fn ops_mut(&mut self) -> (&mut OpHooks, &mut Ebpf) {
-        (&mut self.ops, &mut self.ebpf)
-    }
-
-    pub fn ops(&self) -> (&OpHooks, &Ebpf) {
-        (&self.ops, &self.ebpf)
+    pub fn unit<U: UprobeUnit>(&self) -> Option<(&U, &Ebpf)> {
+        let unit = self
+            .units
+            .iter()
+            .find_map(|held| (held.as_ref() as &dyn Any).downcast_ref::<U>())?;
+        Some((unit, &self.ebpf))
     }
 
     /// Tracepoints that did not attach, as "category:name: reason".
@@ -325,8 +327,9 @@ impl Probe {
     pub fn close(mut self) {
         let started = std::time::Instant::now();
         let mut links = std::mem::take(&mut self.links);
-        links.append(self.tls.take_links());
-        links.append(self.ops.take_links());
+        for unit in &mut self.units {
+            links.append(unit.take_links());
+        }
         let count = links.detach();
         drop(self);
         log::debug!("detached {count} tracepoints in {:?}", started.elapsed());

@@ -17,7 +17,7 @@ use aya::Ebpf;
 
 use crate::kernel::{
     links::Links,
-    uprobe::{self, Uprobes},
+    uprobe::{self, UprobeUnit, Uprobes},
 };
 
 /// Entry programs in the object and the function each is attached to; `true`: needed (a
@@ -74,15 +74,16 @@ impl Default for TlsHooks {
     }
 }
 
+impl UprobeUnit for TlsHooks {
+    fn take_links(&mut self) -> Links {
+        self.uprobes.take_links()
+    }
+}
+
 impl TlsHooks {
     /// Every TLS library found so far, hooked or not.
     pub fn libraries(&self) -> &[TlsLibrary] {
         &self.found
-    }
-
-    /// The links, for `Probe::close` to take down with the others.
-    pub fn take_links(&mut self) -> Links {
-        self.uprobes.take_links()
     }
 
     /// Hooks the TLS libraries `tgid` maps now that were not hooked in it before; returns

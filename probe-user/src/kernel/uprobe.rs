@@ -32,6 +32,15 @@ use aya::{
 
 use crate::kernel::links::Links;
 
+/// A unit of uprobes that the session installs in the probe ([`crate::kernel::probe::Probe`]
+/// holds it, since its programs live in the probe's object, and reaches it by type): the TLS
+/// hooks (kernel/tls.rs), the operation probes (kernel/ops/). The probe knows nothing else of
+/// it: it only takes its links down with its own at close.
+pub trait UprobeUnit: std::any::Any + Send {
+    /// Its attachments, for `Probe::close` to detach together with the others.
+    fn take_links(&mut self) -> Links;
+}
+
 /// Uprobe programs of the object, loaded together at first use, and the links they hold.
 pub struct Uprobes {
     /// What the unit hooks, for the `-v` log ("TLS").

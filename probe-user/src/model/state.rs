@@ -179,9 +179,8 @@ impl AuditState {
     }
 
     /// Watches operations too (`--op`): the SPECs, by function index.
-    pub fn with_ops(mut self, names: Vec<String>) -> Self {
+    pub fn watch_ops(&mut self, names: Vec<String>) {
         self.ops = (!names.is_empty()).then(|| OpsTracker::new(names));
-        self
     }
 
     pub fn ops(&self) -> Option<&OpsTracker> {

@@ -2,23 +2,19 @@
 //! process and its descendants ([`attach_tree`]), and for one process the path top-down
 //! ([`attach_process`]): ask the server, tell the probe its listening ports, make it and
 //! its threads targets, check it is still there, then what it had going (seed.rs), then its
-//! TLS libraries and its `--op` functions (ops.rs). While the run lasts: processes that join a watched cgroup
-//! ([`CgroupWatch`]) and TLS libraries loaded since ([`TlsWatch`]).
+//! probe units' hooks (units.rs: TLS libraries, `--op` functions). While the run lasts:
+//! processes that join a watched cgroup ([`CgroupWatch`]).
 
-use std::{
-    collections::{BTreeSet, HashMap},
-    time::{Duration, Instant},
-};
+use std::collections::BTreeSet;
 
 use crate::{
-    events::Role,
     host::{
         procfs, server_view,
         targets::{self, Selected, Selection},
     },
     kernel::probe::Probe,
     model::state::{AuditState, Origin},
-    session::{every::Every, seed},
+    session::{seed, units},
     settings::{Common, TargetSet},
     Error, Result,
 };
@@ -103,45 +99,10 @@ pub(super) fn attach_process(
     state.add_target(tgid, comm, origin);
     // 5. What it had going: connections and the socket syscalls its threads wait in.
     seed::conns(probe, state, tgid, common, view.as_ref())?;
-    // 6. Its TLS libraries, when it talks outward.
-    if talks_outward(state, tgid) {
-        hook_tls(probe, tgid, common.verbose);
-    }
-    // 6. Its `--op` functions (a process the user named must have them hooked, or exit 2).
-    super::ops::hook(probe, tgid, origin == Origin::Named, common.verbose)?;
+    // 6. The probe units' hooks in it (units.rs: its TLS libraries when it talks outward,
+    //    its `--op` functions, which a process the user named must have hooked, or exit 2).
+    units::hook(probe, state, tgid, origin == Origin::Named, common.verbose)?;
     Ok(true)
-}
-
-/// Whether `tgid` has a database or upstream connection: only then are its TLS libraries
-/// hooked (a process that only serves clients pays no uprobe on its own TLS; loading the
-/// probes takes the verifier a second or two, which would otherwise delay every attach to a
-/// process that merely maps libssl). One that connects later is hooked by the rescans.
-pub(super) fn talks_outward(state: &AuditState, tgid: u32) -> bool {
-    state.conns().is_some_and(|conns| {
-        conns
-            .conns()
-            .any(|c| c.tgid == tgid && matches!(c.role, Role::Db | Role::Upstream))
-    })
-}
-
-/// Hooks the TLS libraries `tgid` maps and did not before (kernel/tls.rs), saying at `-v`
-/// which; one that could not be hooked is a warning (its conversations stay `unverified`).
-pub(super) fn hook_tls(probe: &mut Probe, tgid: u32, verbose: u8) {
-    // DRAINWATCH_TLS=off: no uprobes (to measure their cost, or if a library misbehaves
-    // under them); TLS conversations are then `unverified`, as for libraries not hooked.
-    if std::env::var("DRAINWATCH_TLS").is_ok_and(|v| v == "off") {
-        return;
-    }
-    for library in probe.attach_tls(tgid) {
-        match &library.outcome {
-            Ok(_) if verbose >= 1 => eprintln!("drainwatch: TLS: {}", library.describe()),
-            Ok(_) => {}
-            Err(_) => eprintln!(
-                "drainwatch: warning: TLS: {}: its encrypted conversations stay unverified",
-                library.describe()
-            ),
-        }
-    }
 }
 
 /// The cgroups of an audit or serve. A process that systemd starts into a unit after attach
@@ -167,49 +128,6 @@ impl CgroupWatch {
                 {
                     log::warn!("{tgid} joined {}: not watched: {err}", cgroup.label);
                 }
-            }
-        }
-    }
-}
-
-/// How the running targets' memory maps are read again for TLS libraries loaded since (a
-/// module importing `ssl`, a launched command that has exec'd, a forked child): at every
-/// tick while a target is new (a program loads its libraries and often connects right after
-/// it starts: a conversation begun before its library is hooked is read from the middle, or
-/// stays unverified), then every [`TLS_RESCAN_EVERY`].
-pub(super) struct TlsWatch {
-    all: Every,
-    /// When each target was first looked at.
-    first_seen: HashMap<u32, Instant>,
-}
-
-const TLS_RESCAN_EVERY: Duration = Duration::from_millis(1000);
-const TLS_NEW_TARGET: Duration = Duration::from_secs(5);
-
-impl TlsWatch {
-    pub(super) fn new() -> Self {
-        Self {
-            all: Every::new(TLS_RESCAN_EVERY),
-            first_seen: HashMap::new(),
-        }
-    }
-
-    /// Hooks TLS libraries the running targets that talk outward loaded since they were
-    /// last looked at.
-    pub(super) fn rescan(&mut self, probe: &mut Probe, state: &AuditState, verbose: u8) {
-        let now = Instant::now();
-        let all = self.all.take();
-        let running = state.running_targets();
-        self.first_seen.retain(|tgid, _| running.contains(tgid));
-        for tgid in running {
-            let first = *self.first_seen.entry(tgid).or_insert(now);
-            if !(all || first.elapsed() < TLS_NEW_TARGET) {
-                continue;
-            }
-            // A forked child, a library loaded since: its `--op` functions too.
-            let _ = super::ops::hook(probe, tgid, false, verbose);
-            if talks_outward(state, tgid) {
-                hook_tls(probe, tgid, verbose);
             }
         }
     }

@@ -5,11 +5,12 @@
 //! Attaching ([`Session::attach`]): the probe loaded, then each target by [`attach`] (one
 //! process top-down), seeding what it already had going ([`seed`], from the surveys in
 //! [`existing`] and [`unix_existing`], judged by [`attach_rule`], the database's own view in
-//! [`db_view`]). The loop ([`Session::follow`]): read what the kernel says ([`reader`],
+//! [`db_view`]), then the probe units' hooks ([`units`]: [`tls`], [`ops`]). The loop ([`Session::follow`]): read what the kernel says ([`reader`],
 //! [`requests`]), then the periodic chores ([`CHORES`], each on its own [`every::Every`]).
 //!
 //! Imports run one way: this module uses its children; attach -> seed -> existing,
-//! unix_existing, db_view -> attach_rule; reader -> requests, unix_close -> trace, every;
+//! unix_existing, db_view -> attach_rule; attach, reader -> units -> tls, ops, every;
+//! reader -> requests, unix_close -> trace, every;
 //! recheck -> existing, db_view. The session joins the layers below it: it may use
 //! [`crate::kernel`], [`crate::host`], [`crate::events`], [`crate::model`],
 //! [`crate::verdict`] (why a run ended) and the settings; only the commands use it.
@@ -24,7 +25,9 @@ mod reader;
 mod recheck;
 mod requests;
 mod seed;
+mod tls;
 mod trace;
+mod units;
 pub mod unix_close;
 pub mod unix_existing;
 
@@ -45,11 +48,7 @@ use crate::{
     Error, Result,
 };
 
-use self::{
-    attach::{CgroupWatch, TlsWatch},
-    every::Every,
-    reader::Reader,
-};
+use self::{attach::CgroupWatch, every::Every, reader::Reader, units::Rescan};
 
 /// The longest the ring buffer waits to be read.
 const DRAIN_EVERY: Duration = Duration::from_millis(50);
@@ -67,8 +66,8 @@ enum Chore {
     UnknownConns,
     /// Transaction states still unknown since attach (recheck.rs).
     UnknownTxns,
-    /// TLS libraries the targets loaded since (attach.rs, `TlsWatch`).
-    TlsLibraries,
+    /// What the targets loaded since, for the probe units to hook (units.rs, `Rescan`).
+    Rescans,
 }
 
 /// The loop's chores in the order they run after each read of the kernel, each with how
@@ -87,7 +86,7 @@ const CHORES: [(Chore, Every); 6] = [
         Every::backing_off(Duration::from_millis(25), 3),
     ),
     (Chore::UnknownTxns, Every::new(Duration::from_secs(1))),
-    (Chore::TlsLibraries, Every::new(Duration::ZERO)),
+    (Chore::Rescans, Every::new(Duration::ZERO)),
 ];
 
 /// Probe options from the shared flags.
@@ -143,7 +142,7 @@ pub struct Session {
     scope: Scope,
     /// The periodic chores and when each last ran.
     chores: [(Chore, Every); CHORES.len()],
-    tls: TlsWatch,
+    rescan: Rescan,
     stops: Stops,
     common: Common,
 }
@@ -167,10 +166,9 @@ impl Session {
         attach::check_selection(set)?;
         let mut probe = load(common)?;
         let attach_time = procfs::monotonic_now();
-        let mut state = AuditState::new(attach_time.as_nanos() as u64, std::process::id())
-            .with_sockets()
-            .with_ops(common.ops.iter().map(|s| s.text.clone()).collect());
-        probe.ops_mut().0.set_specs(common.ops.clone());
+        let mut state =
+            AuditState::new(attach_time.as_nanos() as u64, std::process::id()).with_sockets();
+        units::install(&mut probe, &mut state, common);
         // Names first: a process that execs under one from now on is caught in the kernel;
         // then the ones running now, from /proc and cgroupfs.
         for comm in &set.comms {
@@ -179,10 +177,10 @@ impl Session {
         let selection = attach::check_selection(set)?;
         attach::attach_tree(&mut probe, &mut state, &selection, common)?;
         if state.targets().next().is_some() {
-            ops::check_matched(&probe)?;
+            units::attached(&probe)?;
         }
         // What was in flight at attach holds the very first drain check.
-        ops::sample(&mut probe, &mut state, common.verbose);
+        units::sample(&mut probe, &mut state, common.verbose);
         if state.targets().next().is_none() && set.launch.is_none() && !set.await_comms {
             // What matched has exited since: there is nothing to wait for or stop.
             return Err(Error::NothingMatched(
@@ -214,7 +212,7 @@ impl Session {
                 end: end_when(set, launched),
             },
             chores: CHORES,
-            tls: TlsWatch::new(),
+            rescan: Rescan::new(),
             stops,
             common: common.clone(),
         })
@@ -226,12 +224,7 @@ impl Session {
         let coverage = report.coverage.get_or_insert_with(Default::default);
         coverage.kernel = Some(crate::kernel::features::kernel_release());
         coverage.hooks = Some(self.probe.hooks().coverage());
-        coverage.tls_libraries = self
-            .probe
-            .tls_libraries()
-            .iter()
-            .map(|l| l.describe())
-            .collect();
+        units::coverage(&self.probe, coverage);
     }
 
     /// Whether the targets this session waits for have exited.
@@ -307,7 +300,7 @@ impl Session {
                 return recheck::unknown_conns(probe, state, &self.common, verbose)
             }
             Chore::UnknownTxns => return recheck::unknown_txns(state, &self.common),
-            Chore::TlsLibraries => self.tls.rescan(probe, state, verbose),
+            Chore::Rescans => self.rescan.run(probe, state, verbose),
         }
         true
     }

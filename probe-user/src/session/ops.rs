@@ -1,6 +1,6 @@
-//! Operations (`--op`) in a session: the targets' functions hooked as they become targets
-//! and on the rescans (kernel/ops.rs), the kernel's counters read into the state on each
-//! drain and at each exit (model/ops.rs).
+//! Operations (`--op`) in a session, a probe unit (units.rs): the targets' functions hooked
+//! as they become targets and on the rescans (kernel/ops/), the kernel's counters read into
+//! the state on each drain and at each exit (model/ops.rs).
 
 use crate::{
     events::{
@@ -8,70 +8,95 @@ use crate::{
         Event,
     },
     host::procfs,
-    kernel::{ops::OpsRead, probe::Probe},
+    kernel::{
+        ops::{OpHooks, OpsRead},
+        probe::Probe,
+    },
     model::state::AuditState,
+    session::units::Unit,
+    settings::Common,
     Error, Result,
 };
 
-/// Hooks the `--op` functions `tgid` maps and were not hooked in it before. `named`: a
-/// process the user selected, whose refusal ends the run (exit 2); another one (a child, a
-/// later match) is a warning.
-pub fn hook(probe: &mut Probe, tgid: u32, named: bool, verbose: u8) -> Result<()> {
-    let (ops, ebpf) = probe.ops_mut();
-    if !ops.is_on() {
-        return Ok(());
+/// The operation probes unit: on when `--op` names functions.
+pub(super) struct Operations;
+
+impl Unit for Operations {
+    fn install(&self, probe: &mut Probe, state: &mut AuditState, common: &Common) {
+        if common.ops.is_empty() {
+            return;
+        }
+        state.watch_ops(common.ops.iter().map(|s| s.text.clone()).collect());
+        probe.install(OpHooks::new(common.ops.clone()));
     }
-    match ops.attach(ebpf, tgid) {
-        Ok(hooked) => {
-            if verbose >= 1 {
-                for h in hooked {
-                    eprintln!("drainwatch: {}", h.describe(ops.specs()));
+
+    /// Hooks the `--op` functions `tgid` maps and were not hooked in it before.
+    fn hook(
+        &self,
+        probe: &mut Probe,
+        _state: &AuditState,
+        tgid: u32,
+        named: bool,
+        verbose: u8,
+    ) -> Result<()> {
+        let Some((ops, ebpf)) = probe.unit_mut::<OpHooks>() else {
+            return Ok(());
+        };
+        match ops.attach(ebpf, tgid) {
+            Ok(hooked) => {
+                if verbose >= 1 {
+                    for h in hooked {
+                        eprintln!("drainwatch: {}", h.describe(ops.specs()));
+                    }
                 }
+                Ok(())
             }
+            Err(refusal) if named => Err(Error::Ops(refusal.to_string())),
+            Err(refusal) => {
+                eprintln!("drainwatch: warning: {refusal}");
+                Ok(())
+            }
+        }
+    }
+
+    /// A SPEC that matched nothing in any target is an error naming what was searched and
+    /// the nearest names (docs/design.md, "operation").
+    fn attached(&self, probe: &Probe) -> Result<()> {
+        let unmatched = probe
+            .unit::<OpHooks>()
+            .map(|(ops, _)| ops.unmatched())
+            .unwrap_or_default();
+        if unmatched.is_empty() {
             Ok(())
-        }
-        Err(refusal) if named => Err(Error::Ops(refusal.to_string())),
-        Err(refusal) => {
-            eprintln!("drainwatch: warning: {refusal}");
-            Ok(())
+        } else {
+            Err(Error::Ops(unmatched.join("; ")))
         }
     }
-}
 
-/// After the first attach: a SPEC that matched nothing in any target is an error naming what
-/// was searched and the nearest names (docs/design.md, "operation").
-pub fn check_matched(probe: &Probe) -> Result<()> {
-    let unmatched = probe.ops().0.unmatched();
-    if unmatched.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::Ops(unmatched.join("; ")))
-    }
-}
-
-/// Reads the kernel's operation maps into the state.
-pub fn sample(probe: &mut Probe, state: &mut AuditState, verbose: u8) {
-    if state.ops().is_none() {
-        return;
-    }
-    let (ops, ebpf) = probe.ops_mut();
-    let read = ops.read(ebpf);
-    let ktime_ns = procfs::monotonic_now().as_nanos() as u64;
-    let event = Event::Operations(from_read(ktime_ns, read));
-    if verbose >= 2 {
-        if let Ok(line) = serde_json::to_string(&event) {
-            eprintln!("{line}");
+    /// Reads the kernel's operation maps into the state.
+    fn sample(&self, probe: &mut Probe, state: &mut AuditState, verbose: u8) {
+        if state.ops().is_none() {
+            return;
         }
+        let Some((ops, ebpf)) = probe.unit_mut::<OpHooks>() else {
+            return;
+        };
+        let read = ops.read(ebpf);
+        let ktime_ns = procfs::monotonic_now().as_nanos() as u64;
+        let event = Event::Operations(from_read(ktime_ns, read));
+        if verbose >= 2 {
+            if let Ok(line) = serde_json::to_string(&event) {
+                eprintln!("{line}");
+            }
+        }
+        state.apply(&event);
     }
-    state.apply(&event);
-}
 
-/// A process exited: its maps' entries go (its counters were read just before, by
-/// [`sample`]).
-pub fn forget(probe: &mut Probe, tgid: u32) {
-    let (ops, ebpf) = probe.ops_mut();
-    if ops.is_on() {
-        ops.forget(ebpf, tgid);
+    /// Its maps' entries for the process go (its counters were read just before).
+    fn exited(&self, probe: &mut Probe, tgid: u32) {
+        if let Some((ops, ebpf)) = probe.unit_mut::<OpHooks>() {
+            ops.forget(ebpf, tgid);
+        }
     }
 }
 

@@ -1,7 +1,8 @@
 //! What the kernel says, into the state: the ring buffer's records decoded into events
 //! (events/mod.rs), completed with what only userspace can know, and applied; the request
-//! counters after each read (requests.rs), and the operation counters (`--op`, ops.rs); and the ends the ring cannot tell (an exit lost
-//! with dropped events; a unix-domain close on the socket backend, unix_close.rs).
+//! counters after each read (requests.rs), and the probe units' maps (units.rs: the `--op`
+//! counters); and the ends the ring cannot tell (an exit lost with dropped events; a
+//! unix-domain close on the socket backend, unix_close.rs).
 
 use probe_common::ConnKey;
 
@@ -10,7 +11,7 @@ use crate::{
     host::{netstat, procfs},
     kernel::probe::Probe,
     model::state::AuditState,
-    session::{ops, requests::RequestSampler, trace, unix_close::UnixCloseWatch},
+    session::{requests::RequestSampler, trace, units, unix_close::UnixCloseWatch},
 };
 
 pub(super) struct Reader {
@@ -43,7 +44,7 @@ impl Reader {
     pub(super) fn read(&mut self, probe: &mut Probe, state: &mut AuditState, final_read: bool) {
         self.drain_ring(probe, state);
         self.requests.sample(probe, state, final_read);
-        ops::sample(probe, state, self.verbose);
+        units::sample(probe, state, self.verbose);
         probe.flush_log();
     }
 
@@ -82,8 +83,8 @@ impl Reader {
                 // which ones had a request in flight.
                 closed_by_kernel = known_conns(state, exit.tgid);
                 exit.busy_fds = busy_fds(probe, &closed_by_kernel);
-                // Its operation counters are final: read before the exit is judged.
-                ops::sample(probe, state, self.verbose);
+                // Its units' counters (operations) are final: read before the exit is judged.
+                units::sample(probe, state, self.verbose);
             }
             Event::ConnOpen(open) => {
                 if let (Some(unix), Some(inode)) = (&mut self.unix, open.unix_inode) {
@@ -100,7 +101,7 @@ impl Reader {
         if let Event::Exit(exit) = &event {
             self.requests
                 .at_exit(probe, state, exit.tgid, exit.ktime_ns);
-            ops::forget(probe, exit.tgid);
+            units::exited(probe, exit.tgid);
         }
     }
 

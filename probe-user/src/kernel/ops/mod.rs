@@ -541,3 +541,9 @@ fn write_addr(ebpf: &mut Ebpf, key: OpAddrKey, function: u32) -> Result<(), Refu
         .insert(key, function, 0)
         .map_err(|e| Refusal::Failed(format!("OP_ADDRS: {}", uprobe::error_line(&e))))
 }
+
+impl uprobe::UprobeUnit for OpHooks {
+    fn take_links(&mut self) -> Links {
+        OpHooks::take_links(self)
+    }
+}

@@ -1,0 +1,142 @@
+//! The probe units of a session: watchers that hook the targets' own code with uprobes,
+//! beside the socket core (the TLS hooks, tls.rs; the operation probes, ops.rs). Each one
+//! is a [`Unit`] and one line of [`UNITS`]; the session calls them at the same points of a
+//! run: when it starts ([`Unit::install`]: its kernel half into the probe, its tracker into
+//! the state), when a process becomes a target and on the rescans ([`Unit::hook`]), after
+//! the first attach ([`Unit::attached`]), at each read of the kernel and before an exit is
+//! judged ([`Unit::sample`]), at an exit ([`Unit::exited`]), and for the report's coverage.
+//! A unit keeps no state of its own here: its kernel half lives in the probe
+//! ([`crate::kernel::uprobe::UprobeUnit`]), what it tells in the state.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    kernel::probe::Probe,
+    model::{report::Coverage, state::AuditState},
+    session::every::Every,
+    settings::Common,
+    Result,
+};
+
+/// A probe unit, as the session drives it. Every step but [`Unit::install`] and
+/// [`Unit::hook`] does nothing unless the unit says otherwise.
+pub(super) trait Unit: Sync {
+    /// The run starts (before any target): installs what the flags ask for.
+    fn install(&self, probe: &mut Probe, state: &mut AuditState, common: &Common);
+
+    /// `tgid` is a target (again, on a rescan): hooks what it maps and was not hooked in it
+    /// before. `named`: a process the user selected, whose refusal ends the run (exit 2);
+    /// another one's is a warning.
+    fn hook(
+        &self,
+        probe: &mut Probe,
+        state: &AuditState,
+        tgid: u32,
+        named: bool,
+        verbose: u8,
+    ) -> Result<()>;
+
+    /// After the first attach: whether what was asked for was found.
+    fn attached(&self, _probe: &Probe) -> Result<()> {
+        Ok(())
+    }
+
+    /// Reads the unit's kernel maps into the state.
+    fn sample(&self, _probe: &mut Probe, _state: &mut AuditState, _verbose: u8) {}
+
+    /// A process exited (its maps were sampled just before).
+    fn exited(&self, _probe: &mut Probe, _tgid: u32) {}
+
+    /// Its part of the report's `coverage`.
+    fn coverage(&self, _probe: &Probe, _coverage: &mut Coverage) {}
+}
+
+/// The registry of probe units: one line each.
+pub(super) const UNITS: [&dyn Unit; 2] = [&super::tls::Tls, &super::ops::Operations];
+
+/// Every unit's [`Unit::install`].
+pub(super) fn install(probe: &mut Probe, state: &mut AuditState, common: &Common) {
+    for unit in UNITS {
+        unit.install(probe, state, common);
+    }
+}
+
+/// Every unit's [`Unit::hook`]; the first refusal ends it.
+pub(super) fn hook(
+    probe: &mut Probe,
+    state: &AuditState,
+    tgid: u32,
+    named: bool,
+    verbose: u8,
+) -> Result<()> {
+    UNITS
+        .iter()
+        .try_for_each(|unit| unit.hook(probe, state, tgid, named, verbose))
+}
+
+/// Every unit's [`Unit::attached`].
+pub(super) fn attached(probe: &Probe) -> Result<()> {
+    UNITS.iter().try_for_each(|unit| unit.attached(probe))
+}
+
+/// Every unit's [`Unit::sample`].
+pub(super) fn sample(probe: &mut Probe, state: &mut AuditState, verbose: u8) {
+    for unit in UNITS {
+        unit.sample(probe, state, verbose);
+    }
+}
+
+/// Every unit's [`Unit::exited`].
+pub(super) fn exited(probe: &mut Probe, tgid: u32) {
+    for unit in UNITS {
+        unit.exited(probe, tgid);
+    }
+}
+
+/// Every unit's [`Unit::coverage`].
+pub(super) fn coverage(probe: &Probe, coverage: &mut Coverage) {
+    for unit in UNITS {
+        unit.coverage(probe, coverage);
+    }
+}
+
+/// How the running targets are looked at again for what they loaded since (a module
+/// importing `ssl`, a launched command that has exec'd, a library opened with dlopen, a
+/// forked child): at every tick while a target is new (a program loads its libraries and
+/// often connects right after it starts: a conversation begun before its library is hooked
+/// is read from the middle, or stays unverified), then every [`RESCAN_EVERY`].
+pub(super) struct Rescan {
+    all: Every,
+    /// When each target was first looked at.
+    first_seen: HashMap<u32, Instant>,
+}
+
+const RESCAN_EVERY: Duration = Duration::from_millis(1000);
+const NEW_TARGET: Duration = Duration::from_secs(5);
+
+impl Rescan {
+    pub(super) fn new() -> Self {
+        Self {
+            all: Every::new(RESCAN_EVERY),
+            first_seen: HashMap::new(),
+        }
+    }
+
+    /// Every unit's [`Unit::hook`] on the running targets due a look (a refusal there is a
+    /// warning: none of them is a process the user named, as far as this look goes).
+    pub(super) fn run(&mut self, probe: &mut Probe, state: &AuditState, verbose: u8) {
+        let now = Instant::now();
+        let all = self.all.take();
+        let running = state.running_targets();
+        self.first_seen.retain(|tgid, _| running.contains(tgid));
+        for tgid in running {
+            let first = *self.first_seen.entry(tgid).or_insert(now);
+            if all || first.elapsed() < NEW_TARGET {
+                let _ = hook(probe, state, tgid, false, verbose);
+            }
+        }
+    }
+}
