@@ -175,11 +175,7 @@ pub async fn run(settings: &AuditSettings) -> Result<Outcome> {
         exited_at_ms: state.exited_at_ms(),
     };
     report.drain = Some(crate::verdict::drain::drain_report(
-        state,
-        times,
-        !settings.common.ops.is_empty(),
-        None,
-        true,
+        state, times, None, true,
     ));
     settings.policy.apply(&mut report);
     if interrupted {

@@ -170,8 +170,7 @@ pub async fn wait(settings: &WaitSettings) -> Result<u8> {
         ..DrainTimes::default()
     };
     // Operations are observed where `--op` named functions (the basis lists them then).
-    let watches_ops = !settings.common.ops.is_empty();
-    let drain = verdict::drain::drain_report(state, times, watches_ops, rule.settle, false);
+    let drain = verdict::drain::drain_report(state, times, rule.settle, false);
     let timed_out = matches!(ended, EndedBy::Duration);
     let interrupted = ended == EndedBy::Interrupted;
     let report = drain_report(&session, Mode::Wait, drain, timed_out, interrupted);
@@ -302,8 +301,7 @@ pub async fn stop(settings: &StopSettings) -> Result<u8> {
         drained_at_ms,
         exited_at_ms,
     };
-    let watches_ops = !settings.common.ops.is_empty();
-    let drain = verdict::drain::drain_report(&session.state, times, watches_ops, rule.settle, true);
+    let drain = verdict::drain::drain_report(&session.state, times, rule.settle, true);
     let interrupted = ended == EndedBy::Interrupted;
     let report = drain_report(&session, Mode::Stop, drain, timed_out, interrupted);
     let p = progress(&session.state, "end");

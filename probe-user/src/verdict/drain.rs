@@ -65,10 +65,11 @@ pub fn tail_ms(state: &AuditState) -> Option<u64> {
 }
 
 /// What the verdict rests on: what was observable for these targets, and where work could
-/// hide from it (docs/design.md, "drained"). `ops`: operations (`--op`) were watched;
-/// `settle`: `--settle` in force. `None` when sockets were not watched.
-pub fn basis(state: &AuditState, ops: bool, settle: Option<Duration>) -> Option<DrainBasis> {
+/// hide from it (docs/design.md, "drained"). Operations (`--op`) are observed when the
+/// state watches them; `settle`: `--settle` in force. `None` when sockets were not watched.
+pub fn basis(state: &AuditState, settle: Option<Duration>) -> Option<DrainBasis> {
     let conns = state.conns()?;
+    let ops = state.ops().is_some();
     let mut observed = vec!["requests", "queries", "transactions"];
     if ops {
         observed.push("operations");
@@ -169,7 +170,6 @@ pub struct DrainTimes {
 pub fn drain_report(
     state: &AuditState,
     times: DrainTimes,
-    ops: bool,
     settle: Option<Duration>,
     with_tail: bool,
 ) -> DrainReport {
@@ -182,7 +182,7 @@ pub fn drain_report(
         exited_at_ms: times.exited_at_ms,
         tail_ms: if with_tail { tail_ms(state) } else { None },
         settle_ms: settle.map(|d| d.as_millis() as u64),
-        basis: basis(state, ops, settle),
+        basis: basis(state, settle),
     }
 }
 

@@ -138,7 +138,7 @@ fn the_tail_runs_from_the_last_input_to_the_last_query_after_it() {
 fn a_push_style_link_without_op_could_hide_work() {
     let mut state = game();
     apply(&mut state, &op_between_writes());
-    let seen = basis(&state, false, None).expect("sockets watched");
+    let seen = basis(&state, None).expect("sockets watched");
     assert_eq!(seen.observed, ["requests", "queries", "transactions"]);
     assert_eq!(
         seen.could_hide_work,
@@ -152,14 +152,15 @@ fn a_push_style_link_without_op_could_hide_work() {
         "requests, queries, transactions observed; could hide work: pid 4242: push-style \
          client connection (fd 7 127.0.0.1:40100), no --op: see --op, --settle"
     );
-    let settled = basis(&state, false, Some(Duration::from_millis(1200))).unwrap();
+    let settled = basis(&state, Some(Duration::from_millis(1200))).unwrap();
     assert_eq!(
         settled.could_hide_work[0].why,
         "push-style client connection (fd 7 127.0.0.1:40100), no --op; held by --settle 1.2s"
     );
     assert!(!basis_line(&settled, Some(Duration::from_millis(1200))).contains("see --op"));
     // With --op, the work between the writes is watched.
-    let with_op = basis(&state, true, None).unwrap();
+    state.watch_ops(vec!["purchase".into()]);
+    let with_op = basis(&state, None).unwrap();
     assert!(with_op.could_hide_work.is_empty());
     assert!(with_op.observed.contains(&"operations"));
 }
@@ -168,7 +169,7 @@ fn a_push_style_link_without_op_could_hide_work() {
 fn an_event_loop_without_op_could_hide_work() {
     let mut state = game();
     state.event_loop(GAME);
-    let seen = basis(&state, false, None).unwrap();
+    let seen = basis(&state, None).unwrap();
     assert_eq!(seen.could_hide_work.len(), 1);
     assert_eq!(seen.could_hide_work[0].why, "event loop (epoll), no --op");
 }
@@ -177,7 +178,7 @@ fn an_event_loop_without_op_could_hide_work() {
 fn a_request_or_response_server_rests_on_what_was_observed() {
     let mut state = game();
     apply(&mut state, &[link_open(10), counters(100, 1, 1, 50, 0, 40)]);
-    let seen = basis(&state, false, None).unwrap();
+    let seen = basis(&state, None).unwrap();
     assert!(seen.could_hide_work.is_empty());
     assert_eq!(
         basis_line(&seen, None),
