@@ -39,6 +39,7 @@ pub mod map_names {
     pub const OP_ADDRS: &str = "OP_ADDRS";
     pub const OP_STATS: &str = "OP_STATS";
     pub const OP_CALLS: &str = "OP_CALLS";
+    pub const OP_GO_CALLS: &str = "OP_GO_CALLS";
     pub const OP_LATENCY: &str = "OP_LATENCY";
 }
 

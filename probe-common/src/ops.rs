@@ -63,6 +63,18 @@ pub struct OpCall {
     pub depth: u32,
 }
 
+/// Key of `OP_GO_CALLS`: one goroutine of one process (docs/design.md, "operation": a Go
+/// function is followed per goroutine). `g` is the goroutine's `runtime.g` address, which
+/// Go's register ABI (amd64, Go 1.17 and later) keeps in R14 inside Go code: goroutines
+/// move between threads, so a thread id cannot pair a call with its return.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct OpGoKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub g: u64,
+}
+
 /// A thread exited inside an operation (`sched_process_exit`): the work was abandoned.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,6 +90,7 @@ pub struct OpCutEvent {
 
 const _: () = assert!(core::mem::size_of::<OpAddrKey>() == 16);
 const _: () = assert!(core::mem::size_of::<OpStatsKey>() == 8);
+const _: () = assert!(core::mem::size_of::<OpGoKey>() == 16);
 const _: () = assert!(core::mem::size_of::<OpCounters>() == 32);
 const _: () = assert!(core::mem::size_of::<OpCall>() == 16);
 const _: () = assert!(core::mem::size_of::<OpCutEvent>() == 16 + 24);
@@ -89,4 +102,5 @@ mod pod {
     unsafe impl aya::Pod for super::OpStatsKey {}
     unsafe impl aya::Pod for super::OpCounters {}
     unsafe impl aya::Pod for super::OpCall {}
+    unsafe impl aya::Pod for super::OpGoKey {}
 }

@@ -8,6 +8,12 @@
 //! on its drain tick (no wake-up per call). The one event is [`thread_exit`]'s: a thread
 //! that exits inside an operation cut it (rare, and userspace must see it in order with the
 //! process's exit).
+//!
+//! Go functions (`op_go_entry`, `op_go_return`): no uretprobe (it swaps the return address
+//! on the stack, which Go's stack copying and traceback do not expect), but plain uprobes
+//! placed by userspace after the function's stack-growth check and at each of its RET
+//! instructions (probe-user/src/kernel/ops/go.rs); a call is paired with its return per
+//! goroutine (`OP_GO_CALLS`, keyed by the `g` in R14), since goroutines move between threads.
 
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
@@ -21,7 +27,7 @@ use aya_ebpf::{
 use probe_common::{
     latency::{self, LatencyHistogram, LATENCY_MAX_SLOT},
     ops::{
-        OpAddrKey, OpCall, OpCounters, OpCutEvent, OpStatsKey, MAX_OP_ADDRS, MAX_OP_CALLS,
+        OpAddrKey, OpCall, OpCounters, OpCutEvent, OpGoKey, OpStatsKey, MAX_OP_ADDRS, MAX_OP_CALLS,
         MAX_OP_FUNCTIONS, MAX_OP_STATS,
     },
     Counter, EventKind,
@@ -43,6 +49,12 @@ static OP_STATS: HashMap<OpStatsKey, OpCounters> = HashMap::with_max_entries(MAX
 /// Entries leave at the return or at the thread's exit.
 #[map]
 static OP_CALLS: HashMap<u64, OpCall> = HashMap::with_max_entries(MAX_OP_CALLS, 0);
+
+/// The operation each goroutine is inside, by (process, `g`). Entries leave at the return;
+/// one whose goroutine never returns (a panic through the function) stays and holds the
+/// drain, which errs towards waiting; userspace drops a process's entries at its exit.
+#[map]
+static OP_GO_CALLS: HashMap<OpGoKey, OpCall> = HashMap::with_max_entries(MAX_OP_CALLS, 0);
 
 /// Latencies of returned operations, one histogram per function (atomic adds).
 #[map]
@@ -66,6 +78,47 @@ fn stats(tgid: u32, function: u32) -> Option<*mut OpCounters> {
     OP_STATS.get_ptr_mut(&key)
 }
 
+/// The hooked function whose entry probe fired at `addr` in process `tgid`.
+#[inline(always)]
+fn function_at(tgid: u32, addr: u64) -> Option<u32> {
+    // SAFETY: copied at once.
+    unsafe {
+        OP_ADDRS.get(&OpAddrKey {
+            tgid,
+            _pad: 0,
+            addr,
+        })
+    }
+    .copied()
+}
+
+/// An outermost call began: counted as started.
+#[inline(always)]
+fn started(tgid: u32, function: u32, now: u64) -> Result<u32, u32> {
+    let stats = stats(tgid, function).ok_or(0u32)?;
+    // SAFETY: a map value pointer, valid for this program run.
+    unsafe {
+        add(&raw mut (*stats).started);
+        (*stats).last_edge_ns = now;
+    }
+    Ok(0)
+}
+
+/// An outermost call returned: counted as ended, its latency filed.
+#[inline(always)]
+fn ended(tgid: u32, call: &OpCall) -> Result<u32, u32> {
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let stats = stats(tgid, call.function).ok_or(0u32)?;
+    // SAFETY: a map value pointer, valid for this program run.
+    unsafe {
+        add(&raw mut (*stats).ended);
+        (*stats).last_edge_ns = now;
+    }
+    record_latency(call.function, now.saturating_sub(call.since_ns) / 1000);
+    Ok(0)
+}
+
 #[inline(always)]
 fn try_entry(ctx: &ProbeContext) -> Result<u32, u32> {
     let id = bpf_get_current_pid_tgid();
@@ -81,15 +134,7 @@ fn try_entry(ctx: &ProbeContext) -> Result<u32, u32> {
     // uprobes.c, handle_swbp: "change it in advance for ->handler() and restart").
     // SAFETY: the context is the task's saved registers.
     let addr = unsafe { (*ctx.regs).rip };
-    // SAFETY: copied at once.
-    let Some(function) = (unsafe {
-        OP_ADDRS.get(&OpAddrKey {
-            tgid,
-            _pad: 0,
-            addr,
-        })
-    })
-    .copied() else {
+    let Some(function) = function_at(tgid, addr) else {
         return Ok(0);
     };
     // SAFETY: no preconditions.
@@ -103,13 +148,7 @@ fn try_entry(ctx: &ProbeContext) -> Result<u32, u32> {
         bump(Counter::OpsMissed);
         return Ok(0);
     }
-    let stats = stats(tgid, function).ok_or(0u32)?;
-    // SAFETY: a map value pointer, valid for this program run.
-    unsafe {
-        add(&raw mut (*stats).started);
-        (*stats).last_edge_ns = now;
-    }
-    Ok(0)
+    started(tgid, function, now)
 }
 
 #[inline(always)]
@@ -125,16 +164,62 @@ fn try_return() -> Result<u32, u32> {
         *call
     };
     let _ = OP_CALLS.remove(&id);
+    ended((id >> 32) as u32, &copy)
+}
+
+/// The goroutine running Go code on this thread: Go's register ABI keeps its `g` in R14 (Go
+/// 1.17+, amd64: src/cmd/compile/abi-internal.md, "amd64 architecture"), at a Go function's
+/// body and at its RET alike.
+#[inline(always)]
+fn go_key(ctx: &ProbeContext) -> (OpGoKey, u64) {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: the context is the task's saved registers.
+    let (g, addr) = unsafe { ((*ctx.regs).r14, (*ctx.regs).rip) };
+    (OpGoKey { tgid, _pad: 0, g }, addr)
+}
+
+#[inline(always)]
+fn try_go_entry(ctx: &ProbeContext) -> Result<u32, u32> {
+    let (key, addr) = go_key(ctx);
+    if let Some(call) = OP_GO_CALLS.get_ptr_mut(&key) {
+        // A hooked call inside an operation of this goroutine: only the outermost counts.
+        // Only this goroutine touches its entry, and it runs on one thread at a time.
+        // SAFETY: a map value pointer, valid for this program run.
+        unsafe { (*call).depth += 1 };
+        return Ok(0);
+    }
+    let Some(function) = function_at(key.tgid, addr) else {
+        return Ok(0);
+    };
     // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let stats = stats((id >> 32) as u32, copy.function).ok_or(0u32)?;
-    // SAFETY: a map value pointer, valid for this program run.
-    unsafe {
-        add(&raw mut (*stats).ended);
-        (*stats).last_edge_ns = now;
+    let call = OpCall {
+        since_ns: now,
+        function,
+        depth: 1,
+    };
+    if OP_GO_CALLS.insert(&key, &call, BPF_NOEXIST as u64).is_err() {
+        bump(Counter::OpsMissed);
+        return Ok(0);
     }
-    record_latency(copy.function, now.saturating_sub(copy.since_ns) / 1000);
-    Ok(0)
+    started(key.tgid, function, now)
+}
+
+#[inline(always)]
+fn try_go_return(ctx: &ProbeContext) -> Result<u32, u32> {
+    let (key, _) = go_key(ctx);
+    // A RET of a call begun before its probes were planted finds nothing here.
+    let call = OP_GO_CALLS.get_ptr_mut(&key).ok_or(0u32)?;
+    // SAFETY: a map value pointer of this goroutine, valid for this program run.
+    let copy = unsafe {
+        if (*call).depth > 1 {
+            (*call).depth -= 1;
+            return Ok(0);
+        }
+        *call
+    };
+    let _ = OP_GO_CALLS.remove(&key);
+    ended(key.tgid, &copy)
 }
 
 #[inline(always)]
@@ -189,6 +274,23 @@ pub fn op_entry(ctx: ProbeContext) -> u32 {
 #[uretprobe]
 pub fn op_return(_ctx: RetProbeContext) -> u32 {
     match try_return() {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+/// A Go function's body, after its stack-growth check (a call that grows its stack starts
+/// again at the entry: a probe there would count it twice).
+#[uprobe]
+pub fn op_go_entry(ctx: ProbeContext) -> u32 {
+    match try_go_entry(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+/// Each RET of a Go function (a plain uprobe: no uretprobe on Go stacks).
+#[uprobe]
+pub fn op_go_return(ctx: ProbeContext) -> u32 {
+    match try_go_return(&ctx) {
         Ok(r) | Err(r) => r,
     }
 }

@@ -105,13 +105,25 @@ impl GameOps {
     /// Starts the server against `db` (`None`: no database, the purchase only waits) with
     /// `--workers`, `--gap-ms` and extra flags (`--on-term abandon`).
     pub fn start(db: Option<&PgServer>, workers: u32, gap_ms: u64, args: &[&str]) -> Self {
+        Self::start_with(&game_ops_bin(), db, workers, gap_ms, args)
+    }
+
+    /// The same with another server of the same protocol and flags (the Go one,
+    /// tests/src/game_go.rs).
+    pub fn start_with(
+        server: &Path,
+        db: Option<&PgServer>,
+        workers: u32,
+        gap_ms: u64,
+        args: &[&str],
+    ) -> Self {
         use crate::db::Database;
         let dir = TempDir::new("game-ops");
         let truth_path = dir.0.join("truth.json");
         let log_path = dir.0.join("game_ops.log");
         let log = std::fs::File::create(&log_path).expect("create game_ops.log");
         let url = db.map_or("none".to_string(), |db| db.url());
-        let mut child = Command::new(game_ops_bin())
+        let mut child = Command::new(server)
             .args(["serve", "--db-url", &url, "--workers", &workers.to_string()])
             .args(["--gap-ms", &gap_ms.to_string()])
             .arg("--truth")

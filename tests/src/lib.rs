@@ -15,6 +15,7 @@ pub use serde_json::Value;
 
 pub mod db;
 pub mod game;
+pub mod game_go;
 pub mod game_ops;
 pub mod nginx;
 pub mod shop;

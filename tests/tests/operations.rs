@@ -1,11 +1,15 @@
 //! Operations (`--op`, docs/design.md "operation"): the story's release on a compiled game
-//! server (tests/fixtures/game_ops.cpp) whose purchase writes A, waits on a timer, writes B,
-//! judged by the server's own record and by PostgreSQL's ledger.
+//! server (tests/fixtures/game_ops.cpp, C++; tests/fixtures/game_go.go, Go, plain and
+//! stripped) whose purchase writes A, waits on a timer, writes B, judged by the server's own
+//! record and by PostgreSQL's ledger.
+
+use std::path::Path;
 
 use drainwatch_tests::{
     db::PgServer,
     game::mono_ns,
-    game_ops::{complete, half_done, GameOps, Gateway},
+    game_go::{game_go_bin, game_go_stripped_bin},
+    game_ops::{complete, game_ops_bin, half_done, GameOps, Gateway},
     *,
 };
 
@@ -19,7 +23,12 @@ fn gap_ms() -> u64 {
 /// A game under load: 20 players behind one gateway link, a purchase every 100 ms in all
 /// (each player every 2 s), so that purchases are always between their writes.
 fn game_under_load(db: &PgServer, args: &[&str]) -> (GameOps, Gateway) {
-    let game = GameOps::start(Some(db), WORKERS, gap_ms(), args);
+    game_under_load_on(&game_ops_bin(), db, args)
+}
+
+/// The same on another server of the protocol (the Go one).
+fn game_under_load_on(server: &Path, db: &PgServer, args: &[&str]) -> (GameOps, Gateway) {
+    let game = GameOps::start_with(server, Some(db), WORKERS, gap_ms(), args);
     let gateway = Gateway::start(game.port, 20, 2000);
     game.wait_truth("purchases under way", |t| t.completed >= 3);
     (game, gateway)
@@ -60,9 +69,20 @@ fn an_op_that_matches_nothing_exits_2_naming_what_was_searched_and_the_nearest()
 
 #[test]
 fn wait_with_op_is_never_drained_while_a_purchase_is_between_its_writes() {
+    wait_is_never_drained_mid_purchase(&game_ops_bin());
+}
+
+#[test]
+fn go_wait_with_op_is_never_drained_while_a_purchase_is_between_its_writes() {
+    wait_is_never_drained_mid_purchase(&game_go_bin());
+}
+
+/// The story's release (stop the gateway, `wait --op purchase`, kill -9 at the verdict) on
+/// `server`.
+fn wait_is_never_drained_mid_purchase(server: &Path) {
     require_root();
     let db = PgServer::start();
-    let (mut game, gateway) = game_under_load(&db, &[]);
+    let (mut game, gateway) = game_under_load_on(server, &db, &[]);
     let pid = game.pid.to_string();
     let mut wait = Drainwatch::attach(&[
         "wait",
@@ -153,11 +173,21 @@ fn check_cut(report: &Value, half: i64) {
 
 #[test]
 fn kill_9_mid_purchase_is_operation_cut() {
+    kill_9_mid_purchase(&game_ops_bin());
+}
+
+/// On the stripped Go server: the function is found in `.gopclntab` alone.
+#[test]
+fn go_kill_9_mid_purchase_is_operation_cut_stripped_too() {
+    kill_9_mid_purchase(&game_go_stripped_bin());
+}
+
+fn kill_9_mid_purchase(server: &Path) {
     require_root();
     let db = PgServer::start();
     let dir = TempDir::new("ops-kill");
     let report_path = dir.path("report.json");
-    let (mut game, _gateway) = game_under_load(&db, &[]);
+    let (mut game, _gateway) = game_under_load_on(server, &db, &[]);
     let pid = game.pid.to_string();
     let audit = Drainwatch::attach(&[
         "audit",
@@ -207,4 +237,39 @@ fn an_abandoning_sigterm_handler_is_operation_cut_not_stopped_cleanly() {
     let report = read_report(&report_path);
     assert_eq!(report["verdict"], "violations", "{report:#}");
     check_cut(&report, half);
+}
+
+#[test]
+fn go_an_op_that_matches_nothing_exits_2_and_go_names_are_found_stripped() {
+    require_root();
+    let game = GameOps::start_with(&game_go_stripped_bin(), None, 1, 10, &[]);
+    let pid = game.pid.to_string();
+    let done = run_drainwatch(&["wait", "--pid", &pid, "--op", "purchse", "--timeout", "5s"]);
+    assert_eq!(done.code, 2, "{done:?}");
+    let line = done.stderr.lines().last().unwrap_or_default();
+    assert!(line.contains("--op purchse"), "{line}");
+    assert!(
+        line.contains("game_go_stripped"),
+        "names the file searched: {line}"
+    );
+    assert!(
+        line.contains("nearest: main.(*Game).purchase"),
+        "names the nearest: {line}"
+    );
+    // The runtime's name, the method as written, without its pointer, and its last part.
+    for spec in [
+        "main.(*Game).purchase",
+        "(*Game).purchase",
+        "Game.purchase",
+        "purchase",
+    ] {
+        let done = run_drainwatch(&["wait", "--pid", &pid, "--op", spec, "--timeout", "5s"]);
+        assert_eq!(done.code, 0, "--op {spec}: {done:?}");
+        assert!(
+            done.stderr
+                .contains("Go operations begun before attach are not seen"),
+            "the basis says what a Go attach cannot see: {}",
+            done.stderr
+        );
+    }
 }

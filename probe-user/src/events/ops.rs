@@ -46,6 +46,10 @@ pub struct OpsSample {
     /// was first looked at (the operation began before).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub before_attach: Vec<OpThread>,
+    /// Processes whose operations begun before attach cannot be seen at all (Go: a
+    /// goroutine's stack is not a thread's), which the drain basis names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blind_at_attach: Vec<u32>,
 }
 
 /// `OpThread::function` of a thread not yet known to be inside an operation or not.
@@ -62,7 +66,7 @@ pub struct OpCount {
     pub last_edge_ns: u64,
 }
 
-/// A thread inside an operation.
+/// A thread inside an operation (`pid` 0: a goroutine, which no one thread holds).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OpThread {
     pub tgid: u32,

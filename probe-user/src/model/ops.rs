@@ -41,6 +41,8 @@ pub struct OpsTracker {
     /// Threads inside an operation since before attach (or not yet known not to be), of
     /// running processes, at the last read: in flight, though no counter has them.
     before_attach: Vec<OpThread>,
+    /// Running processes whose operations from before attach cannot be seen (Go).
+    blind_at_attach: Vec<u32>,
     exited: BTreeSet<u32>,
     cuts: BTreeMap<(u32, u32), Cut>,
     /// Threads the kernel saw cut (tgid, pid): a thread also listed from before attach made
@@ -60,6 +62,7 @@ impl OpsTracker {
             counts: BTreeMap::new(),
             threads: Vec::new(),
             before_attach: Vec::new(),
+            blind_at_attach: Vec::new(),
             exited: BTreeSet::new(),
             cuts: BTreeMap::new(),
             cut_threads: BTreeSet::new(),
@@ -103,6 +106,12 @@ impl OpsTracker {
             .iter()
             .copied()
             .filter(|t| !self.exited.contains(&t.tgid))
+            .collect();
+        self.blind_at_attach = sample
+            .blind_at_attach
+            .iter()
+            .copied()
+            .filter(|t| !self.exited.contains(t))
             .collect();
         for (function, latencies) in &sample.latency_us {
             for &(us, n) in latencies {
@@ -194,6 +203,7 @@ impl OpsTracker {
         }
         self.threads.retain(|t| t.tgid != tgid);
         self.before_attach.retain(|t| t.tgid != tgid);
+        self.blind_at_attach.retain(|t| *t != tgid);
         out
     }
 
@@ -219,6 +229,11 @@ impl OpsTracker {
             .map(|(_, c)| c.started.saturating_sub(c.ended + c.cut))
             .sum();
         counted + self.before_attach.iter().filter(|t| wanted(t.tgid)).count() as u64
+    }
+
+    /// Running processes whose operations from before attach could not be seen (Go).
+    pub fn blind_at_attach(&self) -> &[u32] {
+        &self.blind_at_attach
     }
 
     /// Threads in flight since before attach (or still being looked at), as last read.
@@ -331,6 +346,7 @@ mod tests {
             threads,
             latency_us: Vec::new(),
             before_attach: Vec::new(),
+            blind_at_attach: Vec::new(),
         }
     }
 

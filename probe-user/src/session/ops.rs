@@ -136,5 +136,6 @@ fn from_read(ktime_ns: u64, read: OpsRead) -> OpsSample {
                 since_ns,
             })
             .collect(),
+        blind_at_attach: read.blind_at_attach,
     }
 }

@@ -110,6 +110,15 @@ pub fn basis(state: &AuditState, settle: Option<Duration>) -> Option<DrainBasis>
             });
         }
     }
+    // A Go target's operations begun before attach (model/ops.rs, kernel/ops/go.rs).
+    for &pid in state.ops().map_or(&[][..], |o| o.blind_at_attach()) {
+        hidden.push(HiddenWork {
+            pid,
+            why: "Go operations begun before attach are not seen (--op follows calls from \
+                  attach on)"
+                .to_string(),
+        });
+    }
     // A client connection unknown at attach that no traffic of its own settled: the verdict
     // rests on the outside evidence that called it idle, or on nothing.
     for unknown in conns.unknown_at_attach() {

@@ -14,9 +14,12 @@
 //! it fired at (`OP_ADDRS`, per process): this works on every kernel with uprobes, where a
 //! BPF cookie needs 5.15.
 //!
-//! Go (no uretprobes on Go stacks) and CPython (its USDT markers) are refused with one line:
-//! not supported yet, never a silent zero.
+//! Go programs are hooked without uretprobes, per goroutine (go.rs). CPython (its USDT
+//! markers) is refused with one line: not supported yet, never a silent zero.
 
+mod go;
+mod gocode;
+mod gopclntab;
 mod stacks;
 mod symbols;
 
@@ -42,7 +45,7 @@ use aya::{
 use probe_common::{
     latency::LatencyHistogram,
     map_names,
-    ops::{OpAddrKey, OpCall, OpCounters, OpStatsKey, MAX_OP_FUNCTIONS},
+    ops::{OpAddrKey, OpCall, OpCounters, OpGoKey, OpStatsKey, MAX_OP_FUNCTIONS},
 };
 
 const ENTRY: &str = "op_entry";
@@ -88,7 +91,7 @@ impl std::fmt::Display for Refusal {
             Refusal::Unsupported { tgid, runtime } => write!(
                 f,
                 "--op on a {runtime} program (pid {tgid}) is not supported yet: drainwatch \
-                 follows the functions of C, C++ and Rust programs; watch it without --op"
+                 follows the functions of C, C++, Rust and Go programs; watch it without --op"
             ),
             Refusal::Failed(why) => write!(f, "--op: {why}"),
         }
@@ -114,6 +117,12 @@ pub struct OpHooks {
     /// Threads inside a hooked function since before it was hooked (stacks.rs), or not yet
     /// known (`None`: running when looked at), with when they were first looked at (ns).
     before_attach: BTreeMap<(u32, u32), (Option<u32>, u64)>,
+    /// The Go programs' entry and RET programs (go.rs), attached per process.
+    go_uprobes: Uprobes,
+    /// Parsed Go executables by file.
+    go_binaries: HashMap<PathBuf, Arc<go::GoBinary>>,
+    /// Go processes hooked: calls running in them before attach are not seen (go.rs).
+    blind: Vec<u32>,
 }
 
 /// What the kernel's operation maps hold now ([`OpHooks::read`]).
@@ -127,6 +136,8 @@ pub struct OpsRead {
     /// Threads inside an operation since before its function was hooked, whose end the
     /// kernel cannot see: (tgid, pid, function or `None` while unknown, first looked at (ns)).
     pub before_attach: Vec<(u32, u32, Option<u32>, u64)>,
+    /// Go processes whose calls from before attach are not seen.
+    pub blind_at_attach: Vec<u32>,
 }
 
 impl Default for OpHooks {
@@ -154,6 +165,9 @@ impl OpHooks {
             latency_seen: Vec::new(),
             ranges: Vec::new(),
             before_attach: BTreeMap::new(),
+            go_uprobes: Uprobes::new("--op Go", [go::GO_ENTRY, go::GO_RETURN]),
+            go_binaries: HashMap::new(),
+            blind: Vec::new(),
         }
     }
 
@@ -170,7 +184,14 @@ impl OpHooks {
     }
 
     pub fn take_links(&mut self) -> Links {
-        self.uprobes.take_links()
+        let mut links = self.uprobes.take_links();
+        links.append(self.go_uprobes.take_links());
+        links
+    }
+
+    /// Go processes whose calls from before their hooks were planted are not seen (go.rs).
+    pub fn blind_at_attach(&self) -> &[u32] {
+        &self.blind
     }
 
     /// Hooks the `--op` functions that `tgid` maps now and were not hooked in it before;
@@ -185,8 +206,10 @@ impl OpHooks {
         let Some(maps) = Maps::read(tgid) else {
             return Ok(Vec::new());
         };
-        if let Some(runtime) = maps.runtime(tgid) {
-            return Err(Refusal::Unsupported { tgid, runtime });
+        match maps.runtime(tgid) {
+            Some("Go") => return self.attach_go(ebpf, tgid, pid, &maps),
+            Some(runtime) => return Err(Refusal::Unsupported { tgid, runtime }),
+            None => {}
         }
         let mut new = Vec::new();
         for (index, spec) in self.specs.clone().iter().enumerate() {
@@ -387,7 +410,7 @@ impl OpHooks {
     /// The counters, the threads inside an operation and the latencies new since the last
     /// read.
     pub fn read(&mut self, ebpf: &Ebpf) -> OpsRead {
-        if self.specs.is_empty() || self.uprobes.attached() == 0 {
+        if self.specs.is_empty() || self.uprobes.attached() + self.go_uprobes.attached() == 0 {
             return OpsRead::default();
         }
         let mut latency_us = Vec::new();
@@ -426,6 +449,7 @@ impl OpHooks {
                 .iter()
                 .map(|((tgid, tid), (function, since))| (*tgid, *tid, *function, *since))
                 .collect(),
+            blind_at_attach: self.blind.clone(),
         }
     }
 
@@ -448,11 +472,23 @@ impl OpHooks {
         let Ok(calls) = BpfHashMap::<&MapData, u64, OpCall>::try_from(map) else {
             return Vec::new();
         };
-        calls
+        let mut out: Vec<(u32, u32, OpCall)> = calls
             .iter()
             .filter_map(|entry| entry.ok())
             .map(|(id, call)| ((id >> 32) as u32, id as u32, call))
-            .collect()
+            .collect();
+        // Goroutines inside an operation: no thread is theirs (pid 0).
+        if let Some(Ok(go)) = ebpf
+            .map(map_names::OP_GO_CALLS)
+            .map(BpfHashMap::<&MapData, OpGoKey, OpCall>::try_from)
+        {
+            out.extend(
+                go.iter()
+                    .filter_map(|entry| entry.ok())
+                    .map(|(key, call)| (key.tgid, 0, call)),
+            );
+        }
+        out
     }
 
     /// Each function's latency histogram totals (the last slot is the max, µs).
@@ -480,6 +516,21 @@ impl OpHooks {
         self.seen.retain(|(t, _)| *t != tgid);
         self.ranges.retain(|r| r.0 != tgid);
         self.before_attach.retain(|(t, _), _| *t != tgid);
+        self.blind.retain(|t| *t != tgid);
+        // Goroutines' entries have no thread exit to take them out.
+        if let Some(Ok(mut map)) = ebpf
+            .map_mut(map_names::OP_GO_CALLS)
+            .map(BpfHashMap::<&mut MapData, OpGoKey, OpCall>::try_from)
+        {
+            let keys: Vec<OpGoKey> = map
+                .keys()
+                .filter_map(|k| k.ok())
+                .filter(|k| k.tgid == tgid)
+                .collect();
+            for key in keys {
+                let _ = map.remove(&key);
+            }
+        }
         if let Some(Ok(mut map)) = ebpf
             .map_mut(map_names::OP_ADDRS)
             .map(BpfHashMap::<&mut MapData, OpAddrKey, u32>::try_from)

@@ -235,6 +235,11 @@ impl Maps {
         })
     }
 
+    /// The executable, as the process maps it.
+    pub fn exe(&self) -> Option<&str> {
+        self.exe.as_deref()
+    }
+
     /// The runtime `--op` does not follow yet, if the process is one: a Go program (its
     /// `.gopclntab`/`.go.buildinfo`), CPython (its interpreter or libpython).
     pub fn runtime(&self, tgid: u32) -> Option<&'static str> {
