@@ -20,6 +20,7 @@ pub mod game_ops;
 pub mod nginx;
 pub mod shop;
 pub mod stacks;
+pub mod tls;
 
 /// How long a test waits for drainwatch to attach or finish before failing. Generous: it
 /// only bounds a failure, and inside the kernel-matrix guests (TCG emulation, see
@@ -409,6 +410,16 @@ impl Drop for TempDir {
 pub fn read_report(path: &str) -> Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {path}: {e}"));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("report {path} is not JSON: {e}\n{text}"))
+}
+
+/// The kinds of a report's violations, in order.
+pub fn kinds(report: &Value) -> Vec<String> {
+    report["violations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["kind"].as_str().unwrap().to_string())
+        .collect()
 }
 
 /// The violations of `kind` in a report.

@@ -5,11 +5,10 @@
 
 use drainwatch_tests::{
     db::{Database, MariaDbServer, PgServer},
-    read_report, require_root,
+    kinds, read_report, require_root,
     shop::{Shop, Stack, PATIENCE},
     violations, Drainwatch, TempDir,
 };
-use serde_json::Value;
 
 fn audit(shop: &Shop, dir: &TempDir) -> (Drainwatch, String) {
     audit_with(shop, dir, &[])
@@ -22,15 +21,6 @@ fn audit_with(shop: &Shop, dir: &TempDir, extra: &[&str]) -> (Drainwatch, String
     args.extend_from_slice(extra);
     let dw = Drainwatch::attach(&args);
     (dw, report)
-}
-
-fn kinds(report: &Value) -> Vec<String> {
-    report["violations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["kind"].as_str().unwrap().to_string())
-        .collect()
 }
 
 /// The "tidy-but-lossy" SIGTERM handler: client closed unanswered, Terminate inside the open

@@ -10,24 +10,11 @@ use std::time::{Duration, Instant};
 
 use drainwatch_tests::{
     db::{Database, PgServer},
-    read_report, require_root,
+    kinds, read_report, require_root,
     shop::{Shop, Stack, PATIENCE},
-    violations, Drainwatch, TempDir, Value,
+    tls::{self, assert_read_in_plaintext, audit, Case},
+    Drainwatch, TempDir, Value,
 };
-
-fn kinds(report: &Value) -> Vec<String> {
-    report["violations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["kind"].as_str().unwrap().to_string())
-        .collect()
-}
-
-fn audit(shop: &Shop, report: &str) -> Drainwatch {
-    let pid = shop.pid.to_string();
-    Drainwatch::attach(&["audit", "--pid", &pid, "--report", report, "-v"])
-}
 
 fn db_for(client: Stack) -> PgServer {
     match client {
@@ -37,123 +24,53 @@ fn db_for(client: Stack) -> PgServer {
     }
 }
 
-/// Nothing about the conversation is unknown: no connection left unverified, and (for TLS)
-/// the library was hooked and named.
-fn assert_read_in_plaintext(client: Stack, report: &Value, stderr: &str) {
-    let unverified = report["coverage"]["unverified"].as_array().unwrap();
-    assert!(unverified.is_empty(), "{report:#}");
-    if !matches!(client, Stack::NodePg) {
-        let libraries = report["coverage"]["tls_libraries"].to_string();
-        assert!(
-            libraries.contains("OpenSSL, read in plaintext"),
-            "{report:#}"
-        );
-        assert!(
-            stderr.contains("drainwatch: TLS: pid"),
-            "-v names it: {stderr}"
-        );
-    }
-}
-
-/// kill -9 mid-transaction: `open_transaction`. Ground truth: the ledger has no row (the
-/// server rolled the transaction back) and the server saw one more close without goodbye.
-fn kill9_mid_transaction(client: Stack) {
+/// The scenario bodies (drainwatch_tests::tls) on `client` against its PostgreSQL.
+fn on(client: Stack, scenario: fn(&Case, &str), op: &str) {
     let db = db_for(client);
-    let unclean_before = db.unclean_closes().unwrap();
-    let mut shop = Shop::start(client, "graceful", &db.url());
-    let dir = TempDir::new("tls-kill9");
-    let report_path = dir.path("report.json");
-    let dw = audit(&shop, &report_path);
-    let answer = shop.request_in_transaction("k9");
-    shop.signal(libc::SIGKILL);
-    shop.wait();
-    let finished = dw.finish();
-    assert_eq!(answer.recv_timeout(PATIENCE).unwrap(), "");
-    assert!(db.ledger_steps("k9").is_empty(), "rolled back");
-    assert_eq!(db.unclean_closes().unwrap(), unclean_before + 1);
-    let report = read_report(&report_path);
-    let kinds = kinds(&report);
-    assert!(
-        kinds.contains(&"open_transaction".to_string()),
-        "{client:?}: {kinds:?}\n{}\n{}",
-        finished.stdout,
-        finished.stderr
-    );
-    assert_eq!(violations(&report, "open_transaction").len(), 1);
-    assert_read_in_plaintext(client, &report, &finished.stderr);
-    assert_eq!(finished.code, 1);
-}
-
-/// SIGTERM mid-request: the server finishes it (COMMIT), says goodbye and exits (psycopg:
-/// close(); node-pg: pool.end() then process.exit(0)). Clean: the Terminate was seen inside
-/// TLS. Ground truth: both ledger rows, no close without goodbye on the server.
-fn graceful_stop(client: Stack) {
-    let db = db_for(client);
-    let unclean_before = db.unclean_closes().unwrap();
-    let mut shop = Shop::start(client, "graceful", &db.url());
-    let dir = TempDir::new("tls-graceful");
-    let report_path = dir.path("report.json");
-    let dw = audit(&shop, &report_path);
-    let answer = shop.request_in_transaction("gr");
-    shop.signal(libc::SIGTERM);
-    shop.open_gate();
-    assert_eq!(answer.recv_timeout(PATIENCE).unwrap(), "done gr\n");
-    assert_eq!(shop.wait().code(), Some(0));
-    let finished = dw.finish();
-    assert_eq!(db.ledger_steps("gr"), ["A", "B"]);
-    assert_eq!(
-        db.unclean_closes().unwrap(),
-        unclean_before,
-        "{}",
-        db.log_tail()
-    );
-    let report = read_report(&report_path);
-    assert_eq!(
-        kinds(&report),
-        Vec::<String>::new(),
-        "{client:?}: {}\n{}",
-        finished.stdout,
-        finished.stderr
-    );
-    assert_eq!(report["verdict"], "clean", "{report:#}");
-    assert_read_in_plaintext(client, &report, &finished.stderr);
-    assert_eq!(finished.code, 0);
+    let case = Case {
+        client,
+        db: &db,
+        // Plaintext node-pg has no library to hook.
+        tls: !matches!(client, Stack::NodePg),
+        protocol: None,
+    };
+    scenario(&case, op);
 }
 
 #[test]
 fn psycopg_tls_kill9_mid_transaction_is_open_transaction() {
     require_root();
-    kill9_mid_transaction(Stack::Psycopg);
+    on(Stack::Psycopg, tls::kill9_mid_transaction, "k9");
 }
 
 #[test]
 fn psycopg_tls_graceful_stop_is_clean() {
     require_root();
-    graceful_stop(Stack::Psycopg);
+    on(Stack::Psycopg, tls::graceful_stop, "gr");
 }
 
 #[test]
 fn node_pg_tls_kill9_mid_transaction_is_open_transaction() {
     require_root();
-    kill9_mid_transaction(Stack::NodePgTls);
+    on(Stack::NodePgTls, tls::kill9_mid_transaction, "k9");
 }
 
 #[test]
 fn node_pg_tls_pool_end_then_exit_is_clean() {
     require_root();
-    graceful_stop(Stack::NodePgTls);
+    on(Stack::NodePgTls, tls::graceful_stop, "gr");
 }
 
 #[test]
 fn node_pg_plaintext_kill9_mid_transaction_is_open_transaction() {
     require_root();
-    kill9_mid_transaction(Stack::NodePg);
+    on(Stack::NodePg, tls::kill9_mid_transaction, "k9");
 }
 
 #[test]
 fn node_pg_plaintext_pool_end_then_exit_is_clean() {
     require_root();
-    graceful_stop(Stack::NodePg);
+    on(Stack::NodePg, tls::graceful_stop, "gr");
 }
 
 /// psycopg launched under audit: libssl is loaded by the import of psycopg, after the
@@ -243,7 +160,7 @@ fn asyncpg_tls_exit_mid_transaction_is_open_transaction() {
     let mut shop = Shop::start(Stack::Asyncpg, "asyncpg-exit", &db.url());
     let dir = TempDir::new("tls-asyncpg");
     let report_path = dir.path("report.json");
-    let dw = audit(&shop, &report_path);
+    let dw = audit(shop.pid, &report_path);
     let _answer = shop.request_in_transaction("ap");
     shop.signal(libc::SIGTERM);
     shop.wait();
@@ -257,5 +174,5 @@ fn asyncpg_tls_exit_mid_transaction_is_open_transaction() {
         finished.stdout,
         finished.stderr
     );
-    assert_read_in_plaintext(Stack::Psycopg, &report, &finished.stderr);
+    assert_read_in_plaintext(&report, &finished.stderr, true);
 }

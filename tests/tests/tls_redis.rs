@@ -15,9 +15,10 @@ use std::{
 
 use drainwatch_tests::{
     db::{Database, RedisServer},
-    read_report, require_root,
+    kinds, read_report, require_root,
     shop::PATIENCE,
-    violations, Drainwatch, TempDir, Value,
+    tls::{assert_read_in_plaintext, audit},
+    violations, TempDir,
 };
 
 const REDIS_CLI: &str = "/usr/bin/redis-cli";
@@ -77,10 +78,6 @@ impl RedisCli {
             .unwrap_or_else(|e| panic!("redis-cli: no reply to {command}: {e}"));
         assert_eq!(got, reply, "redis-cli: reply to {command}");
     }
-
-    fn pid(&self) -> String {
-        self.child.id().to_string()
-    }
 }
 
 impl Drop for RedisCli {
@@ -88,35 +85,6 @@ impl Drop for RedisCli {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn audit(cli: &RedisCli, report: &str) -> Drainwatch {
-    Drainwatch::attach(&["audit", "--pid", &cli.pid(), "--report", report, "-v"])
-}
-
-fn kinds(report: &Value) -> Vec<String> {
-    report["violations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["kind"].as_str().unwrap().to_string())
-        .collect()
-}
-
-/// Nothing about the conversation is unknown: no connection left unverified, the library
-/// hooked and named (in the report and at -v).
-fn assert_read_in_plaintext(report: &Value, stderr: &str) {
-    let unverified = report["coverage"]["unverified"].as_array().unwrap();
-    assert!(unverified.is_empty(), "{report:#}");
-    let libraries = report["coverage"]["tls_libraries"].to_string();
-    assert!(
-        libraries.contains("OpenSSL, read in plaintext"),
-        "{report:#}"
-    );
-    assert!(
-        stderr.contains("drainwatch: TLS: pid"),
-        "-v names it: {stderr}"
-    );
 }
 
 /// kill -9 between MULTI and EXEC: `open_transaction` (protocol redis) and the connection
@@ -128,7 +96,7 @@ fn redis_cli_tls_kill9_inside_multi_is_open_transaction() {
     let dir = TempDir::new("tls-redis-kill9");
     let report_path = dir.path("report.json");
     let mut cli = RedisCli::start(&db);
-    let dw = audit(&cli, &report_path);
+    let dw = audit(cli.child.id(), &report_path);
     cli.command("MULTI", "OK");
     cli.command("RPUSH ledger:rk9 A", "QUEUED");
     // SAFETY: kill(2) on the redis-cli this test started.
@@ -154,7 +122,7 @@ fn redis_cli_tls_kill9_inside_multi_is_open_transaction() {
     let leaks = violations(&report, "leaked_db_connection");
     assert_eq!(leaks.len(), 1, "no QUIT was sent: {report:#}");
     assert_eq!(leaks[0]["closed_by"], "exit", "{report:#}");
-    assert_read_in_plaintext(&report, &finished.stderr);
+    assert_read_in_plaintext(&report, &finished.stderr, true);
     assert_eq!(finished.code, 1);
 }
 
@@ -171,7 +139,7 @@ fn redis_cli_tls_exec_then_exit_ends_the_transaction() {
     let dir = TempDir::new("tls-redis-exec");
     let report_path = dir.path("report.json");
     let mut cli = RedisCli::start(&db);
-    let dw = audit(&cli, &report_path);
+    let dw = audit(cli.child.id(), &report_path);
     cli.command("MULTI", "OK");
     cli.command("RPUSH ledger:rx A", "QUEUED");
     cli.command("RPUSH ledger:rx B", "QUEUED");
@@ -195,6 +163,6 @@ fn redis_cli_tls_exec_then_exit_ends_the_transaction() {
         report["db_queries"]["count"], 4,
         "MULTI, 2 RPUSH, EXEC: {report:#}"
     );
-    assert_read_in_plaintext(&report, &finished.stderr);
+    assert_read_in_plaintext(&report, &finished.stderr, true);
     assert_eq!(finished.code, 0);
 }
