@@ -72,6 +72,16 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "golang-github-lib-pq-dev",
     "default-jdk-headless",
     "libpostgresql-jdbc-java",
+    // The MySQL/MariaDB and Redis stacks of issue #23 (tests/tests/db_stacks_matrix.rs):
+    // Go database/sql on go-sql-driver/mysql and go-redis v5 (GOPATH sources), HikariCP on
+    // MariaDB Connector/J (slf4j-nop keeps HikariCP's logging quiet), mysqlclient
+    // (MySQLdb on libmariadb, for the system python3).
+    "golang-github-go-sql-driver-mysql-dev",
+    "golang-gopkg-redis.v5-dev",
+    "libhikaricp-java",
+    "libmariadb-java",
+    "libslf4j-java",
+    "python3-mysqldb",
 ];
 
 /// Python database clients of the test fixtures, pinned, installed from PyPI into
@@ -85,10 +95,10 @@ const PYTHON_CLIENTS: &[&str] = &[
     "ansible-core==2.19.14",
 ];
 
-/// node-pg for the node fixture (tests/fixtures/node_shop.js), pinned, installed from npm
-/// into target/nodeenv (node 20 and npm come with the machine image; Debian's node-pg is
-/// older).
-const NODE_CLIENTS: &[&str] = &["pg@8.23.1"];
+/// node-pg and node mysql2 for the node fixture (tests/fixtures/node_shop.js), pinned,
+/// installed from npm into target/nodeenv (node 20 and npm come with the machine image;
+/// Debian's node-pg is older, and it has no mysql2).
+const NODE_CLIENTS: &[&str] = &["pg@8.23.1", "mysql2@3.26.1"];
 
 /// Where aya looks for tracepoint ids; either one is enough.
 const TRACEFS_EVENTS: &[&str] = &[
@@ -374,13 +384,19 @@ pub fn node_env() -> PathBuf {
 
 fn ensure_node_clients() -> Result<()> {
     let env = node_env();
-    let check = "console.log(require(process.argv[1] + '/node_modules/pg/package.json').version)";
-    let probe = || exec::probe(Command::new("node").args(["-e", check]).arg(&env));
-    let wanted = NODE_CLIENTS[0].rsplit('@').next().unwrap_or_default();
-    if let Some(version) = probe().filter(|v| v.trim() == wanted) {
+    // Every pin must be what is installed (a nodeenv from before a pin was added gets it).
+    let installed = |pin: &str| -> Option<String> {
+        let (name, wanted) = pin.rsplit_once('@')?;
+        let check = format!(
+            "console.log(require(process.argv[1] + '/node_modules/{name}/package.json').version)"
+        );
+        let version = exec::probe(Command::new("node").args(["-e", &check]).arg(&env))?;
+        (version.trim() == wanted).then(|| pin.to_string())
+    };
+    if NODE_CLIENTS.iter().all(|pin| installed(pin).is_some()) {
         say(
             "node clients",
-            format_args!("present (pg {})", version.trim()),
+            format_args!("present ({})", NODE_CLIENTS.join(", ")),
         );
         return Ok(());
     }
@@ -396,10 +412,10 @@ fn ensure_node_clients() -> Result<()> {
             .args(NODE_CLIENTS)
             .stdin(Stdio::null()),
     )
-    .context("installing node-pg from npm (needs node and npm on PATH)")?;
-    if probe().is_none() {
+    .context("installing the node clients from npm (needs node and npm on PATH)")?;
+    if let Some(pin) = NODE_CLIENTS.iter().find(|pin| installed(pin).is_none()) {
         bail!(
-            "npm installed pg into {} but node cannot load it",
+            "npm installed {pin} into {} but node cannot load it",
             env.display()
         );
     }
