@@ -1,7 +1,8 @@
 //! The small database-backed "shop" servers of the fixtures, one per real client stack:
-//! tests/fixtures/pg_shop.py (psycopg 3 / libpq and asyncpg, from target/pyenv),
-//! tests/fixtures/node_shop.js (node-pg, from target/nodeenv), and the Go (lib/pq) and Java
-//! (JDBC) shops of [`crate::stacks`]. All speak one line protocol (pg_shop.py's docstring),
+//! tests/fixtures/pg_shop.py (psycopg 3 / libpq and asyncpg, from target/pyenv; mysqlclient
+//! on the system python3), tests/fixtures/node_shop.js (node-pg and node mysql2, from
+//! target/nodeenv), and the Go (lib/pq, go-sql-driver/mysql, go-redis) and Java (JDBC,
+//! HikariCP + MariaDB Connector/J) shops of [`crate::stacks`]. All speak one line protocol (pg_shop.py's docstring),
 //! so a test drives each stack the same way: `ready pid=.. port=..` on stdout, `op NAME` ->
 //! `txn NAME` on stdout once the transaction is open on the server -> `done NAME` to the
 //! client once the file `gate` exists in the shop's directory.
@@ -17,9 +18,9 @@ use std::{
 };
 
 use crate::{
-    db::PgServer,
+    db::Database,
     drainwatch_bin,
-    stacks::{go_shop, java_classes, JDBC_JAR},
+    stacks::{go_shop, java_classpath},
     TempDir,
 };
 
@@ -83,6 +84,18 @@ pub enum Stack {
     GoPq,
     /// Java, PostgreSQL JDBC: modes graceful, exit.
     Jdbc,
+    /// Go, database/sql + go-sql-driver/mysql: modes graceful, exit, rollback.
+    GoMysql,
+    /// Go, go-redis v5 (optimistic transactions: WATCH, then MULTI..EXEC in one write):
+    /// modes graceful, exit, rollback.
+    GoRedis,
+    /// Java, a HikariCP pool on MariaDB Connector/J: modes graceful, exit.
+    Hikari,
+    /// Python, mysqlclient (MySQLdb on libmariadb, standing for C/C++ servers): modes of
+    /// psycopg's but write-behind.
+    Mysqlclient,
+    /// node, mysql2's promise pool: modes graceful, exit.
+    NodeMysql2,
 }
 
 impl Stack {
@@ -94,6 +107,19 @@ impl Stack {
             Stack::NodePgTls => "node-pg/tls",
             Stack::GoPq => "go-lib/pq",
             Stack::Jdbc => "jdbc",
+            Stack::GoMysql => "go-sql-driver/mysql",
+            Stack::GoRedis => "go-redis",
+            Stack::Hikari => "hikaricp/connector-j",
+            Stack::Mysqlclient => "mysqlclient",
+            Stack::NodeMysql2 => "node-mysql2",
+        }
+    }
+
+    /// The shop mode for `ending` ("graceful", "exit", ...): asyncpg's have its prefix.
+    pub fn mode(self, ending: &str) -> String {
+        match self {
+            Stack::Asyncpg => format!("asyncpg-{ending}"),
+            _ => ending.to_string(),
         }
     }
 
@@ -101,20 +127,24 @@ impl Stack {
     /// stack's users write to get it: libpq's default sslmode=prefer does it on its own
     /// against a server with ssl=on; node-pg by its own variant; lib/pq sslmode=require;
     /// JDBC sslmode=require without certificate checks) or without.
-    pub fn dsn(self, db: &PgServer, tls: bool) -> String {
-        use crate::db::Database;
+    pub fn dsn(self, db: &dyn Database, tls: bool) -> String {
+        let url = db.url();
         let port = db.port();
+        let name = url.rsplit('/').next().unwrap_or_default();
         match (self, tls) {
-            (Stack::Psycopg | Stack::Asyncpg | Stack::NodePg | Stack::NodePgTls, _) => db.url(),
+            (Stack::Psycopg | Stack::Asyncpg | Stack::NodePg | Stack::NodePgTls, _) => url,
+            (Stack::GoMysql | Stack::NodeMysql2 | Stack::GoRedis, _) => url,
+            (Stack::Mysqlclient, _) => url.replacen("mysql://", "mysqlclient://", 1),
+            (Stack::Hikari, _) => format!("jdbc:mariadb://127.0.0.1:{port}/{name}?user=root"),
             (Stack::GoPq, tls) => format!(
-                "postgres://postgres@127.0.0.1:{port}/postgres?sslmode={}",
+                "postgres://postgres@127.0.0.1:{port}/{name}?sslmode={}",
                 if tls { "require" } else { "disable" }
             ),
             (Stack::Jdbc, false) => {
-                format!("jdbc:postgresql://127.0.0.1:{port}/postgres?user=postgres&sslmode=disable")
+                format!("jdbc:postgresql://127.0.0.1:{port}/{name}?user=postgres&sslmode=disable")
             }
             (Stack::Jdbc, true) => format!(
-                "jdbc:postgresql://127.0.0.1:{port}/postgres?user=postgres&sslmode=require\
+                "jdbc:postgresql://127.0.0.1:{port}/{name}?user=postgres&sslmode=require\
                  &sslfactory=org.postgresql.ssl.NonValidatingFactory"
             ),
         }
@@ -128,15 +158,36 @@ impl Stack {
                 cmd.arg(PG_SHOP);
                 cmd
             }
+            Stack::Mysqlclient => {
+                assert!(
+                    std::path::Path::new("/usr/lib/python3/dist-packages/MySQLdb").is_dir(),
+                    "no MySQLdb for /usr/bin/python3: the Debian package python3-mysqldb is \
+                     missing; `cargo xtask setup` installs it"
+                );
+                let mut cmd = Command::new("/usr/bin/python3");
+                cmd.arg(PG_SHOP);
+                cmd
+            }
+            Stack::NodeMysql2 => {
+                let modules = node_modules();
+                assert!(
+                    modules.join("mysql2").is_dir(),
+                    "no mysql2 in {}: run `cargo xtask setup`",
+                    modules.display()
+                );
+                let mut cmd = Command::new("node");
+                cmd.arg(NODE_SHOP).env("DW_NODE_MODULES", modules);
+                cmd
+            }
             Stack::NodePg | Stack::NodePgTls => {
                 let mut cmd = Command::new("node");
                 cmd.arg(NODE_SHOP).env("DW_NODE_MODULES", node_modules());
                 cmd
             }
-            Stack::GoPq => Command::new(go_shop()),
-            Stack::Jdbc => {
+            Stack::GoPq | Stack::GoMysql | Stack::GoRedis => Command::new(go_shop()),
+            Stack::Jdbc | Stack::Hikari => {
                 let mut cmd = Command::new("java");
-                let classpath = format!("{}:{JDBC_JAR}", java_classes().display());
+                let classpath = java_classpath();
                 // Small heap, one GC thread: the machine is shared and the shop is tiny.
                 cmd.args(["-Xmx64m", "-XX:+UseSerialGC", "-cp", &classpath, "Shop"]);
                 cmd

@@ -1,8 +1,10 @@
-//! The Go and Java shops (tests/fixtures/stacks/shop.go on Go's lib/pq,
-//! tests/fixtures/stacks/Shop.java on the PostgreSQL JDBC driver), built here from Debian's
-//! packages (golang-go + golang-github-lib-pq-dev, default-jdk-headless +
-//! libpostgresql-jdbc-java; `cargo xtask setup` installs them) into target/stacks/, once per
-//! test process. [`crate::shop`] runs them like every other shop.
+//! The Go and Java shops (tests/fixtures/stacks/shop.go on Go's lib/pq, go-sql-driver/mysql
+//! and go-redis v5; tests/fixtures/stacks/Shop.java on the PostgreSQL JDBC driver, and on
+//! HikariCP + MariaDB Connector/J), built here from Debian's packages (golang-go,
+//! golang-github-lib-pq-dev, golang-github-go-sql-driver-mysql-dev,
+//! golang-gopkg-redis.v5-dev; default-jdk-headless, libpostgresql-jdbc-java,
+//! libhikaricp-java, libmariadb-java, libslf4j-java; `cargo xtask setup` installs them) into
+//! target/stacks/, once per test process. [`crate::shop`] runs them like every other shop.
 
 use std::{
     path::{Path, PathBuf},
@@ -14,6 +16,15 @@ const GO_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/stacks/sh
 const JAVA_SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/stacks/Shop.java");
 /// Debian's libpostgresql-jdbc-java.
 pub const JDBC_JAR: &str = "/usr/share/java/postgresql.jar";
+/// The jars Shop.java runs with, and their packages: the JDBC drivers, HikariCP, and the
+/// slf4j it logs through (the no-op binding: its pool log is not the test's business).
+const JARS: &[(&str, &str)] = &[
+    (JDBC_JAR, "libpostgresql-jdbc-java"),
+    ("/usr/share/java/HikariCP.jar", "libhikaricp-java"),
+    ("/usr/share/java/mariadb-java-client.jar", "libmariadb-java"),
+    ("/usr/share/java/slf4j-api.jar", "libslf4j-java"),
+    ("/usr/share/java/slf4j-nop.jar", "libslf4j-java"),
+];
 /// Where Debian's golang-*-dev packages put Go sources (a GOPATH).
 const GOPATH: &str = "/usr/share/gocode";
 
@@ -44,17 +55,23 @@ fn run_build(what: &str, cmd: &mut Command) {
     );
 }
 
-/// target/stacks/go-shop, built from shop.go against Debian's lib/pq (GOPATH mode: the
-/// packages ship sources, not modules).
+/// target/stacks/go-shop, built from shop.go against Debian's Go client libraries (GOPATH
+/// mode: the packages ship sources, not modules).
 pub fn go_shop() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
             require("/usr/bin/go", "golang-go");
-            require(
-                "/usr/share/gocode/src/github.com/lib/pq",
-                "golang-github-lib-pq-dev",
-            );
+            for (source, package) in [
+                ("github.com/lib/pq", "golang-github-lib-pq-dev"),
+                (
+                    "github.com/go-sql-driver/mysql",
+                    "golang-github-go-sql-driver-mysql-dev",
+                ),
+                ("gopkg.in/redis.v5", "golang-gopkg-redis.v5-dev"),
+            ] {
+                require(&format!("{GOPATH}/src/{source}"), package);
+            }
             let dir = stacks_dir();
             let out = dir.join("go-shop");
             // Built under a name of this process's own, then renamed: test processes
@@ -77,13 +94,26 @@ pub fn go_shop() -> PathBuf {
         .clone()
 }
 
-/// target/stacks/java/ holding Shop.class, compiled against Debian's JDBC driver.
-pub fn java_classes() -> PathBuf {
+/// The class path that runs Shop: its classes and [`JARS`].
+pub fn java_classpath() -> String {
+    let mut path = java_classes().display().to_string();
+    for (jar, _) in JARS {
+        path.push(':');
+        path.push_str(jar);
+    }
+    path
+}
+
+/// target/stacks/java/ holding Shop.class, compiled against Debian's JDBC driver and
+/// HikariCP.
+fn java_classes() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
             require("/usr/bin/javac", "default-jdk-headless");
-            require(JDBC_JAR, "libpostgresql-jdbc-java");
+            for (jar, package) in JARS {
+                require(jar, package);
+            }
             let dir = stacks_dir();
             let tmp = dir.join(format!("java.{}", std::process::id()));
             run_build(
@@ -92,7 +122,7 @@ pub fn java_classes() -> PathBuf {
                     .arg("-nowarn")
                     .arg("-d")
                     .arg(&tmp)
-                    .args(["-cp", JDBC_JAR])
+                    .args(["-cp", &format!("{JDBC_JAR}:/usr/share/java/HikariCP.jar")])
                     .arg(JAVA_SOURCE),
             );
             let out = dir.join("java");

@@ -19,8 +19,9 @@ use drainwatch_tests::{
 fn db_for(client: Stack) -> PgServer {
     match client {
         Stack::NodePgTls | Stack::Psycopg | Stack::Asyncpg => PgServer::start_tls(),
-        // Plaintext node-pg, and the stacks whose TLS drainwatch cannot read (db_stacks.rs).
-        Stack::NodePg | Stack::GoPq | Stack::Jdbc => PgServer::start(),
+        // Plaintext node-pg, the stacks whose TLS drainwatch cannot read (db_stacks.rs), and
+        // those that are not PostgreSQL's (db_stacks_matrix.rs).
+        _ => PgServer::start(),
     }
 }
 

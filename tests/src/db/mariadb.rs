@@ -20,9 +20,9 @@ pub struct MariaDbServer {
     port: u16,
     /// Started with a certificate (`start_tls`): `url()` asks clients for TLS.
     tls: bool,
-    log: PathBuf,
-    _daemon: Daemon,
-    _dir: TempDir,
+    pub(super) log: PathBuf,
+    pub(super) _daemon: Daemon,
+    pub(super) _dir: TempDir,
 }
 
 const MARIADBD: &str = "/usr/sbin/mariadbd";
@@ -40,7 +40,13 @@ const MARIADB_SMALL: &[&str] = &[
 
 impl MariaDbServer {
     pub fn start() -> Self {
-        Self::start_with(false)
+        Self::start_with(false, false)
+    }
+
+    /// With name resolution on (MariaDB's default, which the other starts turn off):
+    /// PROCESSLIST then shows TCP clients as `localhost:PORT`, as on most production hosts.
+    pub fn start_resolving_names() -> Self {
+        Self::start_with(false, true)
     }
 
     /// With a self-signed certificate (`--ssl-cert/--ssl-key/--ssl-ca`): clients may speak
@@ -48,10 +54,10 @@ impl MariaDbServer {
     /// CLIENT_SSL, https://mariadb.com/kb/en/connection/#sslrequest-packet); TLS is not
     /// required, so the harness's own ground-truth connections stay plaintext.
     pub fn start_tls() -> Self {
-        Self::start_with(true)
+        Self::start_with(true, false)
     }
 
-    fn start_with(tls: bool) -> Self {
+    fn start_with(tls: bool, resolve_names: bool) -> Self {
         require_binary(Path::new(MARIADBD), "mariadb-server");
         require_binary(Path::new(MARIADB_INSTALL_DB), "mariadb-server");
         let dir = TempDir::new("mariadb");
@@ -105,7 +111,12 @@ impl MariaDbServer {
                 .arg(format!("--pid-file={}", dir.0.join("pid").display()))
                 .arg(format!("--log-error={}", log.display()))
                 .arg(format!("--port={port}"))
-                .args(["--bind-address=127.0.0.1", "--skip-name-resolve"])
+                .arg("--bind-address=127.0.0.1")
+                .args((!resolve_names).then_some("--skip-name-resolve"))
+                // "Aborted connection ... to db: 'NAME'" for each client gone without
+                // COM_QUIT (logged above log_warnings 3): db/shared.rs counts them per
+                // database.
+                .arg("--log-warnings=4")
                 .args(user)
                 .args(MARIADB_SMALL)
                 .args(&ssl)

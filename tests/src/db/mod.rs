@@ -24,10 +24,12 @@ use crate::wait_with_deadline;
 mod mariadb;
 mod pg;
 mod redis_server;
+mod shared;
 
 pub use mariadb::MariaDbServer;
 pub use pg::PgServer;
 pub use redis_server::RedisServer;
+pub use shared::{shared_mariadb, shared_postgres, shared_redis, MyDatabase, PgDatabase};
 
 /// How long a database may take to start (initdb and mariadb-install-db are the slow parts:
 /// about a second each on this machine, several on a loaded CI host).
@@ -65,6 +67,28 @@ pub trait Database {
     fn unclean_closes(&self) -> Option<u64>;
     /// The end of the server's log, for failure messages.
     fn log_tail(&self) -> String;
+}
+
+/// A shared server (db/shared.rs) is a `&'static` one.
+impl<T: Database + ?Sized> Database for &T {
+    fn kind(&self) -> DbKind {
+        (**self).kind()
+    }
+    fn port(&self) -> u16 {
+        (**self).port()
+    }
+    fn url(&self) -> String {
+        (**self).url()
+    }
+    fn ledger_steps(&self, op: &str) -> Vec<String> {
+        (**self).ledger_steps(op)
+    }
+    fn unclean_closes(&self) -> Option<u64> {
+        (**self).unclean_closes()
+    }
+    fn log_tail(&self) -> String {
+        (**self).log_tail()
+    }
 }
 
 /// A loopback port that was free a moment ago. Another process may take it before the
@@ -192,6 +216,33 @@ impl Daemon {
             }
             thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+impl Daemon {
+    /// For a server kept in a `static` (never dropped): a watcher process stops it with
+    /// `stop_signal` and removes `dir` once this test process has exited, whatever way: it
+    /// reads its stdin, a pipe whose only writer is this process (std's pipes are
+    /// close-on-exec, so no child inherits it), until the kernel closes it at our exit.
+    fn stop_at_exit(&self, dir: &Path) {
+        let script = "read _; kill -s \"$1\" \"$2\"; \
+                      while kill -0 \"$2\" 2>/dev/null; do sleep 0.1; done; rm -rf \"$3\"";
+        let signal = match self.stop_signal {
+            libc::SIGINT => "INT",
+            _ => "TERM",
+        };
+        // Never waited for: it outlives this process by design (its parent is then init).
+        #[allow(clippy::zombie_processes)]
+        let mut watcher = Command::new("/bin/sh")
+            .args(["-c", script, "sh", signal, &self.child.id().to_string()])
+            .arg(dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start the watcher of {}: {e}", self.name));
+        // Kept open until exit, on purpose.
+        std::mem::forget(watcher.stdin.take());
     }
 }
 

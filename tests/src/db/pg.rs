@@ -21,10 +21,10 @@ use crate::TempDir;
 /// (created by the postgresql-common package), and the temp dir is handed to that user.
 pub struct PgServer {
     port: u16,
-    log: PathBuf,
-    _daemon: Daemon,
+    pub(super) log: PathBuf,
+    pub(super) _daemon: Daemon,
     // Last: removed after the server has stopped.
-    _dir: TempDir,
+    pub(super) _dir: TempDir,
 }
 
 /// The newest installed PostgreSQL's bin directory.
@@ -144,6 +144,9 @@ impl PgServer {
                 // A backend logs "unexpected EOF on client connection" (a close without
                 // Terminate) only at DEBUG1: unclean_closes() counts those lines.
                 .args(["-c", "log_min_messages=debug1"])
+                // Each session's lines name its database (db/shared.rs reads a shared
+                // server's log per database); "[pid]" stays where unclean_closes reads it.
+                .args(["-c", "log_line_prefix=%m [%p] %q%d "])
                 .args(["-c", if tls { "ssl=on" } else { "ssl=off" }]);
             if !titles {
                 // Only when asked: a -c on the command line would override ALTER SYSTEM.

@@ -15,8 +15,8 @@ pub struct RedisServer {
     /// `start_tls`: the TLS port beside the plaintext one.
     tls_port: Option<u16>,
     log: PathBuf,
-    _daemon: Daemon,
-    _dir: TempDir,
+    pub(super) _daemon: Daemon,
+    pub(super) _dir: TempDir,
 }
 
 const REDIS_SERVER: &str = "/usr/bin/redis-server";
