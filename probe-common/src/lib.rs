@@ -222,7 +222,8 @@ pub struct ConnKey {
 pub struct ConnState {
     pub role: u8,
     pub proto: u8,
-    /// Client connections: a request is in flight (bytes received since the server last sent).
+    /// Client connections: a request is in flight (bytes received since the server last
+    /// sent). Upstream connections: a call is in flight (sent since it last received).
     pub request_in_flight: u8,
     /// Sends/recvs left to look at for a database handshake (upstream connections).
     pub sniff_left: u8,
@@ -237,9 +238,11 @@ pub struct ConnState {
     pub primary: u32,
     /// Client connections: when the target last sent on it, in [`PUSH_TIME_SHIFT`] units of
     /// `bpf_ktime_get_ns` (wrapping; 0 = no send seen yet), for telling a push from the
-    /// continuation of an answer (`CONN_PUSH`).
+    /// continuation of an answer (`CONN_PUSH`); upstream connections: the same, for telling
+    /// a one-way stream (`CONN_ONE_WAY`).
     pub last_send: u32,
-    /// When the request in flight started (`bpf_ktime_get_ns`).
+    /// When the request (or upstream call) in flight started (`bpf_ktime_get_ns`; 0 when
+    /// it was in flight at attach).
     pub request_since_ns: u64,
 }
 
@@ -286,6 +289,15 @@ pub const PUSH_TIME_SHIFT: u32 = 20;
 /// headers then body, a large reply in chunks) writes them back to back; a push comes on
 /// its own clock (a game's tick is 16-100 ms).
 pub const PUSH_GAP: u32 = 10;
+/// `ConnState::flags`: an upstream connection that has answered: bytes received on it
+/// since it opened (or, for one found at attach, `tcp_info` counted data received in its
+/// life). A call on it is request/response by evidence (docs/design.md, "upstream call in
+/// flight").
+pub const CONN_ANSWERED: u8 = 0x10;
+/// `ConnState::flags`: an upstream connection that never answered and on which the target
+/// sent again, at least [`PUSH_GAP`] later, while its first call was still unanswered: a
+/// one-way stream (a log shipper, a metrics socket), whose sends are no calls.
+pub const CONN_ONE_WAY: u8 = 0x20;
 /// `ConnState::flags`: the conversation is read in plaintext through the TLS library hooks
 /// (probe-ebpf/src/sockets/tls.rs); its socket bytes are ciphertext and not parsed. (High
 /// bits, clear of the low ones other features take.)
@@ -624,6 +636,50 @@ pub struct RequestCounters {
     /// ktime (ns) of the last bytes received on one of its client connections: the drain
     /// tail counts from the last client input (docs/design.md, "drain tail").
     pub last_input_ns: u64,
+    /// Upstream calls of this process (docs/design.md, "upstream call in flight"), in the
+    /// same order and with the same meaning as the request counters above.
+    pub calls: CallCounters,
+}
+
+/// Upstream calls counted in the kernel, per target process: in flight = `started - ended`,
+/// plus the calls userspace found in flight at attach minus `existing_ended`. A *first*
+/// call is one made on a connection that has not answered yet (no `CONN_ANSWERED`): it may
+/// be the first of a request/response conversation or a one-way stream's first send, which
+/// only its reply (or the next send) tells; userspace holds the drain for it a bounded time
+/// (`first_last_start_ns`). `ended` fields come first, as in [`RequestCounters`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CallCounters {
+    pub ended: u64,
+    pub started: u64,
+    pub existing_ended: u64,
+    /// ktime (ns) of the latest start or end.
+    pub last_edge_ns: u64,
+    /// Of `started`/`ended`, the first calls.
+    pub first_ended: u64,
+    pub first_started: u64,
+    /// ktime (ns) of the latest first call's start.
+    pub first_last_start_ns: u64,
+    /// Upstream connections of this process that became one-way (`CONN_ONE_WAY`), once each.
+    pub one_way: u64,
+    /// Of `existing_ended`, calls on connections that had not answered (first calls).
+    pub first_existing_ended: u64,
+}
+
+impl CallCounters {
+    pub const fn zeroed() -> Self {
+        Self {
+            ended: 0,
+            started: 0,
+            existing_ended: 0,
+            last_edge_ns: 0,
+            first_ended: 0,
+            first_started: 0,
+            first_last_start_ns: 0,
+            one_way: 0,
+            first_existing_ended: 0,
+        }
+    }
 }
 
 impl RequestCounters {
@@ -635,6 +691,7 @@ impl RequestCounters {
             last_edge_ns: 0,
             pushed: 0,
             last_input_ns: 0,
+            calls: CallCounters::zeroed(),
         }
     }
 }
@@ -651,14 +708,15 @@ const _: () = assert!(core::mem::size_of::<ForkEvent>() == 16 + 16 + COMM_LEN);
 const _: () = assert!(core::mem::size_of::<ExecEvent>() == 16 + 8 + COMM_LEN);
 const _: () = assert!(core::mem::size_of::<ExitEvent>() == 16 + 16 + COMM_LEN);
 const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 64 + 56);
-const _: () = assert!(core::mem::size_of::<TargetInfo>() == 8 + 48);
+const _: () = assert!(core::mem::size_of::<TargetInfo>() == 8 + 48 + 72);
 const _: () = assert!(core::mem::size_of::<ConnKey>() == 8);
 const _: () = assert!(core::mem::size_of::<ConnState>() == 24);
 const _: () = assert!(core::mem::size_of::<SockAddr>() == 20);
 const _: () = assert!(core::mem::size_of::<Pending>() == 48);
 const _: () = assert!(core::mem::size_of::<ConnOpenEvent>() == 16 + 16 + 20 + 4);
 const _: () = assert!(core::mem::size_of::<ConnCloseEvent>() == 16 + 24);
-const _: () = assert!(core::mem::size_of::<RequestCounters>() == 48);
+const _: () = assert!(core::mem::size_of::<RequestCounters>() == 48 + 72);
+const _: () = assert!(core::mem::size_of::<CallCounters>() == 72);
 const _: () =
     assert!(core::mem::size_of::<latency::LatencyHistogram>() == 8 * latency::LATENCY_SLOTS);
 const _: () = assert!(core::mem::size_of::<DbIoEvent>() == 16 + 24 + HEAD_BYTES + TAIL_BYTES);

@@ -122,7 +122,7 @@ fn a_server_that_pushes_ticks_is_named_push_style_and_the_basis_says_so() {
     let basis = &report["drain"]["basis"];
     assert_eq!(
         basis["observed"],
-        serde_json::json!(["requests", "queries", "transactions"]),
+        serde_json::json!(["requests", "queries", "transactions", "upstream_calls"]),
         "{report:#}"
     );
     let hidden = basis["could_hide_work"].as_array().expect("a list");

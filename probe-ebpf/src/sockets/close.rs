@@ -2,9 +2,9 @@
 //! unanswered request on it ends there).
 
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
-use probe_common::{ConnCloseEvent, ConnKey, ConnState, EventKind, CONN_PUSH};
+use probe_common::{ConnCloseEvent, ConnKey, ConnState, EventKind, CONN_PUSH, ROLE_UPSTREAM};
 
-use super::{conns::CONNS, requests::end_request, syscall::arg};
+use super::{calls::end_call, conns::CONNS, requests::end_request, syscall::arg};
 use crate::shared::{current_tgid_pid, emit_flags, header, is_target, quiet_flags, target};
 
 #[raw_tracepoint]
@@ -66,10 +66,18 @@ pub(super) fn forget_fd(tgid: u32, fd: u32) {
 #[inline(always)]
 pub(super) fn emit_close(tgid: u32, fd: u32, state: &ConnState) {
     if state.request_in_flight != 0 {
-        // The connection closed with a request in flight: it is over, unanswered.
+        // The connection closed with a request (or an upstream call) in flight: it is
+        // over, unanswered.
         if let Some(target) = target(tgid) {
             let mut closed = *state;
-            end_request(target, &mut closed, false);
+            if state.role == ROLE_UPSTREAM {
+                // SAFETY: bpf_ktime_get_ns has no preconditions.
+                end_call(target, &mut closed, unsafe {
+                    aya_ebpf::helpers::bpf_ktime_get_ns()
+                });
+            } else {
+                end_request(target, &mut closed, false);
+            }
         }
     }
     emit_flags(quiet_flags(), || ConnCloseEvent {

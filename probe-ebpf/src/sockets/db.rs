@@ -161,6 +161,11 @@ fn db_path(tgid: u32, pending: &Pending, send: bool, moved: u64, tls: bool) {
         // seen, or where the user said this is a database.
         let midstream = state.flags & CONN_EXISTED != 0 || state.role == ROLE_DB;
         if let Some(proto) = recognize(&head, n, send, midstream, moved) {
+            // The send that started a call on it was a database's (calls.rs): its queries
+            // are followed by the protocol rules from here.
+            if state.role == ROLE_UPSTREAM {
+                super::calls::undo_call(tgid, state);
+            }
             state.role = ROLE_DB;
             state.proto = proto;
             state.sniff_left = 0;

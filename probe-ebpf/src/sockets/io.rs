@@ -8,6 +8,7 @@ use probe_common::{
 };
 
 use super::{
+    calls::{upstream_recv, upstream_send},
     conns::{resolve, CONNS},
     db::{head_span, jump_to_db_io},
     pending::remember,
@@ -47,14 +48,20 @@ fn enter_io(ctx: &RawTracePointContext, kind: u8) -> Result<u32, u32> {
         // client input (the drain tail's start), which only the sys_exit can tell.
         ROLE_CLIENT => true,
         ROLE_DB => true,
-        ROLE_UPSTREAM => state.sniff_left > 0,
+        // A call starts at the send, like an answer (calls.rs); its reply's first bytes
+        // only the sys_exit can tell.
+        ROLE_UPSTREAM if is_send(kind) => {
+            upstream_send(tgid, state);
+            state.sniff_left > 0
+        }
+        ROLE_UPSTREAM => true,
         _ => false,
     };
     if !wanted {
         return Ok(0);
     }
-    if state.role == ROLE_CLIENT {
-        // A request start needs only the fd: no buffer, no register reads.
+    if state.role == ROLE_CLIENT || (state.role == ROLE_UPSTREAM && state.sniff_left == 0) {
+        // A request start (a reply) needs only the fd: no buffer, no register reads.
         remember(kind, fd, 0, 0, SockAddr::empty());
         return Ok(0);
     }
@@ -104,6 +111,9 @@ pub(super) fn exit_io(ctx: &RawTracePointContext, pending: Pending) -> Result<u3
         }
         ROLE_DB | ROLE_UPSTREAM => {
             if role == ROLE_UPSTREAM {
+                if !send {
+                    upstream_recv(tgid, state);
+                }
                 if state.sniff_left == 0 {
                     return Ok(0);
                 }

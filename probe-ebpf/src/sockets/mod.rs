@@ -18,7 +18,7 @@
 //! One module per concern: [`dispatch`] (the two attached programs), [`pending`] (a
 //! thread's syscall from entry to exit), [`open`] (accept, connect), [`close`], [`dup`]
 //! (dup, dup2, dup3, fcntl F_DUPFD), [`io`] (the data syscalls), [`requests`] (client
-//! request edges and latencies), [`db`] (the database path, a tail-called program) with
+//! request edges and latencies), [`calls`] (upstream calls, the same the other way round), [`db`] (the database path, a tail-called program) with
 //! [`recognize`] (database handshakes); shared by them: [`conns`] (the connection table)
 //! and [`syscall`] (arguments, return value, user memory).
 //!
@@ -31,6 +31,7 @@
 //! down the same database path; every backend tells it about socket I/O made inside an SSL
 //! call.
 
+mod calls;
 mod close;
 mod conns;
 mod db;

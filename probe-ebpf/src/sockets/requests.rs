@@ -33,7 +33,7 @@ static LATENCY_ZERO: Array<LatencyHistogram> = Array::with_max_entries(1, 0);
 /// Adds one to a counter that threads on other CPUs may be adding to as well (an atomic
 /// add, `BPF_ATOMIC | BPF_ADD`).
 #[inline(always)]
-fn count(counter: *mut u64) {
+pub(super) fn count(counter: *mut u64) {
     // SAFETY: a u64 inside a map value, 8-byte aligned, valid for this program run.
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, 1) };
 }

@@ -35,6 +35,7 @@ use probe_common::{
 };
 
 use super::{
+    calls::{upstream_recv, upstream_send},
     close::emit_close,
     conns::{resolve, CONNS},
     db::db_inline,
@@ -373,6 +374,12 @@ pub(super) fn data(sk: u64, ret: i32, flags: i32, send: bool) -> u32 {
         }
         ROLE_DB | ROLE_UPSTREAM => {
             if state.role == ROLE_UPSTREAM {
+                // Calls count for the connection's owner, as requests do (calls.rs).
+                if send {
+                    upstream_send(key.tgid, state);
+                } else {
+                    upstream_recv(key.tgid, state);
+                }
                 if state.sniff_left == 0 {
                     return 0;
                 }

@@ -141,6 +141,9 @@ pub fn frame(session: &Session, pace: &mut Pace) -> Frame {
             request_lines
         },
         queries_in_flight: in_flight.queries,
+        upstream_calls_in_flight: in_flight.upstream_calls,
+        upstream_calls: state.conns().map_or(0, |c| c.calls_ended()),
+        upstream_one_way: state.conns().map_or(0, |c| c.calls(None).one_way),
         unknown_since_attach: in_flight.unknown,
         transactions_open,
         transactions_unknown,

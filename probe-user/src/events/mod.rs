@@ -244,6 +244,53 @@ pub struct TargetRequests {
     /// ktime (ns) of the last bytes received on a client connection; 0 if none yet.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub last_input_ns: u64,
+    /// Upstream calls of the target (`probe_common::CallCounters`).
+    #[serde(default, skip_serializing_if = "TargetCalls::is_zero")]
+    pub calls: TargetCalls,
+}
+
+/// Upstream calls as counted in the kernel (`probe_common::CallCounters`, docs/design.md
+/// "upstream call in flight"): a call is in flight from a send on an upstream connection
+/// to the first bytes received after it, or the close.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TargetCalls {
+    /// Calls that started while watched, and of those how many ended.
+    pub started: u64,
+    pub ended: u64,
+    /// Calls in flight at attach that have ended since.
+    pub existing_ended: u64,
+    /// ktime (ns) of the latest start or end; 0 if none yet.
+    pub last_edge_ns: u64,
+    /// Of `started`/`ended`: first calls, made on a connection that had not answered yet.
+    pub first_started: u64,
+    pub first_ended: u64,
+    /// ktime (ns) of the latest first call's start.
+    pub first_last_start_ns: u64,
+    /// Upstream connections that became one-way (`probe_common::CONN_ONE_WAY`), once each.
+    pub one_way: u64,
+    /// Of `existing_ended`, first calls (on connections that had not answered).
+    pub first_existing_ended: u64,
+}
+
+impl TargetCalls {
+    pub fn from_wire(c: &probe_common::CallCounters) -> Self {
+        Self {
+            started: c.started,
+            ended: c.ended,
+            existing_ended: c.existing_ended,
+            last_edge_ns: c.last_edge_ns,
+            first_started: c.first_started,
+            first_ended: c.first_ended,
+            first_last_start_ns: c.first_last_start_ns,
+            one_way: c.one_way,
+            first_existing_ended: c.first_existing_ended,
+        }
+    }
+
+    fn is_zero(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 fn is_zero(n: &u64) -> bool {

@@ -137,6 +137,14 @@ fn events_round_trip_through_json() {
             last_edge_ns: 4,
             pushed: 1,
             last_input_ns: 4,
+            calls: crate::events::TargetCalls {
+                started: 2,
+                ended: 1,
+                first_started: 1,
+                first_last_start_ns: 4,
+                one_way: 1,
+                ..Default::default()
+            },
         }],
         latency_us: vec![(120, 2)],
         latency_by_tgid: vec![(2, vec![(120, 2)])],

@@ -34,6 +34,7 @@ use crate::{
 };
 
 mod maps;
+pub use maps::ConnSeed;
 
 /// `BPF_NOEXIST` (include/uapi/linux/bpf.h): insert only if the key is absent.
 const BPF_NOEXIST: u64 = 1;

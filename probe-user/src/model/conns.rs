@@ -2,6 +2,7 @@
 //! queries, open transactions. Pure, like the rest of the state machine: events in,
 //! counts and violations out. Semantics: docs/design.md, "Words".
 
+mod calls;
 mod conn;
 mod requests;
 mod unknown;
@@ -20,6 +21,7 @@ use crate::{
     },
 };
 
+pub use calls::{Calls, FIRST_CALL_HOLD};
 use conn::leaked;
 pub use conn::Conn;
 use requests::record;
@@ -60,6 +62,8 @@ pub struct ConnTracker {
     /// Last client input, last query, push-style connections: what the drain's basis, its
     /// tail and `--settle` read (model/drain_facts.rs).
     facts: DrainFacts,
+    /// Upstream calls: what the kernel's counters do not carry (model/conns/calls.rs).
+    calls: calls::CallBook,
 }
 
 impl std::fmt::Debug for ConnTracker {
@@ -89,6 +93,7 @@ impl Default for ConnTracker {
             query_ended_us: None,
             requests_ended: 0,
             facts: DrainFacts::default(),
+            calls: calls::CallBook::default(),
         }
     }
 }
@@ -120,8 +125,10 @@ impl ConnTracker {
         }
     }
 
+    /// When the last activity was (ktime ns); a first upstream call in flight counts as
+    /// activity until its hold ends (model/conns/calls.rs).
     pub fn last_activity_ns(&self) -> u64 {
-        self.last_activity_ns
+        self.last_activity_ns.max(self.first_calls_hold_until())
     }
 
     fn touch(&mut self, ktime_ns: u64) {
@@ -193,6 +200,7 @@ impl ConnTracker {
             AtAttach::Busy if role == Role::Client => {
                 *self.busy_at_attach.entry(tgid).or_default() += 1;
             }
+            AtAttach::Busy if role == Role::Upstream => self.call_busy_at_attach(tgid),
             AtAttach::Unknown if role == Role::Client => self.unknown.push(Unknown {
                 live: true,
                 report: UnknownAtAttach {
@@ -287,6 +295,11 @@ impl ConnTracker {
             }
         }
         let mut violations = Vec::new();
+        if let (Role::Upstream, Some(since), true) =
+            (conn.role, event.request_since_ns, event.request_uncounted)
+        {
+            self.call_ended_here(conn.tgid, since);
+        }
         if let (Role::Client, Some(since), true) =
             (conn.role, event.request_since_ns, event.request_uncounted)
         {
@@ -444,6 +457,9 @@ impl ConnTracker {
             .filter(|t| tgid.is_none_or(|wanted| wanted == *t))
             .map(|t| self.requests_in_flight(t))
             .sum();
+        let calls = self.calls(tgid);
+        out.upstream_calls = calls.in_flight;
+        out.first_calls = calls.first;
         for conn in self.conns.values() {
             if tgid.is_some_and(|t| t != conn.tgid) {
                 continue;
@@ -475,7 +491,10 @@ impl ConnTracker {
             .map(|(k, _)| *k)
             .collect();
         let gone: Vec<Conn> = keys.iter().filter_map(|k| self.conns.remove(k)).collect();
-        if !gone.is_empty() || self.requests_in_flight(tgid) > 0 {
+        if !gone.is_empty()
+            || self.requests_in_flight(tgid) > 0
+            || self.calls(Some(tgid)).in_flight > 0
+        {
             // The kernel closing them is activity, as a close(2) is: else the quiet window
             // would count from before the exit, and a request cut by it would leave the
             // target "drained" since long before, in hindsight.
@@ -485,6 +504,7 @@ impl ConnTracker {
         self.facts.exited(tgid);
         self.busy_at_attach.remove(&tgid);
         self.ended_here.remove(&tgid);
+        self.calls_exited(tgid);
         // Unknown connections cut by the exit stay unresolved: listed, never a violation;
         // the verdict cannot be `clean` about them (`exited_unknown`).
         for unknown in self

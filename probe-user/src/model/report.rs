@@ -301,6 +301,8 @@ pub struct Report {
     pub connections: Option<ConnectionCounts>,
     pub requests: Option<LatencySummary>,
     pub db_queries: Option<LatencySummary>,
+    /// `null` when sockets were not watched.
+    pub upstream_calls: Option<UpstreamCalls>,
     pub events: EventCounts,
     /// What could not be seen or known (absent when sockets were not watched).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -308,6 +310,19 @@ pub struct Report {
     /// Probes that failed to attach (the verdict is then `incomplete`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub probe_failures: Vec<String>,
+}
+
+/// Calls the targets made to other services over their upstream connections
+/// (docs/design.md, "upstream call in flight").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct UpstreamCalls {
+    /// Calls ended since attach: answered, closed unanswered, or found one-way.
+    pub count: u64,
+    /// In flight when the report was made.
+    pub in_flight: u64,
+    /// Upstream connections found one-way (sent to, never answered): their sends are no
+    /// calls, and the drain's basis names them.
+    pub one_way: u64,
 }
 
 /// A connection whose state at attach was unknown, and how (if) it became known.

@@ -249,6 +249,15 @@ impl AuditState {
         }
     }
 
+    /// An upstream connection found at attach awaiting the reply to a first call
+    /// (model/conns/calls.rs).
+    pub fn first_call_at_attach(&mut self, tgid: u32) {
+        let at_ns = self.attach_ns;
+        if let Some(conns) = self.conns.as_mut() {
+            conns.first_call_at_attach(tgid, at_ns);
+        }
+    }
+
     /// The database's own view of a connection found at attach (see
     /// [`ConnTracker::db_state_at_attach`]).
     pub fn db_state_at_attach(&mut self, key: (u32, u32), txn: crate::model::protocol::Txn) {
@@ -563,6 +572,7 @@ impl AuditState {
             connections: self.conns.as_ref().map(|c| c.counts().clone()),
             requests: self.conns.as_ref().map(|c| c.requests()),
             db_queries: self.conns.as_ref().map(|c| c.queries()),
+            upstream_calls: self.conns.as_ref().map(|c| c.calls_report()),
             events: EventCounts {
                 received: self.received,
                 lost,

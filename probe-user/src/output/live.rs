@@ -109,6 +109,12 @@ pub struct Frame {
     /// The requests in flight, oldest first.
     pub requests_in_flight_on: Vec<RequestLine>,
     pub queries_in_flight: u64,
+    /// Upstream calls in flight (docs/design.md, "upstream call in flight"), and the calls
+    /// ended (answered, closed, found one-way) since attach.
+    pub upstream_calls_in_flight: u64,
+    pub upstream_calls: u64,
+    /// Upstream connections found one-way: sent to, never answered (a send there is no call).
+    pub upstream_one_way: u64,
     /// Connections whose state at attach is still unknown (a client connection may hold a
     /// request, a database connection a transaction).
     pub unknown_since_attach: u64,
@@ -162,7 +168,10 @@ pub fn render(frame: &Frame) -> String {
             n => format!(" ({n} push-style: a send there is no proof its work is done)"),
         },
         c.db,
-        c.upstream,
+        match frame.upstream_one_way {
+            0 => c.upstream.to_string(),
+            n => format!("{} ({n} one-way: sent to, never answered)", c.upstream),
+        },
         c.listener,
     );
     // Several servers: each one's latency on its own line (the line above is all of them).
@@ -179,9 +188,10 @@ pub fn render(frame: &Frame) -> String {
         }
     }
     out.push_str(&format!(
-        "in flight:   {}, {}, {}{}\n",
+        "in flight:   {}, {}, {}, {}{}\n",
         plural(frame.requests_in_flight, "request"),
         plural(frame.queries_in_flight, "db query"),
+        plural(frame.upstream_calls_in_flight, "upstream call"),
         plural(frame.transactions_open.len() as u64, "transaction open")
             .replace("transaction opens", "transactions open"),
         if frame.unknown_since_attach > 0 {
@@ -350,6 +360,9 @@ mod tests {
                 },
             ],
             queries_in_flight: 0,
+            upstream_calls_in_flight: 0,
+            upstream_calls: 0,
+            upstream_one_way: 0,
             unknown_since_attach: 0,
             transactions_open: vec![],
             transactions_unknown: vec![],
@@ -374,7 +387,9 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("in flight:   2 requests, 0 db queries, 0 transactions open"),
+            text.contains(
+                "in flight:   2 requests, 0 db queries, 0 upstream calls, 0 transactions open"
+            ),
             "{text}"
         );
         assert!(

@@ -159,6 +159,7 @@ pub struct CommSnapshot {
     pub oldest_transaction_us: u64,
     pub requests_in_flight: u64,
     pub queries_in_flight: u64,
+    pub upstream_calls_in_flight: u64,
     pub transactions_open: u64,
     /// Violations so far, in the order of [`VIOLATION_KINDS`].
     pub violations: [u64; VIOLATION_KINDS.len()],
@@ -235,6 +236,7 @@ impl Snapshot {
             let named = self.by_comm.entry(comm.clone()).or_default();
             named.requests_in_flight += in_flight.requests;
             named.queries_in_flight += in_flight.queries;
+            named.upstream_calls_in_flight += in_flight.upstream_calls;
             named.transactions_open += in_flight.transactions;
         }
         let mut sockets = BTreeSet::new();
@@ -374,6 +376,14 @@ impl Exporter {
             "gauge",
             "Database queries sent and not yet fully answered, by target name.",
             |c| c.queries_in_flight,
+        );
+        out.per_comm(
+            s,
+            "upstream_calls_in_flight",
+            "gauge",
+            "Calls to other services sent and not yet answered (docs/design.md, \"upstream call \
+             in flight\"), by target name.",
+            |c| c.upstream_calls_in_flight,
         );
         out.per_comm(
             s,

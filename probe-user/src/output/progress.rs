@@ -32,6 +32,8 @@ pub struct Progress {
     pub requests: u64,
     pub queries: u64,
     pub transactions: u64,
+    /// Upstream calls in flight (docs/design.md, "upstream call in flight").
+    pub upstream_calls: u64,
     /// Connections whose state at attach is still unknown (they hold the drain).
     pub unknown: u64,
     /// Of `unknown`, database connections whose transaction state is still unknown.
@@ -57,6 +59,7 @@ pub fn progress(state: &AuditState, phase: &'static str) -> Progress {
         requests: in_flight.requests,
         queries: in_flight.queries,
         transactions: in_flight.transactions,
+        upstream_calls: in_flight.upstream_calls,
         unknown: in_flight.unknown,
         unknown_transactions: in_flight.unknown_txns,
         unknown_transactions_on,
@@ -82,9 +85,10 @@ pub fn describe_in_flight(p: &Progress) -> String {
         ));
     }
     format!(
-        "{}, {}, {} in flight{unknown}",
+        "{}, {}, {}, {} in flight{unknown}",
         plural(p.requests, "request"),
         plural(p.queries, "db query"),
+        plural(p.upstream_calls, "upstream call"),
         plural(p.transactions, "transaction")
     )
 }

@@ -62,6 +62,7 @@ impl RequestSampler {
                     last_edge_ns: c.last_edge_ns,
                     pushed: c.pushed,
                     last_input_ns: c.last_input_ns,
+                    calls: crate::events::TargetCalls::from_wire(&c.calls),
                 })
             })
             .collect::<Vec<_>>();

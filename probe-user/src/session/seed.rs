@@ -12,7 +12,7 @@ use probe_common::{ConnKey, Pending, SockAddr};
 use crate::{
     events::Role,
     host::{blocked, pg_title, procfs, server_view::ServerView},
-    kernel::probe::Probe,
+    kernel::probe::{ConnSeed, Probe},
     model::{conns::AtAttach, state::AuditState},
     session::{
         db_view::{self, DbView},
@@ -89,12 +89,28 @@ fn tcp_conns(
 ) -> Result<BTreeMap<u32, u32>> {
     let mut primaries = BTreeMap::new();
     let mut db_view = DbView::new(common);
+    // Upstream connections: whether a call awaits its reply (docs/design.md, "upstream call
+    // in flight"), from the kernel's record of the conversation.
+    let infos = held
+        .iter()
+        .any(|h| h.role == Role::Upstream)
+        .then(crate::host::tcpinfo::sockets)
+        .unwrap_or_default();
     for held in held {
         let fd = held.fds[0];
-        let at_attach = judged
-            .iter()
-            .find(|(primary, _, _)| *primary == fd)
-            .map_or(AtAttach::Idle, |(_, at_attach, _)| *at_attach);
+        let info = infos
+            .get(&held.inode)
+            .filter(|_| held.role == Role::Upstream);
+        let (answered, upstream_busy) = upstream_at_attach(info);
+        let first_call = upstream_busy && !answered;
+        let at_attach = if upstream_busy {
+            AtAttach::Busy
+        } else {
+            judged
+                .iter()
+                .find(|(primary, _, _)| *primary == fd)
+                .map_or(AtAttach::Idle, |(_, at_attach, _)| *at_attach)
+        };
         if held.role == Role::Listener {
             // Again: a listener opened since `listeners` looked.
             probe.add_listen_port(held.socket.local.port())?;
@@ -104,8 +120,11 @@ fn tcp_conns(
             &held.fds[1..],
             held.role.to_wire(),
             held.wire_proto,
-            at_attach == AtAttach::Busy,
-            at_attach == AtAttach::Unknown,
+            ConnSeed {
+                busy: at_attach == AtAttach::Busy,
+                unknown: at_attach == AtAttach::Unknown,
+                answered,
+            },
         )?;
         // Already in the kernel's map: it had traffic since the process became a target
         // (or was accepted since), and the kernel follows its requests from there.
@@ -121,6 +140,9 @@ fn tcp_conns(
             peer,
             at_attach,
         );
+        if first_call && added {
+            state.first_call_at_attach(tgid);
+        }
         if held.role == Role::Db {
             let (local, remote) = (held.socket.local, held.socket.remote);
             if let Some(txn) = db_view::db_state_now(protocol, local, remote, &mut db_view) {
@@ -135,6 +157,26 @@ fn tcp_conns(
     Ok(primaries)
 }
 
+/// An upstream connection at attach, from `tcp_info`: (it has answered in its life, a
+/// call awaits its reply). On a connection that has answered, a call awaits when data was
+/// sent after data last came, or bytes wait unread (`attach_rule::awaits_reply`; a tie,
+/// both within one kernel tick, is a call answered at once: idle). On one that never
+/// answered, when it sent data at all (its stamps say nothing: a request sent right after
+/// the connect has the connect's tick): a first call, held like one from attach
+/// (model/conns/calls.rs).
+fn upstream_at_attach(info: Option<&crate::host::tcpinfo::SockInfo>) -> (bool, bool) {
+    let Some(info) = info else {
+        return (false, false);
+    };
+    let answered = info.data_segs_in > 0;
+    let busy = if answered {
+        super::attach_rule::awaits_reply(info)
+    } else {
+        info.data_segs_out > 0
+    };
+    (answered, busy)
+}
+
 /// Adds the unix-domain database connections; a local PostgreSQL backend's process title
 /// tells whether a transaction is open.
 fn unix_conns(probe: &mut Probe, state: &mut AuditState, tgid: u32) -> Result<()> {
@@ -144,7 +186,13 @@ fn unix_conns(probe: &mut Probe, state: &mut AuditState, tgid: u32) -> Result<()
             fd: db.fds[0],
         };
         let wire_role = probe_common::ROLE_DB;
-        if !probe.add_conn(key, &db.fds[1..], wire_role, db.wire_proto, false, false)? {
+        if !probe.add_conn(
+            key,
+            &db.fds[1..],
+            wire_role,
+            db.wire_proto,
+            ConnSeed::default(),
+        )? {
             continue; // opened after the probe attached: the kernel saw it already
         }
         let protocol = db.protocol();

@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::{
     duration,
     model::{
+        conns::{ConnTracker, FIRST_CALL_HOLD},
         report::{DrainBasis, DrainReport, HiddenWork, Report, Verdict},
         state::AuditState,
     },
@@ -70,7 +71,7 @@ pub fn tail_ms(state: &AuditState) -> Option<u64> {
 pub fn basis(state: &AuditState, settle: Option<Duration>) -> Option<DrainBasis> {
     let conns = state.conns()?;
     let ops = state.ops().is_some();
-    let mut observed = vec!["requests", "queries", "transactions"];
+    let mut observed = vec!["requests", "queries", "transactions", "upstream_calls"];
     if ops {
         observed.push("operations");
     }
@@ -103,6 +104,7 @@ pub fn basis(state: &AuditState, settle: Option<Duration>) -> Option<DrainBasis>
                 why: format!("{what}{which}, no --op{held}"),
             });
         }
+        hidden.extend(upstream_hidden(conns, &held));
         for pid in facts.event_loops() {
             hidden.push(HiddenWork {
                 pid,
@@ -140,6 +142,46 @@ pub fn basis(state: &AuditState, settle: Option<Duration>) -> Option<DrainBasis>
         observed,
         could_hide_work: hidden,
     })
+}
+
+/// Upstream connections whose sends are not followed as calls (docs/design.md, "upstream
+/// call in flight"): one-way ones, and first calls past their hold (model/conns/calls.rs).
+fn upstream_hidden(conns: &ConnTracker, held: &str) -> Vec<HiddenWork> {
+    let plural = |n: u64, one: &str, many: &str| {
+        if n == 1 {
+            one.to_string()
+        } else {
+            format!("{n} {many}")
+        }
+    };
+    let mut out = Vec::new();
+    for (pid, calls) in conns.calls_by_target() {
+        if calls.one_way > 0 {
+            let what = plural(
+                calls.one_way,
+                "one-way upstream connection",
+                "one-way upstream connections",
+            );
+            out.push(HiddenWork {
+                pid,
+                why: format!(
+                    "{what} (sent to, never answered: a send there is no call), no --op{held}"
+                ),
+            });
+        }
+        if calls.first > 0 {
+            let what = plural(calls.first, "upstream call", "upstream calls");
+            out.push(HiddenWork {
+                pid,
+                why: format!(
+                    "{what} on a connection that never answered, held {}s (one-way, or a slower \
+                     first reply), no --op{held}",
+                    FIRST_CALL_HOLD.as_secs()
+                ),
+            });
+        }
+    }
+    out
 }
 
 /// The basis in words, for the verdict's line: "requests, queries, transactions observed;

@@ -6,6 +6,7 @@
 //! ```text
 //! dw-game --db postgres|mysql|redis --db-url URL [--port N] [--pause-ms N] [--pool N]
 //!         [--on-term graceful|ignore|default] [--truth FILE] [--push-ms N] [--autocommit]
+//!         [--service HOST:PORT]
 //! ```
 //!
 //! - `--db-url`: `postgresql://postgres@127.0.0.1:5432/postgres`,
@@ -28,6 +29,11 @@
 //!   workers finish.
 //! - `--autocommit`: write A and write B are each their own statement, no transaction
 //!   around them (nothing is in flight on the database between them).
+//! - `--service HOST:PORT`: the wait between write A and write B is a call to another
+//!   service over TCP instead of a pause (an op's PAUSE_MS is then ignored): an HTTP/1.1
+//!   `GET /NAME` on a new connection, its whole answer read until the service closes
+//!   (`dw-fixture slow-http` answers after its own delay; docs/design.md, "upstream call in
+//!   flight").
 //! - `--truth FILE`: after every change, FILE is replaced (write + rename, so readers never
 //!   see half a file) by one JSON object:
 //!   `{"pid":P,"requests_in_flight":N,"transactions_open":N,"db_connections_open":N,
@@ -78,7 +84,7 @@ use conn::{why, Conn, Kind, Pause};
 
 const USAGE: &str = "usage: dw-game --db postgres|mysql|redis --db-url URL [--port N] \
                      [--pause-ms N] [--pool N] [--on-term graceful|ignore|default] [--truth FILE] \
-                     [--push-ms N] [--autocommit]";
+                     [--push-ms N] [--autocommit] [--service HOST:PORT]";
 
 /// Set by the SIGTERM handler (graceful mode only).
 static TERM: AtomicBool = AtomicBool::new(false);
@@ -104,6 +110,7 @@ struct Args {
     truth: Option<PathBuf>,
     push: Option<Duration>,
     autocommit: bool,
+    service: Option<std::net::SocketAddr>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -119,6 +126,7 @@ fn parse_args() -> Result<Args, String> {
         truth: None,
         push: None,
         autocommit: false,
+        service: None,
     };
     while let Some(flag) = args.next() {
         if flag == "--autocommit" {
@@ -153,6 +161,13 @@ fn parse_args() -> Result<Args, String> {
                 }
             }
             "--truth" => parsed.truth = Some(PathBuf::from(value)),
+            "--service" => {
+                parsed.service = Some(
+                    value
+                        .parse()
+                        .map_err(|_| format!("--service: not HOST:PORT: {value}"))?,
+                )
+            }
             "--push-ms" => {
                 parsed.push = Some(Duration::from_millis(number()?.max(1)));
             }
@@ -256,6 +271,8 @@ struct Shared {
     truth: Truth,
     default_pause: Duration,
     autocommit: bool,
+    /// `--service`: the wait between the writes is a call to it.
+    service: Option<std::net::SocketAddr>,
     /// Set once SIGTERM arrived (graceful): connections take no new request.
     draining: AtomicBool,
 }
@@ -266,6 +283,9 @@ fn handle(line: &str, shared: &Shared) -> String {
         (Some("ping"), None, None) => "pong\n".to_string(),
         (Some("op"), Some(name), pause) if name.len() <= 64 => {
             let pause = match pause {
+                _ if shared.service.is_some() => {
+                    Pause::Call(shared.service.expect("checked"), name.to_string())
+                }
                 None => Pause::For(shared.default_pause),
                 Some(gate) if gate.starts_with('@') => Pause::UntilFile(gate[1..].into()),
                 Some(ms) => match ms.parse::<u64>() {
@@ -406,6 +426,7 @@ fn run(args: Args) -> Result<ExitCode, String> {
         truth,
         default_pause: args.pause,
         autocommit: args.autocommit,
+        service: args.service,
         draining: AtomicBool::new(false),
     });
     let push = args.push;

@@ -14,6 +14,18 @@ use crate::{kernel::attach::load_error, Error, Result};
 /// The socket-level backends' map of sockets (probe-ebpf/src/sockets/sock_tp.rs).
 const SOCKS: &str = "SOCKS";
 
+/// What was judged of a connection found at attach, for [`Probe::add_conn`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConnSeed {
+    /// A client connection whose request may be in flight: the kernel ends it at the
+    /// server's next send, with an unknown start (0); an upstream connection awaiting a
+    /// reply: the call ends at its first bytes.
+    pub busy: bool,
+    /// A client connection whose state is unknown (`CONN_UNKNOWN`).
+    pub unknown: bool,
+    /// An upstream connection that has received data in its life (`CONN_ANSWERED`).
+    pub answered: bool,
+}
 impl Probe {
     /// A local TCP port a target listens on (the socket hooks call a socket first seen
     /// there accepted: `client`).
@@ -145,8 +157,7 @@ impl Probe {
 
     /// Tracks a connection that existed before attach: its primary fd, and the fds that
     /// duplicate it (same socket inode).
-    /// `busy`: a client connection whose request may be in flight: the kernel ends it at
-    /// the server's next send, with an unknown start (0). Returns false when the kernel
+    /// `seed`: what was judged of it at attach ([`ConnSeed`]). Returns false when the kernel
     /// already tracks the fd (it was accepted or connected after the probe attached): its
     /// entry, with any request it counted, is kept.
     pub fn add_conn(
@@ -155,9 +166,13 @@ impl Probe {
         aliases: &[u32],
         role: u8,
         proto: u8,
-        busy: bool,
-        unknown: bool,
+        seed: ConnSeed,
     ) -> Result<bool> {
+        let ConnSeed {
+            busy,
+            unknown,
+            answered,
+        } = seed;
         let map = self
             .ebpf
             .map_mut(map_names::CONNS)
@@ -165,7 +180,13 @@ impl Probe {
         let mut conns: HashMap<_, ConnKey, ConnState> =
             HashMap::try_from(map).map_err(load_error)?;
         let mut state = ConnState::new(role, proto, key.fd);
-        state.flags = CONN_EXISTED | if unknown { CONN_UNKNOWN } else { 0 };
+        state.flags = CONN_EXISTED
+            | if unknown { CONN_UNKNOWN } else { 0 }
+            | if answered {
+                probe_common::CONN_ANSWERED
+            } else {
+                0
+            };
         state.request_in_flight = busy as u8;
         state.aliases = aliases.len().min(u8::MAX as usize) as u8;
         if conns.insert(key, state, BPF_NOEXIST).is_err() {

@@ -21,10 +21,19 @@ pub struct InFlight {
     pub unknown: u64,
     /// Of `unknown`, database connections whose transaction state is still unknown.
     pub unknown_txns: u64,
+    /// Upstream calls in flight (docs/design.md, "upstream call in flight").
+    pub upstream_calls: u64,
+    /// Of `upstream_calls`, first calls: they hold the drain through the quiet window's
+    /// start (`ConnTracker::last_activity_ns`), not here (model/conns/calls.rs).
+    pub first_calls: u64,
 }
 impl InFlight {
     pub fn is_idle(&self) -> bool {
-        self.requests == 0 && self.queries == 0 && self.transactions == 0 && self.unknown == 0
+        self.requests == 0
+            && self.queries == 0
+            && self.transactions == 0
+            && self.unknown == 0
+            && self.upstream_calls <= self.first_calls
     }
 }
 pub(crate) fn histogram() -> Histogram<u64> {
@@ -64,6 +73,7 @@ impl ConnTracker {
                 .unwrap_or_default();
             self.requests_ended += target.ended.saturating_sub(before.ended)
                 + target.existing_ended.saturating_sub(before.existing_ended);
+            self.calls_sample(&before.calls, &target.calls);
         }
         for &(us, count) in &sample.latency_us {
             let us = us.clamp(1, self.requests.high());

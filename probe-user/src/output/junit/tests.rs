@@ -56,6 +56,7 @@ fn report(targets: Vec<TargetReport>, violations: Vec<Violation>) -> Report {
         connections: None,
         requests: None,
         db_queries: None,
+        upstream_calls: None,
         events: EventCounts {
             received: 10,
             lost: 0,

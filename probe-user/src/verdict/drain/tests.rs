@@ -139,7 +139,10 @@ fn a_push_style_link_without_op_could_hide_work() {
     let mut state = game();
     apply(&mut state, &op_between_writes());
     let seen = basis(&state, None).expect("sockets watched");
-    assert_eq!(seen.observed, ["requests", "queries", "transactions"]);
+    assert_eq!(
+        seen.observed,
+        ["requests", "queries", "transactions", "upstream_calls"]
+    );
     assert_eq!(
         seen.could_hide_work,
         [HiddenWork {
@@ -149,7 +152,7 @@ fn a_push_style_link_without_op_could_hide_work() {
     );
     assert_eq!(
         basis_line(&seen, None),
-        "requests, queries, transactions observed; could hide work: pid 4242: push-style \
+        "requests, queries, transactions, upstream_calls observed; could hide work: pid 4242: push-style \
          client connection (fd 7 127.0.0.1:40100), no --op: see --op, --settle"
     );
     let settled = basis(&state, Some(Duration::from_millis(1200))).unwrap();
@@ -182,7 +185,7 @@ fn a_request_or_response_server_rests_on_what_was_observed() {
     assert!(seen.could_hide_work.is_empty());
     assert_eq!(
         basis_line(&seen, None),
-        "requests, queries, transactions observed"
+        "requests, queries, transactions, upstream_calls observed"
     );
 }
 

@@ -37,11 +37,31 @@ pub enum Pause {
     /// Until the test creates this file (a gate it opens when it has seen what it waits
     /// for), at most ten minutes: timing that holds at any machine speed.
     UntilFile(PathBuf),
+    /// A call to another service (`--service`): `GET /NAME` over a new TCP connection, the
+    /// answer read to its end.
+    Call(std::net::SocketAddr, String),
 }
 
 impl Pause {
     fn wait(&self) {
         match self {
+            Pause::Call(service, name) => {
+                use std::io::{Read, Write};
+                // A failed call still ends the wait: write B follows, as a server that
+                // logs the error and goes on would do it (the test checks the answer came).
+                let Ok(mut stream) = std::net::TcpStream::connect(service) else {
+                    eprintln!("dw-game: cannot reach the service at {service}");
+                    return;
+                };
+                let request = format!("GET /{name} HTTP/1.1\r\nHost: service\r\n\r\n");
+                let mut answer = Vec::new();
+                if stream.write_all(request.as_bytes()).is_err()
+                    || stream.read_to_end(&mut answer).is_err()
+                    || !answer.starts_with(b"HTTP/1.1 200")
+                {
+                    eprintln!("dw-game: the service call for {name} failed");
+                }
+            }
             Pause::For(d) => thread::sleep(*d),
             Pause::UntilFile(path) => {
                 let deadline = Instant::now() + Duration::from_secs(600);

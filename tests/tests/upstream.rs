@@ -1,0 +1,277 @@
+//! Upstream calls in flight (docs/design.md, "upstream call in flight"), on dw-game in its
+//! game shape (`--push-ms`: ticks carry the answers, operations on workers, `--autocommit`:
+//! write A and write B with nothing on the database between them) whose wait between the
+//! writes is a call to a slow service over loopback TCP (`--service`, `dw-fixture
+//! slow-http`): the story's release with no flags, judged by the database's own ledger. And
+//! a one-way upstream (a metrics socket written to, never answered) that must not hold a
+//! drain.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::{TcpListener, TcpStream},
+    process::{Command, Stdio},
+    thread,
+    time::Instant,
+};
+
+use drainwatch_tests::{
+    db::{Database, PgServer},
+    game::{mono_ns, GameServer},
+    nginx::SlowUpstream,
+    *,
+};
+
+/// The game's tick.
+const TICK_MS: &str = "50";
+
+/// The gateway's link to the game: ticks read (and dropped) on a thread, as a gateway does.
+struct Gateway {
+    stream: TcpStream,
+}
+
+impl Gateway {
+    fn connect(game: &GameServer) -> Self {
+        let stream = TcpStream::connect(("127.0.0.1", game.port)).expect("connect to dw-game");
+        let reader = BufReader::new(stream.try_clone().expect("clone the link"));
+        thread::spawn(move || for _ in reader.lines().map_while(Result::ok) {});
+        Self { stream }
+    }
+
+    fn say(&mut self, line: &str) {
+        self.stream
+            .write_all(format!("{line}\n").as_bytes())
+            .expect("write to the game");
+    }
+
+    /// The gateway is stopped: it hangs up the link.
+    fn hang_up(self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// The report: the last JSON line of `wait --json`.
+fn last_json(stdout: &str) -> serde_json::Value {
+    let line = stdout.trim().lines().last().unwrap_or_default();
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+}
+
+/// The story's release, with the gap between the writes a call to a slow service: the
+/// gateway asks for operations and is stopped, `drainwatch wait --pid GAME` (no flags) is
+/// started while operations wait for the service, and the game is killed -9 the moment it
+/// says drained. No operation may be half done in the database: the calls in flight hold the
+/// drain. Six operations on two database connections: the first ones are mid-call at attach
+/// (found from the socket's state), the others call after attach (seen by the probe).
+#[test]
+fn a_call_to_a_slow_service_between_the_writes_holds_the_drain() {
+    require_root();
+    let db = PgServer::start();
+    let dir = TempDir::new("upstream-release");
+    let runs = 3;
+    let ops = 6;
+    let mut complete = 0;
+    // Operations not yet complete in the ledger when wait had attached, by run: the
+    // scenario does put the verdict in the middle of the work.
+    let mut pending_at_attach = Vec::new();
+    for run in 0..runs {
+        // The service holds its answers until wait has attached (the gate), then answers
+        // each call 300 ms after it came: timing that holds at any machine speed.
+        let gate = drainwatch_tests::game::Gate::new(&dir, &format!("answer{run}"));
+        let service = SlowUpstream::start(scaled_ms(300), Some(&gate));
+        let service_addr = format!("127.0.0.1:{}", service.port);
+        let mut game = GameServer::start(
+            &db,
+            &[
+                "--push-ms",
+                TICK_MS,
+                "--autocommit",
+                "--pool",
+                "2",
+                "--service",
+                &service_addr,
+            ],
+        );
+        let pid = game.pid.to_string();
+        let mut gateway = Gateway::connect(&game);
+        let names: Vec<String> = (0..ops).map(|i| format!("call{run}x{i}")).collect();
+        for name in &names {
+            gateway.say(&format!("op {name}"));
+        }
+        gateway.hang_up();
+        game.wait_truth("an operation waiting for the service", |t| {
+            t.between_writes >= 1
+        });
+        let mut wait = Drainwatch::attach(&["wait", "--pid", &pid, "--json"]);
+        pending_at_attach.push(
+            names
+                .iter()
+                .filter(|name| db.ledger_steps(name) != ["A", "B"])
+                .count(),
+        );
+        gate.open();
+        wait.wait_for_stderr("drainwatch: drained");
+        let verdict_at = mono_ns();
+        game.signal(libc::SIGKILL);
+        game.wait();
+        let truth = game.truth();
+        let half_done: Vec<(&String, Vec<String>)> = names
+            .iter()
+            .map(|name| (name, db.ledger_steps(name)))
+            .filter(|(_, steps)| steps.len() == 1)
+            .collect();
+        assert!(
+            half_done.is_empty(),
+            "run {run}: drained with operations between A and B: {half_done:?} (truth \
+             {truth:?})"
+        );
+        assert_eq!(truth.between_writes, 0, "run {run}: {truth:?}");
+        assert!(
+            verdict_at > truth.last_write_mono_ns,
+            "run {run}: the verdict came before the last write"
+        );
+        complete += names
+            .iter()
+            .filter(|name| db.ledger_steps(name) == ["A", "B"])
+            .count();
+        let done = wait.finish();
+        assert_eq!(done.code, 0, "run {run}: {done:?}");
+        let report = last_json(&done.stdout);
+        assert!(
+            report["drain"]["basis"]["observed"]
+                .as_array()
+                .is_some_and(|o| o.iter().any(|v| v == "upstream_calls")),
+            "run {run}: {report:#}"
+        );
+        let calls = &report["upstream_calls"];
+        assert!(
+            calls["count"].as_u64().is_some_and(|n| n >= 1),
+            "run {run}: the calls were counted: {report:#}"
+        );
+        assert_eq!(calls["in_flight"], 0, "run {run}: {report:#}");
+    }
+    // Every operation was asked for before the gateway stopped: a drain that held for the
+    // calls let all of them finish.
+    assert_eq!(complete, runs * ops, "operations complete in the ledger");
+    eprintln!("operations pending when wait attached, by run: {pending_at_attach:?}");
+    assert!(
+        pending_at_attach.iter().any(|&n| n > 0),
+        "the verdict never had work left to judge: {pending_at_attach:?}"
+    );
+}
+
+/// `watch` shows the calls in flight while the game waits for its service.
+#[test]
+fn watch_shows_upstream_calls_in_flight() {
+    require_root();
+    let db = PgServer::start();
+    let dir = TempDir::new("upstream-watch");
+    let gate = drainwatch_tests::game::Gate::new(&dir, "answer");
+    let service = SlowUpstream::start(0, Some(&gate));
+    let service_addr = format!("127.0.0.1:{}", service.port);
+    let game = GameServer::start(
+        &db,
+        &[
+            "--push-ms",
+            TICK_MS,
+            "--autocommit",
+            "--service",
+            &service_addr,
+        ],
+    );
+    let pid = game.pid.to_string();
+    let mut watch = Drainwatch::attach(&["watch", "--pid", &pid, "--json", "--interval", "100ms"]);
+    let frames = watch.stdout_lines();
+    let mut gateway = Gateway::connect(&game);
+    gateway.say("op watched");
+    game.wait_truth("write A done, the call made", |t| t.between_writes == 1);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let frame = frames.recv_timeout(PATIENCE).expect("watch prints frames");
+        let frame: serde_json::Value = serde_json::from_str(&frame).expect("a JSON frame");
+        if frame["upstream_calls_in_flight"] == 1 {
+            assert_eq!(frame["queries_in_flight"], 0, "between the writes: {frame}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "watch never showed the call in flight: {frame}"
+        );
+    }
+    gate.open();
+    game.wait_truth("write B done", |t| t.between_writes == 0);
+    loop {
+        let frame = frames.recv_timeout(PATIENCE).expect("watch prints frames");
+        let frame: serde_json::Value = serde_json::from_str(&frame).expect("a JSON frame");
+        if frame["upstream_calls_in_flight"] == 0 {
+            assert!(frame["upstream_calls"].as_u64() >= Some(1), "{frame}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the call never ended: {frame}");
+    }
+    drop(watch);
+    gateway.hang_up();
+}
+
+/// A process that writes a metric line every 20 ms to a collector that never answers (a
+/// fire-and-forget metrics socket): its upstream connection is one-way, holds no drain,
+/// and the verdict's basis names it.
+#[test]
+fn a_one_way_upstream_does_not_hold_the_drain_and_the_basis_names_it() {
+    require_root();
+    let collector = TcpListener::bind("127.0.0.1:0").expect("listen");
+    let port = collector.local_addr().unwrap().port();
+    // The collector reads and never writes.
+    thread::spawn(move || {
+        for stream in collector.incoming().map_while(Result::ok) {
+            thread::spawn(move || {
+                let mut sink = Vec::new();
+                let _ = std::io::Read::read_to_end(&mut &stream, &mut sink);
+            });
+        }
+    });
+    let script = format!(
+        "import socket, time\n\
+         s = socket.create_connection(('127.0.0.1', {port}))\n\
+         print('ready', flush=True)\n\
+         while True:\n    s.sendall(b'game.players:20|g\\n')\n    time.sleep(0.02)\n"
+    );
+    let mut shipper = Command::new(drainwatch_tests::shop::python())
+        .args(["-c", &script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the metrics shipper");
+    let mut ready = String::new();
+    BufReader::new(shipper.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .expect("ready line");
+    assert_eq!(ready.trim(), "ready");
+    let pid = shipper.id().to_string();
+    let mut wait = Drainwatch::attach(&["wait", "--pid", &pid, "--json"]);
+    wait.wait_for_stderr("drainwatch: drained");
+    let done = wait.finish();
+    let _ = shipper.kill();
+    let _ = shipper.wait();
+    assert_eq!(done.code, 0, "{done:?}");
+    let report = last_json(&done.stdout);
+    // Well inside the hold of a first call (5 s): it was told one-way by its sends.
+    let drained_at = report["drain"]["drained_at_ms"]
+        .as_u64()
+        .expect("drained_at_ms");
+    assert!(drained_at < 4_000, "drained at {drained_at} ms: {report:#}");
+    assert_eq!(report["upstream_calls"]["one_way"], 1, "{report:#}");
+    assert_eq!(report["upstream_calls"]["in_flight"], 0, "{report:#}");
+    let hidden = report["drain"]["basis"]["could_hide_work"]
+        .as_array()
+        .expect("a list");
+    assert!(
+        hidden.iter().any(|h| h["why"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("one-way upstream connection")),
+        "the basis names the one-way connection: {report:#}"
+    );
+    assert!(
+        done.stderr.contains("one-way upstream connection"),
+        "the human line says it: {}",
+        done.stderr
+    );
+}
