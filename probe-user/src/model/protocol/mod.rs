@@ -156,7 +156,7 @@ impl DbConn {
         let unread = (spec.is_some() && reader.is_none()).then_some(Unread::NotParsed);
         DbConn {
             protocol,
-            reader: reader.unwrap_or_else(|| Box::new(Opaque::default())),
+            reader: reader.unwrap_or_else(|| Box::new(Opaque::new(false))),
             unread,
             seen_from_start,
             tls: false,
@@ -204,7 +204,7 @@ impl DbConn {
         }
         let chunk = Chunk::from_io(io);
         if let Step::Opaque { in_flight } = self.reader.on_io(io.dir, &chunk) {
-            self.reader = Box::new(Opaque { in_flight });
+            self.reader = Box::new(Opaque::new(in_flight));
             self.unread = Some(Unread::Encrypted);
         }
     }

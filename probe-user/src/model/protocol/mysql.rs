@@ -59,7 +59,7 @@ use super::mysql_reply::{
     classify, Ctx, Kind, MyFraming, Reply, Stage, Verdict, SERVER_MORE_RESULTS_EXISTS,
     SERVER_STATUS_IN_TRANS,
 };
-use super::spec::{Conversation, DbProtocol};
+use super::spec::{Conversation, DbProtocol, Said};
 use super::{DbIo, Direction, Step, Txn};
 use crate::events::Protocol;
 
@@ -156,9 +156,7 @@ pub(crate) struct Mysql {
     recv: Walker<MyFraming>,
     window: Window,
     reply: Reply,
-    in_flight: bool,
-    txn: Txn,
-    goodbye: bool,
+    said: Said,
     /// The sequence id the next server packet must carry, when known.
     expect_seq: Option<u8>,
     compress_after_auth: bool,
@@ -189,13 +187,7 @@ impl Mysql {
                 stage: Stage::Idle,
                 deprecate_eof: None,
             },
-            in_flight: false,
-            txn: if seen_from_start {
-                Txn::Idle
-            } else {
-                Txn::Unknown
-            },
-            goodbye: false,
+            said: Said::new(seen_from_start),
             expect_seq: seen_from_start.then_some(0),
             compress_after_auth: false,
             inside_tls: false,
@@ -262,19 +254,19 @@ impl Mysql {
             self.reply.deprecate_eof = caps.map(|c| c & CLIENT_DEPRECATE_EOF != 0);
             self.phase = Phase::Command;
             self.reply.stage = Stage::Auth;
-            self.in_flight = true;
+            self.said.in_flight = true;
             return Step::Go;
         }
         if seq != 0 {
             // A continuation, LOCAL INFILE data or auth data: part of the current exchange.
             if self.reply.stage != Stage::Idle {
-                self.in_flight = true;
+                self.said.in_flight = true;
             }
             return Step::Go;
         }
         self.synced = true;
         match f.first_byte() {
-            Some(COM_QUIT) => self.goodbye = true,
+            Some(COM_QUIT) => self.said.goodbye = true,
             Some(COM_STMT_CLOSE | COM_STMT_SEND_LONG_DATA) => {}
             Some(COM_CHANGE_USER) => self.start(Stage::Auth),
             cmd => self.start(Stage::First(cmd)),
@@ -286,7 +278,7 @@ impl Mysql {
     /// waits its turn. Otherwise the server has finished its previous reply (it reads a
     /// command only then), so its next byte starts a packet.
     fn start(&mut self, stage: Stage) {
-        self.in_flight = true;
+        self.said.in_flight = true;
         if self.reply.stage != Stage::Idle && !self.recv_since_cmd {
             if self.queue.len() < MAX_PIPELINED {
                 self.queue.push_back(stage);
@@ -430,7 +422,7 @@ impl Mysql {
 
     fn apply(&mut self, v: Verdict) {
         if let Some(status) = v.status {
-            self.txn = if status & SERVER_STATUS_IN_TRANS != 0 {
+            self.said.txn = if status & SERVER_STATUS_IN_TRANS != 0 {
                 Txn::Open
             } else {
                 Txn::Idle
@@ -443,7 +435,7 @@ impl Mysql {
                     self.expect_seq = Some(1);
                 }
                 None => {
-                    self.in_flight = false;
+                    self.said.in_flight = false;
                     self.reply.stage = Stage::Idle;
                 }
             }
@@ -473,25 +465,12 @@ fn single_packet(chunk: &Chunk) -> Option<Frame> {
 }
 
 impl Conversation for Mysql {
-    fn in_flight(&self) -> bool {
-        self.in_flight
+    fn said(&self) -> &Said {
+        &self.said
     }
 
-    fn txn(&self) -> Txn {
-        self.txn
-    }
-
-    /// The transaction state from the database's own view (`--db-url`'s
-    /// information_schema.innodb_trx), for a connection from before attach: kept only while
-    /// its replies have not told yet.
-    fn assume_txn(&mut self, txn: Txn) {
-        if self.txn == Txn::Unknown {
-            self.txn = txn;
-        }
-    }
-
-    fn goodbye(&self) -> bool {
-        self.goodbye
+    fn said_mut(&mut self) -> &mut Said {
+        &mut self.said
     }
 
     fn on_io(&mut self, dir: Direction, chunk: &Chunk) -> Step {

@@ -8,31 +8,39 @@
 //! read.
 
 use super::chunk::Chunk;
-use super::spec::Conversation;
+use super::spec::{Conversation, Said};
 use super::{Direction, Step, Txn};
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub(crate) struct Opaque {
-    pub(crate) in_flight: bool,
+    /// Only `in_flight` ever changes: the transaction stays unknown, no goodbye is read.
+    said: Said,
+}
+
+impl Opaque {
+    pub(crate) fn new(in_flight: bool) -> Self {
+        Self {
+            said: Said {
+                in_flight,
+                ..Said::new(false)
+            },
+        }
+    }
 }
 
 impl Conversation for Opaque {
     fn on_io(&mut self, dir: Direction, _chunk: &Chunk) -> Step {
-        self.in_flight = dir == Direction::Send;
+        self.said.in_flight = dir == Direction::Send;
         Step::Go
     }
 
-    fn in_flight(&self) -> bool {
-        self.in_flight
+    fn said(&self) -> &Said {
+        &self.said
     }
 
-    fn txn(&self) -> Txn {
-        Txn::Unknown
+    fn said_mut(&mut self) -> &mut Said {
+        &mut self.said
     }
 
     fn assume_txn(&mut self, _txn: Txn) {}
-
-    fn goodbye(&self) -> bool {
-        false
-    }
 }

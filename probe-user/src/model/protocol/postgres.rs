@@ -35,7 +35,7 @@
 
 use super::chunk::{be32, looks_like_tls, Chunk, Window};
 use super::frame::{Event, Framing, Walker};
-use super::spec::{Conversation, DbProtocol};
+use super::spec::{Conversation, DbProtocol, Said};
 use super::{DbIo, Direction, Step, Txn};
 use crate::events::Protocol;
 
@@ -134,9 +134,7 @@ pub(crate) struct Postgres {
     send: Walker<PgFraming>,
     recv: Walker<PgFraming>,
     window: Window,
-    in_flight: bool,
-    txn: Txn,
-    goodbye: bool,
+    said: Said,
     /// ReadyForQuery messages owed for what was sent.
     owed: u64,
     /// `owed` is exact for the current in-flight.
@@ -148,8 +146,6 @@ pub(crate) struct Postgres {
     events: Vec<Event>,
     /// The body length of the last CommandComplete since the last ReadyForQuery.
     last_tag: Option<u32>,
-    /// The last ReadyForQuery ended a transaction after a ROLLBACK (`take_rollback`).
-    rolled_back: bool,
 }
 
 impl Postgres {
@@ -163,20 +159,13 @@ impl Postgres {
             send: Walker::new(seen_from_start),
             recv: Walker::new(seen_from_start),
             window: Window::default(),
-            in_flight: false,
-            txn: if seen_from_start {
-                Txn::Idle
-            } else {
-                Txn::Unknown
-            },
-            goodbye: false,
+            said: Said::new(seen_from_start),
             owed: 0,
             exact: seen_from_start,
             synced: seen_from_start,
             opening: Vec::new(),
             events: Vec::new(),
             last_tag: None,
-            rolled_back: false,
         }
     }
 
@@ -201,7 +190,7 @@ impl Postgres {
                 self.begin();
                 self.phase = Phase::SslReply;
             }
-            Some(CANCEL_REQUEST) if len == 16 => self.goodbye = true,
+            Some(CANCEL_REQUEST) if len == 16 => self.said.goodbye = true,
             Some(code) if code >> 16 == 3 && len >= 8 => {
                 self.begin();
                 self.phase = Phase::Startup;
@@ -234,11 +223,11 @@ impl Postgres {
 
     fn send_typed(&mut self, chunk: &Chunk) {
         if chunk.len() == TERMINATE.len() as u64 && chunk.head() == TERMINATE {
-            self.goodbye = true;
+            self.said.goodbye = true;
             self.feed_send(chunk);
             return;
         }
-        if !self.in_flight && self.recv.is_lost() {
+        if !self.said.in_flight && self.recv.is_lost() {
             // The server answered everything asked so far: its next byte starts a message.
             self.recv.resync();
         }
@@ -326,10 +315,10 @@ impl Postgres {
         // a failed transaction): its CommandComplete tag is "ROLLBACK" (9 bytes with its
         // NUL). Only when that tag was seen, never guessed from a lost walker.
         let tag = self.last_tag.take();
-        self.rolled_back = status == b'I'
-            && matches!(self.txn, Txn::Open | Txn::Failed)
+        self.said.rolled_back = status == b'I'
+            && matches!(self.said.txn, Txn::Open | Txn::Failed)
             && tag == Some(ROLLBACK_TAG_LEN);
-        self.txn = match status {
+        self.said.txn = match status {
             b'T' => Txn::Open,
             b'E' => Txn::Failed,
             _ => Txn::Idle,
@@ -346,44 +335,27 @@ impl Postgres {
 
     /// A send: a new in-flight starts unless one is running.
     fn begin(&mut self) {
-        if !self.in_flight {
-            self.in_flight = true;
+        if !self.said.in_flight {
+            self.said.in_flight = true;
             self.owed = 0;
             self.exact = true;
         }
     }
 
     fn end(&mut self) {
-        self.in_flight = false;
+        self.said.in_flight = false;
         self.owed = 0;
         self.exact = true;
     }
 }
 
 impl Conversation for Postgres {
-    fn take_rollback(&mut self) -> bool {
-        std::mem::take(&mut self.rolled_back)
+    fn said(&self) -> &Said {
+        &self.said
     }
 
-    fn in_flight(&self) -> bool {
-        self.in_flight
-    }
-
-    fn txn(&self) -> Txn {
-        self.txn
-    }
-
-    /// The transaction state from outside evidence (the backend's own view), for a
-    /// connection found at attach whose state the bytes have not told yet. The next
-    /// ReadyForQuery overrides it.
-    fn assume_txn(&mut self, txn: Txn) {
-        if self.txn == Txn::Unknown {
-            self.txn = txn;
-        }
-    }
-
-    fn goodbye(&self) -> bool {
-        self.goodbye
+    fn said_mut(&mut self) -> &mut Said {
+        &mut self.said
     }
 
     fn on_io(&mut self, dir: Direction, chunk: &Chunk) -> Step {

@@ -43,7 +43,7 @@
 
 use super::chunk::{looks_like_tls, Chunk, Window};
 use super::resp::{Name, RespReader};
-use super::spec::{Conversation, DbProtocol};
+use super::spec::{Conversation, DbProtocol, Said};
 use super::{Direction, Step, Txn};
 use crate::events::Protocol;
 
@@ -156,9 +156,7 @@ pub(crate) struct Redis {
     send: RespReader,
     recv: RespReader,
     window: Window,
-    in_flight: bool,
-    txn: Txn,
-    goodbye: bool,
+    said: Said,
     /// Replies owed for the commands sent.
     owed: u64,
     /// `owed` is exact for the current in-flight.
@@ -167,8 +165,6 @@ pub(crate) struct Redis {
     closing: bool,
     /// The closing command was DISCARD (or RESET): the transaction is thrown away.
     discarding: bool,
-    /// The last reply ended a transaction with DISCARD (`take_rollback`).
-    rolled_back: bool,
     /// The first bytes of the reply to a lone ordinary command, while they tell something.
     capture: Option<([u8; 9], usize)>,
     /// Commands have been seen (or the connection was seen from its start).
@@ -183,18 +179,11 @@ impl Redis {
             send: RespReader::new(true, seen_from_start),
             recv: RespReader::new(false, seen_from_start),
             window: Window::default(),
-            in_flight: false,
-            txn: if seen_from_start {
-                Txn::Idle
-            } else {
-                Txn::Unknown
-            },
-            goodbye: false,
+            said: Said::new(seen_from_start),
             owed: 0,
             exact: true,
             closing: false,
             discarding: false,
-            rolled_back: false,
             capture: None,
             synced: seen_from_start,
             resp: false,
@@ -239,11 +228,11 @@ impl Redis {
         }
         let lone = completed == 1 && cmds.len() == 1 && self.send.at_boundary();
         if lone && cmds[0] == Cmd::Quit {
-            self.goodbye = true;
+            self.said.goodbye = true;
             return;
         }
-        if !self.in_flight {
-            self.in_flight = true;
+        if !self.said.in_flight {
+            self.said.in_flight = true;
             self.owed = 0;
             self.exact = true;
             self.capture = None;
@@ -264,7 +253,7 @@ impl Redis {
         for cmd in cmds {
             match cmd {
                 Cmd::Multi => {
-                    self.txn = Txn::Open;
+                    self.said.txn = Txn::Open;
                     self.closing = false;
                     self.discarding = false;
                 }
@@ -276,7 +265,7 @@ impl Redis {
                     self.closing = true;
                     self.discarding = true;
                 }
-                Cmd::Quit => self.goodbye = true,
+                Cmd::Quit => self.said.goodbye = true,
                 Cmd::Other => {}
             }
         }
@@ -298,12 +287,12 @@ impl Redis {
                 None if self.window.bytes().ends_with(b"\r\n") => self.recv.resync(),
                 None => {}
             }
-            if self.in_flight && self.recv.at_boundary() {
+            if self.said.in_flight && self.recv.at_boundary() {
                 self.end();
             }
             return;
         }
-        if !self.in_flight {
+        if !self.said.in_flight {
             return;
         }
         if completed > 0
@@ -327,8 +316,8 @@ impl Redis {
         let seen = &buf[..len];
         match seen.first() {
             Some(b'-' | b'!' | b'>' | b'|') => {}
-            _ if seen == QUEUED => self.txn = Txn::Open,
-            _ if !QUEUED.starts_with(seen) => self.txn = Txn::Idle,
+            _ if seen == QUEUED => self.said.txn = Txn::Open,
+            _ if !QUEUED.starts_with(seen) => self.said.txn = Txn::Idle,
             _ if matches!(chunk, Chunk::Whole { .. }) => self.capture = Some((buf, len)),
             _ => {}
         }
@@ -341,24 +330,20 @@ impl Redis {
     }
 
     fn end(&mut self) {
-        self.in_flight = false;
+        self.said.in_flight = false;
         self.owed = 0;
         self.exact = true;
         self.capture = None;
         if self.closing {
             self.closing = false;
-            self.rolled_back = self.discarding && self.txn == Txn::Open;
+            self.said.rolled_back = self.discarding && self.said.txn == Txn::Open;
             self.discarding = false;
-            self.txn = Txn::Idle;
+            self.said.txn = Txn::Idle;
         }
     }
 }
 
 impl Conversation for Redis {
-    fn take_rollback(&mut self) -> bool {
-        std::mem::take(&mut self.rolled_back)
-    }
-
     /// Redis has no view of its clients' transactions that drainwatch asks.
     fn assume_txn(&mut self, _txn: Txn) {}
 
@@ -368,19 +353,15 @@ impl Conversation for Redis {
     /// since attach is not open as far as this rule goes: nothing queued after a MULTI runs
     /// before its EXEC (see `RedisProtocol::txn_unknown_at_attach`).
     fn close_is_clean(&self) -> bool {
-        self.goodbye || (!self.in_flight && self.txn != Txn::Open)
+        self.said.goodbye || (!self.said.in_flight && self.said.txn != Txn::Open)
     }
 
-    fn in_flight(&self) -> bool {
-        self.in_flight
+    fn said(&self) -> &Said {
+        &self.said
     }
 
-    fn txn(&self) -> Txn {
-        self.txn
-    }
-
-    fn goodbye(&self) -> bool {
-        self.goodbye
+    fn said_mut(&mut self) -> &mut Said {
+        &mut self.said
     }
 
     fn on_io(&mut self, dir: Direction, chunk: &Chunk) -> Step {

@@ -85,25 +85,70 @@ pub(crate) trait DbProtocol: Sync {
 pub(crate) trait Conversation: std::fmt::Debug + Send {
     /// One send or recv, as the kernel reported it.
     fn on_io(&mut self, dir: Direction, chunk: &Chunk) -> Step;
+    /// What it has said so far, which the reads below come from.
+    fn said(&self) -> &Said;
+    fn said_mut(&mut self) -> &mut Said;
     /// A query is in flight: sent, and its reply not yet complete.
-    fn in_flight(&self) -> bool;
-    fn txn(&self) -> Txn;
+    fn in_flight(&self) -> bool {
+        self.said().in_flight
+    }
+    fn txn(&self) -> Txn {
+        self.said().txn
+    }
     /// The transaction state the database reported outside the conversation, for a
-    /// connection whose replies have not told it yet.
-    fn assume_txn(&mut self, txn: Txn);
+    /// connection whose replies have not told it yet (the next reply that tells overrides
+    /// it).
+    fn assume_txn(&mut self, txn: Txn) {
+        let said = self.said_mut();
+        if said.txn == Txn::Unknown {
+            said.txn = txn;
+        }
+    }
     /// The client sent the protocol's goodbye.
-    fn goodbye(&self) -> bool;
+    fn goodbye(&self) -> bool {
+        self.said().goodbye
+    }
     /// The reply just read ended an open transaction with a rollback the client asked for
     /// (PostgreSQL ROLLBACK, Redis DISCARD); cleared by reading it. MySQL's OK to ROLLBACK
     /// looks like its OK to COMMIT: never told there.
     fn take_rollback(&mut self) -> bool {
-        false
+        std::mem::take(&mut self.said_mut().rolled_back)
     }
     /// A close(2) now would end the conversation cleanly (docs/design.md, "clean close"):
     /// after the goodbye, or, where the protocol has no goodbye to send, at a point where
     /// nothing is left to lose.
     fn close_is_clean(&self) -> bool {
         self.goodbye()
+    }
+}
+
+/// What a conversation has said so far, kept the same way by every protocol's reader: each
+/// holds one, sets it from the bytes, and hands it to [`Conversation::said`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Said {
+    /// A query sent and its reply not yet complete.
+    pub in_flight: bool,
+    pub txn: Txn,
+    /// The client sent the protocol's goodbye.
+    pub goodbye: bool,
+    /// The last reply ended a transaction with a rollback the client asked for.
+    pub rolled_back: bool,
+}
+
+impl Said {
+    /// Nothing said yet: no transaction when the conversation is seen from its start, the
+    /// state unknown when it began before attach (docs/design.md, "transaction open").
+    pub fn new(seen_from_start: bool) -> Self {
+        Self {
+            in_flight: false,
+            txn: if seen_from_start {
+                Txn::Idle
+            } else {
+                Txn::Unknown
+            },
+            goodbye: false,
+            rolled_back: false,
+        }
     }
 }
 
