@@ -6,12 +6,15 @@ use std::{
     net::TcpStream,
     path::PathBuf,
     process::{Child, Command, ExitStatus, Stdio},
-    sync::mpsc,
-    thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use crate::{binary, db::Database, wait_with_deadline, TempDir, PATIENCE};
+use crate::{
+    binary,
+    db::Database,
+    fixture::{ready_field, ready_line, wait_truth, TruthFile},
+    wait_with_deadline, TempDir, PATIENCE,
+};
 
 pub fn game_bin() -> PathBuf {
     binary("DW_GAME_BIN", "dw-game")
@@ -75,20 +78,8 @@ impl GameServer {
             .stderr(log)
             .spawn()
             .expect("start dw-game");
-        // The ready line is read on a thread so that a hung start fails after PATIENCE.
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx.recv_timeout(PATIENCE).unwrap_or_default();
-        let field = |name: &str| -> Option<u32> {
-            line.split_whitespace()
-                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
-                .and_then(|v| v.parse().ok())
-        };
+        let line = ready_line(&mut child);
+        let field = |name| ready_field(&line, name);
         let (Some(pid), Some(port)) = (field("pid"), field("port")) else {
             let _ = child.kill();
             let status = child.wait();
@@ -111,15 +102,8 @@ impl GameServer {
 
     /// The current ground truth.
     pub fn truth(&self) -> Truth {
-        let text = std::fs::read_to_string(&self.truth_path)
-            .unwrap_or_else(|e| panic!("read {}: {e}", self.truth_path.display()));
-        let json: serde_json::Value = serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("truth file is not JSON ({e}): {text}"));
-        let n = |key: &str| {
-            json[key]
-                .as_u64()
-                .unwrap_or_else(|| panic!("truth has no number {key:?}: {text}"))
-        };
+        let file = TruthFile::read(&self.truth_path);
+        let n = |key| file.n(key);
         Truth {
             pid: n("pid") as u32,
             requests_in_flight: n("requests_in_flight"),
@@ -135,19 +119,15 @@ impl GameServer {
 
     /// Polls the truth until `wanted` holds (within PATIENCE); fails with the last truth.
     pub fn wait_truth(&self, what: &str, wanted: impl Fn(&Truth) -> bool) -> Truth {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let truth = self.truth();
-            if wanted(&truth) {
-                return truth;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "dw-game never reached {what}; last truth {truth:?}; stderr:\n{}",
-                self.log()
-            );
-            thread::sleep(Duration::from_millis(5));
-        }
+        let step = Duration::from_millis(5);
+        wait_truth(
+            "dw-game",
+            what,
+            step,
+            || self.truth(),
+            wanted,
+            || self.log(),
+        )
     }
 
     /// Sends `op NAME PAUSE_MS` on a new connection; the reply is read later.

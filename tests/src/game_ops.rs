@@ -6,15 +6,18 @@
 //! `libpq-dev`, installed by `cargo xtask setup`).
 
 use std::{
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::{mpsc, OnceLock},
-    thread,
-    time::{Duration, Instant},
+    sync::OnceLock,
+    time::Duration,
 };
 
-use crate::{db::PgServer, drainwatch_bin, wait_with_deadline, TempDir, PATIENCE};
+use crate::{
+    db::PgServer,
+    drainwatch_bin,
+    fixture::{ready_field, ready_line, wait_truth, TruthFile},
+    wait_with_deadline, TempDir, PATIENCE,
+};
 
 /// The fixture's source, in this repository.
 fn source() -> PathBuf {
@@ -83,24 +86,6 @@ pub struct GameOps {
     _dir: TempDir,
 }
 
-/// Reads a child's first stdout line (its ready line), within PATIENCE.
-fn ready_line(child: &mut Child) -> String {
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    rx.recv_timeout(PATIENCE).unwrap_or_default()
-}
-
-fn field(line: &str, name: &str) -> Option<u32> {
-    line.split_whitespace()
-        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
-        .and_then(|v| v.parse().ok())
-}
-
 impl GameOps {
     /// Starts the server against `db` (`None`: no database, the purchase only waits) with
     /// `--workers`, `--gap-ms` and extra flags (`--on-term abandon`).
@@ -135,7 +120,8 @@ impl GameOps {
             .spawn()
             .expect("start game_ops");
         let line = ready_line(&mut child);
-        let (Some(pid), Some(port)) = (field(&line, "pid"), field(&line, "port")) else {
+        let (Some(pid), Some(port)) = (ready_field(&line, "pid"), ready_field(&line, "port"))
+        else {
             let _ = child.kill();
             panic!(
                 "game_ops did not get ready (stdout {line:?}); stderr:\n{}",
@@ -153,15 +139,8 @@ impl GameOps {
     }
 
     pub fn truth(&self) -> OpsTruth {
-        let text = std::fs::read_to_string(&self.truth_path)
-            .unwrap_or_else(|e| panic!("read {}: {e}", self.truth_path.display()));
-        let json: serde_json::Value = serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("truth file is not JSON ({e}): {text}"));
-        let n = |key: &str| {
-            json[key]
-                .as_u64()
-                .unwrap_or_else(|| panic!("truth has no number {key:?}: {text}"))
-        };
+        let file = TruthFile::read(&self.truth_path);
+        let n = |key| file.n(key);
         OpsTruth {
             between_writes: n("between_writes"),
             queued: n("queued"),
@@ -172,19 +151,15 @@ impl GameOps {
 
     /// Polls the truth until `wanted` holds (within PATIENCE).
     pub fn wait_truth(&self, what: &str, wanted: impl Fn(&OpsTruth) -> bool) -> OpsTruth {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let truth = self.truth();
-            if wanted(&truth) {
-                return truth;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "game_ops never reached {what}; last truth {truth:?}; stderr:\n{}",
-                self.log()
-            );
-            thread::sleep(Duration::from_millis(2));
-        }
+        let step = Duration::from_millis(2);
+        wait_truth(
+            "game_ops",
+            what,
+            step,
+            || self.truth(),
+            wanted,
+            || self.log(),
+        )
     }
 
     pub fn signal(&self, sig: i32) {

@@ -14,6 +14,7 @@ use std::{
 pub use serde_json::Value;
 
 pub mod db;
+pub mod fixture;
 pub mod game;
 pub mod game_go;
 pub mod game_ops;
