@@ -135,8 +135,13 @@ pub struct SignalEvent {
     pub result: i32,
     /// Non-zero when sent to the whole thread group.
     pub group: u32,
-    pub _pad: u32,
+    /// 1 when this signal made its receiver a target: it was no target, and the sender is
+    /// in the tree of the command `audit -- CMD` launched ([`ORIGIN_LAUNCHED_TREE`]).
+    pub followed: u32,
     pub sender_comm: [u8; COMM_LEN],
+    /// The receiving task's comm, as the tracepoint records it (a receiver killed at once
+    /// is gone from /proc before userspace reads this).
+    pub target_comm: [u8; COMM_LEN],
 }
 
 /// `sched:sched_process_fork` where the parent is a target: the child becomes a target too.
@@ -485,6 +490,8 @@ pub struct ProbeConfig {
     pub signal_pid_off: u32,
     pub signal_group_off: u32,
     pub signal_result_off: u32,
+    /// `comm` of `signal:signal_generate`: the receiver's name.
+    pub signal_comm_off: u32,
     pub fork_parent_pid_off: u32,
     pub fork_child_pid_off: u32,
     pub exec_pid_off: u32,
@@ -576,6 +583,7 @@ impl ProbeConfig {
             signal_pid_off: 0,
             signal_group_off: 0,
             signal_result_off: 0,
+            signal_comm_off: 0,
             fork_parent_pid_off: 0,
             fork_child_pid_off: 0,
             exec_pid_off: 0,
@@ -597,7 +605,9 @@ pub struct TargetInfo {
     /// The tgid this entry belongs to (equal to the key for a process, the owning tgid for
     /// a thread; 0 when the kernel added a fork child before knowing whether it is a thread).
     pub tgid: u32,
-    /// 1 when userspace named it, 2 when the kernel followed a fork.
+    /// `ORIGIN_*`: 1 when userspace named it, 2 when the kernel followed a fork, 3 a
+    /// `--comm` exec, 4 a receiver of the launched command's signal; possibly with
+    /// [`ORIGIN_LAUNCHED_TREE`] set on top.
     pub origin: u32,
     /// Client requests of this process (kept in the entry keyed by the tgid only).
     pub requests: RequestCounters,
@@ -700,14 +710,25 @@ pub const ORIGIN_USER: u32 = 1;
 pub const ORIGIN_FORK: u32 = 2;
 /// A process that exec'd into a name given with `--comm`.
 pub const ORIGIN_COMM: u32 = 3;
+/// A process that a process of [`ORIGIN_LAUNCHED_TREE`] sent a signal (docs/design.md,
+/// "Command line": `audit -- CMD` follows what it signals).
+pub const ORIGIN_SIGNALLED: u32 = 4;
+/// A flag on top of the origin: the command `audit -- CMD` launched, and what it forks
+/// (inherited in the kernel at fork). A signal such a process sends makes its receiver a
+/// target; nothing else carries the flag, so a signal between other processes costs only
+/// the bitmap reads of [`target_bit`].
+pub const ORIGIN_LAUNCHED_TREE: u32 = 1 << 8;
+/// `TRACE_SIGNAL_IGNORED`, `signal:signal_generate`'s `result` for a signal the receiver
+/// ignores (include/trace/events/signal.h): it changed nothing, and follows nothing.
+pub const TRACE_SIGNAL_IGNORED: i32 = 1;
 
 // Layouts are part of the wire contract: both sides fail to compile if they drift.
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 16);
-const _: () = assert!(core::mem::size_of::<SignalEvent>() == 16 + 32 + COMM_LEN);
+const _: () = assert!(core::mem::size_of::<SignalEvent>() == 16 + 32 + 2 * COMM_LEN);
 const _: () = assert!(core::mem::size_of::<ForkEvent>() == 16 + 16 + COMM_LEN);
 const _: () = assert!(core::mem::size_of::<ExecEvent>() == 16 + 8 + COMM_LEN);
 const _: () = assert!(core::mem::size_of::<ExitEvent>() == 16 + 16 + COMM_LEN);
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 64 + 56);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 68 + 56);
 const _: () = assert!(core::mem::size_of::<TargetInfo>() == 8 + 48 + 72);
 const _: () = assert!(core::mem::size_of::<ConnKey>() == 8);
 const _: () = assert!(core::mem::size_of::<ConnState>() == 24);

@@ -12,11 +12,13 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use probe_common::{
     Counter, EventKind, ExecEvent, ExitEvent, ForkEvent, ProbeConfig, SignalEvent, TargetInfo,
-    COMM_LEN, NO_OFFSET, ORIGIN_COMM, ORIGIN_FORK,
+    COMM_LEN, NO_OFFSET, ORIGIN_COMM, ORIGIN_FORK, ORIGIN_LAUNCHED_TREE, ORIGIN_SIGNALLED,
+    TRACE_SIGNAL_IGNORED,
 };
 
 use crate::shared::{
-    add_target, bump, config, current_tgid_pid, emit, header, is_target, COMMS, TARGETS,
+    add_signalled_target, add_target, bump, config, current_tgid_pid, emit, header, is_target,
+    target, COMMS, TARGETS,
 };
 
 #[inline(always)]
@@ -41,14 +43,34 @@ pub fn signal_generate(ctx: TracePointContext) -> u32 {
 fn try_signal_generate(ctx: &TracePointContext) -> Result<u32, u32> {
     let cfg = config();
     let target_pid = read_i32(ctx, cfg.signal_pid_off)? as u32;
+    let (sender_tgid, sender_pid) = current_tgid_pid();
+    let mut followed = 0;
     if !is_target(target_pid) {
-        return Ok(0);
+        // Every signal on the machine passes here: for one between two non-targets, the
+        // sender's bitmap bit is clear and this ends after two array reads.
+        if !launched_tree(sender_tgid) {
+            return Ok(0);
+        }
+        let sig = read_i32(ctx, cfg.signal_sig_off)?;
+        let code = read_i32(ctx, cfg.signal_code_off)?;
+        let result = read_i32(ctx, cfg.signal_result_off)?;
+        if !follows(&cfg, target_pid, sig, code, result) {
+            return Ok(0);
+        }
+        // A target from this moment (docs/design.md, "Command line"): its connections and
+        // its exit are seen from the next instruction it runs; userspace surveys what it
+        // already had going when it reads this event. Its tgid is not known here (a
+        // tgkill names a thread); userspace adds the process's own entry.
+        if add_signalled_target(target_pid, &TargetInfo::new(0, ORIGIN_SIGNALLED)).is_err() {
+            bump(Counter::TargetsFull);
+            return Ok(0);
+        }
+        followed = 1;
     }
     let sig = read_i32(ctx, cfg.signal_sig_off)?;
     let code = read_i32(ctx, cfg.signal_code_off)?;
     let group = read_i32(ctx, cfg.signal_group_off)? as u32;
     let result = read_i32(ctx, cfg.signal_result_off)?;
-    let (sender_tgid, sender_pid) = current_tgid_pid();
     debug!(ctx, "signal {} to {} from {}", sig, target_pid, sender_tgid);
     emit(|| SignalEvent {
         header: header::<SignalEvent>(EventKind::Signal),
@@ -59,10 +81,41 @@ fn try_signal_generate(ctx: &TracePointContext) -> Result<u32, u32> {
         code,
         result,
         group,
-        _pad: 0,
+        followed,
         sender_comm: current_comm(),
+        target_comm: read_comm(ctx, cfg.signal_comm_off),
     });
     Ok(0)
+}
+
+/// Whether the current process is the command `audit -- CMD` launched or one it forked.
+#[inline(always)]
+fn launched_tree(tgid: u32) -> bool {
+    match target(tgid) {
+        // SAFETY: a pointer into the map value, valid for this program run; `origin` is
+        // written once, when the entry is made.
+        Some(info) => (unsafe { (*info).origin } & ORIGIN_LAUNCHED_TREE) != 0,
+        None => false,
+    }
+}
+
+/// Whether a signal from the launched tree makes its receiver a target: one a process sent
+/// (kill(2), tgkill(2), sigqueue(3), pidfd_send_signal(2): `si_code` 0 or negative), not
+/// one the kernel generates on the tree's behalf (SIGCHLD to a parent outside it when a
+/// child exits, SIGPIPE, a tty's SIGHUP: positive codes); one the receiver does not ignore
+/// (a kernel thread reached by kill(-1, ...) ignores every signal); never drainwatch itself
+/// (kill(0, ...) reaches the process group it shares with the command). A signal 0 (kill -0,
+/// a liveness check) never gets here: kill_pid_info() checks permission and stops
+/// (kernel/signal.c); it is refused again below for safety.
+#[inline(always)]
+fn follows(cfg: &ProbeConfig, target_pid: u32, sig: i32, code: i32, result: i32) -> bool {
+    sig > 0 && code <= 0 && result != TRACE_SIGNAL_IGNORED && target_pid != cfg.self_tgid
+}
+
+#[inline(always)]
+fn read_comm(ctx: &TracePointContext, offset: u32) -> [u8; COMM_LEN] {
+    // SAFETY: the offset comes from the tracepoint's own format file (`char comm[16]`).
+    unsafe { ctx.read_at::<[u8; COMM_LEN]>(offset as usize) }.unwrap_or([0; COMM_LEN])
 }
 
 #[tracepoint]
@@ -76,18 +129,21 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
 fn try_sched_process_fork(ctx: &TracePointContext) -> Result<u32, u32> {
     // The parent is the current task: filter on its tgid before reading anything else.
     let (parent_tgid, parent_pid) = current_tgid_pid();
-    if !is_target(parent_tgid) {
+    let Some(parent) = target(parent_tgid) else {
         return Ok(0);
-    }
+    };
     let cfg = config();
     if cfg.follow_forks == 0 {
         return Ok(0);
     }
+    // SAFETY: a pointer into the map value, valid for this program run.
+    let tree = unsafe { (*parent).origin } & ORIGIN_LAUNCHED_TREE;
     let child_pid = read_i32(ctx, cfg.fork_child_pid_off)? as u32;
     // Follow the child in the kernel, before it can run: userspace would be too late for a
     // child that is killed at once. It may be a thread (clone with CLONE_THREAD); userspace
     // tells them apart, and the exit program forgets threads as they go.
-    let info = TargetInfo::new(0, ORIGIN_FORK);
+    // What the launched command forks is its tree too: their signals are followed.
+    let info = TargetInfo::new(0, ORIGIN_FORK | tree);
     if add_target(child_pid, &info).is_err() {
         bump(Counter::TargetsFull);
     }

@@ -38,6 +38,12 @@ pub static USER_TARGET_BITS: Array<u64> = Array::with_max_entries(TARGET_BITMAP_
 #[map]
 pub static KERNEL_TARGET_BITS: Array<u64> = Array::with_max_entries(TARGET_BITMAP_WORDS, 0);
 
+/// The same for receivers of the launched command's signals (`signal_generate`), set from
+/// the sender's context: a map of its own, because the one-writer-per-bit argument of
+/// [`add_target`] does not hold there (see [`add_signalled_target`]).
+#[map]
+pub static SIGNALLED_TARGET_BITS: Array<u64> = Array::with_max_entries(TARGET_BITMAP_WORDS, 0);
+
 /// Process names watched with `--comm` (NUL-padded comm, as the kernel keeps it).
 #[map]
 pub static COMMS: HashMap<[u8; COMM_LEN], u8> = HashMap::with_max_entries(MAX_COMMS, 0);
@@ -73,7 +79,8 @@ pub fn maybe_target(id: u32) -> bool {
     };
     let user = USER_TARGET_BITS.get(word).copied().unwrap_or(0);
     let kernel = KERNEL_TARGET_BITS.get(word).copied().unwrap_or(0);
-    (user | kernel) & mask != 0
+    let signalled = SIGNALLED_TARGET_BITS.get(word).copied().unwrap_or(0);
+    (user | kernel | signalled) & mask != 0
 }
 
 /// Adds a pid to `TARGETS` from the kernel side (and to its bitmap, before the entry, so a
@@ -90,8 +97,24 @@ pub fn maybe_target(id: u32) -> bool {
 /// added atomically and do not disturb this one.
 #[inline(always)]
 pub fn add_target(id: u32, info: &TargetInfo) -> Result<(), ()> {
+    add_with_bit(&KERNEL_TARGET_BITS, id, info)
+}
+
+/// Adds the receiver of a signal to `TARGETS` from the sender's context. Two senders can
+/// signal the same receiver at once, but not both inside this: the tracepoint fires in
+/// __send_signal_locked() under the receiver's `sighand->siglock` (kernel/signal.c), so
+/// for a given pid the read of its bit and the add are serialized, as [`add_target`]'s
+/// argument needs; the fork and exec paths set their bits in [`KERNEL_TARGET_BITS`], a map
+/// of their own, so they never add to the same word's bit twice either.
+#[inline(always)]
+pub fn add_signalled_target(id: u32, info: &TargetInfo) -> Result<(), ()> {
+    add_with_bit(&SIGNALLED_TARGET_BITS, id, info)
+}
+
+#[inline(always)]
+fn add_with_bit(bits: &Array<u64>, id: u32, info: &TargetInfo) -> Result<(), ()> {
     if let Some((word, mask)) = target_bit(id) {
-        if let Some(slot) = KERNEL_TARGET_BITS.get_ptr_mut(word) {
+        if let Some(slot) = bits.get_ptr_mut(word) {
             // SAFETY: a u64 inside an array map value, valid for this program run; the
             // add's result is unused, so it is the plain BPF_XADD every kernel has.
             unsafe {

@@ -73,6 +73,10 @@ pub enum Command {
         long_about = "Watches the targets through a restart (launched with -- CMD, \
         or named by selectors) and reports what a restart should never do: SIGKILL, a \
         transaction cut in half, a database connection leaked, requests in flight at exit. \
+        With -- CMD, every process that CMD or what it starts sends a signal (kill -TERM, \
+        kill -9) becomes a target from that moment, and a SIGKILL they send is a violation \
+        whoever receives it; a restart that goes through a daemon (systemctl) is not \
+        followed: name the servers with --pid, --comm or --unit. \
         Writes a JSON report (--report) and a JUnit file (--junit) for CI; --policy lets \
         some kinds only warn. Exit 0 clean, 1 violations or an incomplete audit."
     )]
@@ -378,8 +382,8 @@ pub struct AuditArgs {
     pub probe: ProbeArgs,
     #[command(flatten)]
     pub log: LogArgs,
-    /// Launch this command and audit it until it exits, e.g. `-- ./restart.sh`; with
-    /// selectors, it is the harness that restarts them.
+    /// Launch this command and audit it until it exits, e.g. `-- ./restart.sh`; what it
+    /// signals is followed; with selectors, it is the harness that restarts them.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
 }

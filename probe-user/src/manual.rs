@@ -88,6 +88,10 @@ fn examples(command: Option<&str>) -> &'static [(&'static str, &'static str)] {
         ],
         Some("audit") => &[
             (
+                "drainwatch audit --report audit.json -- ./release.sh",
+                "audit a release script and every server it signals (kill -TERM, kill -9)",
+            ),
+            (
                 "drainwatch audit --comm game-server -- ./rolling-restart.sh",
                 "audit both servers of a restart script",
             ),

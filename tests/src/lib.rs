@@ -83,6 +83,25 @@ pub fn require_root() {
     );
 }
 
+/// Polls until the server on loopback `port` has read what was sent to it: its established
+/// connections hold nothing unread (a request is then in its hands, in flight).
+pub fn until_read(port: u16) {
+    let deadline = Instant::now() + PATIENCE;
+    let port = format!("sport = :{port}");
+    loop {
+        let ss = Command::new("ss")
+            .args(["-tnH", "state", "established", &port])
+            .output()
+            .expect("ss runs");
+        let text = String::from_utf8_lossy(&ss.stdout).to_string();
+        if text.split_whitespace().next() == Some("0") {
+            return;
+        }
+        assert!(Instant::now() < deadline, "request not read: {text}");
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// A running `dw-fixture server`, killed when dropped.
 pub struct Server {
     pub child: Child,
@@ -544,20 +563,7 @@ impl EventLoopServer {
 
     /// Polls until the server has read what was sent to it (its sockets hold nothing unread).
     pub fn until_read(&self) {
-        let deadline = Instant::now() + PATIENCE;
-        let port = format!("sport = :{}", self.port);
-        loop {
-            let ss = Command::new("ss")
-                .args(["-tnH", "state", "established", &port])
-                .output()
-                .expect("ss runs");
-            let text = String::from_utf8_lossy(&ss.stdout).to_string();
-            if text.split_whitespace().next() == Some("0") {
-                return;
-            }
-            assert!(Instant::now() < deadline, "request not read: {text}");
-            thread::sleep(Duration::from_millis(5));
-        }
+        until_read(self.port);
     }
 
     /// A connection that sent `op NAME PAUSE_MS`; the reply is read with a reader of it.

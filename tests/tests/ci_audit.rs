@@ -270,3 +270,184 @@ fn every_kind_is_a_policy_word_and_an_unmatched_name_is_said_plainly() {
         done.stderr
     );
 }
+
+/// `audit -- CMD` follows what the command signals (docs/design.md, "Command line"): the
+/// release script's process that sent the signal, from the report's launched target.
+fn launched_pid(report: &Value) -> u64 {
+    report["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["comm"] == "sh" && t.get("parent_pid").is_none())
+        .and_then(|t| t["pid"].as_u64())
+        .unwrap_or_else(|| panic!("the launched sh is a target: {report:#}"))
+}
+
+fn target(report: &Value, pid: u32) -> &Value {
+    report["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["pid"] == pid)
+        .unwrap_or_else(|| panic!("{pid} is a target: {report:#}"))
+}
+
+/// CI's own use: a release script that kill -9s a server it was never told about. The
+/// server becomes a target at the signal, and the SIGKILL is a violation naming the script
+/// as its sender and the server as its receiver: exit 1.
+#[test]
+fn a_release_script_that_kill_dash_nines_a_server_it_never_named_is_a_violation() {
+    require_root();
+    let dir = TempDir::new("follow-kill9");
+    let report_path = dir.path("report.json");
+    let mut server = Server::start(&[]);
+    let script = format!("kill -9 {}", server.pid);
+    let done = run_drainwatch(&["audit", "--report", &report_path, "--", "sh", "-c", &script]);
+    assert!(!server.wait().success());
+    assert_eq!(done.code, 1, "a violation exits 1: {done:?}");
+    let report = read_report(&report_path);
+    assert_eq!(report["verdict"], "violations", "{report:#}");
+    let script_pid = launched_pid(&report);
+    let kills = violations(&report, "sigkill");
+    assert_eq!(kills.len(), 1, "{report:#}");
+    assert_eq!(kills[0]["pid"], server.pid, "the receiver: {report:#}");
+    assert_eq!(
+        kills[0]["sender_tgid"], script_pid,
+        "the sender: {report:#}"
+    );
+    assert_eq!(kills[0]["sender_comm"], "sh");
+    let followed = target(&report, server.pid);
+    assert_eq!(followed["comm"], "dw-fixture", "{report:#}");
+    assert_eq!(followed["exit"]["signal"], "SIGKILL", "{report:#}");
+    assert_eq!(followed["signalled_by"]["pid"], script_pid, "{report:#}");
+    assert_eq!(followed["signalled_by"]["signal"], "SIGKILL", "{report:#}");
+    assert!(
+        done.stderr.contains(&format!(
+            "followed: pid {} (dw-fixture) signalled by sh",
+            server.pid
+        )),
+        "{}",
+        done.stderr
+    );
+    assert!(
+        done.stdout.contains(&format!(
+            "SIGKILL sent to dw-fixture ({}) by sh ({script_pid})",
+            server.pid
+        )),
+        "{}",
+        done.stdout
+    );
+}
+
+/// A pre-fork server with a request in flight in its worker, which the script tells to end
+/// (SIGTERM) and which stops gracefully: followed from the signal with its worker and its
+/// connection (surveyed like an attached pid), the audit waits for its exit, and it is clean.
+#[test]
+fn a_server_the_script_sigterms_is_followed_to_its_graceful_exit() {
+    require_root();
+    let dir = TempDir::new("follow-term");
+    let report_path = dir.path("report.json");
+    let gate = drainwatch_tests::game::Gate::new(&dir, "echo");
+    let gate_path = gate.path().to_string_lossy().into_owned();
+    let mut server = Server::start(&["--workers", "1", "--gate", &gate_path]);
+    let worker = server.workers[0];
+    let mut client = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    std::io::Write::write_all(&mut client, b"ping\n").unwrap();
+    until_read(server.port);
+    let script = format!("kill -TERM {}", server.pid);
+    let mut audit =
+        Drainwatch::spawn(&["audit", "--report", &report_path, "--", "sh", "-c", &script]);
+    audit.wait_for_stderr(&format!(
+        "followed: pid {} (dw-fixture) signalled by sh",
+        server.pid
+    ));
+    assert!(
+        audit.is_running(),
+        "the audit waits for the server it told to end"
+    );
+    gate.open();
+    let mut echo = [0u8; 5];
+    std::io::Read::read_exact(&mut client, &mut echo).expect("the worker answers");
+    assert!(server.wait().success());
+    let done = audit.finish();
+    assert_eq!(done.code, 0, "{done:?}");
+    let report = read_report(&report_path);
+    assert_eq!(report["verdict"], "clean", "{report:#}");
+    let script_pid = launched_pid(&report);
+    let master = target(&report, server.pid);
+    assert_eq!(master["signalled_by"]["pid"], script_pid, "{report:#}");
+    assert_eq!(master["signalled_by"]["signal"], "SIGTERM", "{report:#}");
+    assert_eq!(
+        master["exit"]["code"], 0,
+        "followed to its exit: {report:#}"
+    );
+    let worker_t = target(&report, worker);
+    assert_eq!(worker_t["parent_pid"], server.pid, "{report:#}");
+    assert_eq!(worker_t["exit"]["code"], 0, "{report:#}");
+    assert_eq!(report["connections"]["client_closed"], 1, "{report:#}");
+    assert!(
+        done.stdout.contains("(followed: signalled SIGTERM by sh"),
+        "{}",
+        done.stdout
+    );
+}
+
+/// The followed server's connections are watched from the signal: its worker, SIGKILLed by
+/// the script with a request it had taken before the signal, cut that request.
+#[test]
+fn a_followed_servers_request_in_flight_is_seen_when_the_script_kills_its_worker() {
+    require_root();
+    let dir = TempDir::new("follow-inflight");
+    let report_path = dir.path("report.json");
+    let gate = drainwatch_tests::game::Gate::new(&dir, "never");
+    let gate_path = gate.path().to_string_lossy().into_owned();
+    let go = dir.path("go");
+    let mut server = Server::start(&["--workers", "1", "--gate", &gate_path]);
+    let worker = server.workers[0];
+    let mut client = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    std::io::Write::write_all(&mut client, b"ping\n").unwrap();
+    until_read(server.port);
+    let script = format!(
+        "kill -TERM {}; while [ ! -e {go} ]; do sleep 0.01; done; kill -9 {worker}",
+        server.pid
+    );
+    let mut audit =
+        Drainwatch::spawn(&["audit", "--report", &report_path, "--", "sh", "-c", &script]);
+    audit.wait_for_stderr(&format!("followed: pid {}", server.pid));
+    std::fs::write(&go, b"").unwrap();
+    server.wait();
+    let done = audit.finish();
+    drop(client);
+    assert_eq!(done.code, 1, "{done:?}");
+    let report = read_report(&report_path);
+    assert_eq!(report["verdict"], "violations", "{report:#}");
+    let kills = violations(&report, "sigkill");
+    assert_eq!(kills.len(), 1, "{report:#}");
+    assert_eq!(kills[0]["pid"], worker, "{report:#}");
+    let cut = violations(&report, "inflight_at_exit");
+    assert_eq!(cut.len(), 1, "{report:#}");
+    assert_eq!(cut[0]["pid"], worker, "{report:#}");
+    assert_eq!(cut[0]["requests"], 1, "{report:#}");
+}
+
+/// `kill -0` is a liveness check, not a signal: the server it asks about is no target and
+/// nothing is a violation.
+#[test]
+fn kill_dash_zero_follows_nothing() {
+    require_root();
+    let dir = TempDir::new("follow-kill0");
+    let report_path = dir.path("report.json");
+    let server = Server::start(&[]);
+    let script = format!("kill -0 {}", server.pid);
+    let done = run_drainwatch(&["audit", "--report", &report_path, "--", "sh", "-c", &script]);
+    assert_eq!(done.code, 0, "{done:?}");
+    let report = read_report(&report_path);
+    assert_eq!(report["verdict"], "clean", "{report:#}");
+    let targets = report["targets"].as_array().unwrap();
+    assert_eq!(targets.len(), 1, "only the script: {report:#}");
+    assert!(!done.stderr.contains("followed:"), "{}", done.stderr);
+    assert!(
+        std::path::Path::new(&format!("/proc/{}", server.pid)).exists(),
+        "the server still runs"
+    );
+}

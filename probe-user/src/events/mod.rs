@@ -347,6 +347,13 @@ pub struct Signal {
     pub sig: i32,
     pub code: i32,
     pub result: i32,
+    /// This signal made its receiver a target: the sender is in the launched command's tree
+    /// and the receiver was none (docs/design.md, "Command line").
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub followed: bool,
+    /// The receiver's comm, from the tracepoint.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub target_comm: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -442,6 +449,8 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 sig: e.sig,
                 code: e.code,
                 result: e.result,
+                followed: e.followed != 0,
+                target_comm: comm_to_string(&e.target_comm),
             })
         }
         EventKind::Fork => {

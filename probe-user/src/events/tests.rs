@@ -25,14 +25,17 @@ fn decodes_a_signal() {
         code: 0,
         result: 0,
         group: 1,
-        _pad: 0,
+        followed: 1,
         sender_comm: comm("kill"),
+        target_comm: comm("nginx"),
     };
     let Event::Signal(signal) = decode(&bytes_of(&wire)).unwrap() else {
         panic!("not a signal")
     };
     assert_eq!(signal.ktime_ns, 42);
     assert_eq!(signal.sender_comm, "kill");
+    assert_eq!(signal.target_comm, "nginx");
+    assert!(signal.followed);
     assert_eq!(
         (signal.target_pid, signal.sender_tgid, signal.sig),
         (100, 7, 9)

@@ -176,6 +176,7 @@ pub fn probe_config(tracefs_root: &Path, follow_forks: bool) -> Result<ProbeConf
         signal_pid_off: signal.offset("pid", 4)?,
         signal_group_off: signal.offset("group", 4)?,
         signal_result_off: signal.offset("result", 4)?,
+        signal_comm_off: signal.offset("comm", probe_common::COMM_LEN as u32)?,
         fork_parent_pid_off: fork.offset("parent_pid", 4)?,
         fork_child_pid_off: fork.offset("child_pid", 4)?,
         exec_pid_off: exec.offset("pid", 4)?,
@@ -318,6 +319,12 @@ impl Probe {
     /// Tracepoints that did not attach, as "category:name: reason".
     pub fn failures(&self) -> &[String] {
         &self.failures
+    }
+
+    /// Something watched only in part since load (a followed process that could not be
+    /// surveyed): listed with the failures, so the verdict is `incomplete`, never `clean`.
+    pub fn note_failure(&mut self, what: String) {
+        self.failures.push(what);
     }
 
     pub fn events(&mut self) -> &mut RingBuf<MapData> {

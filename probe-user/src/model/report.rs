@@ -43,7 +43,19 @@ pub struct TargetReport {
     /// The process that forked it after attach, if it was followed rather than named.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub parent_pid: Option<u32>,
+    /// The launched command's process whose signal made it a target (`audit -- CMD`
+    /// follows what it signals, docs/design.md "Command line").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signalled_by: Option<SignalledBy>,
     pub exit: Option<ExitReport>,
+}
+
+/// Who made a process a target by signalling it, and with which signal.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SignalledBy {
+    pub pid: u32,
+    pub comm: String,
+    pub signal: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

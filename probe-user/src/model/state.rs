@@ -6,11 +6,11 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use crate::{
     events::signals,
-    events::{Event, Exit, Fork, Protocol, Role, Signal},
+    events::{Event, Exit, Fork, Protocol, Role},
     model::conns::{AtAttach, ConnTracker},
     model::ops::OpsTracker,
     model::report::{
-        Coverage, EventCounts, ExitReport, Mode, Report, SigkillViolation, TargetReport, Verdict,
+        Coverage, EventCounts, ExitReport, Mode, Report, SignalledBy, TargetReport, Verdict,
         Violation, SCHEMA,
     },
 };
@@ -29,6 +29,8 @@ pub enum Origin {
     /// Started under a name given with `--comm` during the audit, or joined a `--unit` or
     /// `--cgroup` of an audit or serve.
     Matched,
+    /// Sent a signal by the launched command's tree (`by`: the sender's tgid).
+    Signalled { by: u32 },
 }
 
 #[derive(Clone, Debug)]
@@ -36,6 +38,8 @@ pub struct Target {
     pub tgid: u32,
     pub comm: String,
     pub origin: Origin,
+    /// For [`Origin::Signalled`]: the sender and the signal (state/follow.rs).
+    pub signalled_by: Option<SignalledBy>,
     pub exit: Option<ExitReport>,
 }
 
@@ -281,6 +285,7 @@ impl AuditState {
             tgid,
             comm,
             origin,
+            signalled_by: None,
             exit: None,
         });
     }
@@ -446,41 +451,6 @@ impl AuditState {
         Some(pid)
     }
 
-    fn on_signal(&mut self, signal: &Signal) {
-        let Some(tgid) = self.target_of(signal.target_pid) else {
-            return;
-        };
-        if self.recent_signals.len() == RECENT_SIGNALS {
-            self.recent_signals.pop_front();
-        }
-        self.recent_signals.push_back(SignalSeen {
-            at_ms: self.at_ms(signal.ktime_ns),
-            pid: tgid,
-            signal: signals::name(signal.sig),
-            sender_tgid: signal.sender_tgid,
-            sender_comm: signal.sender_comm.clone(),
-        });
-        if signals::asks_to_end(signal.sig) {
-            self.told_to_end.insert(tgid);
-            self.first_end_signal
-                .get_or_insert_with(|| (signals::name(signal.sig), signal.ktime_ns));
-        }
-        if signal.sig != libc::SIGKILL {
-            return;
-        }
-        let violation = SigkillViolation {
-            pid: tgid,
-            at_ms: self.at_ms(signal.ktime_ns),
-            sender_pid: signal.sender_pid,
-            sender_tgid: signal.sender_tgid,
-            sender_comm: signal.sender_comm.clone(),
-            sender_cmdline: signal.sender_cmdline.clone(),
-            by_kernel: signals::generated_by_kernel(signal.code),
-            by_drainwatch: signal.sender_tgid == self.self_tgid,
-        };
-        self.violations.push(Violation::Sigkill(violation));
-    }
-
     fn on_fork(&mut self, fork: &Fork) {
         let parent = self.target_of(fork.parent_tgid).unwrap_or(fork.parent_tgid);
         match fork.child_tgid {
@@ -556,7 +526,9 @@ impl AuditState {
                 parent_pid: match t.origin {
                     Origin::Forked { parent } | Origin::Tree { parent } => Some(parent),
                     Origin::Named | Origin::Launched | Origin::Matched => None,
+                    Origin::Signalled { .. } => None,
                 },
+                signalled_by: t.signalled_by.clone(),
                 exit: t.exit.clone(),
             })
             .collect();
@@ -586,6 +558,8 @@ impl AuditState {
         }
     }
 }
+
+mod signalled;
 
 #[cfg(test)]
 mod tests;

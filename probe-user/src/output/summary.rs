@@ -281,10 +281,15 @@ pub fn render(outcome: &Outcome) -> String {
     }
     let _ = writeln!(out, "targets:");
     for target in &report.targets {
-        let forked = target
-            .parent_pid
-            .map(|p| format!(" (forked by {p})"))
-            .unwrap_or_default();
+        let forked = match (&target.parent_pid, &target.signalled_by) {
+            (Some(p), _) => format!(" (forked by {p})"),
+            // `audit -- CMD` followed it from the command's signal (docs/design.md).
+            (None, Some(by)) => format!(
+                " (followed: signalled {} by {} ({}))",
+                by.signal, by.comm, by.pid
+            ),
+            (None, None) => String::new(),
+        };
         let _ = writeln!(
             out,
             "  {} {}{forked}: {}",

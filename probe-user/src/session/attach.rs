@@ -76,8 +76,12 @@ pub(super) fn attach_process(
     common: &Common,
 ) -> Result<bool> {
     // 1. The server's own view of its clients, asked before the probe watches it: the
-    //    question is not one of its requests.
-    let view = server_view::ask(tgid);
+    //    question is not one of its requests. A process followed at a signal is watched
+    //    already (session/follow.rs): it is not asked.
+    let view = match origin {
+        Origin::Signalled { .. } => None,
+        _ => server_view::ask(tgid),
+    };
     // 2. Its listening ports, before any of its sockets can be classified.
     seed::listeners(probe, tgid)?;
     // 3. It and its threads become targets: from here on the kernel sees its events.

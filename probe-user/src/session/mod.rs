@@ -10,7 +10,8 @@
 //!
 //! Imports run one way: this module uses its children; attach -> seed -> existing,
 //! unix_existing, db_view -> attach_rule; attach, reader -> units -> tls, ops, every;
-//! reader -> requests, unix_close -> trace, every;
+//! reader -> requests, unix_close -> trace, every; follow -> attach (a process the
+//! launched command signals, surveyed like an attached one);
 //! recheck -> existing, db_view. The session joins the layers below it: it may use
 //! [`crate::kernel`], [`crate::host`], [`crate::events`], [`crate::model`],
 //! [`crate::verdict`] (why a run ended) and the settings; only the commands use it.
@@ -20,6 +21,7 @@ pub mod attach_rule;
 pub mod db_view;
 mod every;
 pub mod existing;
+mod follow;
 pub mod ops;
 mod reader;
 mod recheck;
@@ -190,7 +192,7 @@ impl Session {
         let mut launched = None;
         if let Some(command) = &set.launch {
             let held = launch::spawn_held(command)?;
-            probe.add_target(held.pid, held.pid)?;
+            probe.add_launched(held.pid)?;
             state.add_target(held.pid, command.comm(), Origin::Launched);
             launched = Some(held.release()?);
         }
@@ -202,7 +204,7 @@ impl Session {
             probe,
             state,
             launched,
-            reader: Reader::new(common.verbose, socket_hooks),
+            reader: Reader::new(common, socket_hooks),
             scope: Scope {
                 comms: set.comms.clone(),
                 cgroups: (set.await_comms && !set.cgroups.is_empty()).then(|| CgroupWatch {

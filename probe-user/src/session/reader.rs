@@ -11,7 +11,8 @@ use crate::{
     host::{netstat, procfs},
     kernel::probe::Probe,
     model::state::AuditState,
-    session::{requests::RequestSampler, trace, units, unix_close::UnixCloseWatch},
+    session::{follow, requests::RequestSampler, trace, units, unix_close::UnixCloseWatch},
+    settings::Common,
 };
 
 pub(super) struct Reader {
@@ -21,13 +22,17 @@ pub(super) struct Reader {
     requests: RequestSampler,
     /// The socket backend's unix-domain connections, whose close userspace sees.
     unix: Option<UnixCloseWatch>,
+    /// The shared flags, to survey a process followed at a signal (follow.rs).
+    common: Common,
 }
 
 impl Reader {
     /// `socket_hooks`: the socket-level backends feed the probe (docs/hooks.md), where a
     /// unix-domain close has no hook.
-    pub(super) fn new(verbose: u8, socket_hooks: bool) -> Self {
+    pub(super) fn new(common: &Common, socket_hooks: bool) -> Self {
+        let verbose = common.verbose;
         Self {
+            common: common.clone(),
             verbose,
             malformed: 0,
             requests: RequestSampler::new(verbose),
@@ -91,6 +96,7 @@ impl Reader {
                     unix.opened(open.tgid, open.fd, inode);
                 }
             }
+            Event::Signal(signal) => follow::survey(probe, state, signal, &self.common),
             _ => {}
         }
         if self.verbose >= 2 {

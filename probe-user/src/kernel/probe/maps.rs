@@ -40,6 +40,18 @@ impl Probe {
 
     /// Makes a tgid (or one of its threads) a target.
     pub fn add_target(&mut self, id: u32, tgid: u32) -> Result<()> {
+        self.insert_target(id, TargetInfo::new(tgid, probe_common::ORIGIN_USER))
+    }
+
+    /// Makes the command `audit -- CMD` launched a target, held before its exec: it and what
+    /// it forks carry `ORIGIN_LAUNCHED_TREE`, so the kernel follows what they signal
+    /// (docs/design.md, "Command line").
+    pub fn add_launched(&mut self, pid: u32) -> Result<()> {
+        let origin = probe_common::ORIGIN_USER | probe_common::ORIGIN_LAUNCHED_TREE;
+        self.insert_target(pid, TargetInfo::new(pid, origin))
+    }
+
+    fn insert_target(&mut self, id: u32, info: TargetInfo) -> Result<()> {
         // The bitmap first: the kernel looks in TARGETS only for pids whose bit is set.
         if let Some((word, mask)) = probe_common::target_bit(id) {
             let map = self
@@ -58,7 +70,6 @@ impl Probe {
             .ok_or_else(|| Error::Load("no TARGETS map in the object".into()))?;
         let mut targets: HashMap<_, u32, TargetInfo> =
             HashMap::try_from(map).map_err(load_error)?;
-        let info = TargetInfo::new(tgid, probe_common::ORIGIN_USER);
         // BPF_NOEXIST: an entry the kernel made already (a followed fork, or the tgid's own
         // entry when its main thread is added) holds counters that must not be reset.
         match targets.insert(id, info, BPF_NOEXIST) {

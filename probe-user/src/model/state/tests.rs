@@ -1,7 +1,10 @@
 //! Replays event sequences (JSON lines, the `-vv` format) through the state machine.
 
 use super::*;
-use crate::model::report::Verdict;
+use crate::{
+    events::Signal,
+    model::report::{SigkillViolation, Verdict},
+};
 
 const ATTACH_NS: u64 = 1_000_000_000;
 const SELF_TGID: u32 = 5000;
@@ -164,6 +167,8 @@ fn drainwatchs_own_sigkill_is_marked() {
         sig: libc::SIGKILL,
         code: 0,
         result: 0,
+        followed: false,
+        target_comm: String::new(),
     }));
     assert!(sigkills(&state)[0].by_drainwatch);
     assert!(!state.all_exited());

@@ -12,6 +12,7 @@ fn target(pid: u32, comm: &str, parent_pid: Option<u32>) -> TargetReport {
         pid,
         comm: comm.into(),
         parent_pid,
+        signalled_by: None,
         exit: None,
     }
 }
