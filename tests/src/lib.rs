@@ -295,7 +295,13 @@ impl Drainwatch {
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     if let Ok(Some(status)) = self.child.try_wait() {
+                        // Its last lines may still be on their way from the reader thread
+                        // (the needle among them, printed just before it exited).
+                        let seen = self.stderr_seen.len();
                         self.drain_stderr();
+                        if self.stderr_seen[seen..].iter().any(|l| l.contains(needle)) {
+                            return;
+                        }
                         panic!(
                             "drainwatch exited ({status}) before printing {needle:?}; stderr:\n{}",
                             self.stderr_seen.join("\n")

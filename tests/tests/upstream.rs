@@ -60,9 +60,57 @@ fn last_json(stdout: &str) -> serde_json::Value {
 /// started while operations wait for the service, and the game is killed -9 the moment it
 /// says drained. No operation may be half done in the database: the calls in flight hold the
 /// drain. Six operations on two database connections: the first ones are mid-call at attach
-/// (found from the socket's state), the others call after attach (seen by the probe).
+/// (found from the socket's state), the others call after attach (seen by the probe). Each
+/// call on a new connection (first calls: held at most 5 s, far more than the service
+/// takes).
 #[test]
 fn a_call_to_a_slow_service_between_the_writes_holds_the_drain() {
+    release_with_calls(false);
+}
+
+/// The same with the calls on connections the game keeps and reuses, which answered before
+/// the release (their calls hold for as long as they wait).
+#[test]
+fn calls_on_kept_connections_hold_the_drain() {
+    release_with_calls(true);
+}
+
+/// `dw-fixture slow-line`: a service that keeps its connections and answers each line after
+/// `delay_ms`, not while `hold` exists.
+struct LineService {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl LineService {
+    fn start(delay_ms: u64, hold: &str) -> Self {
+        let mut child = Command::new(fixture_bin())
+            .args(["slow-line", "--delay-ms", &delay_ms.to_string()])
+            .args(["--hold-while", hold])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start dw-fixture slow-line");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("piped stdout"))
+            .read_line(&mut line)
+            .expect("ready line");
+        let port = line
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("port="))
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no port= in {line:?}"));
+        Self { child, port }
+    }
+}
+
+impl Drop for LineService {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn release_with_calls(kept: bool) {
     require_root();
     let db = PgServer::start();
     let dir = TempDir::new("upstream-release");
@@ -74,24 +122,47 @@ fn a_call_to_a_slow_service_between_the_writes_holds_the_drain() {
     let mut pending_at_attach = Vec::new();
     for run in 0..runs {
         // The service holds its answers until wait has attached (the gate), then answers
-        // each call 300 ms after it came: timing that holds at any machine speed.
+        // each call 600 ms after it came: timing that holds at any machine speed.
         let gate = drainwatch_tests::game::Gate::new(&dir, &format!("answer{run}"));
-        let service = SlowUpstream::start(scaled_ms(300), Some(&gate));
-        let service_addr = format!("127.0.0.1:{}", service.port);
-        let mut game = GameServer::start(
-            &db,
-            &[
-                "--push-ms",
-                TICK_MS,
-                "--autocommit",
-                "--pool",
-                "2",
-                "--service",
-                &service_addr,
-            ],
-        );
+        let hold = dir.path(&format!("hold{run}"));
+        let (_http, _line);
+        let service_port = if kept {
+            _line = LineService::start(scaled_ms(600), &hold);
+            _line.port
+        } else {
+            _http = SlowUpstream::start(scaled_ms(600), Some(&gate));
+            _http.port
+        };
+        let service_addr = format!("127.0.0.1:{service_port}");
+        let mut args = vec![
+            "--push-ms",
+            TICK_MS,
+            "--autocommit",
+            "--pool",
+            "2",
+            "--service",
+            &service_addr,
+        ];
+        if kept {
+            args.push("--service-kept");
+        }
+        let mut game = GameServer::start(&db, &args);
         let pid = game.pid.to_string();
         let mut gateway = Gateway::connect(&game);
+        if kept {
+            // Two operations at once open the two connections the game keeps, answered
+            // before the release; then the service holds its answers until wait attached.
+            let warm = [format!("warm{run}a"), format!("warm{run}b")];
+            for name in &warm {
+                gateway.say(&format!("op {name}"));
+            }
+            let deadline = Instant::now() + PATIENCE;
+            while warm.iter().any(|name| db.ledger_steps(name) != ["A", "B"]) {
+                assert!(Instant::now() < deadline, "the warm-up never finished");
+                thread::sleep(std::time::Duration::from_millis(20));
+            }
+            std::fs::write(&hold, "").expect("hold the answers");
+        }
         let names: Vec<String> = (0..ops).map(|i| format!("call{run}x{i}")).collect();
         for name in &names {
             gateway.say(&format!("op {name}"));
@@ -100,7 +171,11 @@ fn a_call_to_a_slow_service_between_the_writes_holds_the_drain() {
         game.wait_truth("an operation waiting for the service", |t| {
             t.between_writes >= 1
         });
-        let mut wait = Drainwatch::attach(&["wait", "--pid", &pid, "--json"]);
+        // No flag that knows about operations (--op, --settle): the calls alone hold it.
+        // The quiet window is 300 ms rather than 100: on a CI machine shared by parallel
+        // builds a worker thread was once preempted for more than 100 ms between its
+        // service's answer (counted, the call ended) and its write B.
+        let mut wait = Drainwatch::attach(&["wait", "--pid", &pid, "--json", "--quiet", "300ms"]);
         pending_at_attach.push(
             names
                 .iter()
@@ -108,6 +183,7 @@ fn a_call_to_a_slow_service_between_the_writes_holds_the_drain() {
                 .count(),
         );
         gate.open();
+        let _ = std::fs::remove_file(&hold);
         wait.wait_for_stderr("drainwatch: drained");
         let verdict_at = mono_ns();
         game.signal(libc::SIGKILL);
@@ -118,10 +194,13 @@ fn a_call_to_a_slow_service_between_the_writes_holds_the_drain() {
             .map(|name| (name, db.ledger_steps(name)))
             .filter(|(_, steps)| steps.len() == 1)
             .collect();
+        let done = wait.finish();
         assert!(
             half_done.is_empty(),
             "run {run}: drained with operations between A and B: {half_done:?} (truth \
-             {truth:?})"
+             {truth:?}); drainwatch: {}\n{}",
+            done.stderr,
+            done.stdout
         );
         assert_eq!(truth.between_writes, 0, "run {run}: {truth:?}");
         assert!(
@@ -132,7 +211,6 @@ fn a_call_to_a_slow_service_between_the_writes_holds_the_drain() {
             .iter()
             .filter(|name| db.ledger_steps(name) == ["A", "B"])
             .count();
-        let done = wait.finish();
         assert_eq!(done.code, 0, "run {run}: {done:?}");
         let report = last_json(&done.stdout);
         assert!(

@@ -150,6 +150,28 @@ pub fn awaits_reply(info: &SockInfo) -> bool {
     info.unread > 0 || info.sent_ago_ms < info.recv_ago_ms
 }
 
+/// An upstream connection at attach, from `tcp_info`: (it has answered in its life, a
+/// call awaits its reply). On a connection that has answered, a call awaits when data was
+/// sent after data last came, or bytes wait unread (`attach_rule::awaits_reply`); a tie
+/// (both stamps in one kernel tick: a reply, then the next call sent at once, or a call
+/// answered at once) is a call when a thread is blocked reading the connection (`reader`:
+/// waiting for its reply), else idle. On one that never answered, when it sent data at
+/// all (its stamps say nothing: a request sent right after the connect has the connect's
+/// tick): a first call, held like one from attach (model/conns/calls.rs).
+pub fn upstream(info: Option<&SockInfo>, reader: bool) -> (bool, bool) {
+    let Some(info) = info else {
+        return (false, false);
+    };
+    let answered = info.data_segs_in > 0;
+    let busy = if answered {
+        let tie = info.sent_ago_ms == info.recv_ago_ms;
+        awaits_reply(info) || (tie && reader)
+    } else {
+        info.data_segs_out > 0
+    };
+    (answered, busy)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,5 +322,39 @@ mod tests {
         assert!(awaits_reply(&measured(10, 50, 10, 4, 4)));
         assert!(!awaits_reply(&measured(50, 10, 10, 4, 4)));
         assert!(!awaits_reply(&measured(50, 50, 50, 4, 4)));
+    }
+
+    #[test]
+    fn an_upstream_connection_awaits_a_reply_when_it_sent_last() {
+        // Answered before, sent since: a call in flight; received last: idle.
+        assert_eq!(
+            upstream(Some(&measured(3, 40, 3, 9, 9)), false),
+            (true, true)
+        );
+        assert_eq!(
+            upstream(Some(&measured(40, 3, 3, 9, 9)), false),
+            (true, false)
+        );
+        // A tie: a call only when a thread waits for its reply.
+        assert_eq!(
+            upstream(Some(&measured(8, 8, 8, 9, 9)), false),
+            (true, false)
+        );
+        assert_eq!(upstream(Some(&measured(8, 8, 8, 9, 9)), true), (true, true));
+        // Never answered: a first call as soon as it sent anything (the request right after
+        // the connect shares its tick); nothing sent, nothing in flight.
+        assert_eq!(
+            upstream(Some(&measured(5, 5, 5, 0, 1)), false),
+            (false, true)
+        );
+        assert_eq!(
+            upstream(Some(&measured(5, 5, 5, 0, 0)), false),
+            (false, false)
+        );
+        assert_eq!(
+            upstream(None, true),
+            (false, false),
+            "not visible: judged by traffic"
+        );
     }
 }

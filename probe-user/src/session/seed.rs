@@ -91,17 +91,26 @@ fn tcp_conns(
     let mut db_view = DbView::new(common);
     // Upstream connections: whether a call awaits its reply (docs/design.md, "upstream call
     // in flight"), from the kernel's record of the conversation.
-    let infos = held
+    let upstream_fds: Vec<u32> = held
         .iter()
-        .any(|h| h.role == Role::Upstream)
-        .then(crate::host::tcpinfo::sockets)
-        .unwrap_or_default();
+        .filter(|h| h.role == Role::Upstream)
+        .flat_map(|h| h.fds.iter().copied())
+        .collect();
+    let (infos, reading) = if upstream_fds.is_empty() {
+        Default::default()
+    } else {
+        (
+            crate::host::tcpinfo::sockets(),
+            blocked::threads_reading(tgid, &upstream_fds),
+        )
+    };
     for held in held {
         let fd = held.fds[0];
         let info = infos
             .get(&held.inode)
             .filter(|_| held.role == Role::Upstream);
-        let (answered, upstream_busy) = upstream_at_attach(info);
+        let reader = held.fds.iter().any(|fd| reading.contains(fd));
+        let (answered, upstream_busy) = super::attach_rule::upstream(info, reader);
         let first_call = upstream_busy && !answered;
         let at_attach = if upstream_busy {
             AtAttach::Busy
@@ -155,26 +164,6 @@ fn tcp_conns(
         }
     }
     Ok(primaries)
-}
-
-/// An upstream connection at attach, from `tcp_info`: (it has answered in its life, a
-/// call awaits its reply). On a connection that has answered, a call awaits when data was
-/// sent after data last came, or bytes wait unread (`attach_rule::awaits_reply`; a tie,
-/// both within one kernel tick, is a call answered at once: idle). On one that never
-/// answered, when it sent data at all (its stamps say nothing: a request sent right after
-/// the connect has the connect's tick): a first call, held like one from attach
-/// (model/conns/calls.rs).
-fn upstream_at_attach(info: Option<&crate::host::tcpinfo::SockInfo>) -> (bool, bool) {
-    let Some(info) = info else {
-        return (false, false);
-    };
-    let answered = info.data_segs_in > 0;
-    let busy = if answered {
-        super::attach_rule::awaits_reply(info)
-    } else {
-        info.data_segs_out > 0
-    };
-    (answered, busy)
 }
 
 /// Adds the unix-domain database connections; a local PostgreSQL backend's process title

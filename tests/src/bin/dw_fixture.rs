@@ -15,6 +15,11 @@
 //!   answers every request `200 slow` once FILE exists and MS ms have passed, and closes
 //!   (Connection: close). The gate lets a test decide when requests end, at any machine speed. Prints `ready pid=PID
 //!   port=PORT child=0` once it listens, then `request` once it has read each request.
+//! - `dw-fixture slow-line --delay-ms MS [--hold-while FILE]`: a service on loopback that
+//!   keeps its connections: every line it reads is answered `ok` after MS ms, and not while
+//!   FILE exists (a test holds the answers by creating it, at most ten minutes; calls on a
+//!   connection a client reuses, docs/design.md "upstream call in flight"). Prints
+//!   `ready pid=PID port=PORT child=0` once it listens.
 //! - `dw-fixture uring-echo --port P`: accepts one client on 127.0.0.1:P and echoes through
 //!   io_uring, never read(2)/write(2) on the socket (dw_fixture/uring.rs).
 //! - `dw-fixture signal SIGNUM PID [--linger-ms N]`: sends a signal with kill(2), then stays
@@ -195,6 +200,51 @@ fn slow_http(args: &[String]) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// The line service: one thread per connection, each line answered after the delay.
+fn slow_line(args: &[String]) -> ExitCode {
+    use std::io::BufRead;
+    let delay = Duration::from_millis(flag_value(args, "--delay-ms").unwrap_or(1000));
+    let hold: Option<std::path::PathBuf> = args
+        .iter()
+        .position(|a| a == "--hold-while")
+        .and_then(|at| args.get(at + 1))
+        .map(Into::into);
+    let listener = match TcpListener::bind("127.0.0.1:0") {
+        Ok(listener) => listener,
+        Err(err) => {
+            eprintln!("dw-fixture: cannot listen on loopback: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    println!("ready pid={} port={port} child=0", std::process::id());
+    let _ = std::io::stdout().flush();
+    for stream in listener.incoming().flatten() {
+        let hold = hold.clone();
+        thread::spawn(move || {
+            let Ok(reader) = stream.try_clone() else {
+                return;
+            };
+            let mut writer = stream;
+            for _line in std::io::BufReader::new(reader)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let until = std::time::Instant::now() + Duration::from_secs(600);
+                while hold.as_ref().is_some_and(|h| h.exists()) && std::time::Instant::now() < until
+                {
+                    thread::sleep(Duration::from_millis(1));
+                }
+                thread::sleep(delay);
+                if writer.write_all(b"ok\n").is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    ExitCode::SUCCESS
+}
+
 fn serve(args: &[String]) -> ExitCode {
     if let Some(workers) = flag_value(args, "--workers") {
         return prefork(args, workers);
@@ -308,6 +358,7 @@ fn main() -> ExitCode {
         Some("signal") => send_signal(&args[1..]),
         Some("exit") => exit_with(&args[1..]),
         Some("slow-http") => slow_http(&args[1..]),
+        Some("slow-line") => slow_line(&args[1..]),
         Some("uring-echo") => {
             uring::uring_echo(flag_value(&args[1..], "--port").and_then(|p| u16::try_from(p).ok()))
         }

@@ -6,7 +6,7 @@
 //! ```text
 //! dw-game --db postgres|mysql|redis --db-url URL [--port N] [--pause-ms N] [--pool N]
 //!         [--on-term graceful|ignore|default] [--truth FILE] [--push-ms N] [--autocommit]
-//!         [--service HOST:PORT]
+//!         [--service HOST:PORT] [--service-kept]
 //! ```
 //!
 //! - `--db-url`: `postgresql://postgres@127.0.0.1:5432/postgres`,
@@ -33,7 +33,9 @@
 //!   service over TCP instead of a pause (an op's PAUSE_MS is then ignored): an HTTP/1.1
 //!   `GET /NAME` on a new connection, its whole answer read until the service closes
 //!   (`dw-fixture slow-http` answers after its own delay; docs/design.md, "upstream call in
-//!   flight").
+//!   flight"). With `--service-kept`: a line `call NAME` on a connection kept and reused (at
+//!   most one per operation running at once), its one-line answer read (`dw-fixture
+//!   slow-line`).
 //! - `--truth FILE`: after every change, FILE is replaced (write + rename, so readers never
 //!   see half a file) by one JSON object:
 //!   `{"pid":P,"requests_in_flight":N,"transactions_open":N,"db_connections_open":N,
@@ -84,7 +86,7 @@ use conn::{why, Conn, Kind, Pause};
 
 const USAGE: &str = "usage: dw-game --db postgres|mysql|redis --db-url URL [--port N] \
                      [--pause-ms N] [--pool N] [--on-term graceful|ignore|default] [--truth FILE] \
-                     [--push-ms N] [--autocommit] [--service HOST:PORT]";
+                     [--push-ms N] [--autocommit] [--service HOST:PORT] [--service-kept]";
 
 /// Set by the SIGTERM handler (graceful mode only).
 static TERM: AtomicBool = AtomicBool::new(false);
@@ -111,6 +113,7 @@ struct Args {
     push: Option<Duration>,
     autocommit: bool,
     service: Option<std::net::SocketAddr>,
+    service_kept: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -127,10 +130,15 @@ fn parse_args() -> Result<Args, String> {
         push: None,
         autocommit: false,
         service: None,
+        service_kept: false,
     };
     while let Some(flag) = args.next() {
         if flag == "--autocommit" {
             parsed.autocommit = true;
+            continue;
+        }
+        if flag == "--service-kept" {
+            parsed.service_kept = true;
             continue;
         }
         let value = args.next().ok_or(format!("{flag} needs a value"))?;
@@ -273,6 +281,8 @@ struct Shared {
     autocommit: bool,
     /// `--service`: the wait between the writes is a call to it.
     service: Option<std::net::SocketAddr>,
+    /// `--service-kept`: on kept connections.
+    service_kept: bool,
     /// Set once SIGTERM arrived (graceful): connections take no new request.
     draining: AtomicBool,
 }
@@ -283,9 +293,11 @@ fn handle(line: &str, shared: &Shared) -> String {
         (Some("ping"), None, None) => "pong\n".to_string(),
         (Some("op"), Some(name), pause) if name.len() <= 64 => {
             let pause = match pause {
-                _ if shared.service.is_some() => {
-                    Pause::Call(shared.service.expect("checked"), name.to_string())
-                }
+                _ if shared.service.is_some() => Pause::Call {
+                    service: shared.service.expect("checked"),
+                    name: name.to_string(),
+                    kept: shared.service_kept,
+                },
                 None => Pause::For(shared.default_pause),
                 Some(gate) if gate.starts_with('@') => Pause::UntilFile(gate[1..].into()),
                 Some(ms) => match ms.parse::<u64>() {
@@ -427,6 +439,7 @@ fn run(args: Args) -> Result<ExitCode, String> {
         default_pause: args.pause,
         autocommit: args.autocommit,
         service: args.service,
+        service_kept: args.service_kept,
         draining: AtomicBool::new(false),
     });
     let push = args.push;

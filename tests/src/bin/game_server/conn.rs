@@ -38,14 +38,53 @@ pub enum Pause {
     /// for), at most ten minutes: timing that holds at any machine speed.
     UntilFile(PathBuf),
     /// A call to another service (`--service`): `GET /NAME` over a new TCP connection, the
-    /// answer read to its end.
-    Call(std::net::SocketAddr, String),
+    /// answer read to its end; `kept`: `call NAME` on a connection kept for the next call,
+    /// its answer line read.
+    Call {
+        service: std::net::SocketAddr,
+        name: String,
+        kept: bool,
+    },
+}
+
+/// The kept service connections not in use (`--service-kept`).
+static KEPT: std::sync::Mutex<Vec<std::io::BufReader<std::net::TcpStream>>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// `call NAME` on a kept connection (a new one when none is free), its answer line read;
+/// the connection is kept again unless the call failed.
+fn kept_call(service: &std::net::SocketAddr, name: &str) -> Result<(), String> {
+    use std::io::{BufRead, Write};
+    let free = KEPT.lock().unwrap_or_else(|p| p.into_inner()).pop();
+    let mut conn = match free {
+        Some(conn) => conn,
+        None => std::io::BufReader::new(std::net::TcpStream::connect(service).map_err(why)?),
+    };
+    conn.get_mut()
+        .write_all(format!("call {name}\n").as_bytes())
+        .map_err(why)?;
+    let mut answer = String::new();
+    conn.read_line(&mut answer).map_err(why)?;
+    if answer.trim() != "ok" {
+        return Err(format!("answer {answer:?}"));
+    }
+    KEPT.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
+    Ok(())
 }
 
 impl Pause {
     fn wait(&self) {
         match self {
-            Pause::Call(service, name) => {
+            Pause::Call {
+                service,
+                name,
+                kept: true,
+            } => {
+                if let Err(e) = kept_call(service, name) {
+                    eprintln!("dw-game: the service call for {name} failed: {e}");
+                }
+            }
+            Pause::Call { service, name, .. } => {
                 use std::io::{Read, Write};
                 // A failed call still ends the wait: write B follows, as a server that
                 // logs the error and goes on would do it (the test checks the answer came).
