@@ -131,16 +131,15 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             if args.shell == clap_complete::Shell::Bash {
                 script.extend(drainwatch::manual::bash_dynamic_completion().into_bytes());
             }
-            std::io::Write::write_all(&mut std::io::stdout(), &script)
-                .context("writing the completion script")?;
+            drainwatch::output::print_out(&String::from_utf8_lossy(&script));
             Ok(0)
         }
         Command::Man(args) => {
             let page = drainwatch::manual::render(args.command.as_deref())
                 .map_err(anyhow::Error::msg)
                 .context("rendering the man page")?;
-            std::io::Write::write_all(&mut std::io::stdout(), page.as_bytes())
-                .context("writing the man page")?;
+            // `drainwatch man | head`: a reader gone is no error (output/mod.rs).
+            drainwatch::output::print_out(&page);
             Ok(0)
         }
     }

@@ -341,3 +341,63 @@ fn check_without_the_privileges_to_see_says_so() {
     );
     assert!(out.stdout.is_empty(), "no verdict about what it cannot see");
 }
+
+/// Runs drainwatch with a stdout whose reader is gone before it writes (`| head -n 1` that
+/// has already read its line): every write fails with EPIPE.
+fn run_with_closed_stdout(args: &[&str]) -> (i32, String) {
+    let mut fds = [0; 2];
+    // SAFETY: pipe(2) into a two-int array; both fds are owned below.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0, "pipe");
+    // SAFETY: fresh fds from pipe(2), owned once each.
+    let (read, write) = unsafe {
+        use std::os::fd::FromRawFd;
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    };
+    drop(read);
+    let out = std::process::Command::new(drainwatch_bin())
+        .args(args)
+        .stdout(std::process::Stdio::from(write))
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("run drainwatch");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `drainwatch doctor | head -n 1`, `drainwatch man | head`, `check --json | jq` that quit:
+/// a reader that is gone is not an error: no panic, no message, the exit code the command
+/// has with a reader.
+#[test]
+fn a_closed_stdout_is_a_quiet_exit_with_the_commands_own_code() {
+    require_root();
+    let server = Server::start(&[]);
+    let pid = server.pid.to_string();
+    let commands: [&[&str]; 6] = [
+        &["doctor"],
+        &["doctor", "--json"],
+        &["man"],
+        &["completions", "bash"],
+        &["check", "--pid", &pid],
+        &["check", "--pid", &pid, "--json"],
+    ];
+    for args in commands {
+        let with_reader = run_drainwatch(args);
+        let (code, stderr) = run_with_closed_stdout(args);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(
+            !stderr.to_lowercase().contains("broken pipe"),
+            "{args:?}: {stderr}"
+        );
+        assert_eq!(code, with_reader.code, "{args:?}: {stderr}");
+        assert_eq!(
+            stderr.lines().collect::<Vec<_>>(),
+            with_reader.stderr.lines().collect::<Vec<_>>(),
+            "{args:?}: nothing more on stderr"
+        );
+    }
+}

@@ -250,13 +250,12 @@ pub fn run(settings: &CheckSettings) -> Result<u8> {
     if let Some(why) = db_view::db_view_problem(&settings.common) {
         eprintln!("drainwatch: warning: {why}: transactions open before attach would stay unknown");
     }
+    // `check ... | head -n 3`: a reader gone is no error (output/mod.rs).
     if settings.common.json {
-        println!(
-            "{}",
-            serde_json::to_string(&report).expect("check serializes")
-        );
+        let json = serde_json::to_string(&report).expect("check serializes");
+        crate::output::print_out(&format!("{json}\n"));
     } else {
-        print!("{}", render(&report));
+        crate::output::print_out(&render(&report));
     }
     Ok(if report.graceful_stop_possible { 0 } else { 1 })
 }

@@ -1,9 +1,14 @@
 //! `drainwatch doctor`: what this kernel offers and what drainwatch will use, one line each,
 //! with the fix where something is missing (the lines: [`crate::output::doctor`]).
 
+use std::fmt::Write as _;
+
 use crate::{
     kernel::{backends, features::MINIMUM_KERNEL},
-    output::doctor::{lines, render, usable},
+    output::{
+        doctor::{lines, render, usable},
+        print_out,
+    },
 };
 
 /// Prints the report; returns the exit code (0 usable, 2 not).
@@ -11,6 +16,7 @@ pub fn run(json: bool) -> u8 {
     let features = backends::detect();
     let lines = lines(&features);
     let ok = usable(&lines);
+    let mut text = String::new();
     if json {
         let doc = serde_json::json!({
             "kernel": features.release,
@@ -19,22 +25,31 @@ pub fn run(json: bool) -> u8 {
             "hooks": backends::choose(&features).ok().map(|h| h.coverage()),
             "checks": lines,
         });
-        println!("{doc}");
+        let _ = writeln!(text, "{doc}");
     } else {
-        println!(
+        let _ = writeln!(
+            text,
             "drainwatch doctor: Linux {} ({})",
             features.release,
             std::env::consts::ARCH
         );
         for l in &lines {
-            println!("{}", render(l));
+            let _ = writeln!(text, "{}", render(l));
         }
         if ok {
-            println!("drainwatch can attach here (needs Linux {MINIMUM_KERNEL} or newer)");
+            let _ = writeln!(
+                text,
+                "drainwatch can attach here (needs Linux {MINIMUM_KERNEL} or newer)"
+            );
         } else {
-            println!("drainwatch cannot attach here: fix the MISSING lines above");
+            let _ = writeln!(
+                text,
+                "drainwatch cannot attach here: fix the MISSING lines above"
+            );
         }
     }
+    // `drainwatch doctor | head -n 1`: a reader gone is no error (output/mod.rs).
+    print_out(&text);
     if ok {
         0
     } else {
