@@ -210,9 +210,12 @@ pub(super) mod tests {
     pub fn go_binaries() -> &'static (PathBuf, PathBuf) {
         static BUILT: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
         BUILT.get_or_init(|| {
-            let dir = std::env::temp_dir().join(format!("dw-gotest-{}", std::process::id()));
-            std::fs::create_dir_all(&dir).expect("temp dir");
-            let source = dir.join("main.go");
+            // Under target/, named once: runs do not pile up directories; written under this
+            // process's own names and renamed, so test processes side by side never read a
+            // half-written file.
+            let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/go-unit"));
+            std::fs::create_dir_all(&dir).expect("target/go-unit");
+            let source = dir.join(format!("main.{}.go", std::process::id()));
             std::fs::write(
                 &source,
                 "package main\n\nimport (\n\t\"fmt\"\n\t\"os\"\n\t\"time\"\n)\n\n\
@@ -225,21 +228,25 @@ pub(super) mod tests {
             .expect("write main.go");
             let build = |out: &str, flags: &[&str]| {
                 let path = dir.join(out);
+                let tmp = dir.join(format!("{out}.{}", std::process::id()));
                 let status = Command::new("go")
                     .arg("build")
                     .args(flags)
                     .arg("-o")
-                    .arg(&path)
+                    .arg(&tmp)
                     .arg(&source)
                     .env("GO111MODULE", "off")
-                    .env("GOCACHE", std::env::temp_dir().join("dw-gotest-cache"))
+                    .env("GOCACHE", dir.join("gocache"))
                     .env("GOFLAGS", "")
                     .status()
                     .expect("`go` not found: `cargo xtask setup` installs Debian's golang-go");
                 assert!(status.success(), "go build {flags:?}: {status}");
+                std::fs::rename(&tmp, &path).expect("move the Go test binary into place");
                 path
             };
-            (build("plain", &[]), build("stripped", &["-ldflags=-s -w"]))
+            let built = (build("plain", &[]), build("stripped", &["-ldflags=-s -w"]));
+            let _ = std::fs::remove_file(&source);
+            built
         })
     }
 
