@@ -1,4 +1,4 @@
-//! Load: 10,000 concurrent client connections to a watched server, then a minute of
+//! Load: 10,000 concurrent client connections to a watched server, then 20 seconds of
 //! connection churn. The report's counts must match what the load generators did exactly,
 //! drainwatch's memory must stay bounded, and no event may be lost at the default ring
 //! size. Its own test binary, so that nothing else runs beside it.
@@ -22,7 +22,7 @@ fn vm_hwm_kb(pid: u32) -> u64 {
 }
 
 #[test]
-fn ten_thousand_connections_and_a_minute_of_churn_are_counted_exactly() {
+fn ten_thousand_connections_and_churn_are_counted_exactly() {
     require_root();
     let dir = TempDir::new("load");
     let report_path = dir.path("report.json");
@@ -31,7 +31,9 @@ fn ten_thousand_connections_and_a_minute_of_churn_are_counted_exactly() {
     let audit = Drainwatch::attach(&["audit", "--pid", &pid, "--report", &report_path]);
     let (mut hold, held) = hold_connections(server.port, HELD, 300);
     assert_eq!(held, HELD as u64, "dw-load could not open them all");
-    let churned = churn(server.port, 8, Duration::from_secs(60));
+    // 20 s make thousands of connections (each opened, used and closed): enough for an exact
+    // count to mean something, and a third of the time a minute took on each backend.
+    let churned = churn(server.port, 8, Duration::from_secs(20));
     assert!(churned > 1_000, "churn made only {churned} connections");
     let hwm_kb = vm_hwm_kb(audit.pid());
     // Let the held connections go: 10,000 closes at once.

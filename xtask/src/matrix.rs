@@ -10,6 +10,7 @@ use std::{
     fs,
     path::PathBuf,
     process::Stdio,
+    sync::Mutex,
     time::{Duration, Instant},
 };
 
@@ -45,7 +46,7 @@ pub const SUBSET: [&str; 10] = [
 // Which backends where: every backend runs the subset on the oldest and the newest kernel
 // that can run it, and no more, so that a third guest keeps `cargo xtask test` on a fresh
 // 2-core machine under 40 minutes (each guest's run of the subset on one backend is about
-// 4 minutes of both cores under TCG). The syscall hooks: 5.10 (oldest, its default) and
+// 8 minutes of one core under TCG; the guests run side by side, [`guests_at_once`]). The syscall hooks: 5.10 (oldest, its default) and
 // the host (newest: the whole suite, forced); fentry: 6.1 (oldest: 5.10 lacks the helpers
 // its programs call) and 6.12; the socket tracepoints: 6.12 and the host. So 5.10 runs
 // syscalls, 6.1 fentry, 6.12 socket and fentry (guest.rs, `KERNELS`), and 6.1 no longer runs
@@ -239,16 +240,20 @@ pub fn run(kernel_names: &[String], tests: &[String], counts: &mut Counts) -> Re
     let executables = test_executables()?;
     let dir = exec::target_dir().join("matrix");
     fs::create_dir_all(&dir)?;
-    let started = Instant::now();
-    let mut failures = Vec::new();
+    // More time for a longer list than the subset (`DW_GUEST_TIMEOUT_SECS`).
+    let timeout = std::env::var("DW_GUEST_TIMEOUT_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(GUEST_TIMEOUT, Duration::from_secs);
+    // DW_MATRIX_HOOKS=fentry,socket: other backends than the kernel's list.
+    let asked = std::env::var("DW_MATRIX_HOOKS").ok();
+    let mut jobs = Vec::new();
     for kernel in &kernels {
-        let path = dir.join(format!("guest-{}.sh", kernel.name));
-        // DW_MATRIX_HOOKS=fentry,socket: other backends than the kernel's list.
-        let asked = std::env::var("DW_MATRIX_HOOKS").ok();
         let hooks: Vec<&str> = match asked.as_deref() {
             Some(list) if !list.trim().is_empty() => list.split(',').map(str::trim).collect(),
             _ => kernel.hooks.to_vec(),
         };
+        let path = dir.join(format!("guest-{}.sh", kernel.name));
         fs::write(
             &path,
             script(&tests, kernel.default_hooks, &hooks, &executables)?,
@@ -261,37 +266,62 @@ pub fn run(kernel_names: &[String], tests: &[String], counts: &mut Counts) -> Re
             expected,
             hooks.join(", ")
         );
-        let prefix = format!("[{}] ", kernel.name);
-        // More time for a longer list than the subset (`DW_GUEST_TIMEOUT_SECS`).
-        let timeout = std::env::var("DW_GUEST_TIMEOUT_SECS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .map_or(GUEST_TIMEOUT, Duration::from_secs);
-        let run = guest::run(kernel, &path, timeout, &prefix)?;
+        jobs.push(Job {
+            kernel: *kernel,
+            script: path,
+            expected,
+        });
+    }
+    // The longest guest first, so that the others fill the remaining slot beside it.
+    jobs.sort_by_key(|job| std::cmp::Reverse(job.expected));
+    let slots = guests_at_once().min(jobs.len()).max(1);
+    println!("matrix: {} guest(s) at a time", slots);
+    let started = Instant::now();
+    let queue = Mutex::new(jobs.into_iter());
+    let results = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..slots {
+            scope.spawn(|| {
+                // Taken through a function so that the queue's lock is released before the
+                // guest runs (a `while let` scrutinee would hold it for the whole body).
+                let next = || queue.lock().ok().and_then(|mut q| q.next());
+                while let Some(job) = next() {
+                    let prefix = format!("[{}] ", job.kernel.name);
+                    let outcome = guest::run(&job.kernel, &job.script, timeout, &prefix);
+                    if let Ok(mut done) = results.lock() {
+                        done.push((job, outcome));
+                    }
+                }
+            });
+        }
+    });
+    let mut failures = Vec::new();
+    let mut results = results.into_inner().unwrap_or_default();
+    results.sort_by_key(|(job, _)| job.kernel.name);
+    for (job, outcome) in results {
+        let name = job.kernel.name;
+        let run = outcome.with_context(|| format!("running the {name} guest"))?;
         let mut here = Counts::default();
         count(&run.console, &mut here);
         counts.passed += here.passed;
         counts.failed += here.failed;
-        let log = dir.join(format!("console-{}.log", kernel.name));
+        let log = dir.join(format!("console-{name}.log"));
         fs::write(&log, &run.console)?;
         match run.status {
-            Some(0) if here.passed as usize >= expected => println!(
-                "matrix: Linux {}: ok, {} passed in {}",
-                kernel.name,
+            Some(0) if here.passed as usize >= job.expected => println!(
+                "matrix: Linux {name}: ok, {} passed in {}",
                 here.passed,
                 elapsed(run.took)
             ),
             Some(code) => failures.push(format!(
-                "Linux {}: exit {code}, {} passed, {} failed ({}; console in {})",
-                kernel.name,
+                "Linux {name}: exit {code}, {} passed, {} failed ({}; console in {})",
                 here.passed,
                 here.failed,
                 elapsed(run.took),
                 log.display()
             )),
             None => failures.push(format!(
-                "Linux {}: the guest never finished ({}; console in {})",
-                kernel.name,
+                "Linux {name}: the guest never finished ({}; console in {})",
                 elapsed(run.took),
                 log.display()
             )),
@@ -306,6 +336,25 @@ pub fn run(kernel_names: &[String], tests: &[String], counts: &mut Counts) -> Re
         bail!("kernel matrix failed: {}", failures.join("; "));
     }
     Ok(())
+}
+
+/// One guest to boot: its kernel, the script it runs and how many results it must report.
+struct Job {
+    kernel: Kernel,
+    script: PathBuf,
+    expected: usize,
+}
+
+/// How many guests run at once: one per core (`DW_MATRIX_JOBS` overrides). Each guest is
+/// single-threaded TCG (guest.rs, `run`), so it keeps one host core busy and no more; run
+/// one after another, the three guests were ~34 of the ~55 minutes of `cargo xtask test`
+/// on a 2-core machine, side by side ~18.
+fn guests_at_once() -> usize {
+    std::env::var("DW_MATRIX_JOBS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|&n: &usize| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// `cargo xtask matrix`: setup, then [`run`].
