@@ -318,6 +318,43 @@ fn histogram() -> Histogram<u64> {
     crate::model::conns::histogram()
 }
 
+/// The operations in the state (model/tracker.rs): their cuts are violations, their calls in
+/// flight hold the drain, and they fill the report's `operations`.
+impl crate::model::tracker::Tracker for OpsTracker {
+    fn apply(
+        &mut self,
+        event: &crate::events::Event,
+        attach_ns: u64,
+        violations: &mut Vec<Violation>,
+    ) {
+        use crate::{events::Event, model::tracker::ms_since};
+        match event {
+            Event::OpCut(cut) => merge(violations, self.cut(cut, ms_since(attach_ns))),
+            Event::Operations(sample) => self.sample(sample),
+            _ => {}
+        }
+    }
+
+    fn exit(&mut self, tgid: u32, ktime_ns: u64, attach_ns: u64, violations: &mut Vec<Violation>) {
+        let ms = crate::model::tracker::ms_since(attach_ns);
+        for cut in OpsTracker::exit(self, tgid, ktime_ns, ms) {
+            merge(violations, cut);
+        }
+    }
+
+    fn idle(&self) -> bool {
+        self.in_flight(None) == 0
+    }
+
+    fn last_edge_ns(&self) -> u64 {
+        OpsTracker::last_edge_ns(self)
+    }
+
+    fn report(&self, report: &mut crate::model::report::Report) {
+        report.operations = Some(OpsTracker::report(self));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,11 +8,11 @@ use crate::{
     events::signals,
     events::{Event, Exit, Fork, Protocol, Role},
     model::conns::{AtAttach, ConnTracker},
-    model::ops::OpsTracker,
     model::report::{
         Coverage, EventCounts, ExitReport, Mode, Report, SignalledBy, TargetReport, Verdict,
         Violation, SCHEMA,
     },
+    model::tracker::Tracker,
 };
 
 /// Why a process is a target.
@@ -73,8 +73,9 @@ pub struct AuditState {
     queries_by_comm: BTreeMap<String, hdrhistogram::Histogram<u64>>,
     /// Client request latencies by the answering target's name (µs), for the same reason.
     requests_by_comm: BTreeMap<String, hdrhistogram::Histogram<u64>>,
-    /// `None` without `--op` (the report then says `null`, not zero).
-    ops: Option<OpsTracker>,
+    /// The probe units' trackers this run watches (model/tracker.rs: the operations of
+    /// `--op`); none, and the report says `null` for them, not zero.
+    trackers: Vec<Box<dyn Tracker>>,
 }
 
 /// A signal a target received, as the live view shows it.
@@ -106,7 +107,7 @@ impl AuditState {
             first_end_signal: None,
             queries_by_comm: BTreeMap::new(),
             requests_by_comm: BTreeMap::new(),
-            ops: None,
+            trackers: Vec::new(),
         }
     }
 
@@ -149,10 +150,14 @@ impl AuditState {
     pub fn idle_since(&self) -> Option<u64> {
         let conns = self.conns.as_ref()?;
         // Operations (`--op`) hold the drain like requests (docs/design.md, "drained").
-        let ops_idle = self.ops.as_ref().is_none_or(|ops| ops.in_flight(None) == 0);
-        let ops_edge = self.ops.as_ref().map_or(0, |ops| ops.last_edge_ns());
-        (conns.in_flight(None).is_idle() && ops_idle)
-            .then(|| conns.last_activity_ns().max(ops_edge).max(self.attach_ns))
+        let units_idle = self.trackers.iter().all(|t| t.idle());
+        let units_edge = self.trackers.iter().map(|t| t.last_edge_ns()).max();
+        (conns.in_flight(None).is_idle() && units_idle).then(|| {
+            conns
+                .last_activity_ns()
+                .max(units_edge.unwrap_or(0))
+                .max(self.attach_ns)
+        })
     }
 
     pub fn attach_ns(&self) -> u64 {
@@ -183,12 +188,15 @@ impl AuditState {
     }
 
     /// Watches operations too (`--op`): the SPECs, by function index.
-    pub fn watch_ops(&mut self, names: Vec<String>) {
-        self.ops = (!names.is_empty()).then(|| OpsTracker::new(names));
+    pub fn track<T: Tracker>(&mut self, tracker: T) {
+        self.trackers.push(Box::new(tracker));
     }
 
-    pub fn ops(&self) -> Option<&OpsTracker> {
-        self.ops.as_ref()
+    /// The tracker of type `T`, when the run watches it.
+    pub fn tracker<T: Tracker>(&self) -> Option<&T> {
+        self.trackers
+            .iter()
+            .find_map(|t| (t.as_ref() as &dyn std::any::Any).downcast_ref::<T>())
     }
 
     pub fn conns(&self) -> Option<&ConnTracker> {
@@ -417,24 +425,17 @@ impl AuditState {
                     conns.push_style(push.tgid, push.fd, at_ms);
                 }
             }
-            Event::OpCut(cut) => {
-                let attach_ns = self.attach_ns;
-                if let Some(ops) = self.ops.as_mut() {
-                    let cut = ops.cut(cut, |ns| ns.saturating_sub(attach_ns) / 1_000_000);
-                    crate::model::ops::merge(&mut self.violations, cut);
-                }
-            }
-            Event::Operations(sample) => {
-                if let Some(ops) = self.ops.as_mut() {
-                    ops.sample(sample);
-                }
-            }
+            // The trackers' own (model/tracker.rs), applied below.
+            Event::OpCut(_) | Event::Operations(_) => {}
             Event::Resolved(resolved) => {
                 let at_ms = self.at_ms(resolved.ktime_ns);
                 if let Some(conns) = self.conns.as_mut() {
                     conns.resolve(resolved, at_ms);
                 }
             }
+        }
+        for tracker in &mut self.trackers {
+            tracker.apply(event, self.attach_ns, &mut self.violations);
         }
     }
 
@@ -477,12 +478,8 @@ impl AuditState {
             let found = conns.exit(tgid, &exit.busy_fds, exit.ktime_ns, at_ms, ms);
             self.violations.extend(found);
         }
-        if let Some(ops) = self.ops.as_mut() {
-            for cut in ops.exit(tgid, exit.ktime_ns, |ns| {
-                ns.saturating_sub(attach_ns) / 1_000_000
-            }) {
-                crate::model::ops::merge(&mut self.violations, cut);
-            }
+        for tracker in &mut self.trackers {
+            tracker.exit(tgid, exit.ktime_ns, attach_ns, &mut self.violations);
         }
         let Some(target) = self.targets.get_mut(&tgid) else {
             return;
@@ -532,7 +529,7 @@ impl AuditState {
                 exit: t.exit.clone(),
             })
             .collect();
-        Report {
+        let mut report = Report {
             schema: SCHEMA,
             mode,
             verdict,
@@ -540,7 +537,7 @@ impl AuditState {
             violations: self.violations.clone(),
             warnings: Vec::new(),
             drain: None,
-            operations: self.ops.as_ref().map(OpsTracker::report),
+            operations: None,
             connections: self.conns.as_ref().map(|c| c.counts().clone()),
             requests: self.conns.as_ref().map(|c| c.requests()),
             db_queries: self.conns.as_ref().map(|c| c.queries()),
@@ -555,7 +552,11 @@ impl AuditState {
                 ..Coverage::default()
             }),
             probe_failures,
+        };
+        for tracker in &self.trackers {
+            tracker.report(&mut report);
         }
+        report
     }
 }
 

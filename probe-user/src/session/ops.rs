@@ -12,7 +12,7 @@ use crate::{
         ops::{OpHooks, OpsRead},
         probe::Probe,
     },
-    model::state::AuditState,
+    model::{ops::OpsTracker, state::AuditState},
     session::units::Unit,
     settings::Common,
     Error, Result,
@@ -26,7 +26,9 @@ impl Unit for Operations {
         if common.ops.is_empty() {
             return;
         }
-        state.watch_ops(common.ops.iter().map(|s| s.text.clone()).collect());
+        state.track(OpsTracker::new(
+            common.ops.iter().map(|s| s.text.clone()).collect(),
+        ));
         probe.install(OpHooks::new(common.ops.clone()));
     }
 
@@ -75,7 +77,7 @@ impl Unit for Operations {
 
     /// Reads the kernel's operation maps into the state.
     fn sample(&self, probe: &mut Probe, state: &mut AuditState, verbose: u8) {
-        if state.ops().is_none() {
+        if state.tracker::<OpsTracker>().is_none() {
             return;
         }
         let Some((ops, ebpf)) = probe.unit_mut::<OpHooks>() else {

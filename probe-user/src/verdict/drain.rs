@@ -11,6 +11,7 @@ use crate::{
     duration,
     model::{
         conns::{ConnTracker, FIRST_CALL_HOLD},
+        ops::OpsTracker,
         report::{DrainBasis, DrainReport, HiddenWork, Report, Verdict},
         state::AuditState,
     },
@@ -70,7 +71,7 @@ pub fn tail_ms(state: &AuditState) -> Option<u64> {
 /// state watches them; `settle`: `--settle` in force. `None` when sockets were not watched.
 pub fn basis(state: &AuditState, settle: Option<Duration>) -> Option<DrainBasis> {
     let conns = state.conns()?;
-    let ops = state.ops().is_some();
+    let ops = state.tracker::<OpsTracker>().is_some();
     let mut observed = vec!["requests", "queries", "transactions", "upstream_calls"];
     if ops {
         observed.push("operations");
@@ -113,7 +114,10 @@ pub fn basis(state: &AuditState, settle: Option<Duration>) -> Option<DrainBasis>
         }
     }
     // A Go target's operations begun before attach (model/ops.rs, kernel/ops/go.rs).
-    for &pid in state.ops().map_or(&[][..], |o| o.blind_at_attach()) {
+    for &pid in state
+        .tracker::<OpsTracker>()
+        .map_or(&[][..], |o| o.blind_at_attach())
+    {
         hidden.push(HiddenWork {
             pid,
             why: "Go operations begun before attach are not seen (--op follows calls from \
