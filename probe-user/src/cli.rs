@@ -146,8 +146,9 @@ pub struct LogArgs {
     pub verbose: u8,
 }
 
-/// The flags of [`DbArgs`], [`ProbeArgs`] and [`LogArgs`] and the few others, as settings
-/// read them: a command that does not take one leaves its default.
+/// The flags of [`DbArgs`], [`ProbeArgs`] (whole: a flag added there reaches the settings
+/// with no copy here) and [`LogArgs`] and the few others, as settings read them: a command
+/// that does not take one leaves its default.
 #[derive(Debug, Clone, Default)]
 pub struct SharedArgs {
     pub db_port: Vec<String>,
@@ -157,9 +158,7 @@ pub struct SharedArgs {
     pub settle: SettleArgs,
     pub json: bool,
     pub verbose: u8,
-    pub no_follow: bool,
-    pub ring_size: Option<String>,
-    pub op: Vec<String>,
+    pub probe: ProbeArgs,
 }
 
 /// `--settle`, `--settle-from` (wait, stop): the drain tail (docs/design.md).
@@ -184,7 +183,6 @@ pub struct SettleArgs {
 
 impl SharedArgs {
     fn of(db: &DbArgs, probe: Option<&ProbeArgs>, log: &LogArgs) -> Self {
-        let probe = probe.cloned().unwrap_or_default();
         Self {
             db_port: db.db_port.clone(),
             db: db.db.clone(),
@@ -193,9 +191,7 @@ impl SharedArgs {
             settle: SettleArgs::default(),
             json: false,
             verbose: log.verbose,
-            no_follow: probe.no_follow,
-            ring_size: probe.ring_size,
-            op: probe.op,
+            probe: probe.cloned().unwrap_or_default(),
         }
     }
 }

@@ -111,14 +111,15 @@ impl Common {
             settle: Settle::from_args(&args.settle)?,
             json: args.json,
             verbose: args.verbose,
-            follow_forks: !args.no_follow,
+            follow_forks: !args.probe.no_follow,
             ring_bytes: args
+                .probe
                 .ring_size
                 .as_deref()
                 .map(parse_ring_size)
                 .transpose()?
                 .unwrap_or(probe_common::DEFAULT_RING_BYTES),
-            ops: parse_ops(&args.op)?,
+            ops: parse_ops(&args.probe.op)?,
         })
     }
 }
