@@ -323,6 +323,15 @@ fn a_one_way_upstream_does_not_hold_the_drain_and_the_basis_names_it() {
         .expect("ready line");
     assert_eq!(ready.trim(), "ready");
     let pid = shipper.id().to_string();
+    // The shipper's socket: its only TCP connection (python's fds 0-2 are the stdio).
+    let fd = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("its fds")
+        .filter_map(|e| e.ok())
+        .find(|e| {
+            std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().starts_with("socket:"))
+        })
+        .and_then(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .expect("the shipper's socket");
     let mut wait = Drainwatch::attach(&["wait", "--pid", &pid, "--json"]);
     wait.wait_for_stderr("drainwatch: drained");
     let done = wait.finish();
@@ -341,10 +350,11 @@ fn a_one_way_upstream_does_not_hold_the_drain_and_the_basis_names_it() {
         .as_array()
         .expect("a list");
     assert!(
-        hidden.iter().any(|h| h["why"]
-            .as_str()
-            .unwrap_or("")
-            .starts_with("one-way upstream connection")),
+        hidden
+            .iter()
+            .any(|h| h["why"].as_str().unwrap_or("").starts_with(&format!(
+                "one-way upstream connection (fd {fd} 127.0.0.1:{port})"
+            ))),
         "the basis names the one-way connection: {report:#}"
     );
     assert!(

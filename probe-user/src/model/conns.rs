@@ -111,16 +111,20 @@ impl ConnTracker {
         &mut self.facts
     }
 
-    /// The kernel marked a client connection push-style.
+    /// The kernel marked a client connection push-style, or an upstream connection one-way
+    /// (its counterpart: model/conns/calls.rs).
     pub fn push_style(&mut self, tgid: u32, fd: u32, at_ms: u64) {
         if let Some(conn) = self.conns.get(&(tgid, fd)) {
-            if conn.role == Role::Client {
-                self.facts.push_style(PushConn {
+            let peer = conn.peer_text();
+            match conn.role {
+                Role::Client => self.facts.push_style(PushConn {
                     tgid,
                     fd,
-                    peer: conn.peer_text(),
+                    peer,
                     at_ms,
-                });
+                }),
+                Role::Upstream => self.one_way(tgid, fd, peer),
+                _ => {}
             }
         }
     }
@@ -276,6 +280,7 @@ impl ConnTracker {
         // a violation either.
         self.settle(event.tgid, event.fd, at_ms, "closed");
         self.facts.closed(event.tgid, event.fd);
+        self.one_way_closed(event.tgid, event.fd);
         let Some(conn) = self.conns.remove(&(event.tgid, event.fd)) else {
             return Vec::new();
         };

@@ -235,15 +235,14 @@ impl AuditState {
             return Vec::new();
         };
         let due = conns.facts_mut().take_look_due();
-        if due.is_empty() {
-            return Vec::new();
-        }
-        conns
+        let mut look: Vec<(u32, u32)> = conns
             .conns()
             .filter(|c| c.role == Role::Client && due.contains(&c.tgid))
             .filter(|c| !conns.facts().is_push(c.tgid, c.fd))
             .map(|c| (c.tgid, c.fd))
-            .collect()
+            .collect();
+        look.extend(conns.one_way_look_due());
+        look
     }
 
     /// A connection found in /proc at attach.

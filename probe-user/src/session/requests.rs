@@ -90,7 +90,9 @@ impl RequestSampler {
         // moved (docs/design.md, "request in flight").
         for (tgid, fd) in state.push_look_due() {
             let flags = probe.conn_flags(probe_common::ConnKey { tgid, fd });
-            if flags.is_some_and(|f| f & probe_common::CONN_PUSH != 0) {
+            // A client connection push-style, or an upstream one one-way (its counterpart).
+            let marks = probe_common::CONN_PUSH | probe_common::CONN_ONE_WAY;
+            if flags.is_some_and(|f| f & marks != 0) {
                 let event = Event::PushStyle(crate::events::PushStyle { ktime_ns, tgid, fd });
                 if self.verbose >= 2 {
                     trace::event(&event);

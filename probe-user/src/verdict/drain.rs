@@ -166,10 +166,17 @@ fn upstream_hidden(conns: &ConnTracker, held: &str) -> Vec<HiddenWork> {
                 "one-way upstream connection",
                 "one-way upstream connections",
             );
+            let names = conns.one_way_names(pid);
+            let which = if names.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", names.join(", "))
+            };
             out.push(HiddenWork {
                 pid,
                 why: format!(
-                    "{what} (sent to, never answered: a send there is no call), no --op{held}"
+                    "{what}{which} (sent to, never answered: a send there is no call), no \
+                     --op{held}"
                 ),
             });
         }

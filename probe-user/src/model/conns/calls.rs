@@ -44,6 +44,10 @@ pub(super) struct CallBook {
     pub(super) ended_here: std::collections::BTreeMap<u32, (u64, u64)>,
     /// Calls the kernel counted as ended since attach, exited targets included.
     pub(super) ended: u64,
+    /// Each target's count of one-way connections when userspace last looked for which.
+    pub(super) one_way_looked: std::collections::BTreeMap<u32, u64>,
+    /// One-way connections named, in order: (tgid, fd, peer, still open).
+    pub(super) one_way_named: Vec<(u32, u32, Option<String>, bool)>,
 }
 
 impl ConnTracker {
@@ -74,6 +78,59 @@ impl ConnTracker {
             0 => ended.1 += 1,
             _ => ended.0 += 1,
         }
+    }
+
+    /// Upstream connections to look at in the kernel's map (`CONN_ONE_WAY`), of targets
+    /// whose count of one-way connections moved since the last look (once per move).
+    pub fn one_way_look_due(&mut self) -> Vec<(u32, u32)> {
+        let mut due = Vec::new();
+        for (tgid, counted) in &self.requests_by_target {
+            let looked = self.calls.one_way_looked.entry(*tgid).or_default();
+            if counted.calls.one_way > *looked {
+                *looked = counted.calls.one_way;
+                due.push(*tgid);
+            }
+        }
+        let named = &self.calls.one_way_named;
+        self.conns
+            .values()
+            .filter(|c| c.role == crate::events::Role::Upstream && due.contains(&c.tgid))
+            .filter(|c| {
+                !named
+                    .iter()
+                    .any(|n| (n.0, n.1, n.3) == (c.tgid, c.fd, true))
+            })
+            .map(|c| (c.tgid, c.fd))
+            .collect()
+    }
+
+    /// The kernel marked an upstream connection one-way.
+    pub(super) fn one_way(&mut self, tgid: u32, fd: u32, peer: Option<String>) {
+        let named = &mut self.calls.one_way_named;
+        if !named.iter().any(|n| (n.0, n.1, n.3) == (tgid, fd, true)) {
+            named.push((tgid, fd, peer, true));
+        }
+    }
+
+    pub(super) fn one_way_closed(&mut self, tgid: u32, fd: u32) {
+        for named in &mut self.calls.one_way_named {
+            if (named.0, named.1) == (tgid, fd) {
+                named.3 = false;
+            }
+        }
+    }
+
+    /// The one-way connections of a target named so far, as `fd N PEER`.
+    pub fn one_way_names(&self, tgid: u32) -> Vec<String> {
+        self.calls
+            .one_way_named
+            .iter()
+            .filter(|n| n.0 == tgid)
+            .map(|(_, fd, peer, _)| match peer {
+                Some(peer) => format!("fd {fd} {peer}"),
+                None => format!("fd {fd}"),
+            })
+            .collect()
     }
 
     pub(super) fn calls_exited(&mut self, tgid: u32) {

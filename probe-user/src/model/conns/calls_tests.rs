@@ -2,7 +2,8 @@
 //! format): a game (pid 700) calls a service on a connection opened after attach (fd 7:
 //! its first call, answered in 400 ms; then a call on the answered connection that waits
 //! 7.4 s), writes to a metrics socket that never answers (fd 8: one-way at its second
-//! send), and sends once on a connection that never answers (fd 9).
+//! send, named once userspace looked at the kernel's mark), and sends once on a connection
+//! that never answers (fd 9).
 
 use std::time::Duration;
 
@@ -89,7 +90,7 @@ fn a_one_way_connection_holds_nothing_and_the_basis_names_it() {
 
 #[test]
 fn a_lone_send_never_answered_holds_for_the_first_call_hold_only() {
-    let state = after(11);
+    let state = after(12);
     let hold = super::FIRST_CALL_HOLD.as_nanos() as u64;
     assert_eq!(
         rule().drained_at(&state),
