@@ -126,27 +126,22 @@ impl Probe {
     /// A connection added `unknown` has had traffic since (the kernel clears the flag at
     /// its first send or receive), or is gone.
     pub fn had_traffic(&self, key: ConnKey) -> bool {
-        let Some(map) = self.ebpf.map(map_names::CONNS) else {
-            return false;
-        };
-        let Ok(conns) = HashMap::<_, ConnKey, ConnState>::try_from(map) else {
-            return false;
-        };
-        conns
-            .get(&key, 0)
-            .map_or(true, |state| state.flags & CONN_UNKNOWN == 0)
+        self.conn_entry(key)
+            .is_some_and(|entry| entry.is_none_or(|state| state.flags & CONN_UNKNOWN == 0))
     }
 
     pub fn request_in_flight(&self, key: ConnKey) -> bool {
-        let Some(map) = self.ebpf.map(map_names::CONNS) else {
-            return false;
-        };
-        let Ok(conns) = HashMap::<_, ConnKey, ConnState>::try_from(map) else {
-            return false;
-        };
-        conns
-            .get(&key, 0)
-            .is_ok_and(|state| state.request_in_flight != 0)
+        self.conn_entry(key)
+            .flatten()
+            .is_some_and(|state| state.request_in_flight != 0)
+    }
+
+    /// The kernel's entry for a connection: `None` when the map cannot be read, `Some(None)`
+    /// when it holds no entry for it.
+    fn conn_entry(&self, key: ConnKey) -> Option<Option<ConnState>> {
+        let map = self.ebpf.map(map_names::CONNS)?;
+        let conns = HashMap::<_, ConnKey, ConnState>::try_from(map).ok()?;
+        Some(conns.get(&key, 0).ok())
     }
 
     /// The kernel's flags of a connection (`probe_common::CONN_*`), `None` once it is gone.
