@@ -11,6 +11,7 @@ use crate::{
     cli::{SharedArgs, TargetArgs},
     host::launch::LaunchCommand,
     host::targets::{self, CgroupSelector},
+    kernel::ops::OpSpec,
     Error, Result,
 };
 
@@ -78,7 +79,7 @@ pub struct Common {
     pub follow_forks: bool,
     pub ring_bytes: u32,
     /// `--op`: the functions whose calls are operations (kernel/ops.rs).
-    pub ops: Vec<crate::kernel::ops::OpSpec>,
+    pub ops: Vec<OpSpec>,
 }
 
 impl Common {
@@ -119,28 +120,9 @@ impl Common {
                 .map(parse_ring_size)
                 .transpose()?
                 .unwrap_or(probe_common::DEFAULT_RING_BYTES),
-            ops: parse_ops(&args.probe.op)?,
+            ops: OpSpec::parse_all(&args.probe.op).map_err(Error::Ops)?,
         })
     }
-}
-
-/// `--op SPEC`s, each `FUNCTION` or `LIB:FUNCTION`; at most `MAX_OP_FUNCTIONS`.
-pub(crate) fn parse_ops(specs: &[String]) -> Result<Vec<crate::kernel::ops::OpSpec>> {
-    let max = probe_common::ops::MAX_OP_FUNCTIONS as usize;
-    if specs.len() > max {
-        return Err(Error::Ops(format!(
-            "--op is given {} times: drainwatch follows at most {max} functions",
-            specs.len()
-        )));
-    }
-    let mut out: Vec<crate::kernel::ops::OpSpec> = Vec::new();
-    for text in specs {
-        let spec = crate::kernel::ops::OpSpec::parse(text).map_err(Error::Ops)?;
-        if !out.contains(&spec) {
-            out.push(spec);
-        }
-    }
-    Ok(out)
 }
 
 /// What a session watches: any mix of selectors (docs/design.md, "target").

@@ -38,6 +38,25 @@ impl OpSpec {
             function: function.to_string(),
         })
     }
+
+    /// Reads every `--op` given, once each; at most `MAX_OP_FUNCTIONS`.
+    pub fn parse_all(texts: &[String]) -> Result<Vec<Self>, String> {
+        let max = probe_common::ops::MAX_OP_FUNCTIONS as usize;
+        if texts.len() > max {
+            return Err(format!(
+                "--op is given {} times: drainwatch follows at most {max} functions",
+                texts.len()
+            ));
+        }
+        let mut out: Vec<Self> = Vec::new();
+        for text in texts {
+            let spec = Self::parse(text)?;
+            if !out.contains(&spec) {
+                out.push(spec);
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// A function symbol of an ELF file.
