@@ -9,7 +9,7 @@
 //! [`requests`]), then the periodic chores ([`CHORES`], each on its own [`every::Every`]).
 //!
 //! Imports run one way: this module uses its children; attach -> seed -> existing,
-//! unix_existing, db_view -> attach_rule; attach, reader -> units -> tls, ops, every;
+//! unix_existing, db_view -> attach_rule; attach, reader -> units -> tls, ops, every, unit; tls, ops -> unit;
 //! reader -> requests, unix_close -> trace, every; follow -> attach (a process the
 //! launched command signals, surveyed like an attached one);
 //! recheck -> existing, db_view. The session joins the layers below it: it may use
@@ -29,6 +29,7 @@ mod requests;
 mod seed;
 mod tls;
 mod trace;
+mod unit;
 mod units;
 pub mod unix_close;
 pub mod unix_existing;

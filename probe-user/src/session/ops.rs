@@ -13,7 +13,7 @@ use crate::{
         probe::Probe,
     },
     model::{ops::OpsTracker, state::AuditState},
-    session::units::Unit,
+    session::unit::Unit,
     settings::Common,
     Error, Result,
 };

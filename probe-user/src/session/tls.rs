@@ -6,7 +6,7 @@ use crate::{
     events::Role,
     kernel::{probe::Probe, tls::TlsHooks},
     model::{report::Coverage, state::AuditState},
-    session::units::Unit,
+    session::unit::Unit,
     settings::Common,
     Result,
 };

@@ -5,6 +5,7 @@
 //! the state), when a process becomes a target and on the rescans ([`Unit::hook`]), after
 //! the first attach ([`Unit::attached`]), at each read of the kernel and before an exit is
 //! judged ([`Unit::sample`]), at an exit ([`Unit::exited`]), and for the report's coverage.
+//! The trait is in unit.rs (the units import it, this registry imports them: no circle).
 //! A unit keeps no state of its own here: its kernel half lives in the probe
 //! ([`crate::kernel::uprobe::UprobeUnit`]), what it tells in the state.
 
@@ -16,43 +17,10 @@ use std::{
 use crate::{
     kernel::probe::Probe,
     model::{report::Coverage, state::AuditState},
-    session::every::Every,
+    session::{every::Every, unit::Unit},
     settings::Common,
     Result,
 };
-
-/// A probe unit, as the session drives it. Every step but [`Unit::install`] and
-/// [`Unit::hook`] does nothing unless the unit says otherwise.
-pub(super) trait Unit: Sync {
-    /// The run starts (before any target): installs what the flags ask for.
-    fn install(&self, probe: &mut Probe, state: &mut AuditState, common: &Common);
-
-    /// `tgid` is a target (again, on a rescan): hooks what it maps and was not hooked in it
-    /// before. `named`: a process the user selected, whose refusal ends the run (exit 2);
-    /// another one's is a warning.
-    fn hook(
-        &self,
-        probe: &mut Probe,
-        state: &AuditState,
-        tgid: u32,
-        named: bool,
-        verbose: u8,
-    ) -> Result<()>;
-
-    /// After the first attach: whether what was asked for was found.
-    fn attached(&self, _probe: &Probe) -> Result<()> {
-        Ok(())
-    }
-
-    /// Reads the unit's kernel maps into the state.
-    fn sample(&self, _probe: &mut Probe, _state: &mut AuditState, _verbose: u8) {}
-
-    /// A process exited (its maps were sampled just before).
-    fn exited(&self, _probe: &mut Probe, _tgid: u32) {}
-
-    /// Its part of the report's `coverage`.
-    fn coverage(&self, _probe: &Probe, _coverage: &mut Coverage) {}
-}
 
 /// The registry of probe units: one line each.
 pub(super) const UNITS: [&dyn Unit; 2] = [&super::tls::Tls, &super::ops::Operations];
