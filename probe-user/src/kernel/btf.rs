@@ -4,7 +4,12 @@
 //! keeps its own BTF type accessors crate-private, and this is a few dozen lines.
 //! Format: Documentation/bpf/btf.rst in the kernel source.
 
-use std::{fs, path::Path};
+use std::{
+    fs,
+    ops::Range,
+    path::Path,
+    sync::{Arc, Mutex},
+};
 
 const BTF_MAGIC: u16 = 0xeb9f;
 const KIND_PTR: u32 = 2;
@@ -34,34 +39,58 @@ struct Type {
     at: u32,
 }
 
-/// BTF borrowed from the bytes it was parsed from.
-pub struct Btf<'a> {
+/// Parsed BTF, owning the bytes it was parsed from.
+pub struct Btf {
     /// Index = type id; id 0 is `void`.
     types: Vec<Type>,
-    type_data: &'a [u8],
-    strings: &'a [u8],
+    data: Vec<u8>,
+    /// The type and string sections, as ranges of `data`.
+    type_section: Range<usize>,
+    string_section: Range<usize>,
 }
 
 /// The running kernel's BTF.
 pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
 
+/// The running kernel's BTF, read and parsed once while drainwatch attaches, then
+/// [`release_kernel`]d. Attaching asks it half a dozen questions (the features, each
+/// backend's checks, the probe's offsets, the attach stub); reading and parsing the ~5 MB
+/// file for each was most of attach's CPU time, many seconds under a slow (emulated) CPU.
+static KERNEL: Mutex<Option<Arc<Btf>>> = Mutex::new(None);
+
+fn kernel() -> Option<Arc<Btf>> {
+    let mut cached = KERNEL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if cached.is_none() {
+        *cached = Btf::parse(fs::read(Path::new(KERNEL_BTF)).ok()?).map(Arc::new);
+    }
+    cached.clone()
+}
+
+/// Frees the cached kernel BTF (~8 MB with its index) once attaching is done; a later
+/// question reads it again.
+pub fn release_kernel() {
+    let mut cached = KERNEL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    *cached = None;
+}
+
 /// The BTF type id of kernel function `name`, if the kernel has BTF and that function.
 pub fn kernel_func_id(name: &str) -> Option<u32> {
-    let data = fs::read(Path::new(KERNEL_BTF)).ok()?;
-    Btf::parse(&data)?.func_id(name)
+    kernel()?.func_id(name)
 }
 
 /// How many parameters the kernel function `name` takes, from its BTF prototype.
 pub fn kernel_func_params(name: &str) -> Option<usize> {
-    let data = fs::read(Path::new(KERNEL_BTF)).ok()?;
-    Btf::parse(&data)?.func_params(name)
+    kernel()?.func_params(name)
 }
 
-/// Byte offsets of `(struct, member)` pairs in the running kernel's BTF, read and parsed
-/// once; `None` for each one that is not there (or when the kernel has no BTF).
+/// Byte offsets of `(struct, member)` pairs in the running kernel's BTF; `None` for each
+/// one that is not there (or when the kernel has no BTF).
 pub fn kernel_member_offsets<const N: usize>(wanted: [(&str, &str); N]) -> [Option<u32>; N] {
-    let data = fs::read(Path::new(KERNEL_BTF)).ok();
-    let btf = data.as_deref().and_then(Btf::parse);
+    let btf = kernel();
     wanted.map(|(name, member)| btf.as_ref()?.member_offset(name, member))
 }
 
@@ -73,8 +102,7 @@ pub fn kernel_member_offsets<const N: usize>(wanted: [(&str, &str); N]) -> [Opti
 /// The placeholders cost aya one small record each, up to the largest id wanted. `None`
 /// without kernel BTF; a name it lacks is left out, and aya's lookup fails on it as before.
 pub fn kernel_id_stub(wanted: &[(u32, &str)]) -> Option<Vec<u8>> {
-    let data = fs::read(Path::new(KERNEL_BTF)).ok()?;
-    let btf = Btf::parse(&data)?;
+    let btf = kernel()?;
     let found: Vec<(u32, u32, &str)> = wanted
         .iter()
         .filter_map(|&(kind, name)| Some((btf.type_id(kind, name)?, kind, name)))
@@ -126,19 +154,21 @@ fn u32_at(data: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes(data.get(at..at + 4)?.try_into().ok()?))
 }
 
-impl<'a> Btf<'a> {
+impl Btf {
     /// Parses little-endian BTF (the only kind a little-endian kernel exposes).
-    pub fn parse(data: &'a [u8]) -> Option<Self> {
+    pub fn parse(data: Vec<u8>) -> Option<Self> {
         if u16::from_le_bytes(data.get(0..2)?.try_into().ok()?) != BTF_MAGIC {
             return None;
         }
-        let hdr_len = u32_at(data, 4)? as usize;
-        let type_off = u32_at(data, 8)? as usize;
-        let type_len = u32_at(data, 12)? as usize;
-        let str_off = u32_at(data, 16)? as usize;
-        let str_len = u32_at(data, 20)? as usize;
-        let type_data = data.get(hdr_len + type_off..hdr_len + type_off + type_len)?;
-        let strings = data.get(hdr_len + str_off..hdr_len + str_off + str_len)?;
+        let hdr_len = u32_at(&data, 4)? as usize;
+        let type_off = u32_at(&data, 8)? as usize;
+        let type_len = u32_at(&data, 12)? as usize;
+        let str_off = u32_at(&data, 16)? as usize;
+        let str_len = u32_at(&data, 20)? as usize;
+        let type_section = hdr_len + type_off..hdr_len + type_off + type_len;
+        let string_section = hdr_len + str_off..hdr_len + str_off + str_len;
+        data.get(string_section.clone())?;
+        let type_data = data.get(type_section.clone())?;
         let void = Type {
             kind: 0,
             kind_flag: false,
@@ -180,9 +210,18 @@ impl<'a> Btf<'a> {
         }
         Some(Self {
             types,
-            type_data,
-            strings,
+            data,
+            type_section,
+            string_section,
         })
+    }
+
+    fn type_data(&self) -> &[u8] {
+        &self.data[self.type_section.clone()]
+    }
+
+    fn strings(&self) -> &[u8] {
+        &self.data[self.string_section.clone()]
     }
 
     /// (name_off, type id, bit offset) of each member of a struct/union.
@@ -191,7 +230,7 @@ impl<'a> Btf<'a> {
         let count = if is_aggregate { ty.vlen as usize } else { 0 };
         (0..count).filter_map(move |i| {
             let m = ty.at as usize + i * 12;
-            let raw_offset = u32_at(self.type_data, m + 8)?;
+            let raw_offset = u32_at(self.type_data(), m + 8)?;
             // With kind_flag, the low 24 bits are the bit offset.
             let bits = if ty.kind_flag {
                 raw_offset & 0xff_ffff
@@ -199,17 +238,26 @@ impl<'a> Btf<'a> {
                 raw_offset
             };
             Some((
-                u32_at(self.type_data, m)?,
-                u32_at(self.type_data, m + 4)?,
+                u32_at(self.type_data(), m)?,
+                u32_at(self.type_data(), m + 4)?,
                 bits,
             ))
         })
     }
 
     fn name(&self, offset: u32) -> &[u8] {
-        let rest = self.strings.get(offset as usize..).unwrap_or_default();
+        let rest = self.strings().get(offset as usize..).unwrap_or_default();
         let end = rest.iter().position(|b| *b == 0).unwrap_or(rest.len());
         &rest[..end]
+    }
+
+    /// Whether the string at `offset` is `name`: compared in place, without first
+    /// measuring the string (a lookup runs this over every one of ~100k types).
+    fn name_is(&self, offset: u32, name: &[u8]) -> bool {
+        let start = offset as usize;
+        let strings = self.strings();
+        strings.get(start..start + name.len()) == Some(name)
+            && strings.get(start + name.len()) == Some(&0)
     }
 
     /// Skips typedefs and qualifiers to the underlying type id.
@@ -248,7 +296,7 @@ impl<'a> Btf<'a> {
     pub fn type_id(&self, kind: u32, name: &str) -> Option<u32> {
         self.types
             .iter()
-            .position(|t| t.kind as u32 == kind && self.name(t.name_off) == name.as_bytes())
+            .position(|t| t.kind as u32 == kind && self.name_is(t.name_off, name.as_bytes()))
             .map(|id| id as u32)
     }
 
@@ -256,7 +304,7 @@ impl<'a> Btf<'a> {
     /// members (task_struct groups fields that way under layout randomisation).
     pub fn member_offset(&self, name: &str, member: &str) -> Option<u32> {
         let id = self.types.iter().position(|t| {
-            t.kind as u32 == KIND_STRUCT && self.name(t.name_off) == name.as_bytes()
+            t.kind as u32 == KIND_STRUCT && self.name_is(t.name_off, name.as_bytes())
         })?;
         self.find_member(id as u32, member.as_bytes(), 0)
             .filter(|bits| bits % 8 == 0)
@@ -334,7 +382,7 @@ mod tests {
         push(&[0, (KIND_FUNC_PROTO << 24) | 2, 1, 7, 1, 9, 1]); // 2: int (int x, int y)
         push(&[5, KIND_FUNC << 24, 2]); // 3: f
         let data = blob(&types, &strings);
-        let btf = Btf::parse(&data).unwrap();
+        let btf = Btf::parse(data.clone()).unwrap();
         assert_eq!(btf.func_params("f"), Some(2));
         assert_eq!(btf.func_params("x"), None);
     }
@@ -342,7 +390,7 @@ mod tests {
     #[test]
     fn finds_direct_and_anonymous_members() {
         let data = sample();
-        let btf = Btf::parse(&data).unwrap();
+        let btf = Btf::parse(data.clone()).unwrap();
         assert_eq!(btf.member_offset("outer", "a"), Some(0));
         assert_eq!(btf.member_offset("outer", "b"), Some(4));
         assert_eq!(btf.member_offset("outer", "c"), Some(8));
@@ -353,7 +401,7 @@ mod tests {
     #[test]
     fn id_stub_keeps_the_ids_and_names_wanted() {
         let blob = id_stub(&[(5, KIND_TYPEDEF, "btf_trace_x"), (3, KIND_FUNC, "f")]);
-        let btf = Btf::parse(&blob).unwrap();
+        let btf = Btf::parse(blob.clone()).unwrap();
         assert_eq!(btf.type_id(KIND_TYPEDEF, "btf_trace_x"), Some(5));
         assert_eq!(btf.func_id("f"), Some(3));
         assert_eq!(btf.func_id("btf_trace_x"), None);
@@ -405,10 +453,10 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        assert!(Btf::parse(b"").is_none());
-        assert!(Btf::parse(&[0u8; 64]).is_none());
+        assert!(Btf::parse(Vec::new()).is_none());
+        assert!(Btf::parse(vec![0u8; 64]).is_none());
         let mut truncated = sample();
         truncated.truncate(40);
-        assert!(Btf::parse(&truncated).is_none());
+        assert!(Btf::parse(truncated.to_vec()).is_none());
     }
 }

@@ -272,6 +272,8 @@ impl Probe {
             links.len(),
             started.elapsed()
         );
+        // Every question to kernel BTF is asked by now (features, backends, offsets).
+        btf::release_kernel();
         let events = ebpf
             .take_map(map_names::EVENTS)
             .ok_or_else(|| Error::Load("no EVENTS map in the object".into()))?;
