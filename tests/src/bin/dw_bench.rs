@@ -1,7 +1,7 @@
 //! `dw-bench`: the benchmarks behind `cargo xtask bench` (not a test: numbers, not
 //! pass/fail). Needs root (it loads probes and reads kernel BPF stats).
 //!
-//! `dw-bench [all|syscall|verdict|throughput|rss] [--runs 50] [--rounds 6] [--trial-secs 5]
+//! `dw-bench [all|syscall|verdict|throughput|rss|lifecycle] [--runs 50] [--rounds 6] [--trial-secs 5]
 //!  [--rss-conns 10000] [--out target/bench/results.json]`
 //!
 //! - verdict: the drain verdict's latency and early verdicts (see `dw_bench/verdict.rs`);
@@ -9,12 +9,16 @@
 //!   `dw_bench/syscall.rs`);
 //! - throughput: overhead, bpftrace/strace comparison, bystander, BPF stats per program,
 //!   lost events (see `dw_bench/throughput.rs`);
-//! - rss: drainwatch's peak RSS with many tracked connections (see `dw_bench/rss.rs`).
+//! - rss: drainwatch's peak RSS with many tracked connections (see `dw_bench/rss.rs`);
+//! - lifecycle: attach time (command start to attached) and verdict to exit, without and
+//!   with TLS hooks (see `dw_bench/lifecycle.rs`).
 //!
 //! Prints a Markdown table (also written beside the JSON as `results.md`).
 
 #[path = "dw_bench/cpu.rs"]
 mod cpu;
+#[path = "dw_bench/lifecycle.rs"]
+mod lifecycle;
 #[path = "dw_bench/rss.rs"]
 mod rss;
 #[path = "dw_bench/syscall.rs"]
@@ -108,6 +112,9 @@ fn main() {
     }
     if all || section == "verdict" {
         merge(verdict::run(runs, &mut table));
+    }
+    if all || section == "lifecycle" {
+        merge(lifecycle::run(runs, &mut table));
     }
     let machine = format!(
         "{} ({} CPUs, kernel {})",
