@@ -2,7 +2,8 @@
 //! go-redis v5, HikariCP + MariaDB Connector/J, mysqlclient, node mysql2, asyncpg) × the
 //! ways a server's work ends (kill -9 mid-transaction, a graceful SIGTERM under `audit` and
 //! under `stop`, `wait` attached mid-request with the pool opened before attach, a handler
-//! that exits mid-transaction). One body per scenario, one case per stack (the `cases!`
+//! that exits mid-transaction; and, on the Go stacks, a handler that rolls back). One body
+//! per scenario, one case per stack (the `cases!`
 //! table at the end). Every verdict is judged against the database's own record: the
 //! ledger (committed or not), the client's answer, and the closes without goodbye that the
 //! server logged (MariaDB's "Aborted connection", PostgreSQL's "unexpected EOF").
@@ -13,7 +14,7 @@
 use std::time::{Duration, Instant};
 
 use drainwatch_tests::{
-    db::{shared_redis, Database, MyDatabase, PgDatabase},
+    db::{shared_redis, Database, DbKind, MyDatabase, PgDatabase},
     read_report, require_root,
     shop::{Shop, Stack, PATIENCE},
     violations, Drainwatch, TempDir,
@@ -292,6 +293,47 @@ fn wait_mid_request(stack: Stack, with_db_url: bool) -> usize {
     unknown
 }
 
+/// A SIGTERM handler that gives the request up: it rolls the transaction back itself
+/// (MySQL ROLLBACK; go-redis: UNWATCH, nothing queued), closes the client unanswered and
+/// its pool politely, exits 0. Truth: no row, no answer, no close without goodbye; the work
+/// was thrown away by the shutdown: `transaction_rolled_back` (how `rollback`) where a
+/// transaction was open, and the dropped request.
+fn rollback_on_term(stack: Stack) {
+    require_root();
+    let db = database(stack, "rollback");
+    let unclean_before = db.unclean_closes();
+    let mut shop = Shop::start(stack, &stack.mode("rollback"), &stack.dsn(&*db, false));
+    let dir = TempDir::new("rollback");
+    let report_path = dir.path("report.json");
+    let pid = shop.pid.to_string();
+    let dw = Drainwatch::attach(&["audit", "--pid", &pid, "--report", &report_path]);
+    let answer = shop.request_in_transaction("rb");
+    shop.signal(libc::SIGTERM);
+    assert_eq!(shop.wait().code(), Some(0));
+    let finished = dw.finish();
+    assert_eq!(answer.recv_timeout(PATIENCE).unwrap(), "", "never answered");
+    assert!(db.ledger_steps("rb").is_empty(), "rolled back");
+    assert_eq!(db.unclean_closes(), unclean_before, "{}", db.log_tail());
+    let report = read_report(&report_path);
+    let mut got = kinds(&report);
+    got.sort();
+    let mut want = vec!["request_dropped"];
+    if db.kind() != DbKind::Redis {
+        want.push("transaction_rolled_back");
+        let rolled = violations(&report, "transaction_rolled_back");
+        assert_eq!(rolled.len(), 1, "{report:#}");
+        assert_eq!(rolled[0]["how"], "rollback", "{report:#}");
+    }
+    assert_eq!(
+        got,
+        want,
+        "{}: {report:#}\n{}",
+        stack.name(),
+        finished.stderr
+    );
+    assert_eq!(finished.code, 1);
+}
+
 macro_rules! cases {
     ($($stack:ident => $slug:ident),* $(,)?) => {
         mod kill9 { use super::*; $(#[test] fn $slug() { kill9_mid_transaction(Stack::$stack) })* }
@@ -309,6 +351,20 @@ cases! {
     Mysqlclient => mysqlclient,
     NodeMysql2 => node_mysql2,
     Asyncpg => asyncpg,
+}
+
+/// The Go shop's handler that rolls back (tests/fixtures/stacks/shop.go, mode `rollback`).
+mod rollback {
+    use super::*;
+
+    #[test]
+    fn go_mysql() {
+        rollback_on_term(Stack::GoMysql)
+    }
+    #[test]
+    fn go_redis() {
+        rollback_on_term(Stack::GoRedis)
+    }
 }
 
 /// MySQL stacks with `--db-url` of a PROCESS-only account: every connection from before

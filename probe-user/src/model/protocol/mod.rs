@@ -232,7 +232,7 @@ impl DbConn {
     }
 
     /// The syscall just fed ended an open transaction with a rollback the client asked for
-    /// (PostgreSQL ROLLBACK, Redis DISCARD); cleared by asking.
+    /// (PostgreSQL ROLLBACK, Redis DISCARD, MySQL ROLLBACK); cleared by asking.
     pub fn take_rollback(&mut self) -> bool {
         self.reader.take_rollback()
     }

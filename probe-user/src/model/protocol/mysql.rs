@@ -29,6 +29,13 @@
 //!   starts a binary row, not an OK). Status flags: SERVER_STATUS_IN_TRANS → [`Txn::Open`],
 //!   else [`Txn::Idle`]; SERVER_MORE_RESULTS_EXISTS → another result follows. ERR carries no
 //!   flags: the reply ends and the transaction state is unchanged.
+//! - **ROLLBACK**: a COM_QUERY whose payload is 9 bytes (the command byte and the 8 of
+//!   `ROLLBACK`, as every driver sends it: go-sql-driver/mysql, Connector/J, libmariadb's
+//!   mysql_rollback, PyMySQL, mysql2), sent with a transaction open and answered by an OK
+//!   whose status clears SERVER_STATUS_IN_TRANS, is the client's own rollback
+//!   (`take_rollback`). Only the packet's length leaves the kernel, never its text; the
+//!   statements of that length that end a transaction otherwise (`COMMIT  `, `commit ;`)
+//!   are not what drivers write.
 //! - Text and binary result sets without CLIENT_DEPRECATE_EOF have an EOF after the column
 //!   definitions too. While every packet is seen the definitions are counted from the
 //!   column-count packet at the head of the response. When some were not seen, an EOF whose
@@ -118,6 +125,9 @@ const COM_CHANGE_USER: u8 = 0x11;
 const COM_STMT_SEND_LONG_DATA: u8 = 0x18;
 const COM_STMT_CLOSE: u8 = 0x19;
 const MAX_PIPELINED: usize = 256;
+const COM_QUERY: u8 = 0x03;
+/// COM_QUERY's payload for `ROLLBACK`: the command byte and 8 characters.
+const ROLLBACK_PAYLOAD_LEN: u32 = 9;
 
 /// A server greeting: 3-byte length, sequence 0, protocol version 10, a NUL-terminated
 /// printable version string starting with a digit (cut off by the end of `head` if long).
@@ -169,6 +179,8 @@ pub(crate) struct Mysql {
     queue: VecDeque<Stage>,
     /// Bytes arrived since the last command started.
     recv_since_cmd: bool,
+    /// The command in flight is a ROLLBACK sent inside an open transaction (module doc).
+    rollback_asked: bool,
     events: Vec<Event>,
 }
 
@@ -194,6 +206,7 @@ impl Mysql {
             synced: seen_from_start,
             queue: VecDeque::new(),
             recv_since_cmd: false,
+            rollback_asked: false,
             events: Vec::new(),
         }
     }
@@ -265,6 +278,11 @@ impl Mysql {
             return Step::Go;
         }
         self.synced = true;
+        // Any later command (pipelined too) takes the claim back: only a ROLLBACK answered
+        // as the last command counts.
+        self.rollback_asked = f.first_byte() == Some(COM_QUERY)
+            && f.body_len == ROLLBACK_PAYLOAD_LEN
+            && self.said.txn == Txn::Open;
         match f.first_byte() {
             Some(COM_QUIT) => self.said.goodbye = true,
             Some(COM_STMT_CLOSE | COM_STMT_SEND_LONG_DATA) => {}
@@ -422,11 +440,18 @@ impl Mysql {
 
     fn apply(&mut self, v: Verdict) {
         if let Some(status) = v.status {
+            let was_open = self.said.txn == Txn::Open;
             self.said.txn = if status & SERVER_STATUS_IN_TRANS != 0 {
                 Txn::Open
             } else {
                 Txn::Idle
             };
+            if v.done && self.rollback_asked && was_open && self.said.txn == Txn::Idle {
+                self.said.rolled_back = true;
+            }
+        }
+        if v.done {
+            self.rollback_asked = false;
         }
         if v.done {
             match self.queue.pop_front() {

@@ -109,8 +109,8 @@ pub(crate) trait Conversation: std::fmt::Debug + Send {
         self.said().goodbye
     }
     /// The reply just read ended an open transaction with a rollback the client asked for
-    /// (PostgreSQL ROLLBACK, Redis DISCARD); cleared by reading it. MySQL's OK to ROLLBACK
-    /// looks like its OK to COMMIT: never told there.
+    /// (PostgreSQL ROLLBACK, Redis DISCARD, MySQL ROLLBACK told by its packet's length);
+    /// cleared by reading it.
     fn take_rollback(&mut self) -> bool {
         std::mem::take(&mut self.said_mut().rolled_back)
     }

@@ -446,3 +446,64 @@ fn state_at_attach_from_innodb_trx_holds_until_the_server_tells() {
     conn.assume_txn(Txn::Open);
     assert_eq!(conn.txn(), Txn::Idle, "a known state is never overridden");
 }
+
+/// libmariadb's own bytes (mysqlclient: `BEGIN`, an INSERT, `conn.rollback()`, close),
+/// recorded under strace against MariaDB 10.11, through the kernel's redaction, on a
+/// connection joined midway: the 9-byte COM_QUERY answered by an OK that clears
+/// SERVER_STATUS_IN_TRANS is the client's rollback (mysql.rs, "ROLLBACK").
+#[test]
+fn a_clients_rollback_is_told_by_its_length_through_the_redaction() {
+    use super::redacted::redacted_io;
+    let begin = hex_bytes("0600000003424547494e");
+    let insert = hex_bytes("1900000003494e5345525420494e544f20742056414c55455320283129");
+    let rollback = hex_bytes("0900000003524f4c4c4241434b");
+    let ok_in_trans = hex_bytes("0700000100000003000000");
+    let ok_inserted = hex_bytes("0700000100010003000000");
+    let ok_idle = hex_bytes("0700000100000002000000");
+    let quit = hex_bytes("0100000001");
+
+    let mut conn = DbConn::new(MY, false);
+    redacted_io(&mut conn, Send, &begin);
+    redacted_io(&mut conn, Recv, &ok_in_trans);
+    assert!(!conn.take_rollback());
+    redacted_io(&mut conn, Send, &insert);
+    redacted_io(&mut conn, Recv, &ok_inserted);
+    assert_eq!(conn.txn(), Txn::Open);
+    assert!(!conn.take_rollback());
+    redacted_io(&mut conn, Send, &rollback);
+    assert!(!conn.take_rollback(), "not before the server's OK");
+    redacted_io(&mut conn, Recv, &ok_idle);
+    assert_eq!(conn.txn(), Txn::Idle);
+    assert!(conn.take_rollback(), "the ROLLBACK's OK");
+    assert!(!conn.take_rollback(), "cleared by asking");
+    redacted_io(&mut conn, Send, &quit);
+    assert!(!conn.take_rollback());
+
+    // A COMMIT (7 bytes) ends the transaction too: no rollback.
+    let mut conn = DbConn::new(MY, false);
+    redacted_io(&mut conn, Send, &begin);
+    redacted_io(&mut conn, Recv, &ok_in_trans);
+    redacted_io(&mut conn, Send, &hex_bytes("0700000003434f4d4d4954"));
+    redacted_io(&mut conn, Recv, &ok_idle);
+    assert_eq!(conn.txn(), Txn::Idle);
+    assert!(!conn.take_rollback());
+
+    // A 9-byte query outside a transaction (nothing to roll back), or one that leaves it
+    // open, is no rollback either.
+    let mut conn = DbConn::new(MY, false);
+    redacted_io(&mut conn, Send, &com_query("SELECT  1"));
+    redacted_io(&mut conn, Recv, &ok_idle);
+    assert!(!conn.take_rollback());
+    redacted_io(&mut conn, Send, &begin);
+    redacted_io(&mut conn, Recv, &ok_in_trans);
+    redacted_io(&mut conn, Send, &com_query("SELECT  1"));
+    redacted_io(&mut conn, Recv, &ok_in_trans);
+    assert!(!conn.take_rollback());
+}
+
+fn hex_bytes(text: &str) -> Vec<u8> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+        .collect()
+}
