@@ -11,6 +11,7 @@
 use std::{
     io::{Read, Write},
     net::{TcpListener, TcpStream},
+    os::unix::process::CommandExt,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -91,11 +92,17 @@ fn audit(mode: &str) -> (Value, String) {
             .arg(python())
             .args(["-c", SERVER, &port.to_string(), mode]);
     }
-    let mut audit = audit
+    // Its own process group, so that a failing test takes drainwatch and the server it
+    // launched down with it (a leftover audit once failed the next binary's checks that
+    // nothing stays loaded).
+    let audit = audit
         .stdout(Stdio::null())
         .stderr(stderr_file)
+        .process_group(0)
         .spawn()
         .expect("run drainwatch audit");
+    let mut audit = GroupGuard(audit);
+    let audit = &mut audit.0;
     let mut conn = connect(port);
     conn.set_read_timeout(Some(Duration::from_millis(scaled_ms(10_000))))
         .unwrap();
@@ -103,10 +110,26 @@ fn audit(mode: &str) -> (Value, String) {
         "uring" => {
             for round in 0..3u8 {
                 let ping = [round; 64];
-                conn.write_all(&ping).unwrap();
                 let mut back = [0u8; 64];
-                conn.read_exact(&mut back)
-                    .expect("the echo, through io_uring");
+                let mut echoed = conn
+                    .write_all(&ping)
+                    .and_then(|_| conn.read_exact(&mut back));
+                // The port came from `free_port` before the fixture bound it: another
+                // test's short-lived server can hold it for a moment, and the first round
+                // then reaches (and is reset by) that one, while ours still waits to
+                // accept. Only the first round can be that; it goes again on a new
+                // connection, which only our fixture can take once it listens.
+                let deadline = Instant::now() + Duration::from_millis(scaled_ms(20_000));
+                while round == 0 && echoed.is_err() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(50));
+                    conn = connect(port);
+                    conn.set_read_timeout(Some(Duration::from_millis(scaled_ms(10_000))))
+                        .unwrap();
+                    echoed = conn
+                        .write_all(&ping)
+                        .and_then(|_| conn.read_exact(&mut back));
+                }
+                echoed.expect("the echo, through io_uring");
                 assert_eq!(back, ping);
             }
         }
@@ -126,10 +149,24 @@ fn audit(mode: &str) -> (Value, String) {
         }
     }
     drop(conn);
-    let status = wait_with_deadline(&mut audit, Duration::from_millis(scaled_ms(30_000)));
+    let status = wait_with_deadline(audit, Duration::from_millis(scaled_ms(30_000)));
     let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
     assert!(status.is_some(), "drainwatch audit did not end: {stderr}");
     (read_report(&report_path), stderr)
+}
+
+/// Kills a child's whole process group when dropped (a no-op once it has exited and been
+/// reaped: the group is gone).
+struct GroupGuard(std::process::Child);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            // SAFETY: kill(2) on our own child's process group; no memory is involved.
+            unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
+            let _ = self.0.wait();
+        }
+    }
 }
 
 fn socket_level() -> bool {
