@@ -11,7 +11,7 @@
 //!   them to `Probe::close`, which detaches them with the probe's others, in parallel.
 //!
 //! Typical use, per process `pid` and file `path` it maps:
-//! ```ignore
+//! ```text
 //! let file = uprobe::in_process(pid, path);
 //! let [Some(offset)] = uprobe::symbol_offsets(&file, &["SSL_write"])?[..] else { .. };
 //! unit.attach(ebpf, "ssl_write", &file, offset, pid)?; // the entry
