@@ -4,7 +4,7 @@
 
 use std::{
     io::{BufRead, BufReader, Read},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, ChildStdout, Command, ExitStatus, Stdio},
     sync::mpsc,
     thread,
@@ -73,6 +73,18 @@ pub fn fixture_bin() -> PathBuf {
     binary("DW_FIXTURE_BIN", "dw-fixture")
 }
 
+/// The fixture under another name, for tests that find their targets by name (`--comm`):
+/// the kernel names a process after the basename of the path it was executed by
+/// (`begin_new_exec` → `__set_task_comm(kbasename(bprm->filename))`, fs/exec.c), so a
+/// symlink in the test's own directory gives its processes a name no concurrently running
+/// test's `dw-fixture` shares. `name` must fit in 15 bytes (TASK_COMM_LEN).
+pub fn fixture_named(dir: &TempDir, name: &str) -> PathBuf {
+    assert!(name.len() <= 15, "{name:?} is longer than a task's comm");
+    let link = dir.0.join(name);
+    std::os::unix::fs::symlink(fixture_bin(), &link).expect("symlink the fixture");
+    link
+}
+
 /// Fails the test with the reason when it cannot load BPF (never a silent skip).
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
@@ -116,7 +128,12 @@ pub struct Server {
 
 impl Server {
     pub fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(fixture_bin())
+        Self::start_from(&fixture_bin(), args)
+    }
+
+    /// The same server started from another path to the fixture (see [`fixture_named`]).
+    pub fn start_from(bin: &Path, args: &[&str]) -> Self {
+        let mut child = Command::new(bin)
             .arg("server")
             .args(args)
             .stdout(Stdio::piped())

@@ -1,6 +1,6 @@
 //! CI audit mode: targets by name across a restart, policies, JUnit, Ctrl-C.
 
-use std::process::Command;
+use std::{path::Path, process::Command};
 
 use drainwatch_tests::*;
 
@@ -10,15 +10,18 @@ use drainwatch_tests::*;
 /// script's SIGKILL through as a warning.
 #[test]
 fn a_restart_audited_by_name_flags_the_old_process_only() {
+    const NAME: &str = "dw-restarted";
     require_root();
-    let fixture = fixture_bin();
-    let fixture = fixture.to_str().unwrap();
     for with_policy in [false, true] {
         let dir = TempDir::new("restart");
+        // Found by a name of its own: the other tests of this binary run their dw-fixture
+        // servers at the same time, and an audit by `--comm dw-fixture` took them in.
+        let fixture = fixture_named(&dir, NAME);
+        let fixture = fixture.to_str().unwrap();
         let (report_path, junit_path) = (dir.path("report.json"), dir.path("junit.xml"));
         let policy_path = dir.path("policy.toml");
         std::fs::write(&policy_path, "sigkill_allowed_senders = [\"sh\"]\n").unwrap();
-        let old = Server::start(&[]);
+        let old = Server::start_from(Path::new(fixture), &[]);
         let script = format!(
             "kill -9 {old}; {fixture} server > {dir}/new.txt & new=$!; \
              while ! grep -q ready {dir}/new.txt; do sleep 0.05; done; \
@@ -29,7 +32,7 @@ fn a_restart_audited_by_name_flags_the_old_process_only() {
         let mut args = vec![
             "audit",
             "--comm",
-            "dw-fixture",
+            NAME,
             "--no-follow",
             "--report",
             &report_path,
@@ -54,7 +57,7 @@ fn a_restart_audited_by_name_flags_the_old_process_only() {
         assert_eq!(old_t["exit"]["signal"], "SIGKILL");
         let new_t =
             target(new_pid).unwrap_or_else(|| panic!("the new server is audited: {report:#}"));
-        assert_eq!(new_t["comm"], "dw-fixture");
+        assert_eq!(new_t["comm"], NAME);
         assert_eq!(new_t["exit"]["code"], 0, "{report:#}");
         let all: Vec<&Value> = report["violations"]
             .as_array()
@@ -71,7 +74,7 @@ fn a_restart_audited_by_name_flags_the_old_process_only() {
             assert_eq!(done.code, 0, "{done:?}");
             assert!(
                 done.stdout
-                    .contains("warning (policy): SIGKILL sent to dw-fixture"),
+                    .contains(&format!("warning (policy): SIGKILL sent to {NAME}")),
                 "{}",
                 done.stdout
             );
@@ -80,7 +83,7 @@ fn a_restart_audited_by_name_flags_the_old_process_only() {
             assert_eq!(done.code, 1, "{done:?}");
         }
 
-        // What CI systems read: one test case per name (the old and the new dw-fixture
+        // What CI systems read: one test case per name (the old and the new server
         // together, never a pid), none for the restart script `sh` (the harness).
         let junit = junit_parser::from_reader(std::io::BufReader::new(
             std::fs::File::open(&junit_path).unwrap(),
@@ -88,7 +91,8 @@ fn a_restart_audited_by_name_flags_the_old_process_only() {
         .expect("valid JUnit XML");
         let suite = &junit.suites[0];
         let names: Vec<&str> = suite.cases.iter().map(|c| c.name.as_str()).collect();
-        assert_eq!(names, ["drainwatch.audit::dw-fixture"]);
+        let case_name = format!("drainwatch.audit::{NAME}");
+        assert_eq!(names, [case_name.as_str()]);
         assert!(
             suite.hostname.is_some() && suite.timestamp.is_some(),
             "{suite:?}"
@@ -103,7 +107,7 @@ fn a_restart_audited_by_name_flags_the_old_process_only() {
             assert!(failed.is_empty(), "{failed:?}");
         } else {
             // junit-parser names a case "classname::name".
-            assert_eq!(failed, ["drainwatch.audit::dw-fixture"]);
+            assert_eq!(failed, [case_name.as_str()]);
             assert_eq!((suite.tests, suite.failures), (1, 1));
             let case = suite.cases.iter().find(|c| c.status.is_failure()).unwrap();
             let failure = case.status.failure_as_ref();
@@ -111,7 +115,7 @@ fn a_restart_audited_by_name_flags_the_old_process_only() {
             assert!(
                 failure
                     .message
-                    .starts_with("1 sigkill: SIGKILL sent to dw-fixture"),
+                    .starts_with(&format!("1 sigkill: SIGKILL sent to {NAME}")),
                 "{}",
                 failure.message
             );
