@@ -186,12 +186,43 @@ pub const ROLE_DB: u8 = 2;
 pub const ROLE_UPSTREAM: u8 = 3;
 pub const ROLE_LISTENER: u8 = 4;
 
-/// Database protocols.
+/// Every database protocol drainwatch knows, one line each: its number in the kernel's
+/// events and maps (a `PROTO_*` constant, defined below from this list), its name in
+/// userspace's events and reports (a variant of `drainwatch::events::Protocol`, defined there
+/// from this list), and its module under probe-user/src/model/protocol/ (registered in
+/// `spec::REGISTRY` from this list). Adding a protocol is its module there and one line
+/// here; what it shares with the kernel besides (its redaction rule in redact.rs, its first
+/// bytes in probe-ebpf/src/sockets/recognize.rs) is its behaviour, not its name.
+///
+/// Called with the name of a macro, which receives the list as
+/// `$(#[doc] CONST = number => Variant, module;)*`. Numbers are the kernel's ABI with
+/// userspace (both are built from the same tree), 0 is [`PROTO_UNKNOWN`].
+#[macro_export]
+macro_rules! protocols {
+    ($callback:ident) => {
+        $callback! {
+            /// PostgreSQL.
+            PROTO_POSTGRES = 1 => Postgres, postgres;
+            /// MySQL and MariaDB.
+            PROTO_MYSQL = 2 => Mysql, mysql;
+            /// Redis (RESP).
+            PROTO_REDIS = 3 => Redis, redis;
+            /// MongoDB: recognised, not read.
+            PROTO_MONGO = 4 => Mongodb, mongodb;
+        }
+    };
+}
+
+/// The protocol of a connection not (yet) recognised.
 pub const PROTO_UNKNOWN: u8 = 0;
-pub const PROTO_POSTGRES: u8 = 1;
-pub const PROTO_MYSQL: u8 = 2;
-pub const PROTO_REDIS: u8 = 3;
-pub const PROTO_MONGO: u8 = 4;
+
+/// The `PROTO_*` constants, from [`protocols!`].
+macro_rules! proto_consts {
+    ($($(#[$doc:meta])* $konst:ident = $num:literal => $variant:ident, $module:ident;)*) => {
+        $($(#[$doc])* pub const $konst: u8 = $num;)*
+    };
+}
+protocols!(proto_consts);
 
 /// `DB_PORTS` values: a database port, and which protocol it speaks by default.
 pub const DB_PORT_FLAG: u8 = 0x80;

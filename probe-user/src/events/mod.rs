@@ -20,19 +20,40 @@ use probe_common::{
 };
 use serde::{Deserialize, Serialize};
 
-/// The database protocol a connection speaks (as the probe or the handshake told it): the
-/// names of docs/design.md's report. What each is to drainwatch is written once, in
-/// model/protocol/spec.rs's registry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Protocol {
-    Postgres,
-    Mysql,
-    Redis,
-    /// Recognised, not read (model/protocol/mongodb.rs).
-    Mongodb,
-    Unknown,
+/// Defines [`Protocol`] from probe-common's one list of protocols.
+macro_rules! protocol_enum {
+    ($($(#[$doc:meta])* $konst:ident = $num:literal => $variant:ident, $module:ident;)*) => {
+        /// The database protocol a connection speaks (as the probe or the handshake told it):
+        /// the names of docs/design.md's report. Its variants come from
+        /// `probe_common::protocols!`; what each is to drainwatch is written once, in its
+        /// module of model/protocol/ (spec.rs says how).
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum Protocol {
+            $($(#[$doc])* $variant,)*
+            Unknown,
+        }
+
+        impl Protocol {
+            /// The protocol of the kernel's number (`probe_common::PROTO_*`).
+            pub fn from_wire(raw: u8) -> Self {
+                match raw {
+                    $(probe_common::$konst => Self::$variant,)*
+                    _ => Self::Unknown,
+                }
+            }
+
+            /// The kernel's number for it.
+            pub fn wire(self) -> u8 {
+                match self {
+                    $(Self::$variant => probe_common::$konst,)*
+                    Self::Unknown => probe_common::PROTO_UNKNOWN,
+                }
+            }
+        }
+    };
 }
+probe_common::protocols!(protocol_enum);
 
 /// Which way the bytes moved, seen from the traced server (which is a database client).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -156,16 +177,6 @@ impl Role {
             Role::Upstream => "upstream",
             Role::Listener => "listener",
         }
-    }
-}
-
-pub fn protocol_from_wire(raw: u8) -> Protocol {
-    match raw {
-        probe_common::PROTO_POSTGRES => Protocol::Postgres,
-        probe_common::PROTO_MYSQL => Protocol::Mysql,
-        probe_common::PROTO_REDIS => Protocol::Redis,
-        probe_common::PROTO_MONGO => Protocol::Mongodb,
-        _ => Protocol::Unknown,
     }
 }
 
@@ -488,7 +499,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 tgid: e.tgid,
                 fd: e.fd,
                 role: Role::from_wire(e.role).ok_or(DecodeError::BadField("role", e.role))?,
-                protocol: protocol_from_wire(e.proto),
+                protocol: Protocol::from_wire(e.proto),
                 peer: socket_addr(&e.peer),
                 local: None,
                 unix_inode: (e.peer.family as i32 == libc::AF_UNIX && e.unix_inode != 0)
@@ -523,7 +534,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 } else {
                     Direction::Recv
                 },
-                protocol: protocol_from_wire(e.proto),
+                protocol: Protocol::from_wire(e.proto),
                 len: e.len,
                 head: e.head[..head_len].to_vec(),
                 tail: e.tail[tail_off..tail_end].to_vec(),

@@ -14,7 +14,7 @@ use hdrhistogram::Histogram;
 use crate::{
     events::{ConnClose, ConnOpen, DbIo, Protocol, Role, TargetRequests},
     model::drain_facts::{DrainFacts, PushConn},
-    model::protocol::{self, spec, DbConn, Txn},
+    model::protocol::{self, registry, DbConn, Txn},
     model::report::{
         ClosedBy, ConnectionCounts, InflightAtExit, OpenTransaction, RequestDropped, RollbackHow,
         UnknownAtAttach, Unverified, Violation,
@@ -222,7 +222,7 @@ impl ConnTracker {
         // database's own view tells, `db_state_at_attach`): until then it holds a drain as an
         // unknown client connection does, never a violation (docs/design.md: unknown is shown as
         // unknown, never counted as "not open").
-        if role == Role::Db && spec::of(protocol).is_some_and(|p| p.txn_unknown_at_attach()) {
+        if role == Role::Db && registry::of(protocol).is_some_and(|p| p.txn_unknown_at_attach()) {
             self.unknown.push(Unknown {
                 live: true,
                 report: UnknownAtAttach {

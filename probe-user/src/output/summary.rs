@@ -175,7 +175,7 @@ pub fn plural(n: u64, what: &str) -> String {
 }
 
 pub fn protocol_name(protocol: Protocol) -> &'static str {
-    crate::model::protocol::spec::title(protocol)
+    crate::model::protocol::registry::title(protocol)
 }
 
 fn exit_line(exit: Option<&ExitReport>) -> String {

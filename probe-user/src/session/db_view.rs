@@ -12,7 +12,7 @@ use crate::{
         db_session::{SessionState, Sessions},
         pg_title,
     },
-    model::protocol::{spec, Txn},
+    model::protocol::{registry, Txn},
     settings::Common,
 };
 
@@ -45,7 +45,7 @@ impl<'a> DbView<'a> {
 
     /// The URL's protocol: a postgres:// URL says nothing of MySQL sessions.
     fn protocol(url: &str) -> Option<Protocol> {
-        spec::of_url(url).map(|p| p.id())
+        registry::of_url(url).map(|p| p.id())
     }
 
     fn state(&mut self, protocol: Protocol, client: SocketAddr) -> Option<SessionState> {
@@ -100,7 +100,7 @@ pub(super) fn db_state_now(
     peer: SocketAddr,
     view: &mut DbView,
 ) -> Option<Txn> {
-    if !spec::of(protocol).is_some_and(|p| p.txn_unknown_at_attach()) {
+    if !registry::of(protocol).is_some_and(|p| p.txn_unknown_at_attach()) {
         return None;
     }
     let title = (protocol == Protocol::Postgres && peer.ip().is_loopback())

@@ -18,7 +18,7 @@ use crate::{
         server_view::ServerView,
         tcpinfo::{self, SockInfo},
     },
-    model::{conns::AtAttach, protocol::spec},
+    model::{conns::AtAttach, protocol::registry},
     session::attach_rule::{self, ProcessNow},
     settings::Common,
 };
@@ -38,7 +38,7 @@ pub struct Held {
 
 impl Held {
     pub fn protocol(&self) -> Protocol {
-        events::protocol_from_wire(self.wire_proto)
+        events::Protocol::from_wire(self.wire_proto)
     }
 }
 
@@ -49,8 +49,8 @@ pub fn classify(socket: &TcpSocket, listener_ports: &[u16], common: &Common) -> 
     }
     let peer = socket.remote;
     if common.db_addrs.contains(&peer) || common.db_ports.contains(&peer.port()) {
-        let wire = spec::wire_of_port(peer.port());
-        return (Role::Db, events::protocol_from_wire(wire));
+        let wire = registry::wire_of_port(peer.port());
+        return (Role::Db, events::Protocol::from_wire(wire));
     }
     if listener_ports.contains(&socket.local.port()) {
         return (Role::Client, Protocol::Unknown);
@@ -95,12 +95,12 @@ pub fn survey(tgid: u32, common: &Common) -> Vec<Held> {
         let socket = sockets[&inode].clone();
         let (mut role, _) = classify(&socket, &listener_ports, common);
         let mut wire_proto = match role {
-            Role::Db => spec::wire_of_port(socket.remote.port()),
+            Role::Db => registry::wire_of_port(socket.remote.port()),
             _ => probe_common::PROTO_UNKNOWN,
         };
         if matches!(role, Role::Upstream | Role::Db) && wire_proto == probe_common::PROTO_UNKNOWN {
             let server = local_server(socket.remote, &sockets, &mut owners);
-            if let Some(protocol) = server.as_deref().and_then(spec::of_server) {
+            if let Some(protocol) = server.as_deref().and_then(registry::of_server) {
                 role = Role::Db;
                 wire_proto = protocol.wire();
             }

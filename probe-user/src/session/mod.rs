@@ -43,7 +43,7 @@ use crate::{
     kernel::probe::{Probe, ProbeOptions},
     kernel::tracefs,
     kernel::{backends, features::check_privileges},
-    model::protocol::spec,
+    model::protocol::registry,
     model::state::{AuditState, Origin},
     output::doctor,
     settings::{Common, TargetSet},
@@ -99,12 +99,12 @@ pub fn probe_options(common: &Common) -> ProbeOptions {
         db_ports: common
             .db_ports
             .iter()
-            .map(|port| (*port, spec::wire_of_port(*port)))
+            .map(|port| (*port, registry::wire_of_port(*port)))
             .collect(),
         db_addrs: common
             .db_addrs
             .iter()
-            .map(|addr| (*addr, spec::wire_of_port(addr.port())))
+            .map(|addr| (*addr, registry::wire_of_port(addr.port())))
             .collect(),
         ring_bytes: common.ring_bytes,
         ..ProbeOptions::default()

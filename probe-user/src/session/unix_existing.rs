@@ -3,7 +3,7 @@
 //! (host/unixdiag.rs). One is a database connection when its other end is bound to a
 //! database's socket path (`.s.PGSQL.NNNN`, `mysqld.sock`, `mysql.sock`, `redis*.sock`) or
 //! held by a database server process (docs/design.md, "connection"; the names are in
-//! model/protocol/spec.rs's registry).
+//! model/protocol/registry.rs).
 //! Read at attach ([`super::seed`]) and by `check`.
 
 use std::collections::{BTreeMap, HashMap};
@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use crate::{
     events::{self, Protocol},
     host::{netstat, procfs, unixdiag},
-    model::protocol::spec,
+    model::protocol::registry,
 };
 
 /// A unix-domain database connection a process holds now.
@@ -30,7 +30,7 @@ pub struct UnixDb {
 
 impl UnixDb {
     pub fn protocol(&self) -> Protocol {
-        events::protocol_from_wire(self.wire_proto)
+        events::Protocol::from_wire(self.wire_proto)
     }
 }
 
@@ -59,11 +59,11 @@ pub fn survey(tgid: u32) -> Vec<UnixDb> {
         let peer_path = unix.get(&peer).and_then(|p| p.name.clone());
         let by_path = peer_path
             .as_deref()
-            .and_then(spec::of_socket_path)
+            .and_then(registry::of_socket_path)
             .map(|p| p.wire());
         let owners = owners.get_or_insert_with(netstat::socket_owners);
         let server = owners.get(&peer).copied();
-        let by_process = || Some(spec::of_server(&procfs::comm(server?)?)?.wire());
+        let by_process = || Some(registry::of_server(&procfs::comm(server?)?)?.wire());
         let Some(wire_proto) = by_path.or_else(by_process) else {
             continue;
         };

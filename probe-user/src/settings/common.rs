@@ -85,7 +85,7 @@ pub struct Common {
 impl Common {
     pub fn from_args(args: &SharedArgs) -> Result<Self> {
         // The default ports of every protocol (docs/design.md), from the protocol registry.
-        let mut db_ports = crate::model::protocol::spec::default_ports();
+        let mut db_ports = crate::model::protocol::registry::default_ports();
         for port in &args.db_port {
             let port = parse_port(port)?;
             if !db_ports.contains(&port) {
@@ -202,7 +202,7 @@ impl DbUrl {
                 "give env:VAR or file:PATH holding the URL (never the URL itself: it would show in ps)",
             ));
         };
-        if crate::model::protocol::spec::of_url(&url).is_none() {
+        if crate::model::protocol::registry::of_url(&url).is_none() {
             return Err(bad(
                 "it does not hold a postgres://, postgresql:// or mysql:// URL (PostgreSQL \
                  and MySQL/MariaDB are asked)",

@@ -44,8 +44,9 @@
 //!
 //! Per-protocol rules and limits are documented in the modules `postgres`, `mysql` and
 //! `redis`; `mongodb` is recognised and not read. Each is one module behind one trait
-//! ([`spec::DbProtocol`]), registered in [`spec::REGISTRY`]: adding a protocol is one new
-//! file, one registration line and its tests (spec.rs says what else names it).
+//! ([`spec::DbProtocol`]), registered in [`registry::REGISTRY`] from probe-common's
+//! `protocols!` list: adding a protocol is one new file (and its `mod` line), one line in
+//! that list and its tests (spec.rs says what else it needs).
 
 mod chunk;
 mod frame;
@@ -55,6 +56,7 @@ mod mysql_reply;
 mod opaque;
 mod postgres;
 mod redis;
+pub mod registry;
 mod resp;
 pub mod spec;
 
@@ -66,7 +68,8 @@ pub(crate) use tests::redacted::kept as tests_through_kernel;
 
 use chunk::Chunk;
 use opaque::Opaque;
-use spec::{Conversation, REGISTRY};
+use registry::REGISTRY;
+use spec::Conversation;
 
 use crate::events::{Direction, Protocol};
 
@@ -149,7 +152,7 @@ impl DbConn {
     /// its transaction state is [`Txn::Unknown`] until the database reports one, and the
     /// readers resynchronise on the first point they can prove is a message boundary.
     pub fn new(protocol: Protocol, seen_from_start: bool) -> Self {
-        let spec = spec::of(protocol);
+        let spec = registry::of(protocol);
         let reader = spec.and_then(|p| p.conversation(seen_from_start));
         // A protocol in the registry without a reader is not read; one of no known protocol
         // (Protocol::Unknown) is read by its rhythm alone, as before a first-bytes upgrade.
@@ -178,7 +181,7 @@ impl DbConn {
             return;
         }
         self.tls = true;
-        let Some(spec) = spec::of(self.protocol) else {
+        let Some(spec) = registry::of(self.protocol) else {
             return;
         };
         let from_start = self.seen_from_start && self.encrypted() && spec.tls_opening(first);

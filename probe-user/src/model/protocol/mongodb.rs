@@ -17,14 +17,11 @@ use super::spec::{Conversation, DbProtocol};
 use crate::events::Protocol;
 
 pub(crate) struct MongodbProtocol;
-pub(crate) static MONGODB: MongodbProtocol = MongodbProtocol;
+pub(crate) static PROTOCOL: MongodbProtocol = MongodbProtocol;
 
 impl DbProtocol for MongodbProtocol {
     fn id(&self) -> Protocol {
         Protocol::Mongodb
-    }
-    fn wire(&self) -> u8 {
-        probe_common::PROTO_MONGO
     }
     fn title(&self) -> &'static str {
         "MongoDB"

@@ -70,16 +70,13 @@ use super::spec::{Conversation, DbProtocol, Said};
 use super::{DbIo, Direction, Step, Txn};
 use crate::events::Protocol;
 
-/// MySQL and MariaDB in the registry (`spec::REGISTRY`).
+/// MySQL and MariaDB in the registry (`registry::REGISTRY`).
 pub(crate) struct MysqlProtocol;
-pub(crate) static MYSQL: MysqlProtocol = MysqlProtocol;
+pub(crate) static PROTOCOL: MysqlProtocol = MysqlProtocol;
 
 impl DbProtocol for MysqlProtocol {
     fn id(&self) -> Protocol {
         Protocol::Mysql
-    }
-    fn wire(&self) -> u8 {
-        probe_common::PROTO_MYSQL
     }
     fn title(&self) -> &'static str {
         "MySQL"

@@ -39,16 +39,13 @@ use super::spec::{Conversation, DbProtocol, Said};
 use super::{DbIo, Direction, Step, Txn};
 use crate::events::Protocol;
 
-/// PostgreSQL in the registry (`spec::REGISTRY`).
+/// PostgreSQL in the registry (`registry::REGISTRY`).
 pub(crate) struct PostgresProtocol;
-pub(crate) static POSTGRES: PostgresProtocol = PostgresProtocol;
+pub(crate) static PROTOCOL: PostgresProtocol = PostgresProtocol;
 
 impl DbProtocol for PostgresProtocol {
     fn id(&self) -> Protocol {
         Protocol::Postgres
-    }
-    fn wire(&self) -> u8 {
-        probe_common::PROTO_POSTGRES
     }
     fn title(&self) -> &'static str {
         "PostgreSQL"

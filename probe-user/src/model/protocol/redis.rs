@@ -48,16 +48,13 @@ use super::{Direction, Step, Txn};
 use crate::events::Protocol;
 
 /// Redis (and the servers that speak RESP: Valkey, KeyDB) in the registry
-/// (`spec::REGISTRY`).
+/// (`registry::REGISTRY`).
 pub(crate) struct RedisProtocol;
-pub(crate) static REDIS: RedisProtocol = RedisProtocol;
+pub(crate) static PROTOCOL: RedisProtocol = RedisProtocol;
 
 impl DbProtocol for RedisProtocol {
     fn id(&self) -> Protocol {
         Protocol::Redis
-    }
-    fn wire(&self) -> u8 {
-        probe_common::PROTO_REDIS
     }
     fn title(&self) -> &'static str {
         "Redis"

@@ -1,19 +1,20 @@
-//! What a database protocol is to drainwatch, written once: the [`DbProtocol`] trait, the
-//! [`Conversation`] its reader implements, and [`REGISTRY`], the one list everything else
-//! iterates (the default port table, the kernel's port map, the first-byte recognition
-//! mirrored in userspace, the server process names and socket paths found at attach, the
-//! `--db-url` schemes, the names shown in summaries).
+//! What a database protocol is to drainwatch, written once: the [`DbProtocol`] trait and the
+//! [`Conversation`] its reader implements. registry.rs lists the protocols (the one list
+//! everything else iterates: the default port table, the kernel's port map, the first-byte
+//! recognition mirrored in userspace, the server process names and socket paths found at
+//! attach, the `--db-url` schemes, the names shown in summaries); the protocols import this
+//! trait and the registry imports them, so no two of these files import each other.
 //!
 //! # Adding a protocol
 //!
-//! One new file beside `postgres.rs` (a unit struct implementing [`DbProtocol`], and its
-//! reader implementing [`Conversation`], or none), one line in [`REGISTRY`], its tests under
-//! `tests/` (through the kernel's redaction: `tests/redacted.rs`). What a protocol needs
-//! outside this directory is what names it: its variant of [`crate::events::Protocol`] (the
-//! report's vocabulary, docs/design.md) and its number in probe-common (`PROTO_*`, the
-//! kernel's word for it); and, to be read at all, its redaction rule in
-//! probe-common/src/redact.rs (what of its bytes may leave the kernel) and, to be recognised
-//! on a port outside its defaults, its first bytes in probe-ebpf/src/sockets/recognize.rs.
+//! One new file beside `postgres.rs` (a unit struct implementing [`DbProtocol`], its static
+//! `PROTOCOL`, and its reader implementing [`Conversation`], or none) with its `mod` line in
+//! mod.rs, one line in probe-common's `protocols!` list (which gives it its kernel number
+//! `PROTO_*`, its variant of [`crate::events::Protocol`], the report's vocabulary of
+//! docs/design.md, and its place in the registry), and its tests under `tests/` (through the
+//! kernel's redaction: `tests/redacted.rs`). To be read at all it needs its redaction rule in
+//! probe-common/src/redact.rs (what of its bytes may leave the kernel); to be recognised on
+//! a port outside its defaults, its first bytes in probe-ebpf/src/sockets/recognize.rs.
 //! A protocol without a reader ([`DbProtocol::conversation`] `None`, as MongoDB) is
 //! recognised and counted, and its conversation is reported unread (below).
 //!
@@ -34,7 +35,9 @@ pub(crate) trait DbProtocol: Sync {
     /// Its name in events and reports.
     fn id(&self) -> Protocol;
     /// Its number in the kernel's events and maps (`probe_common::PROTO_*`).
-    fn wire(&self) -> u8;
+    fn wire(&self) -> u8 {
+        self.id().wire()
+    }
     /// Its name for people ("PostgreSQL").
     fn title(&self) -> &'static str;
     /// The TCP ports it listens on by default (docs/design.md, "connection").
@@ -150,63 +153,4 @@ impl Said {
             rolled_back: false,
         }
     }
-}
-
-/// Every protocol drainwatch knows, one line each. Order matters only for
-/// [`default_ports`], which lists the defaults in this order.
-pub(crate) static REGISTRY: &[&dyn DbProtocol] = &[
-    &super::postgres::POSTGRES,
-    &super::mysql::MYSQL,
-    &super::redis::REDIS,
-    &super::mongodb::MONGODB,
-];
-
-/// The protocol named `id` (`None` for [`Protocol::Unknown`]).
-pub(crate) fn of(id: Protocol) -> Option<&'static dyn DbProtocol> {
-    REGISTRY.iter().copied().find(|p| p.id() == id)
-}
-
-/// Every default database port, in registry order (docs/design.md: 5432, 3306, 6379, 27017).
-pub(crate) fn default_ports() -> Vec<u16> {
-    REGISTRY
-        .iter()
-        .flat_map(|p| p.default_ports().iter().copied())
-        .collect()
-}
-
-/// The protocol a database port speaks by default, in the kernel's numbering
-/// (`probe_common::PROTO_UNKNOWN` for a port of none: its first bytes will tell).
-pub(crate) fn wire_of_port(port: u16) -> u8 {
-    REGISTRY
-        .iter()
-        .find(|p| p.default_ports().contains(&port))
-        .map_or(probe_common::PROTO_UNKNOWN, |p| p.wire())
-}
-
-/// The protocol a local server process speaks, by its name (what `ps` shows).
-pub(crate) fn of_server(comm: &str) -> Option<&'static dyn DbProtocol> {
-    REGISTRY
-        .iter()
-        .copied()
-        .find(|p| p.server_names().contains(&comm))
-}
-
-/// The protocol whose servers bind a unix socket at `path` by default.
-pub(crate) fn of_socket_path(path: &str) -> Option<&'static dyn DbProtocol> {
-    let file = path.rsplit('/').next()?;
-    REGISTRY.iter().copied().find(|p| p.is_socket_file(file))
-}
-
-/// The protocol whose sessions a `--db-url` lists, by its scheme.
-pub(crate) fn of_url(url: &str) -> Option<&'static dyn DbProtocol> {
-    let scheme = url.split_once("://")?.0;
-    REGISTRY
-        .iter()
-        .copied()
-        .find(|p| p.url_schemes().contains(&scheme))
-}
-
-/// How people call the protocol ("database" for one not recognised).
-pub(crate) fn title(id: Protocol) -> &'static str {
-    of(id).map_or("database", |p| p.title())
 }

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use probe_common::{DbIoEvent, EventHeader, EventKind, DIR_RECV, DIR_SEND};
 
-use super::super::spec;
+use super::super::registry;
 use super::*;
 
 /// What the kernel reports of one syscall that moved `bytes`, redacted as the probe does.
@@ -22,7 +22,7 @@ pub(super) fn through_kernel(protocol: Protocol, dir: Direction, bytes: &[u8]) -
             Send => DIR_SEND,
             Recv => DIR_RECV,
         },
-        proto: spec::of(protocol).map_or(probe_common::PROTO_UNKNOWN, |p| p.wire()),
+        proto: registry::of(protocol).map_or(probe_common::PROTO_UNKNOWN, |p| p.wire()),
         head_len: 0,
         tail_len: 0,
         len: bytes.len() as u32,

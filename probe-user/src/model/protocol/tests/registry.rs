@@ -1,6 +1,7 @@
 //! The protocol registry: one table that every other place reads.
 
-use super::super::spec::{self, REGISTRY};
+use super::super::registry::{self, REGISTRY};
+use super::super::spec;
 use super::super::Unread;
 use super::*;
 
@@ -8,20 +9,20 @@ use super::*;
 fn the_default_port_table_is_the_registry_s() {
     // docs/design.md, "connection": 5432 PostgreSQL, 3306 MySQL/MariaDB, 6379 Redis,
     // 27017 MongoDB.
-    assert_eq!(spec::default_ports(), [5432, 3306, 6379, 27017]);
-    assert_eq!(spec::wire_of_port(5432), probe_common::PROTO_POSTGRES);
-    assert_eq!(spec::wire_of_port(3306), probe_common::PROTO_MYSQL);
-    assert_eq!(spec::wire_of_port(6379), probe_common::PROTO_REDIS);
-    assert_eq!(spec::wire_of_port(27017), probe_common::PROTO_MONGO);
-    assert_eq!(spec::wire_of_port(8080), probe_common::PROTO_UNKNOWN);
+    assert_eq!(registry::default_ports(), [5432, 3306, 6379, 27017]);
+    assert_eq!(registry::wire_of_port(5432), probe_common::PROTO_POSTGRES);
+    assert_eq!(registry::wire_of_port(3306), probe_common::PROTO_MYSQL);
+    assert_eq!(registry::wire_of_port(6379), probe_common::PROTO_REDIS);
+    assert_eq!(registry::wire_of_port(27017), probe_common::PROTO_MONGO);
+    assert_eq!(registry::wire_of_port(8080), probe_common::PROTO_UNKNOWN);
 }
 
 #[test]
 fn every_protocol_is_registered_once_and_named_apart() {
     for (i, a) in REGISTRY.iter().enumerate() {
         assert_ne!(a.id(), Protocol::Unknown);
-        assert_eq!(spec::of(a.id()).map(|p| p.wire()), Some(a.wire()));
-        assert_eq!(crate::events::protocol_from_wire(a.wire()), a.id());
+        assert_eq!(registry::of(a.id()).map(|p| p.wire()), Some(a.wire()));
+        assert_eq!(crate::events::Protocol::from_wire(a.wire()), a.id());
         for b in &REGISTRY[i + 1..] {
             assert_ne!(a.id(), b.id());
             assert_ne!(a.wire(), b.wire());
@@ -31,35 +32,53 @@ fn every_protocol_is_registered_once_and_named_apart() {
                 .all(|p| !b.default_ports().contains(p)));
         }
     }
-    assert!(spec::of(Protocol::Unknown).is_none());
-    assert_eq!(spec::title(Protocol::Unknown), "database");
+    assert!(registry::of(Protocol::Unknown).is_none());
+    assert_eq!(registry::title(Protocol::Unknown), "database");
+}
+
+/// The variants of probe-common's `protocols!` list, in its order.
+macro_rules! listed {
+    ($($(#[$doc:meta])* $konst:ident = $num:literal => $variant:ident, $module:ident;)*) => {
+        [$(Protocol::$variant),*]
+    };
+}
+
+#[test]
+fn each_listed_module_is_the_protocol_its_line_names() {
+    // The registry takes each line's module: one that says it is another protocol (a copied
+    // file whose `id` was not changed) would be looked up under the wrong name.
+    let ids: Vec<Protocol> = REGISTRY.iter().map(|p| p.id()).collect();
+    assert_eq!(ids, probe_common::protocols!(listed));
 }
 
 #[test]
 fn servers_socket_paths_and_urls_name_their_protocol() {
     let id = |p: Option<&dyn spec::DbProtocol>| p.map(|p| p.id());
-    assert_eq!(id(spec::of_server("mariadbd")), Some(Protocol::Mysql));
-    assert_eq!(id(spec::of_server("valkey-server")), Some(Protocol::Redis));
-    assert_eq!(id(spec::of_server("mongod")), Some(Protocol::Mongodb));
-    assert_eq!(id(spec::of_server("nginx")), None);
+    assert_eq!(id(registry::of_server("mariadbd")), Some(Protocol::Mysql));
     assert_eq!(
-        id(spec::of_socket_path("/tmp/mongodb-27017.sock")),
+        id(registry::of_server("valkey-server")),
+        Some(Protocol::Redis)
+    );
+    assert_eq!(id(registry::of_server("mongod")), Some(Protocol::Mongodb));
+    assert_eq!(id(registry::of_server("nginx")), None);
+    assert_eq!(
+        id(registry::of_socket_path("/tmp/mongodb-27017.sock")),
         Some(Protocol::Mongodb)
     );
     assert_eq!(
-        id(spec::of_socket_path("/run/mysqld/mysqld.sock")),
+        id(registry::of_socket_path("/run/mysqld/mysqld.sock")),
         Some(Protocol::Mysql)
     );
     assert_eq!(
-        id(spec::of_url("mariadb://watch@127.0.0.1/")),
+        id(registry::of_url("mariadb://watch@127.0.0.1/")),
         Some(Protocol::Mysql)
     );
     assert_eq!(
-        id(spec::of_url("postgresql://watch@127.0.0.1/")),
+        id(registry::of_url("postgresql://watch@127.0.0.1/")),
         Some(Protocol::Postgres)
     );
-    assert_eq!(id(spec::of_url("mongodb://127.0.0.1/")), None);
-    assert_eq!(id(spec::of_url("POSTGRES://x")), None);
+    assert_eq!(id(registry::of_url("mongodb://127.0.0.1/")), None);
+    assert_eq!(id(registry::of_url("POSTGRES://x")), None);
 }
 
 /// MongoDB has no reader: its conversation is unread from the start, its transaction state
