@@ -6,7 +6,7 @@
 //! Inputs that do not keep the contract (head or tail shorter than promised) are read as a
 //! split chunk with a larger gap, never trusted further than their bytes go.
 
-use super::{DbIo, HEAD_BYTES, TAIL_BYTES};
+use super::io::{DbIo, HEAD_BYTES, TAIL_BYTES};
 
 const WHOLE_MAX: usize = HEAD_BYTES + TAIL_BYTES;
 

@@ -62,12 +62,13 @@ use std::collections::VecDeque;
 
 use super::chunk::{le24, looks_like_tls, Chunk, Window};
 use super::frame::{Event, Frame, Walker};
+use super::io::{DbIo, Step, Txn};
 use super::mysql_reply::{
     classify, Ctx, Kind, MyFraming, Reply, Stage, Verdict, SERVER_MORE_RESULTS_EXISTS,
     SERVER_STATUS_IN_TRANS,
 };
 use super::spec::{Conversation, DbProtocol, Said};
-use super::{DbIo, Direction, Step, Txn};
+use crate::events::Direction;
 use crate::events::Protocol;
 
 /// MySQL and MariaDB in the registry (`registry::REGISTRY`).
@@ -134,14 +135,14 @@ pub(crate) fn is_greeting(head: &[u8]) -> bool {
     };
     let text = version.split(|&b| b == 0).next().unwrap_or_default();
     let terminated = text.len() < version.len();
-    let length_fits = if head.len() < super::HEAD_BYTES {
+    let length_fits = if head.len() < super::io::HEAD_BYTES {
         len as usize + 4 == head.len()
     } else {
         len as usize + 4 >= head.len()
     };
     text.first().is_some_and(u8::is_ascii_digit)
         && text.iter().all(|b| (0x20..0x7f).contains(b))
-        && (terminated || head.len() >= super::HEAD_BYTES)
+        && (terminated || head.len() >= super::io::HEAD_BYTES)
         && length_fits
         && len as usize >= text.len() + 16
         && len <= 0xffff

@@ -8,8 +8,9 @@
 //! read.
 
 use super::chunk::Chunk;
+use super::io::{Step, Txn};
 use super::spec::{Conversation, Said};
-use super::{Direction, Step, Txn};
+use crate::events::Direction;
 
 #[derive(Clone, Debug)]
 pub(crate) struct Opaque {

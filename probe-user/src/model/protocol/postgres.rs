@@ -35,8 +35,9 @@
 
 use super::chunk::{be32, looks_like_tls, Chunk, Window};
 use super::frame::{Event, Framing, Walker};
+use super::io::{DbIo, Step, Txn};
 use super::spec::{Conversation, DbProtocol, Said};
-use super::{DbIo, Direction, Step, Txn};
+use crate::events::Direction;
 use crate::events::Protocol;
 
 /// PostgreSQL in the registry (`registry::REGISTRY`).

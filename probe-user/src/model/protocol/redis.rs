@@ -42,9 +42,10 @@
 //! elements does too. TLS (Redis 6+) makes the connection opaque.
 
 use super::chunk::{looks_like_tls, Chunk, Window};
+use super::io::{Step, Txn};
 use super::resp::{Name, RespReader};
 use super::spec::{Conversation, DbProtocol, Said};
-use super::{Direction, Step, Txn};
+use crate::events::Direction;
 use crate::events::Protocol;
 
 /// Redis (and the servers that speak RESP: Valkey, KeyDB) in the registry

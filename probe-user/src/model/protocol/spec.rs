@@ -28,7 +28,10 @@
 
 use crate::events::{Direction, Protocol};
 
-use super::{chunk::Chunk, DbIo, Step, Txn};
+use super::{
+    chunk::Chunk,
+    io::{DbIo, Step, Txn},
+};
 
 /// One database protocol: how it is recognised, and how its conversation is read.
 pub(crate) trait DbProtocol: Sync {
