@@ -28,7 +28,7 @@
 
 use std::{
     io::{Read, Write},
-    net::TcpListener,
+    net::{TcpListener, TcpStream},
     process::ExitCode,
     sync::atomic::{AtomicBool, Ordering},
     thread,
@@ -56,10 +56,39 @@ fn flag_value(args: &[String], flag: &str) -> Option<u64> {
     args.get(at + 1)?.parse().ok()
 }
 
+/// The file a flag names (`--gate FILE`, `--hold-while FILE`).
+fn path_flag(args: &[String], flag: &str) -> Option<std::path::PathBuf> {
+    let at = args.iter().position(|a| a == flag)?;
+    args.get(at + 1).map(Into::into)
+}
+
 /// `--gate FILE`: the file whose creation releases held replies.
 fn gate_of(args: &[String]) -> Option<std::path::PathBuf> {
-    let at = args.iter().position(|a| a == "--gate")?;
-    args.get(at + 1).map(Into::into)
+    path_flag(args, "--gate")
+}
+
+/// A listener on an ephemeral loopback port (only loopback is ever a network target), and
+/// its port; the failure exit, said in one line, when there is none.
+fn listen_loopback() -> Result<(TcpListener, u16), ExitCode> {
+    match TcpListener::bind("127.0.0.1:0") {
+        Ok(listener) => {
+            let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+            Ok((listener, port))
+        }
+        Err(err) => {
+            eprintln!("dw-fixture: cannot listen on loopback: {err}");
+            Err(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// Serves each connection `listener` accepts on a thread of its own, for as long as the
+/// process lives.
+fn per_connection(listener: TcpListener, handle: impl Fn(TcpStream) + Clone + Send + 'static) {
+    for stream in listener.incoming().flatten() {
+        let handle = handle.clone();
+        thread::spawn(move || handle(stream));
+    }
 }
 
 fn wait_for_gate(gate: Option<&std::path::Path>) {
@@ -119,14 +148,10 @@ fn prefork_worker(
 fn prefork(args: &[String], workers: u64) -> ExitCode {
     install_term_handler();
     let reply_after = Duration::from_millis(flag_value(args, "--reply-after-ms").unwrap_or(0));
-    let listener = match TcpListener::bind("127.0.0.1:0") {
-        Ok(listener) => listener,
-        Err(err) => {
-            eprintln!("dw-fixture: cannot listen on loopback: {err}");
-            return ExitCode::FAILURE;
-        }
+    let (listener, port) = match listen_loopback() {
+        Ok(bound) => bound,
+        Err(code) => return code,
     };
-    let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
     let mut pids = Vec::new();
     for _ in 0..workers {
         // SAFETY: no thread exists yet; the child only runs prefork_worker.
@@ -165,38 +190,30 @@ fn prefork(args: &[String], workers: u64) -> ExitCode {
 fn slow_http(args: &[String]) -> ExitCode {
     let delay = Duration::from_millis(flag_value(args, "--delay-ms").unwrap_or(1000));
     let gate = gate_of(args);
-    let listener = match TcpListener::bind("127.0.0.1:0") {
-        Ok(listener) => listener,
-        Err(err) => {
-            eprintln!("dw-fixture: cannot listen on loopback: {err}");
-            return ExitCode::FAILURE;
-        }
+    let (listener, port) = match listen_loopback() {
+        Ok(bound) => bound,
+        Err(code) => return code,
     };
-    let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
     println!("ready pid={} port={port} child=0", std::process::id());
     let _ = std::io::stdout().flush();
-    for stream in listener.incoming().flatten() {
-        let gate = gate.clone();
-        thread::spawn(move || {
-            let mut stream = stream;
-            let mut head = Vec::new();
-            let mut buf = [0u8; 4096];
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                match stream.read(&mut buf) {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => head.extend_from_slice(&buf[..n]),
-                }
+    per_connection(listener, move |mut stream| {
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
             }
-            println!("request");
-            let _ = std::io::stdout().flush();
-            wait_for_gate(gate.as_deref());
-            thread::sleep(delay);
-            let _ = stream.write_all(
-                b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\
-                  Connection: close\r\n\r\nslow\n",
-            );
-        });
-    }
+        }
+        println!("request");
+        let _ = std::io::stdout().flush();
+        wait_for_gate(gate.as_deref());
+        thread::sleep(delay);
+        let _ = stream.write_all(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\
+              Connection: close\r\n\r\nslow\n",
+        );
+    });
     ExitCode::SUCCESS
 }
 
@@ -204,44 +221,32 @@ fn slow_http(args: &[String]) -> ExitCode {
 fn slow_line(args: &[String]) -> ExitCode {
     use std::io::BufRead;
     let delay = Duration::from_millis(flag_value(args, "--delay-ms").unwrap_or(1000));
-    let hold: Option<std::path::PathBuf> = args
-        .iter()
-        .position(|a| a == "--hold-while")
-        .and_then(|at| args.get(at + 1))
-        .map(Into::into);
-    let listener = match TcpListener::bind("127.0.0.1:0") {
-        Ok(listener) => listener,
-        Err(err) => {
-            eprintln!("dw-fixture: cannot listen on loopback: {err}");
-            return ExitCode::FAILURE;
-        }
+    let hold = path_flag(args, "--hold-while");
+    let (listener, port) = match listen_loopback() {
+        Ok(bound) => bound,
+        Err(code) => return code,
     };
-    let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
     println!("ready pid={} port={port} child=0", std::process::id());
     let _ = std::io::stdout().flush();
-    for stream in listener.incoming().flatten() {
-        let hold = hold.clone();
-        thread::spawn(move || {
-            let Ok(reader) = stream.try_clone() else {
-                return;
-            };
-            let mut writer = stream;
-            for _line in std::io::BufReader::new(reader)
-                .lines()
-                .map_while(Result::ok)
-            {
-                let until = std::time::Instant::now() + Duration::from_secs(600);
-                while hold.as_ref().is_some_and(|h| h.exists()) && std::time::Instant::now() < until
-                {
-                    thread::sleep(Duration::from_millis(1));
-                }
-                thread::sleep(delay);
-                if writer.write_all(b"ok\n").is_err() {
-                    return;
-                }
+    per_connection(listener, move |stream| {
+        let Ok(reader) = stream.try_clone() else {
+            return;
+        };
+        let mut writer = stream;
+        for _line in std::io::BufReader::new(reader)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let until = std::time::Instant::now() + Duration::from_secs(600);
+            while hold.as_ref().is_some_and(|h| h.exists()) && std::time::Instant::now() < until {
+                thread::sleep(Duration::from_millis(1));
             }
-        });
-    }
+            thread::sleep(delay);
+            if writer.write_all(b"ok\n").is_err() {
+                return;
+            }
+        }
+    });
     ExitCode::SUCCESS
 }
 
@@ -273,26 +278,19 @@ fn serve(args: &[String]) -> ExitCode {
             }
         }
     }
-    let listener = match TcpListener::bind("127.0.0.1:0") {
-        Ok(listener) => listener,
-        Err(err) => {
-            eprintln!("dw-fixture: cannot listen on loopback: {err}");
-            return ExitCode::FAILURE;
-        }
+    let (listener, port) = match listen_loopback() {
+        Ok(bound) => bound,
+        Err(code) => return code,
     };
-    let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
     thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            thread::spawn(move || {
-                let mut stream = stream;
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = stream.read(&mut buf) {
-                    if n == 0 || stream.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
+        per_connection(listener, |mut stream| {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stream.read(&mut buf) {
+                if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                    break;
                 }
-            });
-        }
+            }
+        })
     });
     println!("ready pid={} port={port} child={child}", std::process::id());
     let _ = std::io::stdout().flush();
