@@ -9,8 +9,8 @@ use std::{
 use mysql::prelude::Queryable;
 
 use super::{
-    euid_is_root, on_free_port, require_binary, run_setup, tail, wait_until_alone, Daemon,
-    Database, DbKind, NotReady,
+    copy_initialized, euid_is_root, initialized_once, on_free_port, require_binary, tail,
+    wait_until_alone, Daemon, Database, DbKind, NotReady,
 };
 use crate::TempDir;
 
@@ -68,29 +68,20 @@ impl MariaDbServer {
         } else {
             &[]
         };
-        let mut install = Command::new(MARIADB_INSTALL_DB);
-        install
-            // --no-defaults: never read /etc/mysql (the system service's config).
-            .arg("--no-defaults")
-            .arg(format!("--datadir={}", data.display()))
-            // "normal": root@localhost/127.0.0.1 log in without a password (the default,
-            // unix_socket auth, would refuse TCP clients).
-            .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
-            .args(user)
-            .args(MARIADB_SMALL)
-            .current_dir(&dir.0);
-        {
-            // Bootstraps running side by side in one test process were seen to fail
-            // ("Installation of system tables failed") on a loaded 2-core machine: one at a
-            // time. The lock only orders installs; a poisoned one still works.
-            static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-            let _one_at_a_time = INSTALL.lock().unwrap_or_else(|p| p.into_inner());
-            run_setup(
-                "mariadb-install-db",
-                &mut install,
-                &dir.0.join("install.log"),
-            );
-        }
+        let template = initialized_once("mariadb", Path::new(MARIADB_INSTALL_DB), None, |made| {
+            let mut install = Command::new(MARIADB_INSTALL_DB);
+            install
+                // --no-defaults: never read /etc/mysql (the system service's config).
+                .arg("--no-defaults")
+                .arg(format!("--datadir={}", made.display()))
+                // "normal": root@localhost/127.0.0.1 log in without a password (the default,
+                // unix_socket auth, would refuse TCP clients).
+                .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
+                .args(user)
+                .args(MARIADB_SMALL);
+            install
+        });
+        copy_initialized(&template, &data);
 
         let mut ssl = Vec::new();
         if tls {

@@ -273,6 +273,82 @@ fn on_free_port<T>(what: &str, mut start: impl FnMut(u16) -> Result<T, NotReady>
 }
 
 /// Runs a setup command to completion, failing with its output.
+/// A database's data directory made by its bootstrap tool (initdb, mariadb-install-db) once
+/// per machine and build of that tool, and copied for each private server: the bootstrap is
+/// most of a server's start (initdb ~2.5 s here, over a minute in a TCG guest), a copy a
+/// fraction of that. `make` gets the directory to create. Made under a name of its own and
+/// renamed into place, so that test processes running at once never see half of one; keyed
+/// by the tool's size and time, so that an upgraded database makes a new one. Left in the
+/// temp dir for the next run (40-100 MB each).
+fn initialized_once(
+    what: &str,
+    tool: &Path,
+    owner: Option<(u32, u32)>,
+    make: impl FnOnce(&Path) -> Command,
+) -> PathBuf {
+    use std::os::unix::fs::chown;
+    let stamp = fs::metadata(tool)
+        .and_then(|m| Ok((m.len(), m.modified()?)))
+        .map(|(len, at)| {
+            let secs = at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            format!("{len}-{secs}")
+        })
+        .unwrap_or_else(|e| panic!("stat {}: {e}", tool.display()));
+    // SAFETY: geteuid has no preconditions.
+    let uid = owner.map_or_else(|| unsafe { libc::geteuid() }, |(uid, _)| uid);
+    let ready = std::env::temp_dir().join(format!("drainwatch-{what}-data-{uid}-{stamp}"));
+    if ready.join("data").is_dir() {
+        return ready.join("data");
+    }
+    // One bootstrap at a time in this process: the first servers of a test binary start at
+    // once, and mariadb-install-db runs side by side were seen to fail on a loaded 2-core
+    // machine ("Installation of system tables failed"). The lock only orders them; a
+    // poisoned one still works.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    if ready.join("data").is_dir() {
+        return ready.join("data");
+    }
+    let making = std::env::temp_dir().join(format!(
+        "drainwatch-{what}-data-{uid}-{stamp}.{}.{:?}",
+        std::process::id(),
+        thread::current().id()
+    ));
+    let _ = fs::remove_dir_all(&making);
+    fs::create_dir_all(&making).expect("create a bootstrap directory");
+    if let Some((uid, gid)) = owner {
+        chown(&making, Some(uid), Some(gid)).expect("chown the bootstrap directory");
+    }
+    let mut cmd = make(&making.join("data"));
+    cmd.current_dir(&making);
+    let log = making.with_extension("log");
+    run_setup(what, &mut cmd, &log);
+    let _ = fs::remove_file(&log);
+    // Another process may have won the race: its directory is as good as ours.
+    if fs::rename(&making, &ready).is_err() {
+        let _ = fs::remove_dir_all(&making);
+    }
+    assert!(
+        ready.join("data").is_dir(),
+        "no bootstrapped {what} data at {}",
+        ready.display()
+    );
+    ready.join("data")
+}
+
+/// `cp -a`: the copy keeps the template's owner and modes (PostgreSQL refuses a data
+/// directory that is not its user's own, mode 0700).
+fn copy_initialized(template: &Path, data: &Path) {
+    let parent = data.parent().expect("a data directory has a parent");
+    run_setup(
+        "cp -a (a bootstrapped data directory)",
+        Command::new("cp").arg("-a").arg(template).arg(data),
+        &parent.join("copy.log"),
+    );
+}
+
 fn run_setup(what: &str, cmd: &mut Command, log: &Path) {
     let out = fs::File::create(log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
     let err = out.try_clone().expect("dup log fd");

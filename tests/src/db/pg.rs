@@ -3,14 +3,14 @@
 use std::{
     fs,
     os::unix::{fs::chown, process::CommandExt},
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::Command,
     time::Duration,
 };
 
 use super::{
-    chain, euid_is_root, missing, on_free_port, require_binary, run_setup, tail, wait_until_alone,
-    Daemon, Database, DbKind,
+    chain, copy_initialized, euid_is_root, initialized_once, missing, on_free_port, require_binary,
+    run_setup, tail, wait_until_alone, Daemon, Database, DbKind,
 };
 use crate::TempDir;
 
@@ -71,94 +71,6 @@ fn os_user(name: &str) -> (u32, u32) {
     }
 }
 
-/// A cluster made by initdb once per machine and PostgreSQL build, copied for each server:
-/// initdb is most of a private server's start (~2.5 s here, over a minute in a TCG guest),
-/// a copy of its 40 MB a fraction of that. Made in a directory of its own and renamed into
-/// place, so that test processes running at once never see half a cluster; keyed by the
-/// initdb binary's size and time, so that an upgraded PostgreSQL makes a new one.
-fn initialized_cluster(bin: &Path, owner: Option<(u32, u32)>) -> PathBuf {
-    let initdb = bin.join("initdb");
-    let stamp = fs::metadata(&initdb)
-        .and_then(|m| Ok((m.len(), m.modified()?)))
-        .map(|(len, at)| {
-            let secs = at
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            format!("{len}-{secs}")
-        })
-        .unwrap_or_else(|e| panic!("stat {}: {e}", initdb.display()));
-    let uid = owner.map_or_else(euid, |(uid, _)| uid);
-    let ready = std::env::temp_dir().join(format!("drainwatch-pg-cluster-{uid}-{stamp}"));
-    if ready.join("data/PG_VERSION").is_file() {
-        return ready.join("data");
-    }
-    let making = std::env::temp_dir().join(format!(
-        "drainwatch-pg-cluster-{uid}-{stamp}.{}.{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    let _ = fs::remove_dir_all(&making);
-    fs::create_dir_all(&making).expect("create the cluster template's directory");
-    if let Some((uid, gid)) = owner {
-        chown(&making, Some(uid), Some(gid)).expect("chown the template dir to postgres");
-    }
-    let mut cmd = Command::new(&initdb);
-    cmd.arg("-D")
-        .arg(making.join("data"))
-        // --no-sync: the cluster is thrown away, and fsync is most of initdb's time.
-        .args([
-            "--auth=trust",
-            "-U",
-            "postgres",
-            "--no-sync",
-            "--locale=C",
-            "-E",
-            "UTF8",
-        ])
-        .current_dir(&making)
-        .env("LC_ALL", "C")
-        .env_remove("PGDATA");
-    if let Some((uid, gid)) = owner {
-        cmd.uid(uid).gid(gid);
-    }
-    let log = std::env::temp_dir().join(format!(
-        "drainwatch-initdb-{}-{:?}.log",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    run_setup("initdb", &mut cmd, &log);
-    let _ = fs::remove_file(&log);
-    // Another process may have won the race: its cluster is as good as ours.
-    if fs::rename(&making, &ready).is_err() {
-        let _ = fs::remove_dir_all(&making);
-    }
-    assert!(
-        ready.join("data/PG_VERSION").is_file(),
-        "no cluster template at {}",
-        ready.display()
-    );
-    ready.join("data")
-}
-
-fn euid() -> u32 {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() }
-}
-
-/// `cp -a`: the copy keeps the template's owner and modes (PostgreSQL refuses a data
-/// directory that is not its user's own, mode 0700).
-fn copy_cluster(template: &Path, data: &Path, cwd: &Path) {
-    run_setup(
-        "cp -a (the initdb template)",
-        Command::new("cp")
-            .arg("-a")
-            .arg(template)
-            .arg(data)
-            .current_dir(cwd),
-        &cwd.join("copy.log"),
-    );
-}
-
 impl PgServer {
     pub fn start() -> Self {
         Self::start_with(false, true)
@@ -196,7 +108,29 @@ impl PgServer {
                 .env_remove("PGDATA");
         };
         let data = dir.0.join("data");
-        copy_cluster(&initialized_cluster(&bin, owner), &data, &dir.0);
+        let initdb = bin.join("initdb");
+        let template = initialized_once("postgres", &initdb, owner, |made| {
+            let mut cmd = Command::new(&initdb);
+            cmd.arg("-D")
+                .arg(made)
+                // --no-sync: the cluster is thrown away, and fsync is most of initdb's time.
+                .args([
+                    "--auth=trust",
+                    "-U",
+                    "postgres",
+                    "--no-sync",
+                    "--locale=C",
+                    "-E",
+                    "UTF8",
+                ])
+                .env("LC_ALL", "C")
+                .env_remove("PGDATA");
+            if let Some((uid, gid)) = owner {
+                cmd.uid(uid).gid(gid);
+            }
+            cmd
+        });
+        copy_initialized(&template, &data);
         if tls {
             make_certificate(&data, owner);
         }
