@@ -229,3 +229,56 @@ impl Gate {
         mono_ns()
     }
 }
+
+/// A gateway's link to the game (tests/push.rs, tests/upstream.rs): it reads the ticks on a
+/// thread (as a gateway does: the game's sends never block on it) and says what it is told
+/// to.
+pub struct Gateway {
+    stream: TcpStream,
+    ticks: std::sync::mpsc::Receiver<String>,
+}
+
+impl Gateway {
+    pub fn connect(game: &GameServer) -> Self {
+        let stream = TcpStream::connect(("127.0.0.1", game.port)).expect("connect to dw-game");
+        let reader = BufReader::new(stream.try_clone().expect("clone the link"));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in reader.lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { stream, ticks: rx }
+    }
+
+    /// Waits for the next line from the game.
+    pub fn next_line(&self) -> String {
+        self.ticks
+            .recv_timeout(PATIENCE)
+            .expect("the game pushes a tick every 50 ms")
+    }
+
+    /// Waits until the game has pushed `n` ticks on the link.
+    pub fn ticks(&self, n: usize) {
+        let mut seen = 0;
+        while seen < n {
+            if self.next_line() == "tick" {
+                seen += 1;
+            }
+        }
+    }
+
+    pub fn say(&mut self, line: &str) {
+        self.stream
+            .write_all(format!("{line}\n").as_bytes())
+            .expect("write to the game");
+    }
+
+    /// The gateway stops: it hangs up the link (a shutdown: the reading thread holds a
+    /// duplicate of the socket).
+    pub fn hang_up(self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+}

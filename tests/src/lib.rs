@@ -450,6 +450,13 @@ impl Drop for TempDir {
     }
 }
 
+/// The report of `wait --json` / `stop --json`: their last stdout line (progress lines come
+/// before it).
+pub fn last_json(stdout: &str) -> Value {
+    let line = stdout.trim().lines().last().unwrap_or_default();
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+}
+
 pub fn read_report(path: &str) -> Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {path}: {e}"));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("report {path} is not JSON: {e}\n{text}"))

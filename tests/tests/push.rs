@@ -4,79 +4,16 @@
 //! then write B with nothing in flight between: judged by the server's own truth file and
 //! the database's ledger.
 
-use std::{
-    io::{BufRead, BufReader, Write},
-    net::TcpStream,
-    thread,
-    time::Duration,
-};
+use std::{thread, time::Duration};
 
 use drainwatch_tests::{
     db::{Database, PgServer},
-    game::{mono_ns, GameServer},
+    game::{mono_ns, GameServer, Gateway},
     *,
 };
 
 /// The tick of the game: the answers ride on it.
 const TICK_MS: &str = "50";
-
-/// A gateway's link to the game: it reads the ticks on a thread (as a gateway does: the
-/// game's sends never block on it) and says what it is told to.
-struct Gateway {
-    stream: TcpStream,
-    ticks: std::sync::mpsc::Receiver<String>,
-}
-
-impl Gateway {
-    fn connect(game: &GameServer) -> Self {
-        let stream = TcpStream::connect(("127.0.0.1", game.port)).expect("connect to dw-game");
-        let reader = BufReader::new(stream.try_clone().expect("clone the link"));
-        let (tx, rx) = std::sync::mpsc::channel();
-        thread::spawn(move || {
-            for line in reader.lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self { stream, ticks: rx }
-    }
-
-    /// Waits for the next line from the game.
-    fn next_line(&self) -> String {
-        self.ticks
-            .recv_timeout(PATIENCE)
-            .expect("the game pushes a tick every 50 ms")
-    }
-
-    /// Waits until the game has pushed `n` ticks on the link.
-    fn ticks(&self, n: usize) {
-        let mut seen = 0;
-        while seen < n {
-            if self.next_line() == "tick" {
-                seen += 1;
-            }
-        }
-    }
-
-    fn say(&mut self, line: &str) {
-        self.stream
-            .write_all(format!("{line}\n").as_bytes())
-            .expect("write to the game");
-    }
-
-    /// The gateway stops: it hangs up the link (a shutdown: the reading thread holds a
-    /// duplicate of the socket).
-    fn hang_up(self) {
-        let _ = self.stream.shutdown(std::net::Shutdown::Both);
-    }
-}
-
-/// The report: the last JSON line of `wait --json` (progress lines come before it).
-fn last_json(stdout: &str) -> serde_json::Value {
-    let line = stdout.trim().lines().last().unwrap_or_default();
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
-}
 
 fn pid_of(game: &GameServer) -> String {
     game.pid.to_string()

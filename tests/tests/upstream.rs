@@ -7,8 +7,8 @@
 //! drain.
 
 use std::{
-    io::{BufRead, BufReader, Write},
-    net::{TcpListener, TcpStream},
+    io::{BufRead, BufReader},
+    net::TcpListener,
     process::{Command, Stdio},
     thread,
     time::Instant,
@@ -16,44 +16,13 @@ use std::{
 
 use drainwatch_tests::{
     db::{Database, PgServer},
-    game::{mono_ns, GameServer},
+    game::{mono_ns, GameServer, Gateway},
     nginx::SlowUpstream,
     *,
 };
 
 /// The game's tick.
 const TICK_MS: &str = "50";
-
-/// The gateway's link to the game: ticks read (and dropped) on a thread, as a gateway does.
-struct Gateway {
-    stream: TcpStream,
-}
-
-impl Gateway {
-    fn connect(game: &GameServer) -> Self {
-        let stream = TcpStream::connect(("127.0.0.1", game.port)).expect("connect to dw-game");
-        let reader = BufReader::new(stream.try_clone().expect("clone the link"));
-        thread::spawn(move || for _ in reader.lines().map_while(Result::ok) {});
-        Self { stream }
-    }
-
-    fn say(&mut self, line: &str) {
-        self.stream
-            .write_all(format!("{line}\n").as_bytes())
-            .expect("write to the game");
-    }
-
-    /// The gateway is stopped: it hangs up the link.
-    fn hang_up(self) {
-        let _ = self.stream.shutdown(std::net::Shutdown::Both);
-    }
-}
-
-/// The report: the last JSON line of `wait --json`.
-fn last_json(stdout: &str) -> serde_json::Value {
-    let line = stdout.trim().lines().last().unwrap_or_default();
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
-}
 
 /// The story's release, with the gap between the writes a call to a slow service: the
 /// gateway asks for operations and is stopped, `drainwatch wait --pid GAME` (no flags) is
