@@ -92,50 +92,40 @@ fn assert_cut(
 
 /// kill -9 mid-transaction. Truth: no row, no answer, the server logged the unclean closes.
 fn kill9_mid_transaction(stack: Stack) {
+    cut_mid_transaction(stack, "kill9", "graceful", libc::SIGKILL, &["sigkill"]);
+}
+
+/// A SIGTERM handler that exits at once, mid-transaction. Truth as for kill -9.
+fn exit_mid_transaction(stack: Stack) {
+    cut_mid_transaction(stack, "exit", "exit", libc::SIGTERM, &[]);
+}
+
+/// The shop in `mode` is sent `signal` while a request is inside its transaction, under
+/// `audit`; it ends without answering. `signal_kinds`: the violations the signal itself is.
+fn cut_mid_transaction(stack: Stack, case: &str, mode: &str, signal: i32, signal_kinds: &[&str]) {
     require_root();
-    let db = database(stack, "kill9");
+    let db = database(stack, case);
     let unclean_before = db.unclean_closes();
-    let mut shop = Shop::start(stack, &stack.mode("graceful"), &stack.dsn(&*db, false));
-    let dir = TempDir::new("kill9");
+    let mut shop = Shop::start(stack, &stack.mode(mode), &stack.dsn(&*db, false));
+    let dir = TempDir::new(case);
     let report_path = dir.path("report.json");
     let pid = shop.pid.to_string();
     let dw = Drainwatch::attach(&["audit", "--pid", &pid, "--report", &report_path]);
-    let answer = shop.request_in_transaction("k9");
-    shop.signal(libc::SIGKILL);
+    let answer = shop.request_in_transaction(case);
+    shop.signal(signal);
     shop.wait();
     let finished = dw.finish();
     assert_eq!(answer.recv_timeout(PATIENCE).unwrap(), "", "never answered");
-    assert!(db.ledger_steps("k9").is_empty(), "rolled back");
+    assert!(db.ledger_steps(case).is_empty(), "rolled back");
     let report = read_report(&report_path);
     assert_cut(
         stack,
         &*db,
         unclean_before,
         &report,
-        &["sigkill"],
+        signal_kinds,
         &finished.stderr,
     );
-    assert_eq!(finished.code, 1);
-}
-
-/// A SIGTERM handler that exits at once, mid-transaction. Truth as for kill -9.
-fn exit_mid_transaction(stack: Stack) {
-    require_root();
-    let db = database(stack, "exit");
-    let unclean_before = db.unclean_closes();
-    let mut shop = Shop::start(stack, &stack.mode("exit"), &stack.dsn(&*db, false));
-    let dir = TempDir::new("exit");
-    let report_path = dir.path("report.json");
-    let pid = shop.pid.to_string();
-    let dw = Drainwatch::attach(&["audit", "--pid", &pid, "--report", &report_path]);
-    let answer = shop.request_in_transaction("x");
-    shop.signal(libc::SIGTERM);
-    shop.wait();
-    let finished = dw.finish();
-    assert_eq!(answer.recv_timeout(PATIENCE).unwrap(), "", "never answered");
-    assert!(db.ledger_steps("x").is_empty(), "rolled back");
-    let report = read_report(&report_path);
-    assert_cut(stack, &*db, unclean_before, &report, &[], &finished.stderr);
     assert_eq!(finished.code, 1);
 }
 
