@@ -3,7 +3,7 @@
 //! received), a local server's own view of its clients ([`server_view`]: Redis's
 //! `CLIENT LIST`, asked on loopback at attach), starting a command held until it is a target
 //! ([`launch`]), signalling a process by pidfd and reading what it does with a
-//! signal ([`pidfd`]), and which processes the `--pid`/`--comm`/`--unit`/`--cgroup` selectors and
+//! signal ([`pidfd`]; one taken by sigwait or a signalfd: [`sigwait`]), and which processes the `--pid`/`--comm`/`--unit`/`--cgroup` selectors and
 //! their trees are ([`targets`]), whether a process runs an event loop ([`event_loop`]).
 //!
 //! Taking the probe down after exit ([`detach`]).
@@ -23,6 +23,7 @@ pub mod pg_view;
 pub mod pidfd;
 pub mod procfs;
 pub mod server_view;
+pub mod sigwait;
 pub mod sockdiag;
 pub mod targets;
 pub mod tcpinfo;

@@ -73,10 +73,23 @@ pub fn signal_disposition(status: &str, signal: i32) -> Option<Disposition> {
     })
 }
 
-/// A running process's disposition of `signal`; `None` when it is gone.
+/// A running process's disposition of `signal` (a signal its threads take through sigwait
+/// or a signalfd counts as handled); `None` when it is gone.
 pub fn disposition_of(pid: u32, signal: i32) -> Option<Disposition> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    signal_disposition(&status, signal)
+    match signal_disposition(&status, signal)? {
+        // No handler, yet a thread waits for it in sigwait or reads it from a signalfd:
+        // the program's own shutdown, not the kernel's default action (host/sigwait.rs).
+        // Even ignored (SIG_IGN inherited, as a shell gives a background job's SIGINT):
+        // a signal blocked or waited for is never dropped as ignored (kernel/signal.c,
+        // sig_ignored).
+        Disposition::Default | Disposition::Blocked | Disposition::Ignored
+            if super::sigwait::taken_synchronously(pid, signal) =>
+        {
+            Some(Disposition::Handled)
+        }
+        found => Some(found),
+    }
 }
 
 #[cfg(test)]
