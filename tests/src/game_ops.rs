@@ -103,13 +103,19 @@ impl GameOps {
         args: &[&str],
     ) -> Self {
         use crate::db::Database;
+        let url = db.map_or("none".to_string(), |db| db.url());
+        Self::start_on(server, &url, workers, gap_ms, args)
+    }
+
+    /// The same against the database at `url` ("none": no database), e.g. another
+    /// database of the same PostgreSQL (tests/tests/fleet.rs: one per game host).
+    pub fn start_on(server: &Path, url: &str, workers: u32, gap_ms: u64, args: &[&str]) -> Self {
         let dir = TempDir::new("game-ops");
         let truth_path = dir.0.join("truth.json");
         let log_path = dir.0.join("game_ops.log");
         let log = std::fs::File::create(&log_path).expect("create game_ops.log");
-        let url = db.map_or("none".to_string(), |db| db.url());
         let mut child = Command::new(server)
-            .args(["serve", "--db-url", &url, "--workers", &workers.to_string()])
+            .args(["serve", "--db-url", url, "--workers", &workers.to_string()])
             .args(["--gap-ms", &gap_ms.to_string()])
             .arg("--truth")
             .arg(&truth_path)
@@ -204,6 +210,15 @@ impl Gateway {
         let line = ready_line(&mut child);
         assert!(line.starts_with("ready"), "gateway not ready: {line:?}");
         Self { child }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether it has exited (reaped here).
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
     }
 
     /// The release's first step: SIGTERM; the gateway closes its link and exits.
