@@ -313,6 +313,52 @@ impl Shop {
         std::fs::write(self.dir.path("gate"), b"").unwrap();
     }
 
+    /// `wait` (its arguments `wait_args`) attached while the request `answer` waits for in
+    /// the transaction `op` must not say drained before the COMMIT: it is still running
+    /// `hold` after attach, then the transaction is released, and when its verdict is out
+    /// the ledger already holds the committed step B (a drained verdict before the COMMIT
+    /// would find it without). Returns its report and how it ended.
+    pub fn wait_holds_until_commit(
+        &self,
+        stack: Stack,
+        db: &dyn Database,
+        op: &str,
+        answer: mpsc::Receiver<String>,
+        wait_args: &[&str],
+        hold: Duration,
+    ) -> (serde_json::Value, crate::Finished) {
+        let mut wait = crate::Drainwatch::spawn(wait_args);
+        let lines = wait.stdout_lines();
+        wait.wait_for_stderr("attached to");
+        let held = Instant::now() + hold;
+        while Instant::now() < held {
+            assert!(
+                wait.is_running(),
+                "{}: wait returned with the transaction open",
+                stack.name()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+        self.open_gate();
+        let verdict = lines
+            .iter()
+            .find(|l| l.contains("drainwatch.report/v1"))
+            .expect("wait prints its report");
+        assert_eq!(db.ledger_steps(op), ["A", "B"], "drained before COMMIT");
+        assert_eq!(
+            answer.recv_timeout(PATIENCE).unwrap(),
+            format!("done {op}\n")
+        );
+        let done = wait.finish();
+        assert_eq!(done.code, 0, "{}: {done:?}", stack.name());
+        let report: serde_json::Value = serde_json::from_str(&verdict).unwrap();
+        assert!(
+            report["drain"]["drained_at_ms"].as_u64().is_some(),
+            "{report:#}"
+        );
+        (report, done)
+    }
+
     pub fn signal(&self, sig: i32) {
         // SAFETY: kill(2) on a process this test started.
         assert_eq!(unsafe { libc::kill(self.pid as i32, sig) }, 0);

@@ -136,31 +136,13 @@ fn wait_mid_transaction(stack: Stack) {
     let shop = Shop::start(stack, "graceful", &stack.dsn(&db, false));
     let answer = shop.request_in_transaction("w");
     let pid = shop.pid.to_string();
-    let mut wait = Drainwatch::spawn(&["wait", "--pid", &pid, "--json", "--timeout", "60s"]);
-    let lines = wait.stdout_lines();
-    wait.wait_for_stderr("attached to");
-    let held = Instant::now() + Duration::from_millis(800);
-    while Instant::now() < held {
-        assert!(
-            wait.is_running(),
-            "{}: wait returned with the transaction open",
-            stack.name()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    shop.open_gate();
-    let verdict = lines
-        .iter()
-        .find(|l| l.contains("drainwatch.report/v1"))
-        .expect("wait prints its report");
-    assert_eq!(db.ledger_steps("w"), ["A", "B"], "drained before COMMIT");
-    assert_eq!(answer.recv_timeout(PATIENCE).unwrap(), "done w\n");
-    let done = wait.finish();
-    assert_eq!(done.code, 0, "{done:?}");
-    let report: Value = serde_json::from_str(&verdict).unwrap();
-    assert!(
-        report["drain"]["drained_at_ms"].as_u64().is_some(),
-        "{report:#}"
+    shop.wait_holds_until_commit(
+        stack,
+        &db,
+        "w",
+        answer,
+        &["wait", "--pid", &pid, "--json", "--timeout", "60s"],
+        Duration::from_millis(800),
     );
 }
 

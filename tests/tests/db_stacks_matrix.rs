@@ -11,7 +11,7 @@
 //! One server of each kind for the whole binary (db/shared.rs), a database of its own per
 //! case; the Go and Java shops are built once per binary (tests/src/stacks.rs).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use drainwatch_tests::{
     db::{shared_redis, Database, DbKind, MyDatabase, PgDatabase},
@@ -235,32 +235,8 @@ fn wait_mid_request(stack: Stack, with_db_url: bool) -> usize {
         std::fs::write(&url_file, format!("{url}\n")).unwrap();
         args.extend(["--db-url", &source]);
     }
-    let mut wait = Drainwatch::spawn(&args);
-    let lines = wait.stdout_lines();
-    wait.wait_for_stderr("attached to");
-    let held = Instant::now() + Duration::from_millis(500);
-    while Instant::now() < held {
-        assert!(
-            wait.is_running(),
-            "{}: wait returned with the transaction open",
-            stack.name()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    shop.open_gate();
-    let verdict = lines
-        .iter()
-        .find(|l| l.contains("drainwatch.report/v1"))
-        .expect("wait prints its report");
-    assert_eq!(db.ledger_steps("w"), ["A", "B"], "drained before COMMIT");
-    assert_eq!(answer.recv_timeout(PATIENCE).unwrap(), "done w\n");
-    let done = wait.finish();
-    assert_eq!(done.code, 0, "{}: {done:?}", stack.name());
-    let report: Value = serde_json::from_str(&verdict).unwrap();
-    assert!(
-        report["drain"]["drained_at_ms"].as_u64().is_some(),
-        "{report:#}"
-    );
+    let (report, done) =
+        shop.wait_holds_until_commit(stack, &*db, "w", answer, &args, Duration::from_millis(500));
     if with_db_url {
         assert!(
             !done.stderr.contains("PROCESS"),
