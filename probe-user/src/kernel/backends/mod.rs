@@ -32,11 +32,11 @@ pub const ENV: &str = "DRAINWATCH_HOOKS";
 /// Every built backend, in the order the default is picked (docs/hooks.md, "Choosing
 /// one"): the first whose every hook the kernel offers. The syscall tracepoints, which tax
 /// every process of the host, last.
-pub static BACKENDS: [&Backend; 3] = [&socket::SOCKET, &fentry::FENTRY, &syscalls::SYSCALLS];
+pub static BACKENDS: &[&Backend] = &[&socket::SOCKET, &fentry::FENTRY, &syscalls::SYSCALLS];
 
 /// Backends designed in docs/hooks.md but not built: (`DRAINWATCH_HOOKS` word,
 /// `coverage.hooks` word). Asking for one is refused with one line, never replaced.
-const DESIGNED: [(&str, &str); 1] = [("kprobe", "kprobes")];
+const DESIGNED: &[(&str, &str)] = &[("kprobe", "kprobes")];
 
 /// The backend `DRAINWATCH_HOOKS` names.
 pub fn parse(word: &str) -> Option<&'static Backend> {
@@ -115,7 +115,7 @@ mod tests {
 
     #[test]
     fn words_round_trip_and_are_unique() {
-        for b in BACKENDS {
+        for &b in BACKENDS {
             assert_eq!(parse(b.word()), Some(b));
             assert_eq!(
                 BACKENDS.iter().filter(|o| o.coverage == b.coverage).count(),
