@@ -93,6 +93,12 @@ pub fn btf_programs(
         .ok_or_else(|| Error::Load(format!("cannot read {}", btf::KERNEL_BTF)))?;
     let btf = aya::Btf::parse(&stub, aya::Endianness::default()).map_err(load_error)?;
     drop(stub);
+    // Verified in parallel, one thread per program, before anything is attached: the
+    // kernel's verifier, which runs in the BPF_PROG_LOAD caller's thread, is most of the
+    // attach time (the socket data-path programs took over a second each on a loaded
+    // 2-CPU machine, docs/bench.md "Attach and detach"), and the programs do not depend
+    // on one another.
+    let mut loaded = verify_in_parallel(ebpf, tp_btf, fexits, &btf);
     let mut fail = |name: &str, err: Error| -> Result<()> {
         if matches!(err, Error::NotPermitted) {
             return Err(err);
@@ -104,12 +110,12 @@ pub fn btf_programs(
     };
     for &name in tp_btf {
         let attached = (|| -> Result<_> {
+            loaded.remove(name).unwrap_or_else(|| Err(missing(name)))?;
             let program: &mut BtfTracePoint = ebpf
                 .program_mut(name)
-                .ok_or_else(|| Error::Load(format!("no program {name} in the object")))?
+                .ok_or_else(|| missing(name))?
                 .try_into()
                 .map_err(load_error)?;
-            program.load(name, &btf).map_err(load_error)?;
             let id = program.attach().map_err(load_error)?;
             program.take_link(id).map_err(load_error)
         })();
@@ -120,12 +126,12 @@ pub fn btf_programs(
     }
     for &(name, function) in fexits {
         let attached = (|| -> Result<_> {
+            loaded.remove(name).unwrap_or_else(|| Err(missing(name)))?;
             let program: &mut FExit = ebpf
                 .program_mut(name)
-                .ok_or_else(|| Error::Load(format!("no program {name} in the object")))?
+                .ok_or_else(|| missing(name))?
                 .try_into()
                 .map_err(load_error)?;
-            program.load(function, &btf).map_err(load_error)?;
             let id = program.attach().map_err(load_error)?;
             program.take_link(id).map_err(load_error)
         })();
@@ -135,4 +141,52 @@ pub fn btf_programs(
         }
     }
     Ok(())
+}
+
+fn missing(name: &str) -> Error {
+    Error::Load(format!("no program {name} in the object"))
+}
+
+/// Loads (the kernel verifies) each `tp_btf` program and each fexit program (program,
+/// kernel function) of `ebpf` on a thread of its own; the outcome by program name.
+fn verify_in_parallel(
+    ebpf: &mut Ebpf,
+    tp_btf: &[&str],
+    fexits: &[(&str, &str)],
+    btf: &aya::Btf,
+) -> std::collections::HashMap<String, Result<()>> {
+    std::thread::scope(|scope| {
+        let threads: Vec<_> = ebpf
+            .programs_mut()
+            .filter_map(|(name, program)| {
+                let fexit = fexits.iter().find(|(p, _)| *p == name).map(|&(_, f)| f);
+                if fexit.is_none() && !tp_btf.contains(&name) {
+                    return None;
+                }
+                let load = move || -> Result<()> {
+                    match fexit {
+                        Some(function) => {
+                            let program: &mut FExit = program.try_into().map_err(load_error)?;
+                            program.load(function, btf).map_err(load_error)
+                        }
+                        None => {
+                            let program: &mut BtfTracePoint =
+                                program.try_into().map_err(load_error)?;
+                            program.load(name, btf).map_err(load_error)
+                        }
+                    }
+                };
+                Some((name.to_string(), scope.spawn(load)))
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|(name, thread)| {
+                let outcome = thread
+                    .join()
+                    .unwrap_or_else(|_| Err(Error::Load(format!("loading {name} panicked"))));
+                (name, outcome)
+            })
+            .collect()
+    })
 }
