@@ -296,3 +296,72 @@ fn go_an_op_that_matches_nothing_exits_2_and_go_names_are_found_stripped() {
         );
     }
 }
+
+/// `watch --op` (issue #22: sampled every 100 ms, it showed nothing in flight in more than
+/// 90% of samples while purchases were between their writes): each frame shows the
+/// purchases in flight, by function, as the server's own record has them under way.
+#[test]
+fn watch_with_op_shows_the_purchases_in_flight_returned_and_their_latency() {
+    require_root();
+    let db = PgServer::start();
+    let (game, _gateway) = game_under_load(&db, &[]);
+    let pid = game.pid.to_string();
+    let frames = 20;
+    let done = run_drainwatch(&[
+        "watch",
+        "--pid",
+        &pid,
+        "--op",
+        "purchase",
+        "--json",
+        "--interval",
+        "100ms",
+        "--count",
+        &frames.to_string(),
+    ]);
+    assert_eq!(done.code, 0, "{done:?}");
+    let frames: Vec<Value> = done
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON frame per line"))
+        .collect();
+    assert_eq!(frames.len(), 20, "{}", done.stdout);
+    // 20 players, a purchase every 100 ms in all, each 300 ms between its writes on 4
+    // workers: about three under way at any moment, never none once the load runs.
+    let shown: Vec<u64> = frames
+        .iter()
+        .map(|f| f["operations"]["in_flight"].as_u64().expect("operations"))
+        .collect();
+    let empty = shown.iter().filter(|n| **n == 0).count();
+    assert!(
+        empty <= 2,
+        "{empty} of 20 frames showed no purchase in flight: {shown:?}"
+    );
+    assert!(
+        shown.iter().all(|n| *n <= WORKERS as u64),
+        "more purchases in flight than workers: {shown:?}"
+    );
+    let last = frames.last().unwrap();
+    let ops = &last["operations"];
+    assert_eq!(ops["by_function"][0]["function"], "purchase", "{last:#}");
+    let first_count = frames[0]["operations"]["count"].as_u64().unwrap();
+    assert!(
+        ops["count"].as_u64().unwrap() >= first_count + 5,
+        "purchases returned during two seconds of load: {ops:#}"
+    );
+    assert!(
+        ops["latency_us"]["p50"].as_u64().unwrap() >= gap_ms() * 1000 * 9 / 10,
+        "a purchase lasts its gap: {ops:#}"
+    );
+    // A frame with one in flight names its age, below the purchase's length with margin.
+    let aged = frames
+        .iter()
+        .filter_map(|f| f["operations"]["by_function"][0]["oldest_age_ms"].as_u64())
+        .collect::<Vec<_>>();
+    assert!(!aged.is_empty(), "no oldest age in any frame");
+    assert!(aged.iter().all(|ms| *ms < gap_ms() * 4 + 1000), "{aged:?}");
+    // Without --op the frame says so (null), never a 0 that would read as idle.
+    let plain = run_drainwatch(&["watch", "--pid", &pid, "--json", "--count", "1"]);
+    let frame: Value = serde_json::from_str(plain.stdout.lines().next().unwrap()).unwrap();
+    assert!(frame["operations"].is_null(), "{frame:#}");
+}

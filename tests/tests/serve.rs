@@ -787,3 +787,73 @@ fn watch_into_a_closed_pipe_exits() {
     }
     eprintln!("watch | head -n 3 ended after {:?}", started.elapsed());
 }
+
+/// `serve --op` (issue #22): the purchases of the compiled game server (tests/fixtures/
+/// game_ops.cpp) in flight and returned under its name and the function, their latency per
+/// function; promtool accepts it.
+#[test]
+fn operations_are_exported_by_name_and_function_and_pass_promtool() {
+    use drainwatch_tests::{
+        db::PgServer,
+        game_ops::{GameOps, Gateway},
+    };
+    require_root();
+    let db = PgServer::start();
+    let gap_ms = scaled_ms(300);
+    let game = GameOps::start(Some(&db), 4, gap_ms, &[]);
+    let addr = free_addr();
+    let pid = game.pid.to_string();
+    let serve = Drainwatch::attach(&[
+        "serve", "--pid", &pid, "--op", "purchase", "--listen", &addr,
+    ]);
+    let in_flight = "drainwatch_operations_in_flight{comm=\"game_ops\",function=\"purchase\"}";
+    let total = "drainwatch_operations_total{comm=\"game_ops\",function=\"purchase\"}";
+    let count = "drainwatch_operation_duration_seconds_count{function=\"purchase\"}";
+    let idle = scrape_until(&addr, &[(in_flight, 0.0), (total, 0.0)]);
+    promtool_check(&idle);
+    let gateway = Gateway::start(game.port, 20, 2000);
+    // Under load: purchases between their writes show, while the server's record has them.
+    let deadline = Instant::now() + PATIENCE;
+    let busy = loop {
+        let text = scrape(&addr);
+        let truth = game.truth();
+        if value(&text, in_flight).is_some_and(|n| n >= 1.0)
+            && value(&text, total).is_some_and(|n| n >= 3.0)
+            && truth.completed >= 3
+        {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no purchase in flight in the metrics ({truth:?}):\n{text}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    };
+    promtool_check(&busy);
+    assert!(value(&busy, in_flight).unwrap() <= 4.0, "{busy}");
+    gateway.stop();
+    // Drained: none in flight, every purchase the ledger completed returned and timed.
+    let quiet = scrape_until(&addr, &[(in_flight, 0.0)]);
+    promtool_check(&quiet);
+    let returned = value(&quiet, total).unwrap();
+    assert_eq!(value(&quiet, count), Some(returned), "{quiet}");
+    let sum = value(
+        &quiet,
+        "drainwatch_operation_duration_seconds_sum{function=\"purchase\"}",
+    )
+    .unwrap();
+    assert!(
+        sum / returned >= gap_ms as f64 / 1000.0 * 0.9,
+        "a purchase lasts its gap: {sum} s over {returned}"
+    );
+    let within_gap = value(
+        &quiet,
+        "drainwatch_operation_duration_seconds_bucket{function=\"purchase\",le=\"0.25\"}",
+    );
+    assert_eq!(
+        within_gap,
+        Some(0.0),
+        "no purchase shorter than its gap: {quiet}"
+    );
+    drop(serve);
+}

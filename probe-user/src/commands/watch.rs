@@ -12,11 +12,11 @@ use std::{io::Write, time::Duration};
 
 use crate::{
     events::Role,
-    model::conns::InFlight,
+    model::{conns::InFlight, ops::OpsTracker},
     output::{
         live::{
-            render, CommLatency, EncryptedConn, Frame, OpenTxn, Pace, RequestLine, RoleCounts,
-            TargetLine, TxnUnknown,
+            render, CommLatency, EncryptedConn, Frame, OpLine, OpenTxn, OpsView, Pace, RequestLine,
+            RoleCounts, TargetLine, TxnUnknown,
         },
         stdout_is_tty,
         summary::plural,
@@ -144,6 +144,18 @@ pub fn frame(session: &Session, pace: &mut Pace) -> Frame {
         upstream_calls_in_flight: in_flight.upstream_calls,
         upstream_calls: state.conns().map_or(0, |c| c.calls_ended()),
         upstream_one_way: state.conns().map_or(0, |c| c.calls(None).one_way),
+        operations: state.tracker::<OpsTracker>().map(|ops| OpsView {
+            summary: ops.report(),
+            by_function: ops
+                .in_flight_by_function()
+                .into_iter()
+                .map(|(function, in_flight, oldest)| OpLine {
+                    function,
+                    in_flight,
+                    oldest_age_ms: oldest.map(|since| now_ns.saturating_sub(since) / 1_000_000),
+                })
+                .collect(),
+        }),
         unknown_since_attach: in_flight.unknown,
         transactions_open,
         transactions_unknown,

@@ -269,6 +269,35 @@ impl OpsTracker {
             .collect()
     }
 
+    /// Per (process, SPEC): operations in flight now (0 once the process exited) and
+    /// operations returned since attach, for the metrics' series (output/metrics.rs).
+    pub fn by_process(&self) -> Vec<(u32, &str, u64, u64)> {
+        let mut out: BTreeMap<(u32, u32), (u64, u64)> = BTreeMap::new();
+        for ((tgid, function), c) in &self.counts {
+            let entry = out.entry((*tgid, *function)).or_default();
+            if !self.exited.contains(tgid) {
+                entry.0 += c.started.saturating_sub(c.ended + c.cut);
+            }
+            entry.1 += c.ended;
+        }
+        for t in &self.before_attach {
+            // A thread still being looked at is counted under its process's first SPEC:
+            // unknown is never idle (see in_flight).
+            let function = if t.function == UNKNOWN_FUNCTION {
+                0
+            } else {
+                t.function
+            };
+            out.entry((t.tgid, function)).or_default().0 += 1;
+        }
+        out.into_iter()
+            .filter_map(|((tgid, function), (in_flight, ended))| {
+                let name = self.names.get(function as usize)?;
+                Some((tgid, name.as_str(), in_flight, ended))
+            })
+            .collect()
+    }
+
     /// The latest operation start, end or cut (ktime ns); 0 if none yet.
     pub fn last_edge_ns(&self) -> u64 {
         self.last_edge_ns

@@ -72,6 +72,25 @@ pub struct CommLatency {
     pub requests: crate::model::report::LatencySummary,
 }
 
+/// Operations (`--op`, docs/design.md "operation"): the report's section (returned since
+/// attach, in flight now, latency), and what is in flight by SPEC.
+#[derive(Debug, Serialize)]
+pub struct OpsView {
+    #[serde(flatten)]
+    pub summary: crate::model::report::OperationsReport,
+    pub by_function: Vec<OpLine>,
+}
+
+/// The operations of one SPEC in flight now.
+#[derive(Debug, Serialize)]
+pub struct OpLine {
+    pub function: String,
+    pub in_flight: u64,
+    /// Age of the oldest one whose thread was seen inside it (`null`: none, or a Go
+    /// goroutine's, whose start is counted but not kept per call).
+    pub oldest_age_ms: Option<u64>,
+}
+
 /// Requests per second between two views.
 #[derive(Debug, Default)]
 pub struct Pace {
@@ -115,6 +134,8 @@ pub struct Frame {
     pub upstream_calls: u64,
     /// Upstream connections found one-way: sent to, never answered (a send there is no call).
     pub upstream_one_way: u64,
+    /// Operations (`--op`); `null` without it.
+    pub operations: Option<OpsView>,
     /// Connections whose state at attach is still unknown (a client connection may hold a
     /// request, a database connection a transaction).
     pub unknown_since_attach: u64,
@@ -187,11 +208,18 @@ pub fn render(frame: &Frame) -> String {
             ));
         }
     }
+    if let Some(ops) = &frame.operations {
+        out.push_str(&operations_line(ops));
+    }
     out.push_str(&format!(
-        "in flight:   {}, {}, {}, {}{}\n",
+        "in flight:   {}, {}, {}, {}{}{}\n",
         plural(frame.requests_in_flight, "request"),
         plural(frame.queries_in_flight, "db query"),
         plural(frame.upstream_calls_in_flight, "upstream call"),
+        match &frame.operations {
+            Some(ops) => format!("{}, ", plural(ops.summary.in_flight, "operation")),
+            None => String::new(),
+        },
         plural(frame.transactions_open.len() as u64, "transaction open")
             .replace("transaction opens", "transactions open"),
         if frame.unknown_since_attach > 0 {
@@ -263,6 +291,40 @@ pub fn render(frame: &Frame) -> String {
         }
     }
     out
+}
+
+/// `operations: 3 in flight (purchase 3, oldest 0.250s), 120 returned, latency p50 ...`.
+fn operations_line(ops: &OpsView) -> String {
+    let functions: Vec<String> = ops
+        .by_function
+        .iter()
+        .map(|f| match f.oldest_age_ms {
+            Some(ms) if f.in_flight > 0 => format!(
+                "{} {}, oldest {:.3}s",
+                f.function,
+                f.in_flight,
+                ms as f64 / 1000.0
+            ),
+            _ => format!("{} {}", f.function, f.in_flight),
+        })
+        .collect();
+    let s = &ops.summary;
+    let latency = if s.count == 0 {
+        "latency: none measured yet".to_string()
+    } else {
+        format!(
+            "latency p50 {}, p99 {}, max {}",
+            micros(s.latency_us.p50),
+            micros(s.latency_us.p99),
+            micros(s.latency_us.max)
+        )
+    };
+    format!(
+        "operations:  {} in flight ({}), {} returned, {latency}\n",
+        s.in_flight,
+        functions.join("; "),
+        s.count
+    )
 }
 
 /// µs as people read them: `850us`, `12.5ms`, `1.2s`.
@@ -363,6 +425,7 @@ mod tests {
             upstream_calls_in_flight: 0,
             upstream_calls: 0,
             upstream_one_way: 0,
+            operations: None,
             unknown_since_attach: 0,
             transactions_open: vec![],
             transactions_unknown: vec![],
@@ -396,5 +459,49 @@ mod tests {
             text.contains("  request in flight since before attach: pid 4121 fd 9 from 127.0.0.1:40100\n  request in flight 0.003s: pid 4121 fd 12"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn operations_show_in_flight_by_function_returned_and_latency() {
+        use crate::model::report::{OperationsReport, Percentiles};
+        let ops = OpsView {
+            summary: OperationsReport {
+                count: 120,
+                in_flight: 3,
+                latency_us: Percentiles {
+                    p50: 300_100,
+                    p90: 305_000,
+                    p99: 310_000,
+                    max: 320_000,
+                },
+            },
+            by_function: vec![
+                OpLine {
+                    function: "purchase".into(),
+                    in_flight: 3,
+                    oldest_age_ms: Some(250),
+                },
+                OpLine {
+                    function: "refund".into(),
+                    in_flight: 0,
+                    oldest_age_ms: None,
+                },
+            ],
+        };
+        assert_eq!(
+            operations_line(&ops),
+            "operations:  3 in flight (purchase 3, oldest 0.250s; refund 0), 120 returned, \
+             latency p50 300.1ms, p99 310.0ms, max 320.0ms\n"
+        );
+        let json = serde_json::to_value(&ops).unwrap();
+        assert_eq!(json["in_flight"], 3, "{json}");
+        assert_eq!(json["count"], 120, "{json}");
+        assert_eq!(json["latency_us"]["p99"], 310_000, "{json}");
+        assert_eq!(json["by_function"][0]["oldest_age_ms"], 250, "{json}");
+        let idle = OpsView {
+            summary: OperationsReport::default(),
+            by_function: vec![],
+        };
+        assert!(operations_line(&idle).ends_with("0 returned, latency: none measured yet\n"));
     }
 }

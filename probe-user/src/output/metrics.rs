@@ -144,6 +144,8 @@ pub struct Snapshot {
     pub events_lost: u64,
     pub probe_failures: u64,
     pub targets: Vec<TargetUp>,
+    /// Operations by (target name, SPEC); `None` without `--op` (metrics/ops.rs).
+    pub operations: Option<BTreeMap<(String, String), ops::OpsSeries>>,
 }
 
 /// The part of a scrape that is counted per target name.
@@ -221,6 +223,7 @@ impl Snapshot {
                 .collect();
             snapshot.add_conns(conns, &running, &comm_of, now_ns);
         }
+        snapshot.operations = ops::snapshot(state);
         snapshot
     }
 
@@ -271,6 +274,8 @@ pub struct Exporter {
     requests: BTreeMap<String, (HdrFeed, LatencyBuckets)>,
     /// Database query latencies by target name.
     queries: BTreeMap<String, (HdrFeed, LatencyBuckets)>,
+    /// Operation latencies by SPEC (metrics/ops.rs).
+    operations: BTreeMap<String, (HdrFeed, LatencyBuckets)>,
 }
 
 impl Exporter {
@@ -290,6 +295,7 @@ impl Exporter {
             let (feed, buckets) = self.queries.entry(comm.clone()).or_default();
             feed.feed(hdr, buckets);
         }
+        ops::update(state, &mut self.operations);
     }
 
     /// Client request latencies of the targets named `comm`.
@@ -454,6 +460,7 @@ impl Exporter {
         for (comm, (_, buckets)) in &self.queries {
             out.histogram_samples("db_query_duration_seconds", &[("comm", comm)], buckets);
         }
+        ops::render(&mut out, s.operations.as_ref(), &self.operations);
         out.0
     }
 }
@@ -534,5 +541,6 @@ fn escape_label(text: &str) -> String {
     out
 }
 
+mod ops;
 #[cfg(test)]
 mod tests;

@@ -34,6 +34,8 @@ pub struct Progress {
     pub transactions: u64,
     /// Upstream calls in flight (docs/design.md, "upstream call in flight").
     pub upstream_calls: u64,
+    /// Operations in flight (`--op`, docs/design.md "operation"); `None` without it.
+    pub operations: Option<u64>,
     /// Connections whose state at attach is still unknown (they hold the drain).
     pub unknown: u64,
     /// Of `unknown`, database connections whose transaction state is still unknown.
@@ -60,6 +62,9 @@ pub fn progress(state: &AuditState, phase: &'static str) -> Progress {
         queries: in_flight.queries,
         transactions: in_flight.transactions,
         upstream_calls: in_flight.upstream_calls,
+        operations: state
+            .tracker::<crate::model::ops::OpsTracker>()
+            .map(|ops| ops.in_flight(None)),
         unknown: in_flight.unknown,
         unknown_transactions: in_flight.unknown_txns,
         unknown_transactions_on,
@@ -84,8 +89,11 @@ pub fn describe_in_flight(p: &Progress) -> String {
             }
         ));
     }
+    let operations = p
+        .operations
+        .map_or(String::new(), |n| format!("{}, ", plural(n, "operation")));
     format!(
-        "{}, {}, {}, {} in flight{unknown}",
+        "{}, {}, {}, {operations}{} in flight{unknown}",
         plural(p.requests, "request"),
         plural(p.queries, "db query"),
         plural(p.upstream_calls, "upstream call"),
