@@ -137,6 +137,16 @@ pub fn target(id: u32) -> Option<*mut TargetInfo> {
     TARGETS.get_ptr_mut(&id)
 }
 
+/// [`target`] for a caller that has passed the bitmap already (the socket hooks' hot path:
+/// the test is three array reads, and `TARGETS` has the last word anyway).
+#[inline(always)]
+pub fn target_entry(id: u32) -> Option<*mut TargetInfo> {
+    if id == 0 {
+        return None;
+    }
+    TARGETS.get_ptr_mut(&id)
+}
+
 #[inline(always)]
 pub fn bump(counter: Counter) {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {

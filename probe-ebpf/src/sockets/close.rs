@@ -4,7 +4,12 @@
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 use probe_common::{ConnCloseEvent, ConnKey, ConnState, EventKind, CONN_PUSH, ROLE_UPSTREAM};
 
-use super::{calls::end_call, conns::CONNS, requests::end_request, syscall::arg};
+use super::{
+    calls::end_call,
+    conns::CONNS,
+    requests::{end_request, now_ns},
+    syscall::arg,
+};
 use crate::shared::{current_tgid_pid, emit_flags, header, is_target, quiet_flags, target};
 
 #[raw_tracepoint]
@@ -76,7 +81,7 @@ pub(super) fn emit_close(tgid: u32, fd: u32, state: &ConnState) {
                     aya_ebpf::helpers::bpf_ktime_get_ns()
                 });
             } else {
-                end_request(target, &mut closed, false);
+                end_request(target, &mut closed, now_ns());
             }
         }
     }

@@ -12,7 +12,7 @@ use super::{
     conns::{resolve, CONNS},
     db::{head_span, jump_to_db_io},
     pending::remember,
-    requests::{client_recv, client_send},
+    requests::{client_recv, client_send, now_ns},
     syscall::{arg, ret},
     tls::{other_io, SocketBytes},
 };
@@ -41,7 +41,7 @@ fn enter_io(ctx: &RawTracePointContext, kind: u8) -> Result<u32, u32> {
             if state.flags & CONN_UNKNOWN != 0 {
                 state.flags &= !CONN_UNKNOWN;
             }
-            client_send(tgid, state);
+            client_send(tgid, tgid, state, now_ns());
             false
         }
         // Every receive: one on an idle connection starts a request, any other is still
@@ -107,7 +107,7 @@ pub(super) fn exit_io(ctx: &RawTracePointContext, pending: Pending) -> Result<u3
                     state.flags &= !CONN_UNKNOWN;
                 }
             }
-            client_recv(tgid, state);
+            client_recv(tgid, state, now_ns());
         }
         ROLE_DB | ROLE_UPSTREAM => {
             if role == ROLE_UPSTREAM {

@@ -6,7 +6,7 @@ use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::bpf_ktime_get_ns,
     macros::map,
     maps::{Array, HashMap},
 };
@@ -17,7 +17,7 @@ use probe_common::{
     ConnState, TargetInfo, CONN_PUSH, PUSH_GAP, PUSH_TIME_SHIFT,
 };
 
-use crate::shared::target;
+use crate::shared::target_entry;
 
 /// Latencies of answered client requests, by bucket, one histogram per target process
 /// (tgid): `serve`/`watch` of two servers keep two series. Shared by the CPUs (atomic adds).
@@ -38,28 +38,43 @@ pub(super) fn count(counter: *mut u64) {
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, 1) };
 }
 
-/// The target `tgid` sent on its client connection (both backends: io.rs at the send's
-/// sys_enter, sock_tp.rs after the copy). With a request in flight, the send answers it.
-/// Without one, more than [`PUSH_GAP`] after the previous send, it is unprompted: the
-/// connection is push-style (docs/design.md, "request in flight"), counted once per
-/// connection so that userspace knows when to look for which.
+/// The clock of one program run: read once per hit and handed down, so that a request's
+/// end, its latency and the push test agree on one instant (and a hit pays one
+/// `bpf_ktime_get_ns`, not two: docs/bench.md, "Where a target's socket hit goes").
 #[inline(always)]
-pub(super) fn client_send(tgid: u32, state: &mut ConnState) {
+pub(super) fn now_ns() -> u64 {
     // SAFETY: bpf_ktime_get_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// The target `tgid` sent on its client connection (both backends: io.rs at the send's
+/// sys_enter, sock_tp.rs after the copy) at `now` ([`now_ns`]), in the current process
+/// `current` (whose latency histogram an answer is filed in). With a request in flight,
+/// the send answers it. Without one, more than [`PUSH_GAP`] after the previous send, it is
+/// unprompted: the connection is push-style (docs/design.md, "request in flight"), counted
+/// once per connection so that userspace knows when to look for which.
+///
+/// The callers have passed the target bitmap already, so the owner's `TARGETS` entry is
+/// looked up directly ([`target_entry`]): that map has the last word either way.
+#[inline(always)]
+pub(super) fn client_send(tgid: u32, current: u32, state: &mut ConnState, now: u64) {
     // 0 means "no send seen yet": the first send of a connection (a greeting before any
     // request, or the rest of an answer begun before attach) is no push by itself.
     let units = ((now >> PUSH_TIME_SHIFT) as u32).max(1);
     if state.request_in_flight != 0 {
-        if let Some(target) = target(tgid) {
-            end_request(target, state, true);
+        let since = state.request_since_ns;
+        if let Some(target) = target_entry(tgid) {
+            end_request(target, state, now);
+            if since != 0 {
+                record_latency(current, now.saturating_sub(since) / 1000);
+            }
         }
     } else if state.flags & CONN_PUSH == 0
         && state.last_send != 0
         && units.wrapping_sub(state.last_send) >= PUSH_GAP
     {
         state.flags |= CONN_PUSH;
-        if let Some(target) = target(tgid) {
+        if let Some(target) = target_entry(tgid) {
             // SAFETY: a map value pointer, valid for this program run.
             unsafe { count(&raw mut (*target).requests.pushed) };
         }
@@ -67,28 +82,27 @@ pub(super) fn client_send(tgid: u32, state: &mut ConnState) {
     state.last_send = units;
 }
 
-/// The target `tgid` received bytes on its client connection: a request starts if none
-/// was in flight; either way it is client input, the drain tail's start (docs/design.md,
-/// "drain tail").
+/// The target `tgid` received bytes on its client connection at `now` ([`now_ns`]): a
+/// request starts if none was in flight; either way it is client input, the drain tail's
+/// start (docs/design.md, "drain tail"). The bitmap is passed already, as for
+/// [`client_send`].
 #[inline(always)]
-pub(super) fn client_recv(tgid: u32, state: &mut ConnState) {
-    let Some(target) = target(tgid) else {
+pub(super) fn client_recv(tgid: u32, state: &mut ConnState, now: u64) {
+    let Some(target) = target_entry(tgid) else {
         return;
     };
     if state.request_in_flight == 0 {
-        start_request(target, state);
+        start_request(target, state, now);
     } else {
-        // SAFETY: bpf_ktime_get_ns has no preconditions; a map value pointer, valid for
-        // this program run (a plain 8-byte store: a reader sees the old or the new time).
-        unsafe { (*target).requests.last_input_ns = bpf_ktime_get_ns() };
+        // SAFETY: a map value pointer, valid for this program run (a plain 8-byte store: a
+        // reader sees the old or the new time).
+        unsafe { (*target).requests.last_input_ns = now };
     }
 }
 
 /// First bytes received on an idle client connection (docs/design.md, "request in flight").
 #[inline(always)]
-fn start_request(target: *mut TargetInfo, state: &mut ConnState) {
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+fn start_request(target: *mut TargetInfo, state: &mut ConnState, now: u64) {
     state.request_in_flight = 1;
     state.request_since_ns = now;
     // SAFETY: a map value pointer, valid for this program run.
@@ -99,12 +113,11 @@ fn start_request(target: *mut TargetInfo, state: &mut ConnState) {
     }
 }
 
-/// The server sent (`answered`) or the connection closed. A start of 0 is a request that
-/// was already in flight at attach: it counts apart, and its latency is unknown.
+/// The server sent or the connection closed, at `now`. A start of 0 is a request that
+/// was already in flight at attach: it counts apart, and its latency is unknown (an
+/// answered one's latency is filed by [`client_send`]).
 #[inline(always)]
-pub(super) fn end_request(target: *mut TargetInfo, state: &mut ConnState, answered: bool) {
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+pub(super) fn end_request(target: *mut TargetInfo, state: &mut ConnState, now: u64) {
     let since = state.request_since_ns;
     state.request_in_flight = 0;
     // SAFETY: a map value pointer, valid for this program run.
@@ -116,17 +129,13 @@ pub(super) fn end_request(target: *mut TargetInfo, state: &mut ConnState, answer
         }
         (*target).requests.last_edge_ns = now;
     }
-    if answered && since != 0 {
-        record_latency(now.saturating_sub(since) / 1000);
-    }
 }
 
-/// The histogram of the current process, created on its first answered request; the
-/// shared overflow histogram when the map is full. A request is answered by a send of the
-/// target itself (sockets/io.rs, sock_tp.rs), so the current tgid is the connection's owner.
+/// The histogram of process `tgid` (the sender of the answer: the caller's current tgid,
+/// which it has already read), created on its first answered request; the shared overflow
+/// histogram when the map is full.
 #[inline(always)]
-fn histogram() -> Option<*mut LatencyHistogram> {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+fn histogram(tgid: u32) -> Option<*mut LatencyHistogram> {
     if let Some(histogram) = REQUEST_LATENCY.get_ptr_mut(tgid) {
         return Some(histogram);
     }
@@ -139,8 +148,8 @@ fn histogram() -> Option<*mut LatencyHistogram> {
 }
 
 #[inline(always)]
-fn record_latency(us: u64) {
-    let Some(histogram) = histogram() else {
+fn record_latency(tgid: u32, us: u64) {
+    let Some(histogram) = histogram(tgid) else {
         return;
     };
     // SAFETY: a map value of this process; bucket() < LATENCY_MAX_SLOT, and the mask keeps

@@ -40,7 +40,7 @@ use super::{
     conns::{resolve, CONNS},
     db::db_inline,
     open::{classify_peer, open_conn},
-    requests::{client_recv, client_send},
+    requests::{client_recv, client_send, now_ns},
     tls::{other_io, SocketBytes},
 };
 use crate::shared::{config, current_tgid_pid, is_target, maybe_target, target};
@@ -366,10 +366,12 @@ pub(super) fn data(sk: u64, ret: i32, flags: i32, send: bool) -> u32 {
             if state.flags & CONN_UNKNOWN != 0 {
                 state.flags &= !CONN_UNKNOWN;
             }
+            // One clock read per hit (requests.rs, `now_ns`).
+            let now = now_ns();
             if send {
-                client_send(key.tgid, state);
+                client_send(key.tgid, tgid, state, now);
             } else {
-                client_recv(key.tgid, state);
+                client_recv(key.tgid, state, now);
             }
         }
         ROLE_DB | ROLE_UPSTREAM => {

@@ -127,10 +127,28 @@ pub(super) fn other_io(fd: u32, send: bool) {
         return;
     }
     let id = bpf_get_current_pid_tgid();
+    // Looked up before written: this runs on every client request edge of a TLS-hooked
+    // target, where an LRU delete takes the bucket lock even when there is nothing to
+    // delete, and an insert takes a fresh element from the LRU lists each time; a lookup
+    // takes neither, and a thread's entry usually holds this fd already.
     if send {
-        let _ = DEFERRED.remove(&id);
+        // SAFETY: presence check only.
+        if unsafe { DEFERRED.get(&id) }.is_some() {
+            let _ = DEFERRED.remove(&id);
+        }
     } else {
-        let _ = LAST_RECV.insert(&id, &fd, 0);
+        match LAST_RECV.get_ptr_mut(&id) {
+            // SAFETY: a map value pointer, valid for this program run; only this thread
+            // (the key) writes it.
+            Some(last) => unsafe {
+                if *last != fd {
+                    *last = fd;
+                }
+            },
+            None => {
+                let _ = LAST_RECV.insert(&id, &fd, 0);
+            }
+        }
     }
 }
 
