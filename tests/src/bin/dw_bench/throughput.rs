@@ -148,14 +148,18 @@ fn prog_stats(ids: &[u64]) -> BTreeMap<u64, (String, u64, u64)> {
 
 const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
-/// Per-program ns per hit while `tracer` traces a loaded server, and hits per second.
-fn per_hit(tracer: &Tracer, port: u16, secs: u64) -> (f64, BTreeMap<String, Value>, u64) {
+/// Per-program ns per hit while `tracer` traces a loaded server, hits per second, and all
+/// its programs' ns per round trip (issue #26's figure: what one request costs in programs,
+/// the target's hits and every other process's together; the stats' window also holds the
+/// trial's connection set-up, a few hits in a million).
+fn per_hit(tracer: &Tracer, port: u16, secs: u64) -> (f64, BTreeMap<String, Value>, u64, f64) {
     let ids = prog_ids(tracer.pid());
     let before = prog_stats(&ids);
     let rps = pingpong(port, CONNS, secs);
     let after = prog_stats(&ids);
     let mut per_hit = BTreeMap::new();
     let mut hits = 0;
+    let mut total_ns = 0;
     for (id, (name, ns, cnt)) in &after {
         let (_, ns0, cnt0) = before.get(id).cloned().unwrap_or_default();
         let (ns, cnt) = (ns - ns0, cnt - cnt0);
@@ -163,6 +167,7 @@ fn per_hit(tracer: &Tracer, port: u16, secs: u64) -> (f64, BTreeMap<String, Valu
             continue;
         }
         hits += cnt;
+        total_ns += ns;
         let key = if per_hit.contains_key(name) {
             format!("{name}#{id}")
         } else {
@@ -170,7 +175,13 @@ fn per_hit(tracer: &Tracer, port: u16, secs: u64) -> (f64, BTreeMap<String, Valu
         };
         per_hit.insert(key, json!((ns as f64 / cnt as f64 * 10.0).round() / 10.0));
     }
-    (rps, per_hit, hits / secs.max(1))
+    let per_request = total_ns as f64 / (rps * secs as f64).max(1.0);
+    (
+        rps,
+        per_hit,
+        hits / secs.max(1),
+        (per_request * 10.0).round() / 10.0,
+    )
 }
 
 /// The last `watch --json` frame's `events` object.
@@ -280,15 +291,16 @@ pub fn run(rounds: usize, secs: u64, table: &mut Table) -> Value {
     std::fs::write(BPF_STATS, "1").expect("enable kernel.bpf_stats_enabled");
     let mut dw = Tracer::drainwatch(a.pid, true);
     thread::sleep(Duration::from_millis(300));
-    let (stats_rps, per_hit_ns, hits_per_s) = per_hit(&dw, a.port, secs);
+    let (stats_rps, per_hit_ns, hits_per_s, per_request_ns) = per_hit(&dw, a.port, secs);
     dw.poll();
     let overhead_events = last_events(&dw.stop());
     let mut bpftrace_per_hit = BTreeMap::new();
+    let mut bpftrace_per_request_ns = f64::NAN;
     if bpftrace {
         thread::sleep(Duration::from_millis(500));
         let bt = Tracer::bpftrace(a.pid);
         thread::sleep(Duration::from_millis(300));
-        bpftrace_per_hit = per_hit(&bt, a.port, secs).1;
+        (_, bpftrace_per_hit, _, bpftrace_per_request_ns) = per_hit(&bt, a.port, secs);
         bt.stop();
     }
     std::fs::write(BPF_STATS, stats_before.trim()).expect("restore kernel.bpf_stats_enabled");
@@ -419,6 +431,11 @@ pub fn run(rounds: usize, secs: u64, table: &mut Table) -> Value {
         );
     }
     table.row(
+        "program ns per request (stats trial, every program's ns ÷ round trips): drainwatch / bpftrace",
+        format!("{per_request_ns:.0} / {bpftrace_per_request_ns:.0}"),
+        "low",
+    );
+    table.row(
         &format!("events lost at {CONNS} conns (received)"),
         format!(
             "{} ({})",
@@ -453,6 +470,8 @@ pub fn run(rounds: usize, secs: u64, table: &mut Table) -> Value {
         "cpu_overhead_ratio": cpu_overhead_ratio,
         "bystander_cpu_ratio": bystander_cpu_ratio,
         "per_hit_ns": per_hit_ns,
+        "per_request_ns": per_request_ns,
+        "bpftrace_per_request_ns": bpftrace_per_request_ns,
         "events_lost": events_lost,
         "throughput": {
             "rounds": rounds,
