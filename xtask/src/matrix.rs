@@ -123,6 +123,13 @@ fn script(
     writeln!(s, "export HOME=/root RUST_BACKTRACE=1 CI=true")?;
     writeln!(s, "export DRAINWATCH_BIN='{}'", drainwatch.display())?;
     writeln!(s, "export DW_FIXTURE_BIN='{}'", fixture.display())?;
+    // The host's bootstrapped database directories, copied rather than made again under TCG
+    // (a guest's writes there stay in its own overlay).
+    writeln!(
+        s,
+        "export DW_DB_TEMPLATES='{}'",
+        crate::test::db_templates().display()
+    )?;
     // TCG runs the guest several times slower than the host: tests stretch their requests
     // and timing slack by this factor (tests/src/lib.rs, time_scale).
     writeln!(s, "export DW_TIME_SCALE={GUEST_TIME_SCALE}")?;

@@ -278,8 +278,10 @@ fn on_free_port<T>(what: &str, mut start: impl FnMut(u16) -> Result<T, NotReady>
 /// most of a server's start (initdb ~2.5 s here, over a minute in a TCG guest), a copy a
 /// fraction of that. `make` gets the directory to create. Made under a name of its own and
 /// renamed into place, so that test processes running at once never see half of one; keyed
-/// by the tool's size and time, so that an upgraded database makes a new one. Left in the
-/// temp dir for the next run (40-100 MB each).
+/// by the tool's size and time, so that an upgraded database makes a new one. Kept for the
+/// next run (40-100 MB each) in `DW_DB_TEMPLATES` (xtask: target/db-templates, which the
+/// matrix guests see through their overlay of this machine's files, so that a guest copies
+/// instead of bootstrapping under TCG), else the temp dir.
 fn initialized_once(
     what: &str,
     tool: &Path,
@@ -298,7 +300,12 @@ fn initialized_once(
         .unwrap_or_else(|e| panic!("stat {}: {e}", tool.display()));
     // SAFETY: geteuid has no preconditions.
     let uid = owner.map_or_else(|| unsafe { libc::geteuid() }, |(uid, _)| uid);
-    let ready = std::env::temp_dir().join(format!("drainwatch-{what}-data-{uid}-{stamp}"));
+    let templates = std::env::var_os("DW_DB_TEMPLATES")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    fs::create_dir_all(&templates)
+        .unwrap_or_else(|e| panic!("create {}: {e}", templates.display()));
+    let ready = templates.join(format!("drainwatch-{what}-data-{uid}-{stamp}"));
     if ready.join("data").is_dir() {
         return ready.join("data");
     }
@@ -311,7 +318,7 @@ fn initialized_once(
     if ready.join("data").is_dir() {
         return ready.join("data");
     }
-    let making = std::env::temp_dir().join(format!(
+    let making = templates.join(format!(
         "drainwatch-{what}-data-{uid}-{stamp}.{}.{:?}",
         std::process::id(),
         thread::current().id()
