@@ -41,6 +41,7 @@ pub mod map_names {
     pub const OP_CALLS: &str = "OP_CALLS";
     pub const OP_GO_CALLS: &str = "OP_GO_CALLS";
     pub const OP_LATENCY: &str = "OP_LATENCY";
+    pub const PY_OP_NAMES: &str = "PY_OP_NAMES";
 }
 
 /// Most process names `--comm` can watch for.

@@ -9,7 +9,8 @@
 //!
 //! Modules: [`shared`] (the maps and helpers every program uses: target filter, ring buffer,
 //! counters), [`lifecycle`] (signals, fork, exec, exit), [`sockets`] (the syscall hooks, one
-//! module per hook), [`ops`] (operations: uprobes on the target's own functions, `--op`).
+//! module per hook), [`ops`] (operations: uprobes on the target's own functions, `--op`),
+//! [`ops_py`] (operations in CPython, at its USDT markers).
 #![no_std]
 #![no_main]
 // The bpf target has no compare-and-swap, so `AtomicU64::fetch_add` is not offered; the
@@ -19,6 +20,7 @@
 
 mod lifecycle;
 mod ops;
+mod ops_py;
 mod shared;
 mod sockets;
 

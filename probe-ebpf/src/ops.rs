@@ -54,7 +54,8 @@ static OP_CALLS: HashMap<u64, OpCall> = HashMap::with_max_entries(MAX_OP_CALLS, 
 /// one whose goroutine never returns (a panic through the function) stays and holds the
 /// drain, which errs towards waiting; userspace drops a process's entries at its exit.
 #[map]
-static OP_GO_CALLS: HashMap<OpGoKey, OpCall> = HashMap::with_max_entries(MAX_OP_CALLS, 0);
+pub(crate) static OP_GO_CALLS: HashMap<OpGoKey, OpCall> =
+    HashMap::with_max_entries(MAX_OP_CALLS, 0);
 
 /// Latencies of returned operations, one histogram per function (atomic adds).
 #[map]
@@ -94,7 +95,7 @@ fn function_at(tgid: u32, addr: u64) -> Option<u32> {
 
 /// An outermost call began: counted as started.
 #[inline(always)]
-fn started(tgid: u32, function: u32, now: u64) -> Result<u32, u32> {
+pub(crate) fn started(tgid: u32, function: u32, now: u64) -> Result<u32, u32> {
     let stats = stats(tgid, function).ok_or(0u32)?;
     // SAFETY: a map value pointer, valid for this program run.
     unsafe {
@@ -106,7 +107,7 @@ fn started(tgid: u32, function: u32, now: u64) -> Result<u32, u32> {
 
 /// An outermost call returned: counted as ended, its latency filed.
 #[inline(always)]
-fn ended(tgid: u32, call: &OpCall) -> Result<u32, u32> {
+pub(crate) fn ended(tgid: u32, call: &OpCall) -> Result<u32, u32> {
     // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let stats = stats(tgid, call.function).ok_or(0u32)?;

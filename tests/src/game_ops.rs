@@ -102,19 +102,41 @@ impl GameOps {
         gap_ms: u64,
         args: &[&str],
     ) -> Self {
+        Self::start_command(Command::new(server), db, workers, gap_ms, args)
+    }
+
+    /// The same with a server started by `server` (an interpreter and its script, the
+    /// Python one, tests/src/game_py.rs), given `serve` and the flags.
+    pub fn start_command(
+        server: Command,
+        db: Option<&PgServer>,
+        workers: u32,
+        gap_ms: u64,
+        args: &[&str],
+    ) -> Self {
         use crate::db::Database;
         let url = db.map_or("none".to_string(), |db| db.url());
-        Self::start_on(server, &url, workers, gap_ms, args)
+        Self::start_command_on(server, &url, workers, gap_ms, args)
     }
 
     /// The same against the database at `url` ("none": no database), e.g. another
     /// database of the same PostgreSQL (tests/tests/fleet.rs: one per game host).
     pub fn start_on(server: &Path, url: &str, workers: u32, gap_ms: u64, args: &[&str]) -> Self {
+        Self::start_command_on(Command::new(server), url, workers, gap_ms, args)
+    }
+
+    fn start_command_on(
+        mut server: Command,
+        url: &str,
+        workers: u32,
+        gap_ms: u64,
+        args: &[&str],
+    ) -> Self {
         let dir = TempDir::new("game-ops");
         let truth_path = dir.0.join("truth.json");
         let log_path = dir.0.join("game_ops.log");
         let log = std::fs::File::create(&log_path).expect("create game_ops.log");
-        let mut child = Command::new(server)
+        let mut child = server
             .args(["serve", "--db-url", url, "--workers", &workers.to_string()])
             .args(["--gap-ms", &gap_ms.to_string()])
             .arg("--truth")

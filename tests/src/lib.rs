@@ -18,6 +18,7 @@ pub mod fixture;
 pub mod game;
 pub mod game_go;
 pub mod game_ops;
+pub mod game_py;
 pub mod nginx;
 pub mod shop;
 pub mod stacks;

@@ -290,7 +290,7 @@ fn go_an_op_that_matches_nothing_exits_2_and_go_names_are_found_stripped() {
         assert_eq!(done.code, 0, "--op {spec}: {done:?}");
         assert!(
             done.stderr
-                .contains("Go operations begun before attach are not seen"),
+                .contains("Go or CPython operations begun before attach are not seen"),
             "the basis says what a Go attach cannot see: {}",
             done.stderr
         );

@@ -13,6 +13,12 @@ impl Links {
         self.0.push(Box::new(link));
     }
 
+    /// Keeps an attachment drainwatch made itself (a perf event fd of kernel/ops/python.rs,
+    /// which aya cannot open): dropping it detaches it, like an aya link.
+    pub fn add_owned(&mut self, attachment: std::os::fd::OwnedFd) {
+        self.0.push(Box::new(attachment));
+    }
+
     /// Takes over another set's links (a unit's, at close).
     pub fn append(&mut self, mut other: Links) {
         self.0.append(&mut other.0);

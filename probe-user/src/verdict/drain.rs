@@ -113,15 +113,16 @@ pub fn basis(state: &AuditState, settle: Option<Duration>) -> Option<DrainBasis>
             });
         }
     }
-    // A Go target's operations begun before attach (model/ops.rs, kernel/ops/go.rs).
+    // A Go or CPython target's operations begun before attach (model/ops.rs,
+    // kernel/ops/go.rs, kernel/ops/python.rs).
     for &pid in state
         .tracker::<OpsTracker>()
         .map_or(&[][..], |o| o.blind_at_attach())
     {
         hidden.push(HiddenWork {
             pid,
-            why: "Go operations begun before attach are not seen (--op follows calls from \
-                  attach on)"
+            why: "Go or CPython operations begun before attach are not seen (--op follows \
+                  calls from attach on)"
                 .to_string(),
         });
     }

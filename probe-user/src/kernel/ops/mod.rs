@@ -14,14 +14,16 @@
 //! it fired at (`OP_ADDRS`, per process): this works on every kernel with uprobes, where a
 //! BPF cookie needs 5.15.
 //!
-//! Go programs are hooked without uretprobes, per goroutine (go.rs). CPython (its USDT
-//! markers) is refused with one line: not supported yet, never a silent zero.
+//! Go programs are hooked without uretprobes, per goroutine (go.rs); CPython 3.11 at its
+//! USDT markers, per frame (python.rs, usdt.rs).
 
 mod go;
 mod gocode;
 mod gopclntab;
+mod python;
 mod stacks;
 mod symbols;
+mod usdt;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -91,7 +93,8 @@ impl std::fmt::Display for Refusal {
             Refusal::Unsupported { tgid, runtime } => write!(
                 f,
                 "--op on a {runtime} program (pid {tgid}) is not supported yet: drainwatch \
-                 follows the functions of C, C++, Rust and Go programs; watch it without --op"
+                 follows the functions of C, C++, Rust, Go and CPython 3.11 programs; watch \
+                 it without --op"
             ),
             Refusal::Failed(why) => write!(f, "--op: {why}"),
         }
@@ -121,8 +124,17 @@ pub struct OpHooks {
     go_uprobes: Uprobes,
     /// Parsed Go executables by file.
     go_binaries: HashMap<PathBuf, Arc<go::GoBinary>>,
-    /// Go processes hooked: calls running in them before attach are not seen (go.rs).
+    /// Go and CPython processes hooked: calls running in them before attach are not seen
+    /// (go.rs, python.rs).
     blind: Vec<u32>,
+    /// The CPython programs (python.rs), loaded once; attached through perf events of our
+    /// own (`py_links`).
+    py_uprobes: Uprobes,
+    py_links: Links,
+    /// CPython files' markers, or why not, by file.
+    py_markers: HashMap<PathBuf, Arc<Result<usdt::PyMarkers, String>>>,
+    /// `PY_OP_NAMES` filled from the `--op` list.
+    py_names_written: bool,
 }
 
 /// What the kernel's operation maps hold now ([`OpHooks::read`]).
@@ -168,6 +180,10 @@ impl OpHooks {
             go_uprobes: Uprobes::new("--op Go", [go::GO_ENTRY, go::GO_RETURN]),
             go_binaries: HashMap::new(),
             blind: Vec::new(),
+            py_uprobes: Uprobes::new("--op CPython", [python::PY_ENTRY, python::PY_RETURN]),
+            py_links: Links::default(),
+            py_markers: HashMap::new(),
+            py_names_written: false,
         }
     }
 
@@ -186,6 +202,8 @@ impl OpHooks {
     pub fn take_links(&mut self) -> Links {
         let mut links = self.uprobes.take_links();
         links.append(self.go_uprobes.take_links());
+        links.append(self.py_uprobes.take_links());
+        links.append(std::mem::take(&mut self.py_links));
         links
     }
 
@@ -208,6 +226,7 @@ impl OpHooks {
         };
         match maps.runtime(tgid) {
             Some("Go") => return self.attach_go(ebpf, tgid, pid, &maps),
+            Some("CPython") => return self.attach_python(ebpf, tgid, pid, &maps),
             Some(runtime) => return Err(Refusal::Unsupported { tgid, runtime }),
             None => {}
         }
@@ -410,7 +429,9 @@ impl OpHooks {
     /// The counters, the threads inside an operation and the latencies new since the last
     /// read.
     pub fn read(&mut self, ebpf: &Ebpf) -> OpsRead {
-        if self.specs.is_empty() || self.uprobes.attached() + self.go_uprobes.attached() == 0 {
+        if self.specs.is_empty()
+            || self.uprobes.attached() + self.go_uprobes.attached() + self.py_links.len() == 0
+        {
             return OpsRead::default();
         }
         let mut latency_us = Vec::new();
@@ -517,7 +538,7 @@ impl OpHooks {
         self.ranges.retain(|r| r.0 != tgid);
         self.before_attach.retain(|(t, _), _| *t != tgid);
         self.blind.retain(|t| *t != tgid);
-        // Goroutines' entries have no thread exit to take them out.
+        // Goroutines' and CPython frames' entries have no thread exit to take them out.
         if let Some(Ok(mut map)) = ebpf
             .map_mut(map_names::OP_GO_CALLS)
             .map(BpfHashMap::<&mut MapData, OpGoKey, OpCall>::try_from)

@@ -259,8 +259,13 @@ impl Maps {
         self.exe.as_deref()
     }
 
-    /// The runtime `--op` does not follow yet, if the process is one: a Go program (its
-    /// `.gopclntab`/`.go.buildinfo`), CPython (its interpreter or libpython).
+    /// Every file the process maps.
+    pub fn mapped_files(&self) -> impl Iterator<Item = &str> {
+        self.files.iter().map(String::as_str)
+    }
+
+    /// The runtime whose functions are not ELF functions, if the process is one: a Go
+    /// program (its `.gopclntab`/`.go.buildinfo`), CPython (its interpreter or libpython).
     pub fn runtime(&self, tgid: u32) -> Option<&'static str> {
         let name = |p: &str| p.rsplit('/').next().unwrap_or(p).to_string();
         let python = |p: &str| {
