@@ -203,6 +203,46 @@ fn without_parameters(name: &str) -> String {
     name.to_string()
 }
 
+impl super::OpHooks {
+    /// The specs that matched nothing in any process looked at, each as one line naming
+    /// what was searched and the nearest names.
+    pub fn unmatched(&self) -> Vec<String> {
+        self.specs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !self.hooked.iter().any(|h| h.function == *i as u32))
+            .map(|(i, spec)| {
+                let search = &self.searches[i];
+                let files: Vec<&str> = search.files.iter().map(String::as_str).collect();
+                let searched = match files.len() {
+                    0 => "no file of the targets matches that library name".to_string(),
+                    1..=3 => format!("searched {}", files.join(", ")),
+                    n => format!(
+                        "searched {}, {} and {} more files",
+                        files[0],
+                        files[1],
+                        n - 2
+                    ),
+                };
+                let nearest: Vec<&str> = search
+                    .nearest
+                    .iter()
+                    .map(|(_, name)| name.as_str())
+                    .collect();
+                let nearest = if nearest.is_empty() {
+                    String::new()
+                } else {
+                    format!("; nearest: {}", nearest.join(", "))
+                };
+                format!(
+                    "--op {}: no function of that name ({searched}){nearest}",
+                    spec.text
+                )
+            })
+            .collect()
+    }
+}
+
 /// A process's executable mappings.
 pub(super) struct Maps {
     exe: Option<String>,
