@@ -75,8 +75,9 @@ fn time_wait(pid: u32) -> Timing {
     let exited = wait_exit(&mut child);
     let exited_at = Instant::now();
     assert!(exited, "wait did not exit after its verdict");
-    let attached_at = rx
-        .try_iter()
+    // The stderr reader may lag behind the exit on a busy machine: its lines are waited
+    // for (each was stamped when read), not only those already sent.
+    let attached_at = std::iter::from_fn(|| rx.recv_timeout(Duration::from_secs(10)).ok())
         .find(|(_, line)| line.starts_with("drainwatch: attached to"))
         .map(|(at, _)| at)
         .expect("wait said it attached");
