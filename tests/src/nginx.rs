@@ -91,6 +91,52 @@ impl SlowUpstream {
     }
 }
 
+/// `dw-fixture slow-line`: a service that keeps its connections and answers each line after
+/// `delay_ms` (not while a hold file exists, with [`LineService::start_holding`]).
+pub struct LineService {
+    child: Child,
+    pub port: u16,
+}
+
+impl LineService {
+    pub fn start(delay_ms: u64) -> Self {
+        Self::start_with(delay_ms, None)
+    }
+
+    pub fn start_holding(delay_ms: u64, hold: &str) -> Self {
+        Self::start_with(delay_ms, Some(hold))
+    }
+
+    fn start_with(delay_ms: u64, hold: Option<&str>) -> Self {
+        let mut cmd = Command::new(fixture_bin());
+        cmd.args(["slow-line", "--delay-ms", &delay_ms.to_string()]);
+        if let Some(hold) = hold {
+            cmd.args(["--hold-while", hold]);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start dw-fixture slow-line");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("piped stdout"))
+            .read_line(&mut line)
+            .expect("ready line");
+        let port = line
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("port="))
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no port= in {line:?}"));
+        Self { child, port }
+    }
+}
+
+impl Drop for LineService {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for SlowUpstream {
     fn drop(&mut self) {
         let _ = self.child.kill();

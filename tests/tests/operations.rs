@@ -1,7 +1,9 @@
 //! Operations (`--op`, docs/design.md "operation"): the story's release on a compiled game
 //! server (tests/fixtures/game_ops.cpp, C++; tests/fixtures/game_go.go, Go, plain and
-//! stripped) whose purchase writes A, waits on a timer, writes B, judged by the server's own
-//! record and by PostgreSQL's ledger.
+//! stripped) whose purchase writes A, waits, writes B, judged by the server's own record and
+//! by PostgreSQL's ledger. The C++ server's wait (issue #22's done-when) is a timer, a call
+//! to a slow service (`dw-fixture slow-line` on a connection each worker keeps) or a
+//! database wait (`pg_sleep` on the worker's own connection).
 
 use std::path::Path;
 
@@ -10,8 +12,64 @@ use drainwatch_tests::{
     game::mono_ns,
     game_go::{game_go_bin, game_go_stripped_bin},
     game_ops::{complete, game_ops_bin, half_done, GameOps, Gateway},
+    nginx::LineService,
     *,
 };
+
+/// Where a purchase of the C++ server waits between its writes (`game_ops --gap`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Gap {
+    Timer,
+    /// A call to a slow service over loopback TCP: an upstream call in flight.
+    Service,
+    /// `SELECT pg_sleep` on the worker's own connection: a query in flight.
+    Db,
+}
+
+/// How the release ends at `wait`'s verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum End {
+    /// kill -9, as a script that trusts the verdict.
+    Kill9,
+    /// `drainwatch stop --op purchase`: the server's graceful SIGTERM, audited.
+    Stop,
+}
+
+/// A game server and what its gap needs (the slow service), stopped when dropped.
+struct Game {
+    game: GameOps,
+    _service: Option<LineService>,
+}
+
+impl std::ops::Deref for Game {
+    type Target = GameOps;
+    fn deref(&self) -> &GameOps {
+        &self.game
+    }
+}
+
+impl std::ops::DerefMut for Game {
+    fn deref_mut(&mut self) -> &mut GameOps {
+        &mut self.game
+    }
+}
+
+/// `server` started with `gap` (the Go server knows the timer alone) and extra `args`.
+fn start_game(server: &Path, db: &PgServer, gap: Gap, args: &[&str]) -> Game {
+    let service = (gap == Gap::Service).then(|| LineService::start(gap_ms()));
+    let port = service.as_ref().map(|s| s.port.to_string());
+    let mut all: Vec<&str> = match (gap, &port) {
+        (Gap::Timer, _) => vec![],
+        (Gap::Service, Some(port)) => vec!["--gap", "service", "--service-port", port],
+        (Gap::Db, _) => vec!["--gap", "db"],
+        (Gap::Service, None) => unreachable!("the service was started above"),
+    };
+    all.extend(args);
+    Game {
+        game: GameOps::start_with(server, Some(db), WORKERS, gap_ms(), &all),
+        _service: service,
+    }
+}
 
 /// Workers of the game, and the wait between a purchase's two writes.
 const WORKERS: u32 = 4;
@@ -22,13 +80,13 @@ fn gap_ms() -> u64 {
 
 /// A game under load: 20 players behind one gateway link, a purchase every 100 ms in all
 /// (each player every 2 s), so that purchases are always between their writes.
-fn game_under_load(db: &PgServer, args: &[&str]) -> (GameOps, Gateway) {
-    game_under_load_on(&game_ops_bin(), db, args)
+fn game_under_load(db: &PgServer, args: &[&str]) -> (Game, Gateway) {
+    game_under_load_on(&game_ops_bin(), db, Gap::Timer, args)
 }
 
-/// The same on another server of the protocol (the Go one).
-fn game_under_load_on(server: &Path, db: &PgServer, args: &[&str]) -> (GameOps, Gateway) {
-    let game = GameOps::start_with(server, Some(db), WORKERS, gap_ms(), args);
+/// The same on another server of the protocol (the Go one), or with another gap.
+fn game_under_load_on(server: &Path, db: &PgServer, gap: Gap, args: &[&str]) -> (Game, Gateway) {
+    let game = start_game(server, db, gap, args);
     let gateway = Gateway::start(game.port, 20, 2000);
     game.wait_truth("purchases under way", |t| t.completed >= 3);
     (game, gateway)
@@ -67,51 +125,101 @@ fn an_op_that_matches_nothing_exits_2_naming_what_was_searched_and_the_nearest()
     }
 }
 
+/// The story's release on a compiled game server.
+struct Release<'a> {
+    server: &'a Path,
+    gap: Gap,
+    /// `wait --op purchase`, or `wait` with no flags.
+    op: bool,
+    /// Attached under load, or before the gateway starts.
+    under_load: bool,
+    end: End,
+}
+
+impl Default for Release<'static> {
+    fn default() -> Self {
+        static SERVER: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+        Release {
+            server: SERVER.get_or_init(game_ops_bin),
+            gap: Gap::Timer,
+            op: true,
+            under_load: true,
+            end: End::Kill9,
+        }
+    }
+}
+
 #[test]
 fn wait_with_op_is_never_drained_while_a_purchase_is_between_its_writes() {
-    wait_is_never_drained_mid_purchase(&game_ops_bin(), true);
+    wait_is_never_drained_mid_purchase(Release::default());
+}
+
+/// The gap a call to a slow service; stopped by `stop --op` at the verdict.
+#[test]
+fn service_gap_wait_with_op_then_stop_at_the_verdict_is_clean() {
+    wait_is_never_drained_mid_purchase(Release {
+        gap: Gap::Service,
+        end: End::Stop,
+        ..Release::default()
+    });
+}
+
+/// The gap a call to a slow service: right with no flags (the upstream call holds the
+/// drain, docs/design.md "upstream call in flight").
+#[test]
+fn service_gap_wait_with_no_flags_is_never_drained_mid_purchase() {
+    wait_is_never_drained_mid_purchase(Release {
+        gap: Gap::Service,
+        op: false,
+        ..Release::default()
+    });
 }
 
 /// Attached before the load: a Go call begun before attach is not seen (docs/design.md,
 /// "operation"; the basis says so), so the purchases here all begin while watched.
 #[test]
 fn go_wait_with_op_is_never_drained_while_a_purchase_is_between_its_writes() {
-    wait_is_never_drained_mid_purchase(&game_go_bin(), false);
+    wait_is_never_drained_mid_purchase(Release {
+        server: &game_go_bin(),
+        under_load: false,
+        ..Release::default()
+    });
 }
 
-/// The story's release (stop the gateway, `wait --op purchase`, kill -9 at the verdict) on
-/// `server`, attached under load (`under_load`) or before the gateway starts.
-fn wait_is_never_drained_mid_purchase(server: &Path, under_load: bool) {
+/// The story's release (stop the gateway, `wait`, then kill -9 or `stop` at the verdict).
+fn wait_is_never_drained_mid_purchase(release: Release) {
+    let Release {
+        server,
+        gap,
+        op,
+        under_load,
+        end,
+    } = release;
     require_root();
     let db = PgServer::start();
     let quiet = format!("{}ms", scaled_ms(if under_load { 100 } else { 1500 }));
+    let dir = TempDir::new("ops-release");
     let wait_args = |pid: &str| -> Vec<String> {
-        [
-            "wait",
-            "--pid",
-            pid,
-            "--op",
-            "purchase",
-            "--timeout",
-            "60s",
-            "--json",
-            "--quiet",
-            &quiet,
-        ]
-        .map(String::from)
-        .to_vec()
+        let mut args: Vec<String> = ["wait", "--pid", pid, "--timeout", "60s", "--json"]
+            .map(String::from)
+            .to_vec();
+        args.extend(["--quiet".to_string(), quiet.clone()]);
+        if op {
+            args.extend(["--op".to_string(), "purchase".to_string()]);
+        }
+        args
     };
     let attach = |pid: &str| {
         let args = wait_args(pid);
         Drainwatch::attach(&args.iter().map(String::as_str).collect::<Vec<_>>())
     };
     let (mut game, gateway, mut wait) = if under_load {
-        let (game, gateway) = game_under_load_on(server, &db, &[]);
+        let (game, gateway) = game_under_load_on(server, &db, gap, &[]);
         let wait = attach(&game.pid.to_string());
         (game, gateway, wait)
     } else {
         // Idle at attach; the quiet window outlasts the gateway's start and first purchase.
-        let game = GameOps::start_with(server, Some(&db), WORKERS, gap_ms(), &[]);
+        let game = start_game(server, &db, gap, &[]);
         let wait = attach(&game.pid.to_string());
         let gateway = Gateway::start(game.port, 20, 2000);
         game.wait_truth("purchases under way", |t| t.completed >= 3);
@@ -119,36 +227,64 @@ fn wait_is_never_drained_mid_purchase(server: &Path, under_load: bool) {
     };
     // Purchases never stop while the gateway runs: nothing may call it drained.
     std::thread::sleep(std::time::Duration::from_millis(scaled_ms(1500)));
-    assert!(
-        wait.is_running(),
-        "drained while the gateway still sent purchases"
-    );
+    if !wait.is_running() {
+        panic!(
+            "drained while the gateway still sent purchases ({gap:?}): {:?}",
+            wait.finish()
+        );
+    }
     let stopped = mono_ns();
     gateway.stop();
     wait.wait_for_stderr("drained:");
     // At the verdict, by the server's own record and by the database's ledger.
     let truth = game.truth();
     let half = half_done(&db);
-    // kill -9 at that verdict, as a release script would stop the game once drained.
-    game.signal(libc::SIGKILL);
-    game.wait();
+    let pid = game.pid.to_string();
+    let stop = match end {
+        // kill -9 at that verdict, as a release script would stop the game once drained.
+        End::Kill9 => {
+            game.signal(libc::SIGKILL);
+            game.wait();
+            None
+        }
+        End::Stop => {
+            let path = dir.path("stop.json");
+            let mut args = vec!["stop", "--pid", &pid, "--report", &path];
+            if op {
+                args.extend(["--op", "purchase"]);
+            }
+            let done = run_drainwatch(&args);
+            assert!(game.wait().success(), "the game's graceful SIGTERM exits 0");
+            Some((done, read_report(&path)))
+        }
+    };
     assert_eq!(
         (truth.between_writes, truth.queued),
         (0, 0),
-        "drained while the game had purchases under way: {truth:?}"
+        "drained while the game had purchases under way ({gap:?}): {truth:?}"
     );
     assert_eq!(
         half, 0,
-        "drained with {half} purchases half done in the ledger"
+        "drained with {half} purchases half done in the ledger ({gap:?})"
     );
-    assert_eq!(half_done(&db), 0, "the kill at the verdict cut a purchase");
+    assert_eq!(half_done(&db), 0, "the end at the verdict cut a purchase");
     assert!(
         truth.last_b_mono_ns > stopped,
         "purchases went on after the gateway stopped (the story's gap): {truth:?}"
     );
+    if let Some((done, report)) = stop {
+        assert_eq!(done.code, 0, "{done:?}");
+        assert_eq!(report["verdict"], "clean", "{report:#}");
+        assert_eq!(report["operations"]["in_flight"], 0, "{report:#}");
+    }
     let done = wait.finish();
     assert_eq!(done.code, 0, "{done:?}");
     let report: Value = serde_json::from_str(done.stdout.lines().last().unwrap()).unwrap();
+    assert!(complete(&db) >= 3);
+    if !op {
+        assert!(report["operations"].is_null(), "{report:#}");
+        return;
+    }
     let operations = &report["operations"];
     assert!(operations["count"].as_u64().unwrap() >= 1, "{report:#}");
     assert_eq!(operations["in_flight"], 0, "{report:#}");
@@ -169,7 +305,6 @@ fn wait_is_never_drained_mid_purchase(server: &Path, under_load: bool) {
         !basis["could_hide_work"].to_string().contains("no --op"),
         "{report:#}"
     );
-    assert!(complete(&db) >= 3);
 }
 
 /// The operation_cut violation of a report, with what the ledger says was half done.
@@ -196,21 +331,31 @@ fn check_cut(report: &Value, half: i64) {
 
 #[test]
 fn kill_9_mid_purchase_is_operation_cut() {
-    kill_9_mid_purchase(&game_ops_bin());
+    kill_9_mid_purchase(&game_ops_bin(), Gap::Timer);
+}
+
+#[test]
+fn service_gap_kill_9_mid_purchase_is_operation_cut() {
+    kill_9_mid_purchase(&game_ops_bin(), Gap::Service);
+}
+
+#[test]
+fn db_gap_kill_9_mid_purchase_is_operation_cut() {
+    kill_9_mid_purchase(&game_ops_bin(), Gap::Db);
 }
 
 /// On the stripped Go server: the function is found in `.gopclntab` alone.
 #[test]
 fn go_kill_9_mid_purchase_is_operation_cut_stripped_too() {
-    kill_9_mid_purchase(&game_go_stripped_bin());
+    kill_9_mid_purchase(&game_go_stripped_bin(), Gap::Timer);
 }
 
-fn kill_9_mid_purchase(server: &Path) {
+fn kill_9_mid_purchase(server: &Path, gap: Gap) {
     require_root();
     let db = PgServer::start();
     let dir = TempDir::new("ops-kill");
     let report_path = dir.path("report.json");
-    let (mut game, _gateway) = game_under_load_on(server, &db, &[]);
+    let (mut game, _gateway) = game_under_load_on(server, &db, gap, &[]);
     let pid = game.pid.to_string();
     let audit = Drainwatch::attach(&[
         "audit",
@@ -238,11 +383,26 @@ fn kill_9_mid_purchase(server: &Path) {
 
 #[test]
 fn an_abandoning_sigterm_handler_is_operation_cut_not_stopped_cleanly() {
+    abandoning_sigterm_handler(Gap::Timer);
+}
+
+#[test]
+fn service_gap_an_abandoning_sigterm_handler_is_operation_cut() {
+    abandoning_sigterm_handler(Gap::Service);
+}
+
+#[test]
+fn db_gap_an_abandoning_sigterm_handler_is_operation_cut() {
+    abandoning_sigterm_handler(Gap::Db);
+}
+
+fn abandoning_sigterm_handler(gap: Gap) {
     require_root();
     let db = PgServer::start();
     let dir = TempDir::new("ops-abandon");
     let report_path = dir.path("report.json");
-    let (mut game, _gateway) = game_under_load(&db, &["--on-term", "abandon"]);
+    let (mut game, _gateway) =
+        game_under_load_on(&game_ops_bin(), &db, gap, &["--on-term", "abandon"]);
     let pid = game.pid.to_string();
     game.wait_truth("a purchase between its writes", |t| t.between_writes >= 1);
     let done = run_drainwatch(&[

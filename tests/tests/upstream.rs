@@ -17,7 +17,7 @@ use std::{
 use drainwatch_tests::{
     db::{Database, PgServer},
     game::{mono_ns, GameServer, Gateway},
-    nginx::SlowUpstream,
+    nginx::{LineService, SlowUpstream},
     *,
 };
 
@@ -44,41 +44,6 @@ fn calls_on_kept_connections_hold_the_drain() {
     release_with_calls(true);
 }
 
-/// `dw-fixture slow-line`: a service that keeps its connections and answers each line after
-/// `delay_ms`, not while `hold` exists.
-struct LineService {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl LineService {
-    fn start(delay_ms: u64, hold: &str) -> Self {
-        let mut child = Command::new(fixture_bin())
-            .args(["slow-line", "--delay-ms", &delay_ms.to_string()])
-            .args(["--hold-while", hold])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start dw-fixture slow-line");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("piped stdout"))
-            .read_line(&mut line)
-            .expect("ready line");
-        let port = line
-            .split_whitespace()
-            .find_map(|kv| kv.strip_prefix("port="))
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("no port= in {line:?}"));
-        Self { child, port }
-    }
-}
-
-impl Drop for LineService {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn release_with_calls(kept: bool) {
     require_root();
     let db = PgServer::start();
@@ -96,7 +61,7 @@ fn release_with_calls(kept: bool) {
         let hold = dir.path(&format!("hold{run}"));
         let (_http, _line);
         let service_port = if kept {
-            _line = LineService::start(scaled_ms(600), &hold);
+            _line = LineService::start_holding(scaled_ms(600), &hold);
             _line.port
         } else {
             _http = SlowUpstream::start(scaled_ms(600), Some(&gate));

@@ -1,7 +1,7 @@
 //! `dw-bench`: the benchmarks behind `cargo xtask bench` (not a test: numbers, not
 //! pass/fail). Needs root (it loads probes and reads kernel BPF stats).
 //!
-//! `dw-bench [all|syscall|verdict|throughput|rss|lifecycle] [--runs 50] [--rounds 6] [--trial-secs 5]
+//! `dw-bench [all|syscall|verdict|throughput|ops|rss|lifecycle] [--runs 50] [--rounds 6] [--trial-secs 5]
 //!  [--rss-conns 10000] [--out target/bench/results.json]`
 //!
 //! - verdict: the drain verdict's latency and early verdicts (see `dw_bench/verdict.rs`);
@@ -9,6 +9,8 @@
 //!   `dw_bench/syscall.rs`);
 //! - throughput: overhead, bpftrace/strace comparison, bystander, BPF stats per program,
 //!   lost events (see `dw_bench/throughput.rs`);
+//! - ops: what `--op` costs a target per operation and its throughput on a hot function
+//!   (see `dw_bench/ops.rs`);
 //! - rss: drainwatch's peak RSS with many tracked connections (see `dw_bench/rss.rs`);
 //! - lifecycle: attach time (command start to attached) and verdict to exit, without and
 //!   with TLS hooks (see `dw_bench/lifecycle.rs`).
@@ -19,6 +21,8 @@
 mod cpu;
 #[path = "dw_bench/lifecycle.rs"]
 mod lifecycle;
+#[path = "dw_bench/ops.rs"]
+mod ops;
 #[path = "dw_bench/rss.rs"]
 mod rss;
 #[path = "dw_bench/syscall.rs"]
@@ -106,6 +110,9 @@ fn main() {
     }
     if all || section == "throughput" {
         merge(throughput::run(rounds, secs, &mut table));
+    }
+    if all || section == "ops" {
+        merge(ops::run(rounds, secs, &mut table));
     }
     if all || section == "rss" {
         merge(rss::run(rss_conns, &mut table));

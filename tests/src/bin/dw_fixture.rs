@@ -20,6 +20,10 @@
 //!   FILE exists (a test holds the answers by creating it, at most ten minutes; calls on a
 //!   connection a client reuses, docs/design.md "upstream call in flight"). Prints
 //!   `ready pid=PID port=PORT child=0` once it listens.
+//! - `dw-fixture hot-op [--report-ms MS]`: calls `dw_hot_op` (a few instructions, a symbol of
+//!   its own) in a loop forever and prints `calls N NS` (calls so far, ns since start) every
+//!   MS ms (default 100): the hot function `dw-bench ops` hooks with `--op dw_hot_op`.
+//!   Prints `ready pid=PID port=0 child=0` first.
 //! - `dw-fixture uring-echo --port P`: accepts one client on 127.0.0.1:P and echoes through
 //!   io_uring, never read(2)/write(2) on the socket (dw_fixture/uring.rs).
 //! - `dw-fixture signal SIGNUM PID [--linger-ms N]`: sends a signal with kill(2), then stays
@@ -346,6 +350,39 @@ fn exit_with(args: &[String]) -> ExitCode {
     ExitCode::from(code)
 }
 
+/// The hot function of `hot-op`: kept out of line and named, so that `--op dw_hot_op`
+/// finds it in the symbol table.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn dw_hot_op(x: u64) -> u64 {
+    std::hint::black_box(x).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 7
+}
+
+fn hot_op(args: &[String]) -> ExitCode {
+    let every = Duration::from_millis(flag_value(args, "--report-ms").unwrap_or(100).max(1));
+    println!("ready pid={} port=0 child=0", std::process::id());
+    let _ = std::io::stdout().flush();
+    let start = std::time::Instant::now();
+    let mut next = every;
+    let mut calls: u64 = 0;
+    let mut sum: u64 = 0;
+    loop {
+        for _ in 0..1024 {
+            sum = sum.wrapping_add(dw_hot_op(calls));
+            calls += 1;
+        }
+        let elapsed = start.elapsed();
+        if elapsed >= next {
+            std::hint::black_box(sum);
+            println!("calls {calls} {}", elapsed.as_nanos());
+            if std::io::stdout().flush().is_err() {
+                return ExitCode::SUCCESS;
+            }
+            next = elapsed + every;
+        }
+    }
+}
+
 #[path = "dw_fixture/uring.rs"]
 mod uring;
 
@@ -357,12 +394,13 @@ fn main() -> ExitCode {
         Some("exit") => exit_with(&args[1..]),
         Some("slow-http") => slow_http(&args[1..]),
         Some("slow-line") => slow_line(&args[1..]),
+        Some("hot-op") => hot_op(&args[1..]),
         Some("uring-echo") => {
             uring::uring_echo(flag_value(&args[1..], "--port").and_then(|p| u16::try_from(p).ok()))
         }
         _ => {
             eprintln!(
-                "usage: dw-fixture server|signal|exit|slow-http|uring-echo ... (see the source's header)"
+                "usage: dw-fixture server|signal|exit|slow-http|slow-line|hot-op|uring-echo ... (see the source's header)"
             );
             ExitCode::from(2)
         }

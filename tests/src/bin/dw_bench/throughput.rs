@@ -101,7 +101,7 @@ fn trial(config: Config, servers: &Servers, secs: u64) -> (f64, f64) {
 }
 
 /// Programs whose fds `pid` holds (from /proc/PID/fdinfo: `prog_id:`).
-fn prog_ids(pid: u32) -> Vec<u64> {
+pub fn prog_ids(pid: u32) -> Vec<u64> {
     let mut ids = Vec::new();
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
         return ids;
@@ -123,7 +123,7 @@ fn prog_ids(pid: u32) -> Vec<u64> {
 }
 
 /// (name, run_time_ns, run_cnt) of each program in `ids`, from `bpftool prog show --json`.
-fn prog_stats(ids: &[u64]) -> BTreeMap<u64, (String, u64, u64)> {
+pub fn prog_stats(ids: &[u64]) -> BTreeMap<u64, (String, u64, u64)> {
     let out = std::process::Command::new("bpftool")
         .args(["prog", "show", "--json"])
         .output()
@@ -146,7 +146,7 @@ fn prog_stats(ids: &[u64]) -> BTreeMap<u64, (String, u64, u64)> {
     stats
 }
 
-const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+pub const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
 /// Per-program ns per hit while `tracer` traces a loaded server, hits per second, and all
 /// its programs' ns per round trip (issue #26's figure: what one request costs in programs,

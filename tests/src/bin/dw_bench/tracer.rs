@@ -87,8 +87,14 @@ impl Tracer {
 
     /// `drainwatch watch --pid PID --json`, stdout to /dev/null unless `keep_stdout`.
     pub fn drainwatch(pid: u32, keep_stdout: bool) -> Self {
+        Self::drainwatch_with(pid, keep_stdout, &[])
+    }
+
+    /// The same with more flags (`--op FUNCTION`).
+    pub fn drainwatch_with(pid: u32, keep_stdout: bool, extra: &[&str]) -> Self {
         let mut cmd = Command::new(drainwatch_bin());
-        cmd.args(["watch", "--pid", &pid.to_string(), "--json"]);
+        cmd.args(["watch", "--pid", &pid.to_string(), "--json"])
+            .args(extra);
         Self::start("drainwatch", cmd, keep_stdout, "attached")
     }
 
