@@ -338,6 +338,11 @@ impl Session {
                     EndWhen::AllExited | EndWhen::Never => EndedBy::AllExited,
                 };
             }
+            // Read the ring again right before the look: a tick's chores (a rescan of /proc,
+            // a recheck) can take long on a loaded machine, and `done` judges the state as of
+            // now; a record that came in meanwhile (a query between two writes) and was not
+            // yet read would let a settle time or quiet window pass that had not passed.
+            self.drain();
             if done(&self.state) {
                 break EndedBy::Condition;
             }
