@@ -197,7 +197,11 @@ fn wait_is_never_drained_mid_purchase(release: Release) {
     } = release;
     require_root();
     let db = PgServer::start();
-    let quiet = format!("{}ms", scaled_ms(if under_load { 100 } else { 1500 }));
+    // Idle at attach, the quiet window must outlast the gateway's start and the first
+    // purchase, or an idle game is rightly called drained before any purchase began: at
+    // 1.5 s that setup outlasted it on a loaded 2-core machine.
+    let quiet_ms = scaled_ms(if under_load { 100 } else { 5000 });
+    let quiet = format!("{quiet_ms}ms");
     let dir = TempDir::new("ops-release");
     let wait_args = |pid: &str| -> Vec<String> {
         let mut args: Vec<String> = ["wait", "--pid", pid, "--timeout", "60s", "--json"]
@@ -221,7 +225,17 @@ fn wait_is_never_drained_mid_purchase(release: Release) {
         // Idle at attach; the quiet window outlasts the gateway's start and first purchase.
         let game = start_game(server, &db, gap, &[]);
         let wait = attach(&game.pid.to_string());
+        let attached = std::time::Instant::now();
         let gateway = Gateway::start(game.port, 20, 2000);
+        game.wait_truth("a purchase under way", |t| {
+            t.completed + t.between_writes >= 1
+        });
+        let setup = attached.elapsed();
+        assert!(
+            setup.as_millis() < u128::from(quiet_ms),
+            "the machine is too slow for this test: the gateway's start and first purchase \
+             took {setup:?} after attach, longer than the quiet window {quiet}"
+        );
         game.wait_truth("purchases under way", |t| t.completed >= 3);
         (game, gateway, wait)
     };
