@@ -280,3 +280,28 @@ pub fn complete(db: &PgServer) -> i64 {
         .expect("read ops_ledger");
     row.get(0)
 }
+
+/// A drained report that rests on the operations it watched: at least `min_count` of them,
+/// none in flight, a median that lasts the purchase's gap (one operation per purchase, not
+/// one per await or per thread hop), and `operations` in the basis's observed list. Returns
+/// the basis's `could_hide_work`, as text, for what each server kind adds to it.
+pub fn assert_ops_watched(report: &serde_json::Value, min_count: u64, gap_ms: u64) -> String {
+    let operations = &report["operations"];
+    assert!(
+        operations["count"].as_u64().unwrap() >= min_count,
+        "{report:#}"
+    );
+    assert_eq!(operations["in_flight"], 0, "{report:#}");
+    assert!(
+        operations["latency_us"]["p50"].as_u64().unwrap() >= gap_ms * 1000 * 9 / 10,
+        "a purchase lasts its gap: {report:#}"
+    );
+    let basis = &report["drain"]["basis"];
+    assert!(
+        basis["observed"]
+            .as_array()
+            .is_some_and(|o| o.iter().any(|w| w == "operations")),
+        "{report:#}"
+    );
+    basis["could_hide_work"].to_string()
+}

@@ -6,7 +6,7 @@
 use drainwatch_tests::{
     db::PgServer,
     game::mono_ns,
-    game_ops::{complete, half_done, GameOps, Gateway},
+    game_ops::{assert_ops_watched, complete, half_done, GameOps, Gateway},
     game_py, *,
 };
 
@@ -87,22 +87,8 @@ fn release(db: &PgServer, game_args: &[&str], op: Option<&str>) -> Value {
 fn py_wait_with_op_on_a_coroutine_is_never_drained_between_its_writes() {
     let db = PgServer::start();
     let report = release(&db, &[], Some("purchase"));
-    let operations = &report["operations"];
-    assert!(operations["count"].as_u64().unwrap() >= 3, "{report:#}");
-    assert_eq!(operations["in_flight"], 0, "{report:#}");
     // One operation per purchase, not one per await: it lasts its gap.
-    assert!(
-        operations["latency_us"]["p50"].as_u64().unwrap() >= gap_ms() * 1000 * 9 / 10,
-        "a purchase lasts its gap: {report:#}"
-    );
-    let basis = &report["drain"]["basis"];
-    assert!(
-        basis["observed"]
-            .as_array()
-            .is_some_and(|o| o.iter().any(|w| w == "operations")),
-        "{report:#}"
-    );
-    let hidden = basis["could_hide_work"].to_string();
+    let hidden = assert_ops_watched(&report, 3, gap_ms());
     assert!(!hidden.contains("no --op"), "{report:#}");
     assert!(
         hidden.contains("operations begun before attach are not seen"),
