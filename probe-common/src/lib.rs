@@ -11,6 +11,7 @@
 
 pub mod latency;
 pub mod ops;
+pub mod ops_py;
 pub mod redact;
 
 /// Length of a task's `comm`, including the trailing NUL (`TASK_COMM_LEN`).
@@ -41,7 +42,6 @@ pub mod map_names {
     pub const OP_CALLS: &str = "OP_CALLS";
     pub const OP_GO_CALLS: &str = "OP_GO_CALLS";
     pub const OP_LATENCY: &str = "OP_LATENCY";
-    pub const PY_OP_NAMES: &str = "PY_OP_NAMES";
 }
 
 /// Most process names `--comm` can watch for.

@@ -68,50 +68,15 @@ pub struct OpCall {
 /// Go's register ABI (amd64, Go 1.17 and later) keeps in R14 inside Go code: goroutines
 /// move between threads, so a thread id cannot pair a call with its return.
 ///
-/// A CPython call is keyed the same way by its interpreter frame's address (`g` holds the
-/// `_PyInterpreterFrame *`): a coroutine's frame lives inside the coroutine object for its
-/// whole life, across every `await`, on whatever thread resumes it. One process is never
-/// both Go and CPython, so the two never share a key.
+/// Another runtime whose calls move between threads keys them the same way, `g` holding
+/// an address of its own per call (an interpreter frame: ops_py.rs). A process runs one
+/// runtime, so two runtimes never share a key.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct OpGoKey {
     pub tgid: u32,
     pub _pad: u32,
     pub g: u64,
-}
-
-/// Longest CPython function name (`co_name`) and file suffix `--op` compares, NUL
-/// included: longer names are compared on their first 63 bytes.
-pub const PY_NAME_LEN: usize = 64;
-/// Bytes of a CPython code object's file name (`co_filename`) read to compare its end.
-pub const PY_FILE_LEN: usize = 256;
-
-/// CPython 3.11's layout, as the kernel reads it at the USDT markers `function__entry` and
-/// `function__return` (probe-ebpf/src/ops_py.rs). Internal to CPython, so userspace checks
-/// the interpreter is 3.11 and decodes its marker functions before using them
-/// (probe-user/src/kernel/ops/python.rs).
-pub mod py311 {
-    /// `_PyInterpreterFrame.prev_instr` (Include/internal/pycore_frame.h: six pointers,
-    /// then `previous`, then `prev_instr`).
-    pub const FRAME_PREV_INSTR: u64 = 0x38;
-    /// Opcodes (Include/opcode.h): a frame starts or resumes at RESUME (RESUME_QUICK once
-    /// quickened); its oparg is 0 at the start of the code, 1-3 after a yield or an await.
-    pub const RESUME: u16 = 151;
-    pub const RESUME_QUICK: u16 = 150;
-    /// A generator or coroutine suspends at YIELD_VALUE (each `await` that waits ends in
-    /// one); its final return is RETURN_VALUE, or an exception unwinding out.
-    pub const YIELD_VALUE: u16 = 86;
-}
-
-/// Value of `PY_OP_NAMES`, keyed by a CPython function's name (`co_name`, NUL-padded to
-/// [`PY_NAME_LEN`]): which `--op` it is, and the end of the file name it must be in
-/// (`FILE:FUNCTION`; none when `suffix_len` is 0).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PyOpName {
-    pub function: u32,
-    pub suffix_len: u32,
-    pub suffix: [u8; PY_NAME_LEN],
 }
 
 /// A thread exited inside an operation (`sched_process_exit`): the work was abandoned.
@@ -133,7 +98,6 @@ const _: () = assert!(core::mem::size_of::<OpGoKey>() == 16);
 const _: () = assert!(core::mem::size_of::<OpCounters>() == 32);
 const _: () = assert!(core::mem::size_of::<OpCall>() == 16);
 const _: () = assert!(core::mem::size_of::<OpCutEvent>() == 16 + 24);
-const _: () = assert!(core::mem::size_of::<PyOpName>() == 8 + PY_NAME_LEN);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -143,5 +107,4 @@ mod pod {
     unsafe impl aya::Pod for super::OpCounters {}
     unsafe impl aya::Pod for super::OpCall {}
     unsafe impl aya::Pod for super::OpGoKey {}
-    unsafe impl aya::Pod for super::PyOpName {}
 }

@@ -28,7 +28,8 @@ use aya_ebpf::{
     programs::ProbeContext,
 };
 use probe_common::{
-    ops::{py311, OpCall, OpGoKey, PyOpName, MAX_OP_FUNCTIONS, PY_FILE_LEN, PY_NAME_LEN},
+    ops::{OpCall, OpGoKey, MAX_OP_FUNCTIONS},
+    ops_py::{py311, PyOpName, PY_FILE_LEN, PY_NAME_LEN},
     Counter,
 };
 

@@ -13,8 +13,8 @@ impl Links {
         self.0.push(Box::new(link));
     }
 
-    /// Keeps an attachment drainwatch made itself (a perf event fd of kernel/ops/python.rs,
-    /// which aya cannot open): dropping it detaches it, like an aya link.
+    /// Keeps an attachment drainwatch made itself (a perf event fd aya cannot open, such as
+    /// a uprobe with a reference counter): dropping it detaches it, like an aya link.
     pub fn add_owned(&mut self, attachment: std::os::fd::OwnedFd) {
         self.0.push(Box::new(attachment));
     }

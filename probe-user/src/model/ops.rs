@@ -41,8 +41,12 @@ pub struct OpsTracker {
     /// Threads inside an operation since before attach (or not yet known not to be), of
     /// running processes, at the last read: in flight, though no counter has them.
     before_attach: Vec<OpThread>,
-    /// Running processes whose operations from before attach cannot be seen (Go).
+    /// Running processes whose operations from before attach cannot be seen (a Go or
+    /// CPython program's).
     blind_at_attach: Vec<u32>,
+    /// The runtimes whose processes those can be, as the basis names them (`Go or CPython`:
+    /// the kernel's list, kernel/ops/runtime.rs).
+    blind_runtimes: String,
     exited: BTreeSet<u32>,
     cuts: BTreeMap<(u32, u32), Cut>,
     /// Threads the kernel saw cut (tgid, pid): a thread also listed from before attach made
@@ -63,6 +67,7 @@ impl OpsTracker {
             threads: Vec::new(),
             before_attach: Vec::new(),
             blind_at_attach: Vec::new(),
+            blind_runtimes: String::new(),
             exited: BTreeSet::new(),
             cuts: BTreeMap::new(),
             cut_threads: BTreeSet::new(),
@@ -70,6 +75,17 @@ impl OpsTracker {
             by_function,
             last_edge_ns: 0,
         }
+    }
+
+    /// Names the runtimes whose calls from before attach go unseen.
+    pub fn with_blind_runtimes(mut self, names: String) -> Self {
+        self.blind_runtimes = names;
+        self
+    }
+
+    /// The runtimes whose calls from before attach go unseen (`Go or CPython`).
+    pub fn blind_runtimes(&self) -> &str {
+        &self.blind_runtimes
     }
 
     pub fn names(&self) -> &[String] {
@@ -231,7 +247,7 @@ impl OpsTracker {
         counted + self.before_attach.iter().filter(|t| wanted(t.tgid)).count() as u64
     }
 
-    /// Running processes whose operations from before attach could not be seen (Go).
+    /// Running processes whose operations from before attach could not be seen.
     pub fn blind_at_attach(&self) -> &[u32] {
         &self.blind_at_attach
     }

@@ -9,7 +9,7 @@ use crate::{
     },
     host::procfs,
     kernel::{
-        ops::{OpHooks, OpsRead},
+        ops::{self, OpHooks, OpsRead},
         probe::Probe,
     },
     model::{ops::OpsTracker, state::AuditState},
@@ -26,9 +26,10 @@ impl Unit for Operations {
         if common.ops.is_empty() {
             return;
         }
-        state.track(OpsTracker::new(
-            common.ops.iter().map(|s| s.text.clone()).collect(),
-        ));
+        state.track(
+            OpsTracker::new(common.ops.iter().map(|s| s.text.clone()).collect())
+                .with_blind_runtimes(ops::blind_runtimes()),
+        );
         probe.install(OpHooks::new(common.ops.clone()));
     }
 

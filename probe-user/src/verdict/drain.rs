@@ -113,18 +113,19 @@ pub fn basis(state: &AuditState, settle: Option<Duration>) -> Option<DrainBasis>
             });
         }
     }
-    // A Go or CPython target's operations begun before attach (model/ops.rs,
-    // kernel/ops/go.rs, kernel/ops/python.rs).
-    for &pid in state
-        .tracker::<OpsTracker>()
-        .map_or(&[][..], |o| o.blind_at_attach())
-    {
-        hidden.push(HiddenWork {
-            pid,
-            why: "Go or CPython operations begun before attach are not seen (--op follows \
-                  calls from attach on)"
-                .to_string(),
-        });
+    // Operations begun before attach in a target of a runtime that cannot see them
+    // (model/ops.rs, kernel/ops/runtime.rs).
+    if let Some(ops) = state.tracker::<OpsTracker>() {
+        for &pid in ops.blind_at_attach() {
+            hidden.push(HiddenWork {
+                pid,
+                why: format!(
+                    "{} operations begun before attach are not seen (--op follows calls \
+                     from attach on)",
+                    ops.blind_runtimes()
+                ),
+            });
+        }
     }
     // A client connection unknown at attach that no traffic of its own settled: the verdict
     // rests on the outside evidence that called it idle, or on nothing.

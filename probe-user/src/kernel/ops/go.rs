@@ -11,24 +11,35 @@
 //!
 //! Not seen: a call already running when its probes were planted (its goroutine's stack is
 //! Go's, not the thread's, so kernel/ops/stacks.rs cannot find it): the drain basis says so
-//! for every Go target ([`OpHooks::blind_at_attach`]).
+//! for every Go target ([`super::OpHooks::blind_at_attach`]).
 
-use std::{num::NonZeroU32, path::PathBuf, sync::Arc};
+mod gocode;
+mod gopclntab;
 
+use std::{
+    collections::HashMap,
+    num::NonZeroU32,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use aya::Ebpf;
 use probe_common::ops::OpAddrKey;
 
 use super::{
-    gocode::{self, GoProbes},
-    gopclntab::{self, GoFunc},
-    symbols::{Maps, Search, NEAREST},
-    write_addr, Hooked, OpHooks, OpSpec, Refusal,
+    found::{Found, Hooked, Refusal},
+    runtime::Runtime,
+    symbols::{Maps, OpSpec, Search, NEAREST},
 };
+use crate::kernel::{links::Links, uprobe::Uprobes};
+use gocode::GoProbes;
+use gopclntab::GoFunc;
 
 pub(super) const GO_ENTRY: &str = "op_go_entry";
 pub(super) const GO_RETURN: &str = "op_go_return";
 
 /// A Go executable's functions, parsed once per file.
-pub(super) struct GoBinary {
+struct GoBinary {
     pub funcs: Vec<GoFunc>,
     /// `go1.19.8`, when its build info says.
     pub version: Option<String>,
@@ -36,7 +47,7 @@ pub(super) struct GoBinary {
 }
 
 impl GoBinary {
-    pub fn read(file: &std::path::Path) -> Result<Self, String> {
+    pub fn read(file: &Path) -> Result<Self, String> {
         let data = std::fs::read(file).map_err(|e| format!("reading {}: {e}", file.display()))?;
         {
             use object::Object;
@@ -75,7 +86,7 @@ fn normalized(name: &str) -> String {
 /// `(*Game).purchase`, `shop.Buy` for `example.com/game/shop.Buy`); the same with a method's
 /// receiver written without its pointer (`Game.purchase`). The first tier that matches is
 /// taken whole.
-pub(super) fn go_matches<'a>(funcs: &'a [GoFunc], spec: &str) -> Vec<&'a GoFunc> {
+fn go_matches<'a>(funcs: &'a [GoFunc], spec: &str) -> Vec<&'a GoFunc> {
     let ends_with = |name: &str, tail: &str| {
         name.strip_suffix(tail)
             .is_some_and(|head| head.ends_with('.') || head.ends_with('/'))
@@ -96,7 +107,7 @@ pub(super) fn go_matches<'a>(funcs: &'a [GoFunc], spec: &str) -> Vec<&'a GoFunc>
 }
 
 /// Keeps the Go names closest to `spec` (whole, or by their last part) in `search`.
-pub(super) fn go_nearest(search: &mut Search, funcs: &[GoFunc], spec: &str) {
+fn go_nearest(search: &mut Search, funcs: &[GoFunc], spec: &str) {
     for func in funcs {
         let last = func.name.rsplit('.').next().unwrap_or(&func.name);
         let distance = strsim::levenshtein(&func.name, spec).min(strsim::levenshtein(last, spec));
@@ -114,12 +125,86 @@ pub(super) fn go_nearest(search: &mut Search, funcs: &[GoFunc], spec: &str) {
     }
 }
 
-impl OpHooks {
+/// Go programs: hooked without uretprobes, per goroutine.
+pub(super) struct Go {
+    /// The entry and RET programs, attached per process.
+    uprobes: Uprobes,
+    /// Parsed Go executables by file.
+    binaries: HashMap<PathBuf, Arc<GoBinary>>,
+    /// Whether each executable (by the file it resolves to) is a Go program.
+    is_go: HashMap<PathBuf, bool>,
+}
+
+impl Default for Go {
+    fn default() -> Self {
+        Self {
+            uprobes: Uprobes::new("--op Go", [GO_ENTRY, GO_RETURN]),
+            binaries: HashMap::new(),
+            is_go: HashMap::new(),
+        }
+    }
+}
+
+impl Runtime for Go {
+    fn name(&self) -> &'static str {
+        "Go"
+    }
+
+    fn blind_at_attach(&self) -> bool {
+        true
+    }
+
+    /// A Go program's executable has a `.gopclntab` or `.go.buildinfo` section.
+    fn claims(&mut self, maps: &Maps, tgid: u32) -> bool {
+        let Some(exe) = maps.exe() else {
+            return false;
+        };
+        let file = PathBuf::from(format!("/proc/{tgid}/root{exe}"));
+        let Ok(real) = std::fs::canonicalize(&file) else {
+            return false;
+        };
+        if let Some(is_go) = self.is_go.get(&real) {
+            return *is_go;
+        }
+        let Ok(data) = std::fs::read(&file) else {
+            return false;
+        };
+        use object::Object;
+        let is_go = object::File::parse(&*data).is_ok_and(|elf| {
+            elf.section_by_name(".gopclntab").is_some()
+                || elf.section_by_name(".go.buildinfo").is_some()
+        });
+        self.is_go.insert(real, is_go);
+        is_go
+    }
+
+    fn attach(
+        &mut self,
+        found: &mut Found,
+        ebpf: &mut Ebpf,
+        tgid: u32,
+        pid: NonZeroU32,
+        maps: &Maps,
+    ) -> Result<Vec<Hooked>, Refusal> {
+        self.attach_go(found, ebpf, tgid, pid, maps)
+    }
+
+    fn attached(&self) -> usize {
+        self.uprobes.attached()
+    }
+
+    fn take_links(&mut self) -> Links {
+        self.uprobes.take_links()
+    }
+}
+
+impl Go {
     /// Hooks the `--op` functions of the Go program `tgid` (its executable only: a Go program
     /// is one static file).
-    pub(super) fn attach_go(
+    fn attach_go(
         &mut self,
-        ebpf: &mut aya::Ebpf,
+        found: &mut Found,
+        ebpf: &mut Ebpf,
         tgid: u32,
         pid: NonZeroU32,
         maps: &Maps,
@@ -131,16 +216,11 @@ impl OpHooks {
         let binary = self.go_binary_of(&file).map_err(|why| {
             Refusal::Failed(format!("--op on the Go program {exe} (pid {tgid}): {why}"))
         })?;
-        if !self.blind.contains(&tgid) {
-            self.blind.push(tgid);
-        }
+        found.note_blind(tgid);
         let mut new = Vec::new();
-        for (index, spec) in self.specs.clone().iter().enumerate() {
-            if self
-                .hooked
-                .iter()
-                .any(|h| h.tgid == tgid && h.function == index as u32)
-                || !self.seen.insert((tgid, format!("{index}\0{exe}")))
+        for (index, spec) in found.specs.clone().iter().enumerate() {
+            if found.is_hooked(tgid, index)
+                || !found.seen.insert((tgid, format!("{index}\0{exe}")))
             {
                 continue;
             }
@@ -151,17 +231,17 @@ impl OpHooks {
             {
                 continue;
             }
-            let found = go_matches(&binary.funcs, &spec.function);
-            if found.is_empty() {
-                let search = &mut self.searches[index];
+            let matched = go_matches(&binary.funcs, &spec.function);
+            if matched.is_empty() {
+                let search = &mut found.searches[index];
                 if !search.files.contains(&exe) {
                     search.files.push(exe.clone());
                 }
                 go_nearest(search, &binary.funcs, &spec.function);
                 continue;
             }
-            for func in found {
-                let hooked = self.hook_go(
+            for func in matched {
+                let (hooked, key) = self.hook_go(
                     ebpf,
                     (tgid, pid),
                     maps,
@@ -169,8 +249,9 @@ impl OpHooks {
                     func,
                     (index, spec),
                 )?;
-                log::debug!("{}", hooked.describe(&self.specs));
-                self.hooked.push(hooked.clone());
+                found.write_addr(ebpf, key, index as u32)?;
+                log::debug!("{}", hooked.describe(&found.specs));
+                found.hooked.push(hooked.clone());
                 new.push(hooked);
             }
         }
@@ -178,16 +259,17 @@ impl OpHooks {
     }
 
     /// Plants the probes of `func` (the function `spec`, at `index` in the `--op` list) in
-    /// process `tgid`, whose executable `file` is `binary`.
+    /// process `tgid`, whose executable `file` is `binary`; returns it, and its entry's
+    /// `OP_ADDRS` key.
     fn hook_go(
         &mut self,
-        ebpf: &mut aya::Ebpf,
+        ebpf: &mut Ebpf,
         (tgid, pid): (u32, NonZeroU32),
         maps: &Maps,
-        (file, binary): (&std::path::Path, &GoBinary),
+        (file, binary): (&Path, &GoBinary),
         func: &GoFunc,
         (index, spec): (usize, &OpSpec),
-    ) -> Result<Hooked, Refusal> {
+    ) -> Result<(Hooked, OpAddrKey), Refusal> {
         let exe = maps.exe().unwrap_or_default();
         let refuse = |why: String| {
             Refusal::Failed(format!(
@@ -200,11 +282,11 @@ impl OpHooks {
         let addr = maps
             .vaddr(exe, offset(probes.entry))
             .ok_or_else(|| refuse("its code is not mapped".into()))?;
-        self.go_uprobes
+        self.uprobes
             .attach(ebpf, GO_ENTRY, file, offset(probes.entry), pid)
             .map_err(|e| refuse(format!("attaching {GO_ENTRY}: {e}")))?;
         for ret in &probes.returns {
-            self.go_uprobes
+            self.uprobes
                 .attach(ebpf, GO_RETURN, file, offset(*ret), pid)
                 .map_err(|e| refuse(format!("attaching {GO_RETURN}: {e}")))?;
         }
@@ -213,10 +295,8 @@ impl OpHooks {
             _pad: 0,
             addr,
         };
-        write_addr(ebpf, key, index as u32)?;
-        self.addrs.push(key);
         let version = binary.version.as_deref().unwrap_or("Go");
-        Ok(Hooked {
+        let hooked = Hooked {
             tgid,
             function: index as u32,
             path: exe.to_string(),
@@ -226,16 +306,17 @@ impl OpHooks {
                 probes.entry,
                 probes.returns.len()
             ),
-        })
+        };
+        Ok((hooked, key))
     }
 
-    fn go_binary_of(&mut self, file: &std::path::Path) -> Result<Arc<GoBinary>, String> {
+    fn go_binary_of(&mut self, file: &Path) -> Result<Arc<GoBinary>, String> {
         let real = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
-        if let Some(binary) = self.go_binaries.get(&real) {
+        if let Some(binary) = self.binaries.get(&real) {
             return Ok(binary.clone());
         }
         let binary = Arc::new(GoBinary::read(file)?);
-        self.go_binaries.insert(real, binary.clone());
+        self.binaries.insert(real, binary.clone());
         Ok(binary)
     }
 }

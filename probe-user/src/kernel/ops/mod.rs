@@ -14,31 +14,31 @@
 //! it fired at (`OP_ADDRS`, per process): this works on every kernel with uprobes, where a
 //! BPF cookie needs 5.15.
 //!
-//! Go programs are hooked without uretprobes, per goroutine (go.rs); CPython 3.11 at its
-//! USDT markers, per frame (python.rs, usdt.rs).
+//! A runtime whose functions are not ELF functions of the program (Go's, an interpreter's)
+//! is a [`Runtime`] of its own file (runtime.rs) and one line of [`runtimes!`]'s list below.
 
-mod go;
-mod gocode;
-mod gopclntab;
-mod python;
+mod found;
+mod runtime;
 mod stacks;
 mod symbols;
-mod usdt;
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap},
     num::NonZeroU32,
     path::{Path, PathBuf},
     sync::Arc,
 };
 
+pub use found::{Hooked, Refusal};
 pub use symbols::OpSpec;
 
 use crate::kernel::{
     links::Links,
     uprobe::{self, Uprobes},
 };
-use symbols::{matches, note_nearest, read_symbols, Maps, Search, Symbol};
+use found::Found;
+use runtime::Runtime;
+use symbols::{matches, note_nearest, read_symbols, Maps, Symbol};
 
 use aya::{
     maps::{Array, HashMap as BpfHashMap, MapData},
@@ -50,69 +50,50 @@ use probe_common::{
     ops::{OpAddrKey, OpCall, OpCounters, OpGoKey, OpStatsKey, MAX_OP_FUNCTIONS},
 };
 
+/// The runtimes: each line a module (its file) and its [`Runtime`] type, in the order
+/// they are asked whether a process is theirs. A new runtime is its file and one line.
+macro_rules! runtimes {
+    ($($module:ident :: $runtime:ident),* $(,)?) => {
+        $(mod $module;)*
+
+        /// One of each runtime, in the list's order.
+        fn runtimes() -> Vec<Box<dyn Runtime>> {
+            vec![$(Box::new($module::$runtime::default())),*]
+        }
+    };
+}
+
+runtimes! {
+    go::Go,
+    python::CPython,
+}
+
+/// The runtimes whose calls from before attach go unseen, as the drain's basis names them
+/// (`Go`, `Go or CPython`).
+pub fn blind_runtimes() -> String {
+    let names: Vec<&str> = runtimes()
+        .iter()
+        .filter(|r| r.blind_at_attach())
+        .map(|r| r.name())
+        .collect();
+    match names.split_last() {
+        Some((last, [])) => last.to_string(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
+    }
+}
+
 const ENTRY: &str = "op_entry";
 const RETURN: &str = "op_return";
 
-/// A function found and hooked in one process.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Hooked {
-    pub tgid: u32,
-    /// Index of its spec in the `--op` list.
-    pub function: u32,
-    /// As the target maps it.
-    pub path: String,
-    /// The symbol, demangled.
-    pub symbol: String,
-}
-
-impl Hooked {
-    /// One line for `-v`: `pid 12: purchase = Game::purchase(int) in /srv/game`.
-    pub fn describe(&self, specs: &[OpSpec]) -> String {
-        let spec = specs
-            .get(self.function as usize)
-            .map_or("?", |s| s.text.as_str());
-        format!(
-            "pid {}: --op {spec} = {} in {}",
-            self.tgid, self.symbol, self.path
-        )
-    }
-}
-
-/// Why a process's functions cannot be hooked.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Refusal {
-    /// A runtime whose functions `--op` does not follow yet.
-    Unsupported { tgid: u32, runtime: &'static str },
-    /// Loading or attaching the programs failed.
-    Failed(String),
-}
-
-impl std::fmt::Display for Refusal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Refusal::Unsupported { tgid, runtime } => write!(
-                f,
-                "--op on a {runtime} program (pid {tgid}) is not supported yet: drainwatch \
-                 follows the functions of C, C++, Rust, Go and CPython 3.11 programs; watch \
-                 it without --op"
-            ),
-            Refusal::Failed(why) => write!(f, "--op: {why}"),
-        }
-    }
-}
-
 pub struct OpHooks {
-    specs: Vec<OpSpec>,
-    /// The entry and return programs, attached per process (kernel/uprobe.rs).
+    /// The `--op` list, what was hooked and searched (found.rs).
+    found: Found,
+    /// The entry and return programs on ELF functions, attached per process
+    /// (kernel/uprobe.rs).
     uprobes: Uprobes,
-    /// (tgid, mapped path) already looked at.
-    seen: HashSet<(u32, String)>,
-    hooked: Vec<Hooked>,
-    /// Addresses written into `OP_ADDRS`, to take out at the process's exit.
-    addrs: Vec<OpAddrKey>,
     /// Parsed symbol tables by file (a forked child maps the same files).
     symbols: HashMap<PathBuf, Arc<Vec<Symbol>>>,
-    searches: Vec<Search>,
     /// Each function's histogram totals at the previous read, to hand on only what is new.
     latency_seen: Vec<Vec<u64>>,
     /// Where each hooked function sits in each process: (tgid, start, end, function).
@@ -120,21 +101,8 @@ pub struct OpHooks {
     /// Threads inside a hooked function since before it was hooked (stacks.rs), or not yet
     /// known (`None`: running when looked at), with when they were first looked at (ns).
     before_attach: BTreeMap<(u32, u32), (Option<u32>, u64)>,
-    /// The Go programs' entry and RET programs (go.rs), attached per process.
-    go_uprobes: Uprobes,
-    /// Parsed Go executables by file.
-    go_binaries: HashMap<PathBuf, Arc<go::GoBinary>>,
-    /// Go and CPython processes hooked: calls running in them before attach are not seen
-    /// (go.rs, python.rs).
-    blind: Vec<u32>,
-    /// The CPython programs (python.rs), loaded once; attached through perf events of our
-    /// own (`py_links`).
-    py_uprobes: Uprobes,
-    py_links: Links,
-    /// CPython files' markers, or why not, by file.
-    py_markers: HashMap<PathBuf, Arc<Result<usdt::PyMarkers, String>>>,
-    /// `PY_OP_NAMES` filled from the `--op` list.
-    py_names_written: bool,
+    /// The runtimes ([`runtimes!`]).
+    runtimes: Vec<Box<dyn Runtime>>,
 }
 
 /// What the kernel's operation maps hold now ([`OpHooks::read`]).
@@ -165,51 +133,47 @@ impl OpHooks {
     }
 
     pub fn new(specs: Vec<OpSpec>) -> Self {
-        let searches = specs.iter().map(|_| Search::default()).collect();
         Self {
-            specs,
+            found: Found::new(specs),
             uprobes: Uprobes::new("--op", [ENTRY, RETURN]),
-            seen: HashSet::new(),
-            hooked: Vec::new(),
-            addrs: Vec::new(),
             symbols: HashMap::new(),
-            searches,
             latency_seen: Vec::new(),
             ranges: Vec::new(),
             before_attach: BTreeMap::new(),
-            go_uprobes: Uprobes::new("--op Go", [go::GO_ENTRY, go::GO_RETURN]),
-            go_binaries: HashMap::new(),
-            blind: Vec::new(),
-            py_uprobes: Uprobes::new("--op CPython", [python::PY_ENTRY, python::PY_RETURN]),
-            py_links: Links::default(),
-            py_markers: HashMap::new(),
-            py_names_written: false,
+            runtimes: runtimes(),
         }
     }
 
     pub fn specs(&self) -> &[OpSpec] {
-        &self.specs
+        &self.found.specs
     }
 
     pub fn is_on(&self) -> bool {
-        !self.specs.is_empty()
+        !self.found.specs.is_empty()
     }
 
     pub fn hooked(&self) -> &[Hooked] {
-        &self.hooked
+        &self.found.hooked
+    }
+
+    /// The specs that matched nothing in any process looked at, each as one line naming
+    /// what was searched and the nearest names.
+    pub fn unmatched(&self) -> Vec<String> {
+        self.found.unmatched()
     }
 
     pub fn take_links(&mut self) -> Links {
         let mut links = self.uprobes.take_links();
-        links.append(self.go_uprobes.take_links());
-        links.append(self.py_uprobes.take_links());
-        links.append(std::mem::take(&mut self.py_links));
+        for runtime in &mut self.runtimes {
+            links.append(runtime.take_links());
+        }
         links
     }
 
-    /// Go processes whose calls from before their hooks were planted are not seen (go.rs).
+    /// Processes whose calls from before their hooks were planted are not seen (a
+    /// runtime's, runtime.rs).
     pub fn blind_at_attach(&self) -> &[u32] {
-        &self.blind
+        &self.found.blind
     }
 
     /// Hooks the `--op` functions that `tgid` maps now and were not hooked in it before;
@@ -218,26 +182,22 @@ impl OpHooks {
         let Some(pid) = NonZeroU32::new(tgid) else {
             return Ok(Vec::new());
         };
-        if self.specs.is_empty() {
+        if self.found.specs.is_empty() {
             return Ok(Vec::new());
         }
         let Some(maps) = Maps::read(tgid) else {
             return Ok(Vec::new());
         };
-        match maps.runtime(tgid) {
-            Some("Go") => return self.attach_go(ebpf, tgid, pid, &maps),
-            Some("CPython") => return self.attach_python(ebpf, tgid, pid, &maps),
-            Some(runtime) => return Err(Refusal::Unsupported { tgid, runtime }),
-            None => {}
+        for runtime in &mut self.runtimes {
+            if runtime.claims(&maps, tgid) {
+                return runtime.attach(&mut self.found, ebpf, tgid, pid, &maps);
+            }
         }
         let mut new = Vec::new();
-        for (index, spec) in self.specs.clone().iter().enumerate() {
-            let already = self
-                .hooked
-                .iter()
-                .any(|h| h.tgid == tgid && h.function == index as u32);
+        for (index, spec) in self.found.specs.clone().iter().enumerate() {
+            let already = self.found.is_hooked(tgid, index);
             for path in maps.files_for(spec) {
-                if already || !self.seen.insert((tgid, format!("{index}\0{path}"))) {
+                if already || !self.found.seen.insert((tgid, format!("{index}\0{path}"))) {
                     continue;
                 }
                 let file = PathBuf::from(format!("/proc/{tgid}/root{path}"));
@@ -246,7 +206,7 @@ impl OpHooks {
                 };
                 let found = matches(&symbols, &spec.function);
                 if found.is_empty() {
-                    let search = &mut self.searches[index];
+                    let search = &mut self.found.searches[index];
                     if !search.files.contains(&path) {
                         search.files.push(path.clone());
                     }
@@ -263,8 +223,7 @@ impl OpHooks {
                         _pad: 0,
                         addr,
                     };
-                    write_addr(ebpf, key, index as u32)?;
-                    self.addrs.push(key);
+                    self.found.write_addr(ebpf, key, index as u32)?;
                     self.ranges
                         .push((tgid, addr, addr + symbol.size.max(1), index as u32));
                     let hooked = Hooked {
@@ -273,8 +232,8 @@ impl OpHooks {
                         path: path.clone(),
                         symbol: symbol.demangled.clone(),
                     };
-                    log::debug!("{}", hooked.describe(&self.specs));
-                    self.hooked.push(hooked.clone());
+                    log::debug!("{}", hooked.describe(&self.found.specs));
+                    self.found.hooked.push(hooked.clone());
                     new.push(hooked);
                 }
                 // The executable's (or the first library's) match is the function: later
@@ -391,9 +350,8 @@ impl OpHooks {
     /// The counters, the threads inside an operation and the latencies new since the last
     /// read.
     pub fn read(&mut self, ebpf: &Ebpf) -> OpsRead {
-        if self.specs.is_empty()
-            || self.uprobes.attached() + self.go_uprobes.attached() + self.py_links.len() == 0
-        {
+        let runtimes: usize = self.runtimes.iter().map(|r| r.attached()).sum();
+        if self.found.specs.is_empty() || self.uprobes.attached() + runtimes == 0 {
             return OpsRead::default();
         }
         let mut latency_us = Vec::new();
@@ -432,7 +390,7 @@ impl OpHooks {
                 .iter()
                 .map(|((tgid, tid), (function, since))| (*tgid, *tid, *function, *since))
                 .collect(),
-            blind_at_attach: self.blind.clone(),
+            blind_at_attach: self.found.blind.clone(),
         }
     }
 
@@ -482,7 +440,7 @@ impl OpHooks {
         let Ok(array) = Array::<&MapData, LatencyHistogram>::try_from(map) else {
             return Vec::new();
         };
-        (0..self.specs.len().min(MAX_OP_FUNCTIONS as usize) as u32)
+        (0..self.found.specs.len().min(MAX_OP_FUNCTIONS as usize) as u32)
             .filter_map(|i| Some((i, array.get(&i, 0).ok()?.counts.to_vec())))
             .collect()
     }
@@ -490,17 +448,19 @@ impl OpHooks {
     /// Takes a process that exited out of the maps (its counters were read at its exit).
     pub fn forget(&mut self, ebpf: &mut Ebpf, tgid: u32) {
         let mine: Vec<OpAddrKey> = self
+            .found
             .addrs
             .iter()
             .copied()
             .filter(|k| k.tgid == tgid)
             .collect();
-        self.addrs.retain(|k| k.tgid != tgid);
-        self.seen.retain(|(t, _)| *t != tgid);
+        self.found.addrs.retain(|k| k.tgid != tgid);
+        self.found.seen.retain(|(t, _)| *t != tgid);
         self.ranges.retain(|r| r.0 != tgid);
         self.before_attach.retain(|(t, _), _| *t != tgid);
-        self.blind.retain(|t| *t != tgid);
-        // Goroutines' and CPython frames' entries have no thread exit to take them out.
+        self.found.blind.retain(|t| *t != tgid);
+        // Calls keyed by a runtime's own key (`OpGoKey`: a goroutine, an interpreter frame)
+        // have no thread exit to take them out.
         if let Some(Ok(mut map)) = ebpf
             .map_mut(map_names::OP_GO_CALLS)
             .map(BpfHashMap::<&mut MapData, OpGoKey, OpCall>::try_from)
@@ -526,7 +486,7 @@ impl OpHooks {
             .map_mut(map_names::OP_STATS)
             .map(BpfHashMap::<&mut MapData, OpStatsKey, OpCounters>::try_from)
         {
-            for function in 0..self.specs.len() as u32 {
+            for function in 0..self.found.specs.len() as u32 {
                 let _ = map.remove(&OpStatsKey { tgid, function });
             }
         }
@@ -563,17 +523,6 @@ fn mono_ns() -> u64 {
     // SAFETY: clock_gettime writes into the timespec we own.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-fn write_addr(ebpf: &mut Ebpf, key: OpAddrKey, function: u32) -> Result<(), Refusal> {
-    let map = ebpf
-        .map_mut(map_names::OP_ADDRS)
-        .ok_or_else(|| Refusal::Failed("no OP_ADDRS map in the object".into()))?;
-    let mut addrs = BpfHashMap::<&mut MapData, OpAddrKey, u32>::try_from(map)
-        .map_err(|e| Refusal::Failed(e.to_string()))?;
-    addrs
-        .insert(key, function, 0)
-        .map_err(|e| Refusal::Failed(format!("OP_ADDRS: {}", uprobe::error_line(&e))))
 }
 
 impl uprobe::UprobeUnit for OpHooks {

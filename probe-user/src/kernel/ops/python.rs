@@ -20,7 +20,10 @@
 //! Python functions are known only when they run (a name and a file name in a code object),
 //! not from the ELF: a SPEC is armed in every CPython target and counts the calls that come.
 
+mod usdt;
+
 use std::{
+    collections::HashMap,
     ffi::CString,
     num::NonZeroU32,
     os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
@@ -34,18 +37,19 @@ use aya::{
     Ebpf,
 };
 use probe_common::{
-    map_names,
-    ops::{PyOpName, PY_NAME_LEN},
+    ops_py::{PyOpName, PY_NAME_LEN, PY_OP_NAMES},
 };
 
 use super::{
-    symbols::Maps,
-    usdt::{Marker, PyMarkers},
-    Hooked, OpHooks, OpSpec, Refusal,
+    found::{Found, Hooked, Refusal},
+    runtime::Runtime,
+    symbols::{Maps, OpSpec},
 };
+use crate::kernel::{links::Links, uprobe::Uprobes};
+use usdt::{Marker, PyMarkers};
 
-pub(super) const PY_ENTRY: &str = "op_py_entry";
-pub(super) const PY_RETURN: &str = "op_py_return";
+const PY_ENTRY: &str = "op_py_entry";
+const PY_RETURN: &str = "op_py_return";
 
 /// `FUNCTION` or `FILE:FUNCTION` as CPython names them: `co_name` (a function's own name,
 /// not a dotted path) and the end of `co_filename`.
@@ -82,17 +86,80 @@ fn py_name(spec: &OpSpec) -> Result<PyOpName, String> {
     })
 }
 
-impl OpHooks {
+/// CPython 3.11 processes: hooked at the interpreter's markers, per frame.
+pub(super) struct CPython {
+    /// The programs, loaded once; attached through perf events of our own (`links`).
+    uprobes: Uprobes,
+    links: Links,
+    /// Interpreter files' markers, or why not, by file.
+    markers: HashMap<PathBuf, Arc<Result<PyMarkers, String>>>,
+    /// `PY_OP_NAMES` filled from the `--op` list.
+    names_written: bool,
+}
+
+impl Default for CPython {
+    fn default() -> Self {
+        Self {
+            uprobes: Uprobes::new("--op CPython", [PY_ENTRY, PY_RETURN]),
+            links: Links::default(),
+            markers: HashMap::new(),
+            names_written: false,
+        }
+    }
+}
+
+impl Runtime for CPython {
+    fn name(&self) -> &'static str {
+        "CPython"
+    }
+
+    fn blind_at_attach(&self) -> bool {
+        true
+    }
+
+    /// A process whose executable or a mapped library is named `python*` or `libpython*`.
+    fn claims(&mut self, maps: &Maps, _tgid: u32) -> bool {
+        let python = |p: &str| {
+            let name = p.rsplit('/').next().unwrap_or(p);
+            name.starts_with("libpython") || name.starts_with("python")
+        };
+        maps.exe().is_some_and(python) || maps.mapped_files().any(python)
+    }
+
     /// Hooks the `--op` functions in the CPython process `tgid`: its interpreter's markers,
     /// once per process.
-    pub(super) fn attach_python(
+    fn attach(
         &mut self,
+        found: &mut Found,
         ebpf: &mut Ebpf,
         tgid: u32,
         pid: NonZeroU32,
         maps: &Maps,
     ) -> Result<Vec<Hooked>, Refusal> {
-        if self.hooked.iter().any(|h| h.tgid == tgid) {
+        self.attach_python(found, ebpf, tgid, pid, maps)
+    }
+
+    fn attached(&self) -> usize {
+        self.links.len()
+    }
+
+    fn take_links(&mut self) -> Links {
+        let mut links = self.uprobes.take_links();
+        links.append(std::mem::take(&mut self.links));
+        links
+    }
+}
+
+impl CPython {
+    fn attach_python(
+        &mut self,
+        found: &mut Found,
+        ebpf: &mut Ebpf,
+        tgid: u32,
+        pid: NonZeroU32,
+        maps: &Maps,
+    ) -> Result<Vec<Hooked>, Refusal> {
+        if found.hooked.iter().any(|h| h.tgid == tgid) {
             return Ok(Vec::new());
         }
         let exe = maps.exe().unwrap_or_default().to_string();
@@ -100,8 +167,8 @@ impl OpHooks {
             |why: String| Refusal::Failed(format!("--op on CPython {exe} (pid {tgid}): {why}"));
         let (path, markers) = self.py_markers_of(tgid, maps).map_err(refuse)?;
         // A SPEC that is no Python name is the user's to fix, whatever the target.
-        self.write_py_names(ebpf).map_err(Refusal::Failed)?;
-        self.py_uprobes
+        self.write_py_names(&found.specs, ebpf).map_err(Refusal::Failed)?;
+        self.uprobes
             .load(ebpf)
             .map_err(|e| refuse(format!("loading its programs: {e}")))?;
         let file = PathBuf::from(format!("/proc/{tgid}/root{path}"));
@@ -116,12 +183,10 @@ impl OpHooks {
                     program.unwrap_or("the line semaphore's uprobe")
                 ))
             })?;
-            self.py_links.add_owned(fd);
+            self.links.add_owned(fd);
         }
-        if !self.blind.contains(&tgid) {
-            self.blind.push(tgid);
-        }
-        let hooked: Vec<Hooked> = self
+        found.note_blind(tgid);
+        let hooked: Vec<Hooked> = found
             .specs
             .iter()
             .enumerate()
@@ -142,9 +207,9 @@ impl OpHooks {
             })
             .collect();
         for h in &hooked {
-            log::debug!("{}", h.describe(&self.specs));
+            log::debug!("{}", h.describe(&found.specs));
         }
-        self.hooked.extend(hooked.iter().cloned());
+        found.hooked.extend(hooked.iter().cloned());
         Ok(hooked)
     }
 
@@ -165,7 +230,7 @@ impl OpHooks {
         for path in candidates {
             let file = PathBuf::from(format!("/proc/{tgid}/root{path}"));
             let real = std::fs::canonicalize(&file).unwrap_or(file.clone());
-            let read = match self.py_markers.get(&real) {
+            let read = match self.markers.get(&real) {
                 Some(read) => read.clone(),
                 None => {
                     let read = Arc::new(
@@ -173,7 +238,7 @@ impl OpHooks {
                             .map_err(|e| format!("reading {path}: {e}"))
                             .and_then(|data| PyMarkers::read(&data)),
                     );
-                    self.py_markers.insert(real, read.clone());
+                    self.markers.insert(real, read.clone());
                     read
                 }
             };
@@ -186,12 +251,12 @@ impl OpHooks {
     }
 
     /// Fills `PY_OP_NAMES` from the `--op` list, once.
-    fn write_py_names(&mut self, ebpf: &mut Ebpf) -> Result<(), String> {
-        if self.py_names_written {
+    fn write_py_names(&mut self, specs: &[OpSpec], ebpf: &mut Ebpf) -> Result<(), String> {
+        if self.names_written {
             return Ok(());
         }
         let mut names: Vec<([u8; PY_NAME_LEN], PyOpName)> = Vec::new();
-        for (index, spec) in self.specs.iter().enumerate() {
+        for (index, spec) in specs.iter().enumerate() {
             let mut value = py_name(spec)?;
             value.function = index as u32;
             let mut key = [0u8; PY_NAME_LEN];
@@ -206,7 +271,7 @@ impl OpHooks {
             names.push((key, value));
         }
         let map = ebpf
-            .map_mut(map_names::PY_OP_NAMES)
+            .map_mut(PY_OP_NAMES)
             .ok_or("no PY_OP_NAMES map in the object")?;
         let mut map = BpfHashMap::<&mut MapData, [u8; PY_NAME_LEN], PyOpName>::try_from(map)
             .map_err(|e| e.to_string())?;
@@ -214,7 +279,7 @@ impl OpHooks {
             map.insert(key, value, 0)
                 .map_err(|e| format!("PY_OP_NAMES: {}", crate::kernel::uprobe::error_line(&e)))?;
         }
-        self.py_names_written = true;
+        self.names_written = true;
         Ok(())
     }
 }

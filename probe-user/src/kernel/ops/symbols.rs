@@ -203,46 +203,6 @@ fn without_parameters(name: &str) -> String {
     name.to_string()
 }
 
-impl super::OpHooks {
-    /// The specs that matched nothing in any process looked at, each as one line naming
-    /// what was searched and the nearest names.
-    pub fn unmatched(&self) -> Vec<String> {
-        self.specs
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| !self.hooked.iter().any(|h| h.function == *i as u32))
-            .map(|(i, spec)| {
-                let search = &self.searches[i];
-                let files: Vec<&str> = search.files.iter().map(String::as_str).collect();
-                let searched = match files.len() {
-                    0 => "no file of the targets matches that library name".to_string(),
-                    1..=3 => format!("searched {}", files.join(", ")),
-                    n => format!(
-                        "searched {}, {} and {} more files",
-                        files[0],
-                        files[1],
-                        n - 2
-                    ),
-                };
-                let nearest: Vec<&str> = search
-                    .nearest
-                    .iter()
-                    .map(|(_, name)| name.as_str())
-                    .collect();
-                let nearest = if nearest.is_empty() {
-                    String::new()
-                } else {
-                    format!("; nearest: {}", nearest.join(", "))
-                };
-                format!(
-                    "--op {}: no function of that name ({searched}){nearest}",
-                    spec.text
-                )
-            })
-            .collect()
-    }
-}
-
 /// A process's executable mappings.
 pub(super) struct Maps {
     exe: Option<String>,
@@ -302,26 +262,6 @@ impl Maps {
     /// Every file the process maps.
     pub fn mapped_files(&self) -> impl Iterator<Item = &str> {
         self.files.iter().map(String::as_str)
-    }
-
-    /// The runtime whose functions are not ELF functions, if the process is one: a Go
-    /// program (its `.gopclntab`/`.go.buildinfo`), CPython (its interpreter or libpython).
-    pub fn runtime(&self, tgid: u32) -> Option<&'static str> {
-        let name = |p: &str| p.rsplit('/').next().unwrap_or(p).to_string();
-        let python = |p: &str| {
-            let n = name(p);
-            n.starts_with("libpython") || n.starts_with("python")
-        };
-        if self.exe.as_deref().is_some_and(python) || self.files.iter().any(|f| python(f)) {
-            return Some("CPython");
-        }
-        let exe = self.exe.as_ref()?;
-        let data = std::fs::read(format!("/proc/{tgid}/root{exe}")).ok()?;
-        let elf = object::File::parse(&*data).ok()?;
-        use object::Object;
-        (elf.section_by_name(".gopclntab").is_some()
-            || elf.section_by_name(".go.buildinfo").is_some())
-        .then_some("Go")
     }
 
     /// The files to search for a spec, in order.
