@@ -34,10 +34,10 @@ use crate::{
 };
 
 mod maps;
+mod owned;
 pub use maps::ConnSeed;
-
-/// `BPF_NOEXIST` (include/uapi/linux/bpf.h): insert only if the key is absent.
-const BPF_NOEXIST: u64 = 1;
+pub use owned::Probe;
+use owned::BPF_NOEXIST;
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/drainwatch-probe"));
 
@@ -84,21 +84,6 @@ pub fn to_wire_addr(addr: &SocketAddr) -> SockAddr {
         }
     }
     out
-}
-
-pub struct Probe {
-    // Field order is drop order: maps and logger go before the programs they feed, links
-    // (detaching) before the programs they attach.
-    events: RingBuf<MapData>,
-    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
-    /// Every attachment, so that [`Probe::close`] can take them down together.
-    links: Links,
-    /// The uprobe units the session installed (TLS hooks, operation probes: kernel/uprobe.rs,
-    /// [`UprobeUnit`]).
-    units: Vec<Box<dyn UprobeUnit>>,
-    ebpf: Ebpf,
-    failures: Vec<String>,
-    hooks: &'static Backend,
 }
 
 /// Fills the load-time config from tracefs format files and kernel BTF.

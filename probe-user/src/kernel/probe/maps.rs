@@ -8,7 +8,7 @@ use probe_common::{
     CONN_EXISTED, CONN_UNKNOWN,
 };
 
-use super::{Probe, BPF_NOEXIST};
+use super::owned::{Probe, BPF_NOEXIST};
 use crate::{kernel::attach::load_error, Error, Result};
 
 /// The socket-level backends' map of sockets (probe-ebpf/src/sockets/sock_tp.rs).
