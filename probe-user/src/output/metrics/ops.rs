@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{HdrFeed, LatencyBuckets, Text};
+use super::exposition::{HdrFeed, LatencyBuckets, Text};
 use crate::model::{ops::OpsTracker, state::AuditState};
 
 /// One (target name, SPEC)'s operations at a scrape.

@@ -2,6 +2,7 @@
 //! target name, and docs/observability.md against what is exported.
 
 use super::*;
+use hdrhistogram::Histogram;
 
 fn hdr() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).unwrap()
