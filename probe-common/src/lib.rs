@@ -36,6 +36,7 @@ pub mod map_names {
     pub const REQUEST_LATENCY: &str = "REQUEST_LATENCY";
     pub const USER_TARGET_BITS: &str = "USER_TARGET_BITS";
     pub const LISTEN_PORTS: &str = "LISTEN_PORTS";
+    pub const SURVEYED: &str = "SURVEYED";
     pub const TLS_ON: &str = "TLS_ON";
     pub const OP_ADDRS: &str = "OP_ADDRS";
     pub const OP_STATS: &str = "OP_STATS";
@@ -405,7 +406,10 @@ pub struct ConnOpenEvent {
     pub fd: u32,
     pub role: u8,
     pub proto: u8,
-    pub _pad: [u8; 2],
+    /// `CONN_EXISTED`: a socket that existed before attach, first seen now by the socket
+    /// backend and classified from the /proc survey (`SURVEYED`), not from its peer.
+    pub flags: u8,
+    pub _pad: u8,
     /// The listening fd for accepted connections, else 0.
     pub listener_fd: u32,
     pub peer: SockAddr,

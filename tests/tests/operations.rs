@@ -175,6 +175,30 @@ fn service_gap_wait_with_no_flags_is_never_drained_mid_purchase() {
     });
 }
 
+/// The gap a database wait (`pg_sleep` on the worker's own connection); stopped by `stop
+/// --op` at the verdict. Attached mid-load, the workers' connections to the private
+/// PostgreSQL (on a port no flag names: known by its server's name) are classified from the
+/// survey, never from an event that came before it (issue #22 item 5).
+#[test]
+fn db_gap_wait_with_op_then_stop_at_the_verdict_is_clean() {
+    wait_is_never_drained_mid_purchase(Release {
+        gap: Gap::Db,
+        end: End::Stop,
+        ..Release::default()
+    });
+}
+
+/// The gap a database wait: right with no flags (the query in flight holds the drain,
+/// docs/design.md "query in flight"), kill -9 at the verdict.
+#[test]
+fn db_gap_wait_with_no_flags_is_never_drained_mid_purchase() {
+    wait_is_never_drained_mid_purchase(Release {
+        gap: Gap::Db,
+        op: false,
+        ..Release::default()
+    });
+}
+
 /// Attached before the load: a Go call begun before attach is not seen (docs/design.md,
 /// "operation"; the basis says so), so the purchases here all begin while watched.
 #[test]

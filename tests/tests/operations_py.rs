@@ -1,13 +1,15 @@
 //! Operations (`--op`, docs/design.md "operation") on CPython: the story's release on an
 //! asyncio game server (tests/fixtures/game_py.py, behind game_ops' gateway) whose purchase,
-//! a coroutine, writes A, waits on a timer, writes B; judged by the server's own record and
-//! by PostgreSQL's ledger.
+//! a coroutine, writes A, waits (a timer, a call to a slow service), writes B; judged by the
+//! server's own record and by PostgreSQL's ledger.
 
 use drainwatch_tests::{
     db::PgServer,
     game::mono_ns,
     game_ops::{assert_ops_watched, complete, half_done, GameOps, Gateway},
-    game_py, *,
+    game_py,
+    nginx::SlowUpstream,
+    *,
 };
 
 /// Workers of the game (one asyncpg connection each), and the wait between a purchase's
@@ -101,6 +103,22 @@ fn py_wait_with_op_on_a_coroutine_is_never_drained_between_its_writes() {
         let done = run_drainwatch(&["wait", "--pid", &pid, "--op", spec, "--timeout", "5s"]);
         assert_eq!(done.code, 0, "--op {spec}: {done:?}");
     }
+}
+
+/// The gap is a call to a slow service (a new connection per call, some in flight at
+/// attach): the upstream call in flight holds the drain with no flags at all. Attached
+/// mid-load, the service connections that exist at attach are classified from the survey,
+/// never from an event that came before it (issue #22 item 5).
+#[test]
+fn py_service_gap_is_right_with_no_flags() {
+    let db = PgServer::start();
+    let service = SlowUpstream::start(gap_ms(), None);
+    let port = service.port.to_string();
+    let report = release(&db, &["--gap", "service", "--service-port", &port], None);
+    assert!(
+        report["upstream_calls"]["count"].as_u64().unwrap() >= 3,
+        "{report:#}"
+    );
 }
 
 /// The gap is a timer inside the coroutine and no `--op` is given: nothing drainwatch sees

@@ -71,33 +71,24 @@ pub(super) fn try_exit_accept(ctx: &RawTracePointContext, pending: Pending) -> R
     }
     // The kernel has filled the peer address in by now (if the caller asked for it).
     let peer = read_sockaddr(pending.ptr);
-    let _ = open_conn(
-        tgid,
-        fd as u32,
-        ROLE_CLIENT,
-        PROTO_UNKNOWN,
-        pending.fd,
-        peer,
-        0,
-    );
+    let state = ConnState::new(ROLE_CLIENT, PROTO_UNKNOWN, fd as u32);
+    let _ = open_conn(tgid, fd as u32, state, pending.fd, peer, 0);
     Ok(0)
 }
 
+/// Tracks a new connection of a target: `state` is its entry (role, protocol, and
+/// `CONN_EXISTED` for a socket from before attach first seen now), announced to userspace.
 #[inline(always)]
 pub(super) fn open_conn(
     tgid: u32,
     fd: u32,
-    role: u8,
-    proto: u8,
+    state: ConnState,
     listener_fd: u32,
     peer: SockAddr,
     unix_inode: u32,
 ) -> bool {
     let key = ConnKey { tgid, fd };
-    if CONNS
-        .insert(&key, &ConnState::new(role, proto, fd), 0)
-        .is_err()
-    {
+    if CONNS.insert(&key, &state, 0).is_err() {
         bump(Counter::ConnsFull);
         return false;
     }
@@ -105,9 +96,10 @@ pub(super) fn open_conn(
         header: header::<ConnOpenEvent>(EventKind::ConnOpen),
         tgid,
         fd,
-        role,
-        proto,
-        _pad: [0; 2],
+        role: state.role,
+        proto: state.proto,
+        flags: state.flags,
+        _pad: 0,
         listener_fd,
         peer,
         unix_inode,
@@ -158,7 +150,8 @@ pub(super) fn try_exit_connect(ctx: &RawTracePointContext, pending: Pending) -> 
     }
     let (tgid, _) = current_tgid_pid();
     let (role, proto) = classify_peer(&pending.addr);
-    let _ = open_conn(tgid, pending.fd, role, proto, 0, pending.addr, 0);
+    let state = ConnState::new(role, proto, pending.fd);
+    let _ = open_conn(tgid, pending.fd, state, 0, pending.addr, 0);
     Ok(0)
 }
 

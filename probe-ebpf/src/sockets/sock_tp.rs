@@ -29,9 +29,9 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use probe_common::{
-    ConnKey, Pending, SockAddr, CONN_BOUND, CONN_EXISTED, CONN_UNKNOWN, FD_BY_INODE, IO_READ,
-    IO_READV, IO_RECVFROM, IO_RECVMSG, IO_SENDMSG, IO_SENDTO, IO_WRITE, IO_WRITEV, MAX_CONNS,
-    NO_OFFSET, PROTO_UNKNOWN, ROLE_CLIENT, ROLE_DB, ROLE_UPSTREAM,
+    ConnKey, ConnState, Pending, SockAddr, CONN_BOUND, CONN_EXISTED, CONN_UNKNOWN, FD_BY_INODE,
+    IO_READ, IO_READV, IO_RECVFROM, IO_RECVMSG, IO_SENDMSG, IO_SENDTO, IO_WRITE, IO_WRITEV,
+    MAX_CONNS, NO_OFFSET, PROTO_UNKNOWN, ROLE_CLIENT, ROLE_DB, ROLE_UPSTREAM,
 };
 
 use super::{
@@ -53,6 +53,13 @@ static SOCKS: HashMap<u64, ConnKey> = HashMap::with_max_entries(MAX_CONNS, 0);
 /// a socket first seen in a target's send/recv on such a port was accepted (`client`).
 #[map]
 static LISTEN_PORTS: Array<u8> = Array::with_max_entries(65536, 0);
+
+/// The sockets of a process being attached, by inode: `[role, protocol]` as its /proc
+/// survey classified them (session/seed.rs). Written before the process becomes a target
+/// and emptied once its connections are in `CONNS`: a socket from before attach that is
+/// reached in between is classified by the survey, not by its peer alone.
+#[map]
+static SURVEYED: HashMap<u64, [u8; 2]> = HashMap::with_max_entries(MAX_CONNS, 0);
 
 const AF_UNIX: u16 = 1;
 const AF_INET: u16 = 2;
@@ -304,22 +311,36 @@ fn first_seen(tgid: u32, sk: u64, nr: u64, di: u64) -> Option<ConnKey> {
             // Its inode, for userspace to watch the fd by (ConnOpenEvent::unix_inode).
             let inode = inode_of(sk).unwrap_or(0) as u32;
             let fd = free_name(tgid, sk, fd);
-            if !open_conn(tgid, fd, role, proto, 0, peer, inode) {
+            if !open_conn(tgid, fd, ConnState::new(role, proto, fd), 0, peer, inode) {
                 return None;
             }
             ConnKey { tgid, fd }
         }
-        // New since attach (accepted: its SYN_RECV -> ESTABLISHED ran in softirq).
+        // A socket from before attach reached before userspace added its entry (its process
+        // is being attached): what the survey found it to be, never a guess from its peer
+        // (issue #22: a local PostgreSQL on a port no flag names taken for an upstream).
+        // New since attach (accepted: its SYN_RECV -> ESTABLISHED ran in softirq): its
+        // listening port says client, else its peer says.
         _ => {
             let local: u16 = field(sk, config().sock.num)?;
             let peer = peer_of(sk);
-            let (role, proto) = if LISTEN_PORTS.get(local as u32).is_some_and(|v| *v != 0) {
-                (ROLE_CLIENT, PROTO_UNKNOWN)
-            } else {
-                classify_peer(&peer)
+            // SAFETY: copied at once.
+            let surveyed = inode_of(sk).and_then(|inode| unsafe { SURVEYED.get(&inode) }.copied());
+            let (role, proto) = match surveyed {
+                Some([role, proto]) => (role, proto),
+                None if LISTEN_PORTS.get(local as u32).is_some_and(|v| *v != 0) => {
+                    (ROLE_CLIENT, PROTO_UNKNOWN)
+                }
+                None => classify_peer(&peer),
             };
             let fd = free_name(tgid, sk, fd);
-            if !open_conn(tgid, fd, role, proto, 0, peer, 0) {
+            let mut state = ConnState::new(role, proto, fd);
+            if surveyed.is_some() {
+                // Its conversation is seen mid-way, as for an entry userspace made; bound to
+                // this socket from now on.
+                state.flags = CONN_EXISTED | CONN_BOUND;
+            }
+            if !open_conn(tgid, fd, state, 0, peer, 0) {
                 return None;
             }
             ConnKey { tgid, fd }
@@ -492,7 +513,7 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
         let fd = free_name(tgid, sk, name_fd(sk, nr, di));
         let peer = peer_of(sk);
         let (role, proto) = classify_peer(&peer);
-        if open_conn(tgid, fd, role, proto, 0, peer, 0) {
+        if open_conn(tgid, fd, ConnState::new(role, proto, fd), 0, peer, 0) {
             let _ = SOCKS.insert(&sk, &ConnKey { tgid, fd }, 0);
         }
         return 0;

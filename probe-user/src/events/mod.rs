@@ -196,6 +196,11 @@ pub struct ConnOpen {
     /// (session/unix_close.rs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unix_inode: Option<u32>,
+    /// A socket from before attach that the socket backend reached before userspace had
+    /// added it (its process was being attached), classified from the /proc survey
+    /// (`CONN_EXISTED`): its conversation is seen mid-way, and it is no new connection.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub existed: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -504,6 +509,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 local: None,
                 unix_inode: (e.peer.family as i32 == libc::AF_UNIX && e.unix_inode != 0)
                     .then_some(e.unix_inode),
+                existed: e.flags & probe_common::CONN_EXISTED != 0,
             })
         }
         EventKind::OpCut => {

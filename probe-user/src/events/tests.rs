@@ -72,7 +72,8 @@ fn a_unix_open_carries_its_inode_in_its_own_field() {
         fd: 7,
         role: probe_common::ROLE_CLIENT,
         proto: probe_common::PROTO_UNKNOWN,
-        _pad: [0; 2],
+        flags: 0,
+        _pad: 0,
         listener_fd: 0,
         peer: SockAddr {
             family: libc::AF_UNIX as u16,
@@ -98,6 +99,13 @@ fn a_unix_open_carries_its_inode_in_its_own_field() {
     };
     assert_eq!(open.unix_inode, None);
     assert_eq!(open.peer, Some("127.0.0.1:5432".parse().unwrap()));
+    assert!(!open.existed);
+    // A socket from before attach, classified from the survey, says so.
+    wire.flags = probe_common::CONN_EXISTED;
+    let Event::ConnOpen(open) = decode(&bytes_of(&wire)).unwrap() else {
+        panic!("not an open")
+    };
+    assert!(open.existed);
 }
 
 #[test]

@@ -250,6 +250,9 @@ impl ConnTracker {
     }
 
     pub fn open(&mut self, event: &ConnOpen) {
+        if event.existed {
+            return self.first_seen_existing(event);
+        }
         self.insert(Conn {
             tgid: event.tgid,
             fd: event.fd,
@@ -262,6 +265,27 @@ impl ConnTracker {
             query_since: None,
             txn_since: None,
         });
+    }
+
+    /// The kernel's first sight of a socket from before attach, reached while its process
+    /// was being attached: classified from the survey, it was no new connection (issue #22
+    /// item 5). Its event is read after the survey's entry was made, which stands (counted
+    /// once, its conversation seen mid-way, its state at attach what the kernel followed
+    /// from that first event on). A socket closed before the survey listed it is added as
+    /// one from before attach, so that its close finds it.
+    fn first_seen_existing(&mut self, event: &ConnOpen) {
+        let key = (event.tgid, event.fd);
+        if self.conns.get(&key).is_some_and(|c| c.opened_ns.is_none()) {
+            return;
+        }
+        self.add_existing(
+            key,
+            event.role,
+            event.protocol,
+            event.local,
+            event.peer,
+            AtAttach::Idle,
+        );
     }
 
     /// A close(2) by the target. Violations, in order: a client request it will never answer

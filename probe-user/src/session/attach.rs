@@ -1,6 +1,6 @@
 //! Making processes targets: the selection resolved ([`check_selection`]), each selected
 //! process and its descendants ([`attach_tree`]), and for one process the path top-down
-//! ([`attach_process`]): ask the server, tell the probe its listening ports, make it and
+//! ([`attach_process`]): ask the server, tell the probe what its sockets are, make it and
 //! its threads targets, check it is still there, then what it had going (seed.rs), then its
 //! probe units' hooks (units.rs: TLS libraries, `--op` functions). While the run lasts:
 //! processes that join a watched cgroup ([`CgroupWatch`]).
@@ -82,8 +82,23 @@ pub(super) fn attach_process(
         Origin::Signalled { .. } => None,
         _ => server_view::ask(tgid),
     };
-    // 2. Its listening ports, before any of its sockets can be classified.
-    seed::listeners(probe, tgid)?;
+    // 2. What its sockets are (listening ports, each connection's role), before any of
+    //    them can be classified by an event (seed.rs).
+    let surveyed = seed::before_target(probe, tgid, common)?;
+    let attached = attach_target(probe, state, tgid, origin, common, view.as_ref());
+    seed::forget_surveyed(probe, &surveyed);
+    attached
+}
+
+/// Steps 3 to 6 of [`attach_process`], with the survey told to the probe.
+fn attach_target(
+    probe: &mut Probe,
+    state: &mut AuditState,
+    tgid: u32,
+    origin: Origin,
+    common: &Common,
+    view: Option<&server_view::ServerView>,
+) -> Result<bool> {
     // 3. It and its threads become targets: from here on the kernel sees its events.
     probe.add_target(tgid, tgid)?;
     for pid in procfs::threads(tgid) {
@@ -102,7 +117,7 @@ pub(super) fn attach_process(
     }
     state.add_target(tgid, comm, origin);
     // 5. What it had going: connections and the socket syscalls its threads wait in.
-    seed::conns(probe, state, tgid, common, view.as_ref())?;
+    seed::conns(probe, state, tgid, common, view)?;
     // 6. The probe units' hooks in it (units.rs: its TLS libraries when it talks outward,
     //    its `--op` functions, which a process the user named must have hooked, or exit 2).
     units::hook(probe, state, tgid, origin == Origin::Named, common.verbose)?;

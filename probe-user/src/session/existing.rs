@@ -58,20 +58,6 @@ pub fn classify(socket: &TcpSocket, listener_ports: &[u16], common: &Common) -> 
     (Role::Upstream, Protocol::Unknown)
 }
 
-/// The local TCP ports a process listens on now.
-pub fn listening_ports(tgid: u32) -> Vec<u16> {
-    let sockets = netstat::tcp_sockets(tgid);
-    let mut ports: Vec<u16> = netstat::socket_fds(tgid)
-        .into_iter()
-        .filter_map(|(_, inode)| sockets.get(&inode))
-        .filter(|s| s.is_listener())
-        .map(|s| s.local.port())
-        .collect();
-    ports.sort_unstable();
-    ports.dedup();
-    ports
-}
-
 /// The TCP connections of a process now, from /proc, classified.
 pub fn survey(tgid: u32, common: &Common) -> Vec<Held> {
     let sockets = netstat::tcp_sockets(tgid);

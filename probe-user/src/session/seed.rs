@@ -23,20 +23,37 @@ use crate::{
     Result,
 };
 
-/// The local TCP ports `tgid` listens on, told to the probe BEFORE the process becomes a
-/// target. The socket-level backends (socket tracepoints, fentry) classify a socket of a
-/// target at its first send or receive: one that existed before attach and sent before
-/// [`conns`] added it was classified by its peer alone, and a busy server's live clients
-/// became `upstream` connections whose requests nobody counted (issue #22: redis under
-/// redis-benchmark, `wait` said drained). With the ports known first, such a socket is a
-/// `client` from its first event on, and the kernel follows its requests from there. The
-/// syscall hooks classify at accept/connect only; a connection from before attach is theirs
-/// once [`conns`] adds it.
-pub fn listeners(probe: &mut Probe, tgid: u32) -> Result<()> {
-    for port in existing::listening_ports(tgid) {
-        probe.add_listen_port(port)?;
+/// What `tgid`'s sockets are, told to the probe BEFORE the process becomes a target: its
+/// listening ports, and each TCP connection's role and protocol by socket inode. The
+/// socket-level backends classify a socket of a target at its first send or receive: one
+/// that existed before attach and was reached before [`conns`] added it was classified by
+/// its peer alone, and a busy server's live clients became `upstream` connections whose
+/// requests nobody counted (issue #22: redis under redis-benchmark, `wait` said drained), a
+/// worker's connection to a local PostgreSQL on a port no flag names an `upstream` whose
+/// transaction state stayed unknown until the timeout. With the survey known first, such a
+/// socket is what the survey says from its first event on, and the kernel follows its
+/// requests from there (docs/design.md, "connection": connections from before attach are
+/// found from /proc). The syscall hooks classify at accept/connect only; a connection from
+/// before attach is theirs once [`conns`] adds it. Returns the inodes told, for
+/// [`forget_surveyed`] once [`conns`] has run.
+pub fn before_target(probe: &mut Probe, tgid: u32, common: &Common) -> Result<Vec<u64>> {
+    let held = existing::survey(tgid, common);
+    let mut sockets = Vec::new();
+    for h in &held {
+        if h.role == Role::Listener {
+            probe.add_listen_port(h.socket.local.port())?;
+        } else {
+            sockets.push((h.inode, h.role.to_wire(), h.wire_proto));
+        }
     }
-    Ok(())
+    probe.survey_sockets(&sockets)?;
+    Ok(sockets.into_iter().map(|(inode, _, _)| inode).collect())
+}
+
+/// Forgets what [`before_target`] told: the process's connections are in the probe's
+/// connection map now (or it has ended), which classifies them from here on.
+pub fn forget_surveyed(probe: &mut Probe, inodes: &[u64]) {
+    probe.forget_surveyed(inodes);
 }
 
 /// Tracks the target's connections from before attach and its blocked socket syscalls.

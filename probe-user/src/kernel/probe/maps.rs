@@ -38,6 +38,39 @@ impl Probe {
         ports.set(port as u32, 1, 0).map_err(load_error)
     }
 
+    /// The sockets of a process about to become a target, by inode, as its /proc survey
+    /// classified them (`(inode, role, protocol)` in the kernel's numbering): the socket
+    /// backends classify one reached before its entry is in `CONNS` by this, not by its
+    /// peer (probe-ebpf/src/sockets/sock_tp.rs, `SURVEYED`). A full map leaves the rest to
+    /// the peer, as before.
+    pub fn survey_sockets(&mut self, sockets: &[(u64, u8, u8)]) -> Result<()> {
+        let map = self
+            .ebpf
+            .map_mut(map_names::SURVEYED)
+            .ok_or_else(|| Error::Load("no SURVEYED map in the object".into()))?;
+        let mut surveyed: HashMap<_, u64, [u8; 2]> = HashMap::try_from(map).map_err(load_error)?;
+        for &(inode, role, proto) in sockets {
+            if surveyed.insert(inode, [role, proto], 0).is_err() {
+                log::debug!("socket {inode}: the survey map is full; its peer classifies it");
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets sockets told by [`Probe::survey_sockets`]: their process's connections are
+    /// in `CONNS` now, which classifies them from here on.
+    pub fn forget_surveyed(&mut self, inodes: &[u64]) {
+        let Some(map) = self.ebpf.map_mut(map_names::SURVEYED) else {
+            return;
+        };
+        let Ok(mut surveyed) = HashMap::<_, u64, [u8; 2]>::try_from(map) else {
+            return;
+        };
+        for inode in inodes {
+            let _ = surveyed.remove(inode);
+        }
+    }
+
     /// Makes a tgid (or one of its threads) a target.
     pub fn add_target(&mut self, id: u32, tgid: u32) -> Result<()> {
         self.insert_target(id, TargetInfo::new(tgid, probe_common::ORIGIN_USER))

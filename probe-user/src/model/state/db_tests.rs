@@ -360,3 +360,81 @@ fn the_database_view_asked_again_resolves_an_unknown_transaction_state() {
         (Some("database"), Some(1000))
     );
 }
+
+/// The kernel's first sight of a socket from before attach, reached while its process was
+/// being attached (issue #22 item 5): classified from the survey (`existed`), its open is
+/// read after the survey's entry was made. It is the same connection: counted once, seen
+/// mid-way, its unknown transaction state held until a reply tells, as if the survey alone
+/// had found it.
+fn first_seen_existing(key: (u32, u32), ms: u64, role: Role, protocol: Protocol) -> Event {
+    Event::ConnOpen(crate::events::ConnOpen {
+        ktime_ns: ATTACH_NS + ms * 1_000_000,
+        tgid: key.0,
+        fd: key.1,
+        role,
+        protocol,
+        peer: "127.0.0.1:3306".parse().ok(),
+        local: None,
+        unix_inode: None,
+        existed: true,
+    })
+}
+
+#[test]
+fn a_connection_reached_before_the_survey_is_what_the_survey_says() {
+    use crate::events::Direction::{Recv, Send};
+    let key = (31010, 5);
+    let mut state = named(key.0);
+    existing_mysql(&mut state, key);
+    // Read from the ring after the survey: its event came first in the kernel.
+    state.apply(&first_seen_existing(key, 0, Role::Db, Protocol::Mysql));
+    let conns = state.conns().unwrap();
+    assert_eq!(conns.counts().db_opened, 1, "one connection, counted once");
+    let conn = conns.conns().next().unwrap();
+    assert_eq!((conn.role, conn.opened_ns), (Role::Db, None));
+    assert_eq!(
+        conns.in_flight(None).unknown_txns,
+        1,
+        "its transaction state is still unknown: an open is no evidence"
+    );
+    state.apply(&db_io(key, 100, Send, &my_query("SELECT SLEEP(1)")));
+    assert_eq!(state.conns().unwrap().in_flight(None).queries, 1);
+    state.apply(&db_io(key, 1100, Recv, &my_ok(0x0002)));
+    let now = state.conns().unwrap().in_flight(None);
+    assert!(now.is_idle(), "{now:?}");
+    assert_eq!(unknown_txns(&state)[0].resolved_by, Some("traffic"));
+}
+
+/// A socket the kernel reached before the survey and that closed before the survey listed
+/// it: one from before attach, whose close is no new connection's and no violation.
+#[test]
+fn a_connection_closed_before_the_survey_listed_it_is_closed_once() {
+    let key = (31011, 9);
+    let mut state = named(key.0);
+    state.apply(&first_seen_existing(
+        key,
+        0,
+        Role::Client,
+        Protocol::Unknown,
+    ));
+    assert_eq!(state.conns().unwrap().counts().client_opened, 1);
+    assert_eq!(
+        state.conns().unwrap().conns().next().unwrap().opened_ns,
+        None
+    );
+    state.apply(&Event::ConnClose(crate::events::ConnClose {
+        ktime_ns: ATTACH_NS + 2_000_000,
+        tgid: key.0,
+        fd: key.1,
+        request_since_ns: None,
+        request_uncounted: false,
+        push: false,
+    }));
+    let conns = state.conns().unwrap();
+    assert_eq!(
+        (conns.counts().client_opened, conns.counts().client_closed),
+        (1, 1)
+    );
+    assert!(conns.in_flight(None).is_idle());
+    assert!(state.violations().is_empty());
+}

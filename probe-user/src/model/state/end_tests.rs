@@ -47,6 +47,7 @@ fn open_db(state: &mut AuditState, protocol: Protocol, (tgid, fd): (u32, u32), p
         peer: peer.parse().ok(),
         local: None,
         unix_inode: None,
+        existed: false,
     }));
 }
 
@@ -229,6 +230,7 @@ fn a_mongodb_close_is_unverified_never_a_leak() {
         peer,
         local: None,
         unix_inode: None,
+        existed: false,
     }));
     for (i, dir) in [Direction::Send, Direction::Recv].into_iter().enumerate() {
         state.apply(&Event::DbIo(DbIo {
@@ -295,6 +297,7 @@ fn a_redis_close_with_nothing_open_or_owed_is_clean() {
             peer: "127.0.0.1:6379".parse().ok(),
             local: None,
             unix_inode: None,
+            existed: false,
         }));
     }
     let get = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n";

@@ -523,6 +523,7 @@ fn a_close_the_kernel_did_not_count_ends_its_request() {
         peer: None,
         local: None,
         unix_inode: None,
+        existed: false,
     }));
     state.apply(&sample(t + 1_000, &[(10, 1, 0, 0, t + 1_000)], &[]));
     assert_eq!(state.conns().unwrap().in_flight(None).requests, 1);
