@@ -9,8 +9,9 @@
 //!
 //! Modules: [`shared`] (the maps and helpers every program uses: target filter, ring buffer,
 //! counters), [`lifecycle`] (signals, fork, exec, exit), [`sockets`] (the syscall hooks, one
-//! module per hook), [`ops`] (operations: uprobes on the target's own functions, `--op`),
-//! [`ops_py`] (operations in CPython, at its USDT markers).
+//! module per hook), [`ops`] (operations: uprobes on the target's own functions, `--op`);
+//! each runtime's own operation programs are a module of their own (`ops_<runtime>`), one
+//! `mod` line below.
 #![no_std]
 #![no_main]
 // The bpf target has no compare-and-swap, so `AtomicU64::fetch_add` is not offered; the
