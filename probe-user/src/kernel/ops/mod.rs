@@ -30,7 +30,7 @@ use std::{
 };
 
 pub use found::{Hooked, Refusal};
-pub use symbols::OpSpec;
+pub use symbols::{Maps, OpSpec};
 
 use crate::kernel::{
     links::Links,
@@ -38,7 +38,7 @@ use crate::kernel::{
 };
 use found::Found;
 use runtime::Runtime;
-use symbols::{matches, note_nearest, read_symbols, Maps, Symbol};
+use symbols::{matches, note_nearest, read_symbols, Symbol};
 
 use aya::{
     maps::{Array, HashMap as BpfHashMap, MapData},

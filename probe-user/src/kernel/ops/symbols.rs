@@ -203,8 +203,10 @@ fn without_parameters(name: &str) -> String {
     name.to_string()
 }
 
-/// A process's executable mappings.
-pub(super) struct Maps {
+/// A process's mappings, as every way of hooking `--op` functions reads them (mod.rs, each
+/// runtime of runtime.rs: public, so that what only some runtime reads is no dead code
+/// where none of those is listed).
+pub struct Maps {
     exe: Option<String>,
     /// (start, end, file offset, path) of each executable file mapping.
     regions: Vec<(u64, u64, u64, String)>,
