@@ -314,10 +314,10 @@ impl Drainwatch {
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     if let Ok(Some(status)) = self.child.try_wait() {
                         // Its last lines may still be on their way from the reader thread
-                        // (the needle among them, printed just before it exited).
-                        let seen = self.stderr_seen.len();
-                        self.drain_stderr();
-                        if self.stderr_seen[seen..].iter().any(|l| l.contains(needle)) {
+                        // (the needle among them, printed just before it exited): on a
+                        // loaded machine that thread can wait its turn for longer than a
+                        // moment, so it is given until its end of file (or a few seconds).
+                        if self.await_last_lines(needle) {
                             return;
                         }
                         panic!(
@@ -333,6 +333,26 @@ impl Drainwatch {
             "drainwatch did not print {needle:?} within {PATIENCE:?}; stderr:\n{}",
             self.stderr_seen.join("\n")
         );
+    }
+
+    /// After drainwatch exited: the stderr lines still on their way, until the reader
+    /// thread ends (end of file) or a few seconds pass; whether one contains `needle`
+    /// (returned as soon as one does).
+    fn await_last_lines(&mut self, needle: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr_lines.recv_timeout(left) {
+                Ok(line) => {
+                    let found = line.contains(needle);
+                    self.stderr_seen.push(line);
+                    if found {
+                        return true;
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
     }
 
     fn drain_stderr(&mut self) {

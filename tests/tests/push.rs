@@ -45,13 +45,13 @@ fn a_server_that_pushes_ticks_is_named_push_style_and_the_basis_says_so() {
     }
     drop(watch);
     gateway.hang_up();
-    // `wait` on the game, the gateway's link opened after attach (a link that exists at
-    // attach can still be taken for an upstream one when its first tick beats the /proc
-    // survey: issue #22 item 5): drained (nothing in flight), and the verdict says what it
-    // rests on.
-    let mut wait = Drainwatch::attach(&["wait", "--pid", &pid, "--json", "--quiet", "1s"]);
+    // `wait` on the game, the gateway's link ticking before attach (it exists then, so the
+    // quiet window cannot end before the link does, however slow the machine; and it is
+    // the survey's client connection even when a tick beats the survey: issue #22 item 5):
+    // drained (nothing in flight), and the verdict says what it rests on.
     let gateway = Gateway::connect(&game);
     gateway.ticks(3);
+    let mut wait = Drainwatch::attach(&["wait", "--pid", &pid, "--json", "--quiet", "1s"]);
     wait.wait_for_stderr("drainwatch: drained");
     let done = wait.finish();
     assert_eq!(done.code, 0, "drained stays exit 0: {done:?}");
@@ -139,13 +139,25 @@ fn a_push_style_link_hung_up_before_the_next_tick_drops_no_request() {
     );
 }
 
+/// The gateway's link, ticking: connected before drainwatch attaches, so that the release
+/// that follows the attach starts at once, however long a loaded machine takes to connect.
+fn gateway_ticking(game: &GameServer) -> Gateway {
+    let gateway = Gateway::connect(game);
+    gateway.ticks(2);
+    gateway
+}
+
 /// One release of the story: the gateway asks for an operation (A, 800 ms, B) and hangs up
 /// (it is stopped); the game writes A at once and B after the pause, with nothing in flight
 /// between. The hang-up comes right after the request, so that the tail (hang-up to B) is
 /// the pause, whatever the machine's load does to the timing of A.
-fn operation_then_hang_up(game: &GameServer, db: &PgServer, op: &str, pause_ms: u64) {
-    let mut gateway = Gateway::connect(game);
-    gateway.ticks(2);
+fn operation_then_hang_up(
+    mut gateway: Gateway,
+    game: &GameServer,
+    db: &PgServer,
+    op: &str,
+    pause_ms: u64,
+) {
     gateway.say(&format!("op {op} {pause_ms}"));
     gateway.hang_up();
     game.wait_truth("write A done", |t| t.between_writes == 1);
@@ -164,18 +176,30 @@ fn settle_from_an_audit_holds_wait_until_the_last_write() {
     let dir = TempDir::new("settle-from");
     let audit_path = dir.path("staging.json");
     let pause = scaled_ms(800);
+    // The audit lasts until write B is done, by the game's own record (its window is a
+    // launched command that ends when the test says so, not a fixed duration that a loaded
+    // machine's slow start can outlast).
+    let staged = drainwatch_tests::game::Gate::new(&dir, "staged");
+    let until_staged = format!(
+        "while [ ! -e '{}' ]; do sleep 0.05; done",
+        staged.path().display()
+    );
+    let gateway = gateway_ticking(&game);
     let audit = Drainwatch::attach(&[
         "audit",
         "--pid",
         &pid,
-        "--duration",
-        &format!("{}ms", pause + scaled_ms(1500)),
         "--report",
         &audit_path,
+        "--",
+        "sh",
+        "-c",
+        &until_staged,
     ]);
-    operation_then_hang_up(&game, &db, "staging", pause);
+    operation_then_hang_up(gateway, &game, &db, "staging", pause);
     let truth = game.wait_truth("write B done", |t| t.between_writes == 0);
     assert_eq!(db.ledger_steps("staging"), ["A", "B"]);
+    staged.open();
     let done = audit.finish();
     assert_eq!(done.code, 0, "{done:?}");
     let report = read_report(&audit_path);
@@ -209,6 +233,7 @@ fn settle_from_an_audit_holds_wait_until_the_last_write() {
     game.wait_truth("the plain op done", |t| t.between_writes == 0);
     for run in 0..5 {
         let op = format!("prod{run}");
+        let gateway = gateway_ticking(&game);
         let mut wait = Drainwatch::attach(&[
             "wait",
             "--pid",
@@ -217,7 +242,7 @@ fn settle_from_an_audit_holds_wait_until_the_last_write() {
             "--settle-from",
             &audit_path,
         ]);
-        operation_then_hang_up(&game, &db, &op, pause);
+        operation_then_hang_up(gateway, &game, &db, &op, pause);
         wait.wait_for_stderr("drainwatch: drained");
         let verdict_at = mono_ns();
         let steps = db.ledger_steps(&op);

@@ -259,3 +259,35 @@ fn settle_from_a_report_without_a_tail_says_why() {
     let text = r#"{"schema":"drainwatch.report/v1","drain":{"tail_ms":"800ms"}}"#;
     assert!(tail_in_report(text).unwrap_err().contains("not a number"));
 }
+
+/// issue #22: `wait` once printed `drained: nothing in flight for 100ms (at 0.000s)`. A
+/// drained time counts the quiet window from attach at the earliest, whatever the ring held
+/// from before it (a record stamped before attach, or nothing at all): never 0 ms.
+#[test]
+fn a_drained_time_is_never_before_the_quiet_window_after_attach() {
+    let rule = DrainRule::quiet(Duration::from_millis(100));
+    let idle = game();
+    let at_ms = |state: &AuditState| state.ms_since_attach(rule.drained_at(state).unwrap());
+    assert_eq!(
+        at_ms(&idle),
+        100,
+        "nothing seen: drained a quiet window after attach"
+    );
+    let mut before = game();
+    apply(
+        &mut before,
+        &[format!(
+            r#"{{"event":"conn_open","ktime_ns":{},"tgid":{GAME},"fd":7,"role":"client","protocol":"unknown","peer":"127.0.0.1:40100","local":null}}"#,
+            ATTACH_NS - 50 * MS
+        )],
+    );
+    assert_eq!(
+        at_ms(&before),
+        100,
+        "activity before attach counts from attach"
+    );
+    assert_eq!(
+        wait_ending(EndedBy::Condition, Verdict::Clean, Some(at_ms(&idle))),
+        Ending::Drained { at_ms: 100 }
+    );
+}
