@@ -5,14 +5,13 @@
 mod calls;
 mod conn;
 mod requests;
+mod tracker;
 mod unknown;
 
 use std::{collections::BTreeMap, net::SocketAddr};
 
-use hdrhistogram::Histogram;
-
 use crate::{
-    events::{ConnClose, ConnOpen, DbIo, Protocol, Role, TargetRequests},
+    events::{ConnClose, ConnOpen, DbIo, Protocol, Role},
     model::drain_facts::{DrainFacts, PushConn},
     model::protocol::{self, registry, DbConn, Txn},
     model::report::{
@@ -24,79 +23,11 @@ use crate::{
 pub use calls::{Calls, FIRST_CALL_HOLD};
 use conn::leaked;
 pub use conn::Conn;
-use requests::record;
 pub use requests::InFlight;
-pub(crate) use requests::{histogram, summary};
-use unknown::Unknown;
+pub use tracker::ConnTracker;
+pub(crate) use tracker::{histogram, summary};
+use tracker::{record, Unknown};
 pub use unknown::{AtAttach, WHAT_REQUEST, WHAT_TRANSACTION};
-
-pub struct ConnTracker {
-    /// ktime of the last request, database or close event: the drain's quiet window counts
-    /// from here once nothing is in flight.
-    last_activity_ns: u64,
-    conns: BTreeMap<(u32, u32), Conn>,
-    /// The kernel's request counters of each running target, as last read.
-    requests_by_target: BTreeMap<u32, TargetRequests>,
-    /// Client connections found busy at attach, by target (their ends are counted apart).
-    busy_at_attach: BTreeMap<u32, u64>,
-    /// Requests ended by closes the kernel's counters never saw (`ConnClose::
-    /// request_uncounted`), by target: (started while watched, in flight at attach).
-    ended_here: BTreeMap<u32, (u64, u64)>,
-    /// Client connections whose state at attach was unknown, resolved or not, in order.
-    unknown: Vec<Unknown>,
-    /// Of those, how many were still unknown when their process exited: each could have
-    /// been a request the exit cut.
-    exited_unknown: u64,
-    counts: ConnectionCounts,
-    /// `counts` by target process.
-    counts_by_tgid: BTreeMap<u32, ConnectionCounts>,
-    requests: Histogram<u64>,
-    queries: Histogram<u64>,
-    /// Encrypted database connections that ended: what happened in them is unknown.
-    unverified: Vec<Unverified>,
-    /// The latency of the query the last `db_io` ended (µs).
-    query_ended_us: Option<u64>,
-    /// Requests the kernel counted as ended (answered or closed) since attach, over every
-    /// target, exited ones included: what a rate is computed from.
-    requests_ended: u64,
-    /// Last client input, last query, push-style connections: what the drain's basis, its
-    /// tail and `--settle` read (model/drain_facts.rs).
-    facts: DrainFacts,
-    /// Upstream calls: what the kernel's counters do not carry (model/conns/calls.rs).
-    calls: calls::CallBook,
-}
-
-impl std::fmt::Debug for ConnTracker {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConnTracker")
-            .field("conns", &self.conns)
-            .field("counts", &self.counts)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Default for ConnTracker {
-    fn default() -> Self {
-        Self {
-            last_activity_ns: 0,
-            conns: BTreeMap::new(),
-            requests_by_target: BTreeMap::new(),
-            busy_at_attach: BTreeMap::new(),
-            ended_here: BTreeMap::new(),
-            unknown: Vec::new(),
-            exited_unknown: 0,
-            counts: ConnectionCounts::default(),
-            counts_by_tgid: BTreeMap::new(),
-            requests: histogram(),
-            queries: histogram(),
-            unverified: Vec::new(),
-            query_ended_us: None,
-            requests_ended: 0,
-            facts: DrainFacts::default(),
-            calls: calls::CallBook::default(),
-        }
-    }
-}
 
 impl ConnTracker {
     pub fn conns(&self) -> impl Iterator<Item = &Conn> {

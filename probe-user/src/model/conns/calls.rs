@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crate::events::TargetCalls;
 
-use super::ConnTracker;
+use super::tracker::ConnTracker;
 
 /// How long a first call holds the drain (see the module doc): longer than any answer a
 /// server's own operation would wait for, short enough that a connection that only ever
@@ -28,26 +28,6 @@ pub struct Calls {
     pub first: u64,
     /// Upstream connections that turned out one-way.
     pub one_way: u64,
-}
-
-/// The bookkeeping the kernel's counters do not carry.
-#[derive(Clone, Debug, Default)]
-pub(super) struct CallBook {
-    /// Upstream connections found awaiting a reply at attach, by target.
-    pub(super) busy_at_attach: std::collections::BTreeMap<u32, u64>,
-    /// Of those, connections that had never answered (first calls whose start is unknown:
-    /// they hold from attach, `first_at_attach_ns`).
-    pub(super) first_busy_at_attach: std::collections::BTreeMap<u32, u64>,
-    pub(super) first_at_attach_ns: u64,
-    /// Calls ended by closes the kernel never saw, by target: (started while watched, in
-    /// flight at attach).
-    pub(super) ended_here: std::collections::BTreeMap<u32, (u64, u64)>,
-    /// Calls the kernel counted as ended since attach, exited targets included.
-    pub(super) ended: u64,
-    /// Each target's count of one-way connections when userspace last looked for which.
-    pub(super) one_way_looked: std::collections::BTreeMap<u32, u64>,
-    /// One-way connections named, in order: (tgid, fd, peer, still open).
-    pub(super) one_way_named: Vec<(u32, u32, Option<String>, bool)>,
 }
 
 impl ConnTracker {

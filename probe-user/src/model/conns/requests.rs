@@ -3,12 +3,9 @@
 
 use hdrhistogram::Histogram;
 
-use crate::{
-    events::RequestSample,
-    model::report::{LatencySummary, Percentiles},
-};
+use crate::{events::RequestSample, model::report::LatencySummary};
 
-use super::ConnTracker;
+use super::tracker::{summary, ConnTracker};
 
 /// Counts of what is in flight right now.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -36,28 +33,6 @@ impl InFlight {
             && self.upstream_calls <= self.first_calls
     }
 }
-pub(crate) fn histogram() -> Histogram<u64> {
-    // 1 µs to 1 hour, 3 significant digits.
-    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
-}
-pub(crate) fn summary(h: &Histogram<u64>) -> LatencySummary {
-    LatencySummary {
-        count: h.len(),
-        latency_us: Percentiles {
-            p50: h.value_at_quantile(0.50),
-            p90: h.value_at_quantile(0.90),
-            p99: h.value_at_quantile(0.99),
-            max: h.max(),
-        },
-    }
-}
-/// Records a latency and returns it in µs.
-pub(super) fn record(h: &mut Histogram<u64>, from_ns: u64, to_ns: u64) -> u64 {
-    let us = (to_ns.saturating_sub(from_ns) / 1000).max(1);
-    h.saturating_record(us);
-    us
-}
-
 impl ConnTracker {
     /// The kernel's request counters: the latest values of each target, and the latencies
     /// of the requests answered since the previous sample.

@@ -9,21 +9,8 @@ use crate::{
     model::report::UnknownAtAttach,
 };
 
-use super::ConnTracker;
+use super::tracker::{ConnTracker, Unknown};
 
-/// A connection unknown at attach; `live` until it is resolved or its process exits.
-/// `report.what`: [`WHAT_REQUEST`] (a client connection) or [`WHAT_TRANSACTION`] (a
-/// database connection whose transaction state nothing settled at attach).
-#[derive(Debug)]
-pub(super) struct Unknown {
-    pub(super) live: bool,
-    pub(super) report: UnknownAtAttach,
-}
-impl Unknown {
-    pub(super) fn key(&self) -> (u32, u32) {
-        (self.report.pid, self.report.fd)
-    }
-}
 /// What was unknown of a client connection at attach: whether a request was in flight.
 pub const WHAT_REQUEST: &str = "request";
 /// What was unknown of a database connection at attach: whether a transaction was open.
