@@ -4,7 +4,10 @@
 An edge A -> B: file A names an item of module B by a path (`use crate::..`, `super::..`,
 `self::..`, a child module's name, in `use` trees and inline). A `mod b;` line alone is
 no edge (declaring a module is not using it). Test code is left out: `#[cfg(test)]` modules,
-inline or in their own files. Usage: python3 xtask/import_graph.py probe-user/src [--edges] (exit 1 when a circle is found).
+inline or in their own files.
+
+Usage: python3 xtask/import_graph.py probe-user/src [--edges]; exits 1 when there is a
+circle (`cargo xtask test` runs it after clippy).
 """
 import os
 import re
@@ -124,6 +127,8 @@ def main():
             if n.endswith(".rs"):
                 p = os.path.join(root, n)
                 files[module_of(src, p)] = p
+    if not files:
+        sys.exit(f"import_graph.py: no .rs file under {src}")
     texts = {}
     test_mods = set()
     children = {m: set() for m in files}
@@ -137,8 +142,6 @@ def main():
         texts[mod] = text
     # A test module's own children are test code too.
     mods = [m for m in files if not any(m[: len(t)] == t for t in test_mods)]
-    if os.path.basename(files.get((), "")) == "main.rs" and os.path.exists(os.path.join(src, "lib.rs")):
-        pass
     edges = {m: set() for m in mods}
 
     def resolve(mod, path):

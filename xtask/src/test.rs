@@ -64,6 +64,16 @@ pub fn run(test_args: &[OsString]) -> Result<()> {
                 "warnings",
             ]))
         });
+        step(&mut outcomes, "imports", || {
+            // probe-user/src's modules import each other without a circle (issue #25).
+            let root = exec::workspace_root();
+            exec::run(
+                std::process::Command::new("/usr/bin/python3")
+                    .arg(root.join("xtask/import_graph.py"))
+                    .arg(root.join("probe-user/src")),
+            )
+            .context("an import circle in probe-user/src (xtask/import_graph.py names it)")
+        });
         let built = step(&mut outcomes, "build", || compile::build(false).map(|_| ()));
         if built {
             step(&mut outcomes, "cargo test", || {
