@@ -146,3 +146,18 @@ pub fn elapsed(d: Duration) -> String {
         format!("{}m{:02}s", whole / 60, whole % 60)
     }
 }
+
+/// `$CARGO_HOME`, defaulting to `$HOME/.cargo` as cargo and rustup do.
+pub fn cargo_home() -> PathBuf {
+    if let Some(home) = std::env::var_os("CARGO_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(home);
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    PathBuf::from(home).join(".cargo")
+}
+
+/// Where the tests keep the databases' bootstrapped data directories between runs
+/// (tests/src/db/mod.rs, `initialized_once`); the matrix guests read them too.
+pub fn db_templates() -> std::path::PathBuf {
+    target_dir().join("db-templates")
+}

@@ -108,15 +108,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// `$CARGO_HOME`, defaulting to `$HOME/.cargo` as cargo and rustup do.
-pub fn cargo_home() -> PathBuf {
-    if let Some(home) = env::var_os("CARGO_HOME").filter(|v| !v.is_empty()) {
-        return PathBuf::from(home);
-    }
-    let home = env::var_os("HOME").unwrap_or_else(|| "/root".into());
-    PathBuf::from(home).join(".cargo")
-}
-
 /// Makes `$CARGO_HOME/bin` the first PATH entry of this process, so that every child we
 /// spawn (cargo, and through it probe-user's build script) finds the bpf-linker that setup
 /// installs there, even when the user's shell never sourced `$CARGO_HOME/env`.
@@ -125,7 +116,7 @@ pub fn cargo_home() -> PathBuf {
 /// script reruns whenever PATH changes, and a needless rewrite would make plain `cargo build`
 /// and `cargo xtask build` rebuild it in turn.
 fn put_cargo_bin_on_path() {
-    let bin = cargo_home().join("bin");
+    let bin = exec::cargo_home().join("bin");
     let current = env::var_os("PATH").unwrap_or_default();
     let mut entries: Vec<PathBuf> = env::split_paths(&current).collect();
     if entries.first() == Some(&bin) {

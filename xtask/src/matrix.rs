@@ -128,7 +128,7 @@ fn script(
     writeln!(
         s,
         "export DW_DB_TEMPLATES='{}'",
-        crate::test::db_templates().display()
+        crate::exec::db_templates().display()
     )?;
     // TCG runs the guest several times slower than the host: tests stretch their requests
     // and timing slack by this factor (tests/src/lib.rs, time_scale).

@@ -14,10 +14,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::{
-    cargo_home,
-    exec::{self, elapsed},
-};
+use crate::exec::{self, cargo_home, elapsed};
 
 /// The toolchain that compiles the eBPF crate (`-Z build-std=core` needs nightly). The
 /// machine's nightly (1.97.0-nightly, LLVM 22) is known to work; it is never updated here,

@@ -187,12 +187,6 @@ impl Tally {
 /// `cargo test` with the paths of the debug binaries in the environment: the integration
 /// tests run the real `drainwatch` against the real fixture instead of building their own.
 ///
-/// Where the tests keep the databases' bootstrapped data directories between runs
-/// (tests/src/db/mod.rs, `initialized_once`); the matrix guests read them too.
-pub fn db_templates() -> std::path::PathBuf {
-    exec::target_dir().join("db-templates")
-}
-
 /// `hooks`: a backend to force with `DRAINWATCH_HOOKS` (which drainwatch and the tests both
 /// read); `None` keeps the caller's environment (the default backend, or the one asked for).
 fn cargo_test(test_args: &[OsString], tally: &mut Tally, hooks: Option<&str>) -> Result<()> {
@@ -210,7 +204,7 @@ fn cargo_test(test_args: &[OsString], tally: &mut Tally, hooks: Option<&str>) ->
         .env("DW_PYTHON", setup::python_env().join("bin/python"))
         .env("DW_NODE_MODULES", setup::node_env().join("node_modules"))
         .env("DW_FIXTURE_BIN", &fixture)
-        .env("DW_DB_TEMPLATES", db_templates())
+        .env("DW_DB_TEMPLATES", exec::db_templates())
         .arg("test")
         // Every test binary runs even after one fails: one CI log shows every failure.
         .arg("--no-fail-fast")
