@@ -8,7 +8,7 @@ use std::{
 
 use mysql::prelude::Queryable;
 
-use super::{
+use super::common::{
     copy_initialized, euid_is_root, initialized_once, on_free_port, require_binary, tail,
     wait_until_alone, Daemon, Database, DbKind, NotReady,
 };

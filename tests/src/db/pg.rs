@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use super::{
+use super::common::{
     chain, copy_initialized, euid_is_root, initialized_once, missing, on_free_port, require_binary,
     run_setup, tail, wait_until_alone, Daemon, Database, DbKind,
 };

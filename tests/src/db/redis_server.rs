@@ -6,7 +6,7 @@ use std::{
     time::Duration,
 };
 
-use super::{free_port, on_free_port, require_binary, tail, Daemon, Database, DbKind};
+use super::common::{free_port, on_free_port, require_binary, tail, Daemon, Database, DbKind};
 use crate::TempDir;
 
 /// A private Redis without persistence.

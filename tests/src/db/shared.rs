@@ -9,7 +9,10 @@ use std::{fs, sync::OnceLock};
 use mysql::prelude::Queryable;
 
 use super::{
-    chain, tail, wait_until_alone, Database, DbKind, MariaDbServer, PgServer, RedisServer,
+    common::{chain, tail, wait_until_alone, Database, DbKind},
+    mariadb::MariaDbServer,
+    pg::PgServer,
+    redis_server::RedisServer,
 };
 
 /// The binary's MariaDB (name resolution on: PROCESSLIST says `localhost:PORT`), with a
