@@ -25,7 +25,9 @@ pub fn ready_line(child: &mut Child) -> String {
         let _ = BufReader::new(stdout).read_line(&mut line);
         let _ = tx.send(line);
     });
-    rx.recv_timeout(PATIENCE).unwrap_or_default()
+    let line = rx.recv_timeout(PATIENCE).unwrap_or_default();
+    crate::phase(&format!("fixture ready: {}", line.trim()));
+    line
 }
 
 /// The number `name=N` of a ready line.
@@ -72,6 +74,7 @@ pub fn wait_truth<T: Debug>(
     loop {
         let truth = read();
         if wanted(&truth) {
+            crate::phase(&format!("{who}: {what}"));
             return truth;
         }
         assert!(

@@ -29,6 +29,15 @@ pub mod tls;
 /// xtask/src/guest.rs) loading the probe alone takes several seconds.
 pub const PATIENCE: Duration = Duration::from_secs(90);
 
+/// How long a test waits for drainwatch's own lines (attached, a verdict) and its exit:
+/// [`PATIENCE`], stretched in the kernel-matrix guests (up to 3x at [`time_scale`] 3 or
+/// more). Loading the probe is the verifier's work, which TCG slows most: with `--op` on
+/// CPython a guest on a busy 2-core machine once took more than 90 s to attach (15-25 s
+/// on a quiet one). Only a failure waits this long.
+pub fn drainwatch_patience() -> Duration {
+    PATIENCE * time_scale().clamp(1, 3) as u32
+}
+
 /// How many times slower than the build machine this test runs: 1 natively, more inside the
 /// kernel-matrix guests (`DW_TIME_SCALE`, set by xtask). Request durations and timing slack
 /// are multiplied by it, so that a request is still in flight after a slow attach; what
@@ -39,6 +48,29 @@ pub fn time_scale() -> u64 {
         .and_then(|s| s.parse().ok())
         .unwrap_or(1u64)
         .max(1)
+}
+
+/// With `DW_PHASES` set (`cargo xtask matrix --phases`), a line on stderr at the end of each
+/// costly step of a test (a database or fixture started, drainwatch attached or finished, a
+/// fixture's state reached): the wall clock and the time since the previous step, so that a
+/// guest's console shows where a test's minutes go under TCG (xtask/src/matrix.rs). Silent
+/// otherwise.
+pub fn phase(what: &str) {
+    static LAST: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+    if std::env::var_os("DW_PHASES").is_none() {
+        return;
+    }
+    let now = Instant::now();
+    let since = LAST
+        .lock()
+        .ok()
+        .and_then(|mut last| last.replace(now))
+        .map(|t| format!("+{:.1}s", now.duration_since(t).as_secs_f64()))
+        .unwrap_or_else(|| "first".to_string());
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    eprintln!("dw-phase {:.1} {since:>8} {what}", wall.as_secs_f64());
 }
 
 /// `ms` at this machine's [`time_scale`].
@@ -301,13 +333,15 @@ impl Drainwatch {
 
     /// Waits for a stderr line containing `needle`; fails with everything seen so far.
     pub fn wait_for_stderr(&mut self, needle: &str) {
-        let deadline = Instant::now() + PATIENCE;
+        let patience = drainwatch_patience();
+        let deadline = Instant::now() + patience;
         while Instant::now() < deadline {
             match self.stderr_lines.recv_timeout(Duration::from_millis(50)) {
                 Ok(line) => {
                     let found = line.contains(needle);
                     self.stderr_seen.push(line);
                     if found {
+                        phase(&format!("drainwatch printed {needle:?}"));
                         return;
                     }
                 }
@@ -330,7 +364,7 @@ impl Drainwatch {
             }
         }
         panic!(
-            "drainwatch did not print {needle:?} within {PATIENCE:?}; stderr:\n{}",
+            "drainwatch did not print {needle:?} within {patience:?}; stderr:\n{}",
             self.stderr_seen.join("\n")
         );
     }
@@ -363,12 +397,13 @@ impl Drainwatch {
 
     /// Waits for drainwatch to exit on its own.
     pub fn finish(mut self) -> Finished {
-        let status = wait_with_deadline(&mut self.child, PATIENCE);
+        let patience = drainwatch_patience();
+        let status = wait_with_deadline(&mut self.child, patience);
         let Some(status) = status else {
             let _ = self.child.kill();
             self.drain_stderr();
             panic!(
-                "drainwatch did not finish within {PATIENCE:?}; stderr:\n{}",
+                "drainwatch did not finish within {patience:?}; stderr:\n{}",
                 self.stderr_seen.join("\n")
             );
         };
@@ -377,6 +412,7 @@ impl Drainwatch {
             let _ = out.read_to_string(&mut stdout);
         }
         self.drain_stderr();
+        phase("drainwatch finished");
         Finished {
             code: status.code().unwrap_or(-1),
             stdout,

@@ -161,6 +161,7 @@ impl Daemon {
             .stderr(err)
             .spawn()
             .unwrap_or_else(|e| panic!("start {name} ({cmd:?}): {e}"));
+        crate::phase(&format!("{name} spawned"));
         Self {
             child,
             name,
@@ -177,7 +178,10 @@ impl Daemon {
         let deadline = Instant::now() + START_PATIENCE;
         loop {
             let last_error = match connect() {
-                Ok(ready) => return Ok(ready),
+                Ok(ready) => {
+                    crate::phase(&format!("{} ready", self.name));
+                    return Ok(ready);
+                }
                 Err(error) => error,
             };
             if let Ok(Some(status)) = self.child.try_wait() {
