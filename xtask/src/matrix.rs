@@ -22,35 +22,84 @@ use crate::{
     guest::{self, Kernel, KERNELS},
 };
 
+/// Where a test of [`SUBSET`] runs in a guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Runs {
+    /// On every backend the kernel runs (guest.rs, `Kernel::hooks`): what it checks comes
+    /// through the sockets' hooks, which are the backend's.
+    EachBackend,
+    /// Once per kernel, on its first backend: what it checks comes through hooks every
+    /// backend shares (docs/hooks.md: signals and process lifecycle through the signal and
+    /// sched tracepoints; `--op` through uprobes and CPython's USDT markers), so a second
+    /// backend on the same kernel would run the same programs again.
+    OncePerKernel,
+}
+
+use Runs::{EachBackend, OncePerKernel};
+
 /// What every guest runs: one test per behaviour the issue names (a SIGKILL named with its
 /// sender, a forked child killed with -9, PostgreSQL cut mid-transaction, a graceful stop,
 /// a wait that drains after the request), plus the exit of a multi-threaded target whose
 /// main thread leaves first (the kernels differ in how a whole process's exit is seen), and
 /// the rule for connections from before attach, which reads the kernel's TCP bookkeeping
 /// (an idle Redis drains; an ambiguous connection stays unknown).
-pub const SUBSET: [&str; 10] = [
-    "audit::kill_dash_nine_from_a_helper_is_exactly_one_sigkill_naming_the_sender",
-    "audit::a_forked_child_killed_with_sigkill_is_flagged_with_the_childs_pid",
-    "audit::a_multithreaded_target_exits_when_its_last_thread_does",
-    "connections::postgres_kill_nine_mid_transaction",
-    "drain::stop_with_a_handler_waits_for_the_request_and_is_clean",
-    "drain::wait_returns_after_the_last_request_completes_never_before",
-    "idle::redis_with_idle_clients_is_drained_within_the_quiet_window",
-    "idle::an_ambiguous_connection_is_unknown_in_wait_watch_and_the_report",
+pub const SUBSET: [(&str, Runs); 10] = [
+    (
+        "audit::kill_dash_nine_from_a_helper_is_exactly_one_sigkill_naming_the_sender",
+        OncePerKernel,
+    ),
+    (
+        "audit::a_forked_child_killed_with_sigkill_is_flagged_with_the_childs_pid",
+        OncePerKernel,
+    ),
+    (
+        "audit::a_multithreaded_target_exits_when_its_last_thread_does",
+        OncePerKernel,
+    ),
+    (
+        "connections::postgres_kill_nine_mid_transaction",
+        EachBackend,
+    ),
+    (
+        "drain::stop_with_a_handler_waits_for_the_request_and_is_clean",
+        EachBackend,
+    ),
+    (
+        "drain::wait_returns_after_the_last_request_completes_never_before",
+        EachBackend,
+    ),
+    (
+        "idle::redis_with_idle_clients_is_drained_within_the_quiet_window",
+        EachBackend,
+    ),
+    (
+        "idle::an_ambiguous_connection_is_unknown_in_wait_watch_and_the_report",
+        EachBackend,
+    ),
     // A unix-domain database connection (the socket-level backends' unix path) and a TLS
     // one read through the SSL uprobes, on each backend.
-    "unix_close::unix_db_connection_closed_without_goodbye_while_running_is_an_unclean_close",
-    "tls::psycopg_tls_kill9_mid_transaction_is_open_transaction",
+    (
+        "unix_close::unix_db_connection_closed_without_goodbye_while_running_is_an_unclean_close",
+        EachBackend,
+    ),
+    (
+        "tls::psycopg_tls_kill9_mid_transaction_is_open_transaction",
+        EachBackend,
+    ),
 ];
 
 // Which backends where: every backend runs the subset on the oldest and the newest kernel
 // that can run it, and no more, so that a third guest keeps `cargo xtask test` on a fresh
-// 2-core machine under 40 minutes (each guest's run of the subset on one backend is about
-// 8 minutes of one core under TCG; the guests run side by side, [`guests_at_once`]). The syscall hooks: 5.10 (oldest, its default) and
-// the host (newest: the whole suite, forced); fentry: 6.1 (oldest: 5.10 lacks the helpers
-// its programs call) and 6.12; the socket tracepoints: 6.12 and the host. So 5.10 runs
-// syscalls, 6.1 fentry, 6.12 socket and fentry (guest.rs, `KERNELS`), and 6.1 no longer runs
-// the syscall hooks, which sit between their oldest and newest kernels.
+// 2-core machine under 40 minutes (each guest runs one backend, 5-10 minutes of one core
+// under TCG; the guests run side by side, [`guests_at_once`]). The syscall hooks: 5.10
+// (oldest, its default) and the host (newest: the whole suite, forced); fentry: 6.1
+// (oldest: 5.10 lacks the helpers its programs call) and 6.12; the socket tracepoints: 6.12
+// and the host. So 5.10 runs syscalls, 6.1 fentry, 6.12 socket and fentry (guest.rs,
+// `KERNELS`), and 6.1 no longer runs the syscall hooks, which sit between their oldest and
+// newest kernels. A test's minutes in a guest are mostly drainwatch's attaches (verifying
+// under TCG: 11-15 s each on 6.1 and 6.12 on a quiet machine, 40-60 s on a loaded one; 5 s
+// on 5.10's syscall hooks), then the databases' and fixtures' starts (PostgreSQL ~5 s):
+// `DW_MATRIX_PHASES=1` prints them.
 
 /// How long one guest may take (boot, every test, power-off) before it is killed. Under TCG
 /// on two busy cores a guest is 10-30x slower than the host.
@@ -70,7 +119,12 @@ pub struct Counts {
 fn split(test: &str) -> Result<(&str, &str)> {
     test.split_once("::")
         .filter(|(bin, name)| !bin.is_empty() && !name.is_empty())
-        .with_context(|| format!("`{test}`: name a test as BINARY::TEST, e.g. {}", SUBSET[0]))
+        .with_context(|| {
+            format!(
+                "`{test}`: name a test as BINARY::TEST, e.g. {}",
+                SUBSET[0].0
+            )
+        })
 }
 
 /// The integration test executables by target name (audit, drain, ...), built if needed.
@@ -104,14 +158,30 @@ fn test_executables() -> Result<BTreeMap<String, PathBuf>> {
     Ok(found)
 }
 
-/// The shell script a guest runs: a check that drainwatch picks `default_hooks` there
-/// with nothing forced, then for each of `hooks` (forced with `DRAINWATCH_HOOKS`),
-/// `drainwatch doctor`, then each test alone.
+/// The operations tests' C++ game server (tests/src/game_ops.rs), compiled on this machine
+/// by `dw-fixture build-game-ops` if missing or stale. Under TCG g++ -O2 takes minutes, and a
+/// guest's build is lost with its overlay: each guest would compile it again.
+fn game_ops() -> Result<PathBuf> {
+    let fixture = compile::binary("debug", "dw-fixture");
+    let out = exec::stdout_of(
+        std::process::Command::new(&fixture)
+            .arg("build-game-ops")
+            .env("DRAINWATCH_BIN", compile::binary("debug", "drainwatch")),
+    )
+    .context("building the C++ game server of the operations tests")?;
+    Ok(PathBuf::from(out.trim()))
+}
+
+/// The shell script a guest runs: where `default_hooks` is given, a check that drainwatch
+/// picks that backend there with nothing forced; then, with `backend` forced
+/// (`DRAINWATCH_HOOKS`), `drainwatch doctor` (and with `DW_MATRIX_PHASES` the time the probe
+/// takes to load), and each test alone.
 fn script(
     tests: &[String],
-    default_hooks: &str,
-    hooks: &[&str],
+    default_hooks: Option<&str>,
+    backend: &str,
     executables: &BTreeMap<String, PathBuf>,
+    game_ops: &std::path::Path,
 ) -> Result<String> {
     let drainwatch = compile::binary("debug", "drainwatch");
     let fixture = compile::binary("debug", "dw-fixture");
@@ -123,6 +193,8 @@ fn script(
     writeln!(s, "export HOME=/root RUST_BACKTRACE=1 CI=true")?;
     writeln!(s, "export DRAINWATCH_BIN='{}'", drainwatch.display())?;
     writeln!(s, "export DW_FIXTURE_BIN='{}'", fixture.display())?;
+    // Compiled here ([`game_ops`]): a guest's tests must not compile it again under TCG.
+    writeln!(s, "export DW_GAME_OPS_BIN='{}'", game_ops.display())?;
     // The host's bootstrapped database directories, copied rather than made again under TCG
     // (a guest's writes there stay in its own overlay).
     writeln!(
@@ -136,52 +208,69 @@ fn script(
     // cargo runs test binaries from their package's directory.
     writeln!(s, "cd '{}'", exec::workspace_root().join("tests").display())?;
     writeln!(s, "failed=0")?;
-    // The default pick, from doctor's `hooks` line (`ok hooks fentry: ...`), counted like a
-    // test so that a wrong pick fails the run.
-    writeln!(s, "echo '=== guest: default hooks'")?;
+    // Each step's header says when it began, in seconds since the guest booted (the first
+    // one is the boot's cost), so a console shows where a guest's minutes go.
+    writeln!(s, "up() {{ cut -d' ' -f1 /proc/uptime; }}")?;
+    // `DW_MATRIX_PHASES=1`: each test also prints when its costly steps end (tests/src/lib.rs,
+    // `phase`), which needs its output uncaptured.
+    let phases = std::env::var_os("DW_MATRIX_PHASES").is_some_and(|v| !v.is_empty());
+    let nocapture = if phases {
+        writeln!(s, "export DW_PHASES=1")?;
+        "--nocapture "
+    } else {
+        ""
+    };
+    if let Some(default_hooks) = default_hooks {
+        // The default pick, from doctor's `hooks` line (`ok hooks fentry: ...`), counted
+        // like a test so that a wrong pick fails the run.
+        writeln!(s, "echo \"=== guest: default hooks (at $(up)s)\"")?;
+        writeln!(
+            s,
+            "if env -u DRAINWATCH_HOOKS \"$DRAINWATCH_BIN\" doctor | grep -E '^ *ok +hooks +{default_hooks}:'; \
+             then echo 'test result: ok. 1 passed; 0 failed; default hooks {default_hooks}'; \
+             else echo 'test result: FAILED. 0 passed; 1 failed; default hooks not {default_hooks}'; failed=1; fi"
+        )?;
+    }
+    writeln!(s, "export DRAINWATCH_HOOKS={backend}")?;
     writeln!(
         s,
-        "if env -u DRAINWATCH_HOOKS \"$DRAINWATCH_BIN\" doctor | grep -E '^ *ok +hooks +{default_hooks}:'; \
-         then echo 'test result: ok. 1 passed; 0 failed; default hooks {default_hooks}'; \
-         else echo 'test result: FAILED. 0 passed; 1 failed; default hooks not {default_hooks}'; failed=1; fi"
+        "echo \"=== guest: DRAINWATCH_HOOKS={backend} drainwatch doctor (at $(up)s)\""
     )?;
-    for backend in hooks {
-        writeln!(s, "export DRAINWATCH_HOOKS={backend}")?;
+    writeln!(s, "\"$DRAINWATCH_BIN\" doctor || failed=1")?;
+    // With `DW_MATRIX_PHASES`: how long this backend takes to load and attach here (TCG is
+    // slow at verifying and at patching kernel text), the `probe loaded ... in` line of -v.
+    // Not by default: it is one more attach, 15-50 s of a guest, and the tests' own attaches
+    // show it in their phases.
+    if phases {
         writeln!(
             s,
-            "echo '=== guest: DRAINWATCH_HOOKS={backend} drainwatch doctor'"
-        )?;
-        writeln!(s, "\"$DRAINWATCH_BIN\" doctor || failed=1")?;
-        // How long this backend takes to load and attach here (TCG is slow at verifying
-        // and at patching kernel text): the `probe loaded ... in` line of -v.
-        writeln!(
-            s,
-            "echo '=== guest: DRAINWATCH_HOOKS={backend} attach time'"
+            "echo \"=== guest: DRAINWATCH_HOOKS={backend} attach time (at $(up)s)\""
         )?;
         writeln!(
             s,
-            "sleep 30 & timeout 300 \"$DRAINWATCH_BIN\" audit -v --pid $! --duration 1s 2>&1 \
+            "sleep 300 & timeout 300 \"$DRAINWATCH_BIN\" audit -v --pid $! --duration 1s 2>&1 \
              | grep -E 'probe loaded|attached to|^drainwatch:' ; kill $! 2>/dev/null"
         )?;
-        for test in tests {
-            let (binary, name) = split(test)?;
-            let exe = executables.get(binary).with_context(|| {
-                format!("no integration test binary `{binary}` (tests/tests/{binary}.rs)")
-            })?;
-            writeln!(s, "echo '=== guest test ({backend}): {test}'")?;
-            // `BINARY::*`: every test of that binary, one at a time.
-            let filter = if name == "*" {
-                String::new()
-            } else {
-                format!("--exact '{name}' ")
-            };
-            writeln!(
-                s,
-                "'{}' {filter}--test-threads=1 --color never || failed=1",
-                exe.display()
-            )?;
-        }
     }
+    for test in tests {
+        let (binary, name) = split(test)?;
+        let exe = executables.get(binary).with_context(|| {
+            format!("no integration test binary `{binary}` (tests/tests/{binary}.rs)")
+        })?;
+        writeln!(s, "echo \"=== guest test ({backend}): {test} (at $(up)s)\"")?;
+        // `BINARY::*`: every test of that binary, one at a time.
+        let filter = if name == "*" {
+            String::new()
+        } else {
+            format!("--exact '{name}' ")
+        };
+        writeln!(
+            s,
+            "'{}' {filter}{nocapture}--test-threads=1 --color never || failed=1",
+            exe.display()
+        )?;
+    }
+    writeln!(s, "echo \"=== guest: done (at $(up)s)\"")?;
     writeln!(s, "exit $failed")?;
     Ok(s)
 }
@@ -232,10 +321,14 @@ fn kernels_named(names: &[String]) -> Result<Vec<Kernel>> {
 /// even if one fails; the error lists the failures, each with its console log above it.
 pub fn run(kernel_names: &[String], tests: &[String], counts: &mut Counts) -> Result<()> {
     let kernels = kernels_named(kernel_names)?;
-    let tests: Vec<String> = if tests.is_empty() {
-        SUBSET.iter().map(|s| s.to_string()).collect()
+    // Tests named on the command line run on every backend of each guest.
+    let tests: Vec<(String, Runs)> = if tests.is_empty() {
+        SUBSET.iter().map(|(t, r)| (t.to_string(), *r)).collect()
     } else {
-        tests.to_vec()
+        tests
+            .iter()
+            .map(|t| (t.clone(), Runs::EachBackend))
+            .collect()
     };
     for kernel in &kernels {
         guest::prepare(kernel).with_context(|| format!("preparing the {} guest", kernel.name))?;
@@ -243,6 +336,7 @@ pub fn run(kernel_names: &[String], tests: &[String], counts: &mut Counts) -> Re
     // Built before any guest starts: a guest sees this machine's files read-only.
     compile::build(false)?;
     let executables = test_executables()?;
+    let game_ops = game_ops()?;
     let dir = exec::target_dir().join("matrix");
     fs::create_dir_all(&dir)?;
     // More time for a longer list than the subset (`DW_GUEST_TIMEOUT_SECS`).
@@ -253,31 +347,39 @@ pub fn run(kernel_names: &[String], tests: &[String], counts: &mut Counts) -> Re
     // DW_MATRIX_HOOKS=fentry,socket: other backends than the kernel's list.
     let asked = std::env::var("DW_MATRIX_HOOKS").ok();
     let mut jobs = Vec::new();
-    for kernel in &kernels {
-        let hooks: Vec<&str> = match asked.as_deref() {
-            Some(list) if !list.trim().is_empty() => list.split(',').map(str::trim).collect(),
-            _ => kernel.hooks.to_vec(),
-        };
-        let path = dir.join(format!("guest-{}.sh", kernel.name));
+    for share in plan(&kernels, &tests, asked.as_deref()) {
+        let path = dir.join(format!("guest-{}.sh", share.label.replace(' ', "-")));
         fs::write(
             &path,
-            script(&tests, kernel.default_hooks, &hooks, &executables)?,
+            script(
+                &share.tests,
+                share.check,
+                &share.backend,
+                &executables,
+                &game_ops,
+            )?,
         )?;
-        // The tests on each backend, and the default pick.
-        let expected = tests.len() * hooks.len() + 1;
+        // The tests, and the default pick where it is checked.
+        let expected = share.tests.len() + usize::from(share.check.is_some());
         println!(
-            "matrix: Linux {}: {} test(s) on {}",
-            kernel.name,
-            expected,
-            hooks.join(", ")
+            "matrix: Linux {}: {expected} test(s) on {}{}",
+            share.label,
+            share.backend,
+            if share.check.is_some() {
+                ", and the default pick"
+            } else {
+                ""
+            }
         );
         jobs.push(Job {
-            kernel: *kernel,
+            kernel: share.kernel,
+            label: share.label,
             script: path,
             expected,
         });
     }
-    // The longest guest first, so that the others fill the remaining slot beside it.
+    // The longest guest first, so that the others fill the remaining slot beside it (a
+    // stable sort: among equals the oldest kernel, the slowest under TCG, goes first).
     jobs.sort_by_key(|job| std::cmp::Reverse(job.expected));
     let slots = guests_at_once().min(jobs.len()).max(1);
     println!("matrix: {} guest(s) at a time", slots);
@@ -291,7 +393,7 @@ pub fn run(kernel_names: &[String], tests: &[String], counts: &mut Counts) -> Re
                 // guest runs (a `while let` scrutinee would hold it for the whole body).
                 let next = || queue.lock().ok().and_then(|mut q| q.next());
                 while let Some(job) = next() {
-                    let prefix = format!("[{}] ", job.kernel.name);
+                    let prefix = format!("[{}] ", job.label);
                     let outcome = guest::run(&job.kernel, &job.script, timeout, &prefix);
                     if let Ok(mut done) = results.lock() {
                         done.push((job, outcome));
@@ -302,15 +404,16 @@ pub fn run(kernel_names: &[String], tests: &[String], counts: &mut Counts) -> Re
     });
     let mut failures = Vec::new();
     let mut results = results.into_inner().unwrap_or_default();
-    results.sort_by_key(|(job, _)| job.kernel.name);
+    let guests = results.len();
+    results.sort_by(|(a, _), (b, _)| a.label.cmp(&b.label));
     for (job, outcome) in results {
-        let name = job.kernel.name;
+        let name = job.label.as_str();
         let run = outcome.with_context(|| format!("running the {name} guest"))?;
         let mut here = Counts::default();
         count(&run.console, &mut here);
         counts.passed += here.passed;
         counts.failed += here.failed;
-        let log = dir.join(format!("console-{name}.log"));
+        let log = dir.join(format!("console-{}.log", name.replace(' ', "-")));
         fs::write(&log, &run.console)?;
         match run.status {
             Some(0) if here.passed as usize >= job.expected => println!(
@@ -333,7 +436,7 @@ pub fn run(kernel_names: &[String], tests: &[String], counts: &mut Counts) -> Re
         }
     }
     println!(
-        "matrix: {} kernel(s) in {}",
+        "matrix: {} kernel(s), {guests} guest(s) in {}",
         kernels.len(),
         elapsed(started.elapsed())
     );
@@ -343,9 +446,56 @@ pub fn run(kernel_names: &[String], tests: &[String], counts: &mut Counts) -> Re
     Ok(())
 }
 
+/// One guest's share of the matrix: a kernel, the backend forced there, whether it checks
+/// the kernel's default pick, and its tests.
+struct Share {
+    kernel: Kernel,
+    /// "6.1", or "6.12 fentry" where a kernel runs more than one backend.
+    label: String,
+    backend: String,
+    check: Option<&'static str>,
+    tests: Vec<String>,
+}
+
+/// One guest per backend of each kernel (`asked`: `DW_MATRIX_HOOKS`, a list that replaces
+/// each kernel's own): a kernel's backends are independent runs, and as separate guests the
+/// slots share them out evenly (as one guest, 6.12's two backends were 11 of the matrix's
+/// 15 minutes in one slot while the other ran 5.10 and 6.1). The first backend's guest
+/// also checks the default pick and runs the tests that run once per kernel.
+fn plan(kernels: &[Kernel], tests: &[(String, Runs)], asked: Option<&str>) -> Vec<Share> {
+    let mut shares = Vec::new();
+    for kernel in kernels {
+        let hooks: Vec<&str> = match asked {
+            Some(list) if !list.trim().is_empty() => list.split(',').map(str::trim).collect(),
+            _ => kernel.hooks.to_vec(),
+        };
+        for (i, backend) in hooks.iter().enumerate() {
+            let first = i == 0;
+            shares.push(Share {
+                kernel: *kernel,
+                label: if hooks.len() > 1 {
+                    format!("{} {backend}", kernel.name)
+                } else {
+                    kernel.name.to_string()
+                },
+                backend: backend.to_string(),
+                check: first.then_some(kernel.default_hooks),
+                tests: tests
+                    .iter()
+                    .filter(|(_, runs)| first || *runs == EachBackend)
+                    .map(|(test, _)| test.clone())
+                    .collect(),
+            });
+        }
+    }
+    shares
+}
+
 /// One guest to boot: its kernel, the script it runs and how many results it must report.
 struct Job {
     kernel: Kernel,
+    /// "6.1", or "6.12 fentry" where a kernel runs more than one backend.
+    label: String,
     script: PathBuf,
     expected: usize,
 }
@@ -377,10 +527,58 @@ mod tests {
 
     #[test]
     fn subset_names_are_binary_and_test() {
-        for test in SUBSET {
+        for (test, _) in SUBSET {
             split(test).unwrap();
         }
         assert!(split("no-separator").is_err());
+    }
+
+    #[test]
+    fn each_backend_is_a_guest_and_once_per_kernel_tests_run_on_the_first() {
+        let tests = vec![
+            ("audit::a".to_string(), OncePerKernel),
+            ("drain::b".to_string(), EachBackend),
+        ];
+        let shares = plan(&KERNELS, &tests, None);
+        let seen: Vec<(&str, &str, Option<&str>, Vec<&str>)> = shares
+            .iter()
+            .map(|s| {
+                (
+                    s.label.as_str(),
+                    s.backend.as_str(),
+                    s.check,
+                    s.tests.iter().map(String::as_str).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                (
+                    "5.10",
+                    "syscalls",
+                    Some("syscalls"),
+                    vec!["audit::a", "drain::b"]
+                ),
+                (
+                    "6.1",
+                    "fentry",
+                    Some("fentry"),
+                    vec!["audit::a", "drain::b"]
+                ),
+                (
+                    "6.12 socket",
+                    "socket",
+                    Some("socket-tracepoints"),
+                    vec!["audit::a", "drain::b"]
+                ),
+                ("6.12 fentry", "fentry", None, vec!["drain::b"]),
+            ]
+        );
+        // DW_MATRIX_HOOKS replaces each kernel's list.
+        let asked = plan(&KERNELS[1..2], &tests, Some("fentry, socket"));
+        assert_eq!(asked.len(), 2);
+        assert_eq!(asked[1].label, "6.1 socket");
     }
 
     #[test]

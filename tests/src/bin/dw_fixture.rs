@@ -26,6 +26,10 @@
 //!   Prints `ready pid=PID port=0 child=0` first.
 //! - `dw-fixture uring-echo --port P`: accepts one client on 127.0.0.1:P and echoes through
 //!   io_uring, never read(2)/write(2) on the socket (dw_fixture/uring.rs).
+//! - `dw-fixture build-game-ops`: compiles the C++ game server of the operations tests if it
+//!   is missing or older than its source (tests/src/game_ops.rs, `game_ops_bin`) and prints
+//!   its path: the kernel matrix builds it here before its guests start, where it would be
+//!   compiled again under TCG in each of them (xtask/src/matrix.rs).
 //! - `dw-fixture signal SIGNUM PID [--linger-ms N]`: sends a signal with kill(2), then stays
 //!   alive N ms (default 300) so that its command line can still be read.
 //! - `dw-fixture exit CODE [--after-ms N]`: exits with CODE.
@@ -395,12 +399,16 @@ fn main() -> ExitCode {
         Some("slow-http") => slow_http(&args[1..]),
         Some("slow-line") => slow_line(&args[1..]),
         Some("hot-op") => hot_op(&args[1..]),
+        Some("build-game-ops") => {
+            println!("{}", drainwatch_tests::game_ops::game_ops_bin().display());
+            ExitCode::SUCCESS
+        }
         Some("uring-echo") => {
             uring::uring_echo(flag_value(&args[1..], "--port").and_then(|p| u16::try_from(p).ok()))
         }
         _ => {
             eprintln!(
-                "usage: dw-fixture server|signal|exit|slow-http|slow-line|hot-op|uring-echo ... (see the source's header)"
+                "usage: dw-fixture server|signal|exit|slow-http|slow-line|hot-op|uring-echo|build-game-ops ... (see the source's header)"
             );
             ExitCode::from(2)
         }
