@@ -204,10 +204,19 @@ fn watch_attached_mid_load_counts_the_clients_and_their_requests() {
                 "attach {attach}: the benchmark's connections are the server's clients: {frame}"
             );
         }
+        // Before the fix: 0/s. Natively the benchmark runs at 10k-90k/s; under TCG on a
+        // busy 2-core machine a 6.1 guest ran it at ~90/s (345 requests counted in 3.7 s),
+        // so there the floor is divided by 4x the guest's time scale: still no 0.
+        let slowdown = if time_scale() > 1 {
+            4 * time_scale()
+        } else {
+            1
+        };
+        let floor = 1_000.0 / slowdown as f64;
         let rate = settled["requests_per_second"].as_f64().unwrap_or(0.0);
         assert!(
-            rate > 1_000.0,
-            "attach {attach}: {rate} requests/s answered under load: {settled}"
+            rate > floor,
+            "attach {attach}: {rate} requests/s answered under load (floor {floor}): {settled}"
         );
         println!(
             "attach {attach}: {} client, {} upstream, {rate:.0} requests/s",

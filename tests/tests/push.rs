@@ -94,22 +94,28 @@ fn a_server_that_pushes_ticks_is_named_push_style_and_the_basis_says_so() {
 fn a_push_style_link_hung_up_before_the_next_tick_drops_no_request() {
     require_root();
     let db = PgServer::start();
-    let game = GameServer::start(&db, &["--push-ms", TICK_MS]);
+    // The tick stretched with the machine's slowness: between the ping's read and the next
+    // tick the test must see the ping in flight and hang up, which a 50 ms window did not
+    // leave room for in a kernel-matrix guest (the pong went out first). The audit lasts
+    // past the ticks the test waits for.
+    let tick = scaled_ms(50).to_string();
+    let game = GameServer::start(&db, &["--push-ms", &tick]);
     let pid = pid_of(&game);
     let dir = TempDir::new("push-hangup");
     let report_path = dir.path("report.json");
+    let duration = format!("{}ms", scaled_ms(2_000));
     let audit = Drainwatch::attach(&[
         "audit",
         "--pid",
         &pid,
         "--duration",
-        "2s",
+        &duration,
         "--report",
         &report_path,
     ]);
     let mut gateway = Gateway::connect(&game);
     gateway.ticks(4);
-    // Right after a tick: the next one is 50 ms away; the gateway hangs up 5 ms after its
+    // Right after a tick: the next one is a tick away; the gateway hangs up 5 ms after its
     // ping.
     gateway.ticks(1);
     gateway.say("ping");
