@@ -145,25 +145,13 @@ fn a_push_style_link_hung_up_before_the_next_tick_drops_no_request() {
     );
 }
 
-/// The gateway's link, ticking: connected before drainwatch attaches, so that the release
-/// that follows the attach starts at once, however long a loaded machine takes to connect.
-fn gateway_ticking(game: &GameServer) -> Gateway {
-    let gateway = Gateway::connect(game);
-    gateway.ticks(2);
-    gateway
-}
-
 /// One release of the story: the gateway asks for an operation (A, 800 ms, B) and hangs up
 /// (it is stopped); the game writes A at once and B after the pause, with nothing in flight
 /// between. The hang-up comes right after the request, so that the tail (hang-up to B) is
 /// the pause, whatever the machine's load does to the timing of A.
-fn operation_then_hang_up(
-    mut gateway: Gateway,
-    game: &GameServer,
-    db: &PgServer,
-    op: &str,
-    pause_ms: u64,
-) {
+fn operation_then_hang_up(game: &GameServer, db: &PgServer, op: &str, pause_ms: u64) {
+    let mut gateway = Gateway::connect(game);
+    gateway.ticks(2);
     gateway.say(&format!("op {op} {pause_ms}"));
     gateway.hang_up();
     game.wait_truth("write A done", |t| t.between_writes == 1);
@@ -190,7 +178,6 @@ fn settle_from_an_audit_holds_wait_until_the_last_write() {
         "while [ ! -e '{}' ]; do sleep 0.05; done",
         staged.path().display()
     );
-    let gateway = gateway_ticking(&game);
     let audit = Drainwatch::attach(&[
         "audit",
         "--pid",
@@ -202,7 +189,7 @@ fn settle_from_an_audit_holds_wait_until_the_last_write() {
         "-c",
         &until_staged,
     ]);
-    operation_then_hang_up(gateway, &game, &db, "staging", pause);
+    operation_then_hang_up(&game, &db, "staging", pause);
     let truth = game.wait_truth("write B done", |t| t.between_writes == 0);
     assert_eq!(db.ledger_steps("staging"), ["A", "B"]);
     staged.open();
@@ -239,7 +226,6 @@ fn settle_from_an_audit_holds_wait_until_the_last_write() {
     game.wait_truth("the plain op done", |t| t.between_writes == 0);
     for run in 0..5 {
         let op = format!("prod{run}");
-        let gateway = gateway_ticking(&game);
         let mut wait = Drainwatch::attach(&[
             "wait",
             "--pid",
@@ -248,7 +234,7 @@ fn settle_from_an_audit_holds_wait_until_the_last_write() {
             "--settle-from",
             &audit_path,
         ]);
-        operation_then_hang_up(gateway, &game, &db, &op, pause);
+        operation_then_hang_up(&game, &db, &op, pause);
         wait.wait_for_stderr("drainwatch: drained");
         let verdict_at = mono_ns();
         let steps = db.ledger_steps(&op);
