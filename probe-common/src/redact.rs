@@ -10,7 +10,9 @@
 //! variable-offset reads from the stack, where the event is built.
 //!
 //! It lives here, not in probe-ebpf, so that it is unit tested on the host; the kernel
-//! calls it inline (probe-ebpf/src/sockets/db.rs).
+//! calls its two halves, [`keep`] and [`apply`], from two global BPF functions
+//! (probe-ebpf/src/sockets/db.rs: the verifier checks the masks once, not once per path
+//! through the protocol rules).
 
 use crate::{
     DbIoEvent, DIR_SEND, HEAD_BYTES, PROTO_MYSQL, PROTO_POSTGRES, PROTO_REDIS, TAIL_BYTES,
@@ -19,6 +21,13 @@ use crate::{
 /// `copied_head`/`copied_tail`: bytes actually copied from each end.
 #[inline(always)]
 pub fn redact(event: &mut DbIoEvent, copied_head: u8, copied_tail: u8) {
+    let (head_keep, tail_keep) = keep(event, copied_head, copied_tail);
+    apply(event, head_keep, tail_keep);
+}
+
+/// How many bytes of each end [`redact`] keeps: (head, tail), at most what was copied.
+#[inline(always)]
+pub fn keep(event: &DbIoEvent, copied_head: u8, copied_tail: u8) -> (u8, u8) {
     let send = event.dir == DIR_SEND;
     let (head_keep, tail_keep) = match event.proto {
         PROTO_POSTGRES => postgres(event, copied_head, copied_tail, send),
@@ -26,8 +35,13 @@ pub fn redact(event: &mut DbIoEvent, copied_head: u8, copied_tail: u8) {
         PROTO_REDIS => redis(event, copied_head, copied_tail, send),
         _ => (0, 0),
     };
-    let head_keep = min(head_keep, copied_head);
-    let tail_keep = min(tail_keep, copied_tail);
+    (min(head_keep, copied_head), min(tail_keep, copied_tail))
+}
+
+/// Keeps `head[..head_keep]` and `tail[32 - tail_keep..]`, zeroes every other byte, and
+/// sets the event's lengths. `head_keep`, `tail_keep` <= 32 ([`keep`]'s).
+#[inline(always)]
+pub fn apply(event: &mut DbIoEvent, head_keep: u8, tail_keep: u8) {
     event.head_len = head_keep;
     event.tail_off = TAIL_BYTES as u8 - tail_keep;
     event.tail_len = tail_keep;

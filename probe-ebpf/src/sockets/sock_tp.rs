@@ -408,44 +408,66 @@ pub(super) fn data(sk: u64, ret: i32, flags: i32, send: bool) -> u32 {
                 }
                 state.sniff_left -= 1;
             }
-            let (nr, _, si, dx) = syscall_regs().unwrap_or((u64::MAX, 0, 0, 0));
-            // TLS hook point (tls.rs): ciphertext of a conversation read in plaintext
-            // through the SSL uprobes is not parsed (a held SSL_write is, in its place).
-            let (mut kind, mut ptr, mut count, mut moved, mut tls) =
-                (io_kind(nr), si, dx, ret as u64, false);
-            // The first bytes: the buffer argument (the first iovec's base is not looked
-            // up here: only plain send/recv/read/write bytes mark a connection as TLS).
-            let head = match kind {
-                IO_READ | IO_WRITE | IO_SENDTO | IO_RECVFROM => si,
-                _ => 0,
-            };
-            match super::tls::socket_io(key.fd, state, send, head) {
-                SocketBytes::Parse => {}
-                SocketBytes::Skip => return 0,
-                SocketBytes::Held { buf, moved: held } => {
-                    (kind, ptr, count, moved, tls) = (IO_WRITE, buf, 0, held, true);
-                }
-            }
-            // Through io_uring or sendfile there are no such registers: the bytes are not
-            // where a syscall argument says. Counted as a missed database read, never
-            // guessed (docs/hooks.md).
-            if kind == 0 {
-                crate::shared::bump(probe_common::Counter::DbIoMissed);
-                return 0;
-            }
-            let pending = Pending {
-                kind,
-                _pad: [0; 3],
-                fd: key.fd,
-                ptr,
-                count,
-                addr: SockAddr::empty(),
-                _pad2: [0; 4],
-            };
-            db_inline(key.tgid, &pending, send, moved, tls);
+            return sock_db(key.tgid, key.fd, send, ret as u64);
         }
         _ => {}
     }
+    0
+}
+
+/// The database path of a send/recv of `moved` bytes on a database connection (or an
+/// upstream one still sniffed) `fd` of target `tgid`: TLS, copy, redaction, event. Out of
+/// line, a global BPF function like those of db.rs (see there why), so that the verifier
+/// checks it once, not once for every path of [`data`] that reaches it.
+#[inline(always)]
+fn sock_db(tgid: u32, fd: u32, send: bool, moved: u64) -> u32 {
+    dw_sock_db((tgid as u64) << 32 | fd as u64, send as u64, moved)
+}
+
+/// [`sock_db`]'s body: `key` = tgid << 32 | fd, `send` 0 or 1.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn dw_sock_db(key: u64, send: u64, moved: u64) -> u32 {
+    let (tgid, fd, send) = ((key >> 32) as u32, key as u32, send != 0);
+    let Some(state) = CONNS.get_ptr_mut(&ConnKey { tgid, fd }) else {
+        return 0;
+    };
+    // SAFETY: a map value pointer, valid for this program run.
+    let state = unsafe { &mut *state };
+    let (nr, _, si, dx) = syscall_regs().unwrap_or((u64::MAX, 0, 0, 0));
+    // TLS hook point (tls.rs): ciphertext of a conversation read in plaintext
+    // through the SSL uprobes is not parsed (a held SSL_write is, in its place).
+    let (mut kind, mut ptr, mut count, mut moved, mut tls) = (io_kind(nr), si, dx, moved, false);
+    // The first bytes: the buffer argument (the first iovec's base is not looked
+    // up here: only plain send/recv/read/write bytes mark a connection as TLS).
+    let head = match kind {
+        IO_READ | IO_WRITE | IO_SENDTO | IO_RECVFROM => si,
+        _ => 0,
+    };
+    match super::tls::socket_io(fd, state, send, head) {
+        SocketBytes::Parse => {}
+        SocketBytes::Skip => return 0,
+        SocketBytes::Held { buf, moved: held } => {
+            (kind, ptr, count, moved, tls) = (IO_WRITE, buf, 0, held, true);
+        }
+    }
+    // Through io_uring or sendfile there are no such registers: the bytes are not
+    // where a syscall argument says. Counted as a missed database read, never
+    // guessed (docs/hooks.md).
+    if kind == 0 {
+        crate::shared::bump(probe_common::Counter::DbIoMissed);
+        return 0;
+    }
+    let pending = Pending {
+        kind,
+        _pad: [0; 3],
+        fd,
+        ptr,
+        count,
+        addr: SockAddr::empty(),
+        _pad2: [0; 4],
+    };
+    db_inline(tgid, &pending, send, moved, tls);
     0
 }
 
