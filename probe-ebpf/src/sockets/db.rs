@@ -188,9 +188,9 @@ fn db_path(tgid: u32, pending: &Pending, send: bool, moved: u64, tls: bool) {
 // signature, instead of once for every state its caller reaches it in. Inlined whole, the
 // database path made `sock_send_length`/`sock_recv_length` 143k/130k verified instructions
 // and `ssl_return` 153k, most of the attach time (docs/bench.md, "Attach and detach").
-// It is cut where its paths multiply: after the sniffing ([`dw_db_io_event`]), after the
-// copies ([`dw_db_redact_emit`]) and after the protocol rules have decided what to keep
-// ([`dw_db_apply_emit`]: the 64 masks and the emit once, not once per rule path).
+// It is cut where its paths multiply: after the sniffing ([`dw_db_io_event`]) and after
+// the protocol rules have decided what to keep ([`dw_db_apply_emit`]: the 64 masks and
+// the emit once, not once per rule path).
 // Arguments are integers only (packed): pointers from the caller are not accepted by the
 // older kernels (Linux 5.6-5.11 take scalars and the context; kernel/bpf/btf.c
 // `btf_prepare_func_args`), and the syscall hooks' `db_io` calls these on 5.10.
@@ -340,22 +340,11 @@ fn db_io_event(tgid: u32, pending: &Pending, proto: u8, send: bool, moved: u64, 
     event.tail = [0; TAIL_BYTES];
     let copied_head = copy_user(&mut event.head, head_base, head_len);
     let copied_tail = copy_tail(tail_end, tail_avail, &mut event.tail);
-    dw_db_redact_emit((copied_head as u64) << 8 | copied_tail as u64);
-}
-
-/// Redacts the event in this CPU's `DB_EVENT` slot, built by [`db_io_event`] with
-/// `copied` = head bytes copied << 8 | tail bytes copied, and emits it: the protocol rules
-/// ([`keep`]) here, the masks in [`dw_db_apply_emit`]. Nothing leaves before the masks.
-#[unsafe(no_mangle)]
-#[inline(never)]
-pub extern "C" fn dw_db_redact_emit(copied: u64) -> u32 {
-    let Some(event) = DB_EVENT.get_ptr_mut(0) else {
-        return 0;
-    };
-    // SAFETY: this CPU's slot; a BPF program is not preempted on its CPU.
-    let event = unsafe { &mut *event };
-    let (head, tail) = keep(event, (copied >> 8) as u8, copied as u8);
-    dw_db_apply_emit(head as u64, tail as u64)
+    // The protocol rules here, where the verifier (and LLVM) know that at most 32 bytes
+    // were copied from each end: Linux 5.10's verifier could not bound their byte indexes
+    // from an integer argument. The masks and the emit out of line.
+    let (head, tail) = keep(event, copied_head, copied_tail);
+    dw_db_apply_emit(head as u64, tail as u64);
 }
 
 /// Keeps the first `head` and last `tail` bytes of the event in this CPU's `DB_EVENT` slot
