@@ -160,3 +160,80 @@ fn help_ends_with_examples() {
         "{help}"
     );
 }
+
+/// The paths ending in `.md` in `text` (roff's `\-` read as `-`).
+fn document_names(text: &str) -> Vec<String> {
+    let text = text.replace("\\-", "-");
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/');
+    text.split(|c: char| !allowed(c))
+        .map(|word| word.trim_end_matches('.'))
+        .filter(|word| word.ends_with(".md") && word.len() > 3)
+        .map(str::to_string)
+        .collect()
+}
+
+/// The relative link targets of a Markdown text, without their `#anchor`.
+fn relative_links(markdown: &str) -> Vec<&str> {
+    markdown
+        .split("](")
+        .skip(1)
+        .filter_map(|rest| rest.split([')', ' ']).next())
+        .map(|link| link.split('#').next().unwrap_or_default())
+        .filter(|link| !link.is_empty() && !link.contains("://") && !link.starts_with("mailto:"))
+        .collect()
+}
+
+fn markdown_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap().map(Result::unwrap) {
+        let path = entry.path();
+        let name = entry.file_name();
+        if name == "target" || name.to_string_lossy().starts_with('.') {
+            continue;
+        }
+        if path.is_dir() {
+            markdown_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "md") {
+            out.push(path);
+        }
+    }
+}
+
+/// Every document the man pages and `--help` name, and every relative link of the
+/// repository's Markdown, leads to a file (issue #27: links to DESIGN.md and
+/// docs/policy.md led nowhere).
+#[test]
+fn every_named_document_and_relative_link_exists() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut text = String::new();
+    for command in std::iter::once(None).chain(PAGES.iter().map(|p| Some(*p))) {
+        text.push_str(&render(command).unwrap());
+    }
+    let mut cli = command();
+    text.push_str(&cli.render_long_help().to_string());
+    for sub in PAGES {
+        let sub = cli.find_subcommand_mut(sub).unwrap();
+        text.push_str(&sub.render_long_help().to_string());
+    }
+    let named = document_names(&text);
+    assert!(named.iter().any(|n| n == "docs/policy.md"), "{named:?}");
+    for name in named {
+        assert!(
+            root.join(&name).is_file(),
+            "the manual names {name}, not a file"
+        );
+    }
+    let mut files = Vec::new();
+    markdown_files(&root, &mut files);
+    assert!(files.len() > 5, "{files:?}");
+    for file in files {
+        let markdown = std::fs::read_to_string(&file).unwrap();
+        for link in relative_links(&markdown) {
+            let target = file.parent().unwrap().join(link);
+            assert!(
+                target.exists(),
+                "{}: link {link} leads nowhere",
+                file.display()
+            );
+        }
+    }
+}
