@@ -12,7 +12,8 @@ const SUB: u64 = 1 << SUB_BITS;
 
 /// Request-latency histograms kept at once, one per target process (tgid) that answered a
 /// request, so that two servers watched together are never one series. Preallocated by the
-/// kernel: 256 x 4 KiB. Userspace deletes a process's histogram once it has read it after
+/// kernel, one copy per CPU: 256 x 4 KiB per CPU (fewer entries on machines of more than 16
+/// CPUs: probe-user's `latency_entries`). Userspace deletes a process's histogram once it has read it after
 /// the exit; a process that finds the map full records into [`LATENCY_OVERFLOW_TGID`].
 pub const MAX_LATENCY_TARGETS: u32 = 256;
 /// The key of the histogram shared by processes that found no room of their own (tgid 0 is

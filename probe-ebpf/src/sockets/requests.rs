@@ -8,7 +8,7 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::bpf_ktime_get_ns,
     macros::map,
-    maps::{Array, HashMap},
+    maps::{Array, PerCpuHashMap},
 };
 use probe_common::{
     latency::{
@@ -20,10 +20,16 @@ use probe_common::{
 use crate::shared::target_entry;
 
 /// Latencies of answered client requests, by bucket, one histogram per target process
-/// (tgid): `serve`/`watch` of two servers keep two series. Shared by the CPUs (atomic adds).
+/// (tgid): `serve`/`watch` of two servers keep two series. One copy per CPU: an answer's
+/// add stays in its own CPU's cache instead of pulling a line written by the other CPUs
+/// (docs/bench.md, "Per-request program cost"); userspace sums the copies when it reads
+/// them (every 250 ms, probe-user/src/kernel/probe/maps.rs). Preallocated (the kernel
+/// calls run-time allocated per-CPU hash maps unsafe in tracepoint programs), 4 KiB per CPU
+/// per entry: userspace sizes it by the CPUs at load (probe-user/src/kernel/probe.rs,
+/// `latency_entries`).
 #[map]
-static REQUEST_LATENCY: HashMap<u32, LatencyHistogram> =
-    HashMap::with_max_entries(MAX_LATENCY_TARGETS, 0);
+static REQUEST_LATENCY: PerCpuHashMap<u32, LatencyHistogram> =
+    PerCpuHashMap::with_max_entries(MAX_LATENCY_TARGETS, 0);
 
 /// A zeroed histogram, never written: what a new process's entry is created from (4 KiB do
 /// not fit on the 512-byte BPF stack; a map value can be the source of an update).
@@ -152,11 +158,11 @@ fn record_latency(tgid: u32, us: u64) {
     let Some(histogram) = histogram(tgid) else {
         return;
     };
-    // SAFETY: a map value of this process; bucket() < LATENCY_MAX_SLOT, and the mask keeps
-    // the verifier's view of the index inside the array. Threads on other CPUs (and, since
-    // syscall tracepoints are faultable from Linux 6.14, another task on this one) may add
-    // to it at the same time: the add is atomic; the max is a plain store (at worst a max
-    // is missed).
+    // SAFETY: this CPU's copy of the process's histogram; bucket() < LATENCY_MAX_SLOT, and
+    // the mask keeps the verifier's view of the index inside the array. Since syscall
+    // tracepoints are faultable from Linux 6.14, another task on this CPU may add to it at
+    // the same time: the add stays atomic (on a line no other CPU writes, it costs little);
+    // the max is a plain store (at worst a max is missed).
     unsafe {
         let counts = &mut (*histogram).counts;
         let index = latency::bucket(us) & (latency::LATENCY_SLOTS - 1);

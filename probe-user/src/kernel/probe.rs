@@ -12,11 +12,11 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, HashMap, MapData, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuHashMap, PerCpuValues, RingBuf},
     Ebpf, EbpfLoader,
 };
 use probe_common::{
-    latency::{LatencyHistogram, LATENCY_OVERFLOW_TGID},
+    latency::{self, LatencyHistogram, LATENCY_OVERFLOW_TGID},
     map_names, ProbeConfig, SockAddr, SockOffsets, DB_PORT_FLAG, DEFAULT_RING_BYTES, NO_OFFSET,
 };
 
@@ -198,6 +198,7 @@ impl Probe {
             .btf(None)
             .override_global("CONFIG", &config, true)
             .map_max_entries(map_names::EVENTS, options.ring_bytes)
+            .map_max_entries(map_names::REQUEST_LATENCY, latency_entries(cpus()?))
             .load(OBJECT)
             .map_err(load_error)?;
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
@@ -338,19 +339,39 @@ impl Probe {
     }
 }
 
+/// The CPUs a per-CPU map holds a copy for (`/sys/devices/system/cpu/possible`).
+fn cpus() -> Result<usize> {
+    aya::util::nr_cpus().map_err(|(what, err)| Error::Load(format!("{what}: {err}")))
+}
+
+/// Kernel memory the per-CPU latency histograms may take, preallocated at load.
+const LATENCY_MAP_BYTES: usize = 16 << 20;
+
+/// How many processes get a latency histogram of their own with `cpus` copies each
+/// (probe-ebpf's `REQUEST_LATENCY`, per CPU and preallocated: the kernel calls run-time
+/// allocated per-CPU hash maps unsafe in tracepoint programs). Up to 16 CPUs, all of
+/// [`latency::MAX_LATENCY_TARGETS`]; beyond, fewer (64 CPUs: 64), never under 16; the
+/// processes that find no room share the overflow histogram, reported apart.
+fn latency_entries(cpus: usize) -> u32 {
+    let each = std::mem::size_of::<LatencyHistogram>() * cpus.max(1);
+    (LATENCY_MAP_BYTES / each).clamp(16, latency::MAX_LATENCY_TARGETS as usize) as u32
+}
+
 /// The shared histogram of processes that find the latency map full: made now, while
 /// there is room (the kernel's fallback can then not fail).
 fn reserve_latency_overflow(ebpf: &mut Ebpf) -> Result<()> {
     let map = ebpf
         .map_mut(map_names::REQUEST_LATENCY)
         .ok_or_else(|| Error::Load("no REQUEST_LATENCY map in the object".into()))?;
-    let mut histograms: HashMap<_, u32, LatencyHistogram> =
-        HashMap::try_from(map).map_err(load_error)?;
+    let mut histograms: PerCpuHashMap<_, u32, LatencyHistogram> =
+        PerCpuHashMap::try_from(map).map_err(load_error)?;
     let zero = LatencyHistogram {
         counts: [0; probe_common::latency::LATENCY_SLOTS],
     };
+    let zeros =
+        PerCpuValues::try_from(vec![zero; cpus()?]).map_err(|err| Error::Load(err.to_string()))?;
     histograms
-        .insert(LATENCY_OVERFLOW_TGID, zero, BPF_NOEXIST)
+        .insert(LATENCY_OVERFLOW_TGID, zeros, BPF_NOEXIST)
         .map_err(load_error)
 }
 
@@ -374,4 +395,18 @@ fn fill_db_maps(ebpf: &mut Ebpf, options: &ProbeOptions) -> Result<()> {
             .map_err(load_error)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod latency_map_tests {
+    use super::*;
+
+    #[test]
+    fn every_process_has_a_histogram_up_to_16_cpus_and_fewer_beyond() {
+        let all = latency::MAX_LATENCY_TARGETS;
+        assert_eq!(latency_entries(1), all);
+        assert_eq!(latency_entries(16), all);
+        assert_eq!(latency_entries(64), 64);
+        assert_eq!(latency_entries(4096), 16);
+    }
 }

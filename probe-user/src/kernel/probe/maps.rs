@@ -1,9 +1,9 @@
 //! The userspace ends of the probe's maps: targets, connections, pending syscalls, request
 //! counters and latencies, the loss counters (probe-common's map names and types).
 
-use aya::maps::{Array, HashMap, PerCpuArray};
+use aya::maps::{Array, HashMap, PerCpuArray, PerCpuHashMap};
 use probe_common::{
-    latency::{LatencyHistogram, LATENCY_OVERFLOW_TGID},
+    latency::{LatencyHistogram, LATENCY_MAX_SLOT, LATENCY_OVERFLOW_TGID, LATENCY_SLOTS},
     map_names, ConnKey, ConnState, Counter, Pending, RequestCounters, TargetInfo, COMM_LEN,
     CONN_EXISTED, CONN_UNKNOWN,
 };
@@ -124,12 +124,12 @@ impl Probe {
     /// slot of each is the largest latency seen (µs). See `probe_common::latency`.
     pub fn request_latency(&self) -> Option<Vec<(u32, Vec<u64>)>> {
         let map = self.ebpf.map(map_names::REQUEST_LATENCY)?;
-        let histograms = HashMap::<_, u32, LatencyHistogram>::try_from(map).ok()?;
+        let histograms = PerCpuHashMap::<_, u32, LatencyHistogram>::try_from(map).ok()?;
         let mut out: Vec<(u32, Vec<u64>)> = histograms
             .iter()
             .filter_map(|entry| entry.ok())
-            .filter(|(_, h)| h.counts.iter().any(|&c| c != 0))
-            .map(|(tgid, h)| (tgid, h.counts.to_vec()))
+            .map(|(tgid, copies)| (tgid, sum_copies(&copies)))
+            .filter(|(_, counts)| counts.iter().any(|&c| c != 0))
             .collect();
         out.sort_by_key(|(tgid, _)| *tgid);
         Some(out)
@@ -138,8 +138,11 @@ impl Probe {
     /// The latency histogram of one process, as [`Probe::request_latency`] reads them.
     pub fn request_latency_of(&self, tgid: u32) -> Option<Vec<u64>> {
         let map = self.ebpf.map(map_names::REQUEST_LATENCY)?;
-        let histograms = HashMap::<_, u32, LatencyHistogram>::try_from(map).ok()?;
-        histograms.get(&tgid, 0).ok().map(|h| h.counts.to_vec())
+        let histograms = PerCpuHashMap::<_, u32, LatencyHistogram>::try_from(map).ok()?;
+        histograms
+            .get(&tgid, 0)
+            .ok()
+            .map(|copies| sum_copies(&copies))
     }
 
     /// Forgets the latency histogram of a process that exited, once it has been read: its
@@ -149,7 +152,7 @@ impl Probe {
             return;
         }
         if let Some(map) = self.ebpf.map_mut(map_names::REQUEST_LATENCY) {
-            if let Ok(mut histograms) = HashMap::<_, u32, LatencyHistogram>::try_from(map) {
+            if let Ok(mut histograms) = PerCpuHashMap::<_, u32, LatencyHistogram>::try_from(map) {
                 let _ = histograms.remove(&tgid);
             }
         }
@@ -344,5 +347,48 @@ impl Probe {
             .get(&(counter as u32), 0)
             .map(|per_cpu| per_cpu.iter().sum())
             .unwrap_or(0)
+    }
+}
+
+/// One histogram from the kernel's copies, one per CPU (probe-ebpf's `REQUEST_LATENCY`):
+/// counts add up, and the last slot, the largest latency, is the largest of the copies'.
+/// Each copy only grows, so a sum read later is never below one read earlier.
+pub(crate) fn sum_copies(copies: &[LatencyHistogram]) -> Vec<u64> {
+    let mut out = vec![0u64; LATENCY_SLOTS];
+    for copy in copies {
+        for (slot, (total, &count)) in out.iter_mut().zip(copy.counts.iter()).enumerate() {
+            if slot == LATENCY_MAX_SLOT {
+                *total = (*total).max(count);
+            } else {
+                *total = total.wrapping_add(count);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn copy(slots: &[(usize, u64)]) -> LatencyHistogram {
+        let mut h = LatencyHistogram {
+            counts: [0; LATENCY_SLOTS],
+        };
+        for &(slot, count) in slots {
+            h.counts[slot] = count;
+        }
+        h
+    }
+
+    #[test]
+    fn copies_add_up_and_the_largest_latency_is_the_largest_copys() {
+        let sum = sum_copies(&[
+            copy(&[(3, 2), (40, 1), (LATENCY_MAX_SLOT, 900)]),
+            copy(&[(3, 5), (LATENCY_MAX_SLOT, 120)]),
+        ]);
+        assert_eq!((sum[3], sum[40], sum[4]), (7, 1, 0));
+        assert_eq!(sum[LATENCY_MAX_SLOT], 900);
+        assert_eq!(sum.len(), LATENCY_SLOTS);
     }
 }
