@@ -270,6 +270,14 @@ impl Gateway {
         }
     }
 
+    /// Waits for `n` ticks sent from now on: the lines read before are dropped first (a
+    /// tick already on its way when this is called is not counted either, see `n`: give
+    /// one more than needed).
+    pub fn fresh_ticks(&self, n: usize) {
+        while self.ticks.try_recv().is_ok() {}
+        self.ticks(n);
+    }
+
     pub fn say(&mut self, line: &str) {
         self.stream
             .write_all(format!("{line}\n").as_bytes())

@@ -149,9 +149,17 @@ fn a_push_style_link_hung_up_before_the_next_tick_drops_no_request() {
 /// (it is stopped); the game writes A at once and B after the pause, with nothing in flight
 /// between. The hang-up comes right after the request, so that the tail (hang-up to B) is
 /// the pause, whatever the machine's load does to the timing of A.
-fn operation_then_hang_up(game: &GameServer, db: &PgServer, op: &str, pause_ms: u64) {
-    let mut gateway = Gateway::connect(game);
-    gateway.ticks(2);
+/// `gateway`: the link, connected before or after drainwatch attached; it ticks (at least)
+/// twice while watched first, so that the kernel has seen it push (docs/design.md,
+/// "request in flight") and its hang-up with the request read is no dropped request.
+fn operation_then_hang_up(
+    mut gateway: Gateway,
+    game: &GameServer,
+    db: &PgServer,
+    op: &str,
+    pause_ms: u64,
+) {
+    gateway.fresh_ticks(3);
     gateway.say(&format!("op {op} {pause_ms}"));
     gateway.hang_up();
     game.wait_truth("write A done", |t| t.between_writes == 1);
@@ -189,7 +197,7 @@ fn settle_from_an_audit_holds_wait_until_the_last_write() {
         "-c",
         &until_staged,
     ]);
-    operation_then_hang_up(&game, &db, "staging", pause);
+    operation_then_hang_up(Gateway::connect(&game), &game, &db, "staging", pause);
     let truth = game.wait_truth("write B done", |t| t.between_writes == 0);
     assert_eq!(db.ledger_steps("staging"), ["A", "B"]);
     staged.open();
@@ -226,6 +234,10 @@ fn settle_from_an_audit_holds_wait_until_the_last_write() {
     game.wait_truth("the plain op done", |t| t.between_writes == 0);
     for run in 0..5 {
         let op = format!("prod{run}");
+        // The link first: the settle time counts from attach while no client input came,
+        // and a loaded machine's connect after attach could outlast it (drained before
+        // the operation began).
+        let gateway = Gateway::connect(&game);
         let mut wait = Drainwatch::attach(&[
             "wait",
             "--pid",
@@ -234,7 +246,7 @@ fn settle_from_an_audit_holds_wait_until_the_last_write() {
             "--settle-from",
             &audit_path,
         ]);
-        operation_then_hang_up(&game, &db, &op, pause);
+        operation_then_hang_up(gateway, &game, &db, &op, pause);
         wait.wait_for_stderr("drainwatch: drained");
         let verdict_at = mono_ns();
         let steps = db.ledger_steps(&op);
