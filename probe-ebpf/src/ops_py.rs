@@ -79,15 +79,17 @@ fn file_ends_with(file: u64, want: &PyOpName) -> bool {
     }
     let start = len - want_len;
     const MASK: usize = PY_FILE_LEN - 1;
+    // Every one of the PY_NAME_LEN places is compared, those past the suffix masked out,
+    // with no exit that depends on its length: a loop that stopped at `want_len` was
+    // compiled into a count from -want_len up to 0 (`!= 0`), whose end Linux 5.10's verifier
+    // cannot see from a range, so it walked the pointer off the stack ("invalid read from
+    // stack R2 off=0 size=1"); a count to a constant is exact on every kernel.
+    let mut differ = 0u8;
     for i in 0..PY_NAME_LEN {
-        if i >= want_len {
-            break;
-        }
-        if buf[(start + i) & MASK] != want.suffix[i] {
-            return false;
-        }
+        let inside = 0u8.wrapping_sub(u8::from(i < want_len));
+        differ |= (buf[(start + i) & MASK] ^ want.suffix[i]) & inside;
     }
-    start == 0 || buf[(start - 1) & MASK] == b'/'
+    differ == 0 && (start == 0 || buf[(start - 1) & MASK] == b'/')
 }
 
 #[inline(always)]
