@@ -44,12 +44,10 @@ use Runs::{EachBackend, OncePerKernel};
 /// the rule for connections from before attach, which reads the kernel's TCP bookkeeping
 /// (an idle Redis drains; an ambiguous connection stays unknown). And one test of each
 /// binary of issue #22 (operations, upstream calls, push-style links, attach under load),
-/// the one that reads that kernel's own hooks: `--op` on C++ (uprobes, uretprobes) once per
-/// kernel, the push-style and upstream-call rules and the classification at attach under
-/// load on each backend. Not yet CPython's `--op`: on 5.10 its entry program is refused by
-/// the verifier ("invalid read from stack R2 off=0 size=1", op_py_entry), a product bug to
-/// fix first.
-pub const SUBSET: [(&str, Runs); 14] = [
+/// the one that reads that kernel's own hooks: `--op` on C++ (uprobes, uretprobes) and on
+/// CPython (its USDT markers, their semaphores) once per kernel, the push-style and
+/// upstream-call rules and the classification at attach under load on each backend.
+pub const SUBSET: [(&str, Runs); 15] = [
     (
         "audit::kill_dash_nine_from_a_helper_is_exactly_one_sigkill_naming_the_sender",
         OncePerKernel,
@@ -94,6 +92,10 @@ pub const SUBSET: [(&str, Runs); 14] = [
     ),
     (
         "operations::kill_9_mid_purchase_is_operation_cut",
+        OncePerKernel,
+    ),
+    (
+        "operations_py::py_kill_9_mid_purchase_is_operation_cut",
         OncePerKernel,
     ),
     (
