@@ -178,30 +178,9 @@ impl Runtime for Go {
         is_go
     }
 
-    fn attach(
-        &mut self,
-        found: &mut Found,
-        ebpf: &mut Ebpf,
-        tgid: u32,
-        pid: NonZeroU32,
-        maps: &Maps,
-    ) -> Result<Vec<Hooked>, Refusal> {
-        self.attach_go(found, ebpf, tgid, pid, maps)
-    }
-
-    fn attached(&self) -> usize {
-        self.uprobes.attached()
-    }
-
-    fn take_links(&mut self) -> Links {
-        self.uprobes.take_links()
-    }
-}
-
-impl Go {
     /// Hooks the `--op` functions of the Go program `tgid` (its executable only: a Go program
     /// is one static file).
-    fn attach_go(
+    fn attach(
         &mut self,
         found: &mut Found,
         ebpf: &mut Ebpf,
@@ -258,6 +237,16 @@ impl Go {
         Ok(new)
     }
 
+    fn attached(&self) -> usize {
+        self.uprobes.attached()
+    }
+
+    fn take_links(&mut self) -> Links {
+        self.uprobes.take_links()
+    }
+}
+
+impl Go {
     /// Plants the probes of `func` (the function `spec`, at `index` in the `--op` list) in
     /// process `tgid`, whose executable `file` is `binary`; returns it, and its entry's
     /// `OP_ADDRS` key.

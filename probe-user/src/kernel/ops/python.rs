@@ -136,29 +136,6 @@ impl Runtime for CPython {
         pid: NonZeroU32,
         maps: &Maps,
     ) -> Result<Vec<Hooked>, Refusal> {
-        self.attach_python(found, ebpf, tgid, pid, maps)
-    }
-
-    fn attached(&self) -> usize {
-        self.links.len()
-    }
-
-    fn take_links(&mut self) -> Links {
-        let mut links = self.uprobes.take_links();
-        links.append(std::mem::take(&mut self.links));
-        links
-    }
-}
-
-impl CPython {
-    fn attach_python(
-        &mut self,
-        found: &mut Found,
-        ebpf: &mut Ebpf,
-        tgid: u32,
-        pid: NonZeroU32,
-        maps: &Maps,
-    ) -> Result<Vec<Hooked>, Refusal> {
         if found.hooked.iter().any(|h| h.tgid == tgid) {
             return Ok(Vec::new());
         }
@@ -213,6 +190,18 @@ impl CPython {
         Ok(hooked)
     }
 
+    fn attached(&self) -> usize {
+        self.links.len()
+    }
+
+    fn take_links(&mut self) -> Links {
+        let mut links = self.uprobes.take_links();
+        links.append(std::mem::take(&mut self.links));
+        links
+    }
+}
+
+impl CPython {
     /// The interpreter file of `tgid` that holds the markers (the executable, or its
     /// libpython), as it maps it, and its markers.
     fn py_markers_of(&mut self, tgid: u32, maps: &Maps) -> Result<(String, PyMarkers), String> {
