@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use super::{block_term_in_this_thread, handle, mono_ns, next_request_ready, Shared};
+use super::requests::{block_term_in_this_thread, handle, mono_ns, next_request_ready, Shared};
 
 /// One client connection: its writing half (gone once the connection is closed) and the
 /// answers waiting for the next tick.
