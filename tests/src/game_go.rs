@@ -1,8 +1,11 @@
 //! The Go game server (tests/fixtures/game_go.go), built here with Debian's golang-go and
 //! lib/pq (golang-github-lib-pq-dev; `cargo xtask setup` installs both), twice: as `go build`
 //! leaves it, and stripped (`-ldflags=-s -w`: no symbol table, no DWARF), into
-//! target/game-go/, once per test process. [`crate::game_ops::GameOps::start_with`] runs it
-//! like the C++ one, behind the same gateway.
+//! target/game-go/, once per test process, unless `DW_GAME_GO_BIN` and
+//! `DW_GAME_GO_STRIPPED_BIN` name them (the kernel matrix builds them on the host with
+//! `dw-fixture build-game-go`: under TCG each guest test process linked both again, which
+//! is minutes of a guest). [`crate::game_ops::GameOps::start_with`] runs it like the C++
+//! one, behind the same gateway.
 
 use std::{
     path::{Path, PathBuf},
@@ -18,6 +21,12 @@ const GOPATH: &str = "/usr/share/gocode";
 fn built() -> &'static (PathBuf, PathBuf) {
     static BUILT: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     BUILT.get_or_init(|| {
+        if let (Some(plain), Some(stripped)) = (
+            std::env::var_os("DW_GAME_GO_BIN"),
+            std::env::var_os("DW_GAME_GO_STRIPPED_BIN"),
+        ) {
+            return (PathBuf::from(plain), PathBuf::from(stripped));
+        }
         for (path, package) in [
             ("/usr/bin/go", "golang-go"),
             (

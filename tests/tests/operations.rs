@@ -78,6 +78,14 @@ fn gap_ms() -> u64 {
     scaled_ms(300)
 }
 
+/// How often each of the gateway's 20 players buys: stretched with the gap, so that the
+/// load keeps its shape at any time scale (4 workers finish 13 purchases a second and 10
+/// arrive; with the gap alone stretched 10x in a kernel-matrix guest 10 arrived for 1.3
+/// finished, and the backlog the release then waited out was minutes of each test).
+fn every_ms() -> u64 {
+    scaled_ms(2000)
+}
+
 /// A game under load: 20 players behind one gateway link, a purchase every 100 ms in all
 /// (each player every 2 s), so that purchases are always between their writes.
 fn game_under_load(db: &PgServer, args: &[&str]) -> (Game, Gateway) {
@@ -87,7 +95,7 @@ fn game_under_load(db: &PgServer, args: &[&str]) -> (Game, Gateway) {
 /// The same on another server of the protocol (the Go one), or with another gap.
 fn game_under_load_on(server: &Path, db: &PgServer, gap: Gap, args: &[&str]) -> (Game, Gateway) {
     let game = start_game(server, db, gap, args);
-    let gateway = Gateway::start(game.port, 20, 2000);
+    let gateway = Gateway::start(game.port, 20, every_ms());
     game.wait_truth("purchases under way", |t| t.completed >= 3);
     (game, gateway)
 }
@@ -250,7 +258,7 @@ fn wait_is_never_drained_mid_purchase(release: Release) {
         let game = start_game(server, &db, gap, &[]);
         let wait = attach(&game.pid.to_string());
         let attached = std::time::Instant::now();
-        let gateway = Gateway::start(game.port, 20, 2000);
+        let gateway = Gateway::start(game.port, 20, every_ms());
         game.wait_truth("a purchase under way", |t| {
             t.completed + t.between_writes >= 1
         });
@@ -489,6 +497,9 @@ fn watch_with_op_shows_the_purchases_in_flight_returned_and_their_latency() {
     let (game, _gateway) = game_under_load(&db, &[]);
     let pid = game.pid.to_string();
     let frames = 20;
+    // A frame every 100 ms, stretched with the gap and the players' rate: the purchases
+    // returned over the frames are judged below.
+    let interval = format!("{}ms", scaled_ms(100));
     let done = run_drainwatch(&[
         "watch",
         "--pid",
@@ -497,7 +508,7 @@ fn watch_with_op_shows_the_purchases_in_flight_returned_and_their_latency() {
         "purchase",
         "--json",
         "--interval",
-        "100ms",
+        &interval,
         "--count",
         &frames.to_string(),
     ]);

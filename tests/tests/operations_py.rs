@@ -160,7 +160,9 @@ fn py_timer_gap_without_op_says_the_event_loop_could_hide_work() {
 
 fn game_under_load(db: &PgServer, args: &[&str]) -> (GameOps, Gateway) {
     let game = game_py::start(Some(db), WORKERS, gap_ms(), args);
-    let gateway = Gateway::start(game.port, 20, 2000);
+    // Each player buys every 2 s, stretched with the gap so that the load keeps its shape
+    // at any time scale (operations.rs, `every_ms`).
+    let gateway = Gateway::start(game.port, 20, scaled_ms(2000));
     game.wait_truth("purchases under way", |t| t.completed >= 3);
     (game, gateway)
 }

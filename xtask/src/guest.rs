@@ -146,6 +146,8 @@ pub struct GuestRun {
     /// The script's exit status; `None` when the guest never reported one (crash, hang).
     pub status: Option<i32>,
     pub took: Duration,
+    /// The host CPU time the guest used (its QEMU process, read about once a second).
+    pub cpu: Duration,
 }
 
 /// Kernel files unpacked from the package.
@@ -457,14 +459,30 @@ pub fn run(kernel: &Kernel, script: &Path, timeout: Duration, prefix: &str) -> R
     let mut status = None;
     let deadline = started + timeout;
     let mut timed_out = false;
+    let pid = child.id();
+    // The host CPU the guest has used so far, last read while it ran (gone once it exits).
+    let mut cpu = Duration::ZERO;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
+        if let Some(now) = cpu_time(pid) {
+            cpu = now;
+        }
         match rx.recv_timeout(left.min(Duration::from_secs(1))) {
             Ok(line) => {
                 // Firmware chatter (SeaBIOS escape sequences) is noise in a CI log.
-                let clean: String = line.chars().filter(|c| !c.is_control()).collect();
+                let mut clean: String = line.chars().filter(|c| !c.is_control()).collect();
                 if let Some(code) = clean.trim().strip_prefix(EXIT_MARKER) {
                     status = code.trim().parse().ok();
+                }
+                // Each step's header also says how much host CPU the guest had used when
+                // it began: a step's CPU is what another guest beside it cannot have, its
+                // wall time minus that is waiting (sleeps, timeouts) that guests side by
+                // side overlap (matrix.rs, `guests_at_once`).
+                if clean.starts_with("=== ") {
+                    if let Some(now) = cpu_time(pid) {
+                        cpu = now;
+                    }
+                    clean.push_str(&format!(" [host cpu {:.1}s]", cpu.as_secs_f64()));
                 }
                 println!("{prefix}{clean}");
                 console.push_str(&clean);
@@ -496,7 +514,21 @@ pub fn run(kernel: &Kernel, script: &Path, timeout: Duration, prefix: &str) -> R
         console,
         status,
         took: started.elapsed(),
+        cpu,
     })
+}
+
+/// The CPU time (user + system, every thread) process `pid` has used: fields 14 and 15 of
+/// /proc/PID/stat (proc(5)), in clock ticks, which are 1/100 s on Linux (USER_HZ, fixed by
+/// the ABI whatever the kernel's HZ).
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count after it.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: state is field 3, so utime (14) and stime (15) are 11 and 12 on.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
 }
 
 #[cfg(test)]

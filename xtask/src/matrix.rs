@@ -196,6 +196,20 @@ fn game_ops() -> Result<PathBuf> {
     Ok(PathBuf::from(out.trim()))
 }
 
+/// The operations tests' Go game server, plain and stripped (tests/src/game_go.rs), built on
+/// this machine by `dw-fixture build-game-go`: in a guest every test process that starts it
+/// ran `go build` twice under TCG.
+fn game_go() -> Result<(PathBuf, PathBuf)> {
+    let fixture = compile::binary("debug", "dw-fixture");
+    let out = exec::stdout_of(std::process::Command::new(&fixture).arg("build-game-go"))
+        .context("building the Go game server of the operations tests")?;
+    let mut paths = out.lines().map(|l| PathBuf::from(l.trim()));
+    match (paths.next(), paths.next()) {
+        (Some(plain), Some(stripped)) => Ok((plain, stripped)),
+        _ => bail!("dw-fixture build-game-go printed no two paths: {out}"),
+    }
+}
+
 /// The host's bootstrapped database directories (tests/src/db/common.rs,
 /// `initialized_once`) as one archive under `dir`, if there are any: a guest reads one file
 /// over 9p instead of walking ~1000 small ones in every test that starts PostgreSQL (on 5.10
@@ -228,6 +242,7 @@ fn script(
     backend: &str,
     executables: &BTreeMap<String, PathBuf>,
     game_ops: &std::path::Path,
+    game_go: &(PathBuf, PathBuf),
     templates: Option<&std::path::Path>,
 ) -> Result<String> {
     let drainwatch = compile::binary("debug", "drainwatch");
@@ -240,8 +255,15 @@ fn script(
     writeln!(s, "export HOME=/root RUST_BACKTRACE=1 CI=true")?;
     writeln!(s, "export DRAINWATCH_BIN='{}'", drainwatch.display())?;
     writeln!(s, "export DW_FIXTURE_BIN='{}'", fixture.display())?;
-    // Compiled here ([`game_ops`]): a guest's tests must not compile it again under TCG.
+    // Compiled here ([`game_ops`], [`game_go`]): a guest's tests must not compile them again
+    // under TCG.
     writeln!(s, "export DW_GAME_OPS_BIN='{}'", game_ops.display())?;
+    writeln!(s, "export DW_GAME_GO_BIN='{}'", game_go.0.display())?;
+    writeln!(
+        s,
+        "export DW_GAME_GO_STRIPPED_BIN='{}'",
+        game_go.1.display()
+    )?;
     // The host's bootstrapped database directories, copied rather than made again under TCG
     // (a guest's writes there stay in its own overlay); unpacked once into the guest's
     // tmpfs from one archive ([`templates_archive`]) where there is one, so that each
@@ -394,6 +416,7 @@ pub fn run(kernel_names: &[String], tests: &[String], counts: &mut Counts) -> Re
     compile::build(false)?;
     let executables = test_executables()?;
     let game_ops = game_ops()?;
+    let game_go = game_go()?;
     let dir = exec::target_dir().join("matrix");
     fs::create_dir_all(&dir)?;
     let templates = templates_archive(&dir)?;
@@ -415,6 +438,7 @@ pub fn run(kernel_names: &[String], tests: &[String], counts: &mut Counts) -> Re
                 &share.backend,
                 &executables,
                 &game_ops,
+                &game_go,
                 templates.as_deref(),
             )?,
         )?;
@@ -477,9 +501,10 @@ pub fn run(kernel_names: &[String], tests: &[String], counts: &mut Counts) -> Re
         fs::write(&log, &run.console)?;
         match run.status {
             Some(0) if here.passed as usize >= job.expected => println!(
-                "matrix: Linux {name}: ok, {} passed in {}",
+                "matrix: Linux {name}: ok, {} passed in {} ({} of host CPU)",
                 here.passed,
-                elapsed(run.took)
+                elapsed(run.took),
+                elapsed(run.cpu)
             ),
             Some(code) => failures.push(format!(
                 "Linux {name}: exit {code}, {} passed, {} failed ({}; console in {})",

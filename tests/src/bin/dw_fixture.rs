@@ -30,6 +30,8 @@
 //!   is missing or older than its source (tests/src/game_ops.rs, `game_ops_bin`) and prints
 //!   its path: the kernel matrix builds it here before its guests start, where it would be
 //!   compiled again under TCG in each of them (xtask/src/matrix.rs).
+//! - `dw-fixture build-game-go`: builds the Go game server, plain and stripped
+//!   (tests/src/game_go.rs), and prints their two paths, one a line, for the same reason.
 //! - `dw-fixture signal SIGNUM PID [--linger-ms N]`: sends a signal with kill(2), then stays
 //!   alive N ms (default 300) so that its command line can still be read.
 //! - `dw-fixture exit CODE [--after-ms N]`: exits with CODE.
@@ -403,12 +405,20 @@ fn main() -> ExitCode {
             println!("{}", drainwatch_tests::game_ops::game_ops_bin().display());
             ExitCode::SUCCESS
         }
+        Some("build-game-go") => {
+            println!("{}", drainwatch_tests::game_go::game_go_bin().display());
+            println!(
+                "{}",
+                drainwatch_tests::game_go::game_go_stripped_bin().display()
+            );
+            ExitCode::SUCCESS
+        }
         Some("uring-echo") => {
             uring::uring_echo(flag_value(&args[1..], "--port").and_then(|p| u16::try_from(p).ok()))
         }
         _ => {
             eprintln!(
-                "usage: dw-fixture server|signal|exit|slow-http|slow-line|hot-op|uring-echo|build-game-ops ... (see the source's header)"
+                "usage: dw-fixture server|signal|exit|slow-http|slow-line|hot-op|uring-echo|build-game-ops|build-game-go ... (see the source's header)"
             );
             ExitCode::from(2)
         }
