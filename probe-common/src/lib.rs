@@ -11,7 +11,6 @@
 
 pub mod latency;
 pub mod ops;
-pub mod ops_py;
 pub mod redact;
 
 /// Length of a task's `comm`, including the trailing NUL (`TASK_COMM_LEN`).
@@ -38,11 +37,6 @@ pub mod map_names {
     pub const LISTEN_PORTS: &str = "LISTEN_PORTS";
     pub const SURVEYED: &str = "SURVEYED";
     pub const TLS_ON: &str = "TLS_ON";
-    pub const OP_ADDRS: &str = "OP_ADDRS";
-    pub const OP_STATS: &str = "OP_STATS";
-    pub const OP_CALLS: &str = "OP_CALLS";
-    pub const OP_GO_CALLS: &str = "OP_GO_CALLS";
-    pub const OP_LATENCY: &str = "OP_LATENCY";
 }
 
 /// Most process names `--comm` can watch for.
@@ -76,8 +70,8 @@ pub enum EventKind {
     ConnClose = 6,
     // 7 was a per-request event; requests are now counted in the kernel (TargetInfo).
     DbIo = 8,
-    /// A thread exited inside an operation (`ops::OpCutEvent`).
-    OpCut = 9,
+    // 9 and up: the probe units' own kinds, each in its module (`ops::OP_CUT_KIND`), which
+    // the unit decodes (probe-user/src/session/unit.rs).
 }
 
 impl EventKind {
@@ -90,7 +84,6 @@ impl EventKind {
             5 => Self::ConnOpen,
             6 => Self::ConnClose,
             8 => Self::DbIo,
-            9 => Self::OpCut,
             _ => return None,
         })
     }
@@ -110,8 +103,13 @@ pub struct EventHeader {
 
 impl EventHeader {
     pub const fn new(kind: EventKind, size: usize, ktime_ns: u64) -> Self {
+        Self::of_kind(kind as u32, size, ktime_ns)
+    }
+
+    /// A header of a raw kind: a probe unit's own (see [`EventKind`]).
+    pub const fn of_kind(kind: u32, size: usize, ktime_ns: u64) -> Self {
         Self {
-            kind: kind as u32,
+            kind,
             size: size as u32,
             ktime_ns,
         }

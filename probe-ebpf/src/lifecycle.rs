@@ -209,7 +209,7 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<u32, u32> {
     let cfg = config();
     let group_dead = group_dead(ctx, &cfg, tgid, pid)?;
     crate::sockets::pending::release_thread_slot(pid);
-    crate::ops::thread_exit(tgid, pid);
+    crate::units_thread_exit(tgid, pid);
     if pid != tgid {
         // A followed thread (or a thread of a target) going away: forget its own entry.
         let _ = TARGETS.remove(&pid);

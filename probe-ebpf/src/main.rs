@@ -9,9 +9,9 @@
 //!
 //! Modules: [`shared`] (the maps and helpers every program uses: target filter, ring buffer,
 //! counters), [`lifecycle`] (signals, fork, exec, exit), [`sockets`] (the syscall hooks, one
-//! module per hook), [`ops`] (operations: uprobes on the target's own functions, `--op`);
-//! each runtime's own operation programs are a module of their own (`ops_<runtime>`), one
-//! `mod` line below.
+//! module per hook), and the probe units' kernel halves, one line each of [`units!`]'s list
+//! ([`ops`]: operations, uprobes on the target's own functions, `--op`; each runtime's own
+//! operation programs are a module of their own under it, `ops/<runtime>.rs`).
 #![no_std]
 #![no_main]
 // The bpf target has no compare-and-swap, so `AtomicU64::fetch_add` is not offered; the
@@ -20,10 +20,27 @@
 #![feature(core_intrinsics)]
 
 mod lifecycle;
-mod ops;
-mod ops_py;
 mod shared;
 mod sockets;
+
+/// The probe units' kernel halves: each line a module, which has `thread_exit(tgid, pid)`
+/// (called by `sched_process_exit` for every exiting thread of a target, before its process's
+/// exit event). A new unit is its module and one line.
+macro_rules! units {
+    ($($module:ident),* $(,)?) => {
+        $(mod $module;)*
+
+        /// Every unit's `thread_exit`.
+        #[inline(always)]
+        fn units_thread_exit(tgid: u32, pid: u32) {
+            $($module::thread_exit(tgid, pid);)*
+        }
+    };
+}
+
+units! {
+    ops,
+}
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -130,13 +130,25 @@ pub struct ProbeArgs {
     /// request rate.
     #[arg(long = "ring-size", value_name = "BYTES")]
     pub ring_size: Option<String>,
-    /// An operation: a function of the target whose calls are business work in flight, from
-    /// entry to return per thread (repeatable), e.g. `--op purchase`, `--op Game::purchase`,
-    /// `--op libgame.so:purchase`. Calls in flight hold wait and stop; an exit inside one is
-    /// `operation_cut`. C, C++ and Rust programs (ELF symbols, demangled names accepted).
-    #[arg(long = "op", value_name = "SPEC")]
-    pub op: Vec<String>,
+    #[command(flatten)]
+    pub units: UnitArgs,
 }
+
+/// [`UnitArgs`]: the flags of every probe unit that has some (lib.rs, `probe_units!`), each
+/// its own `#[derive(Args)]` type in its kernel module.
+macro_rules! unit_args {
+    ($($module:ident: $unit:ident $(($args:ident))? $(+ $tracker:ident)?;)*) => {
+        /// The probe units' own flags, one field per unit that has flags, named as its module.
+        #[derive(Debug, Args, Clone, Default)]
+        pub struct UnitArgs {
+            $($(
+                #[command(flatten)]
+                pub $module: crate::kernel::$module::$args,
+            )?)*
+        }
+    };
+}
+probe_units!(unit_args);
 
 /// Diagnostics on stderr.
 #[derive(Debug, Args, Clone, Default)]

@@ -103,10 +103,11 @@ pub enum Error {
          syscalls)"
     )]
     Hooks { value: String, problem: String },
-    /// `--op`: a SPEC that is malformed or matched nothing (naming what was searched and
-    /// the nearest names), or a target whose functions are not followed yet.
+    /// A probe unit's refusal, whole in one line: `--op`, a SPEC that is malformed or
+    /// matched nothing (naming what was searched and the nearest names), or a target whose
+    /// functions are not followed yet.
     #[error("{0}")]
-    Ops(String),
+    Unit(String),
     #[error("loading the eBPF probe failed: {0}")]
     Load(String),
     #[error("could not launch `{cmd}`: {cause}")]

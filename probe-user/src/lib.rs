@@ -18,6 +18,42 @@
 //! [`error`] holds the library's one-line errors; [`usage`] shows what clap could not parse;
 //! [`manual`] holds the examples and the man pages.
 
+/// The probe units (docs/extending.md, "A probe unit"): watchers beside the socket core that
+/// hook the targets' own code. One line each: its module, which every layer that has a part
+/// of it names alike and which this list declares there (`kernel::<module>`: its kernel
+/// half; `session::<module>`: the `session::unit::Unit` it is); its `Unit` type; when flags
+/// turn it on, its `#[derive(clap::Args)]` type in `kernel::<module>` (flattened into every
+/// probing command's flags, its validated value `Common::units.<module>`: settings/unit.rs);
+/// when it has a part of the state, its `model::tracker::Tracker` type in
+/// `model::<module>`. Called with the name of a macro, which receives
+/// `$($module: $unit $(($args))? $(+ $tracker)?;)*`.
+macro_rules! probe_units {
+    ($callback:ident) => {
+        $callback! {
+            tls: Tls;
+            ops: Operations(OpArgs) + OpsTracker;
+        }
+    };
+}
+
+/// Declares each probe unit's module in the layer it is called in (kernel/, session/).
+macro_rules! unit_modules {
+    ($($module:ident: $unit:ident $(($args:ident))? $(+ $tracker:ident)?;)*) => {
+        $(pub mod $module;)*
+    };
+}
+
+/// Declares the module of each probe unit that has a part of the state (model/).
+macro_rules! tracker_modules {
+    ($($module:ident: $unit:ident $(($args:ident))? $(+ $tracker:ident)?;)*) => {
+        $($(
+            #[doc = concat!("A probe unit's part of the state: [`", stringify!($module), "::",
+                stringify!($tracker), "`].")]
+            pub mod $module;
+        )?)*
+    };
+}
+
 pub mod cli;
 pub mod commands;
 pub mod duration;

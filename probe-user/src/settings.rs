@@ -3,10 +3,12 @@
 //! half-done run.
 //!
 //! One job per file: [`values`] (single flags' values), [`common`] (what every subcommand
-//! shares: flags, targets, `--settle`, `--db-url`), [`commands`] (each subcommand's settings).
+//! shares: flags, targets, `--settle`, `--db-url`), [`commands`] (each subcommand's settings),
+//! [`unit`] (what a probe unit's own flags become).
 
 mod commands;
 mod common;
+pub mod unit;
 mod values;
 
 pub use self::{commands::*, common::*, values::*};

@@ -12,7 +12,7 @@ use std::{io::Write, time::Duration};
 
 use crate::{
     events::Role,
-    model::{conns::InFlight, ops::OpsTracker},
+    model::conns::InFlight,
     output::{
         live::{
             render, CommLatency, EncryptedConn, Frame, OpLine, OpenTxn, OpsView, Pace, RequestLine,
@@ -144,8 +144,8 @@ pub fn frame(session: &Session, pace: &mut Pace) -> Frame {
         upstream_calls_in_flight: in_flight.upstream_calls,
         upstream_calls: state.conns().map_or(0, |c| c.calls_ended()),
         upstream_one_way: state.conns().map_or(0, |c| c.calls(None).one_way),
-        operations: state.tracker::<OpsTracker>().map(|ops| OpsView {
-            summary: ops.report(),
+        operations: state.operations().map(|ops| OpsView {
+            summary: ops.summary(),
             by_function: ops
                 .in_flight_by_function()
                 .into_iter()

@@ -6,11 +6,15 @@
 //! and replayed in unit tests of the state machine.
 //!
 //! The events layer also names what events carry: [`Protocol`], [`Direction`], and the
-//! signal vocabulary ([`signals`]). May use: probe-common's wire types only; the model and
+//! signal vocabulary ([`signals`]). A probe unit's own events (lib.rs, `probe_units!`) are
+//! none of its business: they travel as [`UnitEvent`]s, which the unit makes and its tracker
+//! reads back ([`UnitEventKind`]). May use: probe-common's wire types only; the model and
 //! everything above read it.
 
-pub mod ops;
 pub mod signals;
+mod unit;
+
+pub use unit::{UnitEvent, UnitEventKind};
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -84,10 +88,11 @@ pub enum Event {
     /// Not a ring-buffer record: the kernel marked a client connection push-style
     /// (`probe_common::CONN_PUSH`), read from its map when the target's count moved.
     PushStyle(PushStyle),
-    /// A thread exited inside an operation (`--op`).
-    OpCut(ops::OpCut),
-    /// Not a ring-buffer record: the operation counters, read on each drain tick.
-    Operations(ops::OpsSample),
+    /// A probe unit's own event (a ring-buffer record its unit decoded, or what it read
+    /// from its maps): in JSON, the unit's event as it is, tagged by its name like the
+    /// others (`{"event":"op_cut",..}`); any name not above is one.
+    #[serde(untagged)]
+    Unit(UnitEvent),
 }
 
 /// A client connection on which the target sent unprompted (docs/design.md, "request in
@@ -133,8 +138,7 @@ impl Event {
             Event::DbIo(e) => e.ktime_ns,
             Event::Resolved(e) => e.ktime_ns,
             Event::PushStyle(e) => e.ktime_ns,
-            Event::OpCut(e) => e.ktime_ns,
-            Event::Operations(e) => e.ktime_ns,
+            Event::Unit(e) => e.ktime_ns(),
         }
     }
 }
@@ -413,9 +417,9 @@ pub enum DecodeError {
     UnknownKind(u32),
     #[error("field {0} has an unknown value {1}")]
     BadField(&'static str, u8),
-    #[error("event kind {kind:?} says {said} bytes, expected {expected}, record has {len}")]
+    #[error("event kind {kind} says {said} bytes, expected {expected}, record has {len}")]
     BadSize {
-        kind: EventKind,
+        kind: u32,
         said: u32,
         expected: usize,
         len: usize,
@@ -429,6 +433,29 @@ fn comm_to_string(comm: &[u8]) -> String {
 
 /// Reads a `T` from the front of `bytes` after checking the header's size claim.
 fn read_wire<T: Copy>(bytes: &[u8], kind: EventKind, said: u32) -> Result<T, DecodeError> {
+    // SAFETY: every `T` read here is one of probe-common's event structs.
+    unsafe { read_record_of(bytes, kind as u32, said) }
+}
+
+/// A probe unit's record (its own kind, see `probe_common::EventKind`): its wire struct,
+/// after the header's size claim is checked.
+///
+/// # Safety
+/// `T` is a `#[repr(C)]` plain-old-data wire struct (probe-common's) for which every bit
+/// pattern is valid.
+pub unsafe fn read_record<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
+    if bytes.len() < size_of::<EventHeader>() {
+        return Err(DecodeError::Short(bytes.len()));
+    }
+    // SAFETY: length checked; EventHeader is plain old data.
+    let header = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<EventHeader>()) };
+    // SAFETY: the caller's.
+    unsafe { read_record_of(bytes, header.kind, header.size) }
+}
+
+/// # Safety
+/// As [`read_record`].
+unsafe fn read_record_of<T: Copy>(bytes: &[u8], kind: u32, said: u32) -> Result<T, DecodeError> {
     let expected = size_of::<T>();
     if said as usize != expected || bytes.len() < expected {
         return Err(DecodeError::BadSize {
@@ -439,7 +466,8 @@ fn read_wire<T: Copy>(bytes: &[u8], kind: EventKind, said: u32) -> Result<T, Dec
         });
     }
     // SAFETY: length checked above; T is a #[repr(C)] plain-old-data wire struct for which
-    // every bit pattern is valid; read_unaligned copes with any alignment.
+    // every bit pattern is valid (the caller's promise); read_unaligned copes with any
+    // alignment.
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
@@ -511,9 +539,6 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                     .then_some(e.unix_inode),
                 existed: e.flags & probe_common::CONN_EXISTED != 0,
             })
-        }
-        EventKind::OpCut => {
-            Event::OpCut(ops::OpCut::from_wire(&read_wire(bytes, kind, header.size)?))
         }
         EventKind::ConnClose => {
             let e: ConnCloseEvent = read_wire(bytes, kind, header.size)?;

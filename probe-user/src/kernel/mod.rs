@@ -16,8 +16,8 @@ pub mod backends;
 pub mod btf;
 pub mod features;
 pub mod links;
-pub mod ops;
 pub mod probe;
-pub mod tls;
 pub mod tracefs;
 pub mod uprobe;
+// Each probe unit's kernel half (`tls`, `ops`).
+probe_units!(unit_modules);

@@ -199,6 +199,11 @@ impl AuditState {
             .find_map(|t| (t.as_ref() as &dyn std::any::Any).downcast_ref::<T>())
     }
 
+    /// The operations watched, when a tracker watches some (model/tracker.rs).
+    pub fn operations(&self) -> Option<&dyn crate::model::tracker::Operations> {
+        self.trackers.iter().find_map(|t| t.operations())
+    }
+
     pub fn conns(&self) -> Option<&ConnTracker> {
         self.conns.as_ref()
     }
@@ -357,10 +362,20 @@ impl AuditState {
     pub fn apply(&mut self, event: &Event) {
         if !matches!(
             event,
-            Event::Requests(_) | Event::Resolved(_) | Event::PushStyle(_) | Event::Operations(_)
+            Event::Requests(_) | Event::Resolved(_) | Event::PushStyle(_)
         ) {
             self.received += 1;
         }
+        self.apply_uncounted(event);
+    }
+
+    /// A probe unit's event that is no ring-buffer record (what it read from its maps):
+    /// applied as [`Self::apply`] does, not counted among the events received.
+    pub fn apply_sample(&mut self, event: &Event) {
+        self.apply_uncounted(event);
+    }
+
+    fn apply_uncounted(&mut self, event: &Event) {
         match event {
             Event::Signal(signal) => self.on_signal(signal),
             Event::Fork(fork) => self.on_fork(fork),
@@ -424,8 +439,8 @@ impl AuditState {
                     conns.push_style(push.tgid, push.fd, at_ms);
                 }
             }
-            // The trackers' own (model/tracker.rs), applied below.
-            Event::OpCut(_) | Event::Operations(_) => {}
+            // The probe units' own, for their trackers (model/tracker.rs), applied below.
+            Event::Unit(_) => {}
             Event::Resolved(resolved) => {
                 let at_ms = self.at_ms(resolved.ktime_ns);
                 if let Some(conns) = self.conns.as_mut() {

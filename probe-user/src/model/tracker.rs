@@ -1,11 +1,13 @@
 //! A probe unit's part of the state (session/units.rs drives its session part): the
-//! operations of `--op` (model/ops.rs) are one. The state holds each tracker the run
+//! operations of `--op` (model/ops/) are one. The state holds each tracker the run
 //! watches, feeds it every event and each exit, asks it whether it holds the drain, and has
 //! it fill its section of the report; the rest of the state never names it.
 
+use hdrhistogram::Histogram;
+
 use crate::{
     events::Event,
-    model::report::{Report, Violation},
+    model::report::{OperationsReport, Report, Violation},
 };
 
 pub trait Tracker: std::fmt::Debug + Send + std::any::Any {
@@ -25,6 +27,41 @@ pub trait Tracker: std::fmt::Debug + Send + std::any::Any {
 
     /// Its section of the report.
     fn report(&self, report: &mut Report);
+
+    /// The operations it watches, when it is the tracker of operations.
+    fn operations(&self) -> Option<&dyn Operations> {
+        None
+    }
+}
+
+/// Operations (docs/design.md, "operation") as the contract shows them, whichever unit
+/// tracks them: the report's `operations`, `watch`'s line, the metrics' series, the drain's
+/// basis and the progress line read them through this, and name no unit.
+pub trait Operations {
+    /// In flight now, over every running process (unknown counts: never idle).
+    fn in_flight(&self) -> u64;
+
+    /// In flight now by function: (SPEC, how many, when the oldest began (ktime ns) if
+    /// known).
+    fn in_flight_by_function(&self) -> Vec<(String, u64, Option<u64>)>;
+
+    /// The report's `operations`.
+    fn summary(&self) -> OperationsReport;
+
+    /// The SPECs, by function index.
+    fn names(&self) -> &[String];
+
+    /// Per (process, SPEC): in flight now and returned since attach.
+    fn by_process(&self) -> Vec<(u32, &str, u64, u64)>;
+
+    /// Latencies (µs) by SPEC.
+    fn histograms(&self) -> Vec<(&str, &Histogram<u64>)>;
+
+    /// Running processes whose operations from before attach cannot be seen.
+    fn blind_at_attach(&self) -> &[u32];
+
+    /// The runtimes that blindness is of, for the drain's basis (`Go`, `Go or CPython`).
+    fn blind_runtimes(&self) -> &str;
 }
 
 /// Nanoseconds since attach in ms, as the report counts.

@@ -62,9 +62,7 @@ pub fn progress(state: &AuditState, phase: &'static str) -> Progress {
         queries: in_flight.queries,
         transactions: in_flight.transactions,
         upstream_calls: in_flight.upstream_calls,
-        operations: state
-            .tracker::<crate::model::ops::OpsTracker>()
-            .map(|ops| ops.in_flight(None)),
+        operations: state.operations().map(|ops| ops.in_flight()),
         unknown: in_flight.unknown,
         unknown_transactions: in_flight.unknown_txns,
         unknown_transactions_on,

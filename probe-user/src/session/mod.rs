@@ -22,15 +22,15 @@ pub mod db_view;
 mod every;
 pub mod existing;
 mod follow;
-pub mod ops;
 mod reader;
 mod recheck;
 mod requests;
 mod seed;
-mod tls;
 mod trace;
 mod unit;
 mod units;
+// Each probe unit, as the session drives it (`tls`, `ops`).
+probe_units!(unit_modules);
 pub mod unix_close;
 pub mod unix_existing;
 

@@ -1,18 +1,21 @@
 //! Operations (`--op`) in a session, a probe unit (units.rs): the targets' functions hooked
 //! as they become targets and on the rescans (kernel/ops/), the kernel's counters read into
-//! the state on each drain and at each exit (model/ops.rs).
+//! the state on each drain and at each exit (model/ops/).
 
 use crate::{
-    events::{
-        ops::{OpCount, OpThread, OpsSample, UNKNOWN_FUNCTION},
-        Event,
-    },
+    events::{DecodeError, Event, UnitEvent},
     host::procfs,
     kernel::{
         ops::{self, OpHooks, OpsRead},
         probe::Probe,
     },
-    model::{ops::OpsTracker, state::AuditState},
+    model::{
+        ops::{
+            events::{OpCount, OpCut, OpThread, OpsSample, UNKNOWN_FUNCTION},
+            OpsTracker,
+        },
+        state::AuditState,
+    },
     session::unit::Unit,
     settings::Common,
     Error, Result,
@@ -23,14 +26,14 @@ pub(super) struct Operations;
 
 impl Unit for Operations {
     fn install(&self, probe: &mut Probe, state: &mut AuditState, common: &Common) {
-        if common.ops.is_empty() {
+        if common.units.ops.is_empty() {
             return;
         }
         state.track(
-            OpsTracker::new(common.ops.iter().map(|s| s.text.clone()).collect())
+            OpsTracker::new(common.units.ops.iter().map(|s| s.text.clone()).collect())
                 .with_blind_runtimes(ops::blind_runtimes()),
         );
-        probe.install(OpHooks::new(common.ops.clone()));
+        probe.install(OpHooks::new(common.units.ops.clone()));
     }
 
     /// Hooks the `--op` functions `tgid` maps and were not hooked in it before.
@@ -54,7 +57,7 @@ impl Unit for Operations {
                 }
                 Ok(())
             }
-            Err(refusal) if named => Err(Error::Ops(refusal.to_string())),
+            Err(refusal) if named => Err(Error::Unit(refusal.to_string())),
             Err(refusal) => {
                 eprintln!("drainwatch: warning: {refusal}");
                 Ok(())
@@ -72,7 +75,7 @@ impl Unit for Operations {
         if unmatched.is_empty() {
             Ok(())
         } else {
-            Err(Error::Ops(unmatched.join("; ")))
+            Err(Error::Unit(unmatched.join("; ")))
         }
     }
 
@@ -86,13 +89,23 @@ impl Unit for Operations {
         };
         let read = ops.read(ebpf);
         let ktime_ns = procfs::monotonic_now().as_nanos() as u64;
-        let event = Event::Operations(from_read(ktime_ns, read));
+        let event = Event::Unit(UnitEvent::new(&from_read(ktime_ns, read)));
         if verbose >= 2 {
             if let Ok(line) = serde_json::to_string(&event) {
                 eprintln!("{line}");
             }
         }
-        state.apply(&event);
+        state.apply_sample(&event);
+    }
+
+    /// A thread that exited inside an operation (`probe_common::ops::OpCutEvent`).
+    fn decode(&self, kind: u32, record: &[u8]) -> Option<Result<Event, DecodeError>> {
+        if kind != probe_common::ops::OP_CUT_KIND {
+            return None;
+        }
+        // SAFETY: OpCutEvent is a #[repr(C)] wire struct of integers only.
+        let wire = unsafe { crate::events::read_record::<probe_common::ops::OpCutEvent>(record) };
+        Some(wire.map(|e| Event::Unit(UnitEvent::new(&OpCut::from_wire(&e)))))
     }
 
     /// Its maps' entries for the process go (its counters were read just before).

@@ -62,7 +62,11 @@ impl Reader {
             let ring = probe.events();
             while batch.len() < BATCH {
                 let Some(record) = ring.next() else { break };
-                match events::decode(&record) {
+                let decoded = match events::decode(&record) {
+                    Err(events::DecodeError::UnknownKind(kind)) => units::decode(kind, &record),
+                    decoded => decoded,
+                };
+                match decoded {
                     Ok(event) => batch.push(event),
                     Err(err) => {
                         log::warn!("undecodable probe record: {err}");

@@ -2,6 +2,7 @@
 //! steps of a run it takes part in.
 
 use crate::{
+    events::{DecodeError, Event},
     kernel::probe::Probe,
     model::{report::Coverage, state::AuditState},
     settings::Common,
@@ -29,6 +30,12 @@ pub(super) trait Unit: Sync {
     /// After the first attach: whether what was asked for was found.
     fn attached(&self, _probe: &Probe) -> Result<()> {
         Ok(())
+    }
+
+    /// A ring-buffer record of a kind the core does not know (`probe_common::EventKind`):
+    /// `None` when it is not one of the unit's own.
+    fn decode(&self, _kind: u32, _record: &[u8]) -> Option<Result<Event, DecodeError>> {
+        None
     }
 
     /// Reads the unit's kernel maps into the state.

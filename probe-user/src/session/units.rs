@@ -15,6 +15,7 @@ use std::{
 };
 
 use crate::{
+    events::{DecodeError, Event},
     kernel::probe::Probe,
     model::{report::Coverage, state::AuditState},
     session::{every::Every, unit::Unit},
@@ -22,8 +23,15 @@ use crate::{
     Result,
 };
 
-/// The registry of probe units: one line each (a new unit is its files and one line here).
-pub(super) const UNITS: &[&dyn Unit] = &[&super::tls::Tls, &super::ops::Operations];
+/// [`UNITS`], from lib.rs's `probe_units!`.
+macro_rules! units {
+    ($($module:ident: $unit:ident $(($args:ident))? $(+ $tracker:ident)?;)*) => {
+        /// The registry of probe units, in the order of lib.rs's `probe_units!` list (a new
+        /// unit is its files and one line there).
+        pub(super) const UNITS: &[&dyn Unit] = &[$(&super::$module::$unit),*];
+    };
+}
+probe_units!(units);
 
 /// Every unit's [`Unit::install`].
 pub(super) fn install(probe: &mut Probe, state: &mut AuditState, common: &Common) {
@@ -48,6 +56,15 @@ pub(super) fn hook(
 /// Every unit's [`Unit::attached`].
 pub(super) fn attached(probe: &Probe) -> Result<()> {
     UNITS.iter().try_for_each(|unit| unit.attached(probe))
+}
+
+/// A ring-buffer record the core did not know (`events::decode`'s `UnknownKind`): the unit
+/// whose kind it is decodes it.
+pub(super) fn decode(kind: u32, record: &[u8]) -> Result<Event, DecodeError> {
+    UNITS
+        .iter()
+        .find_map(|unit| unit.decode(kind, record))
+        .unwrap_or(Err(DecodeError::UnknownKind(kind)))
 }
 
 /// Every unit's [`Unit::sample`].

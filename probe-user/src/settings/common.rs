@@ -3,6 +3,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
+use super::unit::UnitFlags;
 use super::values::{
     parse_comm, parse_db_addr, parse_duration, parse_port, parse_quiet, parse_ring_size,
     validate_pids,
@@ -11,7 +12,6 @@ use crate::{
     cli::{SharedArgs, TargetArgs},
     host::launch::LaunchCommand,
     host::targets::{self, CgroupSelector},
-    kernel::ops::OpSpec,
     Error, Result,
 };
 
@@ -78,9 +78,33 @@ pub struct Common {
     pub verbose: u8,
     pub follow_forks: bool,
     pub ring_bytes: u32,
-    /// `--op`: the functions whose calls are operations (kernel/ops.rs).
-    pub ops: Vec<OpSpec>,
+    /// What the probe units' own flags ask for (lib.rs, `probe_units!`).
+    pub units: UnitSettings,
 }
+
+/// [`UnitSettings`]: each probe unit's validated flags ([`super::unit::UnitFlags`]).
+macro_rules! unit_settings {
+    ($($module:ident: $unit:ident $(($args:ident))? $(+ $tracker:ident)?;)*) => {
+        /// The probe units' settings, one field per unit that has flags, named as its module.
+        #[derive(Clone, Debug, Default)]
+        pub struct UnitSettings {
+            $($(
+                pub $module: <crate::kernel::$module::$args as UnitFlags>::Setting,
+            )?)*
+        }
+
+        impl UnitSettings {
+            fn from_args(args: &crate::cli::UnitArgs) -> Result<Self> {
+                Ok(Self {
+                    $($($module: <crate::kernel::$module::$args as UnitFlags>::setting(
+                        &args.$module,
+                    )?,)?)*
+                })
+            }
+        }
+    };
+}
+probe_units!(unit_settings);
 
 impl Common {
     pub fn from_args(args: &SharedArgs) -> Result<Self> {
@@ -120,7 +144,7 @@ impl Common {
                 .map(parse_ring_size)
                 .transpose()?
                 .unwrap_or(probe_common::DEFAULT_RING_BYTES),
-            ops: OpSpec::parse_all(&args.probe.op).map_err(Error::Ops)?,
+            units: UnitSettings::from_args(&args.probe.units)?,
         })
     }
 }

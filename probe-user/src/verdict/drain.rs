@@ -11,7 +11,6 @@ use crate::{
     duration,
     model::{
         conns::{ConnTracker, FIRST_CALL_HOLD},
-        ops::OpsTracker,
         report::{DrainBasis, DrainReport, HiddenWork, Report, Verdict},
         state::AuditState,
     },
@@ -71,7 +70,7 @@ pub fn tail_ms(state: &AuditState) -> Option<u64> {
 /// state watches them; `settle`: `--settle` in force. `None` when sockets were not watched.
 pub fn basis(state: &AuditState, settle: Option<Duration>) -> Option<DrainBasis> {
     let conns = state.conns()?;
-    let ops = state.tracker::<OpsTracker>().is_some();
+    let ops = state.operations().is_some();
     let mut observed = vec!["requests", "queries", "transactions", "upstream_calls"];
     if ops {
         observed.push("operations");
@@ -114,8 +113,8 @@ pub fn basis(state: &AuditState, settle: Option<Duration>) -> Option<DrainBasis>
         }
     }
     // Operations begun before attach in a target of a runtime that cannot see them
-    // (model/ops.rs, kernel/ops/runtime.rs).
-    if let Some(ops) = state.tracker::<OpsTracker>() {
+    // (model/ops/, kernel/ops/runtime.rs).
+    if let Some(ops) = state.operations() {
         for &pid in ops.blind_at_attach() {
             hidden.push(HiddenWork {
                 pid,

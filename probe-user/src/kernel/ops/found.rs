@@ -9,7 +9,7 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData},
     Ebpf,
 };
-use probe_common::{map_names, ops::OpAddrKey};
+use probe_common::ops::{map_names, OpAddrKey};
 
 use super::symbols::{OpSpec, Search};
 use crate::kernel::uprobe;

@@ -2,7 +2,7 @@
 //! uretprobes). The function is found in the executable's `.gopclntab` (gopclntab.rs: it is
 //! there whether or not the binary is stripped, and names every function the symbol table
 //! would), its code decoded (gocode.rs), and two plain uprobe programs attached in the one
-//! process (probe-ebpf/src/ops.rs): `op_go_entry` after the stack check, `op_go_return` at
+//! process (probe-ebpf/src/ops/mod.rs): `op_go_entry` after the stack check, `op_go_return` at
 //! each RET, paired in the kernel by the goroutine's `g` (R14 in Go's register ABI).
 //!
 //! Covered: Go 1.18 and later on x86-64 (the table layout gopclntab.rs reads, and the

@@ -1,5 +1,5 @@
 //! Operations (`--op SPEC`, docs/design.md "operation"): the target's own functions, hooked
-//! with an uprobe at entry and an uretprobe at return (probe-ebpf/src/ops.rs), the binary as
+//! with an uprobe at entry and an uretprobe at return (probe-ebpf/src/ops/mod.rs), the binary as
 //! it is. A SPEC is `FUNCTION` (the executable first, then its mapped libraries) or
 //! `LIB:FUNCTION` (a mapped library whose file name is LIB or starts with `LIB.`); FUNCTION is
 //! an ELF symbol as written (`purchase`, `_ZN4Game8purchaseEi`) or demangled, with or without
@@ -17,6 +17,7 @@
 //! A runtime whose functions are not ELF functions of the program (Go's, an interpreter's)
 //! is a [`Runtime`] of its own file (runtime.rs) and one line of [`runtimes!`]'s list below.
 
+mod args;
 mod found;
 mod runtime;
 mod stacks;
@@ -29,6 +30,7 @@ use std::{
     sync::Arc,
 };
 
+pub use args::OpArgs;
 pub use found::{Hooked, Refusal};
 pub use symbols::{Maps, OpSpec};
 
@@ -46,8 +48,7 @@ use aya::{
 };
 use probe_common::{
     latency::LatencyHistogram,
-    map_names,
-    ops::{OpAddrKey, OpCall, OpCounters, OpGoKey, OpStatsKey, MAX_OP_FUNCTIONS},
+    ops::{map_names, OpAddrKey, OpCall, OpCounters, OpGoKey, OpStatsKey, MAX_OP_FUNCTIONS},
 };
 
 /// The runtimes: each line a module (its file) and its [`Runtime`] type, in the order

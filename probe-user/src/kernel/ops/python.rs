@@ -1,6 +1,6 @@
 //! `--op` on CPython 3.11 (docs/design.md, "operation"): the interpreter's USDT markers
 //! `function__entry` and `function__return` (usdt.rs reads and checks them), with the
-//! programs of probe-ebpf/src/ops_py.rs attached in the one process.
+//! programs of probe-ebpf/src/ops/py.rs attached in the one process.
 //!
 //! A marker fires only while its semaphore is raised. drainwatch never writes the target's
 //! memory: it opens each uprobe with the semaphore's offset as its reference counter
@@ -37,7 +37,7 @@ use aya::{
     Ebpf,
 };
 use probe_common::{
-    ops_py::{PyOpName, PY_NAME_LEN, PY_OP_NAMES},
+    ops::py::{PyOpName, PY_NAME_LEN, PY_OP_NAMES},
 };
 
 use super::{

@@ -1,13 +1,13 @@
 //! The operations' series (`--op`, docs/design.md "operation"): in flight and returned per
 //! target name and SPEC, read from the kernel's per-(process, function) counters, and their
 //! latency per SPEC. The kernel files an operation's latency in one histogram per function
-//! (probe-ebpf/src/ops.rs, `OP_LATENCY`), not per process, so the duration histogram is
+//! (probe-ebpf/src/ops/mod.rs, `OP_LATENCY`), not per process, so the duration histogram is
 //! labelled by `function` alone: a `comm` there would be a guess.
 
 use std::collections::BTreeMap;
 
 use super::exposition::{HdrFeed, LatencyBuckets, Text};
-use crate::model::{ops::OpsTracker, state::AuditState};
+use crate::model::state::AuditState;
 
 /// One (target name, SPEC)'s operations at a scrape.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -19,7 +19,7 @@ pub struct OpsSeries {
 
 /// The operations of a session's state, by (target name, SPEC); `None` without `--op`.
 pub fn snapshot(state: &AuditState) -> Option<BTreeMap<(String, String), OpsSeries>> {
-    let ops = state.tracker::<OpsTracker>()?;
+    let ops = state.operations()?;
     let mut out: BTreeMap<(String, String), OpsSeries> = BTreeMap::new();
     // Every name watched has its series from the first scrape, as the other families.
     for target in state.targets() {
@@ -38,7 +38,7 @@ pub fn snapshot(state: &AuditState) -> Option<BTreeMap<(String, String), OpsSeri
 
 /// Feeds the latencies the state recorded since the last scrape, by SPEC.
 pub fn update(state: &AuditState, into: &mut BTreeMap<String, (HdrFeed, LatencyBuckets)>) {
-    let Some(ops) = state.tracker::<OpsTracker>() else {
+    let Some(ops) = state.operations() else {
         return;
     };
     for (function, hdr) in ops.histograms() {

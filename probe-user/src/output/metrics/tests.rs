@@ -181,47 +181,10 @@ fn two_servers_keep_two_series() {
     );
 }
 
+/// Without --op: the operations' families (documented, always there), no series (with it:
+/// model/ops/tests.rs).
 #[test]
-fn operations_are_series_per_name_and_function_and_their_latency_per_function() {
-    use crate::{
-        events::{
-            ops::{OpCount, OpsSample},
-            Event,
-        },
-        model::{ops::OpsTracker, tracker::Tracker},
-    };
-    let mut ops = OpsTracker::new(vec!["purchase".into(), "refund".into()]);
-    let mut violations = Vec::new();
-    ops.apply(
-        &Event::Operations(OpsSample {
-            ktime_ns: 2_000_000_000,
-            counts: vec![OpCount {
-                tgid: 41,
-                function: 0,
-                started: 7,
-                ended: 4,
-                cut: 0,
-                last_edge_ns: 1_900_000_000,
-            }],
-            latency_us: vec![(0, vec![(300_000, 3), (2_000, 1)])],
-            ..OpsSample::default()
-        }),
-        0,
-        &mut violations,
-    );
-    let mut state = AuditState::new(1_000_000_000, 5000);
-    state.add_target(41, "game_ops".into(), Origin::Named);
-    state.track(ops);
-    let text = Exporter::default().scrape(&state, 0, 0);
-    let has = |line: &str| assert!(text.contains(line), "no {line:?} in\n{text}");
-    has("# TYPE drainwatch_operations_in_flight gauge\n");
-    has("drainwatch_operations_in_flight{comm=\"game_ops\",function=\"purchase\"} 3\n");
-    has("drainwatch_operations_in_flight{comm=\"game_ops\",function=\"refund\"} 0\n");
-    has("drainwatch_operations_total{comm=\"game_ops\",function=\"purchase\"} 4\n");
-    has("drainwatch_operation_duration_seconds_count{function=\"purchase\"} 4\n");
-    has("drainwatch_operation_duration_seconds_bucket{function=\"purchase\",le=\"0.0025\"} 1\n");
-    has("drainwatch_operation_duration_seconds_bucket{function=\"purchase\",le=\"0.5\"} 4\n");
-    // Without --op: the families (documented, always there), no series.
+fn operations_families_are_there_without_op() {
     let plain = Exporter::default().render(&Snapshot::default());
     assert!(plain.contains("# TYPE drainwatch_operation_duration_seconds histogram\n"));
     assert!(!plain.contains("drainwatch_operations_in_flight{"));

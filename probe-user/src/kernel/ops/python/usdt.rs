@@ -2,7 +2,7 @@
 //! (SystemTap's "SDT" note format: per marker its address, the `.stapsdt.base` address it
 //! was linked against, its semaphore's address, provider, name and argument list), turned
 //! into file offsets a uprobe is attached at and a semaphore's `ref_ctr_offset` is given as.
-//! What the kernel side reads at the markers (probe-ebpf/src/ops_py.rs) is checked here
+//! What the kernel side reads at the markers (probe-ebpf/src/ops/py.rs) is checked here
 //! before anything is attached: the interpreter is 3.11 (`Py_Version`), the markers pass
 //! their arguments where it reads them, and the marker functions keep the frame in RBX.
 

@@ -9,12 +9,14 @@
 //! again), so `started - ended` there is the exact number abandoned; the cut threads' own
 //! events, which may arrive just before or after the exit, give their ages.
 
+pub mod events;
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use hdrhistogram::Histogram;
 
 use crate::{
-    events::ops::{OpCount, OpCut, OpThread, OpsSample, UNKNOWN_FUNCTION},
+    model::ops::events::{OpCount, OpCut, OpThread, OpsSample, UNKNOWN_FUNCTION},
     model::report::{OperationCut, OperationsReport, Percentiles, Violation},
 };
 
@@ -373,10 +375,13 @@ impl crate::model::tracker::Tracker for OpsTracker {
         violations: &mut Vec<Violation>,
     ) {
         use crate::{events::Event, model::tracker::ms_since};
-        match event {
-            Event::OpCut(cut) => merge(violations, self.cut(cut, ms_since(attach_ns))),
-            Event::Operations(sample) => self.sample(sample),
-            _ => {}
+        let Event::Unit(event) = event else {
+            return;
+        };
+        if let Some(cut) = event.read::<OpCut>() {
+            merge(violations, self.cut(&cut, ms_since(attach_ns)));
+        } else if let Some(sample) = event.read::<OpsSample>() {
+            self.sample(&sample);
         }
     }
 
@@ -398,189 +403,45 @@ impl crate::model::tracker::Tracker for OpsTracker {
     fn report(&self, report: &mut crate::model::report::Report) {
         report.operations = Some(OpsTracker::report(self));
     }
+
+    fn operations(&self) -> Option<&dyn crate::model::tracker::Operations> {
+        Some(self)
+    }
+}
+
+impl crate::model::tracker::Operations for OpsTracker {
+    fn in_flight(&self) -> u64 {
+        OpsTracker::in_flight(self, None)
+    }
+
+    fn in_flight_by_function(&self) -> Vec<(String, u64, Option<u64>)> {
+        OpsTracker::in_flight_by_function(self)
+    }
+
+    fn summary(&self) -> OperationsReport {
+        OpsTracker::report(self)
+    }
+
+    fn names(&self) -> &[String] {
+        OpsTracker::names(self)
+    }
+
+    fn by_process(&self) -> Vec<(u32, &str, u64, u64)> {
+        OpsTracker::by_process(self)
+    }
+
+    fn histograms(&self) -> Vec<(&str, &Histogram<u64>)> {
+        OpsTracker::histograms(self).collect()
+    }
+
+    fn blind_at_attach(&self) -> &[u32] {
+        OpsTracker::blind_at_attach(self)
+    }
+
+    fn blind_runtimes(&self) -> &str {
+        OpsTracker::blind_runtimes(self)
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MS: u64 = 1_000_000;
-
-    fn ms(ns: u64) -> u64 {
-        ns / MS
-    }
-
-    fn count(tgid: u32, function: u32, started: u64, ended: u64, cut: u64) -> OpCount {
-        OpCount {
-            tgid,
-            function,
-            started,
-            ended,
-            cut,
-            last_edge_ns: 0,
-        }
-    }
-
-    fn sample(at_ms: u64, counts: Vec<OpCount>, threads: Vec<OpThread>) -> OpsSample {
-        OpsSample {
-            ktime_ns: at_ms * MS,
-            counts,
-            threads,
-            latency_us: Vec::new(),
-            before_attach: Vec::new(),
-            blind_at_attach: Vec::new(),
-        }
-    }
-
-    fn thread(tgid: u32, pid: u32, since_ms: u64) -> OpThread {
-        OpThread {
-            tgid,
-            pid,
-            function: 0,
-            since_ns: since_ms * MS,
-        }
-    }
-
-    fn cut_event(tgid: u32, pid: u32, at_ms: u64, since_ms: u64) -> OpCut {
-        OpCut {
-            ktime_ns: at_ms * MS,
-            tgid,
-            pid,
-            function: 0,
-            since_ns: since_ms * MS,
-        }
-    }
-
-    #[test]
-    fn in_flight_is_started_less_ended_and_cut_of_running_processes() {
-        let mut ops = OpsTracker::new(vec!["purchase".into()]);
-        ops.sample(&sample(
-            10,
-            vec![count(7, 0, 5, 2, 1), count(8, 0, 3, 3, 0)],
-            vec![],
-        ));
-        assert_eq!(ops.in_flight(None), 2);
-        assert_eq!(ops.in_flight(Some(8)), 0);
-        assert_eq!(ops.completed(), 5);
-        // An older read (torn or late) does not take counts back.
-        ops.sample(&sample(11, vec![count(7, 0, 4, 1, 1)], vec![]));
-        assert_eq!(ops.in_flight(Some(7)), 2);
-    }
-
-    #[test]
-    fn a_kill_mid_operation_is_one_cut_per_function_with_the_oldest_age() {
-        let mut ops = OpsTracker::new(vec!["purchase".into()]);
-        ops.sample(&sample(
-            100,
-            vec![count(7, 0, 10, 7, 0)],
-            vec![thread(7, 71, 40), thread(7, 72, 90), thread(7, 73, 95)],
-        ));
-        // Two workers' exits come before the process's, the third after it.
-        let mut violations = Vec::new();
-        merge(&mut violations, ops.cut(&cut_event(7, 71, 120, 40), ms));
-        merge(&mut violations, ops.cut(&cut_event(7, 72, 120, 90), ms));
-        // Final counters at the exit: the three cut ones are not ended.
-        ops.sample(&sample(
-            121,
-            vec![count(7, 0, 10, 7, 2)],
-            vec![thread(7, 73, 95)],
-        ));
-        for v in ops.exit(7, 121 * MS, ms) {
-            merge(&mut violations, v);
-        }
-        merge(&mut violations, ops.cut(&cut_event(7, 73, 122, 95), ms));
-        assert_eq!(
-            violations,
-            vec![Violation::OperationCut(OperationCut {
-                pid: 7,
-                at_ms: 120,
-                function: "purchase".into(),
-                count: 3,
-                oldest_age_ms: 80,
-            })]
-        );
-        assert_eq!(ops.in_flight(None), 0, "an exited process holds nothing");
-    }
-
-    #[test]
-    fn an_exit_with_nothing_in_flight_is_no_violation() {
-        let mut ops = OpsTracker::new(vec!["purchase".into()]);
-        ops.sample(&sample(100, vec![count(7, 0, 10, 10, 0)], vec![]));
-        assert!(ops.exit(7, 101 * MS, ms).is_empty());
-        let report = ops.report();
-        assert_eq!((report.count, report.in_flight), (10, 0));
-    }
-
-    #[test]
-    fn a_thread_that_exits_mid_operation_is_cut_while_its_process_runs() {
-        let mut ops = OpsTracker::new(vec!["purchase".into(), "refund".into()]);
-        ops.sample(&sample(50, vec![count(7, 1, 1, 0, 0)], vec![]));
-        let mut violations = Vec::new();
-        let mut event = cut_event(7, 70, 60, 20);
-        event.function = 1;
-        merge(&mut violations, ops.cut(&event, ms));
-        ops.sample(&sample(61, vec![count(7, 1, 1, 0, 1)], vec![]));
-        assert_eq!(
-            ops.in_flight(None),
-            0,
-            "a cut operation no longer holds the drain"
-        );
-        let Violation::OperationCut(cut) = &violations[0] else {
-            panic!("{violations:?}")
-        };
-        assert_eq!(
-            (cut.function.as_str(), cut.count, cut.oldest_age_ms),
-            ("refund", 1, 40)
-        );
-        // The process then exits cleanly: the same violation, not a second one.
-        for v in ops.exit(7, 100 * MS, ms) {
-            merge(&mut violations, v);
-        }
-        assert_eq!(violations.len(), 1);
-    }
-
-    #[test]
-    fn operations_from_before_attach_hold_the_drain_and_are_cut_at_exit() {
-        let mut ops = OpsTracker::new(vec!["purchase".into()]);
-        let mut s = sample(5, vec![], vec![]);
-        s.before_attach = vec![
-            thread(7, 71, 0),
-            OpThread {
-                function: UNKNOWN_FUNCTION,
-                ..thread(7, 72, 0)
-            },
-        ];
-        ops.sample(&s);
-        assert_eq!(ops.in_flight(None), 2, "unknown is never idle");
-        // The unknown one was outside after all; the other is still inside at the kill.
-        s.before_attach.truncate(1);
-        s.ktime_ns = 50 * MS;
-        ops.sample(&s);
-        assert_eq!(ops.in_flight(None), 1);
-        let cuts = ops.exit(7, 80 * MS, ms);
-        assert_eq!(cuts.len(), 1);
-        assert_eq!((cuts[0].count, cuts[0].oldest_age_ms), (1, 80));
-        // A thread from before attach that began a hooked call since and was cut in it is
-        // counted once.
-        let mut ops = OpsTracker::new(vec!["purchase".into()]);
-        let mut s = sample(5, vec![count(8, 0, 1, 0, 0)], vec![]);
-        s.before_attach = vec![thread(8, 81, 0)];
-        ops.sample(&s);
-        let _ = ops.cut(&cut_event(8, 81, 60, 30), ms);
-        let cuts = ops.exit(8, 61 * MS, ms);
-        assert_eq!(cuts[0].count, 1, "{cuts:?}");
-        assert_eq!(ops.in_flight(None), 0);
-    }
-
-    #[test]
-    fn latencies_are_kept_by_function() {
-        let mut ops = OpsTracker::new(vec!["purchase".into(), "refund".into()]);
-        let mut s = sample(10, vec![count(7, 0, 3, 3, 0)], vec![]);
-        s.latency_us = vec![(0, vec![(250_000, 2), (500_000, 1)])];
-        ops.sample(&s);
-        let report = ops.report();
-        assert!(report.latency_us.max >= 499_000, "{report:?}");
-        let by: Vec<(&str, u64)> = ops.histograms().map(|(n, h)| (n, h.len())).collect();
-        assert_eq!(by, vec![("purchase", 3), ("refund", 0)]);
-    }
-}
+mod tests;

@@ -1,10 +1,24 @@
 //! Operations (docs/design.md, "operation"): the business work inside a target that no
 //! socket shows, in flight from the entry of a function named by `--op` until that call
-//! returns, per thread. Counted in the kernel (probe-ebpf/src/ops.rs): one entry per thread
+//! returns, per thread. Counted in the kernel (probe-ebpf/src/ops/): one entry per thread
 //! inside an operation, counters and a latency histogram per function; a ring-buffer event
 //! only when a thread exits inside one (the operation is cut), which is rare.
 
+pub mod py;
+
 use crate::EventHeader;
+
+/// The header kind of [`OpCutEvent`] (a probe unit's own kind: `crate::EventKind`).
+pub const OP_CUT_KIND: u32 = 9;
+
+/// Names of the operation maps (the unit's; `crate::map_names` holds the core's).
+pub mod map_names {
+    pub const OP_ADDRS: &str = "OP_ADDRS";
+    pub const OP_STATS: &str = "OP_STATS";
+    pub const OP_CALLS: &str = "OP_CALLS";
+    pub const OP_GO_CALLS: &str = "OP_GO_CALLS";
+    pub const OP_LATENCY: &str = "OP_LATENCY";
+}
 
 /// Functions `--op` can name at once (their indices key the counters and histograms).
 pub const MAX_OP_FUNCTIONS: u32 = 16;
@@ -69,7 +83,7 @@ pub struct OpCall {
 /// move between threads, so a thread id cannot pair a call with its return.
 ///
 /// Another runtime whose calls move between threads keys them the same way, `g` holding
-/// an address of its own per call (an interpreter frame: ops_py.rs). A process runs one
+/// an address of its own per call (an interpreter frame: py.rs). A process runs one
 /// runtime, so two runtimes never share a key.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

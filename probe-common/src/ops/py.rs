@@ -1,5 +1,5 @@
 //! Operations in CPython 3.11 (`--op` on a Python target): what its programs
-//! (probe-ebpf/src/ops_py.rs) and userspace (probe-user/src/kernel/ops/python.rs) share.
+//! (probe-ebpf/src/ops/py.rs) and userspace (probe-user/src/kernel/ops/python.rs) share.
 //!
 //! A call is keyed in `OP_GO_CALLS` by its interpreter frame's address
 //! ([`crate::ops::OpGoKey`], `g` holding the `_PyInterpreterFrame *`): a coroutine's frame
@@ -16,7 +16,7 @@ pub const PY_NAME_LEN: usize = 64;
 pub const PY_FILE_LEN: usize = 256;
 
 /// CPython 3.11's layout, as the kernel reads it at the USDT markers `function__entry` and
-/// `function__return` (probe-ebpf/src/ops_py.rs). Internal to CPython, so userspace checks
+/// `function__return` (probe-ebpf/src/ops/py.rs). Internal to CPython, so userspace checks
 /// the interpreter is 3.11 and decodes its marker functions before using them
 /// (probe-user/src/kernel/ops/python.rs).
 pub mod py311 {

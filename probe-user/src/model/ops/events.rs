@@ -1,6 +1,8 @@
 //! Operation events (`--op`, docs/design.md "operation"): a thread cut inside an operation
 //! (the one ring-buffer record, `probe_common::ops::OpCutEvent`), and the kernel's operation
 //! counters as read on each drain tick (not a record: operations are counted in the kernel).
+//! Both travel as `crate::events::UnitEvent`s (the events layer does not know them): the
+//! session's operations unit makes them, [`super::OpsTracker`] reads them back.
 
 use serde::{Deserialize, Serialize};
 
@@ -14,6 +16,14 @@ pub struct OpCut {
     pub function: u32,
     /// When the operation began (ktime ns).
     pub since_ns: u64,
+}
+
+impl crate::events::UnitEventKind for OpCut {
+    const NAME: &'static str = "op_cut";
+}
+
+impl crate::events::UnitEventKind for OpsSample {
+    const NAME: &'static str = "operations";
 }
 
 impl OpCut {

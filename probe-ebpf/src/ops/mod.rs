@@ -1,6 +1,6 @@
 //! Operations (`--op`, docs/design.md "operation"): an uprobe at the entry of each named
 //! function and an uretprobe at its return, attached by userspace per target process
-//! (probe-user/src/kernel/ops.rs), the binary as it is.
+//! (probe-user/src/kernel/ops/), the binary as it is.
 //!
 //! Counted here, not sent: the entry notes the thread's operation in `OP_CALLS` and adds
 //! to the function's `started`; the return of the outermost call removes it, adds to
@@ -15,6 +15,8 @@
 //! instructions (probe-user/src/kernel/ops/go.rs); a call is paired with its return per
 //! goroutine (`OP_GO_CALLS`, keyed by the `g` in R14), since goroutines move between threads.
 
+mod py;
+
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
@@ -28,12 +30,12 @@ use probe_common::{
     latency::{self, LatencyHistogram, LATENCY_MAX_SLOT},
     ops::{
         OpAddrKey, OpCall, OpCounters, OpCutEvent, OpGoKey, OpStatsKey, MAX_OP_ADDRS, MAX_OP_CALLS,
-        MAX_OP_FUNCTIONS, MAX_OP_STATS,
+        MAX_OP_FUNCTIONS, MAX_OP_STATS, OP_CUT_KIND,
     },
-    Counter, EventKind,
+    Counter, EventHeader,
 };
 
-use crate::shared::{bump, emit, header};
+use crate::shared::{bump, emit};
 
 /// Where each hooked function starts in each target's memory, and its index in the `--op`
 /// list. Written by userspace only.
@@ -255,7 +257,12 @@ pub fn thread_exit(tgid: u32, pid: u32) {
         unsafe { add(&raw mut (*stats).cut) };
     }
     emit(|| OpCutEvent {
-        header: header::<OpCutEvent>(EventKind::OpCut),
+        header: EventHeader::of_kind(
+            OP_CUT_KIND,
+            core::mem::size_of::<OpCutEvent>(),
+            // SAFETY: bpf_ktime_get_ns has no preconditions.
+            unsafe { bpf_ktime_get_ns() },
+        ),
         tgid,
         pid,
         function: call.function,

@@ -29,7 +29,7 @@ use aya_ebpf::{
 };
 use probe_common::{
     ops::{OpCall, OpGoKey, MAX_OP_FUNCTIONS},
-    ops_py::{py311, PyOpName, PY_FILE_LEN, PY_NAME_LEN},
+    ops::py::{py311, PyOpName, PY_FILE_LEN, PY_NAME_LEN},
     Counter,
 };
 
