@@ -30,8 +30,9 @@ macro_rules! units {
     ($($module:ident),* $(,)?) => {
         $(mod $module;)*
 
-        /// Every unit's `thread_exit`.
+        /// Every unit's `thread_exit` (its arguments unused in a tree without units).
         #[inline(always)]
+        #[allow(unused_variables)]
         fn units_thread_exit(tgid: u32, pid: u32) {
             $($module::thread_exit(tgid, pid);)*
         }

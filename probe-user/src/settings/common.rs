@@ -3,7 +3,6 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use super::unit::UnitFlags;
 use super::values::{
     parse_comm, parse_db_addr, parse_duration, parse_port, parse_quiet, parse_ring_size,
     validate_pids,
@@ -89,14 +88,16 @@ macro_rules! unit_settings {
         #[derive(Clone, Debug, Default)]
         pub struct UnitSettings {
             $($(
-                pub $module: <crate::kernel::$module::$args as UnitFlags>::Setting,
+                pub $module: <crate::kernel::$module::$args as super::unit::UnitFlags>::Setting,
             )?)*
         }
 
         impl UnitSettings {
+            // `args` is unused in a tree where no unit has flags.
+            #[allow(unused_variables)]
             fn from_args(args: &crate::cli::UnitArgs) -> Result<Self> {
                 Ok(Self {
-                    $($($module: <crate::kernel::$module::$args as UnitFlags>::setting(
+                    $($($module: <crate::kernel::$module::$args as super::unit::UnitFlags>::setting(
                         &args.$module,
                     )?,)?)*
                 })
