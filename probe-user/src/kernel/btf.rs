@@ -94,6 +94,13 @@ pub fn kernel_member_offsets<const N: usize>(wanted: [(&str, &str); N]) -> [Opti
     wanted.map(|(name, member)| btf.as_ref()?.member_offset(name, member))
 }
 
+/// The named members of `struct name` in the running kernel's BTF, in order: (member, byte
+/// offset, byte size). `None` without kernel BTF or without that struct; a member whose
+/// size this reader cannot tell (a bitfield, a function pointer's target) is left out.
+pub fn kernel_struct_fields(name: &str) -> Option<Vec<(String, u32, u32)>> {
+    kernel()?.struct_fields(name)
+}
+
 /// A BTF blob in which each of `wanted` (kind, name) found in the running kernel's BTF has
 /// its kernel type id, and every other id below the largest is a placeholder (a pointer to
 /// void). aya's program loaders take a whole parsed BTF only to look an attach target up by
@@ -311,6 +318,46 @@ impl Btf {
             .map(|bits| bits / 8)
     }
 
+    /// See [`kernel_struct_fields`].
+    pub fn struct_fields(&self, name: &str) -> Option<Vec<(String, u32, u32)>> {
+        let ty = *self
+            .types
+            .iter()
+            .find(|t| t.kind as u32 == KIND_STRUCT && self.name_is(t.name_off, name.as_bytes()))?;
+        // With kind_flag, a member's bitfield size is in the top 8 bits of its offset.
+        let bitfield = |i: usize| {
+            ty.kind_flag
+                && u32_at(self.type_data(), ty.at as usize + i * 12 + 8).unwrap_or(0) >> 24 != 0
+        };
+        let fields = self
+            .members(ty)
+            .enumerate()
+            .filter(|&(i, (name_off, _, bits))| name_off != 0 && bits % 8 == 0 && !bitfield(i))
+            .filter_map(|(_, (name_off, type_id, bits))| {
+                let name = String::from_utf8_lossy(self.name(name_off)).into_owned();
+                Some((name, bits / 8, self.size_of(type_id, 0)?))
+            })
+            .collect();
+        Some(fields)
+    }
+
+    /// The byte size of type `id`, through typedefs, qualifiers and (nested) arrays.
+    fn size_of(&self, id: u32, depth: u32) -> Option<u32> {
+        let ty = *self.types.get(self.resolve(id) as usize)?;
+        match ty.kind as u32 {
+            // INT, STRUCT, UNION, ENUM, ENUM64: the size is in the type itself.
+            1 | KIND_STRUCT | KIND_UNION | 6 | 19 => Some(ty.referenced),
+            KIND_PTR => Some(8),
+            // ARRAY: struct btf_array { type, index_type, nelems } after the type.
+            3 if depth < 8 => {
+                let elem = u32_at(self.type_data(), ty.at as usize)?;
+                let count = u32_at(self.type_data(), ty.at as usize + 8)?;
+                self.size_of(elem, depth + 1)?.checked_mul(count)
+            }
+            _ => None,
+        }
+    }
+
     fn find_member(&self, id: u32, member: &[u8], base_bits: u32) -> Option<u32> {
         let ty = *self.types.get(id as usize)?;
         for (name_off, type_id, bits) in self.members(ty) {
@@ -396,6 +443,39 @@ mod tests {
         assert_eq!(btf.member_offset("outer", "c"), Some(8));
         assert_eq!(btf.member_offset("outer", "d"), None);
         assert_eq!(btf.member_offset("inner", "a"), None);
+    }
+
+    #[test]
+    fn a_structs_named_fields_have_their_offsets_and_sizes() {
+        // struct tp { char comm[16]; int pid; union { int b; }; }: the anonymous member is
+        // no field of its own.
+        let strings = b"\0int\0char\0tp\0comm\0pid\0b\0".to_vec();
+        let mut types = Vec::new();
+        let mut push = |words: &[u32]| words.iter().for_each(|w| types.extend(w.to_le_bytes()));
+        push(&[1, 1 << 24, 4, 32]); // 1: int
+        push(&[5, 1 << 24, 1, 8]); // 2: char
+        push(&[0, 3 << 24, 0, 2, 1, 16]); // 3: char[16]
+        push(&[0, (KIND_UNION << 24) | 1, 4, 22, 1, 0]); // 4: union { int b }
+        push(&[
+            10,
+            (KIND_STRUCT << 24) | 3,
+            24,
+            13,
+            3,
+            0,
+            18,
+            1,
+            128,
+            0,
+            4,
+            160,
+        ]); // 5: tp
+        let btf = Btf::parse(blob(&types, &strings)).unwrap();
+        assert_eq!(
+            btf.struct_fields("tp"),
+            Some(vec![("comm".into(), 0, 16), ("pid".into(), 16, 4)])
+        );
+        assert_eq!(btf.struct_fields("nope"), None);
     }
 
     #[test]

@@ -125,7 +125,7 @@ impl Features {
             })
             .collect();
         let exit_group_dead_field = tracefs.as_deref().is_some_and(|root| {
-            tracefs::Format::read(root, "sched", "sched_process_exit")
+            tracefs::Format::find(root, "sched", "sched_process_exit")
                 .is_ok_and(|f| f.has("group_dead"))
         });
         Self {

@@ -88,10 +88,10 @@ pub fn to_wire_addr(addr: &SocketAddr) -> SockAddr {
 
 /// Fills the load-time config from tracefs format files and kernel BTF.
 pub fn probe_config(tracefs_root: &Path, follow_forks: bool) -> Result<ProbeConfig> {
-    let signal = Format::read(tracefs_root, "signal", "signal_generate")?;
-    let fork = Format::read(tracefs_root, "sched", "sched_process_fork")?;
-    let exec = Format::read(tracefs_root, "sched", "sched_process_exec")?;
-    let exit = Format::read(tracefs_root, "sched", "sched_process_exit")?;
+    let signal = Format::find(tracefs_root, "signal", "signal_generate")?;
+    let fork = Format::find(tracefs_root, "sched", "sched_process_fork")?;
+    let exec = Format::find(tracefs_root, "sched", "sched_process_exec")?;
+    let exit = Format::find(tracefs_root, "sched", "sched_process_exit")?;
     let [exit_code, task_signal, signal_live, family, num, dport, daddr, v6_daddr, sk_socket, socket_file, file_inode, inode_ino, task_flags, sk_type, unix_addr, unix_peer, socket_sk] =
         btf::kernel_member_offsets([
             ("task_struct", "exit_code"),
@@ -174,11 +174,38 @@ pub fn probe_config(tracefs_root: &Path, follow_forks: bool) -> Result<ProbeConf
     })
 }
 
+/// aya's loader, made on a thread of its own ([`Loader::start`]) while attaching goes on.
+///
+/// aya 0.14's `EbpfLoader::new()` reads and parses all of the kernel's BTF (aya issue
+/// #1172), which `.btf(None)` then drops: the object needs none (it has no CO-RE
+/// relocations: tracepoint offsets and struct members come from our own reader,
+/// kernel/btf.rs), and the API has no other constructor. That parse was 50-80 ms of a
+/// release build's attach (docs/bench.md, "Attach and detach"); on its own thread, started
+/// before the features and offsets are looked up, it overlaps them.
+pub struct Loader(std::thread::JoinHandle<EbpfLoader<'static>>);
+
+impl Loader {
+    pub fn start() -> Self {
+        Self(std::thread::spawn(|| {
+            let mut loader = EbpfLoader::new();
+            // The parsed BTF is freed here too, off the attaching thread.
+            loader.btf(None);
+            loader
+        }))
+    }
+
+    fn join<'a>(self) -> Result<EbpfLoader<'a>> {
+        self.0
+            .join()
+            .map_err(|_| Error::Load("making aya's loader panicked".into()))
+    }
+}
+
 impl Probe {
     /// Loads the object and attaches every tracepoint. A tracepoint that fails to attach is
     /// recorded in [`Probe::failures`] (the verdict becomes `incomplete`); failing to load
     /// at all is an error.
-    pub fn load(tracefs_root: &Path, options: &ProbeOptions) -> Result<Self> {
+    pub fn load(tracefs_root: &Path, options: &ProbeOptions, loader: Loader) -> Result<Self> {
         if OBJECT.is_empty() {
             return Err(Error::NoProbeObject);
         }
@@ -191,11 +218,8 @@ impl Probe {
                 "connection tracking reads x86_64 syscall registers; use --no-sockets here".into(),
             ));
         }
-        // No kernel BTF for aya: the object has no CO-RE relocations (tracepoint offsets come
-        // from tracefs, the one struct field from our own reader), and parsing vmlinux BTF
-        // a second time was the largest part of drainwatch's peak memory.
-        let mut ebpf = EbpfLoader::new()
-            .btf(None)
+        let mut loader = loader.join()?;
+        let mut ebpf = loader
             .override_global("CONFIG", &config, true)
             .map_max_entries(map_names::EVENTS, options.ring_bytes)
             .map_max_entries(map_names::REQUEST_LATENCY, latency_entries(cpus()?))

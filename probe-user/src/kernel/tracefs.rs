@@ -1,6 +1,6 @@
-//! tracefs: make sure it is mounted (aya finds tracepoint ids there), and read tracepoint
-//! field offsets from the `format` files of the running kernel, so the probe does not
-//! depend on one kernel's record layout.
+//! tracefs: make sure it is mounted (aya finds tracepoint ids there), and find tracepoint
+//! field offsets in the running kernel (its BTF, else the `format` files: [`Format::find`]),
+//! so the probe does not depend on one kernel's record layout.
 //! See Documentation/trace/events.rst ("Event formats") in the kernel source.
 
 use std::{ffi::CString, fs, path::PathBuf};
@@ -65,6 +65,33 @@ pub struct Format {
 }
 
 impl Format {
+    /// The format of tracepoint `category:name`: from kernel BTF where it has one, else
+    /// read from tracefs under `root` ([`Format::read`]).
+    ///
+    /// Kernel BTF holds `struct trace_event_raw_NAME`, the very struct the format file is
+    /// printed from (include/trace/trace_events.h: each field's offset is its `offsetof`
+    /// there). Reading a format file takes the kernel's `event_mutex` (`f_start`,
+    /// kernel/trace/trace_events.c), which every tracepoint perf event's release holds
+    /// across an RCU grace period (`perf_trace_destroy`, kernel/trace/trace_event_perf.c):
+    /// behind another drainwatch's detach (a `wait` just before a `stop`, host/detach.rs)
+    /// each read waited for it, up to hundreds of milliseconds of attach (docs/bench.md,
+    /// "Attach and detach"). An event of a shared class (`DEFINE_EVENT`: sched_process_exit
+    /// before Linux 6.13) has no struct of its own name, and a kernel without BTF none at
+    /// all: those are read from tracefs.
+    pub fn find(root: &std::path::Path, category: &str, name: &str) -> Result<Self> {
+        match crate::kernel::btf::kernel_struct_fields(&format!("trace_event_raw_{name}")) {
+            Some(fields) => Ok(Self {
+                category: category.into(),
+                name: name.into(),
+                fields: fields
+                    .into_iter()
+                    .map(|(name, offset, size)| Field { name, offset, size })
+                    .collect(),
+            }),
+            None => Self::read(root, category, name),
+        }
+    }
+
     pub fn read(root: &std::path::Path, category: &str, name: &str) -> Result<Self> {
         let path = root.join("events").join(category).join(name).join("format");
         let text = fs::read_to_string(&path).map_err(|err| Error::TracepointFormat {
@@ -172,5 +199,37 @@ print fmt: \"sig=%d\", REC->sig
         assert!(err.contains("is 4 bytes"), "{err}");
         let err = format.offset("nope", 4).unwrap_err().to_string();
         assert!(err.contains("no field `nope`"), "{err}");
+    }
+
+    /// The formats the probe reads, from this kernel's BTF, match its tracefs format files
+    /// field for field (those BTF names apart: `__data_loc` strings, the common header).
+    /// Needs root, tracefs and kernel BTF, as every attach does: it fails where they lack.
+    #[test]
+    fn formats_from_kernel_btf_are_the_format_files() {
+        let root = find_root().expect("tracefs mounted (root, as for every attach)");
+        for (category, name) in crate::kernel::features::LIFECYCLE_TRACEPOINTS {
+            let read = Format::read(&root, category, name).expect("the format file");
+            let found = Format::find(&root, category, name).unwrap();
+            for field in &found.fields {
+                if let Some(same) = read.fields.iter().find(|f| f.name == field.name) {
+                    assert_eq!(same, field, "{category}:{name}");
+                }
+            }
+            for field in read
+                .fields
+                .iter()
+                .filter(|f| !f.name.starts_with("common_"))
+            {
+                let data_loc = format!("__data_loc_{}", field.name);
+                assert!(
+                    found
+                        .fields
+                        .iter()
+                        .any(|f| f.name == field.name || f.name == data_loc),
+                    "{category}:{name}: {} not found",
+                    field.name
+                );
+            }
+        }
     }
 }

@@ -40,7 +40,7 @@ use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
 use crate::{
     host::{launch, procfs},
-    kernel::probe::{Probe, ProbeOptions},
+    kernel::probe::{Loader, Probe, ProbeOptions},
     kernel::tracefs,
     kernel::{backends, features::check_privileges},
     model::protocol::registry,
@@ -425,6 +425,9 @@ impl Session {
 /// prints it; a missing essential ends here with one line, before anything is loaded.
 fn load(common: &Common) -> Result<Probe> {
     check_privileges()?;
+    // aya's loader parses the kernel's BTF: on a thread of its own, while the features and
+    // the hooks are looked up (kernel/probe.rs, `Loader`).
+    let loader = Loader::start();
     let (tracefs_root, mounted) = tracefs::ensure_mounted()?;
     if mounted {
         eprintln!("drainwatch: mounted tracefs at {}", tracefs_root.display());
@@ -434,7 +437,7 @@ fn load(common: &Common) -> Result<Probe> {
     doctor::log(&features);
     features.require_essentials(options.sockets)?;
     options.hooks = backends::choose(&features)?;
-    Probe::load(&tracefs_root, &options)
+    Probe::load(&tracefs_root, &options, loader)
 }
 
 /// When the audit window closes by itself: with a launched command, when it exits (e.g. a
