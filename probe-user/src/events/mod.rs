@@ -367,6 +367,12 @@ pub struct Signal {
     pub sig: i32,
     pub code: i32,
     pub result: i32,
+    /// Sent to a whole process (kill(2), pidfd_send_signal(2): the tracepoint's `group`),
+    /// not to one task (tgkill(2), which the Go runtime sends its own threads to preempt
+    /// them): only such a signal names a process (kernel/signal.c, `__send_signal_locked`
+    /// traces `type != PIDTYPE_PID`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub group: bool,
     /// This signal made its receiver a target: the sender is in the launched command's tree
     /// and the receiver was none (docs/design.md, "Command line").
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -493,6 +499,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 sig: e.sig,
                 code: e.code,
                 result: e.result,
+                group: e.group != 0,
                 followed: e.followed != 0,
                 target_comm: comm_to_string(&e.target_comm),
             })

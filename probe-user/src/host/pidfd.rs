@@ -22,6 +22,19 @@ impl PidFd {
         Ok(Self(unsafe { OwnedFd::from_raw_fd(fd as i32) }))
     }
 
+    /// Whether the process has exited: every thread of it, a zombie or reaped (a pidfd
+    /// polls readable then, kernel/pid.c `pidfd_poll`). Never blocks.
+    pub fn exited(&self) -> bool {
+        let mut poll = libc::pollfd {
+            fd: self.0.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll(2) on one pollfd we own, no wait.
+        let n = unsafe { libc::poll(&mut poll, 1, 0) };
+        n > 0 && poll.revents & (libc::POLLIN | libc::POLLHUP) != 0
+    }
+
     /// Sends `sig`; `false` when the process is already gone.
     pub fn signal(&self, sig: i32) -> bool {
         // SAFETY: pidfd_send_signal(2) on our pidfd, no siginfo.

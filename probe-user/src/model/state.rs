@@ -54,7 +54,7 @@ pub struct AuditState {
     threads: HashMap<u32, u32>,
     /// Fork children that were gone before userspace could tell thread from process; they
     /// become targets if an event proves they were processes.
-    unresolved_children: HashMap<u32, (u32, String)>,
+    unresolved_children: HashMap<u32, UnresolvedChild>,
     violations: Vec<Violation>,
     received: u64,
     /// `None` when sockets are not watched (the report then says `null`, not zero).
@@ -76,6 +76,18 @@ pub struct AuditState {
     /// The probe units' trackers this run watches (model/tracker.rs: the operations of
     /// `--op`); none, and the report says `null` for them, not zero.
     trackers: Vec<Box<dyn Tracker>>,
+}
+
+/// A fork child gone before userspace could tell thread from process (`Fork::child_tgid`
+/// `None`): a new thread of a process killed at once (a Go server makes threads as it
+/// runs) as often as a short-lived process.
+#[derive(Debug)]
+struct UnresolvedChild {
+    parent: u32,
+    comm: String,
+    /// Signals sent to it alone (tgkill), held until it proves to be a process
+    /// (state/signalled.rs).
+    held: Vec<crate::events::Signal>,
 }
 
 /// A signal a target received, as the live view shows it.
@@ -461,8 +473,17 @@ impl AuditState {
         if let Some(tgid) = self.threads.get(&pid) {
             return Some(*tgid);
         }
-        let (parent, comm) = self.unresolved_children.remove(&pid)?;
-        self.add_target(pid, comm, Origin::Forked { parent });
+        let child = self.unresolved_children.remove(&pid)?;
+        self.add_target(
+            pid,
+            child.comm,
+            Origin::Forked {
+                parent: child.parent,
+            },
+        );
+        for signal in &child.held {
+            self.on_signal(signal);
+        }
         Some(pid)
     }
 
@@ -474,8 +495,12 @@ impl AuditState {
             }
             Some(tgid) => self.add_thread(fork.child_pid, tgid),
             None => {
-                self.unresolved_children
-                    .insert(fork.child_pid, (parent, fork.comm.clone()));
+                let child = UnresolvedChild {
+                    parent,
+                    comm: fork.comm.clone(),
+                    held: Vec::new(),
+                };
+                self.unresolved_children.insert(fork.child_pid, child);
             }
         }
     }

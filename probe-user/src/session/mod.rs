@@ -10,7 +10,7 @@
 //!
 //! Imports run one way: this module uses its children; attach -> seed -> existing,
 //! unix_existing, db_view -> attach_rule; attach, reader -> units -> tls, ops, every, unit; tls, ops -> unit;
-//! reader -> requests, unix_close -> trace, every; follow -> attach (a process the
+//! reader -> requests, exits, unix_close -> trace, every; follow -> attach (a process the
 //! launched command signals, surveyed like an attached one);
 //! recheck -> existing, db_view. The session joins the layers below it: it may use
 //! [`crate::kernel`], [`crate::host`], [`crate::events`], [`crate::model`],
@@ -21,6 +21,7 @@ pub mod attach_rule;
 pub mod db_view;
 mod every;
 pub mod existing;
+mod exits;
 mod follow;
 mod reader;
 mod recheck;
@@ -59,7 +60,7 @@ const DRAIN_EVERY: Duration = Duration::from_millis(50);
 /// A chore of the loop, run after the kernel was read (see [`CHORES`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Chore {
-    /// Targets gone from /proc whose exit was among lost events (reader.rs).
+    /// Targets whose process has ended with no exit event read (reader.rs, exits.rs).
     UnseenExits,
     /// Unix-domain connections closed where the kernel has no hook (unix_close.rs).
     UnixCloses,

@@ -11,7 +11,10 @@ use crate::{
     host::{netstat, procfs},
     kernel::probe::Probe,
     model::state::AuditState,
-    session::{follow, requests::RequestSampler, trace, units, unix_close::UnixCloseWatch},
+    session::{
+        exits::ExitWatch, follow, requests::RequestSampler, trace, units,
+        unix_close::UnixCloseWatch,
+    },
     settings::Common,
 };
 
@@ -24,6 +27,10 @@ pub(super) struct Reader {
     unix: Option<UnixCloseWatch>,
     /// The shared flags, to survey a process followed at a signal (follow.rs).
     common: Common,
+    /// The targets' ends, whatever the ring says (exits.rs).
+    exits: ExitWatch,
+    /// Targets found exited with no exit event, where no loss explains it.
+    missing_exits: u64,
 }
 
 impl Reader {
@@ -37,11 +44,15 @@ impl Reader {
             malformed: 0,
             requests: RequestSampler::new(verbose),
             unix: socket_hooks.then(UnixCloseWatch::default),
+            exits: ExitWatch::default(),
+            missing_exits: 0,
         }
     }
 
+    /// Records that could not be decoded, and exits no event told (counted with the lost
+    /// events).
     pub(super) fn malformed(&self) -> u64 {
-        self.malformed
+        self.malformed + self.missing_exits
     }
 
     /// Reads every record waiting in the ring buffer into the state, then the request
@@ -115,21 +126,30 @@ impl Reader {
         }
     }
 
-    /// When events were lost, an exit may have been among them: a target whose process has
-    /// ended (checked after the ring was drained, so a delivered exit event always wins) is
-    /// recorded as exited with an unknown status.
+    /// A target whose process has ended with no exit event read (exits.rs: at two looks,
+    /// the ring read in between, so a delivered exit event always wins) is recorded as
+    /// exited with an unknown status: an exit among lost events, or one the kernel never
+    /// reported. The latter is counted as a lost event too: the verdict cannot be `clean`
+    /// about an exit it did not see.
     pub(super) fn notice_unseen_exits(&mut self, probe: &mut Probe, state: &mut AuditState) {
-        if probe.unseen() + self.malformed == 0 {
+        let ended = self.exits.ended(&state.running_targets());
+        if ended.is_empty() {
             return;
         }
+        self.read(probe, state, false);
         let now = procfs::monotonic_now().as_nanos() as u64;
-        for tgid in state.running_targets() {
-            if procfs::has_ended(tgid) {
-                let keys = known_conns(state, tgid);
-                let busy = busy_fds(probe, &keys);
-                state.exit_unseen(tgid, now, busy);
-                probe.remove_conns(&keys);
+        for tgid in ended {
+            if state.has_exited(tgid) {
+                continue;
             }
+            if probe.unseen() + self.malformed == 0 {
+                log::warn!("pid {tgid} has exited and no exit event said so");
+                self.missing_exits += 1;
+            }
+            let keys = known_conns(state, tgid);
+            let busy = busy_fds(probe, &keys);
+            state.exit_unseen(tgid, now, busy);
+            probe.remove_conns(&keys);
         }
     }
 

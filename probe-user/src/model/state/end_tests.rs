@@ -62,6 +62,7 @@ fn sigterm(state: &mut AuditState, tgid: u32, t: u64) {
         sender_comm: "kill".into(),
         sender_cmdline: None,
         result: 0,
+        group: true,
         followed: false,
         target_comm: String::new(),
     }));

@@ -16,6 +16,18 @@ use crate::{
 
 impl AuditState {
     pub(super) fn on_signal(&mut self, signal: &Signal) {
+        // A signal to one task is no proof that an unresolved fork child is a process: the
+        // Go runtime preempts each of its threads with a tgkill(SIGURG), and a thread made
+        // just before its process was killed is gone before userspace can look it up. Taken
+        // for a process, such a thread became a target that never exits (no exit event is
+        // a thread's), and an audit of a Go server killed with -9 never ended (issue #22's
+        // CI run at f208da0). Held until the child's own exit proves it a process.
+        if !signal.group {
+            if let Some(child) = self.unresolved_children.get_mut(&signal.target_pid) {
+                child.held.push(signal.clone());
+                return;
+            }
+        }
         let Some(tgid) = self
             .target_of(signal.target_pid)
             .or_else(|| self.follow(signal))
@@ -120,6 +132,7 @@ mod tests {
             sig,
             code: 0,
             result: 0,
+            group: true,
             followed,
             target_comm: "nginx".into(),
         })

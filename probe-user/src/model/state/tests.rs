@@ -153,6 +153,54 @@ fn children_gone_before_lookup_become_targets_only_when_they_prove_to_be_process
     );
 }
 
+/// Recorded with `drainwatch audit -vv` (before the fix) on a process that made a thread,
+/// sent it a tgkill (SIGURG, as the Go runtime preempts its threads) and was killed with -9
+/// at once: the fork was read after the thread was gone, so its tgid was unknown, and the
+/// signal to it made it a target that never exits: the audit never ended (issue #22, the
+/// Go kill -9 test's CI failure). A signal to one task proves no process.
+#[test]
+fn a_thread_gone_before_lookup_and_signalled_alone_does_not_hold_the_audit_open() {
+    let state = replay(
+        include_str!("../../../testdata/thread_gone_before_lookup_signalled.jsonl"),
+        &[(4057, "python3")],
+    );
+    let report = state.report(Mode::Audit, 0, vec![]);
+    let pids: Vec<_> = report.targets.iter().map(|t| t.pid).collect();
+    assert_eq!(pids, [4057], "4387 never proved to be a process");
+    assert!(
+        state.all_exited(),
+        "the killed process's exit ends the audit"
+    );
+    assert_eq!(sigkills(&state).len(), 1);
+    assert_eq!(sigkills(&state)[0].pid, 4057);
+}
+
+/// The signal held for a child not yet known to be a process counts once the child's exit
+/// proves it one: a short-lived child killed with tgkill(SIGKILL) is still a SIGKILL.
+#[test]
+fn a_signal_held_for_an_unresolved_child_counts_once_its_exit_proves_it_a_process() {
+    let mut state = AuditState::new(ATTACH_NS, SELF_TGID);
+    state.add_target(10, "srv".into(), Origin::Named);
+    let lines = [
+        r#"{"event":"fork","ktime_ns":1100000000,"parent_tgid":10,"child_pid":11,"comm":"srv","child_tgid":null}"#,
+        r#"{"event":"signal","ktime_ns":1200000000,"target_pid":11,"sender_tgid":10,"sender_pid":10,"sender_comm":"srv","sender_cmdline":null,"sig":9,"code":-6,"result":0}"#,
+    ];
+    for line in lines {
+        state.apply(&serde_json::from_str(line).expect("event parses"));
+    }
+    assert!(sigkills(&state).is_empty(), "held: 11 may be a thread");
+    state.apply(
+        &serde_json::from_str(
+            r#"{"event":"exit","ktime_ns":1210000000,"tgid":11,"comm":"srv","wait_status":9}"#,
+        )
+        .expect("event parses"),
+    );
+    let kills = sigkills(&state);
+    assert_eq!(kills.len(), 1, "counted once 11 proved to be a process");
+    assert_eq!((kills[0].pid, kills[0].at_ms), (11, 200));
+    assert!(state.has_exited(11));
+}
+
 #[test]
 fn drainwatchs_own_sigkill_is_marked() {
     let mut state = AuditState::new(ATTACH_NS, SELF_TGID);
@@ -167,6 +215,7 @@ fn drainwatchs_own_sigkill_is_marked() {
         sig: libc::SIGKILL,
         code: 0,
         result: 0,
+        group: true,
         followed: false,
         target_comm: String::new(),
     }));
