@@ -11,6 +11,7 @@
 
 pub mod latency;
 pub mod ops;
+pub mod protocols;
 pub mod redact;
 
 /// Length of a task's `comm`, including the trailing NUL (`TASK_COMM_LEN`).
@@ -189,10 +190,11 @@ pub const ROLE_LISTENER: u8 = 4;
 /// Every database protocol drainwatch knows, one line each: its number in the kernel's
 /// events and maps (a `PROTO_*` constant, defined below from this list), its name in
 /// userspace's events and reports (a variant of `drainwatch::events::Protocol`, defined there
-/// from this list), and its module under probe-user/src/model/protocol/ (registered in
-/// `spec::REGISTRY` from this list). Adding a protocol is its module there and one line
-/// here; what it shares with the kernel besides (its redaction rule in redact.rs, its first
-/// bytes in probe-ebpf/src/sockets/recognize.rs) is its behaviour, not its name.
+/// from this list), its module under probe-user/src/model/protocol/ (declared there and
+/// registered in `spec::REGISTRY` from this list) and its kernel rules, `protocols/<module>.rs`
+/// here (declared from this list; its redaction, which redact.rs applies, and its first
+/// bytes, which probe-ebpf/src/sockets/recognize.rs asks). Adding a protocol is those two
+/// files and one line here.
 ///
 /// Called with the name of a macro, which receives the list as
 /// `$(#[doc] CONST = number => Variant, module;)*`. Numbers are the kernel's ABI with

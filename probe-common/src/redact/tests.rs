@@ -4,7 +4,7 @@ extern crate std;
 use std::vec::Vec;
 
 use super::*;
-use crate::{EventHeader, EventKind, DIR_RECV};
+use crate::{EventHeader, EventKind, DIR_RECV, PROTO_MYSQL, PROTO_POSTGRES, PROTO_REDIS};
 
 /// Builds the event the kernel would, from the whole data of one syscall, and redacts it.
 fn through_kernel(proto: u8, dir: u8, data: &[u8]) -> DbIoEvent {

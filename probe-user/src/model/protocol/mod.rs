@@ -45,21 +45,26 @@
 //! Per-protocol rules and limits are documented in the modules `postgres`, `mysql` and
 //! `redis`; `mongodb` is recognised and not read. Each is one module behind one trait
 //! ([`spec::DbProtocol`]), registered in [`registry::REGISTRY`] from probe-common's
-//! `protocols!` list: adding a protocol is one new file (and its `mod` line), one line in
-//! that list and its tests (spec.rs says what else it needs).
+//! `protocols!` list, which also declares its module here: adding a protocol is one new file,
+//! its kernel rules (probe-common/src/protocols/), one line in that list and its tests
+//! (spec.rs says what else it needs).
 
 mod chunk;
 mod frame;
 mod io;
-mod mongodb;
-mod mysql;
 mod mysql_reply;
 mod opaque;
-mod postgres;
-mod redis;
 pub mod registry;
 mod resp;
 pub mod spec;
+
+/// Declares each protocol's module, from `probe_common::protocols!`.
+macro_rules! protocol_modules {
+    ($($(#[$doc:meta])* $konst:ident = $num:literal => $variant:ident, $module:ident;)*) => {
+        $(mod $module;)*
+    };
+}
+probe_common::protocols!(protocol_modules);
 
 #[cfg(test)]
 mod tests;

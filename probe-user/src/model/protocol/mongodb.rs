@@ -3,7 +3,7 @@
 //! A connection to a MongoDB server (port 27017, a `mongod`/`mongos` process, the socket
 //! `mongodb-<port>.sock`) is a database connection: counted, holding the drain while its
 //! sends wait for recvs. Its conversation is not read: the kernel keeps none of its bytes
-//! (probe-common/src/redact.rs has no rule for it) and there is no reader here, so no query,
+//! (probe-common/src/protocols/mongodb.rs keeps nothing) and there is no reader here, so no query,
 //! transaction or goodbye of it is ever seen. What that means for verdicts (spec.rs, "A
 //! protocol without a reader"): its close is `unverified` (`protocol-not-read`), never a
 //! `leaked_db_connection`, and a verdict that depends on it is `incomplete`.

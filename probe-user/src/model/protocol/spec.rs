@@ -8,13 +8,13 @@
 //! # Adding a protocol
 //!
 //! One new file beside `postgres.rs` (a unit struct implementing [`DbProtocol`], its static
-//! `PROTOCOL`, and its reader implementing [`Conversation`], or none) with its `mod` line in
-//! mod.rs, one line in probe-common's `protocols!` list (which gives it its kernel number
-//! `PROTO_*`, its variant of [`crate::events::Protocol`], the report's vocabulary of
-//! docs/design.md, and its place in the registry), and its tests under `tests/` (through the
-//! kernel's redaction: `tests/redacted.rs`). To be read at all it needs its redaction rule in
-//! probe-common/src/redact.rs (what of its bytes may leave the kernel); to be recognised on
-//! a port outside its defaults, its first bytes in probe-ebpf/src/sockets/recognize.rs.
+//! `PROTOCOL`, and its reader implementing [`Conversation`], or none), its kernel rules in
+//! probe-common/src/protocols/ (what of its bytes may leave the kernel, needed for it to be
+//! read at all; its first bytes, for it to be recognised on a port outside its defaults),
+//! one line in probe-common's `protocols!` list (which declares both modules and gives it its
+//! kernel number `PROTO_*`, its variant of [`crate::events::Protocol`], the report's
+//! vocabulary of docs/design.md, and its place in the registry), and its tests under
+//! `tests/` (through the kernel's redaction: `tests/redacted.rs`).
 //! A protocol without a reader ([`DbProtocol::conversation`] `None`, as MongoDB) is
 //! recognised and counted, and its conversation is reported unread (below).
 //!
@@ -54,7 +54,7 @@ pub(crate) trait DbProtocol: Sync {
     }
     /// The first bytes of a connection on a port outside the defaults are this protocol's
     /// opening (the client's first send, or the server's first recv). The kernel's own
-    /// recognition (probe-ebpf/src/sockets/recognize.rs) follows the same rules.
+    /// recognition (its `KernelRules` in probe-common/src/protocols/) follows the same rules.
     fn recognize(&self, _dir: Direction, _head: &[u8]) -> bool {
         false
     }
