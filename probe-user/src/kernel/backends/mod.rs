@@ -13,14 +13,12 @@
 //! what ran.
 //!
 //! Adding a backend (kprobes, designed in docs/hooks.md): one new file here with its
-//! `pub static` descriptor, one line in [`BACKENDS`] at its place in the default order (a
-//! backend that taxes bystanders less goes first), and its word out of [`DESIGNED`]. The
+//! `pub static` descriptor and one line of the `backends!` list below (which declares its
+//! module) at its place in the default order (a backend that taxes bystanders less goes
+//! first), and its word out of [`DESIGNED`]. The
 //! probe (kernel/probe.rs), `doctor` and the choice below need nothing more.
 
 mod descriptor;
-pub mod fentry;
-pub mod socket;
-pub mod syscalls;
 
 pub use descriptor::Backend;
 
@@ -29,10 +27,24 @@ use crate::{kernel::features::Features, Error, Result};
 /// The environment variable that forces a backend.
 pub const ENV: &str = "DRAINWATCH_HOOKS";
 
-/// Every built backend, in the order the default is picked (docs/hooks.md, "Choosing
-/// one"): the first whose every hook the kernel offers. The syscall tracepoints, which tax
-/// every process of the host, last.
-pub static BACKENDS: &[&Backend] = &[&socket::SOCKET, &fentry::FENTRY, &syscalls::SYSCALLS];
+/// Declares each backend's module and lists its descriptor in [`BACKENDS`].
+macro_rules! backends {
+    ($($module:ident::$descriptor:ident),* $(,)?) => {
+        $(pub mod $module;)*
+
+        /// Every built backend, in the order the default is picked (docs/hooks.md,
+        /// "Choosing one"): the first whose every hook the kernel offers. The syscall
+        /// tracepoints, which tax every process of the host, last.
+        pub static BACKENDS: &[&Backend] = &[$(&$module::$descriptor),*];
+    };
+}
+
+// One line each: its file and its descriptor.
+backends! {
+    socket::SOCKET,
+    fentry::FENTRY,
+    syscalls::SYSCALLS,
+}
 
 /// Backends designed in docs/hooks.md but not built: (`DRAINWATCH_HOOKS` word,
 /// `coverage.hooks` word). Asking for one is refused with one line, never replaced.
