@@ -48,6 +48,12 @@ pub struct Truth {
     pub last_input_mono_ns: u64,
     /// CLOCK_MONOTONIC (ns) right before the last write (A or B) was sent; 0 before any.
     pub last_write_mono_ns: u64,
+    /// CLOCK_MONOTONIC (ns) after the last operation's last write was answered (after its
+    /// commit): with `last_write_mono_ns`, the bracket of that write's send.
+    pub last_write_done_mono_ns: u64,
+    /// CLOCK_MONOTONIC (ns) right before a push-style link's close at EOF: with
+    /// `last_input_mono_ns` (right after it), the bracket of the close.
+    pub close_begun_mono_ns: u64,
 }
 
 /// A running `dw-game`, killed when dropped.
@@ -113,6 +119,8 @@ impl GameServer {
             last_completion_mono_ns: n("last_completion_mono_ns"),
             between_writes: n("between_writes"),
             last_input_mono_ns: n("last_input_mono_ns"),
+            last_write_done_mono_ns: n("last_write_done_mono_ns"),
+            close_begun_mono_ns: n("close_begun_mono_ns"),
             last_write_mono_ns: n("last_write_mono_ns"),
         }
     }

@@ -48,7 +48,9 @@
 //!   kernel's bpf_ktime_get_ns. `between_writes`: autocommit operations after write A
 //!   and before write B; `last_input_mono_ns`: after the last line was read from a
 //!   client (`--push-ms`: or after its connection was closed at EOF); `last_write_mono_ns`:
-//!   right before the last write (A or B) was sent.
+//!   right before the last write (A or B) was sent; `last_write_done_mono_ns`: after the
+//!   operation's last write was answered (after its commit); `close_begun_mono_ns`: right
+//!   before a `--push-ms` connection's close at EOF (`last_input_mono_ns` is right after).
 //!
 //! Protocol, one line each way: `op NAME [PAUSE_MS | @GATE_FILE]` -> `done NAME` (or
 //! `error NAME WHY`); `@GATE_FILE` pauses until that file exists;

@@ -117,11 +117,17 @@ pub fn serve(stream: TcpStream, shared: &Arc<Shared>, every: Duration) {
         }));
     }
     drop(reader);
-    link.close(shared);
     // The close is the client's last input (docs/design.md, "drain tail": a hang-up counts):
-    // stamped once the socket is closed, what the server writes after it is the tail.
+    // stamped once the socket is closed, what the server writes after it is the tail. A
+    // thread cannot stamp its close(2) itself, only bracket it: on a loaded machine it can
+    // wait its turn for tens of ms on either side of the call.
+    let begun = mono_ns();
+    link.close(shared);
     let closed = mono_ns();
-    shared.truth.update(|t| t.last_input_mono_ns = closed);
+    shared.truth.update(|t| {
+        t.close_begun_mono_ns = begun;
+        t.last_input_mono_ns = closed;
+    });
     for worker in workers {
         let _ = worker.join();
     }

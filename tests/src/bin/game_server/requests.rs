@@ -37,6 +37,8 @@ pub(super) struct Counters {
     pub(super) between_writes: u64,
     pub(super) last_input_mono_ns: u64,
     pub(super) last_write_mono_ns: u64,
+    pub(super) close_begun_mono_ns: u64,
+    pub(super) last_write_done_mono_ns: u64,
 }
 
 /// The ground truth; the file is rewritten under the lock, so it follows every change in order.
@@ -67,6 +69,8 @@ impl Truth {
             "between_writes": c.between_writes,
             "last_input_mono_ns": c.last_input_mono_ns,
             "last_write_mono_ns": c.last_write_mono_ns,
+            "close_begun_mono_ns": c.close_begun_mono_ns,
+            "last_write_done_mono_ns": c.last_write_done_mono_ns,
         });
         let tmp = PathBuf::from(format!("{}.tmp", path.display()));
         if let Err(e) =
@@ -146,6 +150,9 @@ pub(super) fn handle(line: &str, shared: &Shared) -> String {
                     false => t.transactions_open += 1,
                 });
             });
+            // The other side of the last write: after its answer (after the commit), with
+            // the update below.
+            shared.truth.note(|t| t.last_write_done_mono_ns = mono_ns());
             if opened {
                 shared.truth.update(|t| match autocommit {
                     true => t.between_writes -= 1,
