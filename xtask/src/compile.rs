@@ -28,6 +28,21 @@ pub fn run(release: bool) -> Result<PathBuf> {
 
 /// The build without setup, for subcommands that already ran it.
 pub fn build(release: bool) -> Result<PathBuf> {
+    build_targets(release, false)
+}
+
+/// The debug build of `cargo xtask test` and the matrix: every binary and every test
+/// target in one cargo run. `cargo test` turns on the dev-dependencies' features (proptest's
+/// rustix and bitflags, ...), which changes the builds of aya, probe-common and probe-user
+/// under it: after a `--bins` build alone, the host suite's `cargo test` compiled them all
+/// again, the eBPF probe too (probe-user's build script runs in a new OUT_DIR), ~2 minutes
+/// of CPU of a CI run. Built with `--tests`, `cargo test` and the matrix's `--no-run` find
+/// it all built.
+pub fn build_for_tests() -> Result<PathBuf> {
+    build_targets(false, true)
+}
+
+fn build_targets(release: bool, tests: bool) -> Result<PathBuf> {
     let profile = if release { "release" } else { "debug" };
     println!("build: cargo build ({profile})");
     let mut cmd = exec::cargo();
@@ -36,6 +51,9 @@ pub fn build(release: bool) -> Result<PathBuf> {
         cmd.arg("--release");
     }
     cmd.args(WORKSPACE).arg("--bins");
+    if tests {
+        cmd.arg("--tests");
+    }
     exec::run(&mut cmd).context("building the workspace")?;
     let drainwatch = binary(profile, "drainwatch");
     if !drainwatch.is_file() {

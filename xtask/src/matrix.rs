@@ -711,8 +711,10 @@ pub fn run(kernel_names: &[String], tests: &[String], counts: &mut Counts) -> Re
     for kernel in &kernels {
         guest::prepare(kernel).with_context(|| format!("preparing the {} guest", kernel.name))?;
     }
-    // Built before any guest starts: a guest sees this machine's files read-only.
-    compile::build(false)?;
+    // Built before any guest starts: a guest sees this machine's files read-only. With the
+    // test targets, as `cargo xtask test` built it (a `--bins` build alone is another
+    // feature set, compiled again: compile.rs, `build_for_tests`).
+    compile::build_for_tests()?;
     let executables = test_executables()?;
     let game_ops = game_ops()?;
     let game_go = game_go()?;

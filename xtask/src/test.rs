@@ -92,7 +92,9 @@ pub fn run(test_args: &[OsString]) -> Result<()> {
                 })
             })
         });
-        let built = step(&mut outcomes, "build", || compile::build(false).map(|_| ()));
+        let built = step(&mut outcomes, "build", || {
+            compile::build_for_tests().map(|_| ())
+        });
         if built {
             step(&mut outcomes, "cargo test", || {
                 cargo_test(test_args, &mut tally, None)
