@@ -277,3 +277,92 @@ fn a_json_reader_of_wait_gets_the_report_alone() {
         done.stderr
     );
 }
+
+/// A server that answers a client which already reset the link, and keeps the dead link
+/// open (as a game server keeps a gateway link until its own loop notices): its failed send
+/// is the answer begun, so the request ends there (docs/design.md, "request in flight":
+/// until the server next sends) on every backend. The socket tracepoints once ended nothing
+/// on a failed send, and `wait` held with "1 request in flight" that nobody could answer.
+#[test]
+fn a_failed_answer_to_a_client_that_reset_the_link_ends_its_request() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Command, Stdio};
+    require_root();
+    let dir = TempDir::new("reset-answer");
+    let gate = dir.path("gate");
+    let mut server = Command::new(fixture_bin())
+        .args([
+            "slow-http",
+            "--delay-ms",
+            "0",
+            "--keep-open",
+            "--gate",
+            &gate,
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start dw-fixture slow-http");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut lines = BufReader::new(server.stdout.take().expect("piped stdout")).lines();
+    let server = Kill(server);
+    let ready = lines
+        .next()
+        .expect("a ready line")
+        .expect("read ready line");
+    let port =
+        drainwatch_tests::fixture::ready_field(&ready, "port").expect("port= in the ready line");
+    let pid = server.0.id().to_string();
+    let mut client = std::net::TcpStream::connect(("127.0.0.1", port as u16)).expect("connect");
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: drainwatch\r\n\r\n")
+        .expect("send request");
+    let next = |lines: &mut std::io::Lines<_>| -> String {
+        lines
+            .next()
+            .expect("a fixture line")
+            .expect("read fixture line")
+    };
+    assert_eq!(next(&mut lines), "request");
+    // Attached with the request in flight (wait drains at once on an idle server).
+    let timeout = format!("{}ms", scaled_ms(20_000));
+    let mut wait = Drainwatch::attach(&["wait", "--pid", &pid, "--json", "--timeout", &timeout]);
+    // SO_LINGER 0: the close resets the link (RST), which loopback delivers at once.
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on a socket this test owns, with a struct of the size it names.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&client),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_LINGER");
+    drop(client);
+    assert!(
+        wait.is_running(),
+        "wait holds while the request is unanswered"
+    );
+    std::fs::write(&gate, b"").expect("open the gate");
+    let said = next(&mut lines);
+    assert!(said.starts_with("reply failed"), "the answer fails: {said}");
+    let done = wait.finish();
+    assert_eq!(done.code, 0, "{done:?}");
+    let report = last_json(&done.stdout);
+    assert_eq!(report["verdict"], "clean", "{report:#}");
+    assert!(
+        report["drain"]["drained_at_ms"].as_u64().is_some(),
+        "{report:#}"
+    );
+    drop(server);
+}

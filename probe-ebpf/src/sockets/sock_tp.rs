@@ -359,7 +359,13 @@ pub(super) fn data(sk: u64, ret: i32, flags: i32, send: bool) -> u32 {
     if !maybe_target(tgid) {
         return 0;
     }
-    if ret <= 0 || (!send && flags & MSG_PEEK != 0) {
+    // A failed send (the peer reset the link, a full non-blocking buffer) is still the
+    // server's answer begun: it ends the request, as the syscall hooks end it at sys_enter
+    // whatever the send returns (io.rs; docs/design.md, "request in flight": until the
+    // server next sends). Without it a server that keeps a reset link open held the drain
+    // with a request nobody can answer. A failed receive or an end of stream moves nothing.
+    let failed = ret <= 0;
+    if (failed && !send) || (!send && flags & MSG_PEEK != 0) {
         return 0;
     }
     // A known socket first: the saved registers (six helper calls) are read only for a
@@ -395,7 +401,8 @@ pub(super) fn data(sk: u64, ret: i32, flags: i32, send: bool) -> u32 {
                 client_recv(key.tgid, state, now);
             }
         }
-        ROLE_DB | ROLE_UPSTREAM => {
+        // Database and upstream conversations count only what moved.
+        ROLE_DB | ROLE_UPSTREAM if !failed => {
             if state.role == ROLE_UPSTREAM {
                 // Calls count for the connection's owner, as requests do (calls.rs).
                 if send {

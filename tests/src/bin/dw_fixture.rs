@@ -196,10 +196,17 @@ fn prefork(args: &[String], workers: u64) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// The slow HTTP upstream: reads a request head, waits, answers and closes.
+/// The slow HTTP upstream: reads a request head, waits, answers and closes. With
+/// `--keep-open` it says whether the answer went out (`replied` or `reply failed: ERR`) and
+/// keeps the connection, dead or not, until SIGTERM: a server that holds a link its client
+/// reset.
 fn slow_http(args: &[String]) -> ExitCode {
     let delay = Duration::from_millis(flag_value(args, "--delay-ms").unwrap_or(1000));
     let gate = gate_of(args);
+    let keep_open = args.iter().any(|a| a == "--keep-open");
+    if keep_open {
+        install_term_handler();
+    }
     let (listener, port) = match listen_loopback() {
         Ok(bound) => bound,
         Err(code) => return code,
@@ -219,10 +226,18 @@ fn slow_http(args: &[String]) -> ExitCode {
         let _ = std::io::stdout().flush();
         wait_for_gate(gate.as_deref());
         thread::sleep(delay);
-        let _ = stream.write_all(
+        let sent = stream.write_all(
             b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\
               Connection: close\r\n\r\nslow\n",
         );
+        if keep_open {
+            match sent {
+                Ok(()) => println!("replied"),
+                Err(err) => println!("reply failed: {err}"),
+            }
+            let _ = std::io::stdout().flush();
+            wait_for_term();
+        }
     });
     ExitCode::SUCCESS
 }
