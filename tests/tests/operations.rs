@@ -142,6 +142,8 @@ struct Release<'a> {
     /// Attached under load, or before the gateway starts.
     under_load: bool,
     end: End,
+    /// A deploy renames a new copy of the server over its path before `wait` attaches.
+    replaced_on_disk: bool,
 }
 
 impl Default for Release<'static> {
@@ -153,6 +155,7 @@ impl Default for Release<'static> {
             op: true,
             under_load: true,
             end: End::Kill9,
+            replaced_on_disk: false,
         }
     }
 }
@@ -218,6 +221,22 @@ fn go_wait_with_op_is_never_drained_while_a_purchase_is_between_its_writes() {
     });
 }
 
+/// A deploy replaced the game's executable on disk before the release (the same build, a
+/// new file renamed over the path): `--op` hooks the file the process runs, never the new
+/// one at its path, whose uprobes the running game would never hit (no operation seen, a
+/// drain called mid-purchase).
+#[test]
+fn wait_with_op_on_a_server_replaced_on_disk_hooks_the_running_file() {
+    let dir = TempDir::new("ops-replaced");
+    let server = std::path::PathBuf::from(dir.path("game_ops"));
+    std::fs::copy(game_ops_bin(), &server).expect("copy the game");
+    wait_is_never_drained_mid_purchase(Release {
+        server: &server,
+        replaced_on_disk: true,
+        ..Release::default()
+    });
+}
+
 /// The story's release (stop the gateway, `wait`, then kill -9 or `stop` at the verdict).
 fn wait_is_never_drained_mid_purchase(release: Release) {
     let Release {
@@ -226,6 +245,7 @@ fn wait_is_never_drained_mid_purchase(release: Release) {
         op,
         under_load,
         end,
+        replaced_on_disk,
     } = release;
     require_root();
     let db = PgServer::start();
@@ -251,6 +271,12 @@ fn wait_is_never_drained_mid_purchase(release: Release) {
     };
     let (mut game, gateway, mut wait) = if under_load {
         let (game, gateway) = game_under_load_on(server, &db, gap, &[]);
+        if replaced_on_disk {
+            // As a deploy does: the new file written beside, then renamed over the path.
+            let new = server.with_extension("new");
+            std::fs::copy(server, &new).expect("copy the new build");
+            std::fs::rename(&new, server).expect("rename it over the running one");
+        }
         let wait = attach(&game.pid.to_string());
         (game, gateway, wait)
     } else {

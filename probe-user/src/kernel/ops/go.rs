@@ -155,14 +155,14 @@ impl Runtime for Go {
     }
 
     /// A Go program's executable has a `.gopclntab` or `.go.buildinfo` section.
-    fn claims(&mut self, maps: &Maps, tgid: u32) -> bool {
+    fn claims(&mut self, maps: &Maps, _tgid: u32) -> bool {
         let Some(exe) = maps.exe() else {
             return false;
         };
-        let file = PathBuf::from(format!("/proc/{tgid}/root{exe}"));
-        let Ok(real) = std::fs::canonicalize(&file) else {
-            return false;
-        };
+        let file = maps.file(exe);
+        // A file replaced on disk is read through /proc/PID/map_files (symbols.rs), whose
+        // link canonicalizes to nothing: it is its own key.
+        let real = std::fs::canonicalize(&file).unwrap_or_else(|_| file.clone());
         if let Some(is_go) = self.is_go.get(&real) {
             return *is_go;
         }
@@ -191,7 +191,7 @@ impl Runtime for Go {
         let Some(exe) = maps.exe().map(str::to_string) else {
             return Ok(Vec::new());
         };
-        let file = PathBuf::from(format!("/proc/{tgid}/root{exe}"));
+        let file = maps.file(&exe);
         let binary = self.go_binary_of(&file).map_err(|why| {
             Refusal::Failed(format!("--op on the Go program {exe} (pid {tgid}): {why}"))
         })?;

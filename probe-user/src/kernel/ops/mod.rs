@@ -201,7 +201,7 @@ impl OpHooks {
                 if already || !self.found.seen.insert((tgid, format!("{index}\0{path}"))) {
                     continue;
                 }
-                let file = PathBuf::from(format!("/proc/{tgid}/root{path}"));
+                let file = maps.file(&path);
                 let Some(symbols) = self.symbols_of(&file) else {
                     continue;
                 };

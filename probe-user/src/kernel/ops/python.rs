@@ -142,13 +142,13 @@ impl Runtime for CPython {
         let exe = maps.exe().unwrap_or_default().to_string();
         let refuse =
             |why: String| Refusal::Failed(format!("--op on CPython {exe} (pid {tgid}): {why}"));
-        let (path, markers) = self.py_markers_of(tgid, maps).map_err(refuse)?;
+        let (path, markers) = self.py_markers_of(maps).map_err(refuse)?;
         // A SPEC that is no Python name is the user's to fix, whatever the target.
         self.write_py_names(&found.specs, ebpf).map_err(Refusal::Failed)?;
         self.uprobes
             .load(ebpf)
             .map_err(|e| refuse(format!("loading its programs: {e}")))?;
-        let file = PathBuf::from(format!("/proc/{tgid}/root{path}"));
+        let file = maps.file(&path);
         for (program, marker) in [
             (Some(PY_ENTRY), markers.entry),
             (Some(PY_RETURN), markers.ret),
@@ -202,9 +202,9 @@ impl Runtime for CPython {
 }
 
 impl CPython {
-    /// The interpreter file of `tgid` that holds the markers (the executable, or its
+    /// The interpreter file of the process that holds the markers (the executable, or its
     /// libpython), as it maps it, and its markers.
-    fn py_markers_of(&mut self, tgid: u32, maps: &Maps) -> Result<(String, PyMarkers), String> {
+    fn py_markers_of(&mut self, maps: &Maps) -> Result<(String, PyMarkers), String> {
         let mut candidates: Vec<String> = maps.exe().map(str::to_string).into_iter().collect();
         candidates.extend(
             maps.mapped_files()
@@ -217,7 +217,7 @@ impl CPython {
         );
         let mut why = String::from("no interpreter file mapped");
         for path in candidates {
-            let file = PathBuf::from(format!("/proc/{tgid}/root{path}"));
+            let file = maps.file(&path);
             let real = std::fs::canonicalize(&file).unwrap_or(file.clone());
             let read = match self.markers.get(&real) {
                 Some(read) => read.clone(),
