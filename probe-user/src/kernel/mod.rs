@@ -5,17 +5,19 @@
 //! tracepoint field offsets ([`tracefs`]), struct member offsets ([`btf`]), so that the
 //! probe does not depend on one kernel's layout, and which BPF features it offers, found by
 //! trying them ([`features`]). [`tls`] hooks the targets' TLS libraries, on [`uprobe`]
-//! (programs at an ELF symbol, by process), as does [`ops`] (the `--op` functions).
+//! (programs at an ELF symbol, by process), as does [`ops`] (the `--op` functions); both
+//! open the files a process maps as [`mapped`] says (the very file it runs).
 //!
 //! Imports run one way: probe → backends → attach, features → btf, tracefs; tls → uprobe →
-//! links. Owns every bpf(2) call and every read of tracefs and kernel BTF. May use:
-//! probe-common's wire types and the crate's errors; nothing else in the crate.
+//! links; tls, ops → mapped. Owns every bpf(2) call and every read of tracefs and kernel
+//! BTF. May use: probe-common's wire types and the crate's errors; nothing else in the crate.
 
 pub mod attach;
 pub mod backends;
 pub mod btf;
 pub mod features;
 pub mod links;
+pub mod mapped;
 pub mod probe;
 pub mod tracefs;
 pub mod uprobe;

@@ -11,12 +11,17 @@
 //!
 //! A TLS conversation whose library was not hooked stays `unverified` in the report.
 
-use std::{collections::HashSet, num::NonZeroU32, path::Path};
+use std::{
+    collections::HashSet,
+    num::NonZeroU32,
+    path::{Path, PathBuf},
+};
 
 use aya::Ebpf;
 
 use crate::kernel::{
     links::Links,
+    mapped::{self, Mapping},
     uprobe::{self, UprobeUnit, Uprobes},
 };
 
@@ -93,13 +98,13 @@ impl TlsHooks {
             return Vec::new();
         };
         let mut new = Vec::new();
-        for path in candidates(tgid) {
+        for (path, file) in candidates(tgid) {
             if !self.seen.insert((tgid, path.clone())) {
                 continue;
             }
             let outcome = match unreadable_kind(&path) {
                 Some(kind) => Err(format!("{kind} is not hooked")),
-                None => match self.hook(ebpf, pid, &path).and_then(|hooked| {
+                None => match self.hook(ebpf, pid, &file).and_then(|hooked| {
                     if hooked {
                         switch_on(ebpf)?;
                     }
@@ -125,12 +130,12 @@ impl TlsHooks {
         new
     }
 
-    /// Attaches the entry and return probes to one mapped file of one process. `Ok(false)`:
-    /// the file does not define `SSL_write` and `SSL_read`.
-    fn hook(&mut self, ebpf: &mut Ebpf, pid: NonZeroU32, path: &str) -> Result<bool, String> {
-        let target = uprobe::in_process(pid, path);
+    /// Attaches the entry and return probes to one mapped file of one process, opened at
+    /// `target` (kernel/mapped.rs). `Ok(false)`: the file does not define `SSL_write` and
+    /// `SSL_read`.
+    fn hook(&mut self, ebpf: &mut Ebpf, pid: NonZeroU32, target: &Path) -> Result<bool, String> {
         let names: Vec<&str> = ENTRIES.iter().map(|e| e.1).collect();
-        let offsets = match uprobe::symbol_offsets(&target, &names) {
+        let offsets = match uprobe::symbol_offsets(target, &names) {
             Ok(offsets) => offsets,
             // Not an ELF we can read: no OpenSSL there to hook.
             Err(_) => return Ok(false),
@@ -148,7 +153,7 @@ impl TlsHooks {
             };
             for name in [*program, RETURN] {
                 self.uprobes
-                    .attach(ebpf, name, &target, offset, pid)
+                    .attach(ebpf, name, target, offset, pid)
                     .map_err(|e| format!("{function} ({name}): {e}"))?;
             }
         }
@@ -171,35 +176,31 @@ fn switch_on(ebpf: &mut Ebpf) -> Result<(), String> {
 /// name (libssl.so.3; libssl3.so is NSS's and fails the symbol test), and the program
 /// itself (node links OpenSSL statically and exports it). Known TLS libraries drainwatch
 /// does not read are listed too, to be named in the report.
-fn candidates(tgid: u32) -> Vec<String> {
+fn candidates(tgid: u32) -> Vec<(String, PathBuf)> {
     let Ok(maps) = std::fs::read_to_string(format!("/proc/{tgid}/maps")) else {
         return Vec::new();
     };
-    let exe = std::fs::read_link(format!("/proc/{tgid}/exe"))
-        .ok()
-        .map(|p| p.to_string_lossy().into_owned());
-    let mut out: Vec<String> = Vec::new();
-    for line in maps.lines() {
-        // address perms offset dev inode path
-        let mut fields = line.split_whitespace();
-        let perms = fields.nth(1).unwrap_or("");
-        let Some(path) = fields.nth(3) else {
-            continue;
-        };
-        if !perms.contains('x') || !path.starts_with('/') {
+    let exe = mapped::exe_of(tgid);
+    let mut out: Vec<(String, PathBuf)> = Vec::new();
+    for mapping in maps.lines().filter_map(Mapping::parse) {
+        let path = mapping.path;
+        if !mapping.executable || out.iter().any(|(p, _)| p == path) {
             continue;
         }
         let name = path.rsplit('/').next().unwrap_or(path);
         let wanted =
             name.contains("ssl") || unreadable_kind(path).is_some() || exe.as_deref() == Some(path);
-        if wanted && !out.iter().any(|p| p == path) {
-            out.push(path.to_string());
+        if wanted {
+            // A library upgraded on disk while the process runs is hooked in the file it maps.
+            let file = mapping
+                .replaced(tgid)
+                .unwrap_or_else(|| mapped::in_process(tgid, path));
+            out.push((path.to_string(), file));
         }
     }
     out
 }
 
-/// TLS libraries whose conversations drainwatch cannot read (no hooks for them).
 fn unreadable_kind(path: &str) -> Option<&'static str> {
     let name = path.rsplit('/').next().unwrap_or(path);
     if name.starts_with("libgnutls") {

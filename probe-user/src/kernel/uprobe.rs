@@ -12,7 +12,7 @@
 //!
 //! Typical use, per process `pid` and file `path` it maps:
 //! ```text
-//! let file = uprobe::in_process(pid, path);
+//! let file = mapped::in_process(tgid, path); // or the mapping's `replaced(tgid)`
 //! let [Some(offset)] = uprobe::symbol_offsets(&file, &["SSL_write"])?[..] else { .. };
 //! unit.attach(ebpf, "ssl_write", &file, offset, pid)?; // the entry
 //! unit.attach(ebpf, "ssl_return", &file, offset, pid)?; // its return (a uretprobe)
@@ -20,10 +20,7 @@
 //! or, for one symbol, [`Uprobes::attach_symbol`]. Errors are one line each (`String`):
 //! they end up in the report next to what was not hooked, never as a failed run.
 
-use std::{
-    num::NonZeroU32,
-    path::{Path, PathBuf},
-};
+use std::{num::NonZeroU32, path::Path};
 
 use aya::{
     programs::{uprobe::UProbeScope, UProbe},
@@ -155,13 +152,6 @@ impl Drop for Timed {
             self.1.elapsed()
         );
     }
-}
-
-/// `path` as process `pid` maps it (from its /proc/PID/maps), opened through the process's
-/// own root: a target in another mount namespace (a container) is hooked in the file it
-/// really maps.
-pub fn in_process(pid: NonZeroU32, path: &str) -> PathBuf {
-    PathBuf::from(format!("/proc/{pid}/root{path}"))
 }
 
 /// The file offsets of the functions `names` that the ELF file at `path` defines (in its

@@ -7,6 +7,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use crate::kernel::mapped::{self, Mapping};
+
 /// One `--op` argument.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OpSpec {
@@ -224,11 +226,7 @@ pub struct Maps {
 impl Maps {
     pub fn read(tgid: u32) -> Option<Self> {
         let text = std::fs::read_to_string(format!("/proc/{tgid}/maps")).ok()?;
-        // The kernel's d_path of a file deleted or renamed over says " (deleted)" after it.
-        let exe = std::fs::read_link(format!("/proc/{tgid}/exe")).ok().map(|p| {
-            let p = p.to_string_lossy();
-            p.strip_suffix(DELETED).unwrap_or(&p).to_string()
-        });
+        let exe = mapped::exe_of(tgid);
         let mut regions = Vec::new();
         let mut files = Vec::new();
         let mut replaced = Vec::new();
@@ -239,13 +237,8 @@ impl Maps {
             let path = mapping.path;
             if !files.iter().any(|f| f == path) {
                 files.push(path.to_string());
-                if !mapping.is_at_its_path(tgid) {
-                    // /proc/PID/map_files/START-END opens the mapped file itself, deleted or
-                    // not (root only; proc(5)); a uprobe attached through it lands on that
-                    // file's inode, the one the process runs.
-                    let own = format!("/proc/{tgid}/map_files/{}", mapping.range);
-                    log::debug!("{path} (pid {tgid}) was replaced on disk: read as {own}");
-                    replaced.push((path.to_string(), PathBuf::from(own)));
+                if let Some(own) = mapping.replaced(tgid) {
+                    replaced.push((path.to_string(), own));
                 }
             }
             if let (true, Some((start, end))) = (mapping.executable, mapping.bounds()) {
@@ -272,7 +265,7 @@ impl Maps {
             .iter()
             .find(|(p, _)| p == path)
             .map(|(_, own)| own.clone())
-            .unwrap_or_else(|| PathBuf::from(format!("/proc/{}/root{path}", self.tgid)))
+            .unwrap_or_else(|| mapped::in_process(self.tgid, path))
     }
 
     /// The executable, as the process maps it.
@@ -325,74 +318,6 @@ impl Maps {
     }
 }
 
-const DELETED: &str = " (deleted)";
-
-/// One line of /proc/PID/maps that maps a file (proc(5): `address perms offset dev inode
-/// path`).
-struct Mapping<'a> {
-    range: &'a str,
-    executable: bool,
-    offset: u64,
-    dev: &'a str,
-    inode: u64,
-    path: &'a str,
-}
-
-impl<'a> Mapping<'a> {
-    fn parse(line: &'a str) -> Option<Self> {
-        let mut fields = line.splitn(6, ' ');
-        let (range, perms, offset, dev, inode) = (
-            fields.next()?,
-            fields.next()?,
-            fields.next()?,
-            fields.next()?,
-            fields.next()?,
-        );
-        // The path is the rest of the line after the padding: it may hold spaces.
-        let path = fields.next()?.trim_start();
-        let path = path.strip_suffix(DELETED).unwrap_or(path);
-        if !path.starts_with('/') {
-            return None;
-        }
-        Some(Self {
-            range,
-            executable: perms.contains('x'),
-            offset: u64::from_str_radix(offset, 16).ok()?,
-            dev,
-            inode: inode.parse().ok()?,
-            path,
-        })
-    }
-
-    fn bounds(&self) -> Option<(u64, u64)> {
-        let (start, end) = self.range.split_once('-')?;
-        let hex = |s: &str| u64::from_str_radix(s, 16).ok();
-        Some((hex(start)?, hex(end)?))
-    }
-
-    /// Whether the file at its path (in the process's root) is still the mapped one: same
-    /// device and inode. A file gone from its path, or another file there, is not.
-    fn is_at_its_path(&self, tgid: u32) -> bool {
-        use std::os::unix::fs::MetadataExt;
-        let Ok(meta) = std::fs::metadata(format!("/proc/{tgid}/root{}", self.path)) else {
-            return false;
-        };
-        let Some((major, minor)) = self.dev.split_once(':') else {
-            return true;
-        };
-        let hex = |s: &str| u32::from_str_radix(s, 16).ok();
-        let same_dev = match (hex(major), hex(minor)) {
-            (Some(major), Some(minor)) => {
-                libc::major(meta.dev()) == major && libc::minor(meta.dev()) == minor
-            }
-            _ => true,
-        };
-        // An overlay (a container's root) may show another device or inode here than the
-        // mapping's; reading through map_files is right for those too, only named longer.
-        same_dev && meta.ino() == self.inode
-    }
-}
-
 /// `LIB` names a mapped file: its full path, its file name, or the file name's start up to a
 /// dot (`libgame.so` for `libgame.so.1`, `libgame` for `libgame.so`).
 pub(super) fn library_matches(path: &str, lib: &str) -> bool {
@@ -407,32 +332,6 @@ pub(super) fn library_matches(path: &str, lib: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_maps_line_keeps_a_path_with_spaces_and_drops_deleted() {
-        let line = "7f00-7f80 r-xp 00001000 fd:01 123456                     /srv/my game/bin (deleted)";
-        let m = Mapping::parse(line).expect("a file mapping");
-        assert_eq!(m.path, "/srv/my game/bin");
-        assert_eq!((m.range, m.offset, m.dev, m.inode), ("7f00-7f80", 0x1000, "fd:01", 123456));
-        assert!(m.executable);
-        assert_eq!(m.bounds(), Some((0x7f00, 0x7f80)));
-        // Anonymous and special mappings are no files.
-        assert!(Mapping::parse("7ffd0000-7ffe0000 rw-p 00000000 00:00 0                  [stack]").is_none());
-        assert!(Mapping::parse("7ffd0000-7ffe0000 rw-p 00000000 00:00 0 ").is_none());
-    }
-
-    #[test]
-    fn a_file_still_at_its_path_is_read_there_a_replaced_one_through_map_files() {
-        let me = std::process::id();
-        let maps = Maps::read(me).expect("our own maps");
-        let exe = maps.exe().expect("our executable").to_string();
-        assert_eq!(maps.file(&exe), PathBuf::from(format!("/proc/{me}/root{exe}")));
-        let line = format!("1000-2000 r-xp 00000000 00:00 1 {exe}");
-        let wrong_inode = Mapping::parse(&line).unwrap();
-        assert!(!wrong_inode.is_at_its_path(me));
-        let gone = Mapping::parse("1000-2000 r-xp 00000000 fd:01 7 /nonexistent/drainwatch").unwrap();
-        assert!(!gone.is_at_its_path(me));
-    }
 
     fn sym(raw: &str, offset: u64) -> Symbol {
         let (demangled, plain) = demangle(raw);
