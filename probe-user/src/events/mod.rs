@@ -126,6 +126,22 @@ pub struct Resolved {
 }
 
 impl Event {
+    /// The `event` names of the core arms above, in JSON (a new arm adds its own): a probe
+    /// unit's event may take none of them (session/units.rs checks it), or a replay would
+    /// read it back as the core's.
+    pub const CORE_NAMES: &'static [&'static str] = &[
+        "signal",
+        "fork",
+        "exec",
+        "exit",
+        "conn_open",
+        "conn_close",
+        "db_io",
+        "requests",
+        "resolved",
+        "push_style",
+    ];
+
     pub fn ktime_ns(&self) -> u64 {
         match self {
             Event::Signal(e) => e.ktime_ns,

@@ -3,7 +3,7 @@
 //! the state on each drain and at each exit (model/ops/).
 
 use crate::{
-    events::{DecodeError, Event, UnitEvent},
+    events::{DecodeError, Event, UnitEvent, UnitEventKind},
     host::procfs,
     kernel::{
         ops::{self, OpHooks, OpsRead},
@@ -99,6 +99,14 @@ impl Unit for Operations {
     }
 
     /// A thread that exited inside an operation (`probe_common::ops::OpCutEvent`).
+    fn kinds(&self) -> &'static [u32] {
+        &[probe_common::ops::OP_CUT_KIND]
+    }
+
+    fn event_names(&self) -> &'static [&'static str] {
+        &[OpCut::NAME, OpsSample::NAME]
+    }
+
     fn decode(&self, kind: u32, record: &[u8]) -> Option<Result<Event, DecodeError>> {
         if kind != probe_common::ops::OP_CUT_KIND {
             return None;

@@ -32,6 +32,19 @@ pub(super) trait Unit: Sync {
         Ok(())
     }
 
+    /// Its own ring-buffer record kinds (`probe_common::EventKind`: 9 and up), which
+    /// [`Unit::decode`] reads. Unique over every unit (units.rs checks it).
+    fn kinds(&self) -> &'static [u32] {
+        &[]
+    }
+
+    /// The names of its own events (`UnitEventKind::NAME`), as `-vv` prints them and a
+    /// replay reads them back: unique over every unit and every core event (units.rs checks
+    /// it; a name taken twice would be read back as the other's).
+    fn event_names(&self) -> &'static [&'static str] {
+        &[]
+    }
+
     /// A ring-buffer record of a kind the core does not know (`probe_common::EventKind`):
     /// `None` when it is not one of the unit's own.
     fn decode(&self, _kind: u32, _record: &[u8]) -> Option<Result<Event, DecodeError>> {

@@ -125,3 +125,71 @@ impl Rescan {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::UNITS;
+    use crate::events::Event;
+
+    /// A unit's record kinds and event names are its own: a kind the core or another unit
+    /// reads would be decoded as theirs, a name taken twice read back (a replay, `-vv`
+    /// piped into a test) as the other's event.
+    #[test]
+    fn every_unit_kind_and_event_name_is_its_own() {
+        let mut kinds = HashSet::new();
+        let mut names = HashSet::new();
+        for unit in UNITS {
+            for &kind in unit.kinds() {
+                assert!(
+                    probe_common::EventKind::from_u32(kind).is_none() && kind >= 9,
+                    "kind {kind} is the core's (probe_common::EventKind: units take 9 and up)"
+                );
+                assert!(kinds.insert(kind), "kind {kind} is taken by two units");
+            }
+            for &name in unit.event_names() {
+                assert!(names.insert(name), "event {name:?} is named by two units");
+                assert!(
+                    !Event::CORE_NAMES.contains(&name),
+                    "event {name:?} is a core event's name"
+                );
+            }
+        }
+        // The check sees the units that have events (the operation probes' op_cut).
+        assert!(names.contains("op_cut"), "{names:?}");
+    }
+
+    /// [`Event::CORE_NAMES`] holds every core event a recorded run has (`-vv` sequences in
+    /// testdata/, each replayed by the model's tests): a core arm added without its name
+    /// there fails here once a recording has it.
+    #[test]
+    fn the_core_names_are_those_recorded_runs_use() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata");
+        let mut seen = HashSet::new();
+        for entry in std::fs::read_dir(dir).expect("testdata") {
+            let path = entry.expect("an entry").path();
+            if path.extension().is_none_or(|e| e != "jsonl") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).expect("a recording");
+            for line in text.lines().filter(|l| l.starts_with('{')) {
+                let Ok(event) = serde_json::from_str::<Event>(line) else {
+                    continue;
+                };
+                if matches!(event, Event::Unit(_)) {
+                    continue;
+                }
+                let json = serde_json::to_value(&event).expect("serializes");
+                let name = json["event"].as_str().expect("tagged").to_string();
+                assert!(
+                    Event::CORE_NAMES.contains(&name.as_str()),
+                    "{name:?} ({}) is missing from Event::CORE_NAMES",
+                    path.display()
+                );
+                seen.insert(name);
+            }
+        }
+        assert!(seen.len() >= 6, "the recordings hold core events: {seen:?}");
+    }
+}
