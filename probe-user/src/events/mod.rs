@@ -129,6 +129,7 @@ impl Event {
     /// The `event` names of the core arms above, in JSON (a new arm adds its own): a probe
     /// unit's event may take none of them (session/units.rs checks it), or a replay would
     /// read it back as the core's.
+    #[cfg(test)]
     pub const CORE_NAMES: &'static [&'static str] = &[
         "signal",
         "fork",

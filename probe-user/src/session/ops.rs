@@ -3,7 +3,7 @@
 //! the state on each drain and at each exit (model/ops/).
 
 use crate::{
-    events::{DecodeError, Event, UnitEvent, UnitEventKind},
+    events::{DecodeError, Event, UnitEvent},
     host::procfs,
     kernel::{
         ops::{self, OpHooks, OpsRead},
@@ -103,7 +103,9 @@ impl Unit for Operations {
         &[probe_common::ops::OP_CUT_KIND]
     }
 
+    #[cfg(test)]
     fn event_names(&self) -> &'static [&'static str] {
+        use crate::events::UnitEventKind;
         &[OpCut::NAME, OpsSample::NAME]
     }
 

@@ -40,7 +40,8 @@ pub(super) trait Unit: Sync {
 
     /// The names of its own events (`UnitEventKind::NAME`), as `-vv` prints them and a
     /// replay reads them back: unique over every unit and every core event (units.rs checks
-    /// it; a name taken twice would be read back as the other's).
+    /// it; a name taken twice would be read back as the other's). Only that check reads it.
+    #[cfg(test)]
     fn event_names(&self) -> &'static [&'static str] {
         &[]
     }

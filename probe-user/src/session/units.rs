@@ -59,11 +59,12 @@ pub(super) fn attached(probe: &Probe) -> Result<()> {
 }
 
 /// A ring-buffer record the core did not know (`events::decode`'s `UnknownKind`): the unit
-/// whose kind it is decodes it.
+/// whose kind it is ([`Unit::kinds`]) decodes it.
 pub(super) fn decode(kind: u32, record: &[u8]) -> Result<Event, DecodeError> {
     UNITS
         .iter()
-        .find_map(|unit| unit.decode(kind, record))
+        .find(|unit| unit.kinds().contains(&kind))
+        .and_then(|unit| unit.decode(kind, record))
         .unwrap_or(Err(DecodeError::UnknownKind(kind)))
 }
 
