@@ -544,6 +544,13 @@ pub struct ProbeConfig {
     /// (kernel/exit.c, do_exit()).
     pub task_signal_off: u32,
     pub signal_live_off: u32,
+    /// Byte offsets of `task_struct.pid`, `task_struct.comm` and `kernel_siginfo.si_code`,
+    /// from kernel BTF; [`NO_OFFSET`] if unknown. The raw-tracepoint lifecycle programs read
+    /// their tracepoints' `TP_PROTO` arguments (a task, a siginfo) at them; without them the
+    /// classic tracepoints' records are read instead (docs/hooks.md, "Lifecycle hooks").
+    pub task_pid_off: u32,
+    pub task_comm_off: u32,
+    pub siginfo_code_off: u32,
     /// Ring-buffer size: above half full, events wake userspace instead of waiting for its
     /// next timed drain.
     pub ring_bytes: u32,
@@ -628,6 +635,9 @@ impl ProbeConfig {
             task_exit_code_off: 0,
             task_signal_off: NO_OFFSET,
             signal_live_off: NO_OFFSET,
+            task_pid_off: NO_OFFSET,
+            task_comm_off: NO_OFFSET,
+            siginfo_code_off: NO_OFFSET,
             ring_bytes: 0,
             sock: SockOffsets::unknown(),
         }
@@ -764,7 +774,7 @@ const _: () = assert!(core::mem::size_of::<SignalEvent>() == 16 + 32 + 2 * COMM_
 const _: () = assert!(core::mem::size_of::<ForkEvent>() == 16 + 16 + COMM_LEN);
 const _: () = assert!(core::mem::size_of::<ExecEvent>() == 16 + 8 + COMM_LEN);
 const _: () = assert!(core::mem::size_of::<ExitEvent>() == 16 + 16 + COMM_LEN);
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 68 + 56);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 80 + 56);
 const _: () = assert!(core::mem::size_of::<TargetInfo>() == 8 + 48 + 72);
 const _: () = assert!(core::mem::size_of::<ConnKey>() == 8);
 const _: () = assert!(core::mem::size_of::<ConnState>() == 24);

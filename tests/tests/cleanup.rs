@@ -30,13 +30,16 @@ fn drainwatch_programs() -> usize {
         .unwrap()
         .iter()
         .filter(|p| {
-            // bpftool shows the full name from the program's BTF. The last ones of each
-            // backend's (docs/hooks.md): raw_syscalls', the socket tracepoints' or the
-            // fexit programs'.
+            // bpftool shows the full name from the program's BTF. The lifecycle programs
+            // (raw tracepoints, or the classic ones where BTF lacks their offsets) and the
+            // last ones of each backend's (docs/hooks.md): raw_syscalls', the socket
+            // tracepoints' or the fexit programs'.
             let name = p["name"].as_str().unwrap_or("");
             [
                 "signal_generate",
                 "sched_process_exec",
+                "raw_signal_generate",
+                "raw_sched_process_exec",
                 "raw_sys_exit",
                 "db_io",
                 "sock_send_length",

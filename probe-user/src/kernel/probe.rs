@@ -92,11 +92,14 @@ pub fn probe_config(tracefs_root: &Path, follow_forks: bool) -> Result<ProbeConf
     let fork = Format::find(tracefs_root, "sched", "sched_process_fork")?;
     let exec = Format::find(tracefs_root, "sched", "sched_process_exec")?;
     let exit = Format::find(tracefs_root, "sched", "sched_process_exit")?;
-    let [exit_code, task_signal, signal_live, family, num, dport, daddr, v6_daddr, sk_socket, socket_file, file_inode, inode_ino, task_flags, sk_type, unix_addr, unix_peer, socket_sk] =
+    let [exit_code, task_signal, signal_live, task_pid, task_comm, siginfo_code, family, num, dport, daddr, v6_daddr, sk_socket, socket_file, file_inode, inode_ino, task_flags, sk_type, unix_addr, unix_peer, socket_sk] =
         btf::kernel_member_offsets([
             ("task_struct", "exit_code"),
             ("task_struct", "signal"),
             ("signal_struct", "live"),
+            ("task_struct", "pid"),
+            ("task_struct", "comm"),
+            ("kernel_siginfo", "si_code"),
             ("sock_common", "skc_family"),
             ("sock_common", "skc_num"),
             ("sock_common", "skc_dport"),
@@ -170,6 +173,9 @@ pub fn probe_config(tracefs_root: &Path, follow_forks: bool) -> Result<ProbeConf
         task_exit_code_off,
         task_signal_off,
         signal_live_off,
+        task_pid_off: or_none(task_pid),
+        task_comm_off: or_none(task_comm),
+        siginfo_code_off: or_none(siginfo_code),
         sock,
     })
 }
@@ -260,16 +266,7 @@ impl Probe {
             fill_db_maps(&mut ebpf, options)?;
             reserve_latency_overflow(&mut ebpf)?;
         }
-        // Each lifecycle program is named after its tracepoint.
-        for (category, name) in LIFECYCLE_TRACEPOINTS {
-            if let Err(err) = attach::tracepoint(&mut ebpf, name, category, &[name], &mut links) {
-                if matches!(err, Error::NotPermitted) {
-                    return Err(err);
-                }
-                log::warn!("probe {category}:{name} failed: {err}");
-                failures.push(format!("{category}:{name}: {err}"));
-            }
-        }
+        attach_lifecycle(&mut ebpf, &config, &mut links, &mut failures)?;
         if options.sockets {
             options.hooks.attach(&mut ebpf, &mut links, &mut failures)?;
         }
@@ -361,6 +358,47 @@ impl Probe {
             logger.flush();
         }
     }
+}
+
+/// Attaches the four lifecycle programs (probe-ebpf's lifecycle.rs; docs/hooks.md,
+/// "Lifecycle hooks"). As raw tracepoints (`raw_NAME`) where kernel BTF gave the offsets
+/// their arguments are read at: BPF_RAW_TRACEPOINT_OPEN makes no perf event, and a perf
+/// event's open waits on the kernel's `event_mutex`, which the teardown of a drainwatch that
+/// has just exited (host/detach.rs) holds across an RCU grace period per tracepoint and
+/// uprobe: 100-700 ms of a back-to-back attach (docs/bench.md, "Where attach goes").
+/// Otherwise, or if the raw attach fails, as classic tracepoints (the program named after
+/// its tracepoint, reading the record). A tracepoint attached neither way is a failure: the
+/// verdict becomes `incomplete`.
+fn attach_lifecycle(
+    ebpf: &mut Ebpf,
+    config: &ProbeConfig,
+    links: &mut Links,
+    failures: &mut Vec<String>,
+) -> Result<()> {
+    let raw = ![
+        config.task_pid_off,
+        config.task_comm_off,
+        config.siginfo_code_off,
+    ]
+    .contains(&NO_OFFSET);
+    for (category, name) in LIFECYCLE_TRACEPOINTS {
+        if raw {
+            let program = format!("raw_{name}");
+            match attach::raw_tracepoint(ebpf, &program, name, links) {
+                Ok(()) => continue,
+                Err(Error::NotPermitted) => return Err(Error::NotPermitted),
+                Err(err) => log::debug!("raw tracepoint {name}: {err}; the tracepoint instead"),
+            }
+        }
+        if let Err(err) = attach::tracepoint(ebpf, name, category, &[name], links) {
+            if matches!(err, Error::NotPermitted) {
+                return Err(err);
+            }
+            log::warn!("probe {category}:{name} failed: {err}");
+            failures.push(format!("{category}:{name}: {err}"));
+        }
+    }
+    Ok(())
 }
 
 /// The CPUs a per-CPU map holds a copy for (`/sys/devices/system/cpu/possible`).
