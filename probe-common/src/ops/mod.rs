@@ -73,9 +73,19 @@ pub struct OpCall {
     pub since_ns: u64,
     pub function: u32,
     /// Hooked calls open on the thread (recursion, or one `--op` function calling another):
-    /// only the outermost is the operation.
+    /// only the outermost is the operation. [`BEFORE_ATTACH`] marks an operation begun
+    /// before its function was hooked.
     pub depth: u32,
 }
+
+/// `OpCall::depth` of an entry userspace writes for a thread it found inside a hooked
+/// function since before the hook (probe-user/src/kernel/ops/stacks.rs): no counter has that
+/// call and no return probe will see it end, but the thread's exit must say whether it was
+/// still inside, and only the kernel sees that exit in order (the thread is gone by the time
+/// userspace looks again). `since_ns` is when userspace first saw it. The thread's next
+/// hooked entry replaces it (the kernel counts that call), its exit reports it cut
+/// (`OpCutEvent::before_attach`), and userspace removes it once the thread is seen outside.
+pub const BEFORE_ATTACH: u32 = 0;
 
 /// Key of `OP_GO_CALLS`: one goroutine of one process (docs/design.md, "operation": a Go
 /// function is followed per goroutine). `g` is the goroutine's `runtime.g` address, which
@@ -101,8 +111,11 @@ pub struct OpCutEvent {
     pub tgid: u32,
     pub pid: u32,
     pub function: u32,
-    pub _pad: u32,
-    /// Entry of the operation (ktime ns).
+    /// 1 when the operation began before its function was hooked (an entry of userspace's,
+    /// [`BEFORE_ATTACH`]): no counter has it.
+    pub before_attach: u32,
+    /// Entry of the operation (ktime ns; for one begun before attach, when userspace first
+    /// saw it).
     pub since_ns: u64,
 }
 

@@ -7,7 +7,9 @@
 //! `ended` and files the latency in the function's histogram. Userspace reads the counters
 //! on its drain tick (no wake-up per call). The one event is [`thread_exit`]'s: a thread
 //! that exits inside an operation cut it (rare, and userspace must see it in order with the
-//! process's exit).
+//! process's exit). That includes an operation begun before attach, which userspace found
+//! on the thread's stack and marked in `OP_CALLS` (`BEFORE_ATTACH`): counted nowhere here,
+//! replaced by the thread's next hooked call.
 //!
 //! Go functions (`op_go_entry`, `op_go_return`): no uretprobe (it swaps the return address
 //! on the stack, which Go's stack copying and traceback do not expect), but plain uprobes
@@ -20,7 +22,7 @@ mod py;
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
+    bindings::{BPF_ANY, BPF_NOEXIST},
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{map, uprobe, uretprobe},
     maps::{Array, HashMap},
@@ -30,7 +32,7 @@ use probe_common::{
     latency::{self, LatencyHistogram, LATENCY_MAX_SLOT},
     ops::{
         OpAddrKey, OpCall, OpCounters, OpCutEvent, OpGoKey, OpStatsKey, MAX_OP_ADDRS, MAX_OP_CALLS,
-        MAX_OP_FUNCTIONS, MAX_OP_STATS, OP_CUT_KIND,
+        BEFORE_ATTACH, MAX_OP_FUNCTIONS, MAX_OP_STATS, OP_CUT_KIND,
     },
     Counter, EventHeader,
 };
@@ -127,10 +129,17 @@ fn try_entry(ctx: &ProbeContext) -> Result<u32, u32> {
     let id = bpf_get_current_pid_tgid();
     if let Some(call) = OP_CALLS.get_ptr_mut(&id) {
         // A hooked call inside an operation: only the outermost one counts. Only this
-        // thread touches its entry.
+        // thread touches its entry (userspace only adds or removes a BEFORE_ATTACH one).
         // SAFETY: a map value pointer, valid for this program run.
-        unsafe { (*call).depth += 1 };
-        return Ok(0);
+        unsafe {
+            if (*call).depth != BEFORE_ATTACH {
+                (*call).depth += 1;
+                return Ok(0);
+            }
+        }
+        // The thread's operation from before attach: this hooked call is counted from here
+        // on instead, as userspace's look at the thread would have it (kernel/ops/mod.rs:
+        // a thread seen in a hooked call since is the kernel's to count). Replaced below.
     }
     let tgid = (id >> 32) as u32;
     // The uprobe fires with the instruction pointer at the probed address (kernel/events/
@@ -147,7 +156,8 @@ fn try_entry(ctx: &ProbeContext) -> Result<u32, u32> {
         function,
         depth: 1,
     };
-    if OP_CALLS.insert(&id, &call, BPF_NOEXIST as u64).is_err() {
+    // BPF_ANY: only a BEFORE_ATTACH entry can be there (see above), which this call replaces.
+    if OP_CALLS.insert(&id, &call, BPF_ANY as u64).is_err() {
         bump(Counter::OpsMissed);
         return Ok(0);
     }
@@ -160,6 +170,10 @@ fn try_return() -> Result<u32, u32> {
     let call = OP_CALLS.get_ptr_mut(&id).ok_or(0u32)?;
     // SAFETY: a map value pointer of this thread, valid for this program run.
     let copy = unsafe {
+        // A call from before attach has no return probe: a return here is another call's.
+        if (*call).depth == BEFORE_ATTACH {
+            return Ok(0);
+        }
         if (*call).depth > 1 {
             (*call).depth -= 1;
             return Ok(0);
@@ -252,9 +266,13 @@ pub fn thread_exit(tgid: u32, pid: u32) {
         return;
     };
     let _ = OP_CALLS.remove(&id);
-    if let Some(stats) = stats(tgid, call.function) {
-        // SAFETY: a map value pointer, valid for this program run.
-        unsafe { add(&raw mut (*stats).cut) };
+    // An operation from before attach (userspace's entry) was never counted as started.
+    let before_attach = call.depth == BEFORE_ATTACH;
+    if !before_attach {
+        if let Some(stats) = stats(tgid, call.function) {
+            // SAFETY: a map value pointer, valid for this program run.
+            unsafe { add(&raw mut (*stats).cut) };
+        }
     }
     emit(|| OpCutEvent {
         header: EventHeader::of_kind(
@@ -266,7 +284,7 @@ pub fn thread_exit(tgid: u32, pid: u32) {
         tgid,
         pid,
         function: call.function,
-        _pad: 0,
+        before_attach: before_attach as u32,
         since_ns: call.since_ns,
     });
 }

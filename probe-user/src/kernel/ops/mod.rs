@@ -18,6 +18,7 @@
 //! is a [`Runtime`] of its own file (runtime.rs) and one line of [`runtimes!`]'s list below.
 
 mod args;
+mod before;
 mod found;
 mod runtime;
 mod stacks;
@@ -38,6 +39,7 @@ use crate::kernel::{
     links::Links,
     uprobe::{self, Uprobes},
 };
+use before::{thread_id, BeforeAttach};
 use found::Found;
 use runtime::Runtime;
 use symbols::{matches, note_nearest, read_symbols, Symbol};
@@ -48,7 +50,10 @@ use aya::{
 };
 use probe_common::{
     latency::LatencyHistogram,
-    ops::{map_names, OpAddrKey, OpCall, OpCounters, OpGoKey, OpStatsKey, MAX_OP_FUNCTIONS},
+    ops::{
+        map_names, OpAddrKey, OpCall, OpCounters, OpGoKey, OpStatsKey, BEFORE_ATTACH,
+        MAX_OP_FUNCTIONS,
+    },
 };
 
 /// The runtimes: each line a module (its file) and its [`Runtime`] type, in the order
@@ -101,7 +106,7 @@ pub struct OpHooks {
     ranges: Vec<(u32, u64, u64, u32)>,
     /// Threads inside a hooked function since before it was hooked (stacks.rs), or not yet
     /// known (`None`: running when looked at), with when they were first looked at (ns).
-    before_attach: BTreeMap<(u32, u32), (Option<u32>, u64)>,
+    before_attach: BTreeMap<(u32, u32), BeforeAttach>,
     /// The runtimes ([`runtimes!`]).
     runtimes: Vec<Box<dyn Runtime>>,
 }
@@ -248,80 +253,6 @@ impl OpHooks {
         Ok(new)
     }
 
-    /// Finds the threads of `tgid` already inside a hooked function (stacks.rs). Called
-    /// once its probes are planted: a call entered from then on is the kernel's to count, and
-    /// a thread the kernel already has in `OP_CALLS` is not counted twice.
-    fn look_at_threads(&mut self, ebpf: &Ebpf, tgid: u32) {
-        let ranges = self.ranges_of(tgid);
-        let now = mono_ns();
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{tgid}/task")) else {
-            return;
-        };
-        for tid in tasks
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-            .collect::<Vec<u32>>()
-        {
-            if self.before_attach.contains_key(&(tgid, tid)) {
-                continue;
-            }
-            // A thread running on a CPU cannot be looked at: a server's threads block often,
-            // so a few tries a few ms apart usually find it blocked.
-            let mut look = stacks::look(tgid, tid, &ranges);
-            for _ in 0..10 {
-                if look != stacks::Look::Unknown {
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(2));
-                look = stacks::look(tgid, tid, &ranges);
-            }
-            let found = match look {
-                stacks::Look::Inside(function) => Some(function),
-                stacks::Look::Unknown => None,
-                stacks::Look::Outside | stacks::Look::Gone => continue,
-            };
-            if !in_op_calls(ebpf, tgid, tid) {
-                log::debug!("pid {tgid} thread {tid}: in flight at attach: {found:?}");
-                self.before_attach.insert((tgid, tid), (found, now));
-            }
-        }
-    }
-
-    fn ranges_of(&self, tgid: u32) -> Vec<(u64, u64, u32)> {
-        self.ranges
-            .iter()
-            .filter(|r| r.0 == tgid)
-            .map(|r| (r.1, r.2, r.3))
-            .collect()
-    }
-
-    /// Looks again at the threads in flight since before attach: one that has made a hooked
-    /// call since (the kernel counts that one) or whose stack no longer holds a hooked
-    /// function is done; one that was running is looked at again.
-    fn recheck_before_attach(&mut self, ebpf: &Ebpf) {
-        let keys: Vec<(u32, u32)> = self.before_attach.keys().copied().collect();
-        for (tgid, tid) in keys {
-            if in_op_calls(ebpf, tgid, tid) {
-                self.before_attach.remove(&(tgid, tid));
-                continue;
-            }
-            match stacks::look(tgid, tid, &self.ranges_of(tgid)) {
-                stacks::Look::Inside(function) => {
-                    if let Some(entry) = self.before_attach.get_mut(&(tgid, tid)) {
-                        entry.0 = Some(function);
-                    }
-                }
-                stacks::Look::Unknown => {}
-                // Gone with its whole process: the exit counts it as cut (the entry goes
-                // with `forget`).
-                stacks::Look::Gone if !process_alive(tgid) => {}
-                stacks::Look::Outside | stacks::Look::Gone => {
-                    log::debug!("pid {tgid} thread {tid}: its operation from before attach ended");
-                    self.before_attach.remove(&(tgid, tid));
-                }
-            }
-        }
-    }
-
     fn symbols_of(&mut self, file: &Path) -> Option<Arc<Vec<Symbol>>> {
         // Keyed by the file the link resolves to, so processes sharing it share the parse.
         let real = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
@@ -350,7 +281,7 @@ impl OpHooks {
 
     /// The counters, the threads inside an operation and the latencies new since the last
     /// read.
-    pub fn read(&mut self, ebpf: &Ebpf) -> OpsRead {
+    pub fn read(&mut self, ebpf: &mut Ebpf) -> OpsRead {
         let runtimes: usize = self.runtimes.iter().map(|r| r.attached()).sum();
         if self.found.specs.is_empty() || self.uprobes.attached() + runtimes == 0 {
             return OpsRead::default();
@@ -389,7 +320,7 @@ impl OpHooks {
             before_attach: self
                 .before_attach
                 .iter()
-                .map(|((tgid, tid), (function, since))| (*tgid, *tid, *function, *since))
+                .map(|((tgid, tid), b)| (*tgid, *tid, b.function, b.since_ns))
                 .collect(),
             blind_at_attach: self.found.blind.clone(),
         }
@@ -414,9 +345,11 @@ impl OpHooks {
         let Ok(calls) = BpfHashMap::<&MapData, u64, OpCall>::try_from(map) else {
             return Vec::new();
         };
+        // A BEFORE_ATTACH entry is no counted call: it travels as `before_attach`.
         let mut out: Vec<(u32, u32, OpCall)> = calls
             .iter()
             .filter_map(|entry| entry.ok())
+            .filter(|(_, call)| call.depth != BEFORE_ATTACH)
             .map(|(id, call)| ((id >> 32) as u32, id as u32, call))
             .collect();
         // Goroutines inside an operation: no thread is theirs (pid 0).
@@ -458,8 +391,23 @@ impl OpHooks {
         self.found.addrs.retain(|k| k.tgid != tgid);
         self.found.seen.retain(|(t, _)| *t != tgid);
         self.ranges.retain(|r| r.0 != tgid);
+        let marked: Vec<u64> = self
+            .before_attach
+            .iter()
+            .filter(|((t, _), b)| *t == tgid && b.marked)
+            .map(|((t, tid), _)| thread_id(*t, *tid))
+            .collect();
         self.before_attach.retain(|(t, _), _| *t != tgid);
         self.found.blind.retain(|t| *t != tgid);
+        // Marks its threads' exits did not take (a thread the kernel did not see exit).
+        if let Some(Ok(mut map)) = ebpf
+            .map_mut(map_names::OP_CALLS)
+            .map(BpfHashMap::<&mut MapData, u64, OpCall>::try_from)
+        {
+            for id in marked {
+                let _ = map.remove(&id);
+            }
+        }
         // Calls keyed by a runtime's own key (`OpGoKey`: a goroutine, an interpreter frame)
         // have no thread exit to take them out.
         if let Some(Ok(mut map)) = ebpf
@@ -492,38 +440,6 @@ impl OpHooks {
             }
         }
     }
-}
-
-/// Whether process `tgid` still runs (not gone, not a zombie).
-fn process_alive(tgid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{tgid}/stat")).is_ok_and(|stat| {
-        // The state follows the command's closing parenthesis (proc(5)).
-        stat.rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X")
-    })
-}
-
-/// Whether thread `tid` of `tgid` is inside a hooked call the kernel saw begin.
-fn in_op_calls(ebpf: &Ebpf, tgid: u32, tid: u32) -> bool {
-    let Some(map) = ebpf.map(map_names::OP_CALLS) else {
-        return false;
-    };
-    let Ok(calls) = BpfHashMap::<&MapData, u64, OpCall>::try_from(map) else {
-        return false;
-    };
-    calls.get(&(((tgid as u64) << 32) | tid as u64), 0).is_ok()
-}
-
-/// CLOCK_MONOTONIC in ns, the clock of the kernel's `bpf_ktime_get_ns`.
-fn mono_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 impl uprobe::UprobeUnit for OpHooks {

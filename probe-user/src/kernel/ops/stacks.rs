@@ -7,6 +7,10 @@
 //! an address inside a hooked function, is inside that function. The stack is read with
 //! process_vm_readv(2): the process is not stopped or traced.
 //!
+//! A thread found inside is marked in the kernel's `OP_CALLS` (kernel/ops/mod.rs, `mark`):
+//! its exit inside the operation is then the kernel's to report, in order with its
+//! process's exit; a look after the thread is gone could not tell.
+//!
 //! A stale word in a live frame (an uninitialised local that once held such an address) can
 //! make a thread look inside when it is not: that errs towards holding the drain, and ends at
 //! the thread's next look that finds no such word, or its next hooked call.

@@ -14,8 +14,13 @@ pub struct OpCut {
     pub pid: u32,
     /// Index of the function in the `--op` list.
     pub function: u32,
-    /// When the operation began (ktime ns).
+    /// When the operation began (ktime ns; for one begun before attach, when it was first
+    /// seen).
     pub since_ns: u64,
+    /// The operation began before its function was hooked: no counter has it (its thread
+    /// was found inside at attach, kernel/ops/stacks.rs).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub before_attach: bool,
 }
 
 impl crate::events::UnitEventKind for OpCut {
@@ -34,6 +39,7 @@ impl OpCut {
             pid: e.pid,
             function: e.function,
             since_ns: e.since_ns,
+            before_attach: e.before_attach != 0,
         }
     }
 }

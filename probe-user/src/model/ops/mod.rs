@@ -7,7 +7,11 @@
 //! abandoned, whether its thread exited alone or with the whole process. At the process's
 //! exit the kernel's counters are final (no thread of an exiting process runs user code
 //! again), so `started - ended` there is the exact number abandoned; the cut threads' own
-//! events, which may arrive just before or after the exit, give their ages.
+//! events, which may arrive just before or after the exit, give their ages. An operation
+//! begun before attach is in no counter: its thread's exit inside it is the kernel's event
+//! too (`OpCut::before_attach`, from the mark userspace put in the kernel's map), and one
+//! still listed from before attach at the process's exit is counted there; by thread, so
+//! an event read after the exit does not count it twice.
 
 pub mod events;
 
@@ -21,14 +25,26 @@ use crate::{
 };
 
 /// What one (process, function) abandoned, so far.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Cut {
     first_ns: u64,
-    /// Cut threads seen (their events).
+    /// Cut threads the kernel counted (their events).
     threads: u64,
     /// In flight at the process's exit, by the kernel's final counters.
     at_exit: u64,
+    /// Threads cut inside an operation begun before attach, which no counter has: those
+    /// whose exit the kernel reported inside it, and those still inside it at the process's
+    /// exit. By thread, since a thread's event may come after the exit that counted it.
+    before_attach: BTreeSet<u32>,
     oldest_age_ns: u64,
+}
+
+impl Cut {
+    /// The kernel's counted calls (its cut events and its final counters both count those)
+    /// and the operations from before attach, which neither does.
+    fn count(&self) -> u64 {
+        self.threads.max(self.at_exit) + self.before_attach.len() as u64
+    }
 }
 
 #[derive(Debug)]
@@ -51,9 +67,13 @@ pub struct OpsTracker {
     blind_runtimes: String,
     exited: BTreeSet<u32>,
     cuts: BTreeMap<(u32, u32), Cut>,
-    /// Threads the kernel saw cut (tgid, pid): a thread also listed from before attach made
-    /// a hooked call since, and is not counted twice.
+    /// Threads the kernel saw cut inside a call it counted (tgid, pid): a thread also listed
+    /// from before attach made a hooked call since, and is not counted twice.
     cut_threads: BTreeSet<(u32, u32)>,
+    /// Threads still unknown (never seen blocked, so never looked at) when their process
+    /// exited: each might have been inside an operation from before attach, which no
+    /// `operation_cut` counts; the report is then never `clean`.
+    exited_unknown: u64,
     latency: Histogram<u64>,
     /// Latencies by function index (the metrics' series).
     by_function: Vec<Histogram<u64>>,
@@ -73,6 +93,7 @@ impl OpsTracker {
             exited: BTreeSet::new(),
             cuts: BTreeMap::new(),
             cut_threads: BTreeSet::new(),
+            exited_unknown: 0,
             latency: histogram(),
             by_function,
             last_edge_ns: 0,
@@ -150,8 +171,12 @@ impl OpsTracker {
             first_ns: event.ktime_ns,
             ..Cut::default()
         });
-        cut.threads += 1;
-        self.cut_threads.insert((event.tgid, event.pid));
+        if event.before_attach {
+            cut.before_attach.insert(event.pid);
+        } else {
+            cut.threads += 1;
+            self.cut_threads.insert((event.tgid, event.pid));
+        }
         cut.oldest_age_ns = cut
             .oldest_age_ns
             .max(event.ktime_ns.saturating_sub(event.since_ns));
@@ -198,8 +223,8 @@ impl OpsTracker {
             let abandoned = self
                 .counts
                 .get(&key)
-                .map_or(0, |c| c.started.saturating_sub(c.ended))
-                + before.len() as u64;
+                .map_or(0, |c| c.started.saturating_sub(c.ended));
+            let before_pids: Vec<u32> = before.iter().map(|t| t.pid).collect();
             let oldest = self
                 .threads
                 .iter()
@@ -208,7 +233,7 @@ impl OpsTracker {
                 .map(|t| ktime_ns.saturating_sub(t.since_ns))
                 .max()
                 .unwrap_or(0);
-            if abandoned == 0 && !self.cuts.contains_key(&key) {
+            if abandoned == 0 && before_pids.is_empty() && !self.cuts.contains_key(&key) {
                 continue;
             }
             let cut = self.cuts.entry(key).or_insert(Cut {
@@ -216,9 +241,19 @@ impl OpsTracker {
                 ..Cut::default()
             });
             cut.at_exit = abandoned;
+            cut.before_attach.extend(before_pids);
             cut.oldest_age_ns = cut.oldest_age_ns.max(oldest);
             out.push(self.violation(key, &ms));
         }
+        self.exited_unknown += self
+            .before_attach
+            .iter()
+            .filter(|t| t.tgid == tgid && t.function == UNKNOWN_FUNCTION)
+            .filter(|t| {
+                !self.cut_threads.contains(&(t.tgid, t.pid))
+                    && !self.threads.iter().any(|k| (k.tgid, k.pid) == (t.tgid, t.pid))
+            })
+            .count() as u64;
         self.threads.retain(|t| t.tgid != tgid);
         self.before_attach.retain(|t| t.tgid != tgid);
         self.blind_at_attach.retain(|t| *t != tgid);
@@ -226,12 +261,12 @@ impl OpsTracker {
     }
 
     fn violation(&self, key: (u32, u32), ms: &impl Fn(u64) -> u64) -> OperationCut {
-        let cut = self.cuts.get(&key).copied().unwrap_or_default();
+        let cut = self.cuts.get(&key).cloned().unwrap_or_default();
         OperationCut {
             pid: key.0,
             at_ms: ms(cut.first_ns),
             function: self.name(key.1),
-            count: cut.threads.max(cut.at_exit),
+            count: cut.count(),
             oldest_age_ms: cut.oldest_age_ns / 1_000_000,
         }
     }
@@ -402,6 +437,10 @@ impl crate::model::tracker::Tracker for OpsTracker {
 
     fn report(&self, report: &mut crate::model::report::Report) {
         report.operations = Some(OpsTracker::report(self));
+        // Never `clean` about an operation that may have been cut unseen.
+        if self.exited_unknown > 0 && report.verdict == crate::model::report::Verdict::Clean {
+            report.verdict = crate::model::report::Verdict::Incomplete;
+        }
     }
 
     fn operations(&self) -> Option<&dyn crate::model::tracker::Operations> {

@@ -48,6 +48,7 @@ fn cut_event(tgid: u32, pid: u32, at_ms: u64, since_ms: u64) -> OpCut {
         pid,
         function: 0,
         since_ns: since_ms * MS,
+        before_attach: false,
     }
 }
 
@@ -170,6 +171,68 @@ fn operations_from_before_attach_hold_the_drain_and_are_cut_at_exit() {
     let cuts = ops.exit(8, 61 * MS, ms);
     assert_eq!(cuts[0].count, 1, "{cuts:?}");
     assert_eq!(ops.in_flight(None), 0);
+}
+
+/// The 5.10 guest's `stop --op purchase` of the C++ game whose SIGTERM handler abandons its
+/// purchases (tests/operations.rs): two purchases between their writes since before attach
+/// (threads 71, 72, found on their stacks and marked in the kernel), one begun after attach
+/// (thread 73, counted). The handler's `_exit` kills the workers, which the kernel sees exit
+/// inside their operations; those are gone from the process before its exit is read, and a
+/// look at them can no longer tell (the report counted 1 where the ledger had 3 half done).
+/// Thread 71's event comes before the exit (the session's read then drops it from the list),
+/// thread 72's after it (still listed at the exit): each is counted once.
+#[test]
+fn operations_from_before_attach_cut_by_the_kernel_are_counted_once_each() {
+    let mut ops = OpsTracker::new(vec!["purchase".into()]);
+    let mut s = sample(5, vec![], vec![]);
+    s.before_attach = vec![thread(7, 71, 5), thread(7, 72, 5)];
+    ops.sample(&s);
+    let mut s = sample(900, vec![count(7, 0, 1, 0, 0)], vec![thread(7, 73, 800)]);
+    s.before_attach = vec![thread(7, 71, 5), thread(7, 72, 5)];
+    ops.sample(&s);
+    assert_eq!(ops.in_flight(None), 3);
+    let before = |pid, at_ms| OpCut {
+        before_attach: true,
+        ..cut_event(7, pid, at_ms, 5)
+    };
+    let cut = ops.cut(&before(71, 2400), ms);
+    assert_eq!(cut.count, 1, "{cut:?}");
+    let _ = ops.cut(&cut_event(7, 73, 2401, 800), ms);
+    // Read at the exit: 71's mark is gone (the kernel took it), 72's still there.
+    let mut s = sample(2402, vec![count(7, 0, 1, 0, 1)], vec![]);
+    s.before_attach = vec![thread(7, 72, 5)];
+    ops.sample(&s);
+    let cuts = ops.exit(7, 2403 * MS, ms);
+    assert_eq!(cuts.len(), 1, "{cuts:?}");
+    assert_eq!((cuts[0].count, cuts[0].oldest_age_ms), (3, 2398));
+    let late = ops.cut(&before(72, 2404), ms);
+    assert_eq!(late.count, 3, "72 was counted at the exit: {late:?}");
+    assert_eq!(ops.in_flight(None), 0);
+}
+
+/// A thread never seen blocked (so never looked at) when its process exits might have been
+/// inside an operation from before attach: no cut is counted for it, and the report cannot
+/// be `clean` (docs/design.md: unknown is shown as unknown).
+#[test]
+fn a_thread_still_unknown_at_its_process_exit_makes_the_report_incomplete() {
+    use crate::model::{
+        report::{Mode, Verdict},
+        state::{AuditState, Origin},
+    };
+    let mut state = AuditState::new(0, 5000);
+    state.add_target(7, "game".into(), Origin::Named);
+    let mut ops = OpsTracker::new(vec!["purchase".into()]);
+    let mut s = sample(5, vec![], vec![]);
+    s.before_attach = vec![OpThread {
+        function: UNKNOWN_FUNCTION,
+        ..thread(7, 72, 5)
+    }];
+    ops.sample(&s);
+    let cuts = ops.exit(7, 80 * MS, ms);
+    assert!(cuts.is_empty(), "{cuts:?}");
+    state.track(ops);
+    let report = state.report(Mode::Audit, 0, Vec::new());
+    assert_eq!(report.verdict, Verdict::Incomplete);
 }
 
 #[test]
