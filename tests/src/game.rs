@@ -297,4 +297,43 @@ impl Gateway {
     pub fn hang_up(self) {
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
     }
+
+    /// [`Gateway::hang_up`], then waits until the game has closed its end of the link: a
+    /// drainwatch attached next must not find it still open (a loaded kernel-matrix guest
+    /// attached before the game had read the hang-up).
+    pub fn hang_up_until_closed(self, game: &GameServer) {
+        let ours = self.stream.local_addr().expect("the link's address").port();
+        self.hang_up();
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while game_holds_link(game.port, ours) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the game never closed the hung-up link (port {ours})"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Whether a socket of the game's end of the link from `peer_port` to `game_port` is still
+/// held by a process: its row in /proc/net/tcp or tcp6 (proc(5); an IPv4 link accepted on a
+/// dual-stack listener shows in tcp6) has an inode until the last fd of it is closed.
+fn game_holds_link(game_port: u16, peer_port: u16) -> bool {
+    let port = |addr: &str| {
+        addr.rsplit_once(':')
+            .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
+    };
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|file| {
+        std::fs::read_to_string(file)
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+            .any(|line| {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                f.len() > 9
+                    && port(f[1]) == Some(game_port)
+                    && port(f[2]) == Some(peer_port)
+                    && f[9] != "0"
+            })
+    })
 }

@@ -44,7 +44,8 @@ fn a_server_that_pushes_ticks_is_named_push_style_and_the_basis_says_so() {
         );
     }
     drop(watch);
-    gateway.hang_up();
+    // Closed by the game before `wait` attaches: the basis names the one link that ticks.
+    gateway.hang_up_until_closed(&game);
     // `wait` on the game, the gateway's link ticking before attach (it exists then, so the
     // quiet window cannot end before the link does, however slow the machine; and it is
     // the survey's client connection even when a tick beats the survey: issue #22 item 5):
