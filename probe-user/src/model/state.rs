@@ -279,10 +279,17 @@ impl AuditState {
 
     /// An upstream connection found at attach awaiting the reply to a first call
     /// (model/conns/calls.rs).
-    pub fn first_call_at_attach(&mut self, tgid: u32) {
-        let at_ns = self.attach_ns;
+    pub fn first_call_at_attach(&mut self, tgid: u32, seen_ns: u64) {
         if let Some(conns) = self.conns.as_mut() {
-            conns.first_call_at_attach(tgid, at_ns);
+            conns.first_call_at_attach(tgid, seen_ns.max(self.attach_ns));
+        }
+    }
+
+    /// The attach is done (`ktime_ns`: when drainwatch says so): what was found in flight
+    /// for a limited hold is held from here (model/conns/calls.rs).
+    pub fn attached(&mut self, ktime_ns: u64) {
+        if let Some(conns) = self.conns.as_mut() {
+            conns.hold_first_calls_from(ktime_ns);
         }
     }
 

@@ -201,6 +201,8 @@ impl Session {
         for failure in probe.failures() {
             eprintln!("drainwatch: warning: probe {failure}: the verdict will be incomplete");
         }
+        // The attach line follows: what holds for a while from attach holds from here.
+        state.attached(procfs::monotonic_now().as_nanos() as u64);
         let socket_hooks = probe.hooks().by_socket();
         Ok(Self {
             probe,

@@ -167,7 +167,7 @@ fn tcp_conns(
             at_attach,
         );
         if first_call && added {
-            state.first_call_at_attach(tgid);
+            state.first_call_at_attach(tgid, procfs::monotonic_now().as_nanos() as u64);
         }
         if held.role == Role::Db {
             let (local, remote) = (held.socket.local, held.socket.remote);

@@ -44,10 +44,22 @@ impl ConnTracker {
     }
 
     /// Of the upstream connections found awaiting a reply at attach (`AtAttach::Busy`), one
-    /// that had never answered: its call is a first call, held from `attach_ns`.
-    pub fn first_call_at_attach(&mut self, tgid: u32, attach_ns: u64) {
+    /// that had never answered: its call is a first call, held from `seen_ns` (its start is
+    /// unknown; see [`Self::hold_first_calls_from`]).
+    pub fn first_call_at_attach(&mut self, tgid: u32, seen_ns: u64) {
         *self.calls.first_busy_at_attach.entry(tgid).or_default() += 1;
-        self.calls.first_at_attach_ns = attach_ns;
+        self.calls.first_at_attach_ns = self.calls.first_at_attach_ns.max(seen_ns);
+    }
+
+    /// The first calls found in flight at attach hold from `attached_ns`, when drainwatch
+    /// says it is attached (docs/design.md, "upstream call in flight": held from attach),
+    /// not from the start of the attach: the programs' load and the surveys before that line
+    /// took more than the whole hold under a slow emulated CPU, and such a call was let go
+    /// before anyone could see it answered.
+    pub fn hold_first_calls_from(&mut self, attached_ns: u64) {
+        if !self.calls.first_busy_at_attach.is_empty() {
+            self.calls.first_at_attach_ns = self.calls.first_at_attach_ns.max(attached_ns);
+        }
     }
 
     /// A close userspace saw and the kernel did not, with a call in flight (`since`: its

@@ -120,7 +120,7 @@ fn calls_found_in_flight_at_attach_hold_until_the_kernel_ends_them() {
     // sent just before attach): a first call, held from attach.
     state.add_existing_conn((700, 7), upstream, unknown, None, peer, busy);
     state.add_existing_conn((700, 8), upstream, unknown, None, peer, busy);
-    state.first_call_at_attach(700);
+    state.first_call_at_attach(700, ATTACH_NS);
     let in_flight = state.conns().unwrap().in_flight(None);
     assert_eq!((in_flight.upstream_calls, in_flight.first_calls), (2, 1));
     assert_eq!(
@@ -155,4 +155,26 @@ fn calls_found_in_flight_at_attach_hold_until_the_kernel_ends_them() {
     assert_eq!(rule().drained_at(&state), Some(ATTACH_NS + 500 * MS));
     // Both ended: nothing in flight.
     assert_eq!(state.conns().unwrap().in_flight(None).upstream_calls, 0);
+}
+
+/// A first call found in flight at attach holds for the whole hold from the moment
+/// drainwatch says it is attached, however long the attach took (a 5.10 guest under TCG
+/// printed its attach line ~5 s after the attach began: the call was let go as it was seen).
+#[test]
+fn a_first_call_found_at_attach_holds_from_the_end_of_the_attach() {
+    let mut state = AuditState::new(ATTACH_NS, 5000).with_sockets();
+    state.add_target(700, "dw-game".into(), Origin::Named);
+    let peer = Some("127.0.0.1:8080".parse().unwrap());
+    let busy = crate::model::conns::AtAttach::Busy;
+    let upstream = crate::events::Role::Upstream;
+    let unknown = crate::events::Protocol::Unknown;
+    state.add_existing_conn((700, 8), upstream, unknown, None, peer, busy);
+    state.first_call_at_attach(700, ATTACH_NS + 1000 * MS);
+    state.attached(ATTACH_NS + 5200 * MS);
+    let hold = super::FIRST_CALL_HOLD.as_nanos() as u64;
+    assert_eq!(
+        rule().drained_at(&state),
+        Some(ATTACH_NS + 5200 * MS + hold + 100 * MS),
+        "held from the attach line"
+    );
 }
