@@ -17,7 +17,9 @@ use aya::{
 };
 use probe_common::ops::{map_names, OpCall, BEFORE_ATTACH};
 
-use super::{stacks, OpHooks};
+use std::collections::BTreeMap;
+
+use super::stacks;
 
 /// A thread inside an operation since before its function was hooked.
 #[derive(Clone, Copy, Debug)]
@@ -35,12 +37,24 @@ pub(super) struct BeforeAttach {
     pub(super) marked: bool,
 }
 
-impl OpHooks {
+/// The threads inside an operation since before its function was hooked, by (tgid, tid).
+/// `ranges`: each hooked function's (tgid, start, end, function index) in memory.
+#[derive(Debug, Default)]
+pub(super) struct BeforeAttachThreads {
+    pub(super) threads: BTreeMap<(u32, u32), BeforeAttach>,
+}
+
+impl BeforeAttachThreads {
     /// Finds the threads of `tgid` already inside a hooked function (stacks.rs). Called
     /// once its probes are planted: a call entered from then on is the kernel's to count, and
     /// a thread the kernel already has in `OP_CALLS` is not counted twice.
-    pub(super) fn look_at_threads(&mut self, ebpf: &mut Ebpf, tgid: u32) {
-        let ranges = self.ranges_of(tgid);
+    pub(super) fn look_at_threads(
+        &mut self,
+        ebpf: &mut Ebpf,
+        tgid: u32,
+        ranges: &[(u32, u64, u64, u32)],
+    ) {
+        let ranges = ranges_of(ranges, tgid);
         let now = mono_ns();
         let Ok(tasks) = std::fs::read_dir(format!("/proc/{tgid}/task")) else {
             return;
@@ -49,7 +63,7 @@ impl OpHooks {
             .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
             .collect::<Vec<u32>>()
         {
-            if self.before_attach.contains_key(&(tgid, tid)) {
+            if self.threads.contains_key(&(tgid, tid)) {
                 continue;
             }
             // A thread running on a CPU cannot be looked at: a server's threads block often,
@@ -80,49 +94,41 @@ impl OpHooks {
                 continue;
             }
             log::debug!("pid {tgid} thread {tid}: in flight at attach: {found:?}");
-            self.before_attach.insert((tgid, tid), entry);
+            self.threads.insert((tgid, tid), entry);
         }
-    }
-
-    fn ranges_of(&self, tgid: u32) -> Vec<(u64, u64, u32)> {
-        self.ranges
-            .iter()
-            .filter(|r| r.0 == tgid)
-            .map(|r| (r.1, r.2, r.3))
-            .collect()
     }
 
     /// Looks again at the threads in flight since before attach: one that has made a hooked
     /// call since (the kernel counts that one) or whose stack no longer holds a hooked
     /// function is done; one that was running is looked at again.
-    pub(super) fn recheck_before_attach(&mut self, ebpf: &mut Ebpf) {
-        let keys: Vec<(u32, u32)> = self.before_attach.keys().copied().collect();
+    pub(super) fn recheck(&mut self, ebpf: &mut Ebpf, ranges: &[(u32, u64, u64, u32)]) {
+        let keys: Vec<(u32, u32)> = self.threads.keys().copied().collect();
         for (tgid, tid) in keys {
-            let Some(mut entry) = self.before_attach.get(&(tgid, tid)).copied() else {
+            let Some(mut entry) = self.threads.get(&(tgid, tid)).copied() else {
                 continue;
             };
             match in_op_calls(ebpf, tgid, tid) {
                 InOpCalls::Counted => {
-                    self.before_attach.remove(&(tgid, tid));
+                    self.threads.remove(&(tgid, tid));
                     continue;
                 }
                 // The kernel took the mark: the thread exited (cut, its event in the ring)
                 // or made a hooked call (counted).
                 InOpCalls::No if entry.marked => {
                     log::debug!("pid {tgid} thread {tid}: the kernel ended its operation from before attach");
-                    self.before_attach.remove(&(tgid, tid));
+                    self.threads.remove(&(tgid, tid));
                     continue;
                 }
                 InOpCalls::No | InOpCalls::BeforeAttach => {}
             }
-            match stacks::look(tgid, tid, &self.ranges_of(tgid)) {
+            match stacks::look(tgid, tid, &ranges_of(ranges, tgid)) {
                 stacks::Look::Inside(function) => {
                     entry.function = Some(function);
                     if !mark(ebpf, tgid, tid, &mut entry) {
-                        self.before_attach.remove(&(tgid, tid));
+                        self.threads.remove(&(tgid, tid));
                         continue;
                     }
-                    self.before_attach.insert((tgid, tid), entry);
+                    self.threads.insert((tgid, tid), entry);
                 }
                 stacks::Look::Unknown => {}
                 // A marked thread's exit is the kernel's to report (it takes the mark).
@@ -135,11 +141,20 @@ impl OpHooks {
                     if entry.marked {
                         unmark(ebpf, tgid, tid);
                     }
-                    self.before_attach.remove(&(tgid, tid));
+                    self.threads.remove(&(tgid, tid));
                 }
             }
         }
     }
+}
+
+/// The hooked functions of `tgid` in its memory: (start, end, function index).
+fn ranges_of(ranges: &[(u32, u64, u64, u32)], tgid: u32) -> Vec<(u64, u64, u32)> {
+    ranges
+        .iter()
+        .filter(|r| r.0 == tgid)
+        .map(|r| (r.1, r.2, r.3))
+        .collect()
 }
 
 /// Whether process `tgid` still runs (not gone, not a zombie).

@@ -25,7 +25,7 @@ mod stacks;
 mod symbols;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     num::NonZeroU32,
     path::{Path, PathBuf},
     sync::Arc,
@@ -39,7 +39,7 @@ use crate::kernel::{
     links::Links,
     uprobe::{self, Uprobes},
 };
-use before::{thread_id, BeforeAttach};
+use before::{thread_id, BeforeAttachThreads};
 use found::Found;
 use runtime::Runtime;
 use symbols::{matches, note_nearest, read_symbols, Symbol};
@@ -106,7 +106,7 @@ pub struct OpHooks {
     ranges: Vec<(u32, u64, u64, u32)>,
     /// Threads inside a hooked function since before it was hooked (stacks.rs), or not yet
     /// known (`None`: running when looked at), with when they were first looked at (ns).
-    before_attach: BTreeMap<(u32, u32), BeforeAttach>,
+    before_attach: BeforeAttachThreads,
     /// The runtimes ([`runtimes!`]).
     runtimes: Vec<Box<dyn Runtime>>,
 }
@@ -145,7 +145,7 @@ impl OpHooks {
             symbols: HashMap::new(),
             latency_seen: Vec::new(),
             ranges: Vec::new(),
-            before_attach: BTreeMap::new(),
+            before_attach: BeforeAttachThreads::default(),
             runtimes: runtimes(),
         }
     }
@@ -248,7 +248,7 @@ impl OpHooks {
             }
         }
         if !new.is_empty() {
-            self.look_at_threads(ebpf, tgid);
+            self.before_attach.look_at_threads(ebpf, tgid, &self.ranges);
         }
         Ok(new)
     }
@@ -312,13 +312,14 @@ impl OpHooks {
                 latency_us.push((function, new));
             }
         }
-        self.recheck_before_attach(ebpf);
+        self.before_attach.recheck(ebpf, &self.ranges);
         OpsRead {
             counters: self.counters(ebpf),
             threads: self.in_flight(ebpf),
             latency_us,
             before_attach: self
                 .before_attach
+                .threads
                 .iter()
                 .map(|((tgid, tid), b)| (*tgid, *tid, b.function, b.since_ns))
                 .collect(),
@@ -393,11 +394,12 @@ impl OpHooks {
         self.ranges.retain(|r| r.0 != tgid);
         let marked: Vec<u64> = self
             .before_attach
+            .threads
             .iter()
             .filter(|((t, _), b)| *t == tgid && b.marked)
             .map(|((t, tid), _)| thread_id(*t, *tid))
             .collect();
-        self.before_attach.retain(|(t, _), _| *t != tgid);
+        self.before_attach.threads.retain(|(t, _), _| *t != tgid);
         self.found.blind.retain(|t| *t != tgid);
         // Marks its threads' exits did not take (a thread the kernel did not see exit).
         if let Some(Ok(mut map)) = ebpf
