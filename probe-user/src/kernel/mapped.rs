@@ -62,7 +62,11 @@ impl<'a> Mapping<'a> {
         if self.is_at_its_path(tgid) {
             return None;
         }
-        let own = format!("/proc/{tgid}/map_files/{}", self.range);
+        // Named by the bounds without /proc/PID/maps' zero padding (`%08lx`): a non-PIE
+        // executable at 0x400000 is `00400000-…` there and `400000-…` here (fs/proc/base.c,
+        // `map_files_readdir`'s "%lx-%lx").
+        let (start, end) = self.bounds()?;
+        let own = format!("/proc/{tgid}/map_files/{start:x}-{end:x}");
         log::debug!(
             "{} (pid {tgid}) was replaced on disk: read as {own}",
             self.path
@@ -121,6 +125,13 @@ mod tests {
         );
         assert!(m.executable);
         assert_eq!(m.bounds(), Some((0x7f00, 0x7f80)));
+        // A non-PIE executable's padded range names its map_files link unpadded.
+        let low =
+            Mapping::parse("00400000-00452000 r-xp 00000000 fd:01 7 /nonexistent/game").unwrap();
+        assert_eq!(
+            low.replaced(1),
+            Some(PathBuf::from("/proc/1/map_files/400000-452000"))
+        );
         // Anonymous and special mappings are no files.
         assert!(
             Mapping::parse("7ffd0000-7ffe0000 rw-p 00000000 00:00 0                  [stack]")
