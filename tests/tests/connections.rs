@@ -7,7 +7,7 @@ use std::sync::mpsc::Receiver;
 
 use drainwatch_tests::{
     db::{Database, MariaDbServer, PgServer, RedisServer},
-    game::GameServer,
+    game::{GameServer, Gate},
     *,
 };
 
@@ -99,9 +99,14 @@ fn counts_match_the_fixture(db: &dyn Database, extra: &[&str]) {
         "idle, connections from before attach",
     );
 
+    // Each round's requests wait inside their transactions on a gate, not on a timer: on a
+    // loaded machine a timed pause let the first request of a round finish before its last
+    // one began, and the round never had all of them in flight at once.
+    let dir = TempDir::new("counts");
     for round in 1..=3usize {
+        let gate = Gate::new(&dir, &format!("r{round}"));
         let pending: Vec<_> = (0..round)
-            .map(|i| game.send_request(&format!("r{round}-{i}"), PAUSE_MS))
+            .map(|i| game.send_gated_request(&format!("r{round}-{i}"), &gate))
             .collect();
         game.wait_truth("requests inside their transactions", |t| {
             t.requests_in_flight == round as u64 && t.transactions_open == round as u64
@@ -112,6 +117,7 @@ fn counts_match_the_fixture(db: &dyn Database, extra: &[&str]) {
             &mut mismatches,
             &format!("round {round}, in flight"),
         );
+        gate.open();
         for p in pending {
             assert!(p.reply().starts_with("done"));
         }
