@@ -15,11 +15,9 @@ use std::{
 
 use drainwatch_tests::{
     db::{Database, MariaDbServer, PgServer, RedisServer},
-    game::{mono_ns, GameServer},
+    game::{mono_ns, GameServer, Gate},
+    TempDir,
 };
-
-/// Long enough to see three requests in flight at once, short enough to keep the suite fast.
-const PAUSE_MS: u64 = 300;
 
 /// Three requests in flight at once, each inside its own open transaction; then all answered,
 /// both writes of each committed, and the truth back to idle.
@@ -30,15 +28,19 @@ fn concurrent_requests(db: &dyn Database) {
     assert_eq!(idle.db_connections_open, 3, "{idle:?}");
     assert_eq!(idle.requests_in_flight, 0, "{idle:?}");
 
-    let sent_at = mono_ns();
+    // The requests wait inside their transactions on a gate: a timed pause let the first one
+    // finish before the last began on a loaded machine.
+    let dir = TempDir::new("concurrent");
+    let gate = Gate::new(&dir, "all");
     let ops = ["alpha", "bravo", "charlie"];
     let pending: Vec<_> = ops
         .iter()
-        .map(|op| game.send_request(op, PAUSE_MS))
+        .map(|op| game.send_gated_request(op, &gate))
         .collect();
     game.wait_truth("3 requests in flight, 3 transactions open", |t| {
         t.requests_in_flight == 3 && t.transactions_open == 3
     });
+    let opened_at = gate.open();
     for (op, request) in ops.iter().zip(pending) {
         assert_eq!(request.reply(), format!("done {op}"));
     }
@@ -46,10 +48,10 @@ fn concurrent_requests(db: &dyn Database) {
     assert_eq!(done.requests_in_flight, 0, "{done:?}");
     assert_eq!(done.transactions_open, 0, "{done:?}");
     assert_eq!(done.db_connections_open, 3, "{done:?}");
-    let completed_after = done.last_completion_mono_ns - sent_at;
     assert!(
-        completed_after >= PAUSE_MS * 1_000_000 && done.last_completion_mono_ns <= mono_ns(),
-        "last completion {completed_after} ns after sending: not CLOCK_MONOTONIC?"
+        done.last_completion_mono_ns >= opened_at && done.last_completion_mono_ns <= mono_ns(),
+        "last completion at {} ns, the gate opened at {opened_at} ns: not CLOCK_MONOTONIC?",
+        done.last_completion_mono_ns
     );
     for op in ops {
         assert_eq!(db.ledger_steps(op), ["A", "B"], "ledger of {op}");
@@ -161,13 +163,16 @@ fn redis_game_server() {
 fn pool_of_one_queues_requests() {
     let db = RedisServer::start();
     let game = GameServer::start(&db, &["--pool", "1"]);
-    // Long pauses: the check below must land inside the first one even on a busy machine.
-    let first = game.send_request("first", 1_000);
-    let second = game.send_request("second", 1_000);
+    // The first holds the only connection until the gate opens, however busy the machine;
+    // the second then finds the gate open.
+    let dir = TempDir::new("pool-of-one");
+    let gate = Gate::new(&dir, "first");
+    let first = game.send_gated_request("first", &gate);
+    let second = game.send_gated_request("second", &gate);
     game.wait_truth("2 requests in flight, 1 transaction open", |t| {
         t.requests_in_flight == 2 && t.transactions_open == 1
     });
-    // Well inside the first request's pause: the second still waits for the connection.
+    // A while later, the gate still shut: the second still waits for the connection.
     thread::sleep(Duration::from_millis(100));
     let waiting = game.truth();
     assert_eq!(
@@ -175,6 +180,7 @@ fn pool_of_one_queues_requests() {
         (2, 1),
         "{waiting:?}"
     );
+    gate.open();
     assert_eq!(first.reply(), "done first");
     assert_eq!(second.reply(), "done second");
     assert_eq!(db.ledger_steps("second"), ["A", "B"]);
