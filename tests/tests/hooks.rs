@@ -59,6 +59,27 @@ fn an_unknown_backend_is_one_line_and_exit_2() {
     );
 }
 
+/// `DRAINWATCH_UPROBES` takes `perf` or nothing (docs/hooks.md, "Uprobes").
+#[test]
+fn an_unknown_uprobe_mode_is_one_line_and_exit_2() {
+    require_root();
+    let server = Server::start(&[]);
+    let pid = server.pid.to_string();
+    let done = Drainwatch::spawn_with_env(
+        &["audit", "--pid", &pid, "--duration", "1s"],
+        &[("DRAINWATCH_UPROBES", "multi-please")],
+    )
+    .finish();
+    assert_eq!(done.code, 2, "{done:?}");
+    assert_eq!(done.stderr.lines().count(), 1, "{}", done.stderr);
+    assert!(
+        done.stderr
+            .starts_with("drainwatch: invalid DRAINWATCH_UPROBES `multi-please`: set it to perf"),
+        "{}",
+        done.stderr
+    );
+}
+
 /// Forced onto a backend it cannot run, drainwatch refuses (exit 2, the variable named)
 /// and never falls back: kprobes (not built) everywhere, and the socket tracepoints on a
 /// kernel without them (Debian's 6.1 in the matrix).

@@ -177,3 +177,57 @@ fn asyncpg_tls_exit_mid_transaction_is_open_transaction() {
     );
     assert_read_in_plaintext(&report, &finished.stderr, true);
 }
+
+/// The TLS uprobes are uprobe_multi links where the kernel links them (docs/hooks.md,
+/// "Uprobes": no perf event, so no wait behind another drainwatch's teardown), perf events
+/// elsewhere and with `DRAINWATCH_UPROBES=perf`; either way the library is hooked and read.
+/// Counted from drainwatch's own fds (/proc/PID/fdinfo: a BPF link says its `link_type`).
+#[test]
+fn tls_uprobes_are_uprobe_multi_links_where_the_kernel_has_them() {
+    require_root();
+    // The kernel's own word, read apart from drainwatch's check: its BTF names the link.
+    let vmlinux = std::fs::read("/sys/kernel/btf/vmlinux").expect("kernel BTF");
+    let kernel_has_multi = vmlinux
+        .windows(b"bpf_uprobe_multi_link\0".len())
+        .any(|w| w == b"bpf_uprobe_multi_link\0");
+    let db = PgServer::start_tls();
+    // psycopg on libpq, sslmode=prefer: the wheel's own libssl.so.3.
+    let shop = Shop::start(Stack::Psycopg, "graceful", &Stack::Psycopg.dsn(&db, true));
+    let pid = shop.pid.to_string();
+    for (env, multi_expected) in [
+        (None, kernel_has_multi),
+        (Some(("DRAINWATCH_UPROBES", "perf")), false),
+    ] {
+        let env: Vec<(&str, &str)> = env.into_iter().collect();
+        let mut watch = Drainwatch::spawn_with_env(&["watch", "--pid", &pid, "--json", "-v"], &env);
+        watch.wait_for_stderr("TLS: pid");
+        watch.wait_for_stderr("drainwatch: attached to");
+        let links = uprobe_multi_links(watch.pid());
+        watch.signal(libc::SIGINT);
+        let done = watch.finish();
+        assert!(
+            done.stderr.contains("OpenSSL, read in plaintext"),
+            "{env:?}: {done:?}"
+        );
+        if multi_expected {
+            // SSL_write, SSL_read and their returns at the least (OpenSSL 3 has the _ex
+            // variants too).
+            assert!(links >= 4, "{env:?}: {links} uprobe_multi links");
+        } else {
+            assert_eq!(links, 0, "{env:?}: uprobe_multi links on a perf-event run");
+        }
+    }
+}
+
+/// How many of process `pid`'s fds are uprobe_multi links.
+fn uprobe_multi_links(pid: u32) -> usize {
+    let dir = format!("/proc/{pid}/fdinfo");
+    std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{dir}: {e}"))
+        .filter_map(|entry| std::fs::read_to_string(entry.ok()?.path()).ok())
+        .filter(|info| {
+            info.lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["link_type:", "uprobe_multi"])
+        })
+        .count()
+}

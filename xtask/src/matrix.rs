@@ -154,6 +154,14 @@ pub const SUBSET: &[(&str, Runs, u32, Ci)] = &[
         TCG,
         All,
     ),
+    // How the TLS uprobes are attached: uprobe_multi links on 6.12, perf events on 5.10
+    // and 6.1 (docs/hooks.md, "Uprobes"); the same on every backend of a kernel.
+    (
+        "tls::tls_uprobes_are_uprobe_multi_links_where_the_kernel_has_them",
+        OncePerKernel,
+        TCG,
+        All,
+    ),
     // Issue #22. The story's release (`wait`, then kill -9 or `stop` at the verdict) on
     // each backend: its verdict rests on the sockets as much as on `--op` (the gateway's
     // push-style link, the workers' database conversations classified from the survey when

@@ -82,6 +82,12 @@ pub fn kernel_func_id(name: &str) -> Option<u32> {
     kernel()?.func_id(name)
 }
 
+/// Whether the running kernel's BTF has `struct name` (a kernel built with the code that
+/// defines it).
+pub fn kernel_has_struct(name: &str) -> bool {
+    kernel().is_some_and(|btf| btf.type_id(KIND_STRUCT, name).is_some())
+}
+
 /// How many parameters the kernel function `name` takes, from its BTF prototype.
 pub fn kernel_func_params(name: &str) -> Option<usize> {
     kernel()?.func_params(name)

@@ -11,11 +11,19 @@
 
 use std::{
     ffi::CString,
-    os::fd::{FromRawFd, OwnedFd},
+    os::fd::OwnedFd,
     path::{Path, PathBuf},
 };
 
-use crate::{kernel::btf, kernel::tracefs, Error, Result};
+use crate::{
+    kernel::bpf_sys::{
+        bpf, ProgLoadAttr, BPF_MAP_CREATE, BPF_PROG_LOAD, BPF_RAW_TRACEPOINT_OPEN,
+        PROG_TYPE_RAW_TRACEPOINT, PROG_TYPE_TRACING, TRACE_FENTRY,
+    },
+    kernel::btf,
+    kernel::tracefs,
+    Error, Result,
+};
 
 /// The oldest kernel release with everything the probe needs on its last-resort backend
 /// (the syscall hooks): the BPF ring buffer (Linux 5.8), the newest of what it uses —
@@ -302,13 +310,7 @@ fn parse_lockdown(text: &str) -> Option<String> {
 
 // ---- the bpf(2) probes (include/uapi/linux/bpf.h) ----
 
-const BPF_MAP_CREATE: libc::c_long = 0;
-const BPF_PROG_LOAD: libc::c_long = 5;
-const BPF_RAW_TRACEPOINT_OPEN: libc::c_long = 17;
 const MAP_TYPE_RINGBUF: u32 = 27;
-const PROG_TYPE_RAW_TRACEPOINT: u32 = 17;
-const PROG_TYPE_TRACING: u32 = 26;
-const TRACE_FENTRY: u32 = 24;
 
 /// `struct bpf_insn`: opcode, dst (low nibble) and src (high nibble) registers, offset, imm.
 #[repr(C)]
@@ -342,52 +344,6 @@ const TASK_REGS: [Insn; 5] = [
     insn(0xb7, 0, 0, 0, 0),
     insn(0x95, 0, 0, 0, 0),
 ];
-
-/// The leading fields of `union bpf_attr` for BPF_PROG_LOAD; the kernel accepts a shorter
-/// attr than its own and treats the rest as zero.
-#[repr(C)]
-#[derive(Default)]
-struct ProgLoadAttr {
-    prog_type: u32,
-    insn_cnt: u32,
-    insns: u64,
-    license: u64,
-    log_level: u32,
-    log_size: u32,
-    log_buf: u64,
-    kern_version: u32,
-    prog_flags: u32,
-    prog_name: [u8; 16],
-    prog_ifindex: u32,
-    expected_attach_type: u32,
-    prog_btf_fd: u32,
-    func_info_rec_size: u32,
-    func_info: u64,
-    func_info_cnt: u32,
-    line_info_rec_size: u32,
-    line_info: u64,
-    line_info_cnt: u32,
-    attach_btf_id: u32,
-    attach_prog_fd: u32,
-    _pad: u32,
-}
-
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<OwnedFd> {
-    // SAFETY: attr is a live, initialised bpf_attr prefix of the size passed.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr as *mut T as *mut libc::c_void,
-            std::mem::size_of::<T>() as libc::c_uint,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a successful bpf() command returns a new fd that we now own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
 
 fn describe(err: &std::io::Error) -> String {
     match err.raw_os_error() {
@@ -554,15 +510,6 @@ mod tests {
         assert_eq!(raw, [0xbf, 0x01, 0, 0, 0, 0, 0, 0]);
         let raw: [u8; 8] = unsafe { std::mem::transmute(TASK_REGS[2]) };
         assert_eq!(raw, [0x85, 0, 0, 0, 175, 0, 0, 0]);
-    }
-
-    #[test]
-    fn prog_load_attr_fields_sit_where_the_kernel_reads_them() {
-        // Offsets from include/uapi/linux/bpf.h (the BPF_PROG_LOAD struct of union bpf_attr).
-        let attr = ProgLoadAttr::default();
-        let base = &attr as *const _ as usize;
-        assert_eq!(&attr.expected_attach_type as *const _ as usize - base, 68);
-        assert_eq!(&attr.attach_btf_id as *const _ as usize - base, 108);
     }
 
     #[test]

@@ -14,7 +14,8 @@ impl Links {
     }
 
     /// Keeps an attachment drainwatch made itself (a perf event fd aya cannot open, such as
-    /// a uprobe with a reference counter): dropping it detaches it, like an aya link.
+    /// a uprobe with a reference counter; a uprobe_multi link): dropping it detaches it,
+    /// like an aya link.
     pub fn add_owned(&mut self, attachment: std::os::fd::OwnedFd) {
         self.0.push(Box::new(attachment));
     }

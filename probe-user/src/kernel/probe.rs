@@ -29,6 +29,7 @@ use crate::{
         links::Links,
         tracefs::Format,
         uprobe::UprobeUnit,
+        uprobe_multi::{self, LoadedObject},
     },
     Error, Result,
 };
@@ -216,6 +217,13 @@ impl Probe {
             return Err(Error::NoProbeObject);
         }
         let started = std::time::Instant::now();
+        if let Some(value) = uprobe_multi::env_refused() {
+            return Err(Error::InvalidValue {
+                what: uprobe_multi::ENV,
+                value,
+                hint: "set it to perf (every uprobe a perf event) or unset it",
+            });
+        }
         check_privileges()?;
         let mut config = probe_config(tracefs_root, options.follow_forks)?;
         config.ring_bytes = options.ring_bytes;
@@ -231,6 +239,12 @@ impl Probe {
             .map_max_entries(map_names::REQUEST_LATENCY, latency_entries(cpus()?))
             .load(OBJECT)
             .map_err(load_error)?;
+        // Asked now, while kernel BTF is at hand; the units' programs are loaded later from
+        // the object and these maps where the kernel links uprobe_multi programs.
+        if uprobe_multi::supported() {
+            LoadedObject::register(OBJECT, &ebpf)
+                .map_err(|e| Error::Load(format!("keeping the probe's maps: {e}")))?;
+        }
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(logger) => Some(logger),
             Err(err) => {
@@ -348,6 +362,7 @@ impl Probe {
             links.append(unit.take_links());
         }
         let count = links.detach();
+        LoadedObject::unregister();
         drop(self);
         log::debug!("detached {count} tracepoints in {:?}", started.elapsed());
     }
@@ -470,5 +485,19 @@ mod latency_map_tests {
         assert_eq!(latency_entries(16), all);
         assert_eq!(latency_entries(64), 64);
         assert_eq!(latency_entries(4096), 16);
+    }
+}
+
+#[cfg(test)]
+mod object_tests {
+    use super::*;
+
+    /// kernel/uprobe_multi.rs loads the uprobe programs from this object without CO-RE
+    /// relocation (aya relocates against kernel BTF; that loader does not, and falls back to
+    /// perf-event uprobes on an object that needs it).
+    #[test]
+    fn the_object_needs_no_core_relocation() {
+        assert!(!OBJECT.is_empty(), "built without the probe object");
+        assert!(!uprobe_multi::has_core_relocations(OBJECT));
     }
 }

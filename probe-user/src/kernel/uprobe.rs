@@ -2,9 +2,11 @@
 //! symbol in a file, in one process only. kernel/tls.rs (OpenSSL's `SSL_write`/`SSL_read`)
 //! is built on it, and any other hook on a target's own functions should be too.
 //!
-//! Each attachment is scoped to one process (a perf event with its pid: the kernel only
-//! plants the breakpoint in that process's memory, so bystanders that map the same file pay
-//! nothing). A unit:
+//! Each attachment is scoped to one process (the kernel only plants the breakpoint in that
+//! process's memory, so bystanders that map the same file pay nothing): a uprobe_multi link
+//! with its pid where the kernel has them (kernel/uprobe_multi.rs: no perf event, so no wait
+//! on the kernel's `event_mutex` behind another drainwatch's teardown), else a perf event
+//! with its pid. A unit:
 //! - loads its programs lazily, at its first attach (a run that never needs them does not
 //!   pay the verifier), once; a refusal is remembered and returned by every later attach;
 //! - keeps its links ([`crate::kernel::links::Links`]) until [`Uprobes::take_links`] hands
@@ -27,7 +29,7 @@ use aya::{
     Ebpf,
 };
 
-use crate::kernel::links::Links;
+use crate::kernel::{links::Links, uprobe_multi};
 
 /// A unit of uprobes that the session installs in the probe ([`crate::kernel::probe::Probe`]
 /// holds it, since its programs live in the probe's object, and reaches it by type): the TLS
@@ -45,9 +47,20 @@ pub struct Uprobes {
     /// Its programs in the object (entry and return programs alike: aya tells them apart by
     /// their section, `uprobe` or `uretprobe`).
     programs: Vec<&'static str>,
-    /// Whether the programs loaded (once, at first use); `Err` says why not.
-    loaded: Option<Result<(), String>>,
+    /// Whether the unit may link its programs as uprobe_multi links: not when they are
+    /// attached to perf events opened elsewhere (CPython's USDT markers, kernel/ops/python.rs).
+    multi: bool,
+    /// How the programs loaded (once, at first use); `Err` says why they did not.
+    loaded: Option<Result<Loaded, String>>,
     links: Links,
+}
+
+/// Where a unit's programs were loaded.
+enum Loaded {
+    /// Into aya's `Ebpf`, attached with a perf event each.
+    Aya,
+    /// By kernel/uprobe_multi.rs, linked as uprobe_multi links.
+    Multi(uprobe_multi::Programs),
 }
 
 impl Uprobes {
@@ -55,32 +68,47 @@ impl Uprobes {
         Self {
             what,
             programs: programs.into_iter().collect(),
+            multi: true,
             loaded: None,
             links: Links::default(),
         }
     }
 
+    /// A unit whose programs are attached to perf events the caller opens (it reaches them
+    /// in aya's `Ebpf`): never loaded for uprobe_multi links.
+    pub fn perf_events_only(mut self) -> Self {
+        self.multi = false;
+        self
+    }
+
     /// Loads the unit's programs into the kernel if not done yet; the outcome of the first
     /// try is kept (a program the verifier refused stays refused).
     pub fn load(&mut self, ebpf: &mut Ebpf) -> Result<(), String> {
-        let (what, programs) = (self.what, &self.programs);
-        self.loaded
-            .get_or_insert_with(|| {
-                let started = std::time::Instant::now();
-                let _timed = Timed(what, started);
-                for &name in programs {
-                    let program: &mut UProbe = ebpf
-                        .program_mut(name)
-                        .ok_or_else(|| format!("no program {name} in the object"))?
-                        .try_into()
-                        .map_err(|e| format!("{name}: {e}"))?;
-                    program
-                        .load()
-                        .map_err(|e| format!("loading {name}: {}", error_line(&e)))?;
+        let (what, programs, multi) = (self.what, &self.programs, self.multi);
+        match self.loaded.get_or_insert_with(|| {
+            let started = std::time::Instant::now();
+            let _timed = Timed(what, started);
+            if multi && uprobe_multi::supported() {
+                match uprobe_multi::Programs::load(programs) {
+                    Ok(loaded) => return Ok(Loaded::Multi(loaded)),
+                    Err(why) => log::debug!("{what}: no uprobe_multi links ({why}); perf events"),
                 }
-                Ok(())
-            })
-            .clone()
+            }
+            for &name in programs {
+                let program: &mut UProbe = ebpf
+                    .program_mut(name)
+                    .ok_or_else(|| format!("no program {name} in the object"))?
+                    .try_into()
+                    .map_err(|e| format!("{name}: {e}"))?;
+                program
+                    .load()
+                    .map_err(|e| format!("loading {name}: {}", error_line(&e)))?;
+            }
+            Ok(Loaded::Aya)
+        }) {
+            Ok(_) => Ok(()),
+            Err(why) => Err(why.clone()),
+        }
     }
 
     /// Attaches `program` (one of the unit's) at file offset `offset` of `file`, in process
@@ -94,6 +122,11 @@ impl Uprobes {
         pid: NonZeroU32,
     ) -> Result<(), String> {
         self.load(ebpf)?;
+        if let Some(Ok(Loaded::Multi(programs))) = &self.loaded {
+            let link = programs.attach(program, file, offset, pid)?;
+            self.links.add_owned(link);
+            return Ok(());
+        }
         let uprobe: &mut UProbe = ebpf
             .program_mut(program)
             .ok_or_else(|| format!("no program {program}"))?

@@ -100,7 +100,7 @@ pub(super) struct CPython {
 impl Default for CPython {
     fn default() -> Self {
         Self {
-            uprobes: Uprobes::new("--op CPython", [PY_ENTRY, PY_RETURN]),
+            uprobes: Uprobes::new("--op CPython", [PY_ENTRY, PY_RETURN]).perf_events_only(),
             links: Links::default(),
             markers: HashMap::new(),
             names_written: false,
