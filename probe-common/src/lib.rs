@@ -34,6 +34,7 @@ pub mod map_names {
     pub const DB_ADDRS: &str = "DB_ADDRS";
     pub const COMMS: &str = "COMMS";
     pub const REQUEST_LATENCY: &str = "REQUEST_LATENCY";
+    pub const REQUEST_COUNTS: &str = "REQUEST_COUNTS";
     pub const USER_TARGET_BITS: &str = "USER_TARGET_BITS";
     pub const LISTEN_PORTS: &str = "LISTEN_PORTS";
     pub const SURVEYED: &str = "SURVEYED";
@@ -655,7 +656,9 @@ pub struct TargetInfo {
     /// `--comm` exec, 4 a receiver of the launched command's signal; possibly with
     /// [`ORIGIN_LAUNCHED_TREE`] set on top.
     pub origin: u32,
-    /// Client requests of this process (kept in the entry keyed by the tgid only).
+    /// Client requests of this process (kept in the entry keyed by the tgid only) that
+    /// found no room in the per-CPU `REQUEST_COUNTS` map, where they are counted otherwise;
+    /// userspace adds the two.
     pub requests: RequestCounters,
 }
 
@@ -671,10 +674,14 @@ impl TargetInfo {
 
 /// Client requests counted in the kernel, per target process (docs/design.md, "request in
 /// flight"): in flight = `started - ended`, plus the requests userspace found in flight at
-/// attach minus `existing_ended`. Each counter only grows (atomic adds from any CPU).
+/// attach minus `existing_ended`. Each counter only grows. One copy per CPU (probe-ebpf's
+/// `REQUEST_COUNTS`): a request may start on one CPU and end on another, so only the sum
+/// of the copies means anything.
 ///
 /// `ended` comes first: a reader copying the struct front to back sees `ended` no later than
 /// `started`, so a torn read can only over-count what is in flight, never under-count it.
+/// Across the copies of the CPUs that order needs two reads: the `ended` side from the first,
+/// the `started` side from the second (probe-user's `kernel/probe/maps.rs`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RequestCounters {
@@ -720,6 +727,12 @@ pub struct CallCounters {
     pub one_way: u64,
     /// Of `existing_ended`, calls on connections that had not answered (first calls).
     pub first_existing_ended: u64,
+    /// Of `started`, calls taken back: their connection's first bytes made it a database's
+    /// (probe-ebpf's `undo_call`). A counter of its own rather than a subtraction from
+    /// `started`, so that it is read with the `ended` side and every count only grows.
+    pub taken_back: u64,
+    /// Of `first_started`, the same.
+    pub first_taken_back: u64,
 }
 
 impl CallCounters {
@@ -734,6 +747,8 @@ impl CallCounters {
             first_last_start_ns: 0,
             one_way: 0,
             first_existing_ended: 0,
+            taken_back: 0,
+            first_taken_back: 0,
         }
     }
 }
@@ -775,15 +790,15 @@ const _: () = assert!(core::mem::size_of::<ForkEvent>() == 16 + 16 + COMM_LEN);
 const _: () = assert!(core::mem::size_of::<ExecEvent>() == 16 + 8 + COMM_LEN);
 const _: () = assert!(core::mem::size_of::<ExitEvent>() == 16 + 16 + COMM_LEN);
 const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 80 + 56);
-const _: () = assert!(core::mem::size_of::<TargetInfo>() == 8 + 48 + 72);
+const _: () = assert!(core::mem::size_of::<TargetInfo>() == 8 + 48 + 88);
 const _: () = assert!(core::mem::size_of::<ConnKey>() == 8);
 const _: () = assert!(core::mem::size_of::<ConnState>() == 24);
 const _: () = assert!(core::mem::size_of::<SockAddr>() == 20);
 const _: () = assert!(core::mem::size_of::<Pending>() == 48);
 const _: () = assert!(core::mem::size_of::<ConnOpenEvent>() == 16 + 16 + 20 + 4);
 const _: () = assert!(core::mem::size_of::<ConnCloseEvent>() == 16 + 24);
-const _: () = assert!(core::mem::size_of::<RequestCounters>() == 48 + 72);
-const _: () = assert!(core::mem::size_of::<CallCounters>() == 72);
+const _: () = assert!(core::mem::size_of::<RequestCounters>() == 48 + 88);
+const _: () = assert!(core::mem::size_of::<CallCounters>() == 88);
 const _: () =
     assert!(core::mem::size_of::<latency::LatencyHistogram>() == 8 * latency::LATENCY_SLOTS);
 const _: () = assert!(core::mem::size_of::<DbIoEvent>() == 16 + 24 + HEAD_BYTES + TAIL_BYTES);
@@ -794,6 +809,7 @@ mod pod {
     // so every bit pattern is valid and there are no implicit holes.
     unsafe impl aya::Pod for super::ProbeConfig {}
     unsafe impl aya::Pod for super::TargetInfo {}
+    unsafe impl aya::Pod for super::RequestCounters {}
     unsafe impl aya::Pod for super::latency::LatencyHistogram {}
     unsafe impl aya::Pod for super::ConnKey {}
     unsafe impl aya::Pod for super::ConnState {}

@@ -375,7 +375,10 @@ fn try_sched_process_exit<C: LifecycleArgs>(ctx: &C) -> Result<u32, u32> {
     // Removing the tgid's entry is also the once-only gate: where `live` stands in for
     // group_dead, two threads exiting together can both read 0, and only the one whose
     // delete succeeds reports the exit.
-    if TARGETS.remove(&tgid).is_err() && cfg.exit_group_dead_off == NO_OFFSET {
+    let removed = TARGETS.remove(&tgid).is_ok();
+    // After the entry: no counters can be made for it from here on.
+    crate::sockets::forget_counters(tgid);
+    if !removed && cfg.exit_group_dead_off == NO_OFFSET {
         return Ok(0);
     }
     let (exit_code, exit_code_known) = read_exit_code(cfg.task_exit_code_off);

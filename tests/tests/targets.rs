@@ -585,3 +585,63 @@ fn watch_on_the_nginx_master_shows_its_workers_and_their_requests() {
         assert_eq!(line["age_ms"], Value::Null, "{frame:#}");
     }
 }
+
+/// More target processes serving requests at once than the kernel has per-CPU request
+/// counters for (probe-ebpf's `REQUEST_COUNTS`, 256 processes here): those that find no
+/// room count in their `TARGETS` entry, and drainwatch adds both (kernel/probe/counters.rs).
+/// Every request is in flight until answered and counted once, whichever copy holds it.
+#[test]
+fn more_serving_processes_than_per_cpu_counters_still_count_every_request() {
+    const WORKERS: usize = 300;
+    require_root();
+    let dir = TempDir::new("many-workers");
+    let gate = Gate::new(&dir, "echo");
+    let gate_path = gate.path().to_string_lossy().into_owned();
+    let workers = WORKERS.to_string();
+    let server = Server::start(&["--workers", &workers, "--gate", &gate_path]);
+    assert_eq!(server.workers.len(), WORKERS);
+    let master = server.pid.to_string();
+    let mut watch =
+        Drainwatch::attach(&["watch", "--pid", &master, "--json", "--interval", "50ms"]);
+    let frames = watch.stdout_lines();
+    let until = |what: &str, done: &dyn Fn(&Value) -> bool| {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        let mut last = Value::Null;
+        while std::time::Instant::now() < deadline {
+            let Ok(line) = frames.recv_timeout(PATIENCE) else {
+                break;
+            };
+            last = serde_json::from_str(&line).unwrap_or(Value::Null);
+            if done(&last) {
+                return;
+            }
+        }
+        panic!("no watch frame with {what} within {PATIENCE:?}; the last: {last:#}");
+    };
+    // A worker serves one connection at a time: each connection is another process's.
+    let mut clients: Vec<std::net::TcpStream> = (0..WORKERS)
+        .map(|_| {
+            let mut client = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+            std::io::Write::write_all(&mut client, b"ping\n").unwrap();
+            client
+        })
+        .collect();
+    until(&format!("{WORKERS} requests in flight"), &|f| {
+        f["requests_in_flight"].as_u64() == Some(WORKERS as u64)
+    });
+    gate.open();
+    for client in &mut clients {
+        let mut echo = [0u8; 5];
+        std::io::Read::read_exact(client, &mut echo).expect("echoed");
+    }
+    until(
+        &format!("{WORKERS} requests answered, none in flight"),
+        &|f| {
+            f["requests_in_flight"].as_u64() == Some(0)
+                && f["requests"]["count"].as_u64() == Some(WORKERS as u64)
+        },
+    );
+    watch.signal(libc::SIGINT);
+    let done = watch.finish();
+    assert_eq!(done.code, 0, "{done:?}");
+}

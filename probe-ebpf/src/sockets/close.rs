@@ -7,10 +7,10 @@ use probe_common::{ConnCloseEvent, ConnKey, ConnState, EventKind, CONN_PUSH, ROL
 use super::{
     calls::end_call,
     conns::CONNS,
-    requests::{end_request, now_ns},
+    requests::{counters, end_request, now_ns},
     syscall::arg,
 };
-use crate::shared::{current_tgid_pid, emit_flags, header, is_target, quiet_flags, target};
+use crate::shared::{current_tgid_pid, emit_flags, header, is_target, quiet_flags};
 
 #[raw_tracepoint]
 pub fn sys_enter_close(ctx: RawTracePointContext) -> u32 {
@@ -73,15 +73,15 @@ pub(super) fn emit_close(tgid: u32, fd: u32, state: &ConnState) {
     if state.request_in_flight != 0 {
         // The connection closed with a request (or an upstream call) in flight: it is
         // over, unanswered.
-        if let Some(target) = target(tgid) {
+        if let Some(counts) = counters(tgid) {
             let mut closed = *state;
             if state.role == ROLE_UPSTREAM {
                 // SAFETY: bpf_ktime_get_ns has no preconditions.
-                end_call(target, &mut closed, unsafe {
+                end_call(counts, &mut closed, unsafe {
                     aya_ebpf::helpers::bpf_ktime_get_ns()
                 });
             } else {
-                end_request(target, &mut closed, now_ns());
+                end_request(counts, &mut closed, now_ns());
             }
         }
     }

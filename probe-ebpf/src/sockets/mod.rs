@@ -10,9 +10,9 @@
 //! the exit needs in the thread's pending slot.
 //!
 //! Hot path: the bitmap, then a `CONNS` lookup before anything else. Client requests send
-//! no events at all: they are counted in the target's `TARGETS` entry (started, ended, last
-//! edge) and their latencies in a per-CPU histogram, which userspace reads on its drain
-//! tick. Only connection opens/closes, database I/O and lifecycle events use the ring
+//! no events at all: they are counted per target process in per-CPU counters (started,
+//! ended, last edge) and their latencies in a per-CPU histogram, which userspace reads on
+//! its drain tick. Only connection opens/closes, database I/O and lifecycle events use the ring
 //! buffer, submitted without waking userspace (unless it is half full).
 //!
 //! One module per concern: [`dispatch`] (the two attached programs), [`pending`] (a
@@ -46,3 +46,5 @@ mod requests;
 mod sock_tp;
 mod syscall;
 mod tls;
+
+pub(crate) use requests::forget_counters;

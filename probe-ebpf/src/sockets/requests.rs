@@ -1,6 +1,6 @@
-//! Client requests, counted in the kernel: started/ended counters and the last edge in the
-//! target's `TARGETS` entry, latencies in a histogram per target process (no ring-buffer
-//! event at all).
+//! Client requests, counted in the kernel: started/ended counters and the last edge per
+//! target process and per CPU (`REQUEST_COUNTS`), latencies in a histogram per target
+//! process and per CPU (no ring-buffer event at all).
 
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
@@ -14,7 +14,7 @@ use probe_common::{
     latency::{
         self, LatencyHistogram, LATENCY_MAX_SLOT, LATENCY_OVERFLOW_TGID, MAX_LATENCY_TARGETS,
     },
-    ConnState, TargetInfo, CONN_PUSH, PUSH_GAP, PUSH_TIME_SHIFT,
+    ConnState, RequestCounters, CONN_PUSH, PUSH_GAP, PUSH_TIME_SHIFT,
 };
 
 use crate::shared::target_entry;
@@ -31,6 +31,17 @@ use crate::shared::target_entry;
 static REQUEST_LATENCY: PerCpuHashMap<u32, LatencyHistogram> =
     PerCpuHashMap::with_max_entries(MAX_LATENCY_TARGETS, 0);
 
+/// The request and upstream-call counters of target processes (tgid), one copy per CPU:
+/// every request edge writes them, and with one copy for all CPUs that line moved between
+/// the CPUs on almost every hit of a multi-threaded server (docs/bench.md, "Per-request
+/// program cost"). Userspace sums the copies, in an order that never under-counts what is
+/// in flight (probe-user/src/kernel/probe/maps.rs, `request_counters`). Preallocated, as
+/// [`REQUEST_LATENCY`]; userspace sizes it by the CPUs at load. A process that finds it
+/// full counts in its `TARGETS` entry instead ([`counters`]).
+#[map]
+static REQUEST_COUNTS: PerCpuHashMap<u32, RequestCounters> =
+    PerCpuHashMap::with_max_entries(MAX_LATENCY_TARGETS, 0);
+
 /// A zeroed histogram, never written: what a new process's entry is created from (4 KiB do
 /// not fit on the 512-byte BPF stack; a map value can be the source of an update).
 #[map]
@@ -42,6 +53,47 @@ static LATENCY_ZERO: Array<LatencyHistogram> = Array::with_max_entries(1, 0);
 pub(super) fn count(counter: *mut u64) {
     // SAFETY: a u64 inside a map value, 8-byte aligned, valid for this program run.
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, 1) };
+}
+
+/// This CPU's counters of target process `tgid` ([`REQUEST_COUNTS`]), made on its first
+/// request edge on this CPU; its `TARGETS` entry's when the map is full; `None` when it is
+/// no target (any more). `TARGETS` stays the last word: a process gets counters only while
+/// it has an entry there, and its exit removes both (lifecycle.rs).
+#[inline(always)]
+pub(super) fn counters(tgid: u32) -> Option<*mut RequestCounters> {
+    if let Some(counters) = REQUEST_COUNTS.get_ptr_mut(&tgid) {
+        return Some(counters);
+    }
+    if dw_new_counters(tgid as u64) == 0 {
+        if let Some(counters) = REQUEST_COUNTS.get_ptr_mut(&tgid) {
+            return Some(counters);
+        }
+    }
+    // SAFETY: a map value pointer, valid for this program run.
+    target_entry(tgid).map(|target| unsafe { &raw mut (*target).requests })
+}
+
+/// Makes the [`REQUEST_COUNTS`] entry of target process `tgid` (zero on every CPU); 0 when
+/// it is a target. Out of line, a global BPF function: the zeroed value lives in its own
+/// stack frame, not in that of the data path that calls it (whose frame is near the
+/// verifier's 512 bytes already).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn dw_new_counters(tgid: u64) -> u32 {
+    let tgid = tgid as u32;
+    if target_entry(tgid).is_none() {
+        return 1;
+    }
+    // BPF_NOEXIST: another CPU may have made it meanwhile, which is as good.
+    let _ = REQUEST_COUNTS.insert(&tgid, &RequestCounters::zeroed(), BPF_NOEXIST as u64);
+    0
+}
+
+/// Forgets the counters of target process `tgid`, which exited (lifecycle.rs, after its
+/// `TARGETS` entry: from then on none can be made again for it).
+#[inline(always)]
+pub(crate) fn forget_counters(tgid: u32) {
+    let _ = REQUEST_COUNTS.remove(&tgid);
 }
 
 /// The clock of one program run: read once per hit and handed down, so that a request's
@@ -60,8 +112,8 @@ pub(super) fn now_ns() -> u64 {
 /// unprompted: the connection is push-style (docs/design.md, "request in flight"), counted
 /// once per connection so that userspace knows when to look for which.
 ///
-/// The callers have passed the target bitmap already, so the owner's `TARGETS` entry is
-/// looked up directly ([`target_entry`]): that map has the last word either way.
+/// The callers have passed the target bitmap already, so the owner's counters are looked
+/// up directly ([`counters`]).
 #[inline(always)]
 pub(super) fn client_send(tgid: u32, current: u32, state: &mut ConnState, now: u64) {
     // 0 means "no send seen yet": the first send of a connection (a greeting before any
@@ -69,8 +121,8 @@ pub(super) fn client_send(tgid: u32, current: u32, state: &mut ConnState, now: u
     let units = ((now >> PUSH_TIME_SHIFT) as u32).max(1);
     if state.request_in_flight != 0 {
         let since = state.request_since_ns;
-        if let Some(target) = target_entry(tgid) {
-            end_request(target, state, now);
+        if let Some(counters) = counters(tgid) {
+            end_request(counters, state, now);
             if since != 0 {
                 record_latency(current, now.saturating_sub(since) / 1000);
             }
@@ -80,9 +132,9 @@ pub(super) fn client_send(tgid: u32, current: u32, state: &mut ConnState, now: u
         && units.wrapping_sub(state.last_send) >= PUSH_GAP
     {
         state.flags |= CONN_PUSH;
-        if let Some(target) = target_entry(tgid) {
+        if let Some(counters) = counters(tgid) {
             // SAFETY: a map value pointer, valid for this program run.
-            unsafe { count(&raw mut (*target).requests.pushed) };
+            unsafe { count(&raw mut (*counters).pushed) };
         }
     }
     state.last_send = units;
@@ -94,28 +146,28 @@ pub(super) fn client_send(tgid: u32, current: u32, state: &mut ConnState, now: u
 /// [`client_send`].
 #[inline(always)]
 pub(super) fn client_recv(tgid: u32, state: &mut ConnState, now: u64) {
-    let Some(target) = target_entry(tgid) else {
+    let Some(counters) = counters(tgid) else {
         return;
     };
     if state.request_in_flight == 0 {
-        start_request(target, state, now);
+        start_request(counters, state, now);
     } else {
         // SAFETY: a map value pointer, valid for this program run (a plain 8-byte store: a
         // reader sees the old or the new time).
-        unsafe { (*target).requests.last_input_ns = now };
+        unsafe { (*counters).last_input_ns = now };
     }
 }
 
 /// First bytes received on an idle client connection (docs/design.md, "request in flight").
 #[inline(always)]
-fn start_request(target: *mut TargetInfo, state: &mut ConnState, now: u64) {
+fn start_request(counters: *mut RequestCounters, state: &mut ConnState, now: u64) {
     state.request_in_flight = 1;
     state.request_since_ns = now;
     // SAFETY: a map value pointer, valid for this program run.
     unsafe {
-        count(&raw mut (*target).requests.started);
-        (*target).requests.last_edge_ns = now;
-        (*target).requests.last_input_ns = now;
+        count(&raw mut (*counters).started);
+        (*counters).last_edge_ns = now;
+        (*counters).last_input_ns = now;
     }
 }
 
@@ -123,17 +175,17 @@ fn start_request(target: *mut TargetInfo, state: &mut ConnState, now: u64) {
 /// was already in flight at attach: it counts apart, and its latency is unknown (an
 /// answered one's latency is filed by [`client_send`]).
 #[inline(always)]
-pub(super) fn end_request(target: *mut TargetInfo, state: &mut ConnState, now: u64) {
+pub(super) fn end_request(counters: *mut RequestCounters, state: &mut ConnState, now: u64) {
     let since = state.request_since_ns;
     state.request_in_flight = 0;
     // SAFETY: a map value pointer, valid for this program run.
     unsafe {
         if since == 0 {
-            count(&raw mut (*target).requests.existing_ended);
+            count(&raw mut (*counters).existing_ended);
         } else {
-            count(&raw mut (*target).requests.ended);
+            count(&raw mut (*counters).ended);
         }
-        (*target).requests.last_edge_ns = now;
+        (*counters).last_edge_ns = now;
     }
 }
 

@@ -311,13 +311,15 @@ pub struct TargetCalls {
 }
 
 impl TargetCalls {
+    /// The kernel's counters; calls taken back (a database's first bytes, not a call) are
+    /// not counted as started.
     pub fn from_wire(c: &probe_common::CallCounters) -> Self {
         Self {
-            started: c.started,
+            started: c.started.wrapping_sub(c.taken_back),
             ended: c.ended,
             existing_ended: c.existing_ended,
             last_edge_ns: c.last_edge_ns,
-            first_started: c.first_started,
+            first_started: c.first_started.wrapping_sub(c.first_taken_back),
             first_ended: c.first_ended,
             first_last_start_ns: c.first_last_start_ns,
             one_way: c.one_way,

@@ -34,6 +34,7 @@ use crate::{
     Error, Result,
 };
 
+mod counters;
 mod maps;
 mod owned;
 pub use maps::ConnSeed;
@@ -237,6 +238,7 @@ impl Probe {
             .override_global("CONFIG", &config, true)
             .map_max_entries(map_names::EVENTS, options.ring_bytes)
             .map_max_entries(map_names::REQUEST_LATENCY, latency_entries(cpus()?))
+            .map_max_entries(map_names::REQUEST_COUNTS, counts_entries(cpus()?))
             .load(OBJECT)
             .map_err(load_error)?;
         // Asked now, while kernel BTF is at hand; the units' programs are loaded later from
@@ -434,6 +436,18 @@ fn latency_entries(cpus: usize) -> u32 {
     (LATENCY_MAP_BYTES / each).clamp(16, latency::MAX_LATENCY_TARGETS as usize) as u32
 }
 
+/// Kernel memory the per-CPU request counters may take, preallocated at load.
+const COUNTS_MAP_BYTES: usize = 2 << 20;
+
+/// How many processes get per-CPU request counters (probe-ebpf's `REQUEST_COUNTS`,
+/// preallocated like the histograms): one per histogram up to 60 CPUs, never under 16.
+/// The processes that find no room count in their `TARGETS` entry, which userspace adds in
+/// (kernel/probe/counters.rs): all that costs them is the per-CPU copies' speed.
+fn counts_entries(cpus: usize) -> u32 {
+    let each = std::mem::size_of::<probe_common::RequestCounters>() * cpus.max(1);
+    (COUNTS_MAP_BYTES / each).clamp(16, latency::MAX_LATENCY_TARGETS as usize) as u32
+}
+
 /// The shared histogram of processes that find the latency map full: made now, while
 /// there is room (the kernel's fallback can then not fail).
 fn reserve_latency_overflow(ebpf: &mut Ebpf) -> Result<()> {
@@ -485,6 +499,15 @@ mod latency_map_tests {
         assert_eq!(latency_entries(16), all);
         assert_eq!(latency_entries(64), 64);
         assert_eq!(latency_entries(4096), 16);
+    }
+
+    #[test]
+    fn request_counters_have_room_for_every_histogram_up_to_60_cpus() {
+        let all = latency::MAX_LATENCY_TARGETS;
+        assert_eq!(counts_entries(2), all);
+        assert_eq!(counts_entries(60), all);
+        assert_eq!(counts_entries(64), 240);
+        assert_eq!(counts_entries(4096), 16);
     }
 }
 

@@ -4,8 +4,8 @@
 use aya::maps::{Array, HashMap, PerCpuArray, PerCpuHashMap};
 use probe_common::{
     latency::{LatencyHistogram, LATENCY_MAX_SLOT, LATENCY_OVERFLOW_TGID, LATENCY_SLOTS},
-    map_names, ConnKey, ConnState, Counter, Pending, RequestCounters, TargetInfo, COMM_LEN,
-    CONN_EXISTED, CONN_UNKNOWN,
+    map_names, ConnKey, ConnState, Counter, Pending, TargetInfo, COMM_LEN, CONN_EXISTED,
+    CONN_UNKNOWN,
 };
 
 use super::owned::{Probe, BPF_NOEXIST};
@@ -110,13 +110,6 @@ impl Probe {
             Err(_) if targets.get(&id, 0).is_ok() => Ok(()),
             Err(err) => Err(load_error(err)),
         }
-    }
-
-    /// The kernel's request counters of a target process; `None` once it has exited.
-    pub fn request_counters(&self, tgid: u32) -> Option<RequestCounters> {
-        let map = self.ebpf.map(map_names::TARGETS)?;
-        let targets = HashMap::<_, u32, TargetInfo>::try_from(map).ok()?;
-        targets.get(&tgid, 0).ok().map(|info| info.requests)
     }
 
     /// Answered requests by latency bucket, per target process (tgid; the tgid
