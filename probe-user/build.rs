@@ -55,9 +55,12 @@ fn main() {
         .canonicalize()
         .expect("probe-ebpf sits beside probe-user");
     let root = root.to_str().expect("UTF-8 path");
+    // cargo sets CARGO_FEATURE_* for the build script of a package built with the feature.
+    let floor = env::var_os("CARGO_FEATURE_BENCH_FLOOR").is_some();
     let package = aya_build::Package {
         name: "probe-ebpf",
         root_dir: root,
+        features: if floor { &["bench-floor"] } else { &[] },
         ..Default::default()
     };
     if let Err(err) = aya_build::build_ebpf([package], aya_build::Toolchain::Nightly) {

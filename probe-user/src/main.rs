@@ -28,6 +28,12 @@ fn main() -> ExitCode {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
     }
+    if cfg!(feature = "bench-floor") {
+        eprintln!(
+            "drainwatch: a benchmark floor build (docs/bench.md): its socket programs return at \
+             once, so it sees no connection and its verdicts mean nothing"
+        );
+    }
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if drainwatch::usage::is_help_of_help(&argv) {
         let _ = drainwatch::manual::command().print_long_help();

@@ -5,6 +5,11 @@
 //! (every key as before) plus `hooks` and `by_hooks` (each backend's results), and
 //! `results.md` the tables side by side. `DRAINWATCH_HOOKS` in the environment benches
 //! that one backend only.
+//!
+//! It also builds the floor (`probe-user`'s `bench-floor` feature: the socket data-path
+//! programs return at their first instruction) into `target/bench/drainwatch-floor`, which
+//! the socket-level backends' throughput trials run beside the real one (docs/bench.md,
+//! "The floor").
 
 use std::{fs, path::Path};
 
@@ -65,11 +70,35 @@ fn side_by_side(names: &[String], tables: &[String]) -> String {
     out
 }
 
+/// Builds the floor into `dir` and returns its path. First, so that the release build
+/// after it leaves the real `drainwatch` in target/release (a feature change rebuilds only
+/// probe-user and its probe).
+fn build_floor(dir: &Path) -> Result<std::path::PathBuf> {
+    println!("bench: cargo build (release, the floor: --features bench-floor)");
+    let mut cmd = exec::cargo();
+    cmd.args([
+        "build",
+        "--release",
+        "-p",
+        "probe-user",
+        "--bin",
+        "drainwatch",
+        "--features",
+        "bench-floor",
+    ]);
+    exec::run(&mut cmd).context("building the floor")?;
+    let floor = dir.join("drainwatch-floor");
+    fs::copy(compile::binary("release", "drainwatch"), &floor)
+        .with_context(|| format!("copying the floor build to {}", floor.display()))?;
+    Ok(floor)
+}
+
 pub fn run(runs: u32) -> Result<()> {
     setup::run()?;
-    let drainwatch = compile::build(true)?;
     let dir = exec::target_dir().join("bench");
     fs::create_dir_all(&dir)?;
+    let floor = build_floor(&dir)?;
+    let drainwatch = compile::build(true)?;
     let names = backends(&drainwatch);
     let mut by_hooks = Map::new();
     let mut tables = Vec::new();
@@ -85,6 +114,10 @@ pub fn run(runs: u32) -> Result<()> {
             .env("DW_GAME_BIN", compile::binary("release", "dw-game"))
             .env("DW_LOAD_BIN", compile::binary("release", "dw-load"))
             .current_dir(exec::workspace_root());
+        // The floor is of the socket programs: the syscall hooks have none of them.
+        if backend != "syscalls" {
+            cmd.env("DW_FLOOR_BIN", &floor);
+        }
         exec::run(&mut cmd)?;
         let json: Value = serde_json::from_str(
             &fs::read_to_string(&out).with_context(|| format!("reading {}", out.display()))?,

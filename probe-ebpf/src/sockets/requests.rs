@@ -35,7 +35,7 @@ static REQUEST_LATENCY: PerCpuHashMap<u32, LatencyHistogram> =
 /// every request edge writes them, and with one copy for all CPUs that line moved between
 /// the CPUs on almost every hit of a multi-threaded server (docs/bench.md, "Per-request
 /// program cost"). Userspace sums the copies, in an order that never under-counts what is
-/// in flight (probe-user/src/kernel/probe/maps.rs, `request_counters`). Preallocated, as
+/// in flight (probe-user/src/kernel/probe/counters.rs). Preallocated, as
 /// [`REQUEST_LATENCY`]; userspace sizes it by the CPUs at load. A process that finds it
 /// full counts in its `TARGETS` entry instead ([`counters`]).
 #[map]
@@ -74,9 +74,9 @@ pub(super) fn counters(tgid: u32) -> Option<*mut RequestCounters> {
 }
 
 /// Makes the [`REQUEST_COUNTS`] entry of target process `tgid` (zero on every CPU); 0 when
-/// it is a target. Out of line, a global BPF function: the zeroed value lives in its own
-/// stack frame, not in that of the data path that calls it (whose frame is near the
-/// verifier's 512 bytes already).
+/// it is a target. Out of line, a global BPF function: the 136-byte zeroed value lives in
+/// its own stack frame, not in the frame of every data path that would inline it, and the
+/// verifier checks it once.
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn dw_new_counters(tgid: u64) -> u32 {

@@ -38,16 +38,23 @@ enum Config {
     BystanderAlone,
     /// Server B while drainwatch watches server A.
     BystanderBeside,
+    /// Server A under the floor build (`DW_FLOOR_BIN`: the socket data-path programs return
+    /// at their first instruction): what the hooks cost whatever the programs do.
+    Floor,
+    /// Server B while the floor build watches server A.
+    BystanderBesideFloor,
 }
 
 impl Config {
-    const ALL: [Config; 6] = [
+    const ALL: [Config; 8] = [
         Config::Untraced,
         Config::Drainwatch,
         Config::Bpftrace,
         Config::Strace,
         Config::BystanderAlone,
         Config::BystanderBeside,
+        Config::Floor,
+        Config::BystanderBesideFloor,
     ];
 
     fn key(self) -> &'static str {
@@ -58,6 +65,8 @@ impl Config {
             Config::Strace => "strace",
             Config::BystanderAlone => "bystander_alone",
             Config::BystanderBeside => "bystander_beside_drainwatch",
+            Config::Floor => "floor",
+            Config::BystanderBesideFloor => "bystander_beside_floor",
         }
     }
 }
@@ -68,6 +77,9 @@ struct Servers {
     b: Server,
     cpu_a: Option<CpuGroup>,
     cpu_b: Option<CpuGroup>,
+    /// The floor build of drainwatch (`DW_FLOOR_BIN`, which `cargo xtask bench` builds), if
+    /// given: its trials run then.
+    floor: Option<std::path::PathBuf>,
 }
 
 /// One trial: req/s, and the measured server's CPU time per request (ns; NaN without a
@@ -77,11 +89,22 @@ fn trial(config: Config, servers: &Servers, secs: u64) -> (f64, f64) {
     let tracer = match config {
         Config::Untraced | Config::BystanderAlone => None,
         Config::Drainwatch | Config::BystanderBeside => Some(Tracer::drainwatch(a.pid, false)),
+        Config::Floor | Config::BystanderBesideFloor => Some(Tracer::drainwatch_from(
+            servers
+                .floor
+                .as_deref()
+                .expect("floor trials run with DW_FLOOR_BIN"),
+            a.pid,
+            false,
+            &[],
+        )),
         Config::Bpftrace => Some(Tracer::bpftrace(a.pid)),
         Config::Strace => Some(Tracer::strace(a.pid)),
     };
     let (port, cpu) = match config {
-        Config::BystanderAlone | Config::BystanderBeside => (b.port, &servers.cpu_b),
+        Config::BystanderAlone | Config::BystanderBeside | Config::BystanderBesideFloor => {
+            (b.port, &servers.cpu_b)
+        }
         _ => (a.port, &servers.cpu_a),
     };
     // Let the attach settle (drainwatch's first /proc scan, bpftrace's map setup).
@@ -217,6 +240,15 @@ fn churn(port: u16, threads: usize, secs: u64) -> f64 {
     done as f64 / started.elapsed().as_secs_f64()
 }
 
+/// A figure for the JSON: null where it could not be measured (NaN).
+fn finite(x: f64) -> Value {
+    if x.is_finite() {
+        json!(x)
+    } else {
+        Value::Null
+    }
+}
+
 fn loss(base: f64, traced: f64) -> f64 {
     (base - traced) / base
 }
@@ -237,11 +269,20 @@ pub fn run(rounds: usize, secs: u64, table: &mut Table) -> Value {
             .map_err(|e| eprintln!("dw-bench: no CPU time per request: {e}"))
             .ok()
     };
+    let floor = std::env::var_os("DW_FLOOR_BIN").map(std::path::PathBuf::from);
+    if let Some(bin) = &floor {
+        assert!(bin.is_file(), "DW_FLOOR_BIN {} is no file", bin.display());
+    } else {
+        eprintln!(
+            "dw-bench: no DW_FLOOR_BIN: the floor trials do not run (cargo xtask bench builds it)"
+        );
+    }
     let servers = Servers {
         cpu_a: cpu_group("dw-bench-a", a.pid),
         cpu_b: cpu_group("dw-bench-b", b.pid),
         a,
         b,
+        floor,
     };
     let a = &servers.a;
     let mut samples: BTreeMap<Config, Vec<f64>> = BTreeMap::new();
@@ -250,7 +291,11 @@ pub fn run(rounds: usize, secs: u64, table: &mut Table) -> Value {
         // Rotate the order each round, so no configuration always runs first or last.
         for i in 0..Config::ALL.len() {
             let config = Config::ALL[(i + round) % Config::ALL.len()];
-            if (config == Config::Bpftrace && !bpftrace) || (config == Config::Strace && !strace) {
+            let floor = matches!(config, Config::Floor | Config::BystanderBesideFloor);
+            if (config == Config::Bpftrace && !bpftrace)
+                || (config == Config::Strace && !strace)
+                || (floor && servers.floor.is_none())
+            {
                 continue;
             }
             let (rps, cpu_ns) = trial(config, &servers, secs);
@@ -272,17 +317,29 @@ pub fn run(rounds: usize, secs: u64, table: &mut Table) -> Value {
     let bystander_ratio = med(Config::BystanderBeside) / med(Config::BystanderAlone);
     // Per round too: each traced trial against the same round's untraced one.
     let per_round = |c: Config, against: Config| -> Vec<f64> {
-        let (x, y) = (&samples[&c], &samples[&against]);
+        let (Some(x), Some(y)) = (samples.get(&c), samples.get(&against)) else {
+            return Vec::new();
+        };
         x.iter().zip(y).map(|(x, y)| x / y).collect()
     };
     // The same from the servers' CPU time per request (less is better, so base ÷ traced).
     let cpu_med = |c: Config| cpu_samples.get(&c).map(|v| median(v)).unwrap_or(f64::NAN);
     let cpu_per_round = |c: Config, against: Config| -> Vec<f64> {
-        let (x, y) = (&cpu_samples[&c], &cpu_samples[&against]);
+        let (Some(x), Some(y)) = (cpu_samples.get(&c), cpu_samples.get(&against)) else {
+            return Vec::new();
+        };
         x.iter().zip(y).map(|(x, y)| y / x).collect()
     };
     let cpu_overhead_ratio = cpu_med(Config::Untraced) / cpu_med(Config::Drainwatch);
     let bystander_cpu_ratio = cpu_med(Config::BystanderAlone) / cpu_med(Config::BystanderBeside);
+    // The floor: the same trials with programs that do nothing (NaN without DW_FLOOR_BIN).
+    let floor_overhead_ratio = med(Config::Floor) / base;
+    let floor_bystander_ratio = med(Config::BystanderBesideFloor) / med(Config::BystanderAlone);
+    let floor_cpu_overhead_ratio = cpu_med(Config::Untraced) / cpu_med(Config::Floor);
+    let floor_bystander_cpu_ratio =
+        cpu_med(Config::BystanderAlone) / cpu_med(Config::BystanderBesideFloor);
+    // What drainwatch's programs add above the floor, in the server's CPU per request.
+    let above_floor_ns = cpu_med(Config::Drainwatch) - cpu_med(Config::Floor);
 
     // Kernel BPF stats, in a trial of their own: enabling them costs every program a
     // little, which the overhead trials above must not pay.
@@ -412,6 +469,37 @@ pub fn run(rounds: usize, secs: u64, table: &mut Table) -> Value {
         ),
         "",
     );
+    if servers.floor.is_some() {
+        table.row(
+            "floor_overhead_ratio (programs that return at once ÷ untraced; CPU: untraced ÷ floor)",
+            format!(
+                "{floor_overhead_ratio:.3} (rounds: {}); CPU {floor_cpu_overhead_ratio:.3}",
+                fmt_list(&per_round(Config::Floor, Config::Untraced))
+            ),
+            "",
+        );
+        table.row(
+            "floor_bystander_ratio (B beside the floor build ÷ alone; CPU: alone ÷ beside)",
+            format!(
+                "{floor_bystander_ratio:.3} (rounds: {}); CPU {floor_bystander_cpu_ratio:.3}",
+                fmt_list(&per_round(
+                    Config::BystanderBesideFloor,
+                    Config::BystanderAlone
+                ))
+            ),
+            "",
+        );
+        table.row(
+            "server CPU per request above the floor, ns (drainwatch − floor)",
+            format!(
+                "{above_floor_ns:.0} ({:.0} − {:.0}; the floor itself {:.0} above untraced)",
+                cpu_med(Config::Drainwatch),
+                cpu_med(Config::Floor),
+                cpu_med(Config::Floor) - cpu_med(Config::Untraced)
+            ),
+            "low",
+        );
+    }
     let per_hit_text = |m: &BTreeMap<String, Value>| {
         m.iter()
             .map(|(k, v)| format!("{k} {v}"))
@@ -469,6 +557,13 @@ pub fn run(rounds: usize, secs: u64, table: &mut Table) -> Value {
         "bystander_ratio": bystander_ratio,
         "cpu_overhead_ratio": cpu_overhead_ratio,
         "bystander_cpu_ratio": bystander_cpu_ratio,
+        "floor": {
+            "overhead_ratio": finite(floor_overhead_ratio),
+            "bystander_ratio": finite(floor_bystander_ratio),
+            "cpu_overhead_ratio": finite(floor_cpu_overhead_ratio),
+            "bystander_cpu_ratio": finite(floor_bystander_cpu_ratio),
+            "cpu_ns_per_request_above_floor": finite(above_floor_ns),
+        },
         "per_hit_ns": per_hit_ns,
         "per_request_ns": per_request_ns,
         "bpftrace_per_request_ns": bpftrace_per_request_ns,

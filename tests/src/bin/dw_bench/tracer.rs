@@ -92,7 +92,18 @@ impl Tracer {
 
     /// The same with more flags (`--op FUNCTION`).
     pub fn drainwatch_with(pid: u32, keep_stdout: bool, extra: &[&str]) -> Self {
-        let mut cmd = Command::new(drainwatch_bin());
+        Self::drainwatch_from(&drainwatch_bin(), pid, keep_stdout, extra)
+    }
+
+    /// `watch --pid PID --json` of the drainwatch binary at `bin` (the benchmark's floor
+    /// build, `DW_FLOOR_BIN`).
+    pub fn drainwatch_from(
+        bin: &std::path::Path,
+        pid: u32,
+        keep_stdout: bool,
+        extra: &[&str],
+    ) -> Self {
+        let mut cmd = Command::new(bin);
         cmd.args(["watch", "--pid", &pid.to_string(), "--json"])
             .args(extra);
         Self::start("drainwatch", cmd, keep_stdout, "attached")
