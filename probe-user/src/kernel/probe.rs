@@ -182,30 +182,27 @@ pub fn probe_config(tracefs_root: &Path, follow_forks: bool) -> Result<ProbeConf
     })
 }
 
-/// aya's loader, made on a thread of its own ([`Loader::start`]) while attaching goes on.
+/// aya's loader, made first, before our own BTF reader runs ([`Loader::make`]).
 ///
 /// aya 0.14's `EbpfLoader::new()` reads and parses all of the kernel's BTF (aya issue
 /// #1172), which `.btf(None)` then drops: the object needs none (it has no CO-RE
 /// relocations: tracepoint offsets and struct members come from our own reader,
-/// kernel/btf.rs), and the API has no other constructor. That parse was 50-80 ms of a
-/// release build's attach (docs/bench.md, "Attach and detach"); on its own thread, started
-/// before the features and offsets are looked up, it overlaps them.
-pub struct Loader(std::thread::JoinHandle<EbpfLoader<'static>>);
+/// kernel/btf.rs), and the API has no other constructor. Made on a thread beside our reader,
+/// as until 2026-12-07, both parses were alive at once: drainwatch's peak RSS was 31.5-33 MB
+/// instead of 24.4-25.8, and the overlap no longer saved attach time (docs/bench.md, "Peak
+/// RSS at attach"). Made after our reader, its parse met our reader's cached BTF instead.
+pub struct Loader(EbpfLoader<'static>);
 
 impl Loader {
-    pub fn start() -> Self {
-        Self(std::thread::spawn(|| {
-            let mut loader = EbpfLoader::new();
-            // The parsed BTF is freed here too, off the attaching thread.
-            loader.btf(None);
-            loader
-        }))
+    pub fn make() -> Self {
+        let mut loader = EbpfLoader::new();
+        // Frees the parsed BTF now, before anything else is parsed.
+        loader.btf(None);
+        Self(loader)
     }
 
-    fn join<'a>(self) -> Result<EbpfLoader<'a>> {
+    fn into_inner<'a>(self) -> EbpfLoader<'a> {
         self.0
-            .join()
-            .map_err(|_| Error::Load("making aya's loader panicked".into()))
     }
 }
 
@@ -233,7 +230,7 @@ impl Probe {
                 "connection tracking reads x86_64 syscall registers; use --no-sockets here".into(),
             ));
         }
-        let mut loader = loader.join()?;
+        let mut loader = loader.into_inner();
         let mut ebpf = loader
             .override_global("CONFIG", &config, true)
             .map_max_entries(map_names::EVENTS, options.ring_bytes)

@@ -428,9 +428,10 @@ impl Session {
 /// prints it; a missing essential ends here with one line, before anything is loaded.
 fn load(common: &Common) -> Result<Probe> {
     check_privileges()?;
-    // aya's loader parses the kernel's BTF: on a thread of its own, while the features and
-    // the hooks are looked up (kernel/probe.rs, `Loader`).
-    let loader = Loader::start();
+    // aya's loader parses the kernel's BTF: first, before the features and the hooks are
+    // looked up with our own reader, so that the two parses are never in memory at once
+    // (kernel/probe.rs, `Loader`).
+    let loader = Loader::make();
     let (tracefs_root, mounted) = tracefs::ensure_mounted()?;
     if mounted {
         eprintln!("drainwatch: mounted tracefs at {}", tracefs_root.display());
