@@ -187,10 +187,11 @@ pub fn probe_config(tracefs_root: &Path, follow_forks: bool) -> Result<ProbeConf
 /// aya 0.14's `EbpfLoader::new()` reads and parses all of the kernel's BTF (aya issue
 /// #1172), which `.btf(None)` then drops: the object needs none (it has no CO-RE
 /// relocations: tracepoint offsets and struct members come from our own reader,
-/// kernel/btf.rs), and the API has no other constructor. Made on a thread beside our reader,
-/// as until 2026-12-07, both parses were alive at once: drainwatch's peak RSS was 31.5-33 MB
-/// instead of 24.4-25.8, and the overlap no longer saved attach time (docs/bench.md, "Peak
-/// RSS at attach"). Made after our reader, its parse met our reader's cached BTF instead.
+/// kernel/btf.rs), and the API has no other constructor. Until 2026-12-07 it was made on a
+/// thread beside our reader: both parses were in memory at once, drainwatch's peak RSS was
+/// 31.5-33 MB instead of 24.4-25.8, and the overlap no longer saved attach time
+/// (docs/bench.md, "Peak RSS at attach"). Made after our reader instead, its parse would
+/// overlap the kernel BTF our reader keeps cached, for the same peak.
 pub struct Loader(EbpfLoader<'static>);
 
 impl Loader {
