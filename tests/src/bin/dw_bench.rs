@@ -2,7 +2,8 @@
 //! pass/fail). Needs root (it loads probes and reads kernel BPF stats).
 //!
 //! `dw-bench [all|syscall|verdict|throughput|ops|rss|lifecycle] [--runs 50] [--rounds 6] [--trial-secs 5]
-//!  [--rss-conns 10000] [--out target/bench/results.json]`
+//!  [--rss-conns 10000] [--out target/bench/results.json]`, or
+//! `dw-bench compare BIN... [--rounds 6] [--trial-secs 5] [--out ...]`
 //!
 //! - verdict: the drain verdict's latency and early verdicts (see `dw_bench/verdict.rs`);
 //! - syscall: what a process drainwatch does not watch pays per system call (see
@@ -13,10 +14,15 @@
 //!   (see `dw_bench/ops.rs`);
 //! - rss: drainwatch's peak RSS with many tracked connections (see `dw_bench/rss.rs`);
 //! - lifecycle: attach time (command start to attached) and verdict to exit, without and
-//!   with TLS hooks (see `dw_bench/lifecycle.rs`).
+//!   with TLS hooks (see `dw_bench/lifecycle.rs`);
+//! - compare: drainwatch builds side by side on one echo server, program time per hit
+//!   included, for a change to the programs' hot path (see `dw_bench/compare.rs`); not part
+//!   of `all`.
 //!
 //! Prints a Markdown table (also written beside the JSON as `results.md`).
 
+#[path = "dw_bench/compare.rs"]
+mod compare;
 #[path = "dw_bench/cpu.rs"]
 mod cpu;
 #[path = "dw_bench/lifecycle.rs"]
@@ -122,6 +128,23 @@ fn main() {
     }
     if all || section == "lifecycle" {
         merge(lifecycle::run(runs, &mut table));
+    }
+    if section == "compare" {
+        // The positional arguments after the section, flags and their values left out.
+        let mut bins = Vec::new();
+        let mut rest = args.iter().skip(1);
+        while let Some(arg) = rest.next() {
+            if arg.starts_with("--") {
+                rest.next();
+            } else {
+                bins.push(PathBuf::from(arg));
+            }
+        }
+        assert!(
+            !bins.is_empty(),
+            "dw-bench compare: name one drainwatch binary or more"
+        );
+        merge(compare::run(&bins, rounds, secs, &mut table));
     }
     let machine = format!(
         "{} ({} CPUs, kernel {})",

@@ -20,7 +20,7 @@ use crate::{
 };
 
 /// Connections of the overhead trials.
-const CONNS: usize = 8;
+pub const CONNS: usize = 8;
 /// Connections of the high-request-rate trial.
 const HIGH_CONNS: usize = 64;
 /// Threads of the connection-churn trial (each: connect, one round trip, close, again).
@@ -175,7 +175,7 @@ pub const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 /// its programs' ns per round trip (issue #26's figure: what one request costs in programs,
 /// the target's hits and every other process's together; the stats' window also holds the
 /// trial's connection set-up, a few hits in a million).
-fn per_hit(tracer: &Tracer, port: u16, secs: u64) -> (f64, BTreeMap<String, Value>, u64, f64) {
+pub fn per_hit(tracer: &Tracer, port: u16, secs: u64) -> (f64, BTreeMap<String, Value>, u64, f64) {
     let ids = prog_ids(tracer.pid());
     let before = prog_stats(&ids);
     let rps = pingpong(port, CONNS, secs);
