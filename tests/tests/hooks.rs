@@ -39,23 +39,33 @@ fn programs_of(pid: u32) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn an_unknown_backend_is_one_line_and_exit_2() {
-    require_root();
+/// What `audit` of a fresh server says with `var` = `value` in its environment, once it has
+/// exited 2 with that one line.
+fn refusal(var: &str, value: &str) -> String {
     let server = Server::start(&[]);
     let pid = server.pid.to_string();
     let done = Drainwatch::spawn_with_env(
         &["audit", "--pid", &pid, "--duration", "1s"],
-        &[("DRAINWATCH_HOOKS", "sockets-please")],
+        &[(var, value)],
     )
     .finish();
-    assert_eq!(done.code, 2, "{done:?}");
-    assert_eq!(done.stderr.lines().count(), 1, "{}", done.stderr);
+    assert_eq!(done.code, 2, "{var}={value}: {done:?}");
+    assert_eq!(
+        done.stderr.lines().count(),
+        1,
+        "{var}={value}: {}",
+        done.stderr
+    );
+    done.stderr
+}
+
+#[test]
+fn an_unknown_backend_is_one_line_and_exit_2() {
+    require_root();
+    let said = refusal("DRAINWATCH_HOOKS", "sockets-please");
     assert!(
-        done.stderr
-            .starts_with("drainwatch: DRAINWATCH_HOOKS=sockets-please: not one of"),
-        "{}",
-        done.stderr
+        said.starts_with("drainwatch: DRAINWATCH_HOOKS=sockets-please: not one of"),
+        "{said}"
     );
 }
 
@@ -63,20 +73,10 @@ fn an_unknown_backend_is_one_line_and_exit_2() {
 #[test]
 fn an_unknown_uprobe_mode_is_one_line_and_exit_2() {
     require_root();
-    let server = Server::start(&[]);
-    let pid = server.pid.to_string();
-    let done = Drainwatch::spawn_with_env(
-        &["audit", "--pid", &pid, "--duration", "1s"],
-        &[("DRAINWATCH_UPROBES", "multi-please")],
-    )
-    .finish();
-    assert_eq!(done.code, 2, "{done:?}");
-    assert_eq!(done.stderr.lines().count(), 1, "{}", done.stderr);
+    let said = refusal("DRAINWATCH_UPROBES", "multi-please");
     assert!(
-        done.stderr
-            .starts_with("drainwatch: invalid DRAINWATCH_UPROBES `multi-please`: set it to perf"),
-        "{}",
-        done.stderr
+        said.starts_with("drainwatch: invalid DRAINWATCH_UPROBES `multi-please`: set it to perf"),
+        "{said}"
     );
 }
 
@@ -86,25 +86,15 @@ fn an_unknown_uprobe_mode_is_one_line_and_exit_2() {
 #[test]
 fn a_backend_that_cannot_run_is_refused_not_replaced() {
     require_root();
-    let server = Server::start(&[]);
-    let pid = server.pid.to_string();
     let mut refused = vec!["kprobe"];
     if default_hooks() != "socket-tracepoints" {
         refused.push("socket");
     }
     for word in refused {
-        let done = Drainwatch::spawn_with_env(
-            &["audit", "--pid", &pid, "--duration", "1s"],
-            &[("DRAINWATCH_HOOKS", word)],
-        )
-        .finish();
-        assert_eq!(done.code, 2, "{word}: {done:?}");
-        assert_eq!(done.stderr.lines().count(), 1, "{word}: {}", done.stderr);
+        let said = refusal("DRAINWATCH_HOOKS", word);
         assert!(
-            done.stderr
-                .starts_with(&format!("drainwatch: DRAINWATCH_HOOKS={word}: ")),
-            "{}",
-            done.stderr
+            said.starts_with(&format!("drainwatch: DRAINWATCH_HOOKS={word}: ")),
+            "{said}"
         );
     }
 }
