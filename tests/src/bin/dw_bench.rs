@@ -96,6 +96,23 @@ fn main() {
         .filter(|a| !a.starts_with("--"))
         .cloned()
         .unwrap_or_else(|| "all".into());
+    const SECTIONS: [&str; 8] = [
+        "all",
+        "syscall",
+        "verdict",
+        "throughput",
+        "ops",
+        "rss",
+        "lifecycle",
+        "compare",
+    ];
+    if !SECTIONS.contains(&section.as_str()) {
+        eprintln!(
+            "dw-bench: no section {section:?}: name one of {}",
+            SECTIONS.join(", ")
+        );
+        std::process::exit(2);
+    }
     let runs = num("--runs", 50) as usize;
     let rounds = num("--rounds", 6).max(1) as usize;
     let secs = num("--trial-secs", 5).clamp(1, 60);
@@ -140,10 +157,10 @@ fn main() {
                 bins.push(PathBuf::from(arg));
             }
         }
-        assert!(
-            !bins.is_empty(),
-            "dw-bench compare: name one drainwatch binary or more"
-        );
+        if bins.is_empty() {
+            eprintln!("dw-bench compare: name one drainwatch binary or more (release builds)");
+            std::process::exit(2);
+        }
         merge(compare::run(&bins, rounds, secs, &mut table));
     }
     let machine = format!(

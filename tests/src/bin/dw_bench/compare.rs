@@ -2,8 +2,8 @@
 //! to the programs' hot path (docs/bench.md). Each round runs every build once, in a rotated
 //! order, and the server untraced: its throughput, the server's CPU per request, and, with
 //! `kernel.bpf_stats_enabled` on for the whole comparison, each build's program time per
-//! request and per hit. Figures are medians over rounds; the machine's drift between rounds
-//! hits every build alike.
+//! request and per hit. Figures are medians over rounds; the rotation spreads the machine's drift
+//! between rounds over every build.
 
 use std::{collections::BTreeMap, path::PathBuf, thread, time::Duration};
 
@@ -29,12 +29,9 @@ struct Samples {
 
 /// Runs the comparison of the drainwatch binaries `bins` ("untraced" is added first).
 pub fn run(bins: &[PathBuf], rounds: usize, secs: u64, table: &mut Table) -> Value {
-    for bin in bins {
-        assert!(
-            bin.is_file(),
-            "dw-bench compare: {} is no file",
-            bin.display()
-        );
+    if let Some(bin) = bins.iter().find(|bin| !bin.is_file()) {
+        eprintln!("dw-bench compare: {} is no file", bin.display());
+        std::process::exit(2);
     }
     let server = Server::start(&[]);
     let cpu = CpuGroup::new("dw-bench-compare", server.pid)
