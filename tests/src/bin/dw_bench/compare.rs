@@ -5,7 +5,7 @@
 //! request and per hit. Figures are medians over rounds; the rotation spreads the machine's drift
 //! between rounds over every build.
 
-use std::{collections::BTreeMap, path::PathBuf, thread, time::Duration};
+use std::{collections::BTreeMap, path::PathBuf, thread};
 
 use drainwatch_tests::Server;
 use serde_json::{json, Value};
@@ -14,7 +14,7 @@ use crate::{
     cpu::CpuGroup,
     median,
     throughput::{per_hit, BPF_STATS, CONNS},
-    tracer::{pingpong, Tracer},
+    tracer::{pingpong, Tracer, QUIET_AFTER_DETACH, SETTLE_AFTER_ATTACH},
     Table,
 };
 
@@ -49,8 +49,7 @@ pub fn run(bins: &[PathBuf], rounds: usize, secs: u64, table: &mut Table) -> Val
             let tracer = bin.map(|bin| {
                 eprintln!("dw-bench: compare round {round}: {}", bin.display());
                 let tracer = Tracer::drainwatch_from(bin, server.pid, false, &[]);
-                // Let the attach settle (the first /proc scan), as the throughput trials do.
-                thread::sleep(Duration::from_millis(300));
+                thread::sleep(SETTLE_AFTER_ATTACH);
                 tracer
             });
             let cpu_before = cpu.as_ref().map(CpuGroup::used_ns);
@@ -75,8 +74,7 @@ pub fn run(bins: &[PathBuf], rounds: usize, secs: u64, table: &mut Table) -> Val
             sample.rps.push(rps);
             if let Some(tracer) = tracer {
                 tracer.stop();
-                // A probe teardown keeps the kernel busy for a moment.
-                thread::sleep(Duration::from_millis(500));
+                thread::sleep(QUIET_AFTER_DETACH);
             }
         }
     }

@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 use crate::{
     median,
     throughput::{prog_ids, prog_stats, BPF_STATS},
-    tracer::Tracer,
+    tracer::{Tracer, SETTLE_AFTER_ATTACH},
     Table,
 };
 
@@ -85,7 +85,7 @@ pub fn run(rounds: usize, secs: u64, table: &mut Table) -> Value {
     for round in 0..rounds {
         for with_op in [round % 2 == 1, round % 2 == 0] {
             let tracer = with_op.then(|| Tracer::drainwatch_with(pid, false, &OP));
-            thread::sleep(Duration::from_millis(300));
+            thread::sleep(SETTLE_AFTER_ATTACH);
             let rate = target.rate(secs);
             if let Some(tracer) = tracer {
                 tracer.stop();
@@ -111,7 +111,7 @@ pub fn run(rounds: usize, secs: u64, table: &mut Table) -> Value {
     let stats_before = std::fs::read_to_string(BPF_STATS).unwrap_or_else(|_| "0".into());
     std::fs::write(BPF_STATS, "1").expect("enable kernel.bpf_stats_enabled");
     let tracer = Tracer::drainwatch_with(pid, false, &OP);
-    thread::sleep(Duration::from_millis(300));
+    thread::sleep(SETTLE_AFTER_ATTACH);
     let ids = prog_ids(tracer.pid());
     let before = prog_stats(&ids);
     thread::sleep(Duration::from_secs(secs));

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use crate::{
     cpu::CpuGroup,
     median,
-    tracer::{pingpong, Tracer},
+    tracer::{pingpong, Tracer, QUIET_AFTER_DETACH, SETTLE_AFTER_ATTACH},
     Table,
 };
 
@@ -107,8 +107,7 @@ fn trial(config: Config, servers: &Servers, secs: u64) -> (f64, f64) {
         }
         _ => (a.port, &servers.cpu_a),
     };
-    // Let the attach settle (drainwatch's first /proc scan, bpftrace's map setup).
-    thread::sleep(Duration::from_millis(300));
+    thread::sleep(SETTLE_AFTER_ATTACH);
     let cpu_before = cpu.as_ref().map(CpuGroup::used_ns);
     let rps = pingpong(port, CONNS, secs);
     let cpu_per_request = match (cpu, cpu_before) {
@@ -118,8 +117,7 @@ fn trial(config: Config, servers: &Servers, secs: u64) -> (f64, f64) {
     if let Some(tracer) = tracer {
         tracer.stop();
     }
-    // A probe teardown keeps the kernel busy for a moment; keep it out of the next trial.
-    thread::sleep(Duration::from_millis(500));
+    thread::sleep(QUIET_AFTER_DETACH);
     (rps, cpu_per_request)
 }
 
@@ -347,34 +345,34 @@ pub fn run(rounds: usize, secs: u64, table: &mut Table) -> Value {
     let stats_before = std::fs::read_to_string(BPF_STATS).unwrap_or_else(|_| "0".into());
     std::fs::write(BPF_STATS, "1").expect("enable kernel.bpf_stats_enabled");
     let mut dw = Tracer::drainwatch(a.pid, true);
-    thread::sleep(Duration::from_millis(300));
+    thread::sleep(SETTLE_AFTER_ATTACH);
     let (stats_rps, per_hit_ns, hits_per_s, per_request_ns) = per_hit(&dw, a.port, secs);
     dw.poll();
     let overhead_events = last_events(&dw.stop());
     let mut bpftrace_per_hit = BTreeMap::new();
     let mut bpftrace_per_request_ns = f64::NAN;
     if bpftrace {
-        thread::sleep(Duration::from_millis(500));
+        thread::sleep(QUIET_AFTER_DETACH);
         let bt = Tracer::bpftrace(a.pid);
-        thread::sleep(Duration::from_millis(300));
+        thread::sleep(SETTLE_AFTER_ATTACH);
         (_, bpftrace_per_hit, _, bpftrace_per_request_ns) = per_hit(&bt, a.port, secs);
         bt.stop();
     }
     std::fs::write(BPF_STATS, stats_before.trim()).expect("restore kernel.bpf_stats_enabled");
-    thread::sleep(Duration::from_millis(500));
+    thread::sleep(QUIET_AFTER_DETACH);
 
     // Lost events under the heaviest event loads: many connections at full request rate
     // (requests make no events), then connection churn (two events per connection).
     eprintln!("dw-bench: lost-events trials ({HIGH_CONNS} connections; churn)");
     let dw = Tracer::drainwatch(a.pid, true);
-    thread::sleep(Duration::from_millis(300));
+    thread::sleep(SETTLE_AFTER_ATTACH);
     let high_rps = pingpong(a.port, HIGH_CONNS, secs);
     // One more frame after the load, so the last one counts everything.
     thread::sleep(Duration::from_millis(1_100));
     let high_events = last_events(&dw.stop());
-    thread::sleep(Duration::from_millis(500));
+    thread::sleep(QUIET_AFTER_DETACH);
     let dw = Tracer::drainwatch(a.pid, true);
-    thread::sleep(Duration::from_millis(300));
+    thread::sleep(SETTLE_AFTER_ATTACH);
     let churn_cps = churn(a.port, CHURN_THREADS, secs);
     thread::sleep(Duration::from_millis(1_100));
     let churn_events = last_events(&dw.stop());

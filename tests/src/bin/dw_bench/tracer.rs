@@ -15,6 +15,15 @@ use drainwatch_tests::{drainwatch_bin, wait_with_deadline};
 /// How long a tracer may take to attach (bpftrace compiles its script first).
 const ATTACH_PATIENCE: Duration = Duration::from_secs(60);
 
+/// How long a trial waits after a tracer says it is attached before it measures: its first
+/// work (drainwatch's /proc scan, bpftrace's map setup) stays out of the timed window. No
+/// line tells when that work is over, so it is a fixed pause, the same in every trial.
+pub const SETTLE_AFTER_ATTACH: Duration = Duration::from_millis(300);
+
+/// How long a trial waits after a tracer is stopped: the probe's teardown keeps the kernel
+/// busy for a moment, which the next trial must not pay.
+pub const QUIET_AFTER_DETACH: Duration = Duration::from_millis(500);
+
 /// A running tracer; stopped (SIGINT, then SIGKILL) by [`Tracer::stop`] or when dropped.
 pub struct Tracer {
     pub name: &'static str,
